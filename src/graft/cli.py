@@ -1,0 +1,217 @@
+"""The `graft` command: parse arguments, call one library function, print the result.
+
+Every subcommand is one import away in Python; nothing here trains, tokenizes or samples by
+itself. A GraftError (bad input) prints as one line on stderr and exits 2; `--debug` shows the
+traceback. Ctrl-C exits 130, leaving the last complete checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+from graft.errors import GraftError
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def _add_quickstart(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quickstart", help="Pre-train a small model on a corpus built from this Python installation.",
+                       description="The embedded default: builds a corpus from the running Python's standard library "
+                       "and documentation (nothing downloaded), trains a tokenizer, prepares shards, pre-trains a small "
+                       "model for a time budget, and writes a report.")
+    p.add_argument("--minutes", type=float, default=5.0, help="training time budget (default: 5)")
+    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="run directory, replaced if it exists")
+    p.add_argument("--preset", default="micro", help="model preset (default: micro)")
+    p.add_argument("--corpus-mb", type=float, default=8.0, help="corpus size in MB of text (default: 8)")
+    p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tokenizer", help="Train a tokenizer.")
+    tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    t = tsub.add_parser("train", help="Train BPE (default), WordPiece or Unigram on text; or write the bytes tokenizer.")
+    t.add_argument("inputs", nargs="*", type=Path, help=".txt/.md/.jsonl files or folders (not needed for --kind bytes)")
+    t.add_argument("--kind", choices=["bpe", "wordpiece", "unigram", "bytes"], default="bpe")
+    t.add_argument("--vocab-size", type=int, default=8192)
+    t.add_argument("--min-frequency", type=int, default=2)
+    t.add_argument("--out", type=Path, required=True, help="directory for tokenizer.json")
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="Prepare token shards from text.")
+    dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    d = dsub.add_parser("prepare", help="Tokenize .txt/.md/.jsonl inputs into train/val token shards.")
+    d.add_argument("inputs", nargs="+", type=Path, help="files or folders")
+    d.add_argument("--tokenizer", required=True, help="tokenizer.json, a directory holding one, or 'bytes'")
+    d.add_argument("--out", type=Path, required=True, help="output directory (replaced atomically)")
+    d.add_argument("--val-fraction", type=float, default=0.1)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-progress", action="store_true")
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "pretrain", help="Pre-train a model with a YAML recipe and --section.key=value overrides.",
+        description="Example: graft pretrain --config configs/pretrain/micro.yaml --data.path runs/data "
+        "--train.max_steps=500. Overrides are --section.key=value or --section.key value.",
+    )
+    p.add_argument("--config", type=Path, help="YAML recipe (see configs/pretrain/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from checkpoints/last")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="Generate text from a checkpoint.")
+    p.add_argument("checkpoint", type=Path, help="checkpoint directory or run directory")
+    p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step (slow; for checking)")
+    p.add_argument("--device", default="cpu")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="graft", description="Transfer learning with transformer language models.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_quickstart, _add_tokenizer, _add_data, _add_pretrain, _add_generate):
+        add(sub)
+    return parser
+
+
+def _split_overrides(extra: list[str]) -> list[str]:
+    """`--a.b=1` and `--a.b 1` both become 'a.b=1'; anything else is an error."""
+    overrides, i = [], 0
+    while i < len(extra):
+        item = extra[i]
+        if not item.startswith("--") or "." not in item.split("=", 1)[0]:
+            raise GraftError(f"unrecognised argument {item!r}; config overrides look like --train.max_steps=100")
+        if "=" in item:
+            overrides.append(item[2:])
+            i += 1
+        elif i + 1 < len(extra) and not extra[i + 1].startswith("--"):
+            overrides.append(f"{item[2:]}={extra[i + 1]}")
+            i += 2
+        else:
+            raise GraftError(f"override {item} has no value; write {item}=VALUE")
+    return overrides
+
+
+def _run_quickstart(args: argparse.Namespace) -> int:
+    from graft.quickstart import QuickstartOptions, run_quickstart
+
+    report = run_quickstart(QuickstartOptions(
+        minutes=args.minutes, out_dir=args.out, preset=args.preset, corpus_bytes=int(args.corpus_mb * 1e6),
+        vocab_size=args.vocab_size, seed=args.seed, progress=not args.no_progress,
+    ), echo=print)
+    print(f"report: {report}")
+    return 0
+
+
+def _run_tokenizer(args: argparse.Namespace) -> int:
+    from graft.data.documents import iter_documents
+    from graft.data.tokenizer import bytes_tokenizer, train_tokenizer
+
+    if args.kind == "bytes":
+        tokenizer = bytes_tokenizer()
+    else:
+        if not args.inputs:
+            raise GraftError(f"tokenizer train --kind {args.kind}: give the text files or folders to train on")
+        texts = ("".join(doc.pieces()) for doc in iter_documents(args.inputs))
+        tokenizer = train_tokenizer(texts, args.kind, args.vocab_size, min_frequency=args.min_frequency,
+                                    show_progress=True)
+    path = tokenizer.save(args.out)
+    print(f"{args.kind} tokenizer, {tokenizer.vocab_size} tokens: {path}")
+    return 0
+
+
+def _run_data(args: argparse.Namespace) -> int:
+    from graft.data.shards import prepare_shards
+    from graft.data.tokenizer import Tokenizer, bytes_tokenizer
+
+    tokenizer = bytes_tokenizer() if args.tokenizer == "bytes" else Tokenizer.load(Path(args.tokenizer))
+    index = prepare_shards(args.inputs, tokenizer, args.out, val_fraction=args.val_fraction, seed=args.seed,
+                           progress=not args.no_progress)
+    for name, split in index.splits.items():
+        print(f"{name}: {split.tokens:,} tokens from {split.documents:,} documents ({split.bytes:,} bytes)")
+    print(f"prepared: {args.out}")
+    return 0
+
+
+def _run_pretrain(args: argparse.Namespace, extra: list[str]) -> int:
+    from graft.config import load_run_config
+    from graft.train.loop import pretrain
+
+    config = load_run_config(args.config, _split_overrides(extra))
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+    result = pretrain(config, resume=args.resume)
+    if result.stop_reason == "interrupted":
+        print(f"interrupted at step {result.step}; the last complete checkpoint in {result.run_dir / 'checkpoints'} "
+              "is intact: continue with --resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    last = result.evals[-1] if result.evals else {}
+    summary = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "step")
+    print(f"stopped ({result.stop_reason}) at step {result.step}, {result.tokens_seen:,} tokens, "
+          f"{result.elapsed_s:.0f} s. {summary}")
+    print(f"run: {result.run_dir}")
+    return 0
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from graft.infer.generate import SamplingParams, generate
+    from graft.infer.stream import TextStream
+    from graft.train.checkpoint import load_model
+
+    model, tokenizer = load_model(args.checkpoint, device=args.device)
+    try:
+        params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, seed=args.seed, stop_ids=frozenset({tokenizer.eot_id}))
+    except ValueError as err:
+        raise GraftError(f"generate: {err}") from None
+    prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
+    sys.stdout.write(args.prompt)
+    stream = TextStream(tokenizer)
+    for token in generate(model, prompt_ids, params, use_cache=not args.no_cache):
+        if token == tokenizer.eot_id:
+            break
+        sys.stdout.write(stream.push(token))
+        sys.stdout.flush()
+    sys.stdout.write(stream.flush() + "\n")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        if extra and args.command != "pretrain":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.command == "quickstart":
+            return _run_quickstart(args)
+        if args.command == "tokenizer":
+            return _run_tokenizer(args)
+        if args.command == "data":
+            return _run_data(args)
+        if args.command == "pretrain":
+            return _run_pretrain(args, extra)
+        return _run_generate(args)
+    except GraftError as err:
+        if args.debug:
+            traceback.print_exc()
+        print(f"graft: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("graft: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -1,0 +1,195 @@
+"""Typed run configuration: YAML recipes, dotted CLI overrides, validation with one clear error.
+
+A run config has sections (model, data, objective, optim, train), each a pydantic model that
+forbids unknown keys. Every default lives on a field. `load_run_config` merges a YAML file with
+`--section.key=value` overrides, expands a model `preset`, validates everything, and raises one
+ConfigError listing every problem, each naming its key (and file) and what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from graft.errors import ConfigError
+from graft.model.config import PRESETS, ModelConfig
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Section):
+    path: Path | None = Field(
+        default=None, description="A prepared data directory (from `graft data prepare`)."
+    )
+    mask_doc_boundaries: bool = Field(
+        default=False,
+        description="Packed windows span documents; True stops attention across an end-of-text "
+        "boundary and restarts positions at each document.",
+    )
+
+
+class ObjectiveConfig(Section):
+    name: Literal["clm"] = Field(default="clm", description="Training objective (clm: causal LM).")
+
+
+class OptimConfig(Section):
+    lr: float = Field(default=6e-4, gt=0, description="Peak learning rate.")
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="Final LR as a fraction of the peak.")
+    schedule: Literal["cosine", "linear", "constant"] = Field(default="cosine", description="Decay after warm-up.")
+    warmup_steps: int = Field(default=100, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(default=0.1, ge=0, description="AdamW decay on matrices (not biases or norms).")
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    eps: float = Field(default=1e-8, gt=0)
+    grad_clip: float = Field(default=1.0, ge=0, description="Max global gradient norm; 0 turns clipping off.")
+
+
+class TrainConfig(Section):
+    out_dir: Path = Field(default=Path("runs/pretrain"), description="Run directory.")
+    seed: int = Field(default=1337, description="Seed for initialisation, data order and dropout.")
+    batch_size: int = Field(default=12, ge=1, description="Sequences per micro-batch.")
+    grad_accum: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    seq_len: int | None = Field(default=None, ge=1, description="Training context; None = model.max_seq_len.")
+    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
+    max_tokens: int | None = Field(default=None, ge=1, description="Stop after this many training tokens.")
+    max_minutes: float | None = Field(default=None, gt=0, description="Stop after this much wall-clock time.")
+    eval_every: int = Field(default=250, ge=1, description="Evaluate (and checkpoint) every N steps.")
+    eval_batches: int = Field(default=20, ge=1, description="Validation batches per evaluation.")
+    log_every: int = Field(default=10, ge=1, description="Write train metrics every N steps.")
+    patience: int | None = Field(
+        default=None, ge=1, description="Stop after this many evaluations without a better val loss."
+    )
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        default="auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere."
+    )
+    compile: bool = Field(default=False, description="torch.compile the model (costs ~30 s per process on CPU).")
+    deterministic: bool = Field(default=False, description="torch.use_deterministic_algorithms for bitwise repeats.")
+    progress: bool = Field(default=True, description="Show a progress bar on stderr.")
+
+    @model_validator(mode="after")
+    def _needs_a_limit(self) -> TrainConfig:
+        if self.max_steps is None and self.max_tokens is None and self.max_minutes is None:
+            raise ValueError("set at least one of train.max_steps, train.max_tokens, train.max_minutes")
+        return self
+
+
+class RunConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=1000))
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> RunConfig:
+        if self.train.seq_len is not None and self.train.seq_len > self.model.max_seq_len:
+            raise ValueError(
+                f"train.seq_len ({self.train.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
+            )
+        return self
+
+    @property
+    def seq_len(self) -> int:
+        return self.train.seq_len or self.model.max_seq_len
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def load_run_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """A RunConfig from a YAML file (optional) plus `section.key=value` overrides."""
+    raw: dict[str, Any] = {}
+    where = str(path) if path else "config"
+    if path is not None:
+        raw = _read_yaml(path)
+    for item in overrides or []:
+        _apply_override(raw, item)
+        if path is None:
+            where = "command line"
+    return validate_run_config(raw, where=where)
+
+
+def validate_run_config(raw: dict[str, Any], *, where: str = "config") -> RunConfig:
+    raw = dict(raw)
+    model = raw.get("model")
+    if isinstance(model, dict) and "preset" in model:
+        model = dict(model)
+        name = model.pop("preset")
+        if name not in PRESETS:
+            close = difflib.get_close_matches(str(name), PRESETS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ConfigError(f"{where}: model.preset: unknown preset {name!r}{hint}; choose one of: {', '.join(PRESETS)}")
+        raw["model"] = {**PRESETS[name], **model}
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"{where}: " + "; ".join(_describe(e) for e in err.errors())) from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, data, optim, train), got {type(data).__name__}")
+    return data
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, value = item.partition("=")
+    key = key.removeprefix("--")
+    if not sep or not key or "." not in key:
+        raise ConfigError(f"override {item!r}: expected --section.key=value, e.g. --train.max_steps=100")
+    *parents, leaf = key.split(".")
+    node = raw
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+        node = child
+    try:
+        node[leaf] = yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError:
+        node[leaf] = value
+
+
+def _describe(error: Any) -> str:
+    """One pydantic error as 'section.key: what was wrong', with a did-you-mean for unknown keys."""
+    loc = [str(p) for p in error["loc"]]
+    key = ".".join(loc) or "config"
+    if error["type"] == "extra_forbidden":
+        known = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return f"{key}: unknown key ({hint}valid keys: {', '.join(known)})"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "literal_error":
+        return f"{key}: {message}, got {error.get('input')!r}"
+    if "input" in error and error["type"] not in ("missing", "value_error") and not isinstance(error["input"], dict):
+        return f"{key}: {message}, got {error['input']!r}"
+    return f"{key}: {message}"
+
+
+def _fields_at(loc: list[str]) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in loc:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    names = list(model.model_fields)
+    return names + ["preset"] if model is ModelConfig else names

@@ -1,0 +1,113 @@
+"""ModelConfig: every architectural choice of graft's one transformer class, and the named presets.
+
+GPT-2 style and Llama style are two settings of the same fields, never two classes. Each field
+has a Hugging Face counterpart (the export target decides which), so a config can always be
+written back out as a transformers `config.json`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+NormKind = Literal["layernorm", "rmsnorm"]
+PositionKind = Literal["learned", "rope"]
+# gelu_tanh is GPT-2's "gelu_new"; swiglu is Llama's gated SiLU MLP (gate_proj, up_proj, down_proj).
+MlpKind = Literal["gelu", "gelu_tanh", "swiglu"]
+
+
+class ModelConfig(BaseModel):
+    """The shape of a decoder-style transformer. Frozen: a checkpoint's config never changes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vocab_size: int | None = Field(
+        default=None, ge=1, description="Vocabulary size; None takes it from the tokenizer."
+    )
+    max_seq_len: int = Field(default=256, ge=1, description="Longest sequence the model accepts.")
+    d_model: int = Field(default=128, ge=1, description="Width of the residual stream.")
+    n_layers: int = Field(default=4, ge=1, description="Number of transformer blocks.")
+    n_heads: int = Field(default=4, ge=1, description="Attention (query) heads per block.")
+    n_kv_heads: int | None = Field(
+        default=None, ge=1, description="Key/value heads (grouped-query attention); None = n_heads."
+    )
+    d_ff: int | None = Field(
+        default=None, ge=1, description="Hidden width of the MLP; None = 4*d_model (gelu) or the Llama rule (swiglu)."
+    )
+    norm: NormKind = Field(default="layernorm", description="layernorm (GPT-2) or rmsnorm (Llama).")
+    norm_eps: float = Field(default=1e-5, gt=0)
+    positions: PositionKind = Field(default="learned", description="learned absolute (GPT-2) or rope (Llama).")
+    rope_theta: float = Field(default=10000.0, gt=0)
+    mlp: MlpKind = Field(default="gelu_tanh", description="gelu, gelu_tanh (GPT-2) or swiglu (Llama).")
+    bias: bool = Field(default=True, description="Biases in linear layers and norms (GPT-2 yes, Llama no).")
+    tie_embeddings: bool = Field(default=True, description="lm_head shares the token embedding matrix.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residuals.")
+    init_std: float = Field(default=0.02, gt=0, description="Std of the normal weight initialisation.")
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> ModelConfig:
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+        if self.kv_heads > self.n_heads or self.n_heads % self.kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ValueError(f"rope needs an even head dimension, got {self.head_dim}")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def ff_dim(self) -> int:
+        if self.d_ff is not None:
+            return self.d_ff
+        if self.mlp == "swiglu":
+            # Llama's rule: 2/3 of 4*d (so the three matrices cost about what GPT-2's two do),
+            # rounded up to a multiple of 64 for friendly matmul shapes.
+            return 64 * ((int(8 * self.d_model / 3) + 63) // 64)
+        return 4 * self.d_model
+
+
+def _gpt2(d_model: int, n_layers: int, n_heads: int, max_seq_len: int) -> dict[str, object]:
+    return dict(
+        d_model=d_model, n_layers=n_layers, n_heads=n_heads, max_seq_len=max_seq_len,
+        norm="layernorm", positions="learned", mlp="gelu_tanh", bias=True, tie_embeddings=True,
+    )
+
+
+def _llama(d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, max_seq_len: int) -> dict[str, object]:
+    return dict(
+        d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
+        max_seq_len=max_seq_len, norm="rmsnorm", norm_eps=1e-6, positions="rope", mlp="swiglu",
+        bias=False, tie_embeddings=True,
+    )
+
+
+# Parameter counts in the names are for the blocks alone; embeddings add vocab_size * d_model.
+PRESETS: dict[str, dict[str, object]] = {
+    "nano": _gpt2(128, 4, 4, 256),  # ~0.8M in blocks
+    "micro": _gpt2(256, 4, 4, 256),  # ~3.2M
+    "tiny": _gpt2(384, 6, 6, 512),  # ~10.6M
+    "small": _gpt2(512, 8, 8, 1024),  # ~25M
+    "gpt2-124m": {**_gpt2(768, 12, 12, 1024), "vocab_size": 50257},  # GPT-2 small exactly
+    "llama-nano": _llama(128, 4, 4, 2, 256),
+    "llama-micro": _llama(256, 4, 4, 2, 256),
+    "llama-tiny": _llama(384, 6, 6, 2, 512),
+    "llama-small": _llama(512, 8, 8, 4, 1024),
+    "llama-124m": {**_llama(768, 12, 12, 4, 1024), "vocab_size": 32000},
+}
+
+
+def preset(name: str, **overrides: object) -> ModelConfig:
+    """The named preset, with any fields overridden."""
+    if name not in PRESETS:
+        from graft.errors import ConfigError
+
+        raise ConfigError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})

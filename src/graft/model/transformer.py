@@ -1,0 +1,251 @@
+"""graft's one transformer: a decoder-style backbone parameterised by ModelConfig, plus the LM head.
+
+GPT-2 style (learned positions, LayerNorm, GELU MLP, biases) and Llama style (RoPE, RMSNorm,
+SwiGLU, grouped-query attention, no biases) are configs of these classes. Module names follow
+Hugging Face Llama (`model.embed_tokens`, `model.layers.N.self_attn.q_proj`, `mlp.gate_proj`,
+`model.norm`, `lm_head`) so state dicts and LoRA target names carry over without renaming; other
+layouts (GPT-2's fused `c_attn`) are converted at the edge.
+
+Shape letters in comments: B batch, T query length, S key length, C d_model, H heads,
+K kv heads, D head dim, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from graft.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from graft.infer.kv_cache import KVCache
+
+
+def _norm(config: ModelConfig) -> nn.Module:
+    if config.norm == "rmsnorm":
+        return nn.RMSNorm(config.d_model, eps=config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.bias)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE in the Hugging Face Llama layout: the two halves of each head are rotated together
+    (`rotate_half`), not interleaved pairs, so imported Llama weights need no permutation."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d = config.head_dim
+        inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+        angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), inv_freq)
+        angles = torch.cat([angles, angles], dim=-1)  # (max_seq_len, D)
+        # Not persistent: derived from the config, so checkpoints do not carry them.
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, position_ids: torch.Tensor | None, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin broadcastable to (B, H, T, D): (B, 1, T, D) gathered at position_ids, or
+        (1, 1, T, D) sliced from `start` when positions are consecutive (no gather, no copy)."""
+        if position_ids is None:
+            return self.cos[None, None, start:start + length], self.sin[None, None, start:start + length]
+        return self.cos[position_ids].unsqueeze(1), self.sin[position_ids].unsqueeze(1)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    first, second = x.chunk(2, dim=-1)
+    return torch.cat([-second, first], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    return x * cos + _rotate_half(x) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        self.dropout = config.dropout
+        self.q_proj = nn.Linear(config.d_model, self.n_heads * self.head_dim, bias=config.bias)
+        self.k_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.bias)
+        self.v_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        attn_mask: torch.Tensor | None,
+        is_causal: bool,
+        kv_cache: KVCache | None,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if kv_cache is not None:
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, K, S, D): the past plus these T
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+            dropout_p=self.dropout if self.training else 0.0,
+            # Grouped-query attention: each kv head serves n_heads / n_kv_heads query heads;
+            # SDPA shares them without materialising repeated keys and values.
+            enable_gqa=self.n_kv_heads != self.n_heads,
+        )  # (B, H, T, D)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class MLP(nn.Module):
+    """GPT-2's up -> GELU -> down, or Llama's SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.kind = config.mlp
+        if self.kind == "swiglu":
+            self.gate_proj = nn.Linear(config.d_model, config.ff_dim, bias=config.bias)
+        self.up_proj = nn.Linear(config.d_model, config.ff_dim, bias=config.bias)
+        self.down_proj = nn.Linear(config.ff_dim, config.d_model, bias=config.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "swiglu":
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        approximate = "tanh" if self.kind == "gelu_tanh" else "none"
+        return self.down_proj(F.gelu(self.up_proj(x), approximate=approximate))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = _norm(config)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = _norm(config)
+        self.mlp = MLP(config)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None,
+        attn_mask: torch.Tensor | None,
+        is_causal: bool,
+        kv_cache: KVCache | None,
+    ) -> torch.Tensor:
+        x = x + self.dropout(self.self_attn(self.input_layernorm(x), rotary, attn_mask, is_causal, kv_cache))
+        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+
+
+class Transformer(nn.Module):
+    """The backbone: token ids -> final hidden states (B, T, C). It knows nothing of heads or losses."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        if config.vocab_size is None:
+            raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer) before building a model")
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        if config.positions == "learned":
+            self.embed_positions = nn.Embedding(config.max_seq_len, config.d_model)
+        else:
+            self.rotary = RotaryEmbedding(config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
+        self.norm = _norm(config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """input_ids (B, T); position_ids (B, T), default past..past+T-1; attention_mask: bool
+        (B, 1, T, S), True where a query may attend to a key, default causal."""
+        B, T = input_ids.shape
+        past = kv_cache.length if kv_cache is not None else 0
+        if past + T > self.config.max_seq_len:
+            raise ValueError(f"sequence of {past + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
+        attn_mask, is_causal = attention_mask, False
+        if attn_mask is None and T > 1:
+            if past == 0:
+                is_causal = True  # lets SDPA pick its fused causal kernel, no mask tensor
+            else:
+                # A chunk appended to a cache: query i sees every cached key and keys up to itself.
+                keys = torch.arange(past + T, device=input_ids.device)
+                queries = torch.arange(past, past + T, device=input_ids.device)
+                attn_mask = keys[None, :] <= queries[:, None]  # (T, S)
+        x = self.embed_tokens(input_ids)
+        rotary = None
+        if self.config.positions == "learned":
+            if position_ids is None:
+                x = x + self.embed_positions.weight[past:past + T]  # (T, C), broadcast over B
+            else:
+                x = x + self.embed_positions(position_ids)
+        else:
+            rotary = self.rotary(position_ids, past, T)
+        x = self.dropout(x)
+        for layer in self.layers:
+            x = layer(x, rotary, attn_mask, is_causal, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        return self.norm(x)
+
+
+class LanguageModel(nn.Module):
+    """Backbone + LM head (tied to the token embeddings when config.tie_embeddings):
+    the layout of Hugging Face's *ForCausalLM (`model.*`, `lm_head`)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = Transformer(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)  # type: ignore[arg-type]
+        self.reset_parameters()
+        if config.tie_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def reset_parameters(self) -> None:
+        """GPT-2's initialisation: N(0, init_std) for weights, zero biases, and the projections that
+        write into the residual stream scaled by 1/sqrt(2 * n_layers) so its variance stays put."""
+        std = self.config.init_std
+        for name, module in self.named_modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("o_proj", "down_proj")) else 1.0
+                nn.init.normal_(module.weight, mean=0.0, std=std * scale)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+                module.reset_parameters()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Logits (B, T, V), or (B, 1, V) with last_only: generation needs only the last position,
+        and skipping the others saves most of the head's cost on a long prompt."""
+        h = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask, kv_cache=kv_cache)
+        if last_only:
+            h = h[:, -1:, :]
+        return self.lm_head(h)
+
+    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
+        seen: set[int] = set()
+        total = 0
+        for name, p in self.named_parameters():  # named_parameters already skips the tied duplicate
+            if exclude_embeddings and "embed" in name:
+                continue
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+        return total

@@ -1,0 +1,115 @@
+"""Causal language modelling: packed token windows in, next-token loss out.
+
+Training windows are sampled at random offsets of the flat token stream (nanoGPT's recipe: every
+window is full, documents are packed across the end-of-text separators). With
+`mask_doc_boundaries` a token attends only to earlier tokens of its own document and positions
+restart at each document, so packing never lets one document condition on another.
+Validation windows are a fixed, evenly spaced set, so successive evaluations are comparable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from graft.data.shards import TokenShards
+from graft.errors import DataError
+from graft.model.transformer import LanguageModel
+from graft.objectives.losses import IGNORE_INDEX, linear_cross_entropy_sum
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One micro-batch. targets hold IGNORE_INDEX where a position is not scored."""
+
+    input_ids: torch.Tensor  # (B, T)
+    targets: torch.Tensor  # (B, T)
+    position_ids: torch.Tensor | None = None  # (B, T); None = 0..T-1
+    attention_mask: torch.Tensor | None = None  # (B, 1, T, T) bool; None = causal
+
+    def to(self, device: torch.device) -> Batch:
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return replace(self, input_ids=move(self.input_ids), targets=move(self.targets),
+                       position_ids=move(self.position_ids), attention_mask=move(self.attention_mask))
+
+    @property
+    def n_targets(self) -> int:
+        return int((self.targets != IGNORE_INDEX).sum())
+
+
+@dataclass(frozen=True)
+class LossSum:
+    """A loss summed over scored positions, and how many there were (the loop normalises)."""
+
+    total: torch.Tensor
+    count: int
+
+
+def document_masks(input_ids: torch.Tensor, eot_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position ids restarting after each end-of-text token, and a (B, 1, T, T) mask letting each
+    token see earlier tokens of its own document only. The end-of-text token closes its document."""
+    B, T = input_ids.shape
+    ends = input_ids == eot_id
+    # Document index of each position: the number of end-of-text tokens strictly before it.
+    doc = torch.cumsum(ends.long(), dim=1) - ends.long()
+    idx = torch.arange(T, device=input_ids.device).expand(B, T)
+    starts = torch.ones_like(ends)
+    starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
+    first = torch.cummax(torch.where(starts, idx, torch.zeros_like(idx)), dim=1).values
+    causal = torch.ones(T, T, dtype=torch.bool, device=input_ids.device).tril()
+    same_doc = doc.unsqueeze(2) == doc.unsqueeze(1)  # (B, T, T)
+    return idx - first, (same_doc & causal).unsqueeze(1)
+
+
+class CausalLM:
+    """Objective `clm`: batches of packed windows from token shards; next-token cross-entropy."""
+
+    name = "clm"
+
+    def __init__(self, train: TokenShards, val: TokenShards | None, seq_len: int, *, mask_doc_boundaries: bool = False) -> None:
+        for shards in (train, val):
+            if shards is not None and len(shards) < seq_len + 1:
+                raise DataError(
+                    f"{shards.directory}: the {shards.split} split has {len(shards)} tokens, fewer than one "
+                    f"window of seq_len + 1 = {seq_len + 1}; add data or lower train.seq_len"
+                )
+        self.train, self.val, self.seq_len = train, val, seq_len
+        self.mask_doc_boundaries = mask_doc_boundaries
+        self.eot_id = train.index.eot_id
+
+    def _batch(self, shards: TokenShards, starts: list[int]) -> Batch:
+        T = self.seq_len
+        windows = torch.from_numpy(np.stack([shards.tokens[s:s + T + 1].astype(np.int64) for s in starts]))
+        input_ids, targets = windows[:, :-1], windows[:, 1:]
+        if not self.mask_doc_boundaries:
+            return Batch(input_ids, targets)
+        position_ids, mask = document_masks(input_ids, self.eot_id)
+        return Batch(input_ids, targets, position_ids, mask)
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        high = len(self.train) - self.seq_len  # last start that leaves room for the shifted target
+        starts = torch.randint(0, high, (batch_size,), generator=generator).tolist()
+        return self._batch(self.train, starts)
+
+    def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
+        if self.val is None:
+            return []
+        high = len(self.val) - self.seq_len - 1
+        starts = np.linspace(0, high, batch_size * n_batches).round().astype(np.int64).tolist()
+        return [self._batch(self.val, starts[i:i + batch_size]) for i in range(0, len(starts), batch_size)]
+
+    def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
+        hidden = model.model(batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask)
+        return LossSum(linear_cross_entropy_sum(hidden, model.lm_head.weight, batch.targets), batch.n_targets)
+
+    def eval_metrics(self, loss_sum: float, count: int) -> dict[str, float]:
+        """Loss per token, perplexity, and bits per byte: the last compares runs with different
+        tokenizers, because it divides by the UTF-8 bytes of text, not by tokens."""
+        loss = loss_sum / max(count, 1)
+        metrics = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
+        if self.val is not None and self.val.bytes_per_token > 0:
+            metrics["val/bpb"] = loss / math.log(2) / self.val.bytes_per_token
+        return metrics

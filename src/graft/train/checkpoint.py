@@ -1,0 +1,242 @@
+"""Checkpoints: plain directories any tool can read, written atomically, verified on load.
+
+    config.json          architecture and ModelConfig
+    model.safetensors    weights (a tied lm_head is not stored twice)
+    tokenizer.json       the tokenizer the model was trained with
+    run_config.yaml      the resolved run config that produced it
+    manifest.json        size and sha256 of every file, so truncation or corruption is caught
+    training_state/      only for resuming: state.json, rng.safetensors, optimizer.pt
+
+A checkpoint is built in a temporary sibling directory, every file fsynced, then renamed into
+place; the previous version is moved aside first and deleted only after the new one is in place,
+so an interruption at any moment leaves one complete checkpoint on disk. Loading never unpickles
+arbitrary objects: weights are safetensors, the optimizer state is read with weights_only=True.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+import graft
+from graft.data.tokenizer import Tokenizer
+from graft.errors import CheckpointError
+from graft.model.config import ModelConfig
+from graft.model.transformer import LanguageModel
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_FILE = "tokenizer.json"
+RUN_CONFIG_FILE = "run_config.yaml"
+MANIFEST_FILE = "manifest.json"
+STATE_DIR = "training_state"
+
+
+@dataclass
+class TrainingState:
+    """Everything besides weights and optimizer moments that an exact resume needs."""
+
+    step: int = 0
+    tokens_seen: int = 0
+    elapsed_s: float = 0.0
+    best_val_loss: float | None = None
+    evals_without_improvement: int = 0
+
+
+@dataclass(frozen=True)
+class RngStates:
+    torch_cpu: torch.Tensor
+    data: torch.Tensor  # the generator that picks training windows: the data position
+    cuda: torch.Tensor | None = None
+
+
+def save_checkpoint(
+    directory: Path,
+    *,
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    run_config_yaml: str,
+    optimizer: torch.optim.Optimizer | None = None,
+    state: TrainingState | None = None,
+    rng: RngStates | None = None,
+) -> Path:
+    """Write a checkpoint directory atomically (see module docstring). Returns its path."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        if model.config.tie_embeddings:
+            weights.pop("lm_head.weight", None)  # the same tensor as model.embed_tokens.weight
+        save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        _write_text(tmp / CONFIG_FILE, json.dumps(
+            {"architecture": "LanguageModel", "graft_version": graft.__version__,
+             "model": model.config.model_dump(mode="json")}, indent=2))
+        _write_text(tmp / RUN_CONFIG_FILE, run_config_yaml)
+        tokenizer.save(tmp)
+        if state is not None:
+            (tmp / STATE_DIR).mkdir()
+            _write_text(tmp / STATE_DIR / "state.json", json.dumps(asdict(state), indent=2))
+            if rng is not None:
+                rng_tensors = {"torch_cpu": rng.torch_cpu, "data": rng.data}
+                if rng.cuda is not None:
+                    rng_tensors["cuda"] = rng.cuda
+                save_file(rng_tensors, str(tmp / STATE_DIR / "rng.safetensors"))
+            if optimizer is not None:
+                torch.save(optimizer.state_dict(), tmp / STATE_DIR / "optimizer.pt")
+        files = sorted(p for p in tmp.rglob("*") if p.is_file())
+        manifest = {"files": {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+        _write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2))
+        for path in [*files, tmp / MANIFEST_FILE]:
+            _fsync(path)
+        for d in {p.parent for p in files}:
+            _fsync(d)
+        _replace_directory(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint directory from a checkpoint path or a run directory (its checkpoints/last).
+    Falls back to the previous version if a save was interrupted between its two renames."""
+    path = Path(path)
+    if (path / "checkpoints").is_dir() and not (path / CONFIG_FILE).exists():
+        path = path / "checkpoints" / "last"
+    if not path.exists():
+        aside = path.parent / f".{path.name}.old"
+        if (aside / MANIFEST_FILE).is_file():
+            return aside
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    if not (path / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{path}: not a graft checkpoint (no {CONFIG_FILE})")
+    return path
+
+
+def verify_checkpoint(directory: Path) -> None:
+    """Check every file against manifest.json: catches truncated copies and flipped bytes."""
+    manifest_path = directory / MANIFEST_FILE
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{manifest_path}: missing or unreadable; the checkpoint is incomplete") from None
+    for name, entry in manifest.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: listed in {MANIFEST_FILE} but missing; the checkpoint is incomplete")
+        if path.stat().st_size != entry["bytes"]:
+            raise CheckpointError(
+                f"{path}: {path.stat().st_size} bytes, expected {entry['bytes']}; the file is truncated or was replaced"
+            )
+        if _sha256(path) != entry["sha256"]:
+            raise CheckpointError(f"{path}: contents do not match {MANIFEST_FILE} (sha256); the file is corrupt")
+
+
+def read_model_config(directory: Path) -> ModelConfig:
+    path = directory / CONFIG_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        return ModelConfig.model_validate(raw["model"])
+    except (OSError, ValueError, KeyError, TypeError, ValidationError) as err:
+        raise CheckpointError(f"{path}: not a valid graft model config ({str(err).splitlines()[0]})") from None
+
+
+def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[LanguageModel, Tokenizer]:
+    """The model (in eval mode) and tokenizer of a checkpoint or run directory, verified first."""
+    directory = resolve_checkpoint(path)
+    verify_checkpoint(directory)
+    config = read_model_config(directory)
+    with torch.device("meta"):
+        model = LanguageModel(config)  # no wasted random init: weights come from the file
+    load_weights(model, directory)
+    return model.to(device).eval(), Tokenizer.load(directory / TOKENIZER_FILE)
+
+
+def load_weights(model: LanguageModel, directory: Path) -> None:
+    path = directory / WEIGHTS_FILE
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: cannot read weights ({err})") from None
+    expected = model.state_dict()
+    if model.config.tie_embeddings:
+        expected.pop("lm_head.weight", None)
+    missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: tensors do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for name, tensor in weights.items():
+        if tensor.shape != expected[name].shape:
+            raise CheckpointError(f"{path}: tensor {name} has shape {tuple(tensor.shape)}, config expects {tuple(expected[name].shape)}")
+    model.load_state_dict(weights, strict=False, assign=True)
+    if model.config.tie_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    # Buffers derived from the config (RoPE tables) are not stored; rebuild them off the meta device.
+    if model.config.positions == "rope":
+        from graft.model.transformer import RotaryEmbedding
+
+        model.model.rotary = RotaryEmbedding(model.config)
+
+
+def load_training_state(directory: Path, optimizer: torch.optim.Optimizer) -> tuple[TrainingState, RngStates]:
+    state_dir = directory / STATE_DIR
+    if not (state_dir / "state.json").is_file():
+        raise CheckpointError(f"{directory}: has no {STATE_DIR}/ to resume from (it was exported without it)")
+    state = TrainingState(**json.loads((state_dir / "state.json").read_text(encoding="utf-8")))
+    rng = load_file(str(state_dir / "rng.safetensors"))
+    optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu"))
+    return state, RngStates(torch_cpu=rng["torch_cpu"], data=rng["data"], cuda=rng.get("cuda"))
+
+
+def config_differences(old: ModelConfig, new: ModelConfig) -> list[str]:
+    a, b = old.model_dump(), new.model_dump()
+    return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
+
+
+def _replace_directory(new: Path, dest: Path) -> None:
+    aside = dest.parent / f".{dest.name}.old"
+    shutil.rmtree(aside, ignore_errors=True)
+    if dest.exists():
+        os.rename(dest, aside)
+    os.rename(new, dest)
+    _fsync(dest.parent)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace a file in one step: a reader sees the old contents or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _write_text(tmp, text)
+    _fsync(tmp)
+    os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

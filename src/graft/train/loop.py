@@ -1,0 +1,325 @@
+"""The training loop: one function, `fit`, that every objective and every fine-tuning method runs.
+
+Read `fit` top to bottom: pick the learning rate, draw the micro-batches, accumulate gradients
+normalised by the number of target tokens in the whole step, clip, step the optimizer, log,
+evaluate, checkpoint, stop on a limit or on patience. `pretrain` sets a run up (data, model,
+optimizer, resume) and calls it. The loop never asks which objective it runs: an objective
+gives batches, a summed loss with its count, and its evaluation metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from tqdm import tqdm
+
+from graft.config import RunConfig, TrainConfig
+from graft.data.shards import TokenShards
+from graft.data.tokenizer import Tokenizer
+from graft.errors import CheckpointError, ConfigError
+from graft.model.transformer import LanguageModel
+from graft.objectives.clm import Batch, CausalLM, LossSum
+from graft.train import checkpoint as ckpt
+from graft.train.metrics_log import LOSS_CURVE_FILE, MetricsLog, plot_loss_curve
+from graft.train.optim import build_optimizer, learning_rate
+
+
+class Objective(Protocol):
+    name: str
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch: ...
+    def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]: ...
+    def loss(self, model: LanguageModel, batch: Batch) -> LossSum: ...
+    def eval_metrics(self, loss_sum: float, count: int) -> dict[str, float]: ...
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    tokens_seen: int
+    elapsed_s: float
+    stop_reason: str  # max_steps | max_tokens | max_minutes | patience | interrupted
+    evals: list[dict[str, float]] = field(default_factory=list)  # every evaluation of this process
+    best_val_loss: float | None = None
+
+
+@dataclass
+class Run:
+    """Everything `fit` needs, assembled by `pretrain` (or by a fine-tuning setup)."""
+
+    config: RunConfig
+    model: LanguageModel
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    tokenizer: Tokenizer
+    device: torch.device
+    data_generator: torch.Generator
+    state: ckpt.TrainingState
+    resumed: bool = False
+
+    @property
+    def run_dir(self) -> Path:
+        return self.config.train.out_dir
+
+
+def accumulate_gradients(model: LanguageModel, objective: Objective, micro_batches: list[Batch],
+                         autocast: contextlib.AbstractContextManager | None = None) -> tuple[float, int]:
+    """Backward over every micro-batch; gradients end up equal to those of one big batch.
+
+    Each micro-batch's summed loss is divided by the target count of the WHOLE step, not its own:
+    with padding or masked targets, micro-batches score different numbers of tokens, and a
+    per-micro-batch mean would weight their tokens unequally. Returns (loss sum, target count).
+    """
+    total_targets = sum(b.n_targets for b in micro_batches)
+    loss_sum = 0.0
+    for batch in micro_batches:
+        with autocast or contextlib.nullcontext():
+            out = objective.loss(model, batch)
+        (out.total / max(total_targets, 1)).backward()
+        loss_sum += out.total.item()
+    return loss_sum, total_targets
+
+
+@torch.no_grad()
+def evaluate(model: LanguageModel, objective: Objective, batches: list[Batch], device: torch.device,
+             autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    loss_sum, count = 0.0, 0
+    for batch in batches:
+        with autocast or contextlib.nullcontext():
+            out = objective.loss(model, batch.to(device))
+        loss_sum += out.total.item()
+        count += out.count
+    model.train(was_training)
+    return objective.eval_metrics(loss_sum, count)
+
+
+def fit(run: Run) -> RunResult:
+    cfg, train_cfg = run.config, run.config.train
+    model, objective, optimizer, state = run.model, run.objective, run.optimizer, run.state
+    tokens_per_step = train_cfg.batch_size * train_cfg.grad_accum * cfg.seq_len
+    autocast = _autocast(run.device, train_cfg.precision)
+    eval_batches = objective.eval_batches(train_cfg.batch_size, train_cfg.eval_batches)
+    log = MetricsLog(run.run_dir, resume_from_step=state.step if run.resumed else None)
+    result = RunResult(run.run_dir, state.step, state.tokens_seen, state.elapsed_s, "", best_val_loss=state.best_val_loss)
+    bar = tqdm(total=train_cfg.max_steps, initial=state.step, disable=not train_cfg.progress,
+               unit="step", dynamic_ncols=True, leave=False)
+    clock = time.perf_counter() - state.elapsed_s  # elapsed time carries over a resume
+    window_start, window_tokens, window_loss, window_targets = time.perf_counter(), 0, 0.0, 0
+    evaluated_at = -1
+
+    def evaluate_and_checkpoint() -> bool:
+        """Evaluate, keep `last` (and `best` when val loss improves); True if patience ran out."""
+        nonlocal evaluated_at
+        evaluated_at = state.step
+        metrics = evaluate(model, objective, eval_batches, run.device, autocast) if eval_batches else {}
+        val_loss = metrics.get("val/loss")
+        improved = val_loss is not None and (state.best_val_loss is None or val_loss < state.best_val_loss)
+        if improved:
+            state.best_val_loss, state.evals_without_improvement = val_loss, 0
+        elif val_loss is not None:
+            state.evals_without_improvement += 1
+        state.elapsed_s = time.perf_counter() - clock
+        if metrics:
+            log.write(state.step, {**metrics, "tokens": state.tokens_seen, "elapsed_s": state.elapsed_s})
+            result.evals.append({"step": state.step, **metrics})
+            bar.write(f"step {state.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        _save(run, "last")
+        if improved:
+            _save(run, "best", with_training_state=False)
+        return train_cfg.patience is not None and state.evals_without_improvement >= train_cfg.patience
+
+    if state.step == 0 and eval_batches:
+        # The untrained model's validation loss: the baseline every later figure is read against.
+        metrics = evaluate(model, objective, eval_batches, run.device, autocast)
+        log.write(0, {**metrics, "tokens": 0, "elapsed_s": 0.0})
+        result.evals.append({"step": 0, **metrics})
+    try:
+        while True:
+            # 1. Stop on a limit: steps, tokens or wall-clock time.
+            elapsed = time.perf_counter() - clock
+            result.stop_reason = _limit_reached(train_cfg, state, elapsed)
+            if result.stop_reason:
+                break
+            # 2. Learning rate for this step: warm-up, then decay by progress through the run.
+            lr = learning_rate(state.step, _decay_progress(cfg, state, elapsed, tokens_per_step), cfg.optim)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            # 3. Forward and backward over grad_accum micro-batches, then one optimizer step.
+            micro = [objective.train_batch(train_cfg.batch_size, run.data_generator).to(run.device)
+                     for _ in range(train_cfg.grad_accum)]
+            loss_sum, n_targets = accumulate_gradients(model, objective, micro, autocast)
+            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip).item()
+                         if cfg.optim.grad_clip > 0 else float("nan"))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.tokens_seen += tokens_per_step
+            window_tokens += tokens_per_step
+            window_loss += loss_sum
+            window_targets += n_targets
+            # 4. Log training metrics every log_every steps.
+            if state.step % train_cfg.log_every == 0:
+                seconds = time.perf_counter() - window_start
+                train_loss = window_loss / max(window_targets, 1)
+                tokens_per_s = window_tokens / max(seconds, 1e-9)
+                log.write(state.step, {"train/loss": train_loss, "lr": lr, "grad_norm": grad_norm,
+                                       "tokens_per_s": tokens_per_s, "tokens": state.tokens_seen})
+                bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}",
+                                left=_time_left(train_cfg, elapsed), refresh=False)
+                window_start, window_tokens, window_loss, window_targets = time.perf_counter(), 0, 0.0, 0
+            bar.update(1)
+            if not math.isfinite(loss_sum):
+                raise FloatingPointError(f"training loss became {loss_sum} at step {state.step}; lower optim.lr")
+            # 5. Evaluate and checkpoint every eval_every steps; stop early when patience runs out.
+            if state.step % train_cfg.eval_every == 0:
+                if evaluate_and_checkpoint():
+                    result.stop_reason = "patience"
+                    break
+                window_start = time.perf_counter()  # evaluation time is not training throughput
+        if evaluated_at != state.step:
+            evaluate_and_checkpoint()
+    except KeyboardInterrupt:
+        # Checkpoints are written atomically, so the last complete one is intact; saving now
+        # could be interrupted again, so we do not.
+        result.stop_reason = "interrupted"
+    finally:
+        bar.close()
+        log.close()
+        plot_loss_curve(log.read(), run.run_dir / LOSS_CURVE_FILE, title=f"{cfg.objective.name} · {run.run_dir.name}")
+    result.step, result.tokens_seen = state.step, state.tokens_seen
+    result.elapsed_s, result.best_val_loss = time.perf_counter() - clock, state.best_val_loss
+    return result
+
+
+def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
+    """Set up a pre-training run from its config (fresh or resumed) and train it."""
+    if config.data.path is None:
+        raise ConfigError("data.path is not set: give a directory made by `graft data prepare` (--data.path=DIR)")
+    tokenizer = Tokenizer.load(config.data.path)
+    train_shards = TokenShards.open(config.data.path, "train", expected_tokenizer_sha256=tokenizer.sha256)
+    has_val = train_shards.index.splits.get("val") is not None and train_shards.index.splits["val"].tokens > 0
+    val_shards = TokenShards.open(config.data.path, "val", expected_tokenizer_sha256=tokenizer.sha256) if has_val else None
+    config = _with_vocab(config, tokenizer)
+
+    run_dir = config.train.out_dir
+    last = run_dir / "checkpoints" / "last"
+    if resume:
+        last = ckpt.resolve_checkpoint(last)
+        ckpt.verify_checkpoint(last)
+        changed = ckpt.config_differences(ckpt.read_model_config(last), config.model)
+        if changed:
+            raise CheckpointError(f"--resume: the model config differs from {last}: {'; '.join(changed)}; "
+                                  "resume with the original config or train into a new train.out_dir")
+    elif (run_dir / "checkpoints").exists():
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or set another train.out_dir")
+
+    device = resolve_device(config.train.device)
+    if config.train.deterministic:
+        torch.use_deterministic_algorithms(True)
+    torch.manual_seed(config.train.seed)
+    model = LanguageModel(config.model).to(device)
+    optimizer = build_optimizer(model, config.optim, device)
+    generator = torch.Generator().manual_seed(config.train.seed)
+    state = ckpt.TrainingState()
+    if resume:
+        ckpt.load_weights(model, last)
+        model.to(device)
+        optimizer = build_optimizer(model, config.optim, device)  # bound to the loaded tensors
+        state, rng = ckpt.load_training_state(last, optimizer)
+        torch.set_rng_state(rng.torch_cpu)
+        generator.set_state(rng.data)
+        if rng.cuda is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(rng.cuda, device)
+    if config.train.compile:
+        model.model.compile()  # in place: parameter names (and checkpoints) are unchanged
+    model.train()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt.write_text_atomic(run_dir / "config.yaml", config.to_yaml())
+    objective = CausalLM(train_shards, val_shards, config.seq_len, mask_doc_boundaries=config.data.mask_doc_boundaries)
+    return fit(Run(config, model, objective, optimizer, tokenizer, device, generator, state, resumed=resume))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device: {name!r} requested but this torch build has no CUDA device")
+    return device
+
+
+def _with_vocab(config: RunConfig, tokenizer: Tokenizer) -> RunConfig:
+    vocab = config.model.vocab_size
+    if vocab is None:
+        model = config.model.model_copy(update={"vocab_size": tokenizer.vocab_size})
+        return config.model_copy(update={"model": model})
+    if vocab < tokenizer.vocab_size:
+        raise ConfigError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's vocabulary "
+                          f"({tokenizer.vocab_size}); leave it unset to take the tokenizer's")
+    return config
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager | None:
+    """bf16 autocast on CUDA by default; fp32 elsewhere (bf16 is 7-100x slower on common CPUs)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return None
+
+
+def _limit_reached(train_cfg: TrainConfig, state: ckpt.TrainingState, elapsed: float) -> str:
+    if train_cfg.max_steps is not None and state.step >= train_cfg.max_steps:
+        return "max_steps"
+    if train_cfg.max_tokens is not None and state.tokens_seen >= train_cfg.max_tokens:
+        return "max_tokens"
+    if train_cfg.max_minutes is not None and elapsed >= 60 * train_cfg.max_minutes:
+        return "max_minutes"
+    return ""
+
+
+def _decay_progress(cfg: RunConfig, state: ckpt.TrainingState, elapsed: float, tokens_per_step: int) -> float:
+    """How far through the decay phase (after warm-up) the run is, by whichever limit is nearest."""
+    t, warmup = cfg.train, cfg.optim.warmup_steps
+    fractions = []
+    if t.max_steps is not None:
+        fractions.append((state.step - warmup) / max(t.max_steps - warmup, 1))
+    if t.max_tokens is not None:
+        fractions.append((state.tokens_seen - warmup * tokens_per_step) / max(t.max_tokens - warmup * tokens_per_step, 1))
+    if t.max_minutes is not None:
+        fractions.append(elapsed / (60 * t.max_minutes))
+    return max(fractions) if fractions else 0.0
+
+
+def _time_left(train_cfg: TrainConfig, elapsed: float) -> str:
+    if train_cfg.max_minutes is None:
+        return ""
+    left = max(60 * train_cfg.max_minutes - elapsed, 0)
+    return f"{int(left // 60)}m{int(left % 60):02d}s"
+
+
+def _save(run: Run, name: str, *, with_training_state: bool = True) -> None:
+    rng = ckpt.RngStates(
+        torch_cpu=torch.get_rng_state(), data=run.data_generator.get_state(),
+        cuda=torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
+    )
+    ckpt.save_checkpoint(
+        run.run_dir / "checkpoints" / name, model=run.model, tokenizer=run.tokenizer,
+        run_config_yaml=run.config.to_yaml(),
+        optimizer=run.optimizer if with_training_state else None,
+        state=run.state if with_training_state else None, rng=rng if with_training_state else None,
+    )

@@ -1,0 +1,74 @@
+"""What a run writes as it goes: metrics.jsonl (one JSON object a line) and the loss-curve PNG."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.jsonl"
+LOSS_CURVE_FILE = "loss_curve.png"
+
+
+class MetricsLog:
+    """Appends `{"step": N, "train/loss": ..., ...}` lines, flushed at once so a crash loses none."""
+
+    def __init__(self, run_dir: Path, *, resume_from_step: int | None = None) -> None:
+        self.path = run_dir / METRICS_FILE
+        if resume_from_step is not None and self.path.exists():
+            # Lines past the resumed checkpoint describe steps that will be trained again.
+            kept = [line for line in self.read() if line["step"] <= resume_from_step]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(json.dumps(line) + "\n" for line in kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+        elif resume_from_step is None and self.path.exists():
+            self.path.unlink()
+        self._file = open(self.path, "a", encoding="utf-8")
+
+    def write(self, step: int, metrics: dict[str, float]) -> None:
+        clean = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
+        self._file.write(json.dumps({"step": step, **clean}) + "\n")
+        self._file.flush()
+
+    def read(self) -> list[dict[str, Any]]:
+        return read_metrics(self.path)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot_loss_curve(metrics: list[dict[str, Any]], out: Path, title: str = "") -> Path | None:
+    """Train and validation loss against step, written atomically as a PNG."""
+    train = [(m["step"], m["train/loss"]) for m in metrics if "train/loss" in m]
+    val = [(m["step"], m["val/loss"]) for m in metrics if "val/loss" in m]
+    if not train and not val:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed; also safe in worker threads
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    if train:
+        ax.plot(*zip(*train), label="train", linewidth=1, alpha=0.8)
+    if val:
+        ax.plot(*zip(*val), label="validation", marker="o", markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats / token)")
+    ax.set_title(title or "loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
