@@ -1,0 +1,343 @@
+"""Reading raw text inputs as a stream of documents.
+
+This module owns the answer to "which files are read, and what is one document": `.txt` and
+`.md` files are one document each, `.jsonl` files hold one document per line in the `text`
+field. Folders are walked recursively in sorted order so every run sees the same documents in
+the same order. A document's text is handed out in pieces of bounded size, so a 1 GB text
+file never sits in memory at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AnyStr
+
+from graft.errors import DataError
+
+__all__ = [
+    "PIECE_BYTES",
+    "SUFFIXES",
+    "Document",
+    "count_documents",
+    "iter_documents",
+    "list_input_files",
+]
+
+#: File suffixes read as documents (compared case-insensitively).
+SUFFIXES: tuple[str, ...] = (".txt", ".md", ".jsonl")
+#: Default size of one piece of a document's text.
+PIECE_BYTES: int = 1 << 20
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+# The tail of a piece searched for a between-words cut; bounded so cutting stays O(1).
+_CUT_WINDOW = 8192
+# A single space with a non-space on both sides: cutting just before that space leaves every
+# pre-tokenizer we use (GPT-2 byte-level regex, BERT whitespace/punctuation split, Metaspace)
+# producing exactly the tokens it would produce on the uncut text.
+_WORD_GAP_STR = re.compile(r"\S \S")
+_WORD_GAP_BYTES = re.compile(rb"\S \S")
+_ASCII_WHITESPACE = " \t\n\r\f\v"
+
+
+def _suffix_list() -> str:
+    return ", ".join(SUFFIXES)
+
+
+@dataclass(frozen=True)
+class Document:
+    """One document: where it came from and a way to stream its text.
+
+    `source` is `path` for a text file and `path:LINE` (1-based) for a JSONL record. Text files
+    are not read until `pieces()` is iterated; a JSONL record's text is held (its line had to be
+    parsed anyway).
+    """
+
+    source: str
+    path: Path
+    #: Input bytes this document occupies (file size, or JSONL line length); for progress bars.
+    size: int
+    line: int | None = None
+    _text: str | None = field(default=None, repr=False, compare=False)
+
+    def pieces(self, piece_bytes: int = PIECE_BYTES) -> Iterator[str]:
+        """Yield the text in consecutive pieces of about `piece_bytes` bytes.
+
+        Pieces are cut between words where possible, else after a newline, else at a character
+        boundary, so that encoding the pieces separately and concatenating the ids gives the
+        same tokens as encoding the whole text in all but pathological cases (a line longer than
+        a piece with no spaces). Newlines are normalised to `\\n`.
+        """
+        if piece_bytes < 16:
+            raise ValueError(f"piece_bytes must be at least 16, got {piece_bytes}")
+        if self._text is not None:
+            yield from _cut_str(self._text, piece_bytes)
+        else:
+            yield from _read_text_file(self.path, piece_bytes)
+
+    def read(self) -> str:
+        """The whole text at once; for small documents and tests."""
+        return "".join(self.pieces())
+
+
+def _normalise_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _cut_point(buf: AnyStr, gap: re.Pattern[AnyStr], newline: AnyStr) -> int:
+    """Where to end a piece of `buf` (which continues past its end); 0 when no good cut."""
+    # Look for the last word gap in a short tail first: prose has one within a few bytes,
+    # and scanning every gap of a long window would cost a Python step per word.
+    for window in (256, _CUT_WINDOW):
+        last = -1
+        for match in gap.finditer(buf, max(0, len(buf) - window)):
+            last = match.start() + 1  # just before the space
+        if last > 0:
+            return last
+    return buf.rfind(newline) + 1
+
+
+def _cut_str(text: str, piece_chars: int) -> Iterator[str]:
+    text = _normalise_newlines(text)
+    start = 0
+    # Walk an index rather than re-slicing the remainder, which would copy a long text
+    # once per piece.
+    while len(text) - start > piece_chars:
+        head = text[start : start + piece_chars]
+        cut = _cut_point(head, _WORD_GAP_STR, "\n") or piece_chars
+        yield head[:cut]
+        start += cut
+    if start < len(text):
+        yield text[start:]
+
+
+def _char_boundary(buf: bytes) -> int:
+    """Index of the last UTF-8 lead byte in `buf` (cutting there never splits a character)."""
+    for back in range(1, min(4, len(buf)) + 1):
+        if buf[-back] & 0xC0 != 0x80:
+            return len(buf) - back
+    return len(buf)  # not UTF-8 anyway: let decoding report it
+
+
+def _read_text_file(path: Path, piece_bytes: int) -> Iterator[str]:
+    offset = 0  # byte offset in the file of the start of `buf`
+    line = 1  # line number at the start of `buf`
+    carry = b""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    with handle:
+        first = True
+        while True:
+            chunk = handle.read(piece_bytes)
+            buf = carry + chunk
+            if first:
+                first = False
+                if buf.startswith(_UTF8_BOM):
+                    buf = buf[len(_UTF8_BOM) :]
+                    offset = len(_UTF8_BOM)
+            if not chunk:
+                cut = len(buf)
+            else:
+                cut = _cut_point(buf, _WORD_GAP_BYTES, b"\n")
+                if cut == 0:
+                    # No space or newline at all: cut before the last character. A "\r" just
+                    # before the cut cannot be half of a "\r\n", as the buffer has no "\n".
+                    cut = _char_boundary(buf)
+                    if cut == 0:
+                        carry = buf  # a few bytes only; read more before cutting
+                        continue
+            piece, carry = buf[:cut], buf[cut:]
+            if piece:
+                try:
+                    text = piece.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    bad_line = line + piece.count(b"\n", 0, exc.start)
+                    raise DataError(
+                        f"{path}: byte {offset + exc.start} (line {bad_line}) is not valid "
+                        f"UTF-8 ({exc.reason}); save the file as UTF-8"
+                    ) from exc
+                line += piece.count(b"\n")
+                offset += len(piece)
+                yield _normalise_newlines(text)
+            if not chunk:
+                return
+
+
+def _is_blank_file(path: Path) -> bool:
+    """True when the file holds nothing but a BOM and ASCII whitespace (read until it doesn't)."""
+    with path.open("rb") as handle:
+        first = True
+        while chunk := handle.read(1 << 16):
+            if first and chunk.startswith(_UTF8_BOM):
+                chunk = chunk[len(_UTF8_BOM) :]
+            first = False
+            if chunk.strip():
+                return False
+    return True
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def _as_paths(paths: Sequence[Path] | Path | str) -> list[Path]:
+    # A lone str is a Sequence too; iterating it would yield characters.
+    if isinstance(paths, (str, os.PathLike)):
+        return [Path(paths)]
+    return [Path(p) for p in paths]
+
+
+def list_input_files(paths: Sequence[Path]) -> list[Path]:
+    """The files `paths` stand for, in a deterministic order, each once.
+
+    Files are taken as given (their suffix must be one of SUFFIXES); folders are walked
+    recursively and their files sorted by path, skipping hidden entries (names starting with
+    ".") and files with other suffixes.
+    """
+    paths = _as_paths(paths)
+    files: list[Path] = []
+    seen: set[Path] = set()
+
+    def add(file: Path) -> None:
+        key = file.resolve()
+        if key not in seen:
+            seen.add(key)
+            files.append(file)
+
+    for path in paths:
+        if path.is_dir():
+            found: list[Path] = []
+            for root, dirs, names in os.walk(path):
+                # Pruning hidden folders skips .git, caches and our own temporary folders.
+                dirs[:] = [d for d in dirs if not _is_hidden(d)]
+                found.extend(
+                    Path(root) / name
+                    for name in names
+                    if not _is_hidden(name) and Path(name).suffix.lower() in SUFFIXES
+                )
+            # Sorting by path components gives one order on every platform and filesystem
+            # (a/y.md before a.txt before b.txt), independent of directory listing order.
+            for file in sorted(found, key=lambda f: f.relative_to(path).parts):
+                add(file)
+        elif path.is_file():
+            if path.suffix.lower() not in SUFFIXES:
+                raise DataError(
+                    f"{path}: unsupported file type {path.suffix or '(no suffix)'!r}; "
+                    f"graft reads {_suffix_list()}"
+                )
+            add(path)
+        elif path.exists():
+            raise DataError(f"{path}: not a regular file or folder")
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    if not files:
+        shown = ", ".join(str(p) for p in paths) or "(no inputs given)"
+        raise DataError(f"{shown}: no usable files; graft reads {_suffix_list()}")
+    return files
+
+
+def _jsonl_documents(path: Path) -> Iterator[Document]:
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    with handle:
+        for number, raw in enumerate(handle, start=1):
+            where = f"{path}:{number}"
+            if number == 1 and raw.startswith(_UTF8_BOM):
+                raw = raw[len(_UTF8_BOM) :]
+            if not raw.strip():
+                continue  # blank lines (a trailing newline, spacing) are not records
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(
+                    f"{where}: byte {exc.start} of the line is not valid UTF-8 ({exc.reason})"
+                ) from exc
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); "
+                    'expected one JSON object per line like {"text": "..."}'
+                ) from exc
+            if not isinstance(record, dict):
+                raise DataError(
+                    f"{where}: expected a JSON object with a string \"text\" field, "
+                    f"got a JSON {type(record).__name__}"
+                )
+            if "text" not in record:
+                keys = ", ".join(sorted(record)) or "none"
+                raise DataError(
+                    f'{where}: missing the "text" field (keys: {keys}); '
+                    'expected {"text": "..."}'
+                )
+            text = record["text"]
+            if not isinstance(text, str):
+                raise DataError(
+                    f'{where}: "text" must be a string, got {type(text).__name__}'
+                )
+            if not text.strip(_ASCII_WHITESPACE):
+                continue
+            yield Document(source=where, path=path, size=len(raw), line=number, _text=text)
+
+
+def _documents(files: list[Path], shown: str) -> Iterator[Document]:
+    produced = False
+    for path in files:
+        if path.suffix.lower() == ".jsonl":
+            for doc in _jsonl_documents(path):
+                produced = True
+                yield doc
+        else:
+            try:
+                size = path.stat().st_size
+                blank = size == 0 or _is_blank_file(path)
+            except OSError as exc:
+                raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+            if not blank:
+                produced = True
+                yield Document(source=str(path), path=path, size=size)
+    if not produced:
+        raise DataError(
+            f"{shown}: every document is empty; graft reads text from {_suffix_list()} files "
+            '(.jsonl: one {"text": "..."} object per line)'
+        )
+
+
+def iter_documents(paths: Sequence[Path]) -> Iterator[Document]:
+    """Stream the non-empty documents in `paths` (files and folders), in a stable order.
+
+    Missing paths and folders without usable files raise DataError right away; problems
+    inside a file (bad UTF-8, a bad JSONL line) raise DataError while iterating, naming the
+    file and line. Raises DataError at the end if every document was empty.
+    """
+    paths = _as_paths(paths)
+    files = list_input_files(paths)
+    return _documents(files, ", ".join(str(p) for p in paths))
+
+
+def count_documents(paths: Sequence[Path]) -> int:
+    """Count the documents `paths` hold without reading their text.
+
+    A text file counts as one document unless it is blank; a JSONL file counts its non-blank
+    lines, without parsing them, so records with an empty `text` are counted too (an upper
+    bound that is exact for clean data).
+    """
+    total = 0
+    for path in list_input_files(paths):
+        try:
+            if path.suffix.lower() == ".jsonl":
+                with path.open("rb") as handle:
+                    total += sum(1 for raw in handle if raw.strip())
+            elif path.stat().st_size > 0 and not _is_blank_file(path):
+                total += 1
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    return total

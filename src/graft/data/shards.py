@@ -1,0 +1,544 @@
+"""Token shards: the prepared, tokenized form of a text corpus, and reading it back.
+
+A prepared directory holds `train.bin` and `val.bin` (flat arrays of token ids, uint16 when
+the vocabulary fits, else uint32, as nanoGPT writes them), `index.json` (a ShardIndex: token
+and document counts, source bytes, the tokenizer's hash) and a copy of `tokenizer.json`.
+Preparation streams: documents are read in pieces and encoded in bounded batches, so memory
+stays flat however large the corpus. The directory appears all at once or not at all.
+
+Each document is followed by the EOT id. Documents go to train or val by a seeded coin
+(`val_fraction`), and each split is guaranteed at least one document when there are two or
+more; a corpus of exactly one document is split by position instead (the first
+`1 - val_fraction` of its tokens train, the rest val).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+from tqdm import tqdm
+
+from graft.data.documents import iter_documents, list_input_files
+from graft.data.tokenizer import EOT, Tokenizer
+from graft.errors import ConfigError, DataError, TokenizerError
+
+__all__ = [
+    "FORMAT_VERSION",
+    "INDEX_FILE",
+    "ShardIndex",
+    "SplitInfo",
+    "TokenShards",
+    "prepare_shards",
+    "token_dtype",
+]
+
+FORMAT_VERSION = 1
+INDEX_FILE = "index.json"
+SPLITS: tuple[str, ...] = ("train", "val")
+_DTYPES: tuple[str, ...] = ("uint16", "uint32")
+
+# Documents are encoded in pieces this large; small enough that one piece's ids as Python
+# ints stay around a megabyte, large enough that a batch keeps every core busy.
+_PIECE_BYTES = 1 << 16
+# Text characters encoded per batch at most: bounds the memory of one batch.
+_BATCH_CHARS = 1 << 18
+# Tokens copied per step when moving the tail of a split file.
+_COPY_TOKENS = 1 << 20
+_RERUN = "re-run `graft data prepare`"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest unsigned dtype holding every id of a `vocab_size` vocabulary."""
+    return np.dtype(np.uint16 if vocab_size <= 1 << 16 else np.uint32)
+
+
+@dataclass
+class SplitInfo:
+    """One split of a prepared directory."""
+
+    file: str
+    tokens: int
+    documents: int
+    #: UTF-8 bytes of the source text in this split (for bits per byte).
+    bytes: int
+
+
+@dataclass
+class ShardIndex:
+    """The contents of `index.json`: what a prepared directory holds and how it was made."""
+
+    dtype: str
+    vocab_size: int
+    eot_id: int
+    tokenizer_sha256: str
+    tokenizer_kind: str
+    splits: dict[str, SplitInfo]
+    sources: list[str] = field(default_factory=list)
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def np_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object, where: str) -> ShardIndex:
+        """Validate parsed JSON; `where` (the file) prefixes every error."""
+        if not isinstance(data, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise DataError(f"{where}: unknown key {unknown[0]!r}; {_RERUN}")
+        version = _field(data, "format_version", int, where)
+        if version != FORMAT_VERSION:
+            newer = " by a newer graft" if version > FORMAT_VERSION else ""
+            raise DataError(
+                f"{where}: format_version {version} was written{newer}; this graft reads "
+                f"format {FORMAT_VERSION}; {_RERUN}"
+            )
+        dtype = _field(data, "dtype", str, where)
+        if dtype not in _DTYPES:
+            raise DataError(f"{where}: dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+        vocab_size = _field(data, "vocab_size", int, where)
+        eot_id = _field(data, "eot_id", int, where)
+        if not 0 <= eot_id < vocab_size:
+            raise DataError(
+                f"{where}: eot_id {eot_id} is outside the vocabulary (0..{vocab_size - 1})"
+            )
+        raw_splits = _field(data, "splits", dict, where)
+        splits = {
+            name: _split_info(value, f"{where}: splits.{name}")
+            for name, value in raw_splits.items()
+        }
+        sources = _field(data, "sources", list, where)
+        if not all(isinstance(s, str) for s in sources):
+            raise DataError(f"{where}: sources must be a list of strings")
+        return cls(
+            dtype=dtype,
+            vocab_size=vocab_size,
+            eot_id=eot_id,
+            tokenizer_sha256=_field(data, "tokenizer_sha256", str, where),
+            tokenizer_kind=_field(data, "tokenizer_kind", str, where),
+            splits=splits,
+            sources=sources,
+            format_version=version,
+        )
+
+    @classmethod
+    def load(cls, directory: Path | str) -> ShardIndex:
+        """Read and validate `directory/index.json`, checking each split file's size."""
+        directory = Path(directory)
+        file = directory / INDEX_FILE
+        if not file.is_file():
+            raise DataError(
+                f"{directory} is not a prepared data directory (no {INDEX_FILE}); "
+                "run `graft data prepare` first"
+            )
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{file}: cannot read ({exc})") from exc
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{file}: line {exc.lineno}: invalid JSON ({exc.msg}); {_RERUN}"
+            ) from exc
+        index = cls.from_dict(data, str(file))
+        itemsize = index.np_dtype.itemsize
+        for name, info in index.splits.items():
+            path = directory / info.file
+            if not path.is_file():
+                raise DataError(f"{path}: missing (split {name!r} of {file}); {_RERUN}")
+            size = path.stat().st_size
+            if size != info.tokens * itemsize:
+                raise DataError(
+                    f"{path}: {size} bytes, but {file} records {info.tokens} {index.dtype} "
+                    f"tokens ({info.tokens * itemsize} bytes); the file is truncated or "
+                    f"corrupt; {_RERUN}"
+                )
+        return index
+
+    def save(self, directory: Path) -> Path:
+        path = Path(directory) / INDEX_FILE
+        _write_durably(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8"))
+        return path
+
+
+def _field(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in data:
+        raise DataError(f"{where}: missing key {key!r}; {_RERUN}")
+    value = data[key]
+    # bool is an int subclass; a true/false where a count belongs is corruption, not a count.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise DataError(
+            f"{where}: {key!r} must be {kind.__name__}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _split_info(value: object, where: str) -> SplitInfo:
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: expected an object, got {type(value).__name__}")
+    file = _field(value, "file", str, where)
+    # The file must sit inside the prepared directory: a path could point anywhere.
+    if not file or Path(file).name != file or file in (".", ".."):
+        raise DataError(f"{where}: 'file' must be a plain file name, got {file!r}")
+    counts = {key: _field(value, key, int, where) for key in ("tokens", "documents", "bytes")}
+    for key, count in counts.items():
+        if count < 0:
+            raise DataError(f"{where}: {key!r} must be >= 0, got {count}")
+    return SplitInfo(file=file, **counts)
+
+
+# -- writing -----------------------------------------------------------------------------
+
+
+def _fsync_path(path: Path) -> None:
+    # Directories can only be opened read-only; some platforms refuse to fsync them at all.
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _utf8_len(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+class _SplitWriter:
+    """Appends one split's ids to its .bin file and counts what went in."""
+
+    def __init__(self, name: str, path: Path, dtype: np.dtype, eot_id: int) -> None:
+        self.name = name
+        self.path = path
+        self.handle: BinaryIO = path.open("wb")
+        self.tokens = 0
+        self.documents = 0
+        self.bytes = 0
+        self.doc_tokens = 0
+        self.doc_bytes = 0
+        # The last finished document's size, so that it can be moved to an empty split.
+        self.last_doc_tokens = 0
+        self.last_doc_bytes = 0
+        self._eot = np.array([eot_id], dtype=dtype)
+        self._parts: list[np.ndarray] = []
+
+    def add(self, ids: np.ndarray, text_bytes: int) -> None:
+        self._parts.append(ids)
+        self.doc_tokens += len(ids)
+        self.doc_bytes += text_bytes
+
+    def end_document(self) -> None:
+        self._parts.append(self._eot)
+        self.doc_tokens += 1
+        self.tokens += self.doc_tokens
+        self.bytes += self.doc_bytes
+        self.documents += 1
+        self.last_doc_tokens, self.last_doc_bytes = self.doc_tokens, self.doc_bytes
+        self.doc_tokens = self.doc_bytes = 0
+
+    def flush(self) -> None:
+        # One write per batch: a tofile call per tiny document would dominate the run time.
+        if self._parts:
+            np.concatenate(self._parts).tofile(self.handle)
+            self._parts.clear()
+
+    def close(self) -> None:
+        self.flush()
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+
+    def info(self) -> SplitInfo:
+        return SplitInfo(file=self.path.name, tokens=self.tokens, documents=self.documents,
+                         bytes=self.bytes)
+
+
+def _move_tail(src: Path, dst: Path, count: int, dtype: np.dtype) -> None:
+    """Move the last `count` ids of `src` into the empty file `dst`, then truncate `src`."""
+    itemsize = dtype.itemsize
+    total = src.stat().st_size // itemsize
+    start = total - count
+    if dst.stat().st_size != 0 or not 0 <= start < total:
+        raise AssertionError(f"cannot move {count} of {total} tokens from {src} to {dst}")
+    tail = np.memmap(src, dtype=dtype, mode="r", offset=start * itemsize, shape=(count,))
+    try:
+        with dst.open("ab") as out:
+            # Chunked so that moving a huge tail never loads it whole.
+            for first in range(0, count, _COPY_TOKENS):
+                np.asarray(tail[first : first + _COPY_TOKENS]).tofile(out)
+            out.flush()
+            os.fsync(out.fileno())
+    finally:
+        # The map must be gone before truncating (Windows refuses otherwise).
+        del tail
+    os.truncate(src, start * itemsize)
+    _fsync_path(src)
+
+
+def _split_by_position(
+    train: _SplitWriter, val: _SplitWriter, val_fraction: float, dtype: np.dtype
+) -> dict[str, SplitInfo]:
+    """Split the one document there is: its first tokens train, the tail val (as nanoGPT)."""
+    holder = train if train.documents else val
+    if holder is val:
+        # The coin sent the lone document to val; it starts in train like any position split.
+        os.replace(val.path, train.path)
+        val.path.touch()
+    total, text_bytes = holder.tokens, holder.bytes
+    n_train = min(total - 1, max(1, round(total * (1 - val_fraction))))
+    n_val = total - n_train
+    _move_tail(train.path, val.path, n_val, dtype)
+    # Bytes cannot be attributed to single tokens; share them in proportion to tokens.
+    val_bytes = round(text_bytes * n_val / total)
+    # The document spans both splits, so each counts it once.
+    return {
+        train.name: SplitInfo(train.path.name, n_train, 1, text_bytes - val_bytes),
+        val.name: SplitInfo(val.path.name, n_val, 1, val_bytes),
+    }
+
+
+def _balance(
+    writers: dict[str, _SplitWriter], val_fraction: float, dtype: np.dtype
+) -> dict[str, SplitInfo]:
+    """Give each split at least one document, or split a single document by position."""
+    train, val = writers["train"], writers["val"]
+    if train.documents + val.documents == 1:
+        return _split_by_position(train, val, val_fraction, dtype)
+    for full, empty in ((train, val), (val, train)):
+        if empty.documents == 0:
+            # Only tiny corpora or extreme fractions get here: the last document moves over
+            # (it is at the end of its file, so moving it is a copy and a truncate).
+            _move_tail(full.path, empty.path, full.last_doc_tokens, dtype)
+            moved = SplitInfo(empty.path.name, full.last_doc_tokens, 1, full.last_doc_bytes)
+            kept = SplitInfo(
+                full.path.name,
+                full.tokens - moved.tokens,
+                full.documents - 1,
+                full.bytes - moved.bytes,
+            )
+            return {full.name: kept, empty.name: moved}
+    return {name: writer.info() for name, writer in writers.items()}
+
+
+def _write_split_files(
+    inputs: Sequence[Path],
+    tokenizer: Tokenizer,
+    work: Path,
+    dtype: np.dtype,
+    eot_id: int,
+    total_bytes: int,
+    val_fraction: float,
+    seed: int,
+    batch_size: int,
+    progress: bool,
+) -> dict[str, SplitInfo]:
+    rng = np.random.default_rng(seed)
+    writers = {name: _SplitWriter(name, work / f"{name}.bin", dtype, eot_id) for name in SPLITS}
+    # Queue of (writer, piece text or None for "end of document", piece bytes), in order.
+    pending: list[tuple[_SplitWriter, str | None, int]] = []
+    pending_texts = 0
+    pending_chars = 0
+
+    def encode_pending() -> None:
+        texts = [text for _, text, _ in pending if text is not None]
+        arrays = iter(tokenizer.encode_batch_arrays(texts, dtype=dtype))
+        for writer, text, size in pending:
+            if text is None:
+                writer.end_document()
+            else:
+                writer.add(next(arrays), size)
+        for writer in writers.values():
+            writer.flush()
+        pending.clear()
+
+    try:
+        with tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+                  desc="preparing shards", disable=not progress, leave=False) as bar:
+            for doc in iter_documents(inputs):
+                writer = writers["val" if rng.random() < val_fraction else "train"]
+                read = 0
+                for piece in doc.pieces(_PIECE_BYTES):
+                    size = _utf8_len(piece)
+                    pending.append((writer, piece, size))
+                    pending_texts += 1
+                    pending_chars += len(piece)
+                    read += size
+                    bar.update(size)
+                    if pending_texts >= batch_size or pending_chars >= _BATCH_CHARS:
+                        encode_pending()
+                        pending_texts = pending_chars = 0
+                pending.append((writer, None, 0))
+                # Text bytes undercount the file (BOM, CRLF, JSON syntax); catch up per document.
+                bar.update(max(0, doc.size - read))
+            encode_pending()
+    except BaseException:
+        for writer in writers.values():
+            writer.handle.close()
+        raise
+    for writer in writers.values():
+        writer.close()
+    return _balance(writers, val_fraction, dtype)
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise DataError(f"{out_dir}: exists and is not a folder; choose another output folder")
+    if (out_dir / INDEX_FILE).is_file() or not any(out_dir.iterdir()):
+        return
+    # Replacing is a delete: never do it to a folder that is not ours.
+    raise DataError(
+        f"{out_dir}: exists and is not a prepared data directory (no {INDEX_FILE}); "
+        "choose another output folder or empty it"
+    )
+
+
+def _replace_dir(work: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        old = work.with_name(work.name + ".old")
+        os.replace(out_dir, old)
+        try:
+            os.replace(work, out_dir)
+        except BaseException:
+            os.replace(old, out_dir)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(work, out_dir)
+    _fsync_path(out_dir.parent)
+
+
+def prepare_shards(
+    inputs: Sequence[Path],
+    tokenizer: Tokenizer,
+    out_dir: Path,
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> ShardIndex:
+    """Tokenize the documents in `inputs` into a prepared directory at `out_dir`.
+
+    `out_dir` is built in a hidden temporary sibling and renamed into place once complete,
+    replacing an earlier prepared directory; on any error nothing at `out_dir` changes.
+    `batch_size` is the number of text pieces per parallel encode call. A progress bar
+    (bytes read) goes to stderr when `progress` is true.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    eot_id = tokenizer.eot_id
+    if eot_id is None:
+        raise TokenizerError(
+            f"the {tokenizer.kind} tokenizer has no {EOT} token; shards "
+            "need it to separate documents"
+        )
+    vocab_size = tokenizer.vocab_size
+    dtype = token_dtype(vocab_size)
+    files = list_input_files(inputs)
+    out_dir = Path(out_dir)
+    _check_replaceable(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    total_bytes = sum(path.stat().st_size for path in files)
+    # Hidden (input folders skip it) and unique; made with mkdir rather than mkdtemp, whose
+    # 0700 mode would stick to the finished directory.
+    work = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:12]}.partial"
+    work.mkdir()
+    try:
+        splits = _write_split_files(inputs, tokenizer, work, dtype, eot_id, total_bytes,
+                                    val_fraction, seed, batch_size, progress)
+        index = ShardIndex(
+            dtype=dtype.name,
+            vocab_size=vocab_size,
+            eot_id=eot_id,
+            tokenizer_sha256=tokenizer.sha256,
+            tokenizer_kind=tokenizer.kind,
+            splits=splits,
+            sources=[str(path) for path in files],
+        )
+        tokenizer.save(work)
+        index.save(work)
+        _fsync_path(work)
+        _replace_dir(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return index
+
+
+# -- reading -----------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class TokenShards:
+    """One split of a prepared directory, memory-mapped read-only as a 1-D array of ids."""
+
+    directory: Path
+    split: str
+    index: ShardIndex
+    tokens: np.memmap = field(repr=False)
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path | str,
+        split: str = "train",
+        expected_tokenizer_sha256: str | None = None,
+    ) -> TokenShards:
+        directory = Path(directory)
+        index = ShardIndex.load(directory)
+        expected = expected_tokenizer_sha256
+        if expected is not None and expected != index.tokenizer_sha256:
+            raise TokenizerError(
+                f"{directory / INDEX_FILE} was prepared with tokenizer "
+                f"{index.tokenizer_sha256[:12]} but the run uses {expected[:12]}; "
+                "re-run `graft data prepare` with this tokenizer"
+            )
+        if split not in index.splits:
+            raise DataError(
+                f"{directory / INDEX_FILE}: no split {split!r}; it has {', '.join(index.splits)}"
+            )
+        info = index.splits[split]
+        path = directory / info.file
+        if info.tokens == 0:
+            raise DataError(f"{path}: the {split!r} split is empty; prepare more text")
+        tokens = np.memmap(path, dtype=index.np_dtype, mode="r", shape=(info.tokens,))
+        return cls(directory=directory, split=split, index=index, tokens=tokens)
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def info(self) -> SplitInfo:
+        return self.index.splits[self.split]
+
+    @property
+    def bytes_per_token(self) -> float:
+        """Source UTF-8 bytes per token in this split; bits/byte = loss/ln 2 / this."""
+        return self.info.bytes / self.info.tokens
