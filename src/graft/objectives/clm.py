@@ -80,6 +80,14 @@ class CausalLM:
         self.mask_doc_boundaries = mask_doc_boundaries
         self.eot_id = train.index.eot_id
 
+    @classmethod
+    def loss_only(cls) -> CausalLM:
+        """The objective without data: for scoring batches built elsewhere (tests, evaluation)."""
+        objective = cls.__new__(cls)
+        objective.train = objective.val = None  # type: ignore[assignment]
+        objective.seq_len, objective.mask_doc_boundaries, objective.eot_id = 0, False, -1
+        return objective
+
     def _batch(self, shards: TokenShards, starts: list[int]) -> Batch:
         T = self.seq_len
         windows = torch.from_numpy(np.stack([shards.tokens[s:s + T + 1].astype(np.int64) for s in starts]))

@@ -30,16 +30,18 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         targets: torch.Tensor,  # (N,), IGNORE_INDEX where not scored
         needs_grad: bool,
     ) -> torch.Tensor:
+        # At least fp32 for the softmax and the sums (bf16 logits under autocast lose too much).
+        acc = torch.promote_types(hidden.dtype, torch.float32)
         grad_hidden = torch.zeros_like(hidden) if needs_grad else None
-        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if needs_grad else None
-        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_weight = torch.zeros_like(weight, dtype=acc) if needs_grad else None
+        total = torch.zeros((), dtype=acc, device=hidden.device)
         for start in range(0, hidden.shape[0], _CHUNK_ROWS):
             h = hidden[start:start + _CHUNK_ROWS]
             t = targets[start:start + _CHUNK_ROWS]
             scored = t != IGNORE_INDEX
             if not scored.any():
                 continue
-            logits = (h @ weight.T).float()  # (n, V); fp32 for a stable softmax under autocast
+            logits = (h @ weight.T).to(acc)  # (n, V)
             lse = torch.logsumexp(logits, dim=-1)
             safe_t = t.clamp_min(0).unsqueeze(1)
             total += ((lse - logits.gather(1, safe_t).squeeze(1)) * scored).sum()
@@ -51,7 +53,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                 grad_logits.mul_(scored.unsqueeze(1))
                 grad_logits = grad_logits.to(h.dtype)
                 grad_hidden[start:start + _CHUNK_ROWS] = grad_logits @ weight  # type: ignore[index]
-                grad_weight.addmm_(grad_logits.T.float(), h.float())  # type: ignore[union-attr]
+                grad_weight.addmm_(grad_logits.T.to(acc), h.to(acc))  # type: ignore[union-attr]
         if needs_grad:
             ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))  # type: ignore[union-attr]
         return total

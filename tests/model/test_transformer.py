@@ -1,0 +1,97 @@
+"""The transformer: causality, presets, GPT-2 and Llama styles from one class."""
+
+import pytest
+import torch
+
+from graft.errors import ConfigError
+from graft.model.config import PRESETS, ModelConfig, preset
+from graft.model.transformer import LanguageModel
+
+STYLES = {
+    "gpt2": dict(norm="layernorm", positions="learned", mlp="gelu_tanh", bias=True),
+    "llama": dict(norm="rmsnorm", positions="rope", mlp="swiglu", bias=False, n_kv_heads=2),
+}
+
+
+def tiny(style: str, **overrides) -> LanguageModel:
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=97, max_seq_len=32, d_model=32, n_layers=2, n_heads=4,
+                         **{**STYLES[style], **overrides})
+    return LanguageModel(config).eval()
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_changing_token_t_never_changes_logits_before_t(style):
+    model = tiny(style)
+    x = torch.randint(0, 97, (3, 20))
+    with torch.no_grad():
+        base = model(x)
+        for t in (0, 7, 19):
+            edited = x.clone()
+            edited[:, t] = (edited[:, t] + 1) % 97
+            out = model(edited)
+            assert torch.equal(out[:, :t], base[:, :t]), f"position < {t} saw token {t}"
+            assert not torch.allclose(out[:, t:], base[:, t:]), "the edit must change something at or after t"
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_chunked_forward_with_cache_equals_full_forward(style):
+    from graft.infer.kv_cache import KVCache
+
+    model = tiny(style)
+    x = torch.randint(0, 97, (2, 24))
+    with torch.no_grad():
+        full = model(x)
+        cache = KVCache(model.config, 2, 24)
+        parts = [model(x[:, :10], kv_cache=cache), model(x[:, 10:11], kv_cache=cache), model(x[:, 11:], kv_cache=cache)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_styles_are_configs_of_one_class_with_llama_names():
+    gpt2, llama = tiny("gpt2"), tiny("llama")
+    assert type(gpt2) is type(llama)
+    names = set(dict(llama.named_parameters()))
+    for expected in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
+                     "model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight",
+                     "model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.gate_proj.weight",
+                     "model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight",
+                     "model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
+                     "model.norm.weight"):
+        assert expected in names
+    assert llama.model.layers[0].self_attn.k_proj.weight.shape == (2 * 8, 32)  # 2 kv heads of dim 8
+    assert "model.embed_positions.weight" in dict(gpt2.named_parameters())
+    assert not any(n.endswith("bias") for n in names)
+
+
+def test_tied_head_shares_the_embedding():
+    model = tiny("gpt2")
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    untied = tiny("gpt2", tie_embeddings=False)
+    assert untied.lm_head.weight is not untied.model.embed_tokens.weight
+
+
+def test_gpt2_124m_preset_has_gpt2_small_parameter_count():
+    with torch.device("meta"):
+        model = LanguageModel(preset("gpt2-124m"))
+    assert model.num_parameters() == 124_439_808  # GPT-2 small, tied head
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_builds(name):
+    config = preset(name, vocab_size=PRESETS[name].get("vocab_size", 1000))
+    with torch.device("meta"):
+        model = LanguageModel(config)
+    assert model.num_parameters() > 0
+
+
+def test_unknown_preset_and_bad_heads_are_refused():
+    with pytest.raises(ConfigError, match="unknown model preset"):
+        preset("huge")
+    with pytest.raises(ValueError, match="multiple of n_kv_heads"):
+        ModelConfig(vocab_size=10, d_model=32, n_heads=4, n_kv_heads=3)
+
+
+def test_sequence_longer_than_context_is_refused():
+    model = tiny("gpt2")
+    with pytest.raises(ValueError, match="exceeds max_seq_len"):
+        model(torch.zeros(1, 33, dtype=torch.long))
