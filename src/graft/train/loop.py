@@ -223,8 +223,6 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or set another train.out_dir")
 
     device = resolve_device(config.train.device)
-    if config.train.deterministic:
-        torch.use_deterministic_algorithms(True)
     torch.manual_seed(config.train.seed)
     model = LanguageModel(config.model).to(device)
     optimizer = build_optimizer(model, config.optim, device)
@@ -245,7 +243,14 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt.write_text_atomic(run_dir / "config.yaml", config.to_yaml())
     objective = CausalLM(train_shards, val_shards, config.seq_len, mask_doc_boundaries=config.data.mask_doc_boundaries)
-    return fit(Run(config, model, objective, optimizer, tokenizer, device, generator, state, resumed=resume))
+    run = Run(config, model, objective, optimizer, tokenizer, device, generator, state, resumed=resume)
+    # Deterministic kernels are a process-wide switch: set it for this run only.
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(config.train.deterministic or previous)
+    try:
+        return fit(run)
+    finally:
+        torch.use_deterministic_algorithms(previous)
 
 
 def resolve_device(name: str) -> torch.device:
