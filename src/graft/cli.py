@@ -182,6 +182,9 @@ def _run_generate(args: argparse.Namespace) -> int:
         raise GraftError(f"generate: {err}") from None
     prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
     sys.stdout.write(args.prompt)
+    context = model.config.max_seq_len
+    if len(prompt_ids) >= context:
+        raise GraftError(f"generate: the prompt is {len(prompt_ids)} tokens; the model's context is {context}")
     stream = TextStream(tokenizer)
     for token in generate(model, prompt_ids, params, use_cache=not args.no_cache):
         if token == tokenizer.eot_id:

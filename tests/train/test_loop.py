@@ -1,0 +1,61 @@
+"""The loop's limits, early stopping and learning-rate schedule."""
+
+import math
+from pathlib import Path
+
+import pytest
+
+from graft.config import OptimConfig, validate_run_config
+from graft.data.shards import prepare_shards
+from graft.data.tokenizer import bytes_tokenizer
+from graft.train.loop import pretrain
+from graft.train.metrics_log import read_metrics
+from graft.train.optim import learning_rate
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("loop")
+    (root / "a.txt").write_text("abcdefgh " * 400)
+    (root / "b.txt").write_text("hgfedcba " * 400)
+    prepare_shards([root / "a.txt", root / "b.txt"], bytes_tokenizer(), root / "data", progress=False)
+    return root / "data"
+
+
+def run(data_dir: Path, out: Path, optim: dict | None = None, **train):
+    return pretrain(validate_run_config({
+        "model": {"preset": "nano", "max_seq_len": 16, "d_model": 16, "n_layers": 1, "n_heads": 2},
+        "data": {"path": str(data_dir)},
+        "optim": {"warmup_steps": 2, **(optim or {})},
+        "train": {"out_dir": str(out), "batch_size": 2, "eval_every": 5, "eval_batches": 1, "log_every": 1,
+                  "progress": False, **train},
+    }))
+
+
+def test_token_limit_stops_at_the_first_step_past_it(data_dir, tmp_path):
+    result = run(data_dir, tmp_path / "r", max_tokens=100)  # 32 tokens a step
+    assert (result.stop_reason, result.step, result.tokens_seen) == ("max_tokens", 4, 128)
+    metrics = read_metrics(tmp_path / "r" / "metrics.jsonl")
+    assert metrics[0]["step"] == 0 and "val/loss" in metrics[0]  # the untrained baseline
+    assert metrics[-1]["step"] == 4 and "val/loss" in metrics[-1]  # a final evaluation at the stop
+    assert (tmp_path / "r" / "loss_curve.png").stat().st_size > 1000
+    assert {p.name for p in (tmp_path / "r" / "checkpoints").iterdir()} == {"last", "best"}
+
+
+def test_patience_stops_when_validation_stops_improving(data_dir, tmp_path):
+    # With a learning rate of ~0 the validation loss cannot improve after the first evaluation.
+    result = run(data_dir, tmp_path / "r", optim={"lr": 1e-12}, max_steps=1000, patience=2)
+    assert result.stop_reason == "patience"
+    assert result.step == 15  # best at 5, no improvement at 10 and 15
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    cfg = OptimConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10)
+    assert learning_rate(0, 0.0, cfg) == pytest.approx(0.1)
+    assert learning_rate(9, 0.0, cfg) == pytest.approx(1.0)
+    assert learning_rate(10, 0.0, cfg) == pytest.approx(1.0)
+    assert learning_rate(50, 0.5, cfg) == pytest.approx(0.55)
+    assert learning_rate(99, 1.0, cfg) == pytest.approx(0.1)
+    linear = OptimConfig(lr=1.0, min_lr_ratio=0.0, warmup_steps=0, schedule="linear")
+    assert learning_rate(5, 0.25, linear) == pytest.approx(0.75)
+    assert not math.isnan(learning_rate(5, 2.0, cfg))
