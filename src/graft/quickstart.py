@@ -79,6 +79,8 @@ def run_quickstart(options: QuickstartOptions, echo: Callable[[str], None] = lam
     untrained = LanguageModel(config.model).eval()
     echo(f"model: {options.preset}, {untrained.num_parameters():,} parameters; training for {options.minutes:g} min")
     before = _samples(untrained, tokenizer, options.seed)
+    for prompt, text in before[:2]:
+        echo(f"--- sample before training, prompt {prompt!r}:\n{text}")
 
     result = pretrain(config)
     trained, _ = load_model(out / "run" / "checkpoints" / "best")
@@ -88,7 +90,7 @@ def run_quickstart(options: QuickstartOptions, echo: Callable[[str], None] = lam
     first, last = result.evals[0]["val/loss"], result.evals[-1]["val/loss"]
     echo(f"validation loss {first:.3f} -> {last:.3f} ({100 * (first - last) / first:.0f}% lower) "
          f"in {result.step} steps")
-    for prompt, text in after:
+    for prompt, text in after[:2]:
         echo(f"--- sample after training, prompt {prompt!r}:\n{text}")
     return report
 
