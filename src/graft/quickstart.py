@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from graft.atomic_files import write_atomic
 from graft.config import RunConfig, validate_run_config
 from graft.data.documents import iter_documents
 from graft.data.shards import prepare_shards
@@ -149,6 +150,4 @@ def _write_report(out: Path, options: QuickstartOptions, config: RunConfig, docu
               f"- `graft generate {out / 'run'} --prompt 'def '`",
               f"- `graft pretrain --config {out / 'run' / 'config.yaml'} --resume` to train on, "
               "after raising train.max_minutes.", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return write_atomic(out / "report.md", "\n".join(lines))

@@ -26,6 +26,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from tqdm import tqdm
 
+from graft.atomic_files import fsync_path, write_atomic
 from graft.data.documents import iter_documents, list_input_files
 from graft.data.tokenizer import EOT, Tokenizer
 from graft.errors import ConfigError, DataError, TokenizerError
@@ -169,7 +170,7 @@ class ShardIndex:
 
     def save(self, directory: Path) -> Path:
         path = Path(directory) / INDEX_FILE
-        _write_durably(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8"))
+        write_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
 
@@ -200,27 +201,6 @@ def _split_info(value: object, where: str) -> SplitInfo:
 
 
 # -- writing -----------------------------------------------------------------------------
-
-
-def _fsync_path(path: Path) -> None:
-    # Directories can only be opened read-only; some platforms refuse to fsync them at all.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    with path.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _utf8_len(text: str) -> int:
@@ -295,7 +275,7 @@ def _move_tail(src: Path, dst: Path, count: int, dtype: np.dtype) -> None:
         # The map must be gone before truncating (Windows refuses otherwise).
         del tail
     os.truncate(src, start * itemsize)
-    _fsync_path(src)
+    fsync_path(src)
 
 
 def _split_by_position(
@@ -429,7 +409,7 @@ def _replace_dir(work: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(work, out_dir)
-    _fsync_path(out_dir.parent)
+    fsync_path(out_dir.parent)
 
 
 def prepare_shards(
@@ -484,7 +464,7 @@ def prepare_shards(
         )
         tokenizer.save(work)
         index.save(work)
-        _fsync_path(work)
+        fsync_path(work)
         _replace_dir(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

@@ -20,13 +20,13 @@ import platform
 import random
 import re
 import sysconfig
-import tempfile
 import time
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from graft.atomic_files import write_atomic
 from graft.errors import ConfigError, DataError
 
 __all__ = [
@@ -349,29 +349,11 @@ def _interleave_within_budget(candidates: dict[str, list[_Document]], max_bytes:
 
 
 def _write_jsonl_atomically(out_path: Path, documents: list[_Document]) -> None:
-    """Write to a temporary file beside `out_path`, fsync, then rename over it."""
+    text = "".join(
+        json.dumps({"text": doc.text, "source": doc.source, "kind": doc.kind}, ensure_ascii=False) + "\n"
+        for doc in documents
+    )
     try:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+        write_atomic(out_path, text)
     except OSError as exc:
         raise DataError(f"cannot write the stdlib corpus to {out_path}: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            for doc in documents:
-                record = {"text": doc.text, "source": doc.source, "kind": doc.kind}
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, out_path)
-    except BaseException as exc:
-        Path(temp_name).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise DataError(f"cannot write the stdlib corpus to {out_path}: {exc.strerror or exc}") from exc
-        raise
-    if os.name == "posix":
-        # The rename itself is only durable once the folder entry is on disk.
-        dir_fd = os.open(out_path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)

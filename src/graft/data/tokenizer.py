@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal, get_args
@@ -34,6 +32,7 @@ import numpy as np
 import tokenizers
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, trainers
 
+from graft.atomic_files import write_atomic
 from graft.errors import TokenizerError
 
 __all__ = [
@@ -155,23 +154,7 @@ class Tokenizer:
 
     def save(self, directory: Path | str) -> Path:
         """Write `directory/tokenizer.json` atomically and return its path."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / TOKENIZER_FILE
-        # A unique name opened with "x" rather than mkstemp: mkstemp's 0600 mode would
-        # survive the rename, while "x" honours the umask like any other file we write.
-        temp = directory / f".{TOKENIZER_FILE}.{uuid.uuid4().hex}.tmp"
-        try:
-            with temp.open("x", encoding="utf-8") as out:
-                out.write(self.backend.to_str(pretty=True))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        _fsync_dir(directory)
-        return target
+        return write_atomic(Path(directory) / TOKENIZER_FILE, self.backend.to_str(pretty=True))
 
     # -- encoding ------------------------------------------------------------------------
 
@@ -256,20 +239,6 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
-
-
-def _fsync_dir(directory: Path) -> None:
-    # A rename is durable only once its directory entry is; not possible on every platform.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def bytes_tokenizer() -> Tokenizer:

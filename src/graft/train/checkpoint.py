@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import graft
+from graft.atomic_files import fsync_path
 from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError
 from graft.model.config import ModelConfig
@@ -99,9 +100,9 @@ def save_checkpoint(
         manifest = {"files": {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
         _write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2))
         for path in [*files, tmp / MANIFEST_FILE]:
-            _fsync(path)
+            fsync_path(path)
         for d in {p.parent for p in files}:
-            _fsync(d)
+            fsync_path(d)
         _replace_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -210,28 +211,12 @@ def _replace_directory(new: Path, dest: Path) -> None:
     if dest.exists():
         os.rename(dest, aside)
     os.rename(new, dest)
-    _fsync(dest.parent)
+    fsync_path(dest.parent)
     shutil.rmtree(aside, ignore_errors=True)
 
 
 def _write_text(path: Path, text: str) -> None:
     path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace a file in one step: a reader sees the old contents or the new, never half."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _write_text(tmp, text)
-    _fsync(tmp)
-    os.replace(tmp, path)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256(path: Path) -> str:

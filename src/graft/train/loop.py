@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 from tqdm import tqdm
 
+from graft.atomic_files import write_atomic
 from graft.config import RunConfig, TrainConfig
 from graft.data.shards import TokenShards
 from graft.data.tokenizer import Tokenizer
@@ -241,7 +242,7 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
         model.model.compile()  # in place: parameter names (and checkpoints) are unchanged
     model.train()
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt.write_text_atomic(run_dir / "config.yaml", config.to_yaml())
+    write_atomic(run_dir / "config.yaml", config.to_yaml())
     objective = CausalLM(train_shards, val_shards, config.seq_len, mask_doc_boundaries=config.data.mask_doc_boundaries)
     run = Run(config, model, objective, optimizer, tokenizer, device, generator, state, resumed=resume)
     # Deterministic kernels are a process-wide switch: set it for this run only.
