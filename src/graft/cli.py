@@ -18,9 +18,13 @@ from graft.errors import GraftError
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
+# Options every command takes, before or after its name (graft --debug pretrain / graft pretrain --debug).
+_COMMON = argparse.ArgumentParser(add_help=False)
+_COMMON.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+
 
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", help="Pre-train a small model on a corpus built from this Python installation.",
+    p = sub.add_parser("quickstart", parents=[_COMMON], help="Pre-train a small model on a corpus built from this Python installation.",
                        description="The embedded default: builds a corpus from the running Python's standard library "
                        "and documentation (nothing downloaded), trains a tokenizer, prepares shards, pre-trains a small "
                        "model for a time budget, and writes a report.")
@@ -36,7 +40,7 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
 def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenizer", help="Train a tokenizer.")
     tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    t = tsub.add_parser("train", help="Train BPE (default), WordPiece or Unigram on text; or write the bytes tokenizer.")
+    t = tsub.add_parser("train", parents=[_COMMON], help="Train BPE (default), WordPiece or Unigram on text; or write the bytes tokenizer.")
     t.add_argument("inputs", nargs="*", type=Path, help=".txt/.md/.jsonl files or folders (not needed for --kind bytes)")
     t.add_argument("--kind", choices=["bpe", "wordpiece", "unigram", "bytes"], default="bpe")
     t.add_argument("--vocab-size", type=int, default=8192)
@@ -47,7 +51,7 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="Prepare token shards from text.")
     dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    d = dsub.add_parser("prepare", help="Tokenize .txt/.md/.jsonl inputs into train/val token shards.")
+    d = dsub.add_parser("prepare", parents=[_COMMON], help="Tokenize .txt/.md/.jsonl inputs into train/val token shards.")
     d.add_argument("inputs", nargs="+", type=Path, help="files or folders")
     d.add_argument("--tokenizer", required=True, help="tokenizer.json, a directory holding one, or 'bytes'")
     d.add_argument("--out", type=Path, required=True, help="output directory (replaced atomically)")
@@ -58,7 +62,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "pretrain", help="Pre-train a model with a YAML recipe and --section.key=value overrides.",
+        "pretrain", parents=[_COMMON], help="Pre-train a model with a YAML recipe and --section.key=value overrides.",
         description="Example: graft pretrain --config configs/pretrain/micro.yaml --data.path runs/data "
         "--train.max_steps=500. Overrides are --section.key=value or --section.key value.",
     )
@@ -68,7 +72,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="Generate text from a checkpoint.")
+    p = sub.add_parser("generate", parents=[_COMMON], help="Generate text from a checkpoint.")
     p.add_argument("checkpoint", type=Path, help="checkpoint directory or run directory")
     p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
     p.add_argument("--max-new-tokens", type=int, default=200)
@@ -82,7 +86,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graft", description="Transfer learning with transformer language models.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")  # the default for _COMMON
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_quickstart, _add_tokenizer, _add_data, _add_pretrain, _add_generate):
         add(sub)
@@ -150,12 +154,13 @@ def _run_data(args: argparse.Namespace) -> int:
 
 def _run_pretrain(args: argparse.Namespace, extra: list[str]) -> int:
     from graft.config import load_run_config
-    from graft.train.loop import pretrain
 
     config = load_run_config(args.config, _split_overrides(extra))
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
+    from graft.train.loop import pretrain  # torch loads only once the config is known to be good
+
     result = pretrain(config, resume=args.resume)
     if result.stop_reason == "interrupted":
         print(f"interrupted at step {result.step}; the last complete checkpoint in {result.run_dir / 'checkpoints'} "
@@ -174,7 +179,9 @@ def _run_generate(args: argparse.Namespace) -> int:
     from graft.infer.stream import TextStream
     from graft.train.checkpoint import load_model
 
-    model, tokenizer = load_model(args.checkpoint, device=args.device)
+    from graft.train.loop import resolve_device
+
+    model, tokenizer = load_model(args.checkpoint, device=resolve_device(args.device, what="--device"))
     try:
         params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                                 top_p=args.top_p, seed=args.seed, stop_ids=frozenset({tokenizer.eot_id}))

@@ -118,26 +118,38 @@ def load_run_config(path: Path | None = None, overrides: list[str] | None = None
 
 def validate_run_config(raw: dict[str, Any], *, where: str = "config") -> RunConfig:
     raw = dict(raw)
+    problems: list[str] = []
     model = raw.get("model")
     if isinstance(model, dict) and "preset" in model:
         model = dict(model)
         name = model.pop("preset")
-        if name not in PRESETS:
-            close = difflib.get_close_matches(str(name), PRESETS, n=1)
+        if isinstance(name, str) and name in PRESETS:
+            model = {**PRESETS[name], **model}
+        else:  # reported together with every other problem, not alone
+            close = difflib.get_close_matches(name, PRESETS, n=1) if isinstance(name, str) else []
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(f"{where}: model.preset: unknown preset {name!r}{hint}; choose one of: {', '.join(PRESETS)}")
-        raw["model"] = {**PRESETS[name], **model}
+            problems.append(f"model.preset: unknown preset {name!r}{hint}; choose one of: {', '.join(PRESETS)}")
+        raw["model"] = model
     try:
-        return RunConfig.model_validate(raw)
+        config = RunConfig.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{where}: " + "; ".join(_describe(e) for e in err.errors())) from None
+        problems += [_describe(e) for e in err.errors()]
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems))
+    return config
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: byte {err.start} is not valid UTF-8; save the file as UTF-8") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -170,7 +182,9 @@ def _apply_override(raw: dict[str, Any], item: str) -> None:
 def _describe(error: Any) -> str:
     """One pydantic error as 'section.key: what was wrong', with a did-you-mean for unknown keys."""
     loc = [str(p) for p in error["loc"]]
-    key = ".".join(loc) or "config"
+    if not loc:  # a cross-section rule: its message names the keys itself
+        return error["msg"].removeprefix("Value error, ")
+    key = ".".join(loc)
     if error["type"] == "extra_forbidden":
         known = _fields_at(loc[:-1])
         close = difflib.get_close_matches(loc[-1], known, n=1)

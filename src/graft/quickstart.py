@@ -53,6 +53,7 @@ def run_quickstart(options: QuickstartOptions, echo: Callable[[str], None] = lam
     """Run the whole default pipeline into options.out_dir; returns the path of report.md."""
     if options.minutes <= 0:
         raise ConfigError(f"--minutes must be positive, got {options.minutes}")
+    _run_config(options, options.out_dir, options.vocab_size)  # a bad preset fails before any work
     out = _fresh_directory(options.out_dir)
     started = time.perf_counter()
 
@@ -68,14 +69,7 @@ def run_quickstart(options: QuickstartOptions, echo: Callable[[str], None] = lam
     index = prepare_shards([corpus.path], tokenizer, out / "data", seed=options.seed, progress=options.progress)
     echo(f"data: {index.splits['train'].tokens:,} train tokens, {index.splits['val'].tokens:,} validation tokens")
 
-    config = validate_run_config({
-        "model": {"preset": options.preset, "vocab_size": tokenizer.vocab_size},
-        "data": {"path": str(out / "data")},
-        "optim": {"lr": options.lr, "warmup_steps": 50},
-        "train": {"out_dir": str(out / "run"), "max_minutes": options.minutes, "seed": options.seed,
-                  "batch_size": options.batch_size, "seq_len": options.seq_len, "eval_every": 100,
-                  "eval_batches": 8, "progress": options.progress},
-    }, where="quickstart")
+    config = _run_config(options, out, tokenizer.vocab_size)
     torch.manual_seed(config.train.seed)
     untrained = LanguageModel(config.model).eval()
     echo(f"model: {options.preset}, {untrained.num_parameters():,} parameters; training for {options.minutes:g} min")
@@ -94,6 +88,17 @@ def run_quickstart(options: QuickstartOptions, echo: Callable[[str], None] = lam
     for prompt, text in after[:2]:
         echo(f"--- sample after training, prompt {prompt!r}:\n{text}")
     return report
+
+
+def _run_config(options: QuickstartOptions, out: Path, vocab_size: int) -> RunConfig:
+    return validate_run_config({
+        "model": {"preset": options.preset, "vocab_size": vocab_size},
+        "data": {"path": str(out / "data")},
+        "optim": {"lr": options.lr, "warmup_steps": 50},
+        "train": {"out_dir": str(out / "run"), "max_minutes": options.minutes, "seed": options.seed,
+                  "batch_size": options.batch_size, "seq_len": options.seq_len, "eval_every": 100,
+                  "eval_batches": 8, "progress": options.progress},
+    }, where="quickstart")
 
 
 def _fresh_directory(out: Path) -> Path:

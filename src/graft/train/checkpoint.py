@@ -207,8 +207,10 @@ def config_differences(old: ModelConfig, new: ModelConfig) -> list[str]:
 
 def _replace_directory(new: Path, dest: Path) -> None:
     aside = dest.parent / f".{dest.name}.old"
-    shutil.rmtree(aside, ignore_errors=True)
     if dest.exists():
+        # Only now is an older aside copy redundant; if dest is missing (a swap was interrupted),
+        # the aside copy is the one complete checkpoint and stays until the new one is in place.
+        shutil.rmtree(aside, ignore_errors=True)
         os.rename(dest, aside)
     os.rename(new, dest)
     fsync_path(dest.parent)

@@ -21,9 +21,9 @@ from tqdm import tqdm
 
 from graft.atomic_files import write_atomic
 from graft.config import RunConfig, TrainConfig
-from graft.data.shards import TokenShards
+from graft.data.shards import ShardIndex, TokenShards
 from graft.data.tokenizer import Tokenizer
-from graft.errors import CheckpointError, ConfigError
+from graft.errors import CheckpointError, ConfigError, TokenizerError
 from graft.model.transformer import LanguageModel
 from graft.objectives.clm import Batch, CausalLM, LossSum
 from graft.train import checkpoint as ckpt
@@ -205,6 +205,7 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     """Set up a pre-training run from its config (fresh or resumed) and train it."""
     if config.data.path is None:
         raise ConfigError("data.path is not set: give a directory made by `graft data prepare` (--data.path=DIR)")
+    ShardIndex.load(config.data.path)  # first: a missing or unprepared directory says "run data prepare"
     tokenizer = Tokenizer.load(config.data.path)
     train_shards = TokenShards.open(config.data.path, "train", expected_tokenizer_sha256=tokenizer.sha256)
     has_val = train_shards.index.splits.get("val") is not None and train_shards.index.splits["val"].tokens > 0
@@ -216,6 +217,12 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     if resume:
         last = ckpt.resolve_checkpoint(last)
         ckpt.verify_checkpoint(last)
+        trained_with = Tokenizer.load(last / ckpt.TOKENIZER_FILE)
+        if trained_with.sha256 != tokenizer.sha256:
+            raise TokenizerError(
+                f"--resume: {config.data.path} was prepared with tokenizer {tokenizer.sha256[:12]} but {last} was "
+                f"trained with {trained_with.sha256[:12]}; prepare the data with {last / ckpt.TOKENIZER_FILE} "
+                "or train into a new train.out_dir")
         changed = ckpt.config_differences(ckpt.read_model_config(last), config.model)
         if changed:
             raise CheckpointError(f"--resume: the model config differs from {last}: {'; '.join(changed)}; "
@@ -254,7 +261,7 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
         torch.use_deterministic_algorithms(previous)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, what: str = "train.device") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -264,9 +271,9 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"train.device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise ConfigError(f"{what}: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device: {name!r} requested but this torch build has no CUDA device")
+        raise ConfigError(f"{what}: {name!r} requested but this torch build has no CUDA device")
     return device
 
 

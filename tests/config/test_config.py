@@ -1,0 +1,239 @@
+"""Run configs: unknown keys, types, presets, cross-section rules, overrides, YAML files, recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from graft.config import RunConfig, load_run_config, validate_run_config
+from graft.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = sorted(p for pattern in ("*.yaml", "*.yml") for p in (REPO / "configs").rglob(pattern))
+LIMIT = ["train.max_steps=5"]
+
+
+def config_error(overrides: list[str] | None = None, path: Path | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_run_config(path, overrides)
+    message = str(info.value)
+    assert "\n" not in message  # the CLI prints it as one line
+    return message
+
+
+# -- unknown keys, types, presets, choices ----------------------------------------------------
+
+
+@pytest.mark.parametrize(("override", "key", "close"), [
+    ("train.max_step=5", "train.max_step", "max_steps"),
+    ("optim.lrr=0.1", "optim.lrr", "lr"),
+    ("model.d_modle=64", "model.d_modle", "d_model"),
+    ("data.pth=x", "data.pth", "path"),
+    ("trian.max_steps=5", "trian", "train"),
+])
+def test_unknown_key_names_the_dotted_key_and_suggests_the_close_match(override, key, close):
+    message = config_error([override, *LIMIT])
+    assert f"{key}: unknown key" in message
+    assert f"did you mean {close!r}" in message
+
+
+def test_unknown_key_lists_the_valid_keys_of_its_section():
+    message = config_error(["optim.learning_rate=0.1", *LIMIT])
+    assert "optim.learning_rate" in message
+    for key in ("lr", "warmup_steps", "weight_decay", "grad_clip"):
+        assert key in message
+    assert "max_steps" not in message.split("optim.learning_rate", 1)[1]  # another section's key
+
+
+def test_model_keys_include_preset_among_the_valid_keys():
+    assert "preset" in config_error(["model.prset=nano", *LIMIT])
+
+
+@pytest.mark.parametrize(("override", "key", "shown"), [
+    ("train.max_steps=five", "train.max_steps", "'five'"),
+    ("train.compile=maybe", "train.compile", "'maybe'"),
+    ("train.seed=1.5", "train.seed", "1.5"),
+    ("model.dropout=2.0", "model.dropout", "2.0"),
+    ("train.batch_size=0", "train.batch_size", "0"),
+])
+def test_wrong_type_or_range_names_the_key_and_the_bad_value(override, key, shown):
+    overrides = [override] if override.startswith("train.max_steps") else [override, *LIMIT]
+    message = config_error(overrides)
+    assert f"{key}: " in message
+    assert message.endswith(f"got {shown}") or f"got {shown};" in message
+
+
+def test_unknown_preset_suggests_the_closest_and_lists_them_all():
+    message = config_error(["model.preset=nanno", *LIMIT])
+    assert "model.preset" in message and "'nanno'" in message
+    assert "did you mean 'nano'" in message
+    assert "llama-micro" in message and "gpt2-124m" in message
+
+
+@pytest.mark.parametrize("value", ["[nano]", "{a: 1}"])
+def test_a_preset_that_is_not_a_name_is_a_config_error(value):
+    # BUG: `name not in PRESETS` raises TypeError (unhashable) for a list or mapping.
+    message = config_error([f"model.preset={value}", *LIMIT])
+    assert "model.preset" in message
+
+
+@pytest.mark.parametrize(("override", "choices"), [
+    ("optim.schedule=cos", ["'cosine'", "'linear'", "'constant'"]),
+    ("model.norm=batchnorm", ["'layernorm'", "'rmsnorm'"]),
+    ("train.precision=fp16", ["'auto'", "'fp32'", "'bf16'"]),
+    ("objective.name=mlm", ["'clm'"]),
+])
+def test_literal_fields_list_the_valid_choices(override, choices):
+    message = config_error([override, *LIMIT])
+    key, _, value = override.partition("=")
+    assert f"{key}: " in message and repr(value) in message
+    for choice in choices:
+        assert choice in message
+
+
+def test_several_problems_are_reported_in_one_error():
+    message = config_error(["train.max_steps=five", "optim.lrr=0.1", "model.d_modle=64", "optim.schedule=cos"])
+    for key in ("train.max_steps", "optim.lrr", "model.d_modle", "optim.schedule"):
+        assert f"{key}: " in message
+    assert message.count(";") >= 3
+
+
+def test_an_unknown_preset_is_reported_together_with_the_other_problems():
+    # BUG: the preset check raises on its own, so fixing it only reveals the next error.
+    message = config_error(["model.preset=nanno", "optim.lrr=0.1", "train.max_steps=five"])
+    for key in ("model.preset", "optim.lrr", "train.max_steps"):
+        assert f"{key}: " in message
+
+
+# -- cross-section rules and limits ------------------------------------------------------------
+
+
+def test_train_seq_len_longer_than_the_model_context_is_refused():
+    message = config_error(["model.max_seq_len=64", "train.seq_len=128", *LIMIT])
+    assert "train.seq_len (128)" in message and "model.max_seq_len (64)" in message
+    assert load_run_config(None, ["model.max_seq_len=64", "train.seq_len=64", *LIMIT]).seq_len == 64
+    assert load_run_config(None, ["model.max_seq_len=64", *LIMIT]).seq_len == 64
+
+
+def test_heads_must_divide_the_width_and_kv_heads_the_heads():
+    assert "n_heads (3)" in config_error(["model.d_model=64", "model.n_heads=3", *LIMIT])
+    assert "n_kv_heads (3)" in config_error(["model.n_heads=4", "model.n_kv_heads=3", *LIMIT])
+
+
+def test_a_run_without_any_limit_is_refused():
+    message = config_error(["train.out_dir=runs/x"])
+    for key in ("train.max_steps", "train.max_tokens", "train.max_minutes"):
+        assert key in message
+
+
+@pytest.mark.parametrize("limit", ["train.max_steps=3", "train.max_tokens=1000", "train.max_minutes=0.5"])
+def test_any_one_limit_is_enough(limit):
+    assert isinstance(load_run_config(None, ["train.out_dir=runs/x", limit]), RunConfig)
+
+
+# -- dotted overrides --------------------------------------------------------------------------
+
+
+def test_overrides_convert_values_as_yaml_does():
+    config = load_run_config(None, [
+        "train.max_steps=5", "train.compile=true", "model.n_kv_heads=null", "train.max_minutes=1.5",
+        "optim.lr=3e-4", "data.path=runs/data", "train.device=cpu", "model.d_ff=",
+    ])
+    assert config.train.max_steps == 5 and type(config.train.max_steps) is int
+    assert config.train.compile is True
+    assert config.model.n_kv_heads is None
+    assert config.train.max_minutes == 1.5
+    assert config.optim.lr == pytest.approx(3e-4)
+    assert config.data.path == Path("runs/data")
+    assert config.train.device == "cpu"
+    assert config.model.d_ff is None  # an empty value is null
+
+
+def test_overrides_accept_leading_dashes_and_win_over_the_file(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  preset: nano\n  n_layers: 2\ntrain:\n  max_steps: 10\n  seed: 7\n")
+    config = load_run_config(recipe, ["--train.max_steps=3", "model.n_layers=1", "model.preset=micro"])
+    assert (config.train.max_steps, config.train.seed) == (3, 7)
+    assert (config.model.n_layers, config.model.d_model) == (1, 256)  # micro's width, the override's depth
+
+
+@pytest.mark.parametrize("item", ["train.max_steps", "max_steps=5", "=5", "--train"])
+def test_malformed_override_is_refused_with_an_example(item):
+    message = config_error([item])
+    assert repr(item) in message and "--section.key=value" in message
+
+
+def test_an_override_below_a_value_is_refused():
+    message = config_error(["train.max_steps=5", "train.max_steps.x=1"])
+    assert "train.max_steps.x=1" in message and "max_steps is not a section" in message
+
+
+# -- YAML files --------------------------------------------------------------------------------
+
+
+def test_invalid_yaml_reports_file_and_line(tmp_path):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("model:\n  preset: nano\ntrain:\n  max_steps: [1\n  seed: 2\n")
+    message = config_error(path=recipe)
+    assert message.startswith(f"{recipe}:5: not valid YAML")
+
+
+def test_errors_in_a_file_name_the_file(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  max_step: 5\n")
+    message = config_error(path=recipe)
+    assert message.startswith(f"{recipe}: train.max_step: unknown key")
+
+
+def test_a_yaml_file_that_is_not_a_mapping_is_refused(tmp_path):
+    recipe = tmp_path / "list.yaml"
+    recipe.write_text("- model\n- train\n")
+    assert "expected a mapping of sections" in config_error(path=recipe)
+
+
+def test_a_missing_config_file_is_named(tmp_path):
+    assert config_error(path=tmp_path / "nope.yaml") == f"{tmp_path / 'nope.yaml'}: no such config file"
+
+
+def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    # BUG: read_text raises UnicodeDecodeError, which escapes as a traceback.
+    recipe = tmp_path / "latin1.yaml"
+    recipe.write_bytes("# réglages\ntrain:\n  max_steps: 5\n".encode("latin-1"))
+    assert str(recipe) in config_error(path=recipe)
+
+
+def test_an_empty_file_gives_the_defaults(tmp_path):
+    recipe = tmp_path / "empty.yaml"
+    recipe.write_text("# nothing here\n")
+    assert load_run_config(recipe) == RunConfig()
+
+
+def test_to_yaml_loads_back_equal(tmp_path):
+    config = validate_run_config({
+        "model": {"preset": "llama-nano", "max_seq_len": 64, "n_kv_heads": None, "dropout": 0.1},
+        "data": {"path": "runs/data/x", "mask_doc_boundaries": True},
+        "optim": {"lr": 3e-4, "schedule": "linear", "eps": 1e-9},
+        "train": {"out_dir": "runs/y", "max_tokens": 10_000, "max_minutes": 2.5, "seq_len": 48, "compile": True},
+    })
+    recipe = tmp_path / "resolved.yaml"
+    recipe.write_text(config.to_yaml())
+    assert load_run_config(recipe) == config
+    assert "preset" not in config.to_yaml()  # the resolved config spells the preset out
+
+
+# -- every recipe shipped in configs/ ----------------------------------------------------------
+
+
+def test_configs_folder_holds_recipes():
+    assert RECIPES, f"no YAML recipes found under {REPO / 'configs'}"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(REPO)) for p in RECIPES])
+def test_every_shipped_recipe_loads_validates_and_round_trips(recipe, tmp_path):
+    config = load_run_config(recipe)
+    assert isinstance(config, RunConfig)
+    assert config.seq_len <= config.model.max_seq_len
+    resolved = tmp_path / "resolved.yaml"
+    resolved.write_text(config.to_yaml())
+    assert load_run_config(resolved) == config
