@@ -42,15 +42,16 @@ class _LinearCrossEntropySum(torch.autograd.Function):
             if not scored.any():
                 continue
             logits = (h @ weight.T).to(acc)  # (n, V)
-            lse = torch.logsumexp(logits, dim=-1)
+            # In place: one vectorised pass, and the only (n, V) buffer of the chunk.
+            log_probs = torch.log_softmax(logits, dim=-1, out=logits)
             safe_t = t.clamp_min(0).unsqueeze(1)
-            total += ((lse - logits.gather(1, safe_t).squeeze(1)) * scored).sum()
+            total -= (log_probs.gather(1, safe_t).squeeze(1) * scored).sum()
             if needs_grad:
-                # d(loss)/d(logits) = softmax - one_hot(target), on scored rows only; computed in
-                # place in the logits buffer, which is not needed any more.
-                grad_logits = logits.sub_(lse.unsqueeze(1)).exp_()
+                # d(loss)/d(logits) = softmax - one_hot(target), on scored rows only.
+                grad_logits = log_probs.exp_()
                 grad_logits.scatter_add_(1, safe_t, torch.full_like(safe_t, -1, dtype=grad_logits.dtype))
-                grad_logits.mul_(scored.unsqueeze(1))
+                if not bool(scored.all()):
+                    grad_logits.mul_(scored.unsqueeze(1))
                 grad_logits = grad_logits.to(h.dtype)
                 grad_hidden[start:start + _CHUNK_ROWS] = grad_logits @ weight  # type: ignore[index]
                 grad_weight.addmm_(grad_logits.T.to(acc), h.to(acc))  # type: ignore[union-attr]
