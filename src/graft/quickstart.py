@@ -32,7 +32,7 @@ from graft.train.loop import RunResult, pretrain
 from graft.train.metrics_log import LOSS_CURVE_FILE
 
 MARKER = ".graft-quickstart"  # only a directory carrying this is ever replaced
-PROMPTS = ("def ", "import os\n", "The ", "class ")
+PROMPTS = ("def", "import os\n", "The", "class")  # no trailing space: BPE glues it to the next word
 
 
 @dataclass(frozen=True)
