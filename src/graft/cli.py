@@ -131,7 +131,7 @@ def _run_tokenizer(args: argparse.Namespace) -> int:
     else:
         if not args.inputs:
             raise GraftError(f"tokenizer train --kind {args.kind}: give the text files or folders to train on")
-        texts = ("".join(doc.pieces()) for doc in iter_documents(args.inputs))
+        texts = (doc.read() for doc in iter_documents(args.inputs))
         tokenizer = train_tokenizer(texts, args.kind, args.vocab_size, min_frequency=args.min_frequency,
                                     show_progress=True)
     path = tokenizer.save(args.out)

@@ -25,3 +25,7 @@ class TokenizerError(GraftError):
 
 class CheckpointError(GraftError):
     """A checkpoint is missing, truncated, corrupt or incompatible with the requested run."""
+
+
+class TrainingError(GraftError):
+    """Training cannot go on (the loss became NaN or infinite); the last checkpoint is intact."""

@@ -59,3 +59,23 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     linear = OptimConfig(lr=1.0, min_lr_ratio=0.0, warmup_steps=0, schedule="linear")
     assert learning_rate(5, 0.25, linear) == pytest.approx(0.75)
     assert not math.isnan(learning_rate(5, 2.0, cfg))
+
+
+def test_a_diverging_loss_stops_before_the_step_with_one_clear_error(data_dir, tmp_path, monkeypatch):
+    from graft.errors import TrainingError
+    from graft.objectives.clm import CausalLM, LossSum
+
+    real_loss = CausalLM.loss
+    calls = {"n": 0}
+
+    def loss_that_explodes(self, model, batch):
+        out = real_loss(self, model, batch)
+        calls["n"] += 1
+        return LossSum(out.total * float("inf"), out.count) if calls["n"] > 6 and model.training else out
+
+    monkeypatch.setattr(CausalLM, "loss", loss_that_explodes)
+    with pytest.raises(TrainingError, match="became (inf|nan) at step 6; the last checkpoint is intact"):
+        run(data_dir, tmp_path / "r", max_steps=20)
+    from graft.train.checkpoint import verify_checkpoint
+
+    verify_checkpoint(tmp_path / "r" / "checkpoints" / "last")  # the step-5 checkpoint

@@ -23,7 +23,7 @@ from graft.atomic_files import write_atomic
 from graft.config import RunConfig, TrainConfig
 from graft.data.shards import ShardIndex, TokenShards
 from graft.data.tokenizer import Tokenizer
-from graft.errors import CheckpointError, ConfigError, TokenizerError
+from graft.errors import CheckpointError, ConfigError, TokenizerError, TrainingError
 from graft.model.transformer import LanguageModel
 from graft.objectives.clm import Batch, CausalLM, LossSum
 from graft.train import checkpoint as ckpt
@@ -158,6 +158,9 @@ def fit(run: Run) -> RunResult:
             micro = [objective.train_batch(train_cfg.batch_size, run.data_generator).to(run.device)
                      for _ in range(train_cfg.grad_accum)]
             loss_sum, n_targets = accumulate_gradients(model, objective, micro, autocast)
+            if not math.isfinite(loss_sum):  # before the step, so the weights stay as they were
+                raise TrainingError(f"the training loss became {loss_sum} at step {state.step + 1}; the last "
+                                    f"checkpoint is intact: lower optim.lr or raise optim.warmup_steps and --resume")
             grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip).item()
                          if cfg.optim.grad_clip > 0 else float("nan"))
             optimizer.step()
@@ -178,8 +181,6 @@ def fit(run: Run) -> RunResult:
                                 left=_time_left(train_cfg, elapsed), refresh=False)
                 window_start, window_tokens, window_loss, window_targets = time.perf_counter(), 0, 0.0, 0
             bar.update(1)
-            if not math.isfinite(loss_sum):
-                raise FloatingPointError(f"training loss became {loss_sum} at step {state.step}; lower optim.lr")
             # 5. Evaluate and checkpoint every eval_every steps; stop early when patience runs out.
             if state.step % train_cfg.eval_every == 0:
                 if evaluate_and_checkpoint():
