@@ -84,11 +84,22 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", parents=[_COMMON], help="Export a checkpoint to another format (Hugging Face).",
+                       description="Write a checkpoint as a Hugging Face transformers directory (config.json, "
+                       "model.safetensors, tokenizer.json): GPT-2 style as GPT2LMHeadModel, Llama style as "
+                       "LlamaForCausalLM or Qwen2ForCausalLM. A config no such class can represent is refused.")
+    p.add_argument("checkpoint", type=Path, help="checkpoint directory, run directory or Hugging Face directory")
+    p.add_argument("--format", choices=["hf"], default="hf", help="output format (hf: Hugging Face transformers)")
+    p.add_argument("--out", type=Path, required=True, help="directory to write (must not exist or be empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graft", description="Transfer learning with transformer language models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")  # the default for _COMMON
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_quickstart, _add_tokenizer, _add_data, _add_pretrain, _add_generate):
+    for add in (_add_quickstart, _add_tokenizer, _add_data, _add_pretrain, _add_generate, _add_export):
         add(sub)
     return parser
 
@@ -187,6 +198,8 @@ def _run_generate(args: argparse.Namespace) -> int:
                                 top_p=args.top_p, seed=args.seed, stop_ids=frozenset({tokenizer.eot_id}))
     except ValueError as err:
         raise GraftError(f"generate: {err}") from None
+    if not args.prompt and tokenizer.eot_id is None:
+        raise GraftError(f"generate: {args.checkpoint}'s tokenizer has no end-of-text token to start from; give --prompt")
     prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
     sys.stdout.write(args.prompt)
     context = model.config.max_seq_len
@@ -199,6 +212,16 @@ def _run_generate(args: argparse.Namespace) -> int:
         sys.stdout.write(stream.push(token))
         sys.stdout.flush()
     sys.stdout.write(stream.flush() + "\n")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from graft.model.convert.hf import export_hf
+    from graft.train.checkpoint import load_model
+
+    model, tokenizer = load_model(args.checkpoint)
+    out = export_hf(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite)
+    print(f"exported ({args.format}): {out}")
     return 0
 
 
@@ -216,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_data(args)
         if args.command == "pretrain":
             return _run_pretrain(args, extra)
+        if args.command == "export":
+            return _run_export(args)
         return _run_generate(args)
     except GraftError as err:
         if args.debug:

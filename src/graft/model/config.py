@@ -17,6 +17,28 @@ PositionKind = Literal["learned", "rope"]
 MlpKind = Literal["gelu", "gelu_tanh", "swiglu"]
 
 
+class RopeScaling(BaseModel):
+    """Llama-3's RoPE frequency scaling (transformers' `rope_type: llama3`): wavelengths longer than
+    original_max_position_embeddings / low_freq_factor are slowed by `factor`, those shorter than
+    original_max_position_embeddings / high_freq_factor are kept, and the band between is blended."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rope_type: Literal["llama3"] = "llama3"
+    factor: float = Field(default=8.0, gt=0)
+    low_freq_factor: float = Field(default=1.0, gt=0)
+    high_freq_factor: float = Field(default=4.0, gt=0)
+    original_max_position_embeddings: int = Field(default=8192, ge=1)
+
+    @model_validator(mode="after")
+    def _check_band(self) -> RopeScaling:
+        if self.high_freq_factor <= self.low_freq_factor:
+            raise ValueError(
+                f"rope_scaling.high_freq_factor ({self.high_freq_factor}) must exceed low_freq_factor ({self.low_freq_factor})"
+            )
+        return self
+
+
 class ModelConfig(BaseModel):
     """The shape of a decoder-style transformer. Frozen: a checkpoint's config never changes."""
 
@@ -39,8 +61,12 @@ class ModelConfig(BaseModel):
     norm_eps: float = Field(default=1e-5, gt=0)
     positions: PositionKind = Field(default="learned", description="learned absolute (GPT-2) or rope (Llama).")
     rope_theta: float = Field(default=10000.0, gt=0)
+    rope_scaling: RopeScaling | None = Field(default=None, description="Llama-3 RoPE scaling; None = plain RoPE.")
     mlp: MlpKind = Field(default="gelu_tanh", description="gelu, gelu_tanh (GPT-2) or swiglu (Llama).")
     bias: bool = Field(default=True, description="Biases in linear layers and norms (GPT-2 yes, Llama no).")
+    attention_bias: bool | None = Field(
+        default=None, description="Biases on q/k/v_proj alone (Qwen2: True with bias False); None = follow bias."
+    )
     tie_embeddings: bool = Field(default=True, description="lm_head shares the token embedding matrix.")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residuals.")
     init_std: float = Field(default=0.02, gt=0, description="Std of the normal weight initialisation.")
@@ -53,7 +79,14 @@ class ModelConfig(BaseModel):
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})")
         if self.positions == "rope" and self.head_dim % 2:
             raise ValueError(f"rope needs an even head dimension, got {self.head_dim}")
+        if self.rope_scaling is not None and self.positions != "rope":
+            raise ValueError("rope_scaling needs positions: rope")
         return self
+
+    @property
+    def qkv_bias(self) -> bool:
+        """Whether q_proj, k_proj and v_proj carry biases (o_proj and the MLP follow `bias`)."""
+        return self.bias if self.attention_bias is None else self.attention_bias
 
     @property
     def head_dim(self) -> int:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from graft.model.config import ModelConfig
+from graft.model.config import ModelConfig, RopeScaling
 
 if TYPE_CHECKING:
     from graft.infer.kv_cache import KVCache
@@ -39,6 +39,8 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         d = config.head_dim
         inv_freq = 1.0 / (config.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
+        if config.rope_scaling is not None:
+            inv_freq = _llama3_scaled(inv_freq, config.rope_scaling)
         angles = torch.outer(torch.arange(config.max_seq_len, dtype=torch.float32), inv_freq)
         angles = torch.cat([angles, angles], dim=-1)  # (max_seq_len, D)
         # Not persistent: derived from the config, so checkpoints do not carry them.
@@ -51,6 +53,19 @@ class RotaryEmbedding(nn.Module):
         if position_ids is None:
             return self.cos[None, None, start:start + length], self.sin[None, None, start:start + length]
         return self.cos[position_ids].unsqueeze(1), self.sin[position_ids].unsqueeze(1)
+
+
+def _llama3_scaled(inv_freq: torch.Tensor, scaling: RopeScaling) -> torch.Tensor:
+    """Llama-3 frequency scaling, as transformers' `llama3` rope type computes it: long wavelengths
+    divided by `factor`, short ones kept, and a linear blend (in 1/wavelength) for the band between."""
+    wavelen = 2 * math.pi / inv_freq
+    context = scaling.original_max_position_embeddings
+    long_wave, short_wave = context / scaling.low_freq_factor, context / scaling.high_freq_factor
+    smooth = (context / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
+    scaled = torch.where(wavelen > long_wave, inv_freq / scaling.factor, inv_freq)
+    in_band = (wavelen >= short_wave) & (wavelen <= long_wave)
+    return torch.where(in_band, blended, scaled)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -68,9 +83,9 @@ class Attention(nn.Module):
         self.layer_idx = layer_idx
         self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
         self.dropout = config.dropout
-        self.q_proj = nn.Linear(config.d_model, self.n_heads * self.head_dim, bias=config.bias)
-        self.k_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.bias)
-        self.v_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.bias)
+        self.q_proj = nn.Linear(config.d_model, self.n_heads * self.head_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.bias)
 
     def forward(

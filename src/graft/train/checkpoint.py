@@ -155,7 +155,12 @@ def read_model_config(directory: Path) -> ModelConfig:
 
 
 def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[LanguageModel, Tokenizer]:
-    """The model (in eval mode) and tokenizer of a checkpoint or run directory, verified first."""
+    """The model (in eval mode) and tokenizer of a checkpoint or run directory, verified first.
+    A Hugging Face model directory (config.json with a model_type) is accepted too."""
+    from graft.model.convert.hf import is_hf_directory
+
+    if is_hf_directory(Path(path)):
+        return load_hf_checkpoint(Path(path), device=device)
     directory = resolve_checkpoint(path)
     verify_checkpoint(directory)
     config = read_model_config(directory)
@@ -163,6 +168,22 @@ def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[Langu
         model = LanguageModel(config)  # no wasted random init: weights come from the file
     load_weights(model, directory)
     return model.to(device).eval(), Tokenizer.load(directory / TOKENIZER_FILE)
+
+
+def load_hf_checkpoint(directory: Path, *, device: torch.device | str = "cpu") -> tuple[LanguageModel, Tokenizer]:
+    """A transformers directory as a graft model plus the tokenizer from its tokenizer.json."""
+    from graft.model.convert.hf import load_hf_model
+
+    tokenizer_path = directory / TOKENIZER_FILE
+    if not tokenizer_path.is_file():
+        raise CheckpointError(f"{directory}: Hugging Face model directory without a {TOKENIZER_FILE}; "
+                              "graft needs the fast-tokenizer file to turn text into ids")
+    tokenizer = Tokenizer.load(tokenizer_path)
+    model = load_hf_model(directory)
+    if tokenizer.vocab_size > model.config.vocab_size:  # type: ignore[operator]
+        raise CheckpointError(f"{tokenizer_path}: {tokenizer.vocab_size} tokens, but tensor model.embed_tokens.weight "
+                              f"has only {model.config.vocab_size} rows; the tokenizer belongs to another model")
+    return model.to(device).eval(), tokenizer
 
 
 def load_weights(model: LanguageModel, directory: Path) -> None:

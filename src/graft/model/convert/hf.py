@@ -1,0 +1,519 @@
+"""Hugging Face decoder checkpoints in and out: GPT-2, Llama (and Llama-3 RoPE scaling), Mistral, Qwen2.
+
+Import reads a local transformers directory (`config.json` plus `model.safetensors`, a sharded
+`model.safetensors.index.json`, or `pytorch_model.bin` read with weights_only=True), maps its config
+onto a ModelConfig and its tensors onto graft's names. Llama, Mistral and Qwen2 already use graft's
+names; GPT-2's are renamed, its Conv1D weights ((in, out)) transposed and its fused c_attn split
+into q/k/v. Anything graft cannot run exactly (an unknown model_type, a real sliding window, another
+RoPE scaling) is refused with the reason rather than approximated.
+
+Export writes `config.json` + `model.safetensors` for GPT2LMHeadModel (learned positions, LayerNorm,
+GELU MLP, biases), LlamaForCausalLM (RoPE, RMSNorm, SwiGLU) or Qwen2ForCausalLM (the Llama layout
+with q/k/v biases alone). A config no such architecture can represent is refused before anything is
+written; the directory is built beside its destination and renamed into place.
+
+transformers itself is never imported: it is a test oracle here, not a dependency.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from pydantic import ValidationError
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from graft.atomic_files import fsync_path
+from graft.errors import CheckpointError, ConfigError
+from graft.model.config import ModelConfig, RopeScaling
+from graft.model.transformer import LanguageModel, RotaryEmbedding
+
+if TYPE_CHECKING:
+    from graft.data.tokenizer import Tokenizer
+
+__all__ = [
+    "SUPPORTED_MODEL_TYPES",
+    "export_hf",
+    "hf_model_type",
+    "is_hf_directory",
+    "load_hf_model",
+    "read_hf_config",
+]
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_FILE = "pytorch_model.bin"
+BIN_INDEX = "pytorch_model.bin.index.json"
+
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
+
+# The defaults of transformers' config classes, for keys a config.json leaves out (recent
+# save_pretrained writes them all; hand-written and old files may not).
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(
+        vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
+        activation_function="gelu_new", resid_pdrop=0.1, layer_norm_epsilon=1e-5, initializer_range=0.02,
+        scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False,
+        tie_word_embeddings=True,
+    ),
+    "llama": dict(
+        vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=None, head_dim=None, hidden_act="silu", max_position_embeddings=2048,
+        initializer_range=0.02, rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0,
+        rope_scaling=None, attention_bias=False, mlp_bias=False, attention_dropout=0.0,
+    ),
+    "mistral": dict(
+        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=None, hidden_act="silu", max_position_embeddings=4096 * 32,
+        initializer_range=0.02, rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0,
+        rope_scaling=None, sliding_window=4096, attention_dropout=0.0,
+    ),
+    "qwen2": dict(
+        vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=32, head_dim=None, hidden_act="silu", max_position_embeddings=32768,
+        initializer_range=0.02, rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0,
+        rope_scaling=None, use_sliding_window=False, sliding_window=4096, layer_types=None, attention_dropout=0.0,
+    ),
+}
+_GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+# Buffers some older checkpoints saved next to the weights; derived, never needed.
+_IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
+
+
+# ---------------------------------------------------------------- import
+
+
+def is_hf_directory(directory: Path) -> bool:
+    """A transformers directory: a config.json with a model_type and no graft `architecture` key."""
+    try:
+        raw = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and "model_type" in raw and "architecture" not in raw
+
+
+def hf_model_type(directory: Path) -> str:
+    return str(_read_raw_config(Path(directory))["model_type"])
+
+
+def read_hf_config(directory: Path) -> ModelConfig:
+    """The ModelConfig equivalent to a transformers config.json, or a CheckpointError saying why none is."""
+    path = Path(directory) / CONFIG_FILE
+    raw = _read_raw_config(Path(directory))
+    model_type = raw["model_type"]
+    cfg = {**_DEFAULTS[model_type], **raw}  # an explicit null is meaningful (sliding_window: null = none)
+
+    def refuse(reason: str) -> CheckpointError:
+        return CheckpointError(f"{path}: cannot import this {model_type} model: {reason}")
+
+    try:
+        if model_type == "gpt2":
+            fields = _gpt2_fields(cfg, refuse)
+        else:
+            fields = _llama_fields(model_type, cfg, refuse)
+        return ModelConfig(**fields)
+    except ValidationError as err:
+        raise CheckpointError(f"{path}: not a valid model config ({_first_error(err)})") from None
+
+
+def _gpt2_fields(cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]) -> dict[str, Any]:
+    activation = cfg["activation_function"]
+    if activation not in _GPT2_ACTIVATIONS:
+        raise refuse(f"activation_function {activation!r} is not one of {sorted(_GPT2_ACTIVATIONS)}")
+    if not cfg["scale_attn_weights"] or cfg["scale_attn_by_inverse_layer_idx"] or cfg["reorder_and_upcast_attn"]:
+        raise refuse("non-default attention scaling (scale_attn_weights / scale_attn_by_inverse_layer_idx / "
+                     "reorder_and_upcast_attn) is not supported")
+    return dict(
+        vocab_size=cfg["vocab_size"], max_seq_len=cfg["n_positions"], d_model=cfg["n_embd"],
+        n_layers=cfg["n_layer"], n_heads=cfg["n_head"], d_ff=cfg["n_inner"] or 4 * cfg["n_embd"],
+        norm="layernorm", norm_eps=cfg["layer_norm_epsilon"], positions="learned",
+        mlp=_GPT2_ACTIVATIONS[activation], bias=True, tie_embeddings=bool(cfg["tie_word_embeddings"]),
+        dropout=cfg["resid_pdrop"], init_std=cfg["initializer_range"],
+    )
+
+
+def _llama_fields(model_type: str, cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]) -> dict[str, Any]:
+    if cfg["hidden_act"] != "silu":
+        raise refuse(f"hidden_act {cfg['hidden_act']!r}: graft's gated MLP is SwiGLU (silu) only")
+    d_model, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    if cfg["head_dim"] is not None and heads and cfg["head_dim"] * heads != d_model:
+        raise refuse(f"head_dim {cfg['head_dim']} * {heads} heads != hidden_size {d_model}; "
+                     "graft needs hidden_size = heads * head_dim")
+    max_len = cfg["max_position_embeddings"]
+    window = cfg.get("sliding_window")
+    if model_type == "mistral":
+        sliding = window is not None
+    elif model_type == "qwen2":
+        sliding = bool(cfg["use_sliding_window"]) or "sliding_attention" in (cfg["layer_types"] or [])
+    else:
+        sliding = False
+    if sliding and window is not None and window < max_len:
+        raise refuse(f"sliding_window {window} < max_position_embeddings {max_len}: graft has no sliding-window "
+                     "attention, and ignoring it would change the outputs past that length")
+    theta, scaling = _rope(cfg, refuse)
+    kv_heads = cfg["num_key_value_heads"] or heads
+    if model_type == "qwen2":
+        bias, attention_bias = False, True  # Qwen2: q/k/v biased, o_proj and the MLP not
+    elif model_type == "llama":
+        if bool(cfg["attention_bias"]) != bool(cfg["mlp_bias"]):
+            raise refuse("attention_bias and mlp_bias differ; graft biases attention and MLP together")
+        bias, attention_bias = bool(cfg["attention_bias"]), None
+    else:
+        bias, attention_bias = False, None
+    return dict(
+        vocab_size=cfg["vocab_size"], max_seq_len=max_len, d_model=d_model, n_layers=cfg["num_hidden_layers"],
+        n_heads=heads, n_kv_heads=kv_heads if kv_heads != heads else None, d_ff=cfg["intermediate_size"],
+        norm="rmsnorm", norm_eps=cfg["rms_norm_eps"], positions="rope", rope_theta=theta, rope_scaling=scaling,
+        mlp="swiglu", bias=bias, attention_bias=attention_bias, tie_embeddings=bool(cfg["tie_word_embeddings"]),
+        dropout=cfg["attention_dropout"], init_std=cfg["initializer_range"],
+    )
+
+
+def _rope(cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]) -> tuple[float, RopeScaling | None]:
+    """theta and scaling from either layout: transformers 5's `rope_parameters`, or the older
+    top-level `rope_theta` plus `rope_scaling`."""
+    params = dict(cfg.get("rope_parameters") or {})
+    theta = params.pop("rope_theta", cfg["rope_theta"])
+    scaling = params if params.get("rope_type", params.get("type", "default")) != "default" else cfg["rope_scaling"]
+    if not scaling:
+        return float(theta), None
+    scaling = dict(scaling)
+    kind = scaling.pop("rope_type", scaling.pop("type", "default"))
+    if kind == "default":
+        return float(theta), None
+    if kind != "llama3":
+        raise refuse(f"rope scaling type {kind!r} is not supported (graft runs default and llama3 RoPE)")
+    if scaling.pop("partial_rotary_factor", 1.0) != 1.0:
+        raise refuse("partial_rotary_factor != 1 is not supported")
+    try:
+        return float(theta), RopeScaling(rope_type="llama3", **scaling)
+    except (ValidationError, TypeError) as err:
+        raise refuse(f"bad llama3 rope scaling {scaling}: {_first_error(err)}") from None
+
+
+def _read_raw_config(directory: Path) -> dict[str, Any]:
+    path = directory / CONFIG_FILE
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: no such directory")
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no {CONFIG_FILE}; not a Hugging Face model directory")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable JSON ({err})") from None
+    if not isinstance(raw, dict) or "model_type" not in raw:
+        raise CheckpointError(f"{path}: has no model_type; not a Hugging Face model config")
+    if raw["model_type"] not in SUPPORTED_MODEL_TYPES:
+        raise CheckpointError(
+            f"{path}: unknown model_type {raw['model_type']!r}; graft imports {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    return raw
+
+
+def load_hf_model(directory: Path, *, dtype: torch.dtype | None = torch.float32) -> LanguageModel:
+    """The model of a transformers directory, in eval mode (float32 unless `dtype` says otherwise;
+    None keeps the stored dtype)."""
+    directory = Path(directory)
+    config = read_hf_config(directory)
+    tensors, sources = _read_tensors(directory)
+    if config.positions == "learned":
+        tensors, sources = _from_gpt2(tensors, sources, config)
+    else:
+        tensors, sources = _from_llama(tensors, sources)
+    with torch.device("meta"):
+        model = LanguageModel(config)  # no wasted random init: the weights come from the files
+    expected = model.state_dict()
+    if config.tie_embeddings:
+        expected.pop("lm_head.weight")
+        tensors.pop("lm_head.weight", None)  # some checkpoints store the tied copy anyway
+    missing = sorted(set(expected) - set(tensors), key=_natural)
+    if missing:
+        raise CheckpointError(f"{_weights_label(directory)}: tensor {_hf_name(missing[0], config)} is missing "
+                              f"({len(missing)} missing in all)")
+    unexpected = sorted(set(tensors) - set(expected), key=_natural)
+    if unexpected:
+        name = unexpected[0]
+        raise CheckpointError(f"{sources[name]}: unexpected tensor {_hf_name(name, config)} for this config "
+                              f"({len(unexpected)} unexpected in all)")
+    for name, want in expected.items():
+        if tensors[name].shape != want.shape:
+            raise CheckpointError(f"{sources[name]}: tensor {_hf_name(name, config)} has shape "
+                                  f"{tuple(tensors[name].shape)}, config.json implies {tuple(want.shape)}")
+    if dtype is not None:
+        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    model.load_state_dict(tensors, strict=False, assign=True)
+    if config.tie_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    if config.positions == "rope":
+        model.model.rotary = RotaryEmbedding(config)  # rebuilt off the meta device
+    return model.eval()
+
+
+def _read_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """Every stored tensor and the file it came from."""
+    for index_name in (SAFETENSORS_INDEX, BIN_INDEX):
+        index = directory / index_name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                files = sorted(set(weight_map.values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+                raise CheckpointError(f"{index}: not a valid shard index ({err})") from None
+            tensors: dict[str, torch.Tensor] = {}
+            sources: dict[str, Path] = {}
+            for name in files:
+                shard = directory / name
+                if not shard.is_file():
+                    raise CheckpointError(f"{shard}: listed in {index_name} but missing")
+                for key, value in _read_file(shard).items():
+                    tensors[key], sources[key] = value, shard
+            return tensors, sources
+    for name in (SAFETENSORS_FILE, BIN_FILE):
+        path = directory / name
+        if path.is_file():
+            tensors = _read_file(path)
+            return tensors, dict.fromkeys(tensors, path)
+    raise CheckpointError(f"{directory}: no weights ({SAFETENSORS_FILE}, {SAFETENSORS_INDEX} or {BIN_FILE})")
+
+
+def _read_file(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        # weights_only: a .bin is a pickle, and loading must never run code from one.
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read weights ({str(err).splitlines()[0] if str(err) else err})") from None
+    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
+    return loaded
+
+
+def _from_llama(
+    tensors: dict[str, torch.Tensor], sources: dict[str, Path]
+) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """Llama, Mistral and Qwen2 already use graft's names; a bare base model lacks the `model.` prefix."""
+    out, where = {}, {}
+    for key, value in tensors.items():
+        if key.endswith(_IGNORED_SUFFIXES):
+            continue
+        name = key if key.startswith("model.") or key == "lm_head.weight" else f"model.{key}"
+        out[name], where[name] = value, sources[key]
+    return out, where
+
+
+# graft name (after model.layers.N.) -> GPT-2 name (after h.N.), for one-to-one tensors.
+_GPT2_LAYER_NAMES = {
+    "input_layernorm": "ln_1", "post_attention_layernorm": "ln_2",
+    "self_attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.c_fc", "mlp.down_proj": "mlp.c_proj",
+}
+_GPT2_TOP_NAMES = {"model.embed_tokens": "wte", "model.embed_positions": "wpe", "model.norm": "ln_f"}
+_CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # (in, out) weights
+
+
+def _hf_name(graft_name: str, config: ModelConfig) -> str:
+    """The name a user will find in the HF files, for error messages."""
+    if config.positions != "learned" or graft_name == "lm_head.weight":
+        return graft_name
+    stem, _, leaf = graft_name.rpartition(".")
+    if stem in _GPT2_TOP_NAMES:
+        return f"{_GPT2_TOP_NAMES[stem]}.{leaf}"
+    parts = stem.split(".")
+    if len(parts) >= 4 and parts[:2] == ["model", "layers"]:
+        inner = ".".join(parts[3:])
+        if inner in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            return f"h.{parts[2]}.attn.c_attn.{leaf}"
+        return f"h.{parts[2]}.{_GPT2_LAYER_NAMES.get(inner, inner)}.{leaf}"
+    return graft_name
+
+
+def _from_gpt2(
+    tensors: dict[str, torch.Tensor], sources: dict[str, Path], config: ModelConfig
+) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    out: dict[str, torch.Tensor] = {}
+    where: dict[str, Path] = {}
+    top = {v: k for k, v in _GPT2_TOP_NAMES.items()}
+    layer = {v: k for k, v in _GPT2_LAYER_NAMES.items()}
+    C = config.d_model
+    for key, value in tensors.items():
+        name = key.removeprefix("transformer.")
+        if name.endswith(_IGNORED_SUFFIXES):
+            continue
+        stem, _, leaf = name.rpartition(".")
+        if name == "lm_head.weight":
+            out[name], where[name] = value, sources[key]
+        elif stem in top:
+            out[f"{top[stem]}.{leaf}"], where[f"{top[stem]}.{leaf}"] = value, sources[key]
+        elif stem.startswith("h.") and stem.count(".") >= 2:
+            _, index, inner = stem.split(".", 2)
+            prefix = f"model.layers.{index}"
+            if inner.endswith(_CONV1D) and leaf == "weight":
+                if value.dim() != 2:
+                    raise CheckpointError(f"{sources[key]}: tensor {key} has shape {tuple(value.shape)}, expected 2-D")
+                value = value.t()  # Conv1D stores (in, out); nn.Linear wants (out, in)
+            if inner == "attn.c_attn":
+                if value.shape[0] != 3 * C:
+                    raise CheckpointError(f"{sources[key]}: tensor {key} has shape {tuple(tensors[key].shape)}, "
+                                          f"config.json implies {(C, 3 * C) if leaf == 'weight' else (3 * C,)}")
+                for proj, part in zip(("q_proj", "k_proj", "v_proj"), value.split(C, dim=0)):
+                    out[f"{prefix}.self_attn.{proj}.{leaf}"] = part.contiguous()
+                    where[f"{prefix}.self_attn.{proj}.{leaf}"] = sources[key]
+            else:
+                target = f"{prefix}.{layer.get(inner, inner)}.{leaf}"
+                out[target], where[target] = value.contiguous(), sources[key]
+        else:
+            out[name], where[name] = value, sources[key]  # reported as unexpected
+    return out, where
+
+
+def _natural(name: str) -> list[object]:
+    return [int(p) if p.isdigit() else p for p in name.split(".")]
+
+
+def _weights_label(directory: Path) -> Path:
+    for name in (SAFETENSORS_INDEX, BIN_INDEX, SAFETENSORS_FILE, BIN_FILE):
+        if (directory / name).is_file():
+            return directory / name
+    return directory
+
+
+def _first_error(err: Exception) -> str:
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        return f"{'.'.join(map(str, first['loc'])) or 'config'}: {first['msg']}"
+    return str(err).splitlines()[0]
+
+
+# ---------------------------------------------------------------- export
+
+
+def hf_architecture(config: ModelConfig) -> str:
+    """The transformers model_type a config exports as: gpt2, llama or qwen2; ConfigError with the
+    reason when none can represent it exactly."""
+    def refuse(reason: str) -> ConfigError:
+        return ConfigError(f"cannot export to Hugging Face: {reason}")
+
+    gpt2_style = (config.positions, config.norm) == ("learned", "layernorm") and config.mlp in ("gelu", "gelu_tanh")
+    llama_style = (config.positions, config.norm, config.mlp) == ("rope", "rmsnorm", "swiglu")
+    if gpt2_style:
+        if not config.bias or not config.qkv_bias:
+            raise refuse("GPT-2 (learned positions, layernorm, GELU MLP) always has biases in every linear layer "
+                         "and norm; this config turns them off (bias/attention_bias false)")
+        if config.kv_heads != config.n_heads:
+            raise refuse("GPT-2 has no grouped-query attention; n_kv_heads must equal n_heads")
+        return "gpt2"
+    if llama_style:
+        if config.bias and not config.qkv_bias:
+            raise refuse("biases on o_proj and the MLP without q/k/v biases match neither Llama nor Qwen2")
+        return "qwen2" if config.qkv_bias and not config.bias else "llama"
+    raise refuse(
+        f"positions={config.positions}, norm={config.norm}, mlp={config.mlp} is no Hugging Face decoder: GPT-2 needs "
+        "learned positions + layernorm + gelu/gelu_tanh, Llama/Qwen2 need rope + rmsnorm + swiglu"
+    )
+
+
+def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
+    """The transformers config.json for a graft config (see hf_architecture for what is refused)."""
+    kind = hf_architecture(config)
+    if config.vocab_size is None:
+        raise ConfigError("cannot export to Hugging Face: vocab_size is not set")
+    if kind == "gpt2":
+        return dict(
+            architectures=["GPT2LMHeadModel"], model_type="gpt2", vocab_size=config.vocab_size,
+            n_positions=config.max_seq_len, n_embd=config.d_model, n_layer=config.n_layers, n_head=config.n_heads,
+            n_inner=config.ff_dim, activation_function="gelu_new" if config.mlp == "gelu_tanh" else "gelu",
+            resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
+            layer_norm_epsilon=config.norm_eps, initializer_range=config.init_std, scale_attn_weights=True,
+            tie_word_embeddings=config.tie_embeddings, use_cache=True, torch_dtype="float32",
+        )
+    common = dict(
+        vocab_size=config.vocab_size, hidden_size=config.d_model, intermediate_size=config.ff_dim,
+        num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads, num_key_value_heads=config.kv_heads,
+        head_dim=config.head_dim, hidden_act="silu", max_position_embeddings=config.max_seq_len,
+        rms_norm_eps=config.norm_eps, initializer_range=config.init_std, tie_word_embeddings=config.tie_embeddings,
+        rope_theta=config.rope_theta,
+        rope_scaling=config.rope_scaling.model_dump(mode="json") if config.rope_scaling else None,
+        attention_dropout=config.dropout, use_cache=True, torch_dtype="float32",
+    )
+    if kind == "qwen2":
+        return dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", **common, use_sliding_window=False,
+                    sliding_window=None, max_window_layers=config.n_layers)
+    return dict(architectures=["LlamaForCausalLM"], model_type="llama", **common,
+                attention_bias=config.bias, mlp_bias=config.bias)
+
+
+def hf_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
+    """The model's tensors under the export target's names (a tied lm_head is not stored)."""
+    config = model.config
+    kind = hf_architecture(config)
+    weights = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
+    if config.tie_embeddings:
+        weights.pop("lm_head.weight")
+    if kind != "gpt2":
+        return {k: v.contiguous() for k, v in weights.items()}
+    out: dict[str, torch.Tensor] = {}
+    for name, value in weights.items():
+        stem, _, leaf = name.rpartition(".")
+        if name == "lm_head.weight":
+            out[name] = value
+        elif stem in _GPT2_TOP_NAMES:
+            out[f"transformer.{_GPT2_TOP_NAMES[stem]}.{leaf}"] = value
+        else:
+            _, _, index, inner = stem.split(".", 3)
+            if inner in ("self_attn.k_proj", "self_attn.v_proj"):
+                continue  # fused with q_proj below
+            if inner == "self_attn.q_proj":
+                parts = [weights[f"model.layers.{index}.self_attn.{p}.{leaf}"] for p in ("q_proj", "k_proj", "v_proj")]
+                value, target = torch.cat(parts, dim=0), "attn.c_attn"
+            else:
+                target = _GPT2_LAYER_NAMES[inner]
+            if target in _CONV1D and leaf == "weight":
+                value = value.t()
+            out[f"transformer.h.{index}.{target}.{leaf}"] = value
+    return {k: v.contiguous() for k, v in out.items()}
+
+
+def export_hf(
+    model: LanguageModel, out_dir: Path, *, tokenizer: Tokenizer | None = None, overwrite: bool = False
+) -> Path:
+    """Write `out_dir` as a transformers directory (config.json, model.safetensors and, given a graft
+    Tokenizer, tokenizer.json). Everything is checked before anything is written; the directory is
+    built beside its destination and renamed into place. Returns out_dir."""
+    out_dir = Path(out_dir)
+    config_json = hf_config_dict(model.config)  # refuses an unexportable config first
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:  # type: ignore[operator]
+        # Larger embeddings are fine (models often pad the vocabulary); ids past them are not.
+        raise ConfigError(f"cannot export: the tokenizer has {tokenizer.vocab_size} tokens but the embedding matrix "
+                          f"(model.embed_tokens.weight) only {model.config.vocab_size} rows")
+    if out_dir.exists() and not (out_dir.is_dir() and (overwrite or not any(out_dir.iterdir()))):
+        raise CheckpointError(f"{out_dir}: already exists and is not an empty directory (pass overwrite to replace it)")
+    weights = hf_state_dict(model)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        save_file(weights, str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(config_json, indent=2) + "\n", encoding="utf-8")
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        for path in tmp.iterdir():
+            fsync_path(path)
+        fsync_path(tmp)
+        aside = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        if out_dir.exists():
+            os.rename(out_dir, aside)
+        os.rename(tmp, out_dir)
+        fsync_path(out_dir.parent)
+        shutil.rmtree(aside, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir

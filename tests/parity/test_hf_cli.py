@@ -1,0 +1,124 @@
+"""The `graft` command with Hugging Face directories, in subprocesses: `generate` reads one as it
+reads a checkpoint, and `export --format hf` writes one that transformers loads to the same logits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from graft.data.tokenizer import bytes_tokenizer  # noqa: E402
+from graft.model.config import ModelConfig  # noqa: E402
+from graft.model.transformer import LanguageModel  # noqa: E402
+from graft.train.checkpoint import save_checkpoint  # noqa: E402
+
+pytestmark = [pytest.mark.parity, pytest.mark.e2e]
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+PROMPT = "The quick"
+
+
+def graft(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "graft", *map(str, args)], capture_output=True, text=True,
+                          timeout=120, env=ENV)
+
+
+def _perturb(module: torch.nn.Module, seed: int) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+
+
+def test_generate_reads_a_hugging_face_directory(tmp_path: Path) -> None:
+    tokenizer = bytes_tokenizer()
+    torch.manual_seed(0)
+    hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)).eval()
+    _perturb(hf_model, 1)
+    hf_model.save_pretrained(tmp_path / "hf")
+    tokenizer.save(tmp_path / "hf")
+
+    result = graft("generate", tmp_path / "hf", "--prompt", PROMPT, "--temperature", 0, "--max-new-tokens", 5)
+    assert result.returncode == 0, result.stderr
+
+    prompt_ids = tokenizer.encode(PROMPT)
+    with torch.no_grad():
+        out = hf_model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+                                do_sample=False, max_new_tokens=5, min_new_tokens=5, eos_token_id=None, pad_token_id=0)
+    new = out[0, len(prompt_ids):].tolist()
+    if tokenizer.eot_id in new:
+        new = new[:new.index(tokenizer.eot_id)]
+    # splitlines: text-mode pipes turn a generated "\r" into "\n"
+    assert result.stdout.splitlines() == (PROMPT + tokenizer.decode(new)).splitlines()
+
+
+def test_generate_refuses_a_tokenizer_larger_than_the_embeddings(tmp_path: Path) -> None:
+    hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        max_position_embeddings=64))
+    hf_model.save_pretrained(tmp_path / "hf")
+    bytes_tokenizer().save(tmp_path / "hf")
+    result = graft("generate", tmp_path / "hf", "--max-new-tokens", 2)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"graft: error: {tmp_path / 'hf' / 'tokenizer.json'}: 262 tokens, but tensor model.embed_tokens.weight "
+        "has only 100 rows; the tokenizer belongs to another model"
+    ]
+
+
+def _checkpoint(directory: Path, **fields: object) -> Path:
+    tokenizer = bytes_tokenizer()
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=64, d_model=32, n_layers=2,
+                                      n_heads=4, **fields))  # type: ignore[arg-type]
+    _perturb(model, 2)
+    return save_checkpoint(directory, model=model, tokenizer=tokenizer, run_config_yaml="{}\n")
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_export_hf_loads_in_transformers_with_the_same_logits(style: str, tmp_path: Path) -> None:
+    fields = {} if style == "gpt2" else dict(norm="rmsnorm", positions="rope", mlp="swiglu", bias=False, n_kv_heads=2)
+    checkpoint = _checkpoint(tmp_path / "ckpt", **fields)
+    result = graft("export", checkpoint, "--format", "hf", "--out", tmp_path / "hf")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"exported (hf): {tmp_path / 'hf'}"
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+
+    from graft.train.checkpoint import load_model
+
+    model, _ = load_model(checkpoint)
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(0, 262, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf_model(input_ids=ids).logits, atol=1e-4, rtol=0)
+
+
+def test_export_replaces_a_non_empty_directory_only_when_asked(tmp_path: Path) -> None:
+    checkpoint = _checkpoint(tmp_path / "ckpt")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "notes.txt").write_text("mine")
+    refused = graft("export", checkpoint, "--out", tmp_path / "hf")  # --format hf is the default
+    assert refused.returncode == 2 and "already exists" in refused.stderr
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["notes.txt"]
+    assert graft("export", checkpoint, "--out", tmp_path / "hf", "--overwrite").returncode == 0
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "hf"]  # no temporary or aside copies left
+
+
+def test_export_refuses_an_unrepresentable_config_and_writes_nothing(tmp_path: Path) -> None:
+    checkpoint = _checkpoint(tmp_path / "ckpt", positions="rope")  # rope + layernorm: no HF class
+    result = graft("export", checkpoint, "--format", "hf", "--out", tmp_path / "hf")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("graft: error: cannot export to Hugging Face: positions=rope")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+    assert json.loads((checkpoint / "config.json").read_text())["model"]["positions"] == "rope"
