@@ -87,12 +87,18 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", parents=[_COMMON], help="Export a checkpoint to another format (Hugging Face).",
                        description="Write a checkpoint as a Hugging Face transformers directory (config.json, "
-                       "model.safetensors, tokenizer.json): GPT-2 style as GPT2LMHeadModel, Llama style as "
+                       "model.safetensors, tokenizer files, generation_config.json, a model card README.md): GPT-2 style as GPT2LMHeadModel, Llama style as "
                        "LlamaForCausalLM or Qwen2ForCausalLM. A config no such class can represent is refused.")
     p.add_argument("checkpoint", type=Path, help="checkpoint directory, run directory or Hugging Face directory")
-    p.add_argument("--format", choices=["hf"], default="hf", help="output format (hf: Hugging Face transformers)")
-    p.add_argument("--out", type=Path, required=True, help="directory to write (must not exist or be empty)")
+    p.add_argument("--format", choices=["hf", "gguf"], default="hf",
+                   help="hf: a Hugging Face transformers directory; gguf: one llama.cpp file (Llama-style models)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="hf: directory to write (must not exist or be empty); gguf: the .gguf file")
+    p.add_argument("--dtype", choices=["f32", "f16", "q8_0"], default="f16", help="gguf tensor type (default: f16)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="reload the export (in transformers when installed) and check logits, tokenizer ids, eos "
+                   "ids and vocabulary size against the checkpoint (default: on)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,12 +222,27 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from graft.model.convert.hf import export_hf
-    from graft.train.checkpoint import load_model
+    from graft.model.convert.hf import export_hf, is_hf_directory
+    from graft.train.checkpoint import load_model, resolve_checkpoint
 
     model, tokenizer = load_model(args.checkpoint)
-    out = export_hf(model, args.out, tokenizer=tokenizer, overwrite=args.overwrite)
+    if args.format == "gguf":
+        from graft.model.convert.gguf import export_gguf, read_back_summary
+
+        out = export_gguf(model, tokenizer, args.out, dtype=args.dtype)
+        print(f"exported (gguf, {args.dtype}): {out}")
+        if args.verify:
+            print(read_back_summary(out, model))
+        return 0
+    source = None if is_hf_directory(args.checkpoint) else resolve_checkpoint(args.checkpoint)
+    out = export_hf(model, args.out, tokenizer=tokenizer, source=source, overwrite=args.overwrite)
     print(f"exported ({args.format}): {out}")
+    if args.verify:
+        from graft.model.convert.verify import format_table, raise_on_failure, verify_hf_export
+
+        records = verify_hf_export(out, model, tokenizer)
+        print(format_table(records))
+        raise_on_failure(records, out)
     return 0
 
 

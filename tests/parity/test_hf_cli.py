@@ -23,6 +23,8 @@ pytestmark = [pytest.mark.parity, pytest.mark.e2e]
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 PROMPT = "The quick"
+EXPORT_FILES = ["README.md", "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json",
+                "tokenizer.json", "tokenizer_config.json"]
 
 
 def graft(*args: object) -> subprocess.CompletedProcess[str]:
@@ -90,8 +92,8 @@ def test_export_hf_loads_in_transformers_with_the_same_logits(style: str, tmp_pa
     checkpoint = _checkpoint(tmp_path / "ckpt", **fields)
     result = graft("export", checkpoint, "--format", "hf", "--out", tmp_path / "hf")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"exported (hf): {tmp_path / 'hf'}"
-    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert result.stdout.splitlines()[0] == f"exported (hf): {tmp_path / 'hf'}"
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == EXPORT_FILES
 
     from graft.train.checkpoint import load_model
 
@@ -110,7 +112,7 @@ def test_export_replaces_a_non_empty_directory_only_when_asked(tmp_path: Path) -
     assert refused.returncode == 2 and "already exists" in refused.stderr
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["notes.txt"]
     assert graft("export", checkpoint, "--out", tmp_path / "hf", "--overwrite").returncode == 0
-    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == EXPORT_FILES
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "hf"]  # no temporary or aside copies left
 
 
@@ -122,3 +124,24 @@ def test_export_refuses_an_unrepresentable_config_and_writes_nothing(tmp_path: P
     assert len(lines) == 1 and lines[0].startswith("graft: error: cannot export to Hugging Face: positions=rope")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     assert json.loads((checkpoint / "config.json").read_text())["model"]["positions"] == "rope"
+
+
+def test_export_verifies_by_default_and_prints_the_table(tmp_path: Path) -> None:
+    checkpoint = _checkpoint(tmp_path / "ckpt", norm="rmsnorm", positions="rope", mlp="swiglu", bias=False)
+    result = graft("export", checkpoint, "--out", tmp_path / "hf")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"exported (hf): {tmp_path / 'hf'}"
+    assert lines[1].split() == ["check", "result", "detail"]
+    rows = [line.split("  ") for line in lines[2:]]
+    assert [row[0] for row in rows] == ["transformers", "logits", "tokenizer ids", "eos ids", "vocab size"]
+    assert all(" ok " in line for line in lines[2:]), result.stdout
+    assert "# ckpt" in (tmp_path / "hf" / "README.md").read_text()
+
+
+def test_export_no_verify_skips_the_checks(tmp_path: Path) -> None:
+    checkpoint = _checkpoint(tmp_path / "ckpt")
+    result = graft("export", checkpoint, "--out", tmp_path / "hf", "--no-verify")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"exported (hf): {tmp_path / 'hf'}"
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == EXPORT_FILES

@@ -1,0 +1,191 @@
+"""Checks that a Hugging Face export behaves as the graft model and tokenizer it came from.
+
+`verify_hf_export` reloads the written directory the way a user would (transformers'
+AutoModelForCausalLM and AutoTokenizer when transformers is importable; otherwise graft's own HF
+reader and the exported tokenizer.json) and returns one `CheckRecord` per check: logits on a probe
+batch, tokenizer ids on a mixed-script probe text, the end-of-text id in generation_config.json and
+tokenizer_config.json, and the tokenizer fitting the embedding matrix. transformers stays optional:
+it is imported here only if present, and its absence is itself a record.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from graft.data.tokenizer import Tokenizer
+from graft.errors import CheckpointError, GraftError
+from graft.model.convert.hf import (
+    GENERATION_CONFIG_FILE,
+    TOKENIZER_CONFIG_FILE,
+    load_hf_model,
+)
+from graft.model.transformer import LanguageModel
+
+__all__ = ["PROBE_TEXT", "CheckRecord", "format_table", "raise_on_failure", "verify_hf_export"]
+
+#: ASCII, accents, CJK, emoji (with a skin-tone modifier and a ZWJ sequence) and code.
+PROBE_TEXT = (
+    "The quick brown fox, 42 times! Café naïve résumé Ærøskøbing. 日本語のテキストと中文。 "
+    "😀🚀👍🏽👩‍💻 def f(x):\n\treturn {'k': x ** 2}  # done\n"
+)
+LOGIT_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class CheckRecord:
+    """One verification check: `ok` is None when the check could not run (and says why)."""
+
+    check: str
+    ok: bool | None
+    detail: str
+
+
+def _transformers_available() -> bool:
+    return importlib.util.find_spec("transformers") is not None
+
+
+def _probe_ids(model: LanguageModel, tokenizer: Tokenizer | None) -> torch.Tensor:
+    """Two rows: the probe text's ids (when a tokenizer is given) and seeded random ids."""
+    rows = model.config.vocab_size or 1
+    length = min(model.config.max_seq_len, 32)
+    random_row = torch.randint(0, rows, (length,), generator=torch.Generator().manual_seed(0))
+    if tokenizer is None:
+        return torch.stack([random_row, random_row.flip(0)])
+    text_row = torch.tensor(tokenizer.encode(PROBE_TEXT)[:length], dtype=torch.long).clamp(max=rows - 1)
+    text_row = torch.cat([text_row, random_row[: length - len(text_row)]])
+    return torch.stack([text_row, random_row])
+
+
+def _check_logits(out_dir: Path, model: LanguageModel, ids: torch.Tensor, use_transformers: bool) -> CheckRecord:
+    reader = "transformers" if use_transformers else "graft's HF reader"
+    try:
+        if use_transformers:
+            from transformers import AutoModelForCausalLM
+
+            reloaded = AutoModelForCausalLM.from_pretrained(out_dir).eval()
+            with torch.no_grad():
+                theirs = reloaded(input_ids=ids).logits
+        else:
+            reloaded = load_hf_model(out_dir)
+            with torch.no_grad():
+                theirs = reloaded(ids)
+    except (GraftError, OSError, ValueError, RuntimeError, KeyError) as err:
+        return CheckRecord("logits", False, f"{reader} cannot load the export: {str(err).splitlines()[0] if str(err) else err}")
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        ours = model.eval()(ids.to(device)).float().cpu()
+    if theirs.shape != ours.shape:
+        return CheckRecord("logits", False, f"{reader} gives shape {tuple(theirs.shape)}, graft {tuple(ours.shape)}")
+    diff = (theirs.float() - ours).abs().max().item()
+    ok = diff <= LOGIT_TOLERANCE
+    return CheckRecord("logits", ok, f"max |diff| {diff:.2e} {'<=' if ok else '>'} {LOGIT_TOLERANCE:g} "
+                                     f"({reader}, {ids.shape[0]}x{ids.shape[1]} probe)")
+
+
+def _check_tokenizer_ids(out_dir: Path, tokenizer: Tokenizer, use_transformers: bool) -> CheckRecord:
+    want = tokenizer.encode(PROBE_TEXT)
+    try:
+        if use_transformers:
+            from transformers import AutoTokenizer
+
+            # The default call, as users make it: special tokens added if the tokenizer adds any.
+            got = AutoTokenizer.from_pretrained(out_dir)(PROBE_TEXT)["input_ids"]
+            reader = "AutoTokenizer"
+        else:
+            got = Tokenizer.load(out_dir).encode(PROBE_TEXT)
+            reader = "exported tokenizer.json"
+    except (GraftError, OSError, ValueError, KeyError) as err:
+        return CheckRecord("tokenizer ids", False, f"cannot load the exported tokenizer: {str(err).splitlines()[0]}")
+    if got == want:
+        return CheckRecord("tokenizer ids", True, f"{reader}: {len(want)} ids on the mixed-script probe equal graft's")
+    first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    return CheckRecord("tokenizer ids", False, f"{reader} gives {len(got)} ids, graft {len(want)}; first difference "
+                                               f"at position {first}")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _check_eos(out_dir: Path, tokenizer: Tokenizer) -> CheckRecord:
+    eot = tokenizer.eot_id
+    if eot is None:
+        return CheckRecord("eos ids", None, "the tokenizer has no end-of-text token")
+    generation = _read_json(out_dir / GENERATION_CONFIG_FILE)
+    if not isinstance(generation, dict):
+        return CheckRecord("eos ids", False, f"{GENERATION_CONFIG_FILE} is missing or unreadable")
+    eos = generation.get("eos_token_id")
+    eos_ids = eos if isinstance(eos, list) else [eos]
+    if eos_ids != [eot]:
+        return CheckRecord("eos ids", False, f"{GENERATION_CONFIG_FILE} eos_token_id {eos!r}, the tokenizer's "
+                                             f"end-of-text id is {eot}")
+    tok_config = _read_json(out_dir / TOKENIZER_CONFIG_FILE)
+    eos_token = tok_config.get("eos_token") if isinstance(tok_config, dict) else None
+    if isinstance(eos_token, dict):  # the AddedToken form some writers use
+        eos_token = eos_token.get("content")
+    if eos_token is None or tokenizer.token_to_id(eos_token) != eot:
+        return CheckRecord("eos ids", False, f"{TOKENIZER_CONFIG_FILE} eos_token {eos_token!r} is not id {eot}")
+    return CheckRecord("eos ids", True, f"eos_token_id {eot} = {eos_token} in both configs")
+
+
+def _check_vocab(out_dir: Path, use_transformers: bool) -> CheckRecord:
+    config = _read_json(out_dir / "config.json")
+    rows = config.get("vocab_size") if isinstance(config, dict) else None
+    try:
+        if use_transformers:
+            from transformers import AutoTokenizer
+
+            size = len(AutoTokenizer.from_pretrained(out_dir))
+        else:
+            size = Tokenizer.load(out_dir).vocab_size
+    except (GraftError, OSError, ValueError, KeyError) as err:
+        return CheckRecord("vocab size", False, f"cannot load the exported tokenizer: {str(err).splitlines()[0]}")
+    if not isinstance(rows, int):
+        return CheckRecord("vocab size", False, "config.json has no vocab_size")
+    ok = size <= rows
+    return CheckRecord("vocab size", ok, f"tokenizer {size} {'<=' if ok else '>'} {rows} embedding rows")
+
+
+def verify_hf_export(out_dir: Path, model: LanguageModel, tokenizer: Tokenizer | None = None) -> list[CheckRecord]:
+    """Reload the export in `out_dir` and compare it with the `model` (and `tokenizer`) it was written
+    from. Never raises for a mismatch: every outcome is a record (see raise_on_failure)."""
+    out_dir = Path(out_dir)
+    use_transformers = _transformers_available()
+    records = [CheckRecord("transformers", True if use_transformers else None,
+                           "installed; reloading as a user would" if use_transformers else
+                           "not installed; checked with graft's HF reader and the exported tokenizer.json instead")]
+    records.append(_check_logits(out_dir, model, _probe_ids(model, tokenizer), use_transformers))
+    if tokenizer is None:
+        records.append(CheckRecord("tokenizer", None, "exported without a tokenizer; tokenizer checks skipped"))
+        return records
+    records.append(_check_tokenizer_ids(out_dir, tokenizer, use_transformers))
+    records.append(_check_eos(out_dir, tokenizer))
+    records.append(_check_vocab(out_dir, use_transformers))
+    return records
+
+
+def format_table(records: list[CheckRecord]) -> str:
+    """A plain text table: check, result (ok / FAIL / skipped), detail."""
+    rows = [("check", "result", "detail")] + [
+        (r.check, "ok" if r.ok else "skipped" if r.ok is None else "FAIL", r.detail) for r in records
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(2)]
+    return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows)
+
+
+def raise_on_failure(records: list[CheckRecord], out_dir: Path) -> None:
+    """A one-line CheckpointError naming the failed checks, if any."""
+    failed = [r for r in records if r.ok is False]
+    if failed:
+        names = "; ".join(f"{r.check} ({r.detail})" for r in failed)
+        raise CheckpointError(f"export verification failed: {names}. The files in {out_dir} are written and complete "
+                              "but do not behave as the checkpoint; do not publish them")
