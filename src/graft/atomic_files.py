@@ -4,12 +4,16 @@ A file is written beside its destination under a temporary name, flushed and fsy
 renamed over the destination (a rename is atomic on POSIX and Windows), and the folder entry is
 fsynced so the rename itself survives a power cut. A reader sees the old file or the new one,
 never half of either; an interrupted write leaves at most a hidden temporary file.
+Directories (checkpoints, prepared data, exports) are built the same way by `atomic_directory`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -50,3 +54,42 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
         raise
     fsync_path(path.parent)
     return path
+
+
+@contextlib.contextmanager
+def atomic_directory(dest: Path) -> Iterator[Path]:
+    """Build a directory that replaces `dest` in one step.
+
+    Yields an empty hidden sibling to fill. When the block ends without an error, everything in it
+    is fsynced and it takes `dest`'s place: the old version is first moved aside to `.NAME.old`
+    and deleted only once the new one is in place, so a crash between the two renames leaves a
+    complete copy there (checkpoint loading falls back to it). On an error the partial directory
+    is removed and `dest` is untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # Hidden, unique, and made with mkdir rather than mkdtemp, whose 0700 mode would stick.
+    work = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}.partial"
+    work.mkdir()
+    try:
+        yield work
+        for path in sorted(work.rglob("*")):
+            fsync_path(path)
+        fsync_path(work)
+        aside = dest.parent / f".{dest.name}.old"
+        if dest.exists():
+            # Only now is an older aside copy redundant; if dest is missing (a swap was
+            # interrupted), the aside copy is the one complete version and stays until the end.
+            shutil.rmtree(aside, ignore_errors=True)
+            os.rename(dest, aside)
+        try:
+            os.rename(work, dest)
+        except BaseException:
+            if aside.exists() and not dest.exists():
+                os.rename(aside, dest)
+            raise
+        fsync_path(dest.parent)
+        shutil.rmtree(aside, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise

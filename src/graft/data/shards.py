@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from tqdm import tqdm
 
-from graft.atomic_files import fsync_path, write_atomic
+from graft.atomic_files import atomic_directory, fsync_path, write_atomic
 from graft.data.documents import iter_documents, list_input_files
 from graft.data.tokenizer import EOT, Tokenizer
 from graft.errors import ConfigError, DataError, TokenizerError
@@ -397,21 +395,6 @@ def _check_replaceable(out_dir: Path) -> None:
     )
 
 
-def _replace_dir(work: Path, out_dir: Path) -> None:
-    if out_dir.exists():
-        old = work.with_name(work.name + ".old")
-        os.replace(out_dir, old)
-        try:
-            os.replace(work, out_dir)
-        except BaseException:
-            os.replace(old, out_dir)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, out_dir)
-    fsync_path(out_dir.parent)
-
-
 def prepare_shards(
     inputs: Sequence[Path],
     tokenizer: Tokenizer,
@@ -446,11 +429,8 @@ def prepare_shards(
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     total_bytes = sum(path.stat().st_size for path in files)
-    # Hidden (input folders skip it) and unique; made with mkdir rather than mkdtemp, whose
-    # 0700 mode would stick to the finished directory.
-    work = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex[:12]}.partial"
-    work.mkdir()
-    try:
+    # The work directory is a hidden sibling, so input folders that contain out_dir skip it.
+    with atomic_directory(out_dir) as work:
         splits = _write_split_files(inputs, tokenizer, work, dtype, eot_id, total_bytes,
                                     val_fraction, seed, batch_size, progress)
         index = ShardIndex(
@@ -464,11 +444,6 @@ def prepare_shards(
         )
         tokenizer.save(work)
         index.save(work)
-        fsync_path(work)
-        _replace_dir(work, out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return index
 
 

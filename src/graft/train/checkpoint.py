@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import graft
-from graft.atomic_files import fsync_path
+from graft.atomic_files import atomic_directory
 from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError
 from graft.model.config import ModelConfig
@@ -72,11 +70,7 @@ def save_checkpoint(
 ) -> Path:
     """Write a checkpoint directory atomically (see module docstring). Returns its path."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_directory(directory) as tmp:
         weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         if model.config.tie_embeddings:
             weights.pop("lm_head.weight", None)  # the same tensor as model.embed_tokens.weight
@@ -99,14 +93,6 @@ def save_checkpoint(
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         manifest = {"files": {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
         _write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2))
-        for path in [*files, tmp / MANIFEST_FILE]:
-            fsync_path(path)
-        for d in {p.parent for p in files}:
-            fsync_path(d)
-        _replace_directory(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return directory
 
 
@@ -224,18 +210,6 @@ def load_training_state(directory: Path, optimizer: torch.optim.Optimizer) -> tu
 def config_differences(old: ModelConfig, new: ModelConfig) -> list[str]:
     a, b = old.model_dump(), new.model_dump()
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
-
-
-def _replace_directory(new: Path, dest: Path) -> None:
-    aside = dest.parent / f".{dest.name}.old"
-    if dest.exists():
-        # Only now is an older aside copy redundant; if dest is missing (a swap was interrupted),
-        # the aside copy is the one complete checkpoint and stays until the new one is in place.
-        shutil.rmtree(aside, ignore_errors=True)
-        os.rename(dest, aside)
-    os.rename(new, dest)
-    fsync_path(dest.parent)
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _write_text(path: Path, text: str) -> None:

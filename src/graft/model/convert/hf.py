@@ -21,8 +21,6 @@ transformers itself is never imported: it is a test oracle here, not a dependenc
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +30,7 @@ from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from graft.atomic_files import fsync_path
+from graft.atomic_files import atomic_directory
 from graft.data.tokenizer import CLS, EOT, MASK, PAD, SEP, UNK
 from graft.errors import CheckpointError, ConfigError
 from graft.model.config import ModelConfig, RopeScaling
@@ -517,11 +515,7 @@ def export_hf(
         config_json.update(bos_token_id=None, eos_token_id=tokenizer.eot_id, pad_token_id=tokenizer.pad_id,
                            **{k: v for k, v in generation_config_dict(tokenizer).items() if k == "bos_token_id"})
     weights = hf_state_dict(model)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_directory(out_dir) as tmp:
         save_file(weights, str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(config_json, indent=2) + "\n", encoding="utf-8")
         if tokenizer is not None:
@@ -531,18 +525,6 @@ def export_hf(
             _write_json(tmp / SPECIAL_TOKENS_MAP_FILE, special_map)
             _write_json(tmp / GENERATION_CONFIG_FILE, generation_config_dict(tokenizer))
         (tmp / MODEL_CARD_FILE).write_text(model_card(model, config_json, tokenizer, source), encoding="utf-8")
-        for path in tmp.iterdir():
-            fsync_path(path)
-        fsync_path(tmp)
-        aside = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-        if out_dir.exists():
-            os.rename(out_dir, aside)
-        os.rename(tmp, out_dir)
-        fsync_path(out_dir.parent)
-        shutil.rmtree(aside, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
