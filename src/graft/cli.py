@@ -85,10 +85,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", parents=[_COMMON], help="Export a checkpoint to another format (Hugging Face).",
-                       description="Write a checkpoint as a Hugging Face transformers directory (config.json, "
+    p = sub.add_parser("export", parents=[_COMMON], help="Export a checkpoint to Hugging Face (hf) or llama.cpp (gguf).",
+                       description="--format hf writes a Hugging Face transformers directory (config.json, "
                        "model.safetensors, tokenizer files, generation_config.json, a model card README.md): GPT-2 style as GPT2LMHeadModel, Llama style as "
-                       "LlamaForCausalLM or Qwen2ForCausalLM. A config no such class can represent is refused.")
+                       "LlamaForCausalLM or Qwen2ForCausalLM. --format gguf writes one llama.cpp file for Llama-style models. "
+                       "A config the target cannot represent is refused before anything is written.")
     p.add_argument("checkpoint", type=Path, help="checkpoint directory, run directory or Hugging Face directory")
     p.add_argument("--format", choices=["hf", "gguf"], default="hf",
                    help="hf: a Hugging Face transformers directory; gguf: one llama.cpp file (Llama-style models)")
