@@ -30,7 +30,7 @@ from graft.atomic_files import atomic_directory
 from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError
 from graft.model.config import ModelConfig
-from graft.model.transformer import LanguageModel
+from graft.model.transformer import LanguageModel, RotaryEmbedding
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -192,8 +192,6 @@ def load_weights(model: LanguageModel, directory: Path) -> None:
         model.lm_head.weight = model.model.embed_tokens.weight
     # Buffers derived from the config (RoPE tables) are not stored; rebuild them off the meta device.
     if model.config.positions == "rope":
-        from graft.model.transformer import RotaryEmbedding
-
         model.model.rotary = RotaryEmbedding(model.config)
 
 
