@@ -1,6 +1,6 @@
 """ModelConfig: every architectural choice of graft's one transformer class, and the named presets.
 
-GPT-2 style and Llama style are two settings of the same fields, never two classes. Each field
+GPT-2 style, Llama style and BERT style are settings of the same fields, never separate classes. Each field
 has a Hugging Face counterpart (the export target decides which), so a config can always be
 written back out as a transformers `config.json`.
 """
@@ -15,6 +15,12 @@ NormKind = Literal["layernorm", "rmsnorm"]
 PositionKind = Literal["learned", "rope"]
 # gelu_tanh is GPT-2's "gelu_new"; swiglu is Llama's gated SiLU MLP (gate_proj, up_proj, down_proj).
 MlpKind = Literal["gelu", "gelu_tanh", "swiglu"]
+# causal: each token sees itself and earlier tokens (decoders); bidirectional: every token sees
+# every other (encoders such as BERT). Batches may still pass their own mask (padding, prefix).
+AttentionKind = Literal["causal", "bidirectional"]
+# pre: x + f(norm(x)) with a final norm (GPT-2, Llama); post: norm(x + f(x)) with a norm after
+# the embeddings and none at the end (the original Transformer, BERT, RoBERTa).
+NormPosition = Literal["pre", "post"]
 
 
 class RopeScaling(BaseModel):
@@ -40,7 +46,7 @@ class RopeScaling(BaseModel):
 
 
 class ModelConfig(BaseModel):
-    """The shape of a decoder-style transformer. Frozen: a checkpoint's config never changes."""
+    """The shape of a transformer, decoder or encoder. Frozen: a checkpoint's config never changes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -68,6 +74,16 @@ class ModelConfig(BaseModel):
         default=None, description="Biases on q/k/v_proj alone (Qwen2: True with bias False); None = follow bias."
     )
     tie_embeddings: bool = Field(default=True, description="lm_head shares the token embedding matrix.")
+    attention: AttentionKind = Field(default="causal", description="causal (decoders) or bidirectional (encoders).")
+    norm_position: NormPosition = Field(default="pre", description="pre-norm (GPT-2, Llama) or post-norm (BERT).")
+    type_vocab_size: int = Field(
+        default=0, ge=0, description="Token-type (segment) embeddings, BERT's A/B sentences; 0 = none."
+    )
+    mlm_head: bool = Field(
+        default=False, description="BERT's masked-LM head: dense + GELU + LayerNorm before the output layer, which gets a bias."
+    )
+    pooler: bool = Field(default=False, description="BERT's pooler: dense + tanh over the first token.")
+    nsp_head: bool = Field(default=False, description="Next-sentence-prediction head (2 classes) on the pooler.")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residuals.")
     init_std: float = Field(default=0.02, gt=0, description="Std of the normal weight initialisation.")
 
@@ -81,6 +97,8 @@ class ModelConfig(BaseModel):
             raise ValueError(f"rope needs an even head dimension, got {self.head_dim}")
         if self.rope_scaling is not None and self.positions != "rope":
             raise ValueError("rope_scaling needs positions: rope")
+        if self.nsp_head and not self.pooler:
+            raise ValueError("nsp_head needs pooler: true (the NSP head reads the pooled first token)")
         return self
 
     @property
@@ -122,6 +140,14 @@ def _llama(d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, max_seq_l
     )
 
 
+def _bert(d_model: int, n_layers: int, n_heads: int, max_seq_len: int) -> dict[str, object]:
+    return dict(
+        d_model=d_model, n_layers=n_layers, n_heads=n_heads, max_seq_len=max_seq_len, norm="layernorm",
+        norm_eps=1e-12, positions="learned", mlp="gelu", bias=True, tie_embeddings=True, attention="bidirectional",
+        norm_position="post", type_vocab_size=2, mlm_head=True, pooler=True, nsp_head=True,
+    )
+
+
 # Parameter counts in the names are for the blocks alone; embeddings add vocab_size * d_model.
 PRESETS: dict[str, dict[str, object]] = {
     "nano": _gpt2(128, 4, 4, 256),  # ~0.8M in blocks
@@ -134,6 +160,11 @@ PRESETS: dict[str, dict[str, object]] = {
     "llama-tiny": _llama(384, 6, 6, 2, 512),
     "llama-small": _llama(512, 8, 8, 4, 1024),
     "llama-124m": {**_llama(768, 12, 12, 4, 1024), "vocab_size": 32000},
+    "bert-nano": _bert(128, 4, 4, 256),
+    "bert-micro": _bert(256, 4, 4, 256),
+    "bert-tiny": _bert(384, 6, 6, 512),
+    "bert-small": _bert(512, 8, 8, 512),
+    "bert-base": {**_bert(768, 12, 12, 512), "vocab_size": 30522},  # BERT-base exactly
 }
 
 

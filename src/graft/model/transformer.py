@@ -77,6 +77,25 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return x * cos + _rotate_half(x) * sin
 
 
+def padding_attention_mask(real: torch.Tensor, *, causal: bool) -> torch.Tensor:
+    """A (B, 1, T, T) mask for right-padded batches: keys that are real tokens (real: (B, T) bool),
+    and only earlier ones when causal. Padded queries still see the real keys, so no row is empty."""
+    T = real.shape[1]
+    mask = real[:, None, None, :].expand(-1, 1, T, T)
+    if causal:
+        mask = mask & torch.ones(T, T, dtype=torch.bool, device=real.device).tril()
+    return mask
+
+
+def prefix_attention_mask(prefix_lengths: torch.Tensor, length: int) -> torch.Tensor:
+    """A (B, 1, T, T) prefix-LM mask: the first prefix_lengths[b] tokens see each other in both
+    directions; every later token sees the whole prefix and the tokens before it (causal)."""
+    idx = torch.arange(length, device=prefix_lengths.device)
+    causal = idx[None, :] <= idx[:, None]  # (T, T): key <= query
+    in_prefix = idx[None, :] < prefix_lengths[:, None]  # (B, S): key is in the prefix
+    return (causal[None] | in_prefix[:, None, :]).unsqueeze(1)
+
+
 class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -133,14 +152,20 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """A residual block. Pre-norm: x + attn(norm(x)), then x + mlp(norm(x)). Post-norm (BERT):
+    norm(x + attn(x)), then norm(x + mlp(x)); `post_attention_layernorm` is the norm between the
+    attention and the MLP in both placements, so the names match Llama and the BERT converter alike."""
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
-        self.input_layernorm = _norm(config)
+        self.pre_norm = config.norm_position == "pre"
+        if self.pre_norm:
+            self.input_layernorm = _norm(config)
         self.self_attn = Attention(config, layer_idx)
         self.post_attention_layernorm = _norm(config)
         self.mlp = MLP(config)
+        if not self.pre_norm:
+            self.post_feedforward_layernorm = _norm(config)
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(
@@ -151,8 +176,11 @@ class Block(nn.Module):
         is_causal: bool,
         kv_cache: KVCache | None,
     ) -> torch.Tensor:
-        x = x + self.dropout(self.self_attn(self.input_layernorm(x), rotary, attn_mask, is_causal, kv_cache))
-        return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+        if self.pre_norm:
+            x = x + self.dropout(self.self_attn(self.input_layernorm(x), rotary, attn_mask, is_causal, kv_cache))
+            return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
+        x = self.post_attention_layernorm(x + self.dropout(self.self_attn(x, rotary, attn_mask, is_causal, kv_cache)))
+        return self.post_feedforward_layernorm(x + self.dropout(self.mlp(x)))
 
 
 class Transformer(nn.Module):
@@ -168,26 +196,37 @@ class Transformer(nn.Module):
             self.embed_positions = nn.Embedding(config.max_seq_len, config.d_model)
         else:
             self.rotary = RotaryEmbedding(config)
+        if config.type_vocab_size:
+            self.embed_token_types = nn.Embedding(config.type_vocab_size, config.d_model)
+        if config.norm_position == "post":
+            self.embed_norm = _norm(config)  # post-norm normalises the embeddings, not the output
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
-        self.norm = _norm(config)
+        if config.norm_position == "pre":
+            self.norm = _norm(config)
 
     def forward(
         self,
         input_ids: torch.Tensor,
         *,
         position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        causal: bool | None = None,
         kv_cache: KVCache | None = None,
     ) -> torch.Tensor:
-        """input_ids (B, T); position_ids (B, T), default past..past+T-1; attention_mask: bool
-        (B, 1, T, S), True where a query may attend to a key, default causal."""
+        """input_ids (B, T); position_ids (B, T), default past..past+T-1; token_type_ids (B, T),
+        default 0; attention_mask: bool, broadcastable to (B, 1, T, S), True where a query may
+        attend to a key: the whole mask, used as given. Without one, `causal` (default: the
+        config's `attention`) picks causal or full attention."""
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
         if past + T > self.config.max_seq_len:
             raise ValueError(f"sequence of {past + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
+        if causal is None:
+            causal = self.config.attention == "causal"
         attn_mask, is_causal = attention_mask, False
-        if attn_mask is None and T > 1:
+        if attn_mask is None and causal and T > 1:
             if past == 0:
                 is_causal = True  # lets SDPA pick its fused causal kernel, no mask tensor
             else:
@@ -204,23 +243,59 @@ class Transformer(nn.Module):
                 x = x + self.embed_positions(position_ids)
         else:
             rotary = self.rotary(position_ids, past, T)
+        if self.config.type_vocab_size:
+            # Without ids every token is segment 0, as in transformers: row 0 is added, not skipped.
+            x = x + (self.embed_token_types.weight[0] if token_type_ids is None else self.embed_token_types(token_type_ids))
+        if self.config.norm_position == "post":
+            x = self.embed_norm(x)
         x = self.dropout(x)
         for layer in self.layers:
             x = layer(x, rotary, attn_mask, is_causal, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
-        return self.norm(x)
+        return self.norm(x) if self.config.norm_position == "pre" else x
+
+
+class MaskedLMTransform(nn.Module):
+    """BERT's prediction-head transform, applied before the output layer: dense, GELU, LayerNorm."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model)
+        self.norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
+        self.approximate = "tanh" if config.mlp == "gelu_tanh" else "none"  # BERT uses its hidden_act here too
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.norm(F.gelu(self.dense(h), approximate=self.approximate))
+
+
+class Pooler(nn.Module):
+    """BERT's pooler: tanh(dense(hidden state of the first token)), the input of sentence-level heads."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.d_model, config.d_model)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(h[:, 0]))
 
 
 class LanguageModel(nn.Module):
-    """Backbone + LM head (tied to the token embeddings when config.tie_embeddings):
-    the layout of Hugging Face's *ForCausalLM (`model.*`, `lm_head`)."""
+    """Backbone + heads. Always an LM head (tied to the token embeddings when
+    config.tie_embeddings): Hugging Face's *ForCausalLM layout (`model.*`, `lm_head`). Encoders add
+    BERT's pieces by config: `lm_head_transform` (masked-LM head), `pooler` and `nsp_head`."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.config = config
         self.model = Transformer(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)  # type: ignore[arg-type]
+        if config.mlm_head:
+            self.lm_head_transform = MaskedLMTransform(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.mlm_head)  # type: ignore[arg-type]
+        if config.pooler:
+            self.pooler = Pooler(config)
+        if config.nsp_head:
+            self.nsp_head = nn.Linear(config.d_model, 2)
         self.reset_parameters()
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -238,21 +313,28 @@ class LanguageModel(nn.Module):
             elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 module.reset_parameters()
 
+    def head_input(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states as the LM head's output layer reads them (through BERT's transform, if any)."""
+        return self.lm_head_transform(h) if self.config.mlm_head else h
+
     def forward(
         self,
         input_ids: torch.Tensor,
         *,
         position_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        causal: bool | None = None,
         kv_cache: KVCache | None = None,
         last_only: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, V), or (B, 1, V) with last_only: generation needs only the last position,
         and skipping the others saves most of the head's cost on a long prompt."""
-        h = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask, kv_cache=kv_cache)
+        h = self.model(input_ids, position_ids=position_ids, token_type_ids=token_type_ids,
+                       attention_mask=attention_mask, causal=causal, kv_cache=kv_cache)
         if last_only:
             h = h[:, -1:, :]
-        return self.lm_head(h)
+        return self.lm_head(self.head_input(h))
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         seen: set[int] = set()

@@ -1,4 +1,5 @@
-"""Hugging Face decoder checkpoints in and out: GPT-2, Llama (and Llama-3 RoPE scaling), Mistral, Qwen2.
+"""Hugging Face checkpoints in and out: GPT-2, Llama (and Llama-3 RoPE scaling), Mistral, Qwen2, and
+the encoders BERT and RoBERTa (their names and heads live in `bert.py`).
 
 Import reads a local transformers directory (`config.json` plus `model.safetensors`, a sharded
 `model.safetensors.index.json`, or `pytorch_model.bin` read with weights_only=True), maps its config
@@ -8,8 +9,8 @@ into q/k/v. Anything graft cannot run exactly (an unknown model_type, a real sli
 RoPE scaling) is refused with the reason rather than approximated.
 
 Export writes `config.json` + `model.safetensors` for GPT2LMHeadModel (learned positions, LayerNorm,
-GELU MLP, biases), LlamaForCausalLM (RoPE, RMSNorm, SwiGLU) or Qwen2ForCausalLM (the Llama layout
-with q/k/v biases alone). Given the tokenizer it adds `tokenizer.json`, `tokenizer_config.json`,
+GELU MLP, biases), LlamaForCausalLM (RoPE, RMSNorm, SwiGLU), Qwen2ForCausalLM (the Llama layout
+with q/k/v biases alone), or for encoders BertModel / BertForMaskedLM / BertForPreTraining. Given the tokenizer it adds `tokenizer.json`, `tokenizer_config.json`,
 `special_tokens_map.json` and `generation_config.json`, so AutoTokenizer and `generate` work with no
 further setup; a model card `README.md` states only what the source checkpoint's files say. A config
 no such architecture can represent is refused before anything is written; the directory is built
@@ -21,19 +22,28 @@ transformers itself is never imported: it is a test oracle here, not a dependenc
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import ValidationError
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from graft.atomic_files import atomic_directory
 from graft.data.tokenizer import CLS, EOT, MASK, PAD, SEP, UNK
 from graft.errors import CheckpointError, ConfigError
 from graft.model.config import ModelConfig, RopeScaling
+from graft.model.convert.bert import DEFAULTS as ENCODER_DEFAULTS
+from graft.model.convert.bert import (
+    ENCODER_MODEL_TYPES,
+    bert_config_dict,
+    encoder_fields,
+    from_encoder,
+    graft_to_hf_names,
+    position_offset,
+)
 from graft.model.transformer import LanguageModel, RotaryEmbedding
 
 if TYPE_CHECKING:
@@ -61,7 +71,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 BIN_FILE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", *ENCODER_MODEL_TYPES)
 
 # The defaults of transformers' config classes, for keys a config.json leaves out (recent
 # save_pretrained writes them all; hand-written and old files may not).
@@ -90,6 +100,7 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         initializer_range=0.02, rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0,
         rope_scaling=None, use_sliding_window=False, sliding_window=4096, layer_types=None, attention_dropout=0.0,
     ),
+    **ENCODER_DEFAULTS,
 }
 _GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 # Buffers some older checkpoints saved next to the weights; derived, never needed.
@@ -112,8 +123,9 @@ def hf_model_type(directory: Path) -> str:
     return str(_read_raw_config(Path(directory))["model_type"])
 
 
-def read_hf_config(directory: Path) -> ModelConfig:
-    """The ModelConfig equivalent to a transformers config.json, or a CheckpointError saying why none is."""
+def read_hf_config(directory: Path, tensor_names: Iterable[str] | None = None) -> ModelConfig:
+    """The ModelConfig equivalent to a transformers config.json, or a CheckpointError saying why none is.
+    Encoders' heads are read off their tensor names (listed from the files when not given)."""
     path = Path(directory) / CONFIG_FILE
     raw = _read_raw_config(Path(directory))
     model_type = raw["model_type"]
@@ -125,6 +137,9 @@ def read_hf_config(directory: Path) -> ModelConfig:
     try:
         if model_type == "gpt2":
             fields = _gpt2_fields(cfg, refuse)
+        elif model_type in ENCODER_MODEL_TYPES:
+            names = tensor_names if tensor_names is not None else _tensor_names(Path(directory))
+            fields = encoder_fields(model_type, cfg, names, refuse)
         else:
             fields = _llama_fields(model_type, cfg, refuse)
         return ModelConfig(**fields)
@@ -230,30 +245,39 @@ def load_hf_model(directory: Path, *, dtype: torch.dtype | None = torch.float32)
     """The model of a transformers directory, in eval mode (float32 unless `dtype` says otherwise;
     None keeps the stored dtype)."""
     directory = Path(directory)
-    config = read_hf_config(directory)
+    model_type = hf_model_type(directory)  # first: no config or an unknown family says so before any weights load
     tensors, sources = _read_tensors(directory)
-    if config.positions == "learned":
-        tensors, sources = _from_gpt2(tensors, sources, config)
-    else:
-        tensors, sources = _from_llama(tensors, sources)
+    config = read_hf_config(directory, tensors)
     with torch.device("meta"):
         model = LanguageModel(config)  # no wasted random init: the weights come from the files
     expected = model.state_dict()
+    if model_type in ENCODER_MODEL_TYPES:
+        raw = {**_DEFAULTS[model_type], **_read_raw_config(directory)}
+        tensors, sources = from_encoder(tensors, sources, config, model_type, position_offset(model_type, raw), expected)
+    elif config.positions == "learned":
+        tensors, sources = _from_gpt2(tensors, sources, config)
+    else:
+        tensors, sources = _from_llama(tensors, sources)
+    hf_names = graft_to_hf_names(config, model_type, expected) if model_type in ENCODER_MODEL_TYPES else None
+
+    def hf_name(name: str) -> str:
+        return hf_names.get(name, name) if hf_names is not None else _hf_name(name, config)
+
     if config.tie_embeddings:
         expected.pop("lm_head.weight")
         tensors.pop("lm_head.weight", None)  # some checkpoints store the tied copy anyway
     missing = sorted(set(expected) - set(tensors), key=_natural)
     if missing:
-        raise CheckpointError(f"{_weights_label(directory)}: tensor {_hf_name(missing[0], config)} is missing "
+        raise CheckpointError(f"{_weights_label(directory)}: tensor {hf_name(missing[0])} is missing "
                               f"({len(missing)} missing in all)")
     unexpected = sorted(set(tensors) - set(expected), key=_natural)
     if unexpected:
         name = unexpected[0]
-        raise CheckpointError(f"{sources[name]}: unexpected tensor {_hf_name(name, config)} for this config "
+        raise CheckpointError(f"{sources[name]}: unexpected tensor {hf_name(name)} for this config "
                               f"({len(unexpected)} unexpected in all)")
     for name, want in expected.items():
         if tensors[name].shape != want.shape:
-            raise CheckpointError(f"{sources[name]}: tensor {_hf_name(name, config)} has shape "
+            raise CheckpointError(f"{sources[name]}: tensor {hf_name(name)} has shape "
                                   f"{tuple(tensors[name].shape)}, config.json implies {tuple(want.shape)}")
     if dtype is not None:
         tensors = {k: v.to(dtype) for k, v in tensors.items()}
@@ -290,6 +314,23 @@ def _read_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, P
             tensors = _read_file(path)
             return tensors, dict.fromkeys(tensors, path)
     raise CheckpointError(f"{directory}: no weights ({SAFETENSORS_FILE}, {SAFETENSORS_INDEX} or {BIN_FILE})")
+
+
+def _tensor_names(directory: Path) -> list[str]:
+    """The stored tensor names, without reading the tensors where the format allows."""
+    for index_name in (SAFETENSORS_INDEX, BIN_INDEX):
+        if (directory / index_name).is_file():
+            try:
+                return list(json.loads((directory / index_name).read_text(encoding="utf-8"))["weight_map"])
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise CheckpointError(f"{directory / index_name}: not a valid shard index ({err})") from None
+    if (directory / SAFETENSORS_FILE).is_file():
+        try:
+            with safe_open(str(directory / SAFETENSORS_FILE), framework="pt") as f:
+                return list(f.keys())
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{directory / SAFETENSORS_FILE}: cannot read weights ({err})") from None
+    return list(_read_tensors(directory)[0])
 
 
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
@@ -409,6 +450,15 @@ def hf_architecture(config: ModelConfig) -> str:
     def refuse(reason: str) -> ConfigError:
         return ConfigError(f"cannot export to Hugging Face: {reason}")
 
+    encoder_switches = (config.attention, config.norm_position) != ("causal", "pre")
+    if encoder_switches or config.mlm_head or config.pooler or config.nsp_head or config.type_vocab_size:
+        bert_style = ((config.attention, config.norm_position, config.positions, config.norm)
+                      == ("bidirectional", "post", "learned", "layernorm") and config.mlp in ("gelu", "gelu_tanh"))
+        if not bert_style:
+            raise refuse("encoder options (bidirectional attention, post-norm, token types, MLM/pooler/NSP heads) "
+                         "export as BERT only, which needs all of: attention bidirectional, norm_position post, "
+                         "learned positions, layernorm, gelu/gelu_tanh MLP")
+        return "bert"
     gpt2_style = (config.positions, config.norm) == ("learned", "layernorm") and config.mlp in ("gelu", "gelu_tanh")
     llama_style = (config.positions, config.norm, config.mlp) == ("rope", "rmsnorm", "swiglu")
     if gpt2_style:
@@ -433,6 +483,11 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
     kind = hf_architecture(config)
     if config.vocab_size is None:
         raise ConfigError("cannot export to Hugging Face: vocab_size is not set")
+    if kind == "bert":
+        if not config.tie_embeddings and not config.mlm_head:
+            raise ConfigError("cannot export to Hugging Face: an untied output layer without BERT's masked-LM head "
+                              "has no BERT counterpart")
+        return bert_config_dict(config, lambda reason: ConfigError(f"cannot export to Hugging Face: {reason}"))
     if kind == "gpt2":
         return dict(
             architectures=["GPT2LMHeadModel"], model_type="gpt2", vocab_size=config.vocab_size,
@@ -465,6 +520,10 @@ def hf_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
     weights = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     if config.tie_embeddings:
         weights.pop("lm_head.weight")
+    if kind == "bert":
+        names = graft_to_hf_names(config, "bert", weights)
+        bare = not config.mlm_head  # BertModel: the base model's names carry no "bert." prefix
+        return {names[k].removeprefix("bert.") if bare else names[k]: v.contiguous() for k, v in weights.items()}
     if kind != "gpt2":
         return {k: v.contiguous() for k, v in weights.items()}
     out: dict[str, torch.Tensor] = {}
