@@ -4,7 +4,8 @@ import torch
 
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
-from graft.objectives.clm import Batch, CausalLM
+from graft.objectives.batch import Batch
+from graft.objectives.clm import CausalLM
 from graft.objectives.losses import IGNORE_INDEX
 from graft.train.loop import accumulate_gradients
 

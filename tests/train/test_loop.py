@@ -63,7 +63,8 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 
 def test_a_diverging_loss_stops_before_the_step_with_one_clear_error(data_dir, tmp_path, monkeypatch):
     from graft.errors import TrainingError
-    from graft.objectives.clm import CausalLM, LossSum
+    from graft.objectives.batch import LossSum
+    from graft.objectives.clm import CausalLM
 
     real_loss = CausalLM.loss
     calls = {"n": 0}

@@ -9,14 +9,16 @@ stays flat however large the corpus. The directory appears all at once or not at
 Each document is followed by the EOT id. Documents go to train or val by a seeded coin
 (`val_fraction`), and each split is guaranteed at least one document when there are two or
 more; a corpus of exactly one document is split by position instead (the first
-`1 - val_fraction` of its tokens train, the rest val).
+`1 - val_fraction` of its tokens train, the rest val). Given `val_inputs` (a held-out corpus)
+there is no coin: all of the inputs are train, all of `val_inputs` is val, and each split lists
+its own files as `sources` in index.json.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from graft.atomic_files import atomic_directory, fsync_path, write_atomic
-from graft.data.documents import iter_documents, list_input_files
+from graft.data.documents import Document, iter_documents, list_input_files
 from graft.data.tokenizer import EOT, Tokenizer
 from graft.errors import ConfigError, DataError, TokenizerError
 
@@ -68,6 +70,9 @@ class SplitInfo:
     documents: int
     #: UTF-8 bytes of the source text in this split (for bits per byte).
     bytes: int
+    #: The files this split alone was read from, when each split had its own (a held-out val
+    #: corpus); None when documents were dealt to the splits from `ShardIndex.sources`.
+    sources: list[str] | None = None
 
 
 @dataclass
@@ -88,7 +93,13 @@ class ShardIndex:
         return np.dtype(self.dtype)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        # Left out rather than null, so directories prepared without a held-out corpus read
+        # exactly as before.
+        for split in data["splits"].values():
+            if split["sources"] is None:
+                del split["sources"]
+        return data
 
     @classmethod
     def from_dict(cls, data: object, where: str) -> ShardIndex:
@@ -195,7 +206,11 @@ def _split_info(value: object, where: str) -> SplitInfo:
     for key, count in counts.items():
         if count < 0:
             raise DataError(f"{where}: {key!r} must be >= 0, got {count}")
-    return SplitInfo(file=file, **counts)
+    # Optional: index.json files written before held-out val corpora have no per-split sources.
+    sources = _field(value, "sources", list, where) if "sources" in value else None
+    if sources is not None and not all(isinstance(s, str) for s in sources):
+        raise DataError(f"{where}: sources must be a list of strings")
+    return SplitInfo(file=file, **counts, sources=sources)
 
 
 # -- writing -----------------------------------------------------------------------------
@@ -321,8 +336,24 @@ def _balance(
     return {name: writer.info() for name, writer in writers.items()}
 
 
+def _routed_documents(
+    inputs: Sequence[Path], val_inputs: Sequence[Path] | None, val_fraction: float, seed: int
+) -> Iterator[tuple[str, Document]]:
+    """(split name, document) for every document, in reading order."""
+    if val_inputs is None:
+        rng = np.random.default_rng(seed)
+        for doc in iter_documents(inputs):
+            yield ("val" if rng.random() < val_fraction else "train"), doc
+    else:
+        for doc in iter_documents(inputs):
+            yield "train", doc
+        for doc in iter_documents(val_inputs):
+            yield "val", doc
+
+
 def _write_split_files(
     inputs: Sequence[Path],
+    val_inputs: Sequence[Path] | None,
     tokenizer: Tokenizer,
     work: Path,
     dtype: np.dtype,
@@ -333,7 +364,6 @@ def _write_split_files(
     batch_size: int,
     progress: bool,
 ) -> dict[str, SplitInfo]:
-    rng = np.random.default_rng(seed)
     writers = {name: _SplitWriter(name, work / f"{name}.bin", dtype, eot_id) for name in SPLITS}
     # Queue of (writer, piece text or None for "end of document", piece bytes), in order.
     pending: list[tuple[_SplitWriter, str | None, int]] = []
@@ -355,8 +385,8 @@ def _write_split_files(
     try:
         with tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                   desc="preparing shards", disable=not progress, leave=False) as bar:
-            for doc in iter_documents(inputs):
-                writer = writers["val" if rng.random() < val_fraction else "train"]
+            for split, doc in _routed_documents(inputs, val_inputs, val_fraction, seed):
+                writer = writers[split]
                 read = 0
                 for piece in doc.pieces(_PIECE_BYTES):
                     size = _utf8_len(piece)
@@ -378,7 +408,10 @@ def _write_split_files(
         raise
     for writer in writers.values():
         writer.close()
-    return _balance(writers, val_fraction, dtype)
+    if val_inputs is None:
+        return _balance(writers, val_fraction, dtype)
+    # Each input list yielded a document (iter_documents insists), so neither split is empty.
+    return {name: writer.info() for name, writer in writers.items()}
 
 
 def _check_replaceable(out_dir: Path) -> None:
@@ -404,9 +437,14 @@ def prepare_shards(
     seed: int = 0,
     batch_size: int = 64,
     progress: bool = True,
+    val_inputs: Sequence[Path] | None = None,
 ) -> ShardIndex:
     """Tokenize the documents in `inputs` into a prepared directory at `out_dir`.
 
+    Documents go to train or val by a seeded coin (`val_fraction`), unless `val_inputs` names a
+    held-out corpus: then all of `inputs` trains, all of `val_inputs` is val, `val_fraction` is
+    not used, and each split records its own files as `sources`. A file in both is an error
+    (its text would be scored on what the model trained on).
     `out_dir` is built in a hidden temporary sibling and renamed into place once complete,
     replacing an earlier prepared directory; on any error nothing at `out_dir` changes.
     `batch_size` is the number of text pieces per parallel encode call. A progress bar
@@ -425,14 +463,23 @@ def prepare_shards(
     vocab_size = tokenizer.vocab_size
     dtype = token_dtype(vocab_size)
     files = list_input_files(inputs)
+    val_files = [] if val_inputs is None else list_input_files(val_inputs)
+    trained = {path.resolve() for path in files}
+    for path in val_files:
+        if path.resolve() in trained:
+            raise DataError(f"{path}: is both a training input and a val input; a held-out "
+                            "val corpus must not overlap the training inputs")
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    total_bytes = sum(path.stat().st_size for path in files)
+    total_bytes = sum(path.stat().st_size for path in files + val_files)
     # The work directory is a hidden sibling, so input folders that contain out_dir skip it.
     with atomic_directory(out_dir) as work:
-        splits = _write_split_files(inputs, tokenizer, work, dtype, eot_id, total_bytes,
-                                    val_fraction, seed, batch_size, progress)
+        splits = _write_split_files(inputs, val_inputs, tokenizer, work, dtype, eot_id,
+                                    total_bytes, val_fraction, seed, batch_size, progress)
+        if val_inputs is not None:
+            splits["train"].sources = [str(path) for path in files]
+            splits["val"].sources = [str(path) for path in val_files]
         index = ShardIndex(
             dtype=dtype.name,
             vocab_size=vocab_size,
@@ -440,7 +487,7 @@ def prepare_shards(
             tokenizer_sha256=tokenizer.sha256,
             tokenizer_kind=tokenizer.kind,
             splits=splits,
-            sources=[str(path) for path in files],
+            sources=[str(path) for path in files + val_files],
         )
         tokenizer.save(work)
         index.save(work)

@@ -10,7 +10,6 @@ Validation windows are a fixed, evenly spaced set, so successive evaluations are
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -18,34 +17,8 @@ import torch
 from graft.data.shards import TokenShards
 from graft.errors import DataError
 from graft.model.transformer import LanguageModel
-from graft.objectives.losses import IGNORE_INDEX, linear_cross_entropy_sum
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One micro-batch. targets hold IGNORE_INDEX where a position is not scored."""
-
-    input_ids: torch.Tensor  # (B, T)
-    targets: torch.Tensor  # (B, T)
-    position_ids: torch.Tensor | None = None  # (B, T); None = 0..T-1
-    attention_mask: torch.Tensor | None = None  # (B, 1, T, T) bool; None = causal
-
-    def to(self, device: torch.device) -> Batch:
-        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return replace(self, input_ids=move(self.input_ids), targets=move(self.targets),
-                       position_ids=move(self.position_ids), attention_mask=move(self.attention_mask))
-
-    @property
-    def n_targets(self) -> int:
-        return int((self.targets != IGNORE_INDEX).sum())
-
-
-@dataclass(frozen=True)
-class LossSum:
-    """A loss summed over scored positions, and how many there were (the loop normalises)."""
-
-    total: torch.Tensor
-    count: int
+from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states
+from graft.objectives.losses import linear_cross_entropy_sum
 
 
 def document_masks(input_ids: torch.Tensor, eot_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,14 +83,16 @@ class CausalLM:
         return [self._batch(self.val, starts[i:i + batch_size]) for i in range(0, len(starts), batch_size)]
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
-        hidden = model.model(batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask)
+        assert batch.targets is not None
+        hidden = hidden_states(model, batch)
         return LossSum(linear_cross_entropy_sum(hidden, model.lm_head.weight, batch.targets), batch.n_targets)
 
-    def eval_metrics(self, loss_sum: float, count: int) -> dict[str, float]:
+    def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
         """Loss per token, perplexity, and bits per byte: the last compares runs with different
         tokenizers, because it divides by the UTF-8 bytes of text, not by tokens."""
-        loss = loss_sum / max(count, 1)
-        metrics = {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
-        if self.val is not None and self.val.bytes_per_token > 0:
-            metrics["val/bpb"] = loss / math.log(2) / self.val.bytes_per_token
+        loss = totals.mean
+        metrics = {f"{split}/loss": loss, f"{split}/ppl": math.exp(min(loss, 50.0))}
+        shards = self.val if split == "val" else self.train
+        if shards is not None and shards.bytes_per_token > 0:
+            metrics[f"{split}/bpb"] = loss / math.log(2) / shards.bytes_per_token
         return metrics

@@ -14,7 +14,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from tqdm import tqdm
@@ -25,19 +24,11 @@ from graft.data.shards import ShardIndex, TokenShards
 from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError, ConfigError, TokenizerError, TrainingError
 from graft.model.transformer import LanguageModel
-from graft.objectives.clm import Batch, CausalLM, LossSum
+from graft.objectives.batch import Batch, LossTotals, Objective
+from graft.objectives.clm import CausalLM
 from graft.train import checkpoint as ckpt
 from graft.train.metrics_log import LOSS_CURVE_FILE, MetricsLog, plot_loss_curve
 from graft.train.optim import build_optimizer, learning_rate
-
-
-class Objective(Protocol):
-    name: str
-
-    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch: ...
-    def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]: ...
-    def loss(self, model: LanguageModel, batch: Batch) -> LossSum: ...
-    def eval_metrics(self, loss_sum: float, count: int) -> dict[str, float]: ...
 
 
 @dataclass
@@ -71,21 +62,21 @@ class Run:
 
 
 def accumulate_gradients(model: LanguageModel, objective: Objective, micro_batches: list[Batch],
-                         autocast: contextlib.AbstractContextManager | None = None) -> tuple[float, int]:
+                         autocast: contextlib.AbstractContextManager | None = None) -> LossTotals:
     """Backward over every micro-batch; gradients end up equal to those of one big batch.
 
     Each micro-batch's summed loss is divided by the target count of the WHOLE step, not its own:
     with padding or masked targets, micro-batches score different numbers of tokens, and a
-    per-micro-batch mean would weight their tokens unequally. Returns (loss sum, target count).
+    per-micro-batch mean would weight their tokens unequally. Returns the step's loss totals.
     """
     total_targets = sum(b.n_targets for b in micro_batches)
-    loss_sum = 0.0
+    totals = LossTotals()
     for batch in micro_batches:
         with autocast or contextlib.nullcontext():
             out = objective.loss(model, batch)
         (out.total / max(total_targets, 1)).backward()
-        loss_sum += out.total.item()
-    return loss_sum, total_targets
+        totals.add(out)
+    return totals
 
 
 @torch.no_grad()
@@ -93,14 +84,12 @@ def evaluate(model: LanguageModel, objective: Objective, batches: list[Batch], d
              autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
     was_training = model.training
     model.eval()
-    loss_sum, count = 0.0, 0
+    totals = LossTotals()
     for batch in batches:
         with autocast or contextlib.nullcontext():
-            out = objective.loss(model, batch.to(device))
-        loss_sum += out.total.item()
-        count += out.count
+            totals.add(objective.loss(model, batch.to(device)))
     model.train(was_training)
-    return objective.eval_metrics(loss_sum, count)
+    return objective.metrics(totals, "val")
 
 
 def fit(run: Run) -> RunResult:
@@ -114,7 +103,7 @@ def fit(run: Run) -> RunResult:
     bar = tqdm(total=train_cfg.max_steps, initial=state.step, disable=not train_cfg.progress,
                unit="step", dynamic_ncols=True, leave=False)
     clock = time.perf_counter() - state.elapsed_s  # elapsed time carries over a resume
-    window_start, window_tokens, window_loss, window_targets = time.perf_counter(), 0, 0.0, 0
+    window_start, window_tokens, window = time.perf_counter(), 0, LossTotals()
     evaluated_at = -1
 
     def evaluate_and_checkpoint() -> bool:
@@ -157,9 +146,9 @@ def fit(run: Run) -> RunResult:
             # 3. Forward and backward over grad_accum micro-batches, then one optimizer step.
             micro = [objective.train_batch(train_cfg.batch_size, run.data_generator).to(run.device)
                      for _ in range(train_cfg.grad_accum)]
-            loss_sum, n_targets = accumulate_gradients(model, objective, micro, autocast)
-            if not math.isfinite(loss_sum):  # before the step, so the weights stay as they were
-                raise TrainingError(f"the training loss became {loss_sum} at step {state.step + 1}; the last "
+            step_totals = accumulate_gradients(model, objective, micro, autocast)
+            if not math.isfinite(step_totals.loss):  # before the step, so the weights stay as they were
+                raise TrainingError(f"the training loss became {step_totals.loss} at step {state.step + 1}; the last "
                                     f"checkpoint is intact: lower optim.lr or raise optim.warmup_steps and --resume")
             grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip).item()
                          if cfg.optim.grad_clip > 0 else float("nan"))
@@ -168,18 +157,17 @@ def fit(run: Run) -> RunResult:
             state.step += 1
             state.tokens_seen += tokens_per_step
             window_tokens += tokens_per_step
-            window_loss += loss_sum
-            window_targets += n_targets
+            window.merge(step_totals)
             # 4. Log training metrics every log_every steps.
             if state.step % train_cfg.log_every == 0:
                 seconds = time.perf_counter() - window_start
-                train_loss = window_loss / max(window_targets, 1)
+                train_metrics = objective.metrics(window, "train")
                 tokens_per_s = window_tokens / max(seconds, 1e-9)
-                log.write(state.step, {"train/loss": train_loss, "lr": lr, "grad_norm": grad_norm,
+                log.write(state.step, {**train_metrics, "lr": lr, "grad_norm": grad_norm,
                                        "tokens_per_s": tokens_per_s, "tokens": state.tokens_seen})
-                bar.set_postfix(loss=f"{train_loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{tokens_per_s:,.0f}",
-                                left=_time_left(train_cfg, elapsed), refresh=False)
-                window_start, window_tokens, window_loss, window_targets = time.perf_counter(), 0, 0.0, 0
+                bar.set_postfix(loss=f"{train_metrics['train/loss']:.3f}", lr=f"{lr:.2e}",
+                                tok_s=f"{tokens_per_s:,.0f}", left=_time_left(train_cfg, elapsed), refresh=False)
+                window_start, window_tokens, window = time.perf_counter(), 0, LossTotals()
             bar.update(1)
             # 5. Evaluate and checkpoint every eval_every steps; stop early when patience runs out.
             if state.step % train_cfg.eval_every == 0:

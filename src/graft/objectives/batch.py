@@ -1,0 +1,94 @@
+"""What every objective shares with the training loop: the Batch it builds, the LossSum it returns,
+the running totals the loop keeps, and the Objective protocol itself.
+
+An objective is data plus a loss, not a trainer: it builds batches (seeded), scores them with the
+model and its heads, and turns summed statistics into metrics. The loop never asks which one it runs.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, fields, replace
+from typing import Protocol
+
+import torch
+
+from graft.model.transformer import LanguageModel
+from graft.objectives.losses import IGNORE_INDEX
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One micro-batch. targets hold IGNORE_INDEX where a position is not scored."""
+
+    input_ids: torch.Tensor  # (B, T)
+    targets: torch.Tensor | None = None  # (B, T) token targets
+    position_ids: torch.Tensor | None = None  # (B, T); None = 0..T-1
+    token_type_ids: torch.Tensor | None = None  # (B, T) segment ids (NSP); None = all 0
+    attention_mask: torch.Tensor | None = None  # bool, broadcastable to (B, 1, T, T); None = the model's default
+    causal: bool | None = None  # without a mask: causal or full attention; None = the model's default
+    sequence_targets: torch.Tensor | None = None  # (B,) one label per sequence (NSP: is-next)
+    part: str = ""  # which part of a mixture built it
+
+    def to(self, device: torch.device) -> Batch:
+        moved = {f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, **moved)
+
+    @property
+    def n_targets(self) -> int:
+        """Scored units: token targets when there are any, else sequence targets. The loop divides
+        the summed loss of a whole optimizer step by their total."""
+        if self.targets is not None:
+            return int((self.targets != IGNORE_INDEX).sum())
+        return 0 if self.sequence_targets is None else int(self.sequence_targets.numel())
+
+
+@dataclass(frozen=True)
+class LossSum:
+    """A loss summed over scored units, their count (the loop normalises), and additive counters
+    for metrics (e.g. correct predictions), detached."""
+
+    total: torch.Tensor
+    count: int
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class LossTotals:
+    """LossSums added up over many batches: what an objective turns into metrics."""
+
+    loss: float = 0.0
+    count: int = 0
+    stats: Counter[str] = field(default_factory=Counter)
+
+    def add(self, out: LossSum) -> None:
+        self.loss += float(out.total.detach().item())
+        self.count += out.count
+        self.stats.update(out.stats)
+
+    def merge(self, other: LossTotals) -> None:
+        self.loss += other.loss
+        self.count += other.count
+        self.stats.update(other.stats)
+
+    @property
+    def mean(self) -> float:
+        return self.loss / max(self.count, 1)
+
+
+class Objective(Protocol):
+    name: str
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch: ...
+    def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]: ...
+    def loss(self, model: LanguageModel, batch: Batch) -> LossSum: ...
+    def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
+        """`{split}/loss` (the figure best checkpoints and patience follow) and the objective's own."""
+        ...
+
+
+def hidden_states(model: LanguageModel, batch: Batch) -> torch.Tensor:
+    """The backbone's final hidden states for a batch, with every input the batch carries."""
+    return model.model(batch.input_ids, position_ids=batch.position_ids, token_type_ids=batch.token_type_ids,
+                       attention_mask=batch.attention_mask, causal=batch.causal)
