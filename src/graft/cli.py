@@ -45,6 +45,8 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--kind", choices=["bpe", "wordpiece", "unigram", "bytes"], default="bpe")
     t.add_argument("--vocab-size", type=int, default=8192)
     t.add_argument("--min-frequency", type=int, default=2)
+    t.add_argument("--sentinels", type=int, default=0,
+                   help="add N span-corruption sentinel tokens <|sentinel_0|>... (needed by --objective denoise, t5 style)")
     t.add_argument("--out", type=Path, required=True, help="directory for tokenizer.json")
 
 
@@ -56,6 +58,11 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--tokenizer", required=True, help="tokenizer.json, a directory holding one, or 'bytes'")
     d.add_argument("--out", type=Path, required=True, help="output directory (replaced atomically)")
     d.add_argument("--val-fraction", type=float, default=0.1)
+    d.add_argument("--val", nargs="+", type=Path, default=None,
+                   help="held-out files or folders for the val split (then all inputs are training data)")
+    d.add_argument("--split-on", default=None, metavar="REGEX",
+                   help="start a new document at each line of a .txt/.md file matching REGEX "
+                   "(e.g. '^ = [^=]' for WikiText articles); default: one document per file")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
 
@@ -69,6 +76,13 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, help="YAML recipe (see configs/pretrain/)")
     p.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from checkpoints/last")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    # Shortcuts for the settings changed most often; each is the dotted override named in its help.
+    p.add_argument("--objective", help="clm, mlm, nsp, mlm+nsp, denoise or mix (objective.name)")
+    p.add_argument("--data", help="prepared data directory (data.path)")
+    p.add_argument("--init", help="continue pre-training from a checkpoint or Hugging Face directory (train.init)")
+    p.add_argument("--replay", help="prepared general data replayed against forgetting (data.replay_path)")
+    p.add_argument("--replay-fraction", help="fraction of batches from --replay (data.replay_fraction, default 0.1)")
+    p.add_argument("--out", help="run directory (train.out_dir)")
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -145,13 +159,13 @@ def _run_tokenizer(args: argparse.Namespace) -> int:
     from graft.data.tokenizer import bytes_tokenizer, train_tokenizer
 
     if args.kind == "bytes":
-        tokenizer = bytes_tokenizer()
+        tokenizer = bytes_tokenizer(sentinels=args.sentinels)
     else:
         if not args.inputs:
             raise GraftError(f"tokenizer train --kind {args.kind}: give the text files or folders to train on")
         texts = (doc.read() for doc in iter_documents(args.inputs))
         tokenizer = train_tokenizer(texts, args.kind, args.vocab_size, min_frequency=args.min_frequency,
-                                    show_progress=True)
+                                    show_progress=True, sentinels=args.sentinels)
     path = tokenizer.save(args.out)
     print(f"{args.kind} tokenizer, {tokenizer.vocab_size} tokens: {path}")
     return 0
@@ -163,7 +177,7 @@ def _run_data(args: argparse.Namespace) -> int:
 
     tokenizer = bytes_tokenizer() if args.tokenizer == "bytes" else Tokenizer.load(Path(args.tokenizer))
     index = prepare_shards(args.inputs, tokenizer, args.out, val_fraction=args.val_fraction, seed=args.seed,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, val_inputs=args.val, split_on=args.split_on)
     for name, split in index.splits.items():
         print(f"{name}: {split.tokens:,} tokens from {split.documents:,} documents ({split.bytes:,} bytes)")
     print(f"prepared: {args.out}")
@@ -173,7 +187,10 @@ def _run_data(args: argparse.Namespace) -> int:
 def _run_pretrain(args: argparse.Namespace, extra: list[str]) -> int:
     from graft.config import load_run_config
 
-    config = load_run_config(args.config, _split_overrides(extra))
+    shortcuts = {"objective.name": args.objective, "data.path": args.data, "train.init": args.init,
+                 "data.replay_path": args.replay, "data.replay_fraction": args.replay_fraction, "train.out_dir": args.out}
+    overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
+    config = load_run_config(args.config, overrides + _split_overrides(extra))
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0

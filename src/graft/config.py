@@ -32,10 +32,48 @@ class DataConfig(Section):
         description="Packed windows span documents; True stops attention across an end-of-text "
         "boundary and restarts positions at each document.",
     )
+    replay_path: Path | None = Field(
+        default=None, description="Continued pre-training: prepared general-domain data to replay against forgetting."
+    )
+    replay_fraction: float = Field(default=0.1, ge=0, lt=1, description="Fraction of batches drawn from replay_path.")
+
+ObjectiveName = Literal["clm", "mlm", "nsp", "mlm+nsp", "denoise", "mix"]
+# What each objective needs of the model: decoders keep causal attention (they export as causal
+# LMs); masked LM and NSP read both directions.
+DECODER_OBJECTIVES = ("clm", "denoise")
+MIXABLE_OBJECTIVES = ("clm", "mlm", "denoise")
 
 
 class ObjectiveConfig(Section):
-    name: Literal["clm"] = Field(default="clm", description="Training objective (clm: causal LM).")
+    name: ObjectiveName = Field(
+        default="clm", description="clm (causal LM), mlm (masked LM), nsp, mlm+nsp (BERT), denoise, mix."
+    )
+    mask_probability: float = Field(default=0.15, gt=0, lt=1, description="mlm: fraction of tokens chosen.")
+    whole_word_mask: bool = Field(default=False, description="mlm: choose whole words, not single tokens.")
+    denoise_style: Literal["t5", "bart"] = Field(
+        default="t5", description="t5: spans -> sentinels, target = the spans; bart: spans -> one mask, target = the text."
+    )
+    noise_density: float | None = Field(
+        default=None, gt=0, lt=1, description="denoise: fraction of tokens dropped; None = 0.15 (t5) or 0.3 (bart)."
+    )
+    mean_span: float = Field(default=3.0, ge=1, description="denoise: mean length of a dropped span.")
+    prefix_lm: bool = Field(
+        default=False, description="denoise: attend bidirectionally over the corrupted input (not exportable as a causal LM)."
+    )
+    mix: dict[str, float] = Field(
+        default_factory=dict, description="mix: weight per objective, e.g. {clm: 0.5, denoise: 0.25, mlm: 0.25}."
+    )
+
+    @model_validator(mode="after")
+    def _check_mix(self) -> ObjectiveConfig:
+        if self.name == "mix":
+            unknown = [k for k in self.mix if k not in MIXABLE_OBJECTIVES]
+            if unknown:
+                raise ValueError(f"objective.mix: {', '.join(map(repr, unknown))} cannot be mixed; "
+                                 f"choose from {', '.join(MIXABLE_OBJECTIVES)}")
+            if any(w < 0 for w in self.mix.values()) or sum(self.mix.values()) <= 0:
+                raise ValueError(f"objective.mix: weights must be >= 0 and sum to a positive number, got {self.mix}")
+        return self
 
 
 class OptimConfig(Section):
@@ -52,6 +90,10 @@ class OptimConfig(Section):
 
 class TrainConfig(Section):
     out_dir: Path = Field(default=Path("runs/pretrain"), description="Run directory.")
+    init: Path | None = Field(
+        default=None, description="Start from these weights (a graft checkpoint or a Hugging Face directory): "
+        "continued pre-training. The model section then comes from the checkpoint."
+    )
     seed: int = Field(default=1337, description="Seed for initialisation, data order and dropout.")
     batch_size: int = Field(default=12, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
@@ -89,10 +131,10 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> RunConfig:
-        if self.train.seq_len is not None and self.train.seq_len > self.model.max_seq_len:
-            raise ValueError(
-                f"train.seq_len ({self.train.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})"
-            )
+        if self.train.init is None:  # with init the model comes from the checkpoint: checked once loaded
+            problems = model_problems(self)
+            if problems:
+                raise ValueError("; ".join(problems))
         return self
 
     @property
@@ -101,6 +143,25 @@ class RunConfig(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def model_problems(config: RunConfig) -> list[str]:
+    """What the run asks of its model that the model config does not give."""
+    problems = []
+    name, model, seq_len = config.objective.name, config.model, config.train.seq_len
+    if seq_len is not None and seq_len > model.max_seq_len:
+        problems.append(f"train.seq_len ({seq_len}) exceeds model.max_seq_len ({model.max_seq_len})")
+    if name in DECODER_OBJECTIVES and model.attention != "causal":
+        problems.append(f"objective {name} trains a decoder: model.attention must be causal "
+                        f"(it is {model.attention}); use a decoder preset such as micro or llama-micro")
+    if name in ("mlm", "nsp", "mlm+nsp") and model.attention != "bidirectional":
+        problems.append(f"objective {name} trains an encoder: model.attention must be bidirectional; "
+                        "use an encoder preset such as bert-micro")
+    if name in ("nsp", "mlm+nsp") and not model.nsp_head:
+        problems.append(f"objective {name} needs model.nsp_head: true (and model.pooler: true)")
+    if name in ("nsp", "mlm+nsp") and model.type_vocab_size < 2:
+        problems.append(f"objective {name} needs segment ids: model.type_vocab_size >= 2")
+    return problems
 
 
 def load_run_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:

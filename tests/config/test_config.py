@@ -82,7 +82,7 @@ def test_a_preset_that_is_not_a_name_is_a_config_error(value):
     ("optim.schedule=cos", ["'cosine'", "'linear'", "'constant'"]),
     ("model.norm=batchnorm", ["'layernorm'", "'rmsnorm'"]),
     ("train.precision=fp16", ["'auto'", "'fp32'", "'bf16'"]),
-    ("objective.name=mlm", ["'clm'"]),
+    ("objective.name=bert", ["'clm'", "'mlm'", "'mlm+nsp'", "'denoise'", "'mix'"]),
 ])
 def test_literal_fields_list_the_valid_choices(override, choices):
     message = config_error([override, *LIMIT])
@@ -237,3 +237,20 @@ def test_every_shipped_recipe_loads_validates_and_round_trips(recipe, tmp_path):
     resolved = tmp_path / "resolved.yaml"
     resolved.write_text(config.to_yaml())
     assert load_run_config(resolved) == config
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["objective.name=mlm"], "objective mlm trains an encoder: model.attention must be bidirectional"),
+    (["objective.name=clm", "model.preset=bert-nano"], "objective clm trains a decoder: model.attention must be causal"),
+    (["objective.name=mlm+nsp", "model.preset=bert-nano", "model.nsp_head=false", "model.pooler=false"],
+     "objective mlm+nsp needs model.nsp_head: true"),
+    (["objective.name=mix", "objective.mix={clm: 0, denoise: 0}"], "weights must be >= 0 and sum to a positive number"),
+    (["objective.name=mix", "objective.mix={nsp: 1}"], "'nsp' cannot be mixed"),
+])
+def test_objective_and_model_must_fit(overrides, expected):
+    assert expected in config_error([*overrides, *LIMIT])
+
+
+def test_encoder_preset_with_mlm_nsp_is_accepted():
+    config = load_run_config(None, ["objective.name=mlm+nsp", "model.preset=bert-micro", *LIMIT])
+    assert config.model.attention == "bidirectional" and config.model.nsp_head

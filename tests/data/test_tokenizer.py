@@ -1,7 +1,10 @@
-"""Tests for graft.data.tokenizer: round trips, special-token ids, files, validation."""
+"""Tests for graft.data.tokenizer: round trips, special-token ids and roles, sentinels, word
+starts, files, validation. Reading Hugging Face directories is tested against transformers in
+tests/parity/test_hf_tokenizers.py."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,16 +12,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tokenizers
-from tokenizers import pre_tokenizers, processors
+from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from graft.data.tokenizer import (
     EOT,
+    GRAFT_SPECIAL_TOKENS_MAP,
     MASK,
     SPECIAL_TOKENS,
     TOKENIZER_FILE,
     Tokenizer,
     byte_to_unicode,
     bytes_tokenizer,
+    sentinel_token,
     train_tokenizer,
 )
 from graft.errors import DataError, TokenizerError
@@ -138,7 +143,8 @@ def test_save_load_identity(every_kind: dict[str, Tokenizer], tmp_path: Path, ki
     tok = every_kind[kind]
     path = tok.save(tmp_path / "tok")
     assert path == tmp_path / "tok" / TOKENIZER_FILE
-    assert [p.name for p in path.parent.iterdir()] == [TOKENIZER_FILE]  # no temp file left
+    # No temp file left, and no tokenizer_config.json: graft's roles are the default.
+    assert [p.name for p in path.parent.iterdir()] == [TOKENIZER_FILE]
     for source in (path, path.parent):
         loaded = Tokenizer.load(source)
         assert loaded.kind == kind
@@ -167,6 +173,13 @@ def test_load_errors_name_the_path(tmp_path: Path) -> None:
     bad.write_text("{not a tokenizer")
     with pytest.raises(TokenizerError, match=r"bad\.json: not a valid tokenizer\.json"):
         Tokenizer.load(bad)
+    bytes_tokenizer().save(tmp_path / "dir")
+    (tmp_path / "dir" / "tokenizer_config.json").write_text("[1, 2]")
+    with pytest.raises(TokenizerError, match=r"tokenizer_config\.json: expected a JSON object, got list"):
+        Tokenizer.load(tmp_path / "dir")
+    (tmp_path / "dir" / "tokenizer_config.json").write_text('{"mask_token": 3}')
+    with pytest.raises(TokenizerError, match=r"tokenizer_config\.json: mask_token must be a token string"):
+        Tokenizer.load(tmp_path / "dir" / TOKENIZER_FILE)
 
 
 def test_byte_to_unicode_table() -> None:
@@ -225,3 +238,129 @@ def test_unsupported_model_is_refused(tmp_path: Path) -> None:
 
 def test_eot_constant() -> None:
     assert SPECIAL_TOKENS[0] == EOT == "<|endoftext|>" and SPECIAL_TOKENS[2] == MASK
+
+
+# -- sentinels --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["bpe", "wordpiece", "unigram", "bytes"])
+def test_sentinels_follow_the_special_tokens(tmp_path: Path, kind: str) -> None:
+    tok = train_tokenizer(iter(CORPUS), kind=kind, vocab_size=420, min_frequency=1, sentinels=3)
+    first = 256 if kind == "bytes" else 0
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(first, first + 6))  # not moved
+    assert tok.sentinel_ids == [first + 6, first + 7, first + 8]
+    assert [tok.id_to_token(i) for i in tok.sentinel_ids] == ["<|sentinel_0|>", "<|sentinel_1|>", "<|sentinel_2|>"]
+    assert tok.encode(f"a{sentinel_token(1)}b").count(first + 7) == 1
+    assert tok.word_start_ids()[tok.sentinel_ids].all()
+    # Found by name, so a saved tokenizer.json keeps them.
+    assert Tokenizer.load(tok.save(tmp_path)).sentinel_ids == tok.sentinel_ids
+
+
+def test_sentinel_ids_empty_without_and_t5_names_found(trained: dict[str, Tokenizer]) -> None:
+    assert trained["bpe"].sentinel_ids == [] and bytes_tokenizer().sentinel_ids == []
+    t5 = bytes_tokenizer()
+    # T5 numbers its sentinels downwards from the top of the vocabulary.
+    t5.backend.add_special_tokens([f"<extra_id_{i}>" for i in (1, 0)])
+    assert t5.sentinel_ids == [263, 262]
+    assert bytes_tokenizer(sentinels=2).vocab_size == 264
+
+
+def test_sentinel_validation() -> None:
+    with pytest.raises(TokenizerError, match="sentinels must be an integer >= 0, got -1"):
+        bytes_tokenizer(sentinels=-1)
+    too_small = r"it needs at least 107 \(6 special tokens \+ 100 sentinels \+ 1\)"
+    with pytest.raises(TokenizerError, match=too_small):
+        train_tokenizer(iter(CORPUS), kind="wordpiece", vocab_size=106, sentinels=100)
+
+
+# -- word starts ------------------------------------------------------------------------------
+
+
+def starts_of(tok: Tokenizer, text: str) -> list[tuple[str, bool]]:
+    starts = tok.word_start_ids()
+    return [(tok.id_to_token(i), bool(starts[i])) for i in tok.encode(text)]
+
+
+def test_word_starts_byte_level(trained: dict[str, Tokenizer]) -> None:
+    bpe, raw = trained["bpe"], bytes_tokenizer()
+    for tok in (bpe, raw):
+        starts = tok.word_start_ids()
+        assert starts.dtype == np.bool_ and starts.shape == (tok.vocab_size,)
+        assert starts[[tok.token_to_id(t) for t in SPECIAL_TOKENS]].all()
+    # Bytes: only the space byte (and the specials) start a word.
+    assert np.flatnonzero(raw.word_start_ids()).tolist() == [32, *range(256, 262)]
+    for token, start in starts_of(bpe, "The quick brown fox jumps"):
+        assert start == token.startswith("\u0120"), token
+    assert any(start for _, start in starts_of(bpe, " quick"))
+
+
+def test_word_starts_wordpiece_and_unigram(trained: dict[str, Tokenizer]) -> None:
+    pieces = starts_of(trained["wordpiece"], "The quick brown fox, jumps")
+    assert pieces and all(start == (not token.startswith("##")) for token, start in pieces)
+    assert (",", True) in pieces
+    uni = starts_of(trained["unigram"], "The quick brown fox jumps over")
+    assert any(start for _, start in uni) and any(not start for _, start in uni)
+    assert all(start == token.startswith("\u2581") for token, start in uni)
+
+
+def test_word_starts_read_the_markers_of_foreign_tokenizers() -> None:
+    # WordPiece with its own prefix; a Llama-2-style BPE marking spaces with a Replace normaliser.
+    wp = tokenizers.Tokenizer(models.WordPiece({"[UNK]": 0, "ab": 1, "@@c": 2}, unk_token="[UNK]",
+                                               continuing_subword_prefix="@@"))
+    assert Tokenizer(wp).word_start_ids().tolist() == [True, True, False]
+    llama = tokenizers.Tokenizer(models.BPE({"\u2581a": 0, "a": 1, "<unk>": 2}, [], unk_token="<unk>"))
+    llama.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    llama.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback()])
+    assert Tokenizer(llama).word_start_ids().tolist() == [True, False, False]
+    plain = Tokenizer(tokenizers.Tokenizer(models.BPE({"a": 0}, [])))
+    with pytest.raises(TokenizerError, match="cannot tell which BPE tokens start a word"):
+        plain.word_start_ids()
+
+
+def test_word_starts_are_cached_and_read_only(trained: dict[str, Tokenizer]) -> None:
+    tok = trained["unigram"]
+    assert tok.word_start_ids() is tok.word_start_ids()
+    with pytest.raises(ValueError):
+        tok.word_start_ids()[0] = False
+
+
+# -- roles ------------------------------------------------------------------------------------
+
+
+def test_graft_roles_are_the_default(every_kind: dict[str, Tokenizer]) -> None:
+    for tok in every_kind.values():
+        assert tok.special_tokens_map == GRAFT_SPECIAL_TOKENS_MAP
+        assert tok.eot_id == tok.token_to_id(EOT) and tok.bos_id is None and tok.chat_template is None
+
+
+def test_roles_and_chat_template_are_saved_beside_tokenizer_json(tmp_path: Path) -> None:
+    backend = bytes_tokenizer(sentinels=1).backend
+    roles = {"eos_token": "<|sep|>", "mask_token": "<|sentinel_0|>", "pad_token": "<|pad|>", "bos_token": "<|nope|>"}
+    tok = Tokenizer(backend, special_tokens_map=roles, chat_template="{{ messages }}\n")
+    assert tok.special_tokens_map == {k: v for k, v in roles.items() if k != "bos_token"}  # not in the vocabulary
+    assert (tok.eot_id, tok.mask_id, tok.pad_id, tok.sep_id, tok.cls_id, tok.bos_id) == (259, 262, 257, None, None, None)
+    path = tok.save(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["eos_token"] == "<|sep|>" and config["chat_template"] == "{{ messages }}\n"
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and "bos_token" not in config
+    for loaded in (Tokenizer.load(tmp_path), Tokenizer.load(path)):
+        assert loaded.special_tokens_map == tok.special_tokens_map
+        assert loaded.chat_template == tok.chat_template and loaded.eot_id == 259
+    # A file not named tokenizer.json is read alone, with graft's roles.
+    copy = tmp_path / "copy.json"
+    copy.write_text(path.read_text())
+    assert Tokenizer.load(copy).eot_id == 256
+    # Saving graft's defaults over it and other tokenizers' files leaves none of them to lie.
+    (tmp_path / "chat_template.jinja").write_text("stale")
+    (tmp_path / "special_tokens_map.json").write_text('{"eos_token": "<|sep|>"}')
+    (tmp_path / "added_tokens.json").write_text('{"<stale>": 262}')
+    bytes_tokenizer().save(tmp_path)
+    again = Tokenizer.load(tmp_path)
+    assert again.special_tokens_map == GRAFT_SPECIAL_TOKENS_MAP and again.chat_template is None
+    assert again.vocab_size == 262 and again.sha256 == bytes_tokenizer().sha256
+    assert not (tmp_path / "chat_template.jinja").exists()
+
+
+def test_unknown_role_is_refused() -> None:
+    with pytest.raises(TokenizerError, match="roles must be some of bos_token"):
+        Tokenizer(bytes_tokenizer().backend, special_tokens_map={"end_token": EOT})

@@ -288,11 +288,31 @@ def _jsonl_documents(path: Path) -> Iterator[Document]:
             yield Document(source=where, path=path, size=len(raw), line=number, _text=text)
 
 
-def _documents(files: list[Path], shown: str) -> Iterator[Document]:
+def _sections(path: Path, split_on: re.Pattern[str]) -> Iterator[Document]:
+    """The documents of one text file cut before every line matching `split_on` (a corpus that
+    keeps many articles in one file, such as WikiText). The file is read whole."""
+    text = Document(source=str(path), path=path, size=0).read()
+    starts = sorted({0, *(m.start() for m in split_on.finditer(text))})
+    for begin, end in zip(starts, [*starts[1:], len(text)]):
+        section = text[begin:end]
+        if section.strip(_ASCII_WHITESPACE):
+            line = text.count("\n", 0, begin) + 1
+            yield Document(source=f"{path}:{line}", path=path, size=_utf8_size(section), line=line, _text=section)
+
+
+def _utf8_size(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def _documents(files: list[Path], shown: str, split_on: re.Pattern[str] | None = None) -> Iterator[Document]:
     produced = False
     for path in files:
         if path.suffix.lower() == ".jsonl":
             for doc in _jsonl_documents(path):
+                produced = True
+                yield doc
+        elif split_on is not None:
+            for doc in _sections(path, split_on):
                 produced = True
                 yield doc
         else:
@@ -311,16 +331,24 @@ def _documents(files: list[Path], shown: str) -> Iterator[Document]:
         )
 
 
-def iter_documents(paths: Sequence[Path]) -> Iterator[Document]:
+def iter_documents(paths: Sequence[Path], *, split_on: str | None = None) -> Iterator[Document]:
     """Stream the non-empty documents in `paths` (files and folders), in a stable order.
 
+    With `split_on` (a regular expression), a .txt/.md file is cut into one document per section,
+    each section starting at a line that matches (the text before the first match is one too).
     Missing paths and folders without usable files raise DataError right away; problems
     inside a file (bad UTF-8, a bad JSONL line) raise DataError while iterating, naming the
     file and line. Raises DataError at the end if every document was empty.
     """
     paths = _as_paths(paths)
     files = list_input_files(paths)
-    return _documents(files, ", ".join(str(p) for p in paths))
+    pattern = None
+    if split_on is not None:
+        try:
+            pattern = re.compile(split_on, re.MULTILINE)
+        except re.error as exc:
+            raise DataError(f"split_on {split_on!r}: not a valid regular expression ({exc})") from None
+    return _documents(files, ", ".join(str(p) for p in paths), pattern)
 
 
 def count_documents(paths: Sequence[Path]) -> int:

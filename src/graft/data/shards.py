@@ -337,17 +337,18 @@ def _balance(
 
 
 def _routed_documents(
-    inputs: Sequence[Path], val_inputs: Sequence[Path] | None, val_fraction: float, seed: int
+    inputs: Sequence[Path], val_inputs: Sequence[Path] | None, val_fraction: float, seed: int,
+    split_on: str | None = None,
 ) -> Iterator[tuple[str, Document]]:
     """(split name, document) for every document, in reading order."""
     if val_inputs is None:
         rng = np.random.default_rng(seed)
-        for doc in iter_documents(inputs):
+        for doc in iter_documents(inputs, split_on=split_on):
             yield ("val" if rng.random() < val_fraction else "train"), doc
     else:
-        for doc in iter_documents(inputs):
+        for doc in iter_documents(inputs, split_on=split_on):
             yield "train", doc
-        for doc in iter_documents(val_inputs):
+        for doc in iter_documents(val_inputs, split_on=split_on):
             yield "val", doc
 
 
@@ -363,6 +364,7 @@ def _write_split_files(
     seed: int,
     batch_size: int,
     progress: bool,
+    split_on: str | None = None,
 ) -> dict[str, SplitInfo]:
     writers = {name: _SplitWriter(name, work / f"{name}.bin", dtype, eot_id) for name in SPLITS}
     # Queue of (writer, piece text or None for "end of document", piece bytes), in order.
@@ -385,7 +387,7 @@ def _write_split_files(
     try:
         with tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                   desc="preparing shards", disable=not progress, leave=False) as bar:
-            for split, doc in _routed_documents(inputs, val_inputs, val_fraction, seed):
+            for split, doc in _routed_documents(inputs, val_inputs, val_fraction, seed, split_on):
                 writer = writers[split]
                 read = 0
                 for piece in doc.pieces(_PIECE_BYTES):
@@ -438,13 +440,15 @@ def prepare_shards(
     batch_size: int = 64,
     progress: bool = True,
     val_inputs: Sequence[Path] | None = None,
+    split_on: str | None = None,
 ) -> ShardIndex:
     """Tokenize the documents in `inputs` into a prepared directory at `out_dir`.
 
     Documents go to train or val by a seeded coin (`val_fraction`), unless `val_inputs` names a
     held-out corpus: then all of `inputs` trains, all of `val_inputs` is val, `val_fraction` is
     not used, and each split records its own files as `sources`. A file in both is an error
-    (its text would be scored on what the model trained on).
+    (its text would be scored on what the model trained on). `split_on` cuts text files into
+    documents (see `iter_documents`).
     `out_dir` is built in a hidden temporary sibling and renamed into place once complete,
     replacing an earlier prepared directory; on any error nothing at `out_dir` changes.
     `batch_size` is the number of text pieces per parallel encode call. A progress bar
@@ -476,7 +480,7 @@ def prepare_shards(
     # The work directory is a hidden sibling, so input folders that contain out_dir skip it.
     with atomic_directory(out_dir) as work:
         splits = _write_split_files(inputs, val_inputs, tokenizer, work, dtype, eot_id,
-                                    total_bytes, val_fraction, seed, batch_size, progress)
+                                    total_bytes, val_fraction, seed, batch_size, progress, split_on)
         if val_inputs is not None:
             splits["train"].sources = [str(path) for path in files]
             splits["val"].sources = [str(path) for path in val_files]

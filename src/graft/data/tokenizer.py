@@ -17,14 +17,21 @@ This module owns graft's one tokenizer type, a thin wrapper over a Hugging Face
   become `<|unk|>`.
 
 The six special tokens have ids 0..5 in trained kinds and 256..261 in `bytes`, so `eot_id`
-and friends are stable across runs. Encoding never adds special tokens by itself.
+and friends are stable across runs; optional sentinels `<|sentinel_0|>`... for span corruption
+follow them. Encoding never adds special tokens by itself.
+
+`eot_id`, `mask_id` and the other ids are looked up by role (transformers' `eos_token`,
+`mask_token`...): graft's tokens by default, a Hugging Face directory's own (`[MASK]`, `</s>`)
+when it was loaded from one. Roles and chat template are saved in a `tokenizer_config.json`
+beside `tokenizer.json` when they differ from graft's defaults (see `graft.data.hf_tokenizer`).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable, Iterator, Sequence
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -33,11 +40,21 @@ import tokenizers
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, trainers
 
 from graft.atomic_files import write_atomic
+from graft.data.hf_tokenizer import (
+    CONFIG_FILES,
+    ROLES,
+    TOKENIZER_FILE,
+    TokenizerFiles,
+    read_tokenizer_directory,
+    read_tokenizer_json,
+    write_tokenizer_config,
+)
 from graft.errors import TokenizerError
 
 __all__ = [
     "CLS",
     "EOT",
+    "GRAFT_SPECIAL_TOKENS_MAP",
     "MASK",
     "PAD",
     "SEP",
@@ -48,6 +65,7 @@ __all__ = [
     "TokenizerKind",
     "byte_to_unicode",
     "bytes_tokenizer",
+    "sentinel_token",
     "train_tokenizer",
 ]
 
@@ -59,13 +77,23 @@ CLS = "<|cls|>"
 UNK = "<|unk|>"
 #: The special tokens of every graft tokenizer, in id order.
 SPECIAL_TOKENS: tuple[str, ...] = (EOT, PAD, MASK, SEP, CLS, UNK)
+#: The roles (transformers' names) of graft's special tokens. graft has no beginning-of-sequence
+#: token: bos stays unset rather than borrowing another token's meaning.
+GRAFT_SPECIAL_TOKENS_MAP: Mapping[str, str] = {
+    "eos_token": EOT, "pad_token": PAD, "unk_token": UNK, "mask_token": MASK, "sep_token": SEP,
+    "cls_token": CLS,
+}
 
 TokenizerKind = Literal["bpe", "wordpiece", "unigram", "bytes"]
 KINDS: tuple[str, ...] = get_args(TokenizerKind)
 
-TOKENIZER_FILE = "tokenizer.json"
 _METASPACE = "\u2581"
 _WORDPIECE_PREFIX = "##"
+
+
+def sentinel_token(index: int) -> str:
+    """The name of span-corruption sentinel `index`: `<|sentinel_0|>`, `<|sentinel_1|>`..."""
+    return f"<|sentinel_{index}|>"
 
 
 @functools.cache
@@ -89,10 +117,16 @@ def byte_to_unicode() -> tuple[str, ...]:
     return tuple(table)
 
 
-def _special_added_tokens() -> list[AddedToken]:
+def _special_added_tokens(sentinels: int) -> list[AddedToken]:
     # normalized=False: a special token is matched in the raw text, before any normaliser
     # could alter it (the BERT normaliser would otherwise see "<|mask|>" as punctuation).
-    return [AddedToken(token, special=True, normalized=False) for token in SPECIAL_TOKENS]
+    names = [*SPECIAL_TOKENS, *(sentinel_token(i) for i in range(sentinels))]
+    return [AddedToken(token, special=True, normalized=False) for token in names]
+
+
+def _check_sentinels(sentinels: int) -> None:
+    if isinstance(sentinels, bool) or not isinstance(sentinels, int) or sentinels < 0:
+        raise TokenizerError(f"sentinels must be an integer >= 0, got {sentinels!r}")
 
 
 def _infer_kind(backend: tokenizers.Tokenizer) -> TokenizerKind:
@@ -115,46 +149,109 @@ def _infer_kind(backend: tokenizers.Tokenizer) -> TokenizerKind:
     )
 
 
+def _component_types(value: object) -> set[str]:
+    """Every "type" named in a serialised normaliser / pre-tokenizer / decoder, nested ones too."""
+    if isinstance(value, dict):
+        found = {value["type"]} if isinstance(value.get("type"), str) else set()
+        return found.union(*(_component_types(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(_component_types(v) for v in value))
+    return set()
+
+
+def _word_start_rule(backend: tokenizers.Tokenizer) -> Callable[[str], bool]:
+    """Whether a token begins a word, judged from how this tokenizer marks word boundaries."""
+    model = backend.model
+    if isinstance(model, models.WordPiece):
+        prefix = model.continuing_subword_prefix
+        return lambda token: not token.startswith(prefix)
+    parts = json.loads(backend.to_str())
+    pipeline = [parts.get(key) for key in ("normalizer", "pre_tokenizer", "decoder")]
+    types = _component_types(pipeline)
+    if "ByteLevel" in types:
+        space = byte_to_unicode()[ord(" ")]
+        return lambda token: token.startswith(space)
+    # SentencePiece-style: a Metaspace step, or a Replace(" ", "▁") normaliser (Llama 2).
+    if "Metaspace" in types or _METASPACE in json.dumps(pipeline, ensure_ascii=False):
+        return lambda token: token.startswith(_METASPACE)
+    prefix = getattr(model, "continuing_subword_prefix", None)
+    if prefix:
+        return lambda token: not token.startswith(prefix)
+    raise TokenizerError(
+        f"cannot tell which {type(model).__name__} tokens start a word: the tokenizer has no byte-level, "
+        "metaspace or continuing-subword marker; whole-word masking needs one"
+    )
+
+
 class Tokenizer:
     """A graft tokenizer: a `tokenizers.Tokenizer` (kept as `.backend`) plus graft's rules.
 
     Encoding never adds special tokens (causal-LM data adds EOT between documents itself),
     and padding and truncation are always off: batches are built by objectives.
+    `special_tokens_map` gives each role (transformers' names: `eos_token`, `mask_token`...) its
+    token; graft's own tokens when not given. `chat_template` is a Jinja template or None.
     """
 
-    def __init__(self, backend: tokenizers.Tokenizer, kind: TokenizerKind | None = None) -> None:
+    def __init__(
+        self,
+        backend: tokenizers.Tokenizer,
+        kind: TokenizerKind | None = None,
+        *,
+        special_tokens_map: Mapping[str, str] | None = None,
+        chat_template: str | None = None,
+    ) -> None:
         self.backend = backend
         # A tokenizer.json from elsewhere may switch these on; they would silently change ids.
         backend.no_padding()
         backend.no_truncation()
         self._kind: TokenizerKind = kind if kind is not None else _infer_kind(backend)
+        roles = dict(GRAFT_SPECIAL_TOKENS_MAP if special_tokens_map is None else special_tokens_map)
+        unknown = sorted(set(roles) - set(ROLES))
+        if unknown or not all(isinstance(token, str) for token in roles.values()):
+            raise TokenizerError(f"special_tokens_map: roles must be some of {', '.join(ROLES)} with "
+                                 f"token strings; got {roles!r}")
+        self._roles = roles
+        self.chat_template = chat_template
+        self._word_starts: np.ndarray | None = None
 
     # -- files ---------------------------------------------------------------------------
 
     @classmethod
     def load(cls, path: Path | str) -> Tokenizer:
-        """Load a `tokenizer.json` file, or the one inside the directory `path`."""
+        """Load a tokenizer file or directory.
+
+        A directory (a graft checkpoint or prepared data, or a Hugging Face model) is read with
+        its roles and chat template: tokenizer.json, or else a BERT vocab.txt, plus
+        tokenizer_config.json, special_tokens_map.json and chat_template.jinja where present
+        (`graft.data.hf_tokenizer`). A file named tokenizer.json is read the same way, as part of
+        its directory; a file with another name is read alone, with graft's roles.
+        """
         path = Path(path)
-        file = path / TOKENIZER_FILE if path.is_dir() else path
-        if not file.is_file():
-            what = f"no {TOKENIZER_FILE} in {path}" if path.is_dir() else f"{path}: no such file"
-            raise TokenizerError(f"{what}; train one with `graft tokenizer train` or fix the path")
+        if path.is_dir():
+            files = read_tokenizer_directory(path)
+        elif path.name == TOKENIZER_FILE and path.is_file():
+            files = read_tokenizer_directory(path.parent)
+        else:
+            files = TokenizerFiles(read_tokenizer_json(path), path)
         try:
-            text = file.read_text(encoding="utf-8")
-            backend = tokenizers.Tokenizer.from_str(text)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TokenizerError(f"{file}: cannot read ({exc})") from exc
-        except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise TokenizerError(f"{file}: not a valid tokenizer.json ({reason})") from exc
-        try:
-            return cls(backend)
+            return cls(files.backend, special_tokens_map=files.special_tokens_map,
+                       chat_template=files.chat_template)
         except TokenizerError as exc:
-            raise TokenizerError(f"{file}: {exc}") from exc
+            raise TokenizerError(f"{files.source}: {exc}") from exc
 
     def save(self, directory: Path | str) -> Path:
-        """Write `directory/tokenizer.json` atomically and return its path."""
-        return write_atomic(Path(directory) / TOKENIZER_FILE, self.backend.to_str(pretty=True))
+        """Write `directory/tokenizer.json` atomically and return its path.
+
+        Roles other than graft's, or a chat template, go to a tokenizer_config.json beside it.
+        It is also written where tokenizer config files already are, so that none of them goes
+        on describing another tokenizer (`graft.data.hf_tokenizer.write_tokenizer_config`).
+        """
+        directory = Path(directory)
+        path = write_atomic(directory / TOKENIZER_FILE, self.backend.to_str(pretty=True))
+        if (self._roles != GRAFT_SPECIAL_TOKENS_MAP or self.chat_template is not None
+                or any((directory / name).exists() for name in CONFIG_FILES)):
+            write_tokenizer_config(directory, self.backend, self.special_tokens_map, self.chat_template)
+        return path
 
     # -- encoding ------------------------------------------------------------------------
 
@@ -209,28 +306,78 @@ class Tokenizer:
         return self.backend.id_to_token(token_id)
 
     @property
+    def special_tokens_map(self) -> dict[str, str]:
+        """role -> token for each role whose token is in the vocabulary (transformers' names)."""
+        return {role: token for role, token in self._roles.items() if self.token_to_id(token) is not None}
+
+    def _role_id(self, role: str) -> int | None:
+        token = self._roles.get(role)
+        return None if token is None else self.token_to_id(token)
+
+    @property
     def eot_id(self) -> int | None:
-        return self.token_to_id(EOT)
+        """The document separator: graft's <|endoftext|>; for a Hugging Face tokenizer its eos
+        token, or its sep token when it has no eos (BERT)."""
+        eos = self._role_id("eos_token")
+        return eos if eos is not None else self._role_id("sep_token")
+
+    @property
+    def bos_id(self) -> int | None:
+        return self._role_id("bos_token")
 
     @property
     def pad_id(self) -> int | None:
-        return self.token_to_id(PAD)
+        return self._role_id("pad_token")
 
     @property
     def mask_id(self) -> int | None:
-        return self.token_to_id(MASK)
+        return self._role_id("mask_token")
 
     @property
     def sep_id(self) -> int | None:
-        return self.token_to_id(SEP)
+        return self._role_id("sep_token")
 
     @property
     def cls_id(self) -> int | None:
-        return self.token_to_id(CLS)
+        return self._role_id("cls_token")
 
     @property
     def unk_id(self) -> int | None:
-        return self.token_to_id(UNK)
+        return self._role_id("unk_token")
+
+    @property
+    def sentinel_ids(self) -> list[int]:
+        """Ids of the span-corruption sentinels <|sentinel_0|>, <|sentinel_1|>... in order (as
+        many as exist from 0 on), else of T5's <extra_id_0>...; empty when there are none."""
+        for name in (sentinel_token, "<extra_id_{}>".format):
+            ids: list[int] = []
+            while (token_id := self.token_to_id(name(len(ids)))) is not None:
+                ids.append(token_id)
+            if ids:
+                return ids
+        return []
+
+    def word_start_ids(self) -> np.ndarray:
+        """Read-only bool array over ids: True where the token begins a word (whole-word masking).
+
+        Byte-level BPE and bytes: the token starts with the byte-level space `Ġ`. Metaspace
+        (Unigram, SentencePiece-style BPE): it starts with `▁`. WordPiece: it does not start
+        with the continuing-subword prefix (`##`), so punctuation is a word of its own. Special
+        tokens always start one. Decided per token, without context: a text's first word has no
+        leading space, so callers also treat the first position as a start.
+        """
+        if self._word_starts is None:
+            starts = np.zeros(self.vocab_size, dtype=bool)
+            begins = _word_start_rule(self.backend)
+            for token, token_id in self.backend.get_vocab(with_added_tokens=True).items():
+                if token_id < len(starts) and begins(token):
+                    starts[token_id] = True
+            for token_id, added in self.backend.get_added_tokens_decoder().items():
+                if added.special and token_id < len(starts):
+                    starts[token_id] = True
+            starts.setflags(write=False)  # cached and shared: nobody may change it
+            self._word_starts = starts
+        return self._word_starts
 
     @property
     def sha256(self) -> str:
@@ -241,8 +388,9 @@ class Tokenizer:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
 
 
-def bytes_tokenizer() -> Tokenizer:
-    """The byte tokenizer: id == UTF-8 byte value for 0..255, special tokens at 256..261.
+def bytes_tokenizer(sentinels: int = 0) -> Tokenizer:
+    """The byte tokenizer: id == UTF-8 byte value for 0..255, special tokens at 256..261, then
+    `sentinels` span-corruption sentinels from 262.
 
     Built as a BPE model with no merges over the byte-level alphabet, so it saves and loads as
     an ordinary `tokenizer.json` that any `tokenizers` user can read.
@@ -252,20 +400,26 @@ def bytes_tokenizer() -> Tokenizer:
     # use_regex=False: no word splitting is needed when every byte is its own token.
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(_special_added_tokens())
+    _check_sentinels(sentinels)
+    backend.add_special_tokens(_special_added_tokens(sentinels))
     return Tokenizer(backend, kind="bytes")
 
 
-def _min_vocab_size(kind: TokenizerKind) -> int:
+def _min_vocab_size(kind: TokenizerKind, sentinels: int) -> tuple[int, str]:
+    """The smallest vocab_size that can be trained, and why."""
     # Byte-level BPE holds all 256 bytes plus the specials before its first merge; the
     # others need at least one real token next to the specials.
-    return 256 + len(SPECIAL_TOKENS) if kind == "bpe" else len(SPECIAL_TOKENS) + 1
+    specials = len(SPECIAL_TOKENS) + sentinels
+    why = f"{len(SPECIAL_TOKENS)} special tokens" + (f" + {sentinels} sentinels" if sentinels else "")
+    if kind == "bpe":
+        return 256 + specials, f"256 bytes + {why}"
+    return specials + 1, f"{why} + 1"
 
 
 def _untrained(
-    kind: TokenizerKind, vocab_size: int, min_frequency: int, show_progress: bool
+    kind: TokenizerKind, vocab_size: int, min_frequency: int, show_progress: bool, sentinels: int
 ) -> tuple[tokenizers.Tokenizer, trainers.Trainer]:
-    special = _special_added_tokens()
+    special = _special_added_tokens(sentinels)
     if kind == "bpe":
         backend = tokenizers.Tokenizer(models.BPE())
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -349,29 +503,31 @@ def train_tokenizer(
     vocab_size: int,
     min_frequency: int = 2,
     show_progress: bool = False,
+    sentinels: int = 0,
 ) -> Tokenizer:
     """Train a tokenizer of `kind` on streamed `texts` (never held all at once).
 
     `vocab_size` counts the special tokens; the result can be smaller when the text is too
-    small to learn that many tokens. For `bytes`, nothing is trained and `vocab_size` is
-    ignored: the vocabulary is always 256 bytes plus the specials.
+    small to learn that many tokens. `sentinels` adds that many span-corruption sentinels
+    right after the six special tokens (ids 6.. in trained kinds). For `bytes`, nothing is
+    trained and `vocab_size` is ignored: the vocabulary is always 256 bytes plus the specials.
     """
     if kind not in KINDS:
         raise TokenizerError(f"unknown tokenizer kind {kind!r}; expected one of {', '.join(KINDS)}")
+    _check_sentinels(sentinels)
     if kind == "bytes":
-        return bytes_tokenizer()
+        return bytes_tokenizer(sentinels)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
         raise TokenizerError(f"vocab_size must be an integer, got {vocab_size!r}")
-    minimum = _min_vocab_size(kind)
+    minimum, why = _min_vocab_size(kind, sentinels)
     if vocab_size < minimum:
-        why = "256 bytes + 6 special tokens" if kind == "bpe" else "6 special tokens + 1"
         raise TokenizerError(
             f"vocab_size={vocab_size} is too small for a {kind} tokenizer; it needs at least "
             f"{minimum} ({why})"
         )
     if min_frequency < 0:
         raise TokenizerError(f"min_frequency must be >= 0, got {min_frequency}")
-    backend, trainer = _untrained(kind, vocab_size, min_frequency, show_progress)
+    backend, trainer = _untrained(kind, vocab_size, min_frequency, show_progress, sentinels)
     guarded = _GuardedTexts(texts)
     try:
         backend.train_from_iterator(guarded, trainer=trainer)
@@ -387,8 +543,9 @@ def train_tokenizer(
     # score one ulp away from the trained value, so without this the first save/load would
     # change `sha256`. One round trip reaches the fixed point.
     backend = tokenizers.Tokenizer.from_str(backend.to_str())
-    ids = [backend.token_to_id(token) for token in SPECIAL_TOKENS]
-    if ids != list(range(len(SPECIAL_TOKENS))):
+    names = [*SPECIAL_TOKENS, *(sentinel_token(i) for i in range(sentinels))]
+    ids = [backend.token_to_id(token) for token in names]
+    if ids != list(range(len(names))):
         # Our id stability promise rests on the trainers placing specials first; check it.
         raise TokenizerError(f"trained {kind} tokenizer put the special tokens at ids {ids}")
     return Tokenizer(backend, kind=kind)

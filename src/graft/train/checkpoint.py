@@ -157,14 +157,12 @@ def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[Langu
 
 
 def load_hf_checkpoint(directory: Path, *, device: torch.device | str = "cpu") -> tuple[LanguageModel, Tokenizer]:
-    """A transformers directory as a graft model plus the tokenizer from its tokenizer.json."""
+    """A transformers directory as a graft model plus its tokenizer (tokenizer.json or a BERT vocab.txt,
+    with the special-token roles and chat template of tokenizer_config.json)."""
     from graft.model.convert.hf import load_hf_model
 
-    tokenizer_path = directory / TOKENIZER_FILE
-    if not tokenizer_path.is_file():
-        raise CheckpointError(f"{directory}: Hugging Face model directory without a {TOKENIZER_FILE}; "
-                              "graft needs the fast-tokenizer file to turn text into ids")
-    tokenizer = Tokenizer.load(tokenizer_path)
+    tokenizer = Tokenizer.load(directory)  # a directory without tokenizer files: TokenizerError naming it
+    tokenizer_path = directory / (TOKENIZER_FILE if (directory / TOKENIZER_FILE).is_file() else "vocab.txt")
     model = load_hf_model(directory)
     if tokenizer.vocab_size > model.config.vocab_size:  # type: ignore[operator]
         raise CheckpointError(f"{tokenizer_path}: {tokenizer.vocab_size} tokens, but tensor model.embed_tokens.weight "

@@ -10,6 +10,7 @@ gives batches, a summed loss with its count, and its evaluation metrics.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,13 +20,13 @@ import torch
 from tqdm import tqdm
 
 from graft.atomic_files import write_atomic
-from graft.config import RunConfig, TrainConfig
+from graft.config import RunConfig, TrainConfig, model_problems
 from graft.data.shards import ShardIndex, TokenShards
 from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError, ConfigError, TokenizerError, TrainingError
 from graft.model.transformer import LanguageModel
 from graft.objectives.batch import Batch, LossTotals, Objective
-from graft.objectives.clm import CausalLM
+from graft.objectives.build import build_objective, with_replay
 from graft.train import checkpoint as ckpt
 from graft.train.metrics_log import LOSS_CURVE_FILE, MetricsLog, plot_loss_curve
 from graft.train.optim import build_optimizer, learning_rate
@@ -194,11 +195,10 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     """Set up a pre-training run from its config (fresh or resumed) and train it."""
     if config.data.path is None:
         raise ConfigError("data.path is not set: give a directory made by `graft data prepare` (--data.path=DIR)")
-    ShardIndex.load(config.data.path)  # first: a missing or unprepared directory says "run data prepare"
-    tokenizer = Tokenizer.load(config.data.path)
-    train_shards = TokenShards.open(config.data.path, "train", expected_tokenizer_sha256=tokenizer.sha256)
-    has_val = train_shards.index.splits.get("val") is not None and train_shards.index.splits["val"].tokens > 0
-    val_shards = TokenShards.open(config.data.path, "val", expected_tokenizer_sha256=tokenizer.sha256) if has_val else None
+    tokenizer, train_shards, val_shards = open_prepared(config.data.path)
+    initial: LanguageModel | None = None
+    if config.train.init is not None and not resume:
+        initial, config = _initial_model(config, tokenizer)
     config = _with_vocab(config, tokenizer)
 
     run_dir = config.train.out_dir
@@ -221,7 +221,7 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
 
     device = resolve_device(config.train.device)
     torch.manual_seed(config.train.seed)
-    model = LanguageModel(config.model).to(device)
+    model = (initial if initial is not None else LanguageModel(config.model)).to(device)
     optimizer = build_optimizer(model, config.optim, device)
     generator = torch.Generator().manual_seed(config.train.seed)
     state = ckpt.TrainingState()
@@ -239,7 +239,12 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     model.train()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.yaml", config.to_yaml())
-    objective = CausalLM(train_shards, val_shards, config.seq_len, mask_doc_boundaries=config.data.mask_doc_boundaries)
+    build = functools.partial(build_objective, config.objective, seq_len=config.seq_len, tokenizer=tokenizer,
+                              vocab_size=config.model.vocab_size, mask_doc_boundaries=config.data.mask_doc_boundaries)
+    objective = build(train_shards, val_shards)
+    if config.data.replay_path is not None:
+        _, replay_train, replay_val = open_prepared(config.data.replay_path, expected_tokenizer=tokenizer)
+        objective = with_replay(objective, build(replay_train, replay_val), config.data.replay_fraction)
     run = Run(config, model, objective, optimizer, tokenizer, device, generator, state, resumed=resume)
     # Deterministic kernels are a process-wide switch: set it for this run only.
     previous = torch.are_deterministic_algorithms_enabled()
@@ -248,6 +253,46 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
         return fit(run)
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+def open_prepared(directory: Path, expected_tokenizer: Tokenizer | None = None) -> tuple[Tokenizer, TokenShards, TokenShards | None]:
+    """A prepared data directory's tokenizer and its train and val splits (val None when empty)."""
+    ShardIndex.load(directory)  # first: a missing or unprepared directory says "run data prepare"
+    tokenizer = Tokenizer.load(directory)
+    if expected_tokenizer is not None and tokenizer.sha256 != expected_tokenizer.sha256:
+        raise TokenizerError(f"{directory} was prepared with tokenizer {tokenizer.sha256[:12]}, the run's data with "
+                             f"{expected_tokenizer.sha256[:12]}; prepare both with the same tokenizer")
+    train = TokenShards.open(directory, "train", expected_tokenizer_sha256=tokenizer.sha256)
+    has_val = train.index.splits.get("val") is not None and train.index.splits["val"].tokens > 0
+    val = TokenShards.open(directory, "val", expected_tokenizer_sha256=tokenizer.sha256) if has_val else None
+    return tokenizer, train, val
+
+
+def _initial_model(config: RunConfig, tokenizer: Tokenizer) -> tuple[LanguageModel, RunConfig]:
+    """Continued pre-training: the weights of train.init, whose model config replaces the run's.
+    Model fields the run sets itself must agree with the checkpoint, except dropout (a training choice)."""
+    init = config.train.init
+    assert init is not None
+    model, trained_with = ckpt.load_model(init)
+    if trained_with.sha256 != tokenizer.sha256:
+        raise TokenizerError(f"train.init: {init} has tokenizer {trained_with.sha256[:12]} but {config.data.path} was "
+                             f"prepared with {tokenizer.sha256[:12]}; prepare the data with --tokenizer {init}")
+    asked = config.model.model_dump(include=config.model.model_fields_set - {"dropout", "vocab_size"})
+    clashes = [f"model.{k}: run says {v!r}, checkpoint has {getattr(model.config, k)!r}"
+               for k, v in asked.items() if getattr(model.config, k) != getattr(config.model, k)]
+    if clashes:
+        raise ConfigError(f"train.init: the model comes from {init}; {'; '.join(clashes)} (drop these model settings)")
+    model_config = model.config.model_copy(update={"dropout": config.model.dropout}
+                                           if "dropout" in config.model.model_fields_set else {})
+    if model_config != model.config:
+        reloaded = LanguageModel(model_config)
+        reloaded.load_state_dict(model.state_dict())
+        model = reloaded
+    config = config.model_copy(update={"model": model_config})
+    problems = model_problems(config)
+    if problems:
+        raise ConfigError(f"train.init {init}: " + "; ".join(problems))
+    return model, config
 
 
 def resolve_device(name: str, what: str = "train.device") -> torch.device:

@@ -604,7 +604,7 @@ def _chat_template(tokenizer: Tokenizer) -> str | None:
 def tokenizer_config_dicts(tokenizer: Tokenizer, max_seq_len: int) -> tuple[dict[str, Any], dict[str, str]]:
     """tokenizer_config.json and special_tokens_map.json for a graft tokenizer (its tokenizer.json
     is the whole tokenizer; these name the roles of its special tokens for transformers)."""
-    roles = {role: token for role, token in _SPECIAL_ROLES.items() if tokenizer.token_to_id(token) is not None}
+    roles = tokenizer.special_tokens_map  # role -> token, for the roles whose token is in the vocabulary
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **roles,

@@ -1,0 +1,125 @@
+"""Denoising on a decoder-only model: corrupt a window, then have the model write what was lost.
+
+`t5` (span corruption): ~15% of the tokens, in spans of mean length 3, are each replaced by a
+sentinel; the sequence is `corrupted input` + `sentinel_0 span_0 sentinel_1 span_1 ... sentinel_k`.
+`bart` (text infilling): each span becomes one mask token and the target is the original text:
+`corrupted input` [SEP] `original`. The loss covers the target part only.
+
+Attention is causal by default, so the model stays a standard causal LM and exports as one. With
+`prefix_lm` the corrupted input (the prefix) is attended bidirectionally: the model learns more
+from each example, but a causal-LM runtime (transformers' *ForCausalLM, llama.cpp) cannot apply
+that mask, so such a model is only used as trained inside graft (docs/objectives.md says so).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+import torch
+
+from graft.data.shards import TokenShards
+from graft.data.tokenizer import Tokenizer
+from graft.errors import DataError, TokenizerError
+from graft.model.transformer import LanguageModel, prefix_attention_mask
+from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states
+from graft.objectives.losses import IGNORE_INDEX, linear_cross_entropy_sum
+from graft.objectives.mlm import EVAL_SEED, require_tokens
+from graft.objectives.spans import span_corruption, span_infilling
+
+DenoiseStyle = Literal["t5", "bart"]
+
+
+class Denoise:
+    """Objective `denoise`."""
+
+    name = "denoise"
+
+    def __init__(self, train: TokenShards, val: TokenShards | None, seq_len: int, tokenizer: Tokenizer, *,
+                 style: DenoiseStyle = "t5", noise_density: float | None = None, mean_span: float = 3.0,
+                 prefix_lm: bool = False) -> None:
+        self.style, self.prefix_lm = style, prefix_lm
+        self.noise_density = noise_density if noise_density is not None else (0.15 if style == "t5" else 0.3)
+        self.mean_span = mean_span
+        if style == "t5":
+            self.sentinels = list(tokenizer.sentinel_ids)
+            if len(self.sentinels) < 2:
+                raise TokenizerError(
+                    f"objective denoise (t5) needs sentinel tokens, and the tokenizer has {len(self.sentinels)}; "
+                    "train one with `graft tokenizer train --sentinels 32` (or use objective.denoise_style=bart, "
+                    "which needs only the mask token)")
+        else:
+            require_tokens(tokenizer, "denoise (bart)", mask=tokenizer.mask_id)
+            self.mask_id: int = tokenizer.mask_id  # type: ignore[assignment]
+            # The boundary between the corrupted input and the text to write.
+            self.boundary_id: int = tokenizer.sep_id if tokenizer.sep_id is not None else tokenizer.eot_id  # type: ignore[assignment]
+        self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eot_id
+        self.seq_len = seq_len
+        self.window = self._largest_window(seq_len + 1)
+        for shards in (train, val):
+            if shards is not None and len(shards) < self.window:
+                raise DataError(f"{shards.directory}: the {shards.split} split has {len(shards)} tokens, fewer than "
+                                f"one window of {self.window}; add data or lower train.seq_len")
+        self.train, self.val = train, val
+        self._eval: list[Batch] | None = None
+
+    def corrupt(self, tokens: np.ndarray, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(corrupted input, target) for one window."""
+        if self.style == "t5":
+            return span_corruption(tokens, sentinel_ids=self.sentinels, noise_density=self.noise_density,
+                                   mean_span=self.mean_span, generator=generator)
+        corrupted, original = span_infilling(tokens, mask_id=self.mask_id, noise_density=self.noise_density,
+                                             mean_span=self.mean_span, generator=generator)
+        return np.concatenate([corrupted, [self.boundary_id]]), original
+
+    def _largest_window(self, budget: int) -> int:
+        """The most raw tokens whose corrupted input + target fit in `budget` (the lengths depend
+        only on the window length, never on the draw)."""
+        probe = np.arange(budget, dtype=np.int64) + (max(self.sentinels) + 1 if self.style == "t5" else 0)
+        for length in range(budget, 1, -1):
+            corrupted, target = self.corrupt(probe[:length], torch.Generator().manual_seed(0))
+            if len(corrupted) + len(target) <= budget:
+                return length
+        raise DataError(f"train.seq_len {self.seq_len} is too short for denoising")
+
+    def _batch(self, shards: TokenShards, starts: list[int], generator: torch.Generator) -> Batch:
+        T = self.seq_len
+        rows, labels, prefixes = [], [], []
+        for s in starts:
+            corrupted, target = self.corrupt(shards.tokens[s:s + self.window].astype(np.int64), generator)
+            sequence = np.concatenate([corrupted, target])
+            n = len(sequence)
+            padded = np.full(T + 1, self.pad_id, dtype=np.int64)
+            padded[:n] = sequence
+            label = padded[1:].copy()
+            label[:len(corrupted) - 1] = IGNORE_INDEX  # the corrupted input is given, not predicted
+            label[n - 1:] = IGNORE_INDEX  # padding
+            rows.append(padded[:-1])
+            labels.append(label)
+            prefixes.append(len(corrupted))
+        input_ids, targets = torch.from_numpy(np.stack(rows)), torch.from_numpy(np.stack(labels))
+        mask = prefix_attention_mask(torch.tensor(prefixes), T) if self.prefix_lm else None
+        return Batch(input_ids, targets, attention_mask=mask, causal=True)
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        starts = torch.randint(0, len(self.train) - self.window + 1, (batch_size,), generator=generator).tolist()
+        return self._batch(self.train, starts, generator)
+
+    def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
+        if self.val is None:
+            return []
+        if self._eval is None:
+            generator = torch.Generator().manual_seed(EVAL_SEED)
+            starts = np.linspace(0, len(self.val) - self.window, batch_size * n_batches).round().astype(np.int64).tolist()
+            self._eval = [self._batch(self.val, starts[i:i + batch_size], generator)
+                          for i in range(0, len(starts), batch_size)]
+        return self._eval
+
+    def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
+        assert batch.targets is not None
+        hidden = hidden_states(model, batch)
+        return LossSum(linear_cross_entropy_sum(hidden, model.lm_head.weight, batch.targets), batch.n_targets)
+
+    def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
+        return {f"{split}/loss": totals.mean, f"{split}/ppl": math.exp(min(totals.mean, 50.0))}

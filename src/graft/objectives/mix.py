@@ -1,0 +1,81 @@
+"""A weighted mixture of objectives (UL2-style), sampled per micro-batch, each logged separately.
+
+Also how continued pre-training replays general data: the same objective over two datasets,
+`domain` and `general`, mixed 90/10, with the domain's validation loss as the run's val/loss.
+
+Each part's summed loss is turned into its own mean before mixing (scaled to the batch size so
+the loop's division by the step's count gives the average of per-batch means): parts count
+different things (masked tokens, target tokens, pairs), and mixing raw sums would weight them by
+how many units they happen to score rather than by the configured weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from graft.errors import ConfigError
+from graft.model.transformer import LanguageModel
+from graft.objectives.batch import Batch, LossSum, LossTotals, Objective
+
+
+class Mixture:
+    """Objective `mix` (and replay): parts with positive weights."""
+
+    def __init__(self, parts: dict[str, tuple[Objective, float]], *, primary: str | None = None, name: str = "mix") -> None:
+        weights = [w for _, w in parts.values()]
+        if not parts or any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ConfigError(f"objective.mix: weights must be >= 0 and sum to a positive number, got "
+                              f"{ {k: w for k, (_, w) in parts.items()} }")
+        if primary is not None and primary not in parts:
+            raise ConfigError(f"objective.mix: primary part {primary!r} is not one of {', '.join(parts)}")
+        self.name, self.primary = name, primary
+        # Zero-weight parts are never sampled but still evaluated (replay at fraction 0 still scores general data).
+        self.parts = {k: obj for k, (obj, _) in parts.items()}
+        self.weights = {k: w / sum(weights) for k, (_, w) in parts.items()}
+        self._names = [k for k, w in self.weights.items() if w > 0]
+        self._probs = torch.tensor([self.weights[k] for k in self._names], dtype=torch.float64)
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        part = self._names[int(torch.multinomial(self._probs, 1, generator=generator))]
+        return _tagged(self.parts[part].train_batch(batch_size, generator), part)
+
+    def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
+        return [_tagged(b, part) for part, obj in self.parts.items() for b in obj.eval_batches(batch_size, n_batches)]
+
+    def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
+        part, _, inner = batch.part.partition("/")  # mixtures nest: replay of a mix is "domain/clm"
+        out = self.parts[part].loss(model, replace(batch, part=inner))
+        size = batch.input_ids.shape[0]
+        stats = {f"{part}/{k}": v for k, v in out.stats.items()}
+        stats.update({f"{part}/loss_sum": float(out.total.detach()), f"{part}/count": float(out.count),
+                      f"{part}/batches": 1.0})
+        return LossSum(out.total / max(out.count, 1) * size, size, stats)
+
+    def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        means: dict[str, float] = {}
+        for part, obj in self.parts.items():
+            prefix = f"{part}/"
+            if not totals.stats[prefix + "batches"]:
+                continue  # not sampled in this logging window
+            sub = LossTotals(totals.stats[prefix + "loss_sum"], int(totals.stats[prefix + "count"]))
+            sub.stats.update({k.removeprefix(prefix): v for k, v in totals.stats.items() if k.startswith(prefix)})
+            for key, value in obj.metrics(sub, split).items():
+                metrics[f"{split}/{part}/{key.removeprefix(split + '/')}"] = value
+            means[part] = metrics[f"{split}/{part}/loss"]
+        if self.primary is not None and self.primary in means:
+            metrics[f"{split}/loss"] = means[self.primary]
+        elif means:
+            # The configured mixture of the parts' mean losses (renormalised over parts seen).
+            weight = sum(self.weights[p] for p in means)
+            metrics[f"{split}/loss"] = (sum(self.weights[p] * m for p, m in means.items()) / weight if weight > 0
+                                        else sum(means.values()) / len(means))
+        else:
+            metrics[f"{split}/loss"] = totals.mean
+        return dict(sorted(metrics.items(), key=lambda kv: kv[0] != f"{split}/loss"))
+
+
+def _tagged(batch: Batch, part: str) -> Batch:
+    return replace(batch, part=f"{part}/{batch.part}" if batch.part else part)
