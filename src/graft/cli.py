@@ -65,6 +65,16 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
                    "(e.g. '^ = [^=]' for WikiText articles); default: one document per file")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
+    _add_data_recipe(dsub)
+
+
+def _add_data_recipe(dsub: argparse._SubParsersAction) -> None:
+    r = dsub.add_parser("recipe", parents=[_COMMON], help="Clean a local copy of a known corpus into a JSONL of documents.",
+                        description="gutenberg: each Project Gutenberg book, licence boilerplate removed; wikitext: each "
+                        "article of a WikiText *.tokens file, with its tokenisation undone. Nothing is downloaded.")
+    r.add_argument("name", choices=["gutenberg", "wikitext"])
+    r.add_argument("sources", nargs="+", type=Path, help="files or folders of the corpus")
+    r.add_argument("--out", type=Path, required=True, help="JSONL file to write (one {\"text\": ...} per document)")
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
@@ -116,11 +126,39 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    "ids and vocabulary size against the checkpoint (default: on)")
 
 
+def _add_experiment(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiment", help="Run a comparison experiment.")
+    esub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    e = esub.add_parser(
+        "objectives", parents=[_COMMON], help="Pre-train one small model per objective and compare them with a linear probe.",
+        description="Pre-trains the same model size with each objective on the same data for the same number of tokens, "
+        "probes each frozen model on a labelled set, and writes report.md, results.json and comparison.png into --out. "
+        "Further --section.key=value overrides apply to every arm.",
+    )
+    e.add_argument("--data", type=Path, required=True, help="prepared data directory (from graft data prepare)")
+    e.add_argument("--labelled", type=Path, required=True, help="labelled file for the probe (.jsonl, .json, .csv, .tsv or label<TAB>text)")
+    e.add_argument("--text-field", help="text field of --labelled (default: text)")
+    e.add_argument("--label-field", help="label field of --labelled (default: label)")
+    e.add_argument("--encoding", help="encoding of --labelled (default: utf-8)")
+    e.add_argument("--objectives", help="comma list (default: clm,mlm,mlm+nsp,denoise,mix)")
+    e.add_argument("--preset", help="decoder size; encoder arms use bert-<size> (default: micro)")
+    e.add_argument("--max-tokens", type=int, required=True, help="training tokens per arm")
+    e.add_argument("--seq-len", type=int, help="training context and probe length (default: 128)")
+    e.add_argument("--batch-size", type=int, help="sequences per step (default: 16)")
+    e.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3)")
+    e.add_argument("--seed", type=int, help="seed for every arm and the probe split (default: 1337)")
+    e.add_argument("--probe-examples", type=int, help="stratified subsample of --labelled (default: 2000)")
+    e.add_argument("--probe-test-fraction", type=float, help="held-out share of the probe examples (default: 0.3)")
+    e.add_argument("--out", type=Path, required=True, help="directory for the report and the runs")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graft", description="Transfer learning with transformer language models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")  # the default for _COMMON
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_quickstart, _add_tokenizer, _add_data, _add_pretrain, _add_generate, _add_export):
+    for add in (_add_quickstart, _add_tokenizer, _add_data, _add_pretrain, _add_generate, _add_export,
+                _add_experiment):
         add(sub)
     return parser
 
@@ -172,6 +210,12 @@ def _run_tokenizer(args: argparse.Namespace) -> int:
 
 
 def _run_data(args: argparse.Namespace) -> int:
+    if args.action == "recipe":
+        from graft.data.recipes import run_recipe
+
+        documents, chars = run_recipe(args.name, args.sources, args.out)
+        print(f"{args.name}: {documents:,} documents, {chars:,} characters: {args.out}")
+        return 0
     from graft.data.shards import prepare_shards
     from graft.data.tokenizer import Tokenizer, bytes_tokenizer
 
@@ -264,11 +308,30 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_experiment(args: argparse.Namespace, extra: list[str]) -> int:
+    from graft.evaluate.objective_comparison import ComparisonOptions, compare_objectives
+
+    # Flags left unset keep ComparisonOptions' defaults, so every default lives in one place.
+    given = {"text_field": args.text_field, "label_field": args.label_field, "encoding": args.encoding,
+             "preset": args.preset, "seq_len": args.seq_len, "batch_size": args.batch_size, "lr": args.lr,
+             "seed": args.seed, "probe_examples": args.probe_examples, "probe_test_fraction": args.probe_test_fraction}
+    if args.objectives is not None:
+        given["objectives"] = tuple(name.strip() for name in args.objectives.split(",") if name.strip())
+    options = ComparisonOptions(
+        data=args.data, out_dir=args.out, labelled=args.labelled, max_tokens=args.max_tokens,
+        overrides=tuple(_split_overrides(extra)), progress=not args.no_progress,
+        **{key: value for key, value in given.items() if value is not None},
+    )
+    report = compare_objectives(options, echo=print)
+    print(f"report: {report}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:
-        if extra and args.command != "pretrain":
+        if extra and args.command not in ("pretrain", "experiment"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "quickstart":
             return _run_quickstart(args)
@@ -280,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_pretrain(args, extra)
         if args.command == "export":
             return _run_export(args)
+        if args.command == "experiment":
+            return _run_experiment(args, extra)
         return _run_generate(args)
     except GraftError as err:
         if args.debug:

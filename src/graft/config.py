@@ -171,7 +171,7 @@ def load_run_config(path: Path | None = None, overrides: list[str] | None = None
     if path is not None:
         raw = _read_yaml(path)
     for item in overrides or []:
-        _apply_override(raw, item)
+        apply_override(raw, item)
         if path is None:
             where = "command line"
     return validate_run_config(raw, where=where)
@@ -222,7 +222,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def _apply_override(raw: dict[str, Any], item: str) -> None:
+def apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, value = item.partition("=")
     key = key.removeprefix("--")
     if not sep or not key or "." not in key:

@@ -21,6 +21,10 @@ AttentionKind = Literal["causal", "bidirectional"]
 # pre: x + f(norm(x)) with a final norm (GPT-2, Llama); post: norm(x + f(x)) with a norm after
 # the embeddings and none at the end (the original Transformer, BERT, RoBERTa).
 NormPosition = Literal["pre", "post"]
+# lm: the language-model head alone. sequence / token: a classifier too (HF *ForSequenceClassification /
+# *ForTokenClassification), reading the last real token (decoders) or the pooled first token (encoders),
+# or every token.
+HeadKind = Literal["lm", "sequence", "token"]
 
 
 class RopeScaling(BaseModel):
@@ -84,6 +88,10 @@ class ModelConfig(BaseModel):
     )
     pooler: bool = Field(default=False, description="BERT's pooler: dense + tanh over the first token.")
     nsp_head: bool = Field(default=False, description="Next-sentence-prediction head (2 classes) on the pooler.")
+    head: HeadKind = Field(
+        default="lm", description="lm; sequence: one label per text; token: one label per token (a classifier)."
+    )
+    labels: tuple[str, ...] = Field(default=(), description="The classifier's label names, in output order.")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residuals.")
     init_std: float = Field(default=0.02, gt=0, description="Std of the normal weight initialisation.")
 
@@ -99,6 +107,10 @@ class ModelConfig(BaseModel):
             raise ValueError("rope_scaling needs positions: rope")
         if self.nsp_head and not self.pooler:
             raise ValueError("nsp_head needs pooler: true (the NSP head reads the pooled first token)")
+        if (self.head == "lm") != (not self.labels):
+            raise ValueError("a classifier head (head: sequence or token) needs its labels, and only it has labels")
+        if self.head == "sequence" and self.attention == "bidirectional" and not self.pooler:
+            raise ValueError("an encoder's sequence classifier reads the pooler: set pooler: true")
         return self
 
     @property

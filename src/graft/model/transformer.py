@@ -296,6 +296,11 @@ class LanguageModel(nn.Module):
             self.pooler = Pooler(config)
         if config.nsp_head:
             self.nsp_head = nn.Linear(config.d_model, 2)
+        if config.head != "lm":
+            # transformers' decoders score sequences without a bias; every other classifier has one.
+            bias = not (config.head == "sequence" and config.attention == "causal")
+            self.classifier = nn.Linear(config.d_model, len(config.labels), bias=bias)
+            self.classifier_dropout = nn.Dropout(config.dropout)
         self.reset_parameters()
         if config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
@@ -316,6 +321,20 @@ class LanguageModel(nn.Module):
     def head_input(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states as the LM head's output layer reads them (through BERT's transform, if any)."""
         return self.lm_head_transform(h) if self.config.mlm_head else h
+
+    def sequence_logits(self, hidden: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
+        """Classifier logits (B, labels) of whole sequences: an encoder reads its pooled first token
+        (BERT's [CLS]); a decoder the hidden state at last_index (B,), its last real token, the only
+        one that has seen the whole text."""
+        if self.config.attention == "bidirectional":
+            pooled = self.pooler(hidden)
+        else:
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
+        return self.classifier(self.classifier_dropout(pooled))
+
+    def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Classifier logits (B, T, labels) for every token."""
+        return self.classifier(self.classifier_dropout(hidden))
 
     def forward(
         self,

@@ -142,9 +142,38 @@ def read_hf_config(directory: Path, tensor_names: Iterable[str] | None = None) -
             fields = encoder_fields(model_type, cfg, names, refuse)
         else:
             fields = _llama_fields(model_type, cfg, refuse)
+        head = _classifier_head(cfg, refuse)
+        if head is not None:
+            fields["head"], fields["labels"] = head
+            names = set(tensor_names if tensor_names is not None else _tensor_names(Path(directory)))
+            if "lm_head.weight" not in names:
+                fields["tie_embeddings"] = True  # a classifier file has no LM head; the tied one costs nothing
         return ModelConfig(**fields)
     except ValidationError as err:
         raise CheckpointError(f"{path}: not a valid model config ({_first_error(err)})") from None
+
+
+_HEAD_SUFFIXES = {"ForSequenceClassification": "sequence", "ForTokenClassification": "token"}
+
+
+def _classifier_head(cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]) -> tuple[str, tuple[str, ...]] | None:
+    """("sequence" | "token", label names) for a *ForSequenceClassification / *ForTokenClassification
+    directory, from its `architectures` and `id2label`; None for other architectures."""
+    architecture = next(iter(cfg.get("architectures") or []), "")
+    head = next((kind for suffix, kind in _HEAD_SUFFIXES.items() if architecture.endswith(suffix)), None)
+    if head is None:
+        return None
+    id2label = cfg.get("id2label") or {}
+    try:
+        ordered = sorted((int(i), str(name)) for i, name in id2label.items())
+    except (TypeError, ValueError):
+        raise refuse(f"id2label must map integer ids to label names, got {id2label!r}") from None
+    if not ordered or [i for i, _ in ordered] != list(range(len(ordered))):
+        count = cfg.get("num_labels") or len(ordered)
+        if not count:
+            raise refuse(f"{architecture} without id2label or num_labels: the number of labels is unknown")
+        ordered = [(i, f"LABEL_{i}") for i in range(int(count))]
+    return head, tuple(name for _, name in ordered)
 
 
 def _gpt2_fields(cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]) -> dict[str, Any]:
@@ -254,10 +283,16 @@ def load_hf_model(directory: Path, *, dtype: torch.dtype | None = torch.float32)
     if model_type in ENCODER_MODEL_TYPES:
         raw = {**_DEFAULTS[model_type], **_read_raw_config(directory)}
         tensors, sources = from_encoder(tensors, sources, config, model_type, position_offset(model_type, raw), expected)
-    elif config.positions == "learned":
-        tensors, sources = _from_gpt2(tensors, sources, config)
     else:
-        tensors, sources = _from_llama(tensors, sources)
+        # A decoder's classifier is transformers' `score` (its token classifier in GPT-2: `classifier`).
+        for leaf in ("weight", "bias"):
+            if f"score.{leaf}" in tensors:
+                tensors[f"classifier.{leaf}"] = tensors.pop(f"score.{leaf}")
+                sources[f"classifier.{leaf}"] = sources.pop(f"score.{leaf}")
+        if config.positions == "learned":
+            tensors, sources = _from_gpt2(tensors, sources, config)
+        else:
+            tensors, sources = _from_llama(tensors, sources)
     hf_names = graft_to_hf_names(config, model_type, expected) if model_type in ENCODER_MODEL_TYPES else None
 
     def hf_name(name: str) -> str:
@@ -354,7 +389,7 @@ def _from_llama(
     for key, value in tensors.items():
         if key.endswith(_IGNORED_SUFFIXES):
             continue
-        name = key if key.startswith("model.") or key == "lm_head.weight" else f"model.{key}"
+        name = key if key.startswith(("model.", "classifier.")) or key == "lm_head.weight" else f"model.{key}"
         out[name], where[name] = value, sources[key]
     return out, where
 
@@ -397,7 +432,7 @@ def _from_gpt2(
         if name.endswith(_IGNORED_SUFFIXES):
             continue
         stem, _, leaf = name.rpartition(".")
-        if name == "lm_head.weight":
+        if name == "lm_head.weight" or name.startswith("classifier."):
             out[name], where[name] = value, sources[key]
         elif stem in top:
             out[f"{top[stem]}.{leaf}"], where[f"{top[stem]}.{leaf}"] = value, sources[key]
@@ -478,8 +513,22 @@ def hf_architecture(config: ModelConfig) -> str:
     )
 
 
+_FAMILY_CLASS = {"gpt2": "GPT2", "llama": "Llama", "qwen2": "Qwen2", "bert": "Bert"}
+
+
 def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
-    """The transformers config.json for a graft config (see hf_architecture for what is refused)."""
+    """The transformers config.json for a graft config (see hf_architecture for what is refused); a
+    classifier exports as the family's *ForSequenceClassification / *ForTokenClassification."""
+    out = _model_config_dict(config)
+    if config.head != "lm":
+        suffix = "ForSequenceClassification" if config.head == "sequence" else "ForTokenClassification"
+        out["architectures"] = [_FAMILY_CLASS[out["model_type"]] + suffix]
+        out["id2label"] = dict(enumerate(config.labels))
+        out["label2id"] = {name: i for i, name in enumerate(config.labels)}
+    return out
+
+
+def _model_config_dict(config: ModelConfig) -> dict[str, Any]:
     kind = hf_architecture(config)
     if config.vocab_size is None:
         raise ConfigError("cannot export to Hugging Face: vocab_size is not set")
@@ -520,16 +569,25 @@ def hf_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
     weights = {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
     if config.tie_embeddings:
         weights.pop("lm_head.weight")
+    if config.head != "lm":
+        # A *For...Classification class holds the backbone and the classifier only (and BERT's sequence
+        # classifier its pooler): the pre-training heads stay behind.
+        keep_pooler = kind == "bert" and config.head == "sequence"
+        weights = {k: v for k, v in weights.items() if k.startswith(("model.", "classifier."))
+                   or (keep_pooler and k.startswith("pooler."))}
+        if kind != "bert" and not (kind == "gpt2" and config.head == "token"):
+            weights = {k.replace("classifier.", "score.", 1) if k.startswith("classifier.") else k: v
+                       for k, v in weights.items()}
     if kind == "bert":
         names = graft_to_hf_names(config, "bert", weights)
-        bare = not config.mlm_head  # BertModel: the base model's names carry no "bert." prefix
+        bare = not config.mlm_head and config.head == "lm"  # BertModel: no "bert." prefix on its names
         return {names[k].removeprefix("bert.") if bare else names[k]: v.contiguous() for k, v in weights.items()}
     if kind != "gpt2":
         return {k: v.contiguous() for k, v in weights.items()}
     out: dict[str, torch.Tensor] = {}
     for name, value in weights.items():
         stem, _, leaf = name.rpartition(".")
-        if name == "lm_head.weight":
+        if name == "lm_head.weight" or name.startswith(("score.", "classifier.")):
             out[name] = value
         elif stem in _GPT2_TOP_NAMES:
             out[f"transformer.{_GPT2_TOP_NAMES[stem]}.{leaf}"] = value

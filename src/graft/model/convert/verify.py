@@ -25,6 +25,7 @@ from graft.model.convert.hf import (
     TOKENIZER_CONFIG_FILE,
     load_hf_model,
 )
+from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
 
 __all__ = ["PROBE_TEXT", "CheckRecord", "format_table", "raise_on_failure", "verify_hf_export"]
@@ -62,24 +63,51 @@ def _probe_ids(model: LanguageModel, tokenizer: Tokenizer | None) -> torch.Tenso
     return torch.stack([text_row, random_row])
 
 
-def _check_logits(out_dir: Path, model: LanguageModel, ids: torch.Tensor, use_transformers: bool) -> CheckRecord:
-    reader = "transformers" if use_transformers else "graft's HF reader"
-    try:
-        if use_transformers:
-            from transformers import AutoModelForCausalLM
+def _graft_outputs(model: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
+    """What the export must reproduce: classifier logits for a classifier, hidden states for a bare
+    encoder, LM logits otherwise."""
+    config = model.config
+    if config.head == "lm" and (config.attention == "causal" or config.mlm_head):
+        return model(ids)
+    hidden = model.model(ids)
+    if config.head == "sequence":
+        return model.sequence_logits(hidden, torch.full((ids.shape[0],), ids.shape[1] - 1, device=ids.device))
+    return model.token_logits(hidden) if config.head == "token" else hidden
 
-            reloaded = AutoModelForCausalLM.from_pretrained(out_dir).eval()
-            with torch.no_grad():
-                theirs = reloaded(input_ids=ids).logits
-        else:
-            reloaded = load_hf_model(out_dir)
-            with torch.no_grad():
-                theirs = reloaded(ids)
+
+def _transformers_outputs(out_dir: Path, config: ModelConfig, ids: torch.Tensor) -> torch.Tensor:
+    import transformers
+
+    if config.head != "lm":
+        auto = (transformers.AutoModelForSequenceClassification if config.head == "sequence"
+                else transformers.AutoModelForTokenClassification)
+        return auto.from_pretrained(out_dir).eval()(input_ids=ids).logits
+    if config.attention == "causal":
+        return transformers.AutoModelForCausalLM.from_pretrained(out_dir).eval()(input_ids=ids).logits
+    if config.nsp_head:
+        return transformers.AutoModelForPreTraining.from_pretrained(out_dir).eval()(input_ids=ids).prediction_logits
+    if config.mlm_head:
+        return transformers.AutoModelForMaskedLM.from_pretrained(out_dir).eval()(input_ids=ids).logits
+    return transformers.AutoModel.from_pretrained(out_dir).eval()(input_ids=ids).last_hidden_state
+
+
+def _check_logits(out_dir: Path, model: LanguageModel, ids: torch.Tensor, use_transformers: bool,
+                  pad_id: int | None = None) -> CheckRecord:
+    reader = "transformers" if use_transformers else "graft's HF reader"
+    if pad_id is not None and model.config.head == "sequence":
+        # A sequence classifier reads the token before the first pad: keep the probe pad-free.
+        ids = torch.where(ids == pad_id, (pad_id + 1) % (model.config.vocab_size or 1), ids)
+    try:
+        with torch.no_grad():
+            if use_transformers:
+                theirs = _transformers_outputs(out_dir, model.config, ids)
+            else:
+                theirs = _graft_outputs(load_hf_model(out_dir), ids)
     except (GraftError, OSError, ValueError, RuntimeError, KeyError) as err:
         return CheckRecord("logits", False, f"{reader} cannot load the export: {str(err).splitlines()[0] if str(err) else err}")
     device = next(model.parameters()).device
     with torch.no_grad():
-        ours = model.eval()(ids.to(device)).float().cpu()
+        ours = _graft_outputs(model.eval(), ids.to(device)).float().cpu()
     if theirs.shape != ours.shape:
         return CheckRecord("logits", False, f"{reader} gives shape {tuple(theirs.shape)}, graft {tuple(ours.shape)}")
     diff = (theirs.float() - ours).abs().max().item()
@@ -163,7 +191,8 @@ def verify_hf_export(out_dir: Path, model: LanguageModel, tokenizer: Tokenizer |
     records = [CheckRecord("transformers", True if use_transformers else None,
                            "installed; reloading as a user would" if use_transformers else
                            "not installed; checked with graft's HF reader and the exported tokenizer.json instead")]
-    records.append(_check_logits(out_dir, model, _probe_ids(model, tokenizer), use_transformers))
+    records.append(_check_logits(out_dir, model, _probe_ids(model, tokenizer), use_transformers,
+                                 tokenizer.pad_id if tokenizer is not None else None))
     if tokenizer is None:
         records.append(CheckRecord("tokenizer", None, "exported without a tokenizer; tokenizer checks skipped"))
         return records

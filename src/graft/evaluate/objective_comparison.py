@@ -1,0 +1,326 @@
+"""The objective comparison: one small model pre-trained with each objective, then probed.
+
+This module owns `graft experiment objectives`. Every arm trains the same model size (a decoder
+preset for clm, denoise and mix; the encoder of the same width for mlm and mlm+nsp) on the same
+prepared data for the same number of tokens, with the same seed and optimiser settings. Each
+arm's last checkpoint is then frozen and a linear probe is fitted on its mean-pooled features of
+one labelled set, split the same way for every arm. The report puts each objective's own
+validation metrics beside the probe accuracy, because only the probe is comparable across
+objectives: a masked-LM loss and a causal-LM loss measure different tasks.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import shlex
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_args
+
+import torch
+
+from graft.atomic_files import write_atomic
+from graft.config import ObjectiveName, RunConfig, apply_override, validate_run_config
+from graft.data.records import TextRecord, read_labelled, stratified_split
+from graft.errors import ConfigError, GraftError
+from graft.evaluate.probe import ProbeResult, linear_probe, sequence_features
+from graft.train.checkpoint import load_model
+from graft.train.loop import open_prepared, pretrain, resolve_device
+from graft.train.metrics_log import METRICS_FILE, read_metrics
+
+__all__ = ["ArmResult", "ComparisonOptions", "compare_objectives"]
+
+DEFAULT_OBJECTIVES: tuple[str, ...] = ("clm", "mlm", "mlm+nsp", "denoise", "mix")
+ENCODER_OBJECTIVES = ("mlm", "nsp", "mlm+nsp")
+# Rows of the report's table: (metric key, column title, format).
+_METRIC_COLUMNS = (("val/loss", "val loss", "{:.3f}"), ("val/ppl", "val ppl", "{:.1f}"),
+                   ("val/mlm_acc", "mlm acc", "{:.3f}"), ("val/nsp_acc", "nsp acc", "{:.3f}"))
+
+
+@dataclass(frozen=True)
+class ComparisonOptions:
+    data: Path
+    out_dir: Path
+    labelled: Path
+    max_tokens: int
+    text_field: str = "text"
+    label_field: str = "label"
+    encoding: str = "utf-8"
+    objectives: tuple[str, ...] = DEFAULT_OBJECTIVES
+    preset: str = "micro"  # decoder size; encoder arms use "bert-" + the same size
+    seq_len: int = 128
+    batch_size: int = 16
+    lr: float = 1e-3
+    seed: int = 1337
+    probe_examples: int = 2000
+    probe_test_fraction: float = 0.3
+    overrides: tuple[str, ...] = ()  # `section.key=value`, applied to every arm after the settings above
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class ArmResult:
+    """One objective's outcome; `error` is set (and the numbers empty) when the arm failed."""
+
+    objective: str
+    variant: str  # denoise style, or the mixture's parts
+    model: str  # the preset; overrides may change its size
+    run_dir: str
+    parameters: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
+    val: dict[str, float] = field(default_factory=dict)
+    probe_accuracy: float | None = None
+    probe_train_accuracy: float | None = None
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.objective} ({self.variant})" if self.variant else self.objective
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """The labelled examples every arm is probed on: one stratified split, shared by all arms."""
+
+    train: list[TextRecord]
+    test: list[TextRecord]
+    labels: tuple[str, ...]
+    majority_label: str
+    majority_accuracy: float  # the test accuracy of always answering the training set's majority label
+
+
+def compare_objectives(options: ComparisonOptions, echo: Callable[[str], None] = lambda _: None) -> Path:
+    """Train and probe one arm per objective into options.out_dir; returns the path of report.md.
+
+    Everything that would fail every arm (options, data, labelled set) is refused before any
+    training; an arm that fails on its own is reported as failed and the others still run.
+    """
+    _check_options(options)
+    tokenizer, _, _ = open_prepared(options.data)
+    # t5-style denoising needs sentinel tokens; BART-style (one mask per span) works with any tokenizer.
+    style = "t5" if len(tokenizer.sentinel_ids) >= 2 else "bart"
+    probe_set = _probe_set(options)
+
+    configs: dict[str, RunConfig] = {}
+    results: dict[str, ArmResult] = {}
+    for objective in options.objectives:
+        try:
+            configs[objective] = _arm_config(options, objective, style)
+        except ConfigError as err:
+            results[objective] = _arm(options, objective, style, error=str(err))
+            echo(f"{objective}: failed: {err}")
+    if not configs:  # a setting every arm rejects is a mistake in the options, not an outcome
+        raise ConfigError(next(iter(results.values())).error or "no arm could be configured")
+
+    for objective, config in configs.items():
+        echo(f"{objective}: training {config.model.n_layers}x{config.model.d_model} for {options.max_tokens:,} tokens")
+        try:
+            run = pretrain(config)
+            if run.stop_reason == "interrupted":  # Ctrl-C ends the whole comparison, not just this arm
+                raise KeyboardInterrupt
+            probe, parameters = _probe(config, probe_set)
+        except GraftError as err:  # one arm's failure is part of the comparison; the others go on
+            results[objective] = _arm(options, objective, style, error=str(err))
+            echo(f"{objective}: failed: {err}")
+            continue
+        val = {k: v for k, v in (run.evals[-1] if run.evals else {}).items() if k != "step"}
+        results[objective] = _arm(options, objective, style, parameters=parameters, tokens=run.tokens_seen,
+                                  train_seconds=run.elapsed_s, val=val, probe_accuracy=probe.accuracy,
+                                  probe_train_accuracy=probe.train_accuracy)
+        echo(f"{objective}: val/loss {val.get('val/loss', math.nan):.3f}, probe accuracy {probe.accuracy:.3f} "
+             f"(majority {probe_set.majority_accuracy:.3f})")
+
+    arms = [results[name] for name in options.objectives]
+    summary = {
+        "options": {f.name: _plain(getattr(options, f.name)) for f in fields(options)},
+        "command": _command_line(options),
+        "probe": {"labels": list(probe_set.labels), "train": len(probe_set.train), "test": len(probe_set.test),
+                  "majority_label": probe_set.majority_label, "majority_accuracy": probe_set.majority_accuracy},
+        "arms": [{"name": arm.name, **asdict(arm)} for arm in arms],
+    }
+    write_atomic(options.out_dir / "results.json", json.dumps(summary, indent=2) + "\n")
+    _plot(arms, probe_set.majority_accuracy, options.out_dir / "comparison.png")
+    return write_atomic(options.out_dir / "report.md", _report(options, arms, probe_set))
+
+
+def _check_options(options: ComparisonOptions) -> None:
+    known = get_args(ObjectiveName)
+    unknown = [name for name in options.objectives if name not in known]
+    if unknown:
+        raise ConfigError(f"objectives: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
+    if not options.objectives or len(set(options.objectives)) < len(options.objectives):
+        raise ConfigError(f"objectives: got {list(options.objectives)}; name one or more, each once, "
+                          f"from {', '.join(known)}")
+    if not 0 < options.probe_test_fraction < 1 or options.probe_examples < 4:
+        raise ConfigError("probe_test_fraction must be between 0 and 1 and probe_examples at least 4, got "
+                          f"{options.probe_test_fraction} and {options.probe_examples}")
+    runs = options.out_dir / "runs"
+    if runs.exists() and any(runs.iterdir()):
+        raise ConfigError(f"{runs} already holds runs; choose another --out or delete it")
+
+
+def _arm(options: ComparisonOptions, objective: str, style: str, **outcome: Any) -> ArmResult:
+    variant = {"denoise": style, "mix": f"clm + denoise {style}"}.get(objective, "")
+    return ArmResult(objective, variant, _preset_for(options, objective), str(_run_dir(options, objective)), **outcome)
+
+
+def _run_dir(options: ComparisonOptions, objective: str) -> Path:
+    return options.out_dir / "runs" / objective.replace("+", "-")
+
+
+def _preset_for(options: ComparisonOptions, objective: str) -> str:
+    return f"bert-{options.preset}" if objective in ENCODER_OBJECTIVES else options.preset
+
+
+def _arm_config(options: ComparisonOptions, objective: str, style: str) -> RunConfig:
+    steps = math.ceil(options.max_tokens / (options.batch_size * options.seq_len))
+    section: dict[str, Any] = {"name": objective, "denoise_style": style}
+    if objective == "mix":
+        section["mix"] = {"clm": 0.5, "denoise": 0.5}
+    raw: dict[str, Any] = {
+        "model": {"preset": _preset_for(options, objective)},
+        "data": {"path": str(options.data)},
+        "objective": section,
+        # Warm-up and evaluation scale with the budget, so a short run still warms up and every
+        # arm's loss curve has about ten points.
+        "optim": {"lr": options.lr, "warmup_steps": min(100, max(1, steps // 10))},
+        "train": {"out_dir": str(_run_dir(options, objective)), "seed": options.seed,
+                  "batch_size": options.batch_size, "seq_len": options.seq_len, "max_tokens": options.max_tokens,
+                  "eval_every": max(1, steps // 10), "progress": options.progress},
+    }
+    for item in options.overrides:
+        apply_override(raw, item)
+    return validate_run_config(raw, where=f"objective {objective}")
+
+
+def _probe_set(options: ComparisonOptions) -> ProbeSet:
+    records, _ = read_labelled(options.labelled, text_field=options.text_field, label_field=options.label_field,
+                               encoding=options.encoding)
+    labels = tuple(sorted({r.label for r in records}))
+    if len(labels) < 2:
+        raise ConfigError(f"{options.labelled}: a probe needs at least 2 labels, found {len(labels)} "
+                          f"({', '.join(labels)}); give a labelled set with two or more classes")
+    if len(records) > options.probe_examples:  # a stratified subsample keeps the label balance
+        _, records = stratified_split(records, options.probe_examples / len(records), options.seed)
+    train, test = stratified_split(records, options.probe_test_fraction, options.seed)
+    counts = Counter(r.label for r in train)
+    majority = max(labels, key=lambda label: counts[label])  # a tie goes to the first label in sorted order
+    return ProbeSet(train, test, labels, majority, sum(r.label == majority for r in test) / max(len(test), 1))
+
+
+def _probe(config: RunConfig, probe_set: ProbeSet) -> tuple[ProbeResult, int]:
+    """The probe on the arm's last checkpoint, and the model's parameter count."""
+    device = resolve_device(config.train.device)
+    model, tokenizer = load_model(config.train.out_dir / "checkpoints" / "last", device=device)
+    seq_len = config.seq_len
+    cls, sep = tokenizer.cls_id, tokenizer.sep_id
+    # Encoders trained on [CLS] text [SEP] windows; they are probed on texts framed the same way.
+    framed = model.config.attention == "bidirectional" and cls is not None and sep is not None
+
+    def features(records: list[TextRecord]) -> torch.Tensor:
+        ids = tokenizer.encode_batch([r.text for r in records])
+        if framed:
+            ids = [[cls, *seq[:seq_len - 2], sep] for seq in ids]
+        # Padding is masked out of attention and pooling, so any id serves when there is no pad token.
+        return sequence_features(model, ids, pad_id=tokenizer.pad_id or 0, max_len=seq_len, device=device)
+
+    def targets(records: list[TextRecord]) -> torch.Tensor:
+        return torch.tensor([probe_set.labels.index(r.label) for r in records])
+
+    result = linear_probe(features(probe_set.train), targets(probe_set.train), features(probe_set.test),
+                          targets(probe_set.test), labels=probe_set.labels, seed=config.train.seed)
+    return result, model.num_parameters()
+
+
+def _plain(value: Any) -> Any:
+    return str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+
+
+def _command_line(options: ComparisonOptions) -> str:
+    """The `graft` command that reproduces these options."""
+    flags = {"--data": options.data, "--labelled": options.labelled, "--text-field": options.text_field,
+             "--label-field": options.label_field, "--encoding": options.encoding,
+             "--objectives": ",".join(options.objectives), "--preset": options.preset,
+             "--max-tokens": options.max_tokens, "--seq-len": options.seq_len, "--batch-size": options.batch_size,
+             "--lr": options.lr, "--seed": options.seed, "--probe-examples": options.probe_examples,
+             "--probe-test-fraction": options.probe_test_fraction, "--out": options.out_dir}
+    words = ["graft", "experiment", "objectives"] + [w for k, v in flags.items() for w in (k, str(v))]
+    words += [f"--{item}" for item in options.overrides] + ([] if options.progress else ["--no-progress"])
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _cell(arm: ArmResult, key: str, fmt: str) -> str:
+    value = arm.val.get(key)
+    if key == "val/ppl" and value is None and "val/clm/ppl" in arm.val:
+        return fmt.format(arm.val["val/clm/ppl"]) + " (clm part)"  # comparable with the clm arm's
+    if key == "val/mlm_acc" and value is not None and "val/mlm_unigram_acc" in arm.val:
+        return f"{value:.3f} (unigram {arm.val['val/mlm_unigram_acc']:.3f})"
+    return "–" if value is None else fmt.format(value)
+
+
+def _report(options: ComparisonOptions, arms: list[ArmResult], probe_set: ProbeSet) -> str:
+    head = ["arm", "model", "tokens", "minutes", *(title for _, title, _ in _METRIC_COLUMNS), "probe acc"]
+    lines = ["# Pre-training objectives compared", "",
+             f"Each arm pre-trains from scratch on `{options.data}` for {options.max_tokens:,} tokens "
+             f"(sequence length {options.seq_len}, batch {options.batch_size}, lr {options.lr:g}, seed {options.seed}); "
+             f"then a linear probe on its frozen, mean-pooled features classifies `{options.labelled}`.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for arm in arms:
+        if arm.error is not None:
+            reason = arm.error.replace("|", "\\|").replace("\n", " ")
+            cells = [arm.name, arm.model, "–", "–", *("–" for _ in _METRIC_COLUMNS), f"failed: {reason}"]
+        else:
+            cells = [arm.name, f"{arm.model} ({arm.parameters / 1e6:.2f}M)", f"{arm.tokens:,}",
+                     f"{arm.train_seconds / 60:.1f}", *(_cell(arm, key, fmt) for key, _, fmt in _METRIC_COLUMNS),
+                     f"{arm.probe_accuracy:.3f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", f"Probe: {len(probe_set.train):,} training and {len(probe_set.test):,} test examples "
+              f"(labels {', '.join(probe_set.labels)}), the same stratified split for every arm; always answering the "
+              f"majority label `{probe_set.majority_label}` scores **{probe_set.majority_accuracy:.3f}** on the test set.",
+              "", "Validation loss is each objective's own loss (next token, masked tokens, or dropped spans) and is not "
+              "comparable across objectives; probe accuracy is. mlm acc is beside the accuracy of always guessing the "
+              "most frequent token (unigram).", "", "![probe accuracy and validation loss](comparison.png)", "",
+              "## Command", "", "```", _command_line(options), "```", "",
+              "Each arm's run (config, metrics, checkpoints) is in `runs/`; every number above is in `results.json`.",
+              ""]
+    return "\n".join(lines)
+
+
+def _plot(arms: list[ArmResult], majority: float, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    done = [arm for arm in arms if arm.error is None]
+    fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    colors = [f"C{i}" for i in range(len(done))]  # an arm has the same colour in both panels
+    drawn = bars.bar([arm.name for arm in done], [arm.probe_accuracy or 0.0 for arm in done], color=colors)
+    bars.bar_label(drawn, fmt="%.3f", fontsize=8)
+    bars.axhline(majority, color="black", linestyle="--", label=f"majority class {majority:.3f}")
+    bars.set_ylim(0, 1.08)
+    bars.set_ylabel("linear-probe test accuracy")
+    bars.set_title("downstream probe")
+    bars.tick_params(axis="x", labelrotation=20)
+    bars.legend(loc="lower right", framealpha=0.9)
+    for arm, color in zip(done, colors):
+        rows = [(m["tokens"], m["val/loss"]) for m in read_metrics(Path(arm.run_dir) / METRICS_FILE)
+                if "val/loss" in m and "tokens" in m]
+        if rows:
+            curves.plot(*zip(*rows), marker="o", markersize=3, label=arm.name, color=color)
+    curves.set_xlabel("training tokens")
+    curves.set_ylabel("validation loss (each objective's own)")
+    curves.set_title("pre-training")
+    curves.grid(alpha=0.3)
+    if done:
+        curves.legend()
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    write_atomic(out, buffer.getvalue())
