@@ -95,6 +95,29 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="run directory (train.out_dir)")
 
 
+def _add_finetune(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("finetune", help="Fine-tune a checkpoint or Hugging Face model on labelled data.")
+    tsub = p.add_subparsers(dest="task", required=True, metavar="TASK")
+    helps = {"classify": "sequence classification from JSONL/JSON/CSV/TSV (text and label columns)",
+             "tokens": "token classification (BIO tags) from CoNLL or JSONL",
+             "instruct": "instruction following from Alpaca-style or chat (messages) records"}
+    for task, text in helps.items():
+        t = tsub.add_parser(task, parents=[_COMMON], help=text,
+                            description=f"{text}. Starts from fine-tuning defaults (lower learning rate, short "
+                            "warm-up, weight decay, dropout, early stopping on the validation metric); any field "
+                            "can be overridden with --section.key=value; --print-config shows them all.")
+        t.add_argument("--init", required=True, help="checkpoint, run directory or Hugging Face directory (train.init)")
+        t.add_argument("--train", required=True, help="training records (data.train_file)")
+        t.add_argument("--val", help="validation records (data.val_file); default: a stratified split of --train")
+        t.add_argument("--out", help="run directory (train.out_dir)")
+        t.add_argument("--method", choices=["full", "freeze", "lora"], help="what trains (adapt.method, default full)")
+        t.add_argument("--config", type=Path, help="YAML recipe (see configs/finetune/)")
+        t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        if task == "classify":
+            t.add_argument("--text-field", help="text column (data.text_field, default text)")
+            t.add_argument("--label-field", help="label column (data.label_field, default label)")
+
+
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", parents=[_COMMON], help="Generate text from a checkpoint.")
     p.add_argument("checkpoint", type=Path, help="checkpoint directory or run directory")
@@ -121,6 +144,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
                    help="hf: directory to write (must not exist or be empty); gguf: the .gguf file")
     p.add_argument("--dtype", choices=["f32", "f16", "q8_0"], default="f16", help="gguf tensor type (default: f16)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
+    p.add_argument("--merge-lora", action="store_true",
+                   help="fold a LoRA fine-tune's adapter into the weights before exporting")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="reload the export (in transformers when installed) and check logits, tokenizer ids, eos "
                    "ids and vocabulary size against the checkpoint (default: on)")
@@ -157,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graft", description="Transfer learning with transformer language models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")  # the default for _COMMON
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_quickstart, _add_tokenizer, _add_data, _add_pretrain, _add_generate, _add_export,
+    for add in (_add_quickstart, _add_tokenizer, _add_data, _add_pretrain, _add_finetune, _add_generate, _add_export,
                 _add_experiment):
         add(sub)
     return parser
@@ -253,6 +278,31 @@ def _run_pretrain(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _run_finetune(args: argparse.Namespace, extra: list[str]) -> int:
+    from graft.config import load_finetune_config
+
+    shortcuts = {"train.init": args.init, "data.train_file": args.train, "data.val_file": args.val,
+                 "train.out_dir": args.out, "adapt.method": args.method,
+                 "data.text_field": getattr(args, "text_field", None), "data.label_field": getattr(args, "label_field", None)}
+    overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
+    config = load_finetune_config(args.task, args.config, overrides + _split_overrides(extra))
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+    from graft.train.finetune import finetune
+
+    result = finetune(config, echo=print)
+    if result.stop_reason == "interrupted":
+        print(f"interrupted at step {result.step}; checkpoints in {result.run_dir / 'checkpoints'} are intact",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    best = config.train.monitor
+    print(f"stopped ({result.stop_reason}) at step {result.step}, {result.elapsed_s:.0f} s; best {best} "
+          f"{result.best_metric:.4f}" if result.best_metric is not None else f"stopped ({result.stop_reason})")
+    print(f"run: {result.run_dir}  (best checkpoint: {result.run_dir / 'checkpoints' / 'best'})")
+    return 0
+
+
 def _run_generate(args: argparse.Namespace) -> int:
     from graft.infer.generate import SamplingParams, generate
     from graft.infer.stream import TextStream
@@ -287,7 +337,14 @@ def _run_export(args: argparse.Namespace) -> int:
     from graft.model.convert.hf import export_hf, is_hf_directory
     from graft.train.checkpoint import load_model, resolve_checkpoint
 
+    from graft.train.adapt import has_lora, merge_lora
+
     model, tokenizer = load_model(args.checkpoint)
+    if has_lora(model):
+        if not args.merge_lora:
+            raise GraftError(f"{args.checkpoint} holds a LoRA adapter over its base weights; pass --merge-lora to "
+                             "fold it into the weights (the adapter itself is in the checkpoint, in PEFT's format)")
+        merge_lora(model)
     if args.format == "gguf":
         from graft.model.convert.gguf import export_gguf, read_back_summary
 
@@ -331,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:
-        if extra and args.command not in ("pretrain", "experiment"):
+        if extra and args.command not in ("pretrain", "finetune", "experiment"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "quickstart":
             return _run_quickstart(args)
@@ -341,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_data(args)
         if args.command == "pretrain":
             return _run_pretrain(args, extra)
+        if args.command == "finetune":
+            return _run_finetune(args, extra)
         if args.command == "export":
             return _run_export(args)
         if args.command == "experiment":

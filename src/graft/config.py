@@ -36,11 +36,23 @@ class DataConfig(Section):
         default=None, description="Continued pre-training: prepared general-domain data to replay against forgetting."
     )
     replay_fraction: float = Field(default=0.1, ge=0, lt=1, description="Fraction of batches drawn from replay_path.")
+    # Fine-tuning reads labelled records instead of token shards.
+    train_file: Path | None = Field(default=None, description="Fine-tuning: labelled training records (jsonl/json/csv/tsv/CoNLL).")
+    val_file: Path | None = Field(default=None, description="Fine-tuning: validation records; None = a stratified split of train_file.")
+    val_fraction: float = Field(default=0.1, gt=0, lt=1, description="Fine-tuning: held-out share of train_file when no val_file.")
+    text_field: str = Field(default="text", description="Fine-tuning: the text column / key.")
+    label_field: str = Field(default="label", description="Fine-tuning: the label column / key.")
+    encoding: str = Field(default="utf-8", description="Fine-tuning: the records' text encoding (e.g. latin-1).")
+    skip_invalid: bool = Field(default=False, description="Fine-tuning: skip and count bad records instead of stopping.")
+    max_train_examples: int | None = Field(
+        default=None, ge=1, description="Fine-tuning: a stratified sample of this many training records (learning curves)."
+    )
 
-ObjectiveName = Literal["clm", "mlm", "nsp", "mlm+nsp", "denoise", "mix"]
+ObjectiveName = Literal["clm", "mlm", "nsp", "mlm+nsp", "denoise", "mix", "classify", "tokens", "instruct"]
+FINETUNE_OBJECTIVES = ("classify", "tokens", "instruct")
 # What each objective needs of the model: decoders keep causal attention (they export as causal
 # LMs); masked LM and NSP read both directions.
-DECODER_OBJECTIVES = ("clm", "denoise")
+DECODER_OBJECTIVES = ("clm", "denoise", "instruct")
 MIXABLE_OBJECTIVES = ("clm", "mlm", "denoise")
 
 
@@ -63,6 +75,8 @@ class ObjectiveConfig(Section):
     mix: dict[str, float] = Field(
         default_factory=dict, description="mix: weight per objective, e.g. {clm: 0.5, denoise: 0.25, mlm: 0.25}."
     )
+    class_weights: bool = Field(default=False, description="classify: weight classes by inverse frequency.")
+    train_on_prompt: bool = Field(default=False, description="instruct: score prompt tokens too, not only responses.")
 
     @model_validator(mode="after")
     def _check_mix(self) -> ObjectiveConfig:
@@ -105,7 +119,11 @@ class TrainConfig(Section):
     eval_batches: int = Field(default=20, ge=1, description="Validation batches per evaluation.")
     log_every: int = Field(default=10, ge=1, description="Write train metrics every N steps.")
     patience: int | None = Field(
-        default=None, ge=1, description="Stop after this many evaluations without a better val loss."
+        default=None, ge=1, description="Stop after this many evaluations without a better train.monitor."
+    )
+    monitor: str = Field(
+        default="val/loss", description="The validation metric for best checkpoints and patience (e.g. val/macro_f1); "
+        "losses and perplexities improve downwards, other metrics upwards."
     )
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
@@ -122,11 +140,30 @@ class TrainConfig(Section):
         return self
 
 
+class AdaptConfig(Section):
+    """What a fine-tune trains."""
+
+    method: Literal["full", "freeze", "lora"] = Field(
+        default="full", description="full; freeze: only the last blocks and the heads; lora: PEFT LoRA adapters."
+    )
+    trainable_blocks: int = Field(default=1, ge=0, description="freeze: how many of the last blocks train.")
+    lora_rank: int = Field(default=8, ge=1)
+    lora_alpha: float = Field(default=16.0, gt=0)
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1)
+    lora_targets: tuple[str, ...] = Field(
+        default=("q_proj", "k_proj", "v_proj", "o_proj"), description="lora: linear layers (by name) that get adapters."
+    )
+    from_scratch: bool = Field(
+        default=False, description="Keep train.init's architecture and tokenizer but re-initialise its weights (the baseline)."
+    )
+
+
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
+    adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=1000))
 
     @model_validator(mode="after")
@@ -151,6 +188,8 @@ def model_problems(config: RunConfig) -> list[str]:
     name, model, seq_len = config.objective.name, config.model, config.train.seq_len
     if seq_len is not None and seq_len > model.max_seq_len:
         problems.append(f"train.seq_len ({seq_len}) exceeds model.max_seq_len ({model.max_seq_len})")
+    if name in ("classify", "tokens"):
+        return problems  # any backbone: the classifier reads the last token (decoders) or [CLS] (encoders)
     if name in DECODER_OBJECTIVES and model.attention != "causal":
         problems.append(f"objective {name} trains a decoder: model.attention must be causal "
                         f"(it is {model.attention}); use a decoder preset such as micro or llama-micro")
@@ -268,3 +307,32 @@ def _fields_at(loc: list[str]) -> list[str]:
         model = annotation
     names = list(model.model_fields)
     return names + ["preset"] if model is ModelConfig else names
+
+
+# Fine-tuning practice, as the base of every `graft finetune` config (a recipe, shown by --print-config):
+# a learning rate well below pre-training's, a short warm-up, weight decay, dropout, early stopping on
+# the task's validation metric, the best checkpoint kept.
+FINETUNE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"dropout": 0.1},
+    "optim": {"lr": 1e-4, "warmup_steps": 20, "weight_decay": 0.01, "min_lr_ratio": 0.0, "schedule": "linear"},
+    "train": {"max_steps": 500, "eval_every": 50, "patience": 4, "batch_size": 16, "log_every": 10},
+}
+FINETUNE_MONITOR = {"classify": "val/macro_f1", "tokens": "val/entity_f1", "instruct": "val/loss"}
+
+
+def load_finetune_config(task: str, path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """A fine-tuning RunConfig: FINETUNE_DEFAULTS, then the YAML file, then the overrides."""
+    raw: dict[str, Any] = {section: dict(values) for section, values in FINETUNE_DEFAULTS.items()}
+    raw["objective"] = {"name": task}
+    raw["train"]["monitor"] = FINETUNE_MONITOR[task]
+    where = "defaults"
+    if path is not None:
+        for section, values in _read_yaml(path).items():
+            if isinstance(values, dict) and isinstance(raw.get(section), dict):
+                raw[section].update(values)
+            else:
+                raw[section] = values
+        where = str(path)
+    for item in overrides or []:
+        apply_override(raw, item)
+    return validate_run_config(raw, where=where if path else "command line")

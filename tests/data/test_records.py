@@ -1,4 +1,5 @@
-"""Tests for graft.data.records: reading labelled records in every format, and splitting them."""
+"""Tests for graft.data.records: reading labelled records in every format, splitting them, and
+reading instruction records as conversations."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from graft.data.records import TextRecord, read_labelled, read_polarity, stratified_split
+from graft.data.records import (
+    Conversation,
+    Message,
+    TextRecord,
+    read_conversations,
+    read_labelled,
+    read_polarity,
+    stratified_split,
+)
 from graft.errors import ConfigError, DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
@@ -265,6 +274,83 @@ def test_stratified_split_rejects_bad_fractions() -> None:
             stratified_split(labelled({"a": 4}), fraction, seed=0)
 
 
+# -- instruction records ---------------------------------------------------------------------
+
+
+def jsonl(path: Path, items: list[object]) -> Path:
+    return write(path, "".join(json.dumps(item) + "\n" for item in items))
+
+
+def test_alpaca_records_become_one_user_and_one_assistant_turn(tmp_path: Path) -> None:
+    items = [
+        {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+        {"instruction": "Say hi.", "input": "", "output": "Hi!"},
+        {"instruction": "Say bye.", "output": "Bye."},
+    ]
+    path = write(tmp_path / "a.json", json.dumps(items, indent=2))
+    conversations, skipped = read_conversations(path)
+    assert skipped == 0
+    assert [c.messages for c in conversations] == [
+        (Message("user", "Add the numbers.\n\n2 and 3"), Message("assistant", "5")),
+        (Message("user", "Say hi."), Message("assistant", "Hi!")),
+        (Message("user", "Say bye."), Message("assistant", "Bye.")),
+    ]
+    assert [c.source for c in conversations] == [f"{path}#0", f"{path}#1", f"{path}#2"]
+
+
+def test_chat_records_keep_their_turns(tmp_path: Path) -> None:
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"},
+             {"role": "assistant", "content": "Bye.", "weight": 1}]
+    path = jsonl(tmp_path / "c.jsonl", [{"messages": turns}, {"instruction": "x", "output": "y"}])
+    conversations, _ = read_conversations(path)
+    assert conversations[0] == Conversation(
+        messages=tuple(Message(t["role"], t["content"]) for t in turns), source=f"{path}:1")
+    assert conversations[1].source == f"{path}:2"
+
+
+@pytest.mark.parametrize(
+    "item, problem",
+    [
+        ({"instruction": "Say hi.", "output": ""}, "empty field 'output'"),
+        ({"instruction": "  ", "output": "Hi"}, "empty field 'instruction'"),
+        ({"instruction": "Say hi."}, "without field 'output'"),
+        ({"instruction": "Say hi.", "input": 3, "output": "Hi"}, "field 'input' must be a string"),
+        ({"messages": [{"role": "tool", "content": "42"}, {"role": "assistant", "content": "ok"}]},
+         "messages\\[0\\] has unknown role 'tool'; expected one of system, user, assistant"),
+        ({"messages": [{"role": "user", "content": "Hi"}]}, "last message has role 'user'; expected 'assistant'"),
+        ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]},
+         "empty messages\\[1\\] content"),
+        ({"messages": [{"role": "user"}]}, "must be an object with 'role' and 'content'"),
+        ({"messages": []}, "non-empty list"),
+        ({"prompt": "Hi", "completion": "Hello"}, "expected an Alpaca record .* or a chat record"),
+    ],
+)
+def test_bad_instruction_records_name_file_and_line(tmp_path: Path, item: dict[str, object], problem: str) -> None:
+    path = jsonl(tmp_path / "bad.jsonl", [{"instruction": "Fine.", "output": "Yes."}, item])
+    with pytest.raises(DataError, match=f"bad.jsonl:2: .*{problem}") as caught:
+        read_conversations(path)
+    assert "\n" not in str(caught.value)
+    conversations, skipped = read_conversations(path, skip_invalid=True)
+    assert len(conversations) == 1 and skipped == 1
+
+
+def test_bad_instruction_record_in_a_json_array_names_the_index(tmp_path: Path) -> None:
+    items = [{"instruction": "a", "output": "b"}, {"instruction": "c", "output": ""}]
+    path = write(tmp_path / "a.json", json.dumps(items))
+    with pytest.raises(DataError, match=r"a\.json#1: empty field 'output'"):
+        read_conversations(path)
+
+
+def test_instruction_files_of_other_kinds_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="cannot read a '.csv' file as instruction records"):
+        read_conversations(write(tmp_path / "a.csv", "instruction,output\n"))
+    with pytest.raises(DataError, match="no valid instruction records"):
+        read_conversations(write(tmp_path / "a.jsonl", "\n"))
+    with pytest.raises(DataError, match="not JSON|invalid JSON"):
+        read_conversations(write(tmp_path / "b.jsonl", "{oops\n"))
+
+
 # -- the real datasets -----------------------------------------------------------------------
 
 
@@ -288,3 +374,9 @@ def test_reads_the_sentence_polarity_files() -> None:
     records = read_polarity(shared(f"{folder}/rt-polarity.pos"), shared(f"{folder}/rt-polarity.neg"))
     assert Counter(r.label for r in records) == {"pos": 5331, "neg": 5331}
     assert all(r.text.strip() for r in records)
+
+
+def test_reads_the_instruction_data() -> None:
+    conversations, skipped = read_conversations(shared("instructions/instruction-data.json"))
+    assert skipped == 0 and len(conversations) == 1100
+    assert all([m.role for m in c.messages] == ["user", "assistant"] for c in conversations)

@@ -1,4 +1,4 @@
-"""Labelled text records for classification: reading them from files, and splitting them.
+"""Labelled text records for classification and instruction tuning: reading them, splitting them.
 
 This module owns the answer to "what is one labelled example and where did it come from".
 `read_labelled` reads .jsonl (one object per line), .json (an array of objects), .csv and
@@ -6,7 +6,9 @@ This module owns the answer to "what is one labelled example and where did it co
 .txt, as the SMS Spam Collection ships); `read_polarity` reads the sentence-polarity pair
 (one snippet per line, one file per class). Every record remembers its source, `file:line`
 (`file#index` for a JSON array), so a problem found later can still be traced to its line.
-`stratified_split` holds out a fraction of every label.
+`stratified_split` holds out a fraction of every label. `read_conversations` reads instruction
+records (Alpaca's instruction/input/output, or chat `messages` with roles) as conversations.
+Tagged sentences for token classification live in `graft.data.tagged`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,20 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, cast, get_args
 
 from graft.errors import ConfigError, DataError
 
-__all__ = ["TextRecord", "read_labelled", "read_polarity", "stratified_split"]
+__all__ = [
+    "Conversation",
+    "Message",
+    "Role",
+    "TextRecord",
+    "read_conversations",
+    "read_labelled",
+    "read_polarity",
+    "stratified_split",
+]
 
 _FORMATS = ".jsonl, .json, .csv, .tsv, or label<TAB>text lines (no suffix or .txt)"
 # Bytes the encoding could not decode, as `errors="surrogateescape"` leaves them in the text.
@@ -36,6 +48,26 @@ class TextRecord:
 
     text: str
     label: str
+    source: str
+
+
+Role = Literal["system", "user", "assistant"]
+ROLES: tuple[str, ...] = get_args(Role)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn of a conversation."""
+
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """An instruction record as turns ending with the assistant's; `source` as in TextRecord."""
+
+    messages: tuple[Message, ...]
     source: str
 
 
@@ -284,3 +316,92 @@ def stratified_split(
     rest = [r for i, r in enumerate(records) if i not in held]
     out = [r for i, r in enumerate(records) if i in held]
     return rest, out
+
+
+def _content(value: object, where: str, name: str, encoding: str) -> str:
+    """A non-empty string field, or _Invalid saying what is wrong."""
+    if not isinstance(value, str):
+        raise _Invalid(f"{where}: {name} must be a string, got {type(value).__name__}")
+    if bad := _UNDECODED.search(value):
+        raise _Invalid(_undecodable_error(f"{where}: {name}", bad.group(), encoding))
+    if not value.strip():
+        raise _Invalid(f"{where}: empty {name}")
+    return value
+
+
+def _alpaca(fields: dict[str, object], where: str, encoding: str) -> tuple[Message, ...]:
+    if "output" not in fields:
+        raise _Invalid(f"{where}: Alpaca record without field 'output'; expected instruction, input, output")
+    instruction = _content(fields["instruction"], where, "field 'instruction'", encoding)
+    output = _content(fields["output"], where, "field 'output'", encoding)
+    extra = fields.get("input")
+    if extra is not None and not isinstance(extra, str):
+        raise _Invalid(f"{where}: field 'input' must be a string, got {type(extra).__name__}")
+    if extra and extra.strip():
+        instruction += "\n\n" + _content(extra, where, "field 'input'", encoding)
+    return Message("user", instruction), Message("assistant", output)
+
+
+def _chat(fields: dict[str, object], where: str, encoding: str) -> tuple[Message, ...]:
+    turns = fields["messages"]
+    if not isinstance(turns, list) or not turns:
+        raise _Invalid(f"{where}: field 'messages' must be a non-empty list of {{role, content}} objects")
+    messages: list[Message] = []
+    for index, turn in enumerate(turns):
+        name = f"messages[{index}]"
+        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
+            raise _Invalid(f"{where}: {name} must be an object with 'role' and 'content'")
+        role = turn["role"]
+        if role not in ROLES:
+            raise _Invalid(f"{where}: {name} has unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        messages.append(Message(cast(Role, role), _content(turn["content"], where, f"{name} content", encoding)))
+    if messages[-1].role != "assistant":
+        # The loss is on assistant turns: a record ending elsewhere teaches nothing after its last answer.
+        raise _Invalid(f"{where}: the last message has role {messages[-1].role!r}; expected 'assistant'")
+    return tuple(messages)
+
+
+def read_conversations(
+    path: Path, *, encoding: str = "utf-8", skip_invalid: bool = False
+) -> tuple[list[Conversation], int]:
+    """Read instruction records in `path` (.jsonl, or a .json array); returns (conversations, skipped).
+
+    A record is Alpaca-style (`instruction`, optional `input`, `output`: one user turn holding the
+    instruction, then "\\n\\n" and the input when there is one, and one assistant turn) or a chat
+    (`messages`: objects with `role` (system, user or assistant) and `content`, ending with an
+    assistant turn). An empty instruction, output or content, an unknown role, a record of neither
+    kind or a line that is not JSON raises DataError naming the file and the line (or the array
+    index); with `skip_invalid` the record is skipped and counted instead.
+    """
+    path = Path(path)
+    text = _decode(path, encoding)
+    if not skip_invalid:
+        _check_decoded(path, text, encoding)
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json"):
+        kind = f"{suffix!r} file" if suffix else "file without a suffix"
+        raise DataError(f"{path}: cannot read a {kind} as instruction records; graft reads .jsonl or a .json array")
+    fields = _jsonl_fields(path, text) if suffix == ".jsonl" else _json_fields(path, text)
+    conversations: list[Conversation] = []
+    problems: list[str] = []
+    for where, item in fields:
+        try:
+            if isinstance(item, _Invalid):
+                raise item
+            if "messages" in item:
+                messages = _chat(item, where, encoding)
+            elif "instruction" in item:
+                messages = _alpaca(item, where, encoding)
+            else:
+                present = ", ".join(sorted(str(k) for k in item)) or "none"
+                raise _Invalid(f"{where}: expected an Alpaca record (instruction, input, output) or a chat "
+                               f"record (messages), got fields: {present}")
+            conversations.append(Conversation(messages=messages, source=where))
+        except _Invalid as exc:
+            if not skip_invalid:
+                raise DataError(str(exc)) from None
+            problems.append(str(exc))
+    if not conversations:
+        first = f" ({len(problems)} invalid; the first: {problems[0]})" if problems else ""
+        raise DataError(f"{path}: no valid instruction records{first}")
+    return conversations, len(problems)

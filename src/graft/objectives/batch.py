@@ -27,7 +27,8 @@ class Batch:
     token_type_ids: torch.Tensor | None = None  # (B, T) segment ids (NSP); None = all 0
     attention_mask: torch.Tensor | None = None  # bool, broadcastable to (B, 1, T, T); None = the model's default
     causal: bool | None = None  # without a mask: causal or full attention; None = the model's default
-    sequence_targets: torch.Tensor | None = None  # (B,) one label per sequence (NSP: is-next)
+    sequence_targets: torch.Tensor | None = None  # (B,) one label per sequence (NSP: is-next; a class)
+    lengths: torch.Tensor | None = None  # (B,) real tokens per right-padded row
     part: str = ""  # which part of a mixture built it
 
     def to(self, device: torch.device) -> Batch:

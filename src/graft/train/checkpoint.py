@@ -6,6 +6,8 @@
     run_config.yaml      the resolved run config that produced it
     manifest.json        size and sha256 of every file, so truncation or corruption is caught
     training_state/      only for resuming: state.json, rng.safetensors, optimizer.pt
+    adapter_config.json, adapter_model.safetensors
+                         a LoRA fine-tune's adapter, in PEFT's format, over the base weights above
 
 A checkpoint is built in a temporary sibling directory, every file fsynced, then renamed into
 place; the previous version is moved aside first and deleted only after the new one is in place,
@@ -19,6 +21,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import ValidationError
@@ -31,6 +34,10 @@ from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel, RotaryEmbedding
+from graft.train.adapt import ADAPTER_CONFIG_FILE, has_lora, load_adapter, save_adapter, split_lora_state
+
+if TYPE_CHECKING:
+    from graft.config import AdaptConfig
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -47,7 +54,7 @@ class TrainingState:
     step: int = 0
     tokens_seen: int = 0
     elapsed_s: float = 0.0
-    best_val_loss: float | None = None
+    best_metric: float | None = None  # the best value of train.monitor so far (val/loss unless told)
     evals_without_improvement: int = 0
 
 
@@ -67,11 +74,19 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     state: TrainingState | None = None,
     rng: RngStates | None = None,
+    adapter: tuple[AdaptConfig, str] | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically (see module docstring). Returns its path."""
+    """Write a checkpoint directory atomically (see module docstring). Returns its path. A model with
+    LoRA adapters needs `adapter`: (the adapt config, the base it was trained over)."""
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
-        weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        if has_lora(model):
+            if adapter is None:
+                raise ValueError("a model with LoRA adapters needs adapter=(AdaptConfig, base) to be saved")
+            weights, _ = split_lora_state(model)
+            save_adapter(model, adapter[0], tmp, adapter[1])
+        else:
+            weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         if model.config.tie_embeddings:
             weights.pop("lm_head.weight", None)  # the same tensor as model.embed_tokens.weight
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -153,6 +168,8 @@ def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[Langu
     with torch.device("meta"):
         model = LanguageModel(config)  # no wasted random init: weights come from the file
     load_weights(model, directory)
+    if (directory / ADAPTER_CONFIG_FILE).is_file():
+        load_adapter(model, directory)
     return model.to(device).eval(), Tokenizer.load(directory / TOKENIZER_FILE)
 
 

@@ -40,7 +40,7 @@ class RunResult:
     elapsed_s: float
     stop_reason: str  # max_steps | max_tokens | max_minutes | patience | interrupted
     evals: list[dict[str, float]] = field(default_factory=list)  # every evaluation of this process
-    best_val_loss: float | None = None
+    best_metric: float | None = None  # of train.monitor
 
 
 @dataclass
@@ -100,7 +100,7 @@ def fit(run: Run) -> RunResult:
     autocast = _autocast(run.device, train_cfg.precision)
     eval_batches = objective.eval_batches(train_cfg.batch_size, train_cfg.eval_batches)
     log = MetricsLog(run.run_dir, resume_from_step=state.step if run.resumed else None)
-    result = RunResult(run.run_dir, state.step, state.tokens_seen, state.elapsed_s, "", best_val_loss=state.best_val_loss)
+    result = RunResult(run.run_dir, state.step, state.tokens_seen, state.elapsed_s, "", best_metric=state.best_metric)
     bar = tqdm(total=train_cfg.max_steps, initial=state.step, disable=not train_cfg.progress,
                unit="step", dynamic_ncols=True, leave=False)
     clock = time.perf_counter() - state.elapsed_s  # elapsed time carries over a resume
@@ -112,11 +112,11 @@ def fit(run: Run) -> RunResult:
         nonlocal evaluated_at
         evaluated_at = state.step
         metrics = evaluate(model, objective, eval_batches, run.device, autocast) if eval_batches else {}
-        val_loss = metrics.get("val/loss")
-        improved = val_loss is not None and (state.best_val_loss is None or val_loss < state.best_val_loss)
+        value = _monitored(metrics, train_cfg.monitor, cfg.objective.name)
+        improved = value is not None and (state.best_metric is None or _better(value, state.best_metric, train_cfg.monitor))
         if improved:
-            state.best_val_loss, state.evals_without_improvement = val_loss, 0
-        elif val_loss is not None:
+            state.best_metric, state.evals_without_improvement = value, 0
+        elif value is not None:
             state.evals_without_improvement += 1
         state.elapsed_s = time.perf_counter() - clock
         if metrics:
@@ -131,6 +131,7 @@ def fit(run: Run) -> RunResult:
     if state.step == 0 and eval_batches:
         # The untrained model's validation loss: the baseline every later figure is read against.
         metrics = evaluate(model, objective, eval_batches, run.device, autocast)
+        _monitored(metrics, train_cfg.monitor, cfg.objective.name)  # a misnamed monitor fails now, not later
         log.write(0, {**metrics, "tokens": 0, "elapsed_s": 0.0})
         result.evals.append({"step": 0, **metrics})
     try:
@@ -187,7 +188,7 @@ def fit(run: Run) -> RunResult:
         log.close()
         plot_loss_curve(log.read(), run.run_dir / LOSS_CURVE_FILE, title=f"{cfg.objective.name} · {run.run_dir.name}")
     result.step, result.tokens_seen = state.step, state.tokens_seen
-    result.elapsed_s, result.best_val_loss = time.perf_counter() - clock, state.best_val_loss
+    result.elapsed_s, result.best_metric = time.perf_counter() - clock, state.best_metric
     return result
 
 
@@ -329,6 +330,19 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return None
 
 
+def _monitored(metrics: dict[str, float], monitor: str, objective: str) -> float | None:
+    if metrics and monitor not in metrics:
+        raise ConfigError(f"train.monitor: {monitor!r} is not a metric of objective {objective}; "
+                          f"choose one of: {', '.join(metrics)}")
+    return metrics.get(monitor)
+
+
+def _better(value: float, best: float, metric: str) -> bool:
+    """Losses, perplexities and bits per byte improve downwards; accuracies and F1 upwards."""
+    lower_is_better = metric.rsplit("/", 1)[-1].endswith(("loss", "ppl", "bpb"))
+    return value < best if lower_is_better else value > best
+
+
 def _limit_reached(train_cfg: TrainConfig, state: ckpt.TrainingState, elapsed: float) -> str:
     if train_cfg.max_steps is not None and state.step >= train_cfg.max_steps:
         return "max_steps"
@@ -369,4 +383,5 @@ def _save(run: Run, name: str, *, with_training_state: bool = True) -> None:
         run_config_yaml=run.config.to_yaml(),
         optimizer=run.optimizer if with_training_state else None,
         state=run.state if with_training_state else None, rng=rng if with_training_state else None,
+        adapter=(run.config.adapt, str(run.config.train.init)) if run.config.adapt.method == "lora" else None,
     )

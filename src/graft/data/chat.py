@@ -1,0 +1,199 @@
+"""Chat templates: rendering conversations to text, and encoding them with a response-only loss mask.
+
+This module owns how a conversation becomes the token ids and labels instruction tuning trains on.
+A chat template is Jinja source stored with the tokenizer (`Tokenizer.chat_template`), the form
+transformers and the Hugging Face Hub use; it is untrusted code, so it is rendered in Jinja's
+immutable sandbox with the same settings as transformers' `apply_chat_template` (the same
+template gives the same text in both), and any access the sandbox flags is refused outright.
+`encode_conversation` labels what the model must learn to write: each assistant turn's text
+after the generation prompt, through its end-of-turn token, so the model learns to stop.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import jinja2
+import jinja2.ext
+from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from graft.data.records import Conversation, Message
+from graft.data.tokenizer import EOT, Tokenizer
+from graft.errors import ConfigError, DataError, TokenizerError
+from graft.objectives.losses import IGNORE_INDEX
+
+__all__ = ["DEFAULT_CHAT_TEMPLATE", "EncodedConversation", "encode_conversation", "render_chat"]
+
+#: graft's template, ChatML in spirit: `<|role|>\n{content}{eos_token}\n` per turn, and
+#: `<|assistant|>\n` as the generation prompt. Role names must be one of the three graft reads.
+DEFAULT_CHAT_TEMPLATE = (
+    "{%- for message in messages -%}\n"
+    "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}\n"
+    "{{ raise_exception('unknown role ' ~ message['role'] ~ '; expected system, user or assistant') }}\n"
+    "{%- endif -%}\n"
+    "{{ '<|' ~ message['role'] ~ '|>\\n' ~ message['content'] ~ eos_token ~ '\\n' }}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "{{ '<|assistant|>\\n' }}\n"
+    "{%- endif -%}"
+)
+
+
+@dataclass(frozen=True)
+class EncodedConversation:
+    """Token ids and their labels (the id where trained, IGNORE_INDEX elsewhere), unshifted:
+    the loss compares position t's prediction with label t + 1, as for any causal LM."""
+
+    input_ids: list[int]
+    labels: list[int]
+    truncated: bool
+
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """The sandbox, stricter in one way: an unsafe attribute raises at once.
+
+    Jinja's sandbox answers `''.__class__` with an undefined value that only fails when used
+    further, so `{{ ''.__class__ }}` would quietly print nothing; a template that reaches for
+    internals is refused instead, whatever it does with them.
+    """
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> NoReturn:
+        raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is unsafe")
+
+
+def _raise_exception(message: str) -> NoReturn:
+    raise TemplateError(message)
+
+
+def _tojson(value: object, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    # transformers' tojson: plain JSON, not Jinja's HTML-escaped default, so templates agree.
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+@functools.lru_cache(maxsize=16)
+def _compile(template: str) -> jinja2.Template:
+    # trim_blocks and lstrip_blocks as transformers sets them: Hub templates are written for them.
+    environment = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    environment.filters["tojson"] = _tojson
+    environment.globals["raise_exception"] = _raise_exception
+    try:
+        return environment.from_string(template)
+    except TemplateSyntaxError as exc:
+        raise DataError(f"chat template line {exc.lineno}: {_one_line(exc.message)}") from None
+
+
+def _one_line(message: str | None) -> str:
+    return " ".join((message or "no message").split())
+
+
+def render_chat(
+    template: str,
+    messages: Sequence[Message | Mapping[str, str]],
+    *,
+    add_generation_prompt: bool = False,
+    eos_token: str = EOT,
+) -> str:
+    """The text `template` makes of `messages` (and of the generation prompt, when asked).
+
+    The template sees `messages` as a list of `{"role", "content"}` dicts, `add_generation_prompt`
+    and `eos_token`, as under transformers. A template that does not parse, raises (through
+    `raise_exception` or an error of its own) or touches what the sandbox forbids raises DataError.
+    """
+    if not isinstance(template, str):
+        raise ConfigError(f"a chat template must be a string of Jinja source, got {type(template).__name__}")
+    compiled = _compile(template)
+    turns = [{"role": m.role, "content": m.content} if isinstance(m, Message) else dict(m) for m in messages]
+    try:
+        return compiled.render(messages=turns, add_generation_prompt=add_generation_prompt, eos_token=eos_token)
+    except SecurityError as exc:
+        raise DataError(f"chat template refused by the sandbox: {_one_line(str(exc))}") from None
+    except TemplateError as exc:
+        raise DataError(f"chat template failed: {_one_line(exc.message)}") from None
+    except Exception as exc:  # the template is foreign code: whatever it raises is its problem
+        raise DataError(f"chat template failed: {type(exc).__name__}: {_one_line(str(exc))}") from None
+
+
+def _segments(template: str, messages: Sequence[Message], eos: str, where: str) -> list[tuple[str, bool]]:
+    """The rendered conversation as (text, trained) pieces, in order.
+
+    Rendering the first i + 1 messages adds message i's text to the rendering of the first i.
+    For an assistant turn, the generation prompt of the first i messages is what a model sees
+    before it writes; the rest, up to and including the last end-of-turn token, is what it
+    writes. This needs a template that renders prefixes as prefixes, which chat templates do
+    (generation relies on it); one that does not is reported.
+    """
+    def render(count: int, add_generation_prompt: bool = False) -> str:
+        try:
+            return render_chat(template, messages[:count], add_generation_prompt=add_generation_prompt,
+                               eos_token=eos)
+        except DataError as exc:
+            raise DataError(f"{where}: {exc}") from None
+
+    pieces: list[tuple[str, bool]] = []
+    done = ""
+    for i, message in enumerate(messages):
+        if eos in message.content:
+            # It would encode as the real token: a reply that teaches stopping midway, or a user
+            # turn that fakes a turn boundary.
+            raise DataError(f"{where}: message {i} ({message.role}) contains the end-of-turn token {eos!r} "
+                            "in its text; remove it from the data")
+        full = render(i + 1)
+        if not full.startswith(done):
+            raise DataError(f"{where}: the chat template's rendering of {i + 1} messages does not start with "
+                            f"its rendering of {i}; expected each turn to be appended")
+        if message.role != "assistant":
+            pieces.append((full[len(done):], False))
+            done = full
+            continue
+        prompt = render(i, add_generation_prompt=True)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            raise DataError(f"{where}: the chat template's generation prompt after {i} messages is not where "
+                            f"assistant message {i} begins; expected the assistant turn to start with it")
+        reply = full[len(prompt):]
+        end = reply.rfind(eos)
+        if end < 0:
+            raise DataError(f"{where}: the chat template emits no end-of-turn token {eos!r} after assistant "
+                            f"message {i}; the model could not learn to stop")
+        end += len(eos)
+        pieces += [(prompt[len(done):], False), (reply[:end], True), (reply[end:], False)]
+        done = full
+    return [(text, trained) for text, trained in pieces if text]
+
+
+def encode_conversation(
+    tokenizer: Tokenizer,
+    template: str,
+    conversation: Conversation,
+    *,
+    max_len: int,
+    train_on_prompt: bool = False,
+) -> EncodedConversation:
+    """Token ids of `conversation` rendered with `template`, labelled for instruction tuning.
+
+    Labels are the ids of every assistant reply (its text after the generation prompt) and of
+    the end-of-turn token closing it (the tokenizer's eos token, which the template must emit);
+    everything else is IGNORE_INDEX, or labelled too with `train_on_prompt`. Each rendered piece
+    is encoded on its own, so a label boundary never falls inside a token. Longer sequences are
+    cut to `max_len` from the end (the start kept) and flagged `truncated` for the caller to
+    count; a cut can leave a last reply without its end-of-turn token, or no label at all.
+    A message whose text holds the end-of-turn token itself raises DataError.
+    """
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+        raise ConfigError(f"max_len must be an integer >= 1, got {max_len!r}")
+    eos = tokenizer.special_tokens_map.get("eos_token")
+    if eos is None:
+        raise TokenizerError("the tokenizer has no eos token; chat training needs one as the end-of-turn token")
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for text, trained in _segments(template, conversation.messages, eos, conversation.source):
+        ids = tokenizer.encode(text)
+        input_ids += ids
+        labels += ids if trained or train_on_prompt else [IGNORE_INDEX] * len(ids)
+    truncated = len(input_ids) > max_len
+    return EncodedConversation(input_ids=input_ids[:max_len], labels=labels[:max_len], truncated=truncated)

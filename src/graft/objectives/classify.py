@@ -1,0 +1,132 @@
+"""Sequence classification (spam, sentiment): labelled texts in, one label per text out.
+
+Texts are encoded once, truncated to the context (`[CLS] text [SEP]` for encoders, which classify
+from the pooled first token; decoders classify from their last real token, the only one that has
+seen the whole text) and right-padded per batch. Training draws random examples; validation walks
+every example in order. Class weights ("balanced": n / (classes * count)) can counter imbalanced
+labels; they average 1 over the training set, so the loss keeps its scale. Accuracy and F1 come
+from additive per-class counts, so they are exact over any number of batches.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from graft.data.records import TextRecord
+from graft.data.tokenizer import Tokenizer
+from graft.errors import DataError
+from graft.model.transformer import LanguageModel, padding_attention_mask
+from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states
+
+
+def label_set(records: Sequence[TextRecord], where: str) -> tuple[str, ...]:
+    """The sorted labels of a training set (at least two)."""
+    labels = tuple(sorted({r.label for r in records}))
+    if len(labels) < 2:
+        raise DataError(f"{where}: classification needs at least two labels, found {list(labels)}")
+    return labels
+
+
+def check_labels(records: Sequence[TextRecord], labels: tuple[str, ...]) -> None:
+    """Every label of `records` must be one the model was trained with."""
+    known = set(labels)
+    for record in records:
+        if record.label not in known:
+            raise DataError(f"{record.source}: label {record.label!r} never occurs in the training data "
+                            f"(labels: {', '.join(labels)})")
+
+
+class EncodedTexts:
+    """Token ids, true lengths and label ids of a set of records, encoded once."""
+
+    def __init__(self, records: Sequence[TextRecord], tokenizer: Tokenizer, labels: tuple[str, ...], max_len: int,
+                 *, frame: bool) -> None:
+        index = {label: i for i, label in enumerate(labels)}
+        cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
+        frame = frame and cls_id is not None and sep_id is not None
+        budget = max_len - 2 if frame else max_len
+        self.ids: list[list[int]] = []
+        self.truncated = 0
+        for encoded in tokenizer.encode_batch([r.text for r in records]):
+            if len(encoded) > budget:
+                self.truncated += 1
+                encoded = encoded[:budget]
+            self.ids.append([cls_id, *encoded, sep_id] if frame else encoded)  # type: ignore[list-item]
+        self.labels = torch.tensor([index[r.label] for r in records], dtype=torch.long)
+        for ids, record in zip(self.ids, records):
+            if not ids:
+                raise DataError(f"{record.source}: the text encodes to no tokens")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class Classify:
+    """Objective `classify`."""
+
+    name = "classify"
+
+    def __init__(self, train: Sequence[TextRecord], val: Sequence[TextRecord], tokenizer: Tokenizer,
+                 labels: tuple[str, ...], max_len: int, *, bidirectional: bool, class_weights: bool = False) -> None:
+        check_labels(val, labels)
+        self.labels, self.bidirectional = labels, bidirectional
+        self.pad_id = next(i for i in (tokenizer.pad_id, tokenizer.eot_id, 0) if i is not None)
+        self.train = EncodedTexts(train, tokenizer, labels, max_len, frame=bidirectional)
+        self.val = EncodedTexts(val, tokenizer, labels, max_len, frame=bidirectional)
+        self.weights: torch.Tensor | None = None
+        if class_weights:
+            counts = Counter(self.train.labels.tolist())
+            self.weights = torch.tensor([len(self.train) / (len(labels) * max(counts[i], 1)) for i in range(len(labels))])
+
+    def batch(self, texts: EncodedTexts, rows: list[int]) -> Batch:
+        lengths = torch.tensor([len(texts.ids[i]) for i in rows])
+        input_ids = torch.full((len(rows), int(lengths.max())), self.pad_id, dtype=torch.long)
+        for j, i in enumerate(rows):
+            input_ids[j, :lengths[j]] = torch.tensor(texts.ids[i])
+        real = torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]
+        mask = padding_attention_mask(real, causal=not self.bidirectional)
+        return Batch(input_ids, attention_mask=mask, sequence_targets=texts.labels[rows], lengths=lengths)
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        rows = torch.randint(0, len(self.train), (batch_size,), generator=generator).tolist()
+        return self.batch(self.train, rows)
+
+    def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
+        """Every validation example, in order (n_batches is not a limit here: metrics need them all)."""
+        return [self.batch(self.val, list(range(i, min(i + batch_size, len(self.val)))))
+                for i in range(0, len(self.val), batch_size)]
+
+    def logits(self, model: LanguageModel, batch: Batch) -> torch.Tensor:
+        assert batch.lengths is not None
+        return model.sequence_logits(hidden_states(model, batch), batch.lengths.to(batch.input_ids.device) - 1).float()
+
+    def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
+        assert batch.sequence_targets is not None
+        logits = self.logits(model, batch)
+        targets = batch.sequence_targets
+        weight = None if self.weights is None else self.weights.to(logits.device)
+        total = F.cross_entropy(logits, targets, weight=weight, reduction="sum")
+        predicted = logits.argmax(-1)
+        stats: dict[str, float] = {}
+        for i, label in enumerate(self.labels):
+            stats[f"tp/{label}"] = float(((predicted == i) & (targets == i)).sum())
+            stats[f"fp/{label}"] = float(((predicted == i) & (targets != i)).sum())
+            stats[f"fn/{label}"] = float(((predicted != i) & (targets == i)).sum())
+        return LossSum(total, int(targets.numel()), stats)
+
+    def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
+        stats = totals.stats
+        correct = sum(stats[f"tp/{label}"] for label in self.labels)
+        metrics = {f"{split}/loss": totals.mean, f"{split}/acc": correct / max(totals.count, 1)}
+        f1s = []
+        for label in self.labels:
+            tp, fp, fn = stats[f"tp/{label}"], stats[f"fp/{label}"], stats[f"fn/{label}"]
+            f1 = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+            metrics[f"{split}/f1/{label}"] = f1
+            f1s.append(f1)
+        metrics[f"{split}/macro_f1"] = sum(f1s) / len(f1s)
+        return metrics

@@ -1,0 +1,80 @@
+"""Instruction tuning (supervised fine-tuning): conversations rendered with the tokenizer's chat
+template, next-token loss on the assistant's replies and their end-of-turn token only.
+
+The end-of-turn token is always scored, so the model learns to stop; prompt tokens are scored only
+with `train_on_prompt`. Conversations longer than the context are cut (the start kept) and counted,
+never dropped. Batches are right-padded; padding is never scored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from graft.data.chat import encode_conversation
+from graft.data.records import Conversation
+from graft.data.tokenizer import Tokenizer
+from graft.errors import DataError
+from graft.model.transformer import LanguageModel
+from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states
+from graft.objectives.losses import IGNORE_INDEX, linear_cross_entropy_sum
+
+
+class EncodedConversations:
+    def __init__(self, conversations: Sequence[Conversation], tokenizer: Tokenizer, template: str, max_len: int,
+                 *, train_on_prompt: bool) -> None:
+        self.ids: list[list[int]] = []
+        self.labels: list[list[int]] = []
+        self.truncated = 0
+        for conversation in conversations:
+            # max_len + 1: inputs and targets are the sequence shifted by one.
+            encoded = encode_conversation(tokenizer, template, conversation, max_len=max_len + 1,
+                                          train_on_prompt=train_on_prompt)
+            if all(label == IGNORE_INDEX for label in encoded.labels[1:]):
+                raise DataError(f"{conversation.source}: no reply token fits in {max_len} tokens; "
+                                "raise train.seq_len or shorten the prompt")
+            self.truncated += encoded.truncated
+            self.ids.append(encoded.input_ids)
+            self.labels.append(encoded.labels)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class Instruct:
+    """Objective `instruct`."""
+
+    name = "instruct"
+
+    def __init__(self, train: Sequence[Conversation], val: Sequence[Conversation], tokenizer: Tokenizer,
+                 template: str, max_len: int, *, train_on_prompt: bool = False) -> None:
+        self.pad_id = next(i for i in (tokenizer.pad_id, tokenizer.eot_id, 0) if i is not None)
+        self.train = EncodedConversations(train, tokenizer, template, max_len, train_on_prompt=train_on_prompt)
+        self.val = EncodedConversations(val, tokenizer, template, max_len, train_on_prompt=train_on_prompt)
+
+    def batch(self, data: EncodedConversations, rows: list[int]) -> Batch:
+        T = max(len(data.ids[i]) for i in rows) - 1
+        input_ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
+        targets = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
+        for j, i in enumerate(rows):
+            ids, labels = data.ids[i], data.labels[i]
+            input_ids[j, :len(ids) - 1] = torch.tensor(ids[:-1])
+            targets[j, :len(ids) - 1] = torch.tensor(labels[1:])
+        return Batch(input_ids, targets, causal=True)  # right padding: causal attention never reaches it
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        return self.batch(self.train, torch.randint(0, len(self.train), (batch_size,), generator=generator).tolist())
+
+    def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
+        return [self.batch(self.val, list(range(i, min(i + batch_size, len(self.val)))))
+                for i in range(0, len(self.val), batch_size)]
+
+    def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
+        assert batch.targets is not None
+        hidden = hidden_states(model, batch)
+        return LossSum(linear_cross_entropy_sum(hidden, model.lm_head.weight, batch.targets), batch.n_targets)
+
+    def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
+        return {f"{split}/loss": totals.mean, f"{split}/ppl": math.exp(min(totals.mean, 50.0))}

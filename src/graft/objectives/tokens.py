@@ -1,0 +1,116 @@
+"""Token classification (named entities): BIO-tagged words in, a tag per word out.
+
+Each word's first sub-token carries its tag; the other sub-tokens, padding and [CLS]/[SEP] are not
+scored (graft.data.tagged.align_tags). Validation reports entity-level precision, recall and F1 as
+seqeval (conlleval) counts them: an entity is right only with its exact span and type. The counts
+are additive, so the figures are exact over any number of batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from graft.data.tagged import TaggedSentence, align_tags
+from graft.data.tokenizer import Tokenizer
+from graft.errors import DataError
+from graft.model.transformer import LanguageModel, padding_attention_mask
+from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states
+from graft.objectives.losses import IGNORE_INDEX
+
+
+def tag_set(sentences: Sequence[TaggedSentence], where: str) -> tuple[str, ...]:
+    """The training set's tags, "O" first, then sorted."""
+    tags = {tag for s in sentences for tag in s.tags}
+    if not tags - {"O"}:
+        raise DataError(f"{where}: no entity tags (only 'O'); token classification needs labelled entities")
+    return ("O", *sorted(tags - {"O"}))
+
+
+def _entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    return {(kind, start, end) for kind, start, end in get_entities(list(tags))}
+
+
+class EncodedSentences:
+    def __init__(self, sentences: Sequence[TaggedSentence], tokenizer: Tokenizer, labels: tuple[str, ...],
+                 max_len: int, *, frame: bool) -> None:
+        index = {label: i for i, label in enumerate(labels)}
+        frame = frame and tokenizer.cls_id is not None and tokenizer.sep_id is not None
+        self.ids: list[list[int]] = []
+        self.labels: list[list[int]] = []
+        self.truncated = 0
+        for sentence in sentences:
+            unknown = [t for t in sentence.tags if t not in index]
+            if unknown:
+                raise DataError(f"{sentence.source}: tag {unknown[0]!r} never occurs in the training data")
+            ids, tags, cut = align_tags(tokenizer, sentence.words, sentence.tags, index,
+                                        max_len - 2 if frame else max_len, source=sentence.source)
+            self.truncated += cut
+            if frame:
+                ids, tags = [tokenizer.cls_id, *ids, tokenizer.sep_id], [IGNORE_INDEX, *tags, IGNORE_INDEX]  # type: ignore[list-item]
+            self.ids.append(ids)
+            self.labels.append(tags)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class TagTokens:
+    """Objective `tokens`."""
+
+    name = "tokens"
+
+    def __init__(self, train: Sequence[TaggedSentence], val: Sequence[TaggedSentence], tokenizer: Tokenizer,
+                 labels: tuple[str, ...], max_len: int, *, bidirectional: bool) -> None:
+        self.labels, self.bidirectional = labels, bidirectional
+        self.pad_id = next(i for i in (tokenizer.pad_id, tokenizer.eot_id, 0) if i is not None)
+        self.train = EncodedSentences(train, tokenizer, labels, max_len, frame=bidirectional)
+        self.val = EncodedSentences(val, tokenizer, labels, max_len, frame=bidirectional)
+
+    def batch(self, data: EncodedSentences, rows: list[int]) -> Batch:
+        lengths = torch.tensor([len(data.ids[i]) for i in rows])
+        T = int(lengths.max())
+        input_ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
+        targets = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
+        for j, i in enumerate(rows):
+            input_ids[j, :lengths[j]] = torch.tensor(data.ids[i])
+            targets[j, :lengths[j]] = torch.tensor(data.labels[i])
+        real = torch.arange(T)[None, :] < lengths[:, None]
+        return Batch(input_ids, targets, attention_mask=padding_attention_mask(real, causal=not self.bidirectional),
+                     lengths=lengths)
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        return self.batch(self.train, torch.randint(0, len(self.train), (batch_size,), generator=generator).tolist())
+
+    def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
+        """Every validation sentence, in order (entity F1 needs them all)."""
+        return [self.batch(self.val, list(range(i, min(i + batch_size, len(self.val)))))
+                for i in range(0, len(self.val), batch_size)]
+
+    def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
+        assert batch.targets is not None
+        logits = model.token_logits(hidden_states(model, batch)).float()
+        scored = batch.targets != IGNORE_INDEX
+        total = F.cross_entropy(logits[scored], batch.targets[scored], reduction="sum")
+        predicted = logits.argmax(-1)
+        stats = {"token_correct": float((predicted[scored] == batch.targets[scored]).sum())}
+        true_n = pred_n = correct = 0
+        for row in range(batch.input_ids.shape[0]):
+            keep = scored[row]
+            true = _entities([self.labels[i] for i in batch.targets[row][keep].tolist()])
+            pred = _entities([self.labels[i] for i in predicted[row][keep].tolist()])
+            true_n, pred_n, correct = true_n + len(true), pred_n + len(pred), correct + len(true & pred)
+        stats.update(entities_true=float(true_n), entities_predicted=float(pred_n), entities_correct=float(correct))
+        return LossSum(total, int(scored.sum()), stats)
+
+    def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
+        s = totals.stats
+        precision = s["entities_correct"] / s["entities_predicted"] if s["entities_predicted"] else 0.0
+        recall = s["entities_correct"] / s["entities_true"] if s["entities_true"] else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        return {f"{split}/loss": totals.mean, f"{split}/token_acc": s["token_correct"] / max(totals.count, 1),
+                f"{split}/entity_precision": precision, f"{split}/entity_recall": recall, f"{split}/entity_f1": f1}

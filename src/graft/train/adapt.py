@@ -1,0 +1,125 @@
+"""How much of a model a fine-tune trains: all of it, the last blocks and the heads, or LoRA adapters.
+
+LoRA comes from PEFT, injected in place (`peft.inject_adapter_in_model`), so the model keeps its own
+class and module names and the training loop and objectives need no wrapper. A LoRA checkpoint holds
+the base weights in `model.safetensors` (plain names) and the adapter in PEFT's format beside them
+(`adapter_config.json`, `adapter_model.safetensors` with `base_model.model.` names), which
+`PeftModel.from_pretrained` reads over the same base; `merge_lora` folds the adapter into the
+weights (what `graft export --merge-lora` does).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from graft.config import AdaptConfig
+from graft.errors import CheckpointError, ConfigError
+from graft.model.transformer import LanguageModel
+
+ADAPTER_CONFIG_FILE = "adapter_config.json"
+ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
+_PEFT_PREFIX = "base_model.model."
+# Heads a fine-tune adds: always trained, whatever the method.
+_HEAD_PREFIXES = ("classifier.", "pooler.")
+
+
+def apply_adaptation(model: LanguageModel, cfg: AdaptConfig, *, new_heads: bool = True) -> None:
+    """Mark what trains: everything (full), the last `trainable_blocks` blocks plus the final norm
+    and heads (freeze), or LoRA adapters on `lora_targets` plus the new heads (lora)."""
+    if cfg.method == "full":
+        return
+    for param in model.parameters():
+        param.requires_grad_(False)
+    n_layers = model.config.n_layers
+    if cfg.method == "freeze":
+        if cfg.trainable_blocks > n_layers:
+            raise ConfigError(f"adapt.trainable_blocks ({cfg.trainable_blocks}) exceeds the model's {n_layers} blocks")
+        trainable = [f"model.layers.{i}." for i in range(n_layers - cfg.trainable_blocks, n_layers)]
+        trainable += ["model.norm.", "lm_head_transform.", *_HEAD_PREFIXES]
+        if model.config.head == "lm" and not model.config.tie_embeddings:
+            trainable.append("lm_head.")
+        for name, param in model.named_parameters():
+            if name.startswith(tuple(trainable)):
+                param.requires_grad_(True)
+        return
+    from peft import inject_adapter_in_model
+
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    unknown = [t for t in cfg.lora_targets if t not in names]
+    if unknown:
+        raise ConfigError(f"adapt.lora_targets: no linear layer named {', '.join(unknown)}; "
+                          f"this model has {', '.join(sorted(names))}")
+    inject_adapter_in_model(lora_config(cfg), model)
+    for name, param in model.named_parameters():
+        if "lora_" in name or (new_heads and name.startswith(_HEAD_PREFIXES)):
+            param.requires_grad_(True)
+
+
+def lora_config(cfg: AdaptConfig):  # -> peft.LoraConfig (imported lazily: peft pulls in transformers)
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=list(cfg.lora_targets), bias="none")
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any("lora_A" in name for name, _ in model.named_parameters())
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts, each tied tensor once."""
+    seen: dict[int, nn.Parameter] = {id(p): p for p in model.parameters()}
+    return sum(p.numel() for p in seen.values() if p.requires_grad), sum(p.numel() for p in seen.values())
+
+
+def split_lora_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(base weights under the model's plain names, adapter weights under PEFT's file names)."""
+    from peft import get_peft_model_state_dict
+
+    base = {name.replace(".base_layer.", "."): t.detach().cpu().contiguous() for name, t in model.state_dict().items()
+            if "lora_" not in name}
+    adapter = {_PEFT_PREFIX + name: t.detach().cpu().contiguous() for name, t in get_peft_model_state_dict(model).items()}
+    return base, adapter
+
+
+def save_adapter(model: nn.Module, cfg: AdaptConfig, directory: Path, base: str) -> None:
+    """Write adapter_config.json and adapter_model.safetensors (PEFT's format) into `directory`."""
+    config = lora_config(cfg).to_dict()
+    config.update(base_model_name_or_path=base, peft_type="LORA", task_type=None)
+    config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+    (directory / ADAPTER_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str), encoding="utf-8")
+    save_file(split_lora_state(model)[1], str(directory / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+def load_adapter(model: LanguageModel, directory: Path) -> None:
+    """Inject the LoRA adapter saved in `directory` into `model` (whose base weights are loaded)."""
+    from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+    try:
+        raw = json.loads((directory / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
+        config = LoraConfig(r=raw["r"], lora_alpha=raw["lora_alpha"], lora_dropout=raw.get("lora_dropout", 0.0),
+                            target_modules=raw["target_modules"], bias=raw.get("bias", "none"))
+        weights = load_file(str(directory / ADAPTER_WEIGHTS_FILE))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{directory}: unreadable LoRA adapter ({err})") from None
+    inject_adapter_in_model(config, model)
+    result = set_peft_model_state_dict(model, {k.removeprefix(_PEFT_PREFIX): v for k, v in weights.items()})
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise CheckpointError(f"{directory / ADAPTER_WEIGHTS_FILE}: tensor {unexpected[0]} fits no layer of the model")
+
+
+def merge_lora(model: LanguageModel) -> None:
+    """Fold every LoRA adapter into its base layer and put the plain layer back, in place."""
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())

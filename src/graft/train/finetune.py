@@ -1,0 +1,178 @@
+"""Fine-tuning: a pre-trained model (graft checkpoint or Hugging Face directory), a head for the task,
+labelled records, and the same `fit` loop as pre-training.
+
+`finetune` reads the records, fixes the label set from the training data (validation labels must be
+among them), gives the model the task's head (new heads start from the model's initialisation; the
+backbone keeps its weights unless adapt.from_scratch), marks what trains (graft.train.adapt), and
+runs `fit`. The best checkpoint follows train.monitor (the task's metric by default).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from graft.atomic_files import write_atomic
+from graft.config import RunConfig
+from graft.data.chat import DEFAULT_CHAT_TEMPLATE
+from graft.data.records import TextRecord, read_conversations, read_labelled, stratified_split
+from graft.data.tagged import read_tagged
+from graft.data.tokenizer import Tokenizer
+from graft.errors import ConfigError, DataError
+from graft.model.config import ModelConfig
+from graft.model.transformer import LanguageModel
+from graft.objectives.batch import Objective
+from graft.objectives.classify import Classify, label_set
+from graft.objectives.instruct import Instruct
+from graft.objectives.tokens import TagTokens, tag_set
+from graft.train import checkpoint as ckpt
+from graft.train.adapt import apply_adaptation, trainable_parameters
+from graft.train.loop import Run, RunResult, fit, resolve_device
+from graft.train.optim import build_optimizer
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """What a task's records give the setup: the objective, the head, and counts worth reporting."""
+
+    objective: Objective
+    head: str
+    labels: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+
+def finetune(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> RunResult:
+    """Fine-tune train.init on the task of config.objective.name and return the run's result."""
+    say = echo or (lambda message: print(message, file=sys.stderr))
+    if config.train.init is None:
+        raise ConfigError("train.init: fine-tuning starts from a checkpoint or Hugging Face directory (--init); "
+                          "for the from-scratch baseline add --adapt.from_scratch=true")
+    if config.data.train_file is None:
+        raise ConfigError("data.train_file: give the labelled training records (--data.train_file=FILE)")
+    run_dir = config.train.out_dir
+    if (run_dir / "checkpoints").exists():
+        raise ConfigError(f"{run_dir} already holds a run; set another train.out_dir")
+    base, tokenizer = ckpt.load_model(config.train.init)
+    task = task_data(config, tokenizer, base.config)
+    model_config = base.config.model_copy(update=dict(
+        head=task.head, labels=task.labels, dropout=config.model.dropout,
+        pooler=base.config.pooler or (task.head == "sequence" and base.config.attention == "bidirectional")))
+    torch.manual_seed(config.train.seed)
+    model = LanguageModel(model_config)
+    if not config.adapt.from_scratch:
+        missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+        new = [name for name in missing if not name.startswith(("classifier.", "pooler."))]
+        if new:  # never silently train a half-loaded model
+            raise ConfigError(f"train.init {config.train.init}: tensor {new[0]} is missing from the checkpoint")
+        del unexpected  # heads of another task (nsp_head for a classifier...) are kept but unused
+    apply_adaptation(model, config.adapt)
+    trainable, total = trainable_parameters(model)
+    for note in task.notes:
+        say(note)
+    say(f"fine-tuning {trainable:,} of {total:,} parameters ({config.adapt.method}"
+        f"{', from scratch' if config.adapt.from_scratch else ''})")
+    device = resolve_device(config.train.device)
+    model.to(device).train()
+    config = config.model_copy(update={"model": model_config})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(run_dir / "config.yaml", config.to_yaml())
+    optimizer = build_optimizer(model, config.optim, device)
+    run = Run(config, model, task.objective, optimizer, tokenizer, device,
+              torch.Generator().manual_seed(config.train.seed), ckpt.TrainingState())
+    return fit(run)
+
+
+def task_data(config: RunConfig, tokenizer: Tokenizer, model_config: ModelConfig) -> TaskData:
+    """Read the task's records and build its objective."""
+    name, data = config.objective.name, config.data
+    assert data.train_file is not None
+    max_len = config.seq_len if config.train.seq_len is not None else model_config.max_seq_len
+    if name == "classify":
+        train, skipped = read_labelled(data.train_file, text_field=data.text_field, label_field=data.label_field,
+                                       encoding=data.encoding, skip_invalid=data.skip_invalid)
+        if data.val_file is not None:
+            val, skipped_val = read_labelled(data.val_file, text_field=data.text_field, label_field=data.label_field,
+                                             encoding=data.encoding, skip_invalid=data.skip_invalid)
+            skipped += skipped_val
+        else:
+            train, val = stratified_split(train, data.val_fraction, config.train.seed)
+        train = _sample(train, data.max_train_examples, config.train.seed)
+        labels = label_set(train, str(data.train_file))
+        objective = Classify(train, val, tokenizer, labels, max_len, bidirectional=model_config.attention == "bidirectional",
+                             class_weights=config.objective.class_weights)
+        notes = [f"{len(train):,} training and {len(val):,} validation texts; labels: {', '.join(labels)}"]
+        if skipped:
+            notes.append(f"skipped {skipped:,} invalid records (--data.skip_invalid)")
+        truncated = objective.train.truncated + objective.val.truncated
+        if truncated:
+            notes.append(f"warning: {truncated:,} texts longer than {max_len} tokens were truncated")
+        return TaskData(objective, "sequence", labels, tuple(notes))
+    if name == "tokens":
+        sentences, skipped = read_tagged(data.train_file, encoding=data.encoding, skip_invalid=data.skip_invalid)
+        if data.val_file is not None:
+            val_sentences, skipped_val = read_tagged(data.val_file, encoding=data.encoding, skip_invalid=data.skip_invalid)
+            skipped += skipped_val
+        else:
+            sentences, val_sentences = _split(sentences, data.val_fraction, config.train.seed)
+        sentences = _head(sentences, data.max_train_examples, config.train.seed)
+        tags = tag_set(sentences, str(data.train_file))
+        tagger = TagTokens(sentences, val_sentences, tokenizer, tags, max_len,
+                           bidirectional=model_config.attention == "bidirectional")
+        notes = [f"{len(sentences):,} training and {len(val_sentences):,} validation sentences; tags: {', '.join(tags)}"]
+        if skipped:
+            notes.append(f"skipped {skipped:,} invalid sentences (--data.skip_invalid)")
+        if tagger.train.truncated + tagger.val.truncated:
+            notes.append(f"warning: {tagger.train.truncated + tagger.val.truncated:,} sentences longer than "
+                         f"{max_len} tokens were truncated")
+        return TaskData(tagger, "token", tags, tuple(notes))
+    if name == "instruct":
+        if model_config.attention != "causal":
+            raise ConfigError(f"objective instruct trains a decoder; {config.train.init} is an encoder")
+        conversations, skipped = read_conversations(data.train_file, skip_invalid=data.skip_invalid)
+        if data.val_file is not None:
+            val_conversations, skipped_val = read_conversations(data.val_file, skip_invalid=data.skip_invalid)
+            skipped += skipped_val
+        else:
+            conversations, val_conversations = _split(conversations, data.val_fraction, config.train.seed)
+        conversations = _head(conversations, data.max_train_examples, config.train.seed)
+        if tokenizer.chat_template is None:
+            tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE  # saved with every checkpoint of the run
+        sft = Instruct(conversations, val_conversations, tokenizer, tokenizer.chat_template, max_len,
+                       train_on_prompt=config.objective.train_on_prompt)
+        notes = [f"{len(conversations):,} training and {len(val_conversations):,} validation conversations"]
+        if skipped:
+            notes.append(f"skipped {skipped:,} invalid records (--data.skip_invalid)")
+        if sft.train.truncated + sft.val.truncated:
+            notes.append(f"warning: {sft.train.truncated + sft.val.truncated:,} conversations longer than "
+                         f"{max_len} tokens were truncated (kept, cut at the end)")
+        return TaskData(sft, "lm", (), tuple(notes))
+    raise ConfigError(f"objective.name: {name!r} is not a fine-tuning task; use classify, tokens or instruct")
+
+
+def _split(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded random split: (the rest, `fraction` held out)."""
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = max(1, round(len(items) * fraction))
+    held = set(order[:n_val])
+    return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
+
+
+def _head(items: list, limit: int | None, seed: int) -> list:
+    """A seeded random subset of `limit` items (all when None or fewer)."""
+    if limit is None or limit >= len(items):
+        return items
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()[:limit]
+    return [items[i] for i in sorted(order)]
+
+
+def _sample(records: list[TextRecord], limit: int | None, seed: int) -> list[TextRecord]:
+    """A stratified sample of `limit` records (all of them when None or when there are fewer)."""
+    if limit is None or limit >= len(records):
+        return records
+    _, sample = stratified_split(records, limit / len(records), seed)
+    if len({r.label for r in sample}) < 2:
+        raise DataError(f"data.max_train_examples {limit}: the sample holds fewer than two labels; raise it")
+    return sample

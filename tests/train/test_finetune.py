@@ -1,0 +1,168 @@
+"""Fine-tuning a classifier through `graft finetune classify` (in-process, tiny models): full, frozen
+and LoRA adaptation; LoRA adapters saved in PEFT's format and merged exactly; bad records refused."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from graft.cli import main
+from graft.model.transformer import padding_attention_mask
+from graft.train.adapt import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, has_lora, merge_lora
+from graft.train.checkpoint import load_model
+from graft.train.metrics_log import read_metrics
+
+TINY = ["--model.max_seq_len=32", "--model.d_model=32", "--model.n_layers=2", "--model.n_heads=2",
+        "--train.batch_size=8", "--train.max_steps=2", "--train.eval_every=2", "--train.eval_batches=1",
+        "--train.progress=false", "--optim.warmup_steps=1"]
+FINE = ["--train.max_steps=40", "--train.eval_every=20", "--train.progress=false", "--optim.lr=3e-3",
+        "--train.patience=10"]
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory: pytest.TempPathFactory, bytes_data: Path) -> Path:
+    out = tmp_path_factory.mktemp("finetune") / "base"
+    assert main(["pretrain", "--data", str(bytes_data), "--out", str(out), "--model.preset=nano", *TINY]) == 0
+    return out / "checkpoints" / "last"
+
+
+def write_records(path: Path, n: int = 120, seed: int = 0) -> Path:
+    """Two labels with disjoint vocabularies: learnable in a few dozen steps by a tiny model."""
+    rng = random.Random(seed)
+    words = {"pos": "good great fine nice happy".split(), "neg": "bad awful poor sad grim".split()}
+    rows = []
+    for i in range(n):
+        label = "pos" if i % 2 else "neg"
+        rows.append({"text": " ".join(rng.choice(words[label]) for _ in range(6)), "label": label})
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("method", ["full", "freeze", "lora"])
+def test_finetune_classify_learns_and_keeps_the_best_checkpoint(base: Path, tmp_path: Path, method: str) -> None:
+    records = write_records(tmp_path / "train.jsonl")
+    out = tmp_path / "run"
+    assert main(["finetune", "classify", "--init", str(base), "--train", str(records), "--out", str(out),
+                 "--method", method, *FINE]) == 0
+    evals = [r for r in read_metrics(out / "metrics.jsonl") if "val/acc" in r]
+    assert evals[-1]["val/acc"] >= 0.9, evals
+    model, _ = load_model(out / "checkpoints" / "best")
+    assert model.config.head == "sequence" and model.config.labels == ("neg", "pos")
+    if method == "lora":
+        assert (out / "checkpoints" / "best" / ADAPTER_CONFIG_FILE).is_file()
+        assert (out / "checkpoints" / "best" / ADAPTER_WEIGHTS_FILE).is_file()
+        assert has_lora(model)
+
+
+def test_lora_adapter_merges_exactly(base: Path, tmp_path: Path) -> None:
+    records = write_records(tmp_path / "train.jsonl")
+    out = tmp_path / "run"
+    assert main(["finetune", "classify", "--init", str(base), "--train", str(records), "--out", str(out),
+                 "--method", "lora", *FINE]) == 0
+    model, tokenizer = load_model(out / "checkpoints" / "last")
+    config = json.loads((out / "checkpoints" / "last" / ADAPTER_CONFIG_FILE).read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 8 and config["base_model_name_or_path"] == str(base)
+    texts = ["good great fine nice", "bad awful poor grim sad"]
+
+    def logits() -> torch.Tensor:
+        rows = []
+        for text in texts:
+            ids = torch.tensor([tokenizer.encode(text)])
+            real = torch.ones_like(ids, dtype=torch.bool)
+            hidden = model.model(ids, attention_mask=padding_attention_mask(real, causal=True))
+            rows.append(model.sequence_logits(hidden, real.sum(1) - 1))
+        return torch.cat(rows)
+
+    assert any(p.abs().sum() > 0 for name, p in model.named_parameters() if "lora_B" in name)  # trained, not the zero init
+    with torch.no_grad():
+        before = logits()
+        merge_lora(model)
+        assert not has_lora(model)
+        after = logits()
+    torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
+
+
+def test_freeze_trains_only_the_last_block_and_the_head(base: Path, tmp_path: Path) -> None:
+    from graft.config import AdaptConfig
+    from graft.train.adapt import apply_adaptation
+
+    model, _ = load_model(base)
+    apply_adaptation(model, AdaptConfig(method="freeze", trainable_blocks=1))
+    trainable = {name.split(".")[0] + "." + name.split(".")[1] + ("." + name.split(".")[2] if name.startswith("model.layers") else "")
+                 for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"model.layers.1", "model.norm"}
+
+
+def test_a_validation_label_never_seen_in_training_is_named(base: Path, tmp_path: Path, capsys) -> None:
+    records = write_records(tmp_path / "train.jsonl")
+    val = tmp_path / "val.jsonl"
+    val.write_text('{"text": "good", "label": "pos"}\n{"text": "meh", "label": "neutral"}\n', encoding="utf-8")
+    code = main(["finetune", "classify", "--init", str(base), "--train", str(records), "--val", str(val),
+                 "--out", str(tmp_path / "run"), *FINE])
+    assert code == 2
+    assert f"{val}:2: label 'neutral' never occurs in the training data" in capsys.readouterr().err
+
+
+def write_conll(path: Path, n: int = 60, seed: int = 0) -> Path:
+    """Sentences where capitalised city names are LOC and people names PER."""
+    rng = random.Random(seed)
+    lines = ["-DOCSTART- -X- -X- O", ""]
+    for _ in range(n):
+        city, person = rng.choice(["Paris", "Lima", "Oslo"]), rng.choice(["Ann", "Bob", "Eve"])
+        words = [(person, "B-PER"), ("went", "O"), ("to", "O"), (city, "B-LOC"), ("today", "O")]
+        lines += [f"{w} X X {t}" for w, t in words] + [""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def test_finetune_tokens_reports_entity_f1(base: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["finetune", "tokens", "--init", str(base), "--train", str(write_conll(tmp_path / "train.txt")),
+                 "--out", str(out), *FINE]) == 0
+    evals = [r for r in read_metrics(out / "metrics.jsonl") if "val/entity_f1" in r]
+    assert evals[-1]["val/entity_f1"] > evals[0]["val/entity_f1"]
+    model, _ = load_model(out / "checkpoints" / "best")
+    assert model.config.head == "token" and model.config.labels == ("O", "B-LOC", "B-PER")
+
+
+def test_finetune_tokens_names_a_bad_conll_line(base: Path, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "bad.txt"
+    bad.write_text("Ann X X B-PER\nwent X O\n", encoding="utf-8")
+    assert main(["finetune", "tokens", "--init", str(base), "--train", str(bad), "--out", str(tmp_path / "r"), *FINE]) == 2
+    assert f"{bad}:2" in capsys.readouterr().err
+
+
+def test_finetune_instruct_trains_on_replies_and_stores_the_template(bytes_data: Path, tmp_path: Path) -> None:
+    long_base = tmp_path / "base"
+    assert main(["pretrain", "--data", str(bytes_data), "--out", str(long_base), "--model.preset=nano",
+                 *[a if a != "--model.max_seq_len=32" else "--model.max_seq_len=96" for a in TINY]]) == 0
+    base = long_base / "checkpoints" / "last"
+    records = [{"instruction": f"Repeat the word {w}.", "input": "", "output": f"{w} {w}"}
+               for w in ["cat", "dog", "sun", "sea", "red", "map", "owl", "ink"] * 4]
+    path = tmp_path / "sft.json"
+    path.write_text(json.dumps(records), encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["finetune", "instruct", "--init", str(base), "--train", str(path), "--out", str(out),
+                 "--train.max_steps=6", "--train.eval_every=3", "--train.progress=false"]) == 0
+    model, tokenizer = load_model(out / "checkpoints" / "last")
+    assert model.config.head == "lm" and tokenizer.chat_template is not None
+    evals = [r for r in read_metrics(out / "metrics.jsonl") if "val/loss" in r]
+    assert evals[-1]["val/loss"] < evals[0]["val/loss"]
+
+
+def test_export_merges_a_lora_adapter_into_a_sequence_classifier(base: Path, tmp_path: Path, capsys) -> None:
+    transformers = pytest.importorskip("transformers")
+    records = write_records(tmp_path / "train.jsonl")
+    out = tmp_path / "run"
+    assert main(["finetune", "classify", "--init", str(base), "--train", str(records), "--out", str(out),
+                 "--method", "lora", *FINE]) == 0
+    capsys.readouterr()
+    assert main(["export", str(out), "--out", str(tmp_path / "hf")]) == 2
+    assert "--merge-lora" in capsys.readouterr().err
+    assert main(["export", str(out), "--out", str(tmp_path / "hf"), "--merge-lora"]) == 0  # verified by default
+    loaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf")
+    assert loaded.config.id2label == {0: "neg", 1: "pos"}
