@@ -178,12 +178,35 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", parents=[_COMMON], help="Evaluate a checkpoint: perplexity, classification, tagging or generation.",
+                       description="lm: loss and perplexity per token of the model's tokenizer, beside bits per byte and "
+                       "per-word perplexity (comparable across tokenizers). classify: accuracy, precision, recall, F1 (macro "
+                       "and per class) and a confusion-matrix PNG. tokens: seqeval entity F1. generate: greedy decoding "
+                       "scored with BLEU, chrF, ROUGE-1/2/L and exact match, and the share that ended with eos. Writes "
+                       "<task>.json, <task>.md and <task>_samples.jsonl into --out.")
+    p.add_argument("checkpoint", type=Path, help="checkpoint directory, run directory or Hugging Face directory")
+    p.add_argument("--task", required=True, choices=["lm", "classify", "tokens", "generate"],
+                   help="lm: text files; classify: labelled records; tokens: CoNLL/JSONL tags; generate: "
+                   "Alpaca, chat or source/target records")
+    p.add_argument("--data", type=Path, nargs="+", required=True, metavar="FILE", help="evaluation data (files; folders for lm)")
+    p.add_argument("--out", type=Path, help="report folder (default: <run dir>/eval, or ./eval)")
+    p.add_argument("--text-field", help="classify: text field (default: text)")
+    p.add_argument("--label-field", help="classify: label field (default: label)")
+    p.add_argument("--encoding", help="encoding of labelled, tagged or instruction files (default: utf-8)")
+    p.add_argument("--limit", type=int, help="evaluate the first N records (documents for lm) only")
+    p.add_argument("--max-new-tokens", type=int, help="generate: longest generation (default: 128)")
+    p.add_argument("--seq-len", type=int, help="lm: window length; classify, tokens: longest input (default: the model's context)")
+    p.add_argument("--batch-size", type=int, help="sequences per forward pass (default: 8)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graft", description="Transfer learning with transformer language models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")  # the default for _COMMON
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_quickstart, _add_tokenizer, _add_data, _add_pretrain, _add_finetune, _add_generate, _add_export,
-                _add_experiment):
+                _add_experiment, _add_eval):
         add(sub)
     return parser
 
@@ -384,6 +407,21 @@ def _run_experiment(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _run_eval(args: argparse.Namespace) -> int:
+    from graft.evaluate.evaluate import EvalOptions, evaluate_checkpoint
+
+    # Flags left unset keep EvalOptions' defaults, so every default lives in one place.
+    given = {"out_dir": args.out, "text_field": args.text_field, "label_field": args.label_field,
+             "encoding": args.encoding, "limit": args.limit, "max_new_tokens": args.max_new_tokens,
+             "seq_len": args.seq_len, "batch_size": args.batch_size, "device": args.device}
+    options = EvalOptions(checkpoint=args.checkpoint, task=args.task, data=tuple(args.data),
+                          **{key: value for key, value in given.items() if value is not None})
+    report = evaluate_checkpoint(options, echo=print)
+    print(report.with_suffix(".md").read_text(encoding="utf-8"), end="")
+    print(f"report: {report}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -404,6 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_export(args)
         if args.command == "experiment":
             return _run_experiment(args, extra)
+        if args.command == "eval":
+            return _run_eval(args)
         return _run_generate(args)
     except GraftError as err:
         if args.debug:

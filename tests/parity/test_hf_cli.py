@@ -134,8 +134,9 @@ def test_export_verifies_by_default_and_prints_the_table(tmp_path: Path) -> None
     assert lines[0] == f"exported (hf): {tmp_path / 'hf'}"
     assert lines[1].split() == ["check", "result", "detail"]
     rows = [line.split("  ") for line in lines[2:]]
-    assert [row[0] for row in rows] == ["transformers", "logits", "tokenizer ids", "eos ids", "vocab size"]
-    assert all(" ok " in line for line in lines[2:]), result.stdout
+    assert [row[0] for row in rows] == ["transformers", "logits", "tokenizer ids", "eos ids", "chat template", "vocab size"]
+    assert all(" ok " in line for line in lines[2:] if not line.startswith("chat template")), result.stdout
+    assert "not instruction-tuned" in next(line for line in lines if line.startswith("chat template"))
     assert "# ckpt" in (tmp_path / "hf" / "README.md").read_text()
 
 

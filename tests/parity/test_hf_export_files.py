@@ -119,7 +119,7 @@ def test_verify_passes_on_a_good_export(style: str, bpe: Tokenizer, tmp_path: Pa
     model = _model(bpe, **({} if style == "gpt2" else LLAMA))
     records = verify_hf_export(export_hf(model, tmp_path / "hf", tokenizer=bpe), model, bpe)
     assert [(r.check, r.ok) for r in records] == [
-        ("transformers", True), ("logits", True), ("tokenizer ids", True), ("eos ids", True), ("vocab size", True)]
+        ("transformers", True), ("logits", True), ("tokenizer ids", True), ("eos ids", True), ("chat template", None), ("vocab size", True)]
     raise_on_failure(records, tmp_path / "hf")  # no error
 
 
@@ -164,9 +164,39 @@ def test_verify_without_transformers_uses_graft_readers(bpe: Tokenizer, tmp_path
     out = export_hf(model, tmp_path / "hf", tokenizer=bpe)
     records = verify_hf_export(out, model, bpe)
     assert [(r.check, r.ok) for r in records] == [
-        ("transformers", None), ("logits", True), ("tokenizer ids", True), ("eos ids", True), ("vocab size", True)]
+        ("transformers", None), ("logits", True), ("tokenizer ids", True), ("eos ids", True), ("chat template", None), ("vocab size", True)]
     assert "graft's HF reader" in records[1].detail
     weights = load_file(str(out / "model.safetensors"))
     weights["transformer.wte.weight"][5, 0] += 0.5
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     assert _failed(verify_hf_export(out, model, bpe)) == {"logits"}
+
+
+def _chat_tokenizer(bpe: Tokenizer, template: str) -> Tokenizer:
+    tokenizer = Tokenizer(type(bpe.backend).from_str(bpe.backend.to_str()))
+    tokenizer.chat_template = template
+    return tokenizer
+
+
+def test_verify_checks_the_chat_template_and_catches_a_missing_one(bpe: Tokenizer, tmp_path: Path) -> None:
+    from graft.data.chat import DEFAULT_CHAT_TEMPLATE
+
+    tokenizer = _chat_tokenizer(bpe, DEFAULT_CHAT_TEMPLATE)
+    model = _model(tokenizer)
+    export_hf(model, tmp_path / "out", tokenizer=tokenizer)
+    records = {r.check: r for r in verify_hf_export(tmp_path / "out", model, tokenizer)}
+    assert records["chat template"].ok, records["chat template"].detail
+    config_path = tmp_path / "out" / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    del config["chat_template"]
+    config_path.write_text(json.dumps(config))
+    assert "chat template" in _failed(verify_hf_export(tmp_path / "out", model, tokenizer))
+
+
+def test_verify_catches_a_template_that_never_ends_a_turn(bpe: Tokenizer, tmp_path: Path) -> None:
+    template = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}"
+    tokenizer = _chat_tokenizer(bpe, template)
+    model = _model(tokenizer)
+    export_hf(model, tmp_path / "out", tokenizer=tokenizer)
+    records = {r.check: r for r in verify_hf_export(tmp_path / "out", model, tokenizer)}
+    assert records["chat template"].ok is False and "never emits the eos token" in records["chat template"].detail

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from graft.data.chat import render_chat
 from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError, GraftError
 from graft.model.convert.hf import (
@@ -122,8 +123,8 @@ def _check_tokenizer_ids(out_dir: Path, tokenizer: Tokenizer, use_transformers: 
         if use_transformers:
             from transformers import AutoTokenizer
 
-            # The default call, as users make it: special tokens added if the tokenizer adds any.
-            got = AutoTokenizer.from_pretrained(out_dir)(PROBE_TEXT)["input_ids"]
+            # Without special tokens, as graft encodes: BERT-style tokenizers add [CLS]/[SEP] by default.
+            got = AutoTokenizer.from_pretrained(out_dir)(PROBE_TEXT, add_special_tokens=False)["input_ids"]
             reader = "AutoTokenizer"
         else:
             got = Tokenizer.load(out_dir).encode(PROBE_TEXT)
@@ -165,6 +166,43 @@ def _check_eos(out_dir: Path, tokenizer: Tokenizer) -> CheckRecord:
     return CheckRecord("eos ids", True, f"eos_token_id {eot} = {eos_token} in both configs")
 
 
+PROBE_CHAT = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
+              {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another?"})
+
+
+def _check_chat_template(out_dir: Path, tokenizer: Tokenizer, use_transformers: bool) -> CheckRecord:
+    """The export's chat template renders a probe conversation exactly as graft's does, and its
+    end-of-turn token is the generation config's eos."""
+    ours = tokenizer.chat_template
+    config = _read_json(out_dir / TOKENIZER_CONFIG_FILE)
+    theirs = config.get("chat_template") if isinstance(config, dict) else None
+    if theirs is None and (out_dir / "chat_template.jinja").is_file():
+        theirs = (out_dir / "chat_template.jinja").read_text(encoding="utf-8")
+    if ours is None and theirs is None:
+        return CheckRecord("chat template", None, "none (the model was not instruction-tuned)")
+    if ours is None or theirs is None:
+        return CheckRecord("chat template", False, "the checkpoint has a chat template but the export has none"
+                           if theirs is None else "the export has a chat template the checkpoint does not")
+    eos = tokenizer.special_tokens_map.get("eos_token")
+    try:
+        want = render_chat(ours, PROBE_CHAT, add_generation_prompt=True, eos_token=eos or "")
+        if use_transformers:
+            from transformers import AutoTokenizer
+
+            got = AutoTokenizer.from_pretrained(out_dir).apply_chat_template(
+                list(PROBE_CHAT), tokenize=False, add_generation_prompt=True)
+        else:
+            got = render_chat(theirs, PROBE_CHAT, add_generation_prompt=True, eos_token=eos or "")
+    except (GraftError, OSError, ValueError, KeyError) as err:
+        return CheckRecord("chat template", False, f"cannot render the exported template: {str(err).splitlines()[0]}")
+    if got != want:
+        return CheckRecord("chat template", False, "the exported template renders the probe conversation differently")
+    if eos is None or eos not in want:
+        return CheckRecord("chat template", False, f"the template never emits the eos token {eos!r}, so generation "
+                                                   "would not stop at the end of a turn")
+    return CheckRecord("chat template", True, f"probe conversation renders identically; turns end with {eos}")
+
+
 def _check_vocab(out_dir: Path, use_transformers: bool) -> CheckRecord:
     config = _read_json(out_dir / "config.json")
     rows = config.get("vocab_size") if isinstance(config, dict) else None
@@ -198,6 +236,7 @@ def verify_hf_export(out_dir: Path, model: LanguageModel, tokenizer: Tokenizer |
         return records
     records.append(_check_tokenizer_ids(out_dir, tokenizer, use_transformers))
     records.append(_check_eos(out_dir, tokenizer))
+    records.append(_check_chat_template(out_dir, tokenizer, use_transformers))
     records.append(_check_vocab(out_dir, use_transformers))
     return records
 
