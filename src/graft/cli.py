@@ -176,6 +176,36 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--probe-test-fraction", type=float, help="held-out share of the probe examples (default: 0.3)")
     e.add_argument("--out", type=Path, required=True, help="directory for the report and the runs")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_experiment_transfer(esub)
+
+
+def _add_experiment_transfer(esub: argparse._SubParsersAction) -> None:
+    t = esub.add_parser(
+        "transfer", parents=[_COMMON], help="Fine-tune from scratch, fully, with LoRA and as a linear probe at several "
+        "labelled-set sizes and seeds; report means and 95%% CIs.",
+        description="Splits one labelled set once (test, validation, training pool), then fine-tunes every arm "
+        "(scratch, full, lora, probe, and continued with --continued) at every size with every seed under the same "
+        "budget, scores each best checkpoint on the test set, and writes report.md, results.json and "
+        "learning_curve.png into --out. Further --section.key=value overrides apply to every run; "
+        "--ARM:section.key=value to one arm's runs (e.g. --lora:optim.lr=2e-3).",
+    )
+    t.add_argument("--init", type=Path, required=True, help="the pre-trained checkpoint (or run or Hugging Face directory)")
+    t.add_argument("--continued", type=Path, help="a continued-pre-trained checkpoint: adds the continued arm")
+    t.add_argument("--labelled", type=Path, nargs="+", required=True, metavar="FILE",
+                   help="a labelled file (.jsonl, .json, .csv, .tsv or label<TAB>text), or the pos and neg polarity files")
+    t.add_argument("--text-field", help="text field of --labelled (default: text)")
+    t.add_argument("--label-field", help="label field of --labelled (default: label)")
+    t.add_argument("--encoding", help="encoding of --labelled (default: utf-8; latin-1 for a polarity pair)")
+    t.add_argument("--arms", help="comma list (default: scratch,full,lora,probe, and continued with --continued)")
+    t.add_argument("--sizes", help="labelled training examples per run, comma list with 'all' (default: 50,200,1000,all)")
+    t.add_argument("--seeds", type=int, help="seeds per arm and size: 0..N-1 (default: 3)")
+    t.add_argument("--test-fraction", type=float, help="held-out test share (default: 0.2)")
+    t.add_argument("--val-size", type=int, help="validation texts for early stopping (default: 200)")
+    t.add_argument("--max-steps", type=int, help="steps per run, the same for every arm (default: 500)")
+    t.add_argument("--max-minutes", type=float, help="minutes per run, the same for every arm (default: none)")
+    t.add_argument("--resume", action="store_true", help="finish an interrupted experiment in --out, keeping its runs")
+    t.add_argument("--out", type=Path, required=True, help="directory for the report, the split and the runs")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -389,6 +419,8 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _run_experiment(args: argparse.Namespace, extra: list[str]) -> int:
+    if args.action == "transfer":
+        return _run_experiment_transfer(args, extra)
     from graft.evaluate.objective_comparison import ComparisonOptions, compare_objectives
 
     # Flags left unset keep ComparisonOptions' defaults, so every default lives in one place.
@@ -403,6 +435,31 @@ def _run_experiment(args: argparse.Namespace, extra: list[str]) -> int:
         **{key: value for key, value in given.items() if value is not None},
     )
     report = compare_objectives(options, echo=print)
+    print(f"report: {report}")
+    return 0
+
+
+def _run_experiment_transfer(args: argparse.Namespace, extra: list[str]) -> int:
+    from graft.evaluate.transfer import TransferOptions, parse_sizes, run_transfer
+
+    # Flags left unset keep TransferOptions' defaults, so every default lives in one place.
+    given = {"continued": args.continued, "text_field": args.text_field, "label_field": args.label_field,
+             "encoding": args.encoding, "test_fraction": args.test_fraction, "val_size": args.val_size,
+             "max_steps": args.max_steps, "max_minutes": args.max_minutes}
+    if args.arms is not None:
+        given["arms"] = tuple(name.strip() for name in args.arms.split(",") if name.strip())
+    if args.sizes is not None:
+        given["sizes"] = parse_sizes(args.sizes)
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise GraftError(f"--seeds {args.seeds}: give the number of seeds, 1 or more (3 for useful CIs)")
+        given["seeds"] = tuple(range(args.seeds))
+    options = TransferOptions(
+        init=args.init, labelled=tuple(args.labelled), out_dir=args.out, overrides=tuple(_split_overrides(extra)),
+        resume=args.resume, progress=not args.no_progress,
+        **{key: value for key, value in given.items() if value is not None},
+    )
+    report = run_transfer(options, echo=print)
     print(f"report: {report}")
     return 0
 

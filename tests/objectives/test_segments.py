@@ -71,29 +71,35 @@ def test_pairs_are_windows_of_their_documents(stream: tuple[np.ndarray, np.ndarr
             if pair.is_next:
                 assert len(pair.first) + len(pair.second) == budget
     assert abs(n_next / 5000 - 0.5) < 0.02
-    assert n_short_negatives > 100  # short documents are used as negatives too (uniform choice)
+    assert n_short_negatives > 0  # short documents are used as negatives too (in proportion to their length)
 
 
-def test_documents_are_drawn_by_length_and_negatives_uniformly(stream: tuple[np.ndarray, np.ndarray]) -> None:
+def test_documents_are_drawn_with_odds_length_times_the_rest(stream: tuple[np.ndarray, np.ndarray]) -> None:
+    """First documents with odds L * (T - L); negatives' second documents then come out with the
+    same odds, so neither segment's document tells positives from negatives."""
     tokens, spans = stream
-    lengths = spans[:, 1] - spans[:, 0]
+    lengths = (spans[:, 1] - spans[:, 0]).astype(np.float64)
+    odds = lengths * (lengths.sum() - lengths)
     g = torch.Generator().manual_seed(1)
     pairs = [sample_pair(tokens, spans, 64, g, next_probability=0.0) for _ in range(4000)]
     firsts = np.bincount([p.first_doc for p in pairs], minlength=len(spans))
     seconds = np.bincount([p.second_doc for p in pairs], minlength=len(spans))
     long_docs = lengths >= 400
-    assert abs(firsts[long_docs].sum() / 4000 - lengths[long_docs].sum() / lengths.sum()) < 0.03
-    assert abs(seconds[long_docs].sum() / 4000 - long_docs.mean()) < 0.03
+    expected = odds[long_docs].sum() / odds.sum()
+    assert abs(firsts[long_docs].sum() / 4000 - expected) < 0.03
+    assert abs(seconds[long_docs].sum() / 4000 - expected) < 0.03
     assert all(not p.is_next for p in pairs)
 
 
-def test_length_weighting_is_exact_on_two_short_documents() -> None:
-    tokens = np.array([5, 6, EOT, 7, 8, 9, 10, 11, 12, EOT], dtype=np.uint16)  # lengths 2 and 6
+def test_document_odds_are_exact_on_three_short_documents() -> None:
+    tokens = np.array([5, 6, EOT, 7, 8, 9, 10, 11, 12, EOT, 13, 14, 15, 16, EOT], dtype=np.uint16)  # 2, 6, 4
     spans = document_spans(tokens, EOT)
     g = torch.Generator().manual_seed(5)
-    pairs = [sample_pair(tokens, spans, 8, g) for _ in range(4000)]
-    assert abs(np.mean([p.first_doc == 0 for p in pairs]) - 0.25) < 0.03
-    assert all(p.second_doc == 1 - p.first_doc for p in pairs if not p.is_next)
+    pairs = [sample_pair(tokens, spans, 8, g) for _ in range(6000)]
+    odds = np.array([2 * 10, 6 * 6, 4 * 8], dtype=np.float64)
+    shares = np.bincount([p.first_doc for p in pairs], minlength=3) / len(pairs)
+    assert np.abs(shares - odds / odds.sum()).max() < 0.03
+    assert all(p.second_doc != p.first_doc for p in pairs if not p.is_next)
 
 
 def test_one_document_raises_data_error() -> None:
@@ -161,3 +167,22 @@ def test_sampled_pairs_pack_into_seq_len(stream: tuple[np.ndarray, np.ndarray]) 
         assert (ids[n_real:] == PAD).all() and (types[n_real:] == 0).all()
         assert ids[1:1 + len(pair.first)].tolist() == pair.first.tolist()
         assert types[:n_real].sum() == len(pair.second) + 1
+
+
+def test_the_second_segments_document_does_not_give_the_label_away() -> None:
+    """Positives and negatives draw B's document with the same (length-proportional) odds, so a
+    model cannot predict is-next from which document B comes from."""
+    import collections
+
+    docs = [np.arange(1, 1 + n) + 1000 * i for i, n in enumerate([2000, 200, 200, 1000])]
+    tokens = np.concatenate([np.concatenate([d, [0]]) for d in docs]).astype(np.int64)
+    spans = document_spans(tokens, 0)
+    gen = torch.Generator().manual_seed(11)
+    by_label = {True: collections.Counter(), False: collections.Counter()}
+    for _ in range(20000):
+        pair = sample_pair(tokens, spans, 60, gen)
+        by_label[pair.is_next][pair.second_doc] += 1
+    for doc in range(4):
+        share_pos = by_label[True][doc] / sum(by_label[True].values())
+        share_neg = by_label[False][doc] / sum(by_label[False].values())
+        assert abs(share_pos - share_neg) < 0.03, (doc, share_pos, share_neg)

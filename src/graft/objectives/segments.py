@@ -53,10 +53,11 @@ def sample_pair(
 ) -> SegmentPair:
     """Draw one NSP pair holding at most `budget` content tokens in all (the caller passes seq_len - 3).
 
-    The first document is drawn with probability proportional to its length, the first
+    The first document is drawn with odds length * (corpus - length) (see below), the first
     segment's share of the budget uniformly in [budget/4, 3*budget/4]. With `next_probability`
     the second segment is what directly follows in the same document; otherwise it is a window
-    of the remaining length from another document drawn uniformly. Short documents shrink the
+    of the remaining length from another document, also drawn in proportion to its length (so
+    which document B comes from says nothing about the label). Short documents shrink the
     segments (never to empty).
     """
     if len(spans) < 2:
@@ -69,10 +70,13 @@ def sample_pair(
     if lengths.min() < 2:
         raise ValueError("every span must hold at least 2 tokens; build spans with document_spans(min_length >= 2)")
 
-    # A uniform token of the corpus picks its document: length-proportional, without a
-    # multinomial over every document.
+    # The first document is drawn with odds L * (T - L) (L its length, T the corpus's): negatives
+    # then draw B's document in proportion to its length among the others, and the pair (A's, B's
+    # document) has odds L_a * L_b, so A's and B's documents are distributed alike for positives and
+    # negatives: which document a segment comes from never gives the label away.
     cumulative = np.cumsum(lengths)
-    first_doc = int(np.searchsorted(cumulative, _randint(0, int(cumulative[-1]) - 1, generator), side="right"))
+    weights = np.cumsum(lengths * (int(cumulative[-1]) - lengths))
+    first_doc = int(np.searchsorted(weights, _randint(0, int(weights[-1]) - 1, generator), side="right"))
     is_next = bool(torch.rand((), generator=generator) < next_probability)
     share = _randint(max(1, budget // 4), max(1, min(budget - 1, (3 * budget) // 4)), generator)
     start, length = int(spans[first_doc, 0]), int(lengths[first_doc])
@@ -89,9 +93,13 @@ def sample_pair(
         n_first = min(share, length)
         offset = start + _randint(0, length - n_first, generator)
         first = tokens[offset:offset + n_first]
-        # Uniform over the other documents: draw among n - 1 and skip over first_doc.
-        second_doc = _randint(0, len(spans) - 2, generator)
-        second_doc += second_doc >= first_doc
+        # Length-proportional over the other documents, like the first segment's document: were it
+        # uniform, a second segment from a short document would mostly be a negative, and the model
+        # could score well by recognising documents instead of judging whether B follows A.
+        before = int(cumulative[first_doc - 1]) if first_doc else 0
+        token = _randint(0, int(cumulative[-1]) - length - 1, generator)
+        token += length if token >= before else 0  # skip over first_doc's tokens
+        second_doc = int(np.searchsorted(cumulative, token, side="right"))
         other_start, other_length = int(spans[second_doc, 0]), int(lengths[second_doc])
         n_second = min(budget - n_first, other_length)
         other_offset = other_start + _randint(0, other_length - n_second, generator)

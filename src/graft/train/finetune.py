@@ -99,7 +99,7 @@ def task_data(config: RunConfig, tokenizer: Tokenizer, model_config: ModelConfig
             skipped += skipped_val
         else:
             train, val = stratified_split(train, data.val_fraction, config.train.seed)
-        train = _sample(train, data.max_train_examples, config.train.seed)
+        train = sample_records(train, data.max_train_examples, config.train.seed)
         labels = label_set(train, str(data.train_file))
         objective = Classify(train, val, tokenizer, labels, max_len, bidirectional=model_config.attention == "bidirectional",
                              class_weights=config.objective.class_weights)
@@ -168,7 +168,7 @@ def _head(items: list, limit: int | None, seed: int) -> list:
     return [items[i] for i in sorted(order)]
 
 
-def _sample(records: list[TextRecord], limit: int | None, seed: int) -> list[TextRecord]:
+def sample_records(records: list[TextRecord], limit: int | None, seed: int) -> list[TextRecord]:
     """A stratified sample of `limit` records (all of them when None or when there are fewer)."""
     if limit is None or limit >= len(records):
         return records

@@ -1,0 +1,499 @@
+"""`graft eval`: one checkpoint scored on one task's data, written as a report.
+
+This module owns how a checkpoint meets evaluation data; the numbers themselves are defined in
+`graft.evaluate.metrics`. One function per task:
+
+- `evaluate_lm`: text files (.txt, .md, .jsonl) as one token stream, each document preceded by
+  the end-of-text id, scored in non-overlapping windows. Only document tokens are scored; the
+  separators are context, so the loss carries exactly the text whose bytes and words normalise
+  it (as lm-evaluation-harness counts bits per byte and word perplexity). Windows may cross a
+  document boundary, as packed training windows do.
+- `evaluate_classify`: labelled records through the checkpoint's sequence classifier, framed and
+  batched by `Classify` exactly as fine-tuning validated them.
+- `evaluate_tokens`: tagged sentences through the token classifier, one tag per word read from
+  its first sub-token (`TagTokens`' alignment); words cut off by the context are predicted "O".
+- `evaluate_generate`: greedy decoding from prompts (a conversation rendered with the chat
+  template, or a plain `source` text) compared with a reference.
+
+`evaluate_checkpoint` picks the task; each writes `<task>.json`, `<task>.md` and
+`<task>_samples.jsonl` (plus `classify_confusion.png`) into the output folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+import torch
+
+from graft.data.chat import DEFAULT_CHAT_TEMPLATE, render_chat
+from graft.data.documents import iter_documents
+from graft.data.records import (
+    Conversation,
+    _check_decoded,
+    _decode,
+    _json_fields,
+    _jsonl_fields,
+    read_conversations,
+    read_labelled,
+)
+from graft.data.tagged import read_tagged
+from graft.data.tokenizer import EOT, Tokenizer
+from graft.errors import CheckpointError, ConfigError, DataError, TokenizerError
+from graft.evaluate.metrics import (
+    DEFINITIONS,
+    classification_metrics,
+    entity_metrics,
+    generation_metrics,
+    language_model_metrics,
+    plot_confusion_matrix,
+    write_report,
+)
+from graft.infer.generate import SamplingParams, generate
+from graft.model.transformer import LanguageModel
+from graft.objectives.batch import hidden_states
+from graft.objectives.classify import Classify
+from graft.objectives.losses import IGNORE_INDEX, cross_entropy_sum, linear_cross_entropy_sum
+from graft.objectives.tokens import TagTokens
+
+__all__ = [
+    "EVAL_TASKS",
+    "EvalOptions",
+    "EvalTask",
+    "default_out_dir",
+    "evaluate_checkpoint",
+    "evaluate_classify",
+    "evaluate_generate",
+    "evaluate_lm",
+    "evaluate_tokens",
+]
+
+EvalTask = Literal["lm", "classify", "tokens", "generate"]
+EVAL_TASKS: tuple[str, ...] = get_args(EvalTask)
+Echo = Callable[[str], None]
+
+# Keys some reports carry that metrics.DEFINITIONS does not define; written into the report.
+_MORE_DEFINITIONS: dict[str, str] = {
+    "tokens": "document tokens scored (end-of-text separators are context, not scored)",
+    "bytes": "UTF-8 bytes of the scored documents' text",
+    "words": "whitespace-separated words of the scored documents' text",
+    "word_accuracy": "fraction of words whose predicted tag equals the true tag",
+    "ended_with_eos": "fraction of generations that ended with the end-of-turn token before the length limit",
+}
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """What `graft eval` was asked: every default lives here, the CLI passes only what was given."""
+
+    checkpoint: Path
+    task: EvalTask
+    data: tuple[Path, ...]
+    out_dir: Path | None = None  # None: <run dir>/eval for a checkpoint inside a run, else ./eval
+    text_field: str = "text"
+    label_field: str = "label"
+    encoding: str = "utf-8"
+    limit: int | None = None  # the first N records (documents for lm) of the data, in order
+    max_new_tokens: int = 128
+    seq_len: int | None = None  # None: the model's max_seq_len
+    batch_size: int = 8
+    device: str = "cpu"
+    samples: int = 20  # sample predictions kept (classify and tokens add up to as many errors)
+
+
+@dataclass(frozen=True)
+class GenerationExample:
+    """One prompt and the text it should produce; `source` is `file:line`."""
+
+    prompt: str
+    reference: str
+    source: str
+
+
+# -- the dispatcher --------------------------------------------------------------------------
+
+
+def evaluate_checkpoint(options: EvalOptions, echo: Echo = lambda _: None) -> Path:
+    """Evaluate options.checkpoint on options.task; returns the path of the report's JSON."""
+    from graft.train.checkpoint import load_model
+    from graft.train.loop import resolve_device
+
+    _check_options(options)
+    device = resolve_device(options.device, what="--device")
+    model, tokenizer = load_model(options.checkpoint, device=device)
+    out_dir = options.out_dir if options.out_dir is not None else default_out_dir(options.checkpoint)
+    task = {"lm": evaluate_lm, "classify": evaluate_classify, "tokens": evaluate_tokens,
+            "generate": evaluate_generate}[options.task]
+    return task(model, tokenizer, options, out_dir, echo)
+
+
+def default_out_dir(checkpoint: Path) -> Path:
+    """<run dir>/eval for a run directory or a checkpoint inside one (run/checkpoints/NAME); else ./eval."""
+    checkpoint = Path(checkpoint)
+    if (checkpoint / "checkpoints").is_dir():
+        return checkpoint / "eval"
+    if checkpoint.parent.name == "checkpoints":
+        return checkpoint.parent.parent / "eval"
+    return Path("eval")
+
+
+def _check_options(options: EvalOptions) -> None:
+    if options.task not in EVAL_TASKS:
+        raise ConfigError(f"--task {options.task!r}: choose one of {', '.join(EVAL_TASKS)}")
+    if not options.data:
+        raise ConfigError("--data: give at least one file to evaluate on")
+    for name, value in (("--limit", options.limit), ("--max-new-tokens", options.max_new_tokens),
+                        ("--seq-len", options.seq_len), ("--batch-size", options.batch_size),
+                        ("samples", options.samples)):
+        if value is not None and value < (0 if name == "samples" else 1):
+            raise ConfigError(f"{name} must be a positive integer, got {value}")
+    # Checked before loading the model, which may take a while for a large one.
+    for path in options.data:
+        if not Path(path).exists():
+            raise DataError(f"{path}: no such file or folder; check --data")
+
+
+def _run_info(options: EvalOptions, **more: Any) -> dict[str, Any]:
+    return {"checkpoint": str(options.checkpoint), "task": options.task,
+            "data": [str(p) for p in options.data], "limit": options.limit, **more}
+
+
+def _definitions(metrics: dict[str, Any]) -> dict[str, str]:
+    """The definition of every key of `metrics` that has one, to store beside the numbers."""
+    known = {**DEFINITIONS, **_MORE_DEFINITIONS}
+    return {key: known[key] for key in metrics if key in known}
+
+
+def _context(model: LanguageModel, options: EvalOptions) -> int:
+    context = model.config.max_seq_len
+    if options.seq_len is None:
+        return context
+    if options.seq_len > context:
+        raise ConfigError(f"--seq-len {options.seq_len} exceeds {options.checkpoint}'s context of {context} "
+                          f"tokens; pass at most {context}")
+    return options.seq_len
+
+
+def _device(model: LanguageModel) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _limited(items: list[Any], limit: int | None) -> list[Any]:
+    return items if limit is None else items[:limit]
+
+
+def _pick_samples(rows: list[dict[str, Any]], wrong: Sequence[bool], n: int) -> list[dict[str, Any]]:
+    """The first n rows, then up to n wrong ones among the rest: a few typical cases and the mistakes."""
+    errors = [row for row, bad in zip(rows[n:], wrong[n:]) if bad][:n]
+    return rows[:n] + errors
+
+
+def _check_head(model: LanguageModel, options: EvalOptions, head: str, how: str) -> None:
+    if model.config.head != head:
+        raise CheckpointError(f"{options.checkpoint}: has head {model.config.head!r}; --task {options.task} needs a "
+                              f"{head!r} head ({how})")
+
+
+def _check_decoder(model: LanguageModel, options: EvalOptions) -> None:
+    if model.config.attention != "causal":
+        raise CheckpointError(f"{options.checkpoint}: is an encoder (bidirectional attention); --task {options.task} "
+                              "needs a causal language model")
+
+
+# -- language modelling ----------------------------------------------------------------------
+
+
+def _token_stream(tokenizer: Tokenizer, options: EvalOptions) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """(ids, scored, counts): every document preceded by the end-of-text id, which is not scored."""
+    eot = tokenizer.eot_id
+    if eot is None:
+        raise TokenizerError(f"{options.checkpoint}: the tokenizer has no end-of-text (eos) token to separate "
+                             "documents; --task lm needs one")
+    parts: list[np.ndarray] = []
+    flags: list[np.ndarray] = []
+    counts = {"documents": 0, "bytes": 0, "words": 0}
+    for document in iter_documents(list(options.data)):
+        if options.limit is not None and counts["documents"] >= options.limit:
+            break
+        pieces = list(document.pieces())
+        ids = np.concatenate([np.asarray(e, dtype=np.int64) for e in tokenizer.encode_batch(pieces)] or
+                             [np.zeros(0, dtype=np.int64)])
+        if ids.size == 0:
+            continue  # whitespace the tokenizer drops: nothing to score, and no bytes counted
+        parts += [np.array([eot], dtype=np.int64), ids]
+        flags += [np.zeros(1, dtype=bool), np.ones(ids.size, dtype=bool)]
+        counts["documents"] += 1
+        counts["bytes"] += sum(len(piece.encode("utf-8")) for piece in pieces)
+        counts["words"] += sum(len(piece.split()) for piece in pieces)
+    if not parts:
+        raise DataError(f"{', '.join(map(str, options.data))}: no document encodes to any token")
+    return np.concatenate(parts), np.concatenate(flags), counts
+
+
+def _windows(ids: np.ndarray, scored: np.ndarray, seq_len: int, pad_id: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Non-overlapping (inputs, targets) windows of seq_len; every position after the first is a
+    target exactly once. The last window is right-padded with unscored positions, which causal
+    attention keeps from touching the real ones."""
+    targets = np.where(scored[1:], ids[1:], IGNORE_INDEX)
+    n = ids.size - 1
+    for start in range(0, n, seq_len):
+        x = np.full(seq_len, pad_id, dtype=np.int64)
+        y = np.full(seq_len, IGNORE_INDEX, dtype=np.int64)
+        end = min(start + seq_len, n)
+        x[:end - start], y[:end - start] = ids[start:end], targets[start:end]
+        yield x, y
+
+
+def _window_loss(model: LanguageModel, inputs: torch.Tensor, targets: torch.Tensor) -> float:
+    hidden = model.head_input(model.model(inputs, causal=True))
+    if model.lm_head.bias is None:
+        return float(linear_cross_entropy_sum(hidden, model.lm_head.weight, targets))
+    return float(cross_entropy_sum(model.lm_head(hidden), targets))  # the fused loss takes no bias
+
+
+@torch.inference_mode()
+def evaluate_lm(model: LanguageModel, tokenizer: Tokenizer, options: EvalOptions, out_dir: Path,
+                echo: Echo = lambda _: None) -> Path:
+    """Loss and perplexity per token, bits per byte and word perplexity of the text in options.data."""
+    _check_decoder(model, options)
+    seq_len = _context(model, options)
+    ids, scored, counts = _token_stream(tokenizer, options)
+    tokens = int(scored[1:].sum())
+    echo(f"scoring {tokens:,} tokens of {counts['documents']:,} documents in windows of {seq_len}")
+    device = _device(model)
+    total, windows = 0.0, 0
+    batch: list[tuple[np.ndarray, np.ndarray]] = []
+    for window in _windows(ids, scored, seq_len, pad_id=int(ids[0])):  # ids[0] is the end-of-text id
+        batch.append(window)
+        windows += 1
+        if len(batch) == options.batch_size:
+            total += _batch_loss(model, batch, device)
+            batch = []
+    if batch:
+        total += _batch_loss(model, batch, device)
+    figures = language_model_metrics(total, tokens, counts["bytes"], counts["words"])
+    metrics: dict[str, Any] = {**figures, "tokens": tokens, "bytes": counts["bytes"], "words": counts["words"],
+                               "documents": counts["documents"], "windows": windows, "seq_len": seq_len}
+    metrics["definitions"] = _definitions(metrics)
+    metrics["run"] = _run_info(options)
+    json_path, _ = write_report(out_dir, "lm", metrics)
+    echo(f"loss {figures['loss']:.4f}, ppl {figures['ppl']:.2f} per token; {figures['bits_per_byte']:.4f} bits per "
+         f"byte; word ppl {figures['word_ppl']:.2f}")
+    return json_path
+
+
+def _batch_loss(model: LanguageModel, batch: list[tuple[np.ndarray, np.ndarray]], device: torch.device) -> float:
+    inputs = torch.from_numpy(np.stack([x for x, _ in batch])).to(device)
+    targets = torch.from_numpy(np.stack([y for _, y in batch])).to(device)
+    return _window_loss(model, inputs, targets)
+
+
+# -- classification --------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def evaluate_classify(model: LanguageModel, tokenizer: Tokenizer, options: EvalOptions, out_dir: Path,
+                      echo: Echo = lambda _: None) -> Path:
+    """Accuracy, macro and per-class precision, recall and F1, and a confusion-matrix PNG."""
+    _check_head(model, options, "sequence", "fine-tune one with graft finetune classify")
+    records = []
+    for path in options.data:
+        records += read_labelled(path, text_field=options.text_field, label_field=options.label_field,
+                                 encoding=options.encoding)[0]
+    records = _limited(records, options.limit)
+    labels = model.config.labels
+    max_len = _context(model, options)
+    # The same encoding, framing and batching as fine-tuning's validation, with no training
+    # records; it refuses a label the model does not know, naming the record's file:line.
+    classify = Classify((), records, tokenizer, labels, max_len, bidirectional=model.config.attention == "bidirectional")
+    echo(f"classifying {len(records):,} texts into {len(labels)} labels")
+    device = _device(model)
+    predicted: list[int] = []
+    confidence: list[float] = []
+    for batch in classify.eval_batches(options.batch_size, 0):
+        probs = torch.softmax(classify.logits(model, batch.to(device)), dim=-1)
+        top = probs.max(dim=-1)
+        predicted += top.indices.tolist()
+        confidence += top.values.tolist()
+    y_true = [r.label for r in records]
+    y_pred = [labels[i] for i in predicted]
+    scores = classification_metrics(y_true, y_pred, labels=labels)
+    metrics: dict[str, Any] = {**asdict(scores), "count": len(records), "truncated": classify.val.truncated}
+    metrics["definitions"] = _definitions(metrics)
+    metrics["run"] = _run_info(options, seq_len=max_len)
+    rows = [{"source": r.source, "text": r.text, "label": r.label, "predicted": p, "probability": round(c, 6)}
+            for r, p, c in zip(records, y_pred, confidence)]
+    samples = _pick_samples(rows, [t != p for t, p in zip(y_true, y_pred)], options.samples)
+    json_path, _ = write_report(out_dir, "classify", metrics, samples)
+    plot_confusion_matrix(scores, out_dir / "classify_confusion.png")
+    echo(f"accuracy {scores.accuracy:.4f}, macro F1 {scores.macro_f1:.4f} over {len(records):,} texts")
+    return json_path
+
+
+# -- token tagging ---------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def evaluate_tokens(model: LanguageModel, tokenizer: Tokenizer, options: EvalOptions, out_dir: Path,
+                    echo: Echo = lambda _: None) -> Path:
+    """Entity-level precision, recall and F1 (seqeval), overall and per entity type."""
+    _check_head(model, options, "token", "fine-tune one with graft finetune tokens")
+    sentences = []
+    for path in options.data:
+        sentences += read_tagged(path, encoding=options.encoding)[0]
+    sentences = _limited(sentences, options.limit)
+    tags = model.config.labels
+    max_len = _context(model, options)
+    # Encodes with the training alignment; a tag the model does not know names its file:line.
+    tagger = TagTokens((), sentences, tokenizer, tags, max_len, bidirectional=model.config.attention == "bidirectional")
+    echo(f"tagging {len(sentences):,} sentences with {len(tags)} tags")
+    device = _device(model)
+    predicted: list[list[str]] = []
+    for batch in tagger.eval_batches(options.batch_size, 0):
+        batch = batch.to(device)
+        assert batch.targets is not None
+        choice = model.token_logits(hidden_states(model, batch)).argmax(-1)
+        first = batch.targets != IGNORE_INDEX  # exactly each word's first sub-token, in word order
+        predicted += [[tags[i] for i in choice[row][first[row]].tolist()] for row in range(choice.shape[0])]
+    true_tags = [list(s.tags) for s in sentences]
+    # Words past the context got no prediction: they count as "O", so the truncation costs recall.
+    pred_tags = [p + ["O"] * (len(t) - len(p)) for p, t in zip(predicted, true_tags)]
+    scores = entity_metrics(true_tags, pred_tags)
+    words = sum(len(t) for t in true_tags)
+    correct = sum(a == b for t, p in zip(true_tags, pred_tags) for a, b in zip(t, p))
+    metrics: dict[str, Any] = {**scores, "word_accuracy": correct / words, "count": len(sentences),
+                               "truncated": tagger.val.truncated}
+    metrics["definitions"] = _definitions(metrics)
+    metrics["run"] = _run_info(options, seq_len=max_len)
+    rows = [{"source": s.source, "words": list(s.words), "tags": t, "predicted": p}
+            for s, t, p in zip(sentences, true_tags, pred_tags)]
+    samples = _pick_samples(rows, [t != p for t, p in zip(true_tags, pred_tags)], options.samples)
+    json_path, _ = write_report(out_dir, "tokens", metrics, samples)
+    echo(f"entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, recall {scores['recall']:.4f}) "
+         f"over {len(sentences):,} sentences")
+    return json_path
+
+
+# -- generation ------------------------------------------------------------------------------
+
+
+def _first_fields(path: Path, encoding: str) -> dict[str, object] | None:
+    """The first record of a .jsonl or .json file, to tell source/target pairs from conversations."""
+    text = _decode(path, encoding)
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json"):
+        return None  # read_conversations names the formats it reads
+    try:
+        fields = _jsonl_fields(path, text) if suffix == ".jsonl" else _json_fields(path, text)
+        _, first = next(fields)
+    except (StopIteration, DataError):
+        return None  # read_conversations reports the file's problem
+    return first if isinstance(first, dict) else None
+
+
+def _is_pair_file(path: Path, encoding: str) -> bool:
+    first = _first_fields(path, encoding)
+    return first is not None and "source" in first and "target" in first and not {"messages", "instruction"} & set(first)
+
+
+def read_pairs(path: Path, encoding: str = "utf-8") -> list[GenerationExample]:
+    """Source/target pairs (translation, summarisation) from .jsonl or a .json array; the prompt is
+    the source text as is. A record without a string `source` and `target` names its file:line."""
+    path = Path(path)
+    text = _decode(path, encoding)
+    _check_decoded(path, text, encoding)
+    fields = _jsonl_fields(path, text) if path.suffix.lower() == ".jsonl" else _json_fields(path, text)
+    examples: list[GenerationExample] = []
+    for where, item in fields:
+        if isinstance(item, Exception):
+            raise DataError(str(item))
+        for name in ("source", "target"):
+            if name not in item:
+                raise DataError(f"{where}: missing field {name!r}; expected {{\"source\": ..., \"target\": ...}}")
+            if not isinstance(item[name], str):
+                raise DataError(f"{where}: field {name!r} must be a string, got {type(item[name]).__name__}")
+        source, target = item["source"], item["target"]
+        assert isinstance(source, str) and isinstance(target, str)
+        if not source.strip():
+            raise DataError(f"{where}: empty field 'source'")
+        examples.append(GenerationExample(prompt=source, reference=target, source=where))
+    if not examples:
+        raise DataError(f"{path}: no source/target records")
+    return examples
+
+
+def _conversation_example(conversation: Conversation, template: str, eos: str) -> GenerationExample:
+    """The prompt is every turn before the last assistant reply, with the generation prompt."""
+    try:
+        prompt = render_chat(template, conversation.messages[:-1], add_generation_prompt=True, eos_token=eos)
+    except DataError as exc:
+        raise DataError(f"{conversation.source}: {exc}") from None
+    return GenerationExample(prompt=prompt, reference=conversation.messages[-1].content, source=conversation.source)
+
+
+def generation_examples(paths: Sequence[Path], tokenizer: Tokenizer, encoding: str = "utf-8") -> list[GenerationExample]:
+    """Prompts and references of every file: source/target pairs, or Alpaca or chat records."""
+    template = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
+    eos = tokenizer.special_tokens_map.get("eos_token", EOT)
+    examples: list[GenerationExample] = []
+    for path in paths:
+        path = Path(path)
+        if _is_pair_file(path, encoding):
+            examples += read_pairs(path, encoding)
+        else:
+            conversations, _ = read_conversations(path, encoding=encoding)
+            examples += [_conversation_example(c, template, eos) for c in conversations]
+    return examples
+
+
+@torch.inference_mode()
+def evaluate_generate(model: LanguageModel, tokenizer: Tokenizer, options: EvalOptions, out_dir: Path,
+                      echo: Echo = lambda _: None) -> Path:
+    """Greedy generations against references: BLEU, chrF, ROUGE-1/2/L, exact match, and how often the
+    model stopped by itself.
+
+    Decoding stops at the end-of-turn (eos) token or after max_new_tokens. A prompt too long to
+    leave room for them is cut from the left (the generation prompt at its end is kept) to
+    max(context - max_new_tokens, context // 2) tokens, and counted.
+    """
+    _check_decoder(model, options)
+    stop = tokenizer.eot_id
+    if stop is None:
+        raise TokenizerError(f"{options.checkpoint}: the tokenizer has no eos token; --task generate needs one to "
+                             "know where a generation ends")
+    examples = _limited(generation_examples(options.data, tokenizer, options.encoding), options.limit)
+    context = model.config.max_seq_len
+    keep = max(context - options.max_new_tokens, context // 2, 1)
+    params = SamplingParams(max_new_tokens=options.max_new_tokens, temperature=0.0, stop_ids=frozenset({stop}))
+    echo(f"generating for {len(examples):,} prompts (greedy, up to {options.max_new_tokens} new tokens)")
+    predictions: list[str] = []
+    ended: list[bool] = []
+    truncated = 0
+    for number, example in enumerate(examples, start=1):
+        ids = tokenizer.encode(example.prompt)
+        if not ids:
+            raise DataError(f"{example.source}: the prompt encodes to no tokens")
+        if len(ids) > keep:
+            ids, truncated = ids[-keep:], truncated + 1
+        out = list(generate(model, ids, params))
+        stopped = bool(out) and out[-1] == stop
+        predictions.append(tokenizer.decode(out[:-1] if stopped else out).strip())
+        ended.append(stopped)
+        if number % 50 == 0:
+            echo(f"{number:,} of {len(examples):,} generated")
+    references = [e.reference for e in examples]
+    scores = generation_metrics(predictions, references)
+    metrics: dict[str, Any] = {**scores, "ended_with_eos": sum(ended) / len(ended),
+                               "prompts_truncated": truncated, "max_new_tokens": options.max_new_tokens}
+    metrics["definitions"] = _definitions(metrics)
+    metrics["run"] = _run_info(options, decoding="greedy")
+    rows = [{"source": e.source, "prompt": e.prompt, "reference": e.reference, "prediction": p, "ended_with_eos": s}
+            for e, p, s in zip(examples, predictions, ended)]
+    json_path, _ = write_report(out_dir, "generate", metrics, rows[:options.samples])
+    echo(f"BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}, ROUGE-L {scores['rougeL']:.4f}, exact match "
+         f"{scores['exact_match']:.4f}; {metrics['ended_with_eos']:.0%} ended with eos")
+    return json_path
+
