@@ -200,3 +200,16 @@ def test_verify_catches_a_template_that_never_ends_a_turn(bpe: Tokenizer, tmp_pa
     export_hf(model, tmp_path / "out", tokenizer=tokenizer)
     records = {r.check: r for r in verify_hf_export(tmp_path / "out", model, tokenizer)}
     assert records["chat template"].ok is False and "never emits the eos token" in records["chat template"].detail
+
+
+def test_verify_catches_a_pre_tokenizer_mismatch(bpe: Tokenizer, tmp_path: Path) -> None:
+    """A tokenizer.json whose pre-tokenizer changed (here: a prefix space added) encodes differently."""
+    model = _model(bpe)
+    export_hf(model, tmp_path / "out", tokenizer=bpe)
+    path = tmp_path / "out" / "tokenizer.json"
+    data = json.loads(path.read_text())
+    assert data["pre_tokenizer"]["type"] == "ByteLevel" and data["pre_tokenizer"]["add_prefix_space"] is False
+    data["pre_tokenizer"]["add_prefix_space"] = True
+    path.write_text(json.dumps(data))
+    record = {r.check: r for r in verify_hf_export(tmp_path / "out", model, bpe)}["tokenizer ids"]
+    assert record.ok is False and "first difference at position 0" in record.detail, record.detail
