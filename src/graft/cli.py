@@ -113,6 +113,8 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
         t.add_argument("--method", choices=["full", "freeze", "lora"], help="what trains (adapt.method, default full)")
         t.add_argument("--config", type=Path, help="YAML recipe (see configs/finetune/)")
         t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+        t.add_argument("--skip-invalid", action="store_true",
+                       help="skip and count bad records instead of stopping at the first (data.skip_invalid)")
         if task == "classify":
             t.add_argument("--text-field", help="text column (data.text_field, default text)")
             t.add_argument("--label-field", help="label column (data.label_field, default label)")
@@ -336,7 +338,8 @@ def _run_finetune(args: argparse.Namespace, extra: list[str]) -> int:
 
     shortcuts = {"train.init": args.init, "data.train_file": args.train, "data.val_file": args.val,
                  "train.out_dir": args.out, "adapt.method": args.method,
-                 "data.text_field": getattr(args, "text_field", None), "data.label_field": getattr(args, "label_field", None)}
+                 "data.text_field": getattr(args, "text_field", None), "data.label_field": getattr(args, "label_field", None),
+                 "data.skip_invalid": "true" if args.skip_invalid else None}
     overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     config = load_finetune_config(args.task, args.config, overrides + _split_overrides(extra))
     if args.print_config:

@@ -166,3 +166,26 @@ def test_export_merges_a_lora_adapter_into_a_sequence_classifier(base: Path, tmp
     assert main(["export", str(out), "--out", str(tmp_path / "hf"), "--merge-lora"]) == 0  # verified by default
     loaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf")
     assert loaded.config.id2label == {0: "neg", 1: "pos"}
+
+
+def test_a_tokenizer_without_pad_gets_one_and_the_embedding_grows(tmp_path: Path, capsys) -> None:
+    """A GPT-2-style Hugging Face directory whose tokenizer has no pad token (as GPT-2's has none)."""
+    transformers = pytest.importorskip("transformers")
+    from graft.data.tokenizer import bytes_tokenizer
+
+    data = json.loads(bytes_tokenizer().backend.to_str())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != "<|pad|>"]
+    hf_dir = tmp_path / "gpt2"
+    hf_dir.mkdir()
+    (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
+    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"), eos_token="<|endoftext|>")
+    hf_tok.save_pretrained(hf_dir)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=len(hf_tok), n_positions=64, n_embd=32, n_layer=1,
+                                                         n_head=2)).save_pretrained(hf_dir)
+    out = tmp_path / "run"
+    assert main(["finetune", "classify", "--init", str(hf_dir), "--train", str(write_records(tmp_path / "t.jsonl")),
+                 "--out", str(out), "--train.max_steps=4", "--train.eval_every=2", "--train.progress=false"]) == 0
+    assert "had no pad token; added <|pad|>" in capsys.readouterr().out
+    model, tokenizer = load_model(out / "checkpoints" / "last")
+    assert tokenizer.pad_id == len(hf_tok) and model.config.vocab_size == len(hf_tok) + 1

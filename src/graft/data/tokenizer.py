@@ -305,6 +305,13 @@ class Tokenizer:
     def id_to_token(self, token_id: int) -> str | None:
         return self.backend.id_to_token(token_id)
 
+    def add_pad_token(self) -> int:
+        """Add graft's pad token (for a tokenizer that has none, e.g. GPT-2's) and return its id."""
+        self.backend.add_special_tokens([AddedToken(PAD, special=True, normalized=False)])
+        self._roles["pad_token"] = PAD
+        self._word_starts = None
+        return self.backend.token_to_id(PAD)
+
     @property
     def special_tokens_map(self) -> dict[str, str]:
         """role -> token for each role whose token is in the vocabulary (transformers' names)."""

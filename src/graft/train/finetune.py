@@ -56,6 +56,13 @@ def finetune(config: RunConfig, *, echo: Callable[[str], None] | None = None) ->
     if (run_dir / "checkpoints").exists():
         raise ConfigError(f"{run_dir} already holds a run; set another train.out_dir")
     base, tokenizer = ckpt.load_model(config.train.init)
+    if tokenizer.pad_id is None:
+        # Batches are padded; GPT-2's tokenizer, for one, has no pad token.
+        pad = tokenizer.add_pad_token()
+        if tokenizer.vocab_size > base.config.vocab_size:  # type: ignore[operator]
+            base = _with_vocab_rows(base, tokenizer.vocab_size)
+        say(f"notice: the tokenizer of {config.train.init} had no pad token; added {tokenizer.id_to_token(pad)} "
+            f"as id {pad} (embedding: {base.config.vocab_size} rows)")
     task = task_data(config, tokenizer, base.config)
     model_config = base.config.model_copy(update=dict(
         head=task.head, labels=task.labels, dropout=config.model.dropout,
@@ -83,6 +90,22 @@ def finetune(config: RunConfig, *, echo: Callable[[str], None] | None = None) ->
     run = Run(config, model, task.objective, optimizer, tokenizer, device,
               torch.Generator().manual_seed(config.train.seed), ckpt.TrainingState())
     return fit(run)
+
+
+def _with_vocab_rows(model: LanguageModel, rows: int) -> LanguageModel:
+    """The model with its vocabulary grown to `rows`: new embedding rows are the mean of the old
+    ones (a neutral start), new output biases zero."""
+    grown = LanguageModel(model.config.model_copy(update={"vocab_size": rows}))
+    state = model.state_dict()
+    for name in ("model.embed_tokens.weight", "lm_head.weight", "lm_head.bias"):
+        if name in state and (name != "lm_head.weight" or not model.config.tie_embeddings):
+            old = state[name]
+            extra = old.mean(0, keepdim=True) if old.dim() == 2 else old.new_zeros(1)
+            state[name] = torch.cat([old, extra.expand(rows - old.shape[0], *old.shape[1:])])
+    if model.config.tie_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    grown.load_state_dict(state)
+    return grown
 
 
 def task_data(config: RunConfig, tokenizer: Tokenizer, model_config: ModelConfig) -> TaskData:
