@@ -32,7 +32,6 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from graft.atomic_files import atomic_directory
-from graft.data.tokenizer import CLS, EOT, MASK, PAD, SEP, UNK
 from graft.errors import CheckpointError, ConfigError
 from graft.model.config import ModelConfig, RopeScaling
 from graft.model.convert.bert import DEFAULTS as ENCODER_DEFAULTS
@@ -44,6 +43,7 @@ from graft.model.convert.bert import (
     graft_to_hf_names,
     position_offset,
 )
+from graft.model.convert.model_card import model_card
 from graft.model.transformer import LanguageModel, RotaryEmbedding
 
 if TYPE_CHECKING:
@@ -647,18 +647,6 @@ def export_hf(
 
 # ---------------------------------------------------------------- tokenizer and generation files
 
-# transformers' special-token roles -> graft's tokens. graft has no beginning-of-sequence token: bos
-# stays unset rather than borrowing another token's meaning.
-_SPECIAL_ROLES = {"eos_token": EOT, "pad_token": PAD, "unk_token": UNK, "mask_token": MASK, "sep_token": SEP,
-                  "cls_token": CLS}
-
-
-def _chat_template(tokenizer: Tokenizer) -> str | None:
-    """The tokenizer's Jinja chat template. graft's tokenizer carries none yet; when instruction
-    tuning gives it one, return it here and it is exported as tokenizer_config's chat_template."""
-    return getattr(tokenizer, "chat_template", None)
-
-
 def tokenizer_config_dicts(tokenizer: Tokenizer, max_seq_len: int) -> tuple[dict[str, Any], dict[str, str]]:
     """tokenizer_config.json and special_tokens_map.json for a graft tokenizer (its tokenizer.json
     is the whole tokenizer; these name the roles of its special tokens for transformers)."""
@@ -670,9 +658,8 @@ def tokenizer_config_dicts(tokenizer: Tokenizer, max_seq_len: int) -> tuple[dict
         # graft's decoders already give back the text; transformers' clean-up would alter it.
         "clean_up_tokenization_spaces": False,
     }
-    template = _chat_template(tokenizer)
-    if template is not None:
-        config["chat_template"] = template
+    if tokenizer.chat_template is not None:  # instruction tuning gives a tokenizer its template
+        config["chat_template"] = tokenizer.chat_template
     return config, dict(roles)
 
 
@@ -683,9 +670,8 @@ def generation_config_dict(tokenizer: Tokenizer) -> dict[str, Any]:
         config["eos_token_id"] = tokenizer.eot_id
     if tokenizer.pad_id is not None:
         config["pad_token_id"] = tokenizer.pad_id
-    bos_id = tokenizer.token_to_id("<|bos|>")  # no graft tokenizer has one today
-    if bos_id is not None:
-        config["bos_token_id"] = bos_id
+    if tokenizer.bos_id is not None:  # graft's own tokenizers have none; imported ones may
+        config["bos_token_id"] = tokenizer.bos_id
     return config
 
 
@@ -694,119 +680,3 @@ def _write_json(path: Path, value: object) -> None:
 
 
 # ---------------------------------------------------------------- model card
-
-_UNKNOWN = "unknown"
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _count(value: object) -> str:
-    return f"{value:,}" if isinstance(value, int) else _UNKNOWN
-
-
-def _data_facts(source: Path) -> list[str]:
-    import yaml  # graft's configs are YAML; pyyaml is a runtime dependency
-
-    try:
-        run_config = yaml.safe_load((source / "run_config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return [f"- data: {_UNKNOWN} (no readable run_config.yaml in the checkpoint)"]
-    data = (run_config or {}).get("data") if isinstance(run_config, dict) else None
-    path = data.get("path") if isinstance(data, dict) else None
-    if not path:
-        return [f"- data: {_UNKNOWN} (run_config.yaml names no data.path)"]
-    lines = [f"- data directory (run_config.yaml data.path): `{path}`"]
-    index = _read_json(Path(path) / "index.json")
-    if not isinstance(index, dict):
-        return [*lines, f"- data contents: {_UNKNOWN} (its index.json is not reachable from here)"]
-    sources = index.get("sources") or []
-    if sources:
-        shown = ", ".join(f"`{s}`" for s in sources[:10])
-        lines.append(f"- sources: {shown}" + (f" and {len(sources) - 10} more" if len(sources) > 10 else ""))
-    for name, split in sorted((index.get("splits") or {}).items()):
-        if isinstance(split, dict):
-            lines.append(f"- {name} split: {_count(split.get('tokens'))} tokens, {_count(split.get('documents'))} "
-                         f"documents, {_count(split.get('bytes'))} bytes of text")
-    if index.get("tokenizer_kind"):
-        lines.append(f"- tokenizer: {index['tokenizer_kind']}, {index.get('vocab_size', _UNKNOWN)} tokens")
-    return lines
-
-
-def _training_facts(source: Path) -> list[str]:
-    state = _read_json(source / "training_state" / "state.json")
-    if not isinstance(state, dict):
-        return [f"- steps, tokens, time: {_UNKNOWN} (the checkpoint has no training_state/state.json)"]
-    lines = [f"- optimizer steps: {state.get('step', _UNKNOWN)}"]
-    if isinstance(state.get("tokens_seen"), int):
-        lines.append(f"- tokens seen: {state['tokens_seen']:,}")
-    if isinstance(state.get("elapsed_s"), (int, float)):
-        lines.append(f"- training time: {state['elapsed_s']:.0f} s")
-    return lines
-
-
-def _metric_facts(source: Path) -> list[str]:
-    # A checkpoint inside a run directory sits at RUN/checkpoints/NAME, next to RUN/metrics.jsonl.
-    metrics = source.parent.parent / "metrics.jsonl" if source.parent.name == "checkpoints" else None
-    if metrics is None or not metrics.is_file():
-        return [f"- final metrics: {_UNKNOWN} (the checkpoint is not in a run directory with metrics.jsonl)"]
-    last: dict[str, Any] | None = None
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by an interruption
-        if isinstance(record, dict) and any(k.startswith("val/") for k in record):
-            last = record
-    if last is None:
-        return [f"- final metrics: {_UNKNOWN} (metrics.jsonl has no validation line)"]
-    values = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                       for k, v in last.items() if k.startswith("val/"))
-    return [f"- last validation (step {last.get('step', _UNKNOWN)}, from metrics.jsonl): {values}"]
-
-
-def _card_title(source: Path | None) -> str:
-    if source is None:
-        return "graft model"
-    # RUN/checkpoints/NAME: the run's name says more than "last" or "best".
-    return f"{source.parent.parent.name} ({source.name})" if source.parent.name == "checkpoints" else source.name
-
-
-def model_card(model: LanguageModel, config_json: dict[str, Any], tokenizer: Tokenizer | None,
-               source: Path | None) -> str:
-    """README.md for an export: only facts read from the model and the checkpoint's files;
-    anything they do not say is written as unknown."""
-    cfg = model.config
-    params = sum(p.numel() for p in model.parameters())
-    unknown_source = [f"- {_UNKNOWN} (exported without the source checkpoint directory)"]
-    if source is not None:
-        source = Path(source)
-    lines = [
-        "---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [graft]", "---", "",
-        f"# {_card_title(source)}", "",
-        f"A causal language model trained with graft, exported as {config_json['architectures'][0]}.", "",
-        "## Architecture", "",
-        f"- {config_json['architectures'][0]} (model_type {config_json['model_type']}), {params:,} parameters",
-        f"- {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} attention heads ({cfg.kv_heads} key/value), "
-        f"feed-forward {cfg.ff_dim}, {cfg.mlp} MLP, {cfg.norm}, {cfg.positions} positions",
-        f"- context {cfg.max_seq_len} tokens, {cfg.vocab_size} embedding rows, "
-        f"tied embeddings: {'yes' if cfg.tie_embeddings else 'no'}",
-        f"- tokenizer: {f'{tokenizer.kind}, {tokenizer.vocab_size} tokens' if tokenizer is not None else _UNKNOWN}",
-        "", "## Training data", "",
-        *(_data_facts(source) if source is not None else unknown_source),
-        "", "## Training", "",
-        *(_training_facts(source) if source is not None else unknown_source),
-        "", "## Evaluation", "",
-        *(_metric_facts(source) if source is not None else unknown_source),
-        "", "## Reproduce", "",
-    ]
-    if source is not None and (source / "run_config.yaml").is_file():
-        lines += ["The checkpoint stores the resolved run config; with the data prepared at its data.path:", "",
-                  "```", f"graft pretrain --config {source / 'run_config.yaml'}", "```"]
-    else:
-        lines.append(f"{_UNKNOWN} (no run_config.yaml available)")
-    return "\n".join(lines) + "\n"

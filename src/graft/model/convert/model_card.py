@@ -1,0 +1,160 @@
+"""The model card (README.md) of a Hugging Face export: only facts read from the model and the
+checkpoint's files (run config, data index, training state, metrics); whatever they do not say is
+written as unknown, never guessed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from graft.model.config import ModelConfig
+from graft.model.transformer import LanguageModel
+
+if TYPE_CHECKING:
+    from graft.data.tokenizer import Tokenizer
+
+
+def _pipeline_tag(cfg: ModelConfig) -> str:
+    if cfg.head == "sequence":
+        return "text-classification"
+    if cfg.head == "token":
+        return "token-classification"
+    if cfg.attention == "bidirectional":
+        return "fill-mask" if cfg.mlm_head else "feature-extraction"
+    return "text-generation"
+
+
+def _what(cfg: ModelConfig) -> str:
+    if cfg.head != "lm":
+        return f"A {'sequence' if cfg.head == 'sequence' else 'token'} classifier ({len(cfg.labels)} labels)"
+    return "A bidirectional encoder" if cfg.attention == "bidirectional" else "A causal language model"
+
+
+def _fine_tuned(source: Path) -> bool:
+    try:
+        text = (source / "run_config.yaml").read_text(encoding="utf-8")
+    except OSError:
+        return False
+    return any(f"name: {task}" in text for task in ("classify", "tokens", "instruct"))
+
+
+_UNKNOWN = "unknown"
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _count(value: object) -> str:
+    return f"{value:,}" if isinstance(value, int) else _UNKNOWN
+
+
+def _data_facts(source: Path) -> list[str]:
+    import yaml  # graft's configs are YAML; pyyaml is a runtime dependency
+
+    try:
+        run_config = yaml.safe_load((source / "run_config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return [f"- data: {_UNKNOWN} (no readable run_config.yaml in the checkpoint)"]
+    data = (run_config or {}).get("data") if isinstance(run_config, dict) else None
+    path = data.get("path") if isinstance(data, dict) else None
+    if not path:
+        return [f"- data: {_UNKNOWN} (run_config.yaml names no data.path)"]
+    lines = [f"- data directory (run_config.yaml data.path): `{path}`"]
+    index = _read_json(Path(path) / "index.json")
+    if not isinstance(index, dict):
+        return [*lines, f"- data contents: {_UNKNOWN} (its index.json is not reachable from here)"]
+    sources = index.get("sources") or []
+    if sources:
+        shown = ", ".join(f"`{s}`" for s in sources[:10])
+        lines.append(f"- sources: {shown}" + (f" and {len(sources) - 10} more" if len(sources) > 10 else ""))
+    for name, split in sorted((index.get("splits") or {}).items()):
+        if isinstance(split, dict):
+            lines.append(f"- {name} split: {_count(split.get('tokens'))} tokens, {_count(split.get('documents'))} "
+                         f"documents, {_count(split.get('bytes'))} bytes of text")
+    if index.get("tokenizer_kind"):
+        lines.append(f"- tokenizer: {index['tokenizer_kind']}, {index.get('vocab_size', _UNKNOWN)} tokens")
+    return lines
+
+
+def _training_facts(source: Path) -> list[str]:
+    state = _read_json(source / "training_state" / "state.json")
+    if not isinstance(state, dict):
+        return [f"- steps, tokens, time: {_UNKNOWN} (the checkpoint has no training_state/state.json)"]
+    lines = [f"- optimizer steps: {state.get('step', _UNKNOWN)}"]
+    if isinstance(state.get("tokens_seen"), int):
+        lines.append(f"- tokens seen: {state['tokens_seen']:,}")
+    if isinstance(state.get("elapsed_s"), (int, float)):
+        lines.append(f"- training time: {state['elapsed_s']:.0f} s")
+    return lines
+
+
+def _metric_facts(source: Path) -> list[str]:
+    # A checkpoint inside a run directory sits at RUN/checkpoints/NAME, next to RUN/metrics.jsonl.
+    metrics = source.parent.parent / "metrics.jsonl" if source.parent.name == "checkpoints" else None
+    if metrics is None or not metrics.is_file():
+        return [f"- final metrics: {_UNKNOWN} (the checkpoint is not in a run directory with metrics.jsonl)"]
+    last: dict[str, Any] | None = None
+    for line in metrics.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by an interruption
+        if isinstance(record, dict) and any(k.startswith("val/") for k in record):
+            last = record
+    if last is None:
+        return [f"- final metrics: {_UNKNOWN} (metrics.jsonl has no validation line)"]
+    values = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                       for k, v in last.items() if k.startswith("val/"))
+    return [f"- last validation (step {last.get('step', _UNKNOWN)}, from metrics.jsonl): {values}"]
+
+
+def _card_title(source: Path | None) -> str:
+    if source is None:
+        return "graft model"
+    # RUN/checkpoints/NAME: the run's name says more than "last" or "best".
+    return f"{source.parent.parent.name} ({source.name})" if source.parent.name == "checkpoints" else source.name
+
+
+def model_card(model: LanguageModel, config_json: dict[str, Any], tokenizer: Tokenizer | None,
+               source: Path | None) -> str:
+    """README.md for an export: only facts read from the model and the checkpoint's files;
+    anything they do not say is written as unknown."""
+    cfg = model.config
+    params = sum(p.numel() for p in model.parameters())
+    unknown_source = [f"- {_UNKNOWN} (exported without the source checkpoint directory)"]
+    if source is not None:
+        source = Path(source)
+    lines = [
+        "---", "library_name: transformers", f"pipeline_tag: {_pipeline_tag(cfg)}", "tags: [graft]", "---", "",
+        f"# {_card_title(source)}", "",
+        f"{_what(cfg)} trained with graft, exported as {config_json['architectures'][0]}.", "",
+        "## Architecture", "",
+        f"- {config_json['architectures'][0]} (model_type {config_json['model_type']}), {params:,} parameters",
+        f"- {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} attention heads ({cfg.kv_heads} key/value), "
+        f"feed-forward {cfg.ff_dim}, {cfg.mlp} MLP, {cfg.norm}, {cfg.positions} positions",
+        f"- context {cfg.max_seq_len} tokens, {cfg.vocab_size} embedding rows, "
+        f"tied embeddings: {'yes' if cfg.tie_embeddings else 'no'}",
+        f"- tokenizer: {f'{tokenizer.kind}, {tokenizer.vocab_size} tokens' if tokenizer is not None else _UNKNOWN}",
+        "", "## Training data", "",
+        *(_data_facts(source) if source is not None else unknown_source),
+        "", "## Training", "",
+        *(_training_facts(source) if source is not None else unknown_source),
+        "", "## Evaluation", "",
+        *(_metric_facts(source) if source is not None else unknown_source),
+        "", "## Reproduce", "",
+    ]
+    if cfg.labels:
+        lines[lines.index("## Training data"):lines.index("## Training data")] = [
+            "## Labels", "", ", ".join(f"{i}: {label}" for i, label in enumerate(cfg.labels)), ""]
+    if source is not None and (source / "run_config.yaml").is_file():
+        command = "graft pretrain" if cfg.head == "lm" and not _fine_tuned(source) else "graft finetune"
+        lines += ["The checkpoint stores the resolved run config, which reproduces the run:", "",
+                  "```", f"{command} --config {source / 'run_config.yaml'}", "```"]
+    else:
+        lines.append(f"{_UNKNOWN} (no run_config.yaml available)")
+    return "\n".join(lines) + "\n"
