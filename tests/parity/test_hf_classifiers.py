@@ -100,7 +100,7 @@ def test_graft_classifier_round_trips(name: str, head: str, tmp_path: Path) -> N
     again = load_hf_model(tmp_path / "out")
     assert (again.config.head, again.config.labels) == (head, LABELS)
     card = (tmp_path / "out" / "README.md").read_text()
-    assert f"pipeline_tag: {head}-classification" in card and "0: neg, 1: neutral, 2: pos" in card
+    assert f"pipeline_tag: {'text' if head == 'sequence' else 'token'}-classification" in card and "0: neg, 1: neutral, 2: pos" in card
 
 
 @pytest.mark.parametrize("name, head", [("nano", "sequence"), ("bert-nano", "token"), ("bert-nano", "lm"), ("llama-nano", "lm")])
