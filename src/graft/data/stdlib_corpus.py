@@ -4,7 +4,9 @@ This module owns the text `graft quickstart` trains on when nothing was given, s
 run needs no download: `build_stdlib_corpus` writes a JSONL file of Python's help topics
 (English prose), standard-library module sources (code) and their docstrings (short prose that
 talks about code). It also owns `iter_stdlib_functions`, labelled function records
-(package, qualified name, code, first docstring line) for fine-tuning tasks with real labels.
+(package, qualified name, code, first docstring line) for fine-tuning tasks with real labels, and
+lets the corpus leave such functions out (`exclude`), so that a task's held-out functions were never
+pre-trained on.
 
 Sources are read and parsed with `ast`, never imported: importing standard-library modules has
 side effects (tkinter, antigravity, this). The one import is `pydoc_data.topics`, a plain data
@@ -22,7 +24,7 @@ import re
 import sysconfig
 import time
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +84,9 @@ class CorpusStats:
     kind_bytes: dict[str, int]
     python_version: str
     seconds: float
+    # Function and method definitions cut out of the text because `exclude` asked for them (or for a
+    # copy of their code); each is counted once however many documents it was cut from.
+    excluded_definitions: int = 0
 
 
 @dataclass(frozen=True)
@@ -115,23 +120,37 @@ class _ModuleSource:
     tree: ast.Module
 
 
-def build_stdlib_corpus(out_path: Path, *, max_bytes: int = 8_000_000, seed: int = 0) -> CorpusStats:
+def build_stdlib_corpus(
+    out_path: Path, *, max_bytes: int = 8_000_000, seed: int = 0, exclude: Iterable[StdlibFunction] = ()
+) -> CorpusStats:
     """Write a JSONL corpus of at most `max_bytes` UTF-8 bytes of text from this Python install.
 
     Each line is `{"text", "source", "kind"}` with kind "topic", "module" or "docstring".
     Documents of each kind are sorted, shuffled with `random.Random(seed)`, then interleaved so
     that every prefix of the file keeps close to `KIND_MIX` by bytes; a document that does not fit
     in what is left of the budget is skipped, so the total never exceeds `max_bytes` and falls
-    short of it by less than one document. The same install and seed give the same bytes.
+    short of it by less than one document. The same install, seed and `exclude` give the same bytes.
+
+    `exclude` holds functions (from `iter_stdlib_functions`) to keep out of the text: every
+    definition with the same module and qualified name, or with the same code without docstring
+    elsewhere, loses its lines (decorators to last line) from its module's source and its docstring
+    document. Text that merely repeats a docstring's words (a module docstring, a comment) stays.
     """
     if max_bytes <= 0:
         raise ConfigError(f"stdlib corpus max_bytes must be a positive number of bytes, got {max_bytes}")
     started = time.perf_counter()
     rng = random.Random(seed)
+    held_out = _HeldOut.of(exclude)
+    excluded: set[tuple[str, str]] = set()
     candidates: dict[str, list[_Document]] = {"topic": _topic_documents(), "module": [], "docstring": []}
     for source in _iter_stdlib_sources(_stdlib_root()):
-        candidates["module"].append(_document(source.text, source.relpath, "module"))
-        candidates["docstring"].extend(_docstring_documents(source))
+        names, lines = held_out.find(source)
+        excluded.update((source.module, name) for name in names)
+        text = source.text
+        if lines:
+            text = "\n".join(line for number, line in enumerate(text.split("\n")) if number not in lines)
+        candidates["module"].append(_document(text, source.relpath, "module"))
+        candidates["docstring"].extend(_docstring_documents(source, skip=names))
     for kind in KIND_MIX:
         candidates[kind].sort(key=lambda d: (d.source, d.text))
         rng.shuffle(candidates[kind])
@@ -156,6 +175,7 @@ def build_stdlib_corpus(out_path: Path, *, max_bytes: int = 8_000_000, seed: int
         kind_bytes=kind_bytes,
         python_version=platform.python_version(),
         seconds=time.perf_counter() - started,
+        excluded_definitions=len(excluded),
     )
 
 
@@ -267,17 +287,58 @@ def _topic_documents() -> list[_Document]:
     ]
 
 
-def _docstring_documents(source: _ModuleSource) -> list[_Document]:
+def _docstring_documents(source: _ModuleSource, skip: Collection[str] = ()) -> list[_Document]:
     nodes: list[tuple[str, ast.Module | _Definition]] = [("", source.tree)]
     nodes.extend(_definitions(source.tree.body, ""))
     documents = []
     for qualname, node in nodes:
+        if qualname in skip:
+            continue
         docstring = ast.get_docstring(node, clean=True)
         if docstring is None or len(docstring.strip()) < MIN_TEXT_CHARS:
             continue
         name = f"{source.module}:{qualname}" if qualname else source.module
         documents.append(_document(docstring.strip(), name, "docstring"))
     return documents
+
+
+@dataclass(frozen=True)
+class _HeldOut:
+    """The functions `build_stdlib_corpus` leaves out, by (module, qualified name) and by code."""
+
+    names: frozenset[tuple[str, str]]
+    codes: frozenset[str]
+
+    @classmethod
+    def of(cls, functions: Iterable[StdlibFunction]) -> _HeldOut:
+        functions = list(functions)
+        return cls(frozenset((f.module, f.name) for f in functions),
+                   frozenset(f.code_without_docstring for f in functions))
+
+    def find(self, source: _ModuleSource) -> tuple[set[str], set[int]]:
+        """(qualified names, 0-based line numbers) of the held-out definitions in `source`.
+
+        Matching the code as well as the name matters because `iter_stdlib_functions` yields one
+        of several identical copies (stdlib copies code between modules): the copy it skipped would
+        otherwise put the held-out code back into the corpus under another name.
+        """
+        names: set[str] = set()
+        lines: set[int] = set()
+        if not self.names:
+            return names, lines
+        text_lines = source.text.split("\n")
+        for qualname, node in _definitions(source.tree.body, ""):
+            if isinstance(node, ast.ClassDef):
+                continue
+            if (source.module, qualname) not in self.names:
+                record = _function_record(source.module, qualname, node, text_lines)
+                if record is None or record.code_without_docstring not in self.codes:
+                    continue
+            assert node.end_lineno is not None  # parsed nodes carry end positions
+            start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            names.add(qualname)
+            lines.update(range(start - 1, node.end_lineno))
+        return names, lines
 
 
 def _definitions(body: Iterable[ast.stmt], prefix: str) -> Iterator[tuple[str, _Definition]]:
