@@ -302,3 +302,45 @@ def test_functions_in_fake_stdlib(fake_stdlib: Path) -> None:
     assert method.code_without_docstring == EXPECTED_METHOD_CODE
     assert method.docstring_first_line == "Double the number given, as an example method."
     assert records[("pkg.mod", "fetch")].code_without_docstring == "async def fetch(url):\n    return url"
+
+
+COPIES_PY = '''\
+class Holder:
+    """A class holding a copy of good.function, indented deeper and with no docstring."""
+
+    def function(a, b):
+
+        def inner():
+            """A nested function docstring that is an implementation detail."""
+            return a
+        return a + b
+
+    def other(self):
+        return 2
+'''
+
+
+def test_excluded_functions_and_their_copies_leave_the_corpus(fake_stdlib: Path, tmp_path: Path) -> None:
+    (fake_stdlib / "copies.py").write_text(COPIES_PY, encoding="utf-8")
+    records = {(f.module, f.name): f for f in iter_stdlib_functions()}
+    held_out = [records[("good", "function")], records[("good", "Klass.method")]]
+    stats = build_stdlib_corpus(tmp_path / "corpus.jsonl", max_bytes=10_000_000, exclude=held_out)
+    by_source = {row["source"]: row["text"] for row in read_rows(stats.path)}
+    # pkg.mod.function is a copy of good.function's code under another docstring, and
+    # copies.Holder.function one without a docstring and with other indentation: they go too.
+    assert stats.excluded_definitions == 4
+    assert "return a + b" not in by_source["copies.py"]
+    assert "class Holder:" in by_source["copies.py"] and "def other(self):" in by_source["copies.py"]
+    assert {"good:function", "good:Klass.method", "pkg.mod:function"}.isdisjoint(by_source)
+    assert {"good", "good:Klass", "good:only_docstring", "pkg.mod:fetch"} <= set(by_source)
+    for relpath in ("good.py", "pkg/mod.py"):
+        assert "def function(a, b):" not in by_source[relpath]
+        assert "return a + b" not in by_source[relpath]
+    good = by_source["good.py"]
+    assert "def method" not in good and "@functools.cache" not in good and "Double the number" not in good
+    assert "class Klass:" in good and "def only_docstring():" in good and "def short():" in good
+    assert "async def fetch(url):" in by_source["pkg/mod.py"]
+    # Nothing held out: the same corpus as before.
+    plain = build_stdlib_corpus(tmp_path / "plain.jsonl", max_bytes=10_000_000)
+    assert plain.excluded_definitions == 0
+    assert {row["source"]: row["text"] for row in read_rows(plain.path)}["good.py"] == GOOD_PY

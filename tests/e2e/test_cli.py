@@ -339,7 +339,7 @@ def test_ctrl_c_exits_130_keeps_the_last_checkpoint_and_resume_continues(bytes_d
 def test_quickstart_reduced(tmp_path):
     out = tmp_path / "qs"
     proc = ok(graft("quickstart", "--minutes", 0.1, "--corpus-mb", 0.3, "--vocab-size", 512, "--preset", "nano",
-                    "--out", out, "--no-progress", cwd=tmp_path))
+                    "--finetune-steps", 2, "--out", out, "--no-progress", cwd=tmp_path))
     assert f"report: {out / 'report.md'}" in proc.stdout
     report = (out / "report.md").read_text()
     assert "| | step | loss (nats/token) | perplexity | bits per byte |" in report
@@ -351,6 +351,36 @@ def test_quickstart_reduced(tmp_path):
     assert len(val) >= 2 and val[-1] < val[0]
     verify_checkpoint(out / "run" / "checkpoints" / "best")
 
+    # The fine-tuning half: both tasks, pre-trained against from scratch, in a table and a plot.
+    assert "## Fine-tuning: pre-trained against from scratch" in report
+    assert "| task | metric | pre-trained | from scratch | difference | seconds (pre-trained, scratch) |" in report
+    for metric in ("accuracy", "macro F1", "ROUGE-L", "exact match", "ended with eos"):
+        assert f"| {metric} | " in report
+    assert "![pre-trained against from scratch](finetune/comparison.png)" in report
+    assert (out / "finetune" / "comparison.png").read_bytes().startswith(b"\x89PNG")
+    assert report.count("- reference: ") == 3
+    for run in ("classify-pretrained", "classify-scratch", "instruct-pretrained", "instruct-scratch"):
+        verify_checkpoint(out / "finetune" / run / "checkpoints" / "best")
+    assert "from_scratch: true" in (out / "finetune" / "classify-scratch" / "config.yaml").read_text()
+    generated = json.loads((out / "finetune" / "instruct-pretrained" / "eval" / "generate.json").read_text())
+    assert 0 < generated["count"] <= 100 and generated["max_new_tokens"] == 32
+
+    # The test functions never reached pre-training: no docstring document of theirs, and none of
+    # their definitions in the corpus (find_leaks is tested for finding them when they are there).
+    from graft.data.stdlib_corpus import iter_stdlib_functions
+    from graft.quickstart_tasks import find_leaks
+
+    tested = set()
+    for task in ("classify", "instruct"):
+        rows = [json.loads(line) for line in (out / "tasks" / task / "test.jsonl").read_text().splitlines()]
+        assert rows
+        tested |= {row["function"] for row in rows}
+    corpus = [json.loads(line) for line in (out / "corpus" / "docs.jsonl").read_text().splitlines()]
+    assert not tested & {doc["source"] for doc in corpus if doc["kind"] == "docstring"}
+    functions = [f for f in iter_stdlib_functions(seed=1337) if f"{f.module}:{f.name}" in tested]
+    assert len(functions) >= len(tested)
+    assert find_leaks(out / "corpus" / "docs.jsonl", functions).definitions == ()
+
 
 def test_quickstart_with_a_bad_preset_is_one_line_and_writes_nothing(tmp_path):
     # BUG: the preset is only validated after the corpus, tokenizer and shards were built (seconds
@@ -358,4 +388,11 @@ def test_quickstart_with_a_bad_preset_is_one_line_and_writes_nothing(tmp_path):
     before = snapshot(tmp_path)
     one_line_error(graft("quickstart", "--minutes", 0.1, "--corpus-mb", 0.05, "--vocab-size", 300, "--preset", "nanno",
                          "--out", tmp_path / "qs", "--no-progress", cwd=tmp_path), "did you mean 'nano'")
+    assert snapshot(tmp_path) == before
+
+
+def test_quickstart_with_no_finetune_steps_is_one_line_and_writes_nothing(tmp_path):
+    before = snapshot(tmp_path)
+    one_line_error(graft("quickstart", "--finetune-steps", 0, "--out", tmp_path / "qs", cwd=tmp_path),
+                   "--finetune-steps", "got 0")
     assert snapshot(tmp_path) == before

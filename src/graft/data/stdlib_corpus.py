@@ -84,8 +84,8 @@ class CorpusStats:
     kind_bytes: dict[str, int]
     python_version: str
     seconds: float
-    # Function and method definitions cut out of the text because `exclude` asked for them (or for a
-    # copy of their code); each is counted once however many documents it was cut from.
+    # Distinct (module, qualified name) pairs whose definitions were cut out of the text because
+    # `exclude` asked for them or for a copy of their code (a property's getter and setter count once).
     excluded_definitions: int = 0
 
 
@@ -132,9 +132,10 @@ def build_stdlib_corpus(
     short of it by less than one document. The same install, seed and `exclude` give the same bytes.
 
     `exclude` holds functions (from `iter_stdlib_functions`) to keep out of the text: every
-    definition with the same module and qualified name, or with the same code without docstring
-    elsewhere, loses its lines (decorators to last line) from its module's source and its docstring
-    document. Text that merely repeats a docstring's words (a module docstring, a comment) stays.
+    definition with the same module and qualified name, or anywhere with the same code without
+    docstring (ignoring indentation and blank lines), loses its lines (decorators to last line) from
+    its module's source, and its docstring document. Text that merely repeats a docstring's words
+    (a module docstring, a comment, another function's docstring) stays.
     """
     if max_bytes <= 0:
         raise ConfigError(f"stdlib corpus max_bytes must be a positive number of bytes, got {max_bytes}")
@@ -304,23 +305,24 @@ def _docstring_documents(source: _ModuleSource, skip: Collection[str] = ()) -> l
 
 @dataclass(frozen=True)
 class _HeldOut:
-    """The functions `build_stdlib_corpus` leaves out, by (module, qualified name) and by code."""
+    """The functions `build_stdlib_corpus` leaves out: by (module, qualified name), and by their code
+    without docstring, compared line by line ignoring indentation and blank lines."""
 
     names: frozenset[tuple[str, str]]
-    codes: frozenset[str]
+    codes: frozenset[tuple[str, ...]]
 
     @classmethod
     def of(cls, functions: Iterable[StdlibFunction]) -> _HeldOut:
         functions = list(functions)
         return cls(frozenset((f.module, f.name) for f in functions),
-                   frozenset(f.code_without_docstring for f in functions))
+                   frozenset(_stripped_lines(f.code_without_docstring.split("\n")) for f in functions))
 
     def find(self, source: _ModuleSource) -> tuple[set[str], set[int]]:
         """(qualified names, 0-based line numbers) of the held-out definitions in `source`.
 
         Matching the code as well as the name matters because `iter_stdlib_functions` yields one
-        of several identical copies (stdlib copies code between modules): the copy it skipped would
-        otherwise put the held-out code back into the corpus under another name.
+        of several identical copies (stdlib copies code between modules, under another docstring
+        or none): a copy left in would put the held-out code back into the corpus under another name.
         """
         names: set[str] = set()
         lines: set[int] = set()
@@ -330,15 +332,26 @@ class _HeldOut:
         for qualname, node in _definitions(source.tree.body, ""):
             if isinstance(node, ast.ClassDef):
                 continue
-            if (source.module, qualname) not in self.names:
-                record = _function_record(source.module, qualname, node, text_lines)
-                if record is None or record.code_without_docstring not in self.codes:
-                    continue
-            assert node.end_lineno is not None  # parsed nodes carry end positions
             start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-            names.add(qualname)
-            lines.update(range(start - 1, node.end_lineno))
+            assert node.end_lineno is not None  # parsed nodes carry end positions
+            if (source.module, qualname) in self.names or _code_without_docstring(node, text_lines) in self.codes:
+                names.add(qualname)
+                lines.update(range(start - 1, node.end_lineno))
         return names, lines
+
+
+def _stripped_lines(lines: Iterable[str]) -> tuple[str, ...]:
+    return tuple(s for s in (line.strip() for line in lines) if s)
+
+
+def _code_without_docstring(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> tuple[str, ...]:
+    """A definition's stripped, non-blank lines from its first decorator, less a docstring's lines."""
+    start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+    first = node.body[0]
+    assert node.end_lineno is not None and first.end_lineno is not None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        return _stripped_lines(lines[start - 1 : first.lineno - 1] + lines[first.end_lineno : node.end_lineno])
+    return _stripped_lines(lines[start - 1 : node.end_lineno])
 
 
 def _definitions(body: Iterable[ast.stmt], prefix: str) -> Iterator[tuple[str, _Definition]]:
