@@ -89,6 +89,11 @@ class Objective(Protocol):
         ...
 
 
+def in_order(count: int, batch_size: int) -> list[list[int]]:
+    """Row indices 0..count-1 in consecutive batches: validation that must see every example once."""
+    return [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
+
+
 def hidden_states(model: LanguageModel, batch: Batch) -> torch.Tensor:
     """The backbone's final hidden states for a batch, with every input the batch carries."""
     return model.model(batch.input_ids, position_ids=batch.position_ids, token_type_ids=batch.token_type_ids,

@@ -20,7 +20,7 @@ from graft.data.records import TextRecord
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
 from graft.model.transformer import LanguageModel, padding_attention_mask
-from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states
+from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states, in_order
 
 
 def label_set(records: Sequence[TextRecord], where: str) -> tuple[str, ...]:
@@ -97,8 +97,7 @@ class Classify:
 
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
         """Every validation example, in order (n_batches is not a limit here: metrics need them all)."""
-        return [self.batch(self.val, list(range(i, min(i + batch_size, len(self.val)))))
-                for i in range(0, len(self.val), batch_size)]
+        return [self.batch(self.val, rows) for rows in in_order(len(self.val), batch_size)]
 
     def logits(self, model: LanguageModel, batch: Batch) -> torch.Tensor:
         assert batch.lengths is not None

@@ -37,6 +37,14 @@ def document_masks(input_ids: torch.Tensor, eot_id: int) -> tuple[torch.Tensor, 
     return idx - first, (same_doc & causal).unsqueeze(1)
 
 
+def next_token_loss(model: LanguageModel, batch: Batch) -> LossSum:
+    """Cross-entropy of the batch's scored targets through the fused output layer: the loss of every
+    objective that predicts tokens with the LM head (clm, denoise, instruct)."""
+    assert batch.targets is not None
+    return LossSum(linear_cross_entropy_sum(hidden_states(model, batch), model.lm_head.weight, batch.targets),
+                   batch.n_targets)
+
+
 class CausalLM:
     """Objective `clm`: batches of packed windows from token shards; next-token cross-entropy."""
 
@@ -83,9 +91,7 @@ class CausalLM:
         return [self._batch(self.val, starts[i:i + batch_size]) for i in range(0, len(starts), batch_size)]
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
-        assert batch.targets is not None
-        hidden = hidden_states(model, batch)
-        return LossSum(linear_cross_entropy_sum(hidden, model.lm_head.weight, batch.targets), batch.n_targets)
+        return next_token_loss(model, batch)
 
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
         """Loss per token, perplexity, and bits per byte: the last compares runs with different

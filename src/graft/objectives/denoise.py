@@ -23,8 +23,9 @@ from graft.data.shards import TokenShards
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError, TokenizerError
 from graft.model.transformer import LanguageModel, prefix_attention_mask
-from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states
-from graft.objectives.losses import IGNORE_INDEX, linear_cross_entropy_sum
+from graft.objectives.batch import Batch, LossSum, LossTotals
+from graft.objectives.clm import next_token_loss
+from graft.objectives.losses import IGNORE_INDEX
 from graft.objectives.mlm import EVAL_SEED, require_tokens
 from graft.objectives.spans import span_corruption, span_infilling
 
@@ -117,9 +118,7 @@ class Denoise:
         return self._eval
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
-        assert batch.targets is not None
-        hidden = hidden_states(model, batch)
-        return LossSum(linear_cross_entropy_sum(hidden, model.lm_head.weight, batch.targets), batch.n_targets)
+        return next_token_loss(model, batch)
 
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
         return {f"{split}/loss": totals.mean, f"{split}/ppl": math.exp(min(totals.mean, 50.0))}

@@ -18,8 +18,9 @@ from graft.data.records import Conversation
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
 from graft.model.transformer import LanguageModel
-from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states
-from graft.objectives.losses import IGNORE_INDEX, linear_cross_entropy_sum
+from graft.objectives.batch import Batch, LossSum, LossTotals, in_order
+from graft.objectives.clm import next_token_loss
+from graft.objectives.losses import IGNORE_INDEX
 
 
 class EncodedConversations:
@@ -68,13 +69,10 @@ class Instruct:
         return self.batch(self.train, torch.randint(0, len(self.train), (batch_size,), generator=generator).tolist())
 
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
-        return [self.batch(self.val, list(range(i, min(i + batch_size, len(self.val)))))
-                for i in range(0, len(self.val), batch_size)]
+        return [self.batch(self.val, rows) for rows in in_order(len(self.val), batch_size)]
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
-        assert batch.targets is not None
-        hidden = hidden_states(model, batch)
-        return LossSum(linear_cross_entropy_sum(hidden, model.lm_head.weight, batch.targets), batch.n_targets)
+        return next_token_loss(model, batch)
 
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
         return {f"{split}/loss": totals.mean, f"{split}/ppl": math.exp(min(totals.mean, 50.0))}

@@ -17,7 +17,7 @@ from graft.data.tagged import TaggedSentence, align_tags
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
 from graft.model.transformer import LanguageModel, padding_attention_mask
-from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states
+from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states, in_order
 from graft.objectives.losses import IGNORE_INDEX
 
 
@@ -88,8 +88,7 @@ class TagTokens:
 
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
         """Every validation sentence, in order (entity F1 needs them all)."""
-        return [self.batch(self.val, list(range(i, min(i + batch_size, len(self.val)))))
-                for i in range(0, len(self.val), batch_size)]
+        return [self.batch(self.val, rows) for rows in in_order(len(self.val), batch_size)]
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
         assert batch.targets is not None
