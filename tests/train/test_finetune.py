@@ -189,3 +189,11 @@ def test_a_tokenizer_without_pad_gets_one_and_the_embedding_grows(tmp_path: Path
     assert "had no pad token; added <|pad|>" in capsys.readouterr().out
     model, tokenizer = load_model(out / "checkpoints" / "last")
     assert tokenizer.pad_id == len(hf_tok) and model.config.vocab_size == len(hf_tok) + 1
+
+
+def test_a_context_longer_than_the_model_is_refused(base: Path, tmp_path: Path, capsys) -> None:
+    records = write_records(tmp_path / "train.jsonl")
+    assert main(["finetune", "classify", "--init", str(base), "--train", str(records), "--out", str(tmp_path / "run"),
+                 "--train.seq_len=64", *FINE]) == 2
+    assert "train.seq_len (64) exceeds the model's max_seq_len (32)" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -110,69 +111,67 @@ def _with_vocab_rows(model: LanguageModel, rows: int) -> LanguageModel:
 
 def task_data(config: RunConfig, tokenizer: Tokenizer, model_config: ModelConfig) -> TaskData:
     """Read the task's records and build its objective."""
-    name, data = config.objective.name, config.data
-    assert data.train_file is not None
-    max_len = config.seq_len if config.train.seq_len is not None else model_config.max_seq_len
+    name, data, seed = config.objective.name, config.data, config.train.seed
+    max_len = config.train.seq_len or model_config.max_seq_len
+    if max_len > model_config.max_seq_len:
+        raise ConfigError(f"train.seq_len ({max_len}) exceeds the model's max_seq_len ({model_config.max_seq_len})")
+    bidirectional = model_config.attention == "bidirectional"
     if name == "classify":
-        train, skipped = read_labelled(data.train_file, text_field=data.text_field, label_field=data.label_field,
-                                       encoding=data.encoding, skip_invalid=data.skip_invalid)
-        if data.val_file is not None:
-            val, skipped_val = read_labelled(data.val_file, text_field=data.text_field, label_field=data.label_field,
-                                             encoding=data.encoding, skip_invalid=data.skip_invalid)
-            skipped += skipped_val
-        else:
-            train, val = stratified_split(train, data.val_fraction, config.train.seed)
-        train = sample_records(train, data.max_train_examples, config.train.seed)
+        read = lambda path: read_labelled(path, text_field=data.text_field, label_field=data.label_field,  # noqa: E731
+                                          encoding=data.encoding, skip_invalid=data.skip_invalid)
+        train, val, skipped = _train_and_val(config, read, lambda rows: stratified_split(rows, data.val_fraction, seed))
+        train = sample_records(train, data.max_train_examples, seed)
         labels = label_set(train, str(data.train_file))
-        objective = Classify(train, val, tokenizer, labels, max_len, bidirectional=model_config.attention == "bidirectional",
-                             class_weights=config.objective.class_weights)
-        notes = [f"{len(train):,} training and {len(val):,} validation texts; labels: {', '.join(labels)}"]
-        if skipped:
-            notes.append(f"skipped {skipped:,} invalid records (--data.skip_invalid)")
-        truncated = objective.train.truncated + objective.val.truncated
-        if truncated:
-            notes.append(f"warning: {truncated:,} texts longer than {max_len} tokens were truncated")
-        return TaskData(objective, "sequence", labels, tuple(notes))
+        classify = Classify(train, val, tokenizer, labels, max_len, bidirectional=bidirectional,
+                            class_weights=config.objective.class_weights)
+        notes = _notes(f"{len(train):,} training and {len(val):,} validation texts; labels: {', '.join(labels)}",
+                       skipped, classify.train.truncated + classify.val.truncated, f"texts longer than {max_len} tokens")
+        return TaskData(classify, "sequence", labels, notes)
     if name == "tokens":
-        sentences, skipped = read_tagged(data.train_file, encoding=data.encoding, skip_invalid=data.skip_invalid)
-        if data.val_file is not None:
-            val_sentences, skipped_val = read_tagged(data.val_file, encoding=data.encoding, skip_invalid=data.skip_invalid)
-            skipped += skipped_val
-        else:
-            sentences, val_sentences = _split(sentences, data.val_fraction, config.train.seed)
-        sentences = _head(sentences, data.max_train_examples, config.train.seed)
-        tags = tag_set(sentences, str(data.train_file))
-        tagger = TagTokens(sentences, val_sentences, tokenizer, tags, max_len,
-                           bidirectional=model_config.attention == "bidirectional")
-        notes = [f"{len(sentences):,} training and {len(val_sentences):,} validation sentences; tags: {', '.join(tags)}"]
-        if skipped:
-            notes.append(f"skipped {skipped:,} invalid sentences (--data.skip_invalid)")
-        if tagger.train.truncated + tagger.val.truncated:
-            notes.append(f"warning: {tagger.train.truncated + tagger.val.truncated:,} sentences longer than "
-                         f"{max_len} tokens were truncated")
-        return TaskData(tagger, "token", tags, tuple(notes))
+        read = lambda path: read_tagged(path, encoding=data.encoding, skip_invalid=data.skip_invalid)  # noqa: E731
+        train, val, skipped = _train_and_val(config, read, lambda rows: _split(rows, data.val_fraction, seed))
+        train = _head(train, data.max_train_examples, seed)
+        tags = tag_set(train, str(data.train_file))
+        tagger = TagTokens(train, val, tokenizer, tags, max_len, bidirectional=bidirectional)
+        notes = _notes(f"{len(train):,} training and {len(val):,} validation sentences; tags: {', '.join(tags)}",
+                       skipped, tagger.train.truncated + tagger.val.truncated, f"sentences longer than {max_len} tokens")
+        return TaskData(tagger, "token", tags, notes)
     if name == "instruct":
-        if model_config.attention != "causal":
+        if bidirectional:
             raise ConfigError(f"objective instruct trains a decoder; {config.train.init} is an encoder")
-        conversations, skipped = read_conversations(data.train_file, skip_invalid=data.skip_invalid)
-        if data.val_file is not None:
-            val_conversations, skipped_val = read_conversations(data.val_file, skip_invalid=data.skip_invalid)
-            skipped += skipped_val
-        else:
-            conversations, val_conversations = _split(conversations, data.val_fraction, config.train.seed)
-        conversations = _head(conversations, data.max_train_examples, config.train.seed)
+        read = lambda path: read_conversations(path, skip_invalid=data.skip_invalid)  # noqa: E731
+        train, val, skipped = _train_and_val(config, read, lambda rows: _split(rows, data.val_fraction, seed))
+        train = _head(train, data.max_train_examples, seed)
         if tokenizer.chat_template is None:
             tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE  # saved with every checkpoint of the run
-        sft = Instruct(conversations, val_conversations, tokenizer, tokenizer.chat_template, max_len,
+        sft = Instruct(train, val, tokenizer, tokenizer.chat_template, max_len,
                        train_on_prompt=config.objective.train_on_prompt)
-        notes = [f"{len(conversations):,} training and {len(val_conversations):,} validation conversations"]
-        if skipped:
-            notes.append(f"skipped {skipped:,} invalid records (--data.skip_invalid)")
-        if sft.train.truncated + sft.val.truncated:
-            notes.append(f"warning: {sft.train.truncated + sft.val.truncated:,} conversations longer than "
-                         f"{max_len} tokens were truncated (kept, cut at the end)")
-        return TaskData(sft, "lm", (), tuple(notes))
+        notes = _notes(f"{len(train):,} training and {len(val):,} validation conversations", skipped,
+                       sft.train.truncated + sft.val.truncated,
+                       f"conversations longer than {max_len} tokens (kept, cut at the end)")
+        return TaskData(sft, "lm", (), notes)
     raise ConfigError(f"objective.name: {name!r} is not a fine-tuning task; use classify, tokens or instruct")
+
+
+def _train_and_val(config: RunConfig, read: Callable[[Path], tuple[list, int]],
+                   split: Callable[[list], tuple[list, list]]) -> tuple[list, list, int]:
+    """(training records, validation records, invalid records skipped): data.val_file when given,
+    else `split` of data.train_file."""
+    assert config.data.train_file is not None
+    train, skipped = read(config.data.train_file)
+    if config.data.val_file is None:
+        return *split(train), skipped
+    val, skipped_val = read(config.data.val_file)
+    return train, val, skipped + skipped_val
+
+
+def _notes(counts: str, skipped: int, truncated: int, what: str) -> tuple[str, ...]:
+    notes = [counts]
+    if skipped:
+        notes.append(f"skipped {skipped:,} invalid records (--data.skip_invalid)")
+    if truncated:
+        notes.append(f"warning: {truncated:,} {what} were truncated")
+    return tuple(notes)
 
 
 def _split(items: list, fraction: float, seed: int) -> tuple[list, list]:
