@@ -75,6 +75,12 @@ class ObjectiveConfig(Section):
     mix: dict[str, float] = Field(
         default_factory=dict, description="mix: weight per objective, e.g. {clm: 0.5, denoise: 0.25, mlm: 0.25}."
     )
+    nsp_same_document_negatives: float = Field(
+        default=0.0, ge=0, le=1,
+        description="nsp: share of training negatives cut from a distant part of A's own document (validation "
+        "keeps BERT's other-document negatives); with few long documents it stops the head from merely "
+        "recognising documents.",
+    )
     class_weights: bool = Field(default=False, description="classify: weight classes by inverse frequency.")
     train_on_prompt: bool = Field(default=False, description="instruct: score prompt tokens too, not only responses.")
 

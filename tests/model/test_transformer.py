@@ -95,3 +95,30 @@ def test_sequence_longer_than_context_is_refused():
     model = tiny("gpt2")
     with pytest.raises(ValueError, match="exceeds max_seq_len"):
         model(torch.zeros(1, 33, dtype=torch.long))
+
+
+@pytest.mark.parametrize("attention", ["causal", "bidirectional"])
+def test_mean_pooled_classifier_reads_the_mean_of_real_tokens_only(attention):
+    model = tiny("gpt2", attention=attention, head="sequence", labels=("a", "b"), classifier_pooling="mean")
+    x = torch.randint(0, 97, (2, 12))
+    last = torch.tensor([11, 6])  # row 1: 7 real tokens, then padding
+    real = (torch.arange(12)[None, :] <= last[:, None])
+    mask = real[:, None, None, :] if attention == "bidirectional" else None
+    with torch.no_grad():
+        hidden = model.model(x, attention_mask=mask)
+        logits = model.sequence_logits(hidden, last)
+        expected = model.classifier(torch.stack([hidden[0].mean(0), hidden[1, :7].mean(0)]))
+        assert torch.allclose(logits, expected, atol=1e-6)
+        padded = x.clone()
+        padded[1, 7:] = (padded[1, 7:] + 5) % 97  # other padding ids: row 1's logits must not move
+        again = model.sequence_logits(model.model(padded, attention_mask=mask), last)
+    assert torch.allclose(again[1], logits[1], atol=1e-6)
+    assert not hasattr(model, "pooler"), "mean pooling needs no pooler"
+
+
+def test_mean_pooled_classifier_is_refused_at_export():
+    from graft.model.convert.hf import hf_architecture
+
+    config = tiny("gpt2", head="sequence", labels=("a", "b"), classifier_pooling="mean").config
+    with pytest.raises(ConfigError, match="mean-pooled sequence classifier has no transformers class"):
+        hf_architecture(config)

@@ -113,6 +113,23 @@ def test_nsp_pairs_carry_segments_padding_and_labels(prepared) -> None:
     assert 0.0 <= metrics["val/nsp_acc"] <= 1.0
 
 
+def test_nsp_labels_follow_bert_for_pretraining_zero_means_b_follows_a(prepared) -> None:
+    import numpy as np
+
+    tokenizer, train, _ = prepared
+    objective = NextSentence(train, None, SEQ, tokenizer, tokenizer.vocab_size, with_mlm=False)
+    batch = objective.train_batch(64, torch.Generator().manual_seed(4))
+    stream = np.asarray(train.tokens).tolist()
+    text = ",".join(map(str, stream))
+    for ids, types, real, label in zip(batch.input_ids, batch.token_type_ids, batch.attention_mask[:, 0, 0],
+                                       batch.sequence_targets):
+        ids, types = ids[real].tolist(), types[real].tolist()
+        first, second = ids[1:types.index(1) - 1], ids[types.index(1):-1]
+        contiguous = ("," + ",".join(map(str, first + second)) + ",") in ("," + text + ",")
+        assert contiguous == (int(label) == 0), "label 0 must mean: B directly follows A in one document"
+    assert 0 < int(batch.sequence_targets.sum()) < 64
+
+
 def test_nsp_refuses_a_split_with_one_document(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("one document only. " * 200, encoding="utf-8")
     (tmp_path / "b.txt").write_text("another one here. " * 200, encoding="utf-8")

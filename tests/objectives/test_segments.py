@@ -186,3 +186,34 @@ def test_the_second_segments_document_does_not_give_the_label_away() -> None:
         share_pos = by_label[True][doc] / sum(by_label[True].values())
         share_neg = by_label[False][doc] / sum(by_label[False].values())
         assert abs(share_pos - share_neg) < 0.03, (doc, share_pos, share_neg)
+
+
+def test_same_document_negatives_are_distant_windows_of_a_documents_own_text(stream) -> None:
+    tokens, spans = stream
+    budget = 125
+    g = torch.Generator().manual_seed(1)
+    pairs = [sample_pair(tokens, spans, budget, g, same_document_negatives=1.0) for _ in range(3000)]
+    negatives = [p for p in pairs if not p.is_next]
+    lengths = spans[:, 1] - spans[:, 0]
+    for pair in negatives:
+        first_doc, first_at = _where(tokens, spans, pair.first)
+        second_doc, second_at = _where(tokens, spans, pair.second)
+        assert (first_doc, second_doc) == (pair.first_doc, pair.second_doc)
+        assert len(pair.first) + len(pair.second) <= budget
+        if first_doc == second_doc:
+            # Never overlapping, never adjacent: at least `budget` tokens between the two windows.
+            gap = second_at - (first_at + len(pair.first)) if second_at > first_at else first_at - (second_at + len(pair.second))
+            assert gap >= budget
+        else:  # only documents too short to hold A, B and the gap fall back to another document
+            assert lengths[first_doc] < 2 * budget
+    same = [p for p in negatives if p.first_doc == p.second_doc]
+    assert len(same) > 0.8 * len(negatives)
+    # Both orders occur, so "B comes earlier in the book" is no cue either.
+    before = sum(int(p.second[0]) < int(p.first[0]) for p in same)
+    assert 0.4 < before / len(same) < 0.6
+    # A share of 0.5: about half of the negatives from long enough documents stay in the document.
+    g = torch.Generator().manual_seed(2)
+    half = [sample_pair(tokens, spans, budget, g, same_document_negatives=0.5) for _ in range(3000)]
+    long_negatives = [p for p in half if not p.is_next and lengths[p.first_doc] >= 2 * budget]
+    share = sum(p.first_doc == p.second_doc for p in long_negatives) / len(long_negatives)
+    assert 0.4 < share < 0.6

@@ -25,6 +25,11 @@ NormPosition = Literal["pre", "post"]
 # *ForTokenClassification), reading the last real token (decoders) or the pooled first token (encoders),
 # or every token.
 HeadKind = Literal["lm", "sequence", "token"]
+# What a sequence classifier reads. token: the architecture's summary token (BERT's pooled [CLS], a
+# decoder's last real token), as transformers' *ForSequenceClassification do. mean: the mean of every
+# real token's final hidden state, which a briefly pre-trained encoder (whose [CLS] learned little)
+# classifies better from; no transformers class holds it, so such a classifier does not export.
+PoolingKind = Literal["token", "mean"]
 
 
 class RopeScaling(BaseModel):
@@ -92,6 +97,9 @@ class ModelConfig(BaseModel):
         default="lm", description="lm; sequence: one label per text; token: one label per token (a classifier)."
     )
     labels: tuple[str, ...] = Field(default=(), description="The classifier's label names, in output order.")
+    classifier_pooling: PoolingKind = Field(
+        default="token", description="What a sequence classifier reads: token (pooled [CLS] / last real token) or mean."
+    )
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residuals.")
     init_std: float = Field(default=0.02, gt=0, description="Std of the normal weight initialisation.")
 
@@ -109,8 +117,10 @@ class ModelConfig(BaseModel):
             raise ValueError("nsp_head needs pooler: true (the NSP head reads the pooled first token)")
         if (self.head == "lm") != (not self.labels):
             raise ValueError("a classifier head (head: sequence or token) needs its labels, and only it has labels")
-        if self.head == "sequence" and self.attention == "bidirectional" and not self.pooler:
-            raise ValueError("an encoder's sequence classifier reads the pooler: set pooler: true")
+        if (self.head == "sequence" and self.attention == "bidirectional" and self.classifier_pooling == "token"
+                and not self.pooler):
+            raise ValueError("an encoder's sequence classifier reads the pooler: set pooler: true "
+                             "(or classifier_pooling: mean)")
         return self
 
     @property

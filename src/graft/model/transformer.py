@@ -325,8 +325,13 @@ class LanguageModel(nn.Module):
     def sequence_logits(self, hidden: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
         """Classifier logits (B, labels) of whole sequences: an encoder reads its pooled first token
         (BERT's [CLS]); a decoder the hidden state at last_index (B,), its last real token, the only
-        one that has seen the whole text."""
-        if self.config.attention == "bidirectional":
+        one that has seen the whole text; with classifier_pooling mean, either reads the mean over
+        the real tokens (those up to last_index)."""
+        if self.config.classifier_pooling == "mean":
+            # Right-padded rows: positions up to last_index are the real tokens.
+            real = (torch.arange(hidden.shape[1], device=hidden.device) <= last_index[:, None]).to(hidden.dtype)
+            pooled = (hidden * real[..., None]).sum(1) / real.sum(1, keepdim=True)
+        elif self.config.attention == "bidirectional":
             pooled = self.pooler(hidden)
         else:
             pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]

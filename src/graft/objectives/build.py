@@ -26,7 +26,8 @@ def build_objective(cfg: ObjectiveConfig, train: TokenShards, val: TokenShards |
                             whole_word=cfg.whole_word_mask)
         if name in ("nsp", "mlm+nsp"):
             return NextSentence(train, val, seq_len, tokenizer, vocab_size, with_mlm=name == "mlm+nsp",
-                                probability=cfg.mask_probability, whole_word=cfg.whole_word_mask)
+                                probability=cfg.mask_probability, whole_word=cfg.whole_word_mask,
+                                same_document_negatives=cfg.nsp_same_document_negatives)
         if name == "denoise":
             return Denoise(train, val, seq_len, tokenizer, style=cfg.denoise_style, noise_density=cfg.noise_density,
                            mean_span=cfg.mean_span, prefix_lm=cfg.prefix_lm)

@@ -22,11 +22,13 @@ from graft.objectives.mlm import EVAL_SEED, MaskingPolicy, masked_lm_loss, mlm_m
 from graft.objectives.segments import document_spans, pack_pair, sample_pair
 
 
-def nsp_loss(model: LanguageModel, hidden: torch.Tensor, is_next: torch.Tensor) -> LossSum:
+def nsp_loss(model: LanguageModel, hidden: torch.Tensor, labels: torch.Tensor) -> LossSum:
+    """labels (B,): 0 where B follows A, 1 where B is random, as in transformers' BertForPreTraining,
+    so an imported BERT's NSP head keeps its meaning here and an exported one keeps it there."""
     logits = model.nsp_head(model.pooler(hidden)).float()  # (B, 2)
-    total = F.cross_entropy(logits, is_next, reduction="sum")
-    correct = float((logits.argmax(-1) == is_next).sum())
-    return LossSum(total, int(is_next.numel()), {"nsp_correct": correct, "nsp_count": float(is_next.numel()),
+    total = F.cross_entropy(logits, labels, reduction="sum")
+    correct = float((logits.argmax(-1) == labels).sum())
+    return LossSum(total, int(labels.numel()), {"nsp_correct": correct, "nsp_count": float(labels.numel()),
                                                  "nsp_loss_sum": float(total.detach())})
 
 
@@ -34,7 +36,8 @@ class NextSentence:
     """Objectives `nsp` and `mlm+nsp`."""
 
     def __init__(self, train: TokenShards, val: TokenShards | None, seq_len: int, tokenizer: Tokenizer,
-                 vocab_size: int, *, with_mlm: bool, probability: float = 0.15, whole_word: bool = False) -> None:
+                 vocab_size: int, *, with_mlm: bool, probability: float = 0.15, whole_word: bool = False,
+                 same_document_negatives: float = 0.0) -> None:
         self.name = "mlm+nsp" if with_mlm else "nsp"
         require_tokens(tokenizer, self.name, cls=tokenizer.cls_id, sep=tokenizer.sep_id, pad=tokenizer.pad_id,
                        end_of_text=tokenizer.eot_id)
@@ -44,6 +47,7 @@ class NextSentence:
                        if with_mlm else None)
         self.cls_id, self.sep_id, self.pad_id = tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
         self.seq_len = seq_len
+        self.same_document_negatives = same_document_negatives  # training batches only
         self.train, self.val = train, val
         self.train_spans = self._spans(train)
         self.val_spans = self._spans(val) if val is not None else None
@@ -59,17 +63,19 @@ class NextSentence:
                             "add documents, or split files into documents when preparing the data")
         return spans
 
-    def _batch(self, shards: TokenShards, spans: np.ndarray, batch_size: int, generator: torch.Generator) -> Batch:
+    def _batch(self, shards: TokenShards, spans: np.ndarray, batch_size: int, generator: torch.Generator,
+               same_document_negatives: float = 0.0) -> Batch:
         tokens = np.asarray(shards.tokens)
         ids, types, real, labels = [], [], [], []
         for _ in range(batch_size):
-            pair = sample_pair(tokens, spans, self.seq_len - 3, generator)
+            pair = sample_pair(tokens, spans, self.seq_len - 3, generator,
+                               same_document_negatives=same_document_negatives)
             packed, token_types, n_real = pack_pair(pair, cls_id=self.cls_id, sep_id=self.sep_id,  # type: ignore[arg-type]
                                                     pad_id=self.pad_id, seq_len=self.seq_len)  # type: ignore[arg-type]
             ids.append(packed)
             types.append(token_types)
             real.append(np.arange(self.seq_len) < n_real)
-            labels.append(int(pair.is_next))
+            labels.append(0 if pair.is_next else 1)  # BertForPreTraining's next_sentence_label: 0 = B follows A
         input_ids = torch.from_numpy(np.stack(ids).astype(np.int64))
         is_real = torch.from_numpy(np.stack(real))
         targets = None
@@ -80,7 +86,7 @@ class NextSentence:
                      attention_mask=is_real[:, None, None, :], sequence_targets=torch.tensor(labels))
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        return self._batch(self.train, self.train_spans, batch_size, generator)
+        return self._batch(self.train, self.train_spans, batch_size, generator, self.same_document_negatives)
 
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
         if self.val is None or self.val_spans is None:

@@ -49,7 +49,8 @@ def _randint(low: int, high: int, generator: torch.Generator) -> int:
 
 
 def sample_pair(
-    tokens: np.ndarray, spans: np.ndarray, budget: int, generator: torch.Generator, *, next_probability: float = 0.5
+    tokens: np.ndarray, spans: np.ndarray, budget: int, generator: torch.Generator, *, next_probability: float = 0.5,
+    same_document_negatives: float = 0.0,
 ) -> SegmentPair:
     """Draw one NSP pair holding at most `budget` content tokens in all (the caller passes seq_len - 3).
 
@@ -59,6 +60,13 @@ def sample_pair(
     of the remaining length from another document, also drawn in proportion to its length (so
     which document B comes from says nothing about the label). Short documents shrink the
     segments (never to empty).
+
+    With `same_document_negatives` > 0, that share of the negatives is instead cut from A's own
+    document, at least `budget` tokens away from A on either side (a document too short for that
+    falls back to another document). Every document then looks the same in positives and negatives,
+    so only whether B continues A can tell them apart: with a corpus of a few long books, BERT's
+    negatives alone let a small model score by recognising the book, which does not carry over to
+    other text.
     """
     if len(spans) < 2:
         raise DataError(f"NSP needs at least two documents, found {len(spans)}; add documents to the dataset")
@@ -91,6 +99,23 @@ def sample_pair(
         second_doc = first_doc
     else:
         n_first = min(share, length)
+        n_second = budget - n_first
+        # Room for A, B and a gap of `budget` tokens between them, in either order.
+        same_document = (same_document_negatives > 0 and length >= n_first + n_second + budget
+                         and bool(torch.rand((), generator=generator) < same_document_negatives))
+        if same_document:
+            # B's window start, drawn over the positions that leave the gap: before A or after it.
+            gap_total = length - n_first - n_second - budget  # free slack to distribute
+            a_rel = _randint(0, gap_total, generator)  # slack before the earlier of the two
+            b_rel = _randint(0, gap_total - a_rel, generator)  # slack between the gap and the later one
+            a_first = bool(torch.rand((), generator=generator) < 0.5)
+            early = start + a_rel
+            late = early + (n_first if a_first else n_second) + budget + b_rel
+            a_start, b_start = (early, late) if a_first else (late, early)
+            first = tokens[a_start:a_start + n_first]
+            second = tokens[b_start:b_start + n_second]
+            return SegmentPair(np.array(first, dtype=np.int64), np.array(second, dtype=np.int64), False,
+                               first_doc, first_doc)
         offset = start + _randint(0, length - n_first, generator)
         first = tokens[offset:offset + n_first]
         # Length-proportional over the other documents, like the first segment's document: were it

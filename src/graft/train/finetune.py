@@ -67,7 +67,9 @@ def finetune(config: RunConfig, *, echo: Callable[[str], None] | None = None) ->
     task = task_data(config, tokenizer, base.config)
     model_config = base.config.model_copy(update=dict(
         head=task.head, labels=task.labels, dropout=config.model.dropout,
-        pooler=base.config.pooler or (task.head == "sequence" and base.config.attention == "bidirectional")))
+        classifier_pooling=config.model.classifier_pooling,
+        pooler=base.config.pooler or (task.head == "sequence" and base.config.attention == "bidirectional"
+                                      and config.model.classifier_pooling == "token")))
     torch.manual_seed(config.train.seed)
     model = LanguageModel(model_config)
     if not config.adapt.from_scratch:

@@ -485,6 +485,9 @@ def hf_architecture(config: ModelConfig) -> str:
     def refuse(reason: str) -> ConfigError:
         return ConfigError(f"cannot export to Hugging Face: {reason}")
 
+    if config.head == "sequence" and config.classifier_pooling == "mean":
+        raise refuse("a mean-pooled sequence classifier has no transformers class (their *ForSequenceClassification "
+                     "read the pooled [CLS] or the last token); fine-tune with model.classifier_pooling: token to export")
     encoder_switches = (config.attention, config.norm_position) != ("causal", "pre")
     if encoder_switches or config.mlm_head or config.pooler or config.nsp_head or config.type_vocab_size:
         bert_style = ((config.attention, config.norm_position, config.positions, config.norm)
