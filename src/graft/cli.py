@@ -8,6 +8,7 @@ traceback. Ctrl-C exits 130, leaving the last complete checkpoint in place.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -237,12 +238,47 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", parents=[_COMMON], help="Serve a checkpoint over an OpenAI-compatible HTTP API, with a playground page.",
+                       description="Endpoints: /v1/models, /v1/completions, /v1/chat/completions (streaming as server-sent "
+                       "events), /v1/embeddings, /v1/classify (classifier checkpoints), /health, /metrics (Prometheus), "
+                       "/openapi.json; the playground at /. Requests are decoded together (continuous batching). "
+                       "Binds 127.0.0.1 unless --host says otherwise.")
+    p.add_argument("checkpoint", type=Path, help="checkpoint directory, run directory or Hugging Face directory")
+    p.add_argument("--host", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, help="port (default: 8000; 0 picks a free one)")
+    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 and /metrics (default: $GRAFT_API_KEY, "
+                   "else none)")
+    p.add_argument("--model-name", help="the model id clients use (default: the checkpoint path as given)")
+    p.add_argument("--max-batch", type=int, help="requests decoded together (default: 8)")
+    p.add_argument("--max-queue", type=int, help="requests waiting for a slot before new ones get 429 (default: 64)")
+    p.add_argument("--max-batch-tokens", type=int,
+                   help="cap on prompt + new tokens over the running batch (default: max-batch full contexts)")
+    p.add_argument("--quantize", choices=["none", "int8"], help="int8: dynamic int8 linear layers on CPU (default: none)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+
+
+def _add_chat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", parents=[_COMMON], help="Chat with a checkpoint in the terminal.",
+                       description="Each line is a user turn; replies stream as they are written and the conversation "
+                       "is kept (oldest turns dropped when it outgrows the context). /reset clears it; /exit or "
+                       "end of input (Ctrl-D) leaves; Ctrl-C stops a reply.")
+    p.add_argument("checkpoint", type=Path, help="checkpoint directory, run directory or Hugging Face directory")
+    p.add_argument("--system", help="system prompt")
+    p.add_argument("--temperature", type=float, help="0 = greedy (default: 0.8)")
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--max-tokens", type=int, help="longest reply (default: the rest of the context)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graft", description="Transfer learning with transformer language models.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")  # the default for _COMMON
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_quickstart, _add_tokenizer, _add_data, _add_pretrain, _add_finetune, _add_generate, _add_export,
-                _add_experiment, _add_eval):
+                _add_experiment, _add_eval, _add_serve, _add_chat):
         add(sub)
     return parser
 
@@ -487,6 +523,30 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_serve(args: argparse.Namespace) -> int:
+    from graft.serve.app import ServeOptions, serve
+
+    # Flags left unset keep ServeOptions' defaults, so every default lives in one place.
+    api_key = args.api_key if args.api_key is not None else os.environ.get("GRAFT_API_KEY") or None
+    given = {"host": args.host, "port": args.port, "api_key": api_key, "model_name": args.model_name,
+             "max_batch": args.max_batch, "max_queue": args.max_queue, "max_batch_tokens": args.max_batch_tokens,
+             "quantize": args.quantize, "device": args.device}
+    # Flushed at once: the address line is what a supervisor or a log reader waits for.
+    serve(ServeOptions(checkpoint=args.checkpoint, **{key: value for key, value in given.items() if value is not None}),
+          echo=lambda line: print(line, flush=True))
+    return 0
+
+
+def _run_chat(args: argparse.Namespace) -> int:
+    from graft.terminal_chat import ChatOptions, run_chat
+
+    # Flags left unset keep ChatOptions' defaults, so every default lives in one place.
+    given = {"system": args.system, "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
+             "max_tokens": args.max_tokens, "seed": args.seed, "device": args.device}
+    run_chat(ChatOptions(checkpoint=args.checkpoint, **{key: value for key, value in given.items() if value is not None}))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -509,6 +569,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_experiment(args, extra)
         if args.command == "eval":
             return _run_eval(args)
+        if args.command == "serve":
+            return _run_serve(args)
+        if args.command == "chat":
+            return _run_chat(args)
         return _run_generate(args)
     except GraftError as err:
         if args.debug:

@@ -228,3 +228,12 @@ def test_write_report_language_model_definitions_and_no_samples(tmp_path: Path) 
     assert json.loads(json_path.read_text())["ppl"] == pytest.approx(math.exp(2.0))
     with pytest.raises(MetricInputError, match="plain file name"):
         write_report(tmp_path, "../escape", metrics)
+
+
+def test_write_report_puts_a_reports_own_definitions_in_the_definition_column(tmp_path: Path) -> None:
+    metrics = {"rougeL": 0.5, "ended_with_eos": 0.9,
+               "definitions": {"ended_with_eos": "share that ended with the end-of-turn token"}}
+    _, md_path = write_report(tmp_path, "generate", metrics)
+    md = md_path.read_text()
+    assert "| ended_with_eos | 0.9000 | share that ended with the end-of-turn token |" in md
+    assert "## definitions" not in md  # not repeated as a table of its own

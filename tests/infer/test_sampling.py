@@ -106,3 +106,17 @@ def test_bad_new_sampling_params_are_refused_naming_the_field(bad, field):
 def test_edge_values_are_accepted():
     SamplingParams(min_p=1.0, repetition_penalty=0.01, frequency_penalty=-2.0, presence_penalty=2.0, logprobs=0)
     SamplingParams(logprobs=20)
+
+
+def test_extreme_but_valid_settings_never_produce_nan_probabilities():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 50) * 5
+    greedy = logits.argmax(-1)
+    for params in (SamplingParams(temperature=1e-183), SamplingParams(temperature=5e-6, logprobs=2)):
+        # A temperature this small would overflow logits / T to inf; it decodes greedily instead.
+        assert torch.equal(choose_next(logits, params, torch.Generator().manual_seed(1)).ids, greedy)
+    # A top_p that float32 rounds to 0 keeps the most likely token rather than dropping every one.
+    tiny_p = SamplingParams(top_p=5e-324)
+    assert torch.equal(choose_next(logits, tiny_p, torch.Generator().manual_seed(1)).ids, greedy)
+    with pytest.raises(ValueError, match="repetition_penalty must be in"):
+        SamplingParams(repetition_penalty=1e-300)

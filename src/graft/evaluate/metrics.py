@@ -389,11 +389,14 @@ def _markdown(name: str, metrics: Mapping[str, Any]) -> str:
     lists = {k: v for k, v in metrics.items()
              if isinstance(v, (list, tuple)) and all(_is_scalar(x) for x in v)}
     lines = [f"# {_cell(name)}", ""]
-    rows = [[_cell(k), _cell(v), _cell(DEFINITIONS.get(str(k), ""))] for k, v in {**scalars, **lists}.items()]
+    # A report may carry its own definitions (keys DEFINITIONS lacks); they go in the column, not a table of their own.
+    own = metrics.get("definitions")
+    definitions = {**DEFINITIONS, **(own if isinstance(own, Mapping) else {})}
+    rows = [[_cell(k), _cell(v), _cell(definitions.get(str(k), ""))] for k, v in {**scalars, **lists}.items()]
     if rows:
         lines += _table(["metric", "value", "definition"], rows)
     for key, value in metrics.items():
-        if key not in scalars and key not in lists:
+        if key not in scalars and key not in lists and not (key == "definitions" and value is own):
             lines += _section(str(key), value, metrics.get("labels"))
     return "\n".join(lines) + "\n"
 

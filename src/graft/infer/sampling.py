@@ -4,7 +4,8 @@ Order of processing (each step works on what the previous one left):
 
 1. penalties on the raw logits: repetition (CTRL / Hugging Face: tokens in prompt + output), then
    frequency and presence (OpenAI: generated tokens only);
-2. temperature; 0 means greedy, which takes the argmax of the penalised logits and skips 3-6;
+2. temperature; 0 means greedy, which takes the argmax of the penalised logits and skips 3-6 (so does
+   any temperature below GREEDY_BELOW: dividing by it would overflow the logits to inf);
 3. top-k;  4. top-p;  5. min-p;
 6. sample from the softmax of what is left.
 
@@ -28,6 +29,8 @@ import torch
 
 MAX_LOGPROBS = 20  # OpenAI's cap on top_logprobs
 MAX_ABS_PENALTY = 2.0  # OpenAI's range for frequency and presence penalties
+GREEDY_BELOW = 1e-5  # temperatures below this decode greedily (vLLM's rule): logits / 1e-300 is inf
+REPETITION_PENALTY_RANGE = (0.01, 100.0)  # beyond it the divided or multiplied logits overflow
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,9 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.min_p is not None and not 0 < self.min_p <= 1:
             raise ValueError(f"min_p must be in (0, 1], got {self.min_p}")
-        if not (math.isfinite(self.repetition_penalty) and self.repetition_penalty > 0):
-            raise ValueError(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty}")
+        low, high = REPETITION_PENALTY_RANGE
+        if not (math.isfinite(self.repetition_penalty) and low <= self.repetition_penalty <= high):
+            raise ValueError(f"repetition_penalty must be in [{low:g}, {high:g}], got {self.repetition_penalty}")
         for name in ("frequency_penalty", "presence_penalty"):
             value = getattr(self, name)
             if not -MAX_ABS_PENALTY <= value <= MAX_ABS_PENALTY:
@@ -123,6 +127,7 @@ def truncate(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         # Drop a token when the tokens before it already reach top_p; the first always stays.
         drop_sorted = (cumulative - sorted_logits.softmax(dim=-1)) >= params.top_p
+        drop_sorted[..., 0] = False  # even for a top_p that float32 rounds to 0
         logits = logits.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), float("-inf"))
     if params.min_p is not None:
         # top-k and top-p always keep the most likely token, so the ratio to it is the same
@@ -145,7 +150,7 @@ def choose_next(
 ) -> Choice:
     """Next token ids from last-position logits (B, V), in the order the module docstring gives."""
     logits = apply_penalties(logits, params, history)
-    if params.temperature == 0:
+    if params.temperature < GREEDY_BELOW:
         logprobs = logits.float().log_softmax(dim=-1) if params.logprobs is not None else None
         return Choice(logits.argmax(dim=-1), logprobs)
     logits = logits.float() / params.temperature

@@ -1,0 +1,38 @@
+"""Chat messages to prompt token ids, shared by the HTTP API and `graft chat`.
+
+The tokenizer's own chat template is used when it has one, else graft's default (the one
+`graft finetune instruct` trains with), rendered in the sandbox of `graft.data.chat`. A message
+whose text holds the end-of-turn token itself is refused: it would encode as the real token and
+let a user forge a turn boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from graft.data.chat import DEFAULT_CHAT_TEMPLATE, render_chat
+from graft.data.records import Message
+from graft.data.tokenizer import EOT, Tokenizer
+from graft.errors import DataError
+
+
+class PromptError(DataError):
+    """A conversation that cannot become a prompt; `index` is the offending message, if one is."""
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+
+
+def chat_prompt_ids(tokenizer: Tokenizer, messages: Sequence[Message]) -> list[int]:
+    """The ids a model reads before writing the next assistant turn of `messages`."""
+    eos = tokenizer.special_tokens_map.get("eos_token")
+    for i, message in enumerate(messages):
+        if eos and eos in message.content:
+            raise PromptError(f"message {i} ({message.role}) contains the end-of-turn token {eos!r}", i)
+    template = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
+    try:
+        text = render_chat(template, messages, add_generation_prompt=True, eos_token=eos or EOT)
+    except DataError as err:
+        raise PromptError(str(err)) from None
+    return tokenizer.encode(text)

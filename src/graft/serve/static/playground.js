@@ -1,0 +1,178 @@
+// The graft playground: a chat over POST /v1/chat/completions with stream: true, read as
+// server-sent events from fetch's ReadableStream (EventSource cannot POST or send headers).
+// Text from the model is only ever set with textContent, never parsed as HTML.
+"use strict";
+
+const KEY_STORAGE = "graft.apiKey";
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  model: null,      // the served model's id, from GET /v1/models
+  history: [],      // [{role, content}] of finished turns
+  controller: null, // AbortController of the stream in flight; aborting it cancels the request server-side
+};
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = $("api-key").value.trim();
+  if (key) h["Authorization"] = `Bearer ${key}`;
+  return h;
+}
+
+function setStatus(text) { $("status").textContent = text; }
+
+async function errorMessage(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error && body.error.message) return `${response.status}: ${body.error.message}`;
+  } catch (_) { /* not JSON */ }
+  return `${response.status} ${response.statusText}`;
+}
+
+function addMessage(role, text) {
+  const li = document.createElement("li");
+  li.className = `message ${role}`;
+  li.textContent = text;
+  $("messages").appendChild(li);
+  li.scrollIntoView({ block: "end" });
+  return li;
+}
+
+async function loadModel() {
+  setStatus("");
+  const response = await fetch("/v1/models", { headers: headers() });
+  if (!response.ok) {
+    $("model-name").textContent = response.status === 401 ? "enter the API key →" : "model unavailable";
+    setStatus(await errorMessage(response));
+    return;
+  }
+  state.model = (await response.json()).data[0].id;
+  $("model-name").textContent = state.model;
+  const detail = await fetch(`/v1/models/${encodeURIComponent(state.model).replace(/%2F/g, "/")}`, { headers: headers() });
+  if (!detail.ok) return;
+  const facts = (await detail.json()).graft;
+  const dl = $("facts");
+  dl.replaceChildren();
+  const shown = [["kind", facts.kind], ["parameters", facts.parameters.toLocaleString()],
+    ["context", `${facts.context_length} tokens`], ["tokenizer", `${facts.tokenizer}, ${facts.vocab_size}`],
+    ["chat template", facts.chat_template ? "its own" : "graft default"], ["batch", facts.max_batch],
+    ["quantize", facts.quantize]];
+  if (facts.labels.length) shown.push(["labels", facts.labels.join(", ")]);
+  for (const [name, value] of shown) {
+    const dt = document.createElement("dt"); dt.textContent = name;
+    const dd = document.createElement("dd"); dd.textContent = value;
+    dl.append(dt, dd);
+  }
+  $("card").textContent = facts.card;
+}
+
+function requestBody(messages) {
+  const body = { model: state.model, messages, stream: true, stream_options: { include_usage: true },
+    temperature: Number($("temperature").value), top_p: Number($("top-p").value) };
+  const maxTokens = $("max-tokens").value.trim();
+  if (maxTokens) body.max_tokens = Number(maxTokens);
+  const seed = $("seed").value.trim();
+  if (seed) body.seed = Number(seed);
+  return body;
+}
+
+// Yields each SSE event's data string; events end with a blank line.
+async function* sseData(response) {
+  const reader = response.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const data = block.split("\n").filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart()).join("\n");
+      if (data) yield data;
+    }
+  }
+}
+
+async function send(text) {
+  const system = $("system").value.trim();
+  const messages = [...(system ? [{ role: "system", content: system }] : []), ...state.history,
+    { role: "user", content: text }];
+  addMessage("user", text);
+  const bubble = addMessage("assistant", "");
+  bubble.classList.add("streaming");
+  state.controller = new AbortController();
+  $("send").disabled = true; $("stop").disabled = false;
+  let reply = "", usage = null, finish = null;
+  try {
+    const response = await fetch("/v1/chat/completions", { method: "POST", headers: headers(),
+      body: JSON.stringify(requestBody(messages)), signal: state.controller.signal });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    for await (const data of sseData(response)) {
+      if (data === "[DONE]") break;
+      const chunk = JSON.parse(data);
+      if (chunk.error) throw new Error(chunk.error.message);
+      if (chunk.usage) usage = chunk.usage;
+      const choice = chunk.choices && chunk.choices[0];
+      if (!choice) continue;
+      if (choice.delta && choice.delta.content) {
+        reply += choice.delta.content;
+        bubble.textContent = reply;
+        bubble.scrollIntoView({ block: "end" });
+      }
+      if (choice.finish_reason) finish = choice.finish_reason;
+    }
+    state.history.push({ role: "user", content: text }, { role: "assistant", content: reply });
+  } catch (err) {
+    if (err.name === "AbortError") {
+      finish = "stopped";
+      state.history.push({ role: "user", content: text }, { role: "assistant", content: reply });
+    } else {
+      bubble.remove();
+      addMessage("error", String(err.message || err));
+    }
+  } finally {
+    bubble.classList.remove("streaming");
+    if (bubble.isConnected) {
+      const meta = document.createElement("span");
+      meta.className = "meta";
+      meta.textContent = [finish && `finish: ${finish}`, usage && `${usage.prompt_tokens} prompt + ${usage.completion_tokens} new tokens`]
+        .filter(Boolean).join(" · ");
+      bubble.appendChild(meta);
+    }
+    state.controller = null;
+    $("send").disabled = false; $("stop").disabled = true;
+  }
+}
+
+function init() {
+  $("api-key").value = localStorage.getItem(KEY_STORAGE) || "";
+  $("api-key").addEventListener("input", () => localStorage.setItem(KEY_STORAGE, $("api-key").value.trim()));
+  $("api-key").addEventListener("change", loadModel);
+  for (const [input, output] of [["temperature", "temperature-value"], ["top-p", "top-p-value"]]) {
+    $(input).addEventListener("input", () => { $(output).textContent = $(input).value; });
+  }
+  $("composer").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const text = $("prompt").value;
+    if (!text.trim() || state.controller) return;
+    $("prompt").value = "";
+    send(text);
+  });
+  $("prompt").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && !event.shiftKey) {
+      event.preventDefault();
+      $("composer").requestSubmit();
+    }
+  });
+  $("stop").addEventListener("click", () => state.controller && state.controller.abort());
+  $("reset").addEventListener("click", () => {
+    if (state.controller) state.controller.abort();
+    state.history = [];
+    $("messages").replaceChildren();
+  });
+  loadModel();
+}
+
+init();
