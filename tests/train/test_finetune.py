@@ -86,6 +86,25 @@ def test_lora_adapter_merges_exactly(base: Path, tmp_path: Path) -> None:
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
 
 
+def test_a_merged_and_exported_lora_classifier_gives_the_unmerged_logits(base: Path, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    records = write_records(tmp_path / "train.jsonl")
+    out = tmp_path / "run"
+    assert main(["finetune", "classify", "--init", str(base), "--train", str(records), "--out", str(out),
+                 "--method", "lora", *FINE]) == 0
+    checkpoint = out / "checkpoints" / "last"
+    assert main(["export", str(checkpoint), "--format", "hf", "--merge-lora", "--out", str(tmp_path / "hf")]) == 0
+    model, tokenizer = load_model(checkpoint)  # the adapter applied, not merged
+    assert has_lora(model)
+    exported = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    for text in ["good great fine nice", "bad awful poor grim sad", "fine sad"]:
+        ids = torch.tensor([tokenizer.encode(text)])
+        with torch.no_grad():
+            unmerged = model.sequence_logits(model.model(ids), torch.tensor([ids.shape[1] - 1]))
+            theirs = exported(input_ids=ids).logits
+        torch.testing.assert_close(theirs, unmerged, atol=1e-5, rtol=0)
+
+
 def test_freeze_trains_only_the_last_block_and_the_head(base: Path, tmp_path: Path) -> None:
     from graft.config import AdaptConfig
     from graft.train.adapt import apply_adaptation
