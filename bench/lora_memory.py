@@ -8,7 +8,9 @@ and runs K training steps (forward, backward, optimizer step) on fixed random ba
 tokens. "Training overhead" is the peak after training minus the peak after building the model:
 gradients, optimizer state and activations, the memory fine-tuning adds on top of holding the model.
 LoRA still back-propagates through the frozen blocks, so its activations match full fine-tuning's;
-what it saves is the gradients and AdamW's two moments for every frozen weight.
+what it saves is the gradients and AdamW's two moments for every frozen weight. PEFT's adapter
+dropout (`--lora-dropout`, default 0.05 as in graft's AdaptConfig) keeps a dropped copy of each
+adapted layer's input for the backward pass, which costs activation memory.
 
     python bench/lora_memory.py --preset small --steps 5
 """
@@ -28,7 +30,7 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_one(method: str, preset_name: str, vocab: int, batch: int, seq_len: int, steps: int) -> dict:
+def run_one(method: str, preset_name: str, vocab: int, batch: int, seq_len: int, steps: int, lora_dropout: float) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -45,7 +47,7 @@ def run_one(method: str, preset_name: str, vocab: int, batch: int, seq_len: int,
     config = ModelConfig.model_validate({**config.model_dump(), "head": "sequence", "labels": ("a", "b")})
     model = LanguageModel(config)
     loaded = peak_rss_mib()
-    apply_adaptation(model, AdaptConfig(method=method))
+    apply_adaptation(model, AdaptConfig(method=method, lora_dropout=lora_dropout))
     trainable, total = trainable_parameters(model)
     model.train()
     optimizer = build_optimizer(model, OptimConfig(lr=1e-4), torch.device("cpu"))
@@ -73,20 +75,23 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--methods", default="full,lora,freeze")
+    parser.add_argument("--lora-dropout", type=float, default=0.05, help="PEFT's dropout on the adapters' input")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_one(args.child, args.preset, args.vocab, args.batch, args.seq_len, args.steps)))
+        print(json.dumps(run_one(args.child, args.preset, args.vocab, args.batch, args.seq_len, args.steps,
+                                 args.lora_dropout)))
         return
     rows = []
     for method in args.methods.split(","):
         command = [sys.executable, __file__, "--child", method, "--preset", args.preset, "--vocab", str(args.vocab),
-                   "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--steps", str(args.steps)]
+                   "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
+                   "--lora-dropout", str(args.lora_dropout)]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     full = next((r for r in rows if r["method"] == "full"), rows[0])
     print(f"preset {args.preset}, vocab {args.vocab}, batch {args.batch} x {args.seq_len} tokens, "
-          f"{args.steps} steps, fp32 CPU\n")
+          f"{args.steps} steps, lora rank 8 on q/k/v/o_proj with dropout {args.lora_dropout}, fp32 CPU\n")
     print("| method | trainable parameters | share | peak RSS (MiB) | training overhead (MiB) | vs full | step (s) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
