@@ -22,12 +22,12 @@ Threads. `step`, `embed` and `classify` hold one lock, so they never interleave;
 thread that steps whenever there is work and sleeps on a condition variable otherwise (what the
 server uses); without it, the caller drives `step()` (what `generate()` does).
 
-Speed (bench/decode_speed.py). At batch 1 on a CPU a decode step is bound by reading every
-weight once: on the `small` preset the fp32 engine runs at ~87% of the time it takes merely to
-sum over the weights, so the rest is little, and `compile=True` (which fuses the small ops and
-drops Python dispatch) gains a few percent at most. What moves batch-1 speed is moving fewer
-bytes: `quantize="int8"` (a quarter of the weight traffic) is ~3x faster. Batching shares each
-weight read among the running rows, which is where the engine's throughput comes from.
+Speed (bench/decode_speed.py, figures in docs/benchmarks.md). At batch 1 on a CPU a decode step is
+mostly reading every weight once; on the `small` preset with 2 threads the fp32 engine runs at about 60%
+of the speed of merely reading the weights, the rest being per-layer small ops and Python, which
+`compile=True` trims a little. `quantize="int8"` moves a quarter of the bytes and is about 2x faster
+(its tokens differ from fp32's). Batching shares each weight read among the running rows, which is
+where the engine's throughput comes from.
 
 Not done here: a prompt is prefilled in one piece, so a long prompt pauses the running sequences
 for its prefill (chunked prefill would interleave it with decode steps); there is no prefix
