@@ -75,6 +75,27 @@ class _Invalid(Exception):
     """One record is bad; read_labelled raises it as a DataError or skips it."""
 
 
+class InvalidRecords:
+    """The bad records of one file: each raised at once as a DataError, or with `skip_invalid`
+    counted; a file left with no valid record is refused, quoting the first problem."""
+
+    def __init__(self, path: Path, skip_invalid: bool) -> None:
+        self.path, self.skip_invalid = path, skip_invalid
+        self.problems: list[str] = []
+
+    def add(self, problem: str) -> None:
+        if not self.skip_invalid:
+            raise DataError(problem) from None
+        self.problems.append(problem)
+
+    def require_some(self, kept: Sequence[object], what: str) -> int:
+        """The number skipped; DataError when `kept` is empty."""
+        if not kept:
+            first = f" ({len(self.problems)} invalid; the first: {self.problems[0]})" if self.problems else ""
+            raise DataError(f"{self.path}: no valid {what}{first}")
+        return len(self.problems)
+
+
 def _decode(path: Path, encoding: str) -> str:
     """The file's text; bytes the encoding rejects are kept as lone surrogates (checked later)."""
     try:
@@ -256,20 +277,15 @@ def read_labelled(
         kind = f"{suffix!r} file" if suffix else "file without a suffix"
         raise DataError(f"{path}: cannot read a {kind} as labelled records; graft reads {_FORMATS}")
     records: list[TextRecord] = []
-    problems: list[str] = []
+    invalid = InvalidRecords(path, skip_invalid)
     for where, item in fields:
         try:
             if isinstance(item, _Invalid):
                 raise item
             records.append(_record(item, where, text_field, label_field, encoding))
         except _Invalid as exc:
-            if not skip_invalid:
-                raise DataError(str(exc)) from None
-            problems.append(str(exc))
-    if not records:
-        first = f" ({len(problems)} invalid; the first: {problems[0]})" if problems else ""
-        raise DataError(f"{path}: no valid records{first}")
-    return records, len(problems)
+            invalid.add(str(exc))
+    return records, invalid.require_some(records, "records")
 
 
 def read_polarity(pos: Path, neg: Path, encoding: str = "latin-1") -> list[TextRecord]:
@@ -383,7 +399,7 @@ def read_conversations(
         raise DataError(f"{path}: cannot read a {kind} as instruction records; graft reads .jsonl or a .json array")
     fields = _jsonl_fields(path, text) if suffix == ".jsonl" else _json_fields(path, text)
     conversations: list[Conversation] = []
-    problems: list[str] = []
+    invalid = InvalidRecords(path, skip_invalid)
     for where, item in fields:
         try:
             if isinstance(item, _Invalid):
@@ -398,10 +414,5 @@ def read_conversations(
                                f"record (messages), got fields: {present}")
             conversations.append(Conversation(messages=messages, source=where))
         except _Invalid as exc:
-            if not skip_invalid:
-                raise DataError(str(exc)) from None
-            problems.append(str(exc))
-    if not conversations:
-        first = f" ({len(problems)} invalid; the first: {problems[0]})" if problems else ""
-        raise DataError(f"{path}: no valid instruction records{first}")
-    return conversations, len(problems)
+            invalid.add(str(exc))
+    return conversations, invalid.require_some(conversations, "instruction records")

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from graft.data.records import _UNDECODED, _check_decoded, _decode, _json_fields, _jsonl_fields
+from graft.data.records import _UNDECODED, InvalidRecords, _check_decoded, _decode, _json_fields, _jsonl_fields
 from graft.data.tokenizer import Tokenizer
 from graft.errors import ConfigError, DataError
 from graft.objectives.losses import IGNORE_INDEX
@@ -163,18 +163,13 @@ def read_tagged(
     else:
         raise DataError(f"{path}: cannot read a {suffix!r} file as tagged sentences; graft reads {_FORMATS}")
     sentences: list[TaggedSentence] = []
-    problems: list[str] = []
+    invalid = InvalidRecords(path, skip_invalid)
     for item in items:
         if isinstance(item, TaggedSentence):
             sentences.append(item)
-        elif not skip_invalid:
-            raise DataError(str(item)) from None
         else:
-            problems.append(str(item))
-    if not sentences:
-        first = f" ({len(problems)} invalid; the first: {problems[0]})" if problems else ""
-        raise DataError(f"{path}: no valid tagged sentences{first}")
-    return sentences, len(problems)
+            invalid.add(str(item))
+    return sentences, invalid.require_some(sentences, "tagged sentences")
 
 
 def _json_items(fields: Iterator[tuple[str, dict[str, object] | Exception]],
