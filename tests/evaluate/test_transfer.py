@@ -16,7 +16,7 @@ import pytest
 from graft.cli import main
 from graft.config import RunConfig
 from graft.errors import ConfigError
-from graft.evaluate.transfer import TransferOptions, parse_sizes, run_transfer
+from graft.evaluate.transfer import Cell, RunOutcome, TransferOptions, _versus, parse_sizes, run_transfer
 from graft.train.loop import RunResult
 
 TINY_BASE = ["--model.max_seq_len=32", "--model.d_model=32", "--model.n_layers=2", "--model.n_heads=2",
@@ -206,3 +206,16 @@ def test_parse_sizes() -> None:
     assert parse_sizes("50, 200,all") == (50, 200, None)
     with pytest.raises(ConfigError, match="'ten' is not a number"):
         parse_sizes("ten")
+
+
+def test_comparisons_name_the_winner_and_whether_the_intervals_overlap() -> None:
+    def cell(arm: str, accuracies: list[float]) -> Cell:
+        return Cell(arm, 200, [RunOutcome(arm, 200, seed, "", accuracy=a) for seed, a in enumerate(accuracies)])
+
+    cells = [cell("scratch", [0.970, 0.972, 0.974]), cell("continued", [0.990, 0.991, 0.992]),
+             cell("full", [0.960, 0.965, 0.962])]
+    (line,) = _versus(cells, "continued", "scratch", "continued beats scratch")
+    assert line.startswith("- 200 labelled examples: continued 0.991 [")
+    assert "**continued beats scratch** by +0.019" in line and "do not overlap" in line
+    (line,) = _versus(cells, "full", "scratch", "pre-trained beats scratch")
+    assert "pre-trained does not beat scratch (-0.010)" in line

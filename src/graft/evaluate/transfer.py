@@ -581,6 +581,10 @@ def _report(options: TransferOptions, split: Split, cells: list[Cell]) -> str:
     if "full" in arms and "scratch" in arms:
         comparisons += ["", "## Pre-trained vs from scratch (test accuracy)", "",
                         *_versus(cells, "full", "scratch", "pre-trained beats scratch")]
+    if "continued" in arms and "scratch" in arms:
+        # The continued checkpoint is pre-trained too (general text, then the domain's unlabelled text).
+        comparisons += ["", "## Continued pre-training vs from scratch (test accuracy)", "",
+                        *_versus(cells, "continued", "scratch", "continued beats scratch")]
     if "continued" in arms and "full" in arms:
         comparisons += ["", "## Continued pre-training vs pre-trained (test accuracy)", "",
                         *_versus(cells, "continued", "full", "continued beats pre-trained")]
