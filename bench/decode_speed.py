@@ -22,9 +22,10 @@ the machine hits all of them; the tables give the median and range over repeats.
 
 Memory per concurrent sequence: the KV cache reserves 2 * layers * kv_heads * max_len * head_dim *
 4 bytes per slot (max_len = the model's context), committed when the engine is built. Measured
-first, before anything else has allocated and freed memory a new cache could reuse unseen: RSS
-growth per slot when an engine is built, and per sequence after it has run max_batch concurrent
-sequences of P+N tokens.
+first, before other engines and transformers' generate have allocated and freed memory a new cache
+could reuse unseen: RSS growth per slot when an engine is built, and per sequence after it has run
+max_batch concurrent sequences of P+N tokens, each less the engine's fixed share (its decoding copy's
+fused q/k/v weights, counted exactly and reported apart).
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ class Result:
     kv_bytes_per_slot: int = 0
     rss_build_per_slot: float = 0.0
     rss_per_sequence: float = 0.0
+    fixed_bytes: int = 0  # per engine, whatever its slots: the decoding copy's fused projections
     setup_s: dict[str, float] = field(default_factory=dict)  # engine build + warm-up (compile time shows here)
 
     def ratio(self, name: str) -> float:
@@ -124,8 +126,11 @@ def bench_preset(name: str, args: argparse.Namespace) -> Result:
     built = rss()
     _run(engine, [Request(prompt, SamplingParams(max_new_tokens=N, temperature=0.8, seed=i)) for i in range(max_batch)])
     result.kv_bytes_per_slot = engine.stats.kv_cache_bytes_per_slot
-    result.rss_build_per_slot = (built - base) / max_batch
-    result.rss_per_sequence = (rss() - base) / max_batch
+    # Per engine, whatever its slots: its decoding copy's fused q/k/v projections (Attention.fuse_qkv).
+    result.fixed_bytes = sum(p.numel() * p.element_size() for name, p in engine.model.named_parameters()
+                             if ".qkv_proj." in name)
+    result.rss_build_per_slot = (built - base - result.fixed_bytes) / max_batch
+    result.rss_per_sequence = (rss() - base - result.fixed_bytes) / max_batch
     del engine
 
     ids = torch.tensor([prompt])
@@ -213,7 +218,8 @@ def markdown(results: list[Result]) -> str:
         lines += ["", f"Memory per concurrent sequence: KV cache slot (full context) {r.kv_bytes_per_slot / MiB:.1f} MiB; "
                   f"measured RSS growth per slot when the engine is built {r.rss_build_per_slot / MiB:.1f} MiB, and per "
                   f"sequence after running {max(r.throughput)} sequences of {r.prompt_tokens + r.new_tokens} tokens "
-                  f"{r.rss_per_sequence / MiB:.1f} MiB", ""]
+                  f"{r.rss_per_sequence / MiB:.1f} MiB; and per engine, whatever its slots, its fused q/k/v weights "
+                  f"{r.fixed_bytes / MiB:.1f} MiB", ""]
     return "\n".join(lines)
 
 

@@ -325,7 +325,7 @@ def test_int8_engine_quantises_a_copy_and_stays_close():
     model = model_of(d_model=64, init_std=0.1)
     engine = Engine(model, TOKENIZER, EngineConfig(quantize="int8"))
     assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear  # the caller's model is untouched
-    assert type(engine.model.model.layers[0].self_attn.q_proj) is not torch.nn.Linear
+    assert type(engine.model.model.layers[0].self_attn.qkv_proj) is not torch.nn.Linear
     ids = torch.tensor([list(range(10, 50))])
     with torch.inference_mode():
         exact, quantised = model(ids)[0], engine.model(ids)[0]
@@ -335,6 +335,21 @@ def test_int8_engine_quantises_a_copy_and_stays_close():
     requests = [Request([1, 2, 3][: i + 1], SamplingParams(max_new_tokens=10, temperature=0)) for i in range(3)]
     completions = engine.generate(requests)
     assert [(c.finish_reason, c.completion_tokens) for c in completions] == [("length", 10)] * 3
+
+
+@pytest.mark.parametrize("style", ["gpt2", "llama"])
+def test_the_engine_decodes_with_fused_projections_on_a_copy_sharing_the_other_weights(style):
+    model = model_of(style)
+    engine = Engine(model, TOKENIZER)
+    mine, its = model.model.layers[0].self_attn, engine.model.model.layers[0].self_attn
+    assert mine.qkv_proj is None and isinstance(mine.q_proj, torch.nn.Linear)  # the caller's model is untouched
+    assert not hasattr(its, "q_proj") and its.qkv_proj is not None
+    kv_width = 2 * 8 if style == "llama" else 32  # kv heads x head dim
+    assert its.qkv_proj.weight.shape == (32 + 2 * kv_width, 32)
+    assert its.o_proj.weight is mine.o_proj.weight and engine.model.lm_head.weight is model.lm_head.weight
+    ids = torch.tensor([list(range(10, 40))])
+    with torch.inference_mode():
+        torch.testing.assert_close(engine.model(ids), model(ids), rtol=1e-5, atol=1e-5)
 
 
 def test_slot_cache_moves_a_sequence_to_a_freed_slot():

@@ -55,3 +55,11 @@ def test_a_port_in_use_is_a_one_line_error(checkpoint: Path):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("graft: error: cannot listen on 127.0.0.1:") and str(port) in lines[0]
+
+
+def test_compile_with_int8_is_refused_before_the_model_loads(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from graft.cli import main
+
+    assert main(["serve", str(tmp_path / "absent"), "--compile", "--quantize", "int8"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("graft: error: --compile and --quantize int8 do not combine")

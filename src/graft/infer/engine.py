@@ -23,10 +23,12 @@ thread that steps whenever there is work and sleeps on a condition variable othe
 server uses); without it, the caller drives `step()` (what `generate()` does).
 
 Speed (bench/decode_speed.py, figures in docs/benchmarks.md). At batch 1 on a CPU a decode step is
-mostly reading every weight once; on the `small` preset with 2 threads the fp32 engine runs at about 60%
-of the speed of merely reading the weights, the rest being per-layer small ops and Python, which
-`compile=True` trims a little. `quantize="int8"` moves a quarter of the bytes and is about 2x faster
-(its tokens differ from fp32's). Batching shares each weight read among the running rows, which is
+mostly reading every weight once, and the rest is ~100 small kernels and their Python. The engine
+decodes with its own copy of the model whose attention projections are fused (one matmul for q, k
+and v: `Attention.fuse_qkv`), sharing every other weight with the caller's model. `compile=True`
+compiles the decode step (with Inductor's C++ wrapper on the CPU), which removes most of the
+per-kernel overhead. `quantize="int8"` moves a quarter of the bytes and is about 2x faster (its
+tokens differ from fp32's). Batching shares each weight read among the running rows, which is
 where the engine's throughput comes from.
 
 Not done here: a prompt is prefilled in one piece, so a long prompt pauses the running sequences
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import copy
 import logging
 import threading
 import uuid
@@ -53,7 +56,7 @@ from graft.infer.generate import GeneratedToken
 from graft.infer.kv_cache import SlotDecode, SlotKVCache
 from graft.infer.sampling import SamplingParams, TokenHistory, choose_next, top_logprobs
 from graft.infer.stream import TextStream
-from graft.model.transformer import LanguageModel, padding_attention_mask
+from graft.model.transformer import Attention, LanguageModel, padding_attention_mask
 
 __all__ = ["Completion", "Engine", "EngineConfig", "EngineStats", "Event", "QueueFull", "Request", "RequestHandle"]
 
@@ -257,31 +260,53 @@ def _collect(request_id: str, prompt_tokens: int, events: Iterator[Event]) -> Co
     raise RuntimeError(f"request {request_id}: events ended without a final event")
 
 
+def _decoding_copy(model: LanguageModel) -> LanguageModel:
+    """The engine's own copy of `model`: it shares every parameter and buffer with the caller's
+    model except the attention projections, which it fuses (Attention.fuse_qkv). The caller's
+    model is left as it was; the copy holds its q, k and v weights a second time while both live."""
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    decoding = copy.deepcopy(model, memo=shared)
+    for module in decoding.modules():
+        if isinstance(module, Attention):
+            module.fuse_qkv()
+    return decoding.eval()
+
+
 class _CompiledDecodeView:
     """SlotDecode's step for torch.compile: everything it reads is a tensor, and every size it
-    needs comes from a tensor's shape (batch rows from `positions`, key span from the mask), so
-    one graph with symbolic sizes serves every step. Python ints there (slot lengths, the span)
-    would be guarded on and change every step, recompiling each time. The caller advances the
-    slot lengths after the step (advance is a no-op here: a list mutation would break the graph)."""
+    needs comes from a tensor's shape (batch rows from `positions`, key span from `span`), so one
+    graph with symbolic sizes serves every step. Python ints there (slot lengths, the span) would be
+    guarded on and change every step, recompiling each time. When every row has the same length
+    (always so at batch 1) there is no mask and no position gather, as in the eager step: SDPA then
+    runs its unmasked kernel. The caller advances the slot lengths after the step (advance is a
+    no-op here: a list mutation would break the graph)."""
 
     def __init__(self, cache: SlotKVCache, view: SlotDecode) -> None:
         self.keys, self.values = cache.keys, cache.values
         device = cache.keys[0].device
         self.positions = torch.tensor(cache.lengths[:view.n], device=device)
         self.rows = torch.arange(view.n, device=device)
-        self.position_ids = self.positions[:, None]
-        keys = torch.arange(view.span, device=device)
-        self.attention_mask = (keys[None, :] <= self.positions[:, None])[:, None, None, :]
+        self.span = torch.empty(0, view.span, device=device)  # only its shape is read
+        self.position_ids: torch.Tensor | None = None
+        self.attention_mask: torch.Tensor | None = None
+        if not view.uniform:
+            self.position_ids = self.positions[:, None]
+            keys = torch.arange(view.span, device=device)
+            self.attention_mask = (keys[None, :] <= self.positions[:, None])[:, None, None, :]
 
     @property
     def length(self) -> int:
-        return self.attention_mask.shape[-1] - 1
+        return self.span.shape[-1] - 1
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self.keys[layer], self.values[layer]
-        keys[self.rows, :, self.positions] = k[:, :, 0]
-        values[self.rows, :, self.positions] = v[:, :, 0]
-        n, span = self.attention_mask.shape[0], self.attention_mask.shape[-1]
+        n, span = self.rows.shape[0], self.span.shape[-1]
+        if self.attention_mask is None:  # every row writes at the same position: a plain slice
+            keys[:n, :, span - 1:span] = k
+            values[:n, :, span - 1:span] = v
+        else:
+            keys[self.rows, :, self.positions] = k[:, :, 0]
+            values[self.rows, :, self.positions] = v[:, :, 0]
         return keys[:n, :, :span], values[:n, :, :span]
 
     def advance(self, n: int) -> None:
@@ -311,6 +336,7 @@ class Engine:
     def __init__(self, model: LanguageModel, tokenizer: Tokenizer, config: EngineConfig = EngineConfig()) -> None:
         self.config = config
         self.tokenizer = tokenizer
+        model = _decoding_copy(model)
         if config.quantize == "int8":
             from graft.infer.quantize import quantize_int8
 
@@ -323,8 +349,11 @@ class Engine:
         self.cache = SlotKVCache(model.config, config.max_batch, self.max_len, device=self.device, dtype=self.dtype)
         # The batched decode step is what repeats; prefill shapes vary with every prompt, so they
         # stay eager rather than recompiling. dynamic=True: batch size and key span change each step.
+        # On the CPU, Inductor's C++ wrapper launches the step's kernels from C++ instead of Python:
+        # at batch 1 a step is ~100 small kernels, whose Python launches cost more than their work.
+        options = {"cpp_wrapper": True} if self.device.type == "cpu" else None
         self._decode_forward: Callable[..., torch.Tensor] = (
-            torch.compile(self.model, dynamic=True) if config.compile else self.model)
+            torch.compile(self.model, dynamic=True, options=options) if config.compile else self.model)
         self._lock = threading.Lock()  # step / embed / classify
         self._cond = threading.Condition()  # guards the queue; the background thread sleeps on it
         self._waiting: collections.deque[_Sequence] = collections.deque()

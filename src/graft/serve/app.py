@@ -70,6 +70,7 @@ class ServeOptions:
     # context always fits the engine.
     max_batch_tokens: int | None = None
     quantize: Literal["none", "int8"] = "none"
+    compile: bool = False  # torch.compile the engine's decode step (float models)
     device: str = "cpu"
     log_level: str = "info"
 
@@ -236,6 +237,9 @@ def serve(options: ServeOptions, *, echo: Callable[[str], None] = print) -> None
     for name in ("max_batch", "max_queue", "max_batch_tokens"):
         if (value := getattr(options, name)) is not None and value < 1:
             raise GraftError(f"--{name.replace('_', '-')} {value}: must be 1 or more")
+    if options.compile and options.quantize == "int8":
+        raise GraftError("--compile and --quantize int8 do not combine (torch.compile cannot trace int8 linears); "
+                         "choose one")
     sock = _listen(options.host, options.port)  # first: a port in use should not cost a model load
     try:
         model, tokenizer, source = load_model_for_serving(options.checkpoint, options.device)
@@ -243,6 +247,7 @@ def serve(options: ServeOptions, *, echo: Callable[[str], None] = print) -> None
         info = describe_model(model, tokenizer, source, name=name, created=int(time.time()))
         context = model.config.max_seq_len
         config = EngineConfig(max_batch=options.max_batch, max_queue=options.max_queue, quantize=options.quantize,
+                              compile=options.compile,
                               max_batch_tokens=options.max_batch_tokens or options.max_batch * context)
         engine = Engine(model, tokenizer, config)
     except BaseException:
