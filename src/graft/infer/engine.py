@@ -10,8 +10,9 @@ Per-request exactness. Each request keeps its own SamplingParams, seeded torch.G
 penalty history and text stream, and its row of the batch's logits goes through the same
 sampling.choose_next that generate() uses, drawing the same random numbers in the same order. So
 what a request gets does not depend on what else is in the batch, and equals generate()'s output
-for the same prompt and params. Alone, a request's arithmetic is generate()'s, bit for bit. In a
-batch the float32 logits can differ from it in the last bits: the BLAS kernels for a 1-row, a
+for the same prompt and params. Alone, a request's arithmetic is generate()'s (the engine's fused
+q/k/v matmul computes each output as the three separate ones do: with MKL on x86 the logits are
+bit for bit the same). In a batch the float32 logits can differ from it in the last bits: the BLAS kernels for a 1-row, a
 2-row and a many-row matmul sum in different orders, and SDPA over a padded, masked key span
 blocks its sums differently from SDPA over exactly the row's keys. Those differences (~1e-7
 relative) change a token only when two candidates tie to that precision; tests/infer/test_engine.py
