@@ -375,3 +375,19 @@ def test_compiled_decode_gives_the_same_tokens():
     run_to_end(engine)
     for request, handle in zip(requests, handles, strict=True):
         assert handle.result(timeout=0).token_ids == [t.id for t in reference(model, request)]
+
+
+def test_an_adapter_model_keeps_its_lora_projections_in_the_engine():
+    from peft import LoraConfig, inject_adapter_in_model
+
+    model = model_of()
+    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]), model)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # PEFT starts B at zero, which would hide a dropped adapter
+    engine = Engine(model.eval(), TOKENIZER)
+    assert engine.model.model.layers[0].self_attn.qkv_proj is None  # not fused: LoRA computes more than its weight
+    ids = torch.tensor([list(range(10, 40))])
+    with torch.inference_mode():
+        torch.testing.assert_close(engine.model(ids), model(ids), rtol=1e-5, atol=1e-5)

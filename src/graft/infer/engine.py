@@ -12,11 +12,11 @@ sampling.choose_next that generate() uses, drawing the same random numbers in th
 what a request gets does not depend on what else is in the batch, and equals generate()'s output
 for the same prompt and params. Alone, a request's arithmetic is generate()'s (the engine's fused
 q/k/v matmul computes each output as the three separate ones do: with MKL on x86 the logits are
-bit for bit the same). In a batch the float32 logits can differ from it in the last bits: the BLAS kernels for a 1-row, a
-2-row and a many-row matmul sum in different orders, and SDPA over a padded, masked key span
-blocks its sums differently from SDPA over exactly the row's keys. Those differences (~1e-7
-relative) change a token only when two candidates tie to that precision; tests/infer/test_engine.py
-checks token equality, and logprob agreement to 1e-5, under concurrency.
+bit for bit the same). In a batch the float32 logits can differ from it in the last bits: the
+BLAS kernels for a 1-row, a 2-row and a many-row matmul sum in different orders, and SDPA over a
+padded, masked key span blocks its sums differently from SDPA over exactly the row's keys. Those
+differences (~1e-7 relative) change a token only when two candidates tie to that precision;
+tests/infer/test_engine.py checks token equality, and logprob agreement to 1e-5, under concurrency.
 
 Threads. `step`, `embed` and `classify` hold one lock, so they never interleave; `submit` and
 `cancel` only touch the queue and flags and never wait for a step. `start()` runs a background
@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from torch import nn
 
 from graft.data.tokenizer import Tokenizer
 from graft.errors import GraftError
@@ -268,7 +269,10 @@ def _decoding_copy(model: LanguageModel) -> LanguageModel:
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
     decoding = copy.deepcopy(model, memo=shared)
     for module in decoding.modules():
-        if isinstance(module, Attention):
+        # Plain projections only: a LoRA layer (a served adapter checkpoint) computes more than its
+        # base weight, so its attention keeps the three projections.
+        if isinstance(module, Attention) and all(type(getattr(module, name, None)) is nn.Linear
+                                                 for name in ("q_proj", "k_proj", "v_proj")):
             module.fuse_qkv()
     return decoding.eval()
 

@@ -116,6 +116,8 @@ class Attention(nn.Module):
         if self.qkv_proj is not None:
             return
         parts = (self.q_proj, self.k_proj, self.v_proj)
+        if any(type(p) is not nn.Linear for p in parts):
+            raise ValueError("fuse_qkv: q_proj, k_proj and v_proj must be plain nn.Linear (merge LoRA adapters first)")
         fused = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts), bias=parts[0].bias is not None,
                           device=parts[0].weight.device, dtype=parts[0].weight.dtype)
         with torch.no_grad():
