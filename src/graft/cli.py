@@ -210,7 +210,8 @@ def _add_experiment_transfer(esub: argparse._SubParsersAction) -> None:
     t.add_argument("--val-size", type=int, help="validation texts for early stopping (default: 200)")
     t.add_argument("--max-steps", type=int, help="steps per run, the same for every arm (default: 500)")
     t.add_argument("--max-minutes", type=float, help="minutes per run, the same for every arm (default: none)")
-    t.add_argument("--resume", action="store_true", help="finish an interrupted experiment in --out, keeping its runs")
+    t.add_argument("--resume", action="store_true",
+                   help="finish an interrupted experiment in --out, keeping its runs; it may add --seeds, --sizes or --arms")
     t.add_argument("--out", type=Path, required=True, help="directory for the report, the split and the runs")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 

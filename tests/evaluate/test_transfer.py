@@ -6,6 +6,7 @@ resuming, and `graft experiment transfer` in-process."""
 from __future__ import annotations
 
 import json
+import os
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -99,7 +100,7 @@ def test_the_report_has_the_table_with_cis_the_comparison_compute_and_the_plot(e
         assert f"| 8 (8) | {arm} | 2/2 | " in report
         assert "| all (" in report and f") | {arm} | 2/2 | " in report
     assert report.count("- 8 labelled examples: full ") == 1 and report.count("- all labelled examples: full ") == 1
-    assert "beat scratch" in report and "95% CIs" in report
+    assert "paired by seed (2 seeds, each training both arms on the same sample), the difference is" in report
     assert "## Compute per arm" in report and "| probe | pre-trained and frozen" in report
     assert "graft experiment transfer --init" in report and "--sizes 8,all --seeds 2" in report
     png = experiment / "learning_curve.png"
@@ -180,6 +181,16 @@ def test_an_interrupted_experiment_keeps_its_finished_runs_and_resumes(
     monkeypatch.setattr(transfer, "finetune", real)
     run_transfer(replace(opts, resume=True))
     assert [r["seed"] for r in json.loads((out / "results.json").read_text())["runs"]] == [0, 1]
+    # More seeds for the same cells: the finished runs are kept, only the new seed trains.
+    lines: list[str] = []
+    run_transfer(replace(opts, resume=True, seeds=(0, 1, 2)), echo=lines.append)
+    assert sum("kept from the earlier run" in line for line in lines) == 2
+    assert [r["seed"] for r in json.loads((out / "results.json").read_text())["runs"]] == [0, 1, 2]
+    assert json.loads((out / "experiment.json").read_text())["seeds"] == [0, 1, 2]
+    # The same files by another path are the same experiment.
+    monkeypatch.chdir(tmp_path)
+    run_transfer(replace(opts, resume=True, seeds=(0, 1, 2), out_dir=Path("interrupted"),
+                         labelled=tuple(Path(os.path.relpath(p, tmp_path)) for p in opts.labelled)))
 
 
 def test_cli_runs_the_experiment_on_a_polarity_pair(inputs: dict[str, Path], tmp_path: Path,
@@ -208,14 +219,32 @@ def test_parse_sizes() -> None:
         parse_sizes("ten")
 
 
-def test_comparisons_name_the_winner_and_whether_the_intervals_overlap() -> None:
-    def cell(arm: str, accuracies: list[float]) -> Cell:
-        return Cell(arm, 200, [RunOutcome(arm, 200, seed, "", accuracy=a) for seed, a in enumerate(accuracies)])
+def test_comparisons_are_judged_paired_by_seed() -> None:
+    def cell(arm: str, accuracies: list[float], seeds: list[int] | None = None) -> Cell:
+        seeds = seeds if seeds is not None else list(range(len(accuracies)))
+        return Cell(arm, 200, [RunOutcome(arm, 200, seed, "", accuracy=a) for seed, a in zip(seeds, accuracies)])
 
     cells = [cell("scratch", [0.970, 0.972, 0.974]), cell("continued", [0.990, 0.991, 0.992]),
              cell("full", [0.960, 0.965, 0.962])]
     (line,) = _versus(cells, "continued", "scratch", "continued beats scratch")
     assert line.startswith("- 200 labelled examples: continued 0.991 [")
-    assert "**continued beats scratch** by +0.019" in line and "do not overlap" in line
+    assert "**continued beats scratch**; paired by seed (3 seeds" in line
+    assert "the difference is +0.019 [" in line and "which excludes 0" in line
     (line,) = _versus(cells, "full", "scratch", "pre-trained beats scratch")
-    assert "pre-trained does not beat scratch (-0.010)" in line
+    assert "pre-trained does not beat scratch: it is worse" in line and "-0.010 [" in line
+
+    # The sample moves both arms together: the separate intervals overlap widely, yet every seed's
+    # difference is +0.005, which the paired judgement sees.
+    cells = [cell("scratch", [0.950, 0.970, 0.990]), cell("full", [0.955, 0.975, 0.995])]
+    (line,) = _versus(cells, "full", "scratch", "pre-trained beats scratch")
+    assert "**pre-trained beats scratch**" in line and "+0.005 [+0.005, +0.005]" in line
+
+    # Differences of both signs: no winner, whatever the means say.
+    cells = [cell("scratch", [0.970, 0.972, 0.974]), cell("full", [0.980, 0.965, 0.976])]
+    (line,) = _versus(cells, "full", "scratch", "pre-trained beats scratch")
+    assert "no clear winner" in line and "includes 0" in line and "**" not in line
+
+    # Only seeds both arms finished are paired; one such seed is no evidence.
+    cells = [cell("scratch", [0.970, 0.972], [0, 1]), cell("full", [0.990, 0.991], [1, 2])]
+    (line,) = _versus(cells, "full", "scratch", "pre-trained beats scratch")
+    assert "no evidence either way" in line

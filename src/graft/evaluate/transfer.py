@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shlex
 import shutil
 import time
@@ -260,11 +261,22 @@ def _check_options(options: TransferOptions) -> None:
     if options.resume and stored.is_file():
         before = json.loads(stored.read_text(encoding="utf-8"))
         now = _plain_options(options)
-        changed = [k for k in now if before.get(k) != now[k]]
+        # A run depends on its arm, size and seed and on the shared options, so more (or fewer) of
+        # those leave the finished runs meaning what they did: resuming may add seeds to a cell.
+        # out_dir is where `before` was read from, however it is spelled now.
+        changed = [k for k in now if k not in ("arms", "sizes", "seeds", "out_dir")
+                   and _absolute(k, before.get(k)) != _absolute(k, now[k])]
         if changed:
             raise ConfigError(f"{stored}: the experiment there ran with another {changed[0]} "
                               f"({before.get(changed[0])!r}, now {now[changed[0]]!r}); resume with the same options "
-                              "or choose another --out")
+                              "(seeds, sizes and arms may change) or choose another --out")
+
+
+def _absolute(key: str, value: Any) -> Any:
+    """A stored option as compared on resume: paths made absolute, so `../data/x` and `/work/data/x` agree."""
+    if key not in ("init", "continued", "labelled") or value is None:
+        return value
+    return [os.path.abspath(v) for v in value] if isinstance(value, list) else os.path.abspath(value)
 
 
 def _override_key(item: str) -> tuple[str, str, str]:
@@ -328,13 +340,18 @@ def _effective_sizes(options: TransferOptions, split: Split, echo: Callable[[str
     return sizes
 
 
+def _examples(jsonl: str) -> list[tuple[str, str]]:
+    return [(record["text"], record["label"]) for record in map(json.loads, jsonl.splitlines())]
+
+
 def _write_data(options: TransferOptions, split: Split) -> None:
     directory = options.out_dir / "data"
     for name, records in zip(_DATA_FILES, (split.pool, split.val, split.test)):
         text = "".join(json.dumps({"text": r.text, "label": r.label, "source": r.source}, ensure_ascii=False) + "\n"
                        for r in records)
         path = directory / name
-        if options.resume and path.is_file() and path.read_text(encoding="utf-8") != text:
+        # Texts and labels decide the runs; `source` spells the file as this command did.
+        if options.resume and path.is_file() and _examples(path.read_text(encoding="utf-8")) != _examples(text):
             raise ConfigError(f"{path}: the labelled data differ from the experiment's split; resume with the same "
                               "file or choose another --out")
         write_atomic(path, text)
@@ -520,7 +537,13 @@ def _mean(values: list[float] | list[int], fmt: str) -> str:
 
 
 def _versus(cells: list[Cell], better: str, worse: str, claim: str) -> list[str]:
-    """One line per size comparing two arms' mean test accuracy and whether their CIs overlap."""
+    """One line per size comparing two arms' test accuracy, judged paired by seed.
+
+    A seed draws the same training sample for every arm, and which sample was drawn moves every arm's
+    score together (an easy sample lifts both). Separate intervals count that shared spread twice; the
+    per-seed differences cancel it, so the verdict rests on their mean and 95% interval (a paired t
+    interval): a winner only when that interval excludes 0.
+    """
     lines = []
     by_key = {(c.arm, c.size): c for c in cells}
     for size in dict.fromkeys(c.size for c in cells):
@@ -530,17 +553,23 @@ def _versus(cells: list[Cell], better: str, worse: str, claim: str) -> list[str]
         ca, cb = a.ci(_accuracy), b.ci(_accuracy)
         if ca is None or cb is None:
             continue
-        gap = ca[0] - cb[0]
-        overlap = ca[1] <= cb[2] and cb[1] <= ca[2]
-        verdict = f"**{claim}** by {gap:+.3f}" if gap > 0 else f"{claim.replace('beats', 'does not beat')} ({gap:+.3f})"
-        if min(len(a.done), len(b.done)) < 2:
-            note = "one run of an arm has no confidence interval, so this is no evidence either way"
-        elif overlap:
-            note = "the 95% CIs overlap, so the difference is not clear at this many seeds"
+        head = (f"- {_size_name(size)} labelled examples: {better} {ca[0]:.3f} [{ca[1]:.3f}, {ca[2]:.3f}] vs "
+                f"{worse} {cb[0]:.3f} [{cb[1]:.3f}, {cb[2]:.3f}]")
+        theirs = {r.seed: _accuracy(r) for r in b.done}
+        differences = [_accuracy(r) - theirs[r.seed] for r in a.done if r.seed in theirs]
+        if len(differences) < 2:
+            lines.append(f"{head}: fewer than two seeds finished both arms, so this is no evidence either way.")
+            continue
+        mean, low, high = mean_ci95(differences)
+        paired = (f"paired by seed ({len(differences)} seeds, each training both arms on the same sample), the "
+                  f"difference is {mean:+.3f} [{low:+.3f}, {high:+.3f}]")
+        if low > 0:
+            verdict = f"**{claim}**; {paired}, which excludes 0"
+        elif high < 0:
+            verdict = f"{claim.replace('beats', 'does not beat')}: it is worse; {paired}, which excludes 0"
         else:
-            note = "the 95% CIs do not overlap"
-        lines.append(f"- {_size_name(size)} labelled examples: {better} {ca[0]:.3f} [{ca[1]:.3f}, {ca[2]:.3f}] vs "
-                     f"{worse} {cb[0]:.3f} [{cb[1]:.3f}, {cb[2]:.3f}]: {verdict}; {note}.")
+            verdict = f"no clear winner; {paired}, which includes 0 at this many seeds"
+        lines.append(f"{head}: {verdict}.")
     return lines
 
 
