@@ -273,7 +273,7 @@ def _check_options(options: TransferOptions) -> None:
 
 
 def _absolute(key: str, value: Any) -> Any:
-    """A stored option as compared on resume: paths made absolute, so `../data/x` and `/work/data/x` agree."""
+    """A stored option as compared on resume: paths made absolute, so `../data/x` and the same file by its full path agree."""
     if key not in ("init", "continued", "labelled") or value is None:
         return value
     return [os.path.abspath(v) for v in value] if isinstance(value, list) else os.path.abspath(value)
