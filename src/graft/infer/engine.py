@@ -50,7 +50,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from torch import nn
 
 from graft.data.tokenizer import Tokenizer
 from graft.errors import GraftError
@@ -271,8 +270,7 @@ def _decoding_copy(model: LanguageModel) -> LanguageModel:
     for module in decoding.modules():
         # Plain projections only: a LoRA layer (a served adapter checkpoint) computes more than its
         # base weight, so its attention keeps the three projections.
-        if isinstance(module, Attention) and all(type(getattr(module, name, None)) is nn.Linear
-                                                 for name in ("q_proj", "k_proj", "v_proj")):
+        if isinstance(module, Attention) and module.can_fuse_qkv:
             module.fuse_qkv()
     return decoding.eval()
 

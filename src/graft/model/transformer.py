@@ -108,6 +108,11 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.bias)
         self.qkv_proj: nn.Linear | None = None  # set by fuse_qkv
 
+    @property
+    def can_fuse_qkv(self) -> bool:
+        """Whether q_proj, k_proj and v_proj are plain linear layers (not LoRA-wrapped, not fused already)."""
+        return all(type(getattr(self, name, None)) is nn.Linear for name in ("q_proj", "k_proj", "v_proj"))
+
     def fuse_qkv(self) -> None:
         """Replace q_proj, k_proj and v_proj by one qkv_proj holding the three: one matmul and one
         weight read per step instead of three, which shows when decoding a token at a time. For
@@ -115,9 +120,9 @@ class Attention(nn.Module):
         afterwards, so LoRA targets, state-dict names and exporters no longer find them."""
         if self.qkv_proj is not None:
             return
-        parts = (self.q_proj, self.k_proj, self.v_proj)
-        if any(type(p) is not nn.Linear for p in parts):
+        if not self.can_fuse_qkv:
             raise ValueError("fuse_qkv: q_proj, k_proj and v_proj must be plain nn.Linear (merge LoRA adapters first)")
+        parts = (self.q_proj, self.k_proj, self.v_proj)
         fused = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts), bias=parts[0].bias is not None,
                           device=parts[0].weight.device, dtype=parts[0].weight.dtype)
         with torch.no_grad():
