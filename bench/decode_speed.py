@@ -51,7 +51,9 @@ from graft.model.convert.hf import hf_config_dict, hf_state_dict
 from graft.model.transformer import LanguageModel
 
 MiB = 1024 * 1024
-FLOOR = "fp32 weight-read floor"  # not a decoder: the time to read every matmul weight once per token
+FLOOR = (
+    "fp32 weight-read floor"  # not a decoder: the time to read every matmul weight once per token
+)
 
 
 @dataclass
@@ -60,14 +62,22 @@ class Result:
     params: int
     prompt_tokens: int
     new_tokens: int
-    tok_s: dict[str, list[float]] = field(default_factory=dict)  # batch-1 variant -> tokens/s per repeat
-    same_tokens: dict[str, bool] = field(default_factory=dict)  # variant produced transformers' tokens
-    throughput: dict[int, list[float]] = field(default_factory=dict)  # batch -> engine tokens/s per repeat
+    tok_s: dict[str, list[float]] = field(
+        default_factory=dict
+    )  # batch-1 variant -> tokens/s per repeat
+    same_tokens: dict[str, bool] = field(
+        default_factory=dict
+    )  # variant produced transformers' tokens
+    throughput: dict[int, list[float]] = field(
+        default_factory=dict
+    )  # batch -> engine tokens/s per repeat
     kv_bytes_per_slot: int = 0
     rss_build_per_slot: float = 0.0
     rss_per_sequence: float = 0.0
     fixed_bytes: int = 0  # per engine, whatever its slots: the decoding copy's fused projections
-    setup_s: dict[str, float] = field(default_factory=dict)  # engine build + warm-up (compile time shows here)
+    setup_s: dict[str, float] = field(
+        default_factory=dict
+    )  # engine build + warm-up (compile time shows here)
 
     def ratio(self, name: str) -> float:
         return statistics.median(self.tok_s[name]) / statistics.median(self.tok_s["hf generate"])
@@ -112,9 +122,14 @@ def bench_preset(name: str, args: argparse.Namespace) -> Result:
     P, N = args.prompt_tokens, args.new_tokens
     prompt = torch.randint(0, args.vocab, (P,), generator=torch.Generator().manual_seed(1)).tolist()
     greedy = SamplingParams(max_new_tokens=N, temperature=0)
-    tokenizer = bytes_tokenizer()  # text is decoded per token but never looked at: ids are what is timed
-    print(f"{name}: {params:,} parameters; prompt {P}, new tokens {N}; transformers attention: "
-          f"{hf.config._attn_implementation}; torch threads {torch.get_num_threads()}", flush=True)
+    tokenizer = (
+        bytes_tokenizer()
+    )  # text is decoded per token but never looked at: ids are what is timed
+    print(
+        f"{name}: {params:,} parameters; prompt {P}, new tokens {N}; transformers attention: "
+        f"{hf.config._attn_implementation}; torch threads {torch.get_num_threads()}",
+        flush=True,
+    )
     result = Result(name, params, P, N)
 
     # Memory first, before other engines and transformers' generate have used (and freed) memory
@@ -124,11 +139,20 @@ def bench_preset(name: str, args: argparse.Namespace) -> Result:
     base = rss()
     engine = Engine(graft, tokenizer, EngineConfig(max_batch=max_batch))
     built = rss()
-    _run(engine, [Request(prompt, SamplingParams(max_new_tokens=N, temperature=0.8, seed=i)) for i in range(max_batch)])
+    _run(
+        engine,
+        [
+            Request(prompt, SamplingParams(max_new_tokens=N, temperature=0.8, seed=i))
+            for i in range(max_batch)
+        ],
+    )
     result.kv_bytes_per_slot = engine.stats.kv_cache_bytes_per_slot
     # Per engine, whatever its slots: its decoding copy's fused q/k/v projections (Attention.fuse_qkv).
-    result.fixed_bytes = sum(p.numel() * p.element_size() for name, p in engine.model.named_parameters()
-                             if ".qkv_proj." in name)
+    result.fixed_bytes = sum(
+        p.numel() * p.element_size()
+        for name, p in engine.model.named_parameters()
+        if ".qkv_proj." in name
+    )
     result.rss_build_per_slot = (built - base - result.fixed_bytes) / max_batch
     result.rss_per_sequence = (rss() - base - result.fixed_bytes) / max_batch
     del engine
@@ -137,8 +161,15 @@ def bench_preset(name: str, args: argparse.Namespace) -> Result:
 
     def hf_generate() -> list[int]:
         with torch.inference_mode():
-            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=N, min_new_tokens=N,
-                              do_sample=False, use_cache=True, pad_token_id=0)
+            out = hf.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=N,
+                min_new_tokens=N,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=0,
+            )
         return out[0, P:].tolist()
 
     variants: dict[str, Callable[[], list[int]]] = {
@@ -154,15 +185,23 @@ def bench_preset(name: str, args: argparse.Namespace) -> Result:
         seconds, engine = timed(lambda config=config: Engine(graft, tokenizer, config))
         # Warm-up at every batch size: compile traces its shapes here, not in the timed runs.
         for b in args.batches:
-            seconds += timed(lambda engine=engine, b=b: engine.generate(
-                [Request(prompt, SamplingParams(max_new_tokens=8, temperature=0)) for _ in range(b)]))[0]
+            seconds += timed(
+                lambda engine=engine, b=b: engine.generate(
+                    [
+                        Request(prompt, SamplingParams(max_new_tokens=8, temperature=0))
+                        for _ in range(b)
+                    ]
+                )
+            )[0]
         result.setup_s[label] = seconds
         engines[label] = engine
         variants[label] = lambda engine=engine: _run(engine, [Request(prompt, greedy)])[0]
 
     # The floor: one step of a batch-1 decoder reads every matmul weight once, so no fp32 decoder
     # on this machine can beat the time of just reading them (a sum over each weight tensor).
-    weights = list({id(m.weight): m.weight for m in graft.modules() if isinstance(m, nn.Linear)}.values())
+    weights = list(
+        {id(m.weight): m.weight for m in graft.modules() if isinstance(m, nn.Linear)}.values()
+    )
 
     def read_weights() -> list[int]:
         with torch.inference_mode():
@@ -183,10 +222,16 @@ def bench_preset(name: str, args: argparse.Namespace) -> Result:
             seconds, _ = timed(run)
             result.tok_s.setdefault(label, []).append(N / seconds)
         for b in args.batches:
-            requests = [Request(prompt, SamplingParams(max_new_tokens=N, temperature=0.8, seed=i)) for i in range(b)]
+            requests = [
+                Request(prompt, SamplingParams(max_new_tokens=N, temperature=0.8, seed=i))
+                for i in range(b)
+            ]
             seconds, _ = timed(lambda requests=requests: _run(fp32_engine, requests))
             result.throughput.setdefault(b, []).append(b * N / seconds)
-        print("  repeat done: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in result.tok_s.items()), flush=True)
+        print(
+            "  repeat done: " + ", ".join(f"{k} {v[-1]:.0f}" for k, v in result.tok_s.items()),
+            flush=True,
+        )
 
     return result
 
@@ -194,7 +239,9 @@ def bench_preset(name: str, args: argparse.Namespace) -> Result:
 def _run(engine: Engine, requests: list[Request]) -> list[list[int]]:
     completions = engine.generate(requests)
     for c in completions:  # a run that failed must not be timed as a fast one
-        assert c.finish_reason == "length" and c.completion_tokens == requests[0].params.max_new_tokens, c
+        assert (
+            c.finish_reason == "length" and c.completion_tokens == requests[0].params.max_new_tokens
+        ), c
     return [c.token_ids for c in completions]
 
 
@@ -204,22 +251,33 @@ def markdown(results: list[Result]) -> str:
 
     lines = []
     for r in results:
-        lines += [f"### {r.preset} ({r.params / 1e6:.1f}M parameters), batch 1, prompt {r.prompt_tokens}, "
-                  f"{r.new_tokens} new tokens", "",
-                  "| variant | tokens/s (median [min–max]) | vs hf generate | same tokens as hf | setup s |",
-                  "|---|---:|---:|---|---:|"]
+        lines += [
+            f"### {r.preset} ({r.params / 1e6:.1f}M parameters), batch 1, prompt {r.prompt_tokens}, "
+            f"{r.new_tokens} new tokens",
+            "",
+            "| variant | tokens/s (median [min–max]) | vs hf generate | same tokens as hf | setup s |",
+            "|---|---:|---:|---|---:|",
+        ]
         for name, v in r.tok_s.items():
             same = "yes" if r.same_tokens.get(name) else "no" if name in r.same_tokens else "—"
             setup = f"{r.setup_s[name]:.1f}" if name in r.setup_s else ""
             lines.append(f"| {name} | {cell(v)} | {r.ratio(name):.2f}x | {same} | {setup} |")
-        lines += ["", "| engine batch | tokens/s (median [min–max]) | per sequence |", "|---:|---:|---:|"]
+        lines += [
+            "",
+            "| engine batch | tokens/s (median [min–max]) | per sequence |",
+            "|---:|---:|---:|",
+        ]
         for b, v in r.throughput.items():
             lines.append(f"| {b} | {cell(v)} | {statistics.median(v) / b:,.1f} |")
-        lines += ["", f"Memory per concurrent sequence: KV cache slot (full context) {r.kv_bytes_per_slot / MiB:.1f} MiB; "
-                  f"measured RSS growth per slot when the engine is built {r.rss_build_per_slot / MiB:.1f} MiB, and per "
-                  f"sequence after running {max(r.throughput)} sequences of {r.prompt_tokens + r.new_tokens} tokens "
-                  f"{r.rss_per_sequence / MiB:.1f} MiB; and per engine, whatever its slots, its fused q/k/v weights "
-                  f"{r.fixed_bytes / MiB:.1f} MiB", ""]
+        lines += [
+            "",
+            f"Memory per concurrent sequence: KV cache slot (full context) {r.kv_bytes_per_slot / MiB:.1f} MiB; "
+            f"measured RSS growth per slot when the engine is built {r.rss_build_per_slot / MiB:.1f} MiB, and per "
+            f"sequence after running {max(r.throughput)} sequences of {r.prompt_tokens + r.new_tokens} tokens "
+            f"{r.rss_per_sequence / MiB:.1f} MiB; and per engine, whatever its slots, its fused q/k/v weights "
+            f"{r.fixed_bytes / MiB:.1f} MiB",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -230,15 +288,22 @@ def main(argv: list[str] | None = None) -> list[Result]:
     p.add_argument("--prompt-tokens", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per variant (interleaved)")
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 4, 8], help="engine throughput batch sizes")
-    p.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile variants")
+    p.add_argument(
+        "--batches", type=int, nargs="+", default=[1, 4, 8], help="engine throughput batch sizes"
+    )
+    p.add_argument(
+        "--skip-compile", action="store_true", help="leave out the torch.compile variants"
+    )
     p.add_argument("--threads", type=int, help="torch.set_num_threads; default: torch's own choice")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs", flush=True)
+    print(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} CPUs",
+        flush=True,
+    )
     results = [bench_preset(name, args) for name in args.presets]
     print()
     print(markdown(results))

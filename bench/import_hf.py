@@ -67,21 +67,39 @@ def _child(side: str, directory: str) -> None:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     hwm = _hwm()
     params = sum(p.numel() for p in model.parameters())
-    print(json.dumps(dict(side=side, seconds=seconds, base_rss=base_rss, base_peak=base_peak, peak=peak, hwm=hwm,
-                          end_rss=_rss_now(), params=params)))
+    print(
+        json.dumps(
+            dict(
+                side=side,
+                seconds=seconds,
+                base_rss=base_rss,
+                base_peak=base_peak,
+                peak=peak,
+                hwm=hwm,
+                end_rss=_rss_now(),
+                params=params,
+            )
+        )
+    )
 
 
 def _measure(side: str, directory: Path) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--child", side, str(directory)],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", side, str(directory)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _build(directory: Path) -> None:
     """In a subprocess, so that this parent stays small: Linux starts a child's ru_maxrss at its
     parent's peak, and a parent holding the 124M model would mask every child's own peak."""
-    code = ("import sys, torch; from transformers import GPT2Config, GPT2LMHeadModel; torch.manual_seed(0); "
-            "GPT2LMHeadModel(GPT2Config()).save_pretrained(sys.argv[1])")
+    code = (
+        "import sys, torch; from transformers import GPT2Config, GPT2LMHeadModel; torch.manual_seed(0); "
+        "GPT2LMHeadModel(GPT2Config()).save_pretrained(sys.argv[1])"
+    )
     subprocess.run([sys.executable, "-c", code, str(directory)], check=True, capture_output=True)
 
 
@@ -101,46 +119,60 @@ def main() -> None:
     from importlib.metadata import version
 
     # Versions from metadata, not imports: this parent stays small (see _build).
-    print(f"torch {version('torch')}, transformers {version('transformers')}, safetensors {version('safetensors')}, "
-          f"python {platform.python_version()}, {os.cpu_count()} CPUs")
+    print(
+        f"torch {version('torch')}, transformers {version('transformers')}, safetensors {version('safetensors')}, "
+        f"python {platform.python_version()}, {os.cpu_count()} CPUs"
+    )
     with tempfile.TemporaryDirectory(prefix="graft-import-hf-") as tmp:
         directory = Path(tmp) / "gpt2"
         t0 = time.perf_counter()
         _build(directory)
         weights = directory / "model.safetensors"
         size = weights.stat().st_size
-        print(f"built {directory.name}: GPT2LMHeadModel(GPT2Config()), {weights.name} {size / MiB:,.1f} MiB "
-              f"(not timed: {time.perf_counter() - t0:.1f} s)")
+        print(
+            f"built {directory.name}: GPT2LMHeadModel(GPT2Config()), {weights.name} {size / MiB:,.1f} MiB "
+            f"(not timed: {time.perf_counter() - t0:.1f} s)"
+        )
         runs: dict[str, list[dict[str, float]]] = {"graft": [], "hf": []}
         for _ in range(args.repeats):
             for side in runs:
                 runs[side].append(_measure(side, directory))
         parent_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         worst = max(abs(r["peak"] - r["hwm"]) for rs in runs.values() for r in rs) / MiB
-        print(f"this parent's peak RSS {parent_peak / MiB:,.0f} MiB; children's ru_maxrss vs VmHWM differ by at most "
-              f"{worst:.1f} MiB")
+        print(
+            f"this parent's peak RSS {parent_peak / MiB:,.0f} MiB; children's ru_maxrss vs VmHWM differ by at most "
+            f"{worst:.1f} MiB"
+        )
         params = {r["params"] for rs in runs.values() for r in rs}
-        print(f"parameters after load: {', '.join(f'{p:,}' for p in sorted(params))}; "
-              f"{args.repeats} fresh subprocesses per side, interleaved; warm page cache")
+        print(
+            f"parameters after load: {', '.join(f'{p:,}' for p in sorted(params))}; "
+            f"{args.repeats} fresh subprocesses per side, interleaved; warm page cache"
+        )
         print()
-        print("| loader | weights on disk (MiB) | import s (median [min–max]) | peak RSS above baseline (MiB) "
-              "| ratio to size | absolute peak RSS (MiB) | baseline RSS after imports (MiB) |")
+        print(
+            "| loader | weights on disk (MiB) | import s (median [min–max]) | peak RSS above baseline (MiB) "
+            "| ratio to size | absolute peak RSS (MiB) | baseline RSS after imports (MiB) |"
+        )
         print("|---|---:|---:|---:|---:|---:|---:|")
         names = {"graft": "graft load_hf_model", "hf": "transformers from_pretrained"}
         for side, rs in runs.items():
             seconds = [r["seconds"] for r in rs]
             delta = [(r["peak"] - r["base_rss"]) / MiB for r in rs]
             ratio = [(r["peak"] - r["base_rss"]) / size for r in rs]
-            print(f"| {names[side]} | {size / MiB:,.1f} | {_fmt(seconds, '.2f')} | {_fmt(delta, ',.0f')} "
-                  f"| {_fmt(ratio, '.2f')}x | {_fmt([r['peak'] / MiB for r in rs], ',.0f')} "
-                  f"| {_fmt([r['base_rss'] / MiB for r in rs], ',.0f')} |")
+            print(
+                f"| {names[side]} | {size / MiB:,.1f} | {_fmt(seconds, '.2f')} | {_fmt(delta, ',.0f')} "
+                f"| {_fmt(ratio, '.2f')}x | {_fmt([r['peak'] / MiB for r in rs], ',.0f')} "
+                f"| {_fmt([r['base_rss'] / MiB for r in rs], ',.0f')} |"
+            )
         print()
         g = runs["graft"]
         sec = statistics.median(r["seconds"] for r in g)
         ratio = statistics.median((r["peak"] - r["base_rss"]) / size for r in g)
-        print(f"target (import < {TARGET_SECONDS:g} s, peak < {TARGET_RATIO:g}x the model's size): "
-              f"time {'met' if sec < TARGET_SECONDS else 'MISSED'} ({sec:.2f} s), "
-              f"memory {'met' if ratio < TARGET_RATIO else 'MISSED'} ({ratio:.2f}x)")
+        print(
+            f"target (import < {TARGET_SECONDS:g} s, peak < {TARGET_RATIO:g}x the model's size): "
+            f"time {'met' if sec < TARGET_SECONDS else 'MISSED'} ({sec:.2f} s), "
+            f"memory {'met' if ratio < TARGET_RATIO else 'MISSED'} ({ratio:.2f}x)"
+        )
 
 
 if __name__ == "__main__":

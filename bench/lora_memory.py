@@ -30,7 +30,15 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def run_one(method: str, preset_name: str, vocab: int, batch: int, seq_len: int, steps: int, lora_dropout: float) -> dict:
+def run_one(
+    method: str,
+    preset_name: str,
+    vocab: int,
+    batch: int,
+    seq_len: int,
+    steps: int,
+    lora_dropout: float,
+) -> dict:
     import torch
     import torch.nn.functional as F
 
@@ -40,11 +48,15 @@ def run_one(method: str, preset_name: str, vocab: int, batch: int, seq_len: int,
     from graft.train.adapt import apply_adaptation, trainable_parameters
     from graft.train.optim import build_optimizer
 
-    importlib.import_module("peft")  # by every method before the baseline, so LoRA is not charged for the import
+    importlib.import_module(
+        "peft"
+    )  # by every method before the baseline, so LoRA is not charged for the import
 
     torch.manual_seed(0)
     config = preset(preset_name).model_copy(update={"vocab_size": vocab, "max_seq_len": seq_len})
-    config = ModelConfig.model_validate({**config.model_dump(), "head": "sequence", "labels": ("a", "b")})
+    config = ModelConfig.model_validate(
+        {**config.model_dump(), "head": "sequence", "labels": ("a", "b")}
+    )
     model = LanguageModel(config)
     loaded = peak_rss_mib()
     apply_adaptation(model, AdaptConfig(method=method, lora_dropout=lora_dropout))
@@ -63,8 +75,15 @@ def run_one(method: str, preset_name: str, vocab: int, batch: int, seq_len: int,
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
     peak = peak_rss_mib()
-    return {"method": method, "trainable": trainable, "total": total, "loaded_mib": loaded, "peak_mib": peak,
-            "overhead_mib": peak - loaded, "step_s": sorted(times)[len(times) // 2]}
+    return {
+        "method": method,
+        "trainable": trainable,
+        "total": total,
+        "loaded_mib": loaded,
+        "peak_mib": peak,
+        "overhead_mib": peak - loaded,
+        "step_s": sorted(times)[len(times) // 2],
+    }
 
 
 def main() -> None:
@@ -75,28 +94,62 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--methods", default="full,lora,freeze")
-    parser.add_argument("--lora-dropout", type=float, default=0.05, help="PEFT's dropout on the adapters' input")
+    parser.add_argument(
+        "--lora-dropout", type=float, default=0.05, help="PEFT's dropout on the adapters' input"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_one(args.child, args.preset, args.vocab, args.batch, args.seq_len, args.steps,
-                                 args.lora_dropout)))
+        print(
+            json.dumps(
+                run_one(
+                    args.child,
+                    args.preset,
+                    args.vocab,
+                    args.batch,
+                    args.seq_len,
+                    args.steps,
+                    args.lora_dropout,
+                )
+            )
+        )
         return
     rows = []
     for method in args.methods.split(","):
-        command = [sys.executable, __file__, "--child", method, "--preset", args.preset, "--vocab", str(args.vocab),
-                   "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--steps", str(args.steps),
-                   "--lora-dropout", str(args.lora_dropout)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            method,
+            "--preset",
+            args.preset,
+            "--vocab",
+            str(args.vocab),
+            "--batch",
+            str(args.batch),
+            "--seq-len",
+            str(args.seq_len),
+            "--steps",
+            str(args.steps),
+            "--lora-dropout",
+            str(args.lora_dropout),
+        ]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     full = next((r for r in rows if r["method"] == "full"), rows[0])
-    print(f"preset {args.preset}, vocab {args.vocab}, batch {args.batch} x {args.seq_len} tokens, "
-          f"{args.steps} steps, lora rank 8 on q/k/v/o_proj with dropout {args.lora_dropout}, fp32 CPU\n")
-    print("| method | trainable parameters | share | peak RSS (MiB) | training overhead (MiB) | vs full | step (s) |")
+    print(
+        f"preset {args.preset}, vocab {args.vocab}, batch {args.batch} x {args.seq_len} tokens, "
+        f"{args.steps} steps, lora rank 8 on q/k/v/o_proj with dropout {args.lora_dropout}, fp32 CPU\n"
+    )
+    print(
+        "| method | trainable parameters | share | peak RSS (MiB) | training overhead (MiB) | vs full | step (s) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['method']} | {r['trainable']:,} | {r['trainable'] / r['total']:.2%} | {r['peak_mib']:.0f} | "
-              f"{r['overhead_mib']:.0f} | {r['overhead_mib'] / full['overhead_mib']:.2f}x | {r['step_s']:.2f} |")
+        print(
+            f"| {r['method']} | {r['trainable']:,} | {r['trainable'] / r['total']:.2%} | {r['peak_mib']:.0f} | "
+            f"{r['overhead_mib']:.0f} | {r['overhead_mib'] / full['overhead_mib']:.2f}x | {r['step_s']:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,10 @@ from pathlib import Path
 import httpx
 
 SERVING_LINE = re.compile(r"on http://127\.0\.0\.1:(\d+)/")
-WORDS = ("the model reads a token and writes the next one while the batch keeps every slot busy and the "
-         "queue waits for room in the cache").split()
+WORDS = (
+    "the model reads a token and writes the next one while the batch keeps every slot busy and the "
+    "queue waits for room in the cache"
+).split()
 
 
 @dataclass
@@ -72,17 +74,30 @@ class ArmResult:
 
     def percentile(self, values: list[float], q: float) -> float:
         ordered = sorted(values)
-        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))] if ordered else float("nan")
+        return (
+            ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+            if ordered
+            else float("nan")
+        )
 
     def row(self) -> dict[str, float | int | str]:
         ok = [s for s in self.samples if s.ok]
         latencies = [s.latency for s in ok]
         ttfts = [s.ttft for s in ok if s.ttft is not None]
-        return {"arm": self.name, "max_batch": self.max_batch, "requests": len(self.samples),
-                "errors": len(self.errors), "wall_s": self.wall_s, "req_s": len(ok) / self.wall_s,
-                "tok_s": self.tokens / self.wall_s, "tokens": self.tokens,
-                "p50_latency_s": self.percentile(latencies, 50), "p95_latency_s": self.percentile(latencies, 95),
-                "p50_ttft_s": self.percentile(ttfts, 50), "p95_ttft_s": self.percentile(ttfts, 95)}
+        return {
+            "arm": self.name,
+            "max_batch": self.max_batch,
+            "requests": len(self.samples),
+            "errors": len(self.errors),
+            "wall_s": self.wall_s,
+            "req_s": len(ok) / self.wall_s,
+            "tok_s": self.tokens / self.wall_s,
+            "tokens": self.tokens,
+            "p50_latency_s": self.percentile(latencies, 50),
+            "p95_latency_s": self.percentile(latencies, 95),
+            "p50_ttft_s": self.percentile(ttfts, 50),
+            "p95_ttft_s": self.percentile(ttfts, 95),
+        }
 
 
 def make_checkpoint(directory: Path, preset_name: str, seed: int) -> Path:
@@ -96,14 +111,36 @@ def make_checkpoint(directory: Path, preset_name: str, seed: int) -> Path:
     tokenizer = bytes_tokenizer()
     torch.manual_seed(seed)
     model = LanguageModel(preset(preset_name, vocab_size=tokenizer.vocab_size)).eval()
-    return save_checkpoint(directory / preset_name, model=model, tokenizer=tokenizer, run_config_yaml="{}\n")
+    return save_checkpoint(
+        directory / preset_name, model=model, tokenizer=tokenizer, run_config_yaml="{}\n"
+    )
 
 
-def start_server(checkpoint: Path, max_batch: int, max_queue: int, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(
+    checkpoint: Path, max_batch: int, max_queue: int, threads: int
+) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    proc = subprocess.Popen([sys.executable, "-m", "graft", "serve", str(checkpoint), "--port", "0", "--model-name",
-                             "bench", "--max-batch", str(max_batch), "--max-queue", str(max_queue)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "graft",
+            "serve",
+            str(checkpoint),
+            "--port",
+            "0",
+            "--model-name",
+            "bench",
+            "--max-batch",
+            str(max_batch),
+            "--max-queue",
+            str(max_queue),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
     line = proc.stdout.readline()  # type: ignore[union-attr]
     match = SERVING_LINE.search(line)
     if match is None:
@@ -140,7 +177,9 @@ async def one_request(client: httpx.AsyncClient, body: dict) -> Sample:
     try:
         async with client.stream("POST", "/v1/completions", json=body) as response:
             if response.status_code != 200:
-                return Sample(False, error=f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
+                return Sample(
+                    False, error=f"HTTP {response.status_code}: {(await response.aread())[:200]!r}"
+                )
             done = False
             async for line in response.aiter_lines():
                 if not line.startswith("data: "):
@@ -169,7 +208,9 @@ async def load(base: str, bodies: list[dict], concurrency: int) -> tuple[list[Sa
         queue.put_nowait(item)
     results: list[Sample | None] = [None] * len(bodies)
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(600.0), limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=base, timeout=httpx.Timeout(600.0), limits=limits
+    ) as client:
         for body in bodies[:2]:  # warm-up, not counted
             await one_request(client, {**body, "max_tokens": 4})
 
@@ -184,7 +225,9 @@ async def load(base: str, bodies: list[dict], concurrency: int) -> tuple[list[Sa
     return [r for r in results if r is not None], wall
 
 
-def run_arm(name: str, checkpoint: Path, max_batch: int, bodies: list[dict], args: argparse.Namespace) -> ArmResult:
+def run_arm(
+    name: str, checkpoint: Path, max_batch: int, bodies: list[dict], args: argparse.Namespace
+) -> ArmResult:
     proc, base = start_server(checkpoint, max_batch, max(64, args.concurrency * 2), args.threads)
     try:
         samples, wall = asyncio.run(load(base, bodies, args.concurrency))
@@ -194,54 +237,93 @@ def run_arm(name: str, checkpoint: Path, max_batch: int, bodies: list[dict], arg
 
 
 def table(results: list[ArmResult]) -> str:
-    lines = ["| arm | max batch | requests | errors | wall s | req/s | gen tok/s | p50 latency s | p95 latency s "
-             "| p50 TTFT s | p95 TTFT s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| arm | max batch | requests | errors | wall s | req/s | gen tok/s | p50 latency s | p95 latency s "
+        "| p50 TTFT s | p95 TTFT s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         row = r.row()
-        lines.append(f"| {row['arm']} | {row['max_batch']} | {row['requests']} | {row['errors']} | {row['wall_s']:.1f} "
-                     f"| {row['req_s']:.2f} | {row['tok_s']:.0f} | {row['p50_latency_s']:.2f} | "
-                     f"{row['p95_latency_s']:.2f} | {row['p50_ttft_s']:.3f} | {row['p95_ttft_s']:.3f} |")
+        lines.append(
+            f"| {row['arm']} | {row['max_batch']} | {row['requests']} | {row['errors']} | {row['wall_s']:.1f} "
+            f"| {row['req_s']:.2f} | {row['tok_s']:.0f} | {row['p50_latency_s']:.2f} | "
+            f"{row['p95_latency_s']:.2f} | {row['p50_ttft_s']:.3f} | {row['p95_ttft_s']:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="micro", help="model preset, random init (default: micro, ~4M params)")
+    parser.add_argument(
+        "--preset", default="micro", help="model preset, random init (default: micro, ~4M params)"
+    )
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--max-batch", type=int, default=16, help="the batched arm's --max-batch (default: 16)")
+    parser.add_argument(
+        "--max-batch", type=int, default=16, help="the batched arm's --max-batch (default: 16)"
+    )
     parser.add_argument("--prompt-tokens", type=int, default=32)
-    parser.add_argument("--max-tokens", type=int, default=32, help="new tokens per request (default: 32)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="server OMP threads")
+    parser.add_argument(
+        "--max-tokens", type=int, default=32, help="new tokens per request (default: 32)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="server OMP threads"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    bodies = [{"model": "bench", "prompt": prompt, "max_tokens": args.max_tokens, "temperature": 0.8,
-               "seed": args.seed + i, "stream": True, "stream_options": {"include_usage": True}}
-              for i, prompt in enumerate(prompts(args.requests, args.prompt_tokens, args.seed))]
+    bodies = [
+        {
+            "model": "bench",
+            "prompt": prompt,
+            "max_tokens": args.max_tokens,
+            "temperature": 0.8,
+            "seed": args.seed + i,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        for i, prompt in enumerate(prompts(args.requests, args.prompt_tokens, args.seed))
+    ]
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = make_checkpoint(Path(tmp), args.preset, args.seed)
-        results = [run_arm("batched", checkpoint, args.max_batch, bodies, args),
-                   run_arm("sequential", checkpoint, 1, bodies, args)]
+        results = [
+            run_arm("batched", checkpoint, args.max_batch, bodies, args),
+            run_arm("sequential", checkpoint, 1, bodies, args),
+        ]
 
     batched, sequential = results
-    print(f"graft serve under load: {args.requests} requests from {args.concurrency} concurrent clients, "
-          f"preset {args.preset} (random init, bytes tokenizer), prompts ~{args.prompt_tokens} tokens, "
-          f"{args.max_tokens} new tokens each, streamed; server OMP threads {args.threads}; "
-          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores\n")
+    print(
+        f"graft serve under load: {args.requests} requests from {args.concurrency} concurrent clients, "
+        f"preset {args.preset} (random init, bytes tokenizer), prompts ~{args.prompt_tokens} tokens, "
+        f"{args.max_tokens} new tokens each, streamed; server OMP threads {args.threads}; "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores\n"
+    )
     print(table(results))
-    print(f"\ncontinuous batching vs one at a time: {batched.row()['tok_s'] / sequential.row()['tok_s']:.2f}x "
-          f"generated tokens/s, {batched.row()['req_s'] / sequential.row()['req_s']:.2f}x requests/s")
+    print(
+        f"\ncontinuous batching vs one at a time: {batched.row()['tok_s'] / sequential.row()['tok_s']:.2f}x "
+        f"generated tokens/s, {batched.row()['req_s'] / sequential.row()['req_s']:.2f}x requests/s"
+    )
     problems = []
     for r in results:
         for sample in r.errors[:3]:
             problems.append(f"{r.name}: {sample.error}")
-    if batched.tokens != sequential.tokens:  # possible only through a near-tie flipped by batched float sums
-        print(f"note: the arms generated different token counts ({batched.tokens} vs {sequential.tokens})")
+    if (
+        batched.tokens != sequential.tokens
+    ):  # possible only through a near-tie flipped by batched float sums
+        print(
+            f"note: the arms generated different token counts ({batched.tokens} vs {sequential.tokens})"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                         "results": [r.row() for r in results]}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": {k: str(v) for k, v in vars(args).items()},
+                    "results": [r.row() for r in results],
+                },
+                indent=2,
+            )
+        )
     if problems:
         print("\nFAILED:\n" + "\n".join(problems))
         return 1

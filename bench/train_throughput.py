@@ -43,8 +43,15 @@ from graft.objectives.losses import linear_cross_entropy_sum
 
 DEFAULT_PRESETS = ["micro", "llama-micro", "small", "llama-small"]
 # (batch, seq_len): the default run takes about two minutes on an idle two-core machine.
-DEFAULT_SHAPES = {"micro": (8, 256), "llama-micro": (8, 256), "small": (4, 256), "llama-small": (4, 256)}
-FLOPS_FORMULA = "6 * N * tokens + 12 * n_layers * d_model * T * tokens (N: matmul params incl. LM head)"
+DEFAULT_SHAPES = {
+    "micro": (8, 256),
+    "llama-micro": (8, 256),
+    "small": (4, 256),
+    "llama-small": (4, 256),
+}
+FLOPS_FORMULA = (
+    "6 * N * tokens + 12 * n_layers * d_model * T * tokens (N: matmul params incl. LM head)"
+)
 
 
 @dataclass
@@ -69,42 +76,76 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # parameters() yields a tied tensor once
 
 
-def build_models(name: str, vocab: int, seed: int = 0) -> tuple[ModelConfig, LanguageModel, nn.Module]:
+def build_models(
+    name: str, vocab: int, seed: int = 0
+) -> tuple[ModelConfig, LanguageModel, nn.Module]:
     """graft's model and its transformers twin; raises AssertionError if their sizes differ."""
     cfg = preset(name, vocab_size=vocab)
     torch.manual_seed(seed)
     graft = LanguageModel(cfg)
-    common = dict(vocab_size=vocab, tie_word_embeddings=True, use_cache=False)  # no KV cache in training
+    common = dict(
+        vocab_size=vocab, tie_word_embeddings=True, use_cache=False
+    )  # no KV cache in training
     if cfg.positions == "learned":
-        hf: nn.Module = GPT2LMHeadModel(GPT2Config(
-            n_embd=cfg.d_model, n_layer=cfg.n_layers, n_head=cfg.n_heads, n_positions=cfg.max_seq_len,
-            n_inner=None, activation_function="gelu_new", layer_norm_epsilon=cfg.norm_eps,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=vocab - 1, eos_token_id=vocab - 1,
-            **common))
+        hf: nn.Module = GPT2LMHeadModel(
+            GPT2Config(
+                n_embd=cfg.d_model,
+                n_layer=cfg.n_layers,
+                n_head=cfg.n_heads,
+                n_positions=cfg.max_seq_len,
+                n_inner=None,
+                activation_function="gelu_new",
+                layer_norm_epsilon=cfg.norm_eps,
+                resid_pdrop=0.0,
+                embd_pdrop=0.0,
+                attn_pdrop=0.0,
+                bos_token_id=vocab - 1,
+                eos_token_id=vocab - 1,
+                **common,
+            )
+        )
     else:
-        hf = LlamaForCausalLM(LlamaConfig(
-            hidden_size=cfg.d_model, intermediate_size=cfg.ff_dim, num_hidden_layers=cfg.n_layers,
-            num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads,
-            max_position_embeddings=cfg.max_seq_len, rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-            hidden_act="silu", attention_bias=False, mlp_bias=False, attention_dropout=0.0, **common))
+        hf = LlamaForCausalLM(
+            LlamaConfig(
+                hidden_size=cfg.d_model,
+                intermediate_size=cfg.ff_dim,
+                num_hidden_layers=cfg.n_layers,
+                num_attention_heads=cfg.n_heads,
+                num_key_value_heads=cfg.kv_heads,
+                max_position_embeddings=cfg.max_seq_len,
+                rms_norm_eps=cfg.norm_eps,
+                rope_theta=cfg.rope_theta,
+                hidden_act="silu",
+                attention_bias=False,
+                mlp_bias=False,
+                attention_dropout=0.0,
+                **common,
+            )
+        )
     n_graft, n_hf = count_params(graft), count_params(hf)
     assert n_graft == n_hf, f"{name}: graft has {n_graft:,} parameters, transformers {n_hf:,}"
     return cfg, graft, hf
 
 
-def make_steps(graft: LanguageModel, hf: nn.Module, x: torch.Tensor) -> tuple[Callable[[], None], Callable[[], None]]:
+def make_steps(
+    graft: LanguageModel, hf: nn.Module, x: torch.Tensor
+) -> tuple[Callable[[], None], Callable[[], None]]:
     """One training step for each side on the same (B, T+1) ids; both score the B*T next tokens."""
     inputs, targets = x[:, :-1].contiguous(), x[:, 1:].contiguous()
     # Fused AdamW on both sides: graft's loop uses it, and so does transformers' Trainer by default
     # on torch >= 2.8 (adamw_torch_fused), so the optimizer is not what the ratio measures.
-    opts = [torch.optim.AdamW(m.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
-            for m in (graft, hf)]
+    opts = [
+        torch.optim.AdamW(m.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
+        for m in (graft, hf)
+    ]
     graft.train()
     hf.train()
 
     def graft_step() -> None:
         hidden = graft.model(inputs)
-        (linear_cross_entropy_sum(hidden, graft.lm_head.weight, targets) / targets.numel()).backward()
+        (
+            linear_cross_entropy_sum(hidden, graft.lm_head.weight, targets) / targets.numel()
+        ).backward()
         opts[0].step()
         opts[0].zero_grad(set_to_none=True)
 
@@ -137,12 +178,16 @@ def flops_per_step(cfg: ModelConfig, params: int, batch: int, seq_len: int) -> f
     return 6 * n * tokens + 12 * cfg.n_layers * cfg.d_model * seq_len * tokens
 
 
-def bench_preset(name: str, vocab: int, batch: int, seq_len: int, repeats: int, steps: int,
-                 warmup: int) -> Result:
+def bench_preset(
+    name: str, vocab: int, batch: int, seq_len: int, repeats: int, steps: int, warmup: int
+) -> Result:
     cfg, graft, hf = build_models(name, vocab)
     params = count_params(graft)
-    print(f"{name}: {params:,} parameters in both (graft == transformers); batch {batch}, seq {seq_len}, "
-          f"hf attention: {hf.config._attn_implementation}", flush=True)
+    print(
+        f"{name}: {params:,} parameters in both (graft == transformers); batch {batch}, seq {seq_len}, "
+        f"hf attention: {hf.config._attn_implementation}",
+        flush=True,
+    )
     x = torch.randint(0, vocab, (batch, seq_len + 1), generator=torch.Generator().manual_seed(1))
     graft_step, hf_step = make_steps(graft, hf, x)
     for step in (graft_step, hf_step):
@@ -172,7 +217,9 @@ def busy_cpu_seconds() -> float:
     """CPU seconds the whole machine has spent busy since boot (Linux), for the other-load check."""
     try:
         with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+            user, nice, system, _idle, _iowait, irq, softirq, steal = map(
+                int, f.readline().split()[1:9]
+            )
     except (OSError, ValueError):
         return float("nan")
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
@@ -187,11 +234,16 @@ def markdown_table(results: list[Result]) -> str:
     def cell(v: list[float]) -> str:
         return f"{statistics.median(v):,.0f} [{min(v):,.0f}–{max(v):,.0f}]"
 
-    rows = ["| preset | params | batch x seq | graft tok/s (median [min–max]) | hf tok/s (median [min–max]) "
-            "| ratio graft/hf | graft MFU | hf MFU |", "|---|---:|---|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| preset | params | batch x seq | graft tok/s (median [min–max]) | hf tok/s (median [min–max]) "
+        "| ratio graft/hf | graft MFU | hf MFU |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
-        rows.append(f"| {r.preset} | {r.params / 1e6:.2f}M | {r.batch} x {r.seq_len} | {cell(r.graft_tok_s)} "
-                    f"| {cell(r.hf_tok_s)} | {r.ratio:.2f}x | {r.graft_mfu:.1%} | {r.hf_mfu:.1%} |")
+        rows.append(
+            f"| {r.preset} | {r.params / 1e6:.2f}M | {r.batch} x {r.seq_len} | {cell(r.graft_tok_s)} "
+            f"| {cell(r.hf_tok_s)} | {r.ratio:.2f}x | {r.graft_mfu:.1%} | {r.hf_mfu:.1%} |"
+        )
     return "\n".join(rows)
 
 
@@ -205,46 +257,78 @@ def main(argv: list[str] | None = None) -> list[Result]:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per side before timing")
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--threads", type=int, help="torch.set_num_threads; default: torch's own choice")
-    p.add_argument("--peak-size", type=int, default=2048, help="side of the square fp32 matmul for the peak")
+    p.add_argument(
+        "--peak-size", type=int, default=2048, help="side of the square fp32 matmul for the peak"
+    )
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON to OUT")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    print(f"CPU: {cpu_name()}; torch {torch.__version__}; transformers {transformers.__version__}; "
-          f"threads {torch.get_num_threads()}")
+    print(
+        f"CPU: {cpu_name()}; torch {torch.__version__}; transformers {transformers.__version__}; "
+        f"threads {torch.get_num_threads()}"
+    )
     print(f"MFU = achieved FLOP/s / peak; FLOPs per step = {FLOPS_FORMULA}")
-    print("both sides score the same B*T tokens: inputs x[:, :-1], targets x[:, 1:] "
-          "(transformers via labels + shift_labels)", flush=True)
+    print(
+        "both sides score the same B*T tokens: inputs x[:, :-1], targets x[:, 1:] "
+        "(transformers via labels + shift_labels)",
+        flush=True,
+    )
     # The peak is measured before and after the models and the higher one is used, so one burst of
     # load from another process cannot inflate MFU.
     start_wall, start_busy, start_own = time.perf_counter(), busy_cpu_seconds(), own_cpu_seconds()
     peak = matmul_peak(args.peak_size)
-    print(f"matmul peak before (fp32 {args.peak_size}x{args.peak_size}, median of 7): {peak / 1e9:.1f} GFLOP/s",
-          flush=True)
+    print(
+        f"matmul peak before (fp32 {args.peak_size}x{args.peak_size}, median of 7): {peak / 1e9:.1f} GFLOP/s",
+        flush=True,
+    )
     results = []
     for name in args.presets:
         batch, seq = DEFAULT_SHAPES.get(name, (4, 256))
-        results.append(bench_preset(name, args.vocab, args.batch_size or batch, args.seq_len or seq,
-                                    args.repeats, args.steps, args.warmup))
+        results.append(
+            bench_preset(
+                name,
+                args.vocab,
+                args.batch_size or batch,
+                args.seq_len or seq,
+                args.repeats,
+                args.steps,
+                args.warmup,
+            )
+        )
     peak_after = matmul_peak(args.peak_size)
     print(f"matmul peak after: {peak_after / 1e9:.1f} GFLOP/s; MFU uses the higher")
     peak = max(peak, peak_after)
     # Another process on the same cores slows both sides unevenly, so say how much there was.
     others = (busy_cpu_seconds() - start_busy) - (own_cpu_seconds() - start_own)
     other_cores = max(others, 0.0) / (time.perf_counter() - start_wall)
-    print(f"other processes used {other_cores:.2f} CPU cores on average during the run (0: a quiet machine)")
+    print(
+        f"other processes used {other_cores:.2f} CPU cores on average during the run (0: a quiet machine)"
+    )
     for r in results:
         r.set_mfu(peak)
-    print(f"\nvocab {args.vocab}, fp32, fused AdamW, {args.repeats} repeats x {args.steps} steps after "
-          f"{args.warmup} warm-up steps, interleaved\n")
+    print(
+        f"\nvocab {args.vocab}, fp32, fused AdamW, {args.repeats} repeats x {args.steps} steps after "
+        f"{args.warmup} warm-up steps, interleaved\n"
+    )
     print(markdown_table(results))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"cpu": cpu_name(), "torch": torch.__version__, "transformers": transformers.__version__,
-                       "threads": torch.get_num_threads(), "peak_flops": peak, "flops_formula": FLOPS_FORMULA,
-                       "other_processes_cores": other_cores,
-                       "results": [asdict(r) for r in results]}, f, indent=2)
+            json.dump(
+                {
+                    "cpu": cpu_name(),
+                    "torch": torch.__version__,
+                    "transformers": transformers.__version__,
+                    "threads": torch.get_num_threads(),
+                    "peak_flops": peak,
+                    "flops_formula": FLOPS_FORMULA,
+                    "other_processes_cores": other_cores,
+                    "results": [asdict(r) for r in results],
+                },
+                f,
+                indent=2,
+            )
     return results
 
 

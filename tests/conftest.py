@@ -32,7 +32,9 @@ def write_corpus(directory: Path, *, documents: int = 12, words: int = 120, seed
             sentence = " ".join(rng.choice(_WORDS) for _ in range(n))
             sentences.append(sentence[0].upper() + sentence[1:] + rng.choice(".!?"))
         lines = [" ".join(sentences[j : j + 4]) for j in range(0, len(sentences), 4)]
-        (directory / f"doc{i:03d}.txt").write_text(f"Document {i}.\n" + "\n".join(lines) + "\n", encoding="utf-8")
+        (directory / f"doc{i:03d}.txt").write_text(
+            f"Document {i}.\n" + "\n".join(lines) + "\n", encoding="utf-8"
+        )
     return directory
 
 

@@ -30,8 +30,15 @@ from graft.quickstart_tasks import (
     write_task_files,
 )
 
-SMALL = TaskSizes(packages=4, per_package=30, classify_test=5, classify_val=5, instruct_test=10, instruct_val=10,
-                  instruct_train=50)
+SMALL = TaskSizes(
+    packages=4,
+    per_package=30,
+    classify_test=5,
+    classify_val=5,
+    instruct_test=10,
+    instruct_val=10,
+    instruct_train=50,
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,19 +52,28 @@ def splits(functions: list[StdlibFunction]) -> TaskSplits:
 
 
 def test_classification_splits_are_balanced_disjoint_and_from_the_largest_packages(
-        functions: list[StdlibFunction], splits: TaskSplits) -> None:
+    functions: list[StdlibFunction], splits: TaskSplits
+) -> None:
     counts = Counter(f.package for f in functions)
     assert set(splits.packages) == {p for p, _ in counts.most_common(4)}
     for split, per_package in (("train", 20), ("val", 5), ("test", 5)):
-        assert Counter(f.package for f in splits.classify[split]) == {p: per_package for p in splits.packages}
+        assert Counter(f.package for f in splits.classify[split]) == {
+            p: per_package for p in splits.packages
+        }
     every = [f for split in ("train", "val", "test") for f in splits.classify[split]]
     assert len(set(every)) == len(every)
 
 
-def test_instruction_answers_are_their_own(functions: list[StdlibFunction], splits: TaskSplits) -> None:
+def test_instruction_answers_are_their_own(
+    functions: list[StdlibFunction], splits: TaskSplits
+) -> None:
     first_lines = Counter(f.docstring_first_line for f in functions)
     held = splits.instruct["val"] + splits.instruct["test"]
-    assert (len(splits.instruct["test"]), len(splits.instruct["val"]), len(splits.instruct["train"])) == (10, 10, 50)
+    assert (
+        len(splits.instruct["test"]),
+        len(splits.instruct["val"]),
+        len(splits.instruct["train"]),
+    ) == (10, 10, 50)
     assert all(first_lines[f.docstring_first_line] == 1 for f in held)
     assert not set(held) & set(splits.instruct["train"])
     assert set(splits.held_out) == set(held) | set(splits.classify["val"] + splits.classify["test"])
@@ -88,9 +104,13 @@ def test_records_fit_the_context_and_read_back(splits: TaskSplits, tmp_path: Pat
             assert f.code_without_docstring.startswith(record.text)
     for split, functions in splits.instruct.items():
         conversations, _ = read_conversations(files.instruct[split])
-        assert [c.messages[-1].content for c in conversations] == [f.docstring_first_line for f in functions]
+        assert [c.messages[-1].content for c in conversations] == [
+            f.docstring_first_line for f in functions
+        ]
         for conversation, f in zip(conversations, functions):
-            prompt = render_chat(DEFAULT_CHAT_TEMPLATE, conversation.messages[:-1], add_generation_prompt=True)
+            prompt = render_chat(
+                DEFAULT_CHAT_TEMPLATE, conversation.messages[:-1], add_generation_prompt=True
+            )
             assert len(tokenizer.encode(prompt)) <= 256 - 32
             instruction, code = conversation.messages[0].content.split("\n\n", 1)
             assert instruction == INSTRUCTION and f.code_without_docstring.startswith(code)
@@ -102,18 +122,26 @@ def test_a_context_too_short_for_any_code_is_refused(splits: TaskSplits, tmp_pat
 
 
 def test_find_leaks_finds_held_out_functions_until_the_corpus_excludes_them(
-        functions: list[StdlibFunction], tmp_path: Path) -> None:
+    functions: list[StdlibFunction], tmp_path: Path
+) -> None:
     plain = build_stdlib_corpus(tmp_path / "plain.jsonl", max_bytes=300_000, seed=0)
     rows = [json.loads(line) for line in plain.path.read_text(encoding="utf-8").splitlines()]
-    modules = {r["source"].removesuffix(".py").removesuffix("/__init__").replace("/", ".")
-               for r in rows if r["kind"] == "module"}
+    modules = {
+        r["source"].removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        for r in rows
+        if r["kind"] == "module"
+    }
     present = [f for f in functions if f.module in modules][:40]
     absent = [f for f in functions if f.module not in modules][:40]
     assert len(present) == 40
     leaks = find_leaks(plain.path, present + absent)
-    assert set(leaks.definitions) >= set(present)  # every one whose module is in the corpus is found
+    assert set(leaks.definitions) >= set(
+        present
+    )  # every one whose module is in the corpus is found
     assert len(leaks.first_lines) >= 30
-    excluded = build_stdlib_corpus(tmp_path / "excluded.jsonl", max_bytes=300_000, seed=0, exclude=present)
+    excluded = build_stdlib_corpus(
+        tmp_path / "excluded.jsonl", max_bytes=300_000, seed=0, exclude=present
+    )
     assert excluded.excluded_definitions >= len(present)
     assert not set(find_leaks(excluded.path, present).definitions)
 
@@ -125,31 +153,62 @@ def test_drop_leaks_only_touches_evaluation_splits(splits: TaskSplits) -> None:
     assert found not in kept.classify["test"] and in_train in kept.classify["train"]
     assert answered not in kept.instruct["test"]
     assert len(kept.classify["test"]) == len(splits.classify["test"]) - 1
-    assert kept.classify["val"] == splits.classify["val"] and kept.instruct["val"] == splits.instruct["val"]
+    assert (
+        kept.classify["val"] == splits.classify["val"]
+        and kept.instruct["val"] == splits.instruct["val"]
+    )
 
 
-def test_report_section_has_the_table_the_plot_and_examples(splits: TaskSplits, tmp_path: Path) -> None:
+def test_report_section_has_the_table_the_plot_and_examples(
+    splits: TaskSplits, tmp_path: Path
+) -> None:
     files = write_task_files(splits, bytes_tokenizer(), tmp_path / "tasks", seq_len=256)
     outcomes = []
-    metrics = {"classify": ("accuracy", "macro_f1"), "instruct": ("rougeL", "exact_match", "ended_with_eos")}
+    metrics = {
+        "classify": ("accuracy", "macro_f1"),
+        "instruct": ("rougeL", "exact_match", "ended_with_eos"),
+    }
     for task, keys in metrics.items():
         for arm, value in (("pretrained", 0.75), ("scratch", 0.25)):
             run_dir = tmp_path / "finetune" / f"{task}-{arm}"
             if task == "instruct":  # what evaluate_checkpoint leaves for the examples
                 (run_dir / "eval").mkdir(parents=True)
-                rows = [{"reference": f.docstring_first_line, "prediction": f"{arm} `guess`\nline"}
-                        for f in splits.instruct["test"]]
+                rows = [
+                    {"reference": f.docstring_first_line, "prediction": f"{arm} `guess`\nline"}
+                    for f in splits.instruct["test"]
+                ]
                 (run_dir / "eval" / "generate_samples.jsonl").write_text(
-                    "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-            outcomes.append(ArmOutcome(task, arm, run_dir, 1e-4 if arm == "pretrained" else 1e-3, 7, "max_steps", 7,
-                                       16, 10.0, 2.0, {**{k: value for k in keys}, "count": 10.0}))
+                    "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
+                )
+            outcomes.append(
+                ArmOutcome(
+                    task,
+                    arm,
+                    run_dir,
+                    1e-4 if arm == "pretrained" else 1e-3,
+                    7,
+                    "max_steps",
+                    7,
+                    16,
+                    10.0,
+                    2.0,
+                    {**{k: value for k in keys}, "count": 10.0},
+                )
+            )
     plot = plot_comparison(outcomes, tmp_path / "finetune" / "comparison.png")
     assert plot.read_bytes().startswith(b"\x89PNG")
-    text = "\n".join(finetune_section(tmp_path, splits, files, outcomes, plot, Leaks((), ()), held_out=30))
-    assert "| task | metric | pre-trained | from scratch | difference | seconds (pre-trained, scratch) |" in text
+    text = "\n".join(
+        finetune_section(tmp_path, splits, files, outcomes, plot, Leaks((), ()), held_out=30)
+    )
+    assert (
+        "| task | metric | pre-trained | from scratch | difference | seconds (pre-trained, scratch) |"
+        in text
+    )
     assert "| accuracy | 0.750 | 0.250 | +0.500 | 12, 12 |" in text
     assert "| ROUGE-L | 0.750 | 0.250 | +0.500 |" in text
     assert "![pre-trained against from scratch](finetune/comparison.png)" in text
-    assert "classification 0.0001 pre-trained, 0.001 from scratch" in text and "same 7 steps" in text
+    assert (
+        "classification 0.0001 pre-trained, 0.001 from scratch" in text and "same 7 steps" in text
+    )
     assert text.count("- reference: ") == 3
     assert "- pre-trained: `` pretrained `guess` line ``" in text

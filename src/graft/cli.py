@@ -21,105 +21,203 @@ EXIT_INTERRUPTED = 130
 
 # Options every command takes, before or after its name (graft --debug pretrain / graft pretrain --debug).
 _COMMON = argparse.ArgumentParser(add_help=False)
-_COMMON.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+_COMMON.add_argument(
+    "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+)
 
 
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quickstart", parents=[_COMMON], help="Pre-train a small model on a corpus built from this Python installation.",
-                       description="The embedded default: builds a corpus from the running Python's standard library "
-                       "and documentation (nothing downloaded), trains a tokenizer, prepares shards, pre-trains a small "
-                       "model for a time budget, fine-tunes it on two tasks from the same installation (a function's "
-                       "package; its docstring's first line) against training from scratch, and writes a report.")
-    p.add_argument("--minutes", type=float, default=5.0, help="pre-training time budget (default: 5)")
-    p.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="run directory, replaced if it exists")
+    p = sub.add_parser(
+        "quickstart",
+        parents=[_COMMON],
+        help="Pre-train a small model on a corpus built from this Python installation.",
+        description="The embedded default: builds a corpus from the running Python's standard library "
+        "and documentation (nothing downloaded), trains a tokenizer, prepares shards, pre-trains a small "
+        "model for a time budget, fine-tunes it on two tasks from the same installation (a function's "
+        "package; its docstring's first line) against training from scratch, and writes a report.",
+    )
+    p.add_argument(
+        "--minutes", type=float, default=5.0, help="pre-training time budget (default: 5)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/quickstart"),
+        help="run directory, replaced if it exists",
+    )
     p.add_argument("--preset", default="micro", help="model preset (default: micro)")
-    p.add_argument("--corpus-mb", type=float, default=8.0, help="corpus size in MB of text (default: 8)")
-    p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size (default: 4096)")
+    p.add_argument(
+        "--corpus-mb", type=float, default=8.0, help="corpus size in MB of text (default: 8)"
+    )
+    p.add_argument(
+        "--vocab-size", type=int, default=4096, help="BPE vocabulary size (default: 4096)"
+    )
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--finetune-steps", type=int, default=150,
-                   help="steps of each of the four fine-tuning runs (default: 150, about 3-4 minutes in all on 2 cores)")
-    p.add_argument("--skip-finetune", action="store_true", help="stop after pre-training; nothing is held out")
+    p.add_argument(
+        "--finetune-steps",
+        type=int,
+        default=150,
+        help="steps of each of the four fine-tuning runs (default: 150, about 3-4 minutes in all on 2 cores)",
+    )
+    p.add_argument(
+        "--skip-finetune", action="store_true", help="stop after pre-training; nothing is held out"
+    )
 
 
 def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tokenizer", help="Train a tokenizer.")
     tsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    t = tsub.add_parser("train", parents=[_COMMON], help="Train BPE (default), WordPiece or Unigram on text; or write the bytes tokenizer.")
-    t.add_argument("inputs", nargs="*", type=Path, help=".txt/.md/.jsonl files or folders (not needed for --kind bytes)")
+    t = tsub.add_parser(
+        "train",
+        parents=[_COMMON],
+        help="Train BPE (default), WordPiece or Unigram on text; or write the bytes tokenizer.",
+    )
+    t.add_argument(
+        "inputs",
+        nargs="*",
+        type=Path,
+        help=".txt/.md/.jsonl files or folders (not needed for --kind bytes)",
+    )
     t.add_argument("--kind", choices=["bpe", "wordpiece", "unigram", "bytes"], default="bpe")
     t.add_argument("--vocab-size", type=int, default=8192)
     t.add_argument("--min-frequency", type=int, default=2)
-    t.add_argument("--sentinels", type=int, default=0,
-                   help="add N span-corruption sentinel tokens <|sentinel_0|>... (needed by --objective denoise, t5 style)")
+    t.add_argument(
+        "--sentinels",
+        type=int,
+        default=0,
+        help="add N span-corruption sentinel tokens <|sentinel_0|>... (needed by --objective denoise, t5 style)",
+    )
     t.add_argument("--out", type=Path, required=True, help="directory for tokenizer.json")
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help="Prepare token shards from text.")
     dsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
-    d = dsub.add_parser("prepare", parents=[_COMMON], help="Tokenize .txt/.md/.jsonl inputs into train/val token shards.")
+    d = dsub.add_parser(
+        "prepare",
+        parents=[_COMMON],
+        help="Tokenize .txt/.md/.jsonl inputs into train/val token shards.",
+    )
     d.add_argument("inputs", nargs="+", type=Path, help="files or folders")
-    d.add_argument("--tokenizer", required=True, help="tokenizer.json, a directory holding one, or 'bytes'")
+    d.add_argument(
+        "--tokenizer", required=True, help="tokenizer.json, a directory holding one, or 'bytes'"
+    )
     d.add_argument("--out", type=Path, required=True, help="output directory (replaced atomically)")
     d.add_argument("--val-fraction", type=float, default=0.1)
-    d.add_argument("--val", nargs="+", type=Path, default=None,
-                   help="held-out files or folders for the val split (then all inputs are training data)")
-    d.add_argument("--split-on", default=None, metavar="REGEX",
-                   help="start a new document at each line of a .txt/.md file matching REGEX "
-                   "(e.g. '^ = [^=]' for WikiText articles); default: one document per file")
+    d.add_argument(
+        "--val",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="held-out files or folders for the val split (then all inputs are training data)",
+    )
+    d.add_argument(
+        "--split-on",
+        default=None,
+        metavar="REGEX",
+        help="start a new document at each line of a .txt/.md file matching REGEX "
+        "(e.g. '^ = [^=]' for WikiText articles); default: one document per file",
+    )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
     _add_data_recipe(dsub)
 
 
 def _add_data_recipe(dsub: argparse._SubParsersAction) -> None:
-    r = dsub.add_parser("recipe", parents=[_COMMON], help="Clean a local copy of a known corpus into a JSONL of documents.",
-                        description="gutenberg: each Project Gutenberg book, licence boilerplate removed; wikitext: each "
-                        "article of a WikiText *.tokens file, with its tokenisation undone. Nothing is downloaded.")
+    r = dsub.add_parser(
+        "recipe",
+        parents=[_COMMON],
+        help="Clean a local copy of a known corpus into a JSONL of documents.",
+        description="gutenberg: each Project Gutenberg book, licence boilerplate removed; wikitext: each "
+        "article of a WikiText *.tokens file, with its tokenisation undone. Nothing is downloaded.",
+    )
     r.add_argument("name", choices=["gutenberg", "wikitext"])
     r.add_argument("sources", nargs="+", type=Path, help="files or folders of the corpus")
-    r.add_argument("--out", type=Path, required=True, help="JSONL file to write (one {\"text\": ...} per document)")
+    r.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help='JSONL file to write (one {"text": ...} per document)',
+    )
 
 
 def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "pretrain", parents=[_COMMON], help="Pre-train a model with a YAML recipe and --section.key=value overrides.",
+        "pretrain",
+        parents=[_COMMON],
+        help="Pre-train a model with a YAML recipe and --section.key=value overrides.",
         description="Example: graft pretrain --config configs/pretrain/micro.yaml --data.path runs/data "
         "--train.max_steps=500. Overrides are --section.key=value or --section.key value.",
     )
     p.add_argument("--config", type=Path, help="YAML recipe (see configs/pretrain/)")
-    p.add_argument("--resume", action="store_true", help="continue the run in train.out_dir from checkpoints/last")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in train.out_dir from checkpoints/last",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     # Shortcuts for the settings changed most often; each is the dotted override named in its help.
     p.add_argument("--objective", help="clm, mlm, nsp, mlm+nsp, denoise or mix (objective.name)")
     p.add_argument("--data", help="prepared data directory (data.path)")
-    p.add_argument("--init", help="continue pre-training from a checkpoint or Hugging Face directory (train.init)")
-    p.add_argument("--replay", help="prepared general data replayed against forgetting (data.replay_path)")
-    p.add_argument("--replay-fraction", help="fraction of batches from --replay (data.replay_fraction, default 0.1)")
+    p.add_argument(
+        "--init",
+        help="continue pre-training from a checkpoint or Hugging Face directory (train.init)",
+    )
+    p.add_argument(
+        "--replay", help="prepared general data replayed against forgetting (data.replay_path)"
+    )
+    p.add_argument(
+        "--replay-fraction",
+        help="fraction of batches from --replay (data.replay_fraction, default 0.1)",
+    )
     p.add_argument("--out", help="run directory (train.out_dir)")
 
 
 def _add_finetune(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("finetune", help="Fine-tune a checkpoint or Hugging Face model on labelled data.")
+    p = sub.add_parser(
+        "finetune", help="Fine-tune a checkpoint or Hugging Face model on labelled data."
+    )
     tsub = p.add_subparsers(dest="task", required=True, metavar="TASK")
-    helps = {"classify": "sequence classification from JSONL/JSON/CSV/TSV (text and label columns)",
-             "tokens": "token classification (BIO tags) from CoNLL or JSONL",
-             "instruct": "instruction following from Alpaca-style or chat (messages) records"}
+    helps = {
+        "classify": "sequence classification from JSONL/JSON/CSV/TSV (text and label columns)",
+        "tokens": "token classification (BIO tags) from CoNLL or JSONL",
+        "instruct": "instruction following from Alpaca-style or chat (messages) records",
+    }
     for task, text in helps.items():
-        t = tsub.add_parser(task, parents=[_COMMON], help=text,
-                            description=f"{text}. Starts from fine-tuning defaults (lower learning rate, short "
-                            "warm-up, weight decay, dropout, early stopping on the validation metric); any field "
-                            "can be overridden with --section.key=value; --print-config shows them all.")
-        t.add_argument("--init", required=True, help="checkpoint, run directory or Hugging Face directory (train.init)")
+        t = tsub.add_parser(
+            task,
+            parents=[_COMMON],
+            help=text,
+            description=f"{text}. Starts from fine-tuning defaults (lower learning rate, short "
+            "warm-up, weight decay, dropout, early stopping on the validation metric); any field "
+            "can be overridden with --section.key=value; --print-config shows them all.",
+        )
+        t.add_argument(
+            "--init",
+            required=True,
+            help="checkpoint, run directory or Hugging Face directory (train.init)",
+        )
         t.add_argument("--train", required=True, help="training records (data.train_file)")
-        t.add_argument("--val", help="validation records (data.val_file); default: a stratified split of --train")
+        t.add_argument(
+            "--val",
+            help="validation records (data.val_file); default: a stratified split of --train",
+        )
         t.add_argument("--out", help="run directory (train.out_dir)")
-        t.add_argument("--method", choices=["full", "freeze", "lora"], help="what trains (adapt.method, default full)")
+        t.add_argument(
+            "--method",
+            choices=["full", "freeze", "lora"],
+            help="what trains (adapt.method, default full)",
+        )
         t.add_argument("--config", type=Path, help="YAML recipe (see configs/finetune/)")
-        t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-        t.add_argument("--skip-invalid", action="store_true",
-                       help="skip and count bad records instead of stopping at the first (data.skip_invalid)")
+        t.add_argument(
+            "--print-config", action="store_true", help="print the resolved config and exit"
+        )
+        t.add_argument(
+            "--skip-invalid",
+            action="store_true",
+            help="skip and count bad records instead of stopping at the first (data.skip_invalid)",
+        )
         if task == "classify":
             t.add_argument("--text-field", help="text column (data.text_field, default text)")
             t.add_argument("--label-field", help="label column (data.label_field, default label)")
@@ -134,41 +232,84 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--no-cache", action="store_true", help="recompute the whole sequence every step (slow; for checking)")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="recompute the whole sequence every step (slow; for checking)",
+    )
     p.add_argument("--device", default="cpu")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", parents=[_COMMON], help="Export a checkpoint to Hugging Face (hf) or llama.cpp (gguf).",
-                       description="--format hf writes a Hugging Face transformers directory (config.json, "
-                       "model.safetensors, tokenizer files, generation_config.json, a model card README.md): GPT-2 style as GPT2LMHeadModel, Llama style as "
-                       "LlamaForCausalLM or Qwen2ForCausalLM. --format gguf writes one llama.cpp file for Llama-style models. "
-                       "A config the target cannot represent is refused before anything is written.")
-    p.add_argument("checkpoint", type=Path, help="checkpoint directory, run directory or Hugging Face directory")
-    p.add_argument("--format", choices=["hf", "gguf"], default="hf",
-                   help="hf: a Hugging Face transformers directory; gguf: one llama.cpp file (Llama-style models)")
-    p.add_argument("--out", type=Path, required=True,
-                   help="hf: directory to write (must not exist or be empty); gguf: the .gguf file")
-    p.add_argument("--dtype", choices=["f32", "f16", "q8_0"], default="f16", help="gguf tensor type (default: f16)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it already holds files")
-    p.add_argument("--merge-lora", action="store_true",
-                   help="fold a LoRA fine-tune's adapter into the weights before exporting")
-    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                   help="reload the export (in transformers when installed) and check logits, tokenizer ids, eos "
-                   "ids and vocabulary size against the checkpoint (default: on)")
+    p = sub.add_parser(
+        "export",
+        parents=[_COMMON],
+        help="Export a checkpoint to Hugging Face (hf) or llama.cpp (gguf).",
+        description="--format hf writes a Hugging Face transformers directory (config.json, "
+        "model.safetensors, tokenizer files, generation_config.json, a model card README.md): GPT-2 style as GPT2LMHeadModel, Llama style as "
+        "LlamaForCausalLM or Qwen2ForCausalLM. --format gguf writes one llama.cpp file for Llama-style models. "
+        "A config the target cannot represent is refused before anything is written.",
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="checkpoint directory, run directory or Hugging Face directory",
+    )
+    p.add_argument(
+        "--format",
+        choices=["hf", "gguf"],
+        default="hf",
+        help="hf: a Hugging Face transformers directory; gguf: one llama.cpp file (Llama-style models)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="hf: directory to write (must not exist or be empty); gguf: the .gguf file",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["f32", "f16", "q8_0"],
+        default="f16",
+        help="gguf tensor type (default: f16)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out if it already holds files"
+    )
+    p.add_argument(
+        "--merge-lora",
+        action="store_true",
+        help="fold a LoRA fine-tune's adapter into the weights before exporting",
+    )
+    p.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="reload the export (in transformers when installed) and check logits, tokenizer ids, eos "
+        "ids and vocabulary size against the checkpoint (default: on)",
+    )
 
 
 def _add_experiment(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("experiment", help="Run a comparison experiment.")
     esub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     e = esub.add_parser(
-        "objectives", parents=[_COMMON], help="Pre-train one small model per objective and compare them with a linear probe.",
+        "objectives",
+        parents=[_COMMON],
+        help="Pre-train one small model per objective and compare them with a linear probe.",
         description="Pre-trains the same model size with each objective on the same data for the same number of tokens, "
         "probes each frozen model on a labelled set, and writes report.md, results.json and comparison.png into --out. "
         "Further --section.key=value overrides apply to every arm.",
     )
-    e.add_argument("--data", type=Path, required=True, help="prepared data directory (from graft data prepare)")
-    e.add_argument("--labelled", type=Path, required=True, help="labelled file for the probe (.jsonl, .json, .csv, .tsv or label<TAB>text)")
+    e.add_argument(
+        "--data", type=Path, required=True, help="prepared data directory (from graft data prepare)"
+    )
+    e.add_argument(
+        "--labelled",
+        type=Path,
+        required=True,
+        help="labelled file for the probe (.jsonl, .json, .csv, .tsv or label<TAB>text)",
+    )
     e.add_argument("--text-field", help="text field of --labelled (default: text)")
     e.add_argument("--label-field", help="label field of --labelled (default: label)")
     e.add_argument("--encoding", help="encoding of --labelled (default: utf-8)")
@@ -178,9 +319,17 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--seq-len", type=int, help="training context and probe length (default: 128)")
     e.add_argument("--batch-size", type=int, help="sequences per step (default: 16)")
     e.add_argument("--lr", type=float, help="peak learning rate (default: 1e-3)")
-    e.add_argument("--seed", type=int, help="seed for every arm and the probe split (default: 1337)")
-    e.add_argument("--probe-examples", type=int, help="stratified subsample of --labelled (default: 2000)")
-    e.add_argument("--probe-test-fraction", type=float, help="held-out share of the probe examples (default: 0.3)")
+    e.add_argument(
+        "--seed", type=int, help="seed for every arm and the probe split (default: 1337)"
+    )
+    e.add_argument(
+        "--probe-examples", type=int, help="stratified subsample of --labelled (default: 2000)"
+    )
+    e.add_argument(
+        "--probe-test-fraction",
+        type=float,
+        help="held-out share of the probe examples (default: 0.3)",
+    )
     e.add_argument("--out", type=Path, required=True, help="directory for the report and the runs")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_experiment_transfer(esub)
@@ -188,7 +337,9 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
 
 def _add_experiment_transfer(esub: argparse._SubParsersAction) -> None:
     t = esub.add_parser(
-        "transfer", parents=[_COMMON], help="Fine-tune from scratch, fully, with LoRA and as a linear probe at several "
+        "transfer",
+        parents=[_COMMON],
+        help="Fine-tune from scratch, fully, with LoRA and as a linear probe at several "
         "labelled-set sizes and seeds; report means and 95%% CIs.",
         description="Splits one labelled set once (test, validation, training pool), then fine-tunes every arm "
         "(scratch, full, lora, probe, and continued with --continued) at every size with every seed under the same "
@@ -196,92 +347,202 @@ def _add_experiment_transfer(esub: argparse._SubParsersAction) -> None:
         "learning_curve.png into --out. Further --section.key=value overrides apply to every run; "
         "--ARM:section.key=value to one arm's runs (e.g. --lora:optim.lr=2e-3).",
     )
-    t.add_argument("--init", type=Path, required=True, help="the pre-trained checkpoint (or run or Hugging Face directory)")
-    t.add_argument("--continued", type=Path, help="a continued-pre-trained checkpoint: adds the continued arm")
-    t.add_argument("--labelled", type=Path, nargs="+", required=True, metavar="FILE",
-                   help="a labelled file (.jsonl, .json, .csv, .tsv or label<TAB>text), or the pos and neg polarity files")
+    t.add_argument(
+        "--init",
+        type=Path,
+        required=True,
+        help="the pre-trained checkpoint (or run or Hugging Face directory)",
+    )
+    t.add_argument(
+        "--continued", type=Path, help="a continued-pre-trained checkpoint: adds the continued arm"
+    )
+    t.add_argument(
+        "--labelled",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="a labelled file (.jsonl, .json, .csv, .tsv or label<TAB>text), or the pos and neg polarity files",
+    )
     t.add_argument("--text-field", help="text field of --labelled (default: text)")
     t.add_argument("--label-field", help="label field of --labelled (default: label)")
-    t.add_argument("--encoding", help="encoding of --labelled (default: utf-8; latin-1 for a polarity pair)")
-    t.add_argument("--arms", help="comma list (default: scratch,full,lora,probe, and continued with --continued)")
-    t.add_argument("--sizes", help="labelled training examples per run, comma list with 'all' (default: 50,200,1000,all)")
+    t.add_argument(
+        "--encoding", help="encoding of --labelled (default: utf-8; latin-1 for a polarity pair)"
+    )
+    t.add_argument(
+        "--arms",
+        help="comma list (default: scratch,full,lora,probe, and continued with --continued)",
+    )
+    t.add_argument(
+        "--sizes",
+        help="labelled training examples per run, comma list with 'all' (default: 50,200,1000,all)",
+    )
     t.add_argument("--seeds", type=int, help="seeds per arm and size: 0..N-1 (default: 3)")
     t.add_argument("--test-fraction", type=float, help="held-out test share (default: 0.2)")
-    t.add_argument("--val-size", type=int, help="validation texts for early stopping (default: 200)")
-    t.add_argument("--max-steps", type=int, help="steps per run, the same for every arm (default: 500)")
-    t.add_argument("--max-minutes", type=float, help="minutes per run, the same for every arm (default: none)")
-    t.add_argument("--resume", action="store_true",
-                   help="finish an interrupted experiment in --out, keeping its runs; it may add --seeds, --sizes or --arms")
-    t.add_argument("--out", type=Path, required=True, help="directory for the report, the split and the runs")
+    t.add_argument(
+        "--val-size", type=int, help="validation texts for early stopping (default: 200)"
+    )
+    t.add_argument(
+        "--max-steps", type=int, help="steps per run, the same for every arm (default: 500)"
+    )
+    t.add_argument(
+        "--max-minutes", type=float, help="minutes per run, the same for every arm (default: none)"
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted experiment in --out, keeping its runs; it may add --seeds, --sizes or --arms",
+    )
+    t.add_argument(
+        "--out", type=Path, required=True, help="directory for the report, the split and the runs"
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", parents=[_COMMON], help="Evaluate a checkpoint: perplexity, classification, tagging or generation.",
-                       description="lm: loss and perplexity per token of the model's tokenizer, beside bits per byte and "
-                       "per-word perplexity (comparable across tokenizers). classify: accuracy, precision, recall, F1 (macro "
-                       "and per class) and a confusion-matrix PNG. tokens: seqeval entity F1. generate: greedy decoding "
-                       "scored with BLEU, chrF, ROUGE-1/2/L and exact match, and the share that ended with eos. Writes "
-                       "<task>.json, <task>.md and <task>_samples.jsonl into --out.")
-    p.add_argument("checkpoint", type=Path, help="checkpoint directory, run directory or Hugging Face directory")
-    p.add_argument("--task", required=True, choices=["lm", "classify", "tokens", "generate"],
-                   help="lm: text files; classify: labelled records; tokens: CoNLL/JSONL tags; generate: "
-                   "Alpaca, chat or source/target records")
-    p.add_argument("--data", type=Path, nargs="+", required=True, metavar="FILE", help="evaluation data (files; folders for lm)")
+    p = sub.add_parser(
+        "eval",
+        parents=[_COMMON],
+        help="Evaluate a checkpoint: perplexity, classification, tagging or generation.",
+        description="lm: loss and perplexity per token of the model's tokenizer, beside bits per byte and "
+        "per-word perplexity (comparable across tokenizers). classify: accuracy, precision, recall, F1 (macro "
+        "and per class) and a confusion-matrix PNG. tokens: seqeval entity F1. generate: greedy decoding "
+        "scored with BLEU, chrF, ROUGE-1/2/L and exact match, and the share that ended with eos. Writes "
+        "<task>.json, <task>.md and <task>_samples.jsonl into --out.",
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="checkpoint directory, run directory or Hugging Face directory",
+    )
+    p.add_argument(
+        "--task",
+        required=True,
+        choices=["lm", "classify", "tokens", "generate"],
+        help="lm: text files; classify: labelled records; tokens: CoNLL/JSONL tags; generate: "
+        "Alpaca, chat or source/target records",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        required=True,
+        metavar="FILE",
+        help="evaluation data (files; folders for lm)",
+    )
     p.add_argument("--out", type=Path, help="report folder (default: <run dir>/eval, or ./eval)")
     p.add_argument("--text-field", help="classify: text field (default: text)")
     p.add_argument("--label-field", help="classify: label field (default: label)")
-    p.add_argument("--encoding", help="encoding of labelled, tagged or instruction files (default: utf-8)")
+    p.add_argument(
+        "--encoding", help="encoding of labelled, tagged or instruction files (default: utf-8)"
+    )
     p.add_argument("--limit", type=int, help="evaluate the first N records (documents for lm) only")
     p.add_argument("--max-new-tokens", type=int, help="generate: longest generation (default: 128)")
-    p.add_argument("--seq-len", type=int, help="lm: window length; classify, tokens: longest input (default: the model's context)")
+    p.add_argument(
+        "--seq-len",
+        type=int,
+        help="lm: window length; classify, tokens: longest input (default: the model's context)",
+    )
     p.add_argument("--batch-size", type=int, help="sequences per forward pass (default: 8)")
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", parents=[_COMMON], help="Serve a checkpoint over an OpenAI-compatible HTTP API, with a playground page.",
-                       description="Endpoints: /v1/models, /v1/completions, /v1/chat/completions (streaming as server-sent "
-                       "events), /v1/embeddings, /v1/classify (classifier checkpoints), /health, /metrics (Prometheus), "
-                       "/openapi.json; the playground at /. Requests are decoded together (continuous batching). "
-                       "Binds 127.0.0.1 unless --host says otherwise.")
-    p.add_argument("checkpoint", type=Path, help="checkpoint directory, run directory or Hugging Face directory")
+    p = sub.add_parser(
+        "serve",
+        parents=[_COMMON],
+        help="Serve a checkpoint over an OpenAI-compatible HTTP API, with a playground page.",
+        description="Endpoints: /v1/models, /v1/completions, /v1/chat/completions (streaming as server-sent "
+        "events), /v1/embeddings, /v1/classify (classifier checkpoints), /health, /metrics (Prometheus), "
+        "/openapi.json; the playground at /. Requests are decoded together (continuous batching). "
+        "Binds 127.0.0.1 unless --host says otherwise.",
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="checkpoint directory, run directory or Hugging Face directory",
+    )
     p.add_argument("--host", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, help="port (default: 8000; 0 picks a free one)")
-    p.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1 and /metrics (default: $GRAFT_API_KEY, "
-                   "else none)")
-    p.add_argument("--model-name", help="the model id clients use (default: the checkpoint path as given)")
+    p.add_argument(
+        "--api-key",
+        help="require 'Authorization: Bearer KEY' on /v1 and /metrics (default: $GRAFT_API_KEY, "
+        "else none)",
+    )
+    p.add_argument(
+        "--model-name", help="the model id clients use (default: the checkpoint path as given)"
+    )
     p.add_argument("--max-batch", type=int, help="requests decoded together (default: 8)")
-    p.add_argument("--max-queue", type=int, help="requests waiting for a slot before new ones get 429 (default: 64)")
-    p.add_argument("--max-batch-tokens", type=int,
-                   help="cap on prompt + new tokens over the running batch (default: max-batch full contexts)")
-    p.add_argument("--quantize", choices=["none", "int8"], help="int8: dynamic int8 linear layers on CPU (default: none)")
-    p.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the decode step: faster decoding after a start-up compile of 10-30 s on a CPU")
+    p.add_argument(
+        "--max-queue",
+        type=int,
+        help="requests waiting for a slot before new ones get 429 (default: 64)",
+    )
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        help="cap on prompt + new tokens over the running batch (default: max-batch full contexts)",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        help="int8: dynamic int8 linear layers on CPU (default: none)",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="torch.compile the decode step: faster decoding after a start-up compile of 10-30 s on a CPU",
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
 
 
 def _add_chat(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("chat", parents=[_COMMON], help="Chat with a checkpoint in the terminal.",
-                       description="Each line is a user turn; replies stream as they are written and the conversation "
-                       "is kept (oldest turns dropped when it outgrows the context). /reset clears it; /exit or "
-                       "end of input (Ctrl-D) leaves; Ctrl-C stops a reply.")
-    p.add_argument("checkpoint", type=Path, help="checkpoint directory, run directory or Hugging Face directory")
+    p = sub.add_parser(
+        "chat",
+        parents=[_COMMON],
+        help="Chat with a checkpoint in the terminal.",
+        description="Each line is a user turn; replies stream as they are written and the conversation "
+        "is kept (oldest turns dropped when it outgrows the context). /reset clears it; /exit or "
+        "end of input (Ctrl-D) leaves; Ctrl-C stops a reply.",
+    )
+    p.add_argument(
+        "checkpoint",
+        type=Path,
+        help="checkpoint directory, run directory or Hugging Face directory",
+    )
     p.add_argument("--system", help="system prompt")
     p.add_argument("--temperature", type=float, help="0 = greedy (default: 0.8)")
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int)
-    p.add_argument("--max-tokens", type=int, help="longest reply (default: the rest of the context)")
+    p.add_argument(
+        "--max-tokens", type=int, help="longest reply (default: the rest of the context)"
+    )
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graft", description="Transfer learning with transformer language models.")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")  # the default for _COMMON
+    parser = argparse.ArgumentParser(
+        prog="graft", description="Transfer learning with transformer language models."
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show tracebacks"
+    )  # the default for _COMMON
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_quickstart, _add_tokenizer, _add_data, _add_pretrain, _add_finetune, _add_generate, _add_export,
-                _add_experiment, _add_eval, _add_serve, _add_chat):
+    for add in (
+        _add_quickstart,
+        _add_tokenizer,
+        _add_data,
+        _add_pretrain,
+        _add_finetune,
+        _add_generate,
+        _add_export,
+        _add_experiment,
+        _add_eval,
+        _add_serve,
+        _add_chat,
+    ):
         add(sub)
     return parser
 
@@ -292,7 +553,9 @@ def _split_overrides(extra: list[str]) -> list[str]:
     while i < len(extra):
         item = extra[i]
         if not item.startswith("--") or "." not in item.split("=", 1)[0]:
-            raise GraftError(f"unrecognised argument {item!r}; config overrides look like --train.max_steps=100")
+            raise GraftError(
+                f"unrecognised argument {item!r}; config overrides look like --train.max_steps=100"
+            )
         if "=" in item:
             overrides.append(item[2:])
             i += 1
@@ -307,11 +570,20 @@ def _split_overrides(extra: list[str]) -> list[str]:
 def _run_quickstart(args: argparse.Namespace) -> int:
     from graft.quickstart import QuickstartOptions, run_quickstart
 
-    report = run_quickstart(QuickstartOptions(
-        minutes=args.minutes, out_dir=args.out, preset=args.preset, corpus_bytes=int(args.corpus_mb * 1e6),
-        vocab_size=args.vocab_size, seed=args.seed, progress=not args.no_progress,
-        finetune=not args.skip_finetune, finetune_steps=args.finetune_steps,
-    ), echo=print)
+    report = run_quickstart(
+        QuickstartOptions(
+            minutes=args.minutes,
+            out_dir=args.out,
+            preset=args.preset,
+            corpus_bytes=int(args.corpus_mb * 1e6),
+            vocab_size=args.vocab_size,
+            seed=args.seed,
+            progress=not args.no_progress,
+            finetune=not args.skip_finetune,
+            finetune_steps=args.finetune_steps,
+        ),
+        echo=print,
+    )
     print(f"report: {report}")
     return 0
 
@@ -324,10 +596,18 @@ def _run_tokenizer(args: argparse.Namespace) -> int:
         tokenizer = bytes_tokenizer(sentinels=args.sentinels)
     else:
         if not args.inputs:
-            raise GraftError(f"tokenizer train --kind {args.kind}: give the text files or folders to train on")
+            raise GraftError(
+                f"tokenizer train --kind {args.kind}: give the text files or folders to train on"
+            )
         texts = (doc.read() for doc in iter_documents(args.inputs))
-        tokenizer = train_tokenizer(texts, args.kind, args.vocab_size, min_frequency=args.min_frequency,
-                                    show_progress=True, sentinels=args.sentinels)
+        tokenizer = train_tokenizer(
+            texts,
+            args.kind,
+            args.vocab_size,
+            min_frequency=args.min_frequency,
+            show_progress=True,
+            sentinels=args.sentinels,
+        )
     path = tokenizer.save(args.out)
     print(f"{args.kind} tokenizer, {tokenizer.vocab_size} tokens: {path}")
     return 0
@@ -343,11 +623,23 @@ def _run_data(args: argparse.Namespace) -> int:
     from graft.data.shards import prepare_shards
     from graft.data.tokenizer import Tokenizer, bytes_tokenizer
 
-    tokenizer = bytes_tokenizer() if args.tokenizer == "bytes" else Tokenizer.load(Path(args.tokenizer))
-    index = prepare_shards(args.inputs, tokenizer, args.out, val_fraction=args.val_fraction, seed=args.seed,
-                           progress=not args.no_progress, val_inputs=args.val, split_on=args.split_on)
+    tokenizer = (
+        bytes_tokenizer() if args.tokenizer == "bytes" else Tokenizer.load(Path(args.tokenizer))
+    )
+    index = prepare_shards(
+        args.inputs,
+        tokenizer,
+        args.out,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        progress=not args.no_progress,
+        val_inputs=args.val,
+        split_on=args.split_on,
+    )
     for name, split in index.splits.items():
-        print(f"{name}: {split.tokens:,} tokens from {split.documents:,} documents ({split.bytes:,} bytes)")
+        print(
+            f"{name}: {split.tokens:,} tokens from {split.documents:,} documents ({split.bytes:,} bytes)"
+        )
     print(f"prepared: {args.out}")
     return 0
 
@@ -355,8 +647,14 @@ def _run_data(args: argparse.Namespace) -> int:
 def _run_pretrain(args: argparse.Namespace, extra: list[str]) -> int:
     from graft.config import load_run_config
 
-    shortcuts = {"objective.name": args.objective, "data.path": args.data, "train.init": args.init,
-                 "data.replay_path": args.replay, "data.replay_fraction": args.replay_fraction, "train.out_dir": args.out}
+    shortcuts = {
+        "objective.name": args.objective,
+        "data.path": args.data,
+        "train.init": args.init,
+        "data.replay_path": args.replay,
+        "data.replay_fraction": args.replay_fraction,
+        "train.out_dir": args.out,
+    }
     overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     config = load_run_config(args.config, overrides + _split_overrides(extra))
     if args.print_config:
@@ -366,13 +664,18 @@ def _run_pretrain(args: argparse.Namespace, extra: list[str]) -> int:
 
     result = pretrain(config, resume=args.resume)
     if result.stop_reason == "interrupted":
-        print(f"interrupted at step {result.step}; the last complete checkpoint in {result.run_dir / 'checkpoints'} "
-              "is intact: continue with --resume", file=sys.stderr)
+        print(
+            f"interrupted at step {result.step}; the last complete checkpoint in {result.run_dir / 'checkpoints'} "
+            "is intact: continue with --resume",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     last = result.evals[-1] if result.evals else {}
     summary = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "step")
-    print(f"stopped ({result.stop_reason}) at step {result.step}, {result.tokens_seen:,} tokens, "
-          f"{result.elapsed_s:.0f} s. {summary}")
+    print(
+        f"stopped ({result.stop_reason}) at step {result.step}, {result.tokens_seen:,} tokens, "
+        f"{result.elapsed_s:.0f} s. {summary}"
+    )
     print(f"run: {result.run_dir}")
     return 0
 
@@ -380,10 +683,16 @@ def _run_pretrain(args: argparse.Namespace, extra: list[str]) -> int:
 def _run_finetune(args: argparse.Namespace, extra: list[str]) -> int:
     from graft.config import load_finetune_config
 
-    shortcuts = {"train.init": args.init, "data.train_file": args.train, "data.val_file": args.val,
-                 "train.out_dir": args.out, "adapt.method": args.method,
-                 "data.text_field": getattr(args, "text_field", None), "data.label_field": getattr(args, "label_field", None),
-                 "data.skip_invalid": "true" if args.skip_invalid else None}
+    shortcuts = {
+        "train.init": args.init,
+        "data.train_file": args.train,
+        "data.val_file": args.val,
+        "train.out_dir": args.out,
+        "adapt.method": args.method,
+        "data.text_field": getattr(args, "text_field", None),
+        "data.label_field": getattr(args, "label_field", None),
+        "data.skip_invalid": "true" if args.skip_invalid else None,
+    }
     overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     config = load_finetune_config(args.task, args.config, overrides + _split_overrides(extra))
     if args.print_config:
@@ -393,12 +702,18 @@ def _run_finetune(args: argparse.Namespace, extra: list[str]) -> int:
 
     result = finetune(config, echo=print)
     if result.stop_reason == "interrupted":
-        print(f"interrupted at step {result.step}; checkpoints in {result.run_dir / 'checkpoints'} are intact",
-              file=sys.stderr)
+        print(
+            f"interrupted at step {result.step}; checkpoints in {result.run_dir / 'checkpoints'} are intact",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     best = config.train.monitor
-    print(f"stopped ({result.stop_reason}) at step {result.step}, {result.elapsed_s:.0f} s; best {best} "
-          f"{result.best_metric:.4f}" if result.best_metric is not None else f"stopped ({result.stop_reason})")
+    print(
+        f"stopped ({result.stop_reason}) at step {result.step}, {result.elapsed_s:.0f} s; best {best} "
+        f"{result.best_metric:.4f}"
+        if result.best_metric is not None
+        else f"stopped ({result.stop_reason})"
+    )
     print(f"run: {result.run_dir}  (best checkpoint: {result.run_dir / 'checkpoints' / 'best'})")
     return 0
 
@@ -407,22 +722,33 @@ def _run_generate(args: argparse.Namespace) -> int:
     from graft.infer.generate import SamplingParams, generate
     from graft.infer.stream import TextStream
     from graft.train.checkpoint import load_model
-
     from graft.train.loop import resolve_device
 
-    model, tokenizer = load_model(args.checkpoint, device=resolve_device(args.device, what="--device"))
+    model, tokenizer = load_model(
+        args.checkpoint, device=resolve_device(args.device, what="--device")
+    )
     try:
-        params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, seed=args.seed, stop_ids=frozenset({tokenizer.eot_id}))
+        params = SamplingParams(
+            max_new_tokens=args.max_new_tokens,
+            temperature=args.temperature,
+            top_k=args.top_k,
+            top_p=args.top_p,
+            seed=args.seed,
+            stop_ids=frozenset({tokenizer.eot_id}),
+        )
     except ValueError as err:
         raise GraftError(f"generate: {err}") from None
     if not args.prompt and tokenizer.eot_id is None:
-        raise GraftError(f"generate: {args.checkpoint}'s tokenizer has no end-of-text token to start from; give --prompt")
+        raise GraftError(
+            f"generate: {args.checkpoint}'s tokenizer has no end-of-text token to start from; give --prompt"
+        )
     prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
     sys.stdout.write(args.prompt)
     context = model.config.max_seq_len
     if len(prompt_ids) >= context:
-        raise GraftError(f"generate: the prompt is {len(prompt_ids)} tokens; the model's context is {context}")
+        raise GraftError(
+            f"generate: the prompt is {len(prompt_ids)} tokens; the model's context is {context}"
+        )
     stream = TextStream(tokenizer)
     for token in generate(model, prompt_ids, params, use_cache=not args.no_cache):
         if token == tokenizer.eot_id:
@@ -435,15 +761,16 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 def _run_export(args: argparse.Namespace) -> int:
     from graft.model.convert.hf import export_hf, is_hf_directory
-    from graft.train.checkpoint import load_model, resolve_checkpoint
-
     from graft.train.adapt import has_lora, merge_lora
+    from graft.train.checkpoint import load_model, resolve_checkpoint
 
     model, tokenizer = load_model(args.checkpoint)
     if has_lora(model):
         if not args.merge_lora:
-            raise GraftError(f"{args.checkpoint} holds a LoRA adapter over its base weights; pass --merge-lora to "
-                             "fold it into the weights (the adapter itself is in the checkpoint, in PEFT's format)")
+            raise GraftError(
+                f"{args.checkpoint} holds a LoRA adapter over its base weights; pass --merge-lora to "
+                "fold it into the weights (the adapter itself is in the checkpoint, in PEFT's format)"
+            )
         merge_lora(model)
     if args.format == "gguf":
         from graft.model.convert.gguf import export_gguf, read_back_summary
@@ -471,14 +798,29 @@ def _run_experiment(args: argparse.Namespace, extra: list[str]) -> int:
     from graft.evaluate.objective_comparison import ComparisonOptions, compare_objectives
 
     # Flags left unset keep ComparisonOptions' defaults, so every default lives in one place.
-    given = {"text_field": args.text_field, "label_field": args.label_field, "encoding": args.encoding,
-             "preset": args.preset, "seq_len": args.seq_len, "batch_size": args.batch_size, "lr": args.lr,
-             "seed": args.seed, "probe_examples": args.probe_examples, "probe_test_fraction": args.probe_test_fraction}
+    given = {
+        "text_field": args.text_field,
+        "label_field": args.label_field,
+        "encoding": args.encoding,
+        "preset": args.preset,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "seed": args.seed,
+        "probe_examples": args.probe_examples,
+        "probe_test_fraction": args.probe_test_fraction,
+    }
     if args.objectives is not None:
-        given["objectives"] = tuple(name.strip() for name in args.objectives.split(",") if name.strip())
+        given["objectives"] = tuple(
+            name.strip() for name in args.objectives.split(",") if name.strip()
+        )
     options = ComparisonOptions(
-        data=args.data, out_dir=args.out, labelled=args.labelled, max_tokens=args.max_tokens,
-        overrides=tuple(_split_overrides(extra)), progress=not args.no_progress,
+        data=args.data,
+        out_dir=args.out,
+        labelled=args.labelled,
+        max_tokens=args.max_tokens,
+        overrides=tuple(_split_overrides(extra)),
+        progress=not args.no_progress,
         **{key: value for key, value in given.items() if value is not None},
     )
     report = compare_objectives(options, echo=print)
@@ -490,20 +832,33 @@ def _run_experiment_transfer(args: argparse.Namespace, extra: list[str]) -> int:
     from graft.evaluate.transfer import TransferOptions, parse_sizes, run_transfer
 
     # Flags left unset keep TransferOptions' defaults, so every default lives in one place.
-    given = {"continued": args.continued, "text_field": args.text_field, "label_field": args.label_field,
-             "encoding": args.encoding, "test_fraction": args.test_fraction, "val_size": args.val_size,
-             "max_steps": args.max_steps, "max_minutes": args.max_minutes}
+    given = {
+        "continued": args.continued,
+        "text_field": args.text_field,
+        "label_field": args.label_field,
+        "encoding": args.encoding,
+        "test_fraction": args.test_fraction,
+        "val_size": args.val_size,
+        "max_steps": args.max_steps,
+        "max_minutes": args.max_minutes,
+    }
     if args.arms is not None:
         given["arms"] = tuple(name.strip() for name in args.arms.split(",") if name.strip())
     if args.sizes is not None:
         given["sizes"] = parse_sizes(args.sizes)
     if args.seeds is not None:
         if args.seeds < 1:
-            raise GraftError(f"--seeds {args.seeds}: give the number of seeds, 1 or more (3 for useful CIs)")
+            raise GraftError(
+                f"--seeds {args.seeds}: give the number of seeds, 1 or more (3 for useful CIs)"
+            )
         given["seeds"] = tuple(range(args.seeds))
     options = TransferOptions(
-        init=args.init, labelled=tuple(args.labelled), out_dir=args.out, overrides=tuple(_split_overrides(extra)),
-        resume=args.resume, progress=not args.no_progress,
+        init=args.init,
+        labelled=tuple(args.labelled),
+        out_dir=args.out,
+        overrides=tuple(_split_overrides(extra)),
+        resume=args.resume,
+        progress=not args.no_progress,
         **{key: value for key, value in given.items() if value is not None},
     )
     report = run_transfer(options, echo=print)
@@ -515,11 +870,23 @@ def _run_eval(args: argparse.Namespace) -> int:
     from graft.evaluate.evaluate import EvalOptions, evaluate_checkpoint
 
     # Flags left unset keep EvalOptions' defaults, so every default lives in one place.
-    given = {"out_dir": args.out, "text_field": args.text_field, "label_field": args.label_field,
-             "encoding": args.encoding, "limit": args.limit, "max_new_tokens": args.max_new_tokens,
-             "seq_len": args.seq_len, "batch_size": args.batch_size, "device": args.device}
-    options = EvalOptions(checkpoint=args.checkpoint, task=args.task, data=tuple(args.data),
-                          **{key: value for key, value in given.items() if value is not None})
+    given = {
+        "out_dir": args.out,
+        "text_field": args.text_field,
+        "label_field": args.label_field,
+        "encoding": args.encoding,
+        "limit": args.limit,
+        "max_new_tokens": args.max_new_tokens,
+        "seq_len": args.seq_len,
+        "batch_size": args.batch_size,
+        "device": args.device,
+    }
+    options = EvalOptions(
+        checkpoint=args.checkpoint,
+        task=args.task,
+        data=tuple(args.data),
+        **{key: value for key, value in given.items() if value is not None},
+    )
     report = evaluate_checkpoint(options, echo=print)
     print(report.with_suffix(".md").read_text(encoding="utf-8"), end="")
     print(f"report: {report}")
@@ -531,12 +898,26 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     # Flags left unset keep ServeOptions' defaults, so every default lives in one place.
     api_key = args.api_key if args.api_key is not None else os.environ.get("GRAFT_API_KEY") or None
-    given = {"host": args.host, "port": args.port, "api_key": api_key, "model_name": args.model_name,
-             "max_batch": args.max_batch, "max_queue": args.max_queue, "max_batch_tokens": args.max_batch_tokens,
-             "quantize": args.quantize, "compile": args.compile, "device": args.device}
+    given = {
+        "host": args.host,
+        "port": args.port,
+        "api_key": api_key,
+        "model_name": args.model_name,
+        "max_batch": args.max_batch,
+        "max_queue": args.max_queue,
+        "max_batch_tokens": args.max_batch_tokens,
+        "quantize": args.quantize,
+        "compile": args.compile,
+        "device": args.device,
+    }
     # Flushed at once: the address line is what a supervisor or a log reader waits for.
-    serve(ServeOptions(checkpoint=args.checkpoint, **{key: value for key, value in given.items() if value is not None}),
-          echo=lambda line: print(line, flush=True))
+    serve(
+        ServeOptions(
+            checkpoint=args.checkpoint,
+            **{key: value for key, value in given.items() if value is not None},
+        ),
+        echo=lambda line: print(line, flush=True),
+    )
     return 0
 
 
@@ -544,9 +925,21 @@ def _run_chat(args: argparse.Namespace) -> int:
     from graft.terminal_chat import ChatOptions, run_chat
 
     # Flags left unset keep ChatOptions' defaults, so every default lives in one place.
-    given = {"system": args.system, "temperature": args.temperature, "top_p": args.top_p, "top_k": args.top_k,
-             "max_tokens": args.max_tokens, "seed": args.seed, "device": args.device}
-    run_chat(ChatOptions(checkpoint=args.checkpoint, **{key: value for key, value in given.items() if value is not None}))
+    given = {
+        "system": args.system,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "top_k": args.top_k,
+        "max_tokens": args.max_tokens,
+        "seed": args.seed,
+        "device": args.device,
+    }
+    run_chat(
+        ChatOptions(
+            checkpoint=args.checkpoint,
+            **{key: value for key, value in given.items() if value is not None},
+        )
+    )
     return 0
 
 

@@ -33,22 +33,45 @@ class DataConfig(Section):
         "boundary and restarts positions at each document.",
     )
     replay_path: Path | None = Field(
-        default=None, description="Continued pre-training: prepared general-domain data to replay against forgetting."
+        default=None,
+        description="Continued pre-training: prepared general-domain data to replay against forgetting.",
     )
-    replay_fraction: float = Field(default=0.1, ge=0, lt=1, description="Fraction of batches drawn from replay_path.")
+    replay_fraction: float = Field(
+        default=0.1, ge=0, lt=1, description="Fraction of batches drawn from replay_path."
+    )
     # Fine-tuning reads labelled records instead of token shards.
-    train_file: Path | None = Field(default=None, description="Fine-tuning: labelled training records (jsonl/json/csv/tsv/CoNLL).")
-    val_file: Path | None = Field(default=None, description="Fine-tuning: validation records; None = a stratified split of train_file.")
-    val_fraction: float = Field(default=0.1, gt=0, lt=1, description="Fine-tuning: held-out share of train_file when no val_file.")
+    train_file: Path | None = Field(
+        default=None,
+        description="Fine-tuning: labelled training records (jsonl/json/csv/tsv/CoNLL).",
+    )
+    val_file: Path | None = Field(
+        default=None,
+        description="Fine-tuning: validation records; None = a stratified split of train_file.",
+    )
+    val_fraction: float = Field(
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="Fine-tuning: held-out share of train_file when no val_file.",
+    )
     text_field: str = Field(default="text", description="Fine-tuning: the text column / key.")
     label_field: str = Field(default="label", description="Fine-tuning: the label column / key.")
-    encoding: str = Field(default="utf-8", description="Fine-tuning: the records' text encoding (e.g. latin-1).")
-    skip_invalid: bool = Field(default=False, description="Fine-tuning: skip and count bad records instead of stopping.")
+    encoding: str = Field(
+        default="utf-8", description="Fine-tuning: the records' text encoding (e.g. latin-1)."
+    )
+    skip_invalid: bool = Field(
+        default=False, description="Fine-tuning: skip and count bad records instead of stopping."
+    )
     max_train_examples: int | None = Field(
-        default=None, ge=1, description="Fine-tuning: a stratified sample of this many training records (learning curves)."
+        default=None,
+        ge=1,
+        description="Fine-tuning: a stratified sample of this many training records (learning curves).",
     )
 
-ObjectiveName = Literal["clm", "mlm", "nsp", "mlm+nsp", "denoise", "mix", "classify", "tokens", "instruct"]
+
+ObjectiveName = Literal[
+    "clm", "mlm", "nsp", "mlm+nsp", "denoise", "mix", "classify", "tokens", "instruct"
+]
 FINETUNE_OBJECTIVES = ("classify", "tokens", "instruct")
 # What each objective needs of the model: decoders keep causal attention (they export as causal
 # LMs); masked LM and NSP read both directions.
@@ -58,91 +81,142 @@ MIXABLE_OBJECTIVES = ("clm", "mlm", "denoise")
 
 class ObjectiveConfig(Section):
     name: ObjectiveName = Field(
-        default="clm", description="clm (causal LM), mlm (masked LM), nsp, mlm+nsp (BERT), denoise, mix."
+        default="clm",
+        description="clm (causal LM), mlm (masked LM), nsp, mlm+nsp (BERT), denoise, mix.",
     )
-    mask_probability: float = Field(default=0.15, gt=0, lt=1, description="mlm: fraction of tokens chosen.")
-    whole_word_mask: bool = Field(default=False, description="mlm: choose whole words, not single tokens.")
+    mask_probability: float = Field(
+        default=0.15, gt=0, lt=1, description="mlm: fraction of tokens chosen."
+    )
+    whole_word_mask: bool = Field(
+        default=False, description="mlm: choose whole words, not single tokens."
+    )
     denoise_style: Literal["t5", "bart"] = Field(
-        default="t5", description="t5: spans -> sentinels, target = the spans; bart: spans -> one mask, target = the text."
+        default="t5",
+        description="t5: spans -> sentinels, target = the spans; bart: spans -> one mask, target = the text.",
     )
     noise_density: float | None = Field(
-        default=None, gt=0, lt=1, description="denoise: fraction of tokens dropped; None = 0.15 (t5) or 0.3 (bart)."
+        default=None,
+        gt=0,
+        lt=1,
+        description="denoise: fraction of tokens dropped; None = 0.15 (t5) or 0.3 (bart).",
     )
-    mean_span: float = Field(default=3.0, ge=1, description="denoise: mean length of a dropped span.")
+    mean_span: float = Field(
+        default=3.0, ge=1, description="denoise: mean length of a dropped span."
+    )
     prefix_lm: bool = Field(
-        default=False, description="denoise: attend bidirectionally over the corrupted input (not exportable as a causal LM)."
+        default=False,
+        description="denoise: attend bidirectionally over the corrupted input (not exportable as a causal LM).",
     )
     mix: dict[str, float] = Field(
-        default_factory=dict, description="mix: weight per objective, e.g. {clm: 0.5, denoise: 0.25, mlm: 0.25}."
+        default_factory=dict,
+        description="mix: weight per objective, e.g. {clm: 0.5, denoise: 0.25, mlm: 0.25}.",
     )
     nsp_same_document_negatives: float = Field(
-        default=0.0, ge=0, le=1,
+        default=0.0,
+        ge=0,
+        le=1,
         description="nsp: share of training negatives cut from a distant part of A's own document (validation "
         "keeps BERT's other-document negatives); with few long documents it stops the head from merely "
         "recognising documents.",
     )
-    class_weights: bool = Field(default=False, description="classify: weight classes by inverse frequency.")
-    train_on_prompt: bool = Field(default=False, description="instruct: score prompt tokens too, not only responses.")
+    class_weights: bool = Field(
+        default=False, description="classify: weight classes by inverse frequency."
+    )
+    train_on_prompt: bool = Field(
+        default=False, description="instruct: score prompt tokens too, not only responses."
+    )
 
     @model_validator(mode="after")
     def _check_mix(self) -> ObjectiveConfig:
         if self.name == "mix":
             unknown = [k for k in self.mix if k not in MIXABLE_OBJECTIVES]
             if unknown:
-                raise ValueError(f"objective.mix: {', '.join(map(repr, unknown))} cannot be mixed; "
-                                 f"choose from {', '.join(MIXABLE_OBJECTIVES)}")
+                raise ValueError(
+                    f"objective.mix: {', '.join(map(repr, unknown))} cannot be mixed; "
+                    f"choose from {', '.join(MIXABLE_OBJECTIVES)}"
+                )
             if any(w < 0 for w in self.mix.values()) or sum(self.mix.values()) <= 0:
-                raise ValueError(f"objective.mix: weights must be >= 0 and sum to a positive number, got {self.mix}")
+                raise ValueError(
+                    f"objective.mix: weights must be >= 0 and sum to a positive number, got {self.mix}"
+                )
         return self
 
 
 class OptimConfig(Section):
     lr: float = Field(default=6e-4, gt=0, description="Peak learning rate.")
-    min_lr_ratio: float = Field(default=0.1, ge=0, le=1, description="Final LR as a fraction of the peak.")
-    schedule: Literal["cosine", "linear", "constant"] = Field(default="cosine", description="Decay after warm-up.")
+    min_lr_ratio: float = Field(
+        default=0.1, ge=0, le=1, description="Final LR as a fraction of the peak."
+    )
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        default="cosine", description="Decay after warm-up."
+    )
     warmup_steps: int = Field(default=100, ge=0, description="Linear warm-up steps.")
-    weight_decay: float = Field(default=0.1, ge=0, description="AdamW decay on matrices (not biases or norms).")
+    weight_decay: float = Field(
+        default=0.1, ge=0, description="AdamW decay on matrices (not biases or norms)."
+    )
     beta1: float = Field(default=0.9, ge=0, lt=1)
     beta2: float = Field(default=0.95, ge=0, lt=1)
     eps: float = Field(default=1e-8, gt=0)
-    grad_clip: float = Field(default=1.0, ge=0, description="Max global gradient norm; 0 turns clipping off.")
+    grad_clip: float = Field(
+        default=1.0, ge=0, description="Max global gradient norm; 0 turns clipping off."
+    )
 
 
 class TrainConfig(Section):
     out_dir: Path = Field(default=Path("runs/pretrain"), description="Run directory.")
     init: Path | None = Field(
-        default=None, description="Start from these weights (a graft checkpoint or a Hugging Face directory): "
-        "continued pre-training. The model section then comes from the checkpoint."
+        default=None,
+        description="Start from these weights (a graft checkpoint or a Hugging Face directory): "
+        "continued pre-training. The model section then comes from the checkpoint.",
     )
     seed: int = Field(default=1337, description="Seed for initialisation, data order and dropout.")
     batch_size: int = Field(default=12, ge=1, description="Sequences per micro-batch.")
     grad_accum: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
-    seq_len: int | None = Field(default=None, ge=1, description="Training context; None = model.max_seq_len.")
-    max_steps: int | None = Field(default=None, ge=1, description="Stop after this many optimizer steps.")
-    max_tokens: int | None = Field(default=None, ge=1, description="Stop after this many training tokens.")
-    max_minutes: float | None = Field(default=None, gt=0, description="Stop after this much wall-clock time.")
-    eval_every: int = Field(default=250, ge=1, description="Evaluate (and checkpoint) every N steps.")
+    seq_len: int | None = Field(
+        default=None, ge=1, description="Training context; None = model.max_seq_len."
+    )
+    max_steps: int | None = Field(
+        default=None, ge=1, description="Stop after this many optimizer steps."
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, description="Stop after this many training tokens."
+    )
+    max_minutes: float | None = Field(
+        default=None, gt=0, description="Stop after this much wall-clock time."
+    )
+    eval_every: int = Field(
+        default=250, ge=1, description="Evaluate (and checkpoint) every N steps."
+    )
     eval_batches: int = Field(default=20, ge=1, description="Validation batches per evaluation.")
     log_every: int = Field(default=10, ge=1, description="Write train metrics every N steps.")
     patience: int | None = Field(
-        default=None, ge=1, description="Stop after this many evaluations without a better train.monitor."
+        default=None,
+        ge=1,
+        description="Stop after this many evaluations without a better train.monitor.",
     )
     monitor: str = Field(
-        default="val/loss", description="The validation metric for best checkpoints and patience (e.g. val/macro_f1); "
-        "losses and perplexities improve downwards, other metrics upwards."
+        default="val/loss",
+        description="The validation metric for best checkpoints and patience (e.g. val/macro_f1); "
+        "losses and perplexities improve downwards, other metrics upwards.",
     )
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:N or mps.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         default="auto", description="auto: bf16 autocast on CUDA, fp32 elsewhere."
     )
-    compile: bool = Field(default=False, description="torch.compile the model (costs ~30 s per process on CPU).")
-    deterministic: bool = Field(default=False, description="torch.use_deterministic_algorithms for bitwise repeats.")
+    compile: bool = Field(
+        default=False, description="torch.compile the model (costs ~30 s per process on CPU)."
+    )
+    deterministic: bool = Field(
+        default=False, description="torch.use_deterministic_algorithms for bitwise repeats."
+    )
     progress: bool = Field(default=True, description="Show a progress bar on stderr.")
 
     @model_validator(mode="after")
     def _needs_a_limit(self) -> TrainConfig:
         if self.max_steps is None and self.max_tokens is None and self.max_minutes is None:
-            raise ValueError("set at least one of train.max_steps, train.max_tokens, train.max_minutes")
+            raise ValueError(
+                "set at least one of train.max_steps, train.max_tokens, train.max_minutes"
+            )
         return self
 
 
@@ -150,17 +224,22 @@ class AdaptConfig(Section):
     """What a fine-tune trains."""
 
     method: Literal["full", "freeze", "lora"] = Field(
-        default="full", description="full; freeze: only the last blocks and the heads; lora: PEFT LoRA adapters."
+        default="full",
+        description="full; freeze: only the last blocks and the heads; lora: PEFT LoRA adapters.",
     )
-    trainable_blocks: int = Field(default=1, ge=0, description="freeze: how many of the last blocks train.")
+    trainable_blocks: int = Field(
+        default=1, ge=0, description="freeze: how many of the last blocks train."
+    )
     lora_rank: int = Field(default=8, ge=1)
     lora_alpha: float = Field(default=16.0, gt=0)
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
     lora_targets: tuple[str, ...] = Field(
-        default=("q_proj", "k_proj", "v_proj", "o_proj"), description="lora: linear layers (by name) that get adapters."
+        default=("q_proj", "k_proj", "v_proj", "o_proj"),
+        description="lora: linear layers (by name) that get adapters.",
     )
     from_scratch: bool = Field(
-        default=False, description="Keep train.init's architecture and tokenizer but re-initialise its weights (the baseline)."
+        default=False,
+        description="Keep train.init's architecture and tokenizer but re-initialise its weights (the baseline).",
     )
 
 
@@ -174,7 +253,9 @@ class RunConfig(Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> RunConfig:
-        if self.train.init is None:  # with init the model comes from the checkpoint: checked once loaded
+        if (
+            self.train.init is None
+        ):  # with init the model comes from the checkpoint: checked once loaded
             problems = model_problems(self)
             if problems:
                 raise ValueError("; ".join(problems))
@@ -193,15 +274,21 @@ def model_problems(config: RunConfig) -> list[str]:
     problems = []
     name, model, seq_len = config.objective.name, config.model, config.train.seq_len
     if seq_len is not None and seq_len > model.max_seq_len:
-        problems.append(f"train.seq_len ({seq_len}) exceeds model.max_seq_len ({model.max_seq_len})")
+        problems.append(
+            f"train.seq_len ({seq_len}) exceeds model.max_seq_len ({model.max_seq_len})"
+        )
     if name in ("classify", "tokens"):
         return problems  # any backbone: the classifier reads the last token (decoders) or [CLS] (encoders)
     if name in DECODER_OBJECTIVES and model.attention != "causal":
-        problems.append(f"objective {name} trains a decoder: model.attention must be causal "
-                        f"(it is {model.attention}); use a decoder preset such as micro or llama-micro")
+        problems.append(
+            f"objective {name} trains a decoder: model.attention must be causal "
+            f"(it is {model.attention}); use a decoder preset such as micro or llama-micro"
+        )
     if name in ("mlm", "nsp", "mlm+nsp") and model.attention != "bidirectional":
-        problems.append(f"objective {name} trains an encoder: model.attention must be bidirectional; "
-                        "use an encoder preset such as bert-micro")
+        problems.append(
+            f"objective {name} trains an encoder: model.attention must be bidirectional; "
+            "use an encoder preset such as bert-micro"
+        )
     if name in ("nsp", "mlm+nsp") and not model.nsp_head:
         problems.append(f"objective {name} needs model.nsp_head: true (and model.pooler: true)")
     if name in ("nsp", "mlm+nsp") and model.type_vocab_size < 2:
@@ -234,7 +321,9 @@ def validate_run_config(raw: dict[str, Any], *, where: str = "config") -> RunCon
         else:  # reported together with every other problem, not alone
             close = difflib.get_close_matches(name, PRESETS, n=1) if isinstance(name, str) else []
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(f"model.preset: unknown preset {name!r}{hint}; choose one of: {', '.join(PRESETS)}")
+            problems.append(
+                f"model.preset: unknown preset {name!r}{hint}; choose one of: {', '.join(PRESETS)}"
+            )
         raw["model"] = model
     try:
         config = RunConfig.model_validate(raw)
@@ -251,7 +340,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: byte {err.start} is not valid UTF-8; save the file as UTF-8") from None
+        raise ConfigError(
+            f"{path}: byte {err.start} is not valid UTF-8; save the file as UTF-8"
+        ) from None
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
     try:
@@ -259,11 +350,15 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        raise ConfigError(
+            f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections (model, data, optim, train), got {type(data).__name__}")
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (model, data, optim, train), got {type(data).__name__}"
+        )
     return data
 
 
@@ -271,7 +366,9 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, value = item.partition("=")
     key = key.removeprefix("--")
     if not sep or not key or "." not in key:
-        raise ConfigError(f"override {item!r}: expected --section.key=value, e.g. --train.max_steps=100")
+        raise ConfigError(
+            f"override {item!r}: expected --section.key=value, e.g. --train.max_steps=100"
+        )
     *parents, leaf = key.split(".")
     node = raw
     for part in parents:
@@ -299,7 +396,11 @@ def _describe(error: Any) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if error["type"] == "literal_error":
         return f"{key}: {message}, got {error.get('input')!r}"
-    if "input" in error and error["type"] not in ("missing", "value_error") and not isinstance(error["input"], dict):
+    if (
+        "input" in error
+        and error["type"] not in ("missing", "value_error")
+        and not isinstance(error["input"], dict)
+    ):
         return f"{key}: {message}, got {error['input']!r}"
     return f"{key}: {message}"
 
@@ -320,13 +421,21 @@ def _fields_at(loc: list[str]) -> list[str]:
 # the task's validation metric, the best checkpoint kept.
 FINETUNE_DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {"dropout": 0.1},
-    "optim": {"lr": 1e-4, "warmup_steps": 20, "weight_decay": 0.01, "min_lr_ratio": 0.0, "schedule": "linear"},
+    "optim": {
+        "lr": 1e-4,
+        "warmup_steps": 20,
+        "weight_decay": 0.01,
+        "min_lr_ratio": 0.0,
+        "schedule": "linear",
+    },
     "train": {"max_steps": 500, "eval_every": 50, "patience": 4, "batch_size": 16, "log_every": 10},
 }
 FINETUNE_MONITOR = {"classify": "val/macro_f1", "tokens": "val/entity_f1", "instruct": "val/loss"}
 
 
-def load_finetune_config(task: str, path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+def load_finetune_config(
+    task: str, path: Path | None = None, overrides: list[str] | None = None
+) -> RunConfig:
     """A fine-tuning RunConfig: FINETUNE_DEFAULTS, then the YAML file, then the overrides."""
     raw: dict[str, Any] = {section: dict(values) for section, values in FINETUNE_DEFAULTS.items()}
     raw["objective"] = {"name": task}

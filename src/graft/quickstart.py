@@ -65,37 +65,55 @@ class QuickstartOptions:
     finetune_steps: int = 150
 
 
-def run_quickstart(options: QuickstartOptions, echo: Callable[[str], None] = lambda _: None) -> Path:
+def run_quickstart(
+    options: QuickstartOptions, echo: Callable[[str], None] = lambda _: None
+) -> Path:
     """Run the whole default pipeline into options.out_dir; returns the path of report.md."""
     if options.minutes <= 0:
         raise ConfigError(f"--minutes must be positive, got {options.minutes}")
     if options.finetune_steps < 1:
-        raise ConfigError(f"--finetune-steps must be a positive number of steps, got {options.finetune_steps}")
+        raise ConfigError(
+            f"--finetune-steps must be a positive number of steps, got {options.finetune_steps}"
+        )
     _run_config(options, options.out_dir, options.vocab_size)  # a bad preset fails before any work
     started = time.perf_counter()
     # The tasks are chosen first so that their validation and test functions never reach pre-training
     # (and so that an installation too small for them fails before anything is written).
-    splits = select_tasks(list(iter_stdlib_functions(seed=options.seed))) if options.finetune else None
+    splits = (
+        select_tasks(list(iter_stdlib_functions(seed=options.seed))) if options.finetune else None
+    )
     out = _fresh_directory(options.out_dir)
 
-    corpus = build_stdlib_corpus(out / "corpus" / "docs.jsonl", max_bytes=options.corpus_bytes, seed=options.seed,
-                                 exclude=splits.held_out if splits else ())
-    echo(f"corpus: {corpus.documents:,} documents, {corpus.bytes / 1e6:.1f} MB from Python {corpus.python_version} "
-         f"({', '.join(f'{k} {v:,}' for k, v in corpus.kind_documents.items())})"
-         + (f"; {len(splits.held_out):,} functions held out for fine-tuning" if splits else ""))
+    corpus = build_stdlib_corpus(
+        out / "corpus" / "docs.jsonl",
+        max_bytes=options.corpus_bytes,
+        seed=options.seed,
+        exclude=splits.held_out if splits else (),
+    )
+    echo(
+        f"corpus: {corpus.documents:,} documents, {corpus.bytes / 1e6:.1f} MB from Python {corpus.python_version} "
+        f"({', '.join(f'{k} {v:,}' for k, v in corpus.kind_documents.items())})"
+        + (f"; {len(splits.held_out):,} functions held out for fine-tuning" if splits else "")
+    )
 
     texts = (doc.read() for doc in iter_documents([corpus.path]))
     tokenizer = train_tokenizer(texts, "bpe", options.vocab_size)
     tokenizer.save(out / "tokenizer")
     echo(f"tokenizer: byte-level BPE, {tokenizer.vocab_size:,} tokens")
 
-    index = prepare_shards([corpus.path], tokenizer, out / "data", seed=options.seed, progress=options.progress)
-    echo(f"data: {index.splits['train'].tokens:,} train tokens, {index.splits['val'].tokens:,} validation tokens")
+    index = prepare_shards(
+        [corpus.path], tokenizer, out / "data", seed=options.seed, progress=options.progress
+    )
+    echo(
+        f"data: {index.splits['train'].tokens:,} train tokens, {index.splits['val'].tokens:,} validation tokens"
+    )
 
     config = _run_config(options, out, tokenizer.vocab_size)
     torch.manual_seed(config.train.seed)
     untrained = LanguageModel(config.model).eval()
-    echo(f"model: {options.preset}, {untrained.num_parameters():,} parameters; training for {options.minutes:g} min")
+    echo(
+        f"model: {options.preset}, {untrained.num_parameters():,} parameters; training for {options.minutes:g} min"
+    )
     before = _samples(untrained, tokenizer, options.seed)
     for prompt, text in before[:2]:
         echo(f"--- sample before training, prompt {prompt!r}:\n{text}")
@@ -104,62 +122,119 @@ def run_quickstart(options: QuickstartOptions, echo: Callable[[str], None] = lam
     trained, _ = load_model(out / "run" / "checkpoints" / "best")
     after = _samples(trained, tokenizer, options.seed)
     first, last = result.evals[0]["val/loss"], result.evals[-1]["val/loss"]
-    echo(f"validation loss {first:.3f} -> {last:.3f} ({100 * (first - last) / first:.0f}% lower) "
-         f"in {result.step} steps")
+    echo(
+        f"validation loss {first:.3f} -> {last:.3f} ({100 * (first - last) / first:.0f}% lower) "
+        f"in {result.step} steps"
+    )
     for prompt, text in after[:2]:
         echo(f"--- sample after training, prompt {prompt!r}:\n{text}")
 
     def report(finetuned: list[str]) -> Path:
-        return _write_report(out, options, config, corpus.documents, corpus.bytes, corpus.excluded_definitions,
-                             index.splits["train"].tokens, result, before, after, finetuned,
-                             time.perf_counter() - started)
+        return _write_report(
+            out,
+            options,
+            config,
+            corpus.documents,
+            corpus.bytes,
+            corpus.excluded_definitions,
+            index.splits["train"].tokens,
+            result,
+            before,
+            after,
+            finetuned,
+            time.perf_counter() - started,
+        )
 
     if splits is None:
-        return report(["## Fine-tuning", "", "Skipped (`--skip-finetune`); nothing was held out of the corpus.", ""])
+        return report(
+            [
+                "## Fine-tuning",
+                "",
+                "Skipped (`--skip-finetune`); nothing was held out of the corpus.",
+                "",
+            ]
+        )
     if result.stop_reason == "interrupted":
         return report(["## Fine-tuning", "", "Skipped: pre-training was interrupted.", ""])
     # Written now too, so that stopping during fine-tuning still leaves the pre-training half's report.
-    report(["## Fine-tuning", "", "Started, not finished: what ran is in `tasks/` and `finetune/`.", ""])
+    report(
+        [
+            "## Fine-tuning",
+            "",
+            "Started, not finished: what ran is in `tasks/` and `finetune/`.",
+            "",
+        ]
+    )
     return report(_finetune(out, options, config, splits, tokenizer, corpus.path, echo))
 
 
-def _finetune(out: Path, options: QuickstartOptions, config: RunConfig, splits: TaskSplits, tokenizer: Tokenizer,
-              corpus: Path, echo: Callable[[str], None]) -> list[str]:
+def _finetune(
+    out: Path,
+    options: QuickstartOptions,
+    config: RunConfig,
+    splits: TaskSplits,
+    tokenizer: Tokenizer,
+    corpus: Path,
+    echo: Callable[[str], None],
+) -> list[str]:
     """Both tasks, each fine-tuned from the pre-trained checkpoint and from scratch; the report's section."""
     held_out = len(splits.held_out)
     leaks = find_leaks(corpus, splits.held_out)
     splits = drop_leaks(splits, leaks)
     files = write_task_files(splits, tokenizer, out / "tasks", config.seq_len)
-    echo(f"tasks: package of a function ({len(splits.packages)} packages, {len(splits.classify['train']):,} "
-         f"training functions) and first docstring line ({len(splits.instruct['train']):,}); of the {held_out:,} "
-         f"held-out functions the corpus still holds {len(leaks.definitions)}, and {len(leaks.first_lines)} "
-         "docstring first lines: dropped from evaluation")
-    outcomes = compare_on_tasks(out / "run" / "checkpoints" / "best", files, out / "finetune",
-                                steps=options.finetune_steps, seq_len=config.seq_len, seed=options.seed,
-                                progress=options.progress, echo=echo)
+    echo(
+        f"tasks: package of a function ({len(splits.packages)} packages, {len(splits.classify['train']):,} "
+        f"training functions) and first docstring line ({len(splits.instruct['train']):,}); of the {held_out:,} "
+        f"held-out functions the corpus still holds {len(leaks.definitions)}, and {len(leaks.first_lines)} "
+        "docstring first lines: dropped from evaluation"
+    )
+    outcomes = compare_on_tasks(
+        out / "run" / "checkpoints" / "best",
+        files,
+        out / "finetune",
+        steps=options.finetune_steps,
+        seq_len=config.seq_len,
+        seed=options.seed,
+        progress=options.progress,
+        echo=echo,
+    )
     plot = plot_comparison(outcomes, out / "finetune" / "comparison.png")
     by = {(o.task, o.arm): o.scores for o in outcomes}
     for task, key in (("classify", "accuracy"), ("classify", "macro_f1"), ("instruct", "rougeL")):
-        echo(f"{task} test {key}: {by[task, 'pretrained'][key]:.3f} pre-trained, "
-             f"{by[task, 'scratch'][key]:.3f} from scratch")
+        echo(
+            f"{task} test {key}: {by[task, 'pretrained'][key]:.3f} pre-trained, "
+            f"{by[task, 'scratch'][key]:.3f} from scratch"
+        )
     return finetune_section(out, splits, files, outcomes, plot, leaks, held_out)
 
 
 def _run_config(options: QuickstartOptions, out: Path, vocab_size: int) -> RunConfig:
-    return validate_run_config({
-        "model": {"preset": options.preset, "vocab_size": vocab_size},
-        "data": {"path": str(out / "data")},
-        "optim": {"lr": options.lr, "warmup_steps": 50},
-        "train": {"out_dir": str(out / "run"), "max_minutes": options.minutes, "seed": options.seed,
-                  "batch_size": options.batch_size, "seq_len": options.seq_len, "eval_every": 100,
-                  "eval_batches": 8, "progress": options.progress},
-    }, where="quickstart")
+    return validate_run_config(
+        {
+            "model": {"preset": options.preset, "vocab_size": vocab_size},
+            "data": {"path": str(out / "data")},
+            "optim": {"lr": options.lr, "warmup_steps": 50},
+            "train": {
+                "out_dir": str(out / "run"),
+                "max_minutes": options.minutes,
+                "seed": options.seed,
+                "batch_size": options.batch_size,
+                "seq_len": options.seq_len,
+                "eval_every": 100,
+                "eval_batches": 8,
+                "progress": options.progress,
+            },
+        },
+        where="quickstart",
+    )
 
 
 def _fresh_directory(out: Path) -> Path:
     if out.exists():
         if not (out / MARKER).exists():
-            raise ConfigError(f"{out} exists and was not made by graft quickstart; choose another --out")
+            raise ConfigError(
+                f"{out} exists and was not made by graft quickstart; choose another --out"
+            )
         shutil.rmtree(out)
     out.mkdir(parents=True)
     (out / MARKER).touch()
@@ -167,50 +242,100 @@ def _fresh_directory(out: Path) -> Path:
 
 
 def _samples(model: LanguageModel, tokenizer: Tokenizer, seed: int) -> list[tuple[str, str]]:
-    params = SamplingParams(max_new_tokens=60, temperature=0.8, top_k=50, seed=seed,
-                            stop_ids=frozenset({tokenizer.eot_id}))
+    params = SamplingParams(
+        max_new_tokens=60,
+        temperature=0.8,
+        top_k=50,
+        seed=seed,
+        stop_ids=frozenset({tokenizer.eot_id}),
+    )
     out = []
     for prompt in PROMPTS:
-        ids = [i for i in generate(model, tokenizer.encode(prompt), params) if i != tokenizer.eot_id]
+        ids = [
+            i for i in generate(model, tokenizer.encode(prompt), params) if i != tokenizer.eot_id
+        ]
         out.append((prompt, prompt + tokenizer.decode(ids)))
     return out
 
 
-def _write_report(out: Path, options: QuickstartOptions, config: RunConfig, documents: int, corpus_bytes: int,
-                  excluded: int, train_tokens: int, result: RunResult, before: list[tuple[str, str]],
-                  after: list[tuple[str, str]], finetuned: list[str], seconds: float) -> Path:
+def _write_report(
+    out: Path,
+    options: QuickstartOptions,
+    config: RunConfig,
+    documents: int,
+    corpus_bytes: int,
+    excluded: int,
+    train_tokens: int,
+    result: RunResult,
+    before: list[tuple[str, str]],
+    after: list[tuple[str, str]],
+    finetuned: list[str],
+    seconds: float,
+) -> Path:
     first, last = result.evals[0], result.evals[-1]
     m = config.model
     lines = [
-        "# graft quickstart report", "",
+        "# graft quickstart report",
+        "",
         f"Python {platform.python_version()} on {platform.machine()}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; total {seconds / 60:.1f} min.", "",
-        "## What ran", "",
+        f"{torch.get_num_threads()} threads; total {seconds / 60:.1f} min.",
+        "",
+        "## What ran",
+        "",
         f"- Corpus: {documents:,} documents ({corpus_bytes / 1e6:.1f} MB) from this Python installation: "
         "standard-library sources, their docstrings, and the interpreter's help topics (`corpus/docs.jsonl`)"
-        + (f", less {excluded:,} definitions: the functions held out for fine-tuning and copies of their code "
-           "(below)." if excluded else "."),
+        + (
+            f", less {excluded:,} definitions: the functions held out for fine-tuning and copies of their code "
+            "(below)."
+            if excluded
+            else "."
+        ),
         f"- Tokenizer: byte-level BPE, {m.vocab_size:,} tokens (`tokenizer/tokenizer.json`); "
         f"{train_tokens:,} training tokens (`data/`).",
         f"- Model: preset `{options.preset}` ({m.n_layers} layers, {m.n_heads} heads, width {m.d_model}, "
         f"{m.norm}, {m.positions} positions, {m.mlp}), context {config.seq_len}.",
         f"- Training: {result.step} steps, {result.tokens_seen:,} tokens, batch {config.train.batch_size}, "
         f"AdamW lr {config.optim.lr:g} with warm-up and cosine decay, {result.elapsed_s / 60:.1f} min "
-        f"(stopped: {result.stop_reason}). Config: `run/config.yaml`; metrics: `run/metrics.jsonl`.", "",
-        "## Validation", "",
-        "| | step | loss (nats/token) | perplexity | bits per byte |", "|---|---|---|---|---|",
+        f"(stopped: {result.stop_reason}). Config: `run/config.yaml`; metrics: `run/metrics.jsonl`.",
+        "",
+        "## Validation",
+        "",
+        "| | step | loss (nats/token) | perplexity | bits per byte |",
+        "|---|---|---|---|---|",
         f"| before | {first['step']} | {first['val/loss']:.3f} | {first['val/ppl']:.1f} | {first.get('val/bpb', float('nan')):.3f} |",
         f"| after | {last['step']} | {last['val/loss']:.3f} | {last['val/ppl']:.1f} | {last.get('val/bpb', float('nan')):.3f} |",
-        "", f"Validation loss fell by {100 * (first['val/loss'] - last['val/loss']) / first['val/loss']:.0f}%.", "",
-        f"![loss curve](run/{LOSS_CURVE_FILE})", "",
-        "## Samples (temperature 0.8, top-k 50, same seed)", "",
+        "",
+        f"Validation loss fell by {100 * (first['val/loss'] - last['val/loss']) / first['val/loss']:.0f}%.",
+        "",
+        f"![loss curve](run/{LOSS_CURVE_FILE})",
+        "",
+        "## Samples (temperature 0.8, top-k 50, same seed)",
+        "",
     ]
     for (prompt, b), (_, a) in zip(before, after):
-        lines += [f"Prompt `{prompt!r}`", "", "Before training:", "", "```", b, "```", "",
-                  "After training:", "", "```", a, "```", ""]
+        lines += [
+            f"Prompt `{prompt!r}`",
+            "",
+            "Before training:",
+            "",
+            "```",
+            b,
+            "```",
+            "",
+            "After training:",
+            "",
+            "```",
+            a,
+            "```",
+            "",
+        ]
     lines += finetuned
-    lines += ["## Next", "",
-              f"- `graft generate {out / 'run'} --prompt 'def '`",
-              f"- `graft pretrain --config {out / 'run' / 'config.yaml'} --resume` to train on, "
-              "after raising train.max_minutes.", ""]
+    lines += [
+        "## Next",
+        "",
+        f"- `graft generate {out / 'run'} --prompt 'def '`",
+        f"- `graft pretrain --config {out / 'run' / 'config.yaml'} --resume` to train on, "
+        "after raising train.max_minutes.",
+        "",
+    ]
     return write_atomic(out / "report.md", "\n".join(lines))

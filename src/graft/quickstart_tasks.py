@@ -58,8 +58,10 @@ INSTRUCTION = "Write the first line of the docstring of this function."
 SPLITS = ("train", "val", "test")
 TASKS = ("classify", "instruct")
 # From scratch keeps the checkpoint's architecture and tokenizer and re-initialises every weight.
-ARMS: dict[str, tuple[str, ...]] = {"pretrained": ("adapt.method=full",),
-                                    "scratch": ("adapt.method=full", "adapt.from_scratch=true")}
+ARMS: dict[str, tuple[str, ...]] = {
+    "pretrained": ("adapt.method=full",),
+    "scratch": ("adapt.method=full", "adapt.from_scratch=true"),
+}
 # Peak learning rates: each arm's best on validation in 150-step runs from a 5-minute micro
 # quickstart checkpoint (rates tried: 1e-4 to 3e-3 for a pre-trained classifier, 3e-4 to 3e-3 from
 # scratch, 1e-4 to 1e-3 for pre-trained instructions). Fresh weights want 1e-3, as in the transfer
@@ -67,14 +69,20 @@ ARMS: dict[str, tuple[str, ...]] = {"pretrained": ("adapt.method=full",),
 # barely learns in 150 steps (validation macro F1 0.55 against 0.86 at 1e-3). Instructions train
 # the pre-trained LM head: 1e-4 and 3e-4 tied (validation loss 4.362, 4.360), 1e-3 was worse (4.469).
 LEARNING_RATES: dict[tuple[str, str], float] = {
-    ("classify", "pretrained"): 1e-3, ("classify", "scratch"): 1e-3,
-    ("instruct", "pretrained"): 1e-4, ("instruct", "scratch"): 1e-3,
+    ("classify", "pretrained"): 1e-3,
+    ("classify", "scratch"): 1e-3,
+    ("instruct", "pretrained"): 1e-4,
+    ("instruct", "scratch"): 1e-3,
 }
 ARM_NAMES = {"pretrained": "pre-trained", "scratch": "from scratch"}
 # (key in the evaluation report, name in ours); every one is a share between 0 and 1.
 METRICS: dict[str, tuple[tuple[str, str], ...]] = {
     "classify": (("accuracy", "accuracy"), ("macro_f1", "macro F1")),
-    "instruct": (("rougeL", "ROUGE-L"), ("exact_match", "exact match"), ("ended_with_eos", "ended with eos")),
+    "instruct": (
+        ("rougeL", "ROUGE-L"),
+        ("exact_match", "exact match"),
+        ("ended_with_eos", "ended with eos"),
+    ),
 }
 GENERATE_LIMIT = 100  # test prompts generated for: greedy decoding is the slow part of scoring
 MAX_NEW_TOKENS = 32  # a docstring's first line is ~15 tokens; room to show whether the model stops
@@ -86,7 +94,9 @@ class TaskSizes:
     """How many functions each split gets."""
 
     packages: int = 8  # classes of the classification task
-    per_package: int = 200  # at most, and the same for every package (the smallest's count below that)
+    per_package: int = (
+        200  # at most, and the same for every package (the smallest's count below that)
+    )
     classify_test: int = 40  # per package
     classify_val: int = 20  # per package
     instruct_test: int = 100
@@ -105,8 +115,14 @@ class TaskSplits:
     @property
     def held_out(self) -> tuple[StdlibFunction, ...]:
         """Validation and test functions of both tasks, once each: what pre-training must not see."""
-        return tuple(dict.fromkeys(f for task in (self.classify, self.instruct) for split in ("val", "test")
-                                   for f in task[split]))
+        return tuple(
+            dict.fromkeys(
+                f
+                for task in (self.classify, self.instruct)
+                for split in ("val", "test")
+                for f in task[split]
+            )
+        )
 
 
 @dataclass(frozen=True)
@@ -115,7 +131,9 @@ class TaskFiles:
 
     classify: dict[str, Path]
     instruct: dict[str, Path]
-    token_limits: dict[str, int]  # per task: the most tokens of a text (classify) or a prompt (instruct)
+    token_limits: dict[
+        str, int
+    ]  # per task: the most tokens of a text (classify) or a prompt (instruct)
     cut: dict[str, int]  # per task: records whose code was cut
 
 
@@ -154,35 +172,53 @@ def select_tasks(functions: Sequence[StdlibFunction], sizes: TaskSizes = TaskSiz
     so neither fine-tuning nor another function's docstring in the corpus hands over the answer.
     """
     counts = Counter(f.package for f in functions)
-    packages = tuple(sorted(counts, key=lambda p: (-counts[p], p))[:sizes.packages])
+    packages = tuple(sorted(counts, key=lambda p: (-counts[p], p))[: sizes.packages])
     held_per_package = sizes.classify_test + sizes.classify_val
     if len(packages) < 2 or counts[packages[-1]] <= held_per_package:
-        raise DataError(f"this Python installation has too few documented standard-library functions for the "
-                        f"quickstart's tasks ({dict(counts.most_common(sizes.packages))}); run it with --skip-finetune")
+        raise DataError(
+            f"this Python installation has too few documented standard-library functions for the "
+            f"quickstart's tasks ({dict(counts.most_common(sizes.packages))}); run it with --skip-finetune"
+        )
     per_package = min(sizes.per_package, counts[packages[-1]])
     classify: dict[str, list[StdlibFunction]] = {split: [] for split in SPLITS}
     taken: Counter[str] = Counter()
     for f in functions:
         if f.package in packages and taken[f.package] < per_package:
             index = taken[f.package]
-            split = "test" if index < sizes.classify_test else "val" if index < held_per_package else "train"
+            split = (
+                "test"
+                if index < sizes.classify_test
+                else "val"
+                if index < held_per_package
+                else "train"
+            )
             classify[split].append(f)
             taken[f.package] += 1
     first_lines = Counter(f.docstring_first_line for f in functions)
     unique = [f for f in functions if first_lines[f.docstring_first_line] == 1]
-    test = unique[:sizes.instruct_test]
-    val = unique[sizes.instruct_test:sizes.instruct_test + sizes.instruct_val]
+    test = unique[: sizes.instruct_test]
+    val = unique[sizes.instruct_test : sizes.instruct_test + sizes.instruct_val]
     if len(test) < sizes.instruct_test or not val:
-        raise DataError(f"only {len(unique)} standard-library functions have a docstring first line of their own; "
-                        "run the quickstart with --skip-finetune")
+        raise DataError(
+            f"only {len(unique)} standard-library functions have a docstring first line of their own; "
+            "run the quickstart with --skip-finetune"
+        )
     held = set(test) | set(val)
-    train = [f for f in functions if f not in held][:sizes.instruct_train]
-    return TaskSplits(packages, {k: tuple(v) for k, v in classify.items()},
-                      {"train": tuple(train), "val": tuple(val), "test": tuple(test)})
+    train = [f for f in functions if f not in held][: sizes.instruct_train]
+    return TaskSplits(
+        packages,
+        {k: tuple(v) for k, v in classify.items()},
+        {"train": tuple(train), "val": tuple(val), "test": tuple(test)},
+    )
 
 
-def write_task_files(splits: TaskSplits, tokenizer: Tokenizer, out_dir: Path, seq_len: int,
-                     max_new_tokens: int = MAX_NEW_TOKENS) -> TaskFiles:
+def write_task_files(
+    splits: TaskSplits,
+    tokenizer: Tokenizer,
+    out_dir: Path,
+    seq_len: int,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+) -> TaskFiles:
     """`out_dir/{classify,instruct}/{train,val,test}.jsonl`, each function's code cut to fit `seq_len`.
 
     Classification keeps up to `seq_len` tokens of code. An instruction's prompt (template,
@@ -195,21 +231,35 @@ def write_task_files(splits: TaskSplits, tokenizer: Tokenizer, out_dir: Path, se
     limits = {"classify": seq_len, "instruct": seq_len - max_new_tokens}
     wrap = {"classify": lambda code: code, "instruct": lambda code: before + code + after}
     if len(tokenizer.encode(wrap["instruct"]("def f():"))) > limits["instruct"]:
-        raise DataError(f"a context of {seq_len} tokens leaves no room for code in an instruction prompt "
-                        f"with {max_new_tokens} new tokens; use a longer context")
+        raise DataError(
+            f"a context of {seq_len} tokens leaves no room for code in an instruction prompt "
+            f"with {max_new_tokens} new tokens; use a longer context"
+        )
     paths: dict[str, dict[str, Path]] = {"classify": {}, "instruct": {}}
     cut = {"classify": 0, "instruct": 0}
     for task, by_split in (("classify", splits.classify), ("instruct", splits.instruct)):
         for split in SPLITS:
             rows = []
             for f in by_split[split]:
-                code, was_cut = _fit(f.code_without_docstring, lambda text: len(tokenizer.encode(wrap[task](text))),
-                                     limits[task])
+                code, was_cut = _fit(
+                    f.code_without_docstring,
+                    lambda text: len(tokenizer.encode(wrap[task](text))),
+                    limits[task],
+                )
                 cut[task] += was_cut
-                where = f"{f.module}:{f.name}"  # extra fields are kept for people; readers ignore them
-                rows.append({"text": code, "label": f.package, "function": where} if task == "classify" else
-                            {"instruction": INSTRUCTION, "input": code, "output": f.docstring_first_line,
-                             "function": where})
+                where = (
+                    f"{f.module}:{f.name}"  # extra fields are kept for people; readers ignore them
+                )
+                rows.append(
+                    {"text": code, "label": f.package, "function": where}
+                    if task == "classify"
+                    else {
+                        "instruction": INSTRUCTION,
+                        "input": code,
+                        "output": f.docstring_first_line,
+                        "function": where,
+                    }
+                )
             text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
             paths[task][split] = write_atomic(out_dir / task / f"{split}.jsonl", text)
     return TaskFiles(paths["classify"], paths["instruct"], limits, cut)
@@ -222,12 +272,15 @@ def _prompt(template: str, code: str, tokenizer: Tokenizer) -> str:
     """The instruction prompt as `read_conversations` and the chat template make it of a record."""
     eos = tokenizer.special_tokens_map.get("eos_token", EOT)
     content = INSTRUCTION + "\n\n" + code
-    return render_chat(template, [Message("user", content)], add_generation_prompt=True, eos_token=eos)
+    return render_chat(
+        template, [Message("user", content)], add_generation_prompt=True, eos_token=eos
+    )
 
 
 def _fit(code: str, tokens: Callable[[str], int], limit: int) -> tuple[str, bool]:
     """The longest run of whole first lines of `code` whose `tokens` are within `limit` (the first
     line cut by characters when even it is too long), and whether anything was cut."""
+
     def fits(text: str) -> bool:
         return tokens(text) <= limit
 
@@ -238,7 +291,7 @@ def _fit(code: str, tokens: Callable[[str], int], limit: int) -> tuple[str, bool
     if keep:
         return "\n".join(lines[:keep]).rstrip(), True
     keep = _longest(len(lines[0]), lambda n: fits(lines[0][:n]))
-    return lines[0][:max(keep, 1)], True
+    return lines[0][: max(keep, 1)], True
 
 
 def _longest(limit: int, ok: Callable[[int], bool]) -> int:
@@ -267,7 +320,11 @@ def find_leaks(corpus: Path, functions: Iterable[StdlibFunction]) -> Leaks:
     instruction task's answer without being the function.
     """
     functions = list(functions)
-    texts = [json.loads(line)["text"] for line in Path(corpus).read_text(encoding="utf-8").splitlines() if line]
+    texts = [
+        json.loads(line)["text"]
+        for line in Path(corpus).read_text(encoding="utf-8").splitlines()
+        if line
+    ]
     lines: list[str] = []
     for text in texts:
         lines += [s for s in (line.strip() for line in text.split("\n")) if s]
@@ -279,8 +336,10 @@ def find_leaks(corpus: Path, functions: Iterable[StdlibFunction]) -> Leaks:
     for f in functions:
         header, body = _split_definition(f)
         for end in where.get(header[-1], ()):
-            if lines[end + 1 - len(header):end + 1] == header and (
-                    lines[end + 1:end + 1 + len(body)] == body or _docstring_then(lines, end + 1, body)):
+            if lines[end + 1 - len(header) : end + 1] == header and (
+                lines[end + 1 : end + 1 + len(body)] == body
+                or _docstring_then(lines, end + 1, body)
+            ):
                 definitions.append(f)
                 break
     whole = "\n".join(texts)
@@ -296,7 +355,7 @@ def _split_definition(f: StdlibFunction) -> tuple[list[str], list[str]]:
     # ...unless comments or blank lines stand between the docstring and that statement.
     while end > 0 and (not lines[end].strip() or lines[end].strip().startswith("#")):
         end -= 1
-    return _stripped(lines[:end + 1]), _stripped(lines[end + 1:])
+    return _stripped(lines[: end + 1]), _stripped(lines[end + 1 :])
 
 
 def _stripped(lines: Iterable[str]) -> list[str]:
@@ -313,13 +372,13 @@ def _docstring_then(lines: list[str], start: int, body: list[str]) -> bool:
     if quotes is None or len(opening) - len(text) > 2:
         return False
     close = start
-    if quotes not in text[len(quotes):]:  # the docstring goes on to a later line
+    if quotes not in text[len(quotes) :]:  # the docstring goes on to a later line
         close += 1
         while close < len(lines) and quotes not in lines[close]:
             if not lines[close]:
                 return False  # the document ended inside the string
             close += 1
-    return lines[close + 1:close + 1 + len(body)] == body
+    return lines[close + 1 : close + 1 + len(body)] == body
 
 
 def drop_leaks(splits: TaskSplits, leaks: Leaks) -> TaskSplits:
@@ -329,19 +388,33 @@ def drop_leaks(splits: TaskSplits, leaks: Leaks) -> TaskSplits:
     found = set(leaks.definitions)
     answered = found | set(leaks.first_lines)
 
-    def kept(by_split: dict[str, tuple[StdlibFunction, ...]],
-             gone: set[StdlibFunction]) -> dict[str, tuple[StdlibFunction, ...]]:
-        return {split: tuple(f for f in functions if split == "train" or f not in gone)
-                for split, functions in by_split.items()}
+    def kept(
+        by_split: dict[str, tuple[StdlibFunction, ...]], gone: set[StdlibFunction]
+    ) -> dict[str, tuple[StdlibFunction, ...]]:
+        return {
+            split: tuple(f for f in functions if split == "train" or f not in gone)
+            for split, functions in by_split.items()
+        }
 
-    return TaskSplits(splits.packages, kept(splits.classify, found), kept(splits.instruct, answered))
+    return TaskSplits(
+        splits.packages, kept(splits.classify, found), kept(splits.instruct, answered)
+    )
 
 
 # -- the comparison --------------------------------------------------------------------------
 
 
-def compare_on_tasks(init: Path, files: TaskFiles, out_dir: Path, *, steps: int, seq_len: int, seed: int,
-                     progress: bool, echo: Callable[[str], None] = lambda _: None) -> tuple[ArmOutcome, ...]:
+def compare_on_tasks(
+    init: Path,
+    files: TaskFiles,
+    out_dir: Path,
+    *,
+    steps: int,
+    seq_len: int,
+    seed: int,
+    progress: bool,
+    echo: Callable[[str], None] = lambda _: None,
+) -> tuple[ArmOutcome, ...]:
     """Fine-tune `init` on each task from its weights and from scratch for `steps` steps each, keep each
     run's best checkpoint by its validation metric, and score it on the test split."""
     outcomes = []
@@ -350,12 +423,23 @@ def compare_on_tasks(init: Path, files: TaskFiles, out_dir: Path, *, steps: int,
         for arm, settings in ARMS.items():
             run_dir = out_dir / f"{task}-{arm}"
             echo(f"fine-tuning: {task}, {ARM_NAMES[arm]}, {steps} steps")
-            config = load_finetune_config(task, None, [
-                f"train.init={_quoted(init)}", f"train.out_dir={_quoted(run_dir)}",
-                f"data.train_file={_quoted(data['train'])}", f"data.val_file={_quoted(data['val'])}",
-                f"train.max_steps={steps}", f"train.eval_every={max(1, steps // 3)}", f"train.seq_len={seq_len}",
-                f"train.seed={seed}", f"train.progress={str(progress).lower()}",
-                f"optim.lr={LEARNING_RATES[task, arm]}", *settings])
+            config = load_finetune_config(
+                task,
+                None,
+                [
+                    f"train.init={_quoted(init)}",
+                    f"train.out_dir={_quoted(run_dir)}",
+                    f"data.train_file={_quoted(data['train'])}",
+                    f"data.val_file={_quoted(data['val'])}",
+                    f"train.max_steps={steps}",
+                    f"train.eval_every={max(1, steps // 3)}",
+                    f"train.seq_len={seq_len}",
+                    f"train.seed={seed}",
+                    f"train.progress={str(progress).lower()}",
+                    f"optim.lr={LEARNING_RATES[task, arm]}",
+                    *settings,
+                ],
+            )
             started = time.perf_counter()
             result = finetune(config, echo=echo)
             if result.stop_reason == "interrupted":  # Ctrl-C ends the quickstart, not just this run
@@ -363,8 +447,21 @@ def compare_on_tasks(init: Path, files: TaskFiles, out_dir: Path, *, steps: int,
             train_seconds = time.perf_counter() - started
             scores = _score(task, run_dir, data["test"], seq_len, echo)
             test_seconds = time.perf_counter() - started - train_seconds
-            outcomes.append(ArmOutcome(task, arm, run_dir, config.optim.lr, result.step, result.stop_reason, steps,
-                                       config.train.batch_size, train_seconds, test_seconds, scores))
+            outcomes.append(
+                ArmOutcome(
+                    task,
+                    arm,
+                    run_dir,
+                    config.optim.lr,
+                    result.step,
+                    result.stop_reason,
+                    steps,
+                    config.train.batch_size,
+                    train_seconds,
+                    test_seconds,
+                    scores,
+                )
+            )
     return tuple(outcomes)
 
 
@@ -373,14 +470,30 @@ def _quoted(path: Path) -> str:
     return "'" + str(path).replace("'", "''") + "'"
 
 
-def _score(task: str, run_dir: Path, test: Path, seq_len: int, echo: Callable[[str], None]) -> dict[str, float]:
+def _score(
+    task: str, run_dir: Path, test: Path, seq_len: int, echo: Callable[[str], None]
+) -> dict[str, float]:
     if task == "classify":
-        options = EvalOptions(run_dir / "checkpoints" / "best", "classify", (test,), run_dir / "eval",
-                              seq_len=seq_len, batch_size=32, device="auto")
+        options = EvalOptions(
+            run_dir / "checkpoints" / "best",
+            "classify",
+            (test,),
+            run_dir / "eval",
+            seq_len=seq_len,
+            batch_size=32,
+            device="auto",
+        )
     else:
-        options = EvalOptions(run_dir / "checkpoints" / "best", "generate", (test,), run_dir / "eval",
-                              limit=GENERATE_LIMIT, max_new_tokens=MAX_NEW_TOKENS, device="auto",
-                              samples=GENERATE_LIMIT)
+        options = EvalOptions(
+            run_dir / "checkpoints" / "best",
+            "generate",
+            (test,),
+            run_dir / "eval",
+            limit=GENERATE_LIMIT,
+            max_new_tokens=MAX_NEW_TOKENS,
+            device="auto",
+            samples=GENERATE_LIMIT,
+        )
     report = json.loads(evaluate_checkpoint(options, echo).read_text(encoding="utf-8"))
     return {key: float(report[key]) for key, _ in METRICS[task]} | {"count": float(report["count"])}
 
@@ -395,8 +508,12 @@ def plot_comparison(outcomes: Sequence[ArmOutcome], path: Path) -> Path:
     from matplotlib.figure import Figure
 
     by = {(o.task, o.arm): o for o in outcomes}
-    groups = [(task, key, f"{_TASK_SHORT[task]}\n{name}") for task in TASKS for key, name in METRICS[task]
-              if all((task, arm) in by for arm in ARMS)]
+    groups = [
+        (task, key, f"{_TASK_SHORT[task]}\n{name}")
+        for task in TASKS
+        for key, name in METRICS[task]
+        if all((task, arm) in by for arm in ARMS)
+    ]
     fig = Figure(figsize=(2.0 + 1.3 * len(groups), 4.2), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -422,8 +539,15 @@ def plot_comparison(outcomes: Sequence[ArmOutcome], path: Path) -> Path:
 _TASK_SHORT = {"classify": "package", "instruct": "docstring"}
 
 
-def finetune_section(report_dir: Path, splits: TaskSplits, files: TaskFiles, outcomes: Sequence[ArmOutcome],
-                     plot: Path, leaks: Leaks, held_out: int) -> list[str]:
+def finetune_section(
+    report_dir: Path,
+    splits: TaskSplits,
+    files: TaskFiles,
+    outcomes: Sequence[ArmOutcome],
+    plot: Path,
+    leaks: Leaks,
+    held_out: int,
+) -> list[str]:
     """The report's "Fine-tuning" section, as markdown lines; paths are written relative to `report_dir`.
 
     `splits` are those the runs used (after `drop_leaks`); `held_out` counts the functions cut from
@@ -431,15 +555,19 @@ def finetune_section(report_dir: Path, splits: TaskSplits, files: TaskFiles, out
     """
     by = {(o.task, o.arm): o for o in outcomes}
     per_package = Counter(f.package for f in splits.classify["test"]).values()
-    balance = (f"{min(per_package)} from each package" if min(per_package) == max(per_package)
-               else f"{min(per_package)}-{max(per_package)} from each package")
+    balance = (
+        f"{min(per_package)} from each package"
+        if min(per_package) == max(per_package)
+        else f"{min(per_package)}-{max(per_package)} from each package"
+    )
     k = len(splits.packages)
     n = {task: {s: len(getattr(splits, task)[s]) for s in SPLITS} for task in TASKS}
     pre, scratch = by[("classify", "pretrained")], by[("classify", "scratch")]
     generated = int(by[("instruct", "pretrained")].scores["count"])
     seq_len = files.token_limits["classify"]
     lines = [
-        "## Fine-tuning: pre-trained against from scratch", "",
+        "## Fine-tuning: pre-trained against from scratch",
+        "",
         "Two tasks with labels from this Python installation's standard library, chosen before pre-training "
         f"so that their {held_out:,} validation and test functions could be cut out of the pre-training corpus: "
         "code and docstring, and any copy of their code elsewhere. Checked in the corpus that was trained on "
@@ -447,13 +575,14 @@ def finetune_section(report_dir: Path, splits: TaskSplits, files: TaskFiles, out
         "lines inside a longer function, or in a nested one), and the docstring first line of "
         f"{len(leaks.first_lines)} occurs in it (a module docstring, a comment, a similar function); they were "
         "dropped from the evaluation splits they would give away (either task's for the first kind, the "
-        "instruction task's for the second).", "",
+        "instruction task's for the second).",
+        "",
         f"- **Package of a function** (`classify`): a function's code without its docstring -> which of the {k} "
         f"packages with the most documented functions it comes from ({', '.join(splits.packages)}); "
         f"{n['classify']['train']:,} / {n['classify']['val']:,} / {n['classify']['test']:,} train / validation / "
         f"test functions, drawn equally from each package (test: {balance}; chance {1 / k:.3f}); code cut at a "
         f"line boundary to {seq_len} tokens ({files.cut['classify']:,} cut). Files: `tasks/classify/`.",
-        f"- **First docstring line** (`instruct`): Alpaca records: instruction \"{INSTRUCTION}\", input the code "
+        f'- **First docstring line** (`instruct`): Alpaca records: instruction "{INSTRUCTION}", input the code '
         "without its docstring (cut at a line boundary so that the prompt and "
         f"{MAX_NEW_TOKENS} new tokens fit in {seq_len}; {files.cut['instruct']:,} cut), output its docstring's "
         f"first line; {n['instruct']['train']:,} / {n['instruct']['val']:,} / {n['instruct']['test']:,} train / "
@@ -467,42 +596,76 @@ def finetune_section(report_dir: Path, splits: TaskSplits, files: TaskFiles, out
         f"{by['instruct', 'pretrained'].lr:g} pre-trained, {by['instruct', 'scratch'].lr:g} from scratch. The best "
         "checkpoint by validation (macro F1; loss) is scored on the test split. Runs: `finetune/<task>-<arm>/`, "
         "scores in their `eval/`."
-        + "".join(f" {o.task} {ARM_NAMES[o.arm]} stopped at step {o.steps} ({o.stop_reason})."
-                  for o in outcomes if o.stop_reason != "max_steps"), "",
+        + "".join(
+            f" {o.task} {ARM_NAMES[o.arm]} stopped at step {o.steps} ({o.stop_reason})."
+            for o in outcomes
+            if o.stop_reason != "max_steps"
+        ),
+        "",
         "| task | metric | pre-trained | from scratch | difference | seconds (pre-trained, scratch) |",
         "|---|---|---|---|---|---|",
     ]
     for task in TASKS:
         a, b = by[(task, "pretrained")], by[(task, "scratch")]
-        title = {"classify": f"package of a function ({n['classify']['test']} test)",
-                 "instruct": f"first docstring line ({generated} test)"}[task]
+        title = {
+            "classify": f"package of a function ({n['classify']['test']} test)",
+            "instruct": f"first docstring line ({generated} test)",
+        }[task]
         for i, (key, name) in enumerate(METRICS[task]):
-            seconds = f"{a.train_seconds + a.test_seconds:.0f}, {b.train_seconds + b.test_seconds:.0f}"
-            lines.append(f"| {title if i == 0 else ''} | {name} | {a.scores[key]:.3f} | {b.scores[key]:.3f} | "
-                         f"{a.scores[key] - b.scores[key]:+.3f} | {seconds if i == 0 else ''} |")
-    lines += ["", f"![pre-trained against from scratch]({plot.relative_to(report_dir).as_posix()})", "",
-              f"### Example generations (greedy, up to {MAX_NEW_TOKENS} new tokens)", ""]
-    lines += _examples(by[("instruct", "pretrained")].run_dir, by[("instruct", "scratch")].run_dir,
-                       splits.instruct["test"], files.instruct["test"])
+            seconds = (
+                f"{a.train_seconds + a.test_seconds:.0f}, {b.train_seconds + b.test_seconds:.0f}"
+            )
+            lines.append(
+                f"| {title if i == 0 else ''} | {name} | {a.scores[key]:.3f} | {b.scores[key]:.3f} | "
+                f"{a.scores[key] - b.scores[key]:+.3f} | {seconds if i == 0 else ''} |"
+            )
+    lines += [
+        "",
+        f"![pre-trained against from scratch]({plot.relative_to(report_dir).as_posix()})",
+        "",
+        f"### Example generations (greedy, up to {MAX_NEW_TOKENS} new tokens)",
+        "",
+    ]
+    lines += _examples(
+        by[("instruct", "pretrained")].run_dir,
+        by[("instruct", "scratch")].run_dir,
+        splits.instruct["test"],
+        files.instruct["test"],
+    )
     return lines
 
 
-def _examples(pretrained: Path, scratch: Path, functions: Sequence[StdlibFunction], test: Path) -> list[str]:
-    rows = [_read_jsonl(run / "eval" / "generate_samples.jsonl")[:EXAMPLES] for run in (pretrained, scratch)]
+def _examples(
+    pretrained: Path, scratch: Path, functions: Sequence[StdlibFunction], test: Path
+) -> list[str]:
+    rows = [
+        _read_jsonl(run / "eval" / "generate_samples.jsonl")[:EXAMPLES]
+        for run in (pretrained, scratch)
+    ]
     records = _read_jsonl(test)
     lines: list[str] = []
     for f, record, a, b in zip(functions, records, *rows):
         code = str(record["input"])
         fence = "````" if "```" in code else "```"
-        lines += [f"`{f.module}.{f.name}`:", "", fence + "python", code, fence, "",
-                  f"- reference: {_inline(str(a['reference']))}",
-                  f"- pre-trained: {_inline(str(a['prediction']))}",
-                  f"- from scratch: {_inline(str(b['prediction']))}", ""]
+        lines += [
+            f"`{f.module}.{f.name}`:",
+            "",
+            fence + "python",
+            code,
+            fence,
+            "",
+            f"- reference: {_inline(str(a['reference']))}",
+            f"- pre-trained: {_inline(str(a['prediction']))}",
+            f"- from scratch: {_inline(str(b['prediction']))}",
+            "",
+        ]
     return lines
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def _inline(text: str) -> str:

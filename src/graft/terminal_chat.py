@@ -70,8 +70,10 @@ class ChatSession:
             turns = turns[2:] if len(turns) > 2 else turns[1:]  # a user turn and its reply
             dropped += 1
         if len(ids) >= context:
-            raise PromptError(f"the message is {len(ids)} tokens with the chat template; the model's context is "
-                              f"{context}; write a shorter one")
+            raise PromptError(
+                f"the message is {len(ids)} tokens with the chat template; the model's context is "
+                f"{context}; write a shorter one"
+            )
         if dropped:
             self.history[:] = turns[:-1]
         return ids, dropped
@@ -80,11 +82,23 @@ class ChatSession:
         """Stream the reply to `user` into `out`, add both turns to the history, return the reply."""
         ids, dropped = self._prompt(user)
         if dropped:
-            out.write(f"[the oldest {dropped} exchange(s) no longer fit the context and were dropped]\n")
+            out.write(
+                f"[the oldest {dropped} exchange(s) no longer fit the context and were dropped]\n"
+            )
         context = self.engine.model_config.max_seq_len
-        budget = context - len(ids) if self.max_tokens is None else min(self.max_tokens, context - len(ids))
-        params = SamplingParams(max_new_tokens=budget, temperature=self.temperature, top_p=self.top_p,
-                                top_k=self.top_k, seed=self.seed, stop_ids=self.stop_ids)
+        budget = (
+            context - len(ids)
+            if self.max_tokens is None
+            else min(self.max_tokens, context - len(ids))
+        )
+        params = SamplingParams(
+            max_new_tokens=budget,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            stop_ids=self.stop_ids,
+        )
         handle = self.engine.submit(Request(prompt_ids=ids, params=params))
         pieces: list[str] = []
         try:
@@ -104,7 +118,9 @@ class ChatSession:
         return text
 
 
-def chat_loop(session: ChatSession, stdin: TextIO, stdout: TextIO, *, interactive: bool = False) -> None:
+def chat_loop(
+    session: ChatSession, stdin: TextIO, stdout: TextIO, *, interactive: bool = False
+) -> None:
     """Read turns from `stdin` until /exit or end of input; a prompt marker only when interactive."""
     if interactive:
         stdout.write(HELP + "\n")
@@ -136,26 +152,47 @@ def chat_loop(session: ChatSession, stdin: TextIO, stdout: TextIO, *, interactiv
             stdout.write(f"[{err}]\n")
 
 
-def run_chat(options: ChatOptions, *, stdin: TextIO | None = None, stdout: TextIO | None = None) -> None:
+def run_chat(
+    options: ChatOptions, *, stdin: TextIO | None = None, stdout: TextIO | None = None
+) -> None:
     """Load the checkpoint and chat on `stdin`/`stdout` (the terminal by default)."""
     from graft.serve.model_info import load_model_for_serving, stop_ids
 
     stdin = stdin if stdin is not None else sys.stdin
     stdout = stdout if stdout is not None else sys.stdout
     try:  # settings first: a typo should not cost a model load
-        SamplingParams(temperature=options.temperature, top_p=options.top_p, top_k=options.top_k, seed=options.seed,
-                       max_new_tokens=1 if options.max_tokens is None else options.max_tokens)
+        SamplingParams(
+            temperature=options.temperature,
+            top_p=options.top_p,
+            top_k=options.top_k,
+            seed=options.seed,
+            max_new_tokens=1 if options.max_tokens is None else options.max_tokens,
+        )
     except ValueError as err:
         raise ConfigError(f"chat: {err}") from None
     model, tokenizer, source = load_model_for_serving(options.checkpoint, options.device)
     if model.config.head != "lm" or model.config.attention != "causal":
-        raise GraftError(f"chat: {options.checkpoint} is not a causal language model (head {model.config.head}, "
-                         f"{model.config.attention} attention); it cannot write replies")
+        raise GraftError(
+            f"chat: {options.checkpoint} is not a causal language model (head {model.config.head}, "
+            f"{model.config.attention} attention); it cannot write replies"
+        )
     # One conversation: one slot, and a cost limit that any prompt fitting the context meets.
-    engine = Engine(model, tokenizer, EngineConfig(max_batch=1, max_queue=1, max_batch_tokens=model.config.max_seq_len))
-    session = ChatSession(engine, tokenizer, stop_ids(tokenizer, source), system=options.system,
-                          temperature=options.temperature, top_p=options.top_p, top_k=options.top_k,
-                          max_tokens=options.max_tokens, seed=options.seed)
+    engine = Engine(
+        model,
+        tokenizer,
+        EngineConfig(max_batch=1, max_queue=1, max_batch_tokens=model.config.max_seq_len),
+    )
+    session = ChatSession(
+        engine,
+        tokenizer,
+        stop_ids(tokenizer, source),
+        system=options.system,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        top_k=options.top_k,
+        max_tokens=options.max_tokens,
+        seed=options.seed,
+    )
     engine.start()
     try:
         chat_loop(session, stdin, stdout, interactive=stdin.isatty())

@@ -34,9 +34,28 @@ def test_parameter_counts_are_equal(bench: ModuleType, name: str) -> None:
 
 def test_runs_one_preset(bench: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    results = bench.main(["--presets", "llama-micro", "--vocab", "64", "--batch-size", "1", "--seq-len", "16",
-                          "--repeats", "1", "--steps", "1", "--warmup", "1", "--peak-size", "256",
-                          "--json", str(out)])
+    results = bench.main(
+        [
+            "--presets",
+            "llama-micro",
+            "--vocab",
+            "64",
+            "--batch-size",
+            "1",
+            "--seq-len",
+            "16",
+            "--repeats",
+            "1",
+            "--steps",
+            "1",
+            "--warmup",
+            "1",
+            "--peak-size",
+            "256",
+            "--json",
+            str(out),
+        ]
+    )
     (r,) = results
     assert r.preset == "llama-micro" and r.ratio > 0 and r.graft_mfu > 0 and r.hf_mfu > 0
     assert json.loads(out.read_text())["results"][0]["params"] == r.params

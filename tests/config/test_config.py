@@ -25,13 +25,16 @@ def config_error(overrides: list[str] | None = None, path: Path | None = None) -
 # -- unknown keys, types, presets, choices ----------------------------------------------------
 
 
-@pytest.mark.parametrize(("override", "key", "close"), [
-    ("train.max_step=5", "train.max_step", "max_steps"),
-    ("optim.lrr=0.1", "optim.lrr", "lr"),
-    ("model.d_modle=64", "model.d_modle", "d_model"),
-    ("data.pth=x", "data.pth", "path"),
-    ("trian.max_steps=5", "trian", "train"),
-])
+@pytest.mark.parametrize(
+    ("override", "key", "close"),
+    [
+        ("train.max_step=5", "train.max_step", "max_steps"),
+        ("optim.lrr=0.1", "optim.lrr", "lr"),
+        ("model.d_modle=64", "model.d_modle", "d_model"),
+        ("data.pth=x", "data.pth", "path"),
+        ("trian.max_steps=5", "trian", "train"),
+    ],
+)
 def test_unknown_key_names_the_dotted_key_and_suggests_the_close_match(override, key, close):
     message = config_error([override, *LIMIT])
     assert f"{key}: unknown key" in message
@@ -50,13 +53,16 @@ def test_model_keys_include_preset_among_the_valid_keys():
     assert "preset" in config_error(["model.prset=nano", *LIMIT])
 
 
-@pytest.mark.parametrize(("override", "key", "shown"), [
-    ("train.max_steps=five", "train.max_steps", "'five'"),
-    ("train.compile=maybe", "train.compile", "'maybe'"),
-    ("train.seed=1.5", "train.seed", "1.5"),
-    ("model.dropout=2.0", "model.dropout", "2.0"),
-    ("train.batch_size=0", "train.batch_size", "0"),
-])
+@pytest.mark.parametrize(
+    ("override", "key", "shown"),
+    [
+        ("train.max_steps=five", "train.max_steps", "'five'"),
+        ("train.compile=maybe", "train.compile", "'maybe'"),
+        ("train.seed=1.5", "train.seed", "1.5"),
+        ("model.dropout=2.0", "model.dropout", "2.0"),
+        ("train.batch_size=0", "train.batch_size", "0"),
+    ],
+)
 def test_wrong_type_or_range_names_the_key_and_the_bad_value(override, key, shown):
     overrides = [override] if override.startswith("train.max_steps") else [override, *LIMIT]
     message = config_error(overrides)
@@ -78,12 +84,15 @@ def test_a_preset_that_is_not_a_name_is_a_config_error(value):
     assert "model.preset" in message
 
 
-@pytest.mark.parametrize(("override", "choices"), [
-    ("optim.schedule=cos", ["'cosine'", "'linear'", "'constant'"]),
-    ("model.norm=batchnorm", ["'layernorm'", "'rmsnorm'"]),
-    ("train.precision=fp16", ["'auto'", "'fp32'", "'bf16'"]),
-    ("objective.name=bert", ["'clm'", "'mlm'", "'mlm+nsp'", "'denoise'", "'mix'"]),
-])
+@pytest.mark.parametrize(
+    ("override", "choices"),
+    [
+        ("optim.schedule=cos", ["'cosine'", "'linear'", "'constant'"]),
+        ("model.norm=batchnorm", ["'layernorm'", "'rmsnorm'"]),
+        ("train.precision=fp16", ["'auto'", "'fp32'", "'bf16'"]),
+        ("objective.name=bert", ["'clm'", "'mlm'", "'mlm+nsp'", "'denoise'", "'mix'"]),
+    ],
+)
 def test_literal_fields_list_the_valid_choices(override, choices):
     message = config_error([override, *LIMIT])
     key, _, value = override.partition("=")
@@ -93,7 +102,9 @@ def test_literal_fields_list_the_valid_choices(override, choices):
 
 
 def test_several_problems_are_reported_in_one_error():
-    message = config_error(["train.max_steps=five", "optim.lrr=0.1", "model.d_modle=64", "optim.schedule=cos"])
+    message = config_error(
+        ["train.max_steps=five", "optim.lrr=0.1", "model.d_modle=64", "optim.schedule=cos"]
+    )
     for key in ("train.max_steps", "optim.lrr", "model.d_modle", "optim.schedule"):
         assert f"{key}: " in message
     assert message.count(";") >= 3
@@ -127,7 +138,9 @@ def test_a_run_without_any_limit_is_refused():
         assert key in message
 
 
-@pytest.mark.parametrize("limit", ["train.max_steps=3", "train.max_tokens=1000", "train.max_minutes=0.5"])
+@pytest.mark.parametrize(
+    "limit", ["train.max_steps=3", "train.max_tokens=1000", "train.max_minutes=0.5"]
+)
 def test_any_one_limit_is_enough(limit):
     assert isinstance(load_run_config(None, ["train.out_dir=runs/x", limit]), RunConfig)
 
@@ -136,10 +149,19 @@ def test_any_one_limit_is_enough(limit):
 
 
 def test_overrides_convert_values_as_yaml_does():
-    config = load_run_config(None, [
-        "train.max_steps=5", "train.compile=true", "model.n_kv_heads=null", "train.max_minutes=1.5",
-        "optim.lr=3e-4", "data.path=runs/data", "train.device=cpu", "model.d_ff=",
-    ])
+    config = load_run_config(
+        None,
+        [
+            "train.max_steps=5",
+            "train.compile=true",
+            "model.n_kv_heads=null",
+            "train.max_minutes=1.5",
+            "optim.lr=3e-4",
+            "data.path=runs/data",
+            "train.device=cpu",
+            "model.d_ff=",
+        ],
+    )
     assert config.train.max_steps == 5 and type(config.train.max_steps) is int
     assert config.train.compile is True
     assert config.model.n_kv_heads is None
@@ -153,9 +175,14 @@ def test_overrides_convert_values_as_yaml_does():
 def test_overrides_accept_leading_dashes_and_win_over_the_file(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model:\n  preset: nano\n  n_layers: 2\ntrain:\n  max_steps: 10\n  seed: 7\n")
-    config = load_run_config(recipe, ["--train.max_steps=3", "model.n_layers=1", "model.preset=micro"])
+    config = load_run_config(
+        recipe, ["--train.max_steps=3", "model.n_layers=1", "model.preset=micro"]
+    )
     assert (config.train.max_steps, config.train.seed) == (3, 7)
-    assert (config.model.n_layers, config.model.d_model) == (1, 256)  # micro's width, the override's depth
+    assert (config.model.n_layers, config.model.d_model) == (
+        1,
+        256,
+    )  # micro's width, the override's depth
 
 
 @pytest.mark.parametrize("item", ["train.max_steps", "max_steps=5", "=5", "--train"])
@@ -193,7 +220,10 @@ def test_a_yaml_file_that_is_not_a_mapping_is_refused(tmp_path):
 
 
 def test_a_missing_config_file_is_named(tmp_path):
-    assert config_error(path=tmp_path / "nope.yaml") == f"{tmp_path / 'nope.yaml'}: no such config file"
+    assert (
+        config_error(path=tmp_path / "nope.yaml")
+        == f"{tmp_path / 'nope.yaml'}: no such config file"
+    )
 
 
 def test_a_config_file_that_is_not_utf8_is_a_config_error(tmp_path):
@@ -210,12 +240,25 @@ def test_an_empty_file_gives_the_defaults(tmp_path):
 
 
 def test_to_yaml_loads_back_equal(tmp_path):
-    config = validate_run_config({
-        "model": {"preset": "llama-nano", "max_seq_len": 64, "n_kv_heads": None, "dropout": 0.1},
-        "data": {"path": "runs/data/x", "mask_doc_boundaries": True},
-        "optim": {"lr": 3e-4, "schedule": "linear", "eps": 1e-9},
-        "train": {"out_dir": "runs/y", "max_tokens": 10_000, "max_minutes": 2.5, "seq_len": 48, "compile": True},
-    })
+    config = validate_run_config(
+        {
+            "model": {
+                "preset": "llama-nano",
+                "max_seq_len": 64,
+                "n_kv_heads": None,
+                "dropout": 0.1,
+            },
+            "data": {"path": "runs/data/x", "mask_doc_boundaries": True},
+            "optim": {"lr": 3e-4, "schedule": "linear", "eps": 1e-9},
+            "train": {
+                "out_dir": "runs/y",
+                "max_tokens": 10_000,
+                "max_minutes": 2.5,
+                "seq_len": 48,
+                "compile": True,
+            },
+        }
+    )
     recipe = tmp_path / "resolved.yaml"
     recipe.write_text(config.to_yaml())
     assert load_run_config(recipe) == config
@@ -239,14 +282,33 @@ def test_every_shipped_recipe_loads_validates_and_round_trips(recipe, tmp_path):
     assert load_run_config(resolved) == config
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    (["objective.name=mlm"], "objective mlm trains an encoder: model.attention must be bidirectional"),
-    (["objective.name=clm", "model.preset=bert-nano"], "objective clm trains a decoder: model.attention must be causal"),
-    (["objective.name=mlm+nsp", "model.preset=bert-nano", "model.nsp_head=false", "model.pooler=false"],
-     "objective mlm+nsp needs model.nsp_head: true"),
-    (["objective.name=mix", "objective.mix={clm: 0, denoise: 0}"], "weights must be >= 0 and sum to a positive number"),
-    (["objective.name=mix", "objective.mix={nsp: 1}"], "'nsp' cannot be mixed"),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (
+            ["objective.name=mlm"],
+            "objective mlm trains an encoder: model.attention must be bidirectional",
+        ),
+        (
+            ["objective.name=clm", "model.preset=bert-nano"],
+            "objective clm trains a decoder: model.attention must be causal",
+        ),
+        (
+            [
+                "objective.name=mlm+nsp",
+                "model.preset=bert-nano",
+                "model.nsp_head=false",
+                "model.pooler=false",
+            ],
+            "objective mlm+nsp needs model.nsp_head: true",
+        ),
+        (
+            ["objective.name=mix", "objective.mix={clm: 0, denoise: 0}"],
+            "weights must be >= 0 and sum to a positive number",
+        ),
+        (["objective.name=mix", "objective.mix={nsp: 1}"], "'nsp' cannot be mixed"),
+    ],
+)
 def test_objective_and_model_must_fit(overrides, expected):
     assert expected in config_error([*overrides, *LIMIT])
 

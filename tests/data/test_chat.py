@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from graft.data.chat import DEFAULT_CHAT_TEMPLATE, EncodedConversation, encode_conversation, render_chat
+from graft.data.chat import (
+    DEFAULT_CHAT_TEMPLATE,
+    EncodedConversation,
+    encode_conversation,
+    render_chat,
+)
 from graft.data.records import Conversation, Message
 from graft.data.tokenizer import EOT, Tokenizer, bytes_tokenizer, train_tokenizer
 from graft.errors import ConfigError, DataError, TokenizerError
@@ -62,7 +67,10 @@ def test_default_template_renders_each_turn_with_the_end_of_turn_token() -> None
 
 
 def test_default_template_refuses_an_unknown_role() -> None:
-    with pytest.raises(DataError, match="chat template failed: unknown role tool; expected system, user or assistant"):
+    with pytest.raises(
+        DataError,
+        match="chat template failed: unknown role tool; expected system, user or assistant",
+    ):
         render_chat(DEFAULT_CHAT_TEMPLATE, [{"role": "tool", "content": "42"}])
 
 
@@ -77,7 +85,9 @@ def test_default_template_refuses_an_unknown_role() -> None:
     ],
 )
 def test_the_sandbox_refuses_unsafe_templates(template: str) -> None:
-    with pytest.raises(DataError, match="chat template refused by the sandbox: access to attribute .* is unsafe"):
+    with pytest.raises(
+        DataError, match="chat template refused by the sandbox: access to attribute .* is unsafe"
+    ):
         render_chat(template, CHAT.messages)
 
 
@@ -95,14 +105,17 @@ def test_rendering_matches_transformers_apply_chat_template(tokenizer: Tokenizer
     transformers = pytest.importorskip("transformers")
     hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend, eos_token=EOT)
     # tojson and loopcontrols as transformers provides them, so Hub templates render alike.
-    other = ("{% for m in messages %}{% if m['role'] == 'system' %}{% continue %}{% endif %}"
-             "{{ m | tojson }}\n{% endfor %}{% if add_generation_prompt %}[{{ eos_token }}]{% endif %}")
-    dicts = [{"role": m.role, "content": m.content + " é\"<>"} for m in CHAT.messages]
+    other = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{% continue %}{% endif %}"
+        "{{ m | tojson }}\n{% endfor %}{% if add_generation_prompt %}[{{ eos_token }}]{% endif %}"
+    )
+    dicts = [{"role": m.role, "content": m.content + ' é"<>'} for m in CHAT.messages]
     for template in (DEFAULT_CHAT_TEMPLATE, other):
         for prompt in (False, True):
             for messages in (dicts, dicts[:2]):
-                expected = hf.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                                  add_generation_prompt=prompt)
+                expected = hf.apply_chat_template(
+                    messages, chat_template=template, tokenize=False, add_generation_prompt=prompt
+                )
                 assert render_chat(template, messages, add_generation_prompt=prompt) == expected
 
 
@@ -113,23 +126,34 @@ def test_only_responses_and_their_end_of_turn_tokens_are_labelled(tokenizer: Tok
     encoded = encode_conversation(tokenizer, DEFAULT_CHAT_TEMPLATE, CHAT, max_len=1024)
     assert not encoded.truncated and len(encoded.labels) == len(encoded.input_ids)
     assert tokenizer.decode(encoded.input_ids) == RENDERED
-    assert labelled_runs(tokenizer, encoded) == ["5.<|endoftext|>", "8, I think.\nSure.<|endoftext|>"]
+    assert labelled_runs(tokenizer, encoded) == [
+        "5.<|endoftext|>",
+        "8, I think.\nSure.<|endoftext|>",
+    ]
     # Every assistant turn's end-of-turn token is trained on; no other turn's is.
     eot = tokenizer.eot_id
-    assert [label == eot for token, label in zip(encoded.input_ids, encoded.labels) if token == eot] == [
-        False, False, True, False, True]
+    assert [
+        label == eot for token, label in zip(encoded.input_ids, encoded.labels) if token == eot
+    ] == [False, False, True, False, True]
 
 
 def test_segments_tokenize_like_the_generation_prompt(tokenizer: Tokenizer) -> None:
     # At inference the model continues the encoded generation prompt: training must see those ids.
     encoded = encode_conversation(tokenizer, DEFAULT_CHAT_TEMPLATE, CHAT, max_len=1024)
-    prompt = tokenizer.encode(render_chat(DEFAULT_CHAT_TEMPLATE, CHAT.messages[:4], add_generation_prompt=True))
+    prompt = tokenizer.encode(
+        render_chat(DEFAULT_CHAT_TEMPLATE, CHAT.messages[:4], add_generation_prompt=True)
+    )
     assert encoded.input_ids[: len(prompt)] == prompt
-    assert encoded.labels[len(prompt) - 1] == IGNORE_INDEX and encoded.labels[len(prompt)] != IGNORE_INDEX
+    assert (
+        encoded.labels[len(prompt) - 1] == IGNORE_INDEX
+        and encoded.labels[len(prompt)] != IGNORE_INDEX
+    )
 
 
 def test_train_on_prompt_labels_everything(tokenizer: Tokenizer) -> None:
-    encoded = encode_conversation(tokenizer, DEFAULT_CHAT_TEMPLATE, CHAT, max_len=1024, train_on_prompt=True)
+    encoded = encode_conversation(
+        tokenizer, DEFAULT_CHAT_TEMPLATE, CHAT, max_len=1024, train_on_prompt=True
+    )
     assert encoded.labels == encoded.input_ids
 
 
@@ -143,8 +167,10 @@ def test_truncation_keeps_the_start_and_says_so(tokenizer: Tokenizer) -> None:
 
 def test_another_template_labels_from_its_generation_prompt() -> None:
     # A Llama-3-like layout: header tokens, then the reply, then the end-of-turn token.
-    template = ("{% for m in messages %}<{{ m['role'] }}>\n\n{{ m['content'] | trim }}{{ eos_token }}{% endfor %}"
-                "{% if add_generation_prompt %}<assistant>\n\n{% endif %}")
+    template = (
+        "{% for m in messages %}<{{ m['role'] }}>\n\n{{ m['content'] | trim }}{{ eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}<assistant>\n\n{% endif %}"
+    )
     tokenizer = bytes_tokenizer()
     chat = Conversation((Message("user", "Hi"), Message("assistant", "  Hello  ")), "x#0")
     encoded = encode_conversation(tokenizer, template, chat, max_len=64)
@@ -155,12 +181,20 @@ def test_another_template_labels_from_its_generation_prompt() -> None:
 def test_templates_that_cannot_be_masked_are_reported() -> None:
     tokenizer = bytes_tokenizer()
     no_eot = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
-    with pytest.raises(DataError, match=r"chat\.jsonl:7: the chat template emits no end-of-turn token "
-                                        r"'<\|endoftext\|>' after assistant message 2"):
+    with pytest.raises(
+        DataError,
+        match=r"chat\.jsonl:7: the chat template emits no end-of-turn token "
+        r"'<\|endoftext\|>' after assistant message 2",
+    ):
         encode_conversation(tokenizer, no_eot, CHAT, max_len=64)
-    reversed_turns = "{% for m in messages | reverse %}{{ m['content'] }}{{ eos_token }}{% endfor %}"
-    with pytest.raises(DataError, match=r"chat\.jsonl:7: .* rendering of 2 messages does not start with its "
-                                        "rendering of 1"):
+    reversed_turns = (
+        "{% for m in messages | reverse %}{{ m['content'] }}{{ eos_token }}{% endfor %}"
+    )
+    with pytest.raises(
+        DataError,
+        match=r"chat\.jsonl:7: .* rendering of 2 messages does not start with its "
+        "rendering of 1",
+    ):
         encode_conversation(tokenizer, reversed_turns, CHAT, max_len=64)
     failing = "{{ raise_exception('no system messages') }}"
     with pytest.raises(DataError, match=r"chat\.jsonl:7: chat template failed: no system messages"):
@@ -168,8 +202,12 @@ def test_templates_that_cannot_be_masked_are_reported() -> None:
 
 
 def test_a_message_holding_the_end_of_turn_token_is_reported() -> None:
-    chat = Conversation((Message("user", "Hi"), Message("assistant", f"Hello{EOT}more")), "x.jsonl:3")
-    with pytest.raises(DataError, match=r"x\.jsonl:3: message 1 \(assistant\) contains the end-of-turn token"):
+    chat = Conversation(
+        (Message("user", "Hi"), Message("assistant", f"Hello{EOT}more")), "x.jsonl:3"
+    )
+    with pytest.raises(
+        DataError, match=r"x\.jsonl:3: message 1 \(assistant\) contains the end-of-turn token"
+    ):
         encode_conversation(bytes_tokenizer(), DEFAULT_CHAT_TEMPLATE, chat, max_len=64)
 
 

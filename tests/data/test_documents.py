@@ -34,8 +34,12 @@ def test_folders_are_walked_sorted_and_filtered(tmp_path: Path) -> None:
     write(tmp_path / ".dot.txt", "hidden file")
     docs = list(iter_documents([tmp_path]))
     y = tmp_path / "a" / "y.jsonl"
-    assert [d.source for d in docs] == [f"{y}:1", f"{y}:2", str(tmp_path / "a" / "z.md"),
-                                         str(tmp_path / "b.txt")]
+    assert [d.source for d in docs] == [
+        f"{y}:1",
+        f"{y}:2",
+        str(tmp_path / "a" / "z.md"),
+        str(tmp_path / "b.txt"),
+    ]
     assert [d.read() for d in docs] == ["first", "second", "zed", "bee"]
     assert docs[0].line == 1 and docs[2].line is None
     # Same listing every time, and a file named twice is read once.

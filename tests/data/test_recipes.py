@@ -14,10 +14,14 @@ SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def test_wikitext_tokenisation_is_undone() -> None:
-    text = (" The game 's well @-@ known ( and 1 @,@ 000 ) units , \" he said \" ; it do n't stop : "
-            "the dogs ' bowl cost $ 3 @.@ 5 .\n")
-    assert wikitext_detokenize(text) == ("The game's well-known (and 1,000) units, \"he said\"; it don't stop: "
-                                         "the dogs' bowl cost $3.5.\n")
+    text = (
+        " The game 's well @-@ known ( and 1 @,@ 000 ) units , \" he said \" ; it do n't stop : "
+        "the dogs ' bowl cost $ 3 @.@ 5 .\n"
+    )
+    assert wikitext_detokenize(text) == (
+        "The game's well-known (and 1,000) units, \"he said\"; it don't stop: "
+        "the dogs' bowl cost $3.5.\n"
+    )
 
 
 def test_wikitext_articles_split_on_level_one_headings_only() -> None:
@@ -28,16 +32,23 @@ def test_wikitext_articles_split_on_level_one_headings_only() -> None:
 
 
 def test_gutenberg_body_drops_header_and_licence() -> None:
-    text = ("The Project Gutenberg eBook of X\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\n"
-            "Chapter 1\nIt was.\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\nlicence text\n")
+    text = (
+        "The Project Gutenberg eBook of X\n*** START OF THE PROJECT GUTENBERG EBOOK X ***\n"
+        "Chapter 1\nIt was.\n*** END OF THE PROJECT GUTENBERG EBOOK X ***\nlicence text\n"
+    )
     assert gutenberg_body(text, "x.txt") == "Chapter 1\nIt was.\n"
     with pytest.raises(DataError, match="x.txt: no '\\*\\*\\* START OF"):
         gutenberg_body("no markers here", "x.txt")
 
 
 def test_recipes_write_jsonl_documents(tmp_path: Path) -> None:
-    (tmp_path / "wiki.txt").write_text(" = A = \n text , here .\n = B = \n more .\n", encoding="utf-8")
-    assert run_recipe("wikitext", [tmp_path / "wiki.txt"], tmp_path / "out.jsonl") == (2, len("= A =\ntext, here.\n") + len("= B =\nmore.\n"))
+    (tmp_path / "wiki.txt").write_text(
+        " = A = \n text , here .\n = B = \n more .\n", encoding="utf-8"
+    )
+    assert run_recipe("wikitext", [tmp_path / "wiki.txt"], tmp_path / "out.jsonl") == (
+        2,
+        len("= A =\ntext, here.\n") + len("= B =\nmore.\n"),
+    )
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["text"] for r in rows] == ["= A =\ntext, here.\n", "= B =\nmore.\n"]
     with pytest.raises(DataError, match="unknown recipe 'wiki'"):
@@ -48,7 +59,9 @@ def test_real_corpora(tmp_path: Path) -> None:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent (the shared datasets are not on this machine)")
     assert run_recipe("gutenberg", [SHARED / "books"], tmp_path / "books.jsonl")[0] == 21
-    documents, _ = run_recipe("wikitext", [SHARED / "wikitext-2" / "valid.txt"], tmp_path / "wiki.jsonl")
+    documents, _ = run_recipe(
+        "wikitext", [SHARED / "wikitext-2" / "valid.txt"], tmp_path / "wiki.jsonl"
+    )
     assert documents == 60
     text = (tmp_path / "wiki.jsonl").read_text(encoding="utf-8")
     assert " @-@ " not in text and " , " not in text

@@ -41,7 +41,9 @@ def pairs(records: list[TextRecord]) -> list[tuple[str, str]]:
 
 
 def test_jsonl(tmp_path: Path) -> None:
-    lines = [json.dumps({"label": label, "text": text, "id": i}) for i, (label, text) in enumerate(ROWS)]
+    lines = [
+        json.dumps({"label": label, "text": text, "id": i}) for i, (label, text) in enumerate(ROWS)
+    ]
     path = write(tmp_path / "d.jsonl", "\ufeff" + lines[0] + "\n\n" + "\n".join(lines[1:]) + "\n")
     records, skipped = read_labelled(path)
     assert pairs(records) == ROWS and skipped == 0
@@ -58,7 +60,9 @@ def test_json_array_with_other_field_names_and_integer_labels(tmp_path: Path) ->
 
 
 def test_csv_with_quotes_and_a_multiline_field(tmp_path: Path) -> None:
-    path = write(tmp_path / "d.csv", 'label,text\nham,"hello, you"\nspam,"two\nlines"\nham,"say ""hi"""\n')
+    path = write(
+        tmp_path / "d.csv", 'label,text\nham,"hello, you"\nspam,"two\nlines"\nham,"say ""hi"""\n'
+    )
     records, _ = read_labelled(path)
     assert pairs(records) == [("ham", "hello, you"), ("spam", "two\nlines"), ("ham", 'say "hi"')]
     # A record's line is where it starts.
@@ -83,7 +87,9 @@ def test_headerless_label_tab_text(tmp_path: Path, name: str) -> None:
 
 def test_a_txt_file_that_is_not_label_tab_text_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path / "notes.txt", "just some prose\nwith no labels\n")
-    with pytest.raises(DataError, match=r"notes\.txt: cannot read a '\.txt' file as labelled records"):
+    with pytest.raises(
+        DataError, match=r"notes\.txt: cannot read a '\.txt' file as labelled records"
+    ):
         read_labelled(path)
 
 
@@ -98,7 +104,10 @@ def test_other_encodings(tmp_path: Path) -> None:
 
 def test_missing_field_names_the_fields_present(tmp_path: Path) -> None:
     path = write(tmp_path / "d.jsonl", '{"text": "a", "label": "x"}\n{"body": "b", "label": "y"}\n')
-    with pytest.raises(DataError, match=r"d\.jsonl:2: missing field 'text' \(fields: body, label\); pass text_field="):
+    with pytest.raises(
+        DataError,
+        match=r"d\.jsonl:2: missing field 'text' \(fields: body, label\); pass text_field=",
+    ):
         read_labelled(path)
 
 
@@ -110,7 +119,9 @@ def test_missing_field_in_a_json_array_names_the_index(tmp_path: Path) -> None:
 
 def test_missing_column_in_the_header(tmp_path: Path) -> None:
     path = write(tmp_path / "d.csv", "sentence,label\nhi,x\n")
-    with pytest.raises(DataError, match=r"d\.csv:1: no column 'text' in the header \(columns: sentence, label\)"):
+    with pytest.raises(
+        DataError, match=r"d\.csv:1: no column 'text' in the header \(columns: sentence, label\)"
+    ):
         read_labelled(path)
 
 
@@ -142,7 +153,10 @@ def test_wrong_field_type(tmp_path: Path) -> None:
 
 def test_bad_json_line(tmp_path: Path) -> None:
     path = write(tmp_path / "d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", label: "y"}\n')
-    with pytest.raises(DataError, match=r"d\.jsonl:2: invalid JSON \(Expecting property name enclosed in double quotes at column 15\)"):
+    with pytest.raises(
+        DataError,
+        match=r"d\.jsonl:2: invalid JSON \(Expecting property name enclosed in double quotes at column 15\)",
+    ):
         read_labelled(path)
 
 
@@ -153,32 +167,42 @@ def test_jsonl_line_that_is_not_an_object(tmp_path: Path) -> None:
 
 
 def test_bad_json_array_names_the_line(tmp_path: Path) -> None:
-    path = write(tmp_path / "d.json", '[\n  {"text": "a", "label": "x"},\n  {"text": "b" "label": "y"}\n]\n')
+    path = write(
+        tmp_path / "d.json", '[\n  {"text": "a", "label": "x"},\n  {"text": "b" "label": "y"}\n]\n'
+    )
     with pytest.raises(DataError, match=r"d\.json:3: invalid JSON \(Expecting ',' delimiter"):
         read_labelled(path)
 
 
 def test_json_that_is_not_an_array(tmp_path: Path) -> None:
     path = write(tmp_path / "d.json", '{"text": "a", "label": "x"}')
-    with pytest.raises(DataError, match=r"d\.json: expected a JSON array of objects, got a JSON dict"):
+    with pytest.raises(
+        DataError, match=r"d\.json: expected a JSON array of objects, got a JSON dict"
+    ):
         read_labelled(path)
 
 
 def test_wrong_field_count_on_a_label_tab_text_line(tmp_path: Path) -> None:
     path = write(tmp_path / "SMS", "ham\tfine\nspam\tone\ttab too many\n")
-    with pytest.raises(DataError, match=r"SMS:2: expected 2 tab-separated fields \(label<TAB>text\), got 3"):
+    with pytest.raises(
+        DataError, match=r"SMS:2: expected 2 tab-separated fields \(label<TAB>text\), got 3"
+    ):
         read_labelled(path)
 
 
 def test_wrong_field_count_on_a_tsv_row(tmp_path: Path) -> None:
     path = write(tmp_path / "d.tsv", "label\ttext\nx\tfine\ny\n")
-    with pytest.raises(DataError, match=r"d\.tsv:3: expected 2 fields like the header \(label, text\), got 1"):
+    with pytest.raises(
+        DataError, match=r"d\.tsv:3: expected 2 fields like the header \(label, text\), got 1"
+    ):
         read_labelled(path)
 
 
 def test_undecodable_bytes_suggest_an_encoding(tmp_path: Path) -> None:
     path = write(tmp_path / "d.tsv", b"label\ttext\nx\tfine\ny\tcaf\xe9\n")
-    with pytest.raises(DataError, match=r"d\.tsv:3: byte 0xe9 is not valid utf-8; pass encoding='latin-1'"):
+    with pytest.raises(
+        DataError, match=r"d\.tsv:3: byte 0xe9 is not valid utf-8; pass encoding='latin-1'"
+    ):
         read_labelled(path)
 
 
@@ -219,7 +243,10 @@ def test_skip_invalid_tsv_rows(tmp_path: Path) -> None:
 
 def test_when_everything_is_skipped_the_first_problem_is_shown(tmp_path: Path) -> None:
     path = write(tmp_path / "d.jsonl", '{"body": "a", "label": "x"}\n{"body": "b", "label": "y"}\n')
-    with pytest.raises(DataError, match=r"d\.jsonl: no valid records \(2 invalid; the first: .*d\.jsonl:1: missing field 'text'"):
+    with pytest.raises(
+        DataError,
+        match=r"d\.jsonl: no valid records \(2 invalid; the first: .*d\.jsonl:1: missing field 'text'",
+    ):
         read_labelled(path, skip_invalid=True)
 
 
@@ -240,8 +267,11 @@ def test_read_polarity(tmp_path: Path) -> None:
 
 
 def labelled(counts: dict[str, int]) -> list[TextRecord]:
-    return [TextRecord(f"{label} {i}", label, f"mem:{label}:{i}")
-            for label, n in counts.items() for i in range(n)]
+    return [
+        TextRecord(f"{label} {i}", label, f"mem:{label}:{i}")
+        for label, n in counts.items()
+        for i in range(n)
+    ]
 
 
 def test_stratified_split_keeps_label_proportions() -> None:
@@ -299,13 +329,18 @@ def test_alpaca_records_become_one_user_and_one_assistant_turn(tmp_path: Path) -
 
 
 def test_chat_records_keep_their_turns(tmp_path: Path) -> None:
-    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
-             {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Bye"},
-             {"role": "assistant", "content": "Bye.", "weight": 1}]
+    turns = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"},
+        {"role": "assistant", "content": "Bye.", "weight": 1},
+    ]
     path = jsonl(tmp_path / "c.jsonl", [{"messages": turns}, {"instruction": "x", "output": "y"}])
     conversations, _ = read_conversations(path)
     assert conversations[0] == Conversation(
-        messages=tuple(Message(t["role"], t["content"]) for t in turns), source=f"{path}:1")
+        messages=tuple(Message(t["role"], t["content"]) for t in turns), source=f"{path}:1"
+    )
     assert conversations[1].source == f"{path}:2"
 
 
@@ -316,17 +351,31 @@ def test_chat_records_keep_their_turns(tmp_path: Path) -> None:
         ({"instruction": "  ", "output": "Hi"}, "empty field 'instruction'"),
         ({"instruction": "Say hi."}, "without field 'output'"),
         ({"instruction": "Say hi.", "input": 3, "output": "Hi"}, "field 'input' must be a string"),
-        ({"messages": [{"role": "tool", "content": "42"}, {"role": "assistant", "content": "ok"}]},
-         "messages\\[0\\] has unknown role 'tool'; expected one of system, user, assistant"),
-        ({"messages": [{"role": "user", "content": "Hi"}]}, "last message has role 'user'; expected 'assistant'"),
-        ({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]},
-         "empty messages\\[1\\] content"),
+        (
+            {
+                "messages": [
+                    {"role": "tool", "content": "42"},
+                    {"role": "assistant", "content": "ok"},
+                ]
+            },
+            "messages\\[0\\] has unknown role 'tool'; expected one of system, user, assistant",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "Hi"}]},
+            "last message has role 'user'; expected 'assistant'",
+        ),
+        (
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]},
+            "empty messages\\[1\\] content",
+        ),
         ({"messages": [{"role": "user"}]}, "must be an object with 'role' and 'content'"),
         ({"messages": []}, "non-empty list"),
         ({"prompt": "Hi", "completion": "Hello"}, "expected an Alpaca record .* or a chat record"),
     ],
 )
-def test_bad_instruction_records_name_file_and_line(tmp_path: Path, item: dict[str, object], problem: str) -> None:
+def test_bad_instruction_records_name_file_and_line(
+    tmp_path: Path, item: dict[str, object], problem: str
+) -> None:
     path = jsonl(tmp_path / "bad.jsonl", [{"instruction": "Fine.", "output": "Yes."}, item])
     with pytest.raises(DataError, match=f"bad.jsonl:2: .*{problem}") as caught:
         read_conversations(path)
@@ -371,7 +420,9 @@ def test_reads_the_sms_spam_collection() -> None:
 
 def test_reads_the_sentence_polarity_files() -> None:
     folder = "sentiment/rt-polaritydata"
-    records = read_polarity(shared(f"{folder}/rt-polarity.pos"), shared(f"{folder}/rt-polarity.neg"))
+    records = read_polarity(
+        shared(f"{folder}/rt-polarity.pos"), shared(f"{folder}/rt-polarity.neg")
+    )
     assert Counter(r.label for r in records) == {"pos": 5331, "neg": 5331}
     assert all(r.text.strip() for r in records)
 

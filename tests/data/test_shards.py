@@ -127,8 +127,14 @@ def test_held_out_val_inputs_replace_the_coin(tmp_path: Path) -> None:
     train_texts = write_docs(tmp_path / "books", 5, prefix="book")
     val_texts = write_docs(tmp_path / "wiki", 2, prefix="wiki")
     out = tmp_path / "out"
-    index = prepare_shards([tmp_path / "books"], BYTES, out, val_inputs=[tmp_path / "wiki"],
-                           val_fraction=0.5, progress=False)
+    index = prepare_shards(
+        [tmp_path / "books"],
+        BYTES,
+        out,
+        val_inputs=[tmp_path / "wiki"],
+        val_fraction=0.5,
+        progress=False,
+    )
     for split, texts in (("train", train_texts), ("val", val_texts)):
         docs = split_documents(read_split(out, split), EOT_ID)
         assert [BYTES.decode(d[:-1]) for d in docs] == texts  # all of them, in order
@@ -145,21 +151,36 @@ def test_held_out_val_inputs_replace_the_coin(tmp_path: Path) -> None:
 def test_a_single_document_on_each_side_is_not_split_by_position(tmp_path: Path) -> None:
     (tmp_path / "train.txt").write_text("only training text", encoding="utf-8")
     (tmp_path / "val.txt").write_text("only val text", encoding="utf-8")
-    prepare_shards([tmp_path / "train.txt"], BYTES, tmp_path / "out",
-                   val_inputs=[tmp_path / "val.txt"], progress=False)
+    prepare_shards(
+        [tmp_path / "train.txt"],
+        BYTES,
+        tmp_path / "out",
+        val_inputs=[tmp_path / "val.txt"],
+        progress=False,
+    )
     assert read_split(tmp_path / "out", "val").tolist() == BYTES.encode("only val text") + [EOT_ID]
 
 
 def test_val_inputs_must_not_overlap_and_must_hold_text(tmp_path: Path) -> None:
     write_docs(tmp_path / "in", 3)
     with pytest.raises(DataError, match=r"doc001\.txt: is both a training input and a val input"):
-        prepare_shards([tmp_path / "in"], BYTES, tmp_path / "out",
-                       val_inputs=[tmp_path / "in" / "doc001.txt"], progress=False)
+        prepare_shards(
+            [tmp_path / "in"],
+            BYTES,
+            tmp_path / "out",
+            val_inputs=[tmp_path / "in" / "doc001.txt"],
+            progress=False,
+        )
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "blank.txt").write_text("\n")
     with pytest.raises(DataError, match=r"empty: every document is empty"):
-        prepare_shards([tmp_path / "in"], BYTES, tmp_path / "out",
-                       val_inputs=[tmp_path / "empty"], progress=False)
+        prepare_shards(
+            [tmp_path / "in"],
+            BYTES,
+            tmp_path / "out",
+            val_inputs=[tmp_path / "empty"],
+            progress=False,
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -168,12 +189,16 @@ def test_splits_without_their_own_sources_write_and_read_as_before(tmp_path: Pat
     index = prepare_shards([tmp_path / "in"], BYTES, tmp_path / "out", progress=False)
     saved = json.loads((tmp_path / "out" / INDEX_FILE).read_text())
     # No "sources" key per split: an index.json written before held-out corpora looks the same.
-    assert all(set(info) == {"file", "tokens", "documents", "bytes"} for info in saved["splits"].values())
+    assert all(
+        set(info) == {"file", "tokens", "documents", "bytes"} for info in saved["splits"].values()
+    )
     assert all(info.sources is None for info in index.splits.values())
     assert ShardIndex.load(tmp_path / "out") == index
     saved["splits"]["val"]["sources"] = "wiki.txt"
     (tmp_path / "out" / INDEX_FILE).write_text(json.dumps(saved))
-    with pytest.raises(DataError, match=r"index\.json: splits\.val: 'sources' must be list, got str"):
+    with pytest.raises(
+        DataError, match=r"index\.json: splits\.val: 'sources' must be list, got str"
+    ):
         ShardIndex.load(tmp_path / "out")
 
 

@@ -22,7 +22,14 @@ from graft.data.stdlib_corpus import (
 from graft.errors import ConfigError, DataError
 
 SMALL_BUDGET = 300_000
-EXCLUDED_COMPONENTS = {"test", "tests", "idle_test", "site-packages", "dist-packages", "__pycache__"}
+EXCLUDED_COMPONENTS = {
+    "test",
+    "tests",
+    "idle_test",
+    "site-packages",
+    "dist-packages",
+    "__pycache__",
+}
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -31,7 +38,9 @@ def read_rows(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def small_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[CorpusStats, list[dict[str, str]]]:
+def small_corpus(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[CorpusStats, list[dict[str, str]]]:
     out = tmp_path_factory.mktemp("corpus") / "stdlib.jsonl"
     stats = build_stdlib_corpus(out, max_bytes=SMALL_BUDGET, seed=0)
     return stats, read_rows(out)
@@ -119,7 +128,8 @@ EXCLUDED_FILES = {
     "_sysconfigdata__fake.py": GOOD_PY,
     "template.py": 'def broken(:\n    """A template file that does not parse as Python."""\n',
     "table.py": "TABLE = {\n" + "".join(f"    '{i}': 0x{i:04x},\n" for i in range(200)) + "}\n",
-    "huge.py": '"""A file far beyond the size limit."""\n' + "# filler line of comment text\n" * 12_000,
+    "huge.py": '"""A file far beyond the size limit."""\n'
+    + "# filler line of comment text\n" * 12_000,
     "empty/__init__.py": "",
 }
 
@@ -127,17 +137,26 @@ EXCLUDED_FILES = {
 @pytest.fixture()
 def fake_stdlib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     root = tmp_path / "lib" / "python3.x"
-    files = {"good.py": GOOD_PY, "pkg/__init__.py": PKG_INIT, "pkg/mod.py": PKG_MOD, **EXCLUDED_FILES}
+    files = {
+        "good.py": GOOD_PY,
+        "pkg/__init__.py": PKG_INIT,
+        "pkg/mod.py": PKG_MOD,
+        **EXCLUDED_FILES,
+    }
     for relpath, text in files.items():
         path = root / relpath
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    (root / "latin1.py").write_bytes('"""Caf\xe9 au lait, a docstring encoded in Latin-1."""\n'.encode("latin-1"))
+    (root / "latin1.py").write_bytes(
+        '"""Caf\xe9 au lait, a docstring encoded in Latin-1."""\n'.encode("latin-1")
+    )
     monkeypatch.setattr(stdlib_corpus, "_stdlib_root", lambda: root)
     return root
 
 
-def test_every_line_is_a_document_and_stats_match(small_corpus: tuple[CorpusStats, list[dict[str, str]]]) -> None:
+def test_every_line_is_a_document_and_stats_match(
+    small_corpus: tuple[CorpusStats, list[dict[str, str]]],
+) -> None:
     stats, rows = small_corpus
     assert rows, "the corpus is empty"
     for row in rows:
@@ -151,7 +170,9 @@ def test_every_line_is_a_document_and_stats_match(small_corpus: tuple[CorpusStat
     assert stats.python_version == platform.python_version()
 
 
-def test_budget_is_respected_within_one_document(small_corpus: tuple[CorpusStats, list[dict[str, str]]]) -> None:
+def test_budget_is_respected_within_one_document(
+    small_corpus: tuple[CorpusStats, list[dict[str, str]]],
+) -> None:
     stats, rows = small_corpus
     largest = max(len(row["text"].encode("utf-8")) for row in rows)
     assert SMALL_BUDGET - largest < stats.bytes <= SMALL_BUDGET
@@ -176,7 +197,9 @@ def test_sources_name_their_origin(small_corpus: tuple[CorpusStats, list[dict[st
             assert all(name.isidentifier() for name in names), row["source"]
 
 
-def test_no_excluded_paths_in_real_corpus(small_corpus: tuple[CorpusStats, list[dict[str, str]]]) -> None:
+def test_no_excluded_paths_in_real_corpus(
+    small_corpus: tuple[CorpusStats, list[dict[str, str]]],
+) -> None:
     _, rows = small_corpus
     for row in rows:
         if row["kind"] == "module":
@@ -209,7 +232,10 @@ def test_fake_stdlib_keeps_only_the_included_files(fake_stdlib: Path, tmp_path: 
     }
     by_source = {row["source"]: row["text"] for row in rows}
     assert by_source["good.py"] == GOOD_PY
-    assert by_source["good:Klass.method"] == "Double the number given, as an example method.\n\nMore text here."
+    assert (
+        by_source["good:Klass.method"]
+        == "Double the number given, as an example method.\n\nMore text here."
+    )
 
 
 def test_same_seed_gives_identical_bytes_and_another_seed_another_order(
@@ -222,7 +248,9 @@ def test_same_seed_gives_identical_bytes_and_another_seed_another_order(
     assert [row["source"] for row in read_rows(other.path)] != [row["source"] for row in first_rows]
 
 
-def test_write_leaves_only_the_output_file(small_corpus: tuple[CorpusStats, list[dict[str, str]]]) -> None:
+def test_write_leaves_only_the_output_file(
+    small_corpus: tuple[CorpusStats, list[dict[str, str]]],
+) -> None:
     stats, _ = small_corpus
     assert sorted(os.listdir(stats.path.parent)) == [stats.path.name]
 
@@ -263,7 +291,9 @@ def test_functions_lose_their_docstring_and_still_parse(functions: list[StdlibFu
         assert not EXCLUDED_COMPONENTS & set(record.module.split("."))
 
 
-def test_functions_do_not_keep_the_original_docstring_anywhere(functions: list[StdlibFunction]) -> None:
+def test_functions_do_not_keep_the_original_docstring_anywhere(
+    functions: list[StdlibFunction],
+) -> None:
     # Look the original docstrings up from the source files for a sample and check that no string
     # constant left in the code is one of them.
     root = Path(stdlib_corpus.sysconfig.get_paths()["stdlib"])
@@ -277,12 +307,17 @@ def test_functions_do_not_keep_the_original_docstring_anywhere(functions: list[S
                 child
                 for node in nodes
                 for child in node.body  # type: ignore[attr-defined]
-                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and child.name == part
+                if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+                and child.name == part
             ]
         originals = {ast.get_docstring(node, clean=False) for node in nodes} - {None}  # type: ignore[arg-type]
         assert any(record.docstring_first_line in original for original in originals), record.name
         left = ast.parse(textwrap.dedent(record.code_without_docstring))
-        constants = {c.value for c in ast.walk(left) if isinstance(c, ast.Constant) and isinstance(c.value, str)}
+        constants = {
+            c.value
+            for c in ast.walk(left)
+            if isinstance(c, ast.Constant) and isinstance(c.value, str)
+        }
         assert not originals & constants, record.name
 
 
@@ -301,7 +336,10 @@ def test_functions_in_fake_stdlib(fake_stdlib: Path) -> None:
     assert method.package == "good"
     assert method.code_without_docstring == EXPECTED_METHOD_CODE
     assert method.docstring_first_line == "Double the number given, as an example method."
-    assert records[("pkg.mod", "fetch")].code_without_docstring == "async def fetch(url):\n    return url"
+    assert (
+        records[("pkg.mod", "fetch")].code_without_docstring
+        == "async def fetch(url):\n    return url"
+    )
 
 
 COPIES_PY = '''\
@@ -320,7 +358,9 @@ class Holder:
 '''
 
 
-def test_excluded_functions_and_their_copies_leave_the_corpus(fake_stdlib: Path, tmp_path: Path) -> None:
+def test_excluded_functions_and_their_copies_leave_the_corpus(
+    fake_stdlib: Path, tmp_path: Path
+) -> None:
     (fake_stdlib / "copies.py").write_text(COPIES_PY, encoding="utf-8")
     records = {(f.module, f.name): f for f in iter_stdlib_functions()}
     held_out = [records[("good", "function")], records[("good", "Klass.method")]]
@@ -330,14 +370,20 @@ def test_excluded_functions_and_their_copies_leave_the_corpus(fake_stdlib: Path,
     # copies.Holder.function one without a docstring and with other indentation: they go too.
     assert stats.excluded_definitions == 4
     assert "return a + b" not in by_source["copies.py"]
-    assert "class Holder:" in by_source["copies.py"] and "def other(self):" in by_source["copies.py"]
+    assert (
+        "class Holder:" in by_source["copies.py"] and "def other(self):" in by_source["copies.py"]
+    )
     assert {"good:function", "good:Klass.method", "pkg.mod:function"}.isdisjoint(by_source)
     assert {"good", "good:Klass", "good:only_docstring", "pkg.mod:fetch"} <= set(by_source)
     for relpath in ("good.py", "pkg/mod.py"):
         assert "def function(a, b):" not in by_source[relpath]
         assert "return a + b" not in by_source[relpath]
     good = by_source["good.py"]
-    assert "def method" not in good and "@functools.cache" not in good and "Double the number" not in good
+    assert (
+        "def method" not in good
+        and "@functools.cache" not in good
+        and "Double the number" not in good
+    )
     assert "class Klass:" in good and "def only_docstring():" in good and "def short():" in good
     assert "async def fetch(url):" in by_source["pkg/mod.py"]
     # Nothing held out: the same corpus as before.

@@ -41,7 +41,9 @@ def test_conll_sentences_with_their_sources(tmp_path: Path, name: str) -> None:
     sentences, skipped = read_tagged(path)
     assert skipped == 0
     assert sentences == [
-        TaggedSentence(("EU", "rejects", "German", "call"), ("B-ORG", "O", "B-MISC", "O"), f"{path}:3"),
+        TaggedSentence(
+            ("EU", "rejects", "German", "call"), ("B-ORG", "O", "B-MISC", "O"), f"{path}:3"
+        ),
         TaggedSentence(("Peter", "Blackburn"), ("B-PER", "I-PER"), f"{path}:9"),
     ]
 
@@ -65,8 +67,13 @@ def test_conll_line_with_the_wrong_number_of_fields(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("tag", ["PER", "B-", "b-PER", "E-PER", "S-LOC", "I_PER"])
 def test_conll_tag_that_is_not_bio(tmp_path: Path, tag: str) -> None:
-    path = write(tmp_path / "t.txt", CONLL.replace("Blackburn NNP I-NP I-PER", f"Blackburn NNP I-NP {tag}"))
-    with pytest.raises(DataError, match=rf"t\.txt:10: tag '{tag}' is not a BIO tag; expected B-<type>, I-<type> or O"):
+    path = write(
+        tmp_path / "t.txt", CONLL.replace("Blackburn NNP I-NP I-PER", f"Blackburn NNP I-NP {tag}")
+    )
+    with pytest.raises(
+        DataError,
+        match=rf"t\.txt:10: tag '{tag}' is not a BIO tag; expected B-<type>, I-<type> or O",
+    ):
         read_tagged(path)
     sentences, skipped = read_tagged(path, skip_invalid=True)
     assert len(sentences) == 1 and skipped == 1
@@ -74,7 +81,9 @@ def test_conll_tag_that_is_not_bio(tmp_path: Path, tag: str) -> None:
 
 def test_conll_tag_column_that_is_not_a_tag_column(tmp_path: Path) -> None:
     for column in (0, 4, -5):
-        with pytest.raises(DataError, match=rf"t\.txt:3: tag_column={column} does not name a tag column"):
+        with pytest.raises(
+            DataError, match=rf"t\.txt:3: tag_column={column} does not name a tag column"
+        ):
             read_tagged(write(tmp_path / "t.txt", CONLL), tag_column=column, skip_invalid=True)
     with pytest.raises(DataError, match=r"one\.txt:1: tag_column=-1 does not name"):
         read_tagged(write(tmp_path / "one.txt", "word\n"))
@@ -103,21 +112,29 @@ def test_undecodable_bytes_name_the_line(tmp_path: Path) -> None:
 
 
 def test_jsonl_with_tags_or_ner_tags(tmp_path: Path) -> None:
-    items = [{"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]},
-             {"id": "1", "tokens": ["Peter", "Blackburn"], "ner_tags": ["B-PER", "I-PER"]}]
+    items = [
+        {"tokens": ["EU", "rejects"], "tags": ["B-ORG", "O"]},
+        {"id": "1", "tokens": ["Peter", "Blackburn"], "ner_tags": ["B-PER", "I-PER"]},
+    ]
     path = write(tmp_path / "t.jsonl", "\n".join(json.dumps(item) for item in items) + "\n")
     sentences, skipped = read_tagged(path)
     assert skipped == 0
-    assert sentences == [TaggedSentence(("EU", "rejects"), ("B-ORG", "O"), f"{path}:1"),
-                         TaggedSentence(("Peter", "Blackburn"), ("B-PER", "I-PER"), f"{path}:2")]
+    assert sentences == [
+        TaggedSentence(("EU", "rejects"), ("B-ORG", "O"), f"{path}:1"),
+        TaggedSentence(("Peter", "Blackburn"), ("B-PER", "I-PER"), f"{path}:2"),
+    ]
 
 
 def test_json_array_with_integer_tags_named_by_tag_names(tmp_path: Path) -> None:
     # As Hugging Face's conll2003 stores them: class ids, named on the dataset card.
-    path = write(tmp_path / "t.json", json.dumps([{"tokens": ["Peter", "Blackburn"], "ner_tags": [1, 2]}]))
+    path = write(
+        tmp_path / "t.json", json.dumps([{"tokens": ["Peter", "Blackburn"], "ner_tags": [1, 2]}])
+    )
     sentences, _ = read_tagged(path, tag_names=["O", "B-PER", "I-PER"])
     assert sentences == [TaggedSentence(("Peter", "Blackburn"), ("B-PER", "I-PER"), f"{path}#0")]
-    with pytest.raises(DataError, match=r"t\.json#0: ner_tags\[0\] must be a tag string, got int; pass tag_names"):
+    with pytest.raises(
+        DataError, match=r"t\.json#0: ner_tags\[0\] must be a tag string, got int; pass tag_names"
+    ):
         read_tagged(path)
     with pytest.raises(DataError, match=r"ner_tags\[1\] = 2 is not an index into the 2 tag_names"):
         read_tagged(path, tag_names=["O", "B-PER"])
@@ -131,10 +148,15 @@ def test_json_array_with_integer_tags_named_by_tag_names(tmp_path: Path) -> None
         ({"tokens": ["a", " "], "tags": ["O", "O"]}, "token 1: empty token"),
         ({"tokens": [], "tags": []}, "empty sentence"),
         ({"tokens": "a b", "tags": ["O", "O"]}, "'tokens' must be a list of strings"),
-        ({"words": ["a"], "labels": ["O"]}, "expected fields 'tokens' and 'tags' \\(or 'ner_tags'\\)"),
+        (
+            {"words": ["a"], "labels": ["O"]},
+            "expected fields 'tokens' and 'tags' \\(or 'ner_tags'\\)",
+        ),
     ],
 )
-def test_bad_json_sentences_name_file_and_line(tmp_path: Path, item: dict[str, object], problem: str) -> None:
+def test_bad_json_sentences_name_file_and_line(
+    tmp_path: Path, item: dict[str, object], problem: str
+) -> None:
     good = json.dumps({"tokens": ["ok"], "tags": ["O"]})
     path = write(tmp_path / "t.jsonl", f"{good}\n{json.dumps(item)}\n")
     with pytest.raises(DataError, match=rf"t\.jsonl:2.*{problem}"):
@@ -150,15 +172,31 @@ def test_json_line_that_does_not_parse(tmp_path: Path) -> None:
 
 # -- aligning tags to tokens --------------------------------------------------------------------
 
-WORDS = ("EU", "rejects", "German-made", "call", "to", "boycott", "café", "日本", "1996-08-22", "!",
-         "Blackburn", "x")
+WORDS = (
+    "EU",
+    "rejects",
+    "German-made",
+    "call",
+    "to",
+    "boycott",
+    "café",
+    "日本",
+    "1996-08-22",
+    "!",
+    "Blackburn",
+    "x",
+)
 TAGS = ("B-ORG", "O", "B-MISC", "O", "O", "O", "B-LOC", "B-LOC", "O", "O", "B-PER", "O")
 LABELS = {"O": 0, "B-ORG": 1, "B-MISC": 2, "B-LOC": 3, "B-PER": 4, "I-PER": 5}
 
 
 @pytest.fixture(scope="module", params=["bpe", "wordpiece", "unigram", "bytes"])
 def tokenizer(request: pytest.FixtureRequest) -> Tokenizer:
-    texts = [" ".join(WORDS), "the European Union rejects calls to boycott", "Peter Blackburn said so"] * 4
+    texts = [
+        " ".join(WORDS),
+        "the European Union rejects calls to boycott",
+        "Peter Blackburn said so",
+    ] * 4
     sizes = {"bpe": 300, "wordpiece": 120, "unigram": 80, "bytes": 0}
     return train_tokenizer(texts, request.param, sizes[request.param], min_frequency=1)
 
@@ -184,7 +222,7 @@ def test_first_sub_token_of_each_word_carries_its_tag(tokenizer: Tokenizer) -> N
     for word, begin, end in zip(WORDS, starts, [*starts[1:], len(ids)]):
         assert word_text(tokenizer, ids[begin:end]) == word
         # The labelled token holds some of the word, never only the space before it.
-        assert word_text(tokenizer, ids[begin:begin + 1])
+        assert word_text(tokenizer, ids[begin : begin + 1])
 
 
 def test_a_lone_space_token_is_not_the_labelled_one() -> None:
@@ -203,7 +241,9 @@ def test_truncation_keeps_the_start(tokenizer: Tokenizer) -> None:
 
 
 def test_unknown_tags_and_bad_arguments(tokenizer: Tokenizer) -> None:
-    with pytest.raises(DataError, match=r"t\.txt:3: tag 'I-ORG' of word 1 \('rejects'\) is not a known label"):
+    with pytest.raises(
+        DataError, match=r"t\.txt:3: tag 'I-ORG' of word 1 \('rejects'\) is not a known label"
+    ):
         align_tags(tokenizer, ["EU", "rejects"], ["B-ORG", "I-ORG"], LABELS, 8, source="t.txt:3")
     with pytest.raises(DataError, match="2 words but 1 tags"):
         align_tags(tokenizer, ["EU", "rejects"], ["O"], LABELS, 8)
@@ -229,5 +269,7 @@ def test_reads_conll2003(split: str, count: int) -> None:
     sentences, skipped = read_tagged(path)
     assert skipped == 0 and len(sentences) == count
     assert all(len(s.words) == len(s.tags) > 0 for s in sentences)
-    assert {tag for s in sentences for tag in s.tags} <= {"O", *(f"{p}-{t}" for p in "BI" for t in
-                                                               ("PER", "ORG", "LOC", "MISC"))}
+    assert {tag for s in sentences for tag in s.tags} <= {
+        "O",
+        *(f"{p}-{t}" for p in "BI" for t in ("PER", "ORG", "LOC", "MISC")),
+    }

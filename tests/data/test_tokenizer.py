@@ -175,10 +175,14 @@ def test_load_errors_name_the_path(tmp_path: Path) -> None:
         Tokenizer.load(bad)
     bytes_tokenizer().save(tmp_path / "dir")
     (tmp_path / "dir" / "tokenizer_config.json").write_text("[1, 2]")
-    with pytest.raises(TokenizerError, match=r"tokenizer_config\.json: expected a JSON object, got list"):
+    with pytest.raises(
+        TokenizerError, match=r"tokenizer_config\.json: expected a JSON object, got list"
+    ):
         Tokenizer.load(tmp_path / "dir")
     (tmp_path / "dir" / "tokenizer_config.json").write_text('{"mask_token": 3}')
-    with pytest.raises(TokenizerError, match=r"tokenizer_config\.json: mask_token must be a token string"):
+    with pytest.raises(
+        TokenizerError, match=r"tokenizer_config\.json: mask_token must be a token string"
+    ):
         Tokenizer.load(tmp_path / "dir" / TOKENIZER_FILE)
 
 
@@ -247,9 +251,15 @@ def test_eot_constant() -> None:
 def test_sentinels_follow_the_special_tokens(tmp_path: Path, kind: str) -> None:
     tok = train_tokenizer(iter(CORPUS), kind=kind, vocab_size=420, min_frequency=1, sentinels=3)
     first = 256 if kind == "bytes" else 0
-    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(range(first, first + 6))  # not moved
+    assert [tok.token_to_id(t) for t in SPECIAL_TOKENS] == list(
+        range(first, first + 6)
+    )  # not moved
     assert tok.sentinel_ids == [first + 6, first + 7, first + 8]
-    assert [tok.id_to_token(i) for i in tok.sentinel_ids] == ["<|sentinel_0|>", "<|sentinel_1|>", "<|sentinel_2|>"]
+    assert [tok.id_to_token(i) for i in tok.sentinel_ids] == [
+        "<|sentinel_0|>",
+        "<|sentinel_1|>",
+        "<|sentinel_2|>",
+    ]
     assert tok.encode(f"a{sentinel_token(1)}b").count(first + 7) == 1
     assert tok.word_start_ids()[tok.sentinel_ids].all()
     # Found by name, so a saved tokenizer.json keeps them.
@@ -305,11 +315,18 @@ def test_word_starts_wordpiece_and_unigram(trained: dict[str, Tokenizer]) -> Non
 
 def test_word_starts_read_the_markers_of_foreign_tokenizers() -> None:
     # WordPiece with its own prefix; a Llama-2-style BPE marking spaces with a Replace normaliser.
-    wp = tokenizers.Tokenizer(models.WordPiece({"[UNK]": 0, "ab": 1, "@@c": 2}, unk_token="[UNK]",
-                                               continuing_subword_prefix="@@"))
+    wp = tokenizers.Tokenizer(
+        models.WordPiece(
+            {"[UNK]": 0, "ab": 1, "@@c": 2}, unk_token="[UNK]", continuing_subword_prefix="@@"
+        )
+    )
     assert Tokenizer(wp).word_start_ids().tolist() == [True, True, False]
-    llama = tokenizers.Tokenizer(models.BPE({"\u2581a": 0, "a": 1, "<unk>": 2}, [], unk_token="<unk>"))
-    llama.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    llama = tokenizers.Tokenizer(
+        models.BPE({"\u2581a": 0, "a": 1, "<unk>": 2}, [], unk_token="<unk>")
+    )
+    llama.normalizer = normalizers.Sequence(
+        [normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")]
+    )
     llama.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback()])
     assert Tokenizer(llama).word_start_ids().tolist() == [True, False, False]
     plain = Tokenizer(tokenizers.Tokenizer(models.BPE({"a": 0}, [])))
@@ -330,15 +347,31 @@ def test_word_starts_are_cached_and_read_only(trained: dict[str, Tokenizer]) -> 
 def test_graft_roles_are_the_default(every_kind: dict[str, Tokenizer]) -> None:
     for tok in every_kind.values():
         assert tok.special_tokens_map == GRAFT_SPECIAL_TOKENS_MAP
-        assert tok.eot_id == tok.token_to_id(EOT) and tok.bos_id is None and tok.chat_template is None
+        assert (
+            tok.eot_id == tok.token_to_id(EOT) and tok.bos_id is None and tok.chat_template is None
+        )
 
 
 def test_roles_and_chat_template_are_saved_beside_tokenizer_json(tmp_path: Path) -> None:
     backend = bytes_tokenizer(sentinels=1).backend
-    roles = {"eos_token": "<|sep|>", "mask_token": "<|sentinel_0|>", "pad_token": "<|pad|>", "bos_token": "<|nope|>"}
+    roles = {
+        "eos_token": "<|sep|>",
+        "mask_token": "<|sentinel_0|>",
+        "pad_token": "<|pad|>",
+        "bos_token": "<|nope|>",
+    }
     tok = Tokenizer(backend, special_tokens_map=roles, chat_template="{{ messages }}\n")
-    assert tok.special_tokens_map == {k: v for k, v in roles.items() if k != "bos_token"}  # not in the vocabulary
-    assert (tok.eot_id, tok.mask_id, tok.pad_id, tok.sep_id, tok.cls_id, tok.bos_id) == (259, 262, 257, None, None, None)
+    assert tok.special_tokens_map == {
+        k: v for k, v in roles.items() if k != "bos_token"
+    }  # not in the vocabulary
+    assert (tok.eot_id, tok.mask_id, tok.pad_id, tok.sep_id, tok.cls_id, tok.bos_id) == (
+        259,
+        262,
+        257,
+        None,
+        None,
+        None,
+    )
     path = tok.save(tmp_path)
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     assert config["eos_token"] == "<|sep|>" and config["chat_template"] == "{{ messages }}\n"

@@ -35,9 +35,17 @@ PROMPT = "The quick"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def graft(*args: object, cwd: Path | None = None, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "graft", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=timeout, env=ENV)
+def graft(
+    *args: object, cwd: Path | None = None, timeout: float = TIMEOUT
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "graft", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
+        env=ENV,
+    )
 
 
 def ok(proc: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
@@ -64,16 +72,31 @@ def snapshot(root: Path) -> dict[str, tuple]:
         info = path.lstat()
         key = str(path.relative_to(root))
         if path.is_file():
-            state[key] = ("file", info.st_size, info.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest())
+            state[key] = (
+                "file",
+                info.st_size,
+                info.st_mtime_ns,
+                hashlib.sha256(path.read_bytes()).hexdigest(),
+            )
         else:
             state[key] = ("dir", info.st_mtime_ns)
     return state
 
 
 def pretrain_args(tiny_model: dict, data: Path, out: Path, *extra: str) -> list[str]:
-    return ["pretrain", *(f"--model.{k}={v}" for k, v in tiny_model.items()), f"--data.path={data}",
-            f"--train.out_dir={out}", "--train.batch_size=2", "--train.eval_batches=1", "--train.log_every=1",
-            "--train.progress=false", "--optim.warmup_steps=0", "--optim.lr=3e-3", *extra]
+    return [
+        "pretrain",
+        *(f"--model.{k}={v}" for k, v in tiny_model.items()),
+        f"--data.path={data}",
+        f"--train.out_dir={out}",
+        "--train.batch_size=2",
+        "--train.eval_batches=1",
+        "--train.log_every=1",
+        "--train.progress=false",
+        "--optim.warmup_steps=0",
+        "--optim.lr=3e-3",
+        *extra,
+    ]
 
 
 @dataclass
@@ -98,11 +121,36 @@ def pipeline(tmp_path_factory, make_corpus, tiny_model) -> Pipeline:
     corpus = make_corpus(root / "corpus")
     bpe, byte_dir, data, run = root / "bpe", root / "bytes", root / "data", root / "run"
     return Pipeline(
-        root, corpus, bpe, byte_dir, data, run,
-        tokenizer_bpe=ok(graft("tokenizer", "train", corpus, "--vocab-size", 300, "--min-frequency", 1, "--out", bpe)),
+        root,
+        corpus,
+        bpe,
+        byte_dir,
+        data,
+        run,
+        tokenizer_bpe=ok(
+            graft(
+                "tokenizer",
+                "train",
+                corpus,
+                "--vocab-size",
+                300,
+                "--min-frequency",
+                1,
+                "--out",
+                bpe,
+            )
+        ),
         tokenizer_bytes=ok(graft("tokenizer", "train", "--kind", "bytes", "--out", byte_dir)),
-        prepare=ok(graft("data", "prepare", corpus, "--tokenizer", byte_dir, "--out", data, "--no-progress")),
-        pretrain=ok(graft(*pretrain_args(tiny_model, data, run, "--train.max_steps=6", "--train.eval_every=3"))),
+        prepare=ok(
+            graft(
+                "data", "prepare", corpus, "--tokenizer", byte_dir, "--out", data, "--no-progress"
+            )
+        ),
+        pretrain=ok(
+            graft(
+                *pretrain_args(tiny_model, data, run, "--train.max_steps=6", "--train.eval_every=3")
+            )
+        ),
     )
 
 
@@ -131,17 +179,29 @@ def test_data_prepare_writes_train_and_val_shards(pipeline):
     index = json.loads((pipeline.data / "index.json").read_text())
     assert index["tokenizer_kind"] == "bytes"
     assert index["splits"]["train"]["tokens"] > 0 and index["splits"]["val"]["tokens"] > 0
-    assert "train:" in pipeline.prepare.stdout and f"prepared: {pipeline.data}" in pipeline.prepare.stdout
+    assert (
+        "train:" in pipeline.prepare.stdout
+        and f"prepared: {pipeline.data}" in pipeline.prepare.stdout
+    )
 
 
 def test_pretrain_with_overrides_leaves_a_complete_run(pipeline, tiny_model):
     assert "stopped (max_steps) at step 6" in pipeline.pretrain.stdout
     config = load_run_config(pipeline.run / "config.yaml")
-    assert (config.model.d_model, config.model.n_layers, config.model.vocab_size) == (tiny_model["d_model"], 1, 262)
+    assert (config.model.d_model, config.model.n_layers, config.model.vocab_size) == (
+        tiny_model["d_model"],
+        1,
+        262,
+    )
     assert config.train.max_steps == 6 and config.optim.lr == 3e-3
     for name in ("last", "best"):
         verify_checkpoint(pipeline.run / "checkpoints" / name)
-    assert json.loads((pipeline.run / "checkpoints/last/training_state/state.json").read_text())["step"] == 6
+    assert (
+        json.loads((pipeline.run / "checkpoints/last/training_state/state.json").read_text())[
+            "step"
+        ]
+        == 6
+    )
     metrics = read_metrics(pipeline.run / "metrics.jsonl")
     assert metrics[0]["step"] == 0 and "val/loss" in metrics[0]
     assert [m["step"] for m in metrics if "val/loss" in m] == [0, 3, 6]
@@ -149,7 +209,18 @@ def test_pretrain_with_overrides_leaves_a_complete_run(pipeline, tiny_model):
 
 
 def test_generate_is_the_same_with_and_without_the_kv_cache(pipeline):
-    args = ["generate", pipeline.run, "--prompt", PROMPT, "--seed", 1, "--max-new-tokens", 10, "--temperature", 0]
+    args = [
+        "generate",
+        pipeline.run,
+        "--prompt",
+        PROMPT,
+        "--seed",
+        1,
+        "--max-new-tokens",
+        10,
+        "--temperature",
+        0,
+    ]
     cached, uncached = ok(graft(*args)), ok(graft(*args, "--no-cache"))
     assert cached.stdout.startswith(PROMPT)
     assert len(cached.stdout) > len(PROMPT) + 1
@@ -161,8 +232,18 @@ def test_print_config_prints_yaml_that_loads_back_to_the_same_config(tmp_path):
     overrides = ["train.max_steps=7", "model.n_kv_heads=null", "data.path=somewhere/data"]
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    proc = ok(graft("pretrain", "--config", recipe, "--print-config", "--train.max_steps", "7",
-                    *(f"--{o}" for o in overrides[1:]), cwd=cwd))
+    proc = ok(
+        graft(
+            "pretrain",
+            "--config",
+            recipe,
+            "--print-config",
+            "--train.max_steps",
+            "7",
+            *(f"--{o}" for o in overrides[1:]),
+            cwd=cwd,
+        )
+    )
     printed = tmp_path / "printed.yaml"
     printed.write_text(proc.stdout)
     assert load_run_config(printed) == load_run_config(recipe, overrides)
@@ -172,15 +253,27 @@ def test_print_config_prints_yaml_that_loads_back_to_the_same_config(tmp_path):
 # -- bad input: one line on stderr, nothing changed on disk ---------------------------------------
 
 
-@pytest.mark.parametrize(("extra", "fragments"), [
-    (["--train.max_steps=2", "--train.max_step=5"], ["train.max_step", "did you mean 'max_steps'"]),
-    (["--train.max_steps=five"], ["train.max_steps", "'five'"]),
-    (["--train.max_steps"], ["--train.max_steps", "no value"]),
-    (["--train.max_steps=2", "--max_steps=5"], ["'--max_steps=5'"]),
-], ids=["unknown-key", "wrong-type", "no-value", "not-an-override"])
-def test_bad_config_is_one_line_and_writes_nothing(bytes_data, tiny_model, tmp_path, extra, fragments):
+@pytest.mark.parametrize(
+    ("extra", "fragments"),
+    [
+        (
+            ["--train.max_steps=2", "--train.max_step=5"],
+            ["train.max_step", "did you mean 'max_steps'"],
+        ),
+        (["--train.max_steps=five"], ["train.max_steps", "'five'"]),
+        (["--train.max_steps"], ["--train.max_steps", "no value"]),
+        (["--train.max_steps=2", "--max_steps=5"], ["'--max_steps=5'"]),
+    ],
+    ids=["unknown-key", "wrong-type", "no-value", "not-an-override"],
+)
+def test_bad_config_is_one_line_and_writes_nothing(
+    bytes_data, tiny_model, tmp_path, extra, fragments
+):
     before = snapshot(tmp_path)
-    one_line_error(graft(*pretrain_args(tiny_model, bytes_data, tmp_path / "run", *extra), cwd=tmp_path), *fragments)
+    one_line_error(
+        graft(*pretrain_args(tiny_model, bytes_data, tmp_path / "run", *extra), cwd=tmp_path),
+        *fragments,
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -188,7 +281,9 @@ def test_invalid_yaml_recipe_is_one_line_naming_file_and_line(tmp_path):
     recipe = tmp_path / "bad.yaml"
     recipe.write_text("train:\n  max_steps: 5\n  seed: [1\n  out_dir: x\n")
     before = snapshot(tmp_path)
-    one_line_error(graft("pretrain", "--config", recipe, cwd=tmp_path), f"{recipe}:4: not valid YAML")
+    one_line_error(
+        graft("pretrain", "--config", recipe, cwd=tmp_path), f"{recipe}:4: not valid YAML"
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -200,7 +295,9 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["unset", "missing", "unprepared"])
-def test_a_missing_or_unprepared_data_path_is_one_line_and_writes_nothing(text_corpus, tiny_model, tmp_path, where):
+def test_a_missing_or_unprepared_data_path_is_one_line_and_writes_nothing(
+    text_corpus, tiny_model, tmp_path, where
+):
     data = {"missing": tmp_path / "no-such-data", "unprepared": text_corpus}.get(where)
     args = pretrain_args(tiny_model, data, tmp_path / "run", "--train.max_steps=2")
     if where == "unset":
@@ -218,20 +315,30 @@ def test_an_empty_input_folder_is_one_line_and_writes_nothing(tmp_path, command)
     (tmp_path / "empty").mkdir()
     before = snapshot(tmp_path)
     if command == "data":
-        proc = graft("data", "prepare", tmp_path / "empty", "--tokenizer", "bytes", "--out", tmp_path / "out")
+        proc = graft(
+            "data", "prepare", tmp_path / "empty", "--tokenizer", "bytes", "--out", tmp_path / "out"
+        )
     else:
         proc = graft("tokenizer", "train", tmp_path / "empty", "--out", tmp_path / "out")
     one_line_error(proc, str(tmp_path / "empty"), "no usable files")
     assert snapshot(tmp_path) == before
 
 
-def test_shards_from_another_tokenizer_are_one_line_and_write_nothing(pipeline, tiny_model, tmp_path):
+def test_shards_from_another_tokenizer_are_one_line_and_write_nothing(
+    pipeline, tiny_model, tmp_path
+):
     data = tmp_path / "data"
     shutil.copytree(pipeline.data, data)
-    shutil.copy(pipeline.bpe / "tokenizer.json", data / "tokenizer.json")  # not the one the shards were made with
+    shutil.copy(
+        pipeline.bpe / "tokenizer.json", data / "tokenizer.json"
+    )  # not the one the shards were made with
     before = snapshot(tmp_path)
-    one_line_error(graft(*pretrain_args(tiny_model, data, tmp_path / "run", "--train.max_steps=2")),
-                   str(data / "index.json"), "tokenizer", "graft data prepare")
+    one_line_error(
+        graft(*pretrain_args(tiny_model, data, tmp_path / "run", "--train.max_steps=2")),
+        str(data / "index.json"),
+        "tokenizer",
+        "graft data prepare",
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -241,10 +348,32 @@ def test_resume_on_data_from_another_tokenizer_is_refused(pipeline, tiny_model, 
     # and the run goes on training the weights on different ids, saving the new tokenizer beside them.
     tokenizer = tmp_path / "bpe262"
     ok(graft("tokenizer", "train", pipeline.corpus, "--vocab-size", 262, "--out", tokenizer))
-    ok(graft("data", "prepare", pipeline.corpus, "--tokenizer", tokenizer, "--out", tmp_path / "data", "--no-progress"))
+    ok(
+        graft(
+            "data",
+            "prepare",
+            pipeline.corpus,
+            "--tokenizer",
+            tokenizer,
+            "--out",
+            tmp_path / "data",
+            "--no-progress",
+        )
+    )
     before = snapshot(run_copy)
-    one_line_error(graft(*pretrain_args(tiny_model, tmp_path / "data", run_copy, "--train.max_steps=8",
-                                        "--train.eval_every=3"), "--resume"), "tokenizer")
+    one_line_error(
+        graft(
+            *pretrain_args(
+                tiny_model,
+                tmp_path / "data",
+                run_copy,
+                "--train.max_steps=8",
+                "--train.eval_every=3",
+            ),
+            "--resume",
+        ),
+        "tokenizer",
+    )
     assert snapshot(run_copy) == before
 
 
@@ -258,7 +387,9 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file(run_copy, damage):
         data[len(data) // 2] ^= 0x01
         weights.write_bytes(data)
     before = snapshot(run_copy)
-    one_line_error(graft("generate", run_copy, "--prompt", PROMPT, "--max-new-tokens", 5), str(weights), damage)
+    one_line_error(
+        graft("generate", run_copy, "--prompt", PROMPT, "--max-new-tokens", 5), str(weights), damage
+    )
     assert snapshot(run_copy) == before
 
 
@@ -271,16 +402,24 @@ def test_generate_on_an_unusable_device_is_one_line(pipeline, device):
 
 
 def test_resume_with_a_changed_model_is_one_line_and_writes_nothing(pipeline, tiny_model, run_copy):
-    args = pretrain_args(tiny_model, pipeline.data, run_copy, "--train.max_steps=8", "--train.eval_every=3")
+    args = pretrain_args(
+        tiny_model, pipeline.data, run_copy, "--train.max_steps=8", "--train.eval_every=3"
+    )
     before = snapshot(run_copy)
     one_line_error(graft(*args, "--model.n_layers=2", "--resume"), "--resume", "n_layers: 1 -> 2")
     assert snapshot(run_copy) == before
 
 
-def test_a_new_run_into_an_existing_run_is_one_line_and_writes_nothing(pipeline, tiny_model, run_copy):
+def test_a_new_run_into_an_existing_run_is_one_line_and_writes_nothing(
+    pipeline, tiny_model, run_copy
+):
     before = snapshot(run_copy)
-    one_line_error(graft(*pretrain_args(tiny_model, pipeline.data, run_copy, "--train.max_steps=2")),
-                   str(run_copy), "already holds a run", "--resume")
+    one_line_error(
+        graft(*pretrain_args(tiny_model, pipeline.data, run_copy, "--train.max_steps=2")),
+        str(run_copy),
+        "already holds a run",
+        "--resume",
+    )
     assert snapshot(run_copy) == before
 
 
@@ -293,13 +432,20 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_ctrl_c_exits_130_keeps_the_last_checkpoint_and_resume_continues(bytes_data, tiny_model, tmp_path):
+def test_ctrl_c_exits_130_keeps_the_last_checkpoint_and_resume_continues(
+    bytes_data, tiny_model, tmp_path
+):
     run = tmp_path / "run"
     args = pretrain_args(tiny_model, bytes_data, run, "--train.eval_every=4")
     stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
     with stdout.open("w") as out, stderr.open("w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "graft", *args, "--train.max_steps=1000000"],
-                                stdout=out, stderr=err, env=ENV, preexec_fn=_default_sigint)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "graft", *args, "--train.max_steps=1000000"],
+            stdout=out,
+            stderr=err,
+            env=ENV,
+            preexec_fn=_default_sigint,
+        )
         try:
             manifest = run / "checkpoints" / "last" / "manifest.json"
             deadline = time.monotonic() + TIMEOUT
@@ -318,7 +464,9 @@ def test_ctrl_c_exits_130_keeps_the_last_checkpoint_and_resume_continues(bytes_d
     assert "Traceback" not in stderr.read_text()
     assert "interrupted" in stderr.read_text() and "--resume" in stderr.read_text()
 
-    last = resolve_checkpoint(run)  # checkpoints/last (or its pre-swap copy had the signal hit mid-rename)
+    last = resolve_checkpoint(
+        run
+    )  # checkpoints/last (or its pre-swap copy had the signal hit mid-rename)
     verify_checkpoint(last)
     step = json.loads((last / "training_state" / "state.json").read_text())["step"]
     assert step > 0 and step % 4 == 0
@@ -338,8 +486,25 @@ def test_ctrl_c_exits_130_keeps_the_last_checkpoint_and_resume_continues(bytes_d
 @pytest.mark.slow
 def test_quickstart_reduced(tmp_path):
     out = tmp_path / "qs"
-    proc = ok(graft("quickstart", "--minutes", 0.1, "--corpus-mb", 0.3, "--vocab-size", 512, "--preset", "nano",
-                    "--finetune-steps", 2, "--out", out, "--no-progress", cwd=tmp_path))
+    proc = ok(
+        graft(
+            "quickstart",
+            "--minutes",
+            0.1,
+            "--corpus-mb",
+            0.3,
+            "--vocab-size",
+            512,
+            "--preset",
+            "nano",
+            "--finetune-steps",
+            2,
+            "--out",
+            out,
+            "--no-progress",
+            cwd=tmp_path,
+        )
+    )
     assert f"report: {out / 'report.md'}" in proc.stdout
     report = (out / "report.md").read_text()
     assert "| | step | loss (nats/token) | perplexity | bits per byte |" in report
@@ -353,16 +518,28 @@ def test_quickstart_reduced(tmp_path):
 
     # The fine-tuning half: both tasks, pre-trained against from scratch, in a table and a plot.
     assert "## Fine-tuning: pre-trained against from scratch" in report
-    assert "| task | metric | pre-trained | from scratch | difference | seconds (pre-trained, scratch) |" in report
+    assert (
+        "| task | metric | pre-trained | from scratch | difference | seconds (pre-trained, scratch) |"
+        in report
+    )
     for metric in ("accuracy", "macro F1", "ROUGE-L", "exact match", "ended with eos"):
         assert f"| {metric} | " in report
     assert "![pre-trained against from scratch](finetune/comparison.png)" in report
     assert (out / "finetune" / "comparison.png").read_bytes().startswith(b"\x89PNG")
     assert report.count("- reference: ") == 3
-    for run in ("classify-pretrained", "classify-scratch", "instruct-pretrained", "instruct-scratch"):
+    for run in (
+        "classify-pretrained",
+        "classify-scratch",
+        "instruct-pretrained",
+        "instruct-scratch",
+    ):
         verify_checkpoint(out / "finetune" / run / "checkpoints" / "best")
-    assert "from_scratch: true" in (out / "finetune" / "classify-scratch" / "config.yaml").read_text()
-    generated = json.loads((out / "finetune" / "instruct-pretrained" / "eval" / "generate.json").read_text())
+    assert (
+        "from_scratch: true" in (out / "finetune" / "classify-scratch" / "config.yaml").read_text()
+    )
+    generated = json.loads(
+        (out / "finetune" / "instruct-pretrained" / "eval" / "generate.json").read_text()
+    )
     assert 0 < generated["count"] <= 100 and generated["max_new_tokens"] == 32
 
     # The test functions never reached pre-training: no docstring document of theirs, and none of
@@ -372,7 +549,10 @@ def test_quickstart_reduced(tmp_path):
 
     tested = set()
     for task in ("classify", "instruct"):
-        rows = [json.loads(line) for line in (out / "tasks" / task / "test.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(line)
+            for line in (out / "tasks" / task / "test.jsonl").read_text().splitlines()
+        ]
         assert rows
         tested |= {row["function"] for row in rows}
     corpus = [json.loads(line) for line in (out / "corpus" / "docs.jsonl").read_text().splitlines()]
@@ -386,13 +566,32 @@ def test_quickstart_with_a_bad_preset_is_one_line_and_writes_nothing(tmp_path):
     # BUG: the preset is only validated after the corpus, tokenizer and shards were built (seconds
     # of work at the default size), and the half-made output folder is left behind.
     before = snapshot(tmp_path)
-    one_line_error(graft("quickstart", "--minutes", 0.1, "--corpus-mb", 0.05, "--vocab-size", 300, "--preset", "nanno",
-                         "--out", tmp_path / "qs", "--no-progress", cwd=tmp_path), "did you mean 'nano'")
+    one_line_error(
+        graft(
+            "quickstart",
+            "--minutes",
+            0.1,
+            "--corpus-mb",
+            0.05,
+            "--vocab-size",
+            300,
+            "--preset",
+            "nanno",
+            "--out",
+            tmp_path / "qs",
+            "--no-progress",
+            cwd=tmp_path,
+        ),
+        "did you mean 'nano'",
+    )
     assert snapshot(tmp_path) == before
 
 
 def test_quickstart_with_no_finetune_steps_is_one_line_and_writes_nothing(tmp_path):
     before = snapshot(tmp_path)
-    one_line_error(graft("quickstart", "--finetune-steps", 0, "--out", tmp_path / "qs", cwd=tmp_path),
-                   "--finetune-steps", "got 0")
+    one_line_error(
+        graft("quickstart", "--finetune-steps", 0, "--out", tmp_path / "qs", cwd=tmp_path),
+        "--finetune-steps",
+        "got 0",
+    )
     assert snapshot(tmp_path) == before

@@ -23,19 +23,37 @@ VOCAB = 262  # the bytes tokenizer: 256 bytes and 6 special tokens
 EOT_ID = 256
 
 
-def tiny_checkpoint(directory: Path, *, head: str = "lm", labels: tuple[str, ...] = (), seed: int = 0,
-                    always: int | None = None) -> Path:
+def tiny_checkpoint(
+    directory: Path,
+    *,
+    head: str = "lm",
+    labels: tuple[str, ...] = (),
+    seed: int = 0,
+    always: int | None = None,
+) -> Path:
     """A one-layer random model; with `always`, one that predicts that token id at every step."""
     torch.manual_seed(seed)
-    model = LanguageModel(preset("nano", vocab_size=VOCAB, max_seq_len=64, d_model=32, n_layers=1, n_heads=2,
-                                 head=head, labels=labels))
+    model = LanguageModel(
+        preset(
+            "nano",
+            vocab_size=VOCAB,
+            max_seq_len=64,
+            d_model=32,
+            n_layers=1,
+            n_heads=2,
+            head=head,
+            labels=labels,
+        )
+    )
     if always is not None:
         with torch.no_grad():
             # The final norm then outputs its bias alone, which points at one (tied) embedding row.
             model.model.norm.weight.zero_()
             model.model.norm.bias.fill_(1.0)
             model.model.embed_tokens.weight[always] = 1.0
-    return save_checkpoint(directory, model=model, tokenizer=bytes_tokenizer(), run_config_yaml="{}")
+    return save_checkpoint(
+        directory, model=model, tokenizer=bytes_tokenizer(), run_config_yaml="{}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +63,9 @@ def lm_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("eval") / "classifier", head="sequence", labels=("neg", "pos"))
+    return tiny_checkpoint(
+        tmp_path_factory.mktemp("eval") / "classifier", head="sequence", labels=("neg", "pos")
+    )
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -53,13 +73,27 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def test_lm_figures_agree_and_the_report_states_their_definitions(lm_checkpoint: Path, tmp_path: Path) -> None:
-    texts = ["The quick brown fox jumps over the lazy dog. " * 3, "Über naïve café — déjà vu.\nSecond line here."]
+def test_lm_figures_agree_and_the_report_states_their_definitions(
+    lm_checkpoint: Path, tmp_path: Path
+) -> None:
+    texts = [
+        "The quick brown fox jumps over the lazy dog. " * 3,
+        "Über naïve café — déjà vu.\nSecond line here.",
+    ]
     (tmp_path / "a.txt").write_text(texts[0], encoding="utf-8")
     write_jsonl(tmp_path / "b.jsonl", [{"text": texts[1]}, {"text": "ignored by --limit"}])
     out = tmp_path / "report"
-    report = evaluate_checkpoint(EvalOptions(lm_checkpoint, "lm", (tmp_path / "a.txt", tmp_path / "b.jsonl"),
-                                             out_dir=out, limit=2, seq_len=32, batch_size=2))
+    report = evaluate_checkpoint(
+        EvalOptions(
+            lm_checkpoint,
+            "lm",
+            (tmp_path / "a.txt", tmp_path / "b.jsonl"),
+            out_dir=out,
+            limit=2,
+            seq_len=32,
+            batch_size=2,
+        )
+    )
     metrics = json.loads(report.read_text(encoding="utf-8"))
     text_bytes = sum(len(t.encode("utf-8")) for t in texts)
     assert metrics["bytes"] == text_bytes and metrics["tokens"] == text_bytes  # one byte, one token
@@ -68,7 +102,9 @@ def test_lm_figures_agree_and_the_report_states_their_definitions(lm_checkpoint:
     assert metrics["bits_per_byte"] == pytest.approx(loss_sum / (math.log(2) * metrics["bytes"]))
     assert metrics["ppl"] == pytest.approx(math.exp(metrics["loss"]))
     assert metrics["word_ppl"] == pytest.approx(math.exp(loss_sum / metrics["words"]))
-    assert metrics["windows"] == math.ceil((text_bytes + 1) / 32)  # two separators, the first not a target
+    assert metrics["windows"] == math.ceil(
+        (text_bytes + 1) / 32
+    )  # two separators, the first not a target
 
     # The same sum computed directly: each document after an end-of-text token, separators unscored.
     model, _ = load_model(lm_checkpoint)
@@ -76,23 +112,32 @@ def test_lm_figures_agree_and_the_report_states_their_definitions(lm_checkpoint:
     direct = 0.0
     with torch.no_grad():
         for start in range(0, len(ids) - 1, 32):
-            x = torch.tensor([ids[start:start + 32]])
-            y = torch.tensor([ids[start + 1:start + 33]])
-            logits = model(x[:, :y.shape[1]])
+            x = torch.tensor([ids[start : start + 32]])
+            y = torch.tensor([ids[start + 1 : start + 33]])
+            logits = model(x[:, : y.shape[1]])
             per_token = torch.nn.functional.cross_entropy(logits[0], y[0], reduction="none")
             direct += float(per_token[y[0] != EOT_ID].sum())
     assert loss_sum == pytest.approx(direct, rel=1e-5)
 
     markdown = (out / "lm.md").read_text(encoding="utf-8")
-    assert "per token of the model's own tokenizer" in markdown and "comparable across tokenizers" in markdown
+    assert (
+        "per token of the model's own tokenizer" in markdown
+        and "comparable across tokenizers" in markdown
+    )
     assert "bits_per_byte" in metrics["definitions"] and "word_ppl" in metrics["definitions"]
 
 
 def test_classify_accuracy_matches_a_direct_computation(classifier: Path, tmp_path: Path) -> None:
-    rows = [{"text": f"{word} sample {i}", "label": label}
-            for i, (word, label) in enumerate([("good", "pos"), ("bad", "neg"), ("fine", "pos"), ("awful", "neg")] * 3)]
+    rows = [
+        {"text": f"{word} sample {i}", "label": label}
+        for i, (word, label) in enumerate(
+            [("good", "pos"), ("bad", "neg"), ("fine", "pos"), ("awful", "neg")] * 3
+        )
+    ]
     data = write_jsonl(tmp_path / "test.jsonl", rows)
-    report = evaluate_checkpoint(EvalOptions(classifier, "classify", (data,), out_dir=tmp_path / "out", batch_size=5))
+    report = evaluate_checkpoint(
+        EvalOptions(classifier, "classify", (data,), out_dir=tmp_path / "out", batch_size=5)
+    )
     metrics = json.loads(report.read_text(encoding="utf-8"))
 
     model, tokenizer = load_model(classifier)
@@ -100,70 +145,120 @@ def test_classify_accuracy_matches_a_direct_computation(classifier: Path, tmp_pa
     with torch.no_grad():
         for row in rows:  # one text at a time: no padding, the last token's hidden state
             ids = torch.tensor([tokenizer.encode(row["text"])])
-            hidden = model.model(ids, attention_mask=padding_attention_mask(torch.ones_like(ids, dtype=torch.bool), causal=True))
-            predicted = model.config.labels[int(model.sequence_logits(hidden, torch.tensor([ids.shape[1] - 1])).argmax())]
+            hidden = model.model(
+                ids,
+                attention_mask=padding_attention_mask(
+                    torch.ones_like(ids, dtype=torch.bool), causal=True
+                ),
+            )
+            predicted = model.config.labels[
+                int(model.sequence_logits(hidden, torch.tensor([ids.shape[1] - 1])).argmax())
+            ]
             correct += predicted == row["label"]
     assert metrics["accuracy"] == pytest.approx(correct / len(rows))
     assert metrics["labels"] == ["neg", "pos"] and sum(map(sum, metrics["confusion"])) == len(rows)
     assert set(metrics["per_class"]) == {"neg", "pos"} and "macro_f1" in metrics
     assert (tmp_path / "out" / "classify_confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    samples = [json.loads(line) for line in (tmp_path / "out" / "classify_samples.jsonl").read_text().splitlines()]
+    samples = [
+        json.loads(line)
+        for line in (tmp_path / "out" / "classify_samples.jsonl").read_text().splitlines()
+    ]
     assert samples and {"text", "label", "predicted", "probability"} <= set(samples[0])
     assert 0.5 <= samples[0]["probability"] <= 1.0
 
 
-def test_classify_refuses_unknown_labels_and_other_heads(classifier: Path, lm_checkpoint: Path, tmp_path: Path) -> None:
-    data = write_jsonl(tmp_path / "test.jsonl", [{"text": "fine", "label": "pos"}, {"text": "meh", "label": "neutral"}])
+def test_classify_refuses_unknown_labels_and_other_heads(
+    classifier: Path, lm_checkpoint: Path, tmp_path: Path
+) -> None:
+    data = write_jsonl(
+        tmp_path / "test.jsonl",
+        [{"text": "fine", "label": "pos"}, {"text": "meh", "label": "neutral"}],
+    )
     with pytest.raises(DataError, match=r"test\.jsonl:2: label 'neutral'"):
         evaluate_checkpoint(EvalOptions(classifier, "classify", (data,), out_dir=tmp_path / "out"))
-    with pytest.raises(CheckpointError, match="has head 'lm'; --task classify needs a 'sequence' head"):
-        evaluate_checkpoint(EvalOptions(lm_checkpoint, "classify", (data,), out_dir=tmp_path / "out"))
+    with pytest.raises(
+        CheckpointError, match="has head 'lm'; --task classify needs a 'sequence' head"
+    ):
+        evaluate_checkpoint(
+            EvalOptions(lm_checkpoint, "classify", (data,), out_dir=tmp_path / "out")
+        )
 
 
 def test_tokens_report_entity_metrics(tmp_path: Path) -> None:
-    checkpoint = tiny_checkpoint(tmp_path / "tagger", head="token", labels=("O", "B-LOC", "I-LOC", "B-PER", "I-PER"))
+    checkpoint = tiny_checkpoint(
+        tmp_path / "tagger", head="token", labels=("O", "B-LOC", "I-LOC", "B-PER", "I-PER")
+    )
     conll = "Alice\tB-PER\nvisits\tO\nNew\tB-LOC\nYork\tI-LOC\n\nBob\tB-PER\nstays\tO\n"
     (tmp_path / "test.conll").write_text(conll, encoding="utf-8")
-    report = evaluate_checkpoint(EvalOptions(checkpoint, "tokens", (tmp_path / "test.conll",), out_dir=tmp_path / "out"))
+    report = evaluate_checkpoint(
+        EvalOptions(checkpoint, "tokens", (tmp_path / "test.conll",), out_dir=tmp_path / "out")
+    )
     metrics = json.loads(report.read_text(encoding="utf-8"))
     assert {"precision", "recall", "f1", "support", "per_type", "word_accuracy"} <= set(metrics)
     assert metrics["support"] == 3 and metrics["count"] == 2
-    samples = [json.loads(line) for line in (tmp_path / "out" / "tokens_samples.jsonl").read_text().splitlines()]
+    samples = [
+        json.loads(line)
+        for line in (tmp_path / "out" / "tokens_samples.jsonl").read_text().splitlines()
+    ]
     assert [len(s["predicted"]) for s in samples[:2]] == [4, 2]
 
 
 def test_generate_stops_at_eos_or_the_limit_and_scores_against_references(tmp_path: Path) -> None:
     pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"source": "repeat: a", "target": "aaaa"}] * 2)
-    chats = write_jsonl(tmp_path / "chat.jsonl", [
-        {"instruction": "Say hi", "output": "hi"},
-        {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}])
+    chats = write_jsonl(
+        tmp_path / "chat.jsonl",
+        [
+            {"instruction": "Say hi", "output": "hi"},
+            {"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]},
+        ],
+    )
     says_a = tiny_checkpoint(tmp_path / "a", always=ord("a"))
-    report = evaluate_checkpoint(EvalOptions(says_a, "generate", (pairs,), out_dir=tmp_path / "out_a", max_new_tokens=4))
+    report = evaluate_checkpoint(
+        EvalOptions(says_a, "generate", (pairs,), out_dir=tmp_path / "out_a", max_new_tokens=4)
+    )
     metrics = json.loads(report.read_text(encoding="utf-8"))
-    assert metrics["exact_match"] == 1.0 and metrics["ended_with_eos"] == 0.0 and metrics["count"] == 2
+    assert (
+        metrics["exact_match"] == 1.0 and metrics["ended_with_eos"] == 0.0 and metrics["count"] == 2
+    )
     assert metrics["chrf"] == pytest.approx(100.0)
 
     stops = tiny_checkpoint(tmp_path / "eos", always=EOT_ID)
-    report = evaluate_checkpoint(EvalOptions(stops, "generate", (chats, pairs), out_dir=tmp_path / "out_eos", limit=3))
+    report = evaluate_checkpoint(
+        EvalOptions(stops, "generate", (chats, pairs), out_dir=tmp_path / "out_eos", limit=3)
+    )
     metrics = json.loads(report.read_text(encoding="utf-8"))
-    assert metrics["ended_with_eos"] == 1.0 and metrics["count"] == 3 and metrics["exact_match"] == 0.0
-    samples = [json.loads(line) for line in (tmp_path / "out_eos" / "generate_samples.jsonl").read_text().splitlines()]
-    assert samples[0]["prompt"] == "<|user|>\nSay hi<|endoftext|>\n<|assistant|>\n"  # DEFAULT_CHAT_TEMPLATE
+    assert (
+        metrics["ended_with_eos"] == 1.0 and metrics["count"] == 3 and metrics["exact_match"] == 0.0
+    )
+    samples = [
+        json.loads(line)
+        for line in (tmp_path / "out_eos" / "generate_samples.jsonl").read_text().splitlines()
+    ]
+    assert (
+        samples[0]["prompt"] == "<|user|>\nSay hi<|endoftext|>\n<|assistant|>\n"
+    )  # DEFAULT_CHAT_TEMPLATE
     assert samples[0]["reference"] == "hi" and samples[0]["prediction"] == ""
     assert samples[2]["prompt"] == "repeat: a"
 
     random_model = tiny_checkpoint(tmp_path / "random", seed=1)
-    report = evaluate_checkpoint(EvalOptions(random_model, "generate", (chats,), out_dir=tmp_path / "out_r",
-                                             max_new_tokens=8))
+    report = evaluate_checkpoint(
+        EvalOptions(
+            random_model, "generate", (chats,), out_dir=tmp_path / "out_r", max_new_tokens=8
+        )
+    )
     metrics = json.loads(report.read_text(encoding="utf-8"))
     assert 0.0 <= metrics["ended_with_eos"] <= 1.0
     assert {"bleu", "chrf", "rouge1", "rouge2", "rougeL", "exact_match"} <= set(metrics)
 
 
 def test_generate_names_the_line_of_a_bad_pair(lm_checkpoint: Path, tmp_path: Path) -> None:
-    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"source": "a", "target": "b"}, {"source": "a", "target": 3}])
+    pairs = write_jsonl(
+        tmp_path / "pairs.jsonl", [{"source": "a", "target": "b"}, {"source": "a", "target": 3}]
+    )
     with pytest.raises(DataError, match=r"pairs\.jsonl:2: field 'target' must be a string"):
-        evaluate_checkpoint(EvalOptions(lm_checkpoint, "generate", (pairs,), out_dir=tmp_path / "out"))
+        evaluate_checkpoint(
+            EvalOptions(lm_checkpoint, "generate", (pairs,), out_dir=tmp_path / "out")
+        )
 
 
 def test_default_out_dir_is_beside_the_run(tmp_path: Path) -> None:
@@ -174,10 +269,24 @@ def test_default_out_dir_is_beside_the_run(tmp_path: Path) -> None:
 
 
 def test_cli_eval_writes_the_report_and_reports_a_missing_file_in_one_line(
-        lm_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    lm_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "doc.txt").write_text("A short text to score.\n", encoding="utf-8")
-    assert main(["eval", str(lm_checkpoint), "--task", "lm", "--data", str(tmp_path / "doc.txt"),
-                 "--out", str(tmp_path / "out")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(lm_checkpoint),
+                "--task",
+                "lm",
+                "--data",
+                str(tmp_path / "doc.txt"),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
     assert "bits_per_byte" in capsys.readouterr().out and (tmp_path / "out" / "lm.json").is_file()
     missing = tmp_path / "missing.txt"
     assert main(["eval", str(lm_checkpoint), "--task", "lm", "--data", str(missing)]) == 2

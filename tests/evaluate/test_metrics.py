@@ -36,8 +36,12 @@ def test_classification_metrics_match_a_hand_computation() -> None:
     assert m.labels == ["a", "b", "c"]
     assert m.confusion == [[2, 1, 0], [1, 1, 0], [0, 1, 0]]
     assert m.accuracy == pytest.approx(3 / 6)
-    assert m.per_class["a"] == pytest.approx({"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3})
-    assert m.per_class["b"] == pytest.approx({"precision": 1 / 3, "recall": 1 / 2, "f1": 2 / 5, "support": 2})
+    assert m.per_class["a"] == pytest.approx(
+        {"precision": 2 / 3, "recall": 2 / 3, "f1": 2 / 3, "support": 3}
+    )
+    assert m.per_class["b"] == pytest.approx(
+        {"precision": 1 / 3, "recall": 1 / 2, "f1": 2 / 5, "support": 2}
+    )
     assert m.per_class["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
     assert m.macro_precision == pytest.approx((2 / 3 + 1 / 3 + 0) / 3)
     assert m.macro_recall == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
@@ -70,7 +74,9 @@ def test_perfect_predictions_score_one() -> None:
 
 
 def test_confusion_matrix_png(tmp_path: Path) -> None:
-    path = plot_confusion_matrix(classification_metrics(Y_TRUE, Y_PRED), tmp_path / "plots" / "confusion.png")
+    path = plot_confusion_matrix(
+        classification_metrics(Y_TRUE, Y_PRED), tmp_path / "plots" / "confusion.png"
+    )
     assert path == tmp_path / "plots" / "confusion.png"
     data = path.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
@@ -198,13 +204,20 @@ def test_mean_ci95_edges() -> None:
 
 def test_write_report_files(tmp_path: Path) -> None:
     metrics = {**asdict(classification_metrics(Y_TRUE, Y_PRED)), "note": "a|b"}
-    samples = [{"text": "héllo", "label": "a", "prediction": "b"}, {"text": "x", "label": "c", "prediction": "b"}]
+    samples = [
+        {"text": "héllo", "label": "a", "prediction": "b"},
+        {"text": "x", "label": "c", "prediction": "b"},
+    ]
     json_path, md_path = write_report(tmp_path / "eval", "test", metrics, samples)
     assert (json_path, md_path) == (tmp_path / "eval" / "test.json", tmp_path / "eval" / "test.md")
     assert json.loads(json_path.read_text()) == metrics
     lines = (tmp_path / "eval" / "test_samples.jsonl").read_text(encoding="utf-8").splitlines()
     assert [json.loads(line) for line in lines] == samples
-    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["test.json", "test.md", "test_samples.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == [
+        "test.json",
+        "test.md",
+        "test_samples.jsonl",
+    ]
 
     md = md_path.read_text()
     assert "| metric | value | definition |" in md
@@ -217,8 +230,10 @@ def test_write_report_files(tmp_path: Path) -> None:
 
 
 def test_write_report_language_model_definitions_and_no_samples(tmp_path: Path) -> None:
-    metrics = {**language_model_metrics(100.0, 50, 200, 40),
-               "per_type": {"PER": {"f1": 1.0, "support": 3}}}
+    metrics = {
+        **language_model_metrics(100.0, 50, 200, 40),
+        "per_type": {"PER": {"f1": 1.0, "support": 3}},
+    }
     json_path, md_path = write_report(tmp_path, "lm", metrics)
     md = md_path.read_text()
     for key in ("loss", "ppl", "bits_per_byte", "word_ppl"):
@@ -230,9 +245,14 @@ def test_write_report_language_model_definitions_and_no_samples(tmp_path: Path) 
         write_report(tmp_path, "../escape", metrics)
 
 
-def test_write_report_puts_a_reports_own_definitions_in_the_definition_column(tmp_path: Path) -> None:
-    metrics = {"rougeL": 0.5, "ended_with_eos": 0.9,
-               "definitions": {"ended_with_eos": "share that ended with the end-of-turn token"}}
+def test_write_report_puts_a_reports_own_definitions_in_the_definition_column(
+    tmp_path: Path,
+) -> None:
+    metrics = {
+        "rougeL": 0.5,
+        "ended_with_eos": 0.9,
+        "definitions": {"ended_with_eos": "share that ended with the end-of-turn token"},
+    }
     _, md_path = write_report(tmp_path, "generate", metrics)
     md = md_path.read_text()
     assert "| ended_with_eos | 0.9000 | share that ended with the end-of-turn token |" in md

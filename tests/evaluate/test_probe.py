@@ -44,8 +44,10 @@ def test_pooling_reads_the_right_positions() -> None:
     seq = [5, 9, 13, 2, 7]
     with torch.no_grad():
         hidden = model.model(torch.tensor([seq]))[0]  # unpadded: the default causal mask
-    feats = {p: sequence_features(model, [seq, [1] * 12], pad_id=PAD, max_len=32, pooling=p)[0]
-             for p in POOLINGS}
+    feats = {
+        p: sequence_features(model, [seq, [1] * 12], pad_id=PAD, max_len=32, pooling=p)[0]
+        for p in POOLINGS
+    }
     assert torch.allclose(feats["mean"], hidden.mean(dim=0), atol=1e-5)
     assert torch.allclose(feats["last"], hidden[-1], atol=1e-5)
     assert torch.allclose(feats["first"], hidden[0], atol=1e-5)
@@ -64,7 +66,9 @@ def test_long_sequences_keep_their_first_max_len_tokens() -> None:
     model = tiny_model()
     long = list(range(1, 31))
     cut = sequence_features(model, [long], pad_id=PAD, max_len=8)
-    assert torch.allclose(cut, sequence_features(model, [long[:8]], pad_id=PAD, max_len=32), atol=1e-6)
+    assert torch.allclose(
+        cut, sequence_features(model, [long[:8]], pad_id=PAD, max_len=32), atol=1e-6
+    )
 
 
 def test_model_mode_is_restored() -> None:
@@ -77,7 +81,9 @@ def test_feature_argument_errors() -> None:
     model = tiny_model()
     with pytest.raises(DataError, match=r"input_ids\[1\]: empty sequence"):
         sequence_features(model, [[1], []], pad_id=PAD, max_len=8)
-    with pytest.raises(ConfigError, match="max_len must be between 1 and the model's max_seq_len 32, got 33"):
+    with pytest.raises(
+        ConfigError, match="max_len must be between 1 and the model's max_seq_len 32, got 33"
+    ):
         sequence_features(model, [[1]], pad_id=PAD, max_len=33)
     with pytest.raises(ConfigError, match="pooling must be one of mean, last, first"):
         sequence_features(model, [[1]], pad_id=PAD, max_len=8, pooling="max")  # type: ignore[arg-type]
@@ -86,12 +92,16 @@ def test_feature_argument_errors() -> None:
 # -- the probe -------------------------------------------------------------------------------
 
 
-def clusters(n: int, seed: int, classes: int = 3, dim: int = 16, spread: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+def clusters(
+    n: int, seed: int, classes: int = 3, dim: int = 16, spread: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Gaussian blobs around far-apart class centres: linearly separable with a wide margin."""
     g = torch.Generator().manual_seed(seed)
     centres = torch.eye(classes, dim) * 4.0
     y = torch.randint(0, classes, (n,), generator=g)
-    x = centres[y] + spread * torch.randn(n, dim, generator=g) + 10.0  # offset: standardising must cope
+    x = (
+        centres[y] + spread * torch.randn(n, dim, generator=g) + 10.0
+    )  # offset: standardising must cope
     return x, y
 
 
@@ -106,7 +116,10 @@ def test_probe_separates_separable_features() -> None:
 def test_probe_is_at_chance_on_random_labels() -> None:
     g = torch.Generator().manual_seed(0)
     train_x, test_x = torch.randn(300, 8, generator=g), torch.randn(2000, 8, generator=g)
-    train_y, test_y = torch.randint(0, 2, (300,), generator=g), torch.randint(0, 2, (2000,), generator=g)
+    train_y, test_y = (
+        torch.randint(0, 2, (300,), generator=g),
+        torch.randint(0, 2, (2000,), generator=g),
+    )
     result = linear_probe(train_x, train_y, test_x, test_y, labels=("neg", "pos"))
     # 2,000 test labels: chance is 0.5 with a standard error of about 0.011.
     assert abs(result.accuracy - 0.5) < 0.05
@@ -125,8 +138,10 @@ def test_probe_on_model_features_end_to_end() -> None:
     # untrained model tell them apart.
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 2, (80,), generator=g)
-    seqs = [(torch.randint(1, 32, (int(n),), generator=g) + 31 * int(label)).tolist()
-            for label, n in zip(y, torch.randint(3, 12, (80,), generator=g))]
+    seqs = [
+        (torch.randint(1, 32, (int(n),), generator=g) + 31 * int(label)).tolist()
+        for label, n in zip(y, torch.randint(3, 12, (80,), generator=g))
+    ]
     feats = sequence_features(tiny_model(), seqs, pad_id=PAD, max_len=16)
     result = linear_probe(feats[:50], y[:50], feats[50:], y[50:], labels=("low", "high"))
     assert result.accuracy >= 0.9

@@ -17,12 +17,28 @@ import pytest
 from graft.cli import main
 from graft.config import RunConfig
 from graft.errors import ConfigError
-from graft.evaluate.transfer import Cell, RunOutcome, TransferOptions, _versus, parse_sizes, run_transfer
+from graft.evaluate.transfer import (
+    Cell,
+    RunOutcome,
+    TransferOptions,
+    _versus,
+    parse_sizes,
+    run_transfer,
+)
 from graft.train.loop import RunResult
 
-TINY_BASE = ["--model.max_seq_len=32", "--model.d_model=32", "--model.n_layers=2", "--model.n_heads=2",
-             "--train.batch_size=8", "--train.max_steps=2", "--train.eval_every=2", "--train.eval_batches=1",
-             "--train.progress=false", "--optim.warmup_steps=1"]
+TINY_BASE = [
+    "--model.max_seq_len=32",
+    "--model.d_model=32",
+    "--model.n_layers=2",
+    "--model.n_heads=2",
+    "--train.batch_size=8",
+    "--train.max_steps=2",
+    "--train.eval_every=2",
+    "--train.eval_batches=1",
+    "--train.progress=false",
+    "--optim.warmup_steps=1",
+]
 # Every run: 10 steps of 8 texts, evaluated twice.
 RUN = ("train.batch_size=8", "train.eval_every=5", "optim.warmup_steps=1")
 _WORDS = {"spam": "win prize cash free claim".split(), "ham": "see you at home later".split()}
@@ -35,23 +51,48 @@ def _key(text: str) -> str:
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory: pytest.TempPathFactory, bytes_data: Path) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("transfer")
-    assert main(["pretrain", "--data", str(bytes_data), "--out", str(root / "base"), "--model.preset=nano",
-                 *TINY_BASE]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(bytes_data),
+                "--out",
+                str(root / "base"),
+                "--model.preset=nano",
+                *TINY_BASE,
+            ]
+        )
+        == 0
+    )
     rng = random.Random(0)
     # Two disjoint vocabularies, one label three times as frequent, and repeated texts (one with other
     # spacing) that a naive split would put on both sides.
-    rows = [{"text": " ".join(rng.choice(_WORDS[label]) for _ in range(5)), "label": label}
-            for label in ["spam"] * 40 + ["ham"] * 120]
-    rows += [dict(rows[i]) for i in range(0, 160, 16)] + [{"text": "  " + rows[1]["text"] + " ", "label": "spam"}]
+    rows = [
+        {"text": " ".join(rng.choice(_WORDS[label]) for _ in range(5)), "label": label}
+        for label in ["spam"] * 40 + ["ham"] * 120
+    ]
+    rows += [dict(rows[i]) for i in range(0, 160, 16)] + [
+        {"text": "  " + rows[1]["text"] + " ", "label": "spam"}
+    ]
     labelled = root / "sms.jsonl"
     labelled.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return {"base": root / "base" / "checkpoints" / "last", "labelled": labelled, "root": root}
 
 
 def options(inputs: dict[str, Path], out: Path, **changes: object) -> TransferOptions:
-    base = TransferOptions(init=inputs["base"], labelled=(inputs["labelled"],), out_dir=out,
-                           arms=("scratch", "full", "probe", "lora"), sizes=(8, None), seeds=(0, 1), val_size=20,
-                           max_steps=10, overrides=RUN, progress=False)
+    base = TransferOptions(
+        init=inputs["base"],
+        labelled=(inputs["labelled"],),
+        out_dir=out,
+        arms=("scratch", "full", "probe", "lora"),
+        sizes=(8, None),
+        seeds=(0, 1),
+        val_size=20,
+        max_steps=10,
+        overrides=RUN,
+        progress=False,
+    )
     return replace(base, **changes)
 
 
@@ -72,7 +113,11 @@ def test_every_arm_size_and_seed_is_trained_and_scored_on_the_test_set(experimen
     assert split["labels"] == ["ham", "spam"] and split["minority"] == "spam"
     assert split["duplicates_dropped"] >= 11 and split["val"] == 20
     assert {(r["arm"], r["size"], r["seed"]) for r in runs} == {
-        (arm, size, seed) for arm in ("scratch", "full", "probe", "lora") for size in (8, None) for seed in (0, 1)}
+        (arm, size, seed)
+        for arm in ("scratch", "full", "probe", "lora")
+        for size in (8, None)
+        for seed in (0, 1)
+    }
     for run in runs:
         assert run["error"] is None, run
         assert 0.0 <= run["accuracy"] <= 1.0 and 0.0 <= run["macro_f1"] <= 1.0
@@ -83,54 +128,78 @@ def test_every_arm_size_and_seed_is_trained_and_scored_on_the_test_set(experimen
         assert (Path(run["run_dir"]) / "checkpoints" / "best").is_dir()
         assert json.loads((Path(run["run_dir"]) / "transfer_outcome.json").read_text()) == run
     trainable = {r["arm"]: (r["trainable_parameters"], r["total_parameters"]) for r in runs}
-    assert trainable["full"] == trainable["scratch"] and trainable["full"][0] == trainable["full"][1]
+    assert (
+        trainable["full"] == trainable["scratch"] and trainable["full"][0] == trainable["full"][1]
+    )
     assert trainable["probe"][0] < trainable["lora"][0] < trainable["full"][0]
     # Each arm ran with its own settings: LoRA and the probe at 1e-3, full fine-tuning at the default.
     config = (experiment / "runs" / "lora" / "n8" / "s0" / "config.yaml").read_text()
     assert "method: lora" in config and "lr: 0.001" in config
     config = (experiment / "runs" / "probe" / "nall" / "s1" / "config.yaml").read_text()
     assert "method: freeze" in config and "trainable_blocks: 0" in config and "seed: 1" in config
-    assert "from_scratch: true" in (experiment / "runs" / "scratch" / "n8" / "s0" / "config.yaml").read_text()
+    assert (
+        "from_scratch: true"
+        in (experiment / "runs" / "scratch" / "n8" / "s0" / "config.yaml").read_text()
+    )
 
 
-def test_the_report_has_the_table_with_cis_the_comparison_compute_and_the_plot(experiment: Path) -> None:
+def test_the_report_has_the_table_with_cis_the_comparison_compute_and_the_plot(
+    experiment: Path,
+) -> None:
     report = (experiment / "report.md").read_text()
-    assert "| examples | arm | runs | accuracy | 95% CI | macro F1 | 95% CI | F1 spam | 95% CI | F1 ham | 95% CI |" in report
+    assert (
+        "| examples | arm | runs | accuracy | 95% CI | macro F1 | 95% CI | F1 spam | 95% CI | F1 ham | 95% CI |"
+        in report
+    )
     for arm in ("scratch", "full", "probe", "lora"):
         assert f"| 8 (8) | {arm} | 2/2 | " in report
         assert "| all (" in report and f") | {arm} | 2/2 | " in report
-    assert report.count("- 8 labelled examples: full ") == 1 and report.count("- all labelled examples: full ") == 1
-    assert "paired by seed (2 seeds, each training both arms on the same sample), the difference is" in report
+    assert (
+        report.count("- 8 labelled examples: full ") == 1
+        and report.count("- all labelled examples: full ") == 1
+    )
+    assert (
+        "paired by seed (2 seeds, each training both arms on the same sample), the difference is"
+        in report
+    )
     assert "## Compute per arm" in report and "| probe | pre-trained and frozen" in report
     assert "graft experiment transfer --init" in report and "--sizes 8,all --seeds 2" in report
     png = experiment / "learning_curve.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_test_set_shares_no_text_with_training_or_validation(experiment: Path, inputs: dict[str, Path]) -> None:
+def test_the_test_set_shares_no_text_with_training_or_validation(
+    experiment: Path, inputs: dict[str, Path]
+) -> None:
     def texts(name: str) -> list[str]:
         lines = (experiment / "data" / name).read_text(encoding="utf-8").splitlines()
         return [_key(json.loads(line)["text"]) for line in lines]
 
     train, val, test = texts("train.jsonl"), texts("val.jsonl"), texts("test.jsonl")
     assert not set(test) & (set(train) | set(val)) and not set(train) & set(val)
-    distinct = {_key(json.loads(line)["text"]) for line in inputs["labelled"].read_text().splitlines()}
+    distinct = {
+        _key(json.loads(line)["text"]) for line in inputs["labelled"].read_text().splitlines()
+    }
     assert len(train) + len(val) + len(test) == len(distinct)  # every text once, none lost
 
 
-@pytest.mark.parametrize(("changes", "message"), [
-    ({"arms": ("full", "finetune")}, "arms: unknown 'finetune'"),
-    ({"sizes": (0, None)}, "sizes: got [0, None]"),
-    ({"sizes": (1,)}, "cannot hold each of the 2 labels"),
-    ({"arms": ("full", "continued")}, "--continued"),
-    ({"overrides": ("train.seed=3",)}, "the experiment sets train.seed itself"),
-    ({"overrides": ("lorra:optim.lr=1e-2",)}, "unknown arm 'lorra'"),
-    ({"val_size": 500}, "lower --val-size"),
-    ({"seeds": ()}, "seeds: got []"),
-    ({"max_steps": None}, "the budget is unset"),
-])
-def test_a_bad_option_is_refused_before_anything_runs(inputs: dict[str, Path], tmp_path: Path,
-                                                      changes: dict[str, object], message: str) -> None:
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"arms": ("full", "finetune")}, "arms: unknown 'finetune'"),
+        ({"sizes": (0, None)}, "sizes: got [0, None]"),
+        ({"sizes": (1,)}, "cannot hold each of the 2 labels"),
+        ({"arms": ("full", "continued")}, "--continued"),
+        ({"overrides": ("train.seed=3",)}, "the experiment sets train.seed itself"),
+        ({"overrides": ("lorra:optim.lr=1e-2",)}, "unknown arm 'lorra'"),
+        ({"val_size": 500}, "lower --val-size"),
+        ({"seeds": ()}, "seeds: got []"),
+        ({"max_steps": None}, "the budget is unset"),
+    ],
+)
+def test_a_bad_option_is_refused_before_anything_runs(
+    inputs: dict[str, Path], tmp_path: Path, changes: dict[str, object], message: str
+) -> None:
     out = tmp_path / "bad"
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         run_transfer(options(inputs, out, **changes))
@@ -138,11 +207,19 @@ def test_a_bad_option_is_refused_before_anything_runs(inputs: dict[str, Path], t
 
 
 def test_a_failing_run_is_reported_the_others_go_on_and_resume_keeps_finished_runs(
-        inputs: dict[str, Path], tmp_path: Path) -> None:
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
     out = tmp_path / "failing"
     # A LoRA target the model does not have fails inside the lora arm's runs only.
-    failing = options(inputs, out, arms=("full", "lora"), sizes=(None,), seeds=(0,), max_steps=4,
-                      overrides=(*RUN, "lora:adapt.lora_targets=[nope]"))
+    failing = options(
+        inputs,
+        out,
+        arms=("full", "lora"),
+        sizes=(None,),
+        seeds=(0,),
+        max_steps=4,
+        overrides=(*RUN, "lora:adapt.lora_targets=[nope]"),
+    )
     run_transfer(failing)
     runs = {r["arm"]: r for r in json.loads((out / "results.json").read_text())["runs"]}
     assert runs["full"]["error"] is None and "no linear layer named nope" in runs["lora"]["error"]
@@ -155,11 +232,14 @@ def test_a_failing_run_is_reported_the_others_go_on_and_resume_keeps_finished_ru
     lines: list[str] = []
     run_transfer(replace(failing, resume=True), echo=lines.append)
     assert any("full" in line and "kept from the earlier run" in line for line in lines)
-    assert any("lora" in line and line.endswith(": training") for line in lines)  # a failed run is tried again
+    assert any(
+        "lora" in line and line.endswith(": training") for line in lines
+    )  # a failed run is tried again
 
 
 def test_an_interrupted_experiment_keeps_its_finished_runs_and_resumes(
-        inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import graft.evaluate.transfer as transfer
 
     out = tmp_path / "interrupted"
@@ -189,21 +269,48 @@ def test_an_interrupted_experiment_keeps_its_finished_runs_and_resumes(
     assert json.loads((out / "experiment.json").read_text())["seeds"] == [0, 1, 2]
     # The same files by another path are the same experiment.
     monkeypatch.chdir(tmp_path)
-    run_transfer(replace(opts, resume=True, seeds=(0, 1, 2), out_dir=Path("interrupted"),
-                         labelled=tuple(Path(os.path.relpath(p, tmp_path)) for p in opts.labelled)))
+    run_transfer(
+        replace(
+            opts,
+            resume=True,
+            seeds=(0, 1, 2),
+            out_dir=Path("interrupted"),
+            labelled=tuple(Path(os.path.relpath(p, tmp_path)) for p in opts.labelled),
+        )
+    )
 
 
-def test_cli_runs_the_experiment_on_a_polarity_pair(inputs: dict[str, Path], tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_runs_the_experiment_on_a_polarity_pair(
+    inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     rng = random.Random(1)
     pos, neg = tmp_path / "rt.pos", tmp_path / "rt.neg"
     for path, words in ((pos, "good great fine nice happy"), (neg, "bad awful poor sad grim")):
         lines = {" ".join(rng.choices(words.split(), k=6)) for _ in range(40)}
         path.write_text("\n".join(sorted(lines)) + "\n", encoding="latin-1")
     out = tmp_path / "cli"
-    common = ["experiment", "transfer", "--init", str(inputs["base"]), "--labelled", str(pos), str(neg),
-              "--arms", "probe", "--seeds", "1", "--val-size", "10", "--max-steps", "3", "--out", str(out),
-              "--no-progress", "--train.batch_size=8", "--probe:optim.lr=3e-3"]
+    common = [
+        "experiment",
+        "transfer",
+        "--init",
+        str(inputs["base"]),
+        "--labelled",
+        str(pos),
+        str(neg),
+        "--arms",
+        "probe",
+        "--seeds",
+        "1",
+        "--val-size",
+        "10",
+        "--max-steps",
+        "3",
+        "--out",
+        str(out),
+        "--no-progress",
+        "--train.batch_size=8",
+        "--probe:optim.lr=3e-3",
+    ]
     assert main([*common, "--sizes", "0,all"]) == 2
     assert "sizes: got [0, None]" in capsys.readouterr().err
     assert main([*common, "--sizes", "all"]) == 0
@@ -222,10 +329,17 @@ def test_parse_sizes() -> None:
 def test_comparisons_are_judged_paired_by_seed() -> None:
     def cell(arm: str, accuracies: list[float], seeds: list[int] | None = None) -> Cell:
         seeds = seeds if seeds is not None else list(range(len(accuracies)))
-        return Cell(arm, 200, [RunOutcome(arm, 200, seed, "", accuracy=a) for seed, a in zip(seeds, accuracies)])
+        return Cell(
+            arm,
+            200,
+            [RunOutcome(arm, 200, seed, "", accuracy=a) for seed, a in zip(seeds, accuracies)],
+        )
 
-    cells = [cell("scratch", [0.970, 0.972, 0.974]), cell("continued", [0.990, 0.991, 0.992]),
-             cell("full", [0.960, 0.965, 0.962])]
+    cells = [
+        cell("scratch", [0.970, 0.972, 0.974]),
+        cell("continued", [0.990, 0.991, 0.992]),
+        cell("full", [0.960, 0.965, 0.962]),
+    ]
     (line,) = _versus(cells, "continued", "scratch", "continued beats scratch")
     assert line.startswith("- 200 labelled examples: continued 0.991 [")
     assert "**continued beats scratch**; paired by seed (3 seeds" in line

@@ -24,8 +24,11 @@ LLAMA = dict(norm="rmsnorm", positions="rope", mlp="swiglu", bias=False, n_kv_he
 def model_of(style: str = "gpt2", **overrides: object) -> LanguageModel:
     torch.manual_seed(0)
     # A large init scale gives peaked distributions, so greedy decoding is not a constant.
-    kw = {**dict(vocab_size=262, max_seq_len=64, d_model=32, n_layers=2, n_heads=4, init_std=0.3),
-          **(LLAMA if style == "llama" else {}), **overrides}
+    kw = {
+        **dict(vocab_size=262, max_seq_len=64, d_model=32, n_layers=2, n_heads=4, init_std=0.3),
+        **(LLAMA if style == "llama" else {}),
+        **overrides,
+    }
     return LanguageModel(ModelConfig(**kw)).eval()
 
 
@@ -54,6 +57,7 @@ def run_to_end(engine: Engine) -> None:
 
 def mixed_requests(model: LanguageModel, sampled: bool) -> list[Request]:
     """Requests of different prompt and output lengths; one leaves early on a stop id."""
+
     def params(i: int, **kw: object) -> SamplingParams:
         if sampled:
             base = SamplingParams(max_new_tokens=8 + 5 * i, temperature=0.9, top_k=40, seed=100 + i)
@@ -61,14 +65,27 @@ def mixed_requests(model: LanguageModel, sampled: bool) -> list[Request]:
             base = SamplingParams(max_new_tokens=8 + 5 * i, temperature=0)
         return dataclasses.replace(base, **kw)
 
-    prompts = [[5, 17, 3], list(range(40, 51)), [7], list(range(100, 120)), [9, 9, 9, 9, 9, 9], [200, 1]]
+    prompts = [
+        [5, 17, 3],
+        list(range(40, 51)),
+        [7],
+        list(range(100, 120)),
+        [9, 9, 9, 9, 9, 9],
+        [200, 1],
+    ]
     requests = [Request(p, params(i, logprobs=3 if i % 2 else None)) for i, p in enumerate(prompts)]
     # Penalties and min-p ride along in one request: they need the request's own token history.
-    requests[2] = Request(prompts[2], params(2, repetition_penalty=1.3, frequency_penalty=0.5,
-                                             **({"min_p": 0.05} if sampled else {})))
+    requests[2] = Request(
+        prompts[2],
+        params(
+            2, repetition_penalty=1.3, frequency_penalty=0.5, **({"min_p": 0.05} if sampled else {})
+        ),
+    )
     # Request 3 stops early on a token it would otherwise generate mid-way.
     free = reference(model, requests[3])
-    requests[3] = Request(prompts[3], dataclasses.replace(requests[3].params, stop_ids=frozenset({free[4].id})))
+    requests[3] = Request(
+        prompts[3], dataclasses.replace(requests[3].params, stop_ids=frozenset({free[4].id}))
+    )
     return requests
 
 
@@ -87,20 +104,26 @@ def test_requests_joining_and_leaving_mid_decode_get_exactly_their_own_tokens(st
         uneven_steps += len(set(engine.cache.lengths[:running])) > 1
         if running == 0 and engine.stats.waiting == 0 and len(handles) == len(requests):
             break
-    assert max(batches) == 3 and uneven_steps > 5  # the batch was full, and its rows at different lengths
+    assert (
+        max(batches) == 3 and uneven_steps > 5
+    )  # the batch was full, and its rows at different lengths
 
     for request, handle in zip(requests, handles, strict=True):
         got, expected = handle.result(timeout=0), reference(model, request)
         assert got.token_ids == [t.id for t in expected]
         assert got.finish_reason == ("stop" if request.params.stop_ids else "length")
-        for a, b in zip(got.tokens, expected, strict=True):  # batched float32 logits: equal to rounding
+        for a, b in zip(
+            got.tokens, expected, strict=True
+        ):  # batched float32 logits: equal to rounding
             if b.logprob is not None:
                 assert a.logprob == pytest.approx(b.logprob, abs=1e-5)
                 assert [i for i, _ in a.top] == [i for i, _ in b.top]
         # Served alone, a request runs generate()'s arithmetic exactly: logprobs equal to the bit.
         (alone,) = Engine(model, TOKENIZER).generate([request])
         assert alone.tokens == expected
-    assert handles[0].result(timeout=0) is handles[0].result()  # a completion can be asked for again
+    assert (
+        handles[0].result(timeout=0) is handles[0].result()
+    )  # a completion can be asked for again
 
 
 def test_events_stream_text_then_one_final_event():
@@ -111,14 +134,22 @@ def test_events_stream_text_then_one_final_event():
     run_to_end(engine)
     events = list(handle.events(timeout=0))
     *tokens, final = events
-    assert len(tokens) == 30 and all(e.token is not None and e.finish_reason is None for e in tokens)
+    assert len(tokens) == 30 and all(
+        e.token is not None and e.finish_reason is None for e in tokens
+    )
     assert [e.completion_tokens for e in tokens] == list(range(1, 31))
     assert final.token is None and final.finish_reason == "length" and final.completion_tokens == 30
-    assert {e.prompt_tokens for e in events} == {2} and {e.request_id for e in events} == {request.request_id}
+    assert {e.prompt_tokens for e in events} == {2} and {e.request_id for e in events} == {
+        request.request_id
+    }
     assert all(isinstance(e.token.logprob, float) and len(e.token.top) == 2 for e in tokens)
     stream = TextStream(TOKENIZER)
     expected = "".join(stream.push(t.id) for t in reference(model, request)) + stream.flush()
-    assert "".join(e.text for e in events) == expected and expected.isprintable() and len(set(expected)) > 3
+    assert (
+        "".join(e.text for e in events) == expected
+        and expected.isprintable()
+        and len(set(expected)) > 3
+    )
 
 
 def test_stop_strings_stop_ids_max_tokens_and_a_full_context():
@@ -131,7 +162,9 @@ def test_stop_strings_stop_ids_max_tokens_and_a_full_context():
 
     stop = text[12:15]  # a stop string that starts in one token and ends two tokens later
     cut = text.index(stop)
-    request = Request(prompt, SamplingParams(max_new_tokens=40, temperature=0), stop=("never there", stop))
+    request = Request(
+        prompt, SamplingParams(max_new_tokens=40, temperature=0), stop=("never there", stop)
+    )
     handle = engine.submit(request)
     run_to_end(engine)
     events = list(handle.events(timeout=0))
@@ -139,16 +172,26 @@ def test_stop_strings_stop_ids_max_tokens_and_a_full_context():
     assert events[-1].finish_reason == "stop" and events[-1].completion_tokens == cut + len(stop)
 
     stop_id = free.token_ids[7]
-    (by_id,) = engine.generate([Request(prompt, SamplingParams(max_new_tokens=40, temperature=0,
-                                                               stop_ids=frozenset({stop_id})))])
+    (by_id,) = engine.generate(
+        [
+            Request(
+                prompt,
+                SamplingParams(max_new_tokens=40, temperature=0, stop_ids=frozenset({stop_id})),
+            )
+        ]
+    )
     first = free.token_ids.index(stop_id)
-    assert by_id.finish_reason == "stop" and by_id.token_ids == free.token_ids[:first + 1]
+    assert by_id.finish_reason == "stop" and by_id.token_ids == free.token_ids[: first + 1]
     assert by_id.text == text[:first]  # the stop id's own text is not part of the completion
 
     (short,) = engine.generate([Request(prompt, SamplingParams(max_new_tokens=5, temperature=0))])
     assert short.finish_reason == "length" and short.token_ids == free.token_ids[:5]
-    (full,) = engine.generate([Request(list(range(65, 125)), SamplingParams(max_new_tokens=30, temperature=0))])
-    assert full.finish_reason == "length" and full.completion_tokens == 4  # 60 + 4 fills the 64-token context
+    (full,) = engine.generate(
+        [Request(list(range(65, 125)), SamplingParams(max_new_tokens=30, temperature=0))]
+    )
+    assert (
+        full.finish_reason == "length" and full.completion_tokens == 4
+    )  # 60 + 4 fills the 64-token context
 
 
 def test_cancel_frees_slots_of_running_and_waiting_requests():
@@ -164,7 +207,11 @@ def test_cancel_frees_slots_of_running_and_waiting_requests():
     assert engine.step() == 0 and engine.stats.waiting == 0
     for handle, tokens in ((running, 3), (waiting, 0)):  # prefill + 2 decodes before the cancel
         *_, final = handle.events(timeout=0)
-        assert final.finish_reason == "cancelled" and final.token is None and final.completion_tokens == tokens
+        assert (
+            final.finish_reason == "cancelled"
+            and final.token is None
+            and final.completion_tokens == tokens
+        )
     request = Request([6, 7, 8, 9], SamplingParams(max_new_tokens=12, temperature=0))
     (after,) = engine.generate([request])  # the freed slot serves the next request, as if new
     assert after.tokens == reference(model, request)
@@ -172,10 +219,15 @@ def test_cancel_frees_slots_of_running_and_waiting_requests():
 
 def test_the_token_budget_and_max_batch_bound_what_runs_together():
     model = model_of("llama")
-    requests = [Request(list(range(1 + i, 6 + i)), SamplingParams(max_new_tokens=15, temperature=0))
-                for i in range(5)]  # each costs 5 + 15 = 20 tokens of the budget
-    for config, bound in ((EngineConfig(max_batch=2), 2), (EngineConfig(max_batch=4, max_batch_tokens=45), 2),
-                          (EngineConfig(max_batch=4, max_batch_tokens=39), 1)):
+    requests = [
+        Request(list(range(1 + i, 6 + i)), SamplingParams(max_new_tokens=15, temperature=0))
+        for i in range(5)
+    ]  # each costs 5 + 15 = 20 tokens of the budget
+    for config, bound in (
+        (EngineConfig(max_batch=2), 2),
+        (EngineConfig(max_batch=4, max_batch_tokens=45), 2),
+        (EngineConfig(max_batch=4, max_batch_tokens=39), 1),
+    ):
         engine = Engine(model, TOKENIZER, config)
         handles = [engine.submit(r) for r in requests]
         sizes = []
@@ -210,16 +262,25 @@ def test_submit_refuses_what_can_never_run_and_a_full_queue():
 
 def test_generate_queues_more_requests_than_the_queue_holds():
     model = model_of()
-    requests = [Request([i + 1, i + 2], SamplingParams(max_new_tokens=6, temperature=0.7, seed=i)) for i in range(7)]
-    completions = Engine(model, TOKENIZER, EngineConfig(max_batch=2, max_queue=2)).generate(requests)
+    requests = [
+        Request([i + 1, i + 2], SamplingParams(max_new_tokens=6, temperature=0.7, seed=i))
+        for i in range(7)
+    ]
+    completions = Engine(model, TOKENIZER, EngineConfig(max_batch=2, max_queue=2)).generate(
+        requests
+    )
     assert [c.request_id for c in completions] == [r.request_id for r in requests]
     assert [c.tokens for c in completions] == [reference(model, r) for r in requests]
 
 
 def test_background_thread_serves_blocking_and_asyncio_readers():
     model = model_of()
-    requests = [Request([3, 1, 4, 1, 5][: i + 1], SamplingParams(max_new_tokens=10 + i, temperature=0.8, seed=i))
-                for i in range(4)]
+    requests = [
+        Request(
+            [3, 1, 4, 1, 5][: i + 1], SamplingParams(max_new_tokens=10 + i, temperature=0.8, seed=i)
+        )
+        for i in range(4)
+    ]
     engine = Engine(model, TOKENIZER, EngineConfig(max_batch=2))
     engine.start()
     try:
@@ -231,12 +292,16 @@ def test_background_thread_serves_blocking_and_asyncio_readers():
         async def read_two():
             return await asyncio.gather(*(read_async(h) for h in handles[2:]))
 
-        asynchronous = asyncio.run(asyncio.wait_for(read_two(), timeout=30))  # while the engine works
+        asynchronous = asyncio.run(
+            asyncio.wait_for(read_two(), timeout=30)
+        )  # while the engine works
         blocking = [list(h.events(timeout=30)) for h in handles[:2]]
         for request, events in zip(requests, blocking + list(asynchronous), strict=True):
             assert [e.token for e in events[:-1]] == reference(model, request)
             assert events[-1].finish_reason == "length"
-        assert engine.generate(requests[:1])[0].tokens == reference(model, requests[0])  # works beside the thread
+        assert engine.generate(requests[:1])[0].tokens == reference(
+            model, requests[0]
+        )  # works beside the thread
     finally:
         engine.stop()
     leftover = engine.submit(requests[0])
@@ -246,8 +311,10 @@ def test_background_thread_serves_blocking_and_asyncio_readers():
 
 def test_threads_submitting_and_reading_at_once_each_get_their_own_tokens():
     model = model_of("llama")
-    requests = [Request([i + 1, 2 * i + 3], SamplingParams(max_new_tokens=6 + i, temperature=0.9, seed=i))
-                for i in range(6)]
+    requests = [
+        Request([i + 1, 2 * i + 3], SamplingParams(max_new_tokens=6 + i, temperature=0.9, seed=i))
+        for i in range(6)
+    ]
     engine = Engine(model, TOKENIZER, EngineConfig(max_batch=3))
     results: dict[int, list[GeneratedToken]] = {}
 
@@ -270,7 +337,10 @@ def test_threads_submitting_and_reading_at_once_each_get_their_own_tokens():
 def test_a_failing_step_ends_its_requests_with_error_and_the_engine_goes_on():
     model = model_of()
     engine = Engine(model, TOKENIZER, EngineConfig(max_batch=4))
-    handles = [engine.submit(Request([1, 2, i], SamplingParams(max_new_tokens=20, temperature=0))) for i in range(3)]
+    handles = [
+        engine.submit(Request([1, 2, i], SamplingParams(max_new_tokens=20, temperature=0)))
+        for i in range(3)
+    ]
 
     def broken(*args, **kwargs):
         raise RuntimeError("injected fault")
@@ -279,7 +349,11 @@ def test_a_failing_step_ends_its_requests_with_error_and_the_engine_goes_on():
     assert engine.step() == 0  # the prefills worked; the decode failed for all three
     for handle in handles:
         *_, final = handle.events(timeout=0)
-        assert final.finish_reason == "error" and "injected fault" in final.error and final.completion_tokens == 1
+        assert (
+            final.finish_reason == "error"
+            and "injected fault" in final.error
+            and final.completion_tokens == 1
+        )
     engine._decode_forward = engine.model
     request = Request([9, 8, 7], SamplingParams(max_new_tokens=8, temperature=0))
     assert engine.generate([request])[0].tokens == reference(model, request)
@@ -293,7 +367,9 @@ def test_embed_mean_pools_real_tokens_whatever_the_padding():
         assert vectors.shape == (2, 32) and vectors.dtype == torch.float32
         with torch.inference_mode():
             alone = model.model(torch.tensor([inputs[0]]))[0].mean(dim=0)
-        torch.testing.assert_close(vectors[0], alone, rtol=1e-5, atol=1e-5)  # the padding changed nothing
+        torch.testing.assert_close(
+            vectors[0], alone, rtol=1e-5, atol=1e-5
+        )  # the padding changed nothing
         torch.testing.assert_close(engine.embed(inputs[1:])[0], vectors[1], rtol=1e-5, atol=1e-5)
         with pytest.raises(ValueError, match="empty"):
             engine.embed([[1], []])
@@ -315,8 +391,13 @@ def test_classify_gives_label_probabilities_for_sequence_heads_only():
 
 
 def test_engine_config_refuses_nonsense():
-    for bad in (dict(max_batch=0), dict(max_queue=0), dict(max_batch_tokens=0), dict(quantize="int4"),
-                dict(quantize="int8", compile=True)):
+    for bad in (
+        dict(max_batch=0),
+        dict(max_queue=0),
+        dict(max_batch_tokens=0),
+        dict(quantize="int4"),
+        dict(quantize="int8", compile=True),
+    ):
         with pytest.raises(ValueError):
             EngineConfig(**bad)
 
@@ -324,7 +405,9 @@ def test_engine_config_refuses_nonsense():
 def test_int8_engine_quantises_a_copy_and_stays_close():
     model = model_of(d_model=64, init_std=0.1)
     engine = Engine(model, TOKENIZER, EngineConfig(quantize="int8"))
-    assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear  # the caller's model is untouched
+    assert (
+        type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    )  # the caller's model is untouched
     assert type(engine.model.model.layers[0].self_attn.qkv_proj) is not torch.nn.Linear
     ids = torch.tensor([list(range(10, 50))])
     with torch.inference_mode():
@@ -332,7 +415,10 @@ def test_int8_engine_quantises_a_copy_and_stays_close():
     # int8 weights and per-call int8 activations: a few percent of error (another seed's model is ~100%).
     assert (quantised - exact).norm() / exact.norm() < 0.08
     assert (quantised.argmax(-1) == exact.argmax(-1)).float().mean() >= 0.85
-    requests = [Request([1, 2, 3][: i + 1], SamplingParams(max_new_tokens=10, temperature=0)) for i in range(3)]
+    requests = [
+        Request([1, 2, 3][: i + 1], SamplingParams(max_new_tokens=10, temperature=0))
+        for i in range(3)
+    ]
     completions = engine.generate(requests)
     assert [(c.finish_reason, c.completion_tokens) for c in completions] == [("length", 10)] * 3
 
@@ -342,11 +428,16 @@ def test_the_engine_decodes_with_fused_projections_on_a_copy_sharing_the_other_w
     model = model_of(style)
     engine = Engine(model, TOKENIZER)
     mine, its = model.model.layers[0].self_attn, engine.model.model.layers[0].self_attn
-    assert mine.qkv_proj is None and isinstance(mine.q_proj, torch.nn.Linear)  # the caller's model is untouched
+    assert mine.qkv_proj is None and isinstance(
+        mine.q_proj, torch.nn.Linear
+    )  # the caller's model is untouched
     assert not hasattr(its, "q_proj") and its.qkv_proj is not None
     kv_width = 2 * 8 if style == "llama" else 32  # kv heads x head dim
     assert its.qkv_proj.weight.shape == (32 + 2 * kv_width, 32)
-    assert its.o_proj.weight is mine.o_proj.weight and engine.model.lm_head.weight is model.lm_head.weight
+    assert (
+        its.o_proj.weight is mine.o_proj.weight
+        and engine.model.lm_head.weight is model.lm_head.weight
+    )
     ids = torch.tensor([list(range(10, 40))])
     with torch.inference_mode():
         torch.testing.assert_close(engine.model(ids), model(ids), rtol=1e-5, atol=1e-5)
@@ -355,7 +446,9 @@ def test_the_engine_decodes_with_fused_projections_on_a_copy_sharing_the_other_w
 def test_slot_cache_moves_a_sequence_to_a_freed_slot():
     model = model_of("llama")
     cache = SlotKVCache(model.config, 3, 64)
-    assert cache.bytes_per_slot == 2 * 2 * 2 * 64 * 8 * 4  # K/V * layers * kv heads * positions * head dim * fp32
+    assert (
+        cache.bytes_per_slot == 2 * 2 * 2 * 64 * 8 * 4
+    )  # K/V * layers * kv heads * positions * head dim * fp32
     with torch.inference_mode():
         model(torch.tensor([[1, 2, 3, 4]]), kv_cache=cache.prefill(2))
     before = [k[2, :, :4].clone() for k in cache.keys]
@@ -381,13 +474,17 @@ def test_an_adapter_model_keeps_its_lora_projections_in_the_engine():
     from peft import LoraConfig, inject_adapter_in_model
 
     model = model_of()
-    inject_adapter_in_model(LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]), model)
+    inject_adapter_in_model(
+        LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]), model
+    )
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0, 0.5)  # PEFT starts B at zero, which would hide a dropped adapter
     engine = Engine(model.eval(), TOKENIZER)
-    assert engine.model.model.layers[0].self_attn.qkv_proj is None  # not fused: LoRA computes more than its weight
+    assert (
+        engine.model.model.layers[0].self_attn.qkv_proj is None
+    )  # not fused: LoRA computes more than its weight
     ids = torch.tensor([list(range(10, 40))])
     with torch.inference_mode():
         torch.testing.assert_close(engine.model(ids), model(ids), rtol=1e-5, atol=1e-5)

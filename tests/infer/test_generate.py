@@ -11,17 +11,27 @@ from graft.model.transformer import LanguageModel
 
 def model_of(style: str) -> LanguageModel:
     torch.manual_seed(0)
-    kw = dict(norm="rmsnorm", positions="rope", mlp="swiglu", bias=False, n_kv_heads=2) if style == "llama" else {}
+    kw = (
+        dict(norm="rmsnorm", positions="rope", mlp="swiglu", bias=False, n_kv_heads=2)
+        if style == "llama"
+        else {}
+    )
     # A larger init scale gives peaked distributions, so greedy decoding is not a constant.
-    return LanguageModel(ModelConfig(vocab_size=61, max_seq_len=64, d_model=32, n_layers=2, n_heads=4,
-                                     init_std=0.3, **kw)).eval()
+    return LanguageModel(
+        ModelConfig(
+            vocab_size=61, max_seq_len=64, d_model=32, n_layers=2, n_heads=4, init_std=0.3, **kw
+        )
+    ).eval()
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
-@pytest.mark.parametrize("params", [
-    SamplingParams(max_new_tokens=40, temperature=0),
-    SamplingParams(max_new_tokens=40, temperature=0.9, top_k=20, top_p=0.9, seed=3),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(max_new_tokens=40, temperature=0),
+        SamplingParams(max_new_tokens=40, temperature=0.9, top_k=20, top_p=0.9, seed=3),
+    ],
+)
 def test_cache_gives_exactly_the_tokens_of_no_cache(style, params):
     model = model_of(style)
     prompt = [5, 17, 3, 42]
@@ -36,7 +46,13 @@ def test_generation_stops_on_stop_id_and_at_context_end():
     model = model_of("gpt2")
     free = list(generate(model, [1, 2], SamplingParams(max_new_tokens=30, temperature=0)))
     stop = free[5]
-    stopped = list(generate(model, [1, 2], SamplingParams(max_new_tokens=30, temperature=0, stop_ids=frozenset({stop}))))
+    stopped = list(
+        generate(
+            model,
+            [1, 2],
+            SamplingParams(max_new_tokens=30, temperature=0, stop_ids=frozenset({stop})),
+        )
+    )
     assert stopped == free[: free.index(stop) + 1]
     long = list(generate(model, list(range(60)), SamplingParams(max_new_tokens=30, temperature=0)))
     assert len(long) == 4  # the context holds 64 tokens
@@ -44,7 +60,9 @@ def test_generation_stops_on_stop_id_and_at_context_end():
 
 def test_same_seed_same_sample_other_seed_differs():
     model = model_of("gpt2")
-    run = lambda seed: list(generate(model, [1], SamplingParams(max_new_tokens=30, temperature=1.0, seed=seed)))  # noqa: E731
+    run = lambda seed: list(
+        generate(model, [1], SamplingParams(max_new_tokens=30, temperature=1.0, seed=seed))
+    )  # noqa: E731
     assert run(7) == run(7)
     assert run(7) != run(8)
 
@@ -52,21 +70,32 @@ def test_same_seed_same_sample_other_seed_differs():
 def test_top_k_and_top_p_restrict_the_choice():
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
     g = torch.Generator().manual_seed(0)
-    picks = {int(sample_next(logits, SamplingParams(temperature=1.0, top_k=2), g)) for _ in range(200)}
+    picks = {
+        int(sample_next(logits, SamplingParams(temperature=1.0, top_k=2), g)) for _ in range(200)
+    }
     assert picks == {0, 1}
     # softmax of these logits: 0.64, 0.24, 0.09, ...: top_p 0.7 keeps the first two.
-    picks = {int(sample_next(logits, SamplingParams(temperature=1.0, top_p=0.7), g)) for _ in range(200)}
+    picks = {
+        int(sample_next(logits, SamplingParams(temperature=1.0, top_p=0.7), g)) for _ in range(200)
+    }
     assert picks == {0, 1}
     assert int(sample_next(logits, SamplingParams(temperature=0), None)) == 0
 
 
 def test_bad_sampling_params_are_refused():
-    for bad in (dict(temperature=-1), dict(top_p=0.0), dict(top_p=1.5), dict(top_k=0), dict(max_new_tokens=0)):
+    for bad in (
+        dict(temperature=-1),
+        dict(top_p=0.0),
+        dict(top_p=1.5),
+        dict(top_k=0),
+        dict(max_new_tokens=0),
+    ):
         with pytest.raises(ValueError):
             SamplingParams(**bad)
 
 
 # -- penalties, min-p and logprobs -------------------------------------------------------------
+
 
 def _old_sample_next(logits, params, generator):
     # The sampler as it was before penalties, min-p and logprobs: the reference for "defaults change nothing".
@@ -100,14 +129,25 @@ def _old_generate(model, prompt_ids, params):
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
-@pytest.mark.parametrize("params", [
-    SamplingParams(max_new_tokens=30, temperature=0),
-    SamplingParams(max_new_tokens=30, temperature=0.9, top_k=20, top_p=0.9, seed=3),
-    SamplingParams(max_new_tokens=30, temperature=1.0, seed=7),
-    # The new fields spelled out at their defaults.
-    SamplingParams(max_new_tokens=30, temperature=0.7, top_k=10, seed=5, min_p=None, repetition_penalty=1.0,
-                   frequency_penalty=0.0, presence_penalty=0.0),
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        SamplingParams(max_new_tokens=30, temperature=0),
+        SamplingParams(max_new_tokens=30, temperature=0.9, top_k=20, top_p=0.9, seed=3),
+        SamplingParams(max_new_tokens=30, temperature=1.0, seed=7),
+        # The new fields spelled out at their defaults.
+        SamplingParams(
+            max_new_tokens=30,
+            temperature=0.7,
+            top_k=10,
+            seed=5,
+            min_p=None,
+            repetition_penalty=1.0,
+            frequency_penalty=0.0,
+            presence_penalty=0.0,
+        ),
+    ],
+)
 def test_new_options_at_defaults_give_the_old_tokens(style, params):
     model = model_of(style)
     old = _old_generate(model, [5, 17, 3, 42], params)
@@ -119,10 +159,26 @@ def test_new_options_at_defaults_give_the_old_tokens(style, params):
 
 
 ALL_OPTIONS = [
-    SamplingParams(max_new_tokens=40, temperature=0.8, top_k=30, top_p=0.95, min_p=0.05, repetition_penalty=1.3,
-                   frequency_penalty=0.5, presence_penalty=0.3, logprobs=5, seed=11),
-    SamplingParams(max_new_tokens=40, temperature=0, repetition_penalty=1.5, frequency_penalty=0.4,
-                   presence_penalty=0.2, logprobs=3),
+    SamplingParams(
+        max_new_tokens=40,
+        temperature=0.8,
+        top_k=30,
+        top_p=0.95,
+        min_p=0.05,
+        repetition_penalty=1.3,
+        frequency_penalty=0.5,
+        presence_penalty=0.3,
+        logprobs=5,
+        seed=11,
+    ),
+    SamplingParams(
+        max_new_tokens=40,
+        temperature=0,
+        repetition_penalty=1.5,
+        frequency_penalty=0.4,
+        presence_penalty=0.2,
+        logprobs=3,
+    ),
 ]
 
 
@@ -142,8 +198,14 @@ def test_cache_gives_exactly_the_tokens_of_no_cache_with_every_option_on(style, 
 def test_penalties_change_greedy_output_and_discourage_repeats():
     model = model_of("gpt2")
     plain = list(generate(model, [1, 2], SamplingParams(max_new_tokens=40, temperature=0)))
-    for penalty in (dict(repetition_penalty=3.0), dict(frequency_penalty=2.0), dict(presence_penalty=2.0)):
-        penalised = list(generate(model, [1, 2], SamplingParams(max_new_tokens=40, temperature=0, **penalty)))
+    for penalty in (
+        dict(repetition_penalty=3.0),
+        dict(frequency_penalty=2.0),
+        dict(presence_penalty=2.0),
+    ):
+        penalised = list(
+            generate(model, [1, 2], SamplingParams(max_new_tokens=40, temperature=0, **penalty))
+        )
         assert penalised != plain, penalty
         assert len(set(penalised)) > len(set(plain)), penalty
 
@@ -159,7 +221,9 @@ def test_logprobs_are_log_softmax_of_the_penalised_tempered_logits(params):
     for step in steps:
         with torch.no_grad():
             logits = model(torch.tensor([tokens]), last_only=True)[:, -1]
-        expected = (apply_penalties(logits, params, history).float() / temperature).log_softmax(-1)[0]
+        expected = (apply_penalties(logits, params, history).float() / temperature).log_softmax(-1)[
+            0
+        ]
         assert step.logprob == pytest.approx(float(expected[step.id]), abs=1e-4)
         assert len(step.top) == params.logprobs
         values = [v for _, v in step.top]
@@ -172,7 +236,9 @@ def test_logprobs_are_log_softmax_of_the_penalised_tempered_logits(params):
 
 def test_logprobs_zero_reports_the_chosen_token_only_and_none_reports_nothing():
     model = model_of("gpt2")
-    steps = list(generate_steps(model, [1, 2], SamplingParams(max_new_tokens=5, temperature=0, logprobs=0)))
+    steps = list(
+        generate_steps(model, [1, 2], SamplingParams(max_new_tokens=5, temperature=0, logprobs=0))
+    )
     assert all(s.logprob is not None and s.logprob <= 0 and s.top == [] for s in steps)
     steps = list(generate_steps(model, [1, 2], SamplingParams(max_new_tokens=5, temperature=0)))
     assert all(s.logprob is None and s.top == [] for s in steps)

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from graft.infer.sampling import (
-    SamplingParams, TokenHistory, apply_penalties, choose_next, sample_next, top_logprobs, truncate,
+    SamplingParams,
+    TokenHistory,
+    apply_penalties,
+    choose_next,
+    sample_next,
+    top_logprobs,
+    truncate,
 )
 
 
@@ -37,7 +43,9 @@ def test_frequency_and_presence_penalties_count_generated_tokens_only():
     assert out.tolist() == [[0.75, 1.0, 0.75, 1.0, 1.0]]  # 1 - 0.25 * (count > 0)
     out = apply_penalties(logits, SamplingParams(frequency_penalty=0.5, presence_penalty=0.25), h)
     assert out.tolist() == [[-0.25, 1.0, 0.25, 1.0, 1.0]]
-    out = apply_penalties(logits, SamplingParams(frequency_penalty=-1.0), h)  # negative values reward repeats
+    out = apply_penalties(
+        logits, SamplingParams(frequency_penalty=-1.0), h
+    )  # negative values reward repeats
     assert out.tolist() == [[3.0, 1.0, 2.0, 1.0, 1.0]]
 
 
@@ -65,7 +73,9 @@ def test_min_p_keeps_exactly_the_tokens_above_its_share_of_the_top_probability()
     kept = truncate(logits, SamplingParams(min_p=1.0)).isfinite()
     assert kept.tolist() == [[True, False, False, False]]
     # After top-k has cut token 1, min-p measures against the same top token, so 2 still stays.
-    kept = truncate(logits.index_select(1, torch.tensor([0, 2, 3])), SamplingParams(top_k=2, min_p=0.25)).isfinite()
+    kept = truncate(
+        logits.index_select(1, torch.tensor([0, 2, 3])), SamplingParams(top_k=2, min_p=0.25)
+    ).isfinite()
     assert kept.tolist() == [[True, True, False]]
     g = torch.Generator().manual_seed(0)
     picks = {int(sample_next(logits, SamplingParams(min_p=0.4), g)) for _ in range(300)}
@@ -84,27 +94,38 @@ def test_logprobs_come_from_the_penalised_tempered_distribution_before_truncatio
     assert [v for _, v in top] == sorted((v for _, v in top), reverse=True)
     assert top_logprobs(choice.logprobs[0], 0) == []
     assert len(top_logprobs(choice.logprobs[0], 20)) == 5  # never more than the vocabulary
-    assert choose_next(logits, SamplingParams(), torch.Generator()).logprobs is None  # not asked, not computed
+    assert (
+        choose_next(logits, SamplingParams(), torch.Generator()).logprobs is None
+    )  # not asked, not computed
     greedy = choose_next(logits, SamplingParams(temperature=0, logprobs=0), None)
     assert torch.allclose(greedy.logprobs, logits.log_softmax(-1))  # greedy reports temperature 1
     assert math.isclose(float(greedy.logprobs.exp().sum()), 1.0, rel_tol=1e-6)
 
 
-@pytest.mark.parametrize(("bad", "field"), [
-    (dict(min_p=0.0), "min_p"), (dict(min_p=1.5), "min_p"),
-    (dict(repetition_penalty=0.0), "repetition_penalty"), (dict(repetition_penalty=-1.0), "repetition_penalty"),
-    (dict(repetition_penalty=float("inf")), "repetition_penalty"),
-    (dict(frequency_penalty=2.5), "frequency_penalty"), (dict(frequency_penalty=float("nan")), "frequency_penalty"),
-    (dict(presence_penalty=-2.1), "presence_penalty"),
-    (dict(logprobs=-1), "logprobs"), (dict(logprobs=21), "logprobs"),
-])
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        (dict(min_p=0.0), "min_p"),
+        (dict(min_p=1.5), "min_p"),
+        (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(repetition_penalty=-1.0), "repetition_penalty"),
+        (dict(repetition_penalty=float("inf")), "repetition_penalty"),
+        (dict(frequency_penalty=2.5), "frequency_penalty"),
+        (dict(frequency_penalty=float("nan")), "frequency_penalty"),
+        (dict(presence_penalty=-2.1), "presence_penalty"),
+        (dict(logprobs=-1), "logprobs"),
+        (dict(logprobs=21), "logprobs"),
+    ],
+)
 def test_bad_new_sampling_params_are_refused_naming_the_field(bad, field):
     with pytest.raises(ValueError, match=field):
         SamplingParams(**bad)
 
 
 def test_edge_values_are_accepted():
-    SamplingParams(min_p=1.0, repetition_penalty=0.01, frequency_penalty=-2.0, presence_penalty=2.0, logprobs=0)
+    SamplingParams(
+        min_p=1.0, repetition_penalty=0.01, frequency_penalty=-2.0, presence_penalty=2.0, logprobs=0
+    )
     SamplingParams(logprobs=20)
 
 
@@ -112,9 +133,14 @@ def test_extreme_but_valid_settings_never_produce_nan_probabilities():
     torch.manual_seed(0)
     logits = torch.randn(2, 50) * 5
     greedy = logits.argmax(-1)
-    for params in (SamplingParams(temperature=1e-183), SamplingParams(temperature=5e-6, logprobs=2)):
+    for params in (
+        SamplingParams(temperature=1e-183),
+        SamplingParams(temperature=5e-6, logprobs=2),
+    ):
         # A temperature this small would overflow logits / T to inf; it decodes greedily instead.
-        assert torch.equal(choose_next(logits, params, torch.Generator().manual_seed(1)).ids, greedy)
+        assert torch.equal(
+            choose_next(logits, params, torch.Generator().manual_seed(1)).ids, greedy
+        )
     # A top_p that float32 rounds to 0 keeps the most likely token rather than dropping every one.
     tiny_p = SamplingParams(top_p=5e-324)
     assert torch.equal(choose_next(logits, tiny_p, torch.Generator().manual_seed(1)).ids, greedy)

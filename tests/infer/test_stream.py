@@ -49,7 +49,9 @@ def test_text_stream_stops_across_byte_tokens_and_utf8_sequences():
     tok = bytes_tokenizer()
     text = "caf\u00e9 au lait\u00e9! then more"
     ids = tok.encode(text)
-    assert len(ids) == len(text.encode())  # one token per byte: stops and characters both span tokens
+    assert len(ids) == len(
+        text.encode()
+    )  # one token per byte: stops and characters both span tokens
     stream = TextStream(tok, stop=["lait\u00e9!"])
     chunks = _stream(stream, ids)
     assert stream.stopped
@@ -71,8 +73,9 @@ def test_text_stream_without_stops_is_unchanged_and_flush_keeps_a_partial_stop()
 
 def test_stop_string_on_generated_tokens_ends_the_text_at_its_first_occurrence():
     torch.manual_seed(0)
-    model = LanguageModel(ModelConfig(vocab_size=61, max_seq_len=64, d_model=32, n_layers=2, n_heads=4,
-                                      init_std=0.3)).eval()
+    model = LanguageModel(
+        ModelConfig(vocab_size=61, max_seq_len=64, d_model=32, n_layers=2, n_heads=4, init_std=0.3)
+    ).eval()
     tok = bytes_tokenizer()  # ids below 61 are ASCII bytes: one character per token
     params = SamplingParams(max_new_tokens=40, temperature=1.0, seed=1)
     free = list(generate(model, [5, 17], params))

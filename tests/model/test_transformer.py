@@ -15,8 +15,14 @@ STYLES = {
 
 def tiny(style: str, **overrides) -> LanguageModel:
     torch.manual_seed(0)
-    config = ModelConfig(vocab_size=97, max_seq_len=32, d_model=32, n_layers=2, n_heads=4,
-                         **{**STYLES[style], **overrides})
+    config = ModelConfig(
+        vocab_size=97,
+        max_seq_len=32,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        **{**STYLES[style], **overrides},
+    )
     return LanguageModel(config).eval()
 
 
@@ -31,7 +37,9 @@ def test_changing_token_t_never_changes_logits_before_t(style):
             edited[:, t] = (edited[:, t] + 1) % 97
             out = model(edited)
             assert torch.equal(out[:, :t], base[:, :t]), f"position < {t} saw token {t}"
-            assert not torch.allclose(out[:, t:], base[:, t:]), "the edit must change something at or after t"
+            assert not torch.allclose(out[:, t:], base[:, t:]), (
+                "the edit must change something at or after t"
+            )
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -43,7 +51,11 @@ def test_chunked_forward_with_cache_equals_full_forward(style):
     with torch.no_grad():
         full = model(x)
         cache = KVCache(model.config, 2, 24)
-        parts = [model(x[:, :10], kv_cache=cache), model(x[:, 10:11], kv_cache=cache), model(x[:, 11:], kv_cache=cache)]
+        parts = [
+            model(x[:, :10], kv_cache=cache),
+            model(x[:, 10:11], kv_cache=cache),
+            model(x[:, 11:], kv_cache=cache),
+        ]
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
 
 
@@ -51,12 +63,19 @@ def test_styles_are_configs_of_one_class_with_llama_names():
     gpt2, llama = tiny("gpt2"), tiny("llama")
     assert type(gpt2) is type(llama)
     names = set(dict(llama.named_parameters()))
-    for expected in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
-                     "model.layers.0.self_attn.k_proj.weight", "model.layers.0.self_attn.v_proj.weight",
-                     "model.layers.0.self_attn.o_proj.weight", "model.layers.0.mlp.gate_proj.weight",
-                     "model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight",
-                     "model.layers.0.input_layernorm.weight", "model.layers.0.post_attention_layernorm.weight",
-                     "model.norm.weight"):
+    for expected in (
+        "model.embed_tokens.weight",
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.0.self_attn.k_proj.weight",
+        "model.layers.0.self_attn.v_proj.weight",
+        "model.layers.0.self_attn.o_proj.weight",
+        "model.layers.0.mlp.gate_proj.weight",
+        "model.layers.0.mlp.up_proj.weight",
+        "model.layers.0.mlp.down_proj.weight",
+        "model.layers.0.input_layernorm.weight",
+        "model.layers.0.post_attention_layernorm.weight",
+        "model.norm.weight",
+    ):
         assert expected in names
     assert llama.model.layers[0].self_attn.k_proj.weight.shape == (2 * 8, 32)  # 2 kv heads of dim 8
     assert "model.embed_positions.weight" in dict(gpt2.named_parameters())
@@ -99,10 +118,12 @@ def test_sequence_longer_than_context_is_refused():
 
 @pytest.mark.parametrize("attention", ["causal", "bidirectional"])
 def test_mean_pooled_classifier_reads_the_mean_of_real_tokens_only(attention):
-    model = tiny("gpt2", attention=attention, head="sequence", labels=("a", "b"), classifier_pooling="mean")
+    model = tiny(
+        "gpt2", attention=attention, head="sequence", labels=("a", "b"), classifier_pooling="mean"
+    )
     x = torch.randint(0, 97, (2, 12))
     last = torch.tensor([11, 6])  # row 1: 7 real tokens, then padding
-    real = (torch.arange(12)[None, :] <= last[:, None])
+    real = torch.arange(12)[None, :] <= last[:, None]
     mask = real[:, None, None, :] if attention == "bidirectional" else None
     with torch.no_grad():
         hidden = model.model(x, attention_mask=mask)
@@ -120,5 +141,7 @@ def test_mean_pooled_classifier_is_refused_at_export():
     from graft.model.convert.hf import hf_architecture
 
     config = tiny("gpt2", head="sequence", labels=("a", "b"), classifier_pooling="mean").config
-    with pytest.raises(ConfigError, match="mean-pooled sequence classifier has no transformers class"):
+    with pytest.raises(
+        ConfigError, match="mean-pooled sequence classifier has no transformers class"
+    ):
         hf_architecture(config)

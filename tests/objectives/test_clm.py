@@ -24,11 +24,13 @@ def test_packed_documents_with_masks_score_like_documents_alone():
     torch.manual_seed(0)
     EOT = 0
     for style in ({}, {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu"}):
-        model = LanguageModel(ModelConfig(vocab_size=30, max_seq_len=16, d_model=16, n_layers=2, n_heads=2, **style)).eval()
+        model = LanguageModel(
+            ModelConfig(vocab_size=30, max_seq_len=16, d_model=16, n_layers=2, n_heads=2, **style)
+        ).eval()
         first, second = [3, 4, 5, EOT], [6, 7, 8, 9, 10]
         packed = torch.tensor([first + second])
         positions, mask = document_masks(packed, EOT)
         with torch.no_grad():
             together = model(packed, position_ids=positions, attention_mask=mask)
             alone = model(torch.tensor([second]))
-        torch.testing.assert_close(together[:, len(first):], alone, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(together[:, len(first) :], alone, rtol=1e-5, atol=1e-5)

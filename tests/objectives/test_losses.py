@@ -15,7 +15,9 @@ def test_matches_cross_entropy_of_full_logits(rows):
     weight = torch.randn(50, 24, dtype=torch.float64, requires_grad=True)
     targets = torch.randint(0, 50, (rows,))
     targets[::3] = IGNORE_INDEX
-    expected = F.cross_entropy(hidden @ weight.T, targets, ignore_index=IGNORE_INDEX, reduction="sum")
+    expected = F.cross_entropy(
+        hidden @ weight.T, targets, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     g_hidden, g_weight = torch.autograd.grad(expected * 0.37, (hidden, weight))
     got = linear_cross_entropy_sum(hidden, weight, targets)
     torch.testing.assert_close(got, expected)

@@ -23,9 +23,17 @@ def _batch(B: int, T: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, maskable
 
 
-def _mask(ids: torch.Tensor, maskable: torch.Tensor, seed: int = 0, **kwargs: object) -> tuple[torch.Tensor, torch.Tensor]:
-    return mask_tokens(ids, maskable=maskable, mask_id=MASK, replacement_ids=REPLACEMENTS,
-                       generator=torch.Generator().manual_seed(seed), **kwargs)  # type: ignore[arg-type]
+def _mask(
+    ids: torch.Tensor, maskable: torch.Tensor, seed: int = 0, **kwargs: object
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return mask_tokens(
+        ids,
+        maskable=maskable,
+        mask_id=MASK,
+        replacement_ids=REPLACEMENTS,
+        generator=torch.Generator().manual_seed(seed),
+        **kwargs,
+    )  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +77,9 @@ def test_input_is_not_modified_and_result_is_new() -> None:
     corrupted, _ = _mask(ids, maskable, probability=1.0, mask_fraction=1.0, random_fraction=0.0)
     assert torch.equal(ids, before)
     assert corrupted.data_ptr() != ids.data_ptr()
-    assert bool((corrupted[maskable] == MASK).all()) and torch.equal(corrupted[~maskable], ids[~maskable])
+    assert bool((corrupted[maskable] == MASK).all()) and torch.equal(
+        corrupted[~maskable], ids[~maskable]
+    )
 
 
 def test_nothing_maskable_means_nothing_chosen() -> None:
@@ -80,7 +90,11 @@ def test_nothing_maskable_means_nothing_chosen() -> None:
 
 def test_same_seed_same_output_different_seed_differs() -> None:
     ids, maskable = _batch(8, 512)
-    a, b, c = _mask(ids, maskable, seed=5), _mask(ids, maskable, seed=5), _mask(ids, maskable, seed=6)
+    a, b, c = (
+        _mask(ids, maskable, seed=5),
+        _mask(ids, maskable, seed=5),
+        _mask(ids, maskable, seed=6),
+    )
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     assert not torch.equal(a[1], c[1])
 
@@ -128,14 +142,22 @@ def test_cross_entropy_over_targets_ignores_unchosen_positions() -> None:
     _, targets = _mask(ids, maskable, probability=0.3)
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(4, 64, 1000, generator=g)
-    loss = F.cross_entropy(logits.reshape(-1, 1000), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    loss = F.cross_entropy(
+        logits.reshape(-1, 1000), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     changed = logits.clone()
     chosen = targets != IGNORE_INDEX
     changed[~chosen] = torch.randn(int((~chosen).sum()), 1000, generator=g) * 10
-    again = F.cross_entropy(changed.reshape(-1, 1000), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    again = F.cross_entropy(
+        changed.reshape(-1, 1000), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     torch.testing.assert_close(loss, again)
-    changed[chosen] += torch.randn(int(chosen.sum()), 1000, generator=g)  # chosen positions do count
-    moved = F.cross_entropy(changed.reshape(-1, 1000), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum")
+    changed[chosen] += torch.randn(
+        int(chosen.sum()), 1000, generator=g
+    )  # chosen positions do count
+    moved = F.cross_entropy(
+        changed.reshape(-1, 1000), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     assert not torch.isclose(loss, moved)
 
 
@@ -154,7 +176,12 @@ def test_cross_entropy_over_targets_ignores_unchosen_positions() -> None:
     ],
 )
 def test_bad_arguments_raise_value_error_naming_the_argument(kwargs: dict, name: str) -> None:
-    args = {"maskable": torch.ones(2, 8, dtype=torch.bool), "mask_id": MASK, "replacement_ids": REPLACEMENTS,
-            "generator": torch.Generator().manual_seed(0), **kwargs}
+    args = {
+        "maskable": torch.ones(2, 8, dtype=torch.bool),
+        "mask_id": MASK,
+        "replacement_ids": REPLACEMENTS,
+        "generator": torch.Generator().manual_seed(0),
+        **kwargs,
+    }
     with pytest.raises(ValueError, match=name):
         mask_tokens(torch.ones(2, 8, dtype=torch.long), **args)

@@ -28,7 +28,9 @@ SEQ = 32
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory, text_corpus: Path) -> tuple[Tokenizer, TokenShards, TokenShards]:
+def prepared(
+    tmp_path_factory: pytest.TempPathFactory, text_corpus: Path
+) -> tuple[Tokenizer, TokenShards, TokenShards]:
     tokenizer = bytes_tokenizer(sentinels=8)
     out = tmp_path_factory.mktemp("objectives") / "data"
     prepare_shards([text_corpus], tokenizer, out, progress=False)
@@ -37,12 +39,30 @@ def prepared(tmp_path_factory: pytest.TempPathFactory, text_corpus: Path) -> tup
 
 def encoder(tokenizer: Tokenizer) -> LanguageModel:
     torch.manual_seed(0)
-    return LanguageModel(preset("bert-nano", vocab_size=tokenizer.vocab_size, max_seq_len=SEQ, d_model=32, n_layers=1, n_heads=2))
+    return LanguageModel(
+        preset(
+            "bert-nano",
+            vocab_size=tokenizer.vocab_size,
+            max_seq_len=SEQ,
+            d_model=32,
+            n_layers=1,
+            n_heads=2,
+        )
+    )
 
 
 def decoder(tokenizer: Tokenizer) -> LanguageModel:
     torch.manual_seed(0)
-    return LanguageModel(preset("nano", vocab_size=tokenizer.vocab_size, max_seq_len=SEQ, d_model=32, n_layers=1, n_heads=2))
+    return LanguageModel(
+        preset(
+            "nano",
+            vocab_size=tokenizer.vocab_size,
+            max_seq_len=SEQ,
+            d_model=32,
+            n_layers=1,
+            n_heads=2,
+        )
+    )
 
 
 def test_mlm_frames_windows_and_scores_only_masked_positions(prepared) -> None:
@@ -50,11 +70,15 @@ def test_mlm_frames_windows_and_scores_only_masked_positions(prepared) -> None:
     objective = MaskedLM(train, val, SEQ, tokenizer, tokenizer.vocab_size)
     batch = objective.train_batch(64, torch.Generator().manual_seed(1))
     assert batch.input_ids.shape == (64, SEQ) and batch.causal is False
-    assert (batch.input_ids[:, 0] == tokenizer.cls_id).all() and (batch.input_ids[:, -1] == tokenizer.sep_id).all()
+    assert (batch.input_ids[:, 0] == tokenizer.cls_id).all() and (
+        batch.input_ids[:, -1] == tokenizer.sep_id
+    ).all()
     scored = batch.targets != IGNORE_INDEX
     assert 0.08 < scored.float().mean() < 0.22  # 15% of the maskable tokens
     specials = torch.tensor([tokenizer.cls_id, tokenizer.sep_id, tokenizer.eot_id])
-    assert not torch.isin(batch.targets[scored], specials).any()  # framing and separators never chosen
+    assert not torch.isin(
+        batch.targets[scored], specials
+    ).any()  # framing and separators never chosen
     model = encoder(tokenizer)
     out = objective.loss(model, batch)
     assert out.count == int(scored.sum()) and out.stats["mlm_count"] == out.count
@@ -121,12 +145,15 @@ def test_nsp_labels_follow_bert_for_pretraining_zero_means_b_follows_a(prepared)
     batch = objective.train_batch(64, torch.Generator().manual_seed(4))
     stream = np.asarray(train.tokens).tolist()
     text = ",".join(map(str, stream))
-    for ids, types, real, label in zip(batch.input_ids, batch.token_type_ids, batch.attention_mask[:, 0, 0],
-                                       batch.sequence_targets):
+    for ids, types, real, label in zip(
+        batch.input_ids, batch.token_type_ids, batch.attention_mask[:, 0, 0], batch.sequence_targets
+    ):
         ids, types = ids[real].tolist(), types[real].tolist()
-        first, second = ids[1:types.index(1) - 1], ids[types.index(1):-1]
+        first, second = ids[1 : types.index(1) - 1], ids[types.index(1) : -1]
         contiguous = ("," + ",".join(map(str, first + second)) + ",") in ("," + text + ",")
-        assert contiguous == (int(label) == 0), "label 0 must mean: B directly follows A in one document"
+        assert contiguous == (int(label) == 0), (
+            "label 0 must mean: B directly follows A in one document"
+        )
     assert 0 < int(batch.sequence_targets.sum()) < 64
 
 
@@ -134,8 +161,17 @@ def test_nsp_refuses_a_split_with_one_document(tmp_path: Path) -> None:
     (tmp_path / "a.txt").write_text("one document only. " * 200, encoding="utf-8")
     (tmp_path / "b.txt").write_text("another one here. " * 200, encoding="utf-8")
     tokenizer = bytes_tokenizer()
-    prepare_shards([tmp_path / "a.txt"], tokenizer, tmp_path / "data", val_inputs=[tmp_path / "b.txt"], progress=False)
-    train, val = TokenShards.open(tmp_path / "data", "train"), TokenShards.open(tmp_path / "data", "val")
+    prepare_shards(
+        [tmp_path / "a.txt"],
+        tokenizer,
+        tmp_path / "data",
+        val_inputs=[tmp_path / "b.txt"],
+        progress=False,
+    )
+    train, val = (
+        TokenShards.open(tmp_path / "data", "train"),
+        TokenShards.open(tmp_path / "data", "val"),
+    )
     with pytest.raises(DataError, match="needs at least two documents in the train split"):
         NextSentence(train, val, SEQ, tokenizer, tokenizer.vocab_size, with_mlm=False)
 
@@ -148,12 +184,14 @@ def test_denoise_targets_are_the_lost_text_and_only_they_are_scored(prepared, st
     starts = [0, 100, 333]
     batch = objective._batch(train, starts, generator)
     for row, start in enumerate(starts):
-        original = train.tokens[start:start + objective.window].astype(np.int64)
+        original = train.tokens[start : start + objective.window].astype(np.int64)
         scored = (batch.targets[row] != IGNORE_INDEX).nonzero().squeeze(1)
         first, last = int(scored[0]), int(scored[-1])
         assert scored.tolist() == list(range(first, last + 1))  # one contiguous target part
-        prefix = batch.input_ids[row, :first + 1].numpy()  # the corrupted input (+ separator for bart)
-        target = batch.targets[row, first:last + 1].numpy()
+        prefix = batch.input_ids[
+            row, : first + 1
+        ].numpy()  # the corrupted input (+ separator for bart)
+        target = batch.targets[row, first : last + 1].numpy()
         if style == "t5":
             assert np.array_equal(restore_spans(prefix, target, tokenizer.sentinel_ids), original)
         else:
@@ -181,28 +219,51 @@ def test_prefix_lm_denoise_attends_both_ways_over_the_corrupted_input(prepared) 
 def test_mixture_samples_by_weight_and_logs_each_part(prepared) -> None:
     tokenizer, train, val = prepared
     cfg = ObjectiveConfig(name="mix", mix={"clm": 3.0, "denoise": 1.0})
-    objective = build_objective(cfg, train, val, seq_len=SEQ, tokenizer=tokenizer, vocab_size=tokenizer.vocab_size)
+    objective = build_objective(
+        cfg, train, val, seq_len=SEQ, tokenizer=tokenizer, vocab_size=tokenizer.vocab_size
+    )
     generator = torch.Generator().manual_seed(0)
     parts = [objective.train_batch(1, generator).part for _ in range(2000)]
     assert parts.count("clm") / len(parts) == pytest.approx(0.75, abs=0.03)
-    metrics = evaluate(decoder(tokenizer), objective, objective.eval_batches(2, 2), torch.device("cpu"))
+    metrics = evaluate(
+        decoder(tokenizer), objective, objective.eval_batches(2, 2), torch.device("cpu")
+    )
     assert {"val/loss", "val/clm/loss", "val/denoise/loss"} <= set(metrics)
-    assert metrics["val/loss"] == pytest.approx(0.75 * metrics["val/clm/loss"] + 0.25 * metrics["val/denoise/loss"])
+    assert metrics["val/loss"] == pytest.approx(
+        0.75 * metrics["val/clm/loss"] + 0.25 * metrics["val/denoise/loss"]
+    )
 
 
 def test_mixture_weights_must_sum_to_a_positive_number(prepared) -> None:
     tokenizer, train, val = prepared
-    clm = build_objective(ObjectiveConfig(), train, val, seq_len=SEQ, tokenizer=tokenizer, vocab_size=tokenizer.vocab_size)
+    clm = build_objective(
+        ObjectiveConfig(),
+        train,
+        val,
+        seq_len=SEQ,
+        tokenizer=tokenizer,
+        vocab_size=tokenizer.vocab_size,
+    )
     with pytest.raises(ConfigError, match="sum to a positive number"):
         Mixture({"a": (clm, 0.0), "b": (clm, 0.0)})
 
 
 def test_replay_scores_both_validation_sets_and_follows_the_domain(prepared) -> None:
     tokenizer, train, val = prepared
-    make = lambda: build_objective(ObjectiveConfig(), train, val, seq_len=SEQ, tokenizer=tokenizer,  # noqa: E731
-                                   vocab_size=tokenizer.vocab_size)
+    make = lambda: build_objective(
+        ObjectiveConfig(),
+        train,
+        val,
+        seq_len=SEQ,
+        tokenizer=tokenizer,  # noqa: E731
+        vocab_size=tokenizer.vocab_size,
+    )
     objective = with_replay(make(), make(), 0.0)
     parts = {objective.train_batch(1, torch.Generator().manual_seed(i)).part for i in range(50)}
     assert parts == {"domain"}  # fraction 0: never sampled...
-    metrics = evaluate(decoder(tokenizer), objective, objective.eval_batches(2, 1), torch.device("cpu"))
-    assert metrics["val/loss"] == metrics["val/domain/loss"] and "val/general/loss" in metrics  # ...still scored
+    metrics = evaluate(
+        decoder(tokenizer), objective, objective.eval_batches(2, 1), torch.device("cpu")
+    )
+    assert (
+        metrics["val/loss"] == metrics["val/domain/loss"] and "val/general/loss" in metrics
+    )  # ...still scored

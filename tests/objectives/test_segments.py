@@ -39,7 +39,7 @@ def stream() -> tuple[np.ndarray, np.ndarray]:
 def _where(tokens: np.ndarray, spans: np.ndarray, segment: np.ndarray) -> tuple[int, int]:
     """(document row, stream offset) of a segment, asserting it is a contiguous window of one document."""
     offset = int(segment[0]) - 1
-    assert np.array_equal(tokens[offset:offset + len(segment)], segment)
+    assert np.array_equal(tokens[offset : offset + len(segment)], segment)
     doc = int(np.searchsorted(spans[:, 0], offset, side="right")) - 1
     assert spans[doc, 0] <= offset and offset + len(segment) <= spans[doc, 1]
     return doc, offset
@@ -71,10 +71,14 @@ def test_pairs_are_windows_of_their_documents(stream: tuple[np.ndarray, np.ndarr
             if pair.is_next:
                 assert len(pair.first) + len(pair.second) == budget
     assert abs(n_next / 5000 - 0.5) < 0.02
-    assert n_short_negatives > 0  # short documents are used as negatives too (in proportion to their length)
+    assert (
+        n_short_negatives > 0
+    )  # short documents are used as negatives too (in proportion to their length)
 
 
-def test_documents_are_drawn_with_odds_length_times_the_rest(stream: tuple[np.ndarray, np.ndarray]) -> None:
+def test_documents_are_drawn_with_odds_length_times_the_rest(
+    stream: tuple[np.ndarray, np.ndarray],
+) -> None:
     """First documents with odds L * (T - L); negatives' second documents then come out with the
     same odds, so neither segment's document tells positives from negatives."""
     tokens, spans = stream
@@ -92,7 +96,9 @@ def test_documents_are_drawn_with_odds_length_times_the_rest(stream: tuple[np.nd
 
 
 def test_document_odds_are_exact_on_three_short_documents() -> None:
-    tokens = np.array([5, 6, EOT, 7, 8, 9, 10, 11, 12, EOT, 13, 14, 15, 16, EOT], dtype=np.uint16)  # 2, 6, 4
+    tokens = np.array(
+        [5, 6, EOT, 7, 8, 9, 10, 11, 12, EOT, 13, 14, 15, 16, EOT], dtype=np.uint16
+    )  # 2, 6, 4
     spans = document_spans(tokens, EOT)
     g = torch.Generator().manual_seed(5)
     pairs = [sample_pair(tokens, spans, 8, g) for _ in range(6000)]
@@ -122,7 +128,11 @@ def test_bad_arguments_raise_value_error(stream: tuple[np.ndarray, np.ndarray]) 
 
 def test_same_seed_same_pairs(stream: tuple[np.ndarray, np.ndarray]) -> None:
     tokens, spans = stream
-    draw = lambda seed: [sample_pair(tokens, spans, 50, g) for g in [torch.Generator().manual_seed(seed)] for _ in range(50)]  # noqa: E731
+    draw = lambda seed: [
+        sample_pair(tokens, spans, 50, g)
+        for g in [torch.Generator().manual_seed(seed)]
+        for _ in range(50)
+    ]  # noqa: E731
     a, b, c = draw(3), draw(3), draw(4)
     key = lambda p: (p.first.tolist(), p.second.tolist(), p.is_next, p.first_doc, p.second_doc)  # noqa: E731
     assert [key(p) for p in a] == [key(p) for p in b]
@@ -135,7 +145,9 @@ def test_pack_pair_layout_and_token_types() -> None:
     assert ids.tolist() == [CLS, 1, 2, 3, SEP, 4, 5, SEP, PAD, PAD, PAD, PAD]
     assert types.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0]
     assert n_real == 8 and ids.dtype == np.int64 and types.dtype == np.int64
-    ids, types, n_real = pack_pair(pair, cls_id=CLS, sep_id=SEP, pad_id=PAD, seq_len=8)  # exactly full
+    ids, types, n_real = pack_pair(
+        pair, cls_id=CLS, sep_id=SEP, pad_id=PAD, seq_len=8
+    )  # exactly full
     assert ids.tolist() == [CLS, 1, 2, 3, SEP, 4, 5, SEP] and n_real == 8
 
 
@@ -165,7 +177,7 @@ def test_sampled_pairs_pack_into_seq_len(stream: tuple[np.ndarray, np.ndarray]) 
         ids, types, n_real = pack_pair(pair, cls_id=CLS, sep_id=SEP, pad_id=PAD, seq_len=seq_len)
         assert n_real == len(pair.first) + len(pair.second) + 3  # no truncation needed
         assert (ids[n_real:] == PAD).all() and (types[n_real:] == 0).all()
-        assert ids[1:1 + len(pair.first)].tolist() == pair.first.tolist()
+        assert ids[1 : 1 + len(pair.first)].tolist() == pair.first.tolist()
         assert types[:n_real].sum() == len(pair.second) + 1
 
 
@@ -192,7 +204,9 @@ def test_same_document_negatives_are_distant_windows_of_a_documents_own_text(str
     tokens, spans = stream
     budget = 125
     g = torch.Generator().manual_seed(1)
-    pairs = [sample_pair(tokens, spans, budget, g, same_document_negatives=1.0) for _ in range(3000)]
+    pairs = [
+        sample_pair(tokens, spans, budget, g, same_document_negatives=1.0) for _ in range(3000)
+    ]
     negatives = [p for p in pairs if not p.is_next]
     lengths = spans[:, 1] - spans[:, 0]
     for pair in negatives:
@@ -202,7 +216,11 @@ def test_same_document_negatives_are_distant_windows_of_a_documents_own_text(str
         assert len(pair.first) + len(pair.second) <= budget
         if first_doc == second_doc:
             # Never overlapping, never adjacent: at least `budget` tokens between the two windows.
-            gap = second_at - (first_at + len(pair.first)) if second_at > first_at else first_at - (second_at + len(pair.second))
+            gap = (
+                second_at - (first_at + len(pair.first))
+                if second_at > first_at
+                else first_at - (second_at + len(pair.second))
+            )
             assert gap >= budget
         else:  # only documents too short to hold A, B and the gap fall back to another document
             assert lengths[first_doc] < 2 * budget

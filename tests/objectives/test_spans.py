@@ -17,14 +17,18 @@ def _runs(mask: np.ndarray) -> list[int]:
 
 
 def _tokens(length: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(10, 1000, length).astype(np.uint16)  # no sentinel, no mask
+    return (
+        np.random.default_rng(seed).integers(10, 1000, length).astype(np.uint16)
+    )  # no sentinel, no mask
 
 
 def test_noise_span_mask_counts_and_layout() -> None:
     g = torch.Generator().manual_seed(0)
     for length in [2, 3, 5, 10, 37, 100, 512]:
         for density, mean in [(0.15, 3.0), (0.5, 1.0), (0.3, 8.0), (0.9, 3.0)]:
-            mask = noise_span_mask(length, noise_density=density, mean_span=mean, max_spans=50, generator=g)
+            mask = noise_span_mask(
+                length, noise_density=density, mean_span=mean, max_spans=50, generator=g
+            )
             n_noise = min(max(1, round(length * density)), length - 1)
             n_spans = min(max(1, round(n_noise / mean)), 50, n_noise, length - n_noise)
             assert mask.dtype == bool and mask.shape == (length,)
@@ -34,9 +38,22 @@ def test_noise_span_mask_counts_and_layout() -> None:
 
 def test_noise_span_lengths_are_random_not_fixed() -> None:
     g = torch.Generator().manual_seed(0)
-    lengths = [n for _ in range(200) for n in _runs(noise_span_mask(200, noise_density=0.15, mean_span=3.0, max_spans=99, generator=g))]
+    lengths = [
+        n
+        for _ in range(200)
+        for n in _runs(
+            noise_span_mask(200, noise_density=0.15, mean_span=3.0, max_spans=99, generator=g)
+        )
+    ]
     assert min(lengths) == 1 and max(lengths) >= 8  # a random segmentation, not equal spans
-    starts = [int(np.flatnonzero(noise_span_mask(200, noise_density=0.15, mean_span=3.0, max_spans=99, generator=g))[0]) for _ in range(200)]
+    starts = [
+        int(
+            np.flatnonzero(
+                noise_span_mask(200, noise_density=0.15, mean_span=3.0, max_spans=99, generator=g)
+            )[0]
+        )
+        for _ in range(200)
+    ]
     assert len(set(starts)) > 20  # where the first span begins varies
 
 
@@ -48,7 +65,9 @@ def test_restore_inverts_span_corruption_exactly() -> None:
         sentinels = SENTINELS[: int(rng.integers(2, 12))]  # small sets make the cap bind too
         density = float(rng.choice([0.05, 0.15, 0.5, 0.95]))
         g = torch.Generator().manual_seed(case)
-        inp, target = span_corruption(tokens, sentinel_ids=sentinels, noise_density=density, mean_span=3.0, generator=g)
+        inp, target = span_corruption(
+            tokens, sentinel_ids=sentinels, noise_density=density, mean_span=3.0, generator=g
+        )
         assert inp.dtype == np.int64 and target.dtype == np.int64
         assert np.array_equal(restore_spans(inp, target, sentinels), tokens)
 
@@ -63,9 +82,13 @@ def test_sentinels_in_order_once_and_capped() -> None:
             used = inp[np.isin(inp, sentinels)].tolist()
             assert 1 <= len(used) <= n_sentinels - 1
             assert used == sentinels[: len(used)]  # each once, in increasing order
-            assert target[np.isin(target, sentinels)].tolist() == sentinels[: len(used) + 1]  # plus the closing one
+            assert (
+                target[np.isin(target, sentinels)].tolist() == sentinels[: len(used) + 1]
+            )  # plus the closing one
             assert target[0] == sentinels[0] and target[-1] == sentinels[len(used)]
-            assert len(inp) - len(used) + len(target) - len(used) - 1 == length  # every token in exactly one
+            assert (
+                len(inp) - len(used) + len(target) - len(used) - 1 == length
+            )  # every token in exactly one
     # A long sequence with few sentinels still drops the full noise fraction, in fewer, longer spans.
     inp, target = span_corruption(_tokens(600, 0), sentinel_ids=SENTINELS[:3], generator=g)
     assert len(target) - 3 == round(600 * 0.15) and np.isin(inp, SENTINELS).sum() == 2
@@ -77,7 +100,9 @@ def test_noise_rate_and_mean_span_length() -> None:
     dropped, total, spans = 0, 0, 0
     while total < 120_000:
         length = int(rng.integers(64, 600))
-        mask = noise_span_mask(length, noise_density=0.15, mean_span=3.0, max_spans=length, generator=g)
+        mask = noise_span_mask(
+            length, noise_density=0.15, mean_span=3.0, max_spans=length, generator=g
+        )
         dropped, total, spans = dropped + int(mask.sum()), total + length, spans + len(_runs(mask))
     assert abs(dropped / total - 0.15) < 0.01
     assert abs(dropped / spans - 3.0) < 0.3
@@ -93,17 +118,25 @@ def test_span_infilling_one_mask_per_span_target_is_original() -> None:
         assert not ((inp[1:] == MASK) & (inp[:-1] == MASK)).any()
         # Rebuild the expected input from what survived: each dropped run becomes one mask.
         dropped = ~np.isin(tokens, inp)
-        expected = [MASK if d else int(t) for i, (t, d) in enumerate(zip(tokens, dropped)) if not (d and i and dropped[i - 1])]
+        expected = [
+            MASK if d else int(t)
+            for i, (t, d) in enumerate(zip(tokens, dropped))
+            if not (d and i and dropped[i - 1])
+        ]
         assert inp.tolist() == expected
         assert dropped.sum() == min(max(1, round(length * 0.3)), length - 1)
 
 
 def test_same_seed_same_output() -> None:
     tokens = _tokens(300, 0)
-    run = lambda seed: span_corruption(tokens, sentinel_ids=SENTINELS, generator=torch.Generator().manual_seed(seed))  # noqa: E731
+    run = lambda seed: span_corruption(
+        tokens, sentinel_ids=SENTINELS, generator=torch.Generator().manual_seed(seed)
+    )  # noqa: E731
     (a, b), (c, d), (e, _) = run(5), run(5), run(6)
     assert np.array_equal(a, c) and np.array_equal(b, d) and not np.array_equal(a, e)
-    fill = lambda seed: span_infilling(tokens, mask_id=MASK, generator=torch.Generator().manual_seed(seed))[0]  # noqa: E731
+    fill = lambda seed: span_infilling(
+        tokens, mask_id=MASK, generator=torch.Generator().manual_seed(seed)
+    )[0]  # noqa: E731
     assert np.array_equal(fill(5), fill(5)) and not np.array_equal(fill(5), fill(6))
 
 

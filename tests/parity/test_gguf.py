@@ -23,14 +23,29 @@ from graft.model.transformer import LanguageModel, RotaryEmbedding, apply_rotary
 
 pytestmark = pytest.mark.parity
 
-TEXT = ["the cat sat on the mat. " * 20, "a dog ran in the fog, then sat. " * 20, "héllo wörld ✓ " * 10]
+TEXT = [
+    "the cat sat on the mat. " * 20,
+    "a dog ran in the fog, then sat. " * 20,
+    "héllo wörld ✓ " * 10,
+]
 
 
 def _llama(vocab_size: int, **overrides: object) -> LanguageModel:
     # d_ff=80: down_proj rows (80) are not whole q8_0 blocks, exercising the f16 fallback.
     fields: dict[str, object] = dict(
-        vocab_size=vocab_size, max_seq_len=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=80,
-        norm="rmsnorm", norm_eps=1e-6, positions="rope", mlp="swiglu", bias=False, tie_embeddings=True,
+        vocab_size=vocab_size,
+        max_seq_len=64,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=80,
+        norm="rmsnorm",
+        norm_eps=1e-6,
+        positions="rope",
+        mlp="swiglu",
+        bias=False,
+        tie_embeddings=True,
     )
     torch.manual_seed(0)
     return LanguageModel(ModelConfig(**{**fields, **overrides})).eval()
@@ -45,12 +60,23 @@ def _expected(model: LanguageModel) -> dict[str, torch.Tensor]:
     """What export_gguf should store, built independently of its name map."""
     c = model.config
     sd = {k: v.detach().float() for k, v in model.state_dict().items()}
-    out = {"token_embd.weight": sd["model.embed_tokens.weight"], "output_norm.weight": sd["model.norm.weight"]}
+    out = {
+        "token_embd.weight": sd["model.embed_tokens.weight"],
+        "output_norm.weight": sd["model.norm.weight"],
+    }
     if not c.tie_embeddings:
         out["output.weight"] = sd["lm_head.weight"]
-    names = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-             "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",
-             "mlp.down_proj": "ffn_down", "input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"}
+    names = {
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+        "input_layernorm": "attn_norm",
+        "post_attention_layernorm": "ffn_norm",
+    }
     for i in range(c.n_layers):
         for graft_name, gguf_name in names.items():
             out[f"blk.{i}.{gguf_name}.weight"] = sd[f"model.layers.{i}.{graft_name}.weight"]
@@ -91,7 +117,9 @@ def test_f32_export_holds_every_tensor_exactly(tmp_path: Path, bpe: Tokenizer, t
         stored = torch.from_numpy(_tensor(t))
         assert torch.equal(_unpermute(name, stored, model.config), want), name
     # The permutation really moved q/k rows (so the check above is not vacuous).
-    assert not torch.equal(torch.from_numpy(_tensor(got["blk.0.attn_q.weight"])), expected["blk.0.attn_q.weight"])
+    assert not torch.equal(
+        torch.from_numpy(_tensor(got["blk.0.attn_q.weight"])), expected["blk.0.attn_q.weight"]
+    )
 
 
 def test_metadata_and_bpe_tokenizer(tmp_path: Path, bpe: Tokenizer) -> None:
@@ -120,9 +148,11 @@ def test_metadata_and_bpe_tokenizer(tmp_path: Path, bpe: Tokenizer) -> None:
     for token in SPECIAL_TOKENS:
         assert types[bpe.token_to_id(token)] == gguf.TokenType.CONTROL
     assert types[bpe.token_to_id("Ġ")] == gguf.TokenType.NORMAL
-    assert set(types[bpe.vocab_size:]) == {gguf.TokenType.UNUSED}
+    assert set(types[bpe.vocab_size :]) == {gguf.TokenType.UNUSED}
     merges = json.loads(bpe.backend.to_str())["model"]["merges"]
-    assert _field(reader, "tokenizer.ggml.merges") == [m if isinstance(m, str) else " ".join(m) for m in merges]
+    assert _field(reader, "tokenizer.ggml.merges") == [
+        m if isinstance(m, str) else " ".join(m) for m in merges
+    ]
     assert len(merges) > 10
     assert _field(reader, "tokenizer.ggml.eos_token_id") == bpe.eot_id
     assert _field(reader, "tokenizer.ggml.bos_token_id") == bpe.eot_id
@@ -133,14 +163,18 @@ def test_metadata_and_bpe_tokenizer(tmp_path: Path, bpe: Tokenizer) -> None:
     expected = _expected(model)
     for t in reader.tensors:
         want = expected[t.name]
-        assert t.tensor_type == (gguf.GGMLQuantizationType.F16 if want.dim() == 2 else gguf.GGMLQuantizationType.F32)
+        assert t.tensor_type == (
+            gguf.GGMLQuantizationType.F16 if want.dim() == 2 else gguf.GGMLQuantizationType.F32
+        )
         stored = _unpermute(t.name, torch.from_numpy(_tensor(t)), c)
         torch.testing.assert_close(stored, want.half().float(), rtol=0, atol=0)
 
 
 def test_bytes_tokenizer_needs_no_merges(tmp_path: Path) -> None:
     tokenizer = bytes_tokenizer()
-    reader = gguf.GGUFReader(export_gguf(_llama(tokenizer.vocab_size), tokenizer, tmp_path / "b.gguf"))
+    reader = gguf.GGUFReader(
+        export_gguf(_llama(tokenizer.vocab_size), tokenizer, tmp_path / "b.gguf")
+    )
     tokens = _field(reader, "tokenizer.ggml.tokens")
     assert len(tokens) == 262 and tokens[256] == "<|endoftext|>" and tokens[ord("a")] == "a"
     # llama.cpp requires the key and gguf cannot write an empty array: one inert placeholder.
@@ -165,16 +199,29 @@ def test_q8_0_quantises_whole_blocks_and_falls_back_to_f16(tmp_path: Path, bpe: 
             assert ((stored - want).reshape(-1, 32).abs() <= step * 0.6 + 1e-7).all(), t.name
         else:
             torch.testing.assert_close(stored, want.half().float(), rtol=0, atol=0)
-    assert kinds["blk.0.attn_q.weight"] == kinds["token_embd.weight"] == gguf.GGMLQuantizationType.Q8_0
-    assert kinds["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.F16  # 80 is not a multiple of 32
+    assert (
+        kinds["blk.0.attn_q.weight"] == kinds["token_embd.weight"] == gguf.GGMLQuantizationType.Q8_0
+    )
+    assert (
+        kinds["blk.0.ffn_down.weight"] == gguf.GGMLQuantizationType.F16
+    )  # 80 is not a multiple of 32
     assert kinds["blk.0.attn_norm.weight"] == gguf.GGMLQuantizationType.F32
 
 
 def test_permutation_gives_the_same_attention_under_adjacent_pair_rope() -> None:
     """llama.cpp's llama arch rotates pairs (2i, 2i+1) by angle pos * inv_freq[i]; graft rotates
     halves (i, i + D/2). With permuted rows, q.k must be the same for every pair of positions."""
-    config = ModelConfig(vocab_size=8, max_seq_len=16, d_model=32, n_heads=2, n_kv_heads=1, norm="rmsnorm",
-                         positions="rope", mlp="swiglu", bias=False)
+    config = ModelConfig(
+        vocab_size=8,
+        max_seq_len=16,
+        d_model=32,
+        n_heads=2,
+        n_kv_heads=1,
+        norm="rmsnorm",
+        positions="rope",
+        mlp="swiglu",
+        bias=False,
+    )
     H, K, D, T = config.n_heads, config.kv_heads, config.head_dim, config.max_seq_len
     gen = torch.Generator().manual_seed(0)
     wq, wk = torch.randn(H * D, 32, generator=gen), torch.randn(K * D, 32, generator=gen)
@@ -190,19 +237,25 @@ def test_permutation_gives_the_same_attention_under_adjacent_pair_rope() -> None
         angle = torch.arange(T, dtype=torch.float32)[:, None] * inv_freq  # (T, D/2)
         a, b = v[..., 0::2], v[..., 1::2]
         out = torch.empty_like(v)
-        out[..., 0::2], out[..., 1::2] = a * angle.cos() - b * angle.sin(), a * angle.sin() + b * angle.cos()
+        out[..., 0::2], out[..., 1::2] = (
+            a * angle.cos() - b * angle.sin(),
+            a * angle.sin() + b * angle.cos(),
+        )
         return out
 
     q2 = pair_rope((x @ interleave_rope_rows(wq, H).T).view(T, H, D).transpose(0, 1))
     k2 = pair_rope((x @ interleave_rope_rows(wk, K).T).view(T, K, D).transpose(0, 1))
-    torch.testing.assert_close(q2 @ k2.repeat_interleave(H // K, dim=0).transpose(1, 2), graft_scores,
-                               rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(
+        q2 @ k2.repeat_interleave(H // K, dim=0).transpose(1, 2), graft_scores, rtol=1e-4, atol=1e-3
+    )
     assert torch.equal(uninterleave_rope_rows(interleave_rope_rows(wq, H), H), wq)
 
 
 def test_llama3_rope_scaling_writes_rope_freqs(tmp_path: Path) -> None:
     tokenizer = bytes_tokenizer()
-    scaling = RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192)
+    scaling = RopeScaling(
+        factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192
+    )
     model = _llama(tokenizer.vocab_size, rope_scaling=scaling)
     reader = gguf.GGUFReader(export_gguf(model, tokenizer, tmp_path / "s.gguf", dtype="f32"))
     freqs = {t.name: _tensor(t) for t in reader.tensors}["rope_freqs.weight"]
@@ -214,13 +267,18 @@ def test_llama3_rope_scaling_writes_rope_freqs(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "reason"),
     [
-        (dict(norm="layernorm", positions="learned", mlp="gelu_tanh", bias=True), r"rope \+ rmsnorm \+ swiglu"),
+        (
+            dict(norm="layernorm", positions="learned", mlp="gelu_tanh", bias=True),
+            r"rope \+ rmsnorm \+ swiglu",
+        ),
         (dict(bias=True), "biases"),
         (dict(attention_bias=True), "biases"),
     ],
     ids=["gpt2-style", "biases", "qkv-biases"],
 )
-def test_refuses_what_llama_cpp_cannot_run_and_writes_nothing(tmp_path: Path, overrides: dict, reason: str) -> None:
+def test_refuses_what_llama_cpp_cannot_run_and_writes_nothing(
+    tmp_path: Path, overrides: dict, reason: str
+) -> None:
     tokenizer = bytes_tokenizer()
     model = _llama(tokenizer.vocab_size, **overrides)
     with pytest.raises(ConfigError, match=reason) as err:
@@ -229,7 +287,9 @@ def test_refuses_what_llama_cpp_cannot_run_and_writes_nothing(tmp_path: Path, ov
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_refuses_bad_dtype_and_wordpiece_and_small_embedding(tmp_path: Path, bpe: Tokenizer) -> None:
+def test_refuses_bad_dtype_and_wordpiece_and_small_embedding(
+    tmp_path: Path, bpe: Tokenizer
+) -> None:
     with pytest.raises(ConfigError, match="dtype"):
         export_gguf(_llama(bpe.vocab_size), bpe, tmp_path / "m.gguf", dtype="q4_0")  # type: ignore[arg-type]
     wordpiece = train_tokenizer(TEXT, "wordpiece", vocab_size=60)
@@ -250,7 +310,8 @@ def test_replaces_an_existing_file_atomically(tmp_path: Path) -> None:
 
 def test_llama_cpp_runs_the_export(tmp_path: Path) -> None:
     llama_cpp = pytest.importorskip(
-        "llama_cpp", reason="llama-cpp-python is not installed (no wheel on this machine's package index)"
+        "llama_cpp",
+        reason="llama-cpp-python is not installed (no wheel on this machine's package index)",
     )
     tokenizer = bytes_tokenizer()
     path = export_gguf(_llama(tokenizer.vocab_size), tokenizer, tmp_path / "m.gguf", dtype="f32")

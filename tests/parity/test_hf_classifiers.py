@@ -19,18 +19,43 @@ from graft.model.transformer import LanguageModel, padding_attention_mask  # noq
 pytestmark = pytest.mark.parity
 
 VOCAB, PAD, LABELS = 99, 0, ("neg", "neutral", "pos")
-_SHAPE = dict(vocab_size=VOCAB, pad_token_id=PAD, num_labels=3, id2label=dict(enumerate(LABELS)),
-              label2id={n: i for i, n in enumerate(LABELS)})
+_SHAPE = dict(
+    vocab_size=VOCAB,
+    pad_token_id=PAD,
+    num_labels=3,
+    id2label=dict(enumerate(LABELS)),
+    label2id={n: i for i, n in enumerate(LABELS)},
+)
 CONFIGS = {
-    "gpt2": lambda: transformers.GPT2Config(n_positions=32, n_embd=32, n_layer=2, n_head=4, **_SHAPE),
-    "llama": lambda: transformers.LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                              num_attention_heads=4, num_key_value_heads=2,
-                                              max_position_embeddings=32, **_SHAPE),
-    "qwen2": lambda: transformers.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                              num_attention_heads=4, num_key_value_heads=2,
-                                              max_position_embeddings=32, **_SHAPE),
-    "bert": lambda: transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                            intermediate_size=64, max_position_embeddings=32, **_SHAPE),
+    "gpt2": lambda: transformers.GPT2Config(
+        n_positions=32, n_embd=32, n_layer=2, n_head=4, **_SHAPE
+    ),
+    "llama": lambda: transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        **_SHAPE,
+    ),
+    "qwen2": lambda: transformers.Qwen2Config(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=32,
+        **_SHAPE,
+    ),
+    "bert": lambda: transformers.BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        **_SHAPE,
+    ),
 }
 
 
@@ -62,7 +87,11 @@ def _graft_logits(model: LanguageModel, ids: torch.Tensor, real: torch.Tensor) -
 @pytest.mark.parametrize("head", ["sequence", "token"])
 @pytest.mark.parametrize("family", sorted(CONFIGS))
 def test_import_matches_transformers(family: str, head: str, tmp_path: Path) -> None:
-    auto = transformers.AutoModelForSequenceClassification if head == "sequence" else transformers.AutoModelForTokenClassification
+    auto = (
+        transformers.AutoModelForSequenceClassification
+        if head == "sequence"
+        else transformers.AutoModelForTokenClassification
+    )
     torch.manual_seed(0)
     reference = auto.from_config(CONFIGS[family]())
     _perturb(reference)
@@ -82,12 +111,26 @@ def test_import_matches_transformers(family: str, head: str, tmp_path: Path) -> 
 @pytest.mark.parametrize("name", ["nano", "llama-nano", "bert-nano"])
 def test_graft_classifier_round_trips(name: str, head: str, tmp_path: Path) -> None:
     torch.manual_seed(0)
-    model = LanguageModel(preset(name, vocab_size=VOCAB, max_seq_len=32, d_model=32, n_layers=2, n_heads=4,
-                                 head=head, labels=LABELS))
+    model = LanguageModel(
+        preset(
+            name,
+            vocab_size=VOCAB,
+            max_seq_len=32,
+            d_model=32,
+            n_layers=2,
+            n_heads=4,
+            head=head,
+            labels=LABELS,
+        )
+    )
     _perturb(model)
     model.eval()
     export_hf(model, tmp_path / "out")
-    auto = transformers.AutoModelForSequenceClassification if head == "sequence" else transformers.AutoModelForTokenClassification
+    auto = (
+        transformers.AutoModelForSequenceClassification
+        if head == "sequence"
+        else transformers.AutoModelForTokenClassification
+    )
     loaded = auto.from_pretrained(tmp_path / "out", pad_token_id=PAD).eval()
     assert loaded.config.id2label == dict(enumerate(LABELS))
     ids, real = _batch()
@@ -100,10 +143,16 @@ def test_graft_classifier_round_trips(name: str, head: str, tmp_path: Path) -> N
     again = load_hf_model(tmp_path / "out")
     assert (again.config.head, again.config.labels) == (head, LABELS)
     card = (tmp_path / "out" / "README.md").read_text()
-    assert f"pipeline_tag: {'text' if head == 'sequence' else 'token'}-classification" in card and "0: neg, 1: neutral, 2: pos" in card
+    assert (
+        f"pipeline_tag: {'text' if head == 'sequence' else 'token'}-classification" in card
+        and "0: neg, 1: neutral, 2: pos" in card
+    )
 
 
-@pytest.mark.parametrize("name, head", [("nano", "sequence"), ("bert-nano", "token"), ("bert-nano", "lm"), ("llama-nano", "lm")])
+@pytest.mark.parametrize(
+    "name, head",
+    [("nano", "sequence"), ("bert-nano", "token"), ("bert-nano", "lm"), ("llama-nano", "lm")],
+)
 def test_verify_compares_the_right_outputs(name: str, head: str, tmp_path: Path) -> None:
     from graft.data.tokenizer import bytes_tokenizer
     from graft.model.convert.verify import verify_hf_export
@@ -111,12 +160,24 @@ def test_verify_compares_the_right_outputs(name: str, head: str, tmp_path: Path)
     tokenizer = bytes_tokenizer()
     labels = LABELS if head != "lm" else ()
     torch.manual_seed(0)
-    model = LanguageModel(preset(name, vocab_size=tokenizer.vocab_size, max_seq_len=32, d_model=32, n_layers=1,
-                                 n_heads=4, head=head, labels=labels)).eval()
+    model = LanguageModel(
+        preset(
+            name,
+            vocab_size=tokenizer.vocab_size,
+            max_seq_len=32,
+            d_model=32,
+            n_layers=1,
+            n_heads=4,
+            head=head,
+            labels=labels,
+        )
+    ).eval()
     export_hf(model, tmp_path / "out", tokenizer=tokenizer)
     records = {r.check: r for r in verify_hf_export(tmp_path / "out", model, tokenizer)}
     assert records["logits"].ok, records["logits"].detail
     with torch.no_grad():  # and it notices a wrong classifier (or embedding)
         weight = (model.classifier if head != "lm" else model.model.embed_tokens).weight
         weight.add_(torch.randn(weight.shape, generator=torch.Generator().manual_seed(5)))
-    assert not {r.check: r for r in verify_hf_export(tmp_path / "out", model, tokenizer)}["logits"].ok
+    assert not {r.check: r for r in verify_hf_export(tmp_path / "out", model, tokenizer)}[
+        "logits"
+    ].ok

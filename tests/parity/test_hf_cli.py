@@ -23,13 +23,25 @@ pytestmark = [pytest.mark.parity, pytest.mark.e2e]
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 PROMPT = "The quick"
-EXPORT_FILES = ["README.md", "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json",
-                "tokenizer.json", "tokenizer_config.json"]
+EXPORT_FILES = [
+    "README.md",
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "special_tokens_map.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+]
 
 
 def graft(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "graft", *map(str, args)], capture_output=True, text=True,
-                          timeout=120, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "graft", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
 
 
 def _perturb(module: torch.nn.Module, seed: int) -> None:
@@ -42,31 +54,55 @@ def _perturb(module: torch.nn.Module, seed: int) -> None:
 def test_generate_reads_a_hugging_face_directory(tmp_path: Path) -> None:
     tokenizer = bytes_tokenizer()
     torch.manual_seed(0)
-    hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)).eval()
+    hf_model = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
+    ).eval()
     _perturb(hf_model, 1)
     hf_model.save_pretrained(tmp_path / "hf")
     tokenizer.save(tmp_path / "hf")
 
-    result = graft("generate", tmp_path / "hf", "--prompt", PROMPT, "--temperature", 0, "--max-new-tokens", 5)
+    result = graft(
+        "generate", tmp_path / "hf", "--prompt", PROMPT, "--temperature", 0, "--max-new-tokens", 5
+    )
     assert result.returncode == 0, result.stderr
 
     prompt_ids = tokenizer.encode(PROMPT)
     with torch.no_grad():
-        out = hf_model.generate(torch.tensor([prompt_ids]), attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
-                                do_sample=False, max_new_tokens=5, min_new_tokens=5, eos_token_id=None, pad_token_id=0)
-    new = out[0, len(prompt_ids):].tolist()
+        out = hf_model.generate(
+            torch.tensor([prompt_ids]),
+            attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=5,
+            min_new_tokens=5,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    new = out[0, len(prompt_ids) :].tolist()
     if tokenizer.eot_id in new:
-        new = new[:new.index(tokenizer.eot_id)]
+        new = new[: new.index(tokenizer.eot_id)]
     # splitlines: text-mode pipes turn a generated "\r" into "\n"
     assert result.stdout.splitlines() == (PROMPT + tokenizer.decode(new)).splitlines()
 
 
 def test_generate_refuses_a_tokenizer_larger_than_the_embeddings(tmp_path: Path) -> None:
-    hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        max_position_embeddings=64))
+    hf_model = transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(
+            vocab_size=100,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+        )
+    )
     hf_model.save_pretrained(tmp_path / "hf")
     bytes_tokenizer().save(tmp_path / "hf")
     result = graft("generate", tmp_path / "hf", "--max-new-tokens", 2)
@@ -80,15 +116,27 @@ def test_generate_refuses_a_tokenizer_larger_than_the_embeddings(tmp_path: Path)
 def _checkpoint(directory: Path, **fields: object) -> Path:
     tokenizer = bytes_tokenizer()
     torch.manual_seed(0)
-    model = LanguageModel(ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=64, d_model=32, n_layers=2,
-                                      n_heads=4, **fields))  # type: ignore[arg-type]
+    model = LanguageModel(
+        ModelConfig(
+            vocab_size=tokenizer.vocab_size,
+            max_seq_len=64,
+            d_model=32,
+            n_layers=2,
+            n_heads=4,
+            **fields,
+        )
+    )  # type: ignore[arg-type]
     _perturb(model, 2)
     return save_checkpoint(directory, model=model, tokenizer=tokenizer, run_config_yaml="{}\n")
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
 def test_export_hf_loads_in_transformers_with_the_same_logits(style: str, tmp_path: Path) -> None:
-    fields = {} if style == "gpt2" else dict(norm="rmsnorm", positions="rope", mlp="swiglu", bias=False, n_kv_heads=2)
+    fields = (
+        {}
+        if style == "gpt2"
+        else dict(norm="rmsnorm", positions="rope", mlp="swiglu", bias=False, n_kv_heads=2)
+    )
     checkpoint = _checkpoint(tmp_path / "ckpt", **fields)
     result = graft("export", checkpoint, "--format", "hf", "--out", tmp_path / "hf")
     assert result.returncode == 0, result.stderr
@@ -113,7 +161,10 @@ def test_export_replaces_a_non_empty_directory_only_when_asked(tmp_path: Path) -
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["notes.txt"]
     assert graft("export", checkpoint, "--out", tmp_path / "hf", "--overwrite").returncode == 0
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == EXPORT_FILES
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt", "hf"]  # no temporary or aside copies left
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "ckpt",
+        "hf",
+    ]  # no temporary or aside copies left
 
 
 def test_export_refuses_an_unrepresentable_config_and_writes_nothing(tmp_path: Path) -> None:
@@ -121,22 +172,37 @@ def test_export_refuses_an_unrepresentable_config_and_writes_nothing(tmp_path: P
     result = graft("export", checkpoint, "--format", "hf", "--out", tmp_path / "hf")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("graft: error: cannot export to Hugging Face: positions=rope")
+    assert len(lines) == 1 and lines[0].startswith(
+        "graft: error: cannot export to Hugging Face: positions=rope"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
     assert json.loads((checkpoint / "config.json").read_text())["model"]["positions"] == "rope"
 
 
 def test_export_verifies_by_default_and_prints_the_table(tmp_path: Path) -> None:
-    checkpoint = _checkpoint(tmp_path / "ckpt", norm="rmsnorm", positions="rope", mlp="swiglu", bias=False)
+    checkpoint = _checkpoint(
+        tmp_path / "ckpt", norm="rmsnorm", positions="rope", mlp="swiglu", bias=False
+    )
     result = graft("export", checkpoint, "--out", tmp_path / "hf")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == f"exported (hf): {tmp_path / 'hf'}"
     assert lines[1].split() == ["check", "result", "detail"]
     rows = [line.split("  ") for line in lines[2:]]
-    assert [row[0] for row in rows] == ["transformers", "logits", "tokenizer ids", "eos ids", "chat template", "vocab size"]
-    assert all(" ok " in line for line in lines[2:] if not line.startswith("chat template")), result.stdout
-    assert "not instruction-tuned" in next(line for line in lines if line.startswith("chat template"))
+    assert [row[0] for row in rows] == [
+        "transformers",
+        "logits",
+        "tokenizer ids",
+        "eos ids",
+        "chat template",
+        "vocab size",
+    ]
+    assert all(" ok " in line for line in lines[2:] if not line.startswith("chat template")), (
+        result.stdout
+    )
+    assert "not instruction-tuned" in next(
+        line for line in lines if line.startswith("chat template")
+    )
     assert "# ckpt" in (tmp_path / "hf" / "README.md").read_text()
 
 

@@ -23,19 +23,51 @@ from graft.model.transformer import LanguageModel  # noqa: E402
 pytestmark = pytest.mark.parity
 
 VOCAB, MAX_LEN, NEW_TOKENS = 96, 64, 32
-_LLAMA_SHAPE = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, max_position_embeddings=MAX_LEN)
+_LLAMA_SHAPE = dict(
+    vocab_size=VOCAB,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=MAX_LEN,
+)
 
 FAMILIES: dict[str, tuple[type, dict[str, object]]] = {
-    "gpt2": (transformers.GPT2Config, dict(vocab_size=VOCAB, n_positions=MAX_LEN, n_embd=32, n_layer=2, n_head=4)),
-    "llama-gqa": (transformers.LlamaConfig, dict(**_LLAMA_SHAPE, num_key_value_heads=2, tie_word_embeddings=True)),
-    "llama-untied": (transformers.LlamaConfig, dict(**_LLAMA_SHAPE, num_key_value_heads=4, tie_word_embeddings=False)),
-    "llama3-rope-scaling": (transformers.LlamaConfig, dict(
-        **_LLAMA_SHAPE, num_key_value_heads=2, rope_theta=10000.0,
-        rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                          original_max_position_embeddings=16))),
-    "mistral": (transformers.MistralConfig, dict(**_LLAMA_SHAPE, num_key_value_heads=2, sliding_window=None)),
-    "qwen2": (transformers.Qwen2Config, dict(**_LLAMA_SHAPE, num_key_value_heads=2, tie_word_embeddings=True)),
+    "gpt2": (
+        transformers.GPT2Config,
+        dict(vocab_size=VOCAB, n_positions=MAX_LEN, n_embd=32, n_layer=2, n_head=4),
+    ),
+    "llama-gqa": (
+        transformers.LlamaConfig,
+        dict(**_LLAMA_SHAPE, num_key_value_heads=2, tie_word_embeddings=True),
+    ),
+    "llama-untied": (
+        transformers.LlamaConfig,
+        dict(**_LLAMA_SHAPE, num_key_value_heads=4, tie_word_embeddings=False),
+    ),
+    "llama3-rope-scaling": (
+        transformers.LlamaConfig,
+        dict(
+            **_LLAMA_SHAPE,
+            num_key_value_heads=2,
+            rope_theta=10000.0,
+            rope_scaling=dict(
+                rope_type="llama3",
+                factor=8.0,
+                low_freq_factor=1.0,
+                high_freq_factor=4.0,
+                original_max_position_embeddings=16,
+            ),
+        ),
+    ),
+    "mistral": (
+        transformers.MistralConfig,
+        dict(**_LLAMA_SHAPE, num_key_value_heads=2, sliding_window=None),
+    ),
+    "qwen2": (
+        transformers.Qwen2Config,
+        dict(**_LLAMA_SHAPE, num_key_value_heads=2, tie_word_embeddings=True),
+    ),
 }
 
 
@@ -97,13 +129,21 @@ def _assert_same_logits(graft_model: LanguageModel, hf_model: torch.nn.Module) -
 
 def _assert_same_greedy(graft_model: LanguageModel, hf_model: torch.nn.Module) -> None:
     prompt = [5, 17, 42, 8, 64, 3]
-    ours = list(generate(graft_model, prompt, SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0)))
+    ours = list(
+        generate(graft_model, prompt, SamplingParams(max_new_tokens=NEW_TOKENS, temperature=0))
+    )
     hf_model.generation_config.eos_token_id = None  # a random model must not stop early
     with torch.no_grad():
-        out = hf_model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
-                                do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                                eos_token_id=None, pad_token_id=0)
-    assert ours == out[0, len(prompt):].tolist()
+        out = hf_model.generate(
+            torch.tensor([prompt]),
+            attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+            do_sample=False,
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+    assert ours == out[0, len(prompt) :].tolist()
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -120,21 +160,35 @@ def test_imported_configs_carry_the_family_switches(tmp_path: Path) -> None:
     qwen = read_hf_config(_save(_build_hf("qwen2"), tmp_path / "q"))
     assert (qwen.bias, qwen.qkv_bias, qwen.n_kv_heads) == (False, True, 2)
     llama3 = read_hf_config(_save(_build_hf("llama3-rope-scaling"), tmp_path / "l"))
-    assert llama3.rope_scaling == RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                                              original_max_position_embeddings=16)
+    assert llama3.rope_scaling == RopeScaling(
+        factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=16
+    )
     gpt2 = read_hf_config(_save(_build_hf("gpt2"), tmp_path / "g"))
-    assert (gpt2.norm, gpt2.positions, gpt2.mlp, gpt2.bias, gpt2.d_ff) == ("layernorm", "learned", "gelu_tanh", True, 128)
+    assert (gpt2.norm, gpt2.positions, gpt2.mlp, gpt2.bias, gpt2.d_ff) == (
+        "layernorm",
+        "learned",
+        "gelu_tanh",
+        True,
+        128,
+    )
 
 
 _BASE = dict(vocab_size=VOCAB, max_seq_len=MAX_LEN, d_model=32, n_layers=2, n_heads=4)
-_LLAMA_STYLE = dict(norm="rmsnorm", positions="rope", mlp="swiglu", bias=False, norm_eps=1e-6, d_ff=64)
+_LLAMA_STYLE = dict(
+    norm="rmsnorm", positions="rope", mlp="swiglu", bias=False, norm_eps=1e-6, d_ff=64
+)
 ROUND_TRIPS: dict[str, tuple[dict[str, object], str]] = {
     "gpt2-style": (dict(), "GPT2LMHeadModel"),
     "gpt2-untied-exact-gelu": (dict(tie_embeddings=False, mlp="gelu"), "GPT2LMHeadModel"),
     "llama-style-gqa": (dict(**_LLAMA_STYLE, n_kv_heads=2), "LlamaForCausalLM"),
-    "llama-style-biased-untied": (dict(**{**_LLAMA_STYLE, "bias": True}, tie_embeddings=False), "LlamaForCausalLM"),
-    "llama3-scaled": (dict(**_LLAMA_STYLE, rope_scaling=RopeScaling(original_max_position_embeddings=16)),
-                      "LlamaForCausalLM"),
+    "llama-style-biased-untied": (
+        dict(**{**_LLAMA_STYLE, "bias": True}, tie_embeddings=False),
+        "LlamaForCausalLM",
+    ),
+    "llama3-scaled": (
+        dict(**_LLAMA_STYLE, rope_scaling=RopeScaling(original_max_position_embeddings=16)),
+        "LlamaForCausalLM",
+    ),
     "qwen2-style": (dict(**_LLAMA_STYLE, n_kv_heads=2, attention_bias=True), "Qwen2ForCausalLM"),
 }
 
@@ -196,21 +250,31 @@ def _rewrite(directory: Path, change) -> list[tuple[str, int]]:  # type: ignore[
 def test_missing_tensor_is_named(tmp_path: Path) -> None:
     directory = _save(_build_hf("llama-gqa"), tmp_path)
     before = _rewrite(directory, lambda t: t.pop("model.layers.1.self_attn.k_proj.weight"))
-    with pytest.raises(CheckpointError, match=r"model\.safetensors: tensor model\.layers\.1\.self_attn\.k_proj\.weight is missing"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"model\.safetensors: tensor model\.layers\.1\.self_attn\.k_proj\.weight is missing",
+    ):
         load_hf_model(directory)
     assert _listing(directory) == before
 
 
 def test_misshaped_tensor_is_named(tmp_path: Path) -> None:
     directory = _save(_build_hf("qwen2"), tmp_path)
-    _rewrite(directory, lambda t: t.__setitem__("model.layers.0.self_attn.q_proj.bias", torch.zeros(31)))
-    with pytest.raises(CheckpointError, match=r"tensor model\.layers\.0\.self_attn\.q_proj\.bias has shape \(31,\), config\.json implies \(32,\)"):
+    _rewrite(
+        directory, lambda t: t.__setitem__("model.layers.0.self_attn.q_proj.bias", torch.zeros(31))
+    )
+    with pytest.raises(
+        CheckpointError,
+        match=r"tensor model\.layers\.0\.self_attn\.q_proj\.bias has shape \(31,\), config\.json implies \(32,\)",
+    ):
         load_hf_model(directory)
 
 
 def test_misshaped_gpt2_tensor_is_named_as_gpt2_names_it(tmp_path: Path) -> None:
     directory = _save(_build_hf("gpt2"), tmp_path)
-    _rewrite(directory, lambda t: t.__setitem__("transformer.h.1.mlp.c_fc.weight", torch.zeros(32, 100)))
+    _rewrite(
+        directory, lambda t: t.__setitem__("transformer.h.1.mlp.c_fc.weight", torch.zeros(32, 100))
+    )
     with pytest.raises(CheckpointError, match=r"tensor h\.1\.mlp\.c_fc\.weight has shape"):
         load_hf_model(directory)
     _rewrite(directory, lambda t: t.pop("transformer.h.0.ln_2.bias"))
@@ -226,13 +290,24 @@ def test_real_sliding_window_is_refused_not_ignored(tmp_path: Path) -> None:
     load_hf_model(_save(_build_hf("mistral", sliding_window=MAX_LEN), tmp_path / "wide"))
 
 
-@pytest.mark.parametrize("fields, reason", [
-    (dict(positions="rope"), "positions=rope, norm=layernorm, mlp=gelu_tanh is no Hugging Face decoder"),
-    (dict(bias=False), "GPT-2 .* always has biases"),
-    (dict(n_kv_heads=2), "GPT-2 has no grouped-query attention"),
-    (dict(**{**_LLAMA_STYLE, "bias": True}, attention_bias=False), ".* match neither Llama nor Qwen2"),
-])
-def test_unexportable_config_is_refused_before_writing(fields: dict[str, object], reason: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "fields, reason",
+    [
+        (
+            dict(positions="rope"),
+            "positions=rope, norm=layernorm, mlp=gelu_tanh is no Hugging Face decoder",
+        ),
+        (dict(bias=False), "GPT-2 .* always has biases"),
+        (dict(n_kv_heads=2), "GPT-2 has no grouped-query attention"),
+        (
+            dict(**{**_LLAMA_STYLE, "bias": True}, attention_bias=False),
+            ".* match neither Llama nor Qwen2",
+        ),
+    ],
+)
+def test_unexportable_config_is_refused_before_writing(
+    fields: dict[str, object], reason: str, tmp_path: Path
+) -> None:
     model = LanguageModel(ModelConfig(**{**_BASE, **fields}))
     with pytest.raises(ConfigError, match=f"cannot export to Hugging Face: {reason}"):
         export_hf(model, tmp_path / "out")

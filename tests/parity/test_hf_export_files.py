@@ -40,8 +40,16 @@ def bpe() -> Tokenizer:
 
 def _model(tokenizer: Tokenizer, **fields: object) -> LanguageModel:
     torch.manual_seed(0)
-    model = LanguageModel(ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=64, d_model=32, n_layers=2,
-                                      n_heads=4, **fields))  # type: ignore[arg-type]
+    model = LanguageModel(
+        ModelConfig(
+            vocab_size=tokenizer.vocab_size,
+            max_seq_len=64,
+            d_model=32,
+            n_layers=2,
+            n_heads=4,
+            **fields,
+        )
+    )  # type: ignore[arg-type]
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for p in model.parameters():
@@ -61,24 +69,48 @@ def test_export_writes_tokenizer_generation_and_card_files(bpe: Tokenizer, tmp_p
     index = prepare_shards([tmp_path / "text"], bpe, data, val_fraction=0.5, seed=0, progress=False)
     model = _model(bpe, **LLAMA)
     run = tmp_path / "run"
-    ckpt = save_checkpoint(run / "checkpoints" / "last", model=model, tokenizer=bpe,
-                           run_config_yaml=f"data:\n  path: {data}\n",
-                           state=TrainingState(step=7, tokens_seen=1234, elapsed_s=3.0))
-    (run / "metrics.jsonl").write_text('{"step": 5, "val/loss": 3.25}\n{"step": 7, "train/loss": 2.0}\n')
+    ckpt = save_checkpoint(
+        run / "checkpoints" / "last",
+        model=model,
+        tokenizer=bpe,
+        run_config_yaml=f"data:\n  path: {data}\n",
+        state=TrainingState(step=7, tokens_seen=1234, elapsed_s=3.0),
+    )
+    (run / "metrics.jsonl").write_text(
+        '{"step": 5, "val/loss": 3.25}\n{"step": 7, "train/loss": 2.0}\n'
+    )
 
     out = export_hf(model, tmp_path / "hf", tokenizer=bpe, source=ckpt)
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json",
-        "tokenizer.json", "tokenizer_config.json"]
+        "README.md",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
     tok_config = json.loads((out / "tokenizer_config.json").read_text())
     assert tok_config == {
-        "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|endoftext|>", "pad_token": "<|pad|>",
-        "unk_token": "<|unk|>", "mask_token": "<|mask|>", "sep_token": "<|sep|>", "cls_token": "<|cls|>",
-        "model_max_length": 64, "clean_up_tokenization_spaces": False}
-    assert "chat_template" not in tok_config and "bos_token" not in tok_config  # graft has neither yet
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|pad|>",
+        "unk_token": "<|unk|>",
+        "mask_token": "<|mask|>",
+        "sep_token": "<|sep|>",
+        "cls_token": "<|cls|>",
+        "model_max_length": 64,
+        "clean_up_tokenization_spaces": False,
+    }
+    assert (
+        "chat_template" not in tok_config and "bos_token" not in tok_config
+    )  # graft has neither yet
     special = json.loads((out / "special_tokens_map.json").read_text())
     assert special == {k: v for k, v in tok_config.items() if k.endswith("_token")}
-    assert json.loads((out / "generation_config.json").read_text()) == {"eos_token_id": 0, "pad_token_id": 1}
+    assert json.loads((out / "generation_config.json").read_text()) == {
+        "eos_token_id": 0,
+        "pad_token_id": 1,
+    }
     config = json.loads((out / "config.json").read_text())
     assert (config["eos_token_id"], config["pad_token_id"], config["bos_token_id"]) == (0, 1, None)
 
@@ -94,12 +126,24 @@ def test_export_writes_tokenizer_generation_and_card_files(bpe: Tokenizer, tmp_p
 def test_model_card_says_unknown_for_what_the_files_do_not_say(tmp_path: Path) -> None:
     tokenizer = bytes_tokenizer()
     model = _model(tokenizer)
-    ckpt = save_checkpoint(tmp_path / "ckpt", model=model, tokenizer=tokenizer, run_config_yaml="{}\n")
-    card = (export_hf(model, tmp_path / "hf", tokenizer=tokenizer, source=ckpt) / "README.md").read_text()
-    assert "data: unknown" in card and "steps, tokens, time: unknown" in card and "final metrics: unknown" in card
+    ckpt = save_checkpoint(
+        tmp_path / "ckpt", model=model, tokenizer=tokenizer, run_config_yaml="{}\n"
+    )
+    card = (
+        export_hf(model, tmp_path / "hf", tokenizer=tokenizer, source=ckpt) / "README.md"
+    ).read_text()
+    assert (
+        "data: unknown" in card
+        and "steps, tokens, time: unknown" in card
+        and "final metrics: unknown" in card
+    )
     bare = (export_hf(model, tmp_path / "bare") / "README.md").read_text()
     assert "exported without the source checkpoint" in bare and "no run_config.yaml" in bare
-    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "bare").iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]
 
 
 @pytest.mark.parametrize("kind", ["bpe", "bytes"])
@@ -111,7 +155,11 @@ def test_auto_tokenizer_gives_graft_ids(kind: str, bpe: Tokenizer, tmp_path: Pat
         ids = auto(text)["input_ids"]
         assert ids == tokenizer.encode(text)
         assert auto.decode(ids) == text
-    assert (auto.eos_token_id, auto.pad_token_id, auto.bos_token_id) == (tokenizer.eot_id, tokenizer.pad_id, None)
+    assert (auto.eos_token_id, auto.pad_token_id, auto.bos_token_id) == (
+        tokenizer.eot_id,
+        tokenizer.pad_id,
+        None,
+    )
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
@@ -119,7 +167,13 @@ def test_verify_passes_on_a_good_export(style: str, bpe: Tokenizer, tmp_path: Pa
     model = _model(bpe, **({} if style == "gpt2" else LLAMA))
     records = verify_hf_export(export_hf(model, tmp_path / "hf", tokenizer=bpe), model, bpe)
     assert [(r.check, r.ok) for r in records] == [
-        ("transformers", True), ("logits", True), ("tokenizer ids", True), ("eos ids", True), ("chat template", None), ("vocab size", True)]
+        ("transformers", True),
+        ("logits", True),
+        ("tokenizer ids", True),
+        ("eos ids", True),
+        ("chat template", None),
+        ("vocab size", True),
+    ]
     raise_on_failure(records, tmp_path / "hf")  # no error
 
 
@@ -133,11 +187,15 @@ def test_verify_catches_a_wrong_eos_in_generation_config(bpe: Tokenizer, tmp_pat
         raise_on_failure(records, out)
     message = str(err.value)
     assert len(message.splitlines()) == 1
-    assert message.startswith("export verification failed: eos ids (generation_config.json eos_token_id 3")
+    assert message.startswith(
+        "export verification failed: eos ids (generation_config.json eos_token_id 3"
+    )
     assert "written and complete" in message
 
 
-def test_verify_catches_a_tokenizer_larger_than_the_embedding(bpe: Tokenizer, tmp_path: Path) -> None:
+def test_verify_catches_a_tokenizer_larger_than_the_embedding(
+    bpe: Tokenizer, tmp_path: Path
+) -> None:
     small = bytes_tokenizer()
     model = _model(small, **LLAMA)  # 262 rows
     out = export_hf(model, tmp_path / "hf", tokenizer=small)
@@ -157,14 +215,21 @@ def test_verify_catches_a_tampered_weight(bpe: Tokenizer, tmp_path: Path) -> Non
     assert _failed(records) == {"logits"}
 
 
-def test_verify_without_transformers_uses_graft_readers(bpe: Tokenizer, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_verify_without_transformers_uses_graft_readers(
+    bpe: Tokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(verify, "_transformers_available", lambda: False)
     model = _model(bpe)
     out = export_hf(model, tmp_path / "hf", tokenizer=bpe)
     records = verify_hf_export(out, model, bpe)
     assert [(r.check, r.ok) for r in records] == [
-        ("transformers", None), ("logits", True), ("tokenizer ids", True), ("eos ids", True), ("chat template", None), ("vocab size", True)]
+        ("transformers", None),
+        ("logits", True),
+        ("tokenizer ids", True),
+        ("eos ids", True),
+        ("chat template", None),
+        ("vocab size", True),
+    ]
     assert "graft's HF reader" in records[1].detail
     weights = load_file(str(out / "model.safetensors"))
     weights["transformer.wte.weight"][5, 0] += 0.5
@@ -178,7 +243,9 @@ def _chat_tokenizer(bpe: Tokenizer, template: str) -> Tokenizer:
     return tokenizer
 
 
-def test_verify_checks_the_chat_template_and_catches_a_missing_one(bpe: Tokenizer, tmp_path: Path) -> None:
+def test_verify_checks_the_chat_template_and_catches_a_missing_one(
+    bpe: Tokenizer, tmp_path: Path
+) -> None:
     from graft.data.chat import DEFAULT_CHAT_TEMPLATE
 
     tokenizer = _chat_tokenizer(bpe, DEFAULT_CHAT_TEMPLATE)
@@ -199,7 +266,10 @@ def test_verify_catches_a_template_that_never_ends_a_turn(bpe: Tokenizer, tmp_pa
     model = _model(tokenizer)
     export_hf(model, tmp_path / "out", tokenizer=tokenizer)
     records = {r.check: r for r in verify_hf_export(tmp_path / "out", model, tokenizer)}
-    assert records["chat template"].ok is False and "never emits the eos token" in records["chat template"].detail
+    assert (
+        records["chat template"].ok is False
+        and "never emits the eos token" in records["chat template"].detail
+    )
 
 
 def test_verify_catches_a_pre_tokenizer_mismatch(bpe: Tokenizer, tmp_path: Path) -> None:
@@ -208,7 +278,10 @@ def test_verify_catches_a_pre_tokenizer_mismatch(bpe: Tokenizer, tmp_path: Path)
     export_hf(model, tmp_path / "out", tokenizer=bpe)
     path = tmp_path / "out" / "tokenizer.json"
     data = json.loads(path.read_text())
-    assert data["pre_tokenizer"]["type"] == "ByteLevel" and data["pre_tokenizer"]["add_prefix_space"] is False
+    assert (
+        data["pre_tokenizer"]["type"] == "ByteLevel"
+        and data["pre_tokenizer"]["add_prefix_space"] is False
+    )
     data["pre_tokenizer"]["add_prefix_space"] = True
     path.write_text(json.dumps(data))
     record = {r.check: r for r in verify_hf_export(tmp_path / "out", model, bpe)}["tokenizer ids"]

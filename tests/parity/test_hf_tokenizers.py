@@ -24,20 +24,91 @@ SAMPLE = (
     "def f(x):\n\treturn x**2  # ok\r\n"
     "  spaces   and\u00a0nbsp, ‘quotes’ — dashes… İstanbul ΟΔΟΣ\u200bzero-width [x] (y) {z}"
 )
-SAMPLES = [SAMPLE, "", " ", "a", "hello", "Hello World", "  leading and trailing  ", "東京都", "🙂👍🏽",
-           "naïve café", "def f(x):\n\treturn x**2  # ok"]
+SAMPLES = [
+    SAMPLE,
+    "",
+    " ",
+    "a",
+    "hello",
+    "Hello World",
+    "  leading and trailing  ",
+    "東京都",
+    "🙂👍🏽",
+    "naïve café",
+    "def f(x):\n\treturn x**2  # ok",
+]
 
-BERT_VOCAB = list(dict.fromkeys([  # dict.fromkeys: drop repeats, keep the order
-    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
-    *"!#()*,-.0123456789:;?[]{}_'‘’—…。",
-    *"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
-    *"東京都に住む中文éüïèßİΟΔΣ",
-    "hello", "world", "the", "serve", "##s", "na", "##ive", "##ïve", "caf", "##e", "##é", "cre", "##me",
-    "##è", "bru", "##lee", "über", "uber", "stra", "##ße", "##sse", "def", "return", "ok", "f", "x",
-    "space", "and", "##b", "##sp", "quote", "dash", "##es", "is", "##tan", "##bul", "zero", "width",
-    "Hello", "World", "The", "ÜBER", "##ü", "##ber", "emoji", "paris", "Paris", "of", "france",
-    "France", "##ll", "##o", "##rld", "##ld", "lead", "##ing", "trail",
-]))
+BERT_VOCAB = list(
+    dict.fromkeys(
+        [  # dict.fromkeys: drop repeats, keep the order
+            "[PAD]",
+            "[UNK]",
+            "[CLS]",
+            "[SEP]",
+            "[MASK]",
+            *"!#()*,-.0123456789:;?[]{}_'‘’—…。",
+            *"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+            *"東京都に住む中文éüïèßİΟΔΣ",
+            "hello",
+            "world",
+            "the",
+            "serve",
+            "##s",
+            "na",
+            "##ive",
+            "##ïve",
+            "caf",
+            "##e",
+            "##é",
+            "cre",
+            "##me",
+            "##è",
+            "bru",
+            "##lee",
+            "über",
+            "uber",
+            "stra",
+            "##ße",
+            "##sse",
+            "def",
+            "return",
+            "ok",
+            "f",
+            "x",
+            "space",
+            "and",
+            "##b",
+            "##sp",
+            "quote",
+            "dash",
+            "##es",
+            "is",
+            "##tan",
+            "##bul",
+            "zero",
+            "width",
+            "Hello",
+            "World",
+            "The",
+            "ÜBER",
+            "##ü",
+            "##ber",
+            "emoji",
+            "paris",
+            "Paris",
+            "of",
+            "france",
+            "France",
+            "##ll",
+            "##o",
+            "##rld",
+            "##ld",
+            "lead",
+            "##ing",
+            "trail",
+        ]
+    )
+)
 
 
 def text_with(token: str | None) -> str:
@@ -60,8 +131,8 @@ def assert_same_ids(directory: Path, special: str | None = None) -> tuple[Tokeni
 def assert_same_roles(ours: Tokenizer, theirs: object) -> None:
     for role in ("mask", "sep", "cls", "pad", "unk", "bos"):
         assert getattr(ours, f"{role}_id") == getattr(theirs, f"{role}_token_id"), role
-    eos = getattr(theirs, "eos_token_id")
-    assert ours.eot_id == (eos if eos is not None else getattr(theirs, "sep_token_id"))
+    eos = theirs.eos_token_id
+    assert ours.eot_id == (eos if eos is not None else theirs.sep_token_id)
     assert ours.vocab_size == len(theirs)
 
 
@@ -86,31 +157,56 @@ def slow_bert_class():  # noqa: ANN201
 
 @pytest.mark.parametrize("lower", [True, False], ids=["uncased", "cased"])
 def test_bert_slow_files_vocab_txt(vocab_file: Path, tmp_path: Path, lower: bool) -> None:
-    slow_bert_class()(vocab_file=str(vocab_file), do_lower_case=lower).save_pretrained(tmp_path / "bert")
+    slow_bert_class()(vocab_file=str(vocab_file), do_lower_case=lower).save_pretrained(
+        tmp_path / "bert"
+    )
     assert not (tmp_path / "bert" / "tokenizer.json").exists()  # graft builds it from vocab.txt
     ours, theirs = assert_same_ids(tmp_path / "bert", "[MASK]")
     assert ours.kind == "wordpiece"
     assert_same_roles(ours, theirs)
     assert (ours.mask_id, ours.sep_id, ours.cls_id, ours.pad_id, ours.unk_id) == (4, 3, 2, 0, 1)
     assert ours.eot_id == ours.sep_id  # BERT has no eos: sep separates documents
-    assert ours.special_tokens_map == {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]",
-                                       "cls_token": "[CLS]", "mask_token": "[MASK]"}
+    assert ours.special_tokens_map == {
+        "unk_token": "[UNK]",
+        "sep_token": "[SEP]",
+        "pad_token": "[PAD]",
+        "cls_token": "[CLS]",
+        "mask_token": "[MASK]",
+    }
     # Lower-casing and accent stripping are read from do_lower_case.
     assert (ours.encode("naïve") == [BERT_VOCAB.index("na"), BERT_VOCAB.index("##ive")]) is lower
 
 
 @pytest.mark.parametrize("lower", [True, False], ids=["uncased", "cased"])
-def test_bert_vocab_txt_built_by_transformers_5(vocab_file: Path, tmp_path: Path, lower: bool) -> None:
+def test_bert_vocab_txt_built_by_transformers_5(
+    vocab_file: Path, tmp_path: Path, lower: bool
+) -> None:
     """An older save (vocab.txt, tokenizer_config.json, special_tokens_map.json) that AutoTokenizer
     turns into its fast BertTokenizer, with options and a renamed role read from the configs."""
     directory = tmp_path / "bert"
     write_vocab(directory / "vocab.txt")
-    (directory / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "BertTokenizer", "do_lower_case": lower, "strip_accents": None,
-        "tokenize_chinese_chars": True, "model_max_length": 512}))
-    (directory / "special_tokens_map.json").write_text(json.dumps({
-        "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": {"content": "[PAD]", "special": True},
-        "cls_token": "[CLS]", "mask_token": "[MASK]"}))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "BertTokenizer",
+                "do_lower_case": lower,
+                "strip_accents": None,
+                "tokenize_chinese_chars": True,
+                "model_max_length": 512,
+            }
+        )
+    )
+    (directory / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "unk_token": "[UNK]",
+                "sep_token": "[SEP]",
+                "pad_token": {"content": "[PAD]", "special": True},
+                "cls_token": "[CLS]",
+                "mask_token": "[MASK]",
+            }
+        )
+    )
     ours, theirs = assert_same_ids(directory, "[MASK]")
     assert_same_roles(ours, theirs)
 
@@ -128,14 +224,18 @@ def test_bert_vocab_txt_with_added_tokens(vocab_file: Path, tmp_path: Path, read
     slow.save_pretrained(tmp_path / "bert")
     if reader == "fast":
         config_file = tmp_path / "bert" / "tokenizer_config.json"
-        config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "tokenizer_class": "BertTokenizer"}))
+        config_file.write_text(
+            json.dumps({**json.loads(config_file.read_text()), "tokenizer_class": "BertTokenizer"})
+        )
     ours, theirs = assert_same_ids(tmp_path / "bert", "<ent> Zebra qux zebra QUX")
     assert ours.vocab_size == len(BERT_VOCAB) + 3 == len(theirs)
     assert ours.token_to_id("<ent>") == theirs.convert_tokens_to_ids("<ent>") == len(BERT_VOCAB)
 
 
 def test_bert_fast_tokenizer_json(vocab_file: Path, tmp_path: Path) -> None:
-    slow_bert_class()(vocab_file=str(vocab_file), do_lower_case=True).save_pretrained(tmp_path / "slow")
+    slow_bert_class()(vocab_file=str(vocab_file), do_lower_case=True).save_pretrained(
+        tmp_path / "slow"
+    )
     fast_class = getattr(transformers, "BertTokenizerFast", transformers.BertTokenizer)
     fast_class.from_pretrained(str(tmp_path / "slow")).save_pretrained(tmp_path / "fast")
     assert (tmp_path / "fast" / "tokenizer.json").is_file()
@@ -151,9 +251,15 @@ def test_bert_fast_tokenizer_json(vocab_file: Path, tmp_path: Path) -> None:
 def training_lines() -> list[str]:
     """A few hundred lines of local text: this package's sources plus some mixed-script prose."""
     root = Path(__file__).resolve().parents[2] / "src" / "graft"
-    lines = [line for file in sorted(root.rglob("*.py"))[:8] for line in file.read_text().splitlines()]
-    prose = ["The naïve café serves crème brûlée in Paris.", "東京都に住む人は多い。中文文本。",
-             "Emoji 🙂👍🏽 and code: def f(x): return x**2  # ok", "Hello World! Hello world!"]
+    lines = [
+        line for file in sorted(root.rglob("*.py"))[:8] for line in file.read_text().splitlines()
+    ]
+    prose = [
+        "The naïve café serves crème brûlée in Paris.",
+        "東京都に住む人は多い。中文文本。",
+        "Emoji 🙂👍🏽 and code: def f(x): return x**2  # ok",
+        "Hello World! Hello world!",
+    ]
     return lines[:400] + prose * 20
 
 
@@ -161,8 +267,13 @@ def train_byte_bpe(specials: list[str]) -> tokenizers.Tokenizer:
     backend = tokenizers.Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=700, min_frequency=2, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=700,
+        min_frequency=2,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     backend.train_from_iterator(training_lines(), trainer=trainer)
     return backend
 
@@ -183,7 +294,11 @@ def test_roberta_byte_level_bpe(roberta_dir: Path) -> None:
     assert ours.kind == "bpe"
     assert_same_roles(ours, theirs)
     assert [ours.id_to_token(i) for i in (ours.bos_id, ours.eot_id, ours.pad_id, ours.mask_id)] == [
-        "<s>", "</s>", "<pad>", "<mask>"]
+        "<s>",
+        "</s>",
+        "<pad>",
+        "<mask>",
+    ]
     assert ours.decode(ours.encode(SAMPLE)) == SAMPLE
 
 
@@ -194,28 +309,52 @@ def test_roberta_as_transformers_4_saved_it(roberta_dir: Path, tmp_path: Path) -
     for added in tokenizer_json["added_tokens"]:
         added["lstrip"] = added["content"] == "<mask>"
     (tmp_path / "tokenizer.json").write_text(json.dumps(tokenizer_json))
-    role = {"__type": "AddedToken", "content": "<mask>", "lstrip": True, "normalized": False, "rstrip": False,
-            "single_word": False}
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "RobertaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "sep_token": "</s>",
-        "cls_token": "<s>", "unk_token": "<unk>", "pad_token": "<pad>", "mask_token": role,
-        "add_prefix_space": False, "trim_offsets": True, "errors": "replace"}))
+    role = {
+        "__type": "AddedToken",
+        "content": "<mask>",
+        "lstrip": True,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+    }
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "RobertaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "sep_token": "</s>",
+                "cls_token": "<s>",
+                "unk_token": "<unk>",
+                "pad_token": "<pad>",
+                "mask_token": role,
+                "add_prefix_space": False,
+                "trim_offsets": True,
+                "errors": "replace",
+            }
+        )
+    )
     ours, theirs = assert_same_ids(tmp_path, "<mask>")
     assert_same_roles(ours, theirs)
     # The space went with <mask>: no lone "Ġ" between them.
     assert [ours.id_to_token(i) for i in ours.encode("is the <mask>")][-2:] == ["Ġthe", "<mask>"]
 
 
-TEMPLATE = ("{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|endoftext|>\n"
-            "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
+TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|endoftext|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
 def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """GPT-2 style: eos only, saved as a plain PreTrainedTokenizerFast with a chat template."""
     tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=train_byte_bpe(["<|endoftext|>"]), bos_token="<|endoftext|>",
-        eos_token="<|endoftext|>", unk_token="<|endoftext|>")
+        tokenizer_object=train_byte_bpe(["<|endoftext|>"]),
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+    )
     tokenizer.chat_template = TEMPLATE
     directory = tmp_path_factory.mktemp("gpt2")
     tokenizer.save_pretrained(directory)
@@ -225,7 +364,11 @@ def gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_gpt2_byte_level_bpe_and_its_chat_template(gpt2_dir: Path) -> None:
     ours, theirs = assert_same_ids(gpt2_dir, "<|endoftext|>")
     assert_same_roles(ours, theirs)
-    assert ours.eot_id == ours.token_to_id("<|endoftext|>") and ours.mask_id is None and ours.pad_id is None
+    assert (
+        ours.eot_id == ours.token_to_id("<|endoftext|>")
+        and ours.mask_id is None
+        and ours.pad_id is None
+    )
     assert ours.chat_template == TEMPLATE == theirs.chat_template
 
 
@@ -239,7 +382,10 @@ def test_chat_template_read_verbatim(gpt2_dir: Path, tmp_path: Path, form: str) 
     if form == "string":
         config["chat_template"] = other
     elif form == "list":
-        config["chat_template"] = [{"name": "tool_use", "template": TEMPLATE}, {"name": "default", "template": other}]
+        config["chat_template"] = [
+            {"name": "tool_use", "template": TEMPLATE},
+            {"name": "default", "template": other},
+        ]
     else:
         config["chat_template"] = TEMPLATE
         (directory / "chat_template.jinja").write_text(other)
@@ -258,21 +404,36 @@ def test_saving_keeps_roles_and_template_for_graft_and_transformers(
     vocab_file: Path, roberta_dir: Path, gpt2_dir: Path, tmp_path: Path, source: str
 ) -> None:
     if source == "bert":
-        slow_bert_class()(vocab_file=str(vocab_file), do_lower_case=True).save_pretrained(tmp_path / "bert")
+        slow_bert_class()(vocab_file=str(vocab_file), do_lower_case=True).save_pretrained(
+            tmp_path / "bert"
+        )
     directory = {"bert": tmp_path / "bert", "roberta": roberta_dir, "gpt2": gpt2_dir}[source]
     original = Tokenizer.load(directory)
     saved = original.save(tmp_path / "ckpt")
-    assert sorted(p.name for p in saved.parent.iterdir()) == ["tokenizer.json", "tokenizer_config.json"]
-    for again in (Tokenizer.load(saved.parent), Tokenizer.load(saved)):  # checkpoints load the file path
+    assert sorted(p.name for p in saved.parent.iterdir()) == [
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ]
+    for again in (
+        Tokenizer.load(saved.parent),
+        Tokenizer.load(saved),
+    ):  # checkpoints load the file path
         assert again.special_tokens_map == original.special_tokens_map
         assert again.chat_template == original.chat_template
         assert again.sha256 == original.sha256
-        assert (again.eot_id, again.mask_id, again.sep_id) == (original.eot_id, original.mask_id, original.sep_id)
+        assert (again.eot_id, again.mask_id, again.sep_id) == (
+            original.eot_id,
+            original.mask_id,
+            original.sep_id,
+        )
     # transformers reads graft's save as graft does.
-    ours, theirs = assert_same_ids(saved.parent, original.id_to_token(original.mask_id or original.eot_id or 0))
+    ours, theirs = assert_same_ids(
+        saved.parent, original.id_to_token(original.mask_id or original.eot_id or 0)
+    )
     assert_same_roles(ours, theirs)
-    assert [ours.encode(t) for t in SAMPLES] == [auto(directory)(t, add_special_tokens=False)["input_ids"]
-                                                 for t in SAMPLES]
+    assert [ours.encode(t) for t in SAMPLES] == [
+        auto(directory)(t, add_special_tokens=False)["input_ids"] for t in SAMPLES
+    ]
 
 
 def test_a_sentencepiece_only_directory_is_refused(tmp_path: Path) -> None:

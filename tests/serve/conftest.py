@@ -29,7 +29,9 @@ MODEL_NAME = "tiny"
 
 
 @pytest.fixture(scope="session")
-def tokenizer(tmp_path_factory: pytest.TempPathFactory, make_corpus: Callable[..., Path]) -> Tokenizer:
+def tokenizer(
+    tmp_path_factory: pytest.TempPathFactory, make_corpus: Callable[..., Path]
+) -> Tokenizer:
     """Byte-level BPE with 400 tokens, trained on the shared pseudo-English corpus (chat markup such as
     <|user|> takes several tokens: prompts are long for their text)."""
     corpus = make_corpus(tmp_path_factory.mktemp("serve_corpus"), documents=8, words=200)
@@ -37,12 +39,21 @@ def tokenizer(tmp_path_factory: pytest.TempPathFactory, make_corpus: Callable[..
     return train_tokenizer(texts, "bpe", 400, min_frequency=1)
 
 
-def tiny_model(tokenizer: Tokenizer, *, labels: tuple[str, ...] = (), seed: int = 0) -> LanguageModel:
+def tiny_model(
+    tokenizer: Tokenizer, *, labels: tuple[str, ...] = (), seed: int = 0
+) -> LanguageModel:
     torch.manual_seed(seed)
     head = {"head": "sequence", "labels": labels} if labels else {}
     # init_std 0.3 gives peaked distributions, so samples are not uniform noise.
-    config = ModelConfig(vocab_size=tokenizer.vocab_size, max_seq_len=CONTEXT, d_model=32, n_layers=2, n_heads=2,
-                         init_std=0.3, **head)
+    config = ModelConfig(
+        vocab_size=tokenizer.vocab_size,
+        max_seq_len=CONTEXT,
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        init_std=0.3,
+        **head,
+    )
     return LanguageModel(config).eval()
 
 
@@ -59,8 +70,14 @@ class Served:
     info: ModelInfo
 
 
-def build(tokenizer: Tokenizer, model: LanguageModel | None = None, *, api_key: str | None = None,
-          start: bool = True, **engine: int) -> Served:
+def build(
+    tokenizer: Tokenizer,
+    model: LanguageModel | None = None,
+    *,
+    api_key: str | None = None,
+    start: bool = True,
+    **engine: int,
+) -> Served:
     model = model if model is not None else tiny_model(tokenizer)
     settings = {"max_batch": 4, "max_queue": 8, "max_batch_tokens": 4 * CONTEXT, **engine}
     served_engine = Engine(model, tokenizer, EngineConfig(**settings))
@@ -105,4 +122,6 @@ def served(tokenizer: Tokenizer) -> Iterator[Served]:
 def checkpoint(tmp_path_factory: pytest.TempPathFactory, tokenizer: Tokenizer) -> Path:
     """The tiny model saved as a graft checkpoint directory. Read-only."""
     out = tmp_path_factory.mktemp("serve_ckpt") / "tiny"
-    return save_checkpoint(out, model=tiny_model(tokenizer), tokenizer=tokenizer, run_config_yaml="{}\n")
+    return save_checkpoint(
+        out, model=tiny_model(tokenizer), tokenizer=tokenizer, run_config_yaml="{}\n"
+    )

@@ -25,14 +25,18 @@ def client(served: Served) -> Iterator[TestClient]:
 def assert_error(response, status: int, param: str | None, code: str | None = None) -> dict:
     assert response.status_code == status, response.text
     body = response.json()
-    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, body
+    assert set(body) == {"error"} and set(body["error"]) == {"message", "type", "param", "code"}, (
+        body
+    )
     error = body["error"]
     assert error["param"] == param, error
     assert error["message"] and isinstance(error["type"], str)
     if code is not None:
         assert error["code"] == code, error
     if param is not None:
-        assert param.split("[")[0].split(".")[0] in error["message"], error  # the message names it too
+        assert param.split("[")[0].split(".")[0] in error["message"], (
+            error
+        )  # the message names it too
     return error
 
 
@@ -84,8 +88,14 @@ CHAT_CASES = [
     ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role"),
     ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ({"messages": [{"role": "user"}]}, "messages[0].content"),
-    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]},
-     "messages[0].content[0].type"),
+    (
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}
+            ]
+        },
+        "messages[0].content[0].type",
+    ),
     ({"messages": [{"role": "user", "content": "a <|endoftext|> b"}]}, "messages[0].content"),
     ({"messages": USER, "temperature": -1}, "temperature"),
     ({"messages": USER, "top_p": 0}, "top_p"),
@@ -101,37 +111,66 @@ CHAT_CASES = [
 
 @pytest.mark.parametrize(("body", "param"), CHAT_CASES, ids=[p for _, p in CHAT_CASES])
 def test_bad_chat_fields_are_400_naming_the_field(client: TestClient, body: dict, param: str):
-    assert_error(client.post("/v1/chat/completions", json={"model": MODEL_NAME, **body}), 400, param)
+    assert_error(
+        client.post("/v1/chat/completions", json={"model": MODEL_NAME, **body}), 400, param
+    )
 
 
 def test_prompt_longer_than_the_context(client: TestClient):
-    assert_error(client.post("/v1/completions", json={"prompt": LONG}), 400, "prompt", "context_length_exceeded")
+    assert_error(
+        client.post("/v1/completions", json={"prompt": LONG}),
+        400,
+        "prompt",
+        "context_length_exceeded",
+    )
     long_chat = [{"role": "user", "content": LONG}]
-    assert_error(client.post("/v1/chat/completions", json={"messages": long_chat}), 400, "messages",
-                 "context_length_exceeded")
-    assert_error(client.post("/v1/embeddings", json={"input": LONG}), 400, "input", "context_length_exceeded")
+    assert_error(
+        client.post("/v1/chat/completions", json={"messages": long_chat}),
+        400,
+        "messages",
+        "context_length_exceeded",
+    )
+    assert_error(
+        client.post("/v1/embeddings", json={"input": LONG}), 400, "input", "context_length_exceeded"
+    )
 
 
 def test_max_tokens_beyond_what_is_left_of_the_context(client: TestClient, tokenizer: Tokenizer):
     prompt = "the quick brown fox"
     room = CONTEXT - len(tokenizer.encode(prompt))
-    error = assert_error(client.post("/v1/completions", json={"prompt": prompt, "max_tokens": room + 1}), 400,
-                         "max_tokens", "context_length_exceeded")
+    error = assert_error(
+        client.post("/v1/completions", json={"prompt": prompt, "max_tokens": room + 1}),
+        400,
+        "max_tokens",
+        "context_length_exceeded",
+    )
     assert str(room) in error["message"]
-    ok = client.post("/v1/completions", json={"prompt": prompt, "max_tokens": room, "temperature": 0})
+    ok = client.post(
+        "/v1/completions", json={"prompt": prompt, "max_tokens": room, "temperature": 0}
+    )
     assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= room
 
 
 def test_unknown_model_is_404_naming_model(client: TestClient):
-    for path, body in (("/v1/completions", {"prompt": "x"}), ("/v1/chat/completions", {"messages": USER}),
-                       ("/v1/embeddings", {"input": "x"}), ("/v1/classify", {"input": "x"})):
-        assert_error(client.post(path, json={"model": "gpt-4o", **body}), 404, "model", "model_not_found")
+    for path, body in (
+        ("/v1/completions", {"prompt": "x"}),
+        ("/v1/chat/completions", {"messages": USER}),
+        ("/v1/embeddings", {"input": "x"}),
+        ("/v1/classify", {"input": "x"}),
+    ):
+        assert_error(
+            client.post(path, json={"model": "gpt-4o", **body}), 404, "model", "model_not_found"
+        )
     assert_error(client.get("/v1/models/gpt-4o"), 404, "model", "model_not_found")
 
 
-@pytest.mark.parametrize("raw", [b"{not json", b"", b"[1, 2]", b'"text"', b"null", b'{"prompt": NaN}'])
+@pytest.mark.parametrize(
+    "raw", [b"{not json", b"", b"[1, 2]", b'"text"', b"null", b'{"prompt": NaN}']
+)
 def test_malformed_bodies_are_400(client: TestClient, raw: bytes):
-    response = client.post("/v1/completions", content=raw, headers={"Content-Type": "application/json"})
+    response = client.post(
+        "/v1/completions", content=raw, headers={"Content-Type": "application/json"}
+    )
     assert response.status_code == 400, response.text
     assert set(response.json()["error"]) == {"message", "type", "param", "code"}
 
@@ -141,14 +180,25 @@ def test_embedding_inputs(client: TestClient):
     assert_error(client.post("/v1/embeddings", json={"input": ["ok", ""]}), 400, "input")
     assert_error(client.post("/v1/embeddings", json={"input": []}), 400, "input")
     assert_error(client.post("/v1/embeddings", json={"input": [[1, 2], [10**6]]}), 400, "input")
-    assert_error(client.post("/v1/embeddings", json={"input": "x", "dimensions": 7}), 400, "dimensions")
-    assert_error(client.post("/v1/embeddings", json={"input": "x", "encoding_format": "int8"}), 400, "encoding_format")
+    assert_error(
+        client.post("/v1/embeddings", json={"input": "x", "dimensions": 7}), 400, "dimensions"
+    )
+    assert_error(
+        client.post("/v1/embeddings", json={"input": "x", "encoding_format": "int8"}),
+        400,
+        "encoding_format",
+    )
     ok = client.post("/v1/embeddings", json={"input": [[1, 2, 3], [4]]})
     assert ok.status_code == 200 and len(ok.json()["data"]) == 2
 
 
 def test_classify_without_a_head_is_a_clear_400(client: TestClient):
-    error = assert_error(client.post("/v1/classify", json={"input": "the fox"}), 400, "model", "no_classification_head")
+    error = assert_error(
+        client.post("/v1/classify", json={"input": "the fox"}),
+        400,
+        "model",
+        "no_classification_head",
+    )
     assert "classification head" in error["message"]
 
 
@@ -162,7 +212,12 @@ def test_classify_with_a_head(tokenizer: Tokenizer):
             assert abs(sum(item["probabilities"].values()) - 1) < 1e-5
             assert item["label"] == max(item["probabilities"], key=item["probabilities"].get)
         # A classifier cannot generate: a 400 that says so, not an engine error.
-        assert_error(client.post("/v1/completions", json={"prompt": "x"}), 400, "model", "model_cannot_generate")
+        assert_error(
+            client.post("/v1/completions", json={"prompt": "x"}),
+            400,
+            "model",
+            "model_cannot_generate",
+        )
         assert client.get(f"/v1/models/{MODEL_NAME}").json()["graft"]["labels"] == ["ham", "spam"]
 
 
@@ -172,31 +227,39 @@ def test_unknown_routes_and_methods_keep_the_error_shape(client: TestClient):
 
 
 def test_an_unexpected_failure_is_a_500_in_the_same_shape_and_the_server_goes_on(
-        client: TestClient, served: Served, monkeypatch: pytest.MonkeyPatch):
+    client: TestClient, served: Served, monkeypatch: pytest.MonkeyPatch
+):
     def broken(batch):
         raise RuntimeError("simulated bug")
 
     monkeypatch.setattr(served.engine, "embed", broken)
     error = assert_error(client.post("/v1/embeddings", json={"input": "x"}), 500, None)
-    assert error["type"] == "server_error" and "simulated bug" not in error["message"]  # no internals leak
+    assert (
+        error["type"] == "server_error" and "simulated bug" not in error["message"]
+    )  # no internals leak
     monkeypatch.undo()
     assert client.post("/v1/embeddings", json={"input": "x"}).status_code == 200
 
 
 def test_empty_prompt_starts_a_document(client: TestClient):
-    result = client.post("/v1/completions", json={"prompt": "", "max_tokens": 4, "temperature": 0}).json()
+    result = client.post(
+        "/v1/completions", json={"prompt": "", "max_tokens": 4, "temperature": 0}
+    ).json()
     assert result["usage"]["prompt_tokens"] == 1  # the end-of-text token
 
 
 def test_stop_strings_end_the_text(client: TestClient):
-    free = client.post("/v1/completions", json={"prompt": "the", "max_tokens": 30, "temperature": 0}).json()
+    free = client.post(
+        "/v1/completions", json={"prompt": "the", "max_tokens": 30, "temperature": 0}
+    ).json()
     text = free["choices"][0]["text"]
-    stop = text[len(text) // 2: len(text) // 2 + 2]
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
     if len(stop) < 2:
         pytest.skip("the greedy continuation is too short to cut")
-    cut = client.post("/v1/completions", json={"prompt": "the", "max_tokens": 30, "temperature": 0,
-                                               "stop": stop}).json()
-    assert cut["choices"][0]["text"] == text[:text.index(stop)]
+    cut = client.post(
+        "/v1/completions", json={"prompt": "the", "max_tokens": 30, "temperature": 0, "stop": stop}
+    ).json()
+    assert cut["choices"][0]["text"] == text[: text.index(stop)]
     assert cut["choices"][0]["finish_reason"] == "stop"
 
 
@@ -208,6 +271,10 @@ def test_openapi_schema_models_the_request_bodies(client: TestClient):
         assert "$ref" in post["requestBody"]["content"]["application/json"]["schema"]
         assert "422" not in post["responses"] and "400" in post["responses"]
     completion = schema["components"]["schemas"]["CompletionRequest"]["properties"]
-    assert completion["temperature"]["minimum"] == 0 and completion["top_p"]["exclusiveMinimum"] == 0
-    assert "text/event-stream" in paths["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
+    assert (
+        completion["temperature"]["minimum"] == 0 and completion["top_p"]["exclusiveMinimum"] == 0
+    )
+    assert (
+        "text/event-stream" in paths["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
+    )
     assert "HTTPBearer" in schema["components"]["securitySchemes"]

@@ -46,23 +46,37 @@ def record_handles(served: Served, monkeypatch: pytest.MonkeyPatch) -> list[Requ
 
 # -- API keys ---------------------------------------------------------------------------------
 
+
 def test_api_key_guards_the_api_but_not_the_page_or_health(tokenizer: Tokenizer):
     served = build(tokenizer, api_key=KEY)
     try:
         with TestClient(served.app) as client:
-            for method, path, body in (("GET", "/v1/models", None), ("GET", f"/v1/models/{MODEL_NAME}", None),
-                                       ("POST", "/v1/completions", {"prompt": "x", "max_tokens": 2}),
-                                       ("POST", "/v1/chat/completions", {"messages": USER, "max_tokens": 2}),
-                                       ("POST", "/v1/embeddings", {"input": "x"}),
-                                       ("POST", "/v1/classify", {"input": "x"}), ("GET", "/metrics", None)):
-                for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEY},
-                                {"Authorization": f"Basic {KEY}"}):
+            for method, path, body in (
+                ("GET", "/v1/models", None),
+                ("GET", f"/v1/models/{MODEL_NAME}", None),
+                ("POST", "/v1/completions", {"prompt": "x", "max_tokens": 2}),
+                ("POST", "/v1/chat/completions", {"messages": USER, "max_tokens": 2}),
+                ("POST", "/v1/embeddings", {"input": "x"}),
+                ("POST", "/v1/classify", {"input": "x"}),
+                ("GET", "/metrics", None),
+            ):
+                for headers in (
+                    {},
+                    {"Authorization": "Bearer wrong"},
+                    {"Authorization": KEY},
+                    {"Authorization": f"Basic {KEY}"},
+                ):
                     response = client.request(method, path, json=body, headers=headers)
                     assert response.status_code == 401, (path, headers, response.text)
                     assert response.json()["error"]["code"] == "invalid_api_key"
                     assert response.headers["WWW-Authenticate"] == "Bearer"
-                response = client.request(method, path, json=body, headers={"Authorization": f"Bearer {KEY}"})
-                assert response.status_code in (200, 400), (path, response.text)  # 400: classify, no head
+                response = client.request(
+                    method, path, json=body, headers={"Authorization": f"Bearer {KEY}"}
+                )
+                assert response.status_code in (200, 400), (
+                    path,
+                    response.text,
+                )  # 400: classify, no head
             # A bad body with no key is refused for the key first: nothing about the API leaks.
             response = client.post("/v1/completions", json={"prompt": 5})
             assert response.status_code == 401
@@ -75,10 +89,14 @@ def test_api_key_guards_the_api_but_not_the_page_or_health(tokenizer: Tokenizer)
 def test_no_key_configured_means_open(served: Served):
     with TestClient(served.app) as client:
         assert client.get("/v1/models").status_code == 200
-        assert client.get("/v1/models", headers={"Authorization": "Bearer anything"}).status_code == 200
+        assert (
+            client.get("/v1/models", headers={"Authorization": "Bearer anything"}).status_code
+            == 200
+        )
 
 
 # -- the bounded queue ------------------------------------------------------------------------
+
 
 def test_a_full_queue_is_429_and_frees_when_it_drains(tokenizer: Tokenizer):
     # Not started: nothing leaves the queue until the test steps the engine.
@@ -87,8 +105,10 @@ def test_a_full_queue_is_429_and_frees_when_it_drains(tokenizer: Tokenizer):
     waiting = [served.engine.submit(Request(tokenizer.encode("the"), params)) for _ in range(2)]
     try:
         with TestClient(served.app) as client:
-            for path, body in (("/v1/completions", {"prompt": "x", "max_tokens": 2}),
-                               ("/v1/chat/completions", {"messages": USER, "max_tokens": 2, "stream": True})):
+            for path, body in (
+                ("/v1/completions", {"prompt": "x", "max_tokens": 2}),
+                ("/v1/chat/completions", {"messages": USER, "max_tokens": 2, "stream": True}),
+            ):
                 response = client.post(path, json=body)
                 assert response.status_code == 429, response.text
                 assert response.headers["Retry-After"] == "1"
@@ -96,7 +116,10 @@ def test_a_full_queue_is_429_and_frees_when_it_drains(tokenizer: Tokenizer):
                 assert error["type"] == "rate_limit_error" and error["code"] == "queue_full"
             metrics = client.get("/metrics").text
             assert "graft_queue_depth 2" in metrics.splitlines()
-            assert 'graft_requests_total{endpoint="/v1/completions",status="429"} 1' in metrics.splitlines()
+            assert (
+                'graft_requests_total{endpoint="/v1/completions",status="429"} 1'
+                in metrics.splitlines()
+            )
             while not all(h.done for h in waiting):
                 served.engine.step()
             served.engine.start()
@@ -107,6 +130,7 @@ def test_a_full_queue_is_429_and_frees_when_it_drains(tokenizer: Tokenizer):
 
 
 # -- clients that go away ---------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def slow(tokenizer: Tokenizer):
@@ -130,30 +154,40 @@ def test_a_stream_whose_client_disconnects_is_cancelled(slow, monkeypatch: pytes
             assert response.status_code == 200
             received = 0
             for line in response.iter_lines():
-                if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get("content"):
+                if line.startswith("data: {") and json.loads(line[6:])["choices"][0]["delta"].get(
+                    "content"
+                ):
                     received += 1
                     if received == 2:
                         break  # leave mid-stream: closing the response closes the connection
     assert len(handles) == 1
-    assert wait_for(lambda: handles[0].done and served.engine.stats.running == 0), served.engine.stats
+    assert wait_for(lambda: handles[0].done and served.engine.stats.running == 0), (
+        served.engine.stats
+    )
     assert handles[0].cancelled
     generated = served.engine.stats.completion_tokens - before
     assert generated < 30, f"{generated} tokens: the request ran on after its client left"
 
 
 @pytest.mark.slow
-def test_a_non_streaming_client_that_disconnects_is_cancelled(slow, monkeypatch: pytest.MonkeyPatch):
+def test_a_non_streaming_client_that_disconnects_is_cancelled(
+    slow, monkeypatch: pytest.MonkeyPatch
+):
     served, url = slow
     handles = record_handles(served, monkeypatch)
     before = served.engine.stats.completion_tokens
     port = int(url.rsplit(":", 1)[1])
     payload = json.dumps({"prompt": "the river", "max_tokens": 80, "temperature": 0}).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+        sock.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+        )
         assert wait_for(lambda: served.engine.stats.running == 1, 5)
         time.sleep(0.1)
-    assert wait_for(lambda: len(handles) == 1 and handles[0].done and served.engine.stats.running == 0)
+    assert wait_for(
+        lambda: len(handles) == 1 and handles[0].done and served.engine.stats.running == 0
+    )
     assert handles[0].cancelled
     assert served.engine.stats.completion_tokens - before < 30
 
@@ -169,15 +203,19 @@ def test_the_slot_of_a_departed_client_goes_to_the_next_request(slow):
                 next(line for line in response.iter_lines() if line.startswith("data: {"))
         assert wait_for(lambda: served.engine.stats.running == 0)
         started = time.perf_counter()
-        response = client.post("/v1/completions", json={"prompt": "the", "max_tokens": 3, "temperature": 0})
+        response = client.post(
+            "/v1/completions", json={"prompt": "the", "max_tokens": 3, "temperature": 0}
+        )
         assert response.status_code == 200
         assert time.perf_counter() - started < 5
 
 
 # -- metrics ----------------------------------------------------------------------------------
 
-SAMPLE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"\\]*"(,[a-zA-Z_][a-zA-Z0-9_]*="[^"\\]*")*\})? '
-                    r'(-?[0-9.]+(e[+-]?[0-9]+)?|\+Inf)$')
+SAMPLE = re.compile(
+    r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[a-zA-Z_][a-zA-Z0-9_]*="[^"\\]*"(,[a-zA-Z_][a-zA-Z0-9_]*="[^"\\]*")*\})? '
+    r"(-?[0-9.]+(e[+-]?[0-9]+)?|\+Inf)$"
+)
 
 
 def samples(text: str) -> dict[str, float]:
@@ -196,10 +234,23 @@ def test_metrics_count_requests_tokens_and_time_to_first_token(tokenizer: Tokeni
     served = build(tokenizer)
     try:
         with TestClient(served.app) as client:
-            usage = [client.post("/v1/completions", json={"prompt": "the", "max_tokens": 5}).json()["usage"],
-                     client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 4}).json()["usage"]]
-            streamed = client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 4, "stream": True,
-                                                                 "stream_options": {"include_usage": True}})
+            usage = [
+                client.post("/v1/completions", json={"prompt": "the", "max_tokens": 5}).json()[
+                    "usage"
+                ],
+                client.post(
+                    "/v1/chat/completions", json={"messages": USER, "max_tokens": 4}
+                ).json()["usage"],
+            ]
+            streamed = client.post(
+                "/v1/chat/completions",
+                json={
+                    "messages": USER,
+                    "max_tokens": 4,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                },
+            )
             usage.append(json.loads(streamed.text.split("data: ")[-2])["usage"])
             client.post("/v1/completions", json={"prompt": "x", "temperature": -1})
             client.get("/no/such/path")
@@ -213,8 +264,17 @@ def test_metrics_count_requests_tokens_and_time_to_first_token(tokenizer: Tokeni
         assert m["graft_completion_tokens_total"] == sum(u["completion_tokens"] for u in usage)
         assert m["graft_prompt_tokens_total"] == sum(u["prompt_tokens"] for u in usage)
         assert m['graft_time_to_first_token_seconds_count{endpoint="/v1/chat/completions"}'] == 2
-        chat = [v for k, v in m.items() if k.startswith('graft_request_duration_seconds_bucket{endpoint="/v1/chat')]
-        assert chat == sorted(chat) and chat[-1] == m['graft_request_duration_seconds_count{endpoint="/v1/chat/completions"}'] == 2
+        chat = [
+            v
+            for k, v in m.items()
+            if k.startswith('graft_request_duration_seconds_bucket{endpoint="/v1/chat')
+        ]
+        assert (
+            chat == sorted(chat)
+            and chat[-1]
+            == m['graft_request_duration_seconds_count{endpoint="/v1/chat/completions"}']
+            == 2
+        )
         for gauge in ("graft_queue_depth", "graft_running_requests", "graft_batch_size"):
             assert gauge in m
     finally:

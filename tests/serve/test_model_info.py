@@ -20,7 +20,9 @@ def test_a_checkpoint_without_a_readme_gets_a_summary_card(checkpoint: Path):
     assert info.stop_ids == {tokenizer.eot_id} and info.can_generate and info.kind == "causal LM"
 
 
-def test_a_hugging_face_export_serves_its_own_card_and_generation_config_eos(checkpoint: Path, tmp_path: Path):
+def test_a_hugging_face_export_serves_its_own_card_and_generation_config_eos(
+    checkpoint: Path, tmp_path: Path
+):
     from graft.model.convert.hf import export_hf
 
     model, tokenizer, _ = load_model_for_serving(checkpoint, "cpu")
@@ -54,7 +56,9 @@ def test_prometheus_text_format():
     metrics.add_tokens(5, 7)
     text = metrics.render(Gauges(waiting=3, running=2, last_batch_size=2))
     lines = text.splitlines()
-    assert 'graft_request_duration_seconds_bucket{endpoint="/v1/x",le="0.01"} 2' in lines  # le is inclusive
+    assert (
+        'graft_request_duration_seconds_bucket{endpoint="/v1/x",le="0.01"} 2' in lines
+    )  # le is inclusive
     assert 'graft_request_duration_seconds_bucket{endpoint="/v1/x",le="120"} 3' in lines
     assert 'graft_request_duration_seconds_bucket{endpoint="/v1/x",le="+Inf"} 4' in lines
     assert 'graft_request_duration_seconds_count{endpoint="/v1/x"} 4' in lines

@@ -16,7 +16,10 @@ from graft.infer.generate import SamplingParams, generate
 from .conftest import CONTEXT, MODEL_NAME, Served, build, live_server
 
 pytestmark = pytest.mark.slow
-CHAT = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "the quick brown fox"}]
+CHAT = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "the quick brown fox"},
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +44,24 @@ def test_models_list_and_retrieve(client: openai.OpenAI):
     assert model.model_extra["graft"]["context_length"] == CONTEXT
 
 
-def test_completion_is_the_engine_free_generation(client: openai.OpenAI, server: tuple[Served, str],
-                                                  tokenizer: Tokenizer):
+def test_completion_is_the_engine_free_generation(
+    client: openai.OpenAI, server: tuple[Served, str], tokenizer: Tokenizer
+):
     """Greedy text from the API equals graft.infer.generate's on the same prompt."""
     served, _ = server
     prompt = "The quick brown"
-    result = client.completions.create(model=MODEL_NAME, prompt=prompt, max_tokens=12, temperature=0)
-    ids = list(generate(served.engine.model, tokenizer.encode(prompt), SamplingParams(
-        max_new_tokens=12, temperature=0, stop_ids=frozenset({tokenizer.eot_id}))))
+    result = client.completions.create(
+        model=MODEL_NAME, prompt=prompt, max_tokens=12, temperature=0
+    )
+    ids = list(
+        generate(
+            served.engine.model,
+            tokenizer.encode(prompt),
+            SamplingParams(
+                max_new_tokens=12, temperature=0, stop_ids=frozenset({tokenizer.eot_id})
+            ),
+        )
+    )
     if ids and ids[-1] == tokenizer.eot_id:
         ids = ids[:-1]
     choice = result.choices[0]
@@ -60,7 +73,14 @@ def test_completion_is_the_engine_free_generation(client: openai.OpenAI, server:
 
 
 def test_completion_stream_equals_non_stream_for_the_same_seed(client: openai.OpenAI):
-    kw = dict(model=MODEL_NAME, prompt="A small model", max_tokens=24, temperature=1.0, top_p=0.95, seed=11)
+    kw = dict(
+        model=MODEL_NAME,
+        prompt="A small model",
+        max_tokens=24,
+        temperature=1.0,
+        top_p=0.95,
+        seed=11,
+    )
     whole = client.completions.create(**kw)
     chunks = list(client.completions.create(stream=True, **kw))
     assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
@@ -70,9 +90,16 @@ def test_completion_stream_equals_non_stream_for_the_same_seed(client: openai.Op
 
 def test_completion_from_token_ids_with_logprobs(client: openai.OpenAI, tokenizer: Tokenizer):
     ids = tokenizer.encode("the river runs")
-    result = client.completions.create(model=MODEL_NAME, prompt=ids, max_tokens=6, temperature=0, logprobs=3)
+    result = client.completions.create(
+        model=MODEL_NAME, prompt=ids, max_tokens=6, temperature=0, logprobs=3
+    )
     lp = result.choices[0].logprobs
-    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == result.usage.completion_tokens
+    assert (
+        len(lp.tokens)
+        == len(lp.token_logprobs)
+        == len(lp.top_logprobs)
+        == result.usage.completion_tokens
+    )
     assert "".join(lp.tokens).startswith(result.choices[0].text)
     for logprob, top in zip(lp.token_logprobs, lp.top_logprobs, strict=True):
         assert logprob <= 0 and 1 <= len(top) <= 3
@@ -85,43 +112,67 @@ def test_chat_stream_equals_non_stream_for_the_same_seed(client: openai.OpenAI):
     whole = client.chat.completions.create(**kw)
     message = whole.choices[0].message
     assert message.role == "assistant" and whole.object == "chat.completion"
-    stream = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    stream = list(
+        client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kw)
+    )
     assert stream[0].choices[0].delta.role == "assistant"
     content = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert "".join(content) == message.content
     assert len([piece for piece in content if piece]) > 1
-    finals = [c.choices[0].finish_reason for c in stream if c.choices and c.choices[0].finish_reason]
+    finals = [
+        c.choices[0].finish_reason for c in stream if c.choices and c.choices[0].finish_reason
+    ]
     assert finals == [whole.choices[0].finish_reason]
-    assert stream[-1].choices == [] and stream[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert (
+        stream[-1].choices == []
+        and stream[-1].usage.completion_tokens == whole.usage.completion_tokens
+    )
     assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
 
 
 def test_chat_seeds_reproduce_and_differ(client: openai.OpenAI):
     def ask(seed: int) -> str:
-        return client.chat.completions.create(model=MODEL_NAME, messages=CHAT, max_tokens=20, temperature=1.0,
-                                              seed=seed).choices[0].message.content
+        return (
+            client.chat.completions.create(
+                model=MODEL_NAME, messages=CHAT, max_tokens=20, temperature=1.0, seed=seed
+            )
+            .choices[0]
+            .message.content
+        )
+
     assert ask(1) == ask(1)
     assert ask(1) != ask(2)
 
 
 def test_chat_logprobs(client: openai.OpenAI):
-    result = client.chat.completions.create(model=MODEL_NAME, messages=CHAT, max_tokens=5, temperature=0,
-                                            logprobs=True, top_logprobs=2)
+    result = client.chat.completions.create(
+        model=MODEL_NAME, messages=CHAT, max_tokens=5, temperature=0, logprobs=True, top_logprobs=2
+    )
     content = result.choices[0].logprobs.content
     assert len(content) == result.usage.completion_tokens
     for item in content:
-        assert len(item.top_logprobs) == 2 and item.top_logprobs[0].logprob >= item.top_logprobs[1].logprob
-        assert bytes(item.bytes).decode("utf-8", errors="replace") == item.token or "\ufffd" in item.token
+        assert (
+            len(item.top_logprobs) == 2
+            and item.top_logprobs[0].logprob >= item.top_logprobs[1].logprob
+        )
+        assert (
+            bytes(item.bytes).decode("utf-8", errors="replace") == item.token
+            or "\ufffd" in item.token
+        )
 
 
 def test_chat_max_tokens_gives_length(client: openai.OpenAI):
-    result = client.chat.completions.create(model=MODEL_NAME, messages=CHAT, max_tokens=3, temperature=0)
+    result = client.chat.completions.create(
+        model=MODEL_NAME, messages=CHAT, max_tokens=3, temperature=0
+    )
     assert result.usage.completion_tokens <= 3
     if result.usage.completion_tokens == 3:
         assert result.choices[0].finish_reason == "length"
 
 
-def test_embeddings_float_and_base64(client: openai.OpenAI, server: tuple[Served, str], tokenizer: Tokenizer):
+def test_embeddings_float_and_base64(
+    client: openai.OpenAI, server: tuple[Served, str], tokenizer: Tokenizer
+):
     texts = ["the quick brown fox", "a slow red dog"]
     default = client.embeddings.create(model=MODEL_NAME, input=texts)  # the client asks for base64
     floats = client.embeddings.create(model=MODEL_NAME, input=texts, encoding_format="float")

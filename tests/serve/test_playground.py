@@ -17,11 +17,22 @@ CHROMIUM = Path("/usr/bin/chromium")
 KEY = "sk-playground"
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed at /usr/bin/chromium "
-                       "(apt-get install chromium; .ci/run installs it)"),
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason="Debian's chromium is not installed at /usr/bin/chromium "
+        "(apt-get install chromium; .ci/run installs it)",
+    ),
 ]
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 # Test-side instrumentation: every change to the assistant's text, as the page renders it.
 RECORD_TEXT_LENGTHS = """
@@ -55,7 +66,9 @@ def test_the_playground_streams_a_reply(url: str):
             page = browser.new_page()
             page.add_init_script(RECORD_TEXT_LENGTHS)
             page.goto(url)
-            expect(page.locator("#model-name")).to_have_text("enter the API key →")  # 401 without it
+            expect(page.locator("#model-name")).to_have_text(
+                "enter the API key →"
+            )  # 401 without it
             page.fill("#api-key", KEY)
             page.locator("#api-key").dispatch_event("change")
             expect(page.locator("#model-name")).to_have_text(MODEL_NAME)
@@ -65,7 +78,9 @@ def test_the_playground_streams_a_reply(url: str):
             page.fill("#prompt", "the quick brown fox")
             page.click("#send")
             expect(page.locator(".message.user")).to_have_text("the quick brown fox")
-            expect(page.locator(".message.assistant .meta")).to_contain_text("finish:", timeout=30_000)
+            expect(page.locator(".message.assistant .meta")).to_contain_text(
+                "finish:", timeout=30_000
+            )
 
             lengths = page.evaluate("window.__lengths")
             grew = sorted(set(lengths))
@@ -74,9 +89,19 @@ def test_the_playground_streams_a_reply(url: str):
             shown = page.locator(".message.assistant").evaluate("e => e.firstChild.textContent")
 
             # What the page showed is what the API gives for the same request, not streamed.
-            reply = httpx.post(f"{url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json={
-                "model": MODEL_NAME, "messages": [{"role": "user", "content": "the quick brown fox"}],
-                "temperature": 0.8, "top_p": 1, "seed": 7, "max_tokens": 40}, timeout=30).json()
+            reply = httpx.post(
+                f"{url}/v1/chat/completions",
+                headers={"Authorization": f"Bearer {KEY}"},
+                json={
+                    "model": MODEL_NAME,
+                    "messages": [{"role": "user", "content": "the quick brown fox"}],
+                    "temperature": 0.8,
+                    "top_p": 1,
+                    "seed": 7,
+                    "max_tokens": 40,
+                },
+                timeout=30,
+            ).json()
             assert shown == reply["choices"][0]["message"]["content"]
             assert len(grew) <= reply["usage"]["completion_tokens"]
 

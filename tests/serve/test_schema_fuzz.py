@@ -39,8 +39,14 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 @schema.parametrize()
 @settings(max_examples=30, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_no_request_gets_a_server_error(case: schemathesis.Case) -> None:
-    case.call_and_validate(checks=[not_a_server_error, status_code_conformance, content_type_conformance,
-                                   response_schema_conformance])
+    case.call_and_validate(
+        checks=[
+            not_a_server_error,
+            status_code_conformance,
+            content_type_conformance,
+            response_schema_conformance,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,19 +57,33 @@ def client(tokenizer: Tokenizer) -> Iterator[TestClient]:
     served.engine.stop()
 
 
-VALID_SAMPLING = st.fixed_dictionaries({}, optional={
-    "temperature": st.floats(0, 2), "top_p": st.floats(0, 1, exclude_min=True), "top_k": st.integers(0, 1000),
-    "min_p": st.floats(0, 1), "frequency_penalty": st.floats(-2, 2), "presence_penalty": st.floats(-2, 2),
-    "repetition_penalty": st.floats(0.01, 10),
-    "seed": st.integers(0, 2**63 - 1), "max_tokens": st.integers(1, 12), "stream": st.booleans(),
-    "stop": st.one_of(st.none(), st.text(min_size=1, max_size=3), st.lists(st.text(min_size=1, max_size=3), max_size=4)),
-})
+VALID_SAMPLING = st.fixed_dictionaries(
+    {},
+    optional={
+        "temperature": st.floats(0, 2),
+        "top_p": st.floats(0, 1, exclude_min=True),
+        "top_k": st.integers(0, 1000),
+        "min_p": st.floats(0, 1),
+        "frequency_penalty": st.floats(-2, 2),
+        "presence_penalty": st.floats(-2, 2),
+        "repetition_penalty": st.floats(0.01, 10),
+        "seed": st.integers(0, 2**63 - 1),
+        "max_tokens": st.integers(1, 12),
+        "stream": st.booleans(),
+        "stop": st.one_of(
+            st.none(),
+            st.text(min_size=1, max_size=3),
+            st.lists(st.text(min_size=1, max_size=3), max_size=4),
+        ),
+    },
+)
 
 
 @settings(max_examples=40, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(sampling=VALID_SAMPLING, chat=st.booleans(), logprobs=st.integers(0, 20) | st.none())
-def test_every_valid_sampling_setting_is_answered(client: TestClient, sampling: dict, chat: bool,
-                                                  logprobs: int | None) -> None:
+def test_every_valid_sampling_setting_is_answered(
+    client: TestClient, sampling: dict, chat: bool, logprobs: int | None
+) -> None:
     """Within the documented limits, any combination of sampling settings gets a 200 and a
     completion no longer than asked (extreme penalties and truncations included)."""
     if chat:

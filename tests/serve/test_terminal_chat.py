@@ -23,7 +23,11 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 @pytest.fixture(scope="module")
 def engine(tokenizer: Tokenizer) -> Iterator[Engine]:
-    engine = Engine(tiny_model(tokenizer), tokenizer, EngineConfig(max_batch=1, max_queue=1, max_batch_tokens=CONTEXT))
+    engine = Engine(
+        tiny_model(tokenizer),
+        tokenizer,
+        EngineConfig(max_batch=1, max_queue=1, max_batch_tokens=CONTEXT),
+    )
     engine.start()
     yield engine
     engine.stop()
@@ -60,7 +64,9 @@ def test_history_reset_commands_and_end_of_input(engine: Engine, tokenizer: Toke
     assert second.startswith(first) and "and again" in second
     assert third == first
     replies = text.split("[conversation cleared]\n")
-    assert replies[0].splitlines()[0] == replies[1].splitlines()[0]  # same prompt, same seed, same reply
+    assert (
+        replies[0].splitlines()[0] == replies[1].splitlines()[0]
+    )  # same prompt, same seed, same reply
     assert chat.history[0].content == "hello there" and len(chat.history) == 2
 
 
@@ -81,7 +87,9 @@ def test_old_turns_are_dropped_when_the_context_is_full(engine: Engine, tokenize
     assert "turn 7" in last and "turn 0 " not in last and last.startswith("<|system|>\nS")
 
 
-def test_a_message_too_long_for_the_context_is_refused_and_the_chat_goes_on(engine: Engine, tokenizer: Tokenizer):
+def test_a_message_too_long_for_the_context_is_refused_and_the_chat_goes_on(
+    engine: Engine, tokenizer: Tokenizer
+):
     chat, recorder = session(engine, tokenizer, max_tokens=4)
     out = io.StringIO()
     chat_loop(chat, io.StringIO("the fox " * 200 + "\nshort\n"), out)
@@ -90,14 +98,29 @@ def test_a_message_too_long_for_the_context_is_refused_and_the_chat_goes_on(engi
 
 
 def graft(*args: object, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "graft", *map(str, args)], input=stdin, capture_output=True,
-                          text=True, timeout=timeout, env=ENV)
+    return subprocess.run(
+        [sys.executable, "-m", "graft", *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=ENV,
+    )
 
 
 @pytest.mark.e2e
 def test_graft_chat_with_piped_input(checkpoint: Path):
-    proc = graft("chat", checkpoint, "--seed", "1", "--max-tokens", "8", "--temperature", "0.7",
-                 stdin="hi there\n/reset\nhi there\n")
+    proc = graft(
+        "chat",
+        checkpoint,
+        "--seed",
+        "1",
+        "--max-tokens",
+        "8",
+        "--temperature",
+        "0.7",
+        stdin="hi there\n/reset\nhi there\n",
+    )
     assert proc.returncode == 0, proc.stderr
     before, after = proc.stdout.split("[conversation cleared]\n")
     assert before == after and before.strip()
@@ -108,5 +131,9 @@ def test_graft_chat_with_piped_input(checkpoint: Path):
 @pytest.mark.e2e
 def test_graft_chat_refuses_bad_settings_in_one_line(checkpoint: Path):
     proc = graft("chat", checkpoint, "--temperature", "-1")
-    assert proc.returncode == 2 and proc.stderr.startswith("graft: error: ") and len(proc.stderr.splitlines()) == 1
+    assert (
+        proc.returncode == 2
+        and proc.stderr.startswith("graft: error: ")
+        and len(proc.stderr.splitlines()) == 1
+    )
     assert "temperature" in proc.stderr

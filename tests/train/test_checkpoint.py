@@ -14,15 +14,30 @@ from graft.train import checkpoint as ckpt
 
 def small_model(seed: int = 0, **kw) -> LanguageModel:
     torch.manual_seed(seed)
-    return LanguageModel(ModelConfig(vocab_size=262, max_seq_len=16, d_model=16, n_layers=1, n_heads=2, **kw))
+    return LanguageModel(
+        ModelConfig(vocab_size=262, max_seq_len=16, d_model=16, n_layers=1, n_heads=2, **kw)
+    )
 
 
 def save(path, model):
-    return ckpt.save_checkpoint(path, model=model, tokenizer=bytes_tokenizer(), run_config_yaml="model: {}\n")
+    return ckpt.save_checkpoint(
+        path, model=model, tokenizer=bytes_tokenizer(), run_config_yaml="model: {}\n"
+    )
 
 
-@pytest.mark.parametrize("style", [{}, {"positions": "rope", "norm": "rmsnorm", "mlp": "swiglu", "bias": False,
-                                        "tie_embeddings": False}])
+@pytest.mark.parametrize(
+    "style",
+    [
+        {},
+        {
+            "positions": "rope",
+            "norm": "rmsnorm",
+            "mlp": "swiglu",
+            "bias": False,
+            "tie_embeddings": False,
+        },
+    ],
+)
 def test_round_trip_gives_the_same_logits(tmp_path, style):
     model = small_model(**style).eval()
     save(tmp_path / "c", model)
@@ -30,7 +45,9 @@ def test_round_trip_gives_the_same_logits(tmp_path, style):
     x = torch.randint(0, 262, (2, 8))
     torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
     assert tokenizer.sha256 == bytes_tokenizer().sha256
-    assert (loaded.lm_head.weight is loaded.model.embed_tokens.weight) == model.config.tie_embeddings
+    assert (
+        loaded.lm_head.weight is loaded.model.embed_tokens.weight
+    ) == model.config.tie_embeddings
 
 
 def test_replacing_keeps_no_temporaries_and_recovers_an_interrupted_swap(tmp_path):

@@ -16,17 +16,36 @@ from graft.train.adapt import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, has_lor
 from graft.train.checkpoint import load_model
 from graft.train.metrics_log import read_metrics
 
-TINY = ["--model.max_seq_len=32", "--model.d_model=32", "--model.n_layers=2", "--model.n_heads=2",
-        "--train.batch_size=8", "--train.max_steps=2", "--train.eval_every=2", "--train.eval_batches=1",
-        "--train.progress=false", "--optim.warmup_steps=1"]
-FINE = ["--train.max_steps=40", "--train.eval_every=20", "--train.progress=false", "--optim.lr=3e-3",
-        "--train.patience=10"]
+TINY = [
+    "--model.max_seq_len=32",
+    "--model.d_model=32",
+    "--model.n_layers=2",
+    "--model.n_heads=2",
+    "--train.batch_size=8",
+    "--train.max_steps=2",
+    "--train.eval_every=2",
+    "--train.eval_batches=1",
+    "--train.progress=false",
+    "--optim.warmup_steps=1",
+]
+FINE = [
+    "--train.max_steps=40",
+    "--train.eval_every=20",
+    "--train.progress=false",
+    "--optim.lr=3e-3",
+    "--train.patience=10",
+]
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory, bytes_data: Path) -> Path:
     out = tmp_path_factory.mktemp("finetune") / "base"
-    assert main(["pretrain", "--data", str(bytes_data), "--out", str(out), "--model.preset=nano", *TINY]) == 0
+    assert (
+        main(
+            ["pretrain", "--data", str(bytes_data), "--out", str(out), "--model.preset=nano", *TINY]
+        )
+        == 0
+    )
     return out / "checkpoints" / "last"
 
 
@@ -43,11 +62,29 @@ def write_records(path: Path, n: int = 120, seed: int = 0) -> Path:
 
 
 @pytest.mark.parametrize("method", ["full", "freeze", "lora"])
-def test_finetune_classify_learns_and_keeps_the_best_checkpoint(base: Path, tmp_path: Path, method: str) -> None:
+def test_finetune_classify_learns_and_keeps_the_best_checkpoint(
+    base: Path, tmp_path: Path, method: str
+) -> None:
     records = write_records(tmp_path / "train.jsonl")
     out = tmp_path / "run"
-    assert main(["finetune", "classify", "--init", str(base), "--train", str(records), "--out", str(out),
-                 "--method", method, *FINE]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "classify",
+                "--init",
+                str(base),
+                "--train",
+                str(records),
+                "--out",
+                str(out),
+                "--method",
+                method,
+                *FINE,
+            ]
+        )
+        == 0
+    )
     evals = [r for r in read_metrics(out / "metrics.jsonl") if "val/acc" in r]
     assert evals[-1]["val/acc"] >= 0.9, evals
     model, _ = load_model(out / "checkpoints" / "best")
@@ -61,11 +98,31 @@ def test_finetune_classify_learns_and_keeps_the_best_checkpoint(base: Path, tmp_
 def test_lora_adapter_merges_exactly(base: Path, tmp_path: Path) -> None:
     records = write_records(tmp_path / "train.jsonl")
     out = tmp_path / "run"
-    assert main(["finetune", "classify", "--init", str(base), "--train", str(records), "--out", str(out),
-                 "--method", "lora", *FINE]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "classify",
+                "--init",
+                str(base),
+                "--train",
+                str(records),
+                "--out",
+                str(out),
+                "--method",
+                "lora",
+                *FINE,
+            ]
+        )
+        == 0
+    )
     model, tokenizer = load_model(out / "checkpoints" / "last")
     config = json.loads((out / "checkpoints" / "last" / ADAPTER_CONFIG_FILE).read_text())
-    assert config["peft_type"] == "LORA" and config["r"] == 8 and config["base_model_name_or_path"] == str(base)
+    assert (
+        config["peft_type"] == "LORA"
+        and config["r"] == 8
+        and config["base_model_name_or_path"] == str(base)
+    )
     texts = ["good great fine nice", "bad awful poor grim sad"]
 
     def logits() -> torch.Tensor:
@@ -77,7 +134,9 @@ def test_lora_adapter_merges_exactly(base: Path, tmp_path: Path) -> None:
             rows.append(model.sequence_logits(hidden, real.sum(1) - 1))
         return torch.cat(rows)
 
-    assert any(p.abs().sum() > 0 for name, p in model.named_parameters() if "lora_B" in name)  # trained, not the zero init
+    assert any(
+        p.abs().sum() > 0 for name, p in model.named_parameters() if "lora_B" in name
+    )  # trained, not the zero init
     with torch.no_grad():
         before = logits()
         merge_lora(model)
@@ -86,17 +145,50 @@ def test_lora_adapter_merges_exactly(base: Path, tmp_path: Path) -> None:
     torch.testing.assert_close(after, before, atol=1e-5, rtol=0)
 
 
-def test_a_merged_and_exported_lora_classifier_gives_the_unmerged_logits(base: Path, tmp_path: Path) -> None:
+def test_a_merged_and_exported_lora_classifier_gives_the_unmerged_logits(
+    base: Path, tmp_path: Path
+) -> None:
     transformers = pytest.importorskip("transformers")
     records = write_records(tmp_path / "train.jsonl")
     out = tmp_path / "run"
-    assert main(["finetune", "classify", "--init", str(base), "--train", str(records), "--out", str(out),
-                 "--method", "lora", *FINE]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "classify",
+                "--init",
+                str(base),
+                "--train",
+                str(records),
+                "--out",
+                str(out),
+                "--method",
+                "lora",
+                *FINE,
+            ]
+        )
+        == 0
+    )
     checkpoint = out / "checkpoints" / "last"
-    assert main(["export", str(checkpoint), "--format", "hf", "--merge-lora", "--out", str(tmp_path / "hf")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(checkpoint),
+                "--format",
+                "hf",
+                "--merge-lora",
+                "--out",
+                str(tmp_path / "hf"),
+            ]
+        )
+        == 0
+    )
     model, tokenizer = load_model(checkpoint)  # the adapter applied, not merged
     assert has_lora(model)
-    exported = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf").eval()
+    exported = transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "hf"
+    ).eval()
     for text in ["good great fine nice", "bad awful poor grim sad", "fine sad"]:
         ids = torch.tensor([tokenizer.encode(text)])
         with torch.no_grad():
@@ -111,17 +203,40 @@ def test_freeze_trains_only_the_last_block_and_the_head(base: Path, tmp_path: Pa
 
     model, _ = load_model(base)
     apply_adaptation(model, AdaptConfig(method="freeze", trainable_blocks=1))
-    trainable = {name.split(".")[0] + "." + name.split(".")[1] + ("." + name.split(".")[2] if name.startswith("model.layers") else "")
-                 for name, p in model.named_parameters() if p.requires_grad}
+    trainable = {
+        name.split(".")[0]
+        + "."
+        + name.split(".")[1]
+        + ("." + name.split(".")[2] if name.startswith("model.layers") else "")
+        for name, p in model.named_parameters()
+        if p.requires_grad
+    }
     assert trainable == {"model.layers.1", "model.norm"}
 
 
-def test_a_validation_label_never_seen_in_training_is_named(base: Path, tmp_path: Path, capsys) -> None:
+def test_a_validation_label_never_seen_in_training_is_named(
+    base: Path, tmp_path: Path, capsys
+) -> None:
     records = write_records(tmp_path / "train.jsonl")
     val = tmp_path / "val.jsonl"
-    val.write_text('{"text": "good", "label": "pos"}\n{"text": "meh", "label": "neutral"}\n', encoding="utf-8")
-    code = main(["finetune", "classify", "--init", str(base), "--train", str(records), "--val", str(val),
-                 "--out", str(tmp_path / "run"), *FINE])
+    val.write_text(
+        '{"text": "good", "label": "pos"}\n{"text": "meh", "label": "neutral"}\n', encoding="utf-8"
+    )
+    code = main(
+        [
+            "finetune",
+            "classify",
+            "--init",
+            str(base),
+            "--train",
+            str(records),
+            "--val",
+            str(val),
+            "--out",
+            str(tmp_path / "run"),
+            *FINE,
+        ]
+    )
     assert code == 2
     assert f"{val}:2: label 'neutral' never occurs in the training data" in capsys.readouterr().err
 
@@ -140,8 +255,22 @@ def write_conll(path: Path, n: int = 60, seed: int = 0) -> Path:
 
 def test_finetune_tokens_reports_entity_f1(base: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    assert main(["finetune", "tokens", "--init", str(base), "--train", str(write_conll(tmp_path / "train.txt")),
-                 "--out", str(out), *FINE]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "tokens",
+                "--init",
+                str(base),
+                "--train",
+                str(write_conll(tmp_path / "train.txt")),
+                "--out",
+                str(out),
+                *FINE,
+            ]
+        )
+        == 0
+    )
     evals = [r for r in read_metrics(out / "metrics.jsonl") if "val/entity_f1" in r]
     assert evals[-1]["val/entity_f1"] > evals[0]["val/entity_f1"]
     model, _ = load_model(out / "checkpoints" / "best")
@@ -151,38 +280,105 @@ def test_finetune_tokens_reports_entity_f1(base: Path, tmp_path: Path) -> None:
 def test_finetune_tokens_names_a_bad_conll_line(base: Path, tmp_path: Path, capsys) -> None:
     bad = tmp_path / "bad.txt"
     bad.write_text("Ann X X B-PER\nwent X O\n", encoding="utf-8")
-    assert main(["finetune", "tokens", "--init", str(base), "--train", str(bad), "--out", str(tmp_path / "r"), *FINE]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                "tokens",
+                "--init",
+                str(base),
+                "--train",
+                str(bad),
+                "--out",
+                str(tmp_path / "r"),
+                *FINE,
+            ]
+        )
+        == 2
+    )
     assert f"{bad}:2" in capsys.readouterr().err
 
 
-def test_finetune_instruct_trains_on_replies_and_stores_the_template(bytes_data: Path, tmp_path: Path) -> None:
+def test_finetune_instruct_trains_on_replies_and_stores_the_template(
+    bytes_data: Path, tmp_path: Path
+) -> None:
     long_base = tmp_path / "base"
-    assert main(["pretrain", "--data", str(bytes_data), "--out", str(long_base), "--model.preset=nano",
-                 *[a if a != "--model.max_seq_len=32" else "--model.max_seq_len=96" for a in TINY]]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--data",
+                str(bytes_data),
+                "--out",
+                str(long_base),
+                "--model.preset=nano",
+                *[a if a != "--model.max_seq_len=32" else "--model.max_seq_len=96" for a in TINY],
+            ]
+        )
+        == 0
+    )
     base = long_base / "checkpoints" / "last"
-    records = [{"instruction": f"Repeat the word {w}.", "input": "", "output": f"{w} {w}"}
-               for w in ["cat", "dog", "sun", "sea", "red", "map", "owl", "ink"] * 4]
+    records = [
+        {"instruction": f"Repeat the word {w}.", "input": "", "output": f"{w} {w}"}
+        for w in ["cat", "dog", "sun", "sea", "red", "map", "owl", "ink"] * 4
+    ]
     path = tmp_path / "sft.json"
     path.write_text(json.dumps(records), encoding="utf-8")
     out = tmp_path / "run"
-    assert main(["finetune", "instruct", "--init", str(base), "--train", str(path), "--out", str(out),
-                 "--train.max_steps=6", "--train.eval_every=3", "--train.progress=false"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "instruct",
+                "--init",
+                str(base),
+                "--train",
+                str(path),
+                "--out",
+                str(out),
+                "--train.max_steps=6",
+                "--train.eval_every=3",
+                "--train.progress=false",
+            ]
+        )
+        == 0
+    )
     model, tokenizer = load_model(out / "checkpoints" / "last")
     assert model.config.head == "lm" and tokenizer.chat_template is not None
     evals = [r for r in read_metrics(out / "metrics.jsonl") if "val/loss" in r]
     assert evals[-1]["val/loss"] < evals[0]["val/loss"]
 
 
-def test_export_merges_a_lora_adapter_into_a_sequence_classifier(base: Path, tmp_path: Path, capsys) -> None:
+def test_export_merges_a_lora_adapter_into_a_sequence_classifier(
+    base: Path, tmp_path: Path, capsys
+) -> None:
     transformers = pytest.importorskip("transformers")
     records = write_records(tmp_path / "train.jsonl")
     out = tmp_path / "run"
-    assert main(["finetune", "classify", "--init", str(base), "--train", str(records), "--out", str(out),
-                 "--method", "lora", *FINE]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "classify",
+                "--init",
+                str(base),
+                "--train",
+                str(records),
+                "--out",
+                str(out),
+                "--method",
+                "lora",
+                *FINE,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["export", str(out), "--out", str(tmp_path / "hf")]) == 2
     assert "--merge-lora" in capsys.readouterr().err
-    assert main(["export", str(out), "--out", str(tmp_path / "hf"), "--merge-lora"]) == 0  # verified by default
+    assert (
+        main(["export", str(out), "--out", str(tmp_path / "hf"), "--merge-lora"]) == 0
+    )  # verified by default
     loaded = transformers.AutoModelForSequenceClassification.from_pretrained(tmp_path / "hf")
     assert loaded.config.id2label == {0: "neg", 1: "pos"}
 
@@ -197,14 +393,35 @@ def test_a_tokenizer_without_pad_gets_one_and_the_embedding_grows(tmp_path: Path
     hf_dir = tmp_path / "gpt2"
     hf_dir.mkdir()
     (tmp_path / "tokenizer.json").write_text(json.dumps(data), encoding="utf-8")
-    hf_tok = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"), eos_token="<|endoftext|>")
+    hf_tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(tmp_path / "tokenizer.json"), eos_token="<|endoftext|>"
+    )
     hf_tok.save_pretrained(hf_dir)
     torch.manual_seed(0)
-    transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=len(hf_tok), n_positions=64, n_embd=32, n_layer=1,
-                                                         n_head=2)).save_pretrained(hf_dir)
+    transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            vocab_size=len(hf_tok), n_positions=64, n_embd=32, n_layer=1, n_head=2
+        )
+    ).save_pretrained(hf_dir)
     out = tmp_path / "run"
-    assert main(["finetune", "classify", "--init", str(hf_dir), "--train", str(write_records(tmp_path / "t.jsonl")),
-                 "--out", str(out), "--train.max_steps=4", "--train.eval_every=2", "--train.progress=false"]) == 0
+    assert (
+        main(
+            [
+                "finetune",
+                "classify",
+                "--init",
+                str(hf_dir),
+                "--train",
+                str(write_records(tmp_path / "t.jsonl")),
+                "--out",
+                str(out),
+                "--train.max_steps=4",
+                "--train.eval_every=2",
+                "--train.progress=false",
+            ]
+        )
+        == 0
+    )
     assert "had no pad token; added <|pad|>" in capsys.readouterr().out
     model, tokenizer = load_model(out / "checkpoints" / "last")
     assert tokenizer.pad_id == len(hf_tok) and model.config.vocab_size == len(hf_tok) + 1
@@ -212,7 +429,22 @@ def test_a_tokenizer_without_pad_gets_one_and_the_embedding_grows(tmp_path: Path
 
 def test_a_context_longer_than_the_model_is_refused(base: Path, tmp_path: Path, capsys) -> None:
     records = write_records(tmp_path / "train.jsonl")
-    assert main(["finetune", "classify", "--init", str(base), "--train", str(records), "--out", str(tmp_path / "run"),
-                 "--train.seq_len=64", *FINE]) == 2
+    assert (
+        main(
+            [
+                "finetune",
+                "classify",
+                "--init",
+                str(base),
+                "--train",
+                str(records),
+                "--out",
+                str(tmp_path / "run"),
+                "--train.seq_len=64",
+                *FINE,
+            ]
+        )
+        == 2
+    )
     assert "train.seq_len (64) exceeds the model's max_seq_len (32)" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()

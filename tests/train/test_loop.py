@@ -18,18 +18,37 @@ def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("loop")
     (root / "a.txt").write_text("abcdefgh " * 400)
     (root / "b.txt").write_text("hgfedcba " * 400)
-    prepare_shards([root / "a.txt", root / "b.txt"], bytes_tokenizer(), root / "data", progress=False)
+    prepare_shards(
+        [root / "a.txt", root / "b.txt"], bytes_tokenizer(), root / "data", progress=False
+    )
     return root / "data"
 
 
 def run(data_dir: Path, out: Path, optim: dict | None = None, **train):
-    return pretrain(validate_run_config({
-        "model": {"preset": "nano", "max_seq_len": 16, "d_model": 16, "n_layers": 1, "n_heads": 2},
-        "data": {"path": str(data_dir)},
-        "optim": {"warmup_steps": 2, **(optim or {})},
-        "train": {"out_dir": str(out), "batch_size": 2, "eval_every": 5, "eval_batches": 1, "log_every": 1,
-                  "progress": False, **train},
-    }))
+    return pretrain(
+        validate_run_config(
+            {
+                "model": {
+                    "preset": "nano",
+                    "max_seq_len": 16,
+                    "d_model": 16,
+                    "n_layers": 1,
+                    "n_heads": 2,
+                },
+                "data": {"path": str(data_dir)},
+                "optim": {"warmup_steps": 2, **(optim or {})},
+                "train": {
+                    "out_dir": str(out),
+                    "batch_size": 2,
+                    "eval_every": 5,
+                    "eval_batches": 1,
+                    "log_every": 1,
+                    "progress": False,
+                    **train,
+                },
+            }
+        )
+    )
 
 
 def test_token_limit_stops_at_the_first_step_past_it(data_dir, tmp_path):
@@ -61,7 +80,9 @@ def test_schedule_warms_up_then_decays_to_the_floor():
     assert not math.isnan(learning_rate(5, 2.0, cfg))
 
 
-def test_a_diverging_loss_stops_before_the_step_with_one_clear_error(data_dir, tmp_path, monkeypatch):
+def test_a_diverging_loss_stops_before_the_step_with_one_clear_error(
+    data_dir, tmp_path, monkeypatch
+):
     from graft.errors import TrainingError
     from graft.objectives.batch import LossSum
     from graft.objectives.clm import CausalLM
@@ -72,10 +93,16 @@ def test_a_diverging_loss_stops_before_the_step_with_one_clear_error(data_dir, t
     def loss_that_explodes(self, model, batch):
         out = real_loss(self, model, batch)
         calls["n"] += 1
-        return LossSum(out.total * float("inf"), out.count) if calls["n"] > 6 and model.training else out
+        return (
+            LossSum(out.total * float("inf"), out.count)
+            if calls["n"] > 6 and model.training
+            else out
+        )
 
     monkeypatch.setattr(CausalLM, "loss", loss_that_explodes)
-    with pytest.raises(TrainingError, match="became (inf|nan) at step 6; the last checkpoint is intact"):
+    with pytest.raises(
+        TrainingError, match="became (inf|nan) at step 6; the last checkpoint is intact"
+    ):
         run(data_dir, tmp_path / "r", max_steps=20)
     from graft.train.checkpoint import verify_checkpoint
 

@@ -20,20 +20,41 @@ def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("resume")
     (root / "docs").mkdir()
     for i in range(20):
-        (root / "docs" / f"{i}.txt").write_text(f"Document {i}. " + "the quick brown fox jumps over the lazy dog " * (5 + i))
+        (root / "docs" / f"{i}.txt").write_text(
+            f"Document {i}. " + "the quick brown fox jumps over the lazy dog " * (5 + i)
+        )
     prepare_shards([root / "docs"], bytes_tokenizer(), root / "data", progress=False)
     return root / "data"
 
 
 def config(data_dir: Path, out: Path, **train):
-    return validate_run_config({
-        # dropout > 0, so the restored RNG state matters too
-        "model": {"preset": "nano", "max_seq_len": 32, "d_model": 32, "n_layers": 2, "n_heads": 2, "dropout": 0.1},
-        "data": {"path": str(data_dir)},
-        "optim": {"lr": 3e-3, "warmup_steps": 20},
-        "train": {"out_dir": str(out), "batch_size": 4, "grad_accum": 2, "max_steps": 200, "eval_every": 50,
-                  "eval_batches": 2, "log_every": 10, "progress": False, "deterministic": True, **train},
-    })
+    return validate_run_config(
+        {
+            # dropout > 0, so the restored RNG state matters too
+            "model": {
+                "preset": "nano",
+                "max_seq_len": 32,
+                "d_model": 32,
+                "n_layers": 2,
+                "n_heads": 2,
+                "dropout": 0.1,
+            },
+            "data": {"path": str(data_dir)},
+            "optim": {"lr": 3e-3, "warmup_steps": 20},
+            "train": {
+                "out_dir": str(out),
+                "batch_size": 4,
+                "grad_accum": 2,
+                "max_steps": 200,
+                "eval_every": 50,
+                "eval_batches": 2,
+                "log_every": 10,
+                "progress": False,
+                "deterministic": True,
+                **train,
+            },
+        }
+    )
 
 
 def weights(run: Path) -> dict[str, torch.Tensor]:
@@ -67,14 +88,22 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(data_dir, tmp_p
     for name in a:
         assert torch.equal(a[name], b[name]), name
     # The metrics log was truncated at the resume point and continued, not duplicated.
-    steps = [line for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines() if '"train/loss"' in line]
+    steps = [
+        line
+        for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+        if '"train/loss"' in line
+    ]
     assert len(steps) == 20
 
 
 def test_resume_refuses_a_changed_model_and_a_missing_run(data_dir, tmp_path):
     pretrain(config(data_dir, tmp_path / "run", max_steps=10, eval_every=10))
-    changed = validate_run_config({**config(data_dir, tmp_path / "run").model_dump(mode="json"),
-                                   "model": {**config(data_dir, tmp_path / "run").model.model_dump(), "n_layers": 3}})
+    changed = validate_run_config(
+        {
+            **config(data_dir, tmp_path / "run").model_dump(mode="json"),
+            "model": {**config(data_dir, tmp_path / "run").model.model_dump(), "n_layers": 3},
+        }
+    )
     before = sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "run").rglob("*"))
     with pytest.raises(CheckpointError, match="n_layers: 2 -> 3"):
         pretrain(changed, resume=True)

@@ -63,23 +63,34 @@ class _Sandbox(ImmutableSandboxedEnvironment):
     """
 
     def unsafe_undefined(self, obj: Any, attribute: str) -> NoReturn:
-        raise SecurityError(f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is unsafe")
+        raise SecurityError(
+            f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is unsafe"
+        )
 
 
 def _raise_exception(message: str) -> NoReturn:
     raise TemplateError(message)
 
 
-def _tojson(value: object, ensure_ascii: bool = False, indent: int | None = None,
-            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+def _tojson(
+    value: object,
+    ensure_ascii: bool = False,
+    indent: int | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
     # transformers' tojson: plain JSON, not Jinja's HTML-escaped default, so templates agree.
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    return json.dumps(
+        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
+    )
 
 
 @functools.lru_cache(maxsize=16)
 def _compile(template: str) -> jinja2.Template:
     # trim_blocks and lstrip_blocks as transformers sets them: Hub templates are written for them.
-    environment = _Sandbox(trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols])
+    environment = _Sandbox(
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+    )
     environment.filters["tojson"] = _tojson
     environment.globals["raise_exception"] = _raise_exception
     try:
@@ -106,20 +117,31 @@ def render_chat(
     `raise_exception` or an error of its own) or touches what the sandbox forbids raises DataError.
     """
     if not isinstance(template, str):
-        raise ConfigError(f"a chat template must be a string of Jinja source, got {type(template).__name__}")
+        raise ConfigError(
+            f"a chat template must be a string of Jinja source, got {type(template).__name__}"
+        )
     compiled = _compile(template)
-    turns = [{"role": m.role, "content": m.content} if isinstance(m, Message) else dict(m) for m in messages]
+    turns = [
+        {"role": m.role, "content": m.content} if isinstance(m, Message) else dict(m)
+        for m in messages
+    ]
     try:
-        return compiled.render(messages=turns, add_generation_prompt=add_generation_prompt, eos_token=eos_token)
+        return compiled.render(
+            messages=turns, add_generation_prompt=add_generation_prompt, eos_token=eos_token
+        )
     except SecurityError as exc:
         raise DataError(f"chat template refused by the sandbox: {_one_line(str(exc))}") from None
     except TemplateError as exc:
         raise DataError(f"chat template failed: {_one_line(exc.message)}") from None
     except Exception as exc:  # the template is foreign code: whatever it raises is its problem
-        raise DataError(f"chat template failed: {type(exc).__name__}: {_one_line(str(exc))}") from None
+        raise DataError(
+            f"chat template failed: {type(exc).__name__}: {_one_line(str(exc))}"
+        ) from None
 
 
-def _segments(template: str, messages: Sequence[Message], eos: str, where: str) -> list[tuple[str, bool]]:
+def _segments(
+    template: str, messages: Sequence[Message], eos: str, where: str
+) -> list[tuple[str, bool]]:
     """The rendered conversation as (text, trained) pieces, in order.
 
     Rendering the first i + 1 messages adds message i's text to the rendering of the first i.
@@ -128,10 +150,15 @@ def _segments(template: str, messages: Sequence[Message], eos: str, where: str) 
     writes. This needs a template that renders prefixes as prefixes, which chat templates do
     (generation relies on it); one that does not is reported.
     """
+
     def render(count: int, add_generation_prompt: bool = False) -> str:
         try:
-            return render_chat(template, messages[:count], add_generation_prompt=add_generation_prompt,
-                               eos_token=eos)
+            return render_chat(
+                template,
+                messages[:count],
+                add_generation_prompt=add_generation_prompt,
+                eos_token=eos,
+            )
         except DataError as exc:
             raise DataError(f"{where}: {exc}") from None
 
@@ -141,27 +168,35 @@ def _segments(template: str, messages: Sequence[Message], eos: str, where: str) 
         if eos in message.content:
             # It would encode as the real token: a reply that teaches stopping midway, or a user
             # turn that fakes a turn boundary.
-            raise DataError(f"{where}: message {i} ({message.role}) contains the end-of-turn token {eos!r} "
-                            "in its text; remove it from the data")
+            raise DataError(
+                f"{where}: message {i} ({message.role}) contains the end-of-turn token {eos!r} "
+                "in its text; remove it from the data"
+            )
         full = render(i + 1)
         if not full.startswith(done):
-            raise DataError(f"{where}: the chat template's rendering of {i + 1} messages does not start with "
-                            f"its rendering of {i}; expected each turn to be appended")
+            raise DataError(
+                f"{where}: the chat template's rendering of {i + 1} messages does not start with "
+                f"its rendering of {i}; expected each turn to be appended"
+            )
         if message.role != "assistant":
-            pieces.append((full[len(done):], False))
+            pieces.append((full[len(done) :], False))
             done = full
             continue
         prompt = render(i, add_generation_prompt=True)
         if not prompt.startswith(done) or not full.startswith(prompt):
-            raise DataError(f"{where}: the chat template's generation prompt after {i} messages is not where "
-                            f"assistant message {i} begins; expected the assistant turn to start with it")
-        reply = full[len(prompt):]
+            raise DataError(
+                f"{where}: the chat template's generation prompt after {i} messages is not where "
+                f"assistant message {i} begins; expected the assistant turn to start with it"
+            )
+        reply = full[len(prompt) :]
         end = reply.rfind(eos)
         if end < 0:
-            raise DataError(f"{where}: the chat template emits no end-of-turn token {eos!r} after assistant "
-                            f"message {i}; the model could not learn to stop")
+            raise DataError(
+                f"{where}: the chat template emits no end-of-turn token {eos!r} after assistant "
+                f"message {i}; the model could not learn to stop"
+            )
         end += len(eos)
-        pieces += [(prompt[len(done):], False), (reply[:end], True), (reply[end:], False)]
+        pieces += [(prompt[len(done) :], False), (reply[:end], True), (reply[end:], False)]
         done = full
     return [(text, trained) for text, trained in pieces if text]
 
@@ -188,7 +223,9 @@ def encode_conversation(
         raise ConfigError(f"max_len must be an integer >= 1, got {max_len!r}")
     eos = tokenizer.special_tokens_map.get("eos_token")
     if eos is None:
-        raise TokenizerError("the tokenizer has no eos token; chat training needs one as the end-of-turn token")
+        raise TokenizerError(
+            "the tokenizer has no eos token; chat training needs one as the end-of-turn token"
+        )
     input_ids: list[int] = []
     labels: list[int] = []
     for text, trained in _segments(template, conversation.messages, eos, conversation.source):
@@ -196,4 +233,6 @@ def encode_conversation(
         input_ids += ids
         labels += ids if trained or train_on_prompt else [IGNORE_INDEX] * len(ids)
     truncated = len(input_ids) > max_len
-    return EncodedConversation(input_ids=input_ids[:max_len], labels=labels[:max_len], truncated=truncated)
+    return EncodedConversation(
+        input_ids=input_ids[:max_len], labels=labels[:max_len], truncated=truncated
+    )

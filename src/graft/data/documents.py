@@ -269,20 +269,17 @@ def _jsonl_documents(path: Path) -> Iterator[Document]:
                 ) from exc
             if not isinstance(record, dict):
                 raise DataError(
-                    f"{where}: expected a JSON object with a string \"text\" field, "
+                    f'{where}: expected a JSON object with a string "text" field, '
                     f"got a JSON {type(record).__name__}"
                 )
             if "text" not in record:
                 keys = ", ".join(sorted(record)) or "none"
                 raise DataError(
-                    f'{where}: missing the "text" field (keys: {keys}); '
-                    'expected {"text": "..."}'
+                    f'{where}: missing the "text" field (keys: {keys}); expected {{"text": "..."}}'
                 )
             text = record["text"]
             if not isinstance(text, str):
-                raise DataError(
-                    f'{where}: "text" must be a string, got {type(text).__name__}'
-                )
+                raise DataError(f'{where}: "text" must be a string, got {type(text).__name__}')
             if not text.strip(_ASCII_WHITESPACE):
                 continue
             yield Document(source=where, path=path, size=len(raw), line=number, _text=text)
@@ -297,14 +294,22 @@ def _sections(path: Path, split_on: re.Pattern[str]) -> Iterator[Document]:
         section = text[begin:end]
         if section.strip(_ASCII_WHITESPACE):
             line = text.count("\n", 0, begin) + 1
-            yield Document(source=f"{path}:{line}", path=path, size=_utf8_size(section), line=line, _text=section)
+            yield Document(
+                source=f"{path}:{line}",
+                path=path,
+                size=_utf8_size(section),
+                line=line,
+                _text=section,
+            )
 
 
 def _utf8_size(text: str) -> int:
     return len(text.encode("utf-8"))
 
 
-def _documents(files: list[Path], shown: str, split_on: re.Pattern[str] | None = None) -> Iterator[Document]:
+def _documents(
+    files: list[Path], shown: str, split_on: re.Pattern[str] | None = None
+) -> Iterator[Document]:
     produced = False
     for path in files:
         if path.suffix.lower() == ".jsonl":
@@ -347,7 +352,9 @@ def iter_documents(paths: Sequence[Path], *, split_on: str | None = None) -> Ite
         try:
             pattern = re.compile(split_on, re.MULTILINE)
         except re.error as exc:
-            raise DataError(f"split_on {split_on!r}: not a valid regular expression ({exc})") from None
+            raise DataError(
+                f"split_on {split_on!r}: not a valid regular expression ({exc})"
+            ) from None
     return _documents(files, ", ".join(str(p) for p in paths), pattern)
 
 

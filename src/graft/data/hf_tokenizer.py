@@ -60,17 +60,37 @@ SPECIAL_TOKENS_MAP_FILE = "special_tokens_map.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 ADDED_TOKENS_FILE = "added_tokens.json"
 #: The files beside tokenizer.json / vocab.txt that change what a directory's tokenizer is.
-CONFIG_FILES = (TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_MAP_FILE, CHAT_TEMPLATE_FILE, ADDED_TOKENS_FILE)
+CONFIG_FILES = (
+    TOKENIZER_CONFIG_FILE,
+    SPECIAL_TOKENS_MAP_FILE,
+    CHAT_TEMPLATE_FILE,
+    ADDED_TOKENS_FILE,
+)
 #: Slow-tokenizer files graft does not read; named when refusing a directory that has only these.
-_SLOW_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model", "vocab.json", "merges.txt")
+_SLOW_FILES = (
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "merges.txt",
+)
 
 #: transformers' special-token roles, in its order (the order it adds missing ones in).
 ROLES: tuple[str, ...] = (
-    "bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token",
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "sep_token",
+    "pad_token",
+    "cls_token",
+    "mask_token",
 )
 #: The roles transformers' BertTokenizer gives a vocab.txt when the configs name none.
 _BERT_ROLES = {
-    "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+    "unk_token": "[UNK]",
+    "sep_token": "[SEP]",
+    "pad_token": "[PAD]",
+    "cls_token": "[CLS]",
     "mask_token": "[MASK]",
 }
 _EXTRA_KEYS = ("additional_special_tokens", "extra_special_tokens")
@@ -89,7 +109,9 @@ class TokenizerFiles:
 def read_tokenizer_json(file: Path) -> tokenizers.Tokenizer:
     """The `tokenizers.Tokenizer` of one tokenizer.json file."""
     if not file.is_file():
-        raise TokenizerError(f"{file}: no such file; train one with `graft tokenizer train` or fix the path")
+        raise TokenizerError(
+            f"{file}: no such file; train one with `graft tokenizer train` or fix the path"
+        )
     try:
         return tokenizers.Tokenizer.from_str(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as exc:
@@ -118,15 +140,21 @@ def read_tokenizer_directory(directory: Path) -> TokenizerFiles:
             raise TokenizerError(
                 f"{directory}: has {', '.join(slow)} but no {TOKENIZER_FILE} or {VOCAB_FILE}; slow-tokenizer files "
                 "(sentencepiece models, vocab.json + merges.txt) are not supported: saving the tokenizer with "
-                "transformers' fast tokenizer writes tokenizer.json (AutoTokenizer.from_pretrained(dir).save_pretrained(dir))")
-        raise TokenizerError(f"no {TOKENIZER_FILE} in {directory} (nor a BERT {VOCAB_FILE}); train one with "
-                             "`graft tokenizer train` or fix the path")
+                "transformers' fast tokenizer writes tokenizer.json (AutoTokenizer.from_pretrained(dir).save_pretrained(dir))"
+            )
+        raise TokenizerError(
+            f"no {TOKENIZER_FILE} in {directory} (nor a BERT {VOCAB_FILE}); train one with "
+            "`graft tokenizer train` or fix the path"
+        )
     _add_named_tokens(backend, directory, config, roles or {})
     return TokenizerFiles(backend, source, roles, _chat_template(directory, config, config_file))
 
 
 def write_tokenizer_config(
-    directory: Path, backend: tokenizers.Tokenizer, special_tokens_map: Mapping[str, str], chat_template: str | None
+    directory: Path,
+    backend: tokenizers.Tokenizer,
+    special_tokens_map: Mapping[str, str],
+    chat_template: str | None,
 ) -> None:
     """Write graft's tokenizer_config.json for `backend` (saved as tokenizer.json beside it): the
     roles and chat template, for graft and transformers.
@@ -143,14 +171,22 @@ def write_tokenizer_config(
         # The added tokens tokenizer.json holds; its presence also makes graft and transformers
         # ignore a special_tokens_map.json or added_tokens.json left from another tokenizer.
         "added_tokens_decoder": {
-            str(token_id): {"content": token.content, "lstrip": token.lstrip, "normalized": token.normalized,
-                            "rstrip": token.rstrip, "single_word": token.single_word, "special": token.special}
+            str(token_id): {
+                "content": token.content,
+                "lstrip": token.lstrip,
+                "normalized": token.normalized,
+                "rstrip": token.rstrip,
+                "single_word": token.single_word,
+                "special": token.special,
+            }
             for token_id, token in sorted(backend.get_added_tokens_decoder().items())
         },
     }
     if chat_template is not None:
         config["chat_template"] = chat_template
-    write_atomic(directory / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    write_atomic(
+        directory / TOKENIZER_CONFIG_FILE, json.dumps(config, indent=2, ensure_ascii=False) + "\n"
+    )
     jinja = directory / CHAT_TEMPLATE_FILE
     if jinja.exists():
         if chat_template is None:
@@ -172,9 +208,13 @@ def _read_json_object(file: Path) -> dict[str, Any]:
     try:
         value = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise TokenizerError(f"{file}: cannot read it as JSON ({_first_line(exc)}); fix or delete it") from exc
+        raise TokenizerError(
+            f"{file}: cannot read it as JSON ({_first_line(exc)}); fix or delete it"
+        ) from exc
     if not isinstance(value, dict):
-        raise TokenizerError(f"{file}: expected a JSON object, got {type(value).__name__}; fix or delete it")
+        raise TokenizerError(
+            f"{file}: expected a JSON object, got {type(value).__name__}; fix or delete it"
+        )
     return value
 
 
@@ -183,7 +223,9 @@ def _token_text(value: object, file: Path, key: str) -> str:
     if isinstance(value, dict):
         value = value.get("content")
     if not isinstance(value, str) or not value:
-        raise TokenizerError(f"{file}: {key} must be a token string or an object with \"content\"; got {value!r}")
+        raise TokenizerError(
+            f'{file}: {key} must be a token string or an object with "content"; got {value!r}'
+        )
     return value
 
 
@@ -199,14 +241,22 @@ def _named_roles(directory: Path, config: dict[str, Any]) -> dict[str, str | Non
         for key in ROLES:
             if key in special_map:
                 values[key], sources[key] = special_map[key], map_file
-    return {key: None if value is None else _token_text(value, sources[key], key) for key, value in values.items()}
+    return {
+        key: None if value is None else _token_text(value, sources[key], key)
+        for key, value in values.items()
+    }
 
 
 def _extra_special_tokens(directory: Path, config: dict[str, Any]) -> list[str]:
     tokens: list[str] = []
     files = [(directory / TOKENIZER_CONFIG_FILE, config)]
     if "added_tokens_decoder" not in config:
-        files.append((directory / SPECIAL_TOKENS_MAP_FILE, _read_json_object(directory / SPECIAL_TOKENS_MAP_FILE)))
+        files.append(
+            (
+                directory / SPECIAL_TOKENS_MAP_FILE,
+                _read_json_object(directory / SPECIAL_TOKENS_MAP_FILE),
+            )
+        )
     for file, values in files:
         for key in _EXTRA_KEYS:
             extra = values.get(key) or []
@@ -237,10 +287,14 @@ def _chat_template(directory: Path, config: dict[str, Any], config_file: Path) -
     value = config.get("chat_template")
     if value is None or isinstance(value, str):
         return value
-    if isinstance(value, list) and all(isinstance(t, dict) and {"name", "template"} <= t.keys() for t in value):
+    if isinstance(value, list) and all(
+        isinstance(t, dict) and {"name", "template"} <= t.keys() for t in value
+    ):
         return next((t["template"] for t in value if t["name"] == "default"), None)
-    raise TokenizerError(f"{config_file}: chat_template must be a string or a list of {{name, template}}; "
-                         f"got {type(value).__name__}")
+    raise TokenizerError(
+        f"{config_file}: chat_template must be a string or a list of {{name, template}}; "
+        f"got {type(value).__name__}"
+    )
 
 
 # ---------------------------------------------------------------- building
@@ -254,12 +308,18 @@ def _bert_wordpiece(
         # The Rust reader transformers' BertTokenizer uses too: one token a line, line number = id.
         vocab = models.WordPiece.read_file(str(vocab_file))
     except Exception as exc:
-        raise TokenizerError(f"{vocab_file}: cannot read the vocabulary ({_first_line(exc)})") from exc
+        raise TokenizerError(
+            f"{vocab_file}: cannot read the vocabulary ({_first_line(exc)})"
+        ) from exc
     if not vocab:
-        raise TokenizerError(f"{vocab_file}: the vocabulary is empty; a BERT vocab.txt has one token a line")
+        raise TokenizerError(
+            f"{vocab_file}: the vocabulary is empty; a BERT vocab.txt has one token a line"
+        )
     unk = roles.get("unk_token")
     if unk is None:
-        raise TokenizerError(f"{config_file}: unk_token is null, but a WordPiece vocab.txt needs one")
+        raise TokenizerError(
+            f"{config_file}: unk_token is null, but a WordPiece vocab.txt needs one"
+        )
     backend = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token=unk))
     backend.normalizer = normalizers.BertNormalizer(
         clean_text=True,
@@ -273,7 +333,9 @@ def _bert_wordpiece(
     return backend
 
 
-def _listed_added_tokens(directory: Path, config: dict[str, Any], specials: set[str]) -> list[AddedToken]:
+def _listed_added_tokens(
+    directory: Path, config: dict[str, Any], specials: set[str]
+) -> list[AddedToken]:
     """added_tokens_decoder of tokenizer_config.json (else the older added_tokens.json), by id."""
     config_file = directory / TOKENIZER_CONFIG_FILE
     listed = config.get("added_tokens_decoder")
@@ -297,8 +359,9 @@ def _listed_added_tokens(directory: Path, config: dict[str, Any], specials: set[
     ]
 
 
-def _add_named_tokens(backend: tokenizers.Tokenizer, directory: Path, config: dict[str, Any],
-                      roles: dict[str, str]) -> None:
+def _add_named_tokens(
+    backend: tokenizers.Tokenizer, directory: Path, config: dict[str, Any], roles: dict[str, str]
+) -> None:
     """Add the tokens the configs name that the backend has not added yet, as transformers does:
     listed added tokens by id, then role tokens in role order, then additional special tokens.
     A token already in the vocabulary keeps its id; a new one gets the next id."""

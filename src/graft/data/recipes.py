@@ -20,30 +20,42 @@ from graft.atomic_files import write_atomic
 from graft.data.documents import iter_documents
 from graft.errors import DataError
 
-_GUTENBERG_START = re.compile(r"^\s*\*\*\*\s*START OF (THE|THIS) PROJECT GUTENBERG EBOOK[^\n]*\n", re.I | re.M)
+_GUTENBERG_START = re.compile(
+    r"^\s*\*\*\*\s*START OF (THE|THIS) PROJECT GUTENBERG EBOOK[^\n]*\n", re.I | re.M
+)
 _GUTENBERG_END = re.compile(r"^\s*\*\*\*\s*END OF (THE|THIS) PROJECT GUTENBERG EBOOK", re.I | re.M)
-_WIKITEXT_ARTICLE = re.compile(r"^ = [^=].* = $", re.M)  # level-1 headings; sections are " = = X = = "
+_WIKITEXT_ARTICLE = re.compile(
+    r"^ = [^=].* = $", re.M
+)  # level-1 headings; sections are " = = X = = "
 
 
 def gutenberg_body(text: str, source: str) -> str:
     """The book between Project Gutenberg's START and END markers."""
     start, end = _GUTENBERG_START.search(text), _GUTENBERG_END.search(text)
     if start is None or end is None or end.start() <= start.end():
-        raise DataError(f"{source}: no '*** START OF ... PROJECT GUTENBERG EBOOK' / '*** END OF ...' marker pair; "
-                        "is this a Project Gutenberg text?")
-    return text[start.end():end.start()].strip() + "\n"
+        raise DataError(
+            f"{source}: no '*** START OF ... PROJECT GUTENBERG EBOOK' / '*** END OF ...' marker pair; "
+            "is this a Project Gutenberg text?"
+        )
+    return text[start.end() : end.start()].strip() + "\n"
 
 
 # WikiText's tokenisation, undone: (pattern, replacement) applied in order.
-_WIKITEXT_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple((re.compile(p, re.M), r) for p, r in (
-    (r" @(.)@ ", r"\1"),  # number and hyphen joiners: 1 @,@ 000 -> 1,000; well @-@ known -> well-known
-    (r" ([.,;:!?%)\]}])", r"\1"),  # no space before closing punctuation
-    (r"([(\[{$]) ", r"\1"),  # nor after opening brackets
-    (r" (n't|'s|'re|'ve|'ll|'d|'m)\b", r"\1"),  # contractions: do n't -> don't, it 's -> it's
-    (r"(\w)s ' ", r"\1s' "),  # plural possessive: the dogs ' bowl -> the dogs' bowl
-    (r'" ([^"\n]*?) "', r'"\1"'),  # double quotes hug what they quote
-    (r"^ +| +$", ""),  # the leading and trailing space of every line
-))
+_WIKITEXT_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(p, re.M), r)
+    for p, r in (
+        (
+            r" @(.)@ ",
+            r"\1",
+        ),  # number and hyphen joiners: 1 @,@ 000 -> 1,000; well @-@ known -> well-known
+        (r" ([.,;:!?%)\]}])", r"\1"),  # no space before closing punctuation
+        (r"([(\[{$]) ", r"\1"),  # nor after opening brackets
+        (r" (n't|'s|'re|'ve|'ll|'d|'m)\b", r"\1"),  # contractions: do n't -> don't, it 's -> it's
+        (r"(\w)s ' ", r"\1s' "),  # plural possessive: the dogs ' bowl -> the dogs' bowl
+        (r'" ([^"\n]*?) "', r'"\1"'),  # double quotes hug what they quote
+        (r"^ +| +$", ""),  # the leading and trailing space of every line
+    )
+)
 
 
 def wikitext_detokenize(text: str) -> str:

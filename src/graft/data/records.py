@@ -91,7 +91,11 @@ class InvalidRecords:
     def require_some(self, kept: Sequence[object], what: str) -> int:
         """The number skipped; DataError when `kept` is empty."""
         if not kept:
-            first = f" ({len(self.problems)} invalid; the first: {self.problems[0]})" if self.problems else ""
+            first = (
+                f" ({len(self.problems)} invalid; the first: {self.problems[0]})"
+                if self.problems
+                else ""
+            )
             raise DataError(f"{self.path}: no valid {what}{first}")
         return len(self.problems)
 
@@ -133,14 +137,17 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
-def _record(fields: dict[str, object], where: str, text_field: str, label_field: str,
-            encoding: str) -> TextRecord:
+def _record(
+    fields: dict[str, object], where: str, text_field: str, label_field: str, encoding: str
+) -> TextRecord:
     """A TextRecord from one parsed record's fields, or _Invalid saying what is wrong."""
     for name, option in ((text_field, "text_field"), (label_field, "label_field")):
         if name not in fields:
             present = ", ".join(sorted(str(k) for k in fields)) or "none"
-            raise _Invalid(f"{where}: missing field {name!r} (fields: {present}); "
-                           f"pass {option}=... to read another field")
+            raise _Invalid(
+                f"{where}: missing field {name!r} (fields: {present}); "
+                f"pass {option}=... to read another field"
+            )
     text, label = fields[text_field], fields[label_field]
     if not isinstance(text, str):
         raise _Invalid(f"{where}: field {text_field!r} must be a string, got {type(text).__name__}")
@@ -148,8 +155,10 @@ def _record(fields: dict[str, object], where: str, text_field: str, label_field:
     if isinstance(label, int) and not isinstance(label, bool):
         label = str(label)
     if not isinstance(label, str):
-        raise _Invalid(f"{where}: field {label_field!r} must be a string or an integer, "
-                       f"got {type(label).__name__}")
+        raise _Invalid(
+            f"{where}: field {label_field!r} must be a string or an integer, "
+            f"got {type(label).__name__}"
+        )
     # Surrounding spaces in a label would make "ham " a class of its own.
     label = label.strip()
     for name, value in ((text_field, text), (label_field, label)):
@@ -168,11 +177,19 @@ def _jsonl_fields(path: Path, text: str) -> Iterator[tuple[str, dict[str, object
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield where, _Invalid(f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); "
-                                  "expected one JSON object per line")
+            yield (
+                where,
+                _Invalid(
+                    f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); "
+                    "expected one JSON object per line"
+                ),
+            )
             continue
         if not isinstance(value, dict):
-            yield where, _Invalid(f"{where}: expected a JSON object, got a JSON {type(value).__name__}")
+            yield (
+                where,
+                _Invalid(f"{where}: expected a JSON object, got a JSON {type(value).__name__}"),
+            )
         else:
             yield where, value
 
@@ -182,20 +199,28 @@ def _json_fields(path: Path, text: str) -> Iterator[tuple[str, dict[str, object]
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         # The whole array is one value: a syntax error leaves no records to skip to.
-        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno}); "
-                        "expected an array of objects") from exc
+        raise DataError(
+            f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno}); "
+            "expected an array of objects"
+        ) from exc
     if not isinstance(value, list):
-        raise DataError(f"{path}: expected a JSON array of objects, got a JSON {type(value).__name__}")
+        raise DataError(
+            f"{path}: expected a JSON array of objects, got a JSON {type(value).__name__}"
+        )
     for index, item in enumerate(value):
         where = f"{path}#{index}"
         if isinstance(item, dict):
             yield where, item
         else:
-            yield where, _Invalid(f"{where}: expected a JSON object, got a JSON {type(item).__name__}")
+            yield (
+                where,
+                _Invalid(f"{where}: expected a JSON object, got a JSON {type(item).__name__}"),
+            )
 
 
-def _table_fields(path: Path, text: str, delimiter: str, text_field: str,
-                  label_field: str) -> Iterator[tuple[str, dict[str, object] | _Invalid]]:
+def _table_fields(
+    path: Path, text: str, delimiter: str, text_field: str, label_field: str
+) -> Iterator[tuple[str, dict[str, object] | _Invalid]]:
     # TSV files seldom quote and often hold stray quotes in text, so .tsv reads quotes literally
     # (as GLUE's readers do); CSV follows the csv module's dialect.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
@@ -211,26 +236,41 @@ def _table_fields(path: Path, text: str, delimiter: str, text_field: str,
                 header = [cell.strip() for cell in row]
                 for name, option in ((text_field, "text_field"), (label_field, "label_field")):
                     if name not in header:
-                        raise DataError(f"{where}: no column {name!r} in the header (columns: "
-                                        f"{', '.join(header)}); pass {option}=... to read another")
+                        raise DataError(
+                            f"{where}: no column {name!r} in the header (columns: "
+                            f"{', '.join(header)}); pass {option}=... to read another"
+                        )
             elif len(row) != len(header):
-                yield where, _Invalid(f"{where}: expected {len(header)} fields like the header "
-                                      f"({', '.join(header)}), got {len(row)}")
+                yield (
+                    where,
+                    _Invalid(
+                        f"{where}: expected {len(header)} fields like the header "
+                        f"({', '.join(header)}), got {len(row)}"
+                    ),
+                )
             else:
                 yield where, dict(zip(header, row))
     except csv.Error as exc:
-        raise DataError(f"{path}:{reader.line_num}: malformed {delimiter!r}-separated line ({exc})") from exc
+        raise DataError(
+            f"{path}:{reader.line_num}: malformed {delimiter!r}-separated line ({exc})"
+        ) from exc
     if header is None:
         raise DataError(f"{path}: empty file; expected a header row naming the columns")
 
 
-def _label_tab_text_fields(path: Path, text: str) -> Iterator[tuple[str, dict[str, object] | _Invalid]]:
+def _label_tab_text_fields(
+    path: Path, text: str
+) -> Iterator[tuple[str, dict[str, object] | _Invalid]]:
     for number, line in _lines(text):
         where = f"{path}:{number}"
         parts = line.split("\t")
         if len(parts) != 2:
-            yield where, _Invalid(f"{where}: expected 2 tab-separated fields (label<TAB>text), "
-                                  f"got {len(parts)}")
+            yield (
+                where,
+                _Invalid(
+                    f"{where}: expected 2 tab-separated fields (label<TAB>text), got {len(parts)}"
+                ),
+            )
         else:
             yield where, {"label": parts[0], "text": parts[1]}
 
@@ -268,7 +308,9 @@ def read_labelled(
     elif suffix == ".json":
         fields = _json_fields(path, text)
     elif suffix in (".csv", ".tsv"):
-        fields = _table_fields(path, text, "," if suffix == ".csv" else "\t", text_field, label_field)
+        fields = _table_fields(
+            path, text, "," if suffix == ".csv" else "\t", text_field, label_field
+        )
     elif suffix in ("", ".txt") and _is_label_tab_text(text):
         fields = _label_tab_text_fields(path, text)
         # The line names the columns; the caller's field names do not apply.
@@ -297,8 +339,10 @@ def read_polarity(pos: Path, neg: Path, encoding: str = "latin-1") -> list[TextR
     for path, label in ((Path(pos), "pos"), (Path(neg), "neg")):
         text = _decode(path, encoding)
         _check_decoded(path, text, encoding)
-        found = [TextRecord(text=line, label=label, source=f"{path}:{number}")
-                 for number, line in _lines(text)]
+        found = [
+            TextRecord(text=line, label=label, source=f"{path}:{number}")
+            for number, line in _lines(text)
+        ]
         if not found:
             raise DataError(f"{path}: no snippets; expected one {label} snippet per line")
         records += found
@@ -347,7 +391,9 @@ def _content(value: object, where: str, name: str, encoding: str) -> str:
 
 def _alpaca(fields: dict[str, object], where: str, encoding: str) -> tuple[Message, ...]:
     if "output" not in fields:
-        raise _Invalid(f"{where}: Alpaca record without field 'output'; expected instruction, input, output")
+        raise _Invalid(
+            f"{where}: Alpaca record without field 'output'; expected instruction, input, output"
+        )
     instruction = _content(fields["instruction"], where, "field 'instruction'", encoding)
     output = _content(fields["output"], where, "field 'output'", encoding)
     extra = fields.get("input")
@@ -361,7 +407,9 @@ def _alpaca(fields: dict[str, object], where: str, encoding: str) -> tuple[Messa
 def _chat(fields: dict[str, object], where: str, encoding: str) -> tuple[Message, ...]:
     turns = fields["messages"]
     if not isinstance(turns, list) or not turns:
-        raise _Invalid(f"{where}: field 'messages' must be a non-empty list of {{role, content}} objects")
+        raise _Invalid(
+            f"{where}: field 'messages' must be a non-empty list of {{role, content}} objects"
+        )
     messages: list[Message] = []
     for index, turn in enumerate(turns):
         name = f"messages[{index}]"
@@ -369,11 +417,17 @@ def _chat(fields: dict[str, object], where: str, encoding: str) -> tuple[Message
             raise _Invalid(f"{where}: {name} must be an object with 'role' and 'content'")
         role = turn["role"]
         if role not in ROLES:
-            raise _Invalid(f"{where}: {name} has unknown role {role!r}; expected one of {', '.join(ROLES)}")
-        messages.append(Message(cast(Role, role), _content(turn["content"], where, f"{name} content", encoding)))
+            raise _Invalid(
+                f"{where}: {name} has unknown role {role!r}; expected one of {', '.join(ROLES)}"
+            )
+        messages.append(
+            Message(cast(Role, role), _content(turn["content"], where, f"{name} content", encoding))
+        )
     if messages[-1].role != "assistant":
         # The loss is on assistant turns: a record ending elsewhere teaches nothing after its last answer.
-        raise _Invalid(f"{where}: the last message has role {messages[-1].role!r}; expected 'assistant'")
+        raise _Invalid(
+            f"{where}: the last message has role {messages[-1].role!r}; expected 'assistant'"
+        )
     return tuple(messages)
 
 
@@ -396,7 +450,9 @@ def read_conversations(
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json"):
         kind = f"{suffix!r} file" if suffix else "file without a suffix"
-        raise DataError(f"{path}: cannot read a {kind} as instruction records; graft reads .jsonl or a .json array")
+        raise DataError(
+            f"{path}: cannot read a {kind} as instruction records; graft reads .jsonl or a .json array"
+        )
     fields = _jsonl_fields(path, text) if suffix == ".jsonl" else _json_fields(path, text)
     conversations: list[Conversation] = []
     invalid = InvalidRecords(path, skip_invalid)
@@ -410,8 +466,10 @@ def read_conversations(
                 messages = _alpaca(item, where, encoding)
             else:
                 present = ", ".join(sorted(str(k) for k in item)) or "none"
-                raise _Invalid(f"{where}: expected an Alpaca record (instruction, input, output) or a chat "
-                               f"record (messages), got fields: {present}")
+                raise _Invalid(
+                    f"{where}: expected an Alpaca record (instruction, input, output) or a chat "
+                    f"record (messages), got fields: {present}"
+                )
             conversations.append(Conversation(messages=messages, source=where))
         except _Invalid as exc:
             invalid.add(str(exc))

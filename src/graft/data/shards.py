@@ -189,9 +189,7 @@ def _field(data: dict[str, Any], key: str, kind: type, where: str) -> Any:
     value = data[key]
     # bool is an int subclass; a true/false where a count belongs is corruption, not a count.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise DataError(
-            f"{where}: {key!r} must be {kind.__name__}, got {type(value).__name__}"
-        )
+        raise DataError(f"{where}: {key!r} must be {kind.__name__}, got {type(value).__name__}")
     return value
 
 
@@ -265,8 +263,9 @@ class _SplitWriter:
         self.handle.close()
 
     def info(self) -> SplitInfo:
-        return SplitInfo(file=self.path.name, tokens=self.tokens, documents=self.documents,
-                         bytes=self.bytes)
+        return SplitInfo(
+            file=self.path.name, tokens=self.tokens, documents=self.documents, bytes=self.bytes
+        )
 
 
 def _move_tail(src: Path, dst: Path, count: int, dtype: np.dtype) -> None:
@@ -337,7 +336,10 @@ def _balance(
 
 
 def _routed_documents(
-    inputs: Sequence[Path], val_inputs: Sequence[Path] | None, val_fraction: float, seed: int,
+    inputs: Sequence[Path],
+    val_inputs: Sequence[Path] | None,
+    val_fraction: float,
+    seed: int,
     split_on: str | None = None,
 ) -> Iterator[tuple[str, Document]]:
     """(split name, document) for every document, in reading order."""
@@ -385,8 +387,15 @@ def _write_split_files(
         pending.clear()
 
     try:
-        with tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024,
-                  desc="preparing shards", disable=not progress, leave=False) as bar:
+        with tqdm(
+            total=total_bytes,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc="preparing shards",
+            disable=not progress,
+            leave=False,
+        ) as bar:
             for split, doc in _routed_documents(inputs, val_inputs, val_fraction, seed, split_on):
                 writer = writers[split]
                 read = 0
@@ -471,16 +480,30 @@ def prepare_shards(
     trained = {path.resolve() for path in files}
     for path in val_files:
         if path.resolve() in trained:
-            raise DataError(f"{path}: is both a training input and a val input; a held-out "
-                            "val corpus must not overlap the training inputs")
+            raise DataError(
+                f"{path}: is both a training input and a val input; a held-out "
+                "val corpus must not overlap the training inputs"
+            )
     out_dir = Path(out_dir)
     _check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     total_bytes = sum(path.stat().st_size for path in files + val_files)
     # The work directory is a hidden sibling, so input folders that contain out_dir skip it.
     with atomic_directory(out_dir) as work:
-        splits = _write_split_files(inputs, val_inputs, tokenizer, work, dtype, eot_id,
-                                    total_bytes, val_fraction, seed, batch_size, progress, split_on)
+        splits = _write_split_files(
+            inputs,
+            val_inputs,
+            tokenizer,
+            work,
+            dtype,
+            eot_id,
+            total_bytes,
+            val_fraction,
+            seed,
+            batch_size,
+            progress,
+            split_on,
+        )
         if val_inputs is not None:
             splits["train"].sources = [str(path) for path in files]
             splits["val"].sources = [str(path) for path in val_files]

@@ -121,7 +121,11 @@ class _ModuleSource:
 
 
 def build_stdlib_corpus(
-    out_path: Path, *, max_bytes: int = 8_000_000, seed: int = 0, exclude: Iterable[StdlibFunction] = ()
+    out_path: Path,
+    *,
+    max_bytes: int = 8_000_000,
+    seed: int = 0,
+    exclude: Iterable[StdlibFunction] = (),
 ) -> CorpusStats:
     """Write a JSONL corpus of at most `max_bytes` UTF-8 bytes of text from this Python install.
 
@@ -138,18 +142,26 @@ def build_stdlib_corpus(
     (a module docstring, a comment, another function's docstring) stays.
     """
     if max_bytes <= 0:
-        raise ConfigError(f"stdlib corpus max_bytes must be a positive number of bytes, got {max_bytes}")
+        raise ConfigError(
+            f"stdlib corpus max_bytes must be a positive number of bytes, got {max_bytes}"
+        )
     started = time.perf_counter()
     rng = random.Random(seed)
     held_out = _HeldOut.of(exclude)
     excluded: set[tuple[str, str]] = set()
-    candidates: dict[str, list[_Document]] = {"topic": _topic_documents(), "module": [], "docstring": []}
+    candidates: dict[str, list[_Document]] = {
+        "topic": _topic_documents(),
+        "module": [],
+        "docstring": [],
+    }
     for source in _iter_stdlib_sources(_stdlib_root()):
         names, lines = held_out.find(source)
         excluded.update((source.module, name) for name in names)
         text = source.text
         if lines:
-            text = "\n".join(line for number, line in enumerate(text.split("\n")) if number not in lines)
+            text = "\n".join(
+                line for number, line in enumerate(text.split("\n")) if number not in lines
+            )
         candidates["module"].append(_document(text, source.relpath, "module"))
         candidates["docstring"].extend(_docstring_documents(source, skip=names))
     for kind in KIND_MIX:
@@ -265,7 +277,9 @@ def _read_source(path: Path, relpath: str) -> _ModuleSource | None:
 
 
 def _looks_like_table(text: str) -> bool:
-    code_lines = [s for s in (line.strip() for line in text.split("\n")) if s and not s.startswith("#")]
+    code_lines = [
+        s for s in (line.strip() for line in text.split("\n")) if s and not s.startswith("#")
+    ]
     table_lines = sum(1 for line in code_lines if _TABLE_LINE.match(line))
     return table_lines > MAX_TABLE_LINE_SHARE * len(code_lines)
 
@@ -314,8 +328,10 @@ class _HeldOut:
     @classmethod
     def of(cls, functions: Iterable[StdlibFunction]) -> _HeldOut:
         functions = list(functions)
-        return cls(frozenset((f.module, f.name) for f in functions),
-                   frozenset(_stripped_lines(f.code_without_docstring.split("\n")) for f in functions))
+        return cls(
+            frozenset((f.module, f.name) for f in functions),
+            frozenset(_stripped_lines(f.code_without_docstring.split("\n")) for f in functions),
+        )
 
     def find(self, source: _ModuleSource) -> tuple[set[str], set[int]]:
         """(qualified names, 0-based line numbers) of the held-out definitions in `source`.
@@ -334,7 +350,9 @@ class _HeldOut:
                 continue
             start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
             assert node.end_lineno is not None  # parsed nodes carry end positions
-            if (source.module, qualname) in self.names or _code_without_docstring(node, text_lines) in self.codes:
+            if (source.module, qualname) in self.names or _code_without_docstring(
+                node, text_lines
+            ) in self.codes:
                 names.add(qualname)
                 lines.update(range(start - 1, node.end_lineno))
         return names, lines
@@ -344,13 +362,21 @@ def _stripped_lines(lines: Iterable[str]) -> tuple[str, ...]:
     return tuple(s for s in (line.strip() for line in lines) if s)
 
 
-def _code_without_docstring(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> tuple[str, ...]:
+def _code_without_docstring(
+    node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]
+) -> tuple[str, ...]:
     """A definition's stripped, non-blank lines from its first decorator, less a docstring's lines."""
     start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
     first = node.body[0]
     assert node.end_lineno is not None and first.end_lineno is not None
-    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-        return _stripped_lines(lines[start - 1 : first.lineno - 1] + lines[first.end_lineno : node.end_lineno])
+    if (
+        isinstance(first, ast.Expr)
+        and isinstance(first.value, ast.Constant)
+        and isinstance(first.value.value, str)
+    ):
+        return _stripped_lines(
+            lines[start - 1 : first.lineno - 1] + lines[first.end_lineno : node.end_lineno]
+        )
     return _stripped_lines(lines[start - 1 : node.end_lineno])
 
 
@@ -398,7 +424,9 @@ def _function_record(
     )
 
 
-def _interleave_within_budget(candidates: dict[str, list[_Document]], max_bytes: int) -> list[_Document]:
+def _interleave_within_budget(
+    candidates: dict[str, list[_Document]], max_bytes: int
+) -> list[_Document]:
     """Take documents from each kind's shuffled list, always from the kind furthest below its share.
 
     Choosing by bytes taken divided by the kind's share keeps every prefix close to KIND_MIX; a
@@ -424,10 +452,13 @@ def _interleave_within_budget(candidates: dict[str, list[_Document]], max_bytes:
 
 def _write_jsonl_atomically(out_path: Path, documents: list[_Document]) -> None:
     text = "".join(
-        json.dumps({"text": doc.text, "source": doc.source, "kind": doc.kind}, ensure_ascii=False) + "\n"
+        json.dumps({"text": doc.text, "source": doc.source, "kind": doc.kind}, ensure_ascii=False)
+        + "\n"
         for doc in documents
     )
     try:
         write_atomic(out_path, text)
     except OSError as exc:
-        raise DataError(f"cannot write the stdlib corpus to {out_path}: {exc.strerror or exc}") from exc
+        raise DataError(
+            f"cannot write the stdlib corpus to {out_path}: {exc.strerror or exc}"
+        ) from exc

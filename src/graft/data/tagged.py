@@ -16,7 +16,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from graft.data.records import _UNDECODED, InvalidRecords, _check_decoded, _decode, _json_fields, _jsonl_fields
+from graft.data.records import (
+    _UNDECODED,
+    InvalidRecords,
+    _check_decoded,
+    _decode,
+    _json_fields,
+    _jsonl_fields,
+)
 from graft.data.tokenizer import Tokenizer
 from graft.errors import ConfigError, DataError
 from graft.objectives.losses import IGNORE_INDEX
@@ -47,9 +54,13 @@ def _check_words_and_tags(words: Sequence[str], tags: Sequence[str], wheres: Seq
         if not word.strip():
             raise _Invalid(f"{where}: empty token")
         if (bad := _UNDECODED.search(word)) or (bad := _UNDECODED.search(tag)):
-            raise _Invalid(f"{where}: byte 0x{ord(bad.group()) - 0xDC00:02x} is not valid in the file's encoding")
+            raise _Invalid(
+                f"{where}: byte 0x{ord(bad.group()) - 0xDC00:02x} is not valid in the file's encoding"
+            )
         if not _BIO.fullmatch(tag):
-            raise _Invalid(f"{where}: tag {tag!r} is not a BIO tag; expected B-<type>, I-<type> or O")
+            raise _Invalid(
+                f"{where}: tag {tag!r} is not a BIO tag; expected B-<type>, I-<type> or O"
+            )
 
 
 def _conll_sentences(path: Path, text: str, tag_column: int) -> Iterator[TaggedSentence | _Invalid]:
@@ -85,12 +96,16 @@ def _conll_sentences(path: Path, text: str, tag_column: int) -> Iterator[TaggedS
             column = tag_column + len(fields) if tag_column < 0 else tag_column
             if not 0 < column < len(fields):
                 # Decided once for the whole file, so no sentence could be read: always raise.
-                raise DataError(f"{where}: tag_column={tag_column} does not name a tag column in a line of "
-                                f"{len(fields)} fields (the token is column 0); expected token and tag columns")
+                raise DataError(
+                    f"{where}: tag_column={tag_column} does not name a tag column in a line of "
+                    f"{len(fields)} fields (the token is column 0); expected token and tag columns"
+                )
         if problem is not None:
             continue
         if len(fields) != expected[0]:
-            problem = _Invalid(f"{where}: expected {expected[0]} fields like line {expected[1]}, got {len(fields)}")
+            problem = _Invalid(
+                f"{where}: expected {expected[0]} fields like line {expected[1]}, got {len(fields)}"
+            )
             continue
         words.append(fields[0])
         tags.append(fields[tag_column])
@@ -99,19 +114,25 @@ def _conll_sentences(path: Path, text: str, tag_column: int) -> Iterator[TaggedS
         yield done
 
 
-def _json_sentence(fields: dict[str, object], where: str, tag_names: Sequence[str] | None) -> TaggedSentence:
+def _json_sentence(
+    fields: dict[str, object], where: str, tag_names: Sequence[str] | None
+) -> TaggedSentence:
     """A TaggedSentence from one JSON record, or _Invalid saying what is wrong."""
     key = "tags" if "tags" in fields else "ner_tags"
     if "tokens" not in fields or key not in fields:
         present = ", ".join(sorted(str(k) for k in fields)) or "none"
-        raise _Invalid(f"{where}: expected fields 'tokens' and 'tags' (or 'ner_tags'), got: {present}")
+        raise _Invalid(
+            f"{where}: expected fields 'tokens' and 'tags' (or 'ner_tags'), got: {present}"
+        )
     words, tags = fields["tokens"], fields[key]
     if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
         raise _Invalid(f"{where}: field 'tokens' must be a list of strings")
     if not isinstance(tags, list):
         raise _Invalid(f"{where}: field {key!r} must be a list of tags")
     if len(words) != len(tags):
-        raise _Invalid(f"{where}: {len(words)} tokens but {len(tags)} {key}; expected one tag per token")
+        raise _Invalid(
+            f"{where}: {len(words)} tokens but {len(tags)} {key}; expected one tag per token"
+        )
     if not words:
         raise _Invalid(f"{where}: empty sentence (no tokens)")
     names: list[str] = []
@@ -119,12 +140,16 @@ def _json_sentence(fields: dict[str, object], where: str, tag_names: Sequence[st
         # Hugging Face datasets store tags as class ids; their names come from the dataset card.
         if isinstance(tag, int) and not isinstance(tag, bool) and tag_names is not None:
             if not 0 <= tag < len(tag_names):
-                raise _Invalid(f"{where}: {key}[{position}] = {tag} is not an index into the "
-                               f"{len(tag_names)} tag_names")
+                raise _Invalid(
+                    f"{where}: {key}[{position}] = {tag} is not an index into the "
+                    f"{len(tag_names)} tag_names"
+                )
             tag = tag_names[tag]
         if not isinstance(tag, str):
             hint = "; pass tag_names=[...] to name integer tags" if isinstance(tag, int) else ""
-            raise _Invalid(f"{where}: {key}[{position}] must be a tag string, got {type(tag).__name__}{hint}")
+            raise _Invalid(
+                f"{where}: {key}[{position}] must be a tag string, got {type(tag).__name__}{hint}"
+            )
         names.append(tag)
     _check_words_and_tags(words, names, [f"{where} token {i}" for i in range(len(words))])
     return TaggedSentence(words=tuple(words), tags=tuple(names), source=where)
@@ -161,7 +186,9 @@ def read_tagged(
         fields = _jsonl_fields(path, text) if suffix == ".jsonl" else _json_fields(path, text)
         items = _json_items(fields, tag_names)
     else:
-        raise DataError(f"{path}: cannot read a {suffix!r} file as tagged sentences; graft reads {_FORMATS}")
+        raise DataError(
+            f"{path}: cannot read a {suffix!r} file as tagged sentences; graft reads {_FORMATS}"
+        )
     sentences: list[TaggedSentence] = []
     invalid = InvalidRecords(path, skip_invalid)
     for item in items:
@@ -172,8 +199,9 @@ def read_tagged(
     return sentences, invalid.require_some(sentences, "tagged sentences")
 
 
-def _json_items(fields: Iterator[tuple[str, dict[str, object] | Exception]],
-                tag_names: Sequence[str] | None) -> Iterator[TaggedSentence | _Invalid]:
+def _json_items(
+    fields: Iterator[tuple[str, dict[str, object] | Exception]], tag_names: Sequence[str] | None
+) -> Iterator[TaggedSentence | _Invalid]:
     for where, item in fields:
         if isinstance(item, Exception):
             yield _Invalid(str(item))
@@ -209,7 +237,9 @@ def align_tags(
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
         raise ConfigError(f"max_len must be an integer >= 1, got {max_len!r}")
     if len(words) != len(tags):
-        raise DataError(f"{source}: {len(words)} words but {len(tags)} tags; expected one tag per word")
+        raise DataError(
+            f"{source}: {len(words)} words but {len(tags)} tags; expected one tag per word"
+        )
     owner: list[int] = []  # character -> word index, -1 for the separating spaces
     for index, word in enumerate(words):
         if index:
@@ -217,11 +247,15 @@ def align_tags(
         owner.extend([index] * len(word))
     encoding = tokenizer.backend.encode(" ".join(words), add_special_tokens=False)
     # Each token's word, or -1 for a token holding only a separating space.
-    token_words = [next((w for w in owner[start:end] if w >= 0), -1) for start, end in encoding.offsets]
+    token_words = [
+        next((w for w in owner[start:end] if w >= 0), -1) for start, end in encoding.offsets
+    ]
     present = set(token_words)
     if missing := [i for i in range(len(words)) if i not in present]:
-        raise DataError(f"{source}: word {missing[0]} ({words[missing[0]]!r}) produced no token; "
-                        "expected every word to give at least one token")
+        raise DataError(
+            f"{source}: word {missing[0]} ({words[missing[0]]!r}) produced no token; "
+            "expected every word to give at least one token"
+        )
     labels: list[int] = []
     labelled = -1  # the last word whose tag has been placed
     for word in token_words:
@@ -232,8 +266,10 @@ def align_tags(
             continue
         tag = tags[word]
         if tag not in label_ids:
-            raise DataError(f"{source}: tag {tag!r} of word {word} ({words[word]!r}) is not a known label "
-                            f"(labels: {', '.join(sorted(label_ids))})")
+            raise DataError(
+                f"{source}: tag {tag!r} of word {word} ({words[word]!r}) is not a known label "
+                f"(labels: {', '.join(sorted(label_ids))})"
+            )
         labels.append(label_ids[tag])
         labelled = word
     ids = list(encoding.ids)

@@ -80,7 +80,11 @@ SPECIAL_TOKENS: tuple[str, ...] = (EOT, PAD, MASK, SEP, CLS, UNK)
 #: The roles (transformers' names) of graft's special tokens. graft has no beginning-of-sequence
 #: token: bos stays unset rather than borrowing another token's meaning.
 GRAFT_SPECIAL_TOKENS_MAP: Mapping[str, str] = {
-    "eos_token": EOT, "pad_token": PAD, "unk_token": UNK, "mask_token": MASK, "sep_token": SEP,
+    "eos_token": EOT,
+    "pad_token": PAD,
+    "unk_token": UNK,
+    "mask_token": MASK,
+    "sep_token": SEP,
     "cls_token": CLS,
 }
 
@@ -208,8 +212,10 @@ class Tokenizer:
         roles = dict(GRAFT_SPECIAL_TOKENS_MAP if special_tokens_map is None else special_tokens_map)
         unknown = sorted(set(roles) - set(ROLES))
         if unknown or not all(isinstance(token, str) for token in roles.values()):
-            raise TokenizerError(f"special_tokens_map: roles must be some of {', '.join(ROLES)} with "
-                                 f"token strings; got {roles!r}")
+            raise TokenizerError(
+                f"special_tokens_map: roles must be some of {', '.join(ROLES)} with "
+                f"token strings; got {roles!r}"
+            )
         self._roles = roles
         self.chat_template = chat_template
         self._word_starts: np.ndarray | None = None
@@ -234,8 +240,11 @@ class Tokenizer:
         else:
             files = TokenizerFiles(read_tokenizer_json(path), path)
         try:
-            return cls(files.backend, special_tokens_map=files.special_tokens_map,
-                       chat_template=files.chat_template)
+            return cls(
+                files.backend,
+                special_tokens_map=files.special_tokens_map,
+                chat_template=files.chat_template,
+            )
         except TokenizerError as exc:
             raise TokenizerError(f"{files.source}: {exc}") from exc
 
@@ -248,9 +257,14 @@ class Tokenizer:
         """
         directory = Path(directory)
         path = write_atomic(directory / TOKENIZER_FILE, self.backend.to_str(pretty=True))
-        if (self._roles != GRAFT_SPECIAL_TOKENS_MAP or self.chat_template is not None
-                or any((directory / name).exists() for name in CONFIG_FILES)):
-            write_tokenizer_config(directory, self.backend, self.special_tokens_map, self.chat_template)
+        if (
+            self._roles != GRAFT_SPECIAL_TOKENS_MAP
+            or self.chat_template is not None
+            or any((directory / name).exists() for name in CONFIG_FILES)
+        ):
+            write_tokenizer_config(
+                directory, self.backend, self.special_tokens_map, self.chat_template
+            )
         return path
 
     # -- encoding ------------------------------------------------------------------------
@@ -315,7 +329,11 @@ class Tokenizer:
     @property
     def special_tokens_map(self) -> dict[str, str]:
         """role -> token for each role whose token is in the vocabulary (transformers' names)."""
-        return {role: token for role, token in self._roles.items() if self.token_to_id(token) is not None}
+        return {
+            role: token
+            for role, token in self._roles.items()
+            if self.token_to_id(token) is not None
+        }
 
     def _role_id(self, role: str) -> int | None:
         token = self._roles.get(role)
@@ -417,7 +435,9 @@ def _min_vocab_size(kind: TokenizerKind, sentinels: int) -> tuple[int, str]:
     # Byte-level BPE holds all 256 bytes plus the specials before its first merge; the
     # others need at least one real token next to the specials.
     specials = len(SPECIAL_TOKENS) + sentinels
-    why = f"{len(SPECIAL_TOKENS)} special tokens" + (f" + {sentinels} sentinels" if sentinels else "")
+    why = f"{len(SPECIAL_TOKENS)} special tokens" + (
+        f" + {sentinels} sentinels" if sentinels else ""
+    )
     if kind == "bpe":
         return 256 + specials, f"256 bytes + {why}"
     return specials + 1, f"{why} + 1"
@@ -556,4 +576,3 @@ def train_tokenizer(
         # Our id stability promise rests on the trainers placing specials first; check it.
         raise TokenizerError(f"trained {kind} tokenizer put the special tokens at ids {ids}")
     return Tokenizer(backend, kind=kind)
-

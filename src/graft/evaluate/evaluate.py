@@ -124,9 +124,15 @@ def evaluate_checkpoint(options: EvalOptions, echo: Echo = lambda _: None) -> Pa
     _check_options(options)
     device = resolve_device(options.device, what="--device")
     model, tokenizer = load_model(options.checkpoint, device=device)
-    out_dir = options.out_dir if options.out_dir is not None else default_out_dir(options.checkpoint)
-    task = {"lm": evaluate_lm, "classify": evaluate_classify, "tokens": evaluate_tokens,
-            "generate": evaluate_generate}[options.task]
+    out_dir = (
+        options.out_dir if options.out_dir is not None else default_out_dir(options.checkpoint)
+    )
+    task = {
+        "lm": evaluate_lm,
+        "classify": evaluate_classify,
+        "tokens": evaluate_tokens,
+        "generate": evaluate_generate,
+    }[options.task]
     return task(model, tokenizer, options, out_dir, echo)
 
 
@@ -145,9 +151,13 @@ def _check_options(options: EvalOptions) -> None:
         raise ConfigError(f"--task {options.task!r}: choose one of {', '.join(EVAL_TASKS)}")
     if not options.data:
         raise ConfigError("--data: give at least one file to evaluate on")
-    for name, value in (("--limit", options.limit), ("--max-new-tokens", options.max_new_tokens),
-                        ("--seq-len", options.seq_len), ("--batch-size", options.batch_size),
-                        ("samples", options.samples)):
+    for name, value in (
+        ("--limit", options.limit),
+        ("--max-new-tokens", options.max_new_tokens),
+        ("--seq-len", options.seq_len),
+        ("--batch-size", options.batch_size),
+        ("samples", options.samples),
+    ):
         if value is not None and value < (0 if name == "samples" else 1):
             raise ConfigError(f"{name} must be a positive integer, got {value}")
     # Checked before loading the model, which may take a while for a large one.
@@ -157,8 +167,13 @@ def _check_options(options: EvalOptions) -> None:
 
 
 def _run_info(options: EvalOptions, **more: Any) -> dict[str, Any]:
-    return {"checkpoint": str(options.checkpoint), "task": options.task,
-            "data": [str(p) for p in options.data], "limit": options.limit, **more}
+    return {
+        "checkpoint": str(options.checkpoint),
+        "task": options.task,
+        "data": [str(p) for p in options.data],
+        "limit": options.limit,
+        **more,
+    }
 
 
 def _definitions(metrics: dict[str, Any]) -> dict[str, str]:
@@ -172,8 +187,10 @@ def _context(model: LanguageModel, options: EvalOptions) -> int:
     if options.seq_len is None:
         return context
     if options.seq_len > context:
-        raise ConfigError(f"--seq-len {options.seq_len} exceeds {options.checkpoint}'s context of {context} "
-                          f"tokens; pass at most {context}")
+        raise ConfigError(
+            f"--seq-len {options.seq_len} exceeds {options.checkpoint}'s context of {context} "
+            f"tokens; pass at most {context}"
+        )
     return options.seq_len
 
 
@@ -185,7 +202,9 @@ def _limited(items: list[Any], limit: int | None) -> list[Any]:
     return items if limit is None else items[:limit]
 
 
-def _pick_samples(rows: list[dict[str, Any]], wrong: Sequence[bool], n: int) -> list[dict[str, Any]]:
+def _pick_samples(
+    rows: list[dict[str, Any]], wrong: Sequence[bool], n: int
+) -> list[dict[str, Any]]:
     """The first n rows, then up to n wrong ones among the rest: a few typical cases and the mistakes."""
     errors = [row for row, bad in zip(rows[n:], wrong[n:]) if bad][:n]
     return rows[:n] + errors
@@ -193,25 +212,33 @@ def _pick_samples(rows: list[dict[str, Any]], wrong: Sequence[bool], n: int) -> 
 
 def _check_head(model: LanguageModel, options: EvalOptions, head: str, how: str) -> None:
     if model.config.head != head:
-        raise CheckpointError(f"{options.checkpoint}: has head {model.config.head!r}; --task {options.task} needs a "
-                              f"{head!r} head ({how})")
+        raise CheckpointError(
+            f"{options.checkpoint}: has head {model.config.head!r}; --task {options.task} needs a "
+            f"{head!r} head ({how})"
+        )
 
 
 def _check_decoder(model: LanguageModel, options: EvalOptions) -> None:
     if model.config.attention != "causal":
-        raise CheckpointError(f"{options.checkpoint}: is an encoder (bidirectional attention); --task {options.task} "
-                              "needs a causal language model")
+        raise CheckpointError(
+            f"{options.checkpoint}: is an encoder (bidirectional attention); --task {options.task} "
+            "needs a causal language model"
+        )
 
 
 # -- language modelling ----------------------------------------------------------------------
 
 
-def _token_stream(tokenizer: Tokenizer, options: EvalOptions) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+def _token_stream(
+    tokenizer: Tokenizer, options: EvalOptions
+) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     """(ids, scored, counts): every document preceded by the end-of-text id, which is not scored."""
     eot = tokenizer.eot_id
     if eot is None:
-        raise TokenizerError(f"{options.checkpoint}: the tokenizer has no end-of-text (eos) token to separate "
-                             "documents; --task lm needs one")
+        raise TokenizerError(
+            f"{options.checkpoint}: the tokenizer has no end-of-text (eos) token to separate "
+            "documents; --task lm needs one"
+        )
     parts: list[np.ndarray] = []
     flags: list[np.ndarray] = []
     counts = {"documents": 0, "bytes": 0, "words": 0}
@@ -219,8 +246,10 @@ def _token_stream(tokenizer: Tokenizer, options: EvalOptions) -> tuple[np.ndarra
         if options.limit is not None and counts["documents"] >= options.limit:
             break
         pieces = list(document.pieces())
-        ids = np.concatenate([np.asarray(e, dtype=np.int64) for e in tokenizer.encode_batch(pieces)] or
-                             [np.zeros(0, dtype=np.int64)])
+        ids = np.concatenate(
+            [np.asarray(e, dtype=np.int64) for e in tokenizer.encode_batch(pieces)]
+            or [np.zeros(0, dtype=np.int64)]
+        )
         if ids.size == 0:
             continue  # whitespace the tokenizer drops: nothing to score, and no bytes counted
         parts += [np.array([eot], dtype=np.int64), ids]
@@ -233,7 +262,9 @@ def _token_stream(tokenizer: Tokenizer, options: EvalOptions) -> tuple[np.ndarra
     return np.concatenate(parts), np.concatenate(flags), counts
 
 
-def _windows(ids: np.ndarray, scored: np.ndarray, seq_len: int, pad_id: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def _windows(
+    ids: np.ndarray, scored: np.ndarray, seq_len: int, pad_id: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Non-overlapping (inputs, targets) windows of seq_len; every position after the first is a
     target exactly once. The last window is right-padded with unscored positions, which causal
     attention keeps from touching the real ones."""
@@ -243,7 +274,7 @@ def _windows(ids: np.ndarray, scored: np.ndarray, seq_len: int, pad_id: int) -> 
         x = np.full(seq_len, pad_id, dtype=np.int64)
         y = np.full(seq_len, IGNORE_INDEX, dtype=np.int64)
         end = min(start + seq_len, n)
-        x[:end - start], y[:end - start] = ids[start:end], targets[start:end]
+        x[: end - start], y[: end - start] = ids[start:end], targets[start:end]
         yield x, y
 
 
@@ -255,8 +286,13 @@ def _window_loss(model: LanguageModel, inputs: torch.Tensor, targets: torch.Tens
 
 
 @torch.inference_mode()
-def evaluate_lm(model: LanguageModel, tokenizer: Tokenizer, options: EvalOptions, out_dir: Path,
-                echo: Echo = lambda _: None) -> Path:
+def evaluate_lm(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    options: EvalOptions,
+    out_dir: Path,
+    echo: Echo = lambda _: None,
+) -> Path:
     """Loss and perplexity per token, bits per byte and word perplexity of the text in options.data."""
     _check_decoder(model, options)
     seq_len = _context(model, options)
@@ -266,7 +302,9 @@ def evaluate_lm(model: LanguageModel, tokenizer: Tokenizer, options: EvalOptions
     device = _device(model)
     total, windows = 0.0, 0
     batch: list[tuple[np.ndarray, np.ndarray]] = []
-    for window in _windows(ids, scored, seq_len, pad_id=int(ids[0])):  # ids[0] is the end-of-text id
+    for window in _windows(
+        ids, scored, seq_len, pad_id=int(ids[0])
+    ):  # ids[0] is the end-of-text id
         batch.append(window)
         windows += 1
         if len(batch) == options.batch_size:
@@ -275,17 +313,28 @@ def evaluate_lm(model: LanguageModel, tokenizer: Tokenizer, options: EvalOptions
     if batch:
         total += _batch_loss(model, batch, device)
     figures = language_model_metrics(total, tokens, counts["bytes"], counts["words"])
-    metrics: dict[str, Any] = {**figures, "tokens": tokens, "bytes": counts["bytes"], "words": counts["words"],
-                               "documents": counts["documents"], "windows": windows, "seq_len": seq_len}
+    metrics: dict[str, Any] = {
+        **figures,
+        "tokens": tokens,
+        "bytes": counts["bytes"],
+        "words": counts["words"],
+        "documents": counts["documents"],
+        "windows": windows,
+        "seq_len": seq_len,
+    }
     metrics["definitions"] = _definitions(metrics)
     metrics["run"] = _run_info(options)
     json_path, _ = write_report(out_dir, "lm", metrics)
-    echo(f"loss {figures['loss']:.4f}, ppl {figures['ppl']:.2f} per token; {figures['bits_per_byte']:.4f} bits per "
-         f"byte; word ppl {figures['word_ppl']:.2f}")
+    echo(
+        f"loss {figures['loss']:.4f}, ppl {figures['ppl']:.2f} per token; {figures['bits_per_byte']:.4f} bits per "
+        f"byte; word ppl {figures['word_ppl']:.2f}"
+    )
     return json_path
 
 
-def _batch_loss(model: LanguageModel, batch: list[tuple[np.ndarray, np.ndarray]], device: torch.device) -> float:
+def _batch_loss(
+    model: LanguageModel, batch: list[tuple[np.ndarray, np.ndarray]], device: torch.device
+) -> float:
     inputs = torch.from_numpy(np.stack([x for x, _ in batch])).to(device)
     targets = torch.from_numpy(np.stack([y for _, y in batch])).to(device)
     return _window_loss(model, inputs, targets)
@@ -295,20 +344,36 @@ def _batch_loss(model: LanguageModel, batch: list[tuple[np.ndarray, np.ndarray]]
 
 
 @torch.inference_mode()
-def evaluate_classify(model: LanguageModel, tokenizer: Tokenizer, options: EvalOptions, out_dir: Path,
-                      echo: Echo = lambda _: None) -> Path:
+def evaluate_classify(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    options: EvalOptions,
+    out_dir: Path,
+    echo: Echo = lambda _: None,
+) -> Path:
     """Accuracy, macro and per-class precision, recall and F1, and a confusion-matrix PNG."""
     _check_head(model, options, "sequence", "fine-tune one with graft finetune classify")
     records = []
     for path in options.data:
-        records += read_labelled(path, text_field=options.text_field, label_field=options.label_field,
-                                 encoding=options.encoding)[0]
+        records += read_labelled(
+            path,
+            text_field=options.text_field,
+            label_field=options.label_field,
+            encoding=options.encoding,
+        )[0]
     records = _limited(records, options.limit)
     labels = model.config.labels
     max_len = _context(model, options)
     # The same encoding, framing and batching as fine-tuning's validation, with no training
     # records; it refuses a label the model does not know, naming the record's file:line.
-    classify = Classify((), records, tokenizer, labels, max_len, bidirectional=model.config.attention == "bidirectional")
+    classify = Classify(
+        (),
+        records,
+        tokenizer,
+        labels,
+        max_len,
+        bidirectional=model.config.attention == "bidirectional",
+    )
     echo(f"classifying {len(records):,} texts into {len(labels)} labels")
     device = _device(model)
     predicted: list[int] = []
@@ -321,15 +386,29 @@ def evaluate_classify(model: LanguageModel, tokenizer: Tokenizer, options: EvalO
     y_true = [r.label for r in records]
     y_pred = [labels[i] for i in predicted]
     scores = classification_metrics(y_true, y_pred, labels=labels)
-    metrics: dict[str, Any] = {**asdict(scores), "count": len(records), "truncated": classify.val.truncated}
+    metrics: dict[str, Any] = {
+        **asdict(scores),
+        "count": len(records),
+        "truncated": classify.val.truncated,
+    }
     metrics["definitions"] = _definitions(metrics)
     metrics["run"] = _run_info(options, seq_len=max_len)
-    rows = [{"source": r.source, "text": r.text, "label": r.label, "predicted": p, "probability": round(c, 6)}
-            for r, p, c in zip(records, y_pred, confidence)]
+    rows = [
+        {
+            "source": r.source,
+            "text": r.text,
+            "label": r.label,
+            "predicted": p,
+            "probability": round(c, 6),
+        }
+        for r, p, c in zip(records, y_pred, confidence)
+    ]
     samples = _pick_samples(rows, [t != p for t, p in zip(y_true, y_pred)], options.samples)
     json_path, _ = write_report(out_dir, "classify", metrics, samples)
     plot_confusion_matrix(scores, out_dir / "classify_confusion.png")
-    echo(f"accuracy {scores.accuracy:.4f}, macro F1 {scores.macro_f1:.4f} over {len(records):,} texts")
+    echo(
+        f"accuracy {scores.accuracy:.4f}, macro F1 {scores.macro_f1:.4f} over {len(records):,} texts"
+    )
     return json_path
 
 
@@ -337,8 +416,13 @@ def evaluate_classify(model: LanguageModel, tokenizer: Tokenizer, options: EvalO
 
 
 @torch.inference_mode()
-def evaluate_tokens(model: LanguageModel, tokenizer: Tokenizer, options: EvalOptions, out_dir: Path,
-                    echo: Echo = lambda _: None) -> Path:
+def evaluate_tokens(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    options: EvalOptions,
+    out_dir: Path,
+    echo: Echo = lambda _: None,
+) -> Path:
     """Entity-level precision, recall and F1 (seqeval), overall and per entity type."""
     _check_head(model, options, "token", "fine-tune one with graft finetune tokens")
     sentences = []
@@ -348,7 +432,14 @@ def evaluate_tokens(model: LanguageModel, tokenizer: Tokenizer, options: EvalOpt
     tags = model.config.labels
     max_len = _context(model, options)
     # Encodes with the training alignment; a tag the model does not know names its file:line.
-    tagger = TagTokens((), sentences, tokenizer, tags, max_len, bidirectional=model.config.attention == "bidirectional")
+    tagger = TagTokens(
+        (),
+        sentences,
+        tokenizer,
+        tags,
+        max_len,
+        bidirectional=model.config.attention == "bidirectional",
+    )
     echo(f"tagging {len(sentences):,} sentences with {len(tags)} tags")
     device = _device(model)
     predicted: list[list[str]] = []
@@ -357,23 +448,33 @@ def evaluate_tokens(model: LanguageModel, tokenizer: Tokenizer, options: EvalOpt
         assert batch.targets is not None
         choice = model.token_logits(hidden_states(model, batch)).argmax(-1)
         first = batch.targets != IGNORE_INDEX  # exactly each word's first sub-token, in word order
-        predicted += [[tags[i] for i in choice[row][first[row]].tolist()] for row in range(choice.shape[0])]
+        predicted += [
+            [tags[i] for i in choice[row][first[row]].tolist()] for row in range(choice.shape[0])
+        ]
     true_tags = [list(s.tags) for s in sentences]
     # Words past the context got no prediction: they count as "O", so the truncation costs recall.
     pred_tags = [p + ["O"] * (len(t) - len(p)) for p, t in zip(predicted, true_tags)]
     scores = entity_metrics(true_tags, pred_tags)
     words = sum(len(t) for t in true_tags)
     correct = sum(a == b for t, p in zip(true_tags, pred_tags) for a, b in zip(t, p))
-    metrics: dict[str, Any] = {**scores, "word_accuracy": correct / words, "count": len(sentences),
-                               "truncated": tagger.val.truncated}
+    metrics: dict[str, Any] = {
+        **scores,
+        "word_accuracy": correct / words,
+        "count": len(sentences),
+        "truncated": tagger.val.truncated,
+    }
     metrics["definitions"] = _definitions(metrics)
     metrics["run"] = _run_info(options, seq_len=max_len)
-    rows = [{"source": s.source, "words": list(s.words), "tags": t, "predicted": p}
-            for s, t, p in zip(sentences, true_tags, pred_tags)]
+    rows = [
+        {"source": s.source, "words": list(s.words), "tags": t, "predicted": p}
+        for s, t, p in zip(sentences, true_tags, pred_tags)
+    ]
     samples = _pick_samples(rows, [t != p for t, p in zip(true_tags, pred_tags)], options.samples)
     json_path, _ = write_report(out_dir, "tokens", metrics, samples)
-    echo(f"entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, recall {scores['recall']:.4f}) "
-         f"over {len(sentences):,} sentences")
+    echo(
+        f"entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, recall {scores['recall']:.4f}) "
+        f"over {len(sentences):,} sentences"
+    )
     return json_path
 
 
@@ -396,7 +497,12 @@ def _first_fields(path: Path, encoding: str) -> dict[str, object] | None:
 
 def _is_pair_file(path: Path, encoding: str) -> bool:
     first = _first_fields(path, encoding)
-    return first is not None and "source" in first and "target" in first and not {"messages", "instruction"} & set(first)
+    return (
+        first is not None
+        and "source" in first
+        and "target" in first
+        and not {"messages", "instruction"} & set(first)
+    )
 
 
 def read_pairs(path: Path, encoding: str = "utf-8") -> list[GenerationExample]:
@@ -405,16 +511,22 @@ def read_pairs(path: Path, encoding: str = "utf-8") -> list[GenerationExample]:
     path = Path(path)
     text = _decode(path, encoding)
     _check_decoded(path, text, encoding)
-    fields = _jsonl_fields(path, text) if path.suffix.lower() == ".jsonl" else _json_fields(path, text)
+    fields = (
+        _jsonl_fields(path, text) if path.suffix.lower() == ".jsonl" else _json_fields(path, text)
+    )
     examples: list[GenerationExample] = []
     for where, item in fields:
         if isinstance(item, Exception):
             raise DataError(str(item))
         for name in ("source", "target"):
             if name not in item:
-                raise DataError(f"{where}: missing field {name!r}; expected {{\"source\": ..., \"target\": ...}}")
+                raise DataError(
+                    f'{where}: missing field {name!r}; expected {{"source": ..., "target": ...}}'
+                )
             if not isinstance(item[name], str):
-                raise DataError(f"{where}: field {name!r} must be a string, got {type(item[name]).__name__}")
+                raise DataError(
+                    f"{where}: field {name!r} must be a string, got {type(item[name]).__name__}"
+                )
         source, target = item["source"], item["target"]
         assert isinstance(source, str) and isinstance(target, str)
         if not source.strip():
@@ -428,13 +540,19 @@ def read_pairs(path: Path, encoding: str = "utf-8") -> list[GenerationExample]:
 def _conversation_example(conversation: Conversation, template: str, eos: str) -> GenerationExample:
     """The prompt is every turn before the last assistant reply, with the generation prompt."""
     try:
-        prompt = render_chat(template, conversation.messages[:-1], add_generation_prompt=True, eos_token=eos)
+        prompt = render_chat(
+            template, conversation.messages[:-1], add_generation_prompt=True, eos_token=eos
+        )
     except DataError as exc:
         raise DataError(f"{conversation.source}: {exc}") from None
-    return GenerationExample(prompt=prompt, reference=conversation.messages[-1].content, source=conversation.source)
+    return GenerationExample(
+        prompt=prompt, reference=conversation.messages[-1].content, source=conversation.source
+    )
 
 
-def generation_examples(paths: Sequence[Path], tokenizer: Tokenizer, encoding: str = "utf-8") -> list[GenerationExample]:
+def generation_examples(
+    paths: Sequence[Path], tokenizer: Tokenizer, encoding: str = "utf-8"
+) -> list[GenerationExample]:
     """Prompts and references of every file: source/target pairs, or Alpaca or chat records."""
     template = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
     eos = tokenizer.special_tokens_map.get("eos_token", EOT)
@@ -450,8 +568,13 @@ def generation_examples(paths: Sequence[Path], tokenizer: Tokenizer, encoding: s
 
 
 @torch.inference_mode()
-def evaluate_generate(model: LanguageModel, tokenizer: Tokenizer, options: EvalOptions, out_dir: Path,
-                      echo: Echo = lambda _: None) -> Path:
+def evaluate_generate(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    options: EvalOptions,
+    out_dir: Path,
+    echo: Echo = lambda _: None,
+) -> Path:
     """Greedy generations against references: BLEU, chrF, ROUGE-1/2/L, exact match, and how often the
     model stopped by itself.
 
@@ -462,13 +585,21 @@ def evaluate_generate(model: LanguageModel, tokenizer: Tokenizer, options: EvalO
     _check_decoder(model, options)
     stop = tokenizer.eot_id
     if stop is None:
-        raise TokenizerError(f"{options.checkpoint}: the tokenizer has no eos token; --task generate needs one to "
-                             "know where a generation ends")
-    examples = _limited(generation_examples(options.data, tokenizer, options.encoding), options.limit)
+        raise TokenizerError(
+            f"{options.checkpoint}: the tokenizer has no eos token; --task generate needs one to "
+            "know where a generation ends"
+        )
+    examples = _limited(
+        generation_examples(options.data, tokenizer, options.encoding), options.limit
+    )
     context = model.config.max_seq_len
     keep = max(context - options.max_new_tokens, context // 2, 1)
-    params = SamplingParams(max_new_tokens=options.max_new_tokens, temperature=0.0, stop_ids=frozenset({stop}))
-    echo(f"generating for {len(examples):,} prompts (greedy, up to {options.max_new_tokens} new tokens)")
+    params = SamplingParams(
+        max_new_tokens=options.max_new_tokens, temperature=0.0, stop_ids=frozenset({stop})
+    )
+    echo(
+        f"generating for {len(examples):,} prompts (greedy, up to {options.max_new_tokens} new tokens)"
+    )
     predictions: list[str] = []
     ended: list[bool] = []
     truncated = 0
@@ -486,14 +617,27 @@ def evaluate_generate(model: LanguageModel, tokenizer: Tokenizer, options: EvalO
             echo(f"{number:,} of {len(examples):,} generated")
     references = [e.reference for e in examples]
     scores = generation_metrics(predictions, references)
-    metrics: dict[str, Any] = {**scores, "ended_with_eos": sum(ended) / len(ended),
-                               "prompts_truncated": truncated, "max_new_tokens": options.max_new_tokens}
+    metrics: dict[str, Any] = {
+        **scores,
+        "ended_with_eos": sum(ended) / len(ended),
+        "prompts_truncated": truncated,
+        "max_new_tokens": options.max_new_tokens,
+    }
     metrics["definitions"] = _definitions(metrics)
     metrics["run"] = _run_info(options, decoding="greedy")
-    rows = [{"source": e.source, "prompt": e.prompt, "reference": e.reference, "prediction": p, "ended_with_eos": s}
-            for e, p, s in zip(examples, predictions, ended)]
-    json_path, _ = write_report(out_dir, "generate", metrics, rows[:options.samples])
-    echo(f"BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}, ROUGE-L {scores['rougeL']:.4f}, exact match "
-         f"{scores['exact_match']:.4f}; {metrics['ended_with_eos']:.0%} ended with eos")
+    rows = [
+        {
+            "source": e.source,
+            "prompt": e.prompt,
+            "reference": e.reference,
+            "prediction": p,
+            "ended_with_eos": s,
+        }
+        for e, p, s in zip(examples, predictions, ended)
+    ]
+    json_path, _ = write_report(out_dir, "generate", metrics, rows[: options.samples])
+    echo(
+        f"BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}, ROUGE-L {scores['rougeL']:.4f}, exact match "
+        f"{scores['exact_match']:.4f}; {metrics['ended_with_eos']:.0%} ended with eos"
+    )
     return json_path
-

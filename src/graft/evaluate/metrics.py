@@ -97,8 +97,9 @@ def _check_pair(first: Sequence[Any], second: Sequence[Any], names: tuple[str, s
     if len(first) == 0:
         raise MetricInputError(f"no {names[0]} to score; pass at least one example")
     if len(first) != len(second):
-        raise MetricInputError(f"{len(first)} {names[0]} but {len(second)} {names[1]}; "
-                               "pass one of each per example")
+        raise MetricInputError(
+            f"{len(first)} {names[0]} but {len(second)} {names[1]}; pass one of each per example"
+        )
 
 
 def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
@@ -108,8 +109,9 @@ def _divide(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return out
 
 
-def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str],
-                           labels: Sequence[str] | None = None) -> ClassificationMetrics:
+def classification_metrics(
+    y_true: Sequence[str], y_pred: Sequence[str], labels: Sequence[str] | None = None
+) -> ClassificationMetrics:
     """Accuracy, per-class and macro precision/recall/F1, and the confusion matrix.
 
     `labels` fixes the label set and its order (the rows and columns of the confusion matrix);
@@ -129,8 +131,10 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str],
             raise MetricInputError(f"labels repeat a name: {label_list}; list each label once")
         unknown = sorted(seen - set(label_list))
         if unknown:
-            raise MetricInputError(f"labels {unknown} occur in the data but not in labels={label_list}; "
-                                   "add them or leave labels unset")
+            raise MetricInputError(
+                f"labels {unknown} occur in the data but not in labels={label_list}; "
+                "add them or leave labels unset"
+            )
     index = {label: i for i, label in enumerate(label_list)}
     k = len(label_list)
     confusion = np.zeros((k, k), dtype=np.int64)
@@ -142,9 +146,15 @@ def classification_metrics(y_true: Sequence[str], y_pred: Sequence[str],
     precision = _divide(tp, predicted)
     recall = _divide(tp, support)
     f1 = _divide(2 * precision * recall, precision + recall)
-    per_class = {label: {"precision": float(precision[i]), "recall": float(recall[i]),
-                         "f1": float(f1[i]), "support": int(support[i])}
-                 for i, label in enumerate(label_list)}
+    per_class = {
+        label: {
+            "precision": float(precision[i]),
+            "recall": float(recall[i]),
+            "f1": float(f1[i]),
+            "support": int(support[i]),
+        }
+        for i, label in enumerate(label_list)
+    }
     return ClassificationMetrics(
         accuracy=float(tp.sum() / len(y_true)),
         macro_precision=float(precision.mean()),
@@ -166,7 +176,9 @@ def plot_confusion_matrix(metrics: ClassificationMetrics, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    counts = np.asarray(metrics.confusion, dtype=np.int64).reshape(len(metrics.labels), len(metrics.labels))
+    counts = np.asarray(metrics.confusion, dtype=np.int64).reshape(
+        len(metrics.labels), len(metrics.labels)
+    )
     rows = counts.sum(axis=1, keepdims=True)
     share = _divide(counts.astype(np.float64), np.broadcast_to(rows, counts.shape))
     k = len(metrics.labels)
@@ -179,13 +191,22 @@ def plot_confusion_matrix(metrics: ClassificationMetrics, path: Path) -> Path:
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true label's examples")
     for i in range(k):
         for j in range(k):
-            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=fontsize,
-                    color="white" if share[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                str(counts[i, j]),
+                ha="center",
+                va="center",
+                fontsize=fontsize,
+                color="white" if share[i, j] > 0.5 else "black",
+            )
     ax.set_xticks(range(k), labels=metrics.labels, rotation=45, ha="right", fontsize=fontsize)
     ax.set_yticks(range(k), labels=metrics.labels, fontsize=fontsize)
     ax.set_xlabel("predicted label")
     ax.set_ylabel("true label")
-    ax.set_title(f"confusion matrix (accuracy {metrics.accuracy:.3f}, macro F1 {metrics.macro_f1:.3f})")
+    ax.set_title(
+        f"confusion matrix (accuracy {metrics.accuracy:.3f}, macro F1 {metrics.macro_f1:.3f})"
+    )
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
@@ -195,8 +216,9 @@ def plot_confusion_matrix(metrics: ClassificationMetrics, path: Path) -> Path:
 # -- token tagging -------------------------------------------------------------------------
 
 
-def entity_metrics(true_tags: Sequence[Sequence[str]],
-                   pred_tags: Sequence[Sequence[str]]) -> dict[str, float | dict[str, dict[str, float]]]:
+def entity_metrics(
+    true_tags: Sequence[Sequence[str]], pred_tags: Sequence[Sequence[str]]
+) -> dict[str, float | dict[str, dict[str, float]]]:
     """Entity-level micro precision, recall and F1 with seqeval, and the same per entity type.
 
     Tags are BIO/IOBES strings per word. seqeval's default mode is used: it reads entities the way
@@ -210,20 +232,35 @@ def entity_metrics(true_tags: Sequence[Sequence[str]],
     _check_pair(true_tags, pred_tags, ("true tag sequences", "predicted tag sequences"))
     for i, (true_row, pred_row) in enumerate(zip(true_tags, pred_tags)):
         if len(true_row) != len(pred_row):
-            raise MetricInputError(f"sentence {i}: {len(true_row)} true tags but {len(pred_row)} predicted; "
-                                   "predict one tag per word")
+            raise MetricInputError(
+                f"sentence {i}: {len(true_row)} true tags but {len(pred_row)} predicted; "
+                "predict one tag per word"
+            )
     # seqeval decides between one sequence and many by looking for list instances.
     y_true = [list(row) for row in true_tags]
     y_pred = [list(row) for row in pred_tags]
     precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, average="micro", zero_division=0)
+        y_true, y_pred, average="micro", zero_division=0
+    )
     # The same sorted type list seqeval's classification_report pairs with per-type arrays.
-    types = sorted({name for name, _, _ in get_entities(y_true)} | {name for name, _, _ in get_entities(y_pred)})
-    per_p, per_r, per_f, per_s = precision_recall_fscore_support(y_true, y_pred, average=None, zero_division=0)
-    per_type = {name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-                for name, p, r, f, s in zip(types, per_p, per_r, per_f, per_s)}
-    return {"precision": float(precision), "recall": float(recall), "f1": float(f1),
-            "support": int(support), "per_type": per_type}
+    types = sorted(
+        {name for name, _, _ in get_entities(y_true)}
+        | {name for name, _, _ in get_entities(y_pred)}
+    )
+    per_p, per_r, per_f, per_s = precision_recall_fscore_support(
+        y_true, y_pred, average=None, zero_division=0
+    )
+    per_type = {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(types, per_p, per_r, per_f, per_s)
+    }
+    return {
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "support": int(support),
+        "per_type": per_type,
+    }
 
 
 # -- generation ----------------------------------------------------------------------------
@@ -260,9 +297,13 @@ def generation_metrics(predictions: Sequence[str], references: Sequence[str]) ->
             rouge[kind] += scores[kind].fmeasure
     exact = sum(_normalise_whitespace(h) == _normalise_whitespace(r) for h, r in zip(hyps, refs))
     n = len(hyps)
-    return {"bleu": float(bleu), "chrf": float(chrf),
-            **{kind: total / n for kind, total in rouge.items()},
-            "exact_match": exact / n, "count": n}
+    return {
+        "bleu": float(bleu),
+        "chrf": float(chrf),
+        **{kind: total / n for kind, total in rouge.items()},
+        "exact_match": exact / n,
+        "count": n,
+    }
 
 
 # -- language modelling --------------------------------------------------------------------
@@ -275,7 +316,9 @@ def _exp(x: float) -> float:
         return math.inf
 
 
-def language_model_metrics(loss_sum_nats: float, tokens: int, text_bytes: int, words: int) -> dict[str, float]:
+def language_model_metrics(
+    loss_sum_nats: float, tokens: int, text_bytes: int, words: int
+) -> dict[str, float]:
     """Per-token loss and perplexity beside tokenizer-free bits per byte and per-word perplexity.
 
     `loss_sum_nats` is the summed cross-entropy over `tokens` scored tokens of a text that is
@@ -286,16 +329,49 @@ def language_model_metrics(loss_sum_nats: float, tokens: int, text_bytes: int, w
         if value <= 0:
             raise MetricInputError(f"{name} must be positive to normalise the loss, got {value}")
     loss = loss_sum_nats / tokens
-    return {"loss": loss, "ppl": _exp(loss), "bits_per_byte": loss_sum_nats / (math.log(2) * text_bytes),
-            "word_ppl": _exp(loss_sum_nats / words)}
+    return {
+        "loss": loss,
+        "ppl": _exp(loss),
+        "bits_per_byte": loss_sum_nats / (math.log(2) * text_bytes),
+        "word_ppl": _exp(loss_sum_nats / words),
+    }
 
 
 # -- repeated runs -------------------------------------------------------------------------
 
 # Two-sided 95% quantiles of Student's t (the 0.975 quantile), degrees of freedom 1..30.
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-         2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-         2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+_T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 _Z975 = 1.959963984540054
 
 
@@ -305,8 +381,12 @@ def _t975(df: int) -> float:
     # Past the table, the Cornish-Fisher expansion of t around the normal quantile: within 1e-4
     # of the exact value from df 30 on, where a flat 1.96 would jump by 0.08 between df 30 and 31.
     z = _Z975
-    return (z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
-            + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3))
+    return (
+        z
+        + (z**3 + z) / (4 * df)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * df**3)
+    )
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
@@ -359,8 +439,11 @@ def _to_json(value: Any) -> Any:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(row) + " |" for row in rows)]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
 
 
 def _section(key: str, value: Any, labels: Any) -> list[str]:
@@ -370,29 +453,48 @@ def _section(key: str, value: Any, labels: Any) -> list[str]:
         inner = list(value.values())
         if inner and all(isinstance(v, Mapping) for v in inner):
             columns = list(dict.fromkeys(c for v in inner for c in v))
-            rows = [[_cell(name), *(_cell(v.get(c, "")) for c in columns)] for name, v in value.items()]
+            rows = [
+                [_cell(name), *(_cell(v.get(c, "")) for c in columns)] for name, v in value.items()
+            ]
             return lines + _table([_cell(key), *map(_cell, columns)], rows)
         return lines + _table(["key", "value"], [[_cell(k), _cell(v)] for k, v in value.items()])
-    if isinstance(value, (list, tuple)) and value and all(isinstance(r, (list, tuple)) for r in value):
+    if (
+        isinstance(value, (list, tuple))
+        and value
+        and all(isinstance(r, (list, tuple)) for r in value)
+    ):
         # A matrix such as ClassificationMetrics.confusion: rows = true, columns = predicted.
-        names = [_cell(x) for x in labels] if isinstance(labels, (list, tuple)) and len(labels) == len(value) \
+        names = (
+            [_cell(x) for x in labels]
+            if isinstance(labels, (list, tuple)) and len(labels) == len(value)
             else [str(i) for i in range(len(value))]
+        )
         width = max(len(r) for r in value)
         columns = names if len(names) == width else [str(j) for j in range(width)]
         rows = [[names[i], *(_cell(c) for c in row)] for i, row in enumerate(value)]
-        return lines + ["rows: true, columns: predicted", ""] + _table(["true \\ predicted", *columns], rows)
+        return (
+            lines
+            + ["rows: true, columns: predicted", ""]
+            + _table(["true \\ predicted", *columns], rows)
+        )
     return lines + [_cell(value)]
 
 
 def _markdown(name: str, metrics: Mapping[str, Any]) -> str:
     scalars = {k: v for k, v in metrics.items() if _is_scalar(v)}
-    lists = {k: v for k, v in metrics.items()
-             if isinstance(v, (list, tuple)) and all(_is_scalar(x) for x in v)}
+    lists = {
+        k: v
+        for k, v in metrics.items()
+        if isinstance(v, (list, tuple)) and all(_is_scalar(x) for x in v)
+    }
     lines = [f"# {_cell(name)}", ""]
     # A report may carry its own definitions (keys DEFINITIONS lacks); they go in the column, not a table of their own.
     own = metrics.get("definitions")
     definitions = {**DEFINITIONS, **(own if isinstance(own, Mapping) else {})}
-    rows = [[_cell(k), _cell(v), _cell(definitions.get(str(k), ""))] for k, v in {**scalars, **lists}.items()]
+    rows = [
+        [_cell(k), _cell(v), _cell(definitions.get(str(k), ""))]
+        for k, v in {**scalars, **lists}.items()
+    ]
     if rows:
         lines += _table(["metric", "value", "definition"], rows)
     for key, value in metrics.items():
@@ -401,8 +503,9 @@ def _markdown(name: str, metrics: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: Path, name: str, metrics: Mapping[str, Any],
-                 samples: Sequence[Mapping[str, Any]] = ()) -> tuple[Path, Path]:
+def write_report(
+    out_dir: Path, name: str, metrics: Mapping[str, Any], samples: Sequence[Mapping[str, Any]] = ()
+) -> tuple[Path, Path]:
     """Write `{name}.json`, `{name}.md` and, given samples, `{name}_samples.jsonl` into `out_dir`.
 
     The JSON holds `metrics` as given (pass `dataclasses.asdict` of a ClassificationMetrics).
@@ -415,7 +518,9 @@ def write_report(out_dir: Path, name: str, metrics: Mapping[str, Any],
     if not name or Path(name).name != name or name.startswith("."):
         raise MetricInputError(f"report name {name!r} must be a plain file name such as 'eval'")
     out_dir = Path(out_dir)
-    json_path = write_atomic(out_dir / f"{name}.json", json.dumps(_to_json(metrics), indent=2) + "\n")
+    json_path = write_atomic(
+        out_dir / f"{name}.json", json.dumps(_to_json(metrics), indent=2) + "\n"
+    )
     md_path = write_atomic(out_dir / f"{name}.md", _markdown(name, metrics))
     if samples:
         lines = (json.dumps(_to_json(sample), ensure_ascii=False) for sample in samples)

@@ -37,8 +37,12 @@ __all__ = ["ArmResult", "ComparisonOptions", "compare_objectives"]
 DEFAULT_OBJECTIVES: tuple[str, ...] = ("clm", "mlm", "mlm+nsp", "denoise", "mix")
 ENCODER_OBJECTIVES = ("mlm", "nsp", "mlm+nsp")
 # Rows of the report's table: (metric key, column title, format).
-_METRIC_COLUMNS = (("val/loss", "val loss", "{:.3f}"), ("val/ppl", "val ppl", "{:.1f}"),
-                   ("val/mlm_acc", "mlm acc", "{:.3f}"), ("val/nsp_acc", "nsp acc", "{:.3f}"))
+_METRIC_COLUMNS = (
+    ("val/loss", "val loss", "{:.3f}"),
+    ("val/ppl", "val ppl", "{:.1f}"),
+    ("val/mlm_acc", "mlm acc", "{:.3f}"),
+    ("val/nsp_acc", "nsp acc", "{:.3f}"),
+)
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,9 @@ class ComparisonOptions:
     seed: int = 1337
     probe_examples: int = 2000
     probe_test_fraction: float = 0.3
-    overrides: tuple[str, ...] = ()  # `section.key=value`, applied to every arm after the settings above
+    overrides: tuple[
+        str, ...
+    ] = ()  # `section.key=value`, applied to every arm after the settings above
     progress: bool = True
 
 
@@ -91,10 +97,14 @@ class ProbeSet:
     test: list[TextRecord]
     labels: tuple[str, ...]
     majority_label: str
-    majority_accuracy: float  # the test accuracy of always answering the training set's majority label
+    majority_accuracy: (
+        float  # the test accuracy of always answering the training set's majority label
+    )
 
 
-def compare_objectives(options: ComparisonOptions, echo: Callable[[str], None] = lambda _: None) -> Path:
+def compare_objectives(
+    options: ComparisonOptions, echo: Callable[[str], None] = lambda _: None
+) -> Path:
     """Train and probe one arm per objective into options.out_dir; returns the path of report.md.
 
     Everything that would fail every arm (options, data, labelled set) is refused before any
@@ -118,10 +128,14 @@ def compare_objectives(options: ComparisonOptions, echo: Callable[[str], None] =
         raise ConfigError(next(iter(results.values())).error or "no arm could be configured")
 
     for objective, config in configs.items():
-        echo(f"{objective}: training {config.model.n_layers}x{config.model.d_model} for {options.max_tokens:,} tokens")
+        echo(
+            f"{objective}: training {config.model.n_layers}x{config.model.d_model} for {options.max_tokens:,} tokens"
+        )
         try:
             run = pretrain(config)
-            if run.stop_reason == "interrupted":  # Ctrl-C ends the whole comparison, not just this arm
+            if (
+                run.stop_reason == "interrupted"
+            ):  # Ctrl-C ends the whole comparison, not just this arm
                 raise KeyboardInterrupt
             probe, parameters = _probe(config, probe_set)
         except GraftError as err:  # one arm's failure is part of the comparison; the others go on
@@ -129,18 +143,33 @@ def compare_objectives(options: ComparisonOptions, echo: Callable[[str], None] =
             echo(f"{objective}: failed: {err}")
             continue
         val = {k: v for k, v in (run.evals[-1] if run.evals else {}).items() if k != "step"}
-        results[objective] = _arm(options, objective, style, parameters=parameters, tokens=run.tokens_seen,
-                                  train_seconds=run.elapsed_s, val=val, probe_accuracy=probe.accuracy,
-                                  probe_train_accuracy=probe.train_accuracy)
-        echo(f"{objective}: val/loss {val.get('val/loss', math.nan):.3f}, probe accuracy {probe.accuracy:.3f} "
-             f"(majority {probe_set.majority_accuracy:.3f})")
+        results[objective] = _arm(
+            options,
+            objective,
+            style,
+            parameters=parameters,
+            tokens=run.tokens_seen,
+            train_seconds=run.elapsed_s,
+            val=val,
+            probe_accuracy=probe.accuracy,
+            probe_train_accuracy=probe.train_accuracy,
+        )
+        echo(
+            f"{objective}: val/loss {val.get('val/loss', math.nan):.3f}, probe accuracy {probe.accuracy:.3f} "
+            f"(majority {probe_set.majority_accuracy:.3f})"
+        )
 
     arms = [results[name] for name in options.objectives]
     summary = {
         "options": {f.name: _plain(getattr(options, f.name)) for f in fields(options)},
         "command": _command_line(options),
-        "probe": {"labels": list(probe_set.labels), "train": len(probe_set.train), "test": len(probe_set.test),
-                  "majority_label": probe_set.majority_label, "majority_accuracy": probe_set.majority_accuracy},
+        "probe": {
+            "labels": list(probe_set.labels),
+            "train": len(probe_set.train),
+            "test": len(probe_set.test),
+            "majority_label": probe_set.majority_label,
+            "majority_accuracy": probe_set.majority_accuracy,
+        },
         "arms": [{"name": arm.name, **asdict(arm)} for arm in arms],
     }
     write_atomic(options.out_dir / "results.json", json.dumps(summary, indent=2) + "\n")
@@ -152,13 +181,19 @@ def _check_options(options: ComparisonOptions) -> None:
     known = get_args(ObjectiveName)
     unknown = [name for name in options.objectives if name not in known]
     if unknown:
-        raise ConfigError(f"objectives: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(known)}")
+        raise ConfigError(
+            f"objectives: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(known)}"
+        )
     if not options.objectives or len(set(options.objectives)) < len(options.objectives):
-        raise ConfigError(f"objectives: got {list(options.objectives)}; name one or more, each once, "
-                          f"from {', '.join(known)}")
+        raise ConfigError(
+            f"objectives: got {list(options.objectives)}; name one or more, each once, "
+            f"from {', '.join(known)}"
+        )
     if not 0 < options.probe_test_fraction < 1 or options.probe_examples < 4:
-        raise ConfigError("probe_test_fraction must be between 0 and 1 and probe_examples at least 4, got "
-                          f"{options.probe_test_fraction} and {options.probe_examples}")
+        raise ConfigError(
+            "probe_test_fraction must be between 0 and 1 and probe_examples at least 4, got "
+            f"{options.probe_test_fraction} and {options.probe_examples}"
+        )
     runs = options.out_dir / "runs"
     if runs.exists() and any(runs.iterdir()):
         raise ConfigError(f"{runs} already holds runs; choose another --out or delete it")
@@ -166,7 +201,13 @@ def _check_options(options: ComparisonOptions) -> None:
 
 def _arm(options: ComparisonOptions, objective: str, style: str, **outcome: Any) -> ArmResult:
     variant = {"denoise": style, "mix": f"clm + denoise {style}"}.get(objective, "")
-    return ArmResult(objective, variant, _preset_for(options, objective), str(_run_dir(options, objective)), **outcome)
+    return ArmResult(
+        objective,
+        variant,
+        _preset_for(options, objective),
+        str(_run_dir(options, objective)),
+        **outcome,
+    )
 
 
 def _run_dir(options: ComparisonOptions, objective: str) -> Path:
@@ -189,9 +230,15 @@ def _arm_config(options: ComparisonOptions, objective: str, style: str) -> RunCo
         # Warm-up and evaluation scale with the budget, so a short run still warms up and every
         # arm's loss curve has about ten points.
         "optim": {"lr": options.lr, "warmup_steps": min(100, max(1, steps // 10))},
-        "train": {"out_dir": str(_run_dir(options, objective)), "seed": options.seed,
-                  "batch_size": options.batch_size, "seq_len": options.seq_len, "max_tokens": options.max_tokens,
-                  "eval_every": max(1, steps // 10), "progress": options.progress},
+        "train": {
+            "out_dir": str(_run_dir(options, objective)),
+            "seed": options.seed,
+            "batch_size": options.batch_size,
+            "seq_len": options.seq_len,
+            "max_tokens": options.max_tokens,
+            "eval_every": max(1, steps // 10),
+            "progress": options.progress,
+        },
     }
     for item in options.overrides:
         apply_override(raw, item)
@@ -199,18 +246,28 @@ def _arm_config(options: ComparisonOptions, objective: str, style: str) -> RunCo
 
 
 def _probe_set(options: ComparisonOptions) -> ProbeSet:
-    records, _ = read_labelled(options.labelled, text_field=options.text_field, label_field=options.label_field,
-                               encoding=options.encoding)
+    records, _ = read_labelled(
+        options.labelled,
+        text_field=options.text_field,
+        label_field=options.label_field,
+        encoding=options.encoding,
+    )
     labels = tuple(sorted({r.label for r in records}))
     if len(labels) < 2:
-        raise ConfigError(f"{options.labelled}: a probe needs at least 2 labels, found {len(labels)} "
-                          f"({', '.join(labels)}); give a labelled set with two or more classes")
+        raise ConfigError(
+            f"{options.labelled}: a probe needs at least 2 labels, found {len(labels)} "
+            f"({', '.join(labels)}); give a labelled set with two or more classes"
+        )
     if len(records) > options.probe_examples:  # a stratified subsample keeps the label balance
         _, records = stratified_split(records, options.probe_examples / len(records), options.seed)
     train, test = stratified_split(records, options.probe_test_fraction, options.seed)
     counts = Counter(r.label for r in train)
-    majority = max(labels, key=lambda label: counts[label])  # a tie goes to the first label in sorted order
-    return ProbeSet(train, test, labels, majority, sum(r.label == majority for r in test) / max(len(test), 1))
+    majority = max(
+        labels, key=lambda label: counts[label]
+    )  # a tie goes to the first label in sorted order
+    return ProbeSet(
+        train, test, labels, majority, sum(r.label == majority for r in test) / max(len(test), 1)
+    )
 
 
 def _probe(config: RunConfig, probe_set: ProbeSet) -> tuple[ProbeResult, int]:
@@ -225,32 +282,61 @@ def _probe(config: RunConfig, probe_set: ProbeSet) -> tuple[ProbeResult, int]:
     def features(records: list[TextRecord]) -> torch.Tensor:
         ids = tokenizer.encode_batch([r.text for r in records])
         if framed:
-            ids = [[cls, *seq[:seq_len - 2], sep] for seq in ids]
+            ids = [[cls, *seq[: seq_len - 2], sep] for seq in ids]
         # Padding is masked out of attention and pooling, so any id serves when there is no pad token.
-        return sequence_features(model, ids, pad_id=tokenizer.pad_id or 0, max_len=seq_len, device=device)
+        return sequence_features(
+            model, ids, pad_id=tokenizer.pad_id or 0, max_len=seq_len, device=device
+        )
 
     def targets(records: list[TextRecord]) -> torch.Tensor:
         return torch.tensor([probe_set.labels.index(r.label) for r in records])
 
-    result = linear_probe(features(probe_set.train), targets(probe_set.train), features(probe_set.test),
-                          targets(probe_set.test), labels=probe_set.labels, seed=config.train.seed)
+    result = linear_probe(
+        features(probe_set.train),
+        targets(probe_set.train),
+        features(probe_set.test),
+        targets(probe_set.test),
+        labels=probe_set.labels,
+        seed=config.train.seed,
+    )
     return result, model.num_parameters()
 
 
 def _plain(value: Any) -> Any:
-    return str(value) if isinstance(value, Path) else list(value) if isinstance(value, tuple) else value
+    return (
+        str(value)
+        if isinstance(value, Path)
+        else list(value)
+        if isinstance(value, tuple)
+        else value
+    )
 
 
 def _command_line(options: ComparisonOptions) -> str:
     """The `graft` command that reproduces these options."""
-    flags = {"--data": options.data, "--labelled": options.labelled, "--text-field": options.text_field,
-             "--label-field": options.label_field, "--encoding": options.encoding,
-             "--objectives": ",".join(options.objectives), "--preset": options.preset,
-             "--max-tokens": options.max_tokens, "--seq-len": options.seq_len, "--batch-size": options.batch_size,
-             "--lr": options.lr, "--seed": options.seed, "--probe-examples": options.probe_examples,
-             "--probe-test-fraction": options.probe_test_fraction, "--out": options.out_dir}
-    words = ["graft", "experiment", "objectives"] + [w for k, v in flags.items() for w in (k, str(v))]
-    words += [f"--{item}" for item in options.overrides] + ([] if options.progress else ["--no-progress"])
+    flags = {
+        "--data": options.data,
+        "--labelled": options.labelled,
+        "--text-field": options.text_field,
+        "--label-field": options.label_field,
+        "--encoding": options.encoding,
+        "--objectives": ",".join(options.objectives),
+        "--preset": options.preset,
+        "--max-tokens": options.max_tokens,
+        "--seq-len": options.seq_len,
+        "--batch-size": options.batch_size,
+        "--lr": options.lr,
+        "--seed": options.seed,
+        "--probe-examples": options.probe_examples,
+        "--probe-test-fraction": options.probe_test_fraction,
+        "--out": options.out_dir,
+    }
+    words = ["graft", "experiment", "objectives"] + [
+        w for k, v in flags.items() for w in (k, str(v))
+    ]
+    words += [f"--{item}" for item in options.overrides] + (
+        [] if options.progress else ["--no-progress"]
+    )
     return " ".join(shlex.quote(w) for w in words)
 
 
@@ -264,30 +350,66 @@ def _cell(arm: ArmResult, key: str, fmt: str) -> str:
 
 
 def _report(options: ComparisonOptions, arms: list[ArmResult], probe_set: ProbeSet) -> str:
-    head = ["arm", "model", "tokens", "minutes", *(title for _, title, _ in _METRIC_COLUMNS), "probe acc"]
-    lines = ["# Pre-training objectives compared", "",
-             f"Each arm pre-trains from scratch on `{options.data}` for {options.max_tokens:,} tokens "
-             f"(sequence length {options.seq_len}, batch {options.batch_size}, lr {options.lr:g}, seed {options.seed}); "
-             f"then a linear probe on its frozen, mean-pooled features classifies `{options.labelled}`.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = [
+        "arm",
+        "model",
+        "tokens",
+        "minutes",
+        *(title for _, title, _ in _METRIC_COLUMNS),
+        "probe acc",
+    ]
+    lines = [
+        "# Pre-training objectives compared",
+        "",
+        f"Each arm pre-trains from scratch on `{options.data}` for {options.max_tokens:,} tokens "
+        f"(sequence length {options.seq_len}, batch {options.batch_size}, lr {options.lr:g}, seed {options.seed}); "
+        f"then a linear probe on its frozen, mean-pooled features classifies `{options.labelled}`.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for arm in arms:
         if arm.error is not None:
             reason = arm.error.replace("|", "\\|").replace("\n", " ")
-            cells = [arm.name, arm.model, "–", "–", *("–" for _ in _METRIC_COLUMNS), f"failed: {reason}"]
+            cells = [
+                arm.name,
+                arm.model,
+                "–",
+                "–",
+                *("–" for _ in _METRIC_COLUMNS),
+                f"failed: {reason}",
+            ]
         else:
-            cells = [arm.name, f"{arm.model} ({arm.parameters / 1e6:.2f}M)", f"{arm.tokens:,}",
-                     f"{arm.train_seconds / 60:.1f}", *(_cell(arm, key, fmt) for key, _, fmt in _METRIC_COLUMNS),
-                     f"{arm.probe_accuracy:.3f}"]
+            cells = [
+                arm.name,
+                f"{arm.model} ({arm.parameters / 1e6:.2f}M)",
+                f"{arm.tokens:,}",
+                f"{arm.train_seconds / 60:.1f}",
+                *(_cell(arm, key, fmt) for key, _, fmt in _METRIC_COLUMNS),
+                f"{arm.probe_accuracy:.3f}",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", f"Probe: {len(probe_set.train):,} training and {len(probe_set.test):,} test examples "
-              f"(labels {', '.join(probe_set.labels)}), the same stratified split for every arm; always answering the "
-              f"majority label `{probe_set.majority_label}` scores **{probe_set.majority_accuracy:.3f}** on the test set.",
-              "", "Validation loss is each objective's own loss (next token, masked tokens, or dropped spans) and is not "
-              "comparable across objectives; probe accuracy is. mlm acc is beside the accuracy of always guessing the "
-              "most frequent token (unigram).", "", "![probe accuracy and validation loss](comparison.png)", "",
-              "## Command", "", "```", _command_line(options), "```", "",
-              "Each arm's run (config, metrics, checkpoints) is in `runs/`; every number above is in `results.json`.",
-              ""]
+    lines += [
+        "",
+        f"Probe: {len(probe_set.train):,} training and {len(probe_set.test):,} test examples "
+        f"(labels {', '.join(probe_set.labels)}), the same stratified split for every arm; always answering the "
+        f"majority label `{probe_set.majority_label}` scores **{probe_set.majority_accuracy:.3f}** on the test set.",
+        "",
+        "Validation loss is each objective's own loss (next token, masked tokens, or dropped spans) and is not "
+        "comparable across objectives; probe accuracy is. mlm acc is beside the accuracy of always guessing the "
+        "most frequent token (unigram).",
+        "",
+        "![probe accuracy and validation loss](comparison.png)",
+        "",
+        "## Command",
+        "",
+        "```",
+        _command_line(options),
+        "```",
+        "",
+        "Each arm's run (config, metrics, checkpoints) is in `runs/`; every number above is in `results.json`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -300,7 +422,9 @@ def _plot(arms: list[ArmResult], majority: float, out: Path) -> None:
     done = [arm for arm in arms if arm.error is None]
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     colors = [f"C{i}" for i in range(len(done))]  # an arm has the same colour in both panels
-    drawn = bars.bar([arm.name for arm in done], [arm.probe_accuracy or 0.0 for arm in done], color=colors)
+    drawn = bars.bar(
+        [arm.name for arm in done], [arm.probe_accuracy or 0.0 for arm in done], color=colors
+    )
     bars.bar_label(drawn, fmt="%.3f", fontsize=8)
     bars.axhline(majority, color="black", linestyle="--", label=f"majority class {majority:.3f}")
     bars.set_ylim(0, 1.08)
@@ -309,8 +433,11 @@ def _plot(arms: list[ArmResult], majority: float, out: Path) -> None:
     bars.tick_params(axis="x", labelrotation=20)
     bars.legend(loc="lower right", framealpha=0.9)
     for arm, color in zip(done, colors):
-        rows = [(m["tokens"], m["val/loss"]) for m in read_metrics(Path(arm.run_dir) / METRICS_FILE)
-                if "val/loss" in m and "tokens" in m]
+        rows = [
+            (m["tokens"], m["val/loss"])
+            for m in read_metrics(Path(arm.run_dir) / METRICS_FILE)
+            if "val/loss" in m and "tokens" in m
+        ]
         if rows:
             curves.plot(*zip(*rows), marker="o", markersize=3, label=arm.name, color=color)
     curves.set_xlabel("training tokens")

@@ -72,10 +72,14 @@ def sequence_features(
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     limit = model.config.max_seq_len
     if not 1 <= max_len <= limit:
-        raise ConfigError(f"max_len must be between 1 and the model's max_seq_len {limit}, got {max_len}")
+        raise ConfigError(
+            f"max_len must be between 1 and the model's max_seq_len {limit}, got {max_len}"
+        )
     for i, ids in enumerate(input_ids):
         if not ids:
-            raise DataError(f"input_ids[{i}]: empty sequence; every sequence needs at least one token")
+            raise DataError(
+                f"input_ids[{i}]: empty sequence; every sequence needs at least one token"
+            )
     # Encoders see the whole sequence; decoders only what came before.
     causal = model.config.attention == "causal"
     # Batching sequences of similar length keeps padding (wasted compute) small.
@@ -114,8 +118,10 @@ class ProbeResult:
 
 def _check_split(name: str, x: torch.Tensor, y: torch.Tensor, n_labels: int) -> None:
     if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0] or x.shape[0] == 0:
-        raise ValueError(f"{name}: expected features (N, C) and labels (N,) with N >= 1, "
-                         f"got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"{name}: expected features (N, C) and labels (N,) with N >= 1, "
+            f"got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     if y.dtype.is_floating_point or y.min() < 0 or y.max() >= n_labels:
         raise ValueError(f"{name}: labels must be integer class indices in 0..{n_labels - 1}")
 
@@ -165,14 +171,20 @@ def linear_probe(
     probe = nn.Linear(train_x.shape[1], len(labels)).double()
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        probe.weight.copy_(torch.randn(probe.weight.shape, generator=generator, dtype=torch.float64) * 0.01)
+        probe.weight.copy_(
+            torch.randn(probe.weight.shape, generator=generator, dtype=torch.float64) * 0.01
+        )
         probe.bias.zero_()
-    optimizer = torch.optim.LBFGS(probe.parameters(), lr=1.0, max_iter=steps, history_size=20,
-                                  line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        probe.parameters(), lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe"
+    )
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = F.cross_entropy(probe(train_x), train_y) + 0.5 * weight_decay * probe.weight.square().sum()
+        loss = (
+            F.cross_entropy(probe(train_x), train_y)
+            + 0.5 * weight_decay * probe.weight.square().sum()
+        )
         loss.backward()
         return loss
 

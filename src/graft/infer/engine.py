@@ -59,7 +59,16 @@ from graft.infer.sampling import SamplingParams, TokenHistory, choose_next, top_
 from graft.infer.stream import TextStream
 from graft.model.transformer import Attention, LanguageModel, padding_attention_mask
 
-__all__ = ["Completion", "Engine", "EngineConfig", "EngineStats", "Event", "QueueFull", "Request", "RequestHandle"]
+__all__ = [
+    "Completion",
+    "Engine",
+    "EngineConfig",
+    "EngineStats",
+    "Event",
+    "QueueFull",
+    "Request",
+    "RequestHandle",
+]
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +82,9 @@ class EngineConfig:
     # this; a request that alone exceeds it is refused at submit.
     max_batch_tokens: int = 4096
     max_queue: int = 64  # waiting requests; submit raises QueueFull beyond it
-    quantize: Literal["none", "int8"] = "none"  # int8: dynamic quantisation of nn.Linear on CPU (a copy)
+    quantize: Literal["none", "int8"] = (
+        "none"  # int8: dynamic quantisation of nn.Linear on CPU (a copy)
+    )
     compile: bool = False  # torch.compile the batched decode forward (float models; not with int8)
 
     def __post_init__(self) -> None:
@@ -81,12 +92,16 @@ class EngineConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"EngineConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.quantize not in ("none", "int8"):
-            raise ValueError(f"EngineConfig.quantize must be 'none' or 'int8', got {self.quantize!r}")
+            raise ValueError(
+                f"EngineConfig.quantize must be 'none' or 'int8', got {self.quantize!r}"
+            )
         if self.quantize == "int8" and self.compile:
             # torch.compile cannot trace dynamically quantised linears: every layer becomes its own
             # small graph, and bench/decode_speed.py measured that slower than int8 alone.
-            raise ValueError("EngineConfig: compile and quantize='int8' do not combine (compiling int8 linears "
-                             "is slower than int8 alone); choose one")
+            raise ValueError(
+                "EngineConfig: compile and quantize='int8' do not combine (compiling int8 linears "
+                "is slower than int8 alone); choose one"
+            )
 
 
 class QueueFull(GraftError):
@@ -164,7 +179,9 @@ class RequestHandle:
     Events are kept in the handle until read, so nothing is lost however late the reader starts.
     Read them once, with either `events()` (blocking, any thread) or `aevents()` (asyncio)."""
 
-    def __init__(self, request_id: str, prompt_tokens: int, wake_engine: Callable[[], None]) -> None:
+    def __init__(
+        self, request_id: str, prompt_tokens: int, wake_engine: Callable[[], None]
+    ) -> None:
         self.request_id = request_id
         self.prompt_tokens = prompt_tokens
         self._events: collections.deque[Event] = collections.deque()
@@ -256,8 +273,15 @@ def _collect(request_id: str, prompt_tokens: int, events: Iterator[Event]) -> Co
             tokens.append(event.token)
         text.append(event.text)
         if event.finish_reason is not None:
-            return Completion(request_id, [t.id for t in tokens], "".join(text), event.finish_reason, tokens,
-                              prompt_tokens, event.error)
+            return Completion(
+                request_id,
+                [t.id for t in tokens],
+                "".join(text),
+                event.finish_reason,
+                tokens,
+                prompt_tokens,
+                event.error,
+            )
     raise RuntimeError(f"request {request_id}: events ended without a final event")
 
 
@@ -287,7 +311,7 @@ class _CompiledDecodeView:
     def __init__(self, cache: SlotKVCache, view: SlotDecode) -> None:
         self.keys, self.values = cache.keys, cache.values
         device = cache.keys[0].device
-        self.positions = torch.tensor(cache.lengths[:view.n], device=device)
+        self.positions = torch.tensor(cache.lengths[: view.n], device=device)
         self.rows = torch.arange(view.n, device=device)
         self.span = torch.empty(0, view.span, device=device)  # only its shape is read
         self.position_ids: torch.Tensor | None = None
@@ -301,12 +325,14 @@ class _CompiledDecodeView:
     def length(self) -> int:
         return self.span.shape[-1] - 1
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self.keys[layer], self.values[layer]
         n, span = self.rows.shape[0], self.span.shape[-1]
         if self.attention_mask is None:  # every row writes at the same position: a plain slice
-            keys[:n, :, span - 1:span] = k
-            values[:n, :, span - 1:span] = v
+            keys[:n, :, span - 1 : span] = k
+            values[:n, :, span - 1 : span] = v
         else:
             keys[self.rows, :, self.positions] = k[:, :, 0]
             values[self.rows, :, self.positions] = v[:, :, 0]
@@ -336,7 +362,9 @@ class _Sequence:
 
 
 class Engine:
-    def __init__(self, model: LanguageModel, tokenizer: Tokenizer, config: EngineConfig = EngineConfig()) -> None:
+    def __init__(
+        self, model: LanguageModel, tokenizer: Tokenizer, config: EngineConfig = EngineConfig()
+    ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         model = _decoding_copy(model)
@@ -349,18 +377,25 @@ class Engine:
         weight = model.model.embed_tokens.weight  # a float parameter even in a quantised model
         self.device, self.dtype = weight.device, weight.dtype
         self.max_len = model.config.max_seq_len
-        self.cache = SlotKVCache(model.config, config.max_batch, self.max_len, device=self.device, dtype=self.dtype)
+        self.cache = SlotKVCache(
+            model.config, config.max_batch, self.max_len, device=self.device, dtype=self.dtype
+        )
         # The batched decode step is what repeats; prefill shapes vary with every prompt, so they
         # stay eager rather than recompiling. dynamic=True: batch size and key span change each step.
         # On the CPU, Inductor's C++ wrapper launches the step's kernels from C++ instead of Python:
         # at batch 1 a step is ~100 small kernels, whose Python launches cost more than their work.
         options = {"cpp_wrapper": True} if self.device.type == "cpu" else None
         self._decode_forward: Callable[..., torch.Tensor] = (
-            torch.compile(self.model, dynamic=True, options=options) if config.compile else self.model)
+            torch.compile(self.model, dynamic=True, options=options)
+            if config.compile
+            else self.model
+        )
         self._lock = threading.Lock()  # step / embed / classify
         self._cond = threading.Condition()  # guards the queue; the background thread sleeps on it
         self._waiting: collections.deque[_Sequence] = collections.deque()
-        self._running: list[_Sequence] = []  # _running[i].slot == i: the running rows are slots 0..n-1
+        self._running: list[
+            _Sequence
+        ] = []  # _running[i].slot == i: the running rows are slots 0..n-1
         self._used_tokens = 0  # sum of the running sequences' costs
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -374,7 +409,9 @@ class Engine:
         seq = self._check(request)
         with self._cond:
             if len(self._waiting) >= self.config.max_queue:
-                raise QueueFull(f"the engine's queue is full ({self.config.max_queue} waiting requests); retry later")
+                raise QueueFull(
+                    f"the engine's queue is full ({self.config.max_queue} waiting requests); retry later"
+                )
             seq.handle = RequestHandle(request.request_id, len(request.prompt_ids), self._wake)
             self._waiting.append(seq)
             self._total_requests += 1
@@ -384,22 +421,32 @@ class Engine:
     def _check(self, request: Request) -> _Sequence:
         cfg = self.model_config
         if cfg.attention != "causal":
-            raise ValueError("this model is an encoder (bidirectional attention): it cannot generate text")
+            raise ValueError(
+                "this model is an encoder (bidirectional attention): it cannot generate text"
+            )
         n = len(request.prompt_ids)
         if n == 0:
             raise ValueError("the prompt must hold at least one token")
         if n + 1 > self.max_len:
-            raise ValueError(f"the prompt has {n} tokens; the model's context is {self.max_len}, "
-                             "which must also hold at least one new token")
+            raise ValueError(
+                f"the prompt has {n} tokens; the model's context is {self.max_len}, "
+                "which must also hold at least one new token"
+            )
         bad = [i for i in request.prompt_ids if not 0 <= i < cfg.vocab_size]  # type: ignore[operator]
         if bad:
-            raise ValueError(f"prompt token id {bad[0]} is outside the model's vocabulary (0..{cfg.vocab_size - 1})")  # type: ignore[operator]
+            raise ValueError(
+                f"prompt token id {bad[0]} is outside the model's vocabulary (0..{cfg.vocab_size - 1})"
+            )  # type: ignore[operator]
         budget = min(request.params.max_new_tokens, self.max_len - n)
         cost = n + budget
         if cost > self.config.max_batch_tokens:
-            raise ValueError(f"the request needs {cost} tokens (prompt {n} + up to {budget} new), more than the "
-                             f"engine's max_batch_tokens ({self.config.max_batch_tokens}); shorten it or lower max_tokens")
-        stream = TextStream(self.tokenizer, stop=request.stop)  # ValueError for an empty stop string
+            raise ValueError(
+                f"the request needs {cost} tokens (prompt {n} + up to {budget} new), more than the "
+                f"engine's max_batch_tokens ({self.config.max_batch_tokens}); shorten it or lower max_tokens"
+            )
+        stream = TextStream(
+            self.tokenizer, stop=request.stop
+        )  # ValueError for an empty stop string
         return _Sequence(request, None, cost, budget, stream)  # type: ignore[arg-type]  # handle set by submit
 
     def _wake(self) -> None:
@@ -434,7 +481,10 @@ class Engine:
             with self._cond:
                 # Strictly first come, first served: a large request at the head waits for room
                 # rather than being overtaken forever by small ones.
-                if not self._waiting or self._used_tokens + self._waiting[0].cost > self.config.max_batch_tokens:
+                if (
+                    not self._waiting
+                    or self._used_tokens + self._waiting[0].cost > self.config.max_batch_tokens
+                ):
                     return
                 seq = self._waiting.popleft()
             self._start(seq)
@@ -451,7 +501,9 @@ class Engine:
         else:
             seq.generator.seed()  # fresh entropy; the global RNG is left alone
         if params.has_penalties:
-            seq.history = TokenHistory.from_prompts([prompt], self.model_config.vocab_size, device=self.device)  # type: ignore[arg-type]
+            seq.history = TokenHistory.from_prompts(
+                [prompt], self.model_config.vocab_size, device=self.device
+            )  # type: ignore[arg-type]
         self._prompt_tokens += len(prompt)
         try:
             ids = torch.tensor([prompt], device=self.device)
@@ -472,15 +524,28 @@ class Engine:
             view = self.cache.decode(len(seqs))
             if self.config.compile:
                 traced = _CompiledDecodeView(self.cache, view)
-                logits = self._decode_forward(ids, position_ids=traced.position_ids,
-                                              attention_mask=traced.attention_mask, kv_cache=traced, last_only=True)
+                logits = self._decode_forward(
+                    ids,
+                    position_ids=traced.position_ids,
+                    attention_mask=traced.attention_mask,
+                    kv_cache=traced,
+                    last_only=True,
+                )
                 view.advance(1)
             else:
-                logits = self._decode_forward(ids, position_ids=view.position_ids, attention_mask=view.attention_mask,
-                                              kv_cache=view, last_only=True)
+                logits = self._decode_forward(
+                    ids,
+                    position_ids=view.position_ids,
+                    attention_mask=view.attention_mask,
+                    kv_cache=view,
+                    last_only=True,
+                )
             logits = logits[:, -1]  # (B, V)
-            finished = [(seq, reason) for row, seq in enumerate(seqs)
-                        if (reason := self._accept(seq, logits[row:row + 1])) is not None]
+            finished = [
+                (seq, reason)
+                for row, seq in enumerate(seqs)
+                if (reason := self._accept(seq, logits[row : row + 1])) is not None
+            ]
         except Exception as err:
             log.exception("engine: decode step failed")
             message = f"{type(err).__name__}: {err}"
@@ -501,12 +566,23 @@ class Engine:
             token = GeneratedToken(token_id)
         else:
             row = choice.logprobs[0]
-            token = GeneratedToken(token_id, float(row[token_id]), top_logprobs(row, params.logprobs))
+            token = GeneratedToken(
+                token_id, float(row[token_id]), top_logprobs(row, params.logprobs)
+            )
         seq.tokens.append(token_id)
         self._completion_tokens += 1
         stop_id = token_id in params.stop_ids
         text = "" if stop_id else seq.stream.push(token_id)
-        seq.handle._put(Event(seq.request.request_id, token, text, None, len(seq.request.prompt_ids), len(seq.tokens)))
+        seq.handle._put(
+            Event(
+                seq.request.request_id,
+                token,
+                text,
+                None,
+                len(seq.request.prompt_ids),
+                len(seq.tokens),
+            )
+        )
         if stop_id or seq.stream.stopped:
             return "stop"
         if len(seq.tokens) >= seq.budget:
@@ -537,8 +613,17 @@ class Engine:
 
     def _final(self, seq: _Sequence, reason: FinishReason, error: str | None = None) -> None:
         text = "" if reason == "error" else seq.stream.flush()
-        seq.handle._put(Event(seq.request.request_id, None, text, reason, len(seq.request.prompt_ids),
-                              len(seq.tokens), error))
+        seq.handle._put(
+            Event(
+                seq.request.request_id,
+                None,
+                text,
+                reason,
+                len(seq.request.prompt_ids),
+                len(seq.tokens),
+                error,
+            )
+        )
 
     # -- synchronous use ------------------------------------------------------------------------
 
@@ -559,7 +644,9 @@ class Engine:
             unfinished = [h for h in handles if not h.done]
             if self._thread is None:
                 self.step()
-            elif unfinished:  # the background thread is stepping: look again when one is done, or soon
+            elif (
+                unfinished
+            ):  # the background thread is stepping: look again when one is done, or soon
                 unfinished[0].wait(timeout=0.05)
             else:  # nothing of ours is in yet (others filled the queue): look again soon
                 with self._cond:
@@ -618,9 +705,13 @@ class Engine:
     @property
     def stats(self) -> EngineStats:
         return EngineStats(
-            running=len(self._running), waiting=len(self._waiting), total_requests=self._total_requests,
-            prompt_tokens=self._prompt_tokens, completion_tokens=self._completion_tokens,
-            last_batch_size=self._last_batch, max_batch=self.config.max_batch,
+            running=len(self._running),
+            waiting=len(self._waiting),
+            total_requests=self._total_requests,
+            prompt_tokens=self._prompt_tokens,
+            completion_tokens=self._completion_tokens,
+            last_batch_size=self._last_batch,
+            max_batch=self.config.max_batch,
             kv_cache_bytes=self.cache.bytes_per_slot * self.config.max_batch,
             kv_cache_bytes_per_slot=self.cache.bytes_per_slot,
         )
@@ -638,8 +729,10 @@ class Engine:
     def classify(self, ids_batch: list[list[int]]) -> torch.Tensor:
         """Class probabilities (N, labels), float32, of a model with a sequence classifier head."""
         if self.model_config.head != "sequence":
-            raise ValueError(f"classification needs a model with a sequence classifier head; this model's head is "
-                             f"{self.model_config.head!r}")
+            raise ValueError(
+                f"classification needs a model with a sequence classifier head; this model's head is "
+                f"{self.model_config.head!r}"
+            )
         hidden, real = self._hidden(ids_batch)
         logits = self.model.sequence_logits(hidden, real.sum(dim=1) - 1)
         return logits.float().softmax(dim=-1)
@@ -653,15 +746,19 @@ class Engine:
             if not ids:
                 raise ValueError(f"input {i} is empty")
             if len(ids) > self.max_len:
-                raise ValueError(f"input {i} has {len(ids)} tokens; the model's context is {self.max_len}")
+                raise ValueError(
+                    f"input {i} has {len(ids)} tokens; the model's context is {self.max_len}"
+                )
             if not all(0 <= t < vocab for t in ids):  # type: ignore[operator]
-                raise ValueError(f"input {i} holds a token id outside the model's vocabulary (0..{vocab - 1})")  # type: ignore[operator]
+                raise ValueError(
+                    f"input {i} holds a token id outside the model's vocabulary (0..{vocab - 1})"
+                )  # type: ignore[operator]
         longest = max(len(ids) for ids in ids_batch)
         ids = torch.zeros(len(ids_batch), longest, dtype=torch.long, device=self.device)
         real = torch.zeros(len(ids_batch), longest, dtype=torch.bool, device=self.device)
         for row, seq in enumerate(ids_batch):
-            ids[row, :len(seq)] = torch.tensor(seq, device=self.device)
-            real[row, :len(seq)] = True
+            ids[row, : len(seq)] = torch.tensor(seq, device=self.device)
+            real[row, : len(seq)] = True
         causal = self.model_config.attention == "causal"
         # Equal lengths need no mask: the model's own causal or full attention is the same thing.
         mask = None if bool(real.all()) else padding_attention_mask(real, causal=causal)

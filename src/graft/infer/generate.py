@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 import torch
 
 from graft.infer.kv_cache import KVCache
-from graft.infer.sampling import SamplingParams, TokenHistory, choose_next, sample_next, top_logprobs
+from graft.infer.sampling import (
+    SamplingParams,
+    TokenHistory,
+    choose_next,
+    sample_next,
+    top_logprobs,
+)
 from graft.model.transformer import LanguageModel
 
 __all__ = ["GeneratedToken", "SamplingParams", "generate", "generate_steps", "sample_next"]
@@ -32,7 +38,11 @@ class GeneratedToken:
 
 @torch.inference_mode()
 def generate_steps(
-    model: LanguageModel, prompt_ids: Sequence[int], params: SamplingParams, *, use_cache: bool = True
+    model: LanguageModel,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    *,
+    use_cache: bool = True,
 ) -> Iterator[GeneratedToken]:
     """Yield up to max_new_tokens new tokens after the prompt; stops after yielding a stop id, or
     when the model's context is full."""
@@ -41,7 +51,9 @@ def generate_steps(
     device = next(model.parameters()).device
     max_len = model.config.max_seq_len
     if len(prompt_ids) >= max_len:
-        raise ValueError(f"the prompt has {len(prompt_ids)} tokens; the model's context is {max_len}")
+        raise ValueError(
+            f"the prompt has {len(prompt_ids)} tokens; the model's context is {max_len}"
+        )
     generator = None
     if params.seed is not None:
         generator = torch.Generator(device=device).manual_seed(params.seed)
@@ -52,8 +64,13 @@ def generate_steps(
     budget = min(params.max_new_tokens, max_len - len(prompt_ids))
     cache = None
     if use_cache:
-        cache = KVCache(model.config, 1, len(prompt_ids) + budget, device=device,
-                        dtype=next(model.parameters()).dtype)
+        cache = KVCache(
+            model.config,
+            1,
+            len(prompt_ids) + budget,
+            device=device,
+            dtype=next(model.parameters()).dtype,
+        )
     step_input = tokens
     for _ in range(budget):
         logits = model(step_input if use_cache else tokens, kv_cache=cache, last_only=True)[:, -1]
@@ -73,7 +90,11 @@ def generate_steps(
 
 
 def generate(
-    model: LanguageModel, prompt_ids: Sequence[int], params: SamplingParams, *, use_cache: bool = True
+    model: LanguageModel,
+    prompt_ids: Sequence[int],
+    params: SamplingParams,
+    *,
+    use_cache: bool = True,
 ) -> Iterator[int]:
     """The ids of generate_steps, for callers that need no logprobs."""
     for step in generate_steps(model, prompt_ids, params, use_cache=use_cache):

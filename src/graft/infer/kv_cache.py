@@ -16,24 +16,39 @@ from graft.model.config import ModelConfig
 
 class KVCache:
     def __init__(
-        self, config: ModelConfig, batch_size: int, max_len: int,
-        *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        max_len: int,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         if max_len > config.max_seq_len:
-            raise ValueError(f"cache length {max_len} exceeds the model's max_seq_len {config.max_seq_len}")
-        shape = (config.n_layers, batch_size, config.kv_heads, max_len, config.head_dim)  # (L, B, K, S, D)
+            raise ValueError(
+                f"cache length {max_len} exceeds the model's max_seq_len {config.max_seq_len}"
+            )
+        shape = (
+            config.n_layers,
+            batch_size,
+            config.kv_heads,
+            max_len,
+            config.head_dim,
+        )  # (L, B, K, S, D)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.max_len = max_len
         self.length = 0  # positions filled so far, the same in every layer
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this step's k, v (B, K, T, D) after the past ones; return the past plus them."""
         end = self.length + k.shape[2]
         if end > self.max_len:
             raise ValueError(f"KV cache full: {end} positions needed, {self.max_len} allocated")
-        self.keys[layer, :, :, self.length:end] = k
-        self.values[layer, :, :, self.length:end] = v
+        self.keys[layer, :, :, self.length : end] = k
+        self.values[layer, :, :, self.length : end] = v
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
     def advance(self, n: int) -> None:
@@ -58,17 +73,26 @@ class SlotKVCache:
     """
 
     def __init__(
-        self, config: ModelConfig, slots: int, max_len: int,
-        *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+        self,
+        config: ModelConfig,
+        slots: int,
+        max_len: int,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         if max_len > config.max_seq_len:
-            raise ValueError(f"cache length {max_len} exceeds the model's max_seq_len {config.max_seq_len}")
+            raise ValueError(
+                f"cache length {max_len} exceeds the model's max_seq_len {config.max_seq_len}"
+            )
         shape = (slots, config.kv_heads, max_len, config.head_dim)  # (slots, K, S, D)
         # Zeros, not empty: masked positions are still multiplied by a zero weight, and stale
         # memory could hold NaN or inf, which a zero weight does not cancel. Zeroing also commits
         # the memory now, so a server that starts is a server that has room for max_batch sequences.
         self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
-        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
+        self.values = [
+            torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)
+        ]
         self.max_len = max_len
         self.lengths = [0] * slots  # positions filled in each slot
 
@@ -103,14 +127,18 @@ class SlotPrefill:
         self.cache, self.slot = cache, slot
         self.length = cache.lengths[slot]
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.shape[2]
         if end > self.cache.max_len:
-            raise ValueError(f"KV cache full: {end} positions needed, {self.cache.max_len} allocated")
+            raise ValueError(
+                f"KV cache full: {end} positions needed, {self.cache.max_len} allocated"
+            )
         rows = slice(self.slot, self.slot + 1)
         keys, values = self.cache.keys[layer], self.cache.values[layer]
-        keys[rows, :, self.length:end] = k
-        values[rows, :, self.length:end] = v
+        keys[rows, :, self.length : end] = k
+        values[rows, :, self.length : end] = v
         return keys[rows, :, :end], values[rows, :, :end]
 
     def advance(self, n: int) -> None:
@@ -131,7 +159,9 @@ class SlotDecode:
         # The transformer checks length + 1 against max_seq_len: the longest row is the one that matters.
         self.length = max(lengths)
         if self.length >= cache.max_len:
-            raise ValueError(f"KV cache full: a slot already holds {self.length} of {cache.max_len} positions")
+            raise ValueError(
+                f"KV cache full: a slot already holds {self.length} of {cache.max_len} positions"
+            )
         self.span = self.length + 1  # keys attended to: the longest row's past plus its new token
         self.uniform = min(lengths) == self.length
         self.position_ids: torch.Tensor | None = None
@@ -145,16 +175,18 @@ class SlotDecode:
             keys = torch.arange(self.span, device=device)
             self.attention_mask = (keys[None, :] <= self.positions[:, None])[:, None, None, :]
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         keys, values = self.cache.keys[layer], self.cache.values[layer]  # (slots, K, S, D)
         if self.uniform:
-            keys[:self.n, :, self.length:self.span] = k
-            values[:self.n, :, self.length:self.span] = v
+            keys[: self.n, :, self.length : self.span] = k
+            values[: self.n, :, self.length : self.span] = v
         else:
             # Advanced indices on slots and positions with the heads between: (n, K, D) targets.
             keys[self.rows, :, self.positions] = k[:, :, 0]
             values[self.rows, :, self.positions] = v[:, :, 0]
-        return keys[:self.n, :, :self.span], values[:self.n, :, :self.span]
+        return keys[: self.n, :, : self.span], values[: self.n, :, : self.span]
 
     def advance(self, n: int) -> None:
         lengths = self.cache.lengths

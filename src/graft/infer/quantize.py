@@ -27,5 +27,7 @@ def quantize_int8(model: LanguageModel) -> LanguageModel:
         # its deprecation); the API still does what we need, and the tests pin that it works.
         for category in (DeprecationWarning, FutureWarning, UserWarning):
             warnings.simplefilter("ignore", category)
-        quantized = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=False)
+        quantized = torch.ao.quantization.quantize_dynamic(
+            model, {nn.Linear}, dtype=torch.qint8, inplace=False
+        )
     return quantized.eval()

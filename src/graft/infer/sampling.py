@@ -60,17 +60,25 @@ class SamplingParams:
             raise ValueError(f"min_p must be in (0, 1], got {self.min_p}")
         low, high = REPETITION_PENALTY_RANGE
         if not (math.isfinite(self.repetition_penalty) and low <= self.repetition_penalty <= high):
-            raise ValueError(f"repetition_penalty must be in [{low:g}, {high:g}], got {self.repetition_penalty}")
+            raise ValueError(
+                f"repetition_penalty must be in [{low:g}, {high:g}], got {self.repetition_penalty}"
+            )
         for name in ("frequency_penalty", "presence_penalty"):
             value = getattr(self, name)
             if not -MAX_ABS_PENALTY <= value <= MAX_ABS_PENALTY:
-                raise ValueError(f"{name} must be in [-{MAX_ABS_PENALTY:g}, {MAX_ABS_PENALTY:g}], got {value}")
+                raise ValueError(
+                    f"{name} must be in [-{MAX_ABS_PENALTY:g}, {MAX_ABS_PENALTY:g}], got {value}"
+                )
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
 
     @property
     def has_penalties(self) -> bool:
-        return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+        return (
+            self.repetition_penalty != 1.0
+            or self.frequency_penalty != 0.0
+            or self.presence_penalty != 0.0
+        )
 
 
 @dataclass
@@ -78,12 +86,18 @@ class TokenHistory:
     """What the penalties need to know about each row's tokens so far, as (B, V) tensors updated
     in place, so a step costs O(V) however long the sequence has grown."""
 
-    in_context: torch.Tensor  # bool: the token occurs in the prompt or the output (repetition penalty)
+    in_context: (
+        torch.Tensor
+    )  # bool: the token occurs in the prompt or the output (repetition penalty)
     output_counts: torch.Tensor  # float32: times the token was generated (frequency/presence)
 
     @classmethod
     def from_prompts(
-        cls, prompts: Sequence[Sequence[int]], vocab_size: int, *, device: torch.device | str = "cpu"
+        cls,
+        prompts: Sequence[Sequence[int]],
+        vocab_size: int,
+        *,
+        device: torch.device | str = "cpu",
     ) -> TokenHistory:
         in_context = torch.zeros(len(prompts), vocab_size, dtype=torch.bool, device=device)
         for row, ids in enumerate(prompts):
@@ -98,7 +112,9 @@ class TokenHistory:
         self.in_context[rows, next_ids] = True
 
 
-def apply_penalties(logits: torch.Tensor, params: SamplingParams, history: TokenHistory | None) -> torch.Tensor:
+def apply_penalties(
+    logits: torch.Tensor, params: SamplingParams, history: TokenHistory | None
+) -> torch.Tensor:
     """Logits (B, V) with the repetition, frequency and presence penalties applied; the input
     itself when every penalty is at its default (so defaults cost nothing and change nothing)."""
     if not params.has_penalties:
@@ -109,11 +125,15 @@ def apply_penalties(logits: torch.Tensor, params: SamplingParams, history: Token
     logits = logits.float()
     if params.repetition_penalty != 1.0:
         # Dividing a negative logit would raise it, i.e. reward the repeat; so negatives are multiplied.
-        penalised = torch.where(logits < 0, logits * params.repetition_penalty, logits / params.repetition_penalty)
+        penalised = torch.where(
+            logits < 0, logits * params.repetition_penalty, logits / params.repetition_penalty
+        )
         logits = torch.where(history.in_context, penalised, logits)
     if params.frequency_penalty != 0.0 or params.presence_penalty != 0.0:
         counts = history.output_counts
-        logits = logits - (params.frequency_penalty * counts + params.presence_penalty * (counts > 0).float())
+        logits = logits - (
+            params.frequency_penalty * counts + params.presence_penalty * (counts > 0).float()
+        )
     return logits
 
 
@@ -141,11 +161,15 @@ def truncate(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 @dataclass(frozen=True)
 class Choice:
     ids: torch.Tensor  # (B,) chosen token ids
-    logprobs: torch.Tensor | None  # (B, V) the reported distribution; None unless params.logprobs is set
+    logprobs: (
+        torch.Tensor | None
+    )  # (B, V) the reported distribution; None unless params.logprobs is set
 
 
 def choose_next(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None,
     history: TokenHistory | None = None,
 ) -> Choice:
     """Next token ids from last-position logits (B, V), in the order the module docstring gives."""
@@ -160,7 +184,9 @@ def choose_next(
 
 
 def sample_next(
-    logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None,
+    logits: torch.Tensor,
+    params: SamplingParams,
+    generator: torch.Generator | None,
     history: TokenHistory | None = None,
 ) -> torch.Tensor:
     """Next token ids (B,) from last-position logits (B, V)."""

@@ -47,8 +47,8 @@ class StopStrings:
             self._held = ""
             return text[:end]
         keep = self._partial_stop_length(text)
-        self._held = text[len(text) - keep:]
-        return text[:len(text) - keep]
+        self._held = text[len(text) - keep :]
+        return text[: len(text) - keep]
 
     def flush(self) -> str:
         """The held text: at the end of generation a partial stop string is just text."""
@@ -84,7 +84,7 @@ class TextStream:
         text = self.tokenizer.decode(self._ids)
         if text.endswith(_INCOMPLETE):
             return ""
-        new = text[len(self._printed):]
+        new = text[len(self._printed) :]
         self._printed = text
         if len(self._ids) > 32:  # keep decoding cost bounded on long outputs
             self._ids, self._printed = [], ""
@@ -92,7 +92,7 @@ class TextStream:
 
     def flush(self) -> str:
         text = self.tokenizer.decode(self._ids)
-        new = text[len(self._printed):]
+        new = text[len(self._printed) :]
         self._ids, self._printed = [], ""
         if self._stop.stopped:
             return ""

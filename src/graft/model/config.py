@@ -70,57 +70,103 @@ class ModelConfig(BaseModel):
         default=None, ge=1, description="Key/value heads (grouped-query attention); None = n_heads."
     )
     d_ff: int | None = Field(
-        default=None, ge=1, description="Hidden width of the MLP; None = 4*d_model (gelu) or the Llama rule (swiglu)."
+        default=None,
+        ge=1,
+        description="Hidden width of the MLP; None = 4*d_model (gelu) or the Llama rule (swiglu).",
     )
     norm: NormKind = Field(default="layernorm", description="layernorm (GPT-2) or rmsnorm (Llama).")
     norm_eps: float = Field(default=1e-5, gt=0)
-    positions: PositionKind = Field(default="learned", description="learned absolute (GPT-2) or rope (Llama).")
-    rope_theta: float = Field(default=10000.0, gt=0)
-    rope_scaling: RopeScaling | None = Field(default=None, description="Llama-3 RoPE scaling; None = plain RoPE.")
-    mlp: MlpKind = Field(default="gelu_tanh", description="gelu, gelu_tanh (GPT-2) or swiglu (Llama).")
-    bias: bool = Field(default=True, description="Biases in linear layers and norms (GPT-2 yes, Llama no).")
-    attention_bias: bool | None = Field(
-        default=None, description="Biases on q/k/v_proj alone (Qwen2: True with bias False); None = follow bias."
+    positions: PositionKind = Field(
+        default="learned", description="learned absolute (GPT-2) or rope (Llama)."
     )
-    tie_embeddings: bool = Field(default=True, description="lm_head shares the token embedding matrix.")
-    attention: AttentionKind = Field(default="causal", description="causal (decoders) or bidirectional (encoders).")
-    norm_position: NormPosition = Field(default="pre", description="pre-norm (GPT-2, Llama) or post-norm (BERT).")
+    rope_theta: float = Field(default=10000.0, gt=0)
+    rope_scaling: RopeScaling | None = Field(
+        default=None, description="Llama-3 RoPE scaling; None = plain RoPE."
+    )
+    mlp: MlpKind = Field(
+        default="gelu_tanh", description="gelu, gelu_tanh (GPT-2) or swiglu (Llama)."
+    )
+    bias: bool = Field(
+        default=True, description="Biases in linear layers and norms (GPT-2 yes, Llama no)."
+    )
+    attention_bias: bool | None = Field(
+        default=None,
+        description="Biases on q/k/v_proj alone (Qwen2: True with bias False); None = follow bias.",
+    )
+    tie_embeddings: bool = Field(
+        default=True, description="lm_head shares the token embedding matrix."
+    )
+    attention: AttentionKind = Field(
+        default="causal", description="causal (decoders) or bidirectional (encoders)."
+    )
+    norm_position: NormPosition = Field(
+        default="pre", description="pre-norm (GPT-2, Llama) or post-norm (BERT)."
+    )
     type_vocab_size: int = Field(
-        default=0, ge=0, description="Token-type (segment) embeddings, BERT's A/B sentences; 0 = none."
+        default=0,
+        ge=0,
+        description="Token-type (segment) embeddings, BERT's A/B sentences; 0 = none.",
     )
     mlm_head: bool = Field(
-        default=False, description="BERT's masked-LM head: dense + GELU + LayerNorm before the output layer, which gets a bias."
+        default=False,
+        description="BERT's masked-LM head: dense + GELU + LayerNorm before the output layer, which gets a bias.",
     )
-    pooler: bool = Field(default=False, description="BERT's pooler: dense + tanh over the first token.")
-    nsp_head: bool = Field(default=False, description="Next-sentence-prediction head (2 classes) on the pooler.")
+    pooler: bool = Field(
+        default=False, description="BERT's pooler: dense + tanh over the first token."
+    )
+    nsp_head: bool = Field(
+        default=False, description="Next-sentence-prediction head (2 classes) on the pooler."
+    )
     head: HeadKind = Field(
-        default="lm", description="lm; sequence: one label per text; token: one label per token (a classifier)."
+        default="lm",
+        description="lm; sequence: one label per text; token: one label per token (a classifier).",
     )
-    labels: tuple[str, ...] = Field(default=(), description="The classifier's label names, in output order.")
+    labels: tuple[str, ...] = Field(
+        default=(), description="The classifier's label names, in output order."
+    )
     classifier_pooling: PoolingKind = Field(
-        default="token", description="What a sequence classifier reads: token (pooled [CLS] / last real token) or mean."
+        default="token",
+        description="What a sequence classifier reads: token (pooled [CLS] / last real token) or mean.",
     )
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residuals.")
-    init_std: float = Field(default=0.02, gt=0, description="Std of the normal weight initialisation.")
+    dropout: float = Field(
+        default=0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residuals."
+    )
+    init_std: float = Field(
+        default=0.02, gt=0, description="Std of the normal weight initialisation."
+    )
 
     @model_validator(mode="after")
     def _check_heads(self) -> ModelConfig:
         if self.d_model % self.n_heads:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
+            raise ValueError(
+                f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
+            )
         if self.kv_heads > self.n_heads or self.n_heads % self.kv_heads:
-            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})")
+            raise ValueError(
+                f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})"
+            )
         if self.positions == "rope" and self.head_dim % 2:
             raise ValueError(f"rope needs an even head dimension, got {self.head_dim}")
         if self.rope_scaling is not None and self.positions != "rope":
             raise ValueError("rope_scaling needs positions: rope")
         if self.nsp_head and not self.pooler:
-            raise ValueError("nsp_head needs pooler: true (the NSP head reads the pooled first token)")
+            raise ValueError(
+                "nsp_head needs pooler: true (the NSP head reads the pooled first token)"
+            )
         if (self.head == "lm") != (not self.labels):
-            raise ValueError("a classifier head (head: sequence or token) needs its labels, and only it has labels")
-        if (self.head == "sequence" and self.attention == "bidirectional" and self.classifier_pooling == "token"
-                and not self.pooler):
-            raise ValueError("an encoder's sequence classifier reads the pooler: set pooler: true "
-                             "(or classifier_pooling: mean)")
+            raise ValueError(
+                "a classifier head (head: sequence or token) needs its labels, and only it has labels"
+            )
+        if (
+            self.head == "sequence"
+            and self.attention == "bidirectional"
+            and self.classifier_pooling == "token"
+            and not self.pooler
+        ):
+            raise ValueError(
+                "an encoder's sequence classifier reads the pooler: set pooler: true "
+                "(or classifier_pooling: mean)"
+            )
         return self
 
     @property
@@ -149,24 +195,54 @@ class ModelConfig(BaseModel):
 
 def _gpt2(d_model: int, n_layers: int, n_heads: int, max_seq_len: int) -> dict[str, object]:
     return dict(
-        d_model=d_model, n_layers=n_layers, n_heads=n_heads, max_seq_len=max_seq_len,
-        norm="layernorm", positions="learned", mlp="gelu_tanh", bias=True, tie_embeddings=True,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        max_seq_len=max_seq_len,
+        norm="layernorm",
+        positions="learned",
+        mlp="gelu_tanh",
+        bias=True,
+        tie_embeddings=True,
     )
 
 
-def _llama(d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, max_seq_len: int) -> dict[str, object]:
+def _llama(
+    d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, max_seq_len: int
+) -> dict[str, object]:
     return dict(
-        d_model=d_model, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv_heads,
-        max_seq_len=max_seq_len, norm="rmsnorm", norm_eps=1e-6, positions="rope", mlp="swiglu",
-        bias=False, tie_embeddings=True,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        max_seq_len=max_seq_len,
+        norm="rmsnorm",
+        norm_eps=1e-6,
+        positions="rope",
+        mlp="swiglu",
+        bias=False,
+        tie_embeddings=True,
     )
 
 
 def _bert(d_model: int, n_layers: int, n_heads: int, max_seq_len: int) -> dict[str, object]:
     return dict(
-        d_model=d_model, n_layers=n_layers, n_heads=n_heads, max_seq_len=max_seq_len, norm="layernorm",
-        norm_eps=1e-12, positions="learned", mlp="gelu", bias=True, tie_embeddings=True, attention="bidirectional",
-        norm_position="post", type_vocab_size=2, mlm_head=True, pooler=True, nsp_head=True,
+        d_model=d_model,
+        n_layers=n_layers,
+        n_heads=n_heads,
+        max_seq_len=max_seq_len,
+        norm="layernorm",
+        norm_eps=1e-12,
+        positions="learned",
+        mlp="gelu",
+        bias=True,
+        tie_embeddings=True,
+        attention="bidirectional",
+        norm_position="post",
+        type_vocab_size=2,
+        mlm_head=True,
+        pooler=True,
+        nsp_head=True,
     )
 
 

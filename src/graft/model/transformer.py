@@ -47,11 +47,15 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, position_ids: torch.Tensor | None, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, position_ids: torch.Tensor | None, start: int, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin broadcastable to (B, H, T, D): (B, 1, T, D) gathered at position_ids, or
         (1, 1, T, D) sliced from `start` when positions are consecutive (no gather, no copy)."""
         if position_ids is None:
-            return self.cos[None, None, start:start + length], self.sin[None, None, start:start + length]
+            return self.cos[None, None, start : start + length], self.sin[
+                None, None, start : start + length
+            ]
         return self.cos[position_ids].unsqueeze(1), self.sin[position_ids].unsqueeze(1)
 
 
@@ -61,7 +65,9 @@ def _llama3_scaled(inv_freq: torch.Tensor, scaling: RopeScaling) -> torch.Tensor
     wavelen = 2 * math.pi / inv_freq
     context = scaling.original_max_position_embeddings
     long_wave, short_wave = context / scaling.low_freq_factor, context / scaling.high_freq_factor
-    smooth = (context / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+    smooth = (context / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
     blended = (1 - smooth) * inv_freq / scaling.factor + smooth * inv_freq
     scaled = torch.where(wavelen > long_wave, inv_freq / scaling.factor, inv_freq)
     in_band = (wavelen >= short_wave) & (wavelen <= long_wave)
@@ -100,18 +106,28 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.kv_heads, config.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = (
+            config.n_heads,
+            config.kv_heads,
+            config.head_dim,
+        )
         self.dropout = config.dropout
         self.q_proj = nn.Linear(config.d_model, self.n_heads * self.head_dim, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
-        self.v_proj = nn.Linear(config.d_model, self.n_kv_heads * self.head_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(
+            config.d_model, self.n_kv_heads * self.head_dim, bias=config.qkv_bias
+        )
+        self.v_proj = nn.Linear(
+            config.d_model, self.n_kv_heads * self.head_dim, bias=config.qkv_bias
+        )
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.bias)
         self.qkv_proj: nn.Linear | None = None  # set by fuse_qkv
 
     @property
     def can_fuse_qkv(self) -> bool:
         """Whether q_proj, k_proj and v_proj are plain linear layers (not LoRA-wrapped, not fused already)."""
-        return all(type(getattr(self, name, None)) is nn.Linear for name in ("q_proj", "k_proj", "v_proj"))
+        return all(
+            type(getattr(self, name, None)) is nn.Linear for name in ("q_proj", "k_proj", "v_proj")
+        )
 
     def fuse_qkv(self) -> None:
         """Replace q_proj, k_proj and v_proj by one qkv_proj holding the three: one matmul and one
@@ -121,10 +137,17 @@ class Attention(nn.Module):
         if self.qkv_proj is not None:
             return
         if not self.can_fuse_qkv:
-            raise ValueError("fuse_qkv: q_proj, k_proj and v_proj must be plain nn.Linear (merge LoRA adapters first)")
+            raise ValueError(
+                "fuse_qkv: q_proj, k_proj and v_proj must be plain nn.Linear (merge LoRA adapters first)"
+            )
         parts = (self.q_proj, self.k_proj, self.v_proj)
-        fused = nn.Linear(parts[0].in_features, sum(p.out_features for p in parts), bias=parts[0].bias is not None,
-                          device=parts[0].weight.device, dtype=parts[0].weight.dtype)
+        fused = nn.Linear(
+            parts[0].in_features,
+            sum(p.out_features for p in parts),
+            bias=parts[0].bias is not None,
+            device=parts[0].weight.device,
+            dtype=parts[0].weight.dtype,
+        )
         with torch.no_grad():
             fused.weight.copy_(torch.cat([p.weight for p in parts]))
             if fused.bias is not None:
@@ -143,7 +166,9 @@ class Attention(nn.Module):
         B, T, C = x.shape
         if self.qkv_proj is not None:
             kv_width = self.n_kv_heads * self.head_dim
-            q, k, v = self.qkv_proj(x).split([self.n_heads * self.head_dim, kv_width, kv_width], dim=-1)
+            q, k, v = self.qkv_proj(x).split(
+                [self.n_heads * self.head_dim, kv_width, kv_width], dim=-1
+            )
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -154,7 +179,11 @@ class Attention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, K, S, D): the past plus these T
         y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal,
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            is_causal=is_causal,
             dropout_p=self.dropout if self.training else 0.0,
             # Grouped-query attention: each kv head serves n_heads / n_kv_heads query heads;
             # SDPA shares them without materialising repeated keys and values.
@@ -207,9 +236,13 @@ class Block(nn.Module):
         kv_cache: KVCache | None,
     ) -> torch.Tensor:
         if self.pre_norm:
-            x = x + self.dropout(self.self_attn(self.input_layernorm(x), rotary, attn_mask, is_causal, kv_cache))
+            x = x + self.dropout(
+                self.self_attn(self.input_layernorm(x), rotary, attn_mask, is_causal, kv_cache)
+            )
             return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
-        x = self.post_attention_layernorm(x + self.dropout(self.self_attn(x, rotary, attn_mask, is_causal, kv_cache)))
+        x = self.post_attention_layernorm(
+            x + self.dropout(self.self_attn(x, rotary, attn_mask, is_causal, kv_cache))
+        )
         return self.post_feedforward_layernorm(x + self.dropout(self.mlp(x)))
 
 
@@ -219,7 +252,9 @@ class Transformer(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         if config.vocab_size is None:
-            raise ValueError("ModelConfig.vocab_size must be set (from the tokenizer) before building a model")
+            raise ValueError(
+                "ModelConfig.vocab_size must be set (from the tokenizer) before building a model"
+            )
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
         if config.positions == "learned":
@@ -252,7 +287,9 @@ class Transformer(nn.Module):
         B, T = input_ids.shape
         past = kv_cache.length if kv_cache is not None else 0
         if past + T > self.config.max_seq_len:
-            raise ValueError(f"sequence of {past + T} tokens exceeds max_seq_len {self.config.max_seq_len}")
+            raise ValueError(
+                f"sequence of {past + T} tokens exceeds max_seq_len {self.config.max_seq_len}"
+            )
         if causal is None:
             causal = self.config.attention == "causal"
         attn_mask, is_causal = attention_mask, False
@@ -268,14 +305,18 @@ class Transformer(nn.Module):
         rotary = None
         if self.config.positions == "learned":
             if position_ids is None:
-                x = x + self.embed_positions.weight[past:past + T]  # (T, C), broadcast over B
+                x = x + self.embed_positions.weight[past : past + T]  # (T, C), broadcast over B
             else:
                 x = x + self.embed_positions(position_ids)
         else:
             rotary = self.rotary(position_ids, past, T)
         if self.config.type_vocab_size:
             # Without ids every token is segment 0, as in transformers: row 0 is added, not skipped.
-            x = x + (self.embed_token_types.weight[0] if token_type_ids is None else self.embed_token_types(token_type_ids))
+            x = x + (
+                self.embed_token_types.weight[0]
+                if token_type_ids is None
+                else self.embed_token_types(token_type_ids)
+            )
         if self.config.norm_position == "post":
             x = self.embed_norm(x)
         x = self.dropout(x)
@@ -293,7 +334,9 @@ class MaskedLMTransform(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.d_model, config.d_model)
         self.norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
-        self.approximate = "tanh" if config.mlp == "gelu_tanh" else "none"  # BERT uses its hidden_act here too
+        self.approximate = (
+            "tanh" if config.mlp == "gelu_tanh" else "none"
+        )  # BERT uses its hidden_act here too
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.norm(F.gelu(self.dense(h), approximate=self.approximate))
@@ -341,7 +384,11 @@ class LanguageModel(nn.Module):
         std = self.config.init_std
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                scale = 1 / math.sqrt(2 * self.config.n_layers) if name.endswith(("o_proj", "down_proj")) else 1.0
+                scale = (
+                    1 / math.sqrt(2 * self.config.n_layers)
+                    if name.endswith(("o_proj", "down_proj"))
+                    else 1.0
+                )
                 nn.init.normal_(module.weight, mean=0.0, std=std * scale)
                 if getattr(module, "bias", None) is not None:
                     nn.init.zeros_(module.bias)
@@ -359,7 +406,9 @@ class LanguageModel(nn.Module):
         the real tokens (those up to last_index)."""
         if self.config.classifier_pooling == "mean":
             # Right-padded rows: positions up to last_index are the real tokens.
-            real = (torch.arange(hidden.shape[1], device=hidden.device) <= last_index[:, None]).to(hidden.dtype)
+            real = (torch.arange(hidden.shape[1], device=hidden.device) <= last_index[:, None]).to(
+                hidden.dtype
+            )
             pooled = (hidden * real[..., None]).sum(1) / real.sum(1, keepdim=True)
         elif self.config.attention == "bidirectional":
             pooled = self.pooler(hidden)
@@ -384,8 +433,14 @@ class LanguageModel(nn.Module):
     ) -> torch.Tensor:
         """Logits (B, T, V), or (B, 1, V) with last_only: generation needs only the last position,
         and skipping the others saves most of the head's cost on a long prompt."""
-        h = self.model(input_ids, position_ids=position_ids, token_type_ids=token_type_ids,
-                       attention_mask=attention_mask, causal=causal, kv_cache=kv_cache)
+        h = self.model(
+            input_ids,
+            position_ids=position_ids,
+            token_type_ids=token_type_ids,
+            attention_mask=attention_mask,
+            causal=causal,
+            kv_cache=kv_cache,
+        )
         if last_only:
             h = h[:, -1:, :]
         return self.lm_head(self.head_input(h))

@@ -25,15 +25,24 @@ class Batch:
     targets: torch.Tensor | None = None  # (B, T) token targets
     position_ids: torch.Tensor | None = None  # (B, T); None = 0..T-1
     token_type_ids: torch.Tensor | None = None  # (B, T) segment ids (NSP); None = all 0
-    attention_mask: torch.Tensor | None = None  # bool, broadcastable to (B, 1, T, T); None = the model's default
-    causal: bool | None = None  # without a mask: causal or full attention; None = the model's default
-    sequence_targets: torch.Tensor | None = None  # (B,) one label per sequence (NSP: is-next; a class)
+    attention_mask: torch.Tensor | None = (
+        None  # bool, broadcastable to (B, 1, T, T); None = the model's default
+    )
+    causal: bool | None = (
+        None  # without a mask: causal or full attention; None = the model's default
+    )
+    sequence_targets: torch.Tensor | None = (
+        None  # (B,) one label per sequence (NSP: is-next; a class)
+    )
     lengths: torch.Tensor | None = None  # (B,) real tokens per right-padded row
     part: str = ""  # which part of a mixture built it
 
     def to(self, device: torch.device) -> Batch:
-        moved = {f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)
-                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        moved = {
+            f.name: getattr(self, f.name).to(device, non_blocking=True)
+            for f in fields(self)
+            if isinstance(getattr(self, f.name), torch.Tensor)
+        }
         return replace(self, **moved)
 
     @property
@@ -91,10 +100,17 @@ class Objective(Protocol):
 
 def in_order(count: int, batch_size: int) -> list[list[int]]:
     """Row indices 0..count-1 in consecutive batches: validation that must see every example once."""
-    return [list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)]
+    return [
+        list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)
+    ]
 
 
 def hidden_states(model: LanguageModel, batch: Batch) -> torch.Tensor:
     """The backbone's final hidden states for a batch, with every input the batch carries."""
-    return model.model(batch.input_ids, position_ids=batch.position_ids, token_type_ids=batch.token_type_ids,
-                       attention_mask=batch.attention_mask, causal=batch.causal)
+    return model.model(
+        batch.input_ids,
+        position_ids=batch.position_ids,
+        token_type_ids=batch.token_type_ids,
+        attention_mask=batch.attention_mask,
+        causal=batch.causal,
+    )

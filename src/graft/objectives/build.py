@@ -14,23 +14,54 @@ from graft.objectives.mlm import MaskedLM
 from graft.objectives.nsp import NextSentence
 
 
-def build_objective(cfg: ObjectiveConfig, train: TokenShards, val: TokenShards | None, *, seq_len: int,
-                    tokenizer: Tokenizer, vocab_size: int, mask_doc_boundaries: bool = False) -> Objective:
+def build_objective(
+    cfg: ObjectiveConfig,
+    train: TokenShards,
+    val: TokenShards | None,
+    *,
+    seq_len: int,
+    tokenizer: Tokenizer,
+    vocab_size: int,
+    mask_doc_boundaries: bool = False,
+) -> Objective:
     """The configured objective over one dataset (a `mix` builds each part over the same data)."""
 
     def one(name: str) -> Objective:
         if name == "clm":
             return CausalLM(train, val, seq_len, mask_doc_boundaries=mask_doc_boundaries)
         if name == "mlm":
-            return MaskedLM(train, val, seq_len, tokenizer, vocab_size, probability=cfg.mask_probability,
-                            whole_word=cfg.whole_word_mask)
+            return MaskedLM(
+                train,
+                val,
+                seq_len,
+                tokenizer,
+                vocab_size,
+                probability=cfg.mask_probability,
+                whole_word=cfg.whole_word_mask,
+            )
         if name in ("nsp", "mlm+nsp"):
-            return NextSentence(train, val, seq_len, tokenizer, vocab_size, with_mlm=name == "mlm+nsp",
-                                probability=cfg.mask_probability, whole_word=cfg.whole_word_mask,
-                                same_document_negatives=cfg.nsp_same_document_negatives)
+            return NextSentence(
+                train,
+                val,
+                seq_len,
+                tokenizer,
+                vocab_size,
+                with_mlm=name == "mlm+nsp",
+                probability=cfg.mask_probability,
+                whole_word=cfg.whole_word_mask,
+                same_document_negatives=cfg.nsp_same_document_negatives,
+            )
         if name == "denoise":
-            return Denoise(train, val, seq_len, tokenizer, style=cfg.denoise_style, noise_density=cfg.noise_density,
-                           mean_span=cfg.mean_span, prefix_lm=cfg.prefix_lm)
+            return Denoise(
+                train,
+                val,
+                seq_len,
+                tokenizer,
+                style=cfg.denoise_style,
+                noise_density=cfg.noise_density,
+                mean_span=cfg.mean_span,
+                prefix_lm=cfg.prefix_lm,
+            )
         raise AssertionError(f"unknown objective {name}")  # the config's Literal rules this out
 
     if cfg.name == "mix":
@@ -41,5 +72,8 @@ def build_objective(cfg: ObjectiveConfig, train: TokenShards, val: TokenShards |
 def with_replay(domain: Objective, general: Objective, fraction: float) -> Objective:
     """Continued pre-training: `fraction` of the batches replay general data to limit forgetting;
     both validation sets are scored, and the domain's loss is the run's val/loss."""
-    return Mixture({"domain": (domain, 1.0 - fraction), "general": (general, fraction)}, primary="domain",
-                   name=domain.name)
+    return Mixture(
+        {"domain": (domain, 1.0 - fraction), "general": (general, fraction)},
+        primary="domain",
+        name=domain.name,
+    )

@@ -36,15 +36,24 @@ def check_labels(records: Sequence[TextRecord], labels: tuple[str, ...]) -> None
     known = set(labels)
     for record in records:
         if record.label not in known:
-            raise DataError(f"{record.source}: label {record.label!r} never occurs in the training data "
-                            f"(labels: {', '.join(labels)})")
+            raise DataError(
+                f"{record.source}: label {record.label!r} never occurs in the training data "
+                f"(labels: {', '.join(labels)})"
+            )
 
 
 class EncodedTexts:
     """Token ids, true lengths and label ids of a set of records, encoded once."""
 
-    def __init__(self, records: Sequence[TextRecord], tokenizer: Tokenizer, labels: tuple[str, ...], max_len: int,
-                 *, frame: bool) -> None:
+    def __init__(
+        self,
+        records: Sequence[TextRecord],
+        tokenizer: Tokenizer,
+        labels: tuple[str, ...],
+        max_len: int,
+        *,
+        frame: bool,
+    ) -> None:
         index = {label: i for i, label in enumerate(labels)}
         cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
         frame = frame and cls_id is not None and sep_id is not None
@@ -70,8 +79,17 @@ class Classify:
 
     name = "classify"
 
-    def __init__(self, train: Sequence[TextRecord], val: Sequence[TextRecord], tokenizer: Tokenizer,
-                 labels: tuple[str, ...], max_len: int, *, bidirectional: bool, class_weights: bool = False) -> None:
+    def __init__(
+        self,
+        train: Sequence[TextRecord],
+        val: Sequence[TextRecord],
+        tokenizer: Tokenizer,
+        labels: tuple[str, ...],
+        max_len: int,
+        *,
+        bidirectional: bool,
+        class_weights: bool = False,
+    ) -> None:
         check_labels(val, labels)
         self.labels, self.bidirectional = labels, bidirectional
         self.pad_id = next(i for i in (tokenizer.pad_id, tokenizer.eot_id, 0) if i is not None)
@@ -80,16 +98,20 @@ class Classify:
         self.weights: torch.Tensor | None = None
         if class_weights:
             counts = Counter(self.train.labels.tolist())
-            self.weights = torch.tensor([len(self.train) / (len(labels) * max(counts[i], 1)) for i in range(len(labels))])
+            self.weights = torch.tensor(
+                [len(self.train) / (len(labels) * max(counts[i], 1)) for i in range(len(labels))]
+            )
 
     def batch(self, texts: EncodedTexts, rows: list[int]) -> Batch:
         lengths = torch.tensor([len(texts.ids[i]) for i in rows])
         input_ids = torch.full((len(rows), int(lengths.max())), self.pad_id, dtype=torch.long)
         for j, i in enumerate(rows):
-            input_ids[j, :lengths[j]] = torch.tensor(texts.ids[i])
+            input_ids[j, : lengths[j]] = torch.tensor(texts.ids[i])
         real = torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]
         mask = padding_attention_mask(real, causal=not self.bidirectional)
-        return Batch(input_ids, attention_mask=mask, sequence_targets=texts.labels[rows], lengths=lengths)
+        return Batch(
+            input_ids, attention_mask=mask, sequence_targets=texts.labels[rows], lengths=lengths
+        )
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         rows = torch.randint(0, len(self.train), (batch_size,), generator=generator).tolist()
@@ -101,7 +123,9 @@ class Classify:
 
     def logits(self, model: LanguageModel, batch: Batch) -> torch.Tensor:
         assert batch.lengths is not None
-        return model.sequence_logits(hidden_states(model, batch), batch.lengths.to(batch.input_ids.device) - 1).float()
+        return model.sequence_logits(
+            hidden_states(model, batch), batch.lengths.to(batch.input_ids.device) - 1
+        ).float()
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
         assert batch.sequence_targets is not None

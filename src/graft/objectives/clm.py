@@ -41,8 +41,10 @@ def next_token_loss(model: LanguageModel, batch: Batch) -> LossSum:
     """Cross-entropy of the batch's scored targets through the fused output layer: the loss of every
     objective that predicts tokens with the LM head (clm, denoise, instruct)."""
     assert batch.targets is not None
-    return LossSum(linear_cross_entropy_sum(hidden_states(model, batch), model.lm_head.weight, batch.targets),
-                   batch.n_targets)
+    return LossSum(
+        linear_cross_entropy_sum(hidden_states(model, batch), model.lm_head.weight, batch.targets),
+        batch.n_targets,
+    )
 
 
 class CausalLM:
@@ -50,7 +52,14 @@ class CausalLM:
 
     name = "clm"
 
-    def __init__(self, train: TokenShards, val: TokenShards | None, seq_len: int, *, mask_doc_boundaries: bool = False) -> None:
+    def __init__(
+        self,
+        train: TokenShards,
+        val: TokenShards | None,
+        seq_len: int,
+        *,
+        mask_doc_boundaries: bool = False,
+    ) -> None:
         for shards in (train, val):
             if shards is not None and len(shards) < seq_len + 1:
                 raise DataError(
@@ -71,7 +80,9 @@ class CausalLM:
 
     def _batch(self, shards: TokenShards, starts: list[int]) -> Batch:
         T = self.seq_len
-        windows = torch.from_numpy(np.stack([shards.tokens[s:s + T + 1].astype(np.int64) for s in starts]))
+        windows = torch.from_numpy(
+            np.stack([shards.tokens[s : s + T + 1].astype(np.int64) for s in starts])
+        )
         input_ids, targets = windows[:, :-1], windows[:, 1:]
         if not self.mask_doc_boundaries:
             return Batch(input_ids, targets)
@@ -88,7 +99,10 @@ class CausalLM:
             return []
         high = len(self.val) - self.seq_len - 1
         starts = np.linspace(0, high, batch_size * n_batches).round().astype(np.int64).tolist()
-        return [self._batch(self.val, starts[i:i + batch_size]) for i in range(0, len(starts), batch_size)]
+        return [
+            self._batch(self.val, starts[i : i + batch_size])
+            for i in range(0, len(starts), batch_size)
+        ]
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
         return next_token_loss(model, batch)

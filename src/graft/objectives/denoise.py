@@ -37,11 +37,22 @@ class Denoise:
 
     name = "denoise"
 
-    def __init__(self, train: TokenShards, val: TokenShards | None, seq_len: int, tokenizer: Tokenizer, *,
-                 style: DenoiseStyle = "t5", noise_density: float | None = None, mean_span: float = 3.0,
-                 prefix_lm: bool = False) -> None:
+    def __init__(
+        self,
+        train: TokenShards,
+        val: TokenShards | None,
+        seq_len: int,
+        tokenizer: Tokenizer,
+        *,
+        style: DenoiseStyle = "t5",
+        noise_density: float | None = None,
+        mean_span: float = 3.0,
+        prefix_lm: bool = False,
+    ) -> None:
         self.style, self.prefix_lm = style, prefix_lm
-        self.noise_density = noise_density if noise_density is not None else (0.15 if style == "t5" else 0.3)
+        self.noise_density = (
+            noise_density if noise_density is not None else (0.15 if style == "t5" else 0.3)
+        )
         self.mean_span = mean_span
         if style == "t5":
             self.sentinels = list(tokenizer.sentinel_ids)
@@ -49,35 +60,54 @@ class Denoise:
                 raise TokenizerError(
                     f"objective denoise (t5) needs sentinel tokens, and the tokenizer has {len(self.sentinels)}; "
                     "train one with `graft tokenizer train --sentinels 32` (or use objective.denoise_style=bart, "
-                    "which needs only the mask token)")
+                    "which needs only the mask token)"
+                )
         else:
             require_tokens(tokenizer, "denoise (bart)", mask=tokenizer.mask_id)
             self.mask_id: int = tokenizer.mask_id  # type: ignore[assignment]
             # The boundary between the corrupted input and the text to write.
-            self.boundary_id: int = tokenizer.sep_id if tokenizer.sep_id is not None else tokenizer.eot_id  # type: ignore[assignment]
+            self.boundary_id: int = (
+                tokenizer.sep_id if tokenizer.sep_id is not None else tokenizer.eot_id
+            )  # type: ignore[assignment]
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eot_id
         self.seq_len = seq_len
         self.window = self._largest_window(seq_len + 1)
         for shards in (train, val):
             if shards is not None and len(shards) < self.window:
-                raise DataError(f"{shards.directory}: the {shards.split} split has {len(shards)} tokens, fewer than "
-                                f"one window of {self.window}; add data or lower train.seq_len")
+                raise DataError(
+                    f"{shards.directory}: the {shards.split} split has {len(shards)} tokens, fewer than "
+                    f"one window of {self.window}; add data or lower train.seq_len"
+                )
         self.train, self.val = train, val
         self._eval: list[Batch] | None = None
 
-    def corrupt(self, tokens: np.ndarray, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def corrupt(
+        self, tokens: np.ndarray, generator: torch.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(corrupted input, target) for one window."""
         if self.style == "t5":
-            return span_corruption(tokens, sentinel_ids=self.sentinels, noise_density=self.noise_density,
-                                   mean_span=self.mean_span, generator=generator)
-        corrupted, original = span_infilling(tokens, mask_id=self.mask_id, noise_density=self.noise_density,
-                                             mean_span=self.mean_span, generator=generator)
+            return span_corruption(
+                tokens,
+                sentinel_ids=self.sentinels,
+                noise_density=self.noise_density,
+                mean_span=self.mean_span,
+                generator=generator,
+            )
+        corrupted, original = span_infilling(
+            tokens,
+            mask_id=self.mask_id,
+            noise_density=self.noise_density,
+            mean_span=self.mean_span,
+            generator=generator,
+        )
         return np.concatenate([corrupted, [self.boundary_id]]), original
 
     def _largest_window(self, budget: int) -> int:
         """The most raw tokens whose corrupted input + target fit in `budget` (the lengths depend
         only on the window length, never on the draw)."""
-        probe = np.arange(budget, dtype=np.int64) + (max(self.sentinels) + 1 if self.style == "t5" else 0)
+        probe = np.arange(budget, dtype=np.int64) + (
+            max(self.sentinels) + 1 if self.style == "t5" else 0
+        )
         for length in range(budget, 1, -1):
             corrupted, target = self.corrupt(probe[:length], torch.Generator().manual_seed(0))
             if len(corrupted) + len(target) <= budget:
@@ -88,14 +118,18 @@ class Denoise:
         T = self.seq_len
         rows, labels, prefixes = [], [], []
         for s in starts:
-            corrupted, target = self.corrupt(shards.tokens[s:s + self.window].astype(np.int64), generator)
+            corrupted, target = self.corrupt(
+                shards.tokens[s : s + self.window].astype(np.int64), generator
+            )
             sequence = np.concatenate([corrupted, target])
             n = len(sequence)
             padded = np.full(T + 1, self.pad_id, dtype=np.int64)
             padded[:n] = sequence
             label = padded[1:].copy()
-            label[:len(corrupted) - 1] = IGNORE_INDEX  # the corrupted input is given, not predicted
-            label[n - 1:] = IGNORE_INDEX  # padding
+            label[: len(corrupted) - 1] = (
+                IGNORE_INDEX  # the corrupted input is given, not predicted
+            )
+            label[n - 1 :] = IGNORE_INDEX  # padding
             rows.append(padded[:-1])
             labels.append(label)
             prefixes.append(len(corrupted))
@@ -104,7 +138,9 @@ class Denoise:
         return Batch(input_ids, targets, attention_mask=mask, causal=True)
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        starts = torch.randint(0, len(self.train) - self.window + 1, (batch_size,), generator=generator).tolist()
+        starts = torch.randint(
+            0, len(self.train) - self.window + 1, (batch_size,), generator=generator
+        ).tolist()
         return self._batch(self.train, starts, generator)
 
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
@@ -112,9 +148,16 @@ class Denoise:
             return []
         if self._eval is None:
             generator = torch.Generator().manual_seed(EVAL_SEED)
-            starts = np.linspace(0, len(self.val) - self.window, batch_size * n_batches).round().astype(np.int64).tolist()
-            self._eval = [self._batch(self.val, starts[i:i + batch_size], generator)
-                          for i in range(0, len(starts), batch_size)]
+            starts = (
+                np.linspace(0, len(self.val) - self.window, batch_size * n_batches)
+                .round()
+                .astype(np.int64)
+                .tolist()
+            )
+            self._eval = [
+                self._batch(self.val, starts[i : i + batch_size], generator)
+                for i in range(0, len(starts), batch_size)
+            ]
         return self._eval
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:

@@ -24,18 +24,32 @@ from graft.objectives.losses import IGNORE_INDEX
 
 
 class EncodedConversations:
-    def __init__(self, conversations: Sequence[Conversation], tokenizer: Tokenizer, template: str, max_len: int,
-                 *, train_on_prompt: bool) -> None:
+    def __init__(
+        self,
+        conversations: Sequence[Conversation],
+        tokenizer: Tokenizer,
+        template: str,
+        max_len: int,
+        *,
+        train_on_prompt: bool,
+    ) -> None:
         self.ids: list[list[int]] = []
         self.labels: list[list[int]] = []
         self.truncated = 0
         for conversation in conversations:
             # max_len + 1: inputs and targets are the sequence shifted by one.
-            encoded = encode_conversation(tokenizer, template, conversation, max_len=max_len + 1,
-                                          train_on_prompt=train_on_prompt)
+            encoded = encode_conversation(
+                tokenizer,
+                template,
+                conversation,
+                max_len=max_len + 1,
+                train_on_prompt=train_on_prompt,
+            )
             if all(label == IGNORE_INDEX for label in encoded.labels[1:]):
-                raise DataError(f"{conversation.source}: no reply token fits in {max_len} tokens; "
-                                "raise train.seq_len or shorten the prompt")
+                raise DataError(
+                    f"{conversation.source}: no reply token fits in {max_len} tokens; "
+                    "raise train.seq_len or shorten the prompt"
+                )
             self.truncated += encoded.truncated
             self.ids.append(encoded.input_ids)
             self.labels.append(encoded.labels)
@@ -49,11 +63,23 @@ class Instruct:
 
     name = "instruct"
 
-    def __init__(self, train: Sequence[Conversation], val: Sequence[Conversation], tokenizer: Tokenizer,
-                 template: str, max_len: int, *, train_on_prompt: bool = False) -> None:
+    def __init__(
+        self,
+        train: Sequence[Conversation],
+        val: Sequence[Conversation],
+        tokenizer: Tokenizer,
+        template: str,
+        max_len: int,
+        *,
+        train_on_prompt: bool = False,
+    ) -> None:
         self.pad_id = next(i for i in (tokenizer.pad_id, tokenizer.eot_id, 0) if i is not None)
-        self.train = EncodedConversations(train, tokenizer, template, max_len, train_on_prompt=train_on_prompt)
-        self.val = EncodedConversations(val, tokenizer, template, max_len, train_on_prompt=train_on_prompt)
+        self.train = EncodedConversations(
+            train, tokenizer, template, max_len, train_on_prompt=train_on_prompt
+        )
+        self.val = EncodedConversations(
+            val, tokenizer, template, max_len, train_on_prompt=train_on_prompt
+        )
 
     def batch(self, data: EncodedConversations, rows: list[int]) -> Batch:
         T = max(len(data.ids[i]) for i in rows) - 1
@@ -61,12 +87,17 @@ class Instruct:
         targets = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
         for j, i in enumerate(rows):
             ids, labels = data.ids[i], data.labels[i]
-            input_ids[j, :len(ids) - 1] = torch.tensor(ids[:-1])
-            targets[j, :len(ids) - 1] = torch.tensor(labels[1:])
-        return Batch(input_ids, targets, causal=True)  # right padding: causal attention never reaches it
+            input_ids[j, : len(ids) - 1] = torch.tensor(ids[:-1])
+            targets[j, : len(ids) - 1] = torch.tensor(labels[1:])
+        return Batch(
+            input_ids, targets, causal=True
+        )  # right padding: causal attention never reaches it
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        return self.batch(self.train, torch.randint(0, len(self.train), (batch_size,), generator=generator).tolist())
+        return self.batch(
+            self.train,
+            torch.randint(0, len(self.train), (batch_size,), generator=generator).tolist(),
+        )
 
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
         return [self.batch(self.val, rows) for rows in in_order(len(self.val), batch_size)]

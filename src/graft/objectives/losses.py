@@ -36,8 +36,8 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=acc) if needs_grad else None
         total = torch.zeros((), dtype=acc, device=hidden.device)
         for start in range(0, hidden.shape[0], _CHUNK_ROWS):
-            h = hidden[start:start + _CHUNK_ROWS]
-            t = targets[start:start + _CHUNK_ROWS]
+            h = hidden[start : start + _CHUNK_ROWS]
+            t = targets[start : start + _CHUNK_ROWS]
             scored = t != IGNORE_INDEX
             if not scored.any():
                 continue
@@ -49,11 +49,13 @@ class _LinearCrossEntropySum(torch.autograd.Function):
             if needs_grad:
                 # d(loss)/d(logits) = softmax - one_hot(target), on scored rows only.
                 grad_logits = log_probs.exp_()
-                grad_logits.scatter_add_(1, safe_t, torch.full_like(safe_t, -1, dtype=grad_logits.dtype))
+                grad_logits.scatter_add_(
+                    1, safe_t, torch.full_like(safe_t, -1, dtype=grad_logits.dtype)
+                )
                 if not bool(scored.all()):
                     grad_logits.mul_(scored.unsqueeze(1))
                 grad_logits = grad_logits.to(h.dtype)
-                grad_hidden[start:start + _CHUNK_ROWS] = grad_logits @ weight  # type: ignore[index]
+                grad_hidden[start : start + _CHUNK_ROWS] = grad_logits @ weight  # type: ignore[index]
                 grad_weight.addmm_(grad_logits.T.to(acc), h.to(acc))  # type: ignore[union-attr]
         if needs_grad:
             ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))  # type: ignore[union-attr]
@@ -67,7 +69,9 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         return grad_hidden * grad_output, grad_weight * grad_output, None, None
 
 
-def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def linear_cross_entropy_sum(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
     """Sum over scored positions of -log softmax(hidden @ weight.T)[target].
 
     hidden (..., C), weight (V, C), targets (...) with IGNORE_INDEX at unscored positions.
@@ -84,5 +88,8 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets
 def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """The plain form, for heads whose logits are small (classification) or already computed."""
     return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+        logits.reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction="sum",
     )

@@ -45,24 +45,40 @@ def mask_tokens(
     split is per token, also under whole-word masking. targets hold the original id at chosen
     positions and IGNORE_INDEX elsewhere. `input_ids` is never modified.
     """
-    for name, value in (("probability", probability), ("mask_fraction", mask_fraction), ("random_fraction", random_fraction)):
+    for name, value in (
+        ("probability", probability),
+        ("mask_fraction", mask_fraction),
+        ("random_fraction", random_fraction),
+    ):
         _check_fraction(name, value)
     if mask_fraction + random_fraction > 1.0 + 1e-9:
-        raise ValueError(f"mask_fraction + random_fraction must be <= 1, got {mask_fraction} + {random_fraction}")
+        raise ValueError(
+            f"mask_fraction + random_fraction must be <= 1, got {mask_fraction} + {random_fraction}"
+        )
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
     if maskable.shape != input_ids.shape or maskable.dtype != torch.bool:
-        raise ValueError(f"maskable must be a bool tensor shaped like input_ids {tuple(input_ids.shape)}, "
-                         f"got {maskable.dtype} {tuple(maskable.shape)}")
-    if word_starts is not None and (word_starts.shape != input_ids.shape or word_starts.dtype != torch.bool):
-        raise ValueError(f"word_starts must be a bool tensor shaped like input_ids {tuple(input_ids.shape)}, "
-                         f"got {word_starts.dtype} {tuple(word_starts.shape)}")
+        raise ValueError(
+            f"maskable must be a bool tensor shaped like input_ids {tuple(input_ids.shape)}, "
+            f"got {maskable.dtype} {tuple(maskable.shape)}"
+        )
+    if word_starts is not None and (
+        word_starts.shape != input_ids.shape or word_starts.dtype != torch.bool
+    ):
+        raise ValueError(
+            f"word_starts must be a bool tensor shaped like input_ids {tuple(input_ids.shape)}, "
+            f"got {word_starts.dtype} {tuple(word_starts.shape)}"
+        )
     if replacement_ids.dim() != 1 or (random_fraction > 0 and replacement_ids.numel() == 0):
-        raise ValueError(f"replacement_ids must be a non-empty 1-D tensor of ids, got shape {tuple(replacement_ids.shape)}")
+        raise ValueError(
+            f"replacement_ids must be a non-empty 1-D tensor of ids, got shape {tuple(replacement_ids.shape)}"
+        )
 
     device = input_ids.device
     # Drawn on the generator's device, then moved: a CPU generator can corrupt a GPU batch.
-    draw = lambda: torch.rand(input_ids.shape, generator=generator, device=generator.device).to(device)  # noqa: E731
+    draw = lambda: torch.rand(input_ids.shape, generator=generator, device=generator.device).to(
+        device
+    )  # noqa: E731
     choose = draw()
     if word_starts is not None:
         # One draw per word, read at the word's first token: a word is chosen whole or not at all.
@@ -79,7 +95,9 @@ def mask_tokens(
     n_random = int(randomised.sum())
     if n_random:
         # Only as many draws as replacements: cheap on large vocabularies, still reproducible.
-        picks = torch.randint(replacement_ids.numel(), (n_random,), generator=generator, device=generator.device)
+        picks = torch.randint(
+            replacement_ids.numel(), (n_random,), generator=generator, device=generator.device
+        )
         corrupted[randomised] = replacement_ids.to(device)[picks.to(device)].to(corrupted.dtype)
     targets = torch.where(chosen, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     return corrupted, targets

@@ -23,13 +23,23 @@ from graft.objectives.batch import Batch, LossSum, LossTotals, Objective
 class Mixture:
     """Objective `mix` (and replay): parts with positive weights."""
 
-    def __init__(self, parts: dict[str, tuple[Objective, float]], *, primary: str | None = None, name: str = "mix") -> None:
+    def __init__(
+        self,
+        parts: dict[str, tuple[Objective, float]],
+        *,
+        primary: str | None = None,
+        name: str = "mix",
+    ) -> None:
         weights = [w for _, w in parts.values()]
         if not parts or any(w < 0 for w in weights) or sum(weights) <= 0:
-            raise ConfigError(f"objective.mix: weights must be >= 0 and sum to a positive number, got "
-                              f"{ {k: w for k, (_, w) in parts.items()} }")
+            raise ConfigError(
+                f"objective.mix: weights must be >= 0 and sum to a positive number, got "
+                f"{ {k: w for k, (_, w) in parts.items()} }"
+            )
         if primary is not None and primary not in parts:
-            raise ConfigError(f"objective.mix: primary part {primary!r} is not one of {', '.join(parts)}")
+            raise ConfigError(
+                f"objective.mix: primary part {primary!r} is not one of {', '.join(parts)}"
+            )
         self.name, self.primary = name, primary
         # Zero-weight parts are never sampled but still evaluated (replay at fraction 0 still scores general data).
         self.parts = {k: obj for k, (obj, _) in parts.items()}
@@ -42,15 +52,24 @@ class Mixture:
         return _tagged(self.parts[part].train_batch(batch_size, generator), part)
 
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
-        return [_tagged(b, part) for part, obj in self.parts.items() for b in obj.eval_batches(batch_size, n_batches)]
+        return [
+            _tagged(b, part)
+            for part, obj in self.parts.items()
+            for b in obj.eval_batches(batch_size, n_batches)
+        ]
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
         part, _, inner = batch.part.partition("/")  # mixtures nest: replay of a mix is "domain/clm"
         out = self.parts[part].loss(model, replace(batch, part=inner))
         size = batch.input_ids.shape[0]
         stats = {f"{part}/{k}": v for k, v in out.stats.items()}
-        stats.update({f"{part}/loss_sum": float(out.total.detach()), f"{part}/count": float(out.count),
-                      f"{part}/batches": 1.0})
+        stats.update(
+            {
+                f"{part}/loss_sum": float(out.total.detach()),
+                f"{part}/count": float(out.count),
+                f"{part}/batches": 1.0,
+            }
+        )
         return LossSum(out.total / max(out.count, 1) * size, size, stats)
 
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
@@ -61,7 +80,9 @@ class Mixture:
             if not totals.stats[prefix + "batches"]:
                 continue  # not sampled in this logging window
             sub = LossTotals(totals.stats[prefix + "loss_sum"], int(totals.stats[prefix + "count"]))
-            sub.stats.update({k.removeprefix(prefix): v for k, v in totals.stats.items() if k.startswith(prefix)})
+            sub.stats.update(
+                {k.removeprefix(prefix): v for k, v in totals.stats.items() if k.startswith(prefix)}
+            )
             for key, value in obj.metrics(sub, split).items():
                 metrics[f"{split}/{part}/{key.removeprefix(split + '/')}"] = value
             means[part] = metrics[f"{split}/{part}/loss"]
@@ -70,8 +91,11 @@ class Mixture:
         elif means:
             # The configured mixture of the parts' mean losses (renormalised over parts seen).
             weight = sum(self.weights[p] for p in means)
-            metrics[f"{split}/loss"] = (sum(self.weights[p] * m for p, m in means.items()) / weight if weight > 0
-                                        else sum(means.values()) / len(means))
+            metrics[f"{split}/loss"] = (
+                sum(self.weights[p] * m for p, m in means.items()) / weight
+                if weight > 0
+                else sum(means.values()) / len(means)
+            )
         else:
             metrics[f"{split}/loss"] = totals.mean
         return dict(sorted(metrics.items(), key=lambda kv: kv[0] != f"{split}/loss"))

@@ -29,16 +29,20 @@ EVAL_SEED = 0  # validation masks are drawn once from this seed
 
 def special_token_ids(tokenizer: Tokenizer) -> list[int]:
     """Ids of the tokenizer's special tokens (end-of-text, pad, mask, separators, sentinels...)."""
-    return sorted(i for i, token in tokenizer.backend.get_added_tokens_decoder().items() if token.special)
+    return sorted(
+        i for i, token in tokenizer.backend.get_added_tokens_decoder().items() if token.special
+    )
 
 
 def require_tokens(tokenizer: Tokenizer, objective: str, **tokens: int | None) -> None:
     """Refuse up front an objective whose special tokens the tokenizer lacks, naming them."""
     missing = [role for role, token_id in tokens.items() if token_id is None]
     if missing:
-        raise TokenizerError(f"objective {objective} needs the tokenizer's {', '.join(missing)} token(s), which it "
-                             "lacks; graft-trained tokenizers have <|mask|>, <|sep|>, <|cls|> and <|pad|>: train one "
-                             "with `graft tokenizer train` and prepare the data with it")
+        raise TokenizerError(
+            f"objective {objective} needs the tokenizer's {', '.join(missing)} token(s), which it "
+            "lacks; graft-trained tokenizers have <|mask|>, <|sep|>, <|cls|> and <|pad|>: train one "
+            "with `graft tokenizer train` and prepare the data with it"
+        )
 
 
 def masked_lm_loss(model: LanguageModel, hidden: torch.Tensor, targets: torch.Tensor) -> LossSum:
@@ -50,19 +54,28 @@ def masked_lm_loss(model: LanguageModel, hidden: torch.Tensor, targets: torch.Te
     total = F.cross_entropy(logits, wanted, reduction="sum")
     correct = float((logits.argmax(-1) == wanted).sum())
     count = int(wanted.numel())
-    return LossSum(total, count, {"mlm_correct": correct, "mlm_count": float(count), "mlm_loss_sum": float(total.detach())})
+    return LossSum(
+        total,
+        count,
+        {"mlm_correct": correct, "mlm_count": float(count), "mlm_loss_sum": float(total.detach())},
+    )
 
 
 def mlm_metrics(totals: LossTotals, split: str) -> dict[str, float]:
     count = max(totals.stats["mlm_count"], 1)
     loss = totals.stats["mlm_loss_sum"] / count
-    return {f"{split}/mlm_loss": loss, f"{split}/mlm_ppl": math.exp(min(loss, 50.0)),
-            f"{split}/mlm_acc": totals.stats["mlm_correct"] / count}
+    return {
+        f"{split}/mlm_loss": loss,
+        f"{split}/mlm_ppl": math.exp(min(loss, 50.0)),
+        f"{split}/mlm_acc": totals.stats["mlm_correct"] / count,
+    }
 
 
 def unigram_accuracy(shards: TokenShards, special: list[int]) -> float:
     """Accuracy of always predicting the most frequent non-special token: the floor MLM must beat."""
-    counts = np.bincount(np.asarray(shards.tokens), minlength=max(special, default=0) + 1).astype(np.int64)
+    counts = np.bincount(np.asarray(shards.tokens), minlength=max(special, default=0) + 1).astype(
+        np.int64
+    )
     counts[special] = 0
     return float(counts.max() / max(counts.sum(), 1))
 
@@ -70,28 +83,43 @@ def unigram_accuracy(shards: TokenShards, special: list[int]) -> float:
 class MaskingPolicy:
     """What may be masked and what a random replacement may be, for one tokenizer."""
 
-    def __init__(self, tokenizer: Tokenizer, vocab_size: int, *, probability: float, whole_word: bool) -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, vocab_size: int, *, probability: float, whole_word: bool
+    ) -> None:
         require_tokens(tokenizer, "mlm", mask=tokenizer.mask_id)
         self.mask_id: int = tokenizer.mask_id  # type: ignore[assignment]
         self.special = special_token_ids(tokenizer)
         is_special = torch.zeros(vocab_size, dtype=torch.bool)
         is_special[self.special] = True
-        is_special[tokenizer.vocab_size:] = True  # embedding rows past the tokenizer are never real tokens
+        is_special[tokenizer.vocab_size :] = (
+            True  # embedding rows past the tokenizer are never real tokens
+        )
         self.is_special = is_special
         self.replacement_ids = (~is_special).nonzero().squeeze(1)
         self.word_starts = torch.from_numpy(tokenizer.word_start_ids()) if whole_word else None
         self.probability = probability
 
-    def apply(self, input_ids: torch.Tensor, generator: torch.Generator,
-              maskable: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def apply(
+        self,
+        input_ids: torch.Tensor,
+        generator: torch.Generator,
+        maskable: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         can_mask = ~self.is_special[input_ids]
         if maskable is not None:
             can_mask &= maskable
         starts = None
         if self.word_starts is not None:
             starts = self.word_starts[input_ids.clamp_max(self.word_starts.numel() - 1)]
-        return mask_tokens(input_ids, maskable=can_mask, mask_id=self.mask_id, replacement_ids=self.replacement_ids,
-                           generator=generator, probability=self.probability, word_starts=starts)
+        return mask_tokens(
+            input_ids,
+            maskable=can_mask,
+            mask_id=self.mask_id,
+            replacement_ids=self.replacement_ids,
+            generator=generator,
+            probability=self.probability,
+            word_starts=starts,
+        )
 
 
 class MaskedLM:
@@ -99,26 +127,43 @@ class MaskedLM:
 
     name = "mlm"
 
-    def __init__(self, train: TokenShards, val: TokenShards | None, seq_len: int, tokenizer: Tokenizer,
-                 vocab_size: int, *, probability: float = 0.15, whole_word: bool = False) -> None:
-        self.policy = MaskingPolicy(tokenizer, vocab_size, probability=probability, whole_word=whole_word)
+    def __init__(
+        self,
+        train: TokenShards,
+        val: TokenShards | None,
+        seq_len: int,
+        tokenizer: Tokenizer,
+        vocab_size: int,
+        *,
+        probability: float = 0.15,
+        whole_word: bool = False,
+    ) -> None:
+        self.policy = MaskingPolicy(
+            tokenizer, vocab_size, probability=probability, whole_word=whole_word
+        )
         self.cls_id, self.sep_id = tokenizer.cls_id, tokenizer.sep_id
         self.framed = self.cls_id is not None and self.sep_id is not None
         self.content_len = seq_len - 2 if self.framed else seq_len
         for shards in (train, val):
             if shards is not None and len(shards) < self.content_len:
-                raise DataError(f"{shards.directory}: the {shards.split} split has {len(shards)} tokens, fewer than "
-                                f"one window of {self.content_len}; add data or lower train.seq_len")
+                raise DataError(
+                    f"{shards.directory}: the {shards.split} split has {len(shards)} tokens, fewer than "
+                    f"one window of {self.content_len}; add data or lower train.seq_len"
+                )
         self.train, self.val = train, val
         self.unigram_acc = unigram_accuracy(val, self.policy.special) if val is not None else None
         self._eval: list[Batch] | None = None
 
     def _windows(self, shards: TokenShards, starts: list[int]) -> torch.Tensor:
         L = self.content_len
-        ids = torch.from_numpy(np.stack([shards.tokens[s:s + L].astype(np.int64) for s in starts]))
+        ids = torch.from_numpy(
+            np.stack([shards.tokens[s : s + L].astype(np.int64) for s in starts])
+        )
         if self.framed:
             B = ids.shape[0]
-            ids = torch.cat([torch.full((B, 1), self.cls_id), ids, torch.full((B, 1), self.sep_id)], dim=1)
+            ids = torch.cat(
+                [torch.full((B, 1), self.cls_id), ids, torch.full((B, 1), self.sep_id)], dim=1
+            )
         return ids
 
     def _batch(self, ids: torch.Tensor, generator: torch.Generator) -> Batch:
@@ -126,7 +171,9 @@ class MaskedLM:
         return Batch(corrupted, targets, causal=False)
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        starts = torch.randint(0, len(self.train) - self.content_len + 1, (batch_size,), generator=generator).tolist()
+        starts = torch.randint(
+            0, len(self.train) - self.content_len + 1, (batch_size,), generator=generator
+        ).tolist()
         return self._batch(self._windows(self.train, starts), generator)
 
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
@@ -136,8 +183,10 @@ class MaskedLM:
             generator = torch.Generator().manual_seed(EVAL_SEED)
             high = len(self.val) - self.content_len
             starts = np.linspace(0, high, batch_size * n_batches).round().astype(np.int64).tolist()
-            self._eval = [self._batch(self._windows(self.val, starts[i:i + batch_size]), generator)
-                          for i in range(0, len(starts), batch_size)]
+            self._eval = [
+                self._batch(self._windows(self.val, starts[i : i + batch_size]), generator)
+                for i in range(0, len(starts), batch_size)
+            ]
         return self._eval
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:

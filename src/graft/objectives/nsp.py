@@ -18,7 +18,14 @@ from graft.data.tokenizer import Tokenizer
 from graft.errors import ConfigError, DataError
 from graft.model.transformer import LanguageModel
 from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states
-from graft.objectives.mlm import EVAL_SEED, MaskingPolicy, masked_lm_loss, mlm_metrics, require_tokens, unigram_accuracy
+from graft.objectives.mlm import (
+    EVAL_SEED,
+    MaskingPolicy,
+    masked_lm_loss,
+    mlm_metrics,
+    require_tokens,
+    unigram_accuracy,
+)
 from graft.objectives.segments import document_spans, pack_pair, sample_pair
 
 
@@ -28,72 +35,133 @@ def nsp_loss(model: LanguageModel, hidden: torch.Tensor, labels: torch.Tensor) -
     logits = model.nsp_head(model.pooler(hidden)).float()  # (B, 2)
     total = F.cross_entropy(logits, labels, reduction="sum")
     correct = float((logits.argmax(-1) == labels).sum())
-    return LossSum(total, int(labels.numel()), {"nsp_correct": correct, "nsp_count": float(labels.numel()),
-                                                 "nsp_loss_sum": float(total.detach())})
+    return LossSum(
+        total,
+        int(labels.numel()),
+        {
+            "nsp_correct": correct,
+            "nsp_count": float(labels.numel()),
+            "nsp_loss_sum": float(total.detach()),
+        },
+    )
 
 
 class NextSentence:
     """Objectives `nsp` and `mlm+nsp`."""
 
-    def __init__(self, train: TokenShards, val: TokenShards | None, seq_len: int, tokenizer: Tokenizer,
-                 vocab_size: int, *, with_mlm: bool, probability: float = 0.15, whole_word: bool = False,
-                 same_document_negatives: float = 0.0) -> None:
+    def __init__(
+        self,
+        train: TokenShards,
+        val: TokenShards | None,
+        seq_len: int,
+        tokenizer: Tokenizer,
+        vocab_size: int,
+        *,
+        with_mlm: bool,
+        probability: float = 0.15,
+        whole_word: bool = False,
+        same_document_negatives: float = 0.0,
+    ) -> None:
         self.name = "mlm+nsp" if with_mlm else "nsp"
-        require_tokens(tokenizer, self.name, cls=tokenizer.cls_id, sep=tokenizer.sep_id, pad=tokenizer.pad_id,
-                       end_of_text=tokenizer.eot_id)
+        require_tokens(
+            tokenizer,
+            self.name,
+            cls=tokenizer.cls_id,
+            sep=tokenizer.sep_id,
+            pad=tokenizer.pad_id,
+            end_of_text=tokenizer.eot_id,
+        )
         if seq_len < 8:
-            raise ConfigError(f"objective {self.name}: train.seq_len {seq_len} is too short for two segments; use >= 8")
-        self.policy = (MaskingPolicy(tokenizer, vocab_size, probability=probability, whole_word=whole_word)
-                       if with_mlm else None)
+            raise ConfigError(
+                f"objective {self.name}: train.seq_len {seq_len} is too short for two segments; use >= 8"
+            )
+        self.policy = (
+            MaskingPolicy(tokenizer, vocab_size, probability=probability, whole_word=whole_word)
+            if with_mlm
+            else None
+        )
         self.cls_id, self.sep_id, self.pad_id = tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
         self.seq_len = seq_len
         self.same_document_negatives = same_document_negatives  # training batches only
         self.train, self.val = train, val
         self.train_spans = self._spans(train)
         self.val_spans = self._spans(val) if val is not None else None
-        self.unigram_acc = (unigram_accuracy(val, self.policy.special)
-                            if val is not None and self.policy is not None else None)
+        self.unigram_acc = (
+            unigram_accuracy(val, self.policy.special)
+            if val is not None and self.policy is not None
+            else None
+        )
         self._eval: list[Batch] | None = None
 
     def _spans(self, shards: TokenShards) -> np.ndarray:
         spans = document_spans(np.asarray(shards.tokens), shards.index.eot_id)
         if len(spans) < 2:
-            raise DataError(f"{shards.directory}: objective {self.name} needs at least two documents in the "
-                            f"{shards.split} split (negatives come from another document), found {len(spans)}; "
-                            "add documents, or split files into documents when preparing the data")
+            raise DataError(
+                f"{shards.directory}: objective {self.name} needs at least two documents in the "
+                f"{shards.split} split (negatives come from another document), found {len(spans)}; "
+                "add documents, or split files into documents when preparing the data"
+            )
         return spans
 
-    def _batch(self, shards: TokenShards, spans: np.ndarray, batch_size: int, generator: torch.Generator,
-               same_document_negatives: float = 0.0) -> Batch:
+    def _batch(
+        self,
+        shards: TokenShards,
+        spans: np.ndarray,
+        batch_size: int,
+        generator: torch.Generator,
+        same_document_negatives: float = 0.0,
+    ) -> Batch:
         tokens = np.asarray(shards.tokens)
         ids, types, real, labels = [], [], [], []
         for _ in range(batch_size):
-            pair = sample_pair(tokens, spans, self.seq_len - 3, generator,
-                               same_document_negatives=same_document_negatives)
-            packed, token_types, n_real = pack_pair(pair, cls_id=self.cls_id, sep_id=self.sep_id,  # type: ignore[arg-type]
-                                                    pad_id=self.pad_id, seq_len=self.seq_len)  # type: ignore[arg-type]
+            pair = sample_pair(
+                tokens,
+                spans,
+                self.seq_len - 3,
+                generator,
+                same_document_negatives=same_document_negatives,
+            )
+            packed, token_types, n_real = pack_pair(
+                pair,
+                cls_id=self.cls_id,
+                sep_id=self.sep_id,  # type: ignore[arg-type]
+                pad_id=self.pad_id,
+                seq_len=self.seq_len,
+            )  # type: ignore[arg-type]
             ids.append(packed)
             types.append(token_types)
             real.append(np.arange(self.seq_len) < n_real)
-            labels.append(0 if pair.is_next else 1)  # BertForPreTraining's next_sentence_label: 0 = B follows A
+            labels.append(
+                0 if pair.is_next else 1
+            )  # BertForPreTraining's next_sentence_label: 0 = B follows A
         input_ids = torch.from_numpy(np.stack(ids).astype(np.int64))
         is_real = torch.from_numpy(np.stack(real))
         targets = None
         if self.policy is not None:
             input_ids, targets = self.policy.apply(input_ids, generator, maskable=is_real)
         # Keys are the real tokens only; (B, 1, 1, T) broadcasts over heads and queries.
-        return Batch(input_ids, targets, token_type_ids=torch.from_numpy(np.stack(types).astype(np.int64)),
-                     attention_mask=is_real[:, None, None, :], sequence_targets=torch.tensor(labels))
+        return Batch(
+            input_ids,
+            targets,
+            token_type_ids=torch.from_numpy(np.stack(types).astype(np.int64)),
+            attention_mask=is_real[:, None, None, :],
+            sequence_targets=torch.tensor(labels),
+        )
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        return self._batch(self.train, self.train_spans, batch_size, generator, self.same_document_negatives)
+        return self._batch(
+            self.train, self.train_spans, batch_size, generator, self.same_document_negatives
+        )
 
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
         if self.val is None or self.val_spans is None:
             return []
         if self._eval is None:
             generator = torch.Generator().manual_seed(EVAL_SEED)
-            self._eval = [self._batch(self.val, self.val_spans, batch_size, generator) for _ in range(n_batches)]
+            self._eval = [
+                self._batch(self.val, self.val_spans, batch_size, generator)
+                for _ in range(n_batches)
+            ]
         return self._eval
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
@@ -110,7 +178,10 @@ class NextSentence:
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
         stats = totals.stats
         nsp_loss_mean = stats["nsp_loss_sum"] / max(stats["nsp_count"], 1)
-        metrics = {f"{split}/nsp_loss": nsp_loss_mean, f"{split}/nsp_acc": stats["nsp_correct"] / max(stats["nsp_count"], 1)}
+        metrics = {
+            f"{split}/nsp_loss": nsp_loss_mean,
+            f"{split}/nsp_acc": stats["nsp_correct"] / max(stats["nsp_count"], 1),
+        }
         if self.policy is None:
             return {f"{split}/loss": nsp_loss_mean, **metrics}
         mlm = mlm_metrics(totals, split)
@@ -118,4 +189,3 @@ class NextSentence:
         if split == "val" and self.unigram_acc is not None:
             metrics["val/mlm_unigram_acc"] = self.unigram_acc
         return metrics
-

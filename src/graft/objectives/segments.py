@@ -49,7 +49,12 @@ def _randint(low: int, high: int, generator: torch.Generator) -> int:
 
 
 def sample_pair(
-    tokens: np.ndarray, spans: np.ndarray, budget: int, generator: torch.Generator, *, next_probability: float = 0.5,
+    tokens: np.ndarray,
+    spans: np.ndarray,
+    budget: int,
+    generator: torch.Generator,
+    *,
+    next_probability: float = 0.5,
     same_document_negatives: float = 0.0,
 ) -> SegmentPair:
     """Draw one NSP pair holding at most `budget` content tokens in all (the caller passes seq_len - 3).
@@ -69,14 +74,18 @@ def sample_pair(
     other text.
     """
     if len(spans) < 2:
-        raise DataError(f"NSP needs at least two documents, found {len(spans)}; add documents to the dataset")
+        raise DataError(
+            f"NSP needs at least two documents, found {len(spans)}; add documents to the dataset"
+        )
     if budget < 2:
         raise ValueError(f"budget must be >= 2 content tokens, got {budget}")
     if not 0.0 <= next_probability <= 1.0:
         raise ValueError(f"next_probability must be in [0, 1], got {next_probability}")
     lengths = spans[:, 1] - spans[:, 0]
     if lengths.min() < 2:
-        raise ValueError("every span must hold at least 2 tokens; build spans with document_spans(min_length >= 2)")
+        raise ValueError(
+            "every span must hold at least 2 tokens; build spans with document_spans(min_length >= 2)"
+        )
 
     # The first document is drawn with odds L * (T - L) (L its length, T the corpus's): negatives
     # then draw B's document in proportion to its length among the others, and the pair (A's, B's
@@ -84,7 +93,9 @@ def sample_pair(
     # negatives: which document a segment comes from never gives the label away.
     cumulative = np.cumsum(lengths)
     weights = np.cumsum(lengths * (int(cumulative[-1]) - lengths))
-    first_doc = int(np.searchsorted(weights, _randint(0, int(weights[-1]) - 1, generator), side="right"))
+    first_doc = int(
+        np.searchsorted(weights, _randint(0, int(weights[-1]) - 1, generator), side="right")
+    )
     is_next = bool(torch.rand((), generator=generator) < next_probability)
     share = _randint(max(1, budget // 4), max(1, min(budget - 1, (3 * budget) // 4)), generator)
     start, length = int(spans[first_doc, 0]), int(lengths[first_doc])
@@ -94,30 +105,40 @@ def sample_pair(
         total = min(budget, length)
         n_first = min(max(1, round(share * total / budget)), total - 1)
         offset = start + _randint(0, length - total, generator)
-        first = tokens[offset:offset + n_first]
-        second = tokens[offset + n_first:offset + total]
+        first = tokens[offset : offset + n_first]
+        second = tokens[offset + n_first : offset + total]
         second_doc = first_doc
     else:
         n_first = min(share, length)
         n_second = budget - n_first
         # Room for A, B and a gap of `budget` tokens between them, in either order.
-        same_document = (same_document_negatives > 0 and length >= n_first + n_second + budget
-                         and bool(torch.rand((), generator=generator) < same_document_negatives))
+        same_document = (
+            same_document_negatives > 0
+            and length >= n_first + n_second + budget
+            and bool(torch.rand((), generator=generator) < same_document_negatives)
+        )
         if same_document:
             # B's window start, drawn over the positions that leave the gap: before A or after it.
             gap_total = length - n_first - n_second - budget  # free slack to distribute
             a_rel = _randint(0, gap_total, generator)  # slack before the earlier of the two
-            b_rel = _randint(0, gap_total - a_rel, generator)  # slack between the gap and the later one
+            b_rel = _randint(
+                0, gap_total - a_rel, generator
+            )  # slack between the gap and the later one
             a_first = bool(torch.rand((), generator=generator) < 0.5)
             early = start + a_rel
             late = early + (n_first if a_first else n_second) + budget + b_rel
             a_start, b_start = (early, late) if a_first else (late, early)
-            first = tokens[a_start:a_start + n_first]
-            second = tokens[b_start:b_start + n_second]
-            return SegmentPair(np.array(first, dtype=np.int64), np.array(second, dtype=np.int64), False,
-                               first_doc, first_doc)
+            first = tokens[a_start : a_start + n_first]
+            second = tokens[b_start : b_start + n_second]
+            return SegmentPair(
+                np.array(first, dtype=np.int64),
+                np.array(second, dtype=np.int64),
+                False,
+                first_doc,
+                first_doc,
+            )
         offset = start + _randint(0, length - n_first, generator)
-        first = tokens[offset:offset + n_first]
+        first = tokens[offset : offset + n_first]
         # Length-proportional over the other documents, like the first segment's document: were it
         # uniform, a second segment from a short document would mostly be a negative, and the model
         # could score well by recognising documents instead of judging whether B follows A.
@@ -128,11 +149,19 @@ def sample_pair(
         other_start, other_length = int(spans[second_doc, 0]), int(lengths[second_doc])
         n_second = min(budget - n_first, other_length)
         other_offset = other_start + _randint(0, other_length - n_second, generator)
-        second = tokens[other_offset:other_offset + n_second]
-    return SegmentPair(np.array(first, dtype=np.int64), np.array(second, dtype=np.int64), is_next, first_doc, int(second_doc))
+        second = tokens[other_offset : other_offset + n_second]
+    return SegmentPair(
+        np.array(first, dtype=np.int64),
+        np.array(second, dtype=np.int64),
+        is_next,
+        first_doc,
+        int(second_doc),
+    )
 
 
-def pack_pair(pair: SegmentPair, *, cls_id: int, sep_id: int, pad_id: int, seq_len: int) -> tuple[np.ndarray, np.ndarray, int]:
+def pack_pair(
+    pair: SegmentPair, *, cls_id: int, sep_id: int, pad_id: int, seq_len: int
+) -> tuple[np.ndarray, np.ndarray, int]:
     """`[CLS] first [SEP] second [SEP]` right-padded to seq_len; returns (input_ids, token_type_ids, n_real).
 
     token_type_ids are 0 for [CLS], first and its [SEP], 1 for second and its [SEP], 0 on padding.
@@ -150,10 +179,10 @@ def pack_pair(pair: SegmentPair, *, cls_id: int, sep_id: int, pad_id: int, seq_l
             n_first -= 1
         else:
             n_second -= 1
-    first, second = pair.first[len(pair.first) - n_first:], pair.second[:n_second]
+    first, second = pair.first[len(pair.first) - n_first :], pair.second[:n_second]
     n_real = n_first + n_second + 3
     input_ids = np.full(seq_len, pad_id, dtype=np.int64)
     input_ids[:n_real] = np.concatenate([[cls_id], first, [sep_id], second, [sep_id]])
     token_type_ids = np.zeros(seq_len, dtype=np.int64)
-    token_type_ids[n_first + 2:n_real] = 1
+    token_type_ids[n_first + 2 : n_real] = 1
     return input_ids, token_type_ids, n_real

@@ -24,7 +24,14 @@ def _random_segmentation(n_items: int, n_parts: int, generator: torch.Generator)
     return np.diff(np.concatenate([[0], cuts, [n_items]]))
 
 
-def noise_span_mask(length: int, *, noise_density: float, mean_span: float, max_spans: int, generator: torch.Generator) -> np.ndarray:
+def noise_span_mask(
+    length: int,
+    *,
+    noise_density: float,
+    mean_span: float,
+    max_spans: int,
+    generator: torch.Generator,
+) -> np.ndarray:
     """Bool (length,), True where a token is dropped: round(length * noise_density) tokens (at
     least 1, at most length - 1) in round(noise / mean_span) spans, at most max_spans."""
     if length < 2:
@@ -59,9 +66,13 @@ def _collapse_runs(tokens: np.ndarray, drop: np.ndarray, fill: np.ndarray) -> np
 def _check_sentinels(tokens: np.ndarray, sentinel_ids: Sequence[int]) -> np.ndarray:
     sentinels = np.asarray(sentinel_ids, dtype=np.int64)
     if sentinels.ndim != 1 or len(sentinels) < 2:
-        raise ValueError(f"span corruption needs at least 2 sentinel ids (spans + a closing one), got {len(sentinel_ids)}")
+        raise ValueError(
+            f"span corruption needs at least 2 sentinel ids (spans + a closing one), got {len(sentinel_ids)}"
+        )
     if np.isin(tokens, sentinels).any():
-        raise ValueError("tokens contain a sentinel id; sentinels must be ids that never occur in the text")
+        raise ValueError(
+            "tokens contain a sentinel id; sentinels must be ids that never occur in the text"
+        )
     return sentinels
 
 
@@ -81,26 +92,35 @@ def span_corruption(
     """
     tokens = np.asarray(tokens).astype(np.int64)
     sentinels = _check_sentinels(tokens, sentinel_ids)
-    drop = noise_span_mask(len(tokens), noise_density=noise_density, mean_span=mean_span,
-                           max_spans=len(sentinels) - 1, generator=generator)
+    drop = noise_span_mask(
+        len(tokens),
+        noise_density=noise_density,
+        mean_span=mean_span,
+        max_spans=len(sentinels) - 1,
+        generator=generator,
+    )
     corrupted = _collapse_runs(tokens, drop, sentinels)
     # The target: the dropped tokens, sentinel_i inserted before the first token of span i.
     starts = _run_starts(drop)
     n_spans = int(starts.sum())
     at = np.cumsum(drop)[starts] - 1  # where each span begins among the dropped tokens
     target = np.insert(tokens[drop], at, sentinels[:n_spans])
-    target = np.concatenate([target, sentinels[n_spans:n_spans + 1]])  # closing sentinel, as in T5
+    target = np.concatenate(
+        [target, sentinels[n_spans : n_spans + 1]]
+    )  # closing sentinel, as in T5
     return corrupted, target
 
 
-def restore_spans(corrupted: np.ndarray, target: np.ndarray, sentinel_ids: Sequence[int]) -> np.ndarray:
+def restore_spans(
+    corrupted: np.ndarray, target: np.ndarray, sentinel_ids: Sequence[int]
+) -> np.ndarray:
     """The original sequence from span_corruption's (input, target): each sentinel in the input is
     replaced by the tokens following the same sentinel in the target."""
     corrupted, target = np.asarray(corrupted, dtype=np.int64), np.asarray(target, dtype=np.int64)
     sentinels = np.asarray(sentinel_ids, dtype=np.int64)
     marks = np.flatnonzero(np.isin(target, sentinels))
     bounds = np.concatenate([marks, [len(target)]])
-    spans = {int(target[a]): target[a + 1:b] for a, b in zip(bounds[:-1], bounds[1:])}
+    spans = {int(target[a]): target[a + 1 : b] for a, b in zip(bounds[:-1], bounds[1:])}
     pieces: list[np.ndarray] = []
     at = 0
     for i in np.flatnonzero(np.isin(corrupted, sentinels)):
@@ -113,7 +133,12 @@ def restore_spans(corrupted: np.ndarray, target: np.ndarray, sentinel_ids: Seque
 
 
 def span_infilling(
-    tokens: np.ndarray, *, mask_id: int, noise_density: float = 0.3, mean_span: float = 3.0, generator: torch.Generator
+    tokens: np.ndarray,
+    *,
+    mask_id: int,
+    noise_density: float = 0.3,
+    mean_span: float = 3.0,
+    generator: torch.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """BART text infilling of one sequence; returns (input, target).
 
@@ -122,7 +147,12 @@ def span_infilling(
     laid out as in noise_span_mask, not drawn from BART's Poisson(3) lengths.
     """
     tokens = np.asarray(tokens).astype(np.int64)
-    drop = noise_span_mask(len(tokens), noise_density=noise_density, mean_span=mean_span,
-                           max_spans=len(tokens), generator=generator)
+    drop = noise_span_mask(
+        len(tokens),
+        noise_density=noise_density,
+        mean_span=mean_span,
+        max_spans=len(tokens),
+        generator=generator,
+    )
     corrupted = _collapse_runs(tokens, drop, np.full(len(tokens), mask_id, dtype=np.int64))
     return corrupted, tokens.copy()

@@ -25,7 +25,9 @@ def tag_set(sentences: Sequence[TaggedSentence], where: str) -> tuple[str, ...]:
     """The training set's tags, "O" first, then sorted."""
     tags = {tag for s in sentences for tag in s.tags}
     if not tags - {"O"}:
-        raise DataError(f"{where}: no entity tags (only 'O'); token classification needs labelled entities")
+        raise DataError(
+            f"{where}: no entity tags (only 'O'); token classification needs labelled entities"
+        )
     return ("O", *sorted(tags - {"O"}))
 
 
@@ -36,8 +38,15 @@ def _entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
 
 
 class EncodedSentences:
-    def __init__(self, sentences: Sequence[TaggedSentence], tokenizer: Tokenizer, labels: tuple[str, ...],
-                 max_len: int, *, frame: bool) -> None:
+    def __init__(
+        self,
+        sentences: Sequence[TaggedSentence],
+        tokenizer: Tokenizer,
+        labels: tuple[str, ...],
+        max_len: int,
+        *,
+        frame: bool,
+    ) -> None:
         index = {label: i for i, label in enumerate(labels)}
         frame = frame and tokenizer.cls_id is not None and tokenizer.sep_id is not None
         self.ids: list[list[int]] = []
@@ -46,12 +55,23 @@ class EncodedSentences:
         for sentence in sentences:
             unknown = [t for t in sentence.tags if t not in index]
             if unknown:
-                raise DataError(f"{sentence.source}: tag {unknown[0]!r} never occurs in the training data")
-            ids, tags, cut = align_tags(tokenizer, sentence.words, sentence.tags, index,
-                                        max_len - 2 if frame else max_len, source=sentence.source)
+                raise DataError(
+                    f"{sentence.source}: tag {unknown[0]!r} never occurs in the training data"
+                )
+            ids, tags, cut = align_tags(
+                tokenizer,
+                sentence.words,
+                sentence.tags,
+                index,
+                max_len - 2 if frame else max_len,
+                source=sentence.source,
+            )
             self.truncated += cut
             if frame:
-                ids, tags = [tokenizer.cls_id, *ids, tokenizer.sep_id], [IGNORE_INDEX, *tags, IGNORE_INDEX]  # type: ignore[list-item]
+                ids, tags = (
+                    [tokenizer.cls_id, *ids, tokenizer.sep_id],
+                    [IGNORE_INDEX, *tags, IGNORE_INDEX],
+                )  # type: ignore[list-item]
             self.ids.append(ids)
             self.labels.append(tags)
 
@@ -64,8 +84,16 @@ class TagTokens:
 
     name = "tokens"
 
-    def __init__(self, train: Sequence[TaggedSentence], val: Sequence[TaggedSentence], tokenizer: Tokenizer,
-                 labels: tuple[str, ...], max_len: int, *, bidirectional: bool) -> None:
+    def __init__(
+        self,
+        train: Sequence[TaggedSentence],
+        val: Sequence[TaggedSentence],
+        tokenizer: Tokenizer,
+        labels: tuple[str, ...],
+        max_len: int,
+        *,
+        bidirectional: bool,
+    ) -> None:
         self.labels, self.bidirectional = labels, bidirectional
         self.pad_id = next(i for i in (tokenizer.pad_id, tokenizer.eot_id, 0) if i is not None)
         self.train = EncodedSentences(train, tokenizer, labels, max_len, frame=bidirectional)
@@ -77,14 +105,21 @@ class TagTokens:
         input_ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
         targets = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
         for j, i in enumerate(rows):
-            input_ids[j, :lengths[j]] = torch.tensor(data.ids[i])
-            targets[j, :lengths[j]] = torch.tensor(data.labels[i])
+            input_ids[j, : lengths[j]] = torch.tensor(data.ids[i])
+            targets[j, : lengths[j]] = torch.tensor(data.labels[i])
         real = torch.arange(T)[None, :] < lengths[:, None]
-        return Batch(input_ids, targets, attention_mask=padding_attention_mask(real, causal=not self.bidirectional),
-                     lengths=lengths)
+        return Batch(
+            input_ids,
+            targets,
+            attention_mask=padding_attention_mask(real, causal=not self.bidirectional),
+            lengths=lengths,
+        )
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        return self.batch(self.train, torch.randint(0, len(self.train), (batch_size,), generator=generator).tolist())
+        return self.batch(
+            self.train,
+            torch.randint(0, len(self.train), (batch_size,), generator=generator).tolist(),
+        )
 
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
         """Every validation sentence, in order (entity F1 needs them all)."""
@@ -102,14 +137,29 @@ class TagTokens:
             keep = scored[row]
             true = _entities([self.labels[i] for i in batch.targets[row][keep].tolist()])
             pred = _entities([self.labels[i] for i in predicted[row][keep].tolist()])
-            true_n, pred_n, correct = true_n + len(true), pred_n + len(pred), correct + len(true & pred)
-        stats.update(entities_true=float(true_n), entities_predicted=float(pred_n), entities_correct=float(correct))
+            true_n, pred_n, correct = (
+                true_n + len(true),
+                pred_n + len(pred),
+                correct + len(true & pred),
+            )
+        stats.update(
+            entities_true=float(true_n),
+            entities_predicted=float(pred_n),
+            entities_correct=float(correct),
+        )
         return LossSum(total, int(scored.sum()), stats)
 
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
         s = totals.stats
-        precision = s["entities_correct"] / s["entities_predicted"] if s["entities_predicted"] else 0.0
+        precision = (
+            s["entities_correct"] / s["entities_predicted"] if s["entities_predicted"] else 0.0
+        )
         recall = s["entities_correct"] / s["entities_true"] if s["entities_true"] else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return {f"{split}/loss": totals.mean, f"{split}/token_acc": s["token_correct"] / max(totals.count, 1),
-                f"{split}/entity_precision": precision, f"{split}/entity_recall": recall, f"{split}/entity_f1": f1}
+        return {
+            f"{split}/loss": totals.mean,
+            f"{split}/token_acc": s["token_correct"] / max(totals.count, 1),
+            f"{split}/entity_precision": precision,
+            f"{split}/entity_recall": recall,
+            f"{split}/entity_f1": f1,
+        }

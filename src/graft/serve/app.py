@@ -42,17 +42,38 @@ from graft.serve.encodings import encoding_routes
 from graft.serve.http_errors import APIError, install_error_handlers
 from graft.serve.metrics import Gauges, ServeMetrics
 from graft.serve.model_info import ModelInfo, describe_model, load_model_for_serving
-from graft.serve.schemas import ErrorResponse, Health, ModelDetail, ModelFacts, ModelList, ModelObject
+from graft.serve.schemas import (
+    ErrorResponse,
+    Health,
+    ModelDetail,
+    ModelFacts,
+    ModelList,
+    ModelObject,
+)
 
 STATIC_DIR = Path(__file__).parent / "static"
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 # The playground loads nothing from elsewhere and runs no inline script.
-_PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
-                 "frame-ancestors 'none'", "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; base-uri 'none'; "
+    "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 # Paths reported in metrics as themselves; anything else is "other", so a scan of random URLs
 # cannot grow the label set without bound.
-_ENDPOINTS = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions",
-              "/v1/embeddings", "/v1/classify", "/openapi.json", "/docs"}
+_ENDPOINTS = {
+    "/",
+    "/health",
+    "/metrics",
+    "/v1/models",
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/classify",
+    "/openapi.json",
+    "/docs",
+}
 
 
 @dataclass(frozen=True)
@@ -101,28 +122,44 @@ class _RequestMetrics:
             if message["type"] == "http.response.start":
                 status = message["status"]
             await send(message)
-            if message["type"] == "http.response.body" and not message.get("more_body", False) and not recorded:
+            if (
+                message["type"] == "http.response.body"
+                and not message.get("more_body", False)
+                and not recorded
+            ):
                 recorded = True
-                self.metrics.observe_request(_endpoint(scope["path"]), status, time.perf_counter() - started)
+                self.metrics.observe_request(
+                    _endpoint(scope["path"]), status, time.perf_counter() - started
+                )
 
         try:
             await self.app(scope, receive, timed_send)
         finally:
             if not recorded:  # the client left mid-stream, or the app failed before answering
-                self.metrics.observe_request(_endpoint(scope["path"]), status, time.perf_counter() - started)
+                self.metrics.observe_request(
+                    _endpoint(scope["path"]), status, time.perf_counter() - started
+                )
 
 
 def _auth_dependency(api_key: str | None) -> Callable[..., Any]:
-    bearer = HTTPBearer(auto_error=False, description="The server's API key (--api-key or GRAFT_API_KEY).")
+    bearer = HTTPBearer(
+        auto_error=False, description="The server's API key (--api-key or GRAFT_API_KEY)."
+    )
 
-    async def require_key(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    async def require_key(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
+    ) -> None:
         if api_key is None:
             return
         given = credentials.credentials if credentials is not None else ""
         if not hmac.compare_digest(given.encode("utf-8"), api_key.encode("utf-8")):
             problem = "wrong API key" if given else "missing API key"
-            raise APIError(401, f"{problem}: send the server's key as the header 'Authorization: Bearer KEY'",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            raise APIError(
+                401,
+                f"{problem}: send the server's key as the header 'Authorization: Bearer KEY'",
+                code="invalid_api_key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     return require_key
 
@@ -132,36 +169,70 @@ def create_app(engine: Engine, info: ModelInfo, *, api_key: str | None = None) -
     tokenizer: Tokenizer = engine.tokenizer
     metrics = ServeMetrics()
     auth = _auth_dependency(api_key)
-    app = FastAPI(title="graft serve", version="1", summary=f"OpenAI-compatible API serving {info.name}",
-                  description="OpenAI's completions, chat completions, embeddings and models endpoints, plus "
-                  "graft's /v1/classify and model facts. Errors use OpenAI's body: "
-                  '{"error": {"message", "type", "param", "code"}}.')
+    app = FastAPI(
+        title="graft serve",
+        version="1",
+        summary=f"OpenAI-compatible API serving {info.name}",
+        description="OpenAI's completions, chat completions, embeddings and models endpoints, plus "
+        "graft's /v1/classify and model facts. Errors use OpenAI's body: "
+        '{"error": {"message", "type", "param", "code"}}.',
+    )
     install_error_handlers(app)
     app.add_middleware(_RequestMetrics, metrics=metrics)
     app.include_router(completion_routes(engine, tokenizer, info, metrics, auth))
     app.include_router(encoding_routes(engine, tokenizer, info, metrics, auth))
-    errors: dict[int | str, dict[str, Any]] = {401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
+    errors: dict[int | str, dict[str, Any]] = {
+        401: {"model": ErrorResponse},
+        404: {"model": ErrorResponse},
+    }
 
     def model_object() -> ModelObject:
         return ModelObject(id=info.name, created=info.created)
 
-    @app.get("/v1/models", response_model=ModelList, tags=["OpenAI"], dependencies=[Depends(auth)],
-             responses=errors, summary="The served model")
+    @app.get(
+        "/v1/models",
+        response_model=ModelList,
+        tags=["OpenAI"],
+        dependencies=[Depends(auth)],
+        responses=errors,
+        summary="The served model",
+    )
     async def list_models() -> ModelList:
         return ModelList(data=[model_object()])
 
-    @app.get("/v1/models/{model_id:path}", response_model=ModelDetail, tags=["OpenAI"], dependencies=[Depends(auth)],
-             responses=errors, summary="The served model, with graft's facts and its card (extension)")
+    @app.get(
+        "/v1/models/{model_id:path}",
+        response_model=ModelDetail,
+        tags=["OpenAI"],
+        dependencies=[Depends(auth)],
+        responses=errors,
+        summary="The served model, with graft's facts and its card (extension)",
+    )
     async def get_model(model_id: str) -> ModelDetail:
         if model_id != info.name:
-            raise APIError(404, f"model {model_id!r} is not served here; this server serves {info.name!r}",
-                           param="model", code="model_not_found")
+            raise APIError(
+                404,
+                f"model {model_id!r} is not served here; this server serves {info.name!r}",
+                param="model",
+                code="model_not_found",
+            )
         cfg = info.config
-        facts = ModelFacts(kind=info.kind, parameters=info.parameters, context_length=cfg.max_seq_len,
-                           vocab_size=cfg.vocab_size or tokenizer.vocab_size, layers=cfg.n_layers,
-                           d_model=cfg.d_model, heads=cfg.n_heads, head=cfg.head, labels=list(cfg.labels),
-                           tokenizer=tokenizer.kind, chat_template=tokenizer.chat_template is not None,
-                           quantize=engine.config.quantize, max_batch=engine.config.max_batch, card=info.card)
+        facts = ModelFacts(
+            kind=info.kind,
+            parameters=info.parameters,
+            context_length=cfg.max_seq_len,
+            vocab_size=cfg.vocab_size or tokenizer.vocab_size,
+            layers=cfg.n_layers,
+            d_model=cfg.d_model,
+            heads=cfg.n_heads,
+            head=cfg.head,
+            labels=list(cfg.labels),
+            tokenizer=tokenizer.kind,
+            chat_template=tokenizer.chat_template is not None,
+            quantize=engine.config.quantize,
+            max_batch=engine.config.max_batch,
+            card=info.card,
+        )
         return ModelDetail(**model_object().model_dump(), graft=facts)
 
     @app.get("/health", response_model=Health, tags=["graft"], summary="Liveness and queue figures")
@@ -169,11 +240,21 @@ def create_app(engine: Engine, info: ModelInfo, *, api_key: str | None = None) -
         stats = engine.stats
         return Health(model=info.name, running=stats.running, waiting=stats.waiting)
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["graft"], dependencies=[Depends(auth)],
-             responses={401: {"model": ErrorResponse}}, summary="Prometheus text exposition format")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        tags=["graft"],
+        dependencies=[Depends(auth)],
+        responses={401: {"model": ErrorResponse}},
+        summary="Prometheus text exposition format",
+    )
     async def prometheus() -> PlainTextResponse:
         stats = engine.stats
-        text = metrics.render(Gauges(waiting=stats.waiting, running=stats.running, last_batch_size=stats.last_batch_size))
+        text = metrics.render(
+            Gauges(
+                waiting=stats.waiting, running=stats.running, last_batch_size=stats.last_batch_size
+            )
+        )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/", include_in_schema=False)
@@ -201,8 +282,17 @@ def _drop_unreachable_422(app: FastAPI) -> None:
                 for operation in item.values():
                     responses = operation.get("responses", {})
                     if responses.pop("422", None) is not None:
-                        responses.setdefault("400", {"description": "Bad request", "content": {
-                            "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}})
+                        responses.setdefault(
+                            "400",
+                            {
+                                "description": "Bad request",
+                                "content": {
+                                    "application/json": {
+                                        "schema": {"$ref": "#/components/schemas/ErrorResponse"}
+                                    }
+                                },
+                            },
+                        )
             schema.get("components", {}).get("schemas", {}).pop("HTTPValidationError", None)
             schema.get("components", {}).get("schemas", {}).pop("ValidationError", None)
             app.openapi_schema = schema
@@ -238,34 +328,48 @@ def serve(options: ServeOptions, *, echo: Callable[[str], None] = print) -> None
         if (value := getattr(options, name)) is not None and value < 1:
             raise GraftError(f"--{name.replace('_', '-')} {value}: must be 1 or more")
     if options.compile and options.quantize == "int8":
-        raise GraftError("--compile and --quantize int8 do not combine (torch.compile cannot trace int8 linears); "
-                         "choose one")
+        raise GraftError(
+            "--compile and --quantize int8 do not combine (torch.compile cannot trace int8 linears); "
+            "choose one"
+        )
     sock = _listen(options.host, options.port)  # first: a port in use should not cost a model load
     try:
         model, tokenizer, source = load_model_for_serving(options.checkpoint, options.device)
         name = options.model_name or str(options.checkpoint)
         info = describe_model(model, tokenizer, source, name=name, created=int(time.time()))
         context = model.config.max_seq_len
-        config = EngineConfig(max_batch=options.max_batch, max_queue=options.max_queue, quantize=options.quantize,
-                              compile=options.compile,
-                              max_batch_tokens=options.max_batch_tokens or options.max_batch * context)
+        config = EngineConfig(
+            max_batch=options.max_batch,
+            max_queue=options.max_queue,
+            quantize=options.quantize,
+            compile=options.compile,
+            max_batch_tokens=options.max_batch_tokens or options.max_batch * context,
+        )
         engine = Engine(model, tokenizer, config)
     except BaseException:
         sock.close()
         raise
     app = create_app(engine, info, api_key=options.api_key)
     shown_host = f"[{options.host}]" if ":" in options.host else options.host
-    echo(f"serving {name!r} ({info.kind}, {info.parameters:,} parameters, context {context}) on "
-         f"http://{shown_host}:{sock.getsockname()[1]}/  (playground at /, API at /v1, schema at /docs)")
+    echo(
+        f"serving {name!r} ({info.kind}, {info.parameters:,} parameters, context {context}) on "
+        f"http://{shown_host}:{sock.getsockname()[1]}/  (playground at /, API at /v1, schema at /docs)"
+    )
     if options.host not in LOOPBACK and options.api_key is None:
-        echo("warning: listening beyond this machine with no API key; anyone who can reach it can use it "
-             "(set --api-key or GRAFT_API_KEY)")
-    server = uvicorn.Server(uvicorn.Config(app, log_level=options.log_level, timeout_graceful_shutdown=5))
+        echo(
+            "warning: listening beyond this machine with no API key; anyone who can reach it can use it "
+            "(set --api-key or GRAFT_API_KEY)"
+        )
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level=options.log_level, timeout_graceful_shutdown=5)
+    )
     engine.start()
     try:
         server.run(sockets=[sock])
-    except KeyboardInterrupt:  # uvicorn shut down cleanly, then re-raised the Ctrl-C: stopping is the
-        pass                   # normal end of a server, not an interruption of its work
+    except (
+        KeyboardInterrupt
+    ):  # uvicorn shut down cleanly, then re-raised the Ctrl-C: stopping is the
+        pass  # normal end of a server, not an interruption of its work
     finally:
         engine.stop()
         sock.close()

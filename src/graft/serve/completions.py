@@ -46,20 +46,31 @@ from graft.serve.schemas import (
     CompletionRequest,
     CompletionResponse,
     ErrorResponse,
+    SamplingFields,
     TokenLogprob,
     TopLogprob,
     Usage,
-    SamplingFields,
 )
 
 SSE_MEDIA_TYPE = "text/event-stream"
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 429, 500)}
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 429, 500)
+}
 # OpenAPI before 3.2 has an event stream's `schema` describe one event.
-_SSE_EVENT = {"type": "object", "required": ["data"], "properties": {"data": {
-    "type": "string", "description": "A chunk as JSON (OpenAI's chunk shapes), or [DONE] last."}}}
-_STREAMED = {"content": {SSE_MEDIA_TYPE: {"schema": _SSE_EVENT}},
-             "description": "JSON when stream is false; server-sent events (data: {chunk}, then data: [DONE]) when true."}
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": "A chunk as JSON (OpenAI's chunk shapes), or [DONE] last.",
+        }
+    },
+}
+_STREAMED = {
+    "content": {SSE_MEDIA_TYPE: {"schema": _SSE_EVENT}},
+    "description": "JSON when stream is false; server-sent events (data: {chunk}, then data: [DONE]) when true.",
+}
 
 
 _WATCHERS: set[asyncio.Task[None]] = set()
@@ -75,8 +86,12 @@ class Prepared:
 
 def check_model(requested: str | None, info: ModelInfo) -> None:
     if requested is not None and requested != info.name:
-        raise APIError(404, f"model {requested!r} is not served here; this server serves {info.name!r}",
-                       param="model", code="model_not_found")
+        raise APIError(
+            404,
+            f"model {requested!r} is not served here; this server serves {info.name!r}",
+            param="model",
+            code="model_not_found",
+        )
 
 
 def _check_unsupported(body: SamplingFields) -> None:
@@ -91,8 +106,12 @@ def _check_unsupported(body: SamplingFields) -> None:
         if body.tools:
             raise APIError(400, "tools are not supported", param="tools", code="unsupported")
         if body.response_format is not None and body.response_format.get("type", "text") != "text":
-            raise APIError(400, "response_format: only {\"type\": \"text\"} is supported",
-                           param="response_format", code="unsupported")
+            raise APIError(
+                400,
+                'response_format: only {"type": "text"} is supported',
+                param="response_format",
+                code="unsupported",
+            )
         if body.top_logprobs is not None and not body.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
 
@@ -100,45 +119,78 @@ def _check_unsupported(body: SamplingFields) -> None:
 def _stop_strings(stop: str | list[str] | None) -> tuple[str, ...]:
     strings = [stop] if isinstance(stop, str) else list(stop or [])
     if len(strings) > MAX_STOP_STRINGS:
-        raise APIError(400, f"stop: at most {MAX_STOP_STRINGS} strings, got {len(strings)}", param="stop")
+        raise APIError(
+            400, f"stop: at most {MAX_STOP_STRINGS} strings, got {len(strings)}", param="stop"
+        )
     if any(not s for s in strings):
         raise APIError(400, "stop: stop strings must not be empty", param="stop")
     return tuple(strings)
 
 
-def _max_new_tokens(requested: int | None, explicit: bool, prompt_len: int, context: int, field: str,
-                    prompt_field: str) -> int:
+def _max_new_tokens(
+    requested: int | None,
+    explicit: bool,
+    prompt_len: int,
+    context: int,
+    field: str,
+    prompt_field: str,
+) -> int:
     room = context - prompt_len
     if room < 1:
-        raise APIError(400, f"{prompt_field}: the prompt is {prompt_len} tokens; the model's context is {context} "
-                       "tokens, leaving no room to generate", param=prompt_field, code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"{prompt_field}: the prompt is {prompt_len} tokens; the model's context is {context} "
+            "tokens, leaving no room to generate",
+            param=prompt_field,
+            code="context_length_exceeded",
+        )
     if requested is None:
         return room
     if explicit and requested > room:
-        raise APIError(400, f"{field}: {requested} new tokens do not fit: the prompt is {prompt_len} tokens and the "
-                       f"model's context is {context}, leaving {room}", param=field, code="context_length_exceeded")
+        raise APIError(
+            400,
+            f"{field}: {requested} new tokens do not fit: the prompt is {prompt_len} tokens and the "
+            f"model's context is {context}, leaving {room}",
+            param=field,
+            code="context_length_exceeded",
+        )
     return min(requested, room)
 
 
-def _sampling_params(body: SamplingFields, max_new_tokens: int, logprobs: int | None,
-                     stop_ids: frozenset[int]) -> SamplingParams:
+def _sampling_params(
+    body: SamplingFields, max_new_tokens: int, logprobs: int | None, stop_ids: frozenset[int]
+) -> SamplingParams:
     # Tiny temperatures and top_p values are safe: sampling.py decodes the first greedily and
     # always keeps the most likely token for the second.
     try:
         return SamplingParams(
-            max_new_tokens=max_new_tokens, temperature=body.temperature,
-            top_k=body.top_k or None, top_p=None if body.top_p >= 1 else body.top_p, min_p=body.min_p or None,
-            seed=body.seed, stop_ids=stop_ids, repetition_penalty=body.repetition_penalty,
-            frequency_penalty=body.frequency_penalty, presence_penalty=body.presence_penalty, logprobs=logprobs)
+            max_new_tokens=max_new_tokens,
+            temperature=body.temperature,
+            top_k=body.top_k or None,
+            top_p=None if body.top_p >= 1 else body.top_p,
+            min_p=body.min_p or None,
+            seed=body.seed,
+            stop_ids=stop_ids,
+            repetition_penalty=body.repetition_penalty,
+            frequency_penalty=body.frequency_penalty,
+            presence_penalty=body.presence_penalty,
+            logprobs=logprobs,
+        )
     except ValueError as err:  # the schema's limits should have caught it; say which field anyway
         field = str(err).split(" ", 1)[0]
-        raise APIError(400, str(err), param=field if field in type(body).model_fields else None) from None
+        raise APIError(
+            400, str(err), param=field if field in type(body).model_fields else None
+        ) from None
 
 
 def _check_ids(ids: list[int], vocab_size: int, field: str) -> None:
     bad = next((i for i in ids if i >= vocab_size), None)
     if bad is not None:
-        raise APIError(400, f"{field}: token id {bad} is outside the vocabulary (0..{vocab_size - 1})", param=field)
+        raise APIError(
+            400,
+            f"{field}: token id {bad} is outside the vocabulary (0..{vocab_size - 1})",
+            param=field,
+        )
 
 
 def prepare_completion(body: CompletionRequest, tokenizer: Tokenizer, info: ModelInfo) -> Prepared:
@@ -151,16 +203,28 @@ def prepare_completion(body: CompletionRequest, tokenizer: Tokenizer, info: Mode
         elif tokenizer.eot_id is not None:
             ids = [tokenizer.eot_id]  # an empty prompt: the start of a fresh document
         else:
-            raise APIError(400, "prompt: empty, and the tokenizer has no end-of-text token to start from",
-                           param="prompt")
+            raise APIError(
+                400,
+                "prompt: empty, and the tokenizer has no end-of-text token to start from",
+                param="prompt",
+            )
     else:
         ids = list(body.prompt)
         _check_ids(ids, info.config.vocab_size or tokenizer.vocab_size, "prompt")
     explicit = "max_tokens" in body.model_fields_set and body.max_tokens is not None
-    max_new = _max_new_tokens(body.max_tokens, explicit, len(ids), info.config.max_seq_len, "max_tokens", "prompt")
+    max_new = _max_new_tokens(
+        body.max_tokens, explicit, len(ids), info.config.max_seq_len, "max_tokens", "prompt"
+    )
     params = _sampling_params(body, max_new, body.logprobs, info.stop_ids)
-    return Prepared(EngineRequest(prompt_ids=ids, params=params, stop=_stop_strings(body.stop),
-                                  request_id=f"cmpl-{uuid.uuid4().hex}"), _include_usage(body))
+    return Prepared(
+        EngineRequest(
+            prompt_ids=ids,
+            params=params,
+            stop=_stop_strings(body.stop),
+            request_id=f"cmpl-{uuid.uuid4().hex}",
+        ),
+        _include_usage(body),
+    )
 
 
 def prepare_chat(body: ChatCompletionRequest, tokenizer: Tokenizer, info: ModelInfo) -> Prepared:
@@ -169,7 +233,11 @@ def prepare_chat(body: ChatCompletionRequest, tokenizer: Tokenizer, info: ModelI
     _check_unsupported(body)
     messages = []
     for m in body.messages:
-        content = m.content if isinstance(m.content, str) else "".join(part.text for part in m.content or [])
+        content = (
+            m.content
+            if isinstance(m.content, str)
+            else "".join(part.text for part in m.content or [])
+        )
         messages.append(Message("system" if m.role == "developer" else m.role, content))
     try:
         ids = chat_prompt_ids(tokenizer, messages)
@@ -182,8 +250,15 @@ def prepare_chat(body: ChatCompletionRequest, tokenizer: Tokenizer, info: ModelI
     max_new = _max_new_tokens(requested, True, len(ids), info.config.max_seq_len, field, "messages")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     params = _sampling_params(body, max_new, logprobs, info.stop_ids)
-    return Prepared(EngineRequest(prompt_ids=ids, params=params, stop=_stop_strings(body.stop),
-                                  request_id=f"chatcmpl-{uuid.uuid4().hex}"), _include_usage(body))
+    return Prepared(
+        EngineRequest(
+            prompt_ids=ids,
+            params=params,
+            stop=_stop_strings(body.stop),
+            request_id=f"chatcmpl-{uuid.uuid4().hex}",
+        ),
+        _include_usage(body),
+    )
 
 
 def _include_usage(body: SamplingFields) -> bool:
@@ -192,17 +267,25 @@ def _include_usage(body: SamplingFields) -> bool:
 
 def _require_generation(info: ModelInfo) -> None:
     if not info.can_generate:
-        raise APIError(400, f"model {info.name!r} is a {info.kind} and cannot generate text; use "
-                       f"{'/v1/classify or ' if info.config.head == 'sequence' else ''}/v1/embeddings",
-                       param="model", code="model_cannot_generate")
+        raise APIError(
+            400,
+            f"model {info.name!r} is a {info.kind} and cannot generate text; use "
+            f"{'/v1/classify or ' if info.config.head == 'sequence' else ''}/v1/embeddings",
+            param="model",
+            code="model_cannot_generate",
+        )
 
 
 def submit(engine: Engine, request: EngineRequest) -> RequestHandle:
     try:
         return engine.submit(request)
     except QueueFull:
-        raise APIError(429, "the server is busy: its request queue is full; retry shortly", code="queue_full",
-                       headers={"Retry-After": "1"}) from None
+        raise APIError(
+            429,
+            "the server is busy: its request queue is full; retry shortly",
+            code="queue_full",
+            headers={"Retry-After": "1"},
+        ) from None
     except ValueError as err:
         raise APIError(400, f"the engine refused the request: {err}") from None
 
@@ -215,8 +298,9 @@ async def _cancel_on_disconnect(request: Request, handle: RequestHandle) -> None
             return
 
 
-def run_events(request: Request, handle: RequestHandle, *, endpoint: str, started: float,
-               metrics: ServeMetrics) -> AsyncIterator[Event]:
+def run_events(
+    request: Request, handle: RequestHandle, *, endpoint: str, started: float, metrics: ServeMetrics
+) -> AsyncIterator[Event]:
     """The engine's events for one request, cancelling it if the client disconnects or the consumer
     stops early; records time to first token and the token counts. The disconnect watcher starts
     now, not when the events are first read: a client gone before its stream began is noticed too."""
@@ -226,8 +310,13 @@ def run_events(request: Request, handle: RequestHandle, *, endpoint: str, starte
     return _events(handle, watcher, endpoint, started, metrics)
 
 
-async def _events(handle: RequestHandle, watcher: asyncio.Task[None], endpoint: str, started: float,
-                  metrics: ServeMetrics) -> AsyncIterator[Event]:
+async def _events(
+    handle: RequestHandle,
+    watcher: asyncio.Task[None],
+    endpoint: str,
+    started: float,
+    metrics: ServeMetrics,
+) -> AsyncIterator[Event]:
     finished = first = False
     try:
         async for event in handle.aevents():
@@ -245,13 +334,18 @@ async def _events(handle: RequestHandle, watcher: asyncio.Task[None], endpoint: 
 
 
 def _usage(event: Event) -> Usage:
-    return Usage(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens,
-                 total_tokens=event.prompt_tokens + event.completion_tokens)
+    return Usage(
+        prompt_tokens=event.prompt_tokens,
+        completion_tokens=event.completion_tokens,
+        total_tokens=event.prompt_tokens + event.completion_tokens,
+    )
 
 
 def _finish_reason(event: Event) -> str:
     if event.finish_reason == "error":
-        raise APIError(500, "generation failed inside the engine; the server logged it", type="server_error")
+        raise APIError(
+            500, "generation failed inside the engine; the server logged it", type="server_error"
+        )
     return "length" if event.finish_reason == "length" else "stop"
 
 
@@ -265,15 +359,27 @@ def _chat_logprobs(tokenizer: Tokenizer, events: list[Event]) -> ChatLogprobs:
         token = event.token
         if token is None or token.logprob is None:
             continue
-        content.append(TokenLogprob(
-            token=_token_text(tokenizer, token.id), logprob=token.logprob,
-            bytes=list(token_bytes(tokenizer, token.id)),
-            top_logprobs=[TopLogprob(token=_token_text(tokenizer, i), logprob=lp, bytes=list(token_bytes(tokenizer, i)))
-                          for i, lp in token.top]))
+        content.append(
+            TokenLogprob(
+                token=_token_text(tokenizer, token.id),
+                logprob=token.logprob,
+                bytes=list(token_bytes(tokenizer, token.id)),
+                top_logprobs=[
+                    TopLogprob(
+                        token=_token_text(tokenizer, i),
+                        logprob=lp,
+                        bytes=list(token_bytes(tokenizer, i)),
+                    )
+                    for i, lp in token.top
+                ],
+            )
+        )
     return ChatLogprobs(content=content)
 
 
-def _completion_logprobs(tokenizer: Tokenizer, events: list[Event], offset: int = 0) -> CompletionLogprobs:
+def _completion_logprobs(
+    tokenizer: Tokenizer, events: list[Event], offset: int = 0
+) -> CompletionLogprobs:
     tokens: list[str] = []
     token_logprobs: list[float | None] = []
     top: list[dict[str, float]] = []
@@ -291,47 +397,87 @@ def _completion_logprobs(tokenizer: Tokenizer, events: list[Event], offset: int 
         top.append(alternatives)
         offsets.append(offset)
         offset += len(text)
-    return CompletionLogprobs(tokens=tokens, token_logprobs=token_logprobs, top_logprobs=top, text_offset=offsets)
+    return CompletionLogprobs(
+        tokens=tokens, token_logprobs=token_logprobs, top_logprobs=top, text_offset=offsets
+    )
 
 
 def _sse(payload: dict[str, Any] | str) -> str:
-    data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    data = (
+        payload
+        if isinstance(payload, str)
+        else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    )
     return f"data: {data}\n\n"
 
 
 def _stream_error() -> str:
-    return _sse({"error": {"message": "generation failed inside the engine; the server logged it",
-                           "type": "server_error", "param": None, "code": None}})
+    return _sse(
+        {
+            "error": {
+                "message": "generation failed inside the engine; the server logged it",
+                "type": "server_error",
+                "param": None,
+                "code": None,
+            }
+        }
+    )
 
 
-def completion_routes(engine: Engine, tokenizer: Tokenizer, info: ModelInfo, metrics: ServeMetrics,
-                      auth: Callable[..., Any]) -> APIRouter:
+def completion_routes(
+    engine: Engine,
+    tokenizer: Tokenizer,
+    info: ModelInfo,
+    metrics: ServeMetrics,
+    auth: Callable[..., Any],
+) -> APIRouter:
     router = APIRouter(dependencies=[Depends(auth)], responses=_ERRORS)
 
-    def _start(prepared: Prepared, request: Request, endpoint: str) -> tuple[Prepared, AsyncIterator[Event], int]:
+    def _start(
+        prepared: Prepared, request: Request, endpoint: str
+    ) -> tuple[Prepared, AsyncIterator[Event], int]:
         """Submit a prepared request; its events (cancelled if the client leaves) and creation time."""
-        started = time.perf_counter()  # latency counts from here: preparing is validation, not waiting
+        started = (
+            time.perf_counter()
+        )  # latency counts from here: preparing is validation, not waiting
         handle = submit(engine, prepared.request)
         events = run_events(request, handle, endpoint=endpoint, started=started, metrics=metrics)
         return prepared, events, int(time.time())
 
-    @router.post("/v1/completions", response_model=CompletionResponse, tags=["OpenAI"],
-                 responses={200: _STREAMED}, summary="Continue a prompt (text or token ids)")
+    @router.post(
+        "/v1/completions",
+        response_model=CompletionResponse,
+        tags=["OpenAI"],
+        responses={200: _STREAMED},
+        summary="Continue a prompt (text or token ids)",
+    )
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        prepared, events, created = _start(prepare_completion(body, tokenizer, info), request, "/v1/completions")
+        prepared, events, created = _start(
+            prepare_completion(body, tokenizer, info), request, "/v1/completions"
+        )
         rid = prepared.request.request_id
         if body.stream:
-            return _event_stream(_completion_chunks(events, rid, created, body.logprobs is not None,
-                                                    prepared.include_usage))
+            return _event_stream(
+                _completion_chunks(
+                    events, rid, created, body.logprobs is not None, prepared.include_usage
+                )
+            )
         collected = [event async for event in events]
         final = collected[-1]
         choice = CompletionChoice(
-            text="".join(e.text for e in collected), finish_reason=_finish_reason(final),
-            logprobs=_completion_logprobs(tokenizer, collected) if body.logprobs is not None else None)
-        return CompletionResponse(id=rid, created=created, model=info.name, choices=[choice], usage=_usage(final))
+            text="".join(e.text for e in collected),
+            finish_reason=_finish_reason(final),
+            logprobs=_completion_logprobs(tokenizer, collected)
+            if body.logprobs is not None
+            else None,
+        )
+        return CompletionResponse(
+            id=rid, created=created, model=info.name, choices=[choice], usage=_usage(final)
+        )
 
-    async def _completion_chunks(events: AsyncIterator[Event], rid: str, created: int, logprobs: bool,
-                                 include_usage: bool) -> AsyncIterator[str]:
+    async def _completion_chunks(
+        events: AsyncIterator[Event], rid: str, created: int, logprobs: bool, include_usage: bool
+    ) -> AsyncIterator[str]:
         offset = 0
         base = {"id": rid, "object": "text_completion", "created": created, "model": info.name}
         async with aclosing(events):  # closing it cancels the request when the client is gone
@@ -342,34 +488,75 @@ def completion_routes(engine: Engine, tokenizer: Tokenizer, info: ModelInfo, met
                 reason = None if event.finish_reason is None else _finish_reason(event)
                 if not event.text and reason is None and not (logprobs and event.token is not None):
                     continue
-                lp = _completion_logprobs(tokenizer, [event], offset).model_dump() if logprobs else None
+                lp = (
+                    _completion_logprobs(tokenizer, [event], offset).model_dump()
+                    if logprobs
+                    else None
+                )
                 offset += len(event.text)
-                yield _sse({**base, "choices": [{"index": 0, "text": event.text, "logprobs": lp,
-                                                 "finish_reason": reason}]})
+                yield _sse(
+                    {
+                        **base,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "text": event.text,
+                                "logprobs": lp,
+                                "finish_reason": reason,
+                            }
+                        ],
+                    }
+                )
                 if reason is not None and include_usage:
                     yield _sse({**base, "choices": [], "usage": _usage(event).model_dump()})
         yield _sse("[DONE]")
 
-    @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, tags=["OpenAI"],
-                 responses={200: _STREAMED}, summary="The assistant's next turn in a conversation")
+    @router.post(
+        "/v1/chat/completions",
+        response_model=ChatCompletionResponse,
+        tags=["OpenAI"],
+        responses={200: _STREAMED},
+        summary="The assistant's next turn in a conversation",
+    )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-        prepared, events, created = _start(prepare_chat(body, tokenizer, info), request, "/v1/chat/completions")
+        prepared, events, created = _start(
+            prepare_chat(body, tokenizer, info), request, "/v1/chat/completions"
+        )
         rid = prepared.request.request_id
         if body.stream:
-            return _event_stream(_chat_chunks(events, rid, created, body.logprobs, prepared.include_usage))
+            return _event_stream(
+                _chat_chunks(events, rid, created, body.logprobs, prepared.include_usage)
+            )
         collected = [event async for event in events]
         final = collected[-1]
-        choice = ChatChoice(message=AssistantMessage(content="".join(e.text for e in collected)),
-                            finish_reason=_finish_reason(final),
-                            logprobs=_chat_logprobs(tokenizer, collected) if body.logprobs else None)
-        return ChatCompletionResponse(id=rid, created=created, model=info.name, choices=[choice], usage=_usage(final))
+        choice = ChatChoice(
+            message=AssistantMessage(content="".join(e.text for e in collected)),
+            finish_reason=_finish_reason(final),
+            logprobs=_chat_logprobs(tokenizer, collected) if body.logprobs else None,
+        )
+        return ChatCompletionResponse(
+            id=rid, created=created, model=info.name, choices=[choice], usage=_usage(final)
+        )
 
-    async def _chat_chunks(events: AsyncIterator[Event], rid: str, created: int, logprobs: bool,
-                           include_usage: bool) -> AsyncIterator[str]:
-        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": info.name}
+    async def _chat_chunks(
+        events: AsyncIterator[Event], rid: str, created: int, logprobs: bool, include_usage: bool
+    ) -> AsyncIterator[str]:
+        base = {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": info.name,
+        }
 
         def chunk(delta: dict[str, str], reason: str | None = None, lp: Any = None) -> str:
-            return _sse({**base, "choices": [{"index": 0, "delta": delta, "logprobs": lp, "finish_reason": reason}]})
+            return _sse(
+                {
+                    **base,
+                    "choices": [
+                        {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": reason}
+                    ],
+                }
+            )
 
         async with aclosing(events):  # closing it cancels the request when the client is gone
             yield chunk({"role": "assistant", "content": ""})
@@ -393,5 +580,8 @@ def completion_routes(engine: Engine, tokenizer: Tokenizer, info: ModelInfo, met
 
 def _event_stream(chunks: AsyncIterator[str]) -> StreamingResponse:
     # no-cache and no proxy buffering: each token should reach the client when it is made.
-    return StreamingResponse(chunks, media_type=SSE_MEDIA_TYPE,
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return StreamingResponse(
+        chunks,
+        media_type=SSE_MEDIA_TYPE,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

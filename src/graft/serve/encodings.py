@@ -32,10 +32,14 @@ from graft.serve.schemas import (
     Usage,
 )
 
-_ERRORS: dict[int | str, dict[str, Any]] = {status: {"model": ErrorResponse} for status in (400, 401, 404, 500)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 500)
+}
 
 
-def input_ids(inputs: str | list[str] | list[int] | list[list[int]], tokenizer: Tokenizer, info: ModelInfo) -> list[list[int]]:
+def input_ids(
+    inputs: str | list[str] | list[int] | list[list[int]], tokenizer: Tokenizer, info: ModelInfo
+) -> list[list[int]]:
     """Token ids per input, each checked to be non-empty, in the vocabulary and within the context."""
     if isinstance(inputs, str):
         batch: list[list[int]] = [tokenizer.encode(inputs)]
@@ -51,10 +55,18 @@ def input_ids(inputs: str | list[str] | list[int] | list[list[int]], tokenizer: 
         if not ids:
             raise APIError(400, f"{where}: empty; give some text", param="input")
         if len(ids) > context:
-            raise APIError(400, f"{where}: {len(ids)} tokens; the model's context is {context}", param="input",
-                           code="context_length_exceeded")
+            raise APIError(
+                400,
+                f"{where}: {len(ids)} tokens; the model's context is {context}",
+                param="input",
+                code="context_length_exceeded",
+            )
         if (bad := max(ids)) >= vocab:
-            raise APIError(400, f"{where}: token id {bad} is outside the vocabulary (0..{vocab - 1})", param="input")
+            raise APIError(
+                400,
+                f"{where}: token id {bad} is outside the vocabulary (0..{vocab - 1})",
+                param="input",
+            )
     return batch
 
 
@@ -63,38 +75,68 @@ def _usage(batch: list[list[int]]) -> Usage:
     return Usage(prompt_tokens=tokens, total_tokens=tokens)
 
 
-def encoding_routes(engine: Engine, tokenizer: Tokenizer, info: ModelInfo, metrics: ServeMetrics,
-                    auth: Callable[..., Any]) -> APIRouter:
+def encoding_routes(
+    engine: Engine,
+    tokenizer: Tokenizer,
+    info: ModelInfo,
+    metrics: ServeMetrics,
+    auth: Callable[..., Any],
+) -> APIRouter:
     router = APIRouter(dependencies=[Depends(auth)], responses=_ERRORS)
 
-    @router.post("/v1/embeddings", response_model=EmbeddingResponse, tags=["OpenAI"],
-                 summary="Mean-pooled hidden states of each input")
+    @router.post(
+        "/v1/embeddings",
+        response_model=EmbeddingResponse,
+        tags=["OpenAI"],
+        summary="Mean-pooled hidden states of each input",
+    )
     async def embeddings(body: EmbeddingRequest) -> EmbeddingResponse:
         check_model(body.model, info)
         if body.dimensions is not None and body.dimensions != info.config.d_model:
-            raise APIError(400, f"dimensions: this model's embeddings have {info.config.d_model} dimensions "
-                           f"(it cannot shorten them); got {body.dimensions}", param="dimensions")
+            raise APIError(
+                400,
+                f"dimensions: this model's embeddings have {info.config.d_model} dimensions "
+                f"(it cannot shorten them); got {body.dimensions}",
+                param="dimensions",
+            )
         batch = input_ids(body.input, tokenizer, info)
         vectors = (await run_in_threadpool(engine.embed, batch)).float().cpu().numpy()
         metrics.add_tokens(sum(len(ids) for ids in batch), 0)
-        data = [Embedding(index=i, embedding=_encode(vector, body.encoding_format)) for i, vector in enumerate(vectors)]
+        data = [
+            Embedding(index=i, embedding=_encode(vector, body.encoding_format))
+            for i, vector in enumerate(vectors)
+        ]
         return EmbeddingResponse(data=data, model=info.name, usage=_usage(batch))
 
-    @router.post("/v1/classify", response_model=ClassifyResponse, tags=["graft"],
-                 summary="Extension: label texts with a sequence classifier")
+    @router.post(
+        "/v1/classify",
+        response_model=ClassifyResponse,
+        tags=["graft"],
+        summary="Extension: label texts with a sequence classifier",
+    )
     async def classify(body: ClassifyRequest) -> ClassifyResponse:
         check_model(body.model, info)
         if info.config.head != "sequence":
-            raise APIError(400, f"model {info.name!r} has no sequence classification head (it is a {info.kind}); "
-                           "/v1/classify serves checkpoints from `graft finetune classify`",
-                           param="model", code="no_classification_head")
+            raise APIError(
+                400,
+                f"model {info.name!r} has no sequence classification head (it is a {info.kind}); "
+                "/v1/classify serves checkpoints from `graft finetune classify`",
+                param="model",
+                code="no_classification_head",
+            )
         texts = [body.input] if isinstance(body.input, str) else body.input
         batch = input_ids(texts, tokenizer, info)
         probs = (await run_in_threadpool(engine.classify, batch)).float().cpu().tolist()
         metrics.add_tokens(sum(len(ids) for ids in batch), 0)
         labels = info.config.labels
-        data = [Classification(index=i, label=labels[int(np.argmax(row))],
-                               probabilities=dict(zip(labels, row, strict=True))) for i, row in enumerate(probs)]
+        data = [
+            Classification(
+                index=i,
+                label=labels[int(np.argmax(row))],
+                probabilities=dict(zip(labels, row, strict=True)),
+            )
+            for i, row in enumerate(probs)
+        ]
         return ClassifyResponse(data=data, model=info.name, usage=_usage(batch))
 
     return router

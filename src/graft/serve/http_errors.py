@@ -22,8 +22,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("graft.serve")
 
-_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 404: "invalid_request_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 429: "rate_limit_error"}
+_TYPES = {
+    400: "invalid_request_error",
+    401: "invalid_request_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    429: "rate_limit_error",
+}
 
 # Union members appear in pydantic's error locations as type tags ('str', 'list[int]', 'TextPart');
 # field names are lower snake case and never one of these.
@@ -31,28 +37,46 @@ _FIELD = re.compile(r"[a-z_][a-z0-9_]*")
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
 
 # Fields whose range message ("less than or equal to 1") would not say why.
-_HINTS = {"n": "only n=1 is supported (one choice per request)", "best_of": "only best_of=1 is supported"}
+_HINTS = {
+    "n": "only n=1 is supported (one choice per request)",
+    "best_of": "only best_of=1 is supported",
+}
 
 
 class APIError(Exception):
     """A request the server refuses, with what OpenAI's clients read from the error body."""
 
-    def __init__(self, status: int, message: str, *, param: str | None = None, code: str | None = None,
-                 type: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
-        self.type = type or _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        self.type = type or _TYPES.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
         self.headers = headers
 
     def response(self) -> JSONResponse:
-        return JSONResponse(error_body(self.message, self.type, self.param, self.code), status_code=self.status,
-                            headers=self.headers)
+        return JSONResponse(
+            error_body(self.message, self.type, self.param, self.code),
+            status_code=self.status,
+            headers=self.headers,
+        )
 
 
-def error_body(message: str, type: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+def error_body(
+    message: str, type: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
@@ -82,7 +106,9 @@ def validation_error(exc: RequestValidationError) -> APIError:
     param = max(params, key=lambda p: -1 if p is None else p.count(".") + p.count("["))
     first = errors[params.index(param)]
     if param is None:
-        return APIError(400, f"the request body must be a JSON object ({first.get('msg', 'invalid')})")
+        return APIError(
+            400, f"the request body must be a JSON object ({first.get('msg', 'invalid')})"
+        )
     messages: list[str] = []
     for error in errors:
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
@@ -96,8 +122,15 @@ def validation_error(exc: RequestValidationError) -> APIError:
 
 
 def _json_type(value: object) -> str:
-    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
-             dict: "an object", type(None): "null"}
+    names = {
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        dict: "an object",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)
 
 
@@ -120,5 +153,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error answering %s %s", request.method, request.url.path)
-        return APIError(500, f"internal error ({type(exc).__name__}); the server logged it",
-                        type="server_error").response()
+        return APIError(
+            500, f"internal error ({type(exc).__name__}); the server logged it", type="server_error"
+        ).response()

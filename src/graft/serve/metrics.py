@@ -29,7 +29,9 @@ def _escape(value: str) -> str:
 
 def _labels(labels: Labels, extra: Labels = ()) -> str:
     pairs = labels + extra
-    return "{" + ",".join(f'{name}="{_escape(value)}"' for name, value in pairs) + "}" if pairs else ""
+    return (
+        "{" + ",".join(f'{name}="{_escape(value)}"' for name, value in pairs) + "}" if pairs else ""
+    )
 
 
 def _number(value: float) -> str:
@@ -91,7 +93,9 @@ class ServeMetrics:
 
     def observe_first_token(self, endpoint: str, seconds: float) -> None:
         with self._lock:
-            self._ttft.setdefault((("endpoint", endpoint),), _Histogram(TTFT_BUCKETS)).observe(seconds)
+            self._ttft.setdefault((("endpoint", endpoint),), _Histogram(TTFT_BUCKETS)).observe(
+                seconds
+            )
 
     def add_tokens(self, prompt: int, completion: int) -> None:
         with self._lock:
@@ -106,16 +110,34 @@ class ServeMetrics:
             out.extend((f"# HELP {name} {text}", f"# TYPE {name} {kind}"))
 
         with self._lock:
-            header("graft_requests_total", "counter", "HTTP requests answered, by endpoint and status code.")
-            out.extend(f"graft_requests_total{_labels(k)} {v}" for k, v in sorted(self._requests.items()))
-            header("graft_prompt_tokens_total", "counter", "Tokens read: prompts of finished generations, embedding and classification inputs.")
+            header(
+                "graft_requests_total",
+                "counter",
+                "HTTP requests answered, by endpoint and status code.",
+            )
+            out.extend(
+                f"graft_requests_total{_labels(k)} {v}" for k, v in sorted(self._requests.items())
+            )
+            header(
+                "graft_prompt_tokens_total",
+                "counter",
+                "Tokens read: prompts of finished generations, embedding and classification inputs.",
+            )
             out.append(f"graft_prompt_tokens_total {self.prompt_tokens}")
             header("graft_completion_tokens_total", "counter", "Tokens generated.")
             out.append(f"graft_completion_tokens_total {self.completion_tokens}")
-            header("graft_request_duration_seconds", "histogram", "Time from a request's arrival to its last byte.")
+            header(
+                "graft_request_duration_seconds",
+                "histogram",
+                "Time from a request's arrival to its last byte.",
+            )
             for key, histogram in sorted(self._latency.items()):
                 out.extend(histogram.lines("graft_request_duration_seconds", key))
-            header("graft_time_to_first_token_seconds", "histogram", "Time from a generation request's arrival to its first token.")
+            header(
+                "graft_time_to_first_token_seconds",
+                "histogram",
+                "Time from a generation request's arrival to its first token.",
+            )
             for key, histogram in sorted(self._ttft.items()):
                 out.extend(histogram.lines("graft_time_to_first_token_seconds", key))
         header("graft_queue_depth", "gauge", "Requests waiting for a batch slot.")

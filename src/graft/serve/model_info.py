@@ -56,12 +56,19 @@ def load_model_for_serving(path: Path, device: str) -> tuple[LanguageModel, Toke
     return model, tokenizer, path if is_hf_directory(path) else resolve_checkpoint(path)
 
 
-def describe_model(model: LanguageModel, tokenizer: Tokenizer, source: Path | None, *, name: str,
-                   created: int) -> ModelInfo:
+def describe_model(
+    model: LanguageModel, tokenizer: Tokenizer, source: Path | None, *, name: str, created: int
+) -> ModelInfo:
     """The ModelInfo of a loaded model; `source` is the checkpoint or Hugging Face directory."""
     card = _read_card(source) or summary_card(model, tokenizer, name)
-    return ModelInfo(name=name, config=model.config, parameters=sum(p.numel() for p in model.parameters()),
-                     card=card, stop_ids=stop_ids(tokenizer, source), created=created)
+    return ModelInfo(
+        name=name,
+        config=model.config,
+        parameters=sum(p.numel() for p in model.parameters()),
+        card=card,
+        stop_ids=stop_ids(tokenizer, source),
+        created=created,
+    )
 
 
 def stop_ids(tokenizer: Tokenizer, source: Path | None) -> frozenset[int]:
@@ -96,12 +103,19 @@ def summary_card(model: LanguageModel, tokenizer: Tokenizer, name: str) -> str:
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
     what = {"sequence": "A sequence classifier", "token": "A token classifier"}.get(
-        cfg.head, "A bidirectional encoder" if cfg.attention == "bidirectional" else "A causal language model")
+        cfg.head,
+        "A bidirectional encoder"
+        if cfg.attention == "bidirectional"
+        else "A causal language model",
+    )
     lines = [
-        f"# {name}", "",
+        f"# {name}",
+        "",
         f"{what} with {params:,} parameters, served by graft. This checkpoint has no README.md; "
-        "what follows is read from its config.", "",
-        "## Architecture", "",
+        "what follows is read from its config.",
+        "",
+        "## Architecture",
+        "",
         f"- {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} attention heads ({cfg.kv_heads} key/value), "
         f"feed-forward {cfg.ff_dim}, {cfg.mlp} MLP, {cfg.norm}, {cfg.positions} positions",
         f"- context {cfg.max_seq_len} tokens, vocabulary {cfg.vocab_size}",

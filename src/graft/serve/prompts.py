@@ -29,7 +29,9 @@ def chat_prompt_ids(tokenizer: Tokenizer, messages: Sequence[Message]) -> list[i
     eos = tokenizer.special_tokens_map.get("eos_token")
     for i, message in enumerate(messages):
         if eos and eos in message.content:
-            raise PromptError(f"message {i} ({message.role}) contains the end-of-turn token {eos!r}", i)
+            raise PromptError(
+                f"message {i} ({message.role}) contains the end-of-turn token {eos!r}", i
+            )
     template = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
     try:
         text = render_chat(template, messages, add_generation_prompt=True, eos_token=eos or EOT)

@@ -37,32 +37,65 @@ class StreamOptions(RequestBody):
 class SamplingFields(RequestBody):
     """Sampling fields common to /v1/completions and /v1/chat/completions."""
 
-    model: str | None = Field(None, description="The served model's id (GET /v1/models); omitted means that model.")
-    max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate; prompt plus these must fit the context.")
+    model: str | None = Field(
+        None, description="The served model's id (GET /v1/models); omitted means that model."
+    )
+    max_tokens: int | None = Field(
+        None, ge=1, description="Most tokens to generate; prompt plus these must fit the context."
+    )
     temperature: float = Field(1.0, ge=0, le=2, description="0 (or below 1e-5) is greedy decoding.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling: keep the smallest set reaching this probability.")
-    top_k: int = Field(0, ge=0, description="Extension: keep the k most likely tokens; 0 keeps all.")
-    min_p: float = Field(0.0, ge=0, le=1, description="Extension: drop tokens below min_p times the top probability; 0 is off.")
+    top_p: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Nucleus sampling: keep the smallest set reaching this probability.",
+    )
+    top_k: int = Field(
+        0, ge=0, description="Extension: keep the k most likely tokens; 0 keeps all."
+    )
+    min_p: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Extension: drop tokens below min_p times the top probability; 0 is off.",
+    )
     frequency_penalty: float = Field(0.0, ge=-MAX_ABS_PENALTY, le=MAX_ABS_PENALTY)
     presence_penalty: float = Field(0.0, ge=-MAX_ABS_PENALTY, le=MAX_ABS_PENALTY)
     # Bounded away from 0: logits divided by a tiny penalty overflow to inf.
-    repetition_penalty: float = Field(1.0, ge=0.01, le=10, description="Extension: > 1 discourages tokens already present (CTRL).")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="Same seed, same request: same output.")
+    repetition_penalty: float = Field(
+        1.0, ge=0.01, le=10, description="Extension: > 1 discourages tokens already present (CTRL)."
+    )
+    seed: int | None = Field(
+        None, ge=0, le=MAX_SEED, description="Same seed, same request: same output."
+    )
     stop: str | Annotated[list[str], Field(max_length=MAX_STOP_STRINGS)] | None = Field(
-        None, description=f"Up to {MAX_STOP_STRINGS} strings; the text ends before the first.")
-    stream: bool = Field(False, description="Send server-sent events, one chunk per piece of text, then `data: [DONE]`.")
+        None, description=f"Up to {MAX_STOP_STRINGS} strings; the text ends before the first."
+    )
+    stream: bool = Field(
+        False,
+        description="Send server-sent events, one chunk per piece of text, then `data: [DONE]`.",
+    )
     stream_options: StreamOptions | None = None
     n: int = Field(1, ge=1, le=1, description="Choices per request: only 1 is supported.")
-    logit_bias: dict[str, float] | None = Field(None, description="Not supported: must be absent or empty.")
+    logit_bias: dict[str, float] | None = Field(
+        None, description="Not supported: must be absent or empty."
+    )
     user: str | None = Field(None, description="Accepted and ignored.")
 
 
 class CompletionRequest(SamplingFields):
     prompt: str | Annotated[list[TokenId], Field(min_length=1)] = Field(
-        ..., description="One prompt: text, or token ids. An empty string starts a fresh document.")
-    max_tokens: int | None = Field(16, ge=1, description="Most tokens to generate (default 16, as OpenAI).")
-    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS,
-                                 description="Report each token's logprob and this many most likely alternatives.")
+        ..., description="One prompt: text, or token ids. An empty string starts a fresh document."
+    )
+    max_tokens: int | None = Field(
+        16, ge=1, description="Most tokens to generate (default 16, as OpenAI)."
+    )
+    logprobs: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_LOGPROBS,
+        description="Report each token's logprob and this many most likely alternatives.",
+    )
     echo: bool = Field(False, description="Not supported: must be false.")
     best_of: int | None = Field(None, ge=1, le=1, description="Not supported beyond 1.")
     suffix: str | None = Field(None, description="Not supported: must be absent.")
@@ -71,8 +104,10 @@ class CompletionRequest(SamplingFields):
     @classmethod
     def _one_prompt(cls, value: object) -> object:
         if isinstance(value, list) and value and all(isinstance(v, (str, list)) for v in value):
-            raise ValueError("one prompt per request: a string or a list of token ids (a batch of prompts is "
-                             "not supported; send one request each)")
+            raise ValueError(
+                "one prompt per request: a string or a list of token ids (a batch of prompts is "
+                "not supported; send one request each)"
+            )
         return value
 
 
@@ -83,28 +118,49 @@ class TextPart(RequestBody):
 
 class ChatMessage(RequestBody):
     role: Literal["system", "developer", "user", "assistant"] = Field(
-        ..., description="developer is read as system (OpenAI's newer name for it).")
+        ..., description="developer is read as system (OpenAI's newer name for it)."
+    )
     content: str | list[TextPart] | None = Field(..., description="Text, or text parts (joined).")
     name: str | None = Field(None, description="Accepted and ignored.")
 
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens; wins over it.")
+    max_completion_tokens: int | None = Field(
+        None, ge=1, description="OpenAI's newer name for max_tokens; wins over it."
+    )
     logprobs: bool = Field(False, description="Report each token's logprob.")
-    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS, description="Alternatives per token; needs logprobs.")
-    tools: list[dict[str, Any]] | None = Field(None, description="Not supported: must be absent or empty.")
-    response_format: dict[str, Any] | None = Field(None, description="Only {\"type\": \"text\"} is supported.")
+    top_logprobs: int | None = Field(
+        None, ge=0, le=MAX_LOGPROBS, description="Alternatives per token; needs logprobs."
+    )
+    tools: list[dict[str, Any]] | None = Field(
+        None, description="Not supported: must be absent or empty."
+    )
+    response_format: dict[str, Any] | None = Field(
+        None, description='Only {"type": "text"} is supported.'
+    )
 
 
 class EmbeddingRequest(RequestBody):
-    input: (str | Annotated[list[str], Field(min_length=1, max_length=MAX_BATCH_INPUTS)]
-            | Annotated[list[TokenId], Field(min_length=1)]
-            | Annotated[list[Annotated[list[TokenId], Field(min_length=1)]], Field(min_length=1, max_length=MAX_BATCH_INPUTS)]) = Field(
-        ..., description="Text, texts, token ids or lists of token ids; each becomes one mean-pooled vector.")
+    input: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_BATCH_INPUTS)]
+        | Annotated[list[TokenId], Field(min_length=1)]
+        | Annotated[
+            list[Annotated[list[TokenId], Field(min_length=1)]],
+            Field(min_length=1, max_length=MAX_BATCH_INPUTS),
+        ]
+    ) = Field(
+        ...,
+        description="Text, texts, token ids or lists of token ids; each becomes one mean-pooled vector.",
+    )
     model: str | None = None
-    encoding_format: Literal["float", "base64"] = Field("float", description="base64: little-endian float32 bytes.")
-    dimensions: int | None = Field(None, ge=1, description="Must equal the model's width when given.")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="base64: little-endian float32 bytes."
+    )
+    dimensions: int | None = Field(
+        None, ge=1, description="Must equal the model's width when given."
+    )
     user: str | None = None
 
 
@@ -116,6 +172,7 @@ class ClassifyRequest(RequestBody):
 
 
 # -- responses --------------------------------------------------------------------------------
+
 
 class ErrorDetail(BaseModel):
     message: str
@@ -229,7 +286,9 @@ class EmbeddingResponse(BaseModel):
 class Classification(BaseModel):
     index: int
     label: str = Field(..., description="The most probable label.")
-    probabilities: dict[str, float] = Field(..., description="Every label's probability, in the model's label order.")
+    probabilities: dict[str, float] = Field(
+        ..., description="Every label's probability, in the model's label order."
+    )
 
 
 class ClassifyResponse(BaseModel):
@@ -264,10 +323,15 @@ class ModelFacts(BaseModel):
     head: str
     labels: list[str]
     tokenizer: str
-    chat_template: bool = Field(..., description="Whether the tokenizer carries its own chat template.")
+    chat_template: bool = Field(
+        ..., description="Whether the tokenizer carries its own chat template."
+    )
     quantize: str
     max_batch: int
-    card: str = Field(..., description="The checkpoint's README.md, or a summary written from its config (markdown).")
+    card: str = Field(
+        ...,
+        description="The checkpoint's README.md, or a summary written from its config (markdown).",
+    )
 
 
 class ModelDetail(ModelObject):
@@ -279,4 +343,3 @@ class Health(BaseModel):
     model: str
     running: int
     waiting: int
-

@@ -38,7 +38,9 @@ def apply_adaptation(model: LanguageModel, cfg: AdaptConfig, *, new_heads: bool 
     n_layers = model.config.n_layers
     if cfg.method == "freeze":
         if cfg.trainable_blocks > n_layers:
-            raise ConfigError(f"adapt.trainable_blocks ({cfg.trainable_blocks}) exceeds the model's {n_layers} blocks")
+            raise ConfigError(
+                f"adapt.trainable_blocks ({cfg.trainable_blocks}) exceeds the model's {n_layers} blocks"
+            )
         trainable = [f"model.layers.{i}." for i in range(n_layers - cfg.trainable_blocks, n_layers)]
         trainable += ["model.norm.", "lm_head_transform.", *_HEAD_PREFIXES]
         if model.config.head == "lm" and not model.config.tie_embeddings:
@@ -49,22 +51,35 @@ def apply_adaptation(model: LanguageModel, cfg: AdaptConfig, *, new_heads: bool 
         return
     from peft import inject_adapter_in_model
 
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear)
+    }
     unknown = [t for t in cfg.lora_targets if t not in names]
     if unknown:
-        raise ConfigError(f"adapt.lora_targets: no linear layer named {', '.join(unknown)}; "
-                          f"this model has {', '.join(sorted(names))}")
+        raise ConfigError(
+            f"adapt.lora_targets: no linear layer named {', '.join(unknown)}; "
+            f"this model has {', '.join(sorted(names))}"
+        )
     inject_adapter_in_model(lora_config(cfg), model)
     for name, param in model.named_parameters():
         if "lora_" in name or (new_heads and name.startswith(_HEAD_PREFIXES)):
             param.requires_grad_(True)
 
 
-def lora_config(cfg: AdaptConfig):  # -> peft.LoraConfig (imported lazily: peft pulls in transformers)
+def lora_config(
+    cfg: AdaptConfig,
+):  # -> peft.LoraConfig (imported lazily: peft pulls in transformers)
     from peft import LoraConfig
 
-    return LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                      target_modules=list(cfg.lora_targets), bias="none")
+    return LoraConfig(
+        r=cfg.lora_rank,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.lora_targets),
+        bias="none",
+    )
 
 
 def has_lora(model: nn.Module) -> bool:
@@ -74,16 +89,24 @@ def has_lora(model: nn.Module) -> bool:
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts, each tied tensor once."""
     seen: dict[int, nn.Parameter] = {id(p): p for p in model.parameters()}
-    return sum(p.numel() for p in seen.values() if p.requires_grad), sum(p.numel() for p in seen.values())
+    return sum(p.numel() for p in seen.values() if p.requires_grad), sum(
+        p.numel() for p in seen.values()
+    )
 
 
 def split_lora_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(base weights under the model's plain names, adapter weights under PEFT's file names)."""
     from peft import get_peft_model_state_dict
 
-    base = {name.replace(".base_layer.", "."): t.detach().cpu().contiguous() for name, t in model.state_dict().items()
-            if "lora_" not in name}
-    adapter = {_PEFT_PREFIX + name: t.detach().cpu().contiguous() for name, t in get_peft_model_state_dict(model).items()}
+    base = {
+        name.replace(".base_layer.", "."): t.detach().cpu().contiguous()
+        for name, t in model.state_dict().items()
+        if "lora_" not in name
+    }
+    adapter = {
+        _PEFT_PREFIX + name: t.detach().cpu().contiguous()
+        for name, t in get_peft_model_state_dict(model).items()
+    }
     return base, adapter
 
 
@@ -92,8 +115,12 @@ def save_adapter(model: nn.Module, cfg: AdaptConfig, directory: Path, base: str)
     config = lora_config(cfg).to_dict()
     config.update(base_model_name_or_path=base, peft_type="LORA", task_type=None)
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-    (directory / ADAPTER_CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str), encoding="utf-8")
-    save_file(split_lora_state(model)[1], str(directory / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"})
+    (directory / ADAPTER_CONFIG_FILE).write_text(
+        json.dumps(config, indent=2, default=str), encoding="utf-8"
+    )
+    save_file(
+        split_lora_state(model)[1], str(directory / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"}
+    )
 
 
 def load_adapter(model: LanguageModel, directory: Path) -> None:
@@ -102,16 +129,25 @@ def load_adapter(model: LanguageModel, directory: Path) -> None:
 
     try:
         raw = json.loads((directory / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
-        config = LoraConfig(r=raw["r"], lora_alpha=raw["lora_alpha"], lora_dropout=raw.get("lora_dropout", 0.0),
-                            target_modules=raw["target_modules"], bias=raw.get("bias", "none"))
+        config = LoraConfig(
+            r=raw["r"],
+            lora_alpha=raw["lora_alpha"],
+            lora_dropout=raw.get("lora_dropout", 0.0),
+            target_modules=raw["target_modules"],
+            bias=raw.get("bias", "none"),
+        )
         weights = load_file(str(directory / ADAPTER_WEIGHTS_FILE))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{directory}: unreadable LoRA adapter ({err})") from None
     inject_adapter_in_model(config, model)
-    result = set_peft_model_state_dict(model, {k.removeprefix(_PEFT_PREFIX): v for k, v in weights.items()})
+    result = set_peft_model_state_dict(
+        model, {k.removeprefix(_PEFT_PREFIX): v for k, v in weights.items()}
+    )
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
-        raise CheckpointError(f"{directory / ADAPTER_WEIGHTS_FILE}: tensor {unexpected[0]} fits no layer of the model")
+        raise CheckpointError(
+            f"{directory / ADAPTER_WEIGHTS_FILE}: tensor {unexpected[0]} fits no layer of the model"
+        )
 
 
 def merge_lora(model: LanguageModel) -> None:
@@ -122,4 +158,8 @@ def merge_lora(model: LanguageModel) -> None:
         if isinstance(module, LoraLayer):
             module.merge()
             parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+            setattr(
+                model.get_submodule(parent_name) if parent_name else model,
+                child,
+                module.get_base_layer(),
+            )

@@ -34,7 +34,13 @@ from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel, RotaryEmbedding
-from graft.train.adapt import ADAPTER_CONFIG_FILE, has_lora, load_adapter, save_adapter, split_lora_state
+from graft.train.adapt import (
+    ADAPTER_CONFIG_FILE,
+    has_lora,
+    load_adapter,
+    save_adapter,
+    split_lora_state,
+)
 
 if TYPE_CHECKING:
     from graft.config import AdaptConfig
@@ -54,7 +60,9 @@ class TrainingState:
     step: int = 0
     tokens_seen: int = 0
     elapsed_s: float = 0.0
-    best_metric: float | None = None  # the best value of train.monitor so far (val/loss unless told)
+    best_metric: float | None = (
+        None  # the best value of train.monitor so far (val/loss unless told)
+    )
     evals_without_improvement: int = 0
 
 
@@ -82,7 +90,9 @@ def save_checkpoint(
     with atomic_directory(directory) as tmp:
         if has_lora(model):
             if adapter is None:
-                raise ValueError("a model with LoRA adapters needs adapter=(AdaptConfig, base) to be saved")
+                raise ValueError(
+                    "a model with LoRA adapters needs adapter=(AdaptConfig, base) to be saved"
+                )
             weights, _ = split_lora_state(model)
             save_adapter(model, adapter[0], tmp, adapter[1])
         else:
@@ -90,9 +100,17 @@ def save_checkpoint(
         if model.config.tie_embeddings:
             weights.pop("lm_head.weight", None)  # the same tensor as model.embed_tokens.weight
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        _write_text(tmp / CONFIG_FILE, json.dumps(
-            {"architecture": "LanguageModel", "graft_version": graft.__version__,
-             "model": model.config.model_dump(mode="json")}, indent=2))
+        _write_text(
+            tmp / CONFIG_FILE,
+            json.dumps(
+                {
+                    "architecture": "LanguageModel",
+                    "graft_version": graft.__version__,
+                    "model": model.config.model_dump(mode="json"),
+                },
+                indent=2,
+            ),
+        )
         _write_text(tmp / RUN_CONFIG_FILE, run_config_yaml)
         tokenizer.save(tmp)
         if state is not None:
@@ -106,7 +124,12 @@ def save_checkpoint(
             if optimizer is not None:
                 torch.save(optimizer.state_dict(), tmp / STATE_DIR / "optimizer.pt")
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        manifest = {"files": {str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
+        manifest = {
+            "files": {
+                str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                for p in files
+            }
+        }
         _write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2))
     return directory
 
@@ -133,17 +156,23 @@ def verify_checkpoint(directory: Path) -> None:
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise CheckpointError(f"{manifest_path}: missing or unreadable; the checkpoint is incomplete") from None
+        raise CheckpointError(
+            f"{manifest_path}: missing or unreadable; the checkpoint is incomplete"
+        ) from None
     for name, entry in manifest.items():
         path = directory / name
         if not path.is_file():
-            raise CheckpointError(f"{path}: listed in {MANIFEST_FILE} but missing; the checkpoint is incomplete")
+            raise CheckpointError(
+                f"{path}: listed in {MANIFEST_FILE} but missing; the checkpoint is incomplete"
+            )
         if path.stat().st_size != entry["bytes"]:
             raise CheckpointError(
                 f"{path}: {path.stat().st_size} bytes, expected {entry['bytes']}; the file is truncated or was replaced"
             )
         if _sha256(path) != entry["sha256"]:
-            raise CheckpointError(f"{path}: contents do not match {MANIFEST_FILE} (sha256); the file is corrupt")
+            raise CheckpointError(
+                f"{path}: contents do not match {MANIFEST_FILE} (sha256); the file is corrupt"
+            )
 
 
 def read_model_config(directory: Path) -> ModelConfig:
@@ -152,10 +181,14 @@ def read_model_config(directory: Path) -> ModelConfig:
         raw = json.loads(path.read_text(encoding="utf-8"))
         return ModelConfig.model_validate(raw["model"])
     except (OSError, ValueError, KeyError, TypeError, ValidationError) as err:
-        raise CheckpointError(f"{path}: not a valid graft model config ({str(err).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path}: not a valid graft model config ({str(err).splitlines()[0]})"
+        ) from None
 
 
-def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[LanguageModel, Tokenizer]:
+def load_model(
+    path: Path, *, device: torch.device | str = "cpu"
+) -> tuple[LanguageModel, Tokenizer]:
     """The model (in eval mode) and tokenizer of a checkpoint or run directory, verified first.
     A Hugging Face model directory (config.json with a model_type) is accepted too."""
     from graft.model.convert.hf import is_hf_directory
@@ -173,17 +206,25 @@ def load_model(path: Path, *, device: torch.device | str = "cpu") -> tuple[Langu
     return model.to(device).eval(), Tokenizer.load(directory / TOKENIZER_FILE)
 
 
-def load_hf_checkpoint(directory: Path, *, device: torch.device | str = "cpu") -> tuple[LanguageModel, Tokenizer]:
+def load_hf_checkpoint(
+    directory: Path, *, device: torch.device | str = "cpu"
+) -> tuple[LanguageModel, Tokenizer]:
     """A transformers directory as a graft model plus its tokenizer (tokenizer.json or a BERT vocab.txt,
     with the special-token roles and chat template of tokenizer_config.json)."""
     from graft.model.convert.hf import load_hf_model
 
-    tokenizer = Tokenizer.load(directory)  # a directory without tokenizer files: TokenizerError naming it
-    tokenizer_path = directory / (TOKENIZER_FILE if (directory / TOKENIZER_FILE).is_file() else "vocab.txt")
+    tokenizer = Tokenizer.load(
+        directory
+    )  # a directory without tokenizer files: TokenizerError naming it
+    tokenizer_path = directory / (
+        TOKENIZER_FILE if (directory / TOKENIZER_FILE).is_file() else "vocab.txt"
+    )
     model = load_hf_model(directory)
     if tokenizer.vocab_size > model.config.vocab_size:  # type: ignore[operator]
-        raise CheckpointError(f"{tokenizer_path}: {tokenizer.vocab_size} tokens, but tensor model.embed_tokens.weight "
-                              f"has only {model.config.vocab_size} rows; the tokenizer belongs to another model")
+        raise CheckpointError(
+            f"{tokenizer_path}: {tokenizer.vocab_size} tokens, but tensor model.embed_tokens.weight "
+            f"has only {model.config.vocab_size} rows; the tokenizer belongs to another model"
+        )
     return model.to(device).eval(), tokenizer
 
 
@@ -198,10 +239,14 @@ def load_weights(model: LanguageModel, directory: Path) -> None:
         expected.pop("lm_head.weight", None)
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(f"{path}: tensors do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise CheckpointError(
+            f"{path}: tensors do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     for name, tensor in weights.items():
         if tensor.shape != expected[name].shape:
-            raise CheckpointError(f"{path}: tensor {name} has shape {tuple(tensor.shape)}, config expects {tuple(expected[name].shape)}")
+            raise CheckpointError(
+                f"{path}: tensor {name} has shape {tuple(tensor.shape)}, config expects {tuple(expected[name].shape)}"
+            )
     model.load_state_dict(weights, strict=False, assign=True)
     if model.config.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
@@ -210,13 +255,19 @@ def load_weights(model: LanguageModel, directory: Path) -> None:
         model.model.rotary = RotaryEmbedding(model.config)
 
 
-def load_training_state(directory: Path, optimizer: torch.optim.Optimizer) -> tuple[TrainingState, RngStates]:
+def load_training_state(
+    directory: Path, optimizer: torch.optim.Optimizer
+) -> tuple[TrainingState, RngStates]:
     state_dir = directory / STATE_DIR
     if not (state_dir / "state.json").is_file():
-        raise CheckpointError(f"{directory}: has no {STATE_DIR}/ to resume from (it was exported without it)")
+        raise CheckpointError(
+            f"{directory}: has no {STATE_DIR}/ to resume from (it was exported without it)"
+        )
     state = TrainingState(**json.loads((state_dir / "state.json").read_text(encoding="utf-8")))
     rng = load_file(str(state_dir / "rng.safetensors"))
-    optimizer.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu"))
+    optimizer.load_state_dict(
+        torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu")
+    )
     return state, RngStates(torch_cpu=rng["torch_cpu"], data=rng["data"], cuda=rng.get("cuda"))
 
 

@@ -49,10 +49,14 @@ def finetune(config: RunConfig, *, echo: Callable[[str], None] | None = None) ->
     """Fine-tune train.init on the task of config.objective.name and return the run's result."""
     say = echo or (lambda message: print(message, file=sys.stderr))
     if config.train.init is None:
-        raise ConfigError("train.init: fine-tuning starts from a checkpoint or Hugging Face directory (--init); "
-                          "for the from-scratch baseline add --adapt.from_scratch=true")
+        raise ConfigError(
+            "train.init: fine-tuning starts from a checkpoint or Hugging Face directory (--init); "
+            "for the from-scratch baseline add --adapt.from_scratch=true"
+        )
     if config.data.train_file is None:
-        raise ConfigError("data.train_file: give the labelled training records (--data.train_file=FILE)")
+        raise ConfigError(
+            "data.train_file: give the labelled training records (--data.train_file=FILE)"
+        )
     run_dir = config.train.out_dir
     if (run_dir / "checkpoints").exists():
         raise ConfigError(f"{run_dir} already holds a run; set another train.out_dir")
@@ -62,36 +66,59 @@ def finetune(config: RunConfig, *, echo: Callable[[str], None] | None = None) ->
         pad = tokenizer.add_pad_token()
         if tokenizer.vocab_size > base.config.vocab_size:  # type: ignore[operator]
             base = _with_vocab_rows(base, tokenizer.vocab_size)
-        say(f"notice: the tokenizer of {config.train.init} had no pad token; added {tokenizer.id_to_token(pad)} "
-            f"as id {pad} (embedding: {base.config.vocab_size} rows)")
+        say(
+            f"notice: the tokenizer of {config.train.init} had no pad token; added {tokenizer.id_to_token(pad)} "
+            f"as id {pad} (embedding: {base.config.vocab_size} rows)"
+        )
     task = task_data(config, tokenizer, base.config)
-    model_config = base.config.model_copy(update=dict(
-        head=task.head, labels=task.labels, dropout=config.model.dropout,
-        classifier_pooling=config.model.classifier_pooling,
-        pooler=base.config.pooler or (task.head == "sequence" and base.config.attention == "bidirectional"
-                                      and config.model.classifier_pooling == "token")))
+    model_config = base.config.model_copy(
+        update=dict(
+            head=task.head,
+            labels=task.labels,
+            dropout=config.model.dropout,
+            classifier_pooling=config.model.classifier_pooling,
+            pooler=base.config.pooler
+            or (
+                task.head == "sequence"
+                and base.config.attention == "bidirectional"
+                and config.model.classifier_pooling == "token"
+            ),
+        )
+    )
     torch.manual_seed(config.train.seed)
     model = LanguageModel(model_config)
     if not config.adapt.from_scratch:
         missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
         new = [name for name in missing if not name.startswith(("classifier.", "pooler."))]
         if new:  # never silently train a half-loaded model
-            raise ConfigError(f"train.init {config.train.init}: tensor {new[0]} is missing from the checkpoint")
+            raise ConfigError(
+                f"train.init {config.train.init}: tensor {new[0]} is missing from the checkpoint"
+            )
         del unexpected  # heads of another task (nsp_head for a classifier...) are kept but unused
     apply_adaptation(model, config.adapt)
     trainable, total = trainable_parameters(model)
     for note in task.notes:
         say(note)
-    say(f"fine-tuning {trainable:,} of {total:,} parameters ({config.adapt.method}"
-        f"{', from scratch' if config.adapt.from_scratch else ''})")
+    say(
+        f"fine-tuning {trainable:,} of {total:,} parameters ({config.adapt.method}"
+        f"{', from scratch' if config.adapt.from_scratch else ''})"
+    )
     device = resolve_device(config.train.device)
     model.to(device).train()
     config = config.model_copy(update={"model": model_config})
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.yaml", config.to_yaml())
     optimizer = build_optimizer(model, config.optim, device)
-    run = Run(config, model, task.objective, optimizer, tokenizer, device,
-              torch.Generator().manual_seed(config.train.seed), ckpt.TrainingState())
+    run = Run(
+        config,
+        model,
+        task.objective,
+        optimizer,
+        tokenizer,
+        device,
+        torch.Generator().manual_seed(config.train.seed),
+        ckpt.TrainingState(),
+    )
     return fit(run)
 
 
@@ -116,47 +143,95 @@ def task_data(config: RunConfig, tokenizer: Tokenizer, model_config: ModelConfig
     name, data, seed = config.objective.name, config.data, config.train.seed
     max_len = config.train.seq_len or model_config.max_seq_len
     if max_len > model_config.max_seq_len:
-        raise ConfigError(f"train.seq_len ({max_len}) exceeds the model's max_seq_len ({model_config.max_seq_len})")
+        raise ConfigError(
+            f"train.seq_len ({max_len}) exceeds the model's max_seq_len ({model_config.max_seq_len})"
+        )
     bidirectional = model_config.attention == "bidirectional"
     if name == "classify":
-        read = lambda path: read_labelled(path, text_field=data.text_field, label_field=data.label_field,  # noqa: E731
-                                          encoding=data.encoding, skip_invalid=data.skip_invalid)
-        train, val, skipped = _train_and_val(config, read, lambda rows: stratified_split(rows, data.val_fraction, seed))
+        read = lambda path: read_labelled(
+            path,
+            text_field=data.text_field,
+            label_field=data.label_field,  # noqa: E731
+            encoding=data.encoding,
+            skip_invalid=data.skip_invalid,
+        )
+        train, val, skipped = _train_and_val(
+            config, read, lambda rows: stratified_split(rows, data.val_fraction, seed)
+        )
         train = sample_records(train, data.max_train_examples, seed)
         labels = label_set(train, str(data.train_file))
-        classify = Classify(train, val, tokenizer, labels, max_len, bidirectional=bidirectional,
-                            class_weights=config.objective.class_weights)
-        notes = _notes(f"{len(train):,} training and {len(val):,} validation texts; labels: {', '.join(labels)}",
-                       skipped, classify.train.truncated + classify.val.truncated, f"texts longer than {max_len} tokens")
+        classify = Classify(
+            train,
+            val,
+            tokenizer,
+            labels,
+            max_len,
+            bidirectional=bidirectional,
+            class_weights=config.objective.class_weights,
+        )
+        notes = _notes(
+            f"{len(train):,} training and {len(val):,} validation texts; labels: {', '.join(labels)}",
+            skipped,
+            classify.train.truncated + classify.val.truncated,
+            f"texts longer than {max_len} tokens",
+        )
         return TaskData(classify, "sequence", labels, notes)
     if name == "tokens":
-        read = lambda path: read_tagged(path, encoding=data.encoding, skip_invalid=data.skip_invalid)  # noqa: E731
-        train, val, skipped = _train_and_val(config, read, lambda rows: _split(rows, data.val_fraction, seed))
+        read = lambda path: read_tagged(
+            path, encoding=data.encoding, skip_invalid=data.skip_invalid
+        )  # noqa: E731
+        train, val, skipped = _train_and_val(
+            config, read, lambda rows: _split(rows, data.val_fraction, seed)
+        )
         train = _head(train, data.max_train_examples, seed)
         tags = tag_set(train, str(data.train_file))
         tagger = TagTokens(train, val, tokenizer, tags, max_len, bidirectional=bidirectional)
-        notes = _notes(f"{len(train):,} training and {len(val):,} validation sentences; tags: {', '.join(tags)}",
-                       skipped, tagger.train.truncated + tagger.val.truncated, f"sentences longer than {max_len} tokens")
+        notes = _notes(
+            f"{len(train):,} training and {len(val):,} validation sentences; tags: {', '.join(tags)}",
+            skipped,
+            tagger.train.truncated + tagger.val.truncated,
+            f"sentences longer than {max_len} tokens",
+        )
         return TaskData(tagger, "token", tags, notes)
     if name == "instruct":
         if bidirectional:
-            raise ConfigError(f"objective instruct trains a decoder; {config.train.init} is an encoder")
+            raise ConfigError(
+                f"objective instruct trains a decoder; {config.train.init} is an encoder"
+            )
         read = lambda path: read_conversations(path, skip_invalid=data.skip_invalid)  # noqa: E731
-        train, val, skipped = _train_and_val(config, read, lambda rows: _split(rows, data.val_fraction, seed))
+        train, val, skipped = _train_and_val(
+            config, read, lambda rows: _split(rows, data.val_fraction, seed)
+        )
         train = _head(train, data.max_train_examples, seed)
         if tokenizer.chat_template is None:
-            tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE  # saved with every checkpoint of the run
-        sft = Instruct(train, val, tokenizer, tokenizer.chat_template, max_len,
-                       train_on_prompt=config.objective.train_on_prompt)
-        notes = _notes(f"{len(train):,} training and {len(val):,} validation conversations", skipped,
-                       sft.train.truncated + sft.val.truncated,
-                       f"conversations longer than {max_len} tokens (kept, cut at the end)")
+            tokenizer.chat_template = (
+                DEFAULT_CHAT_TEMPLATE  # saved with every checkpoint of the run
+            )
+        sft = Instruct(
+            train,
+            val,
+            tokenizer,
+            tokenizer.chat_template,
+            max_len,
+            train_on_prompt=config.objective.train_on_prompt,
+        )
+        notes = _notes(
+            f"{len(train):,} training and {len(val):,} validation conversations",
+            skipped,
+            sft.train.truncated + sft.val.truncated,
+            f"conversations longer than {max_len} tokens (kept, cut at the end)",
+        )
         return TaskData(sft, "lm", (), notes)
-    raise ConfigError(f"objective.name: {name!r} is not a fine-tuning task; use classify, tokens or instruct")
+    raise ConfigError(
+        f"objective.name: {name!r} is not a fine-tuning task; use classify, tokens or instruct"
+    )
 
 
-def _train_and_val(config: RunConfig, read: Callable[[Path], tuple[list, int]],
-                   split: Callable[[list], tuple[list, list]]) -> tuple[list, list, int]:
+def _train_and_val(
+    config: RunConfig,
+    read: Callable[[Path], tuple[list, int]],
+    split: Callable[[list], tuple[list, list]],
+) -> tuple[list, list, int]:
     """(training records, validation records, invalid records skipped): data.val_file when given,
     else `split` of data.train_file."""
     assert config.data.train_file is not None
@@ -188,7 +263,9 @@ def _head(items: list, limit: int | None, seed: int) -> list:
     """A seeded random subset of `limit` items (all when None or fewer)."""
     if limit is None or limit >= len(items):
         return items
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()[:limit]
+    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()[
+        :limit
+    ]
     return [items[i] for i in sorted(order)]
 
 
@@ -198,5 +275,7 @@ def sample_records(records: list[TextRecord], limit: int | None, seed: int) -> l
         return records
     _, sample = stratified_split(records, limit / len(records), seed)
     if len({r.label for r in sample}) < 2:
-        raise DataError(f"data.max_train_examples {limit}: the sample holds fewer than two labels; raise it")
+        raise DataError(
+            f"data.max_train_examples {limit}: the sample holds fewer than two labels; raise it"
+        )
     return sample

@@ -62,8 +62,12 @@ class Run:
         return self.config.train.out_dir
 
 
-def accumulate_gradients(model: LanguageModel, objective: Objective, micro_batches: list[Batch],
-                         autocast: contextlib.AbstractContextManager | None = None) -> LossTotals:
+def accumulate_gradients(
+    model: LanguageModel,
+    objective: Objective,
+    micro_batches: list[Batch],
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> LossTotals:
     """Backward over every micro-batch; gradients end up equal to those of one big batch.
 
     Each micro-batch's summed loss is divided by the target count of the WHOLE step, not its own:
@@ -81,8 +85,13 @@ def accumulate_gradients(model: LanguageModel, objective: Objective, micro_batch
 
 
 @torch.no_grad()
-def evaluate(model: LanguageModel, objective: Objective, batches: list[Batch], device: torch.device,
-             autocast: contextlib.AbstractContextManager | None = None) -> dict[str, float]:
+def evaluate(
+    model: LanguageModel,
+    objective: Objective,
+    batches: list[Batch],
+    device: torch.device,
+    autocast: contextlib.AbstractContextManager | None = None,
+) -> dict[str, float]:
     was_training = model.training
     model.eval()
     totals = LossTotals()
@@ -100,9 +109,22 @@ def fit(run: Run) -> RunResult:
     autocast = _autocast(run.device, train_cfg.precision)
     eval_batches = objective.eval_batches(train_cfg.batch_size, train_cfg.eval_batches)
     log = MetricsLog(run.run_dir, resume_from_step=state.step if run.resumed else None)
-    result = RunResult(run.run_dir, state.step, state.tokens_seen, state.elapsed_s, "", best_metric=state.best_metric)
-    bar = tqdm(total=train_cfg.max_steps, initial=state.step, disable=not train_cfg.progress,
-               unit="step", dynamic_ncols=True, leave=False)
+    result = RunResult(
+        run.run_dir,
+        state.step,
+        state.tokens_seen,
+        state.elapsed_s,
+        "",
+        best_metric=state.best_metric,
+    )
+    bar = tqdm(
+        total=train_cfg.max_steps,
+        initial=state.step,
+        disable=not train_cfg.progress,
+        unit="step",
+        dynamic_ncols=True,
+        leave=False,
+    )
     clock = time.perf_counter() - state.elapsed_s  # elapsed time carries over a resume
     window_start, window_tokens, window = time.perf_counter(), 0, LossTotals()
     evaluated_at = -1
@@ -111,27 +133,39 @@ def fit(run: Run) -> RunResult:
         """Evaluate, keep `last` (and `best` when val loss improves); True if patience ran out."""
         nonlocal evaluated_at
         evaluated_at = state.step
-        metrics = evaluate(model, objective, eval_batches, run.device, autocast) if eval_batches else {}
+        metrics = (
+            evaluate(model, objective, eval_batches, run.device, autocast) if eval_batches else {}
+        )
         value = _monitored(metrics, train_cfg.monitor, cfg.objective.name)
-        improved = value is not None and (state.best_metric is None or _better(value, state.best_metric, train_cfg.monitor))
+        improved = value is not None and (
+            state.best_metric is None or _better(value, state.best_metric, train_cfg.monitor)
+        )
         if improved:
             state.best_metric, state.evals_without_improvement = value, 0
         elif value is not None:
             state.evals_without_improvement += 1
         state.elapsed_s = time.perf_counter() - clock
         if metrics:
-            log.write(state.step, {**metrics, "tokens": state.tokens_seen, "elapsed_s": state.elapsed_s})
+            log.write(
+                state.step, {**metrics, "tokens": state.tokens_seen, "elapsed_s": state.elapsed_s}
+            )
             result.evals.append({"step": state.step, **metrics})
-            bar.write(f"step {state.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            bar.write(
+                f"step {state.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            )
         _save(run, "last")
         if improved:
             _save(run, "best", with_training_state=False)
-        return train_cfg.patience is not None and state.evals_without_improvement >= train_cfg.patience
+        return (
+            train_cfg.patience is not None and state.evals_without_improvement >= train_cfg.patience
+        )
 
     if state.step == 0 and eval_batches:
         # The untrained model's validation loss: the baseline every later figure is read against.
         metrics = evaluate(model, objective, eval_batches, run.device, autocast)
-        _monitored(metrics, train_cfg.monitor, cfg.objective.name)  # a misnamed monitor fails now, not later
+        _monitored(
+            metrics, train_cfg.monitor, cfg.objective.name
+        )  # a misnamed monitor fails now, not later
         log.write(0, {**metrics, "tokens": 0, "elapsed_s": 0.0})
         result.evals.append({"step": 0, **metrics})
     try:
@@ -142,18 +176,29 @@ def fit(run: Run) -> RunResult:
             if result.stop_reason:
                 break
             # 2. Learning rate for this step: warm-up, then decay by progress through the run.
-            lr = learning_rate(state.step, _decay_progress(cfg, state, elapsed, tokens_per_step), cfg.optim)
+            lr = learning_rate(
+                state.step, _decay_progress(cfg, state, elapsed, tokens_per_step), cfg.optim
+            )
             for group in optimizer.param_groups:
                 group["lr"] = lr
             # 3. Forward and backward over grad_accum micro-batches, then one optimizer step.
-            micro = [objective.train_batch(train_cfg.batch_size, run.data_generator).to(run.device)
-                     for _ in range(train_cfg.grad_accum)]
+            micro = [
+                objective.train_batch(train_cfg.batch_size, run.data_generator).to(run.device)
+                for _ in range(train_cfg.grad_accum)
+            ]
             step_totals = accumulate_gradients(model, objective, micro, autocast)
-            if not math.isfinite(step_totals.loss):  # before the step, so the weights stay as they were
-                raise TrainingError(f"the training loss became {step_totals.loss} at step {state.step + 1}; the last "
-                                    f"checkpoint is intact: lower optim.lr or raise optim.warmup_steps and --resume")
-            grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip).item()
-                         if cfg.optim.grad_clip > 0 else float("nan"))
+            if not math.isfinite(
+                step_totals.loss
+            ):  # before the step, so the weights stay as they were
+                raise TrainingError(
+                    f"the training loss became {step_totals.loss} at step {state.step + 1}; the last "
+                    f"checkpoint is intact: lower optim.lr or raise optim.warmup_steps and --resume"
+                )
+            grad_norm = (
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip).item()
+                if cfg.optim.grad_clip > 0
+                else float("nan")
+            )
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -165,10 +210,23 @@ def fit(run: Run) -> RunResult:
                 seconds = time.perf_counter() - window_start
                 train_metrics = objective.metrics(window, "train")
                 tokens_per_s = window_tokens / max(seconds, 1e-9)
-                log.write(state.step, {**train_metrics, "lr": lr, "grad_norm": grad_norm,
-                                       "tokens_per_s": tokens_per_s, "tokens": state.tokens_seen})
-                bar.set_postfix(loss=f"{train_metrics['train/loss']:.3f}", lr=f"{lr:.2e}",
-                                tok_s=f"{tokens_per_s:,.0f}", left=_time_left(train_cfg, elapsed), refresh=False)
+                log.write(
+                    state.step,
+                    {
+                        **train_metrics,
+                        "lr": lr,
+                        "grad_norm": grad_norm,
+                        "tokens_per_s": tokens_per_s,
+                        "tokens": state.tokens_seen,
+                    },
+                )
+                bar.set_postfix(
+                    loss=f"{train_metrics['train/loss']:.3f}",
+                    lr=f"{lr:.2e}",
+                    tok_s=f"{tokens_per_s:,.0f}",
+                    left=_time_left(train_cfg, elapsed),
+                    refresh=False,
+                )
                 window_start, window_tokens, window = time.perf_counter(), 0, LossTotals()
             bar.update(1)
             # 5. Evaluate and checkpoint every eval_every steps; stop early when patience runs out.
@@ -186,7 +244,11 @@ def fit(run: Run) -> RunResult:
     finally:
         bar.close()
         log.close()
-        plot_loss_curve(log.read(), run.run_dir / LOSS_CURVE_FILE, title=f"{cfg.objective.name} · {run.run_dir.name}")
+        plot_loss_curve(
+            log.read(),
+            run.run_dir / LOSS_CURVE_FILE,
+            title=f"{cfg.objective.name} · {run.run_dir.name}",
+        )
     result.step, result.tokens_seen = state.step, state.tokens_seen
     result.elapsed_s, result.best_metric = time.perf_counter() - clock, state.best_metric
     return result
@@ -195,7 +257,9 @@ def fit(run: Run) -> RunResult:
 def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     """Set up a pre-training run from its config (fresh or resumed) and train it."""
     if config.data.path is None:
-        raise ConfigError("data.path is not set: give a directory made by `graft data prepare` (--data.path=DIR)")
+        raise ConfigError(
+            "data.path is not set: give a directory made by `graft data prepare` (--data.path=DIR)"
+        )
     tokenizer, train_shards, val_shards = open_prepared(config.data.path)
     initial: LanguageModel | None = None
     if config.train.init is not None and not resume:
@@ -212,13 +276,18 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
             raise TokenizerError(
                 f"--resume: {config.data.path} was prepared with tokenizer {tokenizer.sha256[:12]} but {last} was "
                 f"trained with {trained_with.sha256[:12]}; prepare the data with {last / ckpt.TOKENIZER_FILE} "
-                "or train into a new train.out_dir")
+                "or train into a new train.out_dir"
+            )
         changed = ckpt.config_differences(ckpt.read_model_config(last), config.model)
         if changed:
-            raise CheckpointError(f"--resume: the model config differs from {last}: {'; '.join(changed)}; "
-                                  "resume with the original config or train into a new train.out_dir")
+            raise CheckpointError(
+                f"--resume: the model config differs from {last}: {'; '.join(changed)}; "
+                "resume with the original config or train into a new train.out_dir"
+            )
     elif (run_dir / "checkpoints").exists():
-        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it, or set another train.out_dir")
+        raise ConfigError(
+            f"{run_dir} already holds a run; pass --resume to continue it, or set another train.out_dir"
+        )
 
     device = resolve_device(config.train.device)
     torch.manual_seed(config.train.seed)
@@ -240,13 +309,25 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     model.train()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.yaml", config.to_yaml())
-    build = functools.partial(build_objective, config.objective, seq_len=config.seq_len, tokenizer=tokenizer,
-                              vocab_size=config.model.vocab_size, mask_doc_boundaries=config.data.mask_doc_boundaries)
+    build = functools.partial(
+        build_objective,
+        config.objective,
+        seq_len=config.seq_len,
+        tokenizer=tokenizer,
+        vocab_size=config.model.vocab_size,
+        mask_doc_boundaries=config.data.mask_doc_boundaries,
+    )
     objective = build(train_shards, val_shards)
     if config.data.replay_path is not None:
-        _, replay_train, replay_val = open_prepared(config.data.replay_path, expected_tokenizer=tokenizer)
-        objective = with_replay(objective, build(replay_train, replay_val), config.data.replay_fraction)
-    run = Run(config, model, objective, optimizer, tokenizer, device, generator, state, resumed=resume)
+        _, replay_train, replay_val = open_prepared(
+            config.data.replay_path, expected_tokenizer=tokenizer
+        )
+        objective = with_replay(
+            objective, build(replay_train, replay_val), config.data.replay_fraction
+        )
+    run = Run(
+        config, model, objective, optimizer, tokenizer, device, generator, state, resumed=resume
+    )
     # Deterministic kernels are a process-wide switch: set it for this run only.
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(config.train.deterministic or previous)
@@ -256,16 +337,24 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
         torch.use_deterministic_algorithms(previous)
 
 
-def open_prepared(directory: Path, expected_tokenizer: Tokenizer | None = None) -> tuple[Tokenizer, TokenShards, TokenShards | None]:
+def open_prepared(
+    directory: Path, expected_tokenizer: Tokenizer | None = None
+) -> tuple[Tokenizer, TokenShards, TokenShards | None]:
     """A prepared data directory's tokenizer and its train and val splits (val None when empty)."""
     ShardIndex.load(directory)  # first: a missing or unprepared directory says "run data prepare"
     tokenizer = Tokenizer.load(directory)
     if expected_tokenizer is not None and tokenizer.sha256 != expected_tokenizer.sha256:
-        raise TokenizerError(f"{directory} was prepared with tokenizer {tokenizer.sha256[:12]}, the run's data with "
-                             f"{expected_tokenizer.sha256[:12]}; prepare both with the same tokenizer")
+        raise TokenizerError(
+            f"{directory} was prepared with tokenizer {tokenizer.sha256[:12]}, the run's data with "
+            f"{expected_tokenizer.sha256[:12]}; prepare both with the same tokenizer"
+        )
     train = TokenShards.open(directory, "train", expected_tokenizer_sha256=tokenizer.sha256)
     has_val = train.index.splits.get("val") is not None and train.index.splits["val"].tokens > 0
-    val = TokenShards.open(directory, "val", expected_tokenizer_sha256=tokenizer.sha256) if has_val else None
+    val = (
+        TokenShards.open(directory, "val", expected_tokenizer_sha256=tokenizer.sha256)
+        if has_val
+        else None
+    )
     return tokenizer, train, val
 
 
@@ -276,15 +365,27 @@ def _initial_model(config: RunConfig, tokenizer: Tokenizer) -> tuple[LanguageMod
     assert init is not None
     model, trained_with = ckpt.load_model(init)
     if trained_with.sha256 != tokenizer.sha256:
-        raise TokenizerError(f"train.init: {init} has tokenizer {trained_with.sha256[:12]} but {config.data.path} was "
-                             f"prepared with {tokenizer.sha256[:12]}; prepare the data with --tokenizer {init}")
-    asked = config.model.model_dump(include=config.model.model_fields_set - {"dropout", "vocab_size"})
-    clashes = [f"model.{k}: run says {v!r}, checkpoint has {getattr(model.config, k)!r}"
-               for k, v in asked.items() if getattr(model.config, k) != getattr(config.model, k)]
+        raise TokenizerError(
+            f"train.init: {init} has tokenizer {trained_with.sha256[:12]} but {config.data.path} was "
+            f"prepared with {tokenizer.sha256[:12]}; prepare the data with --tokenizer {init}"
+        )
+    asked = config.model.model_dump(
+        include=config.model.model_fields_set - {"dropout", "vocab_size"}
+    )
+    clashes = [
+        f"model.{k}: run says {v!r}, checkpoint has {getattr(model.config, k)!r}"
+        for k, v in asked.items()
+        if getattr(model.config, k) != getattr(config.model, k)
+    ]
     if clashes:
-        raise ConfigError(f"train.init: the model comes from {init}; {'; '.join(clashes)} (drop these model settings)")
-    model_config = model.config.model_copy(update={"dropout": config.model.dropout}
-                                           if "dropout" in config.model.model_fields_set else {})
+        raise ConfigError(
+            f"train.init: the model comes from {init}; {'; '.join(clashes)} (drop these model settings)"
+        )
+    model_config = model.config.model_copy(
+        update={"dropout": config.model.dropout}
+        if "dropout" in config.model.model_fields_set
+        else {}
+    )
     if model_config != model.config:
         reloaded = LanguageModel(model_config)
         reloaded.load_state_dict(model.state_dict())
@@ -306,7 +407,9 @@ def resolve_device(name: str, what: str = "train.device") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"{what}: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise ConfigError(
+            f"{what}: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps"
+        ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{what}: {name!r} requested but this torch build has no CUDA device")
     return device
@@ -318,8 +421,10 @@ def _with_vocab(config: RunConfig, tokenizer: Tokenizer) -> RunConfig:
         model = config.model.model_copy(update={"vocab_size": tokenizer.vocab_size})
         return config.model_copy(update={"model": model})
     if vocab < tokenizer.vocab_size:
-        raise ConfigError(f"model.vocab_size ({vocab}) is smaller than the tokenizer's vocabulary "
-                          f"({tokenizer.vocab_size}); leave it unset to take the tokenizer's")
+        raise ConfigError(
+            f"model.vocab_size ({vocab}) is smaller than the tokenizer's vocabulary "
+            f"({tokenizer.vocab_size}); leave it unset to take the tokenizer's"
+        )
     return config
 
 
@@ -332,8 +437,10 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 def _monitored(metrics: dict[str, float], monitor: str, objective: str) -> float | None:
     if metrics and monitor not in metrics:
-        raise ConfigError(f"train.monitor: {monitor!r} is not a metric of objective {objective}; "
-                          f"choose one of: {', '.join(metrics)}")
+        raise ConfigError(
+            f"train.monitor: {monitor!r} is not a metric of objective {objective}; "
+            f"choose one of: {', '.join(metrics)}"
+        )
     return metrics.get(monitor)
 
 
@@ -353,14 +460,19 @@ def _limit_reached(train_cfg: TrainConfig, state: ckpt.TrainingState, elapsed: f
     return ""
 
 
-def _decay_progress(cfg: RunConfig, state: ckpt.TrainingState, elapsed: float, tokens_per_step: int) -> float:
+def _decay_progress(
+    cfg: RunConfig, state: ckpt.TrainingState, elapsed: float, tokens_per_step: int
+) -> float:
     """How far through the decay phase (after warm-up) the run is, by whichever limit is nearest."""
     t, warmup = cfg.train, cfg.optim.warmup_steps
     fractions = []
     if t.max_steps is not None:
         fractions.append((state.step - warmup) / max(t.max_steps - warmup, 1))
     if t.max_tokens is not None:
-        fractions.append((state.tokens_seen - warmup * tokens_per_step) / max(t.max_tokens - warmup * tokens_per_step, 1))
+        fractions.append(
+            (state.tokens_seen - warmup * tokens_per_step)
+            / max(t.max_tokens - warmup * tokens_per_step, 1)
+        )
     if t.max_minutes is not None:
         fractions.append(elapsed / (60 * t.max_minutes))
     return max(fractions) if fractions else 0.0
@@ -375,13 +487,19 @@ def _time_left(train_cfg: TrainConfig, elapsed: float) -> str:
 
 def _save(run: Run, name: str, *, with_training_state: bool = True) -> None:
     rng = ckpt.RngStates(
-        torch_cpu=torch.get_rng_state(), data=run.data_generator.get_state(),
+        torch_cpu=torch.get_rng_state(),
+        data=run.data_generator.get_state(),
         cuda=torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
     )
     ckpt.save_checkpoint(
-        run.run_dir / "checkpoints" / name, model=run.model, tokenizer=run.tokenizer,
+        run.run_dir / "checkpoints" / name,
+        model=run.model,
+        tokenizer=run.tokenizer,
         run_config_yaml=run.config.to_yaml(),
         optimizer=run.optimizer if with_training_state else None,
-        state=run.state if with_training_state else None, rng=rng if with_training_state else None,
-        adapter=(run.config.adapt, str(run.config.train.init)) if run.config.adapt.method == "lora" else None,
+        state=run.state if with_training_state else None,
+        rng=rng if with_training_state else None,
+        adapter=(run.config.adapt, str(run.config.train.init))
+        if run.config.adapt.method == "lora"
+        else None,
     )

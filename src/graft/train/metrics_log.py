@@ -28,7 +28,10 @@ class MetricsLog:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
-        clean = {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
+        clean = {
+            k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
+            for k, v in metrics.items()
+        }
         self._file.write(json.dumps({"step": step, **clean}) + "\n")
         self._file.flush()
 
@@ -42,7 +45,9 @@ class MetricsLog:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [
+        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
 
 
 def plot_loss_curve(metrics: list[dict[str, Any]], out: Path, title: str = "") -> Path | None:

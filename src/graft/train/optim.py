@@ -25,7 +25,10 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
         {"params": no_decay, "weight_decay": 0.0},
     ]
     return torch.optim.AdamW(
-        groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+        groups,
+        lr=cfg.lr,
+        betas=(cfg.beta1, cfg.beta2),
+        eps=cfg.eps,
         # One fused kernel over all parameters: on CPU the default per-tensor path spends as long
         # in its elementwise ops as a small model's forward pass (bench/train_throughput.py).
         fused=device.type in ("cpu", "cuda"),

@@ -25,38 +25,75 @@ ENCODER_MODEL_TYPES = ("bert", "roberta")
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "bert": dict(
-        vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, max_position_embeddings=512,
-        type_vocab_size=2, initializer_range=0.02, layer_norm_eps=1e-12, pad_token_id=0,
-        position_embedding_type="absolute", is_decoder=False, add_cross_attention=False, tie_word_embeddings=True,
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        initializer_range=0.02,
+        layer_norm_eps=1e-12,
+        pad_token_id=0,
+        position_embedding_type="absolute",
+        is_decoder=False,
+        add_cross_attention=False,
+        tie_word_embeddings=True,
     ),
     "roberta": dict(
-        vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-        hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, max_position_embeddings=514,
-        type_vocab_size=1, initializer_range=0.02, layer_norm_eps=1e-5, pad_token_id=1,
-        position_embedding_type="absolute", is_decoder=False, add_cross_attention=False, tie_word_embeddings=True,
+        vocab_size=50265,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        initializer_range=0.02,
+        layer_norm_eps=1e-5,
+        pad_token_id=1,
+        position_embedding_type="absolute",
+        is_decoder=False,
+        add_cross_attention=False,
+        tie_word_embeddings=True,
     ),
 }
 _ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 # graft name (after model.layers.N.) -> BERT name (after encoder.layer.N.)
 _LAYER = {
-    "self_attn.q_proj": "attention.self.query", "self_attn.k_proj": "attention.self.key",
-    "self_attn.v_proj": "attention.self.value", "self_attn.o_proj": "attention.output.dense",
-    "post_attention_layernorm": "attention.output.LayerNorm", "mlp.up_proj": "intermediate.dense",
-    "mlp.down_proj": "output.dense", "post_feedforward_layernorm": "output.LayerNorm",
+    "self_attn.q_proj": "attention.self.query",
+    "self_attn.k_proj": "attention.self.key",
+    "self_attn.v_proj": "attention.self.value",
+    "self_attn.o_proj": "attention.output.dense",
+    "post_attention_layernorm": "attention.output.LayerNorm",
+    "mlp.up_proj": "intermediate.dense",
+    "mlp.down_proj": "output.dense",
+    "post_feedforward_layernorm": "output.LayerNorm",
 }
 _EMBEDDINGS = {
-    "model.embed_tokens": "embeddings.word_embeddings", "model.embed_positions": "embeddings.position_embeddings",
-    "model.embed_token_types": "embeddings.token_type_embeddings", "model.embed_norm": "embeddings.LayerNorm",
+    "model.embed_tokens": "embeddings.word_embeddings",
+    "model.embed_positions": "embeddings.position_embeddings",
+    "model.embed_token_types": "embeddings.token_type_embeddings",
+    "model.embed_norm": "embeddings.LayerNorm",
     "pooler.dense": "pooler.dense",
 }
 # The heads sit outside the base model, under family-specific names.
 _HEADS = {
-    "bert": {"lm_head_transform.dense": "cls.predictions.transform.dense",
-             "lm_head_transform.norm": "cls.predictions.transform.LayerNorm",
-             "nsp_head": "cls.seq_relationship"},
-    "roberta": {"lm_head_transform.dense": "lm_head.dense", "lm_head_transform.norm": "lm_head.layer_norm"},
+    "bert": {
+        "lm_head_transform.dense": "cls.predictions.transform.dense",
+        "lm_head_transform.norm": "cls.predictions.transform.LayerNorm",
+        "nsp_head": "cls.seq_relationship",
+    },
+    "roberta": {
+        "lm_head_transform.dense": "lm_head.dense",
+        "lm_head_transform.norm": "lm_head.layer_norm",
+    },
 }
 _LM_BIAS = {"bert": "cls.predictions.bias", "roberta": "lm_head.bias"}
 _LM_DECODER = {"bert": "cls.predictions.decoder", "roberta": "lm_head.decoder"}
@@ -66,31 +103,51 @@ def position_offset(model_type: str, cfg: dict[str, Any]) -> int:
     return int(cfg["pad_token_id"]) + 1 if model_type == "roberta" else 0
 
 
-def encoder_fields(model_type: str, cfg: dict[str, Any], tensor_names: Iterable[str],
-                   refuse: Callable[[str], CheckpointError]) -> dict[str, Any]:
+def encoder_fields(
+    model_type: str,
+    cfg: dict[str, Any],
+    tensor_names: Iterable[str],
+    refuse: Callable[[str], CheckpointError],
+) -> dict[str, Any]:
     """ModelConfig fields of a BERT/RoBERTa config.json, with the heads its tensors hold."""
     if cfg["is_decoder"] or cfg["add_cross_attention"]:
         raise refuse("decoder / cross-attention BERT variants are not supported")
     if cfg["position_embedding_type"] != "absolute":
-        raise refuse(f"position_embedding_type {cfg['position_embedding_type']!r}: graft has absolute positions only")
+        raise refuse(
+            f"position_embedding_type {cfg['position_embedding_type']!r}: graft has absolute positions only"
+        )
     if cfg["hidden_act"] not in _ACTIVATIONS:
         raise refuse(f"hidden_act {cfg['hidden_act']!r} is not one of {sorted(_ACTIVATIONS)}")
     names = set(tensor_names)
     has = lambda suffix: any(n == suffix or n.endswith("." + suffix) for n in names)  # noqa: E731
     lm_prefix = _HEADS[model_type]["lm_head_transform.dense"]
     return dict(
-        vocab_size=cfg["vocab_size"], max_seq_len=cfg["max_position_embeddings"] - position_offset(model_type, cfg),
-        d_model=cfg["hidden_size"], n_layers=cfg["num_hidden_layers"], n_heads=cfg["num_attention_heads"],
-        d_ff=cfg["intermediate_size"], norm="layernorm", norm_eps=cfg["layer_norm_eps"], positions="learned",
-        mlp=_ACTIVATIONS[cfg["hidden_act"]], bias=True, tie_embeddings=bool(cfg["tie_word_embeddings"]),
-        dropout=cfg["hidden_dropout_prob"], init_std=cfg["initializer_range"], attention="bidirectional",
-        norm_position="post", type_vocab_size=cfg["type_vocab_size"],
-        mlm_head=has(f"{lm_prefix}.weight"), pooler=has("pooler.dense.weight"),
+        vocab_size=cfg["vocab_size"],
+        max_seq_len=cfg["max_position_embeddings"] - position_offset(model_type, cfg),
+        d_model=cfg["hidden_size"],
+        n_layers=cfg["num_hidden_layers"],
+        n_heads=cfg["num_attention_heads"],
+        d_ff=cfg["intermediate_size"],
+        norm="layernorm",
+        norm_eps=cfg["layer_norm_eps"],
+        positions="learned",
+        mlp=_ACTIVATIONS[cfg["hidden_act"]],
+        bias=True,
+        tie_embeddings=bool(cfg["tie_word_embeddings"]),
+        dropout=cfg["hidden_dropout_prob"],
+        init_std=cfg["initializer_range"],
+        attention="bidirectional",
+        norm_position="post",
+        type_vocab_size=cfg["type_vocab_size"],
+        mlm_head=has(f"{lm_prefix}.weight"),
+        pooler=has("pooler.dense.weight"),
         nsp_head=model_type == "bert" and has("cls.seq_relationship.weight"),
     )
 
 
-def graft_to_hf_names(config: ModelConfig, model_type: str, graft_names: Iterable[str]) -> dict[str, str]:
+def graft_to_hf_names(
+    config: ModelConfig, model_type: str, graft_names: Iterable[str]
+) -> dict[str, str]:
     """graft tensor name -> the name in a (prefixed, head-carrying) transformers checkpoint."""
     base = model_type  # "bert." / "roberta." prefix of the base model inside *ForMaskedLM
     out: dict[str, str] = {}
@@ -112,25 +169,37 @@ def graft_to_hf_names(config: ModelConfig, model_type: str, graft_names: Iterabl
     return out
 
 
-def from_encoder(tensors: dict[str, torch.Tensor], sources: dict[str, Path], config: ModelConfig, model_type: str,
-                 offset: int, graft_names: Iterable[str]) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+def from_encoder(
+    tensors: dict[str, torch.Tensor],
+    sources: dict[str, Path],
+    config: ModelConfig,
+    model_type: str,
+    offset: int,
+    graft_names: Iterable[str],
+) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
     """Rename a BERT/RoBERTa state dict to graft's names; unknown tensors keep their name (and are
     then reported as unexpected by the caller)."""
-    to_graft = {hf: graft for graft, hf in graft_to_hf_names(config, model_type, graft_names).items()}
+    to_graft = {
+        hf: graft for graft, hf in graft_to_hf_names(config, model_type, graft_names).items()
+    }
     # The same tensor, saved under another name by some transformers versions: the tied decoder's bias.
     to_graft.setdefault(f"{_LM_DECODER[model_type]}.bias", "lm_head.bias")
     out: dict[str, torch.Tensor] = {}
     where: dict[str, Path] = {}
     for key, value in tensors.items():
         # A bare base model (BertModel.save_pretrained) has no "bert." prefix.
-        name = key if key.startswith((f"{model_type}.", "cls.", "lm_head.")) else f"{model_type}.{key}"
+        name = (
+            key if key.startswith((f"{model_type}.", "cls.", "lm_head.")) else f"{model_type}.{key}"
+        )
         if name.endswith("embeddings.position_ids") or name.endswith("embeddings.token_type_ids"):
             continue  # buffers older versions saved; derived, never needed
         target = to_graft.get(name, key)
         if target == "model.embed_positions.weight" and offset:
             value = value[offset:]
         if target in out and not torch.equal(out[target], value):
-            raise CheckpointError(f"{sources[key]}: tensor {key} disagrees with another copy of {target}")
+            raise CheckpointError(
+                f"{sources[key]}: tensor {key} disagrees with another copy of {target}"
+            )
         out[target], where[target] = value, sources[key]
     return out, where
 
@@ -144,13 +213,32 @@ def bert_config_dict(config: ModelConfig, refuse: Callable[[str], Exception]) ->
     if config.type_vocab_size < 1:
         raise refuse("BERT always has token-type embeddings; set type_vocab_size >= 1")
     if config.nsp_head and not config.mlm_head:
-        raise refuse("an NSP head without the masked-LM head has no transformers class (BertForPreTraining has both)")
-    architecture = ("BertForPreTraining" if config.nsp_head else "BertForMaskedLM" if config.mlm_head else "BertModel")
+        raise refuse(
+            "an NSP head without the masked-LM head has no transformers class (BertForPreTraining has both)"
+        )
+    architecture = (
+        "BertForPreTraining"
+        if config.nsp_head
+        else "BertForMaskedLM"
+        if config.mlm_head
+        else "BertModel"
+    )
     return dict(
-        architectures=[architecture], model_type="bert", vocab_size=config.vocab_size, hidden_size=config.d_model,
-        num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads, intermediate_size=config.ff_dim,
-        hidden_act="gelu" if config.mlp == "gelu" else "gelu_new", hidden_dropout_prob=config.dropout,
-        attention_probs_dropout_prob=config.dropout, max_position_embeddings=config.max_seq_len,
-        type_vocab_size=config.type_vocab_size, initializer_range=config.init_std, layer_norm_eps=config.norm_eps,
-        position_embedding_type="absolute", tie_word_embeddings=config.tie_embeddings, torch_dtype="float32",
+        architectures=[architecture],
+        model_type="bert",
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        intermediate_size=config.ff_dim,
+        hidden_act="gelu" if config.mlp == "gelu" else "gelu_new",
+        hidden_dropout_prob=config.dropout,
+        attention_probs_dropout_prob=config.dropout,
+        max_position_embeddings=config.max_seq_len,
+        type_vocab_size=config.type_vocab_size,
+        initializer_range=config.init_std,
+        layer_norm_eps=config.norm_eps,
+        position_embedding_type="absolute",
+        tie_word_embeddings=config.tie_embeddings,
+        torch_dtype="float32",
     )

@@ -55,20 +55,30 @@ def _gguf():  # type: ignore[no-untyped-def]
     try:
         import gguf
     except ImportError:
-        raise ConfigError("cannot export to GGUF: the `gguf` package is not installed (pip install gguf)") from None
+        raise ConfigError(
+            "cannot export to GGUF: the `gguf` package is not installed (pip install gguf)"
+        ) from None
     return gguf
 
 
 def interleave_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     """q_proj/k_proj rows from the rotate_half layout (HF, graft) to llama.cpp's adjacent-pair layout."""
     rows, *rest = weight.shape
-    return weight.reshape(n_heads, 2, rows // n_heads // 2, *rest).transpose(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(n_heads, 2, rows // n_heads // 2, *rest)
+        .transpose(1, 2)
+        .reshape(weight.shape)
+    )
 
 
 def uninterleave_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
     """The inverse of `interleave_rope_rows`."""
     rows, *rest = weight.shape
-    return weight.reshape(n_heads, rows // n_heads // 2, 2, *rest).transpose(1, 2).reshape(weight.shape)
+    return (
+        weight.reshape(n_heads, rows // n_heads // 2, 2, *rest)
+        .transpose(1, 2)
+        .reshape(weight.shape)
+    )
 
 
 def _check_exportable(config: ModelConfig, tokenizer: Tokenizer, dtype: str) -> None:
@@ -78,24 +88,36 @@ def _check_exportable(config: ModelConfig, tokenizer: Tokenizer, dtype: str) -> 
     if dtype not in get_args(GgufDtype):
         raise refuse(f"dtype {dtype!r} is not one of {', '.join(get_args(GgufDtype))}")
     if (config.positions, config.norm, config.mlp) != ("rope", "rmsnorm", "swiglu"):
-        raise refuse(f"positions={config.positions}, norm={config.norm}, mlp={config.mlp} is not llama.cpp's llama "
-                     "architecture, which needs rope + rmsnorm + swiglu")
+        raise refuse(
+            f"positions={config.positions}, norm={config.norm}, mlp={config.mlp} is not llama.cpp's llama "
+            "architecture, which needs rope + rmsnorm + swiglu"
+        )
     if config.bias or config.qkv_bias:
-        raise refuse("the llama architecture is exported without biases; this config has bias/attention_bias on")
+        raise refuse(
+            "the llama architecture is exported without biases; this config has bias/attention_bias on"
+        )
     if config.vocab_size is None:
         raise refuse("vocab_size is not set")
     if tokenizer.kind not in ("bpe", "bytes"):
-        raise refuse(f"a {tokenizer.kind} tokenizer has no llama.cpp 'gpt2' (byte-level BPE) equivalent; "
-                     "use a bpe or bytes tokenizer")
+        raise refuse(
+            f"a {tokenizer.kind} tokenizer has no llama.cpp 'gpt2' (byte-level BPE) equivalent; "
+            "use a bpe or bytes tokenizer"
+        )
     if tokenizer.vocab_size > config.vocab_size:
-        raise refuse(f"the tokenizer has {tokenizer.vocab_size} tokens but the embedding matrix only "
-                     f"{config.vocab_size} rows")
+        raise refuse(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the embedding matrix only "
+            f"{config.vocab_size} rows"
+        )
     if dtype == "q8_0":
         gguf = _gguf()
         try:
-            gguf.quants.quantize(np.zeros((1, 32), dtype=np.float32), gguf.GGMLQuantizationType.Q8_0)
+            gguf.quants.quantize(
+                np.zeros((1, 32), dtype=np.float32), gguf.GGMLQuantizationType.Q8_0
+            )
         except (AttributeError, NotImplementedError):
-            raise refuse("the installed gguf package cannot write q8_0; use f16 or f32, or upgrade gguf") from None
+            raise refuse(
+                "the installed gguf package cannot write q8_0; use f16 or f32, or upgrade gguf"
+            ) from None
 
 
 def _tensors(model: LanguageModel) -> dict[str, torch.Tensor]:
@@ -154,7 +176,9 @@ def _tokenizer_metadata(writer, tokenizer: Tokenizer, n_vocab: int) -> None:  # 
             types.append(gguf.TokenType.UNUSED)
         else:
             tokens.append(token)
-            types.append(gguf.TokenType.CONTROL if token in SPECIAL_TOKENS else gguf.TokenType.NORMAL)
+            types.append(
+                gguf.TokenType.CONTROL if token in SPECIAL_TOKENS else gguf.TokenType.NORMAL
+            )
     model = json.loads(tokenizer.backend.to_str())["model"]
     # tokenizers writes merges as "a b" strings (older) or [a, b] pairs (0.20+).
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
@@ -196,8 +220,11 @@ def export_gguf(
     _check_exportable(config, tokenizer, dtype)
     gguf = _gguf()
     tensors = _tensors(model)
-    file_type = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-                 "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[dtype]
+    file_type = {
+        "f32": gguf.LlamaFileType.ALL_F32,
+        "f16": gguf.LlamaFileType.MOSTLY_F16,
+        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+    }[dtype]
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temp = temporary_sibling(out_path)
@@ -244,17 +271,25 @@ def read_back_summary(path: Path, model: LanguageModel) -> str:
     found = {t.name: t for t in reader.tensors}
     if set(found) != set(expected):
         missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-        raise CheckpointError(f"{path}: tensors differ from the model (missing {missing[:3]}, unexpected {extra[:3]})")
+        raise CheckpointError(
+            f"{path}: tensors differ from the model (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
     exact = 0
     for name, value in expected.items():
         tensor = found[name]
-        shape = tuple(int(n) for n in reversed(tensor.shape))  # GGUF lists dimensions innermost first
+        shape = tuple(
+            int(n) for n in reversed(tensor.shape)
+        )  # GGUF lists dimensions innermost first
         if shape != tuple(value.shape):
-            raise CheckpointError(f"{path}: tensor {name} has shape {shape}, the model's is {tuple(value.shape)}")
+            raise CheckpointError(
+                f"{path}: tensor {name} has shape {shape}, the model's is {tuple(value.shape)}"
+            )
         if tensor.tensor_type == gguf.GGMLQuantizationType.F32:
             if not np.array_equal(np.asarray(tensor.data).reshape(value.shape), value.numpy()):
                 raise CheckpointError(f"{path}: tensor {name} holds other values than the model's")
             exact += 1
-    return (f"verify: gguf reader found all {len(expected)} tensors with the model's names and shapes; "
-            f"{exact} stored as f32 equal the model's values exactly. llama.cpp itself was not run "
-            "(graft does not install it).")
+    return (
+        f"verify: gguf reader found all {len(expected)} tensors with the model's names and shapes; "
+        f"{exact} stored as f32 equal the model's values exactly. llama.cpp itself was not run "
+        "(graft does not install it)."
+    )

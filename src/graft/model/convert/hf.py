@@ -77,28 +77,77 @@ SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", *ENCODER_MODEL_TYP
 # save_pretrained writes them all; hand-written and old files may not).
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "gpt2": dict(
-        vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
-        activation_function="gelu_new", resid_pdrop=0.1, layer_norm_epsilon=1e-5, initializer_range=0.02,
-        scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False,
+        vocab_size=50257,
+        n_positions=1024,
+        n_embd=768,
+        n_layer=12,
+        n_head=12,
+        n_inner=None,
+        activation_function="gelu_new",
+        resid_pdrop=0.1,
+        layer_norm_epsilon=1e-5,
+        initializer_range=0.02,
+        scale_attn_weights=True,
+        scale_attn_by_inverse_layer_idx=False,
+        reorder_and_upcast_attn=False,
         tie_word_embeddings=True,
     ),
     "llama": dict(
-        vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=None, head_dim=None, hidden_act="silu", max_position_embeddings=2048,
-        initializer_range=0.02, rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0,
-        rope_scaling=None, attention_bias=False, mlp_bias=False, attention_dropout=0.0,
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=None,
+        head_dim=None,
+        hidden_act="silu",
+        max_position_embeddings=2048,
+        initializer_range=0.02,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+        rope_scaling=None,
+        attention_bias=False,
+        mlp_bias=False,
+        attention_dropout=0.0,
     ),
     "mistral": dict(
-        vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=None, hidden_act="silu", max_position_embeddings=4096 * 32,
-        initializer_range=0.02, rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0,
-        rope_scaling=None, sliding_window=4096, attention_dropout=0.0,
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=None,
+        hidden_act="silu",
+        max_position_embeddings=4096 * 32,
+        initializer_range=0.02,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+        rope_scaling=None,
+        sliding_window=4096,
+        attention_dropout=0.0,
     ),
     "qwen2": dict(
-        vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=32, head_dim=None, hidden_act="silu", max_position_embeddings=32768,
-        initializer_range=0.02, rms_norm_eps=1e-6, tie_word_embeddings=False, rope_theta=10000.0,
-        rope_scaling=None, use_sliding_window=False, sliding_window=4096, layer_types=None, attention_dropout=0.0,
+        vocab_size=151936,
+        hidden_size=4096,
+        intermediate_size=22016,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        head_dim=None,
+        hidden_act="silu",
+        max_position_embeddings=32768,
+        initializer_range=0.02,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+        rope_scaling=None,
+        use_sliding_window=False,
+        sliding_window=4096,
+        layer_types=None,
+        attention_dropout=0.0,
     ),
     **ENCODER_DEFAULTS,
 }
@@ -129,7 +178,10 @@ def read_hf_config(directory: Path, tensor_names: Iterable[str] | None = None) -
     path = Path(directory) / CONFIG_FILE
     raw = _read_raw_config(Path(directory))
     model_type = raw["model_type"]
-    cfg = {**_DEFAULTS[model_type], **raw}  # an explicit null is meaningful (sliding_window: null = none)
+    cfg = {
+        **_DEFAULTS[model_type],
+        **raw,
+    }  # an explicit null is meaningful (sliding_window: null = none)
 
     def refuse(reason: str) -> CheckpointError:
         return CheckpointError(f"{path}: cannot import this {model_type} model: {reason}")
@@ -145,9 +197,13 @@ def read_hf_config(directory: Path, tensor_names: Iterable[str] | None = None) -
         head = _classifier_head(cfg, refuse)
         if head is not None:
             fields["head"], fields["labels"] = head
-            names = set(tensor_names if tensor_names is not None else _tensor_names(Path(directory)))
+            names = set(
+                tensor_names if tensor_names is not None else _tensor_names(Path(directory))
+            )
             if "lm_head.weight" not in names:
-                fields["tie_embeddings"] = True  # a classifier file has no LM head; the tied one costs nothing
+                fields["tie_embeddings"] = (
+                    True  # a classifier file has no LM head; the tied one costs nothing
+                )
         return ModelConfig(**fields)
     except ValidationError as err:
         raise CheckpointError(f"{path}: not a valid model config ({_first_error(err)})") from None
@@ -156,11 +212,15 @@ def read_hf_config(directory: Path, tensor_names: Iterable[str] | None = None) -
 _HEAD_SUFFIXES = {"ForSequenceClassification": "sequence", "ForTokenClassification": "token"}
 
 
-def _classifier_head(cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]) -> tuple[str, tuple[str, ...]] | None:
+def _classifier_head(
+    cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]
+) -> tuple[str, tuple[str, ...]] | None:
     """("sequence" | "token", label names) for a *ForSequenceClassification / *ForTokenClassification
     directory, from its `architectures` and `id2label`; None for other architectures."""
     architecture = next(iter(cfg.get("architectures") or []), "")
-    head = next((kind for suffix, kind in _HEAD_SUFFIXES.items() if architecture.endswith(suffix)), None)
+    head = next(
+        (kind for suffix, kind in _HEAD_SUFFIXES.items() if architecture.endswith(suffix)), None
+    )
     if head is None:
         return None
     id2label = cfg.get("id2label") or {}
@@ -171,7 +231,9 @@ def _classifier_head(cfg: dict[str, Any], refuse: Callable[[str], CheckpointErro
     if not ordered or [i for i, _ in ordered] != list(range(len(ordered))):
         count = cfg.get("num_labels") or len(ordered)
         if not count:
-            raise refuse(f"{architecture} without id2label or num_labels: the number of labels is unknown")
+            raise refuse(
+                f"{architecture} without id2label or num_labels: the number of labels is unknown"
+            )
         ordered = [(i, f"LABEL_{i}") for i in range(int(count))]
     return head, tuple(name for _, name in ordered)
 
@@ -179,62 +241,108 @@ def _classifier_head(cfg: dict[str, Any], refuse: Callable[[str], CheckpointErro
 def _gpt2_fields(cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]) -> dict[str, Any]:
     activation = cfg["activation_function"]
     if activation not in _GPT2_ACTIVATIONS:
-        raise refuse(f"activation_function {activation!r} is not one of {sorted(_GPT2_ACTIVATIONS)}")
-    if not cfg["scale_attn_weights"] or cfg["scale_attn_by_inverse_layer_idx"] or cfg["reorder_and_upcast_attn"]:
-        raise refuse("non-default attention scaling (scale_attn_weights / scale_attn_by_inverse_layer_idx / "
-                     "reorder_and_upcast_attn) is not supported")
+        raise refuse(
+            f"activation_function {activation!r} is not one of {sorted(_GPT2_ACTIVATIONS)}"
+        )
+    if (
+        not cfg["scale_attn_weights"]
+        or cfg["scale_attn_by_inverse_layer_idx"]
+        or cfg["reorder_and_upcast_attn"]
+    ):
+        raise refuse(
+            "non-default attention scaling (scale_attn_weights / scale_attn_by_inverse_layer_idx / "
+            "reorder_and_upcast_attn) is not supported"
+        )
     return dict(
-        vocab_size=cfg["vocab_size"], max_seq_len=cfg["n_positions"], d_model=cfg["n_embd"],
-        n_layers=cfg["n_layer"], n_heads=cfg["n_head"], d_ff=cfg["n_inner"] or 4 * cfg["n_embd"],
-        norm="layernorm", norm_eps=cfg["layer_norm_epsilon"], positions="learned",
-        mlp=_GPT2_ACTIVATIONS[activation], bias=True, tie_embeddings=bool(cfg["tie_word_embeddings"]),
-        dropout=cfg["resid_pdrop"], init_std=cfg["initializer_range"],
+        vocab_size=cfg["vocab_size"],
+        max_seq_len=cfg["n_positions"],
+        d_model=cfg["n_embd"],
+        n_layers=cfg["n_layer"],
+        n_heads=cfg["n_head"],
+        d_ff=cfg["n_inner"] or 4 * cfg["n_embd"],
+        norm="layernorm",
+        norm_eps=cfg["layer_norm_epsilon"],
+        positions="learned",
+        mlp=_GPT2_ACTIVATIONS[activation],
+        bias=True,
+        tie_embeddings=bool(cfg["tie_word_embeddings"]),
+        dropout=cfg["resid_pdrop"],
+        init_std=cfg["initializer_range"],
     )
 
 
-def _llama_fields(model_type: str, cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]) -> dict[str, Any]:
+def _llama_fields(
+    model_type: str, cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]
+) -> dict[str, Any]:
     if cfg["hidden_act"] != "silu":
         raise refuse(f"hidden_act {cfg['hidden_act']!r}: graft's gated MLP is SwiGLU (silu) only")
     d_model, heads = cfg["hidden_size"], cfg["num_attention_heads"]
     if cfg["head_dim"] is not None and heads and cfg["head_dim"] * heads != d_model:
-        raise refuse(f"head_dim {cfg['head_dim']} * {heads} heads != hidden_size {d_model}; "
-                     "graft needs hidden_size = heads * head_dim")
+        raise refuse(
+            f"head_dim {cfg['head_dim']} * {heads} heads != hidden_size {d_model}; "
+            "graft needs hidden_size = heads * head_dim"
+        )
     max_len = cfg["max_position_embeddings"]
     window = cfg.get("sliding_window")
     if model_type == "mistral":
         sliding = window is not None
     elif model_type == "qwen2":
-        sliding = bool(cfg["use_sliding_window"]) or "sliding_attention" in (cfg["layer_types"] or [])
+        sliding = bool(cfg["use_sliding_window"]) or "sliding_attention" in (
+            cfg["layer_types"] or []
+        )
     else:
         sliding = False
     if sliding and window is not None and window < max_len:
-        raise refuse(f"sliding_window {window} < max_position_embeddings {max_len}: graft has no sliding-window "
-                     "attention, and ignoring it would change the outputs past that length")
+        raise refuse(
+            f"sliding_window {window} < max_position_embeddings {max_len}: graft has no sliding-window "
+            "attention, and ignoring it would change the outputs past that length"
+        )
     theta, scaling = _rope(cfg, refuse)
     kv_heads = cfg["num_key_value_heads"] or heads
     if model_type == "qwen2":
         bias, attention_bias = False, True  # Qwen2: q/k/v biased, o_proj and the MLP not
     elif model_type == "llama":
         if bool(cfg["attention_bias"]) != bool(cfg["mlp_bias"]):
-            raise refuse("attention_bias and mlp_bias differ; graft biases attention and MLP together")
+            raise refuse(
+                "attention_bias and mlp_bias differ; graft biases attention and MLP together"
+            )
         bias, attention_bias = bool(cfg["attention_bias"]), None
     else:
         bias, attention_bias = False, None
     return dict(
-        vocab_size=cfg["vocab_size"], max_seq_len=max_len, d_model=d_model, n_layers=cfg["num_hidden_layers"],
-        n_heads=heads, n_kv_heads=kv_heads if kv_heads != heads else None, d_ff=cfg["intermediate_size"],
-        norm="rmsnorm", norm_eps=cfg["rms_norm_eps"], positions="rope", rope_theta=theta, rope_scaling=scaling,
-        mlp="swiglu", bias=bias, attention_bias=attention_bias, tie_embeddings=bool(cfg["tie_word_embeddings"]),
-        dropout=cfg["attention_dropout"], init_std=cfg["initializer_range"],
+        vocab_size=cfg["vocab_size"],
+        max_seq_len=max_len,
+        d_model=d_model,
+        n_layers=cfg["num_hidden_layers"],
+        n_heads=heads,
+        n_kv_heads=kv_heads if kv_heads != heads else None,
+        d_ff=cfg["intermediate_size"],
+        norm="rmsnorm",
+        norm_eps=cfg["rms_norm_eps"],
+        positions="rope",
+        rope_theta=theta,
+        rope_scaling=scaling,
+        mlp="swiglu",
+        bias=bias,
+        attention_bias=attention_bias,
+        tie_embeddings=bool(cfg["tie_word_embeddings"]),
+        dropout=cfg["attention_dropout"],
+        init_std=cfg["initializer_range"],
     )
 
 
-def _rope(cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]) -> tuple[float, RopeScaling | None]:
+def _rope(
+    cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]
+) -> tuple[float, RopeScaling | None]:
     """theta and scaling from either layout: transformers 5's `rope_parameters`, or the older
     top-level `rope_theta` plus `rope_scaling`."""
     params = dict(cfg.get("rope_parameters") or {})
     theta = params.pop("rope_theta", cfg["rope_theta"])
-    scaling = params if params.get("rope_type", params.get("type", "default")) != "default" else cfg["rope_scaling"]
+    scaling = (
+        params
+        if params.get("rope_type", params.get("type", "default")) != "default"
+        else cfg["rope_scaling"]
+    )
     if not scaling:
         return float(theta), None
     scaling = dict(scaling)
@@ -242,7 +350,9 @@ def _rope(cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]) -> tupl
     if kind == "default":
         return float(theta), None
     if kind != "llama3":
-        raise refuse(f"rope scaling type {kind!r} is not supported (graft runs default and llama3 RoPE)")
+        raise refuse(
+            f"rope scaling type {kind!r} is not supported (graft runs default and llama3 RoPE)"
+        )
     if scaling.pop("partial_rotary_factor", 1.0) != 1.0:
         raise refuse("partial_rotary_factor != 1 is not supported")
     try:
@@ -274,7 +384,9 @@ def load_hf_model(directory: Path, *, dtype: torch.dtype | None = torch.float32)
     """The model of a transformers directory, in eval mode (float32 unless `dtype` says otherwise;
     None keeps the stored dtype)."""
     directory = Path(directory)
-    model_type = hf_model_type(directory)  # first: no config or an unknown family says so before any weights load
+    model_type = hf_model_type(
+        directory
+    )  # first: no config or an unknown family says so before any weights load
     tensors, sources = _read_tensors(directory)
     config = read_hf_config(directory, tensors)
     with torch.device("meta"):
@@ -282,7 +394,9 @@ def load_hf_model(directory: Path, *, dtype: torch.dtype | None = torch.float32)
     expected = model.state_dict()
     if model_type in ENCODER_MODEL_TYPES:
         raw = {**_DEFAULTS[model_type], **_read_raw_config(directory)}
-        tensors, sources = from_encoder(tensors, sources, config, model_type, position_offset(model_type, raw), expected)
+        tensors, sources = from_encoder(
+            tensors, sources, config, model_type, position_offset(model_type, raw), expected
+        )
     else:
         # A decoder's classifier is transformers' `score` (its token classifier in GPT-2: `classifier`).
         for leaf in ("weight", "bias"):
@@ -293,7 +407,11 @@ def load_hf_model(directory: Path, *, dtype: torch.dtype | None = torch.float32)
             tensors, sources = _from_gpt2(tensors, sources, config)
         else:
             tensors, sources = _from_llama(tensors, sources)
-    hf_names = graft_to_hf_names(config, model_type, expected) if model_type in ENCODER_MODEL_TYPES else None
+    hf_names = (
+        graft_to_hf_names(config, model_type, expected)
+        if model_type in ENCODER_MODEL_TYPES
+        else None
+    )
 
     def hf_name(name: str) -> str:
         return hf_names.get(name, name) if hf_names is not None else _hf_name(name, config)
@@ -303,17 +421,23 @@ def load_hf_model(directory: Path, *, dtype: torch.dtype | None = torch.float32)
         tensors.pop("lm_head.weight", None)  # some checkpoints store the tied copy anyway
     missing = sorted(set(expected) - set(tensors), key=_natural)
     if missing:
-        raise CheckpointError(f"{_weights_label(directory)}: tensor {hf_name(missing[0])} is missing "
-                              f"({len(missing)} missing in all)")
+        raise CheckpointError(
+            f"{_weights_label(directory)}: tensor {hf_name(missing[0])} is missing "
+            f"({len(missing)} missing in all)"
+        )
     unexpected = sorted(set(tensors) - set(expected), key=_natural)
     if unexpected:
         name = unexpected[0]
-        raise CheckpointError(f"{sources[name]}: unexpected tensor {hf_name(name)} for this config "
-                              f"({len(unexpected)} unexpected in all)")
+        raise CheckpointError(
+            f"{sources[name]}: unexpected tensor {hf_name(name)} for this config "
+            f"({len(unexpected)} unexpected in all)"
+        )
     for name, want in expected.items():
         if tensors[name].shape != want.shape:
-            raise CheckpointError(f"{sources[name]}: tensor {hf_name(name)} has shape "
-                                  f"{tuple(tensors[name].shape)}, config.json implies {tuple(want.shape)}")
+            raise CheckpointError(
+                f"{sources[name]}: tensor {hf_name(name)} has shape "
+                f"{tuple(tensors[name].shape)}, config.json implies {tuple(want.shape)}"
+            )
     if dtype is not None:
         tensors = {k: v.to(dtype) for k, v in tensors.items()}
     model.load_state_dict(tensors, strict=False, assign=True)
@@ -348,7 +472,9 @@ def _read_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, P
         if path.is_file():
             tensors = _read_file(path)
             return tensors, dict.fromkeys(tensors, path)
-    raise CheckpointError(f"{directory}: no weights ({SAFETENSORS_FILE}, {SAFETENSORS_INDEX} or {BIN_FILE})")
+    raise CheckpointError(
+        f"{directory}: no weights ({SAFETENSORS_FILE}, {SAFETENSORS_INDEX} or {BIN_FILE})"
+    )
 
 
 def _tensor_names(directory: Path) -> list[str]:
@@ -356,15 +482,21 @@ def _tensor_names(directory: Path) -> list[str]:
     for index_name in (SAFETENSORS_INDEX, BIN_INDEX):
         if (directory / index_name).is_file():
             try:
-                return list(json.loads((directory / index_name).read_text(encoding="utf-8"))["weight_map"])
+                return list(
+                    json.loads((directory / index_name).read_text(encoding="utf-8"))["weight_map"]
+                )
             except (OSError, ValueError, KeyError, TypeError) as err:
-                raise CheckpointError(f"{directory / index_name}: not a valid shard index ({err})") from None
+                raise CheckpointError(
+                    f"{directory / index_name}: not a valid shard index ({err})"
+                ) from None
     if (directory / SAFETENSORS_FILE).is_file():
         try:
             with safe_open(str(directory / SAFETENSORS_FILE), framework="pt") as f:
                 return list(f.keys())
         except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{directory / SAFETENSORS_FILE}: cannot read weights ({err})") from None
+            raise CheckpointError(
+                f"{directory / SAFETENSORS_FILE}: cannot read weights ({err})"
+            ) from None
     return list(_read_tensors(directory)[0])
 
 
@@ -375,8 +507,12 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
         # weights_only: a .bin is a pickle, and loading must never run code from one.
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot read weights ({str(err).splitlines()[0] if str(err) else err})") from None
-    if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise CheckpointError(
+            f"{path}: cannot read weights ({str(err).splitlines()[0] if str(err) else err})"
+        ) from None
+    if not isinstance(loaded, dict) or not all(
+        isinstance(v, torch.Tensor) for v in loaded.values()
+    ):
         raise CheckpointError(f"{path}: not a state dict of tensors")
     return loaded
 
@@ -389,17 +525,28 @@ def _from_llama(
     for key, value in tensors.items():
         if key.endswith(_IGNORED_SUFFIXES):
             continue
-        name = key if key.startswith(("model.", "classifier.")) or key == "lm_head.weight" else f"model.{key}"
+        name = (
+            key
+            if key.startswith(("model.", "classifier.")) or key == "lm_head.weight"
+            else f"model.{key}"
+        )
         out[name], where[name] = value, sources[key]
     return out, where
 
 
 # graft name (after model.layers.N.) -> GPT-2 name (after h.N.), for one-to-one tensors.
 _GPT2_LAYER_NAMES = {
-    "input_layernorm": "ln_1", "post_attention_layernorm": "ln_2",
-    "self_attn.o_proj": "attn.c_proj", "mlp.up_proj": "mlp.c_fc", "mlp.down_proj": "mlp.c_proj",
+    "input_layernorm": "ln_1",
+    "post_attention_layernorm": "ln_2",
+    "self_attn.o_proj": "attn.c_proj",
+    "mlp.up_proj": "mlp.c_fc",
+    "mlp.down_proj": "mlp.c_proj",
 }
-_GPT2_TOP_NAMES = {"model.embed_tokens": "wte", "model.embed_positions": "wpe", "model.norm": "ln_f"}
+_GPT2_TOP_NAMES = {
+    "model.embed_tokens": "wte",
+    "model.embed_positions": "wpe",
+    "model.norm": "ln_f",
+}
 _CONV1D = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")  # (in, out) weights
 
 
@@ -441,12 +588,16 @@ def _from_gpt2(
             prefix = f"model.layers.{index}"
             if inner.endswith(_CONV1D) and leaf == "weight":
                 if value.dim() != 2:
-                    raise CheckpointError(f"{sources[key]}: tensor {key} has shape {tuple(value.shape)}, expected 2-D")
+                    raise CheckpointError(
+                        f"{sources[key]}: tensor {key} has shape {tuple(value.shape)}, expected 2-D"
+                    )
                 value = value.t()  # Conv1D stores (in, out); nn.Linear wants (out, in)
             if inner == "attn.c_attn":
                 if value.shape[0] != 3 * C:
-                    raise CheckpointError(f"{sources[key]}: tensor {key} has shape {tuple(tensors[key].shape)}, "
-                                          f"config.json implies {(C, 3 * C) if leaf == 'weight' else (3 * C,)}")
+                    raise CheckpointError(
+                        f"{sources[key]}: tensor {key} has shape {tuple(tensors[key].shape)}, "
+                        f"config.json implies {(C, 3 * C) if leaf == 'weight' else (3 * C,)}"
+                    )
                 for proj, part in zip(("q_proj", "k_proj", "v_proj"), value.split(C, dim=0)):
                     out[f"{prefix}.self_attn.{proj}.{leaf}"] = part.contiguous()
                     where[f"{prefix}.self_attn.{proj}.{leaf}"] = sources[key]
@@ -482,33 +633,55 @@ def _first_error(err: Exception) -> str:
 def hf_architecture(config: ModelConfig) -> str:
     """The transformers model_type a config exports as: gpt2, llama or qwen2; ConfigError with the
     reason when none can represent it exactly."""
+
     def refuse(reason: str) -> ConfigError:
         return ConfigError(f"cannot export to Hugging Face: {reason}")
 
     if config.head == "sequence" and config.classifier_pooling == "mean":
-        raise refuse("a mean-pooled sequence classifier has no transformers class (their *ForSequenceClassification "
-                     "read the pooled [CLS] or the last token); fine-tune with model.classifier_pooling: token to export")
+        raise refuse(
+            "a mean-pooled sequence classifier has no transformers class (their *ForSequenceClassification "
+            "read the pooled [CLS] or the last token); fine-tune with model.classifier_pooling: token to export"
+        )
     encoder_switches = (config.attention, config.norm_position) != ("causal", "pre")
-    if encoder_switches or config.mlm_head or config.pooler or config.nsp_head or config.type_vocab_size:
-        bert_style = ((config.attention, config.norm_position, config.positions, config.norm)
-                      == ("bidirectional", "post", "learned", "layernorm") and config.mlp in ("gelu", "gelu_tanh"))
+    if (
+        encoder_switches
+        or config.mlm_head
+        or config.pooler
+        or config.nsp_head
+        or config.type_vocab_size
+    ):
+        bert_style = (config.attention, config.norm_position, config.positions, config.norm) == (
+            "bidirectional",
+            "post",
+            "learned",
+            "layernorm",
+        ) and config.mlp in ("gelu", "gelu_tanh")
         if not bert_style:
-            raise refuse("encoder options (bidirectional attention, post-norm, token types, MLM/pooler/NSP heads) "
-                         "export as BERT only, which needs all of: attention bidirectional, norm_position post, "
-                         "learned positions, layernorm, gelu/gelu_tanh MLP")
+            raise refuse(
+                "encoder options (bidirectional attention, post-norm, token types, MLM/pooler/NSP heads) "
+                "export as BERT only, which needs all of: attention bidirectional, norm_position post, "
+                "learned positions, layernorm, gelu/gelu_tanh MLP"
+            )
         return "bert"
-    gpt2_style = (config.positions, config.norm) == ("learned", "layernorm") and config.mlp in ("gelu", "gelu_tanh")
+    gpt2_style = (config.positions, config.norm) == ("learned", "layernorm") and config.mlp in (
+        "gelu",
+        "gelu_tanh",
+    )
     llama_style = (config.positions, config.norm, config.mlp) == ("rope", "rmsnorm", "swiglu")
     if gpt2_style:
         if not config.bias or not config.qkv_bias:
-            raise refuse("GPT-2 (learned positions, layernorm, GELU MLP) always has biases in every linear layer "
-                         "and norm; this config turns them off (bias/attention_bias false)")
+            raise refuse(
+                "GPT-2 (learned positions, layernorm, GELU MLP) always has biases in every linear layer "
+                "and norm; this config turns them off (bias/attention_bias false)"
+            )
         if config.kv_heads != config.n_heads:
             raise refuse("GPT-2 has no grouped-query attention; n_kv_heads must equal n_heads")
         return "gpt2"
     if llama_style:
         if config.bias and not config.qkv_bias:
-            raise refuse("biases on o_proj and the MLP without q/k/v biases match neither Llama nor Qwen2")
+            raise refuse(
+                "biases on o_proj and the MLP without q/k/v biases match neither Llama nor Qwen2"
+            )
         return "qwen2" if config.qkv_bias and not config.bias else "llama"
     raise refuse(
         f"positions={config.positions}, norm={config.norm}, mlp={config.mlp} is no Hugging Face decoder: GPT-2 needs "
@@ -524,7 +697,9 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
     classifier exports as the family's *ForSequenceClassification / *ForTokenClassification."""
     out = _model_config_dict(config)
     if config.head != "lm":
-        suffix = "ForSequenceClassification" if config.head == "sequence" else "ForTokenClassification"
+        suffix = (
+            "ForSequenceClassification" if config.head == "sequence" else "ForTokenClassification"
+        )
         out["architectures"] = [_FAMILY_CLASS[out["model_type"]] + suffix]
         out["id2label"] = dict(enumerate(config.labels))
         out["label2id"] = {name: i for i, name in enumerate(config.labels)}
@@ -537,32 +712,69 @@ def _model_config_dict(config: ModelConfig) -> dict[str, Any]:
         raise ConfigError("cannot export to Hugging Face: vocab_size is not set")
     if kind == "bert":
         if not config.tie_embeddings and not config.mlm_head:
-            raise ConfigError("cannot export to Hugging Face: an untied output layer without BERT's masked-LM head "
-                              "has no BERT counterpart")
-        return bert_config_dict(config, lambda reason: ConfigError(f"cannot export to Hugging Face: {reason}"))
+            raise ConfigError(
+                "cannot export to Hugging Face: an untied output layer without BERT's masked-LM head "
+                "has no BERT counterpart"
+            )
+        return bert_config_dict(
+            config, lambda reason: ConfigError(f"cannot export to Hugging Face: {reason}")
+        )
     if kind == "gpt2":
         return dict(
-            architectures=["GPT2LMHeadModel"], model_type="gpt2", vocab_size=config.vocab_size,
-            n_positions=config.max_seq_len, n_embd=config.d_model, n_layer=config.n_layers, n_head=config.n_heads,
-            n_inner=config.ff_dim, activation_function="gelu_new" if config.mlp == "gelu_tanh" else "gelu",
-            resid_pdrop=config.dropout, embd_pdrop=config.dropout, attn_pdrop=config.dropout,
-            layer_norm_epsilon=config.norm_eps, initializer_range=config.init_std, scale_attn_weights=True,
-            tie_word_embeddings=config.tie_embeddings, use_cache=True, torch_dtype="float32",
+            architectures=["GPT2LMHeadModel"],
+            model_type="gpt2",
+            vocab_size=config.vocab_size,
+            n_positions=config.max_seq_len,
+            n_embd=config.d_model,
+            n_layer=config.n_layers,
+            n_head=config.n_heads,
+            n_inner=config.ff_dim,
+            activation_function="gelu_new" if config.mlp == "gelu_tanh" else "gelu",
+            resid_pdrop=config.dropout,
+            embd_pdrop=config.dropout,
+            attn_pdrop=config.dropout,
+            layer_norm_epsilon=config.norm_eps,
+            initializer_range=config.init_std,
+            scale_attn_weights=True,
+            tie_word_embeddings=config.tie_embeddings,
+            use_cache=True,
+            torch_dtype="float32",
         )
     common = dict(
-        vocab_size=config.vocab_size, hidden_size=config.d_model, intermediate_size=config.ff_dim,
-        num_hidden_layers=config.n_layers, num_attention_heads=config.n_heads, num_key_value_heads=config.kv_heads,
-        head_dim=config.head_dim, hidden_act="silu", max_position_embeddings=config.max_seq_len,
-        rms_norm_eps=config.norm_eps, initializer_range=config.init_std, tie_word_embeddings=config.tie_embeddings,
+        vocab_size=config.vocab_size,
+        hidden_size=config.d_model,
+        intermediate_size=config.ff_dim,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.kv_heads,
+        head_dim=config.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=config.max_seq_len,
+        rms_norm_eps=config.norm_eps,
+        initializer_range=config.init_std,
+        tie_word_embeddings=config.tie_embeddings,
         rope_theta=config.rope_theta,
         rope_scaling=config.rope_scaling.model_dump(mode="json") if config.rope_scaling else None,
-        attention_dropout=config.dropout, use_cache=True, torch_dtype="float32",
+        attention_dropout=config.dropout,
+        use_cache=True,
+        torch_dtype="float32",
     )
     if kind == "qwen2":
-        return dict(architectures=["Qwen2ForCausalLM"], model_type="qwen2", **common, use_sliding_window=False,
-                    sliding_window=None, max_window_layers=config.n_layers)
-    return dict(architectures=["LlamaForCausalLM"], model_type="llama", **common,
-                attention_bias=config.bias, mlp_bias=config.bias)
+        return dict(
+            architectures=["Qwen2ForCausalLM"],
+            model_type="qwen2",
+            **common,
+            use_sliding_window=False,
+            sliding_window=None,
+            max_window_layers=config.n_layers,
+        )
+    return dict(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        **common,
+        attention_bias=config.bias,
+        mlp_bias=config.bias,
+    )
 
 
 def hf_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
@@ -576,15 +788,25 @@ def hf_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
         # A *For...Classification class holds the backbone and the classifier only (and BERT's sequence
         # classifier its pooler): the pre-training heads stay behind.
         keep_pooler = kind == "bert" and config.head == "sequence"
-        weights = {k: v for k, v in weights.items() if k.startswith(("model.", "classifier."))
-                   or (keep_pooler and k.startswith("pooler."))}
+        weights = {
+            k: v
+            for k, v in weights.items()
+            if k.startswith(("model.", "classifier.")) or (keep_pooler and k.startswith("pooler."))
+        }
         if kind != "bert" and not (kind == "gpt2" and config.head == "token"):
-            weights = {k.replace("classifier.", "score.", 1) if k.startswith("classifier.") else k: v
-                       for k, v in weights.items()}
+            weights = {
+                k.replace("classifier.", "score.", 1) if k.startswith("classifier.") else k: v
+                for k, v in weights.items()
+            }
     if kind == "bert":
         names = graft_to_hf_names(config, "bert", weights)
-        bare = not config.mlm_head and config.head == "lm"  # BertModel: no "bert." prefix on its names
-        return {names[k].removeprefix("bert.") if bare else names[k]: v.contiguous() for k, v in weights.items()}
+        bare = (
+            not config.mlm_head and config.head == "lm"
+        )  # BertModel: no "bert." prefix on its names
+        return {
+            names[k].removeprefix("bert.") if bare else names[k]: v.contiguous()
+            for k, v in weights.items()
+        }
     if kind != "gpt2":
         return {k: v.contiguous() for k, v in weights.items()}
     out: dict[str, torch.Tensor] = {}
@@ -599,7 +821,10 @@ def hf_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
             if inner in ("self_attn.k_proj", "self_attn.v_proj"):
                 continue  # fused with q_proj below
             if inner == "self_attn.q_proj":
-                parts = [weights[f"model.layers.{index}.self_attn.{p}.{leaf}"] for p in ("q_proj", "k_proj", "v_proj")]
+                parts = [
+                    weights[f"model.layers.{index}.self_attn.{p}.{leaf}"]
+                    for p in ("q_proj", "k_proj", "v_proj")
+                ]
                 value, target = torch.cat(parts, dim=0), "attn.c_attn"
             else:
                 target = _GPT2_LAYER_NAMES[inner]
@@ -626,34 +851,51 @@ def export_hf(
     config_json = hf_config_dict(model.config)  # refuses an unexportable config first
     if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:  # type: ignore[operator]
         # Larger embeddings are fine (models often pad the vocabulary); ids past them are not.
-        raise ConfigError(f"cannot export: the tokenizer has {tokenizer.vocab_size} tokens but the embedding matrix "
-                          f"(model.embed_tokens.weight) only {model.config.vocab_size} rows")
+        raise ConfigError(
+            f"cannot export: the tokenizer has {tokenizer.vocab_size} tokens but the embedding matrix "
+            f"(model.embed_tokens.weight) only {model.config.vocab_size} rows"
+        )
     if out_dir.exists() and not (out_dir.is_dir() and (overwrite or not any(out_dir.iterdir()))):
-        raise CheckpointError(f"{out_dir}: already exists and is not an empty directory (pass overwrite to replace it)")
+        raise CheckpointError(
+            f"{out_dir}: already exists and is not an empty directory (pass overwrite to replace it)"
+        )
     if tokenizer is not None:
         # The model config's special ids too: GPT2Config would otherwise default them to 50256.
-        config_json.update(bos_token_id=None, eos_token_id=tokenizer.eot_id, pad_token_id=tokenizer.pad_id,
-                           **{k: v for k, v in generation_config_dict(tokenizer).items() if k == "bos_token_id"})
+        config_json.update(
+            bos_token_id=None,
+            eos_token_id=tokenizer.eot_id,
+            pad_token_id=tokenizer.pad_id,
+            **{k: v for k, v in generation_config_dict(tokenizer).items() if k == "bos_token_id"},
+        )
     weights = hf_state_dict(model)
     with atomic_directory(out_dir) as tmp:
         save_file(weights, str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(config_json, indent=2) + "\n", encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save(tmp)
-            tokenizer_config, special_map = tokenizer_config_dicts(tokenizer, model.config.max_seq_len)
+            tokenizer_config, special_map = tokenizer_config_dicts(
+                tokenizer, model.config.max_seq_len
+            )
             _write_json(tmp / TOKENIZER_CONFIG_FILE, tokenizer_config)
             _write_json(tmp / SPECIAL_TOKENS_MAP_FILE, special_map)
             _write_json(tmp / GENERATION_CONFIG_FILE, generation_config_dict(tokenizer))
-        (tmp / MODEL_CARD_FILE).write_text(model_card(model, config_json, tokenizer, source), encoding="utf-8")
+        (tmp / MODEL_CARD_FILE).write_text(
+            model_card(model, config_json, tokenizer, source), encoding="utf-8"
+        )
     return out_dir
 
 
 # ---------------------------------------------------------------- tokenizer and generation files
 
-def tokenizer_config_dicts(tokenizer: Tokenizer, max_seq_len: int) -> tuple[dict[str, Any], dict[str, str]]:
+
+def tokenizer_config_dicts(
+    tokenizer: Tokenizer, max_seq_len: int
+) -> tuple[dict[str, Any], dict[str, str]]:
     """tokenizer_config.json and special_tokens_map.json for a graft tokenizer (its tokenizer.json
     is the whole tokenizer; these name the roles of its special tokens for transformers)."""
-    roles = tokenizer.special_tokens_map  # role -> token, for the roles whose token is in the vocabulary
+    roles = (
+        tokenizer.special_tokens_map
+    )  # role -> token, for the roles whose token is in the vocabulary
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **roles,

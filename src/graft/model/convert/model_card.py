@@ -28,7 +28,9 @@ def _pipeline_tag(cfg: ModelConfig) -> str:
 def _what(cfg: ModelConfig) -> str:
     if cfg.head != "lm":
         return f"A {'sequence' if cfg.head == 'sequence' else 'token'} classifier ({len(cfg.labels)} labels)"
-    return "A bidirectional encoder" if cfg.attention == "bidirectional" else "A causal language model"
+    return (
+        "A bidirectional encoder" if cfg.attention == "bidirectional" else "A causal language model"
+    )
 
 
 def _fine_tuned(source: Path) -> bool:
@@ -71,20 +73,28 @@ def _data_facts(source: Path) -> list[str]:
     sources = index.get("sources") or []
     if sources:
         shown = ", ".join(f"`{s}`" for s in sources[:10])
-        lines.append(f"- sources: {shown}" + (f" and {len(sources) - 10} more" if len(sources) > 10 else ""))
+        lines.append(
+            f"- sources: {shown}" + (f" and {len(sources) - 10} more" if len(sources) > 10 else "")
+        )
     for name, split in sorted((index.get("splits") or {}).items()):
         if isinstance(split, dict):
-            lines.append(f"- {name} split: {_count(split.get('tokens'))} tokens, {_count(split.get('documents'))} "
-                         f"documents, {_count(split.get('bytes'))} bytes of text")
+            lines.append(
+                f"- {name} split: {_count(split.get('tokens'))} tokens, {_count(split.get('documents'))} "
+                f"documents, {_count(split.get('bytes'))} bytes of text"
+            )
     if index.get("tokenizer_kind"):
-        lines.append(f"- tokenizer: {index['tokenizer_kind']}, {index.get('vocab_size', _UNKNOWN)} tokens")
+        lines.append(
+            f"- tokenizer: {index['tokenizer_kind']}, {index.get('vocab_size', _UNKNOWN)} tokens"
+        )
     return lines
 
 
 def _training_facts(source: Path) -> list[str]:
     state = _read_json(source / "training_state" / "state.json")
     if not isinstance(state, dict):
-        return [f"- steps, tokens, time: {_UNKNOWN} (the checkpoint has no training_state/state.json)"]
+        return [
+            f"- steps, tokens, time: {_UNKNOWN} (the checkpoint has no training_state/state.json)"
+        ]
     lines = [f"- optimizer steps: {state.get('step', _UNKNOWN)}"]
     if isinstance(state.get("tokens_seen"), int):
         lines.append(f"- tokens seen: {state['tokens_seen']:,}")
@@ -95,9 +105,13 @@ def _training_facts(source: Path) -> list[str]:
 
 def _metric_facts(source: Path) -> list[str]:
     # A checkpoint inside a run directory sits at RUN/checkpoints/NAME, next to RUN/metrics.jsonl.
-    metrics = source.parent.parent / "metrics.jsonl" if source.parent.name == "checkpoints" else None
+    metrics = (
+        source.parent.parent / "metrics.jsonl" if source.parent.name == "checkpoints" else None
+    )
     if metrics is None or not metrics.is_file():
-        return [f"- final metrics: {_UNKNOWN} (the checkpoint is not in a run directory with metrics.jsonl)"]
+        return [
+            f"- final metrics: {_UNKNOWN} (the checkpoint is not in a run directory with metrics.jsonl)"
+        ]
     last: dict[str, Any] | None = None
     for line in metrics.read_text(encoding="utf-8").splitlines():
         try:
@@ -108,8 +122,11 @@ def _metric_facts(source: Path) -> list[str]:
             last = record
     if last is None:
         return [f"- final metrics: {_UNKNOWN} (metrics.jsonl has no validation line)"]
-    values = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-                       for k, v in last.items() if k.startswith("val/"))
+    values = ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in last.items()
+        if k.startswith("val/")
+    )
     return [f"- last validation (step {last.get('step', _UNKNOWN)}, from metrics.jsonl): {values}"]
 
 
@@ -117,11 +134,19 @@ def _card_title(source: Path | None) -> str:
     if source is None:
         return "graft model"
     # RUN/checkpoints/NAME: the run's name says more than "last" or "best".
-    return f"{source.parent.parent.name} ({source.name})" if source.parent.name == "checkpoints" else source.name
+    return (
+        f"{source.parent.parent.name} ({source.name})"
+        if source.parent.name == "checkpoints"
+        else source.name
+    )
 
 
-def model_card(model: LanguageModel, config_json: dict[str, Any], tokenizer: Tokenizer | None,
-               source: Path | None) -> str:
+def model_card(
+    model: LanguageModel,
+    config_json: dict[str, Any],
+    tokenizer: Tokenizer | None,
+    source: Path | None,
+) -> str:
     """README.md for an export: only facts read from the model and the checkpoint's files;
     anything they do not say is written as unknown."""
     cfg = model.config
@@ -130,31 +155,58 @@ def model_card(model: LanguageModel, config_json: dict[str, Any], tokenizer: Tok
     if source is not None:
         source = Path(source)
     lines = [
-        "---", "library_name: transformers", f"pipeline_tag: {_pipeline_tag(cfg)}", "tags: [graft]", "---", "",
-        f"# {_card_title(source)}", "",
-        f"{_what(cfg)} trained with graft, exported as {config_json['architectures'][0]}.", "",
-        "## Architecture", "",
+        "---",
+        "library_name: transformers",
+        f"pipeline_tag: {_pipeline_tag(cfg)}",
+        "tags: [graft]",
+        "---",
+        "",
+        f"# {_card_title(source)}",
+        "",
+        f"{_what(cfg)} trained with graft, exported as {config_json['architectures'][0]}.",
+        "",
+        "## Architecture",
+        "",
         f"- {config_json['architectures'][0]} (model_type {config_json['model_type']}), {params:,} parameters",
         f"- {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} attention heads ({cfg.kv_heads} key/value), "
         f"feed-forward {cfg.ff_dim}, {cfg.mlp} MLP, {cfg.norm}, {cfg.positions} positions",
         f"- context {cfg.max_seq_len} tokens, {cfg.vocab_size} embedding rows, "
         f"tied embeddings: {'yes' if cfg.tie_embeddings else 'no'}",
         f"- tokenizer: {f'{tokenizer.kind}, {tokenizer.vocab_size} tokens' if tokenizer is not None else _UNKNOWN}",
-        "", "## Training data", "",
+        "",
+        "## Training data",
+        "",
         *(_data_facts(source) if source is not None else unknown_source),
-        "", "## Training", "",
+        "",
+        "## Training",
+        "",
         *(_training_facts(source) if source is not None else unknown_source),
-        "", "## Evaluation", "",
+        "",
+        "## Evaluation",
+        "",
         *(_metric_facts(source) if source is not None else unknown_source),
-        "", "## Reproduce", "",
+        "",
+        "## Reproduce",
+        "",
     ]
     if cfg.labels:
-        lines[lines.index("## Training data"):lines.index("## Training data")] = [
-            "## Labels", "", ", ".join(f"{i}: {label}" for i, label in enumerate(cfg.labels)), ""]
+        lines[lines.index("## Training data") : lines.index("## Training data")] = [
+            "## Labels",
+            "",
+            ", ".join(f"{i}: {label}" for i, label in enumerate(cfg.labels)),
+            "",
+        ]
     if source is not None and (source / "run_config.yaml").is_file():
-        command = "graft pretrain" if cfg.head == "lm" and not _fine_tuned(source) else "graft finetune"
-        lines += ["The checkpoint stores the resolved run config, which reproduces the run:", "",
-                  "```", f"{command} --config {source / 'run_config.yaml'}", "```"]
+        command = (
+            "graft pretrain" if cfg.head == "lm" and not _fine_tuned(source) else "graft finetune"
+        )
+        lines += [
+            "The checkpoint stores the resolved run config, which reproduces the run:",
+            "",
+            "```",
+            f"{command} --config {source / 'run_config.yaml'}",
+            "```",
+        ]
     else:
         lines.append(f"{_UNKNOWN} (no run_config.yaml available)")
     return "\n".join(lines) + "\n"

@@ -21,12 +21,12 @@ import torch
 from graft.data.chat import render_chat
 from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError, GraftError
+from graft.model.config import ModelConfig
 from graft.model.convert.hf import (
     GENERATION_CONFIG_FILE,
     TOKENIZER_CONFIG_FILE,
     load_hf_model,
 )
-from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
 
 __all__ = ["PROBE_TEXT", "CheckRecord", "format_table", "raise_on_failure", "verify_hf_export"]
@@ -59,7 +59,9 @@ def _probe_ids(model: LanguageModel, tokenizer: Tokenizer | None) -> torch.Tenso
     random_row = torch.randint(0, rows, (length,), generator=torch.Generator().manual_seed(0))
     if tokenizer is None:
         return torch.stack([random_row, random_row.flip(0)])
-    text_row = torch.tensor(tokenizer.encode(PROBE_TEXT)[:length], dtype=torch.long).clamp(max=rows - 1)
+    text_row = torch.tensor(tokenizer.encode(PROBE_TEXT)[:length], dtype=torch.long).clamp(
+        max=rows - 1
+    )
     text_row = torch.cat([text_row, random_row[: length - len(text_row)]])
     return torch.stack([text_row, random_row])
 
@@ -72,7 +74,9 @@ def _graft_outputs(model: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
         return model(ids)
     hidden = model.model(ids)
     if config.head == "sequence":
-        return model.sequence_logits(hidden, torch.full((ids.shape[0],), ids.shape[1] - 1, device=ids.device))
+        return model.sequence_logits(
+            hidden, torch.full((ids.shape[0],), ids.shape[1] - 1, device=ids.device)
+        )
     return model.token_logits(hidden) if config.head == "token" else hidden
 
 
@@ -80,20 +84,36 @@ def _transformers_outputs(out_dir: Path, config: ModelConfig, ids: torch.Tensor)
     import transformers
 
     if config.head != "lm":
-        auto = (transformers.AutoModelForSequenceClassification if config.head == "sequence"
-                else transformers.AutoModelForTokenClassification)
+        auto = (
+            transformers.AutoModelForSequenceClassification
+            if config.head == "sequence"
+            else transformers.AutoModelForTokenClassification
+        )
         return auto.from_pretrained(out_dir).eval()(input_ids=ids).logits
     if config.attention == "causal":
-        return transformers.AutoModelForCausalLM.from_pretrained(out_dir).eval()(input_ids=ids).logits
+        return (
+            transformers.AutoModelForCausalLM.from_pretrained(out_dir).eval()(input_ids=ids).logits
+        )
     if config.nsp_head:
-        return transformers.AutoModelForPreTraining.from_pretrained(out_dir).eval()(input_ids=ids).prediction_logits
+        return (
+            transformers.AutoModelForPreTraining.from_pretrained(out_dir)
+            .eval()(input_ids=ids)
+            .prediction_logits
+        )
     if config.mlm_head:
-        return transformers.AutoModelForMaskedLM.from_pretrained(out_dir).eval()(input_ids=ids).logits
+        return (
+            transformers.AutoModelForMaskedLM.from_pretrained(out_dir).eval()(input_ids=ids).logits
+        )
     return transformers.AutoModel.from_pretrained(out_dir).eval()(input_ids=ids).last_hidden_state
 
 
-def _check_logits(out_dir: Path, model: LanguageModel, ids: torch.Tensor, use_transformers: bool,
-                  pad_id: int | None = None) -> CheckRecord:
+def _check_logits(
+    out_dir: Path,
+    model: LanguageModel,
+    ids: torch.Tensor,
+    use_transformers: bool,
+    pad_id: int | None = None,
+) -> CheckRecord:
     reader = "transformers" if use_transformers else "graft's HF reader"
     if pad_id is not None and model.config.head == "sequence":
         # A sequence classifier reads the token before the first pad: keep the probe pad-free.
@@ -105,37 +125,64 @@ def _check_logits(out_dir: Path, model: LanguageModel, ids: torch.Tensor, use_tr
             else:
                 theirs = _graft_outputs(load_hf_model(out_dir), ids)
     except (GraftError, OSError, ValueError, RuntimeError, KeyError) as err:
-        return CheckRecord("logits", False, f"{reader} cannot load the export: {str(err).splitlines()[0] if str(err) else err}")
+        return CheckRecord(
+            "logits",
+            False,
+            f"{reader} cannot load the export: {str(err).splitlines()[0] if str(err) else err}",
+        )
     device = next(model.parameters()).device
     with torch.no_grad():
         ours = _graft_outputs(model.eval(), ids.to(device)).float().cpu()
     if theirs.shape != ours.shape:
-        return CheckRecord("logits", False, f"{reader} gives shape {tuple(theirs.shape)}, graft {tuple(ours.shape)}")
+        return CheckRecord(
+            "logits",
+            False,
+            f"{reader} gives shape {tuple(theirs.shape)}, graft {tuple(ours.shape)}",
+        )
     diff = (theirs.float() - ours).abs().max().item()
     ok = diff <= LOGIT_TOLERANCE
-    return CheckRecord("logits", ok, f"max |diff| {diff:.2e} {'<=' if ok else '>'} {LOGIT_TOLERANCE:g} "
-                                     f"({reader}, {ids.shape[0]}x{ids.shape[1]} probe)")
+    return CheckRecord(
+        "logits",
+        ok,
+        f"max |diff| {diff:.2e} {'<=' if ok else '>'} {LOGIT_TOLERANCE:g} "
+        f"({reader}, {ids.shape[0]}x{ids.shape[1]} probe)",
+    )
 
 
-def _check_tokenizer_ids(out_dir: Path, tokenizer: Tokenizer, use_transformers: bool) -> CheckRecord:
+def _check_tokenizer_ids(
+    out_dir: Path, tokenizer: Tokenizer, use_transformers: bool
+) -> CheckRecord:
     want = tokenizer.encode(PROBE_TEXT)
     try:
         if use_transformers:
             from transformers import AutoTokenizer
 
             # Without special tokens, as graft encodes: BERT-style tokenizers add [CLS]/[SEP] by default.
-            got = AutoTokenizer.from_pretrained(out_dir)(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+            got = AutoTokenizer.from_pretrained(out_dir)(PROBE_TEXT, add_special_tokens=False)[
+                "input_ids"
+            ]
             reader = "AutoTokenizer"
         else:
             got = Tokenizer.load(out_dir).encode(PROBE_TEXT)
             reader = "exported tokenizer.json"
     except (GraftError, OSError, ValueError, KeyError) as err:
-        return CheckRecord("tokenizer ids", False, f"cannot load the exported tokenizer: {str(err).splitlines()[0]}")
+        return CheckRecord(
+            "tokenizer ids",
+            False,
+            f"cannot load the exported tokenizer: {str(err).splitlines()[0]}",
+        )
     if got == want:
-        return CheckRecord("tokenizer ids", True, f"{reader}: {len(want)} ids on the mixed-script probe equal graft's")
+        return CheckRecord(
+            "tokenizer ids",
+            True,
+            f"{reader}: {len(want)} ids on the mixed-script probe equal graft's",
+        )
     first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
-    return CheckRecord("tokenizer ids", False, f"{reader} gives {len(got)} ids, graft {len(want)}; first difference "
-                                               f"at position {first}")
+    return CheckRecord(
+        "tokenizer ids",
+        False,
+        f"{reader} gives {len(got)} ids, graft {len(want)}; first difference at position {first}",
+    )
 
 
 def _read_json(path: Path) -> Any:
@@ -155,22 +202,34 @@ def _check_eos(out_dir: Path, tokenizer: Tokenizer) -> CheckRecord:
     eos = generation.get("eos_token_id")
     eos_ids = eos if isinstance(eos, list) else [eos]
     if eos_ids != [eot]:
-        return CheckRecord("eos ids", False, f"{GENERATION_CONFIG_FILE} eos_token_id {eos!r}, the tokenizer's "
-                                             f"end-of-text id is {eot}")
+        return CheckRecord(
+            "eos ids",
+            False,
+            f"{GENERATION_CONFIG_FILE} eos_token_id {eos!r}, the tokenizer's "
+            f"end-of-text id is {eot}",
+        )
     tok_config = _read_json(out_dir / TOKENIZER_CONFIG_FILE)
     eos_token = tok_config.get("eos_token") if isinstance(tok_config, dict) else None
     if isinstance(eos_token, dict):  # the AddedToken form some writers use
         eos_token = eos_token.get("content")
     if eos_token is None or tokenizer.token_to_id(eos_token) != eot:
-        return CheckRecord("eos ids", False, f"{TOKENIZER_CONFIG_FILE} eos_token {eos_token!r} is not id {eot}")
+        return CheckRecord(
+            "eos ids", False, f"{TOKENIZER_CONFIG_FILE} eos_token {eos_token!r} is not id {eot}"
+        )
     return CheckRecord("eos ids", True, f"eos_token_id {eot} = {eos_token} in both configs")
 
 
-PROBE_CHAT = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
-              {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another?"})
+PROBE_CHAT = (
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Name a colour."},
+    {"role": "assistant", "content": "Blue."},
+    {"role": "user", "content": "Another?"},
+)
 
 
-def _check_chat_template(out_dir: Path, tokenizer: Tokenizer, use_transformers: bool) -> CheckRecord:
+def _check_chat_template(
+    out_dir: Path, tokenizer: Tokenizer, use_transformers: bool
+) -> CheckRecord:
     """The export's chat template renders a probe conversation exactly as graft's does, and its
     end-of-turn token is the generation config's eos."""
     ours = tokenizer.chat_template
@@ -181,8 +240,13 @@ def _check_chat_template(out_dir: Path, tokenizer: Tokenizer, use_transformers: 
     if ours is None and theirs is None:
         return CheckRecord("chat template", None, "none (the model was not instruction-tuned)")
     if ours is None or theirs is None:
-        return CheckRecord("chat template", False, "the checkpoint has a chat template but the export has none"
-                           if theirs is None else "the export has a chat template the checkpoint does not")
+        return CheckRecord(
+            "chat template",
+            False,
+            "the checkpoint has a chat template but the export has none"
+            if theirs is None
+            else "the export has a chat template the checkpoint does not",
+        )
     eos = tokenizer.special_tokens_map.get("eos_token")
     try:
         want = render_chat(ours, PROBE_CHAT, add_generation_prompt=True, eos_token=eos or "")
@@ -190,17 +254,32 @@ def _check_chat_template(out_dir: Path, tokenizer: Tokenizer, use_transformers: 
             from transformers import AutoTokenizer
 
             got = AutoTokenizer.from_pretrained(out_dir).apply_chat_template(
-                list(PROBE_CHAT), tokenize=False, add_generation_prompt=True)
+                list(PROBE_CHAT), tokenize=False, add_generation_prompt=True
+            )
         else:
             got = render_chat(theirs, PROBE_CHAT, add_generation_prompt=True, eos_token=eos or "")
     except (GraftError, OSError, ValueError, KeyError) as err:
-        return CheckRecord("chat template", False, f"cannot render the exported template: {str(err).splitlines()[0]}")
+        return CheckRecord(
+            "chat template",
+            False,
+            f"cannot render the exported template: {str(err).splitlines()[0]}",
+        )
     if got != want:
-        return CheckRecord("chat template", False, "the exported template renders the probe conversation differently")
+        return CheckRecord(
+            "chat template",
+            False,
+            "the exported template renders the probe conversation differently",
+        )
     if eos is None or eos not in want:
-        return CheckRecord("chat template", False, f"the template never emits the eos token {eos!r}, so generation "
-                                                   "would not stop at the end of a turn")
-    return CheckRecord("chat template", True, f"probe conversation renders identically; turns end with {eos}")
+        return CheckRecord(
+            "chat template",
+            False,
+            f"the template never emits the eos token {eos!r}, so generation "
+            "would not stop at the end of a turn",
+        )
+    return CheckRecord(
+        "chat template", True, f"probe conversation renders identically; turns end with {eos}"
+    )
 
 
 def _check_vocab(out_dir: Path, use_transformers: bool) -> CheckRecord:
@@ -214,25 +293,46 @@ def _check_vocab(out_dir: Path, use_transformers: bool) -> CheckRecord:
         else:
             size = Tokenizer.load(out_dir).vocab_size
     except (GraftError, OSError, ValueError, KeyError) as err:
-        return CheckRecord("vocab size", False, f"cannot load the exported tokenizer: {str(err).splitlines()[0]}")
+        return CheckRecord(
+            "vocab size", False, f"cannot load the exported tokenizer: {str(err).splitlines()[0]}"
+        )
     if not isinstance(rows, int):
         return CheckRecord("vocab size", False, "config.json has no vocab_size")
     ok = size <= rows
-    return CheckRecord("vocab size", ok, f"tokenizer {size} {'<=' if ok else '>'} {rows} embedding rows")
+    return CheckRecord(
+        "vocab size", ok, f"tokenizer {size} {'<=' if ok else '>'} {rows} embedding rows"
+    )
 
 
-def verify_hf_export(out_dir: Path, model: LanguageModel, tokenizer: Tokenizer | None = None) -> list[CheckRecord]:
+def verify_hf_export(
+    out_dir: Path, model: LanguageModel, tokenizer: Tokenizer | None = None
+) -> list[CheckRecord]:
     """Reload the export in `out_dir` and compare it with the `model` (and `tokenizer`) it was written
     from. Never raises for a mismatch: every outcome is a record (see raise_on_failure)."""
     out_dir = Path(out_dir)
     use_transformers = _transformers_available()
-    records = [CheckRecord("transformers", True if use_transformers else None,
-                           "installed; reloading as a user would" if use_transformers else
-                           "not installed; checked with graft's HF reader and the exported tokenizer.json instead")]
-    records.append(_check_logits(out_dir, model, _probe_ids(model, tokenizer), use_transformers,
-                                 tokenizer.pad_id if tokenizer is not None else None))
+    records = [
+        CheckRecord(
+            "transformers",
+            True if use_transformers else None,
+            "installed; reloading as a user would"
+            if use_transformers
+            else "not installed; checked with graft's HF reader and the exported tokenizer.json instead",
+        )
+    ]
+    records.append(
+        _check_logits(
+            out_dir,
+            model,
+            _probe_ids(model, tokenizer),
+            use_transformers,
+            tokenizer.pad_id if tokenizer is not None else None,
+        )
+    )
     if tokenizer is None:
-        records.append(CheckRecord("tokenizer", None, "exported without a tokenizer; tokenizer checks skipped"))
+        records.append(
+            CheckRecord("tokenizer", None, "exported without a tokenizer; tokenizer checks skipped")
+        )
         return records
     records.append(_check_tokenizer_ids(out_dir, tokenizer, use_transformers))
     records.append(_check_eos(out_dir, tokenizer))
@@ -244,7 +344,8 @@ def verify_hf_export(out_dir: Path, model: LanguageModel, tokenizer: Tokenizer |
 def format_table(records: list[CheckRecord]) -> str:
     """A plain text table: check, result (ok / FAIL / skipped), detail."""
     rows = [("check", "result", "detail")] + [
-        (r.check, "ok" if r.ok else "skipped" if r.ok is None else "FAIL", r.detail) for r in records
+        (r.check, "ok" if r.ok else "skipped" if r.ok is None else "FAIL", r.detail)
+        for r in records
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows)
@@ -255,5 +356,7 @@ def raise_on_failure(records: list[CheckRecord], out_dir: Path) -> None:
     failed = [r for r in records if r.ok is False]
     if failed:
         names = "; ".join(f"{r.check} ({r.detail})" for r in failed)
-        raise CheckpointError(f"export verification failed: {names}. The files in {out_dir} are written and complete "
-                              "but do not behave as the checkpoint; do not publish them")
+        raise CheckpointError(
+            f"export verification failed: {names}. The files in {out_dir} are written and complete "
+            "but do not behave as the checkpoint; do not publish them"
+        )
