@@ -24,8 +24,8 @@ Memory per concurrent sequence: the KV cache reserves 2 * layers * kv_heads * ma
 4 bytes per slot (max_len = the model's context), committed when the engine is built. Measured
 first, before other engines and transformers' generate have allocated and freed memory a new cache
 could reuse unseen: RSS growth per slot when an engine is built, and per sequence after it has run
-max_batch concurrent sequences of P+N tokens, each less the engine's fixed share (its decoding copy's
-fused q/k/v weights, counted exactly and reported apart).
+max_batch concurrent sequences of P+N tokens, each less the engine's fixed share (its decoding
+copy's fused q/k/v weights, counted exactly and reported apart).
 """
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ def bench_preset(name: str, args: argparse.Namespace) -> Result:
         ],
     )
     result.kv_bytes_per_slot = engine.stats.kv_cache_bytes_per_slot
-    # Per engine, whatever its slots: its decoding copy's fused q/k/v projections (Attention.fuse_qkv).
+    # Per engine, whatever its slots: its decoding copy's fused q/k/v projections
+    # (Attention.fuse_qkv).
     result.fixed_bytes = sum(
         p.numel() * p.element_size()
         for name, p in engine.model.named_parameters()
@@ -252,10 +253,11 @@ def markdown(results: list[Result]) -> str:
     lines = []
     for r in results:
         lines += [
-            f"### {r.preset} ({r.params / 1e6:.1f}M parameters), batch 1, prompt {r.prompt_tokens}, "
-            f"{r.new_tokens} new tokens",
+            f"### {r.preset} ({r.params / 1e6:.1f}M parameters), batch 1, "
+            f"prompt {r.prompt_tokens}, {r.new_tokens} new tokens",
             "",
-            "| variant | tokens/s (median [min–max]) | vs hf generate | same tokens as hf | setup s |",
+            "| variant | tokens/s (median [min–max]) | vs hf generate | same tokens as hf "
+            "| setup s |",
             "|---|---:|---:|---|---:|",
         ]
         for name, v in r.tok_s.items():
@@ -271,11 +273,14 @@ def markdown(results: list[Result]) -> str:
             lines.append(f"| {b} | {cell(v)} | {statistics.median(v) / b:,.1f} |")
         lines += [
             "",
-            f"Memory per concurrent sequence: KV cache slot (full context) {r.kv_bytes_per_slot / MiB:.1f} MiB; "
-            f"measured RSS growth per slot when the engine is built {r.rss_build_per_slot / MiB:.1f} MiB, and per "
-            f"sequence after running {max(r.throughput)} sequences of {r.prompt_tokens + r.new_tokens} tokens "
-            f"{r.rss_per_sequence / MiB:.1f} MiB; and per engine, whatever its slots, its fused q/k/v weights "
-            f"{r.fixed_bytes / MiB:.1f} MiB",
+            "Memory per concurrent sequence: KV cache slot (full context) "
+            f"{r.kv_bytes_per_slot / MiB:.1f} MiB; "
+            "measured RSS growth per slot when the engine is built "
+            f"{r.rss_build_per_slot / MiB:.1f} MiB, and per "
+            f"sequence after running {max(r.throughput)} sequences of "
+            f"{r.prompt_tokens + r.new_tokens} tokens "
+            f"{r.rss_per_sequence / MiB:.1f} MiB; and per engine, whatever its slots, "
+            f"its fused q/k/v weights {r.fixed_bytes / MiB:.1f} MiB",
             "",
         ]
     return "\n".join(lines)
@@ -300,8 +305,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(
-        f"torch {torch.__version__}, transformers {transformers.__version__}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPUs",
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         flush=True,
     )
     results = [bench_preset(name, args) for name in args.presets]

@@ -10,11 +10,12 @@ fresh Python subprocess, so that its peak RSS belongs to that one load and nothi
     resource.getrusage(RUSAGE_SELF).ru_maxrss                     -> absolute peak RSS
 
 and reports the wall time, the absolute peak and the peak above the baseline (what the load itself
-cost). The reference is `GPT2LMHeadModel.from_pretrained(dir)` measured the same way in the same run.
-Runs are interleaved (graft, transformers, graft, ...) so that drift in the machine hits both; the
-table gives the median and range over repeats, and the ratio of the load's peak to the size of the
-weights file. The weights file is in the page cache (it was just written): these are warm-cache
-figures. The target from the issue: import under 5 s and under 2x the model's size in peak RAM.
+cost). The reference is `GPT2LMHeadModel.from_pretrained(dir)` measured the same way in the same
+run. Runs are interleaved (graft, transformers, graft, ...) so that drift in the machine hits
+both; the table gives the median and range over repeats, and the ratio of the load's peak to the
+size of the weights file. The weights file is in the page cache (it was just written): these are
+warm-cache figures. The target from the issue: import under 5 s and under 2x the model's size in
+peak RAM.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ def _build(directory: Path) -> None:
     """In a subprocess, so that this parent stays small: Linux starts a child's ru_maxrss at its
     parent's peak, and a parent holding the 124M model would mask every child's own peak."""
     code = (
-        "import sys, torch; from transformers import GPT2Config, GPT2LMHeadModel; torch.manual_seed(0); "
+        "import sys, torch; from transformers import GPT2Config, GPT2LMHeadModel; "
+        "torch.manual_seed(0); "
         "GPT2LMHeadModel(GPT2Config()).save_pretrained(sys.argv[1])"
     )
     subprocess.run([sys.executable, "-c", code, str(directory)], check=True, capture_output=True)
@@ -120,8 +122,9 @@ def main() -> None:
 
     # Versions from metadata, not imports: this parent stays small (see _build).
     print(
-        f"torch {version('torch')}, transformers {version('transformers')}, safetensors {version('safetensors')}, "
-        f"python {platform.python_version()}, {os.cpu_count()} CPUs"
+        f"torch {version('torch')}, transformers {version('transformers')}, "
+        f"safetensors {version('safetensors')}, python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs"
     )
     with tempfile.TemporaryDirectory(prefix="graft-import-hf-") as tmp:
         directory = Path(tmp) / "gpt2"
@@ -130,7 +133,8 @@ def main() -> None:
         weights = directory / "model.safetensors"
         size = weights.stat().st_size
         print(
-            f"built {directory.name}: GPT2LMHeadModel(GPT2Config()), {weights.name} {size / MiB:,.1f} MiB "
+            f"built {directory.name}: GPT2LMHeadModel(GPT2Config()), "
+            f"{weights.name} {size / MiB:,.1f} MiB "
             f"(not timed: {time.perf_counter() - t0:.1f} s)"
         )
         runs: dict[str, list[dict[str, float]]] = {"graft": [], "hf": []}
@@ -140,8 +144,8 @@ def main() -> None:
         parent_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         worst = max(abs(r["peak"] - r["hwm"]) for rs in runs.values() for r in rs) / MiB
         print(
-            f"this parent's peak RSS {parent_peak / MiB:,.0f} MiB; children's ru_maxrss vs VmHWM differ by at most "
-            f"{worst:.1f} MiB"
+            f"this parent's peak RSS {parent_peak / MiB:,.0f} MiB; "
+            f"children's ru_maxrss vs VmHWM differ by at most {worst:.1f} MiB"
         )
         params = {r["params"] for rs in runs.values() for r in rs}
         print(
@@ -150,7 +154,8 @@ def main() -> None:
         )
         print()
         print(
-            "| loader | weights on disk (MiB) | import s (median [min–max]) | peak RSS above baseline (MiB) "
+            "| loader | weights on disk (MiB) | import s (median [min–max]) "
+            "| peak RSS above baseline (MiB) "
             "| ratio to size | absolute peak RSS (MiB) | baseline RSS after imports (MiB) |"
         )
         print("|---|---:|---:|---:|---:|---:|---:|")
@@ -160,7 +165,8 @@ def main() -> None:
             delta = [(r["peak"] - r["base_rss"]) / MiB for r in rs]
             ratio = [(r["peak"] - r["base_rss"]) / size for r in rs]
             print(
-                f"| {names[side]} | {size / MiB:,.1f} | {_fmt(seconds, '.2f')} | {_fmt(delta, ',.0f')} "
+                f"| {names[side]} | {size / MiB:,.1f} | {_fmt(seconds, '.2f')} "
+                f"| {_fmt(delta, ',.0f')} "
                 f"| {_fmt(ratio, '.2f')}x | {_fmt([r['peak'] / MiB for r in rs], ',.0f')} "
                 f"| {_fmt([r['base_rss'] / MiB for r in rs], ',.0f')} |"
             )

@@ -139,16 +139,19 @@ def main() -> None:
     full = next((r for r in rows if r["method"] == "full"), rows[0])
     print(
         f"preset {args.preset}, vocab {args.vocab}, batch {args.batch} x {args.seq_len} tokens, "
-        f"{args.steps} steps, lora rank 8 on q/k/v/o_proj with dropout {args.lora_dropout}, fp32 CPU\n"
+        f"{args.steps} steps, lora rank 8 on q/k/v/o_proj with dropout {args.lora_dropout}, "
+        "fp32 CPU\n"
     )
     print(
-        "| method | trainable parameters | share | peak RSS (MiB) | training overhead (MiB) | vs full | step (s) |"
+        "| method | trainable parameters | share | peak RSS (MiB) | training overhead (MiB) "
+        "| vs full | step (s) |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
-            f"| {r['method']} | {r['trainable']:,} | {r['trainable'] / r['total']:.2%} | {r['peak_mib']:.0f} | "
-            f"{r['overhead_mib']:.0f} | {r['overhead_mib'] / full['overhead_mib']:.2f}x | {r['step_s']:.2f} |"
+            f"| {r['method']} | {r['trainable']:,} | {r['trainable'] / r['total']:.2%} "
+            f"| {r['peak_mib']:.0f} | {r['overhead_mib']:.0f} "
+            f"| {r['overhead_mib'] / full['overhead_mib']:.2f}x | {r['step_s']:.2f} |"
         )
 
 

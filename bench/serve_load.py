@@ -238,16 +238,17 @@ def run_arm(
 
 def table(results: list[ArmResult]) -> str:
     lines = [
-        "| arm | max batch | requests | errors | wall s | req/s | gen tok/s | p50 latency s | p95 latency s "
-        "| p50 TTFT s | p95 TTFT s |",
+        "| arm | max batch | requests | errors | wall s | req/s | gen tok/s | p50 latency s "
+        "| p95 latency s | p50 TTFT s | p95 TTFT s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         row = r.row()
         lines.append(
-            f"| {row['arm']} | {row['max_batch']} | {row['requests']} | {row['errors']} | {row['wall_s']:.1f} "
-            f"| {row['req_s']:.2f} | {row['tok_s']:.0f} | {row['p50_latency_s']:.2f} | "
-            f"{row['p95_latency_s']:.2f} | {row['p50_ttft_s']:.3f} | {row['p95_ttft_s']:.3f} |"
+            f"| {row['arm']} | {row['max_batch']} | {row['requests']} | {row['errors']} "
+            f"| {row['wall_s']:.1f} | {row['req_s']:.2f} | {row['tok_s']:.0f} "
+            f"| {row['p50_latency_s']:.2f} | {row['p95_latency_s']:.2f} "
+            f"| {row['p50_ttft_s']:.3f} | {row['p95_ttft_s']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -294,14 +295,16 @@ def main() -> int:
 
     batched, sequential = results
     print(
-        f"graft serve under load: {args.requests} requests from {args.concurrency} concurrent clients, "
-        f"preset {args.preset} (random init, bytes tokenizer), prompts ~{args.prompt_tokens} tokens, "
+        f"graft serve under load: {args.requests} requests from {args.concurrency} "
+        f"concurrent clients, preset {args.preset} (random init, bytes tokenizer), "
+        f"prompts ~{args.prompt_tokens} tokens, "
         f"{args.max_tokens} new tokens each, streamed; server OMP threads {args.threads}; "
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores\n"
     )
     print(table(results))
     print(
-        f"\ncontinuous batching vs one at a time: {batched.row()['tok_s'] / sequential.row()['tok_s']:.2f}x "
+        "\ncontinuous batching vs one at a time: "
+        f"{batched.row()['tok_s'] / sequential.row()['tok_s']:.2f}x "
         f"generated tokens/s, {batched.row()['req_s'] / sequential.row()['req_s']:.2f}x requests/s"
     )
     problems = []
@@ -312,7 +315,8 @@ def main() -> int:
         batched.tokens != sequential.tokens
     ):  # possible only through a near-tie flipped by batched float sums
         print(
-            f"note: the arms generated different token counts ({batched.tokens} vs {sequential.tokens})"
+            "note: the arms generated different token counts "
+            f"({batched.tokens} vs {sequential.tokens})"
         )
     if args.json:
         args.json.write_text(

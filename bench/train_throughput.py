@@ -2,8 +2,8 @@
 
 Method. For each preset, graft's LanguageModel and a transformers reference (GPT2LMHeadModel for
 GPT-2 style presets, LlamaForCausalLM for Llama style) are built locally from configs at the same
-shape; their parameter counts are asserted equal before anything is timed. Both train in fp32,
-train mode, dropout 0, with the same fused AdamW settings on the same batch of token ids, and score the
+shape; their parameter counts are asserted equal before anything is timed. Both train in fp32, train
+mode, dropout 0, with the same fused AdamW settings on the same batch of token ids, and score the
 same tokens: inputs x[:, :-1], targets x[:, 1:] (T tokens per row). graft uses its fused
 `linear_cross_entropy_sum` divided by the token count; transformers gets `labels` plus
 `shift_labels=x[:, 1:]` (a kwarg its causal-LM loss accepts: targets already shifted), so it scores
@@ -184,8 +184,8 @@ def bench_preset(
     cfg, graft, hf = build_models(name, vocab)
     params = count_params(graft)
     print(
-        f"{name}: {params:,} parameters in both (graft == transformers); batch {batch}, seq {seq_len}, "
-        f"hf attention: {hf.config._attn_implementation}",
+        f"{name}: {params:,} parameters in both (graft == transformers); "
+        f"batch {batch}, seq {seq_len}, hf attention: {hf.config._attn_implementation}",
         flush=True,
     )
     x = torch.randint(0, vocab, (batch, seq_len + 1), generator=torch.Generator().manual_seed(1))
@@ -235,14 +235,15 @@ def markdown_table(results: list[Result]) -> str:
         return f"{statistics.median(v):,.0f} [{min(v):,.0f}–{max(v):,.0f}]"
 
     rows = [
-        "| preset | params | batch x seq | graft tok/s (median [min–max]) | hf tok/s (median [min–max]) "
-        "| ratio graft/hf | graft MFU | hf MFU |",
+        "| preset | params | batch x seq | graft tok/s (median [min–max]) "
+        "| hf tok/s (median [min–max]) | ratio graft/hf | graft MFU | hf MFU |",
         "|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         rows.append(
-            f"| {r.preset} | {r.params / 1e6:.2f}M | {r.batch} x {r.seq_len} | {cell(r.graft_tok_s)} "
-            f"| {cell(r.hf_tok_s)} | {r.ratio:.2f}x | {r.graft_mfu:.1%} | {r.hf_mfu:.1%} |"
+            f"| {r.preset} | {r.params / 1e6:.2f}M | {r.batch} x {r.seq_len} "
+            f"| {cell(r.graft_tok_s)} | {cell(r.hf_tok_s)} | {r.ratio:.2f}x "
+            f"| {r.graft_mfu:.1%} | {r.hf_mfu:.1%} |"
         )
     return "\n".join(rows)
 
@@ -280,7 +281,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     start_wall, start_busy, start_own = time.perf_counter(), busy_cpu_seconds(), own_cpu_seconds()
     peak = matmul_peak(args.peak_size)
     print(
-        f"matmul peak before (fp32 {args.peak_size}x{args.peak_size}, median of 7): {peak / 1e9:.1f} GFLOP/s",
+        f"matmul peak before (fp32 {args.peak_size}x{args.peak_size}, median of 7): "
+        f"{peak / 1e9:.1f} GFLOP/s",
         flush=True,
     )
     results = []
@@ -304,13 +306,14 @@ def main(argv: list[str] | None = None) -> list[Result]:
     others = (busy_cpu_seconds() - start_busy) - (own_cpu_seconds() - start_own)
     other_cores = max(others, 0.0) / (time.perf_counter() - start_wall)
     print(
-        f"other processes used {other_cores:.2f} CPU cores on average during the run (0: a quiet machine)"
+        f"other processes used {other_cores:.2f} CPU cores on average during the run "
+        "(0: a quiet machine)"
     )
     for r in results:
         r.set_mfu(peak)
     print(
-        f"\nvocab {args.vocab}, fp32, fused AdamW, {args.repeats} repeats x {args.steps} steps after "
-        f"{args.warmup} warm-up steps, interleaved\n"
+        f"\nvocab {args.vocab}, fp32, fused AdamW, {args.repeats} repeats x {args.steps} steps "
+        f"after {args.warmup} warm-up steps, interleaved\n"
     )
     print(markdown_table(results))
     if args.json:

@@ -19,7 +19,8 @@ from graft.errors import GraftError
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
-# Options every command takes, before or after its name (graft --debug pretrain / graft pretrain --debug).
+# Options every command takes, before or after its name (graft --debug pretrain /
+# graft pretrain --debug).
 _COMMON = argparse.ArgumentParser(add_help=False)
 _COMMON.add_argument(
     "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
@@ -31,10 +32,11 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
         "quickstart",
         parents=[_COMMON],
         help="Pre-train a small model on a corpus built from this Python installation.",
-        description="The embedded default: builds a corpus from the running Python's standard library "
-        "and documentation (nothing downloaded), trains a tokenizer, prepares shards, pre-trains a small "
-        "model for a time budget, fine-tunes it on two tasks from the same installation (a function's "
-        "package; its docstring's first line) against training from scratch, and writes a report.",
+        description="The embedded default: builds a corpus from the running Python's standard "
+        "library and documentation (nothing downloaded), trains a tokenizer, prepares shards, "
+        "pre-trains a small model for a time budget, fine-tunes it on two tasks from the same "
+        "installation (a function's package; its docstring's first line) against training from "
+        "scratch, and writes a report.",
     )
     p.add_argument(
         "--minutes", type=float, default=5.0, help="pre-training time budget (default: 5)"
@@ -58,7 +60,8 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
         "--finetune-steps",
         type=int,
         default=150,
-        help="steps of each of the four fine-tuning runs (default: 150, about 3-4 minutes in all on 2 cores)",
+        help="steps of each of the four fine-tuning runs (default: 150, about 3-4 minutes in all "
+        "on 2 cores)",
     )
     p.add_argument(
         "--skip-finetune", action="store_true", help="stop after pre-training; nothing is held out"
@@ -86,7 +89,8 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
         "--sentinels",
         type=int,
         default=0,
-        help="add N span-corruption sentinel tokens <|sentinel_0|>... (needed by --objective denoise, t5 style)",
+        help="add N span-corruption sentinel tokens <|sentinel_0|>... (needed by --objective "
+        "denoise, t5 style)",
     )
     t.add_argument("--out", type=Path, required=True, help="directory for tokenizer.json")
 
@@ -129,8 +133,9 @@ def _add_data_recipe(dsub: argparse._SubParsersAction) -> None:
         "recipe",
         parents=[_COMMON],
         help="Clean a local copy of a known corpus into a JSONL of documents.",
-        description="gutenberg: each Project Gutenberg book, licence boilerplate removed; wikitext: each "
-        "article of a WikiText *.tokens file, with its tokenisation undone. Nothing is downloaded.",
+        description="gutenberg: each Project Gutenberg book, licence boilerplate removed; "
+        "wikitext: each article of a WikiText *.tokens file, with its tokenisation undone. "
+        "Nothing is downloaded.",
     )
     r.add_argument("name", choices=["gutenberg", "wikitext"])
     r.add_argument("sources", nargs="+", type=Path, help="files or folders of the corpus")
@@ -147,8 +152,9 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         "pretrain",
         parents=[_COMMON],
         help="Pre-train a model with a YAML recipe and --section.key=value overrides.",
-        description="Example: graft pretrain --config configs/pretrain/micro.yaml --data.path runs/data "
-        "--train.max_steps=500. Overrides are --section.key=value or --section.key value.",
+        description="Example: graft pretrain --config configs/pretrain/micro.yaml "
+        "--data.path runs/data --train.max_steps=500. Overrides are --section.key=value or "
+        "--section.key value.",
     )
     p.add_argument("--config", type=Path, help="YAML recipe (see configs/pretrain/)")
     p.add_argument(
@@ -246,9 +252,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         parents=[_COMMON],
         help="Export a checkpoint to Hugging Face (hf) or llama.cpp (gguf).",
         description="--format hf writes a Hugging Face transformers directory (config.json, "
-        "model.safetensors, tokenizer files, generation_config.json, a model card README.md): GPT-2 style as GPT2LMHeadModel, Llama style as "
-        "LlamaForCausalLM or Qwen2ForCausalLM. --format gguf writes one llama.cpp file for Llama-style models. "
-        "A config the target cannot represent is refused before anything is written.",
+        "model.safetensors, tokenizer files, generation_config.json, a model card README.md): "
+        "GPT-2 style as GPT2LMHeadModel, Llama style as LlamaForCausalLM or Qwen2ForCausalLM. "
+        "--format gguf writes one llama.cpp file for Llama-style models. A config the target "
+        "cannot represent is refused before anything is written.",
     )
     p.add_argument(
         "checkpoint",
@@ -259,7 +266,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "--format",
         choices=["hf", "gguf"],
         default="hf",
-        help="hf: a Hugging Face transformers directory; gguf: one llama.cpp file (Llama-style models)",
+        help="hf: a Hugging Face transformers directory; gguf: one llama.cpp file "
+        "(Llama-style models)",
     )
     p.add_argument(
         "--out",
@@ -285,8 +293,8 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "--verify",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="reload the export (in transformers when installed) and check logits, tokenizer ids, eos "
-        "ids and vocabulary size against the checkpoint (default: on)",
+        help="reload the export (in transformers when installed) and check logits, tokenizer "
+        "ids, eos ids and vocabulary size against the checkpoint (default: on)",
     )
 
 
@@ -297,9 +305,10 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         "objectives",
         parents=[_COMMON],
         help="Pre-train one small model per objective and compare them with a linear probe.",
-        description="Pre-trains the same model size with each objective on the same data for the same number of tokens, "
-        "probes each frozen model on a labelled set, and writes report.md, results.json and comparison.png into --out. "
-        "Further --section.key=value overrides apply to every arm.",
+        description="Pre-trains the same model size with each objective on the same data for the "
+        "same number of tokens, probes each frozen model on a labelled set, and writes report.md, "
+        "results.json and comparison.png into --out. Further --section.key=value overrides apply "
+        "to every arm.",
     )
     e.add_argument(
         "--data", type=Path, required=True, help="prepared data directory (from graft data prepare)"
@@ -341,11 +350,12 @@ def _add_experiment_transfer(esub: argparse._SubParsersAction) -> None:
         parents=[_COMMON],
         help="Fine-tune from scratch, fully, with LoRA and as a linear probe at several "
         "labelled-set sizes and seeds; report means and 95%% CIs.",
-        description="Splits one labelled set once (test, validation, training pool), then fine-tunes every arm "
-        "(scratch, full, lora, probe, and continued with --continued) at every size with every seed under the same "
-        "budget, scores each best checkpoint on the test set, and writes report.md, results.json and "
-        "learning_curve.png into --out. Further --section.key=value overrides apply to every run; "
-        "--ARM:section.key=value to one arm's runs (e.g. --lora:optim.lr=2e-3).",
+        description="Splits one labelled set once (test, validation, training pool), then "
+        "fine-tunes every arm (scratch, full, lora, probe, and continued with --continued) at "
+        "every size with every seed under the same budget, scores each best checkpoint on the "
+        "test set, and writes report.md, results.json and learning_curve.png into --out. Further "
+        "--section.key=value overrides apply to every run; --ARM:section.key=value to one arm's "
+        "runs (e.g. --lora:optim.lr=2e-3).",
     )
     t.add_argument(
         "--init",
@@ -362,7 +372,8 @@ def _add_experiment_transfer(esub: argparse._SubParsersAction) -> None:
         nargs="+",
         required=True,
         metavar="FILE",
-        help="a labelled file (.jsonl, .json, .csv, .tsv or label<TAB>text), or the pos and neg polarity files",
+        help="a labelled file (.jsonl, .json, .csv, .tsv or label<TAB>text), or the pos and neg "
+        "polarity files",
     )
     t.add_argument("--text-field", help="text field of --labelled (default: text)")
     t.add_argument("--label-field", help="label field of --labelled (default: label)")
@@ -391,7 +402,8 @@ def _add_experiment_transfer(esub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--resume",
         action="store_true",
-        help="finish an interrupted experiment in --out, keeping its runs; it may add --seeds, --sizes or --arms",
+        help="finish an interrupted experiment in --out, keeping its runs; it may add --seeds, "
+        "--sizes or --arms",
     )
     t.add_argument(
         "--out", type=Path, required=True, help="directory for the report, the split and the runs"
@@ -404,11 +416,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "eval",
         parents=[_COMMON],
         help="Evaluate a checkpoint: perplexity, classification, tagging or generation.",
-        description="lm: loss and perplexity per token of the model's tokenizer, beside bits per byte and "
-        "per-word perplexity (comparable across tokenizers). classify: accuracy, precision, recall, F1 (macro "
-        "and per class) and a confusion-matrix PNG. tokens: seqeval entity F1. generate: greedy decoding "
-        "scored with BLEU, chrF, ROUGE-1/2/L and exact match, and the share that ended with eos. Writes "
-        "<task>.json, <task>.md and <task>_samples.jsonl into --out.",
+        description="lm: loss and perplexity per token of the model's tokenizer, beside bits per "
+        "byte and per-word perplexity (comparable across tokenizers). classify: accuracy, "
+        "precision, recall, F1 (macro and per class) and a confusion-matrix PNG. tokens: seqeval "
+        "entity F1. generate: greedy decoding scored with BLEU, chrF, ROUGE-1/2/L and exact match, "
+        "and the share that ended with eos. Writes <task>.json, <task>.md and "
+        "<task>_samples.jsonl into --out.",
     )
     p.add_argument(
         "checkpoint",
@@ -452,10 +465,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "serve",
         parents=[_COMMON],
         help="Serve a checkpoint over an OpenAI-compatible HTTP API, with a playground page.",
-        description="Endpoints: /v1/models, /v1/completions, /v1/chat/completions (streaming as server-sent "
-        "events), /v1/embeddings, /v1/classify (classifier checkpoints), /health, /metrics (Prometheus), "
-        "/openapi.json; the playground at /. Requests are decoded together (continuous batching). "
-        "Binds 127.0.0.1 unless --host says otherwise.",
+        description="Endpoints: /v1/models, /v1/completions, /v1/chat/completions (streaming as "
+        "server-sent events), /v1/embeddings, /v1/classify (classifier checkpoints), /health, "
+        "/metrics (Prometheus), /openapi.json; the playground at /. Requests are decoded together "
+        "(continuous batching). Binds 127.0.0.1 unless --host says otherwise.",
     )
     p.add_argument(
         "checkpoint",
@@ -492,7 +505,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "--compile",
         action="store_true",
         default=None,
-        help="torch.compile the decode step: faster decoding after a start-up compile of 10-30 s on a CPU",
+        help="torch.compile the decode step: faster decoding after a start-up compile of 10-30 s "
+        "on a CPU",
     )
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
 
@@ -502,9 +516,9 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
         "chat",
         parents=[_COMMON],
         help="Chat with a checkpoint in the terminal.",
-        description="Each line is a user turn; replies stream as they are written and the conversation "
-        "is kept (oldest turns dropped when it outgrows the context). /reset clears it; /exit or "
-        "end of input (Ctrl-D) leaves; Ctrl-C stops a reply.",
+        description="Each line is a user turn; replies stream as they are written and the "
+        "conversation is kept (oldest turns dropped when it outgrows the context). /reset clears "
+        "it; /exit or end of input (Ctrl-D) leaves; Ctrl-C stops a reply.",
     )
     p.add_argument(
         "checkpoint",
@@ -638,7 +652,8 @@ def _run_data(args: argparse.Namespace) -> int:
     )
     for name, split in index.splits.items():
         print(
-            f"{name}: {split.tokens:,} tokens from {split.documents:,} documents ({split.bytes:,} bytes)"
+            f"{name}: {split.tokens:,} tokens from {split.documents:,} documents "
+            f"({split.bytes:,} bytes)"
         )
     print(f"prepared: {args.out}")
     return 0
@@ -665,8 +680,8 @@ def _run_pretrain(args: argparse.Namespace, extra: list[str]) -> int:
     result = pretrain(config, resume=args.resume)
     if result.stop_reason == "interrupted":
         print(
-            f"interrupted at step {result.step}; the last complete checkpoint in {result.run_dir / 'checkpoints'} "
-            "is intact: continue with --resume",
+            f"interrupted at step {result.step}; the last complete checkpoint in "
+            f"{result.run_dir / 'checkpoints'} is intact: continue with --resume",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
@@ -703,14 +718,15 @@ def _run_finetune(args: argparse.Namespace, extra: list[str]) -> int:
     result = finetune(config, echo=print)
     if result.stop_reason == "interrupted":
         print(
-            f"interrupted at step {result.step}; checkpoints in {result.run_dir / 'checkpoints'} are intact",
+            f"interrupted at step {result.step}; checkpoints in {result.run_dir / 'checkpoints'} "
+            "are intact",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
     best = config.train.monitor
     print(
-        f"stopped ({result.stop_reason}) at step {result.step}, {result.elapsed_s:.0f} s; best {best} "
-        f"{result.best_metric:.4f}"
+        f"stopped ({result.stop_reason}) at step {result.step}, {result.elapsed_s:.0f} s; "
+        f"best {best} {result.best_metric:.4f}"
         if result.best_metric is not None
         else f"stopped ({result.stop_reason})"
     )
@@ -734,15 +750,19 @@ def _run_generate(args: argparse.Namespace) -> int:
             top_k=args.top_k,
             top_p=args.top_p,
             seed=args.seed,
-            stop_ids=frozenset({tokenizer.eot_id}),
+            stop_ids=frozenset() if tokenizer.eot_id is None else frozenset({tokenizer.eot_id}),
         )
     except ValueError as err:
         raise GraftError(f"generate: {err}") from None
-    if not args.prompt and tokenizer.eot_id is None:
+    if args.prompt:
+        prompt_ids = tokenizer.encode(args.prompt)
+    elif tokenizer.eot_id is not None:
+        prompt_ids = [tokenizer.eot_id]
+    else:
         raise GraftError(
-            f"generate: {args.checkpoint}'s tokenizer has no end-of-text token to start from; give --prompt"
+            f"generate: {args.checkpoint}'s tokenizer has no end-of-text token to start from; "
+            "give --prompt"
         )
-    prompt_ids = tokenizer.encode(args.prompt) if args.prompt else [tokenizer.eot_id]
     sys.stdout.write(args.prompt)
     context = model.config.max_seq_len
     if len(prompt_ids) >= context:
@@ -768,8 +788,9 @@ def _run_export(args: argparse.Namespace) -> int:
     if has_lora(model):
         if not args.merge_lora:
             raise GraftError(
-                f"{args.checkpoint} holds a LoRA adapter over its base weights; pass --merge-lora to "
-                "fold it into the weights (the adapter itself is in the checkpoint, in PEFT's format)"
+                f"{args.checkpoint} holds a LoRA adapter over its base weights; pass --merge-lora "
+                "to fold it into the weights (the adapter itself is in the checkpoint, in PEFT's "
+                "format)"
             )
         merge_lora(model)
     if args.format == "gguf":

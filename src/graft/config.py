@@ -34,7 +34,9 @@ class DataConfig(Section):
     )
     replay_path: Path | None = Field(
         default=None,
-        description="Continued pre-training: prepared general-domain data to replay against forgetting.",
+        description=(
+            "Continued pre-training: prepared general-domain data to replay against forgetting."
+        ),
     )
     replay_fraction: float = Field(
         default=0.1, ge=0, lt=1, description="Fraction of batches drawn from replay_path."
@@ -65,7 +67,9 @@ class DataConfig(Section):
     max_train_examples: int | None = Field(
         default=None,
         ge=1,
-        description="Fine-tuning: a stratified sample of this many training records (learning curves).",
+        description=(
+            "Fine-tuning: a stratified sample of this many training records (learning curves)."
+        ),
     )
 
 
@@ -92,7 +96,10 @@ class ObjectiveConfig(Section):
     )
     denoise_style: Literal["t5", "bart"] = Field(
         default="t5",
-        description="t5: spans -> sentinels, target = the spans; bart: spans -> one mask, target = the text.",
+        description=(
+            "t5: spans -> sentinels, target = the spans; "
+            "bart: spans -> one mask, target = the text."
+        ),
     )
     noise_density: float | None = Field(
         default=None,
@@ -105,7 +112,10 @@ class ObjectiveConfig(Section):
     )
     prefix_lm: bool = Field(
         default=False,
-        description="denoise: attend bidirectionally over the corrupted input (not exportable as a causal LM).",
+        description=(
+            "denoise: attend bidirectionally over the corrupted input "
+            "(not exportable as a causal LM)."
+        ),
     )
     mix: dict[str, float] = Field(
         default_factory=dict,
@@ -115,9 +125,9 @@ class ObjectiveConfig(Section):
         default=0.0,
         ge=0,
         le=1,
-        description="nsp: share of training negatives cut from a distant part of A's own document (validation "
-        "keeps BERT's other-document negatives); with few long documents it stops the head from merely "
-        "recognising documents.",
+        description="nsp: share of training negatives cut from a distant part of A's own document "
+        "(validation keeps BERT's other-document negatives); with few long documents it stops the "
+        "head from merely recognising documents.",
     )
     class_weights: bool = Field(
         default=False, description="classify: weight classes by inverse frequency."
@@ -137,7 +147,8 @@ class ObjectiveConfig(Section):
                 )
             if any(w < 0 for w in self.mix.values()) or sum(self.mix.values()) <= 0:
                 raise ValueError(
-                    f"objective.mix: weights must be >= 0 and sum to a positive number, got {self.mix}"
+                    "objective.mix: weights must be >= 0 and sum to a positive number, "
+                    f"got {self.mix}"
                 )
         return self
 
@@ -239,7 +250,10 @@ class AdaptConfig(Section):
     )
     from_scratch: bool = Field(
         default=False,
-        description="Keep train.init's architecture and tokenizer but re-initialise its weights (the baseline).",
+        description=(
+            "Keep train.init's architecture and tokenizer but re-initialise its weights "
+            "(the baseline)."
+        ),
     )
 
 
@@ -278,7 +292,8 @@ def model_problems(config: RunConfig) -> list[str]:
             f"train.seq_len ({seq_len}) exceeds model.max_seq_len ({model.max_seq_len})"
         )
     if name in ("classify", "tokens"):
-        return problems  # any backbone: the classifier reads the last token (decoders) or [CLS] (encoders)
+        # any backbone: the classifier reads the last token (decoders) or [CLS] (encoders)
+        return problems
     if name in DECODER_OBJECTIVES and model.attention != "causal":
         problems.append(
             f"objective {name} trains a decoder: model.attention must be causal "
@@ -357,7 +372,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(
-            f"{path}: expected a mapping of sections (model, data, optim, train), got {type(data).__name__}"
+            f"{path}: expected a mapping of sections (model, data, optim, train), "
+            f"got {type(data).__name__}"
         )
     return data
 
@@ -416,9 +432,9 @@ def _fields_at(loc: list[str]) -> list[str]:
     return names + ["preset"] if model is ModelConfig else names
 
 
-# Fine-tuning practice, as the base of every `graft finetune` config (a recipe, shown by --print-config):
-# a learning rate well below pre-training's, a short warm-up, weight decay, dropout, early stopping on
-# the task's validation metric, the best checkpoint kept.
+# Fine-tuning practice, as the base of every `graft finetune` config (a recipe, shown by
+# --print-config): a learning rate well below pre-training's, a short warm-up, weight decay,
+# dropout, early stopping on the task's validation metric, the best checkpoint kept.
 FINETUNE_DEFAULTS: dict[str, dict[str, Any]] = {
     "model": {"dropout": 0.1},
     "optim": {

@@ -4,9 +4,10 @@ It builds a corpus from the running Python installation (standard-library source
 docstrings and the interpreter's help topics), trains a byte-level BPE tokenizer on it, prepares
 token shards, pre-trains a small model for a time budget, samples from the model before and after,
 then fine-tunes it on two tasks with labels from the same installation (a function's package; its
-docstring's first line), each against the same model trained from scratch (`graft.quickstart_tasks`),
-and writes `report.md` beside the run: what ran, how the loss fell, what the model now writes, and
-what pre-training was worth to each task. Every step is the same library call a user would make by hand.
+docstring's first line), each against the same model trained from scratch
+(`graft.quickstart_tasks`), and writes `report.md` beside the run: what ran, how the loss fell,
+what the model now writes, and what pre-training was worth to each task. Every step is the same
+library call a user would make by hand.
 """
 
 from __future__ import annotations
@@ -60,8 +61,9 @@ class QuickstartOptions:
     seed: int = 1337
     progress: bool = True
     finetune: bool = True  # the fine-tuning half (and the held-out functions it needs)
-    # Steps of each of the four fine-tuning runs. The micro preset trains ~3.7 steps/s on 2 idle CPU
-    # cores, so 150 steps and the test scoring take ~3 minutes in all: the quickstart stays under 10.
+    # Steps of each of the four fine-tuning runs. The micro preset trains ~3.7 steps/s on 2 idle
+    # CPU cores, so 150 steps and the test scoring take ~3 minutes in all: the quickstart stays
+    # under 10.
     finetune_steps: int = 150
 
 
@@ -77,8 +79,9 @@ def run_quickstart(
         )
     _run_config(options, options.out_dir, options.vocab_size)  # a bad preset fails before any work
     started = time.perf_counter()
-    # The tasks are chosen first so that their validation and test functions never reach pre-training
-    # (and so that an installation too small for them fails before anything is written).
+    # The tasks are chosen first so that their validation and test functions never reach
+    # pre-training (and so that an installation too small for them fails before anything is
+    # written).
     splits = (
         select_tasks(list(iter_stdlib_functions(seed=options.seed))) if options.finetune else None
     )
@@ -91,7 +94,8 @@ def run_quickstart(
         exclude=splits.held_out if splits else (),
     )
     echo(
-        f"corpus: {corpus.documents:,} documents, {corpus.bytes / 1e6:.1f} MB from Python {corpus.python_version} "
+        f"corpus: {corpus.documents:,} documents, {corpus.bytes / 1e6:.1f} MB from Python "
+        f"{corpus.python_version} "
         f"({', '.join(f'{k} {v:,}' for k, v in corpus.kind_documents.items())})"
         + (f"; {len(splits.held_out):,} functions held out for fine-tuning" if splits else "")
     )
@@ -105,14 +109,16 @@ def run_quickstart(
         [corpus.path], tokenizer, out / "data", seed=options.seed, progress=options.progress
     )
     echo(
-        f"data: {index.splits['train'].tokens:,} train tokens, {index.splits['val'].tokens:,} validation tokens"
+        f"data: {index.splits['train'].tokens:,} train tokens, "
+        f"{index.splits['val'].tokens:,} validation tokens"
     )
 
     config = _run_config(options, out, tokenizer.vocab_size)
     torch.manual_seed(config.train.seed)
     untrained = LanguageModel(config.model).eval()
     echo(
-        f"model: {options.preset}, {untrained.num_parameters():,} parameters; training for {options.minutes:g} min"
+        f"model: {options.preset}, {untrained.num_parameters():,} parameters; "
+        f"training for {options.minutes:g} min"
     )
     before = _samples(untrained, tokenizer, options.seed)
     for prompt, text in before[:2]:
@@ -156,7 +162,8 @@ def run_quickstart(
         )
     if result.stop_reason == "interrupted":
         return report(["## Fine-tuning", "", "Skipped: pre-training was interrupted.", ""])
-    # Written now too, so that stopping during fine-tuning still leaves the pre-training half's report.
+    # Written now too, so that stopping during fine-tuning still leaves the pre-training half's
+    # report.
     report(
         [
             "## Fine-tuning",
@@ -177,16 +184,18 @@ def _finetune(
     corpus: Path,
     echo: Callable[[str], None],
 ) -> list[str]:
-    """Both tasks, each fine-tuned from the pre-trained checkpoint and from scratch; the report's section."""
+    """Both tasks, each fine-tuned from the pre-trained checkpoint and from scratch; the report's
+    section."""
     held_out = len(splits.held_out)
     leaks = find_leaks(corpus, splits.held_out)
     splits = drop_leaks(splits, leaks)
     files = write_task_files(splits, tokenizer, out / "tasks", config.seq_len)
     echo(
-        f"tasks: package of a function ({len(splits.packages)} packages, {len(splits.classify['train']):,} "
-        f"training functions) and first docstring line ({len(splits.instruct['train']):,}); of the {held_out:,} "
-        f"held-out functions the corpus still holds {len(leaks.definitions)}, and {len(leaks.first_lines)} "
-        "docstring first lines: dropped from evaluation"
+        f"tasks: package of a function ({len(splits.packages)} packages, "
+        f"{len(splits.classify['train']):,} training functions) and first docstring line "
+        f"({len(splits.instruct['train']):,}); of the {held_out:,} held-out functions the corpus "
+        f"still holds {len(leaks.definitions)}, and {len(leaks.first_lines)} docstring first "
+        "lines: dropped from evaluation"
     )
     outcomes = compare_on_tasks(
         out / "run" / "checkpoints" / "best",
@@ -247,7 +256,7 @@ def _samples(model: LanguageModel, tokenizer: Tokenizer, seed: int) -> list[tupl
         temperature=0.8,
         top_k=50,
         seed=seed,
-        stop_ids=frozenset({tokenizer.eot_id}),
+        stop_ids=frozenset() if tokenizer.eot_id is None else frozenset({tokenizer.eot_id}),
     )
     out = []
     for prompt in PROMPTS:
@@ -282,30 +291,36 @@ def _write_report(
         "",
         "## What ran",
         "",
-        f"- Corpus: {documents:,} documents ({corpus_bytes / 1e6:.1f} MB) from this Python installation: "
-        "standard-library sources, their docstrings, and the interpreter's help topics (`corpus/docs.jsonl`)"
+        f"- Corpus: {documents:,} documents ({corpus_bytes / 1e6:.1f} MB) from this Python "
+        "installation: standard-library sources, their docstrings, and the interpreter's help "
+        "topics (`corpus/docs.jsonl`)"
         + (
-            f", less {excluded:,} definitions: the functions held out for fine-tuning and copies of their code "
-            "(below)."
+            f", less {excluded:,} definitions: the functions held out for fine-tuning and copies "
+            "of their code (below)."
             if excluded
             else "."
         ),
         f"- Tokenizer: byte-level BPE, {m.vocab_size:,} tokens (`tokenizer/tokenizer.json`); "
         f"{train_tokens:,} training tokens (`data/`).",
-        f"- Model: preset `{options.preset}` ({m.n_layers} layers, {m.n_heads} heads, width {m.d_model}, "
-        f"{m.norm}, {m.positions} positions, {m.mlp}), context {config.seq_len}.",
-        f"- Training: {result.step} steps, {result.tokens_seen:,} tokens, batch {config.train.batch_size}, "
-        f"AdamW lr {config.optim.lr:g} with warm-up and cosine decay, {result.elapsed_s / 60:.1f} min "
-        f"(stopped: {result.stop_reason}). Config: `run/config.yaml`; metrics: `run/metrics.jsonl`.",
+        f"- Model: preset `{options.preset}` ({m.n_layers} layers, {m.n_heads} heads, "
+        f"width {m.d_model}, {m.norm}, {m.positions} positions, {m.mlp}), "
+        f"context {config.seq_len}.",
+        f"- Training: {result.step} steps, {result.tokens_seen:,} tokens, "
+        f"batch {config.train.batch_size}, AdamW lr {config.optim.lr:g} with warm-up and cosine "
+        f"decay, {result.elapsed_s / 60:.1f} min (stopped: {result.stop_reason}). "
+        "Config: `run/config.yaml`; metrics: `run/metrics.jsonl`.",
         "",
         "## Validation",
         "",
         "| | step | loss (nats/token) | perplexity | bits per byte |",
         "|---|---|---|---|---|",
-        f"| before | {first['step']} | {first['val/loss']:.3f} | {first['val/ppl']:.1f} | {first.get('val/bpb', float('nan')):.3f} |",
-        f"| after | {last['step']} | {last['val/loss']:.3f} | {last['val/ppl']:.1f} | {last.get('val/bpb', float('nan')):.3f} |",
+        f"| before | {first['step']} | {first['val/loss']:.3f} | {first['val/ppl']:.1f} | "
+        f"{first.get('val/bpb', float('nan')):.3f} |",
+        f"| after | {last['step']} | {last['val/loss']:.3f} | {last['val/ppl']:.1f} | "
+        f"{last.get('val/bpb', float('nan')):.3f} |",
         "",
-        f"Validation loss fell by {100 * (first['val/loss'] - last['val/loss']) / first['val/loss']:.0f}%.",
+        "Validation loss fell by "
+        f"{100 * (first['val/loss'] - last['val/loss']) / first['val/loss']:.0f}%.",
         "",
         f"![loss curve](run/{LOSS_CURVE_FILE})",
         "",

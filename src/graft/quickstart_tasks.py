@@ -1,5 +1,6 @@
-"""The fine-tuning half of `graft quickstart`: two tasks with real labels from this Python installation,
-each fine-tuned from the pre-trained checkpoint and from scratch under the same budget.
+"""The fine-tuning half of `graft quickstart`: two tasks with real labels from this Python
+installation, each fine-tuned from the pre-trained checkpoint and from scratch under the same
+budget.
 
 - classify: which standard-library package a function comes from, given its code without its
   docstring (the `TaskSizes.packages` packages with the most documented functions, the same number
@@ -66,8 +67,8 @@ ARMS: dict[str, tuple[str, ...]] = {
 # quickstart checkpoint (rates tried: 1e-4 to 3e-3 for a pre-trained classifier, 3e-4 to 3e-3 from
 # scratch, 1e-4 to 1e-3 for pre-trained instructions). Fresh weights want 1e-3, as in the transfer
 # experiment. So does a pre-trained classifier: its head is new, and at fine-tuning's usual 1e-4 it
-# barely learns in 150 steps (validation macro F1 0.55 against 0.86 at 1e-3). Instructions train
-# the pre-trained LM head: 1e-4 and 3e-4 tied (validation loss 4.362, 4.360), 1e-3 was worse (4.469).
+# barely learns in 150 steps (validation macro F1 0.55 against 0.86 at 1e-3). Instructions train the
+# pre-trained LM head: 1e-4 and 3e-4 tied (validation loss 4.362, 4.360), 1e-3 was worse (4.469).
 LEARNING_RATES: dict[tuple[str, str], float] = {
     ("classify", "pretrained"): 1e-3,
     ("classify", "scratch"): 1e-3,
@@ -114,7 +115,8 @@ class TaskSplits:
 
     @property
     def held_out(self) -> tuple[StdlibFunction, ...]:
-        """Validation and test functions of both tasks, once each: what pre-training must not see."""
+        """Validation and test functions of both tasks, once each: what pre-training must not
+        see."""
         return tuple(
             dict.fromkeys(
                 f
@@ -176,8 +178,9 @@ def select_tasks(functions: Sequence[StdlibFunction], sizes: TaskSizes = TaskSiz
     held_per_package = sizes.classify_test + sizes.classify_val
     if len(packages) < 2 or counts[packages[-1]] <= held_per_package:
         raise DataError(
-            f"this Python installation has too few documented standard-library functions for the "
-            f"quickstart's tasks ({dict(counts.most_common(sizes.packages))}); run it with --skip-finetune"
+            "this Python installation has too few documented standard-library functions for the "
+            f"quickstart's tasks ({dict(counts.most_common(sizes.packages))}); run it with "
+            "--skip-finetune"
         )
     per_package = min(sizes.per_package, counts[packages[-1]])
     classify: dict[str, list[StdlibFunction]] = {split: [] for split in SPLITS}
@@ -200,8 +203,8 @@ def select_tasks(functions: Sequence[StdlibFunction], sizes: TaskSizes = TaskSiz
     val = unique[sizes.instruct_test : sizes.instruct_test + sizes.instruct_val]
     if len(test) < sizes.instruct_test or not val:
         raise DataError(
-            f"only {len(unique)} standard-library functions have a docstring first line of their own; "
-            "run the quickstart with --skip-finetune"
+            f"only {len(unique)} standard-library functions have a docstring first line of their "
+            "own; run the quickstart with --skip-finetune"
         )
     held = set(test) | set(val)
     train = [f for f in functions if f not in held][: sizes.instruct_train]
@@ -219,13 +222,15 @@ def write_task_files(
     seq_len: int,
     max_new_tokens: int = MAX_NEW_TOKENS,
 ) -> TaskFiles:
-    """`out_dir/{classify,instruct}/{train,val,test}.jsonl`, each function's code cut to fit `seq_len`.
+    """`out_dir/{classify,instruct}/{train,val,test}.jsonl`, each function's code cut to fit
+    `seq_len`.
 
     Classification keeps up to `seq_len` tokens of code. An instruction's prompt (template,
     instruction and code) keeps room for `max_new_tokens` in the context, since positions past the
     pre-training context were never trained; longer docstring lines are cut by fine-tuning itself.
     """
-    # The prompt around the code, from the template itself: what fine-tuning and evaluation will render.
+    # The prompt around the code, from the template itself: what fine-tuning and evaluation will
+    # render.
     template = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
     before, after = _prompt(template, _PLACEHOLDER, tokenizer).split(_PLACEHOLDER)
     limits = {"classify": seq_len, "instruct": seq_len - max_new_tokens}
@@ -238,14 +243,14 @@ def write_task_files(
     paths: dict[str, dict[str, Path]] = {"classify": {}, "instruct": {}}
     cut = {"classify": 0, "instruct": 0}
     for task, by_split in (("classify", splits.classify), ("instruct", splits.instruct)):
+
+        def tokens(text: str, task: str = task) -> int:
+            return len(tokenizer.encode(wrap[task](text)))
+
         for split in SPLITS:
             rows = []
             for f in by_split[split]:
-                code, was_cut = _fit(
-                    f.code_without_docstring,
-                    lambda text: len(tokenizer.encode(wrap[task](text))),
-                    limits[task],
-                )
+                code, was_cut = _fit(f.code_without_docstring, tokens, limits[task])
                 cut[task] += was_cut
                 where = (
                     f"{f.module}:{f.name}"  # extra fields are kept for people; readers ignore them
@@ -347,7 +352,8 @@ def find_leaks(corpus: Path, functions: Iterable[StdlibFunction]) -> Leaks:
 
 
 def _split_definition(f: StdlibFunction) -> tuple[list[str], list[str]]:
-    """The non-blank lines, stripped, up to the end of the signature (where the docstring was) and after it."""
+    """The non-blank lines, stripped, up to the end of the signature (where the docstring was) and
+    after it."""
     definition = ast.parse(f.code_without_docstring).body[0]
     assert isinstance(definition, (ast.FunctionDef, ast.AsyncFunctionDef))
     lines = f.code_without_docstring.split("\n")
@@ -415,8 +421,8 @@ def compare_on_tasks(
     progress: bool,
     echo: Callable[[str], None] = lambda _: None,
 ) -> tuple[ArmOutcome, ...]:
-    """Fine-tune `init` on each task from its weights and from scratch for `steps` steps each, keep each
-    run's best checkpoint by its validation metric, and score it on the test split."""
+    """Fine-tune `init` on each task from its weights and from scratch for `steps` steps each, keep
+    each run's best checkpoint by its validation metric, and score it on the test split."""
     outcomes = []
     for task in TASKS:
         data = files.classify if task == "classify" else files.instruct
@@ -466,7 +472,8 @@ def compare_on_tasks(
 
 
 def _quoted(path: Path) -> str:
-    """A path as a single-quoted YAML string: overrides are read as YAML, and a path may hold ': ' or '#'."""
+    """A path as a single-quoted YAML string: overrides are read as YAML, and a path may hold ': '
+    or '#'."""
     return "'" + str(path).replace("'", "''") + "'"
 
 
@@ -548,7 +555,8 @@ def finetune_section(
     leaks: Leaks,
     held_out: int,
 ) -> list[str]:
-    """The report's "Fine-tuning" section, as markdown lines; paths are written relative to `report_dir`.
+    """The report's "Fine-tuning" section, as markdown lines; paths are written relative to
+    `report_dir`.
 
     `splits` are those the runs used (after `drop_leaks`); `held_out` counts the functions cut from
     the corpus, `leaks` what `find_leaks` found of them in it.
@@ -568,33 +576,37 @@ def finetune_section(
     lines = [
         "## Fine-tuning: pre-trained against from scratch",
         "",
-        "Two tasks with labels from this Python installation's standard library, chosen before pre-training "
-        f"so that their {held_out:,} validation and test functions could be cut out of the pre-training corpus: "
-        "code and docstring, and any copy of their code elsewhere. Checked in the corpus that was trained on "
-        f"(`find_leaks`): {len(leaks.definitions)} of them were still found (near-copies the cut misses: the same "
-        "lines inside a longer function, or in a nested one), and the docstring first line of "
-        f"{len(leaks.first_lines)} occurs in it (a module docstring, a comment, a similar function); they were "
-        "dropped from the evaluation splits they would give away (either task's for the first kind, the "
+        "Two tasks with labels from this Python installation's standard library, chosen before "
+        f"pre-training so that their {held_out:,} validation and test functions could be cut out "
+        "of the pre-training corpus: code and docstring, and any copy of their code elsewhere. "
+        f"Checked in the corpus that was trained on (`find_leaks`): {len(leaks.definitions)} of "
+        "them were still found (near-copies the cut misses: the same lines inside a longer "
+        f"function, or in a nested one), and the docstring first line of {len(leaks.first_lines)} "
+        "occurs in it (a module docstring, a comment, a similar function); they were dropped from "
+        "the evaluation splits they would give away (either task's for the first kind, the "
         "instruction task's for the second).",
         "",
-        f"- **Package of a function** (`classify`): a function's code without its docstring -> which of the {k} "
-        f"packages with the most documented functions it comes from ({', '.join(splits.packages)}); "
-        f"{n['classify']['train']:,} / {n['classify']['val']:,} / {n['classify']['test']:,} train / validation / "
-        f"test functions, drawn equally from each package (test: {balance}; chance {1 / k:.3f}); code cut at a "
-        f"line boundary to {seq_len} tokens ({files.cut['classify']:,} cut). Files: `tasks/classify/`.",
-        f'- **First docstring line** (`instruct`): Alpaca records: instruction "{INSTRUCTION}", input the code '
-        "without its docstring (cut at a line boundary so that the prompt and "
-        f"{MAX_NEW_TOKENS} new tokens fit in {seq_len}; {files.cut['instruct']:,} cut), output its docstring's "
-        f"first line; {n['instruct']['train']:,} / {n['instruct']['val']:,} / {n['instruct']['test']:,} train / "
-        "validation / test functions, the validation and test ones with a first line no other function has. "
-        f"Scored on greedy generations for the first {generated} test prompts. Files: `tasks/instruct/`.",
-        f"- Each task trains twice for the same {pre.max_steps} steps of batch {pre.batch_size}, context {seq_len} "
-        "(the pre-training context), AdamW with warm-up and linear decay: from the pre-trained checkpoint (every "
-        "weight trains) and from scratch (the same architecture and tokenizer, re-initialised). Peak learning "
-        "rates, each arm's best on validation in a sweep (`graft.quickstart_tasks.LEARNING_RATES`): "
-        f"classification {pre.lr:g} pre-trained, {scratch.lr:g} from scratch; instructions "
-        f"{by['instruct', 'pretrained'].lr:g} pre-trained, {by['instruct', 'scratch'].lr:g} from scratch. The best "
-        "checkpoint by validation (macro F1; loss) is scored on the test split. Runs: `finetune/<task>-<arm>/`, "
+        "- **Package of a function** (`classify`): a function's code without its docstring -> "
+        f"which of the {k} packages with the most documented functions it comes from "
+        f"({', '.join(splits.packages)}); {n['classify']['train']:,} / {n['classify']['val']:,} / "
+        f"{n['classify']['test']:,} train / validation / test functions, drawn equally from each "
+        f"package (test: {balance}; chance {1 / k:.3f}); code cut at a line boundary to {seq_len} "
+        f"tokens ({files.cut['classify']:,} cut). Files: `tasks/classify/`.",
+        f'- **First docstring line** (`instruct`): Alpaca records: instruction "{INSTRUCTION}", '
+        "input the code without its docstring (cut at a line boundary so that the prompt and "
+        f"{MAX_NEW_TOKENS} new tokens fit in {seq_len}; {files.cut['instruct']:,} cut), output its "
+        f"docstring's first line; {n['instruct']['train']:,} / {n['instruct']['val']:,} / "
+        f"{n['instruct']['test']:,} train / validation / test functions, the validation and test "
+        "ones with a first line no other function has. Scored on greedy generations for the first "
+        f"{generated} test prompts. Files: `tasks/instruct/`.",
+        f"- Each task trains twice for the same {pre.max_steps} steps of batch {pre.batch_size}, "
+        f"context {seq_len} (the pre-training context), AdamW with warm-up and linear decay: from "
+        "the pre-trained checkpoint (every weight trains) and from scratch (the same architecture "
+        "and tokenizer, re-initialised). Peak learning rates, each arm's best on validation in a "
+        f"sweep (`graft.quickstart_tasks.LEARNING_RATES`): classification {pre.lr:g} pre-trained, "
+        f"{scratch.lr:g} from scratch; instructions {by['instruct', 'pretrained'].lr:g} "
+        f"pre-trained, {by['instruct', 'scratch'].lr:g} from scratch. The best checkpoint by "
+        "validation (macro F1; loss) is scored on the test split. Runs: `finetune/<task>-<arm>/`, "
         "scores in their `eval/`."
         + "".join(
             f" {o.task} {ARM_NAMES[o.arm]} stopped at step {o.steps} ({o.stop_reason})."
@@ -602,7 +614,8 @@ def finetune_section(
             if o.stop_reason != "max_steps"
         ),
         "",
-        "| task | metric | pre-trained | from scratch | difference | seconds (pre-trained, scratch) |",
+        "| task | metric | pre-trained | from scratch | difference | "
+        "seconds (pre-trained, scratch) |",
         "|---|---|---|---|---|---|",
     ]
     for task in TASKS:
@@ -616,8 +629,9 @@ def finetune_section(
                 f"{a.train_seconds + a.test_seconds:.0f}, {b.train_seconds + b.test_seconds:.0f}"
             )
             lines.append(
-                f"| {title if i == 0 else ''} | {name} | {a.scores[key]:.3f} | {b.scores[key]:.3f} | "
-                f"{a.scores[key] - b.scores[key]:+.3f} | {seconds if i == 0 else ''} |"
+                f"| {title if i == 0 else ''} | {name} | {a.scores[key]:.3f} | "
+                f"{b.scores[key]:.3f} | {a.scores[key] - b.scores[key]:+.3f} | "
+                f"{seconds if i == 0 else ''} |"
             )
     lines += [
         "",

@@ -79,7 +79,8 @@ class ChatSession:
         return ids, dropped
 
     def reply(self, user: str, out: TextIO) -> str:
-        """Stream the reply to `user` into `out`, add both turns to the history, return the reply."""
+        """Stream the reply to `user` into `out`, add both turns to the history, return the
+        reply."""
         ids, dropped = self._prompt(user)
         if dropped:
             out.write(
@@ -121,7 +122,8 @@ class ChatSession:
 def chat_loop(
     session: ChatSession, stdin: TextIO, stdout: TextIO, *, interactive: bool = False
 ) -> None:
-    """Read turns from `stdin` until /exit or end of input; a prompt marker only when interactive."""
+    """Read turns from `stdin` until /exit or end of input; a prompt marker only when
+    interactive."""
     if interactive:
         stdout.write(HELP + "\n")
     while True:

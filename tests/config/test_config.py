@@ -1,4 +1,5 @@
-"""Run configs: unknown keys, types, presets, cross-section rules, overrides, YAML files, recipes."""
+"""Run configs: unknown keys, types, presets, cross-section rules, overrides, YAML files,
+recipes."""
 
 from __future__ import annotations
 

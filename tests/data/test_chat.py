@@ -1,4 +1,5 @@
-"""Tests for graft.data.chat: rendering chat templates in the sandbox, and the response-only loss mask."""
+"""Tests for graft.data.chat: rendering chat templates in the sandbox, and the response-only loss
+mask."""
 
 from __future__ import annotations
 
@@ -102,7 +103,8 @@ def test_template_errors_are_one_line_data_errors() -> None:
 
 
 def test_rendering_matches_transformers_apply_chat_template(tokenizer: Tokenizer) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer.backend, eos_token=EOT)
     # tojson and loopcontrols as transformers provides them, so Hub templates render alike.
     other = (
@@ -168,7 +170,8 @@ def test_truncation_keeps_the_start_and_says_so(tokenizer: Tokenizer) -> None:
 def test_another_template_labels_from_its_generation_prompt() -> None:
     # A Llama-3-like layout: header tokens, then the reply, then the end-of-turn token.
     template = (
-        "{% for m in messages %}<{{ m['role'] }}>\n\n{{ m['content'] | trim }}{{ eos_token }}{% endfor %}"
+        "{% for m in messages %}<{{ m['role'] }}>\n\n{{ m['content'] | trim }}{{ eos_token }}"
+        "{% endfor %}"
         "{% if add_generation_prompt %}<assistant>\n\n{% endif %}"
     )
     tokenizer = bytes_tokenizer()

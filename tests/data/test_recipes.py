@@ -25,7 +25,10 @@ def test_wikitext_tokenisation_is_undone() -> None:
 
 
 def test_wikitext_articles_split_on_level_one_headings_only() -> None:
-    text = " = First = \n \n Body one .\n \n = = Section = = \n \n More .\n = Second = \n \n Body two .\n"
+    text = (
+        " = First = \n \n Body one .\n \n = = Section = = \n \n More .\n"
+        " = Second = \n \n Body two .\n"
+    )
     articles = list(wikitext_articles(text))
     assert [a.splitlines()[0] for a in articles] == ["= First =", "= Second ="]
     assert "= = Section = =" in articles[0] and "More." in articles[0]

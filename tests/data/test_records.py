@@ -155,7 +155,8 @@ def test_bad_json_line(tmp_path: Path) -> None:
     path = write(tmp_path / "d.jsonl", '{"text": "a", "label": "x"}\n{"text": "b", label: "y"}\n')
     with pytest.raises(
         DataError,
-        match=r"d\.jsonl:2: invalid JSON \(Expecting property name enclosed in double quotes at column 15\)",
+        match=r"d\.jsonl:2: invalid JSON "
+        r"\(Expecting property name enclosed in double quotes at column 15\)",
     ):
         read_labelled(path)
 
@@ -245,7 +246,8 @@ def test_when_everything_is_skipped_the_first_problem_is_shown(tmp_path: Path) -
     path = write(tmp_path / "d.jsonl", '{"body": "a", "label": "x"}\n{"body": "b", "label": "y"}\n')
     with pytest.raises(
         DataError,
-        match=r"d\.jsonl: no valid records \(2 invalid; the first: .*d\.jsonl:1: missing field 'text'",
+        match=r"d\.jsonl: no valid records "
+        r"\(2 invalid; the first: .*d\.jsonl:1: missing field 'text'",
     ):
         read_labelled(path, skip_invalid=True)
 

@@ -1,4 +1,5 @@
-"""Tests for graft.data.tagged: reading BIO-tagged sentences (CoNLL, JSON) and aligning tags to tokens."""
+"""Tests for graft.data.tagged: reading BIO-tagged sentences (CoNLL, JSON) and aligning tags to
+tokens."""
 
 from __future__ import annotations
 

@@ -345,7 +345,8 @@ def test_shards_from_another_tokenizer_are_one_line_and_write_nothing(
 def test_resume_on_data_from_another_tokenizer_is_refused(pipeline, tiny_model, tmp_path, run_copy):
     # BUG: resume compares the model config only. A tokenizer with the same vocabulary size (a
     # 262-token BPE has no merges: the 256 bytes and 6 specials, at other ids than `bytes`) passes,
-    # and the run goes on training the weights on different ids, saving the new tokenizer beside them.
+    # and the run goes on training the weights on different ids, saving the new tokenizer beside
+    # them.
     tokenizer = tmp_path / "bpe262"
     ok(graft("tokenizer", "train", pipeline.corpus, "--vocab-size", 262, "--out", tokenizer))
     ok(
@@ -395,7 +396,8 @@ def test_a_damaged_checkpoint_is_one_line_naming_the_file(run_copy, damage):
 
 @pytest.mark.parametrize("device", ["bogus", *([] if torch.cuda.is_available() else ["cuda"])])
 def test_generate_on_an_unusable_device_is_one_line(pipeline, device):
-    # BUG: `--device` goes to torch unchecked: RuntimeError (bogus) or AssertionError (no CUDA), with a traceback.
+    # BUG: `--device` goes to torch unchecked: RuntimeError (bogus) or AssertionError (no CUDA),
+    # with a traceback.
     before = snapshot(pipeline.run)
     one_line_error(graft("generate", pipeline.run, "--prompt", PROMPT, "--device", device), device)
     assert snapshot(pipeline.run) == before
@@ -519,8 +521,8 @@ def test_quickstart_reduced(tmp_path):
     # The fine-tuning half: both tasks, pre-trained against from scratch, in a table and a plot.
     assert "## Fine-tuning: pre-trained against from scratch" in report
     assert (
-        "| task | metric | pre-trained | from scratch | difference | seconds (pre-trained, scratch) |"
-        in report
+        "| task | metric | pre-trained | from scratch | difference "
+        "| seconds (pre-trained, scratch) |" in report
     )
     for metric in ("accuracy", "macro F1", "ROUGE-L", "exact match", "ended with eos"):
         assert f"| {metric} | " in report

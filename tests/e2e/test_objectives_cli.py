@@ -165,7 +165,8 @@ def test_continued_pretraining_replays_and_scores_both_domains(data: dict[str, P
     )
     metrics = last_eval(run)
     assert metrics["val/loss"] == metrics["val/domain/loss"] and "val/general/loss" in metrics
-    # It starts from the base's weights: before its first step it scores the general data exactly as the base ended.
+    # It starts from the base's weights: before its first step it scores the general data exactly as
+    # the base ended.
     first = read_metrics(run / "metrics.jsonl")[0]
     assert first["step"] == 0 and first["val/general/loss"] == pytest.approx(
         last_eval(base)["val/loss"], rel=1e-5

@@ -1,5 +1,5 @@
-"""`graft eval` on tiny random checkpoints (in-process): the figures agree with one another and with a
-direct computation, the reports and their definitions are written, and wrong inputs are refused
+"""`graft eval` on tiny random checkpoints (in-process): the figures agree with one another and with
+a direct computation, the reports and their definitions are written, and wrong inputs are refused
 with one line naming the file and line."""
 
 from __future__ import annotations

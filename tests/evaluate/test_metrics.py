@@ -1,4 +1,5 @@
-"""Tests for graft.evaluate.metrics: hand-computed scores, library cross-checks, and the report files."""
+"""Tests for graft.evaluate.metrics: hand-computed scores, library cross-checks, and the report
+files."""
 
 from __future__ import annotations
 
@@ -105,7 +106,8 @@ def test_entity_boundaries_count_not_just_tokens() -> None:
 
 
 def test_entity_metrics_read_tags_like_conlleval() -> None:
-    # conlleval (seqeval's default mode) starts an entity at an I- tag after O; strict IOB2 would not.
+    # conlleval (seqeval's default mode) starts an entity at an I- tag after O; strict IOB2 would
+    # not.
     m = entity_metrics([["O", "I-PER", "O"]], [["O", "B-PER", "O"]])
     assert m["f1"] == 1.0
 

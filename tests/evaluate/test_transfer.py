@@ -1,7 +1,7 @@
-"""Tests for graft.evaluate.transfer: every arm x size x seed fine-tuned from a tiny pre-trained base and
-scored on one held-out test set, the report's table, comparison and plot, a test set disjoint from
-training and validation texts, refusals before any training, a failing run reported beside the others,
-resuming, and `graft experiment transfer` in-process."""
+"""Tests for graft.evaluate.transfer: every arm x size x seed fine-tuned from a tiny pre-trained
+base and scored on one held-out test set, the report's table, comparison and plot, a test set
+disjoint from training and validation texts, refusals before any training, a failing run reported
+beside the others, resuming, and `graft experiment transfer` in-process."""
 
 from __future__ import annotations
 
@@ -66,8 +66,8 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, bytes_data: Path) -> dict[s
         == 0
     )
     rng = random.Random(0)
-    # Two disjoint vocabularies, one label three times as frequent, and repeated texts (one with other
-    # spacing) that a naive split would put on both sides.
+    # Two disjoint vocabularies, one label three times as frequent, and repeated texts (one with
+    # other spacing) that a naive split would put on both sides.
     rows = [
         {"text": " ".join(rng.choice(_WORDS[label]) for _ in range(5)), "label": label}
         for label in ["spam"] * 40 + ["ham"] * 120
@@ -132,7 +132,8 @@ def test_every_arm_size_and_seed_is_trained_and_scored_on_the_test_set(experimen
         trainable["full"] == trainable["scratch"] and trainable["full"][0] == trainable["full"][1]
     )
     assert trainable["probe"][0] < trainable["lora"][0] < trainable["full"][0]
-    # Each arm ran with its own settings: LoRA and the probe at 1e-3, full fine-tuning at the default.
+    # Each arm ran with its own settings: LoRA and the probe at 1e-3, full fine-tuning at the
+    # default.
     config = (experiment / "runs" / "lora" / "n8" / "s0" / "config.yaml").read_text()
     assert "method: lora" in config and "lr: 0.001" in config
     config = (experiment / "runs" / "probe" / "nall" / "s1" / "config.yaml").read_text()
@@ -148,8 +149,8 @@ def test_the_report_has_the_table_with_cis_the_comparison_compute_and_the_plot(
 ) -> None:
     report = (experiment / "report.md").read_text()
     assert (
-        "| examples | arm | runs | accuracy | 95% CI | macro F1 | 95% CI | F1 spam | 95% CI | F1 ham | 95% CI |"
-        in report
+        "| examples | arm | runs | accuracy | 95% CI | macro F1 | 95% CI "
+        "| F1 spam | 95% CI | F1 ham | 95% CI |" in report
     )
     for arm in ("scratch", "full", "probe", "lora"):
         assert f"| 8 (8) | {arm} | 2/2 | " in report

@@ -412,7 +412,8 @@ def test_int8_engine_quantises_a_copy_and_stays_close():
     ids = torch.tensor([list(range(10, 50))])
     with torch.inference_mode():
         exact, quantised = model(ids)[0], engine.model(ids)[0]
-    # int8 weights and per-call int8 activations: a few percent of error (another seed's model is ~100%).
+    # int8 weights and per-call int8 activations: a few percent of error (another seed's model is
+    # ~100%).
     assert (quantised - exact).norm() / exact.norm() < 0.08
     assert (quantised.argmax(-1) == exact.argmax(-1)).float().mean() >= 0.85
     requests = [

@@ -60,9 +60,12 @@ def test_generation_stops_on_stop_id_and_at_context_end():
 
 def test_same_seed_same_sample_other_seed_differs():
     model = model_of("gpt2")
-    run = lambda seed: list(
-        generate(model, [1], SamplingParams(max_new_tokens=30, temperature=1.0, seed=seed))
-    )  # noqa: E731
+
+    def run(seed: int) -> list[int]:
+        return list(
+            generate(model, [1], SamplingParams(max_new_tokens=30, temperature=1.0, seed=seed))
+        )
+
     assert run(7) == run(7)
     assert run(7) != run(8)
 
@@ -98,7 +101,8 @@ def test_bad_sampling_params_are_refused():
 
 
 def _old_sample_next(logits, params, generator):
-    # The sampler as it was before penalties, min-p and logprobs: the reference for "defaults change nothing".
+    # The sampler as it was before penalties, min-p and logprobs: the reference for "defaults change
+    # nothing".
     if params.temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / params.temperature

@@ -29,7 +29,8 @@ def test_repetition_penalty_divides_positive_and_multiplies_negative_logits_of_s
     out = apply_penalties(logits, SamplingParams(repetition_penalty=2.0), history([0], [1]))
     assert out.tolist() == [[1.0, -2.0, 0.5, -3.0, 1.0]]
     assert logits.tolist() == [[2.0, -1.0, 0.5, -3.0, 1.0]]  # the caller's tensor is untouched
-    # A penalty below 1 encourages repeats, again in the direction of higher probability for both signs.
+    # A penalty below 1 encourages repeats, again in the direction of higher probability for both
+    # signs.
     out = apply_penalties(logits, SamplingParams(repetition_penalty=0.5), history([0], [1]))
     assert out.tolist() == [[4.0, -0.5, 0.5, -3.0, 1.0]]
 

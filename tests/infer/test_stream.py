@@ -1,4 +1,5 @@
-"""Text streaming: stop strings end the text, even when split across tokens, and no part of one leaks."""
+"""Text streaming: stop strings end the text, even when split across tokens, and no part of one
+leaks."""
 
 import pytest
 import torch

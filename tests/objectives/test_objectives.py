@@ -250,14 +250,17 @@ def test_mixture_weights_must_sum_to_a_positive_number(prepared) -> None:
 
 def test_replay_scores_both_validation_sets_and_follows_the_domain(prepared) -> None:
     tokenizer, train, val = prepared
-    make = lambda: build_objective(
-        ObjectiveConfig(),
-        train,
-        val,
-        seq_len=SEQ,
-        tokenizer=tokenizer,  # noqa: E731
-        vocab_size=tokenizer.vocab_size,
-    )
+
+    def make():
+        return build_objective(
+            ObjectiveConfig(),
+            train,
+            val,
+            seq_len=SEQ,
+            tokenizer=tokenizer,
+            vocab_size=tokenizer.vocab_size,
+        )
+
     objective = with_replay(make(), make(), 0.0)
     parts = {objective.train_batch(1, torch.Generator().manual_seed(i)).part for i in range(50)}
     assert parts == {"domain"}  # fraction 0: never sampled...

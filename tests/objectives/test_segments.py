@@ -37,7 +37,8 @@ def stream() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _where(tokens: np.ndarray, spans: np.ndarray, segment: np.ndarray) -> tuple[int, int]:
-    """(document row, stream offset) of a segment, asserting it is a contiguous window of one document."""
+    """(document row, stream offset) of a segment, asserting it is a contiguous window of one
+    document."""
     offset = int(segment[0]) - 1
     assert np.array_equal(tokens[offset : offset + len(segment)], segment)
     doc = int(np.searchsorted(spans[:, 0], offset, side="right")) - 1
@@ -128,13 +129,18 @@ def test_bad_arguments_raise_value_error(stream: tuple[np.ndarray, np.ndarray]) 
 
 def test_same_seed_same_pairs(stream: tuple[np.ndarray, np.ndarray]) -> None:
     tokens, spans = stream
-    draw = lambda seed: [
-        sample_pair(tokens, spans, 50, g)
-        for g in [torch.Generator().manual_seed(seed)]
-        for _ in range(50)
-    ]  # noqa: E731
+
+    def draw(seed: int) -> list[SegmentPair]:
+        return [
+            sample_pair(tokens, spans, 50, g)
+            for g in [torch.Generator().manual_seed(seed)]
+            for _ in range(50)
+        ]
+
+    def key(p: SegmentPair) -> tuple:
+        return (p.first.tolist(), p.second.tolist(), p.is_next, p.first_doc, p.second_doc)
+
     a, b, c = draw(3), draw(3), draw(4)
-    key = lambda p: (p.first.tolist(), p.second.tolist(), p.is_next, p.first_doc, p.second_doc)  # noqa: E731
     assert [key(p) for p in a] == [key(p) for p in b]
     assert [key(p) for p in a] != [key(p) for p in c]
 

@@ -89,7 +89,8 @@ def test_sentinels_in_order_once_and_capped() -> None:
             assert (
                 len(inp) - len(used) + len(target) - len(used) - 1 == length
             )  # every token in exactly one
-    # A long sequence with few sentinels still drops the full noise fraction, in fewer, longer spans.
+    # A long sequence with few sentinels still drops the full noise fraction, in fewer, longer
+    # spans.
     inp, target = span_corruption(_tokens(600, 0), sentinel_ids=SENTINELS[:3], generator=g)
     assert len(target) - 3 == round(600 * 0.15) and np.isin(inp, SENTINELS).sum() == 2
 
@@ -129,14 +130,19 @@ def test_span_infilling_one_mask_per_span_target_is_original() -> None:
 
 def test_same_seed_same_output() -> None:
     tokens = _tokens(300, 0)
-    run = lambda seed: span_corruption(
-        tokens, sentinel_ids=SENTINELS, generator=torch.Generator().manual_seed(seed)
-    )  # noqa: E731
+
+    def run(seed: int) -> tuple[np.ndarray, np.ndarray]:
+        return span_corruption(
+            tokens, sentinel_ids=SENTINELS, generator=torch.Generator().manual_seed(seed)
+        )
+
     (a, b), (c, d), (e, _) = run(5), run(5), run(6)
     assert np.array_equal(a, c) and np.array_equal(b, d) and not np.array_equal(a, e)
-    fill = lambda seed: span_infilling(
-        tokens, mask_id=MASK, generator=torch.Generator().manual_seed(seed)
-    )[0]  # noqa: E731
+
+    def fill(seed: int) -> np.ndarray:
+        generator = torch.Generator().manual_seed(seed)
+        return span_infilling(tokens, mask_id=MASK, generator=generator)[0]
+
     assert np.array_equal(fill(5), fill(5)) and not np.array_equal(fill(5), fill(6))
 
 

@@ -9,17 +9,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gguf
 import numpy as np
 import pytest
 import torch
 
-gguf = pytest.importorskip("gguf")
-
-from graft.data.tokenizer import SPECIAL_TOKENS, Tokenizer, bytes_tokenizer, train_tokenizer  # noqa: E402
-from graft.errors import ConfigError  # noqa: E402
-from graft.model.config import ModelConfig, RopeScaling  # noqa: E402
-from graft.model.convert.gguf import export_gguf, interleave_rope_rows, uninterleave_rope_rows  # noqa: E402
-from graft.model.transformer import LanguageModel, RotaryEmbedding, apply_rotary  # noqa: E402
+from graft.data.tokenizer import SPECIAL_TOKENS, Tokenizer, bytes_tokenizer, train_tokenizer
+from graft.errors import ConfigError
+from graft.model.config import ModelConfig, RopeScaling
+from graft.model.convert.gguf import export_gguf, interleave_rope_rows, uninterleave_rope_rows
+from graft.model.transformer import LanguageModel, RotaryEmbedding, apply_rotary
 
 pytestmark = pytest.mark.parity
 

@@ -1,4 +1,5 @@
-"""`graft export --format gguf` end to end: a Llama-style checkpoint becomes a GGUF file that reads back."""
+"""`graft export --format gguf` end to end: a Llama-style checkpoint becomes a GGUF file that reads
+back."""
 
 import subprocess
 import sys

@@ -1,5 +1,6 @@
 """The `graft` command with Hugging Face directories, in subprocesses: `generate` reads one as it
-reads a checkpoint, and `export --format hf` writes one that transformers loads to the same logits."""
+reads a checkpoint, and `export --format hf` writes one that transformers loads to the same
+logits."""
 
 from __future__ import annotations
 
@@ -11,13 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
-transformers = pytest.importorskip("transformers")
-
-from graft.data.tokenizer import bytes_tokenizer  # noqa: E402
-from graft.model.config import ModelConfig  # noqa: E402
-from graft.model.transformer import LanguageModel  # noqa: E402
-from graft.train.checkpoint import save_checkpoint  # noqa: E402
+from graft.data.tokenizer import bytes_tokenizer
+from graft.model.config import ModelConfig
+from graft.model.transformer import LanguageModel
+from graft.train.checkpoint import save_checkpoint
 
 pytestmark = [pytest.mark.parity, pytest.mark.e2e]
 
@@ -108,8 +108,9 @@ def test_generate_refuses_a_tokenizer_larger_than_the_embeddings(tmp_path: Path)
     result = graft("generate", tmp_path / "hf", "--max-new-tokens", 2)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"graft: error: {tmp_path / 'hf' / 'tokenizer.json'}: 262 tokens, but tensor model.embed_tokens.weight "
-        "has only 100 rows; the tokenizer belongs to another model"
+        f"graft: error: {tmp_path / 'hf' / 'tokenizer.json'}: 262 tokens, "
+        "but tensor model.embed_tokens.weight has only 100 rows; "
+        "the tokenizer belongs to another model"
     ]
 
 

@@ -10,15 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 
-transformers = pytest.importorskip("transformers")
-
-from graft.errors import CheckpointError, ConfigError  # noqa: E402
-from graft.infer.generate import SamplingParams, generate  # noqa: E402
-from graft.model.config import ModelConfig, RopeScaling  # noqa: E402
-from graft.model.convert.hf import export_hf, load_hf_model, read_hf_config  # noqa: E402
-from graft.model.transformer import LanguageModel  # noqa: E402
+from graft.errors import CheckpointError, ConfigError
+from graft.infer.generate import SamplingParams, generate
+from graft.model.config import ModelConfig, RopeScaling
+from graft.model.convert.hf import export_hf, load_hf_model, read_hf_config
+from graft.model.transformer import LanguageModel
 
 pytestmark = pytest.mark.parity
 
@@ -265,7 +264,8 @@ def test_misshaped_tensor_is_named(tmp_path: Path) -> None:
     )
     with pytest.raises(
         CheckpointError,
-        match=r"tensor model\.layers\.0\.self_attn\.q_proj\.bias has shape \(31,\), config\.json implies \(32,\)",
+        match=r"tensor model\.layers\.0\.self_attn\.q_proj\.bias has shape \(31,\), "
+        r"config\.json implies \(32,\)",
     ):
         load_hf_model(directory)
 

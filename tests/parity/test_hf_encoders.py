@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 
-transformers = pytest.importorskip("transformers")
-
-from graft.errors import CheckpointError  # noqa: E402
-from graft.model.config import preset  # noqa: E402
-from graft.model.convert.hf import export_hf, load_hf_model  # noqa: E402
-from graft.model.transformer import LanguageModel, padding_attention_mask  # noqa: E402
+from graft.errors import CheckpointError
+from graft.model.config import preset
+from graft.model.convert.hf import export_hf, load_hf_model
+from graft.model.transformer import LanguageModel, padding_attention_mask
 
 pytestmark = pytest.mark.parity
 

@@ -1,6 +1,6 @@
 """The files around a Hugging Face export (tokenizer_config, special_tokens_map, generation_config,
-model card) and `verify_hf_export`: AutoTokenizer gives graft's ids, and a good export passes while a
-wrong eos, a tokenizer larger than the embedding and a tampered weight each fail their check."""
+model card) and `verify_hf_export`: AutoTokenizer gives graft's ids, and a good export passes while
+a wrong eos, a tokenizer larger than the embedding and a tampered weight each fail their check."""
 
 from __future__ import annotations
 
@@ -9,19 +9,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 
-transformers = pytest.importorskip("transformers")
-
-from graft.data.shards import prepare_shards  # noqa: E402
-from graft.data.tokenizer import Tokenizer, bytes_tokenizer, train_tokenizer  # noqa: E402
-from graft.errors import CheckpointError  # noqa: E402
-from graft.model.config import ModelConfig  # noqa: E402
-from graft.model.convert import verify  # noqa: E402
-from graft.model.convert.hf import export_hf  # noqa: E402
-from graft.model.convert.verify import PROBE_TEXT, raise_on_failure, verify_hf_export  # noqa: E402
-from graft.model.transformer import LanguageModel  # noqa: E402
-from graft.train.checkpoint import TrainingState, save_checkpoint  # noqa: E402
+from graft.data.shards import prepare_shards
+from graft.data.tokenizer import Tokenizer, bytes_tokenizer, train_tokenizer
+from graft.errors import CheckpointError
+from graft.model.config import ModelConfig
+from graft.model.convert import verify
+from graft.model.convert.hf import export_hf
+from graft.model.convert.verify import PROBE_TEXT, raise_on_failure, verify_hf_export
+from graft.model.transformer import LanguageModel
+from graft.train.checkpoint import TrainingState, save_checkpoint
 
 pytestmark = pytest.mark.parity
 
@@ -273,7 +272,8 @@ def test_verify_catches_a_template_that_never_ends_a_turn(bpe: Tokenizer, tmp_pa
 
 
 def test_verify_catches_a_pre_tokenizer_mismatch(bpe: Tokenizer, tmp_path: Path) -> None:
-    """A tokenizer.json whose pre-tokenizer changed (here: a prefix space added) encodes differently."""
+    """A tokenizer.json whose pre-tokenizer changed (here: a prefix space added) encodes
+    differently."""
     model = _model(bpe)
     export_hf(model, tmp_path / "out", tokenizer=bpe)
     path = tmp_path / "out" / "tokenizer.json"

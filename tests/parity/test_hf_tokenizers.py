@@ -9,12 +9,11 @@ from pathlib import Path
 
 import pytest
 import tokenizers
+import transformers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
-transformers = pytest.importorskip("transformers")
-
-from graft.data.tokenizer import Tokenizer  # noqa: E402
-from graft.errors import TokenizerError  # noqa: E402
+from graft.data.tokenizer import Tokenizer
+from graft.errors import TokenizerError
 
 pytestmark = pytest.mark.parity
 
@@ -116,7 +115,7 @@ def text_with(token: str | None) -> str:
     return SAMPLE + (f" Paris is the {token} of France. {token}x" if token else "")
 
 
-def auto(directory: Path):  # noqa: ANN201 - transformers' tokenizer classes vary
+def auto(directory: Path):  # unannotated: transformers' tokenizer classes vary
     return transformers.AutoTokenizer.from_pretrained(str(directory))
 
 
@@ -150,7 +149,7 @@ def vocab_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_vocab(tmp_path_factory.mktemp("vocab") / "vocab.txt")
 
 
-def slow_bert_class():  # noqa: ANN201
+def slow_bert_class():
     # transformers 5 keeps the pure-Python BERT as BertTokenizerLegacy; in 4 it is BertTokenizer.
     return getattr(transformers, "BertTokenizerLegacy", None) or transformers.BertTokenizer
 
@@ -341,7 +340,8 @@ def test_roberta_as_transformers_4_saved_it(roberta_dir: Path, tmp_path: Path) -
 
 
 TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}<|endoftext|>\n"
+    "{% for message in messages %}<|{{ message['role'] }}|>\n"
+    "{{ message['content'] }}<|endoftext|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 

@@ -32,8 +32,8 @@ MODEL_NAME = "tiny"
 def tokenizer(
     tmp_path_factory: pytest.TempPathFactory, make_corpus: Callable[..., Path]
 ) -> Tokenizer:
-    """Byte-level BPE with 400 tokens, trained on the shared pseudo-English corpus (chat markup such as
-    <|user|> takes several tokens: prompts are long for their text)."""
+    """Byte-level BPE with 400 tokens, trained on the shared pseudo-English corpus (chat markup such
+    as <|user|> takes several tokens: prompts are long for their text)."""
     corpus = make_corpus(tmp_path_factory.mktemp("serve_corpus"), documents=8, words=200)
     texts = [path.read_text(encoding="utf-8") for path in sorted(corpus.glob("*.txt"))]
     return train_tokenizer(texts, "bpe", 400, min_frequency=1)

@@ -1,5 +1,6 @@
-"""Fine-tuning a classifier through `graft finetune classify` (in-process, tiny models): full, frozen
-and LoRA adaptation; LoRA adapters saved in PEFT's format and merged exactly; bad records refused."""
+"""Fine-tuning a classifier through `graft finetune classify` (in-process, tiny models): full,
+frozen and LoRA adaptation; LoRA adapters saved in PEFT's format and merged exactly; bad records
+refused."""
 
 from __future__ import annotations
 
@@ -148,7 +149,8 @@ def test_lora_adapter_merges_exactly(base: Path, tmp_path: Path) -> None:
 def test_a_merged_and_exported_lora_classifier_gives_the_unmerged_logits(
     base: Path, tmp_path: Path
 ) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     records = write_records(tmp_path / "train.jsonl")
     out = tmp_path / "run"
     assert (
@@ -352,7 +354,8 @@ def test_finetune_instruct_trains_on_replies_and_stores_the_template(
 def test_export_merges_a_lora_adapter_into_a_sequence_classifier(
     base: Path, tmp_path: Path, capsys
 ) -> None:
-    transformers = pytest.importorskip("transformers")
+    import transformers
+
     records = write_records(tmp_path / "train.jsonl")
     out = tmp_path / "run"
     assert (
@@ -384,8 +387,10 @@ def test_export_merges_a_lora_adapter_into_a_sequence_classifier(
 
 
 def test_a_tokenizer_without_pad_gets_one_and_the_embedding_grows(tmp_path: Path, capsys) -> None:
-    """A GPT-2-style Hugging Face directory whose tokenizer has no pad token (as GPT-2's has none)."""
-    transformers = pytest.importorskip("transformers")
+    """A GPT-2-style Hugging Face directory whose tokenizer has no pad token (as GPT-2's has
+    none)."""
+    import transformers
+
     from graft.data.tokenizer import bytes_tokenizer
 
     data = json.loads(bytes_tokenizer().backend.to_str())

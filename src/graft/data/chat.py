@@ -1,4 +1,5 @@
-"""Chat templates: rendering conversations to text, and encoding them with a response-only loss mask.
+"""Chat templates: rendering conversations to text, and encoding them with a response-only
+loss mask.
 
 This module owns how a conversation becomes the token ids and labels instruction tuning trains on.
 A chat template is Jinja source stored with the tokenizer (`Tokenizer.chat_template`), the form
@@ -34,7 +35,8 @@ __all__ = ["DEFAULT_CHAT_TEMPLATE", "EncodedConversation", "encode_conversation"
 DEFAULT_CHAT_TEMPLATE = (
     "{%- for message in messages -%}\n"
     "{%- if message['role'] not in ['system', 'user', 'assistant'] -%}\n"
-    "{{ raise_exception('unknown role ' ~ message['role'] ~ '; expected system, user or assistant') }}\n"
+    "{{ raise_exception('unknown role ' ~ message['role'] ~ "
+    "'; expected system, user or assistant') }}\n"
     "{%- endif -%}\n"
     "{{ '<|' ~ message['role'] ~ '|>\\n' ~ message['content'] ~ eos_token ~ '\\n' }}\n"
     "{%- endfor -%}\n"

@@ -1,9 +1,11 @@
-"""The tokenizer files of a directory in the transformers layout: reading them all, writing the sidecar.
+"""The tokenizer files of a directory in the transformers layout: reading them all, writing the
+sidecar.
 
 A tokenizer directory (a graft checkpoint, prepared data, a Hugging Face model) holds:
 
     tokenizer.json            the whole tokenizer: normaliser, pre-tokenizer, model, added tokens
-    vocab.txt                 instead of tokenizer.json: a BERT WordPiece vocabulary, one token a line
+    vocab.txt                 instead of tokenizer.json: a BERT WordPiece vocabulary, one token
+                              a line
     tokenizer_config.json     the roles of special tokens (eos_token, mask_token...), the chat
                               template and, beside vocab.txt, BERT's options (do_lower_case...)
     special_tokens_map.json   the roles again (older transformers)
@@ -27,7 +29,8 @@ lower-casing.
 
 graft saves roles and chat template as a small tokenizer_config.json beside tokenizer.json (with
 `tokenizer_class: PreTrainedTokenizerFast`, so AutoTokenizer uses that tokenizer.json as it is, and
-`added_tokens_decoder`, so that neither reads an older special_tokens_map.json or added_tokens.json).
+`added_tokens_decoder`, so that neither reads an older special_tokens_map.json or
+added_tokens.json).
 """
 
 from __future__ import annotations
@@ -138,9 +141,10 @@ def read_tokenizer_directory(directory: Path) -> TokenizerFiles:
         slow = [name for name in _SLOW_FILES if (directory / name).is_file()]
         if slow:
             raise TokenizerError(
-                f"{directory}: has {', '.join(slow)} but no {TOKENIZER_FILE} or {VOCAB_FILE}; slow-tokenizer files "
-                "(sentencepiece models, vocab.json + merges.txt) are not supported: saving the tokenizer with "
-                "transformers' fast tokenizer writes tokenizer.json (AutoTokenizer.from_pretrained(dir).save_pretrained(dir))"
+                f"{directory}: has {', '.join(slow)} but no {TOKENIZER_FILE} or {VOCAB_FILE}; "
+                "slow-tokenizer files (sentencepiece models, vocab.json + merges.txt) are not "
+                "supported: saving the tokenizer with transformers' fast tokenizer writes "
+                "tokenizer.json (AutoTokenizer.from_pretrained(dir).save_pretrained(dir))"
             )
         raise TokenizerError(
             f"no {TOKENIZER_FILE} in {directory} (nor a BERT {VOCAB_FILE}); train one with "
@@ -374,7 +378,8 @@ def _add_named_tokens(
             present.add(token.content)
     for content in [*(roles[key] for key in ROLES if key in roles), *extras]:
         if content not in present:
-            # special=True also sets normalized=False: matched in the raw text, as transformers does.
+            # special=True also sets normalized=False: matched in the raw text, as transformers
+            # does.
             to_add.append(AddedToken(content, special=True))
             present.add(content)
     if to_add:

@@ -34,8 +34,8 @@ def gutenberg_body(text: str, source: str) -> str:
     start, end = _GUTENBERG_START.search(text), _GUTENBERG_END.search(text)
     if start is None or end is None or end.start() <= start.end():
         raise DataError(
-            f"{source}: no '*** START OF ... PROJECT GUTENBERG EBOOK' / '*** END OF ...' marker pair; "
-            "is this a Project Gutenberg text?"
+            f"{source}: no '*** START OF ... PROJECT GUTENBERG EBOOK' / "
+            "'*** END OF ...' marker pair; is this a Project Gutenberg text?"
         )
     return text[start.end() : end.start()].strip() + "\n"
 
@@ -80,8 +80,8 @@ RECIPES: dict[str, Callable[[str, str], Iterator[str]]] = {
 
 
 def run_recipe(name: str, sources: Sequence[Path], out: Path) -> tuple[int, int]:
-    """Write the documents of `sources` cleaned by recipe `name` to the JSONL file `out`, atomically.
-    Returns (documents, characters)."""
+    """Write the documents of `sources` cleaned by recipe `name` to the JSONL file `out`,
+    atomically. Returns (documents, characters)."""
     if name not in RECIPES:
         raise DataError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
     recipe = RECIPES[name]

@@ -119,7 +119,10 @@ def _undecodable_error(where: str, bad: str, encoding: str) -> str:
     byte = ord(bad) - 0xDC00
     # Latin-1 decodes any byte, so it is the likely fix for a file that is not UTF-8.
     other = "latin-1" if codecs.lookup(encoding).name.startswith("utf-8") else "utf-8"
-    return f"{where}: byte 0x{byte:02x} is not valid {encoding}; pass encoding={other!r} (or the file's encoding)"
+    return (
+        f"{where}: byte 0x{byte:02x} is not valid {encoding}; "
+        f"pass encoding={other!r} (or the file's encoding)"
+    )
 
 
 def _check_decoded(path: Path, text: str, encoding: str) -> None:
@@ -223,8 +226,11 @@ def _table_fields(
 ) -> Iterator[tuple[str, dict[str, object] | _Invalid]]:
     # TSV files seldom quote and often hold stray quotes in text, so .tsv reads quotes literally
     # (as GLUE's readers do); CSV follows the csv module's dialect.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    reader = csv.reader(
+        io.StringIO(text, newline=""),
+        delimiter=delimiter,
+        quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL,
+    )
     header: list[str] | None = None
     start = 1
     try:
@@ -424,7 +430,8 @@ def _chat(fields: dict[str, object], where: str, encoding: str) -> tuple[Message
             Message(cast(Role, role), _content(turn["content"], where, f"{name} content", encoding))
         )
     if messages[-1].role != "assistant":
-        # The loss is on assistant turns: a record ending elsewhere teaches nothing after its last answer.
+        # The loss is on assistant turns: a record ending elsewhere teaches nothing after its last
+        # answer.
         raise _Invalid(
             f"{where}: the last message has role {messages[-1].role!r}; expected 'assistant'"
         )
@@ -434,7 +441,8 @@ def _chat(fields: dict[str, object], where: str, encoding: str) -> tuple[Message
 def read_conversations(
     path: Path, *, encoding: str = "utf-8", skip_invalid: bool = False
 ) -> tuple[list[Conversation], int]:
-    """Read instruction records in `path` (.jsonl, or a .json array); returns (conversations, skipped).
+    """Read instruction records in `path` (.jsonl, or a .json array); returns (conversations,
+    skipped).
 
     A record is Alpaca-style (`instruction`, optional `input`, `output`: one user turn holding the
     instruction, then "\\n\\n" and the input when there is one, and one assistant turn) or a chat
@@ -451,7 +459,8 @@ def read_conversations(
     if suffix not in (".jsonl", ".json"):
         kind = f"{suffix!r} file" if suffix else "file without a suffix"
         raise DataError(
-            f"{path}: cannot read a {kind} as instruction records; graft reads .jsonl or a .json array"
+            f"{path}: cannot read a {kind} as instruction records; "
+            "graft reads .jsonl or a .json array"
         )
     fields = _jsonl_fields(path, text) if suffix == ".jsonl" else _json_fields(path, text)
     conversations: list[Conversation] = []

@@ -85,7 +85,8 @@ class CorpusStats:
     python_version: str
     seconds: float
     # Distinct (module, qualified name) pairs whose definitions were cut out of the text because
-    # `exclude` asked for them or for a copy of their code (a property's getter and setter count once).
+    # `exclude` asked for them or for a copy of their code (a property's getter and setter count
+    # once).
     excluded_definitions: int = 0
 
 
@@ -319,8 +320,8 @@ def _docstring_documents(source: _ModuleSource, skip: Collection[str] = ()) -> l
 
 @dataclass(frozen=True)
 class _HeldOut:
-    """The functions `build_stdlib_corpus` leaves out: by (module, qualified name), and by their code
-    without docstring, compared line by line ignoring indentation and blank lines."""
+    """The functions `build_stdlib_corpus` leaves out: by (module, qualified name), and by their
+    code without docstring, compared line by line ignoring indentation and blank lines."""
 
     names: frozenset[tuple[str, str]]
     codes: frozenset[tuple[str, ...]]
@@ -338,7 +339,8 @@ class _HeldOut:
 
         Matching the code as well as the name matters because `iter_stdlib_functions` yields one
         of several identical copies (stdlib copies code between modules, under another docstring
-        or none): a copy left in would put the held-out code back into the corpus under another name.
+        or none): a copy left in would put the held-out code back into the corpus under another
+        name.
         """
         names: set[str] = set()
         lines: set[int] = set()
@@ -365,7 +367,8 @@ def _stripped_lines(lines: Iterable[str]) -> tuple[str, ...]:
 def _code_without_docstring(
     node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]
 ) -> tuple[str, ...]:
-    """A definition's stripped, non-blank lines from its first decorator, less a docstring's lines."""
+    """A definition's stripped, non-blank lines from its first decorator, less a docstring's
+    lines."""
     start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
     first = node.body[0]
     assert node.end_lineno is not None and first.end_lineno is not None

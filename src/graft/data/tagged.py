@@ -55,7 +55,8 @@ def _check_words_and_tags(words: Sequence[str], tags: Sequence[str], wheres: Seq
             raise _Invalid(f"{where}: empty token")
         if (bad := _UNDECODED.search(word)) or (bad := _UNDECODED.search(tag)):
             raise _Invalid(
-                f"{where}: byte 0x{ord(bad.group()) - 0xDC00:02x} is not valid in the file's encoding"
+                f"{where}: byte 0x{ord(bad.group()) - 0xDC00:02x} "
+                "is not valid in the file's encoding"
             )
         if not _BIO.fullmatch(tag):
             raise _Invalid(
@@ -169,9 +170,10 @@ def read_tagged(
     default, as CoNLL-2003's `token POS chunk NER`); every line must have as many fields as the
     file's first word line. JSON: `tokens` and `tags` (or `ner_tags`) lists of equal length;
     integer tags (class ids, as Hugging Face datasets store them) are looked up in `tag_names`.
-    Tags must be B-X, I-X or O (IOB1 and IOB2 alike: the order of tags is not checked). A bad sentence (a line with the wrong number of
-    fields, a tag that is not BIO, an empty token, unequal lists, invalid JSON) raises DataError
-    naming the file and line; with `skip_invalid` the whole sentence is skipped and counted.
+    Tags must be B-X, I-X or O (IOB1 and IOB2 alike: the order of tags is not checked). A bad
+    sentence (a line with the wrong number of fields, a tag that is not BIO, an empty token,
+    unequal lists, invalid JSON) raises DataError naming the file and line; with `skip_invalid`
+    the whole sentence is skipped and counted.
     Problems with the file as a whole (missing, unknown format, no valid sentence) always raise.
     """
     path = Path(path)
@@ -241,10 +243,10 @@ def align_tags(
             f"{source}: {len(words)} words but {len(tags)} tags; expected one tag per word"
         )
     owner: list[int] = []  # character -> word index, -1 for the separating spaces
-    for index, word in enumerate(words):
+    for index, text in enumerate(words):
         if index:
             owner.append(-1)
-        owner.extend([index] * len(word))
+        owner.extend([index] * len(text))
     encoding = tokenizer.backend.encode(" ".join(words), add_special_tokens=False)
     # Each token's word, or -1 for a token holding only a separating space.
     token_words = [

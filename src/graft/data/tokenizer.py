@@ -178,12 +178,12 @@ def _word_start_rule(backend: tokenizers.Tokenizer) -> Callable[[str], bool]:
     # SentencePiece-style: a Metaspace step, or a Replace(" ", "▁") normaliser (Llama 2).
     if "Metaspace" in types or _METASPACE in json.dumps(pipeline, ensure_ascii=False):
         return lambda token: token.startswith(_METASPACE)
-    prefix = getattr(model, "continuing_subword_prefix", None)
-    if prefix:
-        return lambda token: not token.startswith(prefix)
+    subword_prefix: str | None = getattr(model, "continuing_subword_prefix", None)
+    if subword_prefix:
+        return lambda token: not token.startswith(subword_prefix)
     raise TokenizerError(
-        f"cannot tell which {type(model).__name__} tokens start a word: the tokenizer has no byte-level, "
-        "metaspace or continuing-subword marker; whole-word masking needs one"
+        f"cannot tell which {type(model).__name__} tokens start a word: the tokenizer has no "
+        "byte-level, metaspace or continuing-subword marker; whole-word masking needs one"
     )
 
 
@@ -324,7 +324,9 @@ class Tokenizer:
         self.backend.add_special_tokens([AddedToken(PAD, special=True, normalized=False)])
         self._roles["pad_token"] = PAD
         self._word_starts = None
-        return self.backend.token_to_id(PAD)
+        pad_id = self.backend.token_to_id(PAD)
+        assert pad_id is not None  # just added
+        return pad_id
 
     @property
     def special_tokens_map(self) -> dict[str, str]:
@@ -447,6 +449,7 @@ def _untrained(
     kind: TokenizerKind, vocab_size: int, min_frequency: int, show_progress: bool, sentinels: int
 ) -> tuple[tokenizers.Tokenizer, trainers.Trainer]:
     special = _special_added_tokens(sentinels)
+    trainer: trainers.Trainer
     if kind == "bpe":
         backend = tokenizers.Tokenizer(models.BPE())
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

@@ -81,7 +81,9 @@ _MORE_DEFINITIONS: dict[str, str] = {
     "bytes": "UTF-8 bytes of the scored documents' text",
     "words": "whitespace-separated words of the scored documents' text",
     "word_accuracy": "fraction of words whose predicted tag equals the true tag",
-    "ended_with_eos": "fraction of generations that ended with the end-of-turn token before the length limit",
+    "ended_with_eos": (
+        "fraction of generations that ended with the end-of-turn token before the length limit"
+    ),
 }
 
 
@@ -137,7 +139,8 @@ def evaluate_checkpoint(options: EvalOptions, echo: Echo = lambda _: None) -> Pa
 
 
 def default_out_dir(checkpoint: Path) -> Path:
-    """<run dir>/eval for a run directory or a checkpoint inside one (run/checkpoints/NAME); else ./eval."""
+    """<run dir>/eval for a run directory or a checkpoint inside one (run/checkpoints/NAME); else
+    ./eval."""
     checkpoint = Path(checkpoint)
     if (checkpoint / "checkpoints").is_dir():
         return checkpoint / "eval"
@@ -205,7 +208,8 @@ def _limited(items: list[Any], limit: int | None) -> list[Any]:
 def _pick_samples(
     rows: list[dict[str, Any]], wrong: Sequence[bool], n: int
 ) -> list[dict[str, Any]]:
-    """The first n rows, then up to n wrong ones among the rest: a few typical cases and the mistakes."""
+    """The first n rows, then up to n wrong ones among the rest: a few typical cases and the
+    mistakes."""
     errors = [row for row, bad in zip(rows[n:], wrong[n:]) if bad][:n]
     return rows[:n] + errors
 
@@ -293,7 +297,8 @@ def evaluate_lm(
     out_dir: Path,
     echo: Echo = lambda _: None,
 ) -> Path:
-    """Loss and perplexity per token, bits per byte and word perplexity of the text in options.data."""
+    """Loss and perplexity per token, bits per byte and word perplexity of the text in
+    options.data."""
     _check_decoder(model, options)
     seq_len = _context(model, options)
     ids, scored, counts = _token_stream(tokenizer, options)
@@ -326,8 +331,8 @@ def evaluate_lm(
     metrics["run"] = _run_info(options)
     json_path, _ = write_report(out_dir, "lm", metrics)
     echo(
-        f"loss {figures['loss']:.4f}, ppl {figures['ppl']:.2f} per token; {figures['bits_per_byte']:.4f} bits per "
-        f"byte; word ppl {figures['word_ppl']:.2f}"
+        f"loss {figures['loss']:.4f}, ppl {figures['ppl']:.2f} per token; "
+        f"{figures['bits_per_byte']:.4f} bits per byte; word ppl {figures['word_ppl']:.2f}"
     )
     return json_path
 
@@ -407,7 +412,8 @@ def evaluate_classify(
     json_path, _ = write_report(out_dir, "classify", metrics, samples)
     plot_confusion_matrix(scores, out_dir / "classify_confusion.png")
     echo(
-        f"accuracy {scores.accuracy:.4f}, macro F1 {scores.macro_f1:.4f} over {len(records):,} texts"
+        f"accuracy {scores.accuracy:.4f}, macro F1 {scores.macro_f1:.4f} "
+        f"over {len(records):,} texts"
     )
     return json_path
 
@@ -472,8 +478,8 @@ def evaluate_tokens(
     samples = _pick_samples(rows, [t != p for t, p in zip(true_tags, pred_tags)], options.samples)
     json_path, _ = write_report(out_dir, "tokens", metrics, samples)
     echo(
-        f"entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, recall {scores['recall']:.4f}) "
-        f"over {len(sentences):,} sentences"
+        f"entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, recall "
+        f"{scores['recall']:.4f}) over {len(sentences):,} sentences"
     )
     return json_path
 
@@ -482,7 +488,8 @@ def evaluate_tokens(
 
 
 def _first_fields(path: Path, encoding: str) -> dict[str, object] | None:
-    """The first record of a .jsonl or .json file, to tell source/target pairs from conversations."""
+    """The first record of a .jsonl or .json file, to tell source/target pairs from
+    conversations."""
     text = _decode(path, encoding)
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json"):
@@ -575,8 +582,8 @@ def evaluate_generate(
     out_dir: Path,
     echo: Echo = lambda _: None,
 ) -> Path:
-    """Greedy generations against references: BLEU, chrF, ROUGE-1/2/L, exact match, and how often the
-    model stopped by itself.
+    """Greedy generations against references: BLEU, chrF, ROUGE-1/2/L, exact match, and how often
+    the model stopped by itself.
 
     Decoding stops at the end-of-turn (eos) token or after max_new_tokens. A prompt too long to
     leave room for them is cut from the left (the generation prompt at its end is kept) to
@@ -598,7 +605,8 @@ def evaluate_generate(
         max_new_tokens=options.max_new_tokens, temperature=0.0, stop_ids=frozenset({stop})
     )
     echo(
-        f"generating for {len(examples):,} prompts (greedy, up to {options.max_new_tokens} new tokens)"
+        f"generating for {len(examples):,} prompts "
+        f"(greedy, up to {options.max_new_tokens} new tokens)"
     )
     predictions: list[str] = []
     ended: list[bool] = []
@@ -637,7 +645,7 @@ def evaluate_generate(
     ]
     json_path, _ = write_report(out_dir, "generate", metrics, rows[: options.samples])
     echo(
-        f"BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}, ROUGE-L {scores['rougeL']:.4f}, exact match "
-        f"{scores['exact_match']:.4f}; {metrics['ended_with_eos']:.0%} ended with eos"
+        f"BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}, ROUGE-L {scores['rougeL']:.4f}, "
+        f"exact match {scores['exact_match']:.4f}; {metrics['ended_with_eos']:.0%} ended with eos"
     )
     return json_path

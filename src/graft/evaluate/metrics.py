@@ -47,7 +47,8 @@ __all__ = [
 
 
 class MetricInputError(DataError, ValueError):
-    """Predictions and references that cannot be scored (empty, of different lengths, unknown labels).
+    """Predictions and references that cannot be scored (empty, of different lengths, unknown
+    labels).
 
     A DataError so the CLI prints it as one line, and a ValueError because that is what a caller
     passing mismatched sequences expects to catch.
@@ -57,21 +58,39 @@ class MetricInputError(DataError, ValueError):
 DEFINITIONS: dict[str, str] = {
     # Language modelling: `loss` and `ppl` depend on the tokenizer; the last two do not.
     "loss": "mean cross-entropy in nats per token of the model's own tokenizer",
-    "ppl": "perplexity per token of the model's own tokenizer, exp(loss); not comparable across tokenizers",
-    "bits_per_byte": "total cross-entropy in bits divided by the UTF-8 bytes of the text; comparable across tokenizers",
-    "word_ppl": "exp(total cross-entropy in nats / whitespace-separated words); comparable across tokenizers",
+    "ppl": (
+        "perplexity per token of the model's own tokenizer, exp(loss); not comparable across "
+        "tokenizers"
+    ),
+    "bits_per_byte": (
+        "total cross-entropy in bits divided by the UTF-8 bytes of the text; comparable across "
+        "tokenizers"
+    ),
+    "word_ppl": (
+        "exp(total cross-entropy in nats / whitespace-separated words); comparable across "
+        "tokenizers"
+    ),
     # Classification.
     "accuracy": "fraction of examples whose predicted label equals the true label",
-    "macro_precision": "unweighted mean over labels of TP / predicted (0 for a label never predicted)",
+    "macro_precision": (
+        "unweighted mean over labels of TP / predicted (0 for a label never predicted)"
+    ),
     "macro_recall": "unweighted mean over labels of TP / true (0 for a label never true)",
-    "macro_f1": "unweighted mean over labels of per-label F1 (not the F1 of macro precision and recall)",
+    "macro_f1": (
+        "unweighted mean over labels of per-label F1 (not the F1 of macro precision and recall)"
+    ),
     # Generation.
     "bleu": "sacrebleu corpus BLEU, 0-100 (nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp)",
     "chrf": "sacrebleu corpus chrF, 0-100 (nrefs:1|case:mixed|eff:yes|nc:6|nw:0|space:no)",
     "rouge1": "rouge-score ROUGE-1 F-measure with Porter stemming, mean over examples, 0-1",
     "rouge2": "rouge-score ROUGE-2 F-measure with Porter stemming, mean over examples, 0-1",
-    "rougeL": "rouge-score ROUGE-L (longest common subsequence) F-measure with stemming, mean over examples, 0-1",
-    "exact_match": "fraction of predictions equal to their reference after stripping and collapsing whitespace",
+    "rougeL": (
+        "rouge-score ROUGE-L (longest common subsequence) F-measure with stemming, mean over "
+        "examples, 0-1"
+    ),
+    "exact_match": (
+        "fraction of predictions equal to their reference after stripping and collapsing whitespace"
+    ),
     "count": "number of examples scored",
 }
 
@@ -488,7 +507,8 @@ def _markdown(name: str, metrics: Mapping[str, Any]) -> str:
         if isinstance(v, (list, tuple)) and all(_is_scalar(x) for x in v)
     }
     lines = [f"# {_cell(name)}", ""]
-    # A report may carry its own definitions (keys DEFINITIONS lacks); they go in the column, not a table of their own.
+    # A report may carry its own definitions (keys DEFINITIONS lacks); they go in the column, not a
+    # table of their own.
     own = metrics.get("definitions")
     definitions = {**DEFINITIONS, **(own if isinstance(own, Mapping) else {})}
     rows = [

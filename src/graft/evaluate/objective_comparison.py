@@ -112,7 +112,8 @@ def compare_objectives(
     """
     _check_options(options)
     tokenizer, _, _ = open_prepared(options.data)
-    # t5-style denoising needs sentinel tokens; BART-style (one mask per span) works with any tokenizer.
+    # t5-style denoising needs sentinel tokens; BART-style (one mask per span) works with any
+    # tokenizer.
     style = "t5" if len(tokenizer.sentinel_ids) >= 2 else "bart"
     probe_set = _probe_set(options)
 
@@ -129,7 +130,8 @@ def compare_objectives(
 
     for objective, config in configs.items():
         echo(
-            f"{objective}: training {config.model.n_layers}x{config.model.d_model} for {options.max_tokens:,} tokens"
+            f"{objective}: training {config.model.n_layers}x{config.model.d_model} for "
+            f"{options.max_tokens:,} tokens"
         )
         try:
             run = pretrain(config)
@@ -155,8 +157,8 @@ def compare_objectives(
             probe_train_accuracy=probe.train_accuracy,
         )
         echo(
-            f"{objective}: val/loss {val.get('val/loss', math.nan):.3f}, probe accuracy {probe.accuracy:.3f} "
-            f"(majority {probe_set.majority_accuracy:.3f})"
+            f"{objective}: val/loss {val.get('val/loss', math.nan):.3f}, probe accuracy "
+            f"{probe.accuracy:.3f} (majority {probe_set.majority_accuracy:.3f})"
         )
 
     arms = [results[name] for name in options.objectives]
@@ -276,14 +278,15 @@ def _probe(config: RunConfig, probe_set: ProbeSet) -> tuple[ProbeResult, int]:
     model, tokenizer = load_model(config.train.out_dir / "checkpoints" / "last", device=device)
     seq_len = config.seq_len
     cls, sep = tokenizer.cls_id, tokenizer.sep_id
-    # Encoders trained on [CLS] text [SEP] windows; they are probed on texts framed the same way.
-    framed = model.config.attention == "bidirectional" and cls is not None and sep is not None
 
     def features(records: list[TextRecord]) -> torch.Tensor:
         ids = tokenizer.encode_batch([r.text for r in records])
-        if framed:
+        # Encoders trained on [CLS] text [SEP] windows; they are probed on texts framed the same
+        # way.
+        if model.config.attention == "bidirectional" and cls is not None and sep is not None:
             ids = [[cls, *seq[: seq_len - 2], sep] for seq in ids]
-        # Padding is masked out of attention and pooling, so any id serves when there is no pad token.
+        # Padding is masked out of attention and pooling, so any id serves when there is no pad
+        # token.
         return sequence_features(
             model, ids, pad_id=tokenizer.pad_id or 0, max_len=seq_len, device=device
         )
@@ -362,8 +365,9 @@ def _report(options: ComparisonOptions, arms: list[ArmResult], probe_set: ProbeS
         "# Pre-training objectives compared",
         "",
         f"Each arm pre-trains from scratch on `{options.data}` for {options.max_tokens:,} tokens "
-        f"(sequence length {options.seq_len}, batch {options.batch_size}, lr {options.lr:g}, seed {options.seed}); "
-        f"then a linear probe on its frozen, mean-pooled features classifies `{options.labelled}`.",
+        f"(sequence length {options.seq_len}, batch {options.batch_size}, lr {options.lr:g}, seed "
+        f"{options.seed}); then a linear probe on its frozen, mean-pooled features classifies "
+        f"`{options.labelled}`.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -392,12 +396,13 @@ def _report(options: ComparisonOptions, arms: list[ArmResult], probe_set: ProbeS
     lines += [
         "",
         f"Probe: {len(probe_set.train):,} training and {len(probe_set.test):,} test examples "
-        f"(labels {', '.join(probe_set.labels)}), the same stratified split for every arm; always answering the "
-        f"majority label `{probe_set.majority_label}` scores **{probe_set.majority_accuracy:.3f}** on the test set.",
+        f"(labels {', '.join(probe_set.labels)}), the same stratified split for every arm; always "
+        f"answering the majority label `{probe_set.majority_label}` scores "
+        f"**{probe_set.majority_accuracy:.3f}** on the test set.",
         "",
-        "Validation loss is each objective's own loss (next token, masked tokens, or dropped spans) and is not "
-        "comparable across objectives; probe accuracy is. mlm acc is beside the accuracy of always guessing the "
-        "most frequent token (unigram).",
+        "Validation loss is each objective's own loss (next token, masked tokens, or dropped "
+        "spans) and is not comparable across objectives; probe accuracy is. mlm acc is beside the "
+        "accuracy of always guessing the most frequent token (unigram).",
         "",
         "![probe accuracy and validation loss](comparison.png)",
         "",
@@ -407,7 +412,8 @@ def _report(options: ComparisonOptions, arms: list[ArmResult], probe_set: ProbeS
         _command_line(options),
         "```",
         "",
-        "Each arm's run (config, metrics, checkpoints) is in `runs/`; every number above is in `results.json`.",
+        "Each arm's run (config, metrics, checkpoints) is in `runs/`; every number above is in "
+        "`results.json`.",
         "",
     ]
     return "\n".join(lines)

@@ -75,8 +75,8 @@ def sequence_features(
         raise ConfigError(
             f"max_len must be between 1 and the model's max_seq_len {limit}, got {max_len}"
         )
-    for i, ids in enumerate(input_ids):
-        if not ids:
+    for i, seq in enumerate(input_ids):
+        if not seq:
             raise DataError(
                 f"input_ids[{i}]: empty sequence; every sequence needs at least one token"
             )

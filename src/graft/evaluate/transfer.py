@@ -95,7 +95,8 @@ _OUTCOME_FILE = "transfer_outcome.json"
 
 @dataclass(frozen=True)
 class TransferOptions:
-    init: Path  # the pre-trained checkpoint (graft checkpoint, run directory or Hugging Face directory)
+    # the pre-trained checkpoint (graft checkpoint, run directory or Hugging Face directory)
+    init: Path
     labelled: tuple[Path, ...]  # one labelled file, or the (pos, neg) sentence-polarity pair
     out_dir: Path
     continued: Path | None = None  # a continued-pre-trained checkpoint: adds the `continued` arm
@@ -178,8 +179,8 @@ class Cell:
         return [r for r in self.runs if r.error is None]
 
     def ci(self, score: Callable[[RunOutcome], float]) -> tuple[float, float, float] | None:
-        """(mean, low, high) over the finished runs; the interval is clipped to [0, 1], where every score
-        here lies (with few seeds Student's t reaches past it)."""
+        """(mean, low, high) over the finished runs; the interval is clipped to [0, 1], where every
+        score here lies (with few seeds Student's t reaches past it)."""
         if not self.done:
             return None
         mean, low, high = mean_ci95([score(r) for r in self.done])
@@ -201,7 +202,7 @@ def run_transfer(options: TransferOptions, echo: Callable[[str], None] = lambda 
         (arm, size, seed) for seed in options.seeds for size in sizes for arm in options.arm_names
     ]
     configs = {key: _run_config(options, *key) for key in plan}
-    for arm, size, seed in plan:
+    for _, size, seed in plan:
         sample_records(
             split.pool, size, seed
         )  # a sample holding a single label fails now, not mid-experiment
@@ -225,8 +226,9 @@ def run_transfer(options: TransferOptions, echo: Callable[[str], None] = lambda 
             echo(
                 f"{where}: failed: {outcome.error}"
                 if outcome.error is not None
-                else f"{where}: test accuracy {outcome.accuracy:.3f}, macro F1 {outcome.macro_f1:.3f}, "
-                f"F1 {split.minority} {outcome.per_class[split.minority]['f1']:.3f} ({outcome.seconds:.0f} s)"
+                else f"{where}: test accuracy {outcome.accuracy:.3f}, macro F1 "
+                f"{outcome.macro_f1:.3f}, F1 {split.minority} "
+                f"{outcome.per_class[split.minority]['f1']:.3f} ({outcome.seconds:.0f} s)"
             )
             _write_results(options, split, list(outcomes.values()))
     except KeyboardInterrupt:
@@ -298,13 +300,13 @@ def _check_options(options: TransferOptions) -> None:
         arm, _, key = _override_key(item)
         if arm and arm not in ARMS:
             raise ConfigError(
-                f"override {item!r}: unknown arm {arm!r}; write ARM:section.key=value with ARM one of "
-                f"{', '.join(ARMS)}"
+                f"override {item!r}: unknown arm {arm!r}; write ARM:section.key=value with ARM one "
+                f"of {', '.join(ARMS)}"
             )
         if key in _OWNED:
             raise ConfigError(
-                f"override {item!r}: the experiment sets {key} itself; use the experiment's options "
-                "(--init, --sizes, --seeds, --max-steps, --max-minutes, --arms) instead"
+                f"override {item!r}: the experiment sets {key} itself; use the experiment's "
+                "options (--init, --sizes, --seeds, --max-steps, --max-minutes, --arms) instead"
             )
     runs = options.out_dir / "runs"
     if not options.resume and runs.exists() and any(runs.iterdir()):
@@ -333,13 +335,14 @@ def _check_options(options: TransferOptions) -> None:
         if changed:
             raise ConfigError(
                 f"{stored}: the experiment there ran with another {changed[0]} "
-                f"({before.get(changed[0])!r}, now {now[changed[0]]!r}); resume with the same options "
-                "(seeds, sizes and arms may change) or choose another --out"
+                f"({before.get(changed[0])!r}, now {now[changed[0]]!r}); resume with the same "
+                "options (seeds, sizes and arms may change) or choose another --out"
             )
 
 
 def _absolute(key: str, value: Any) -> Any:
-    """A stored option as compared on resume: paths made absolute, so `../data/x` and the same file by its full path agree."""
+    """A stored option as compared on resume: paths made absolute, so `../data/x` and the same file
+    by its full path agree."""
     if key not in ("init", "continued", "labelled") or value is None:
         return value
     return (
@@ -374,7 +377,8 @@ def _split(options: TransferOptions) -> Split:
     unique: dict[str, TextRecord] = {}
     duplicates = conflicting = 0
     for record in _read(options):
-        # Whitespace-normalised identity: a repeated SMS in train and test would inflate test scores.
+        # Whitespace-normalised identity: a repeated SMS in train and test would inflate test
+        # scores.
         key = " ".join(record.text.split())
         first = unique.setdefault(key, record)
         if first is not record:
@@ -421,7 +425,8 @@ def _effective_sizes(
             )
         if size is not None and size >= len(split.pool):
             echo(
-                f"size {size} is at least the training pool ({len(split.pool):,} texts): run as 'all'"
+                f"size {size} is at least the training pool ({len(split.pool):,} texts): "
+                "run as 'all'"
             )
             size = None
         if size not in sizes:
@@ -449,8 +454,8 @@ def _write_data(options: TransferOptions, split: Split) -> None:
             and _examples(path.read_text(encoding="utf-8")) != _examples(text)
         ):
             raise ConfigError(
-                f"{path}: the labelled data differ from the experiment's split; resume with the same "
-                "file or choose another --out"
+                f"{path}: the labelled data differ from the experiment's split; resume with the "
+                "same file or choose another --out"
             )
         write_atomic(path, text)
     write_atomic(
@@ -489,12 +494,14 @@ def _run_config(options: TransferOptions, arm: str, size: int | None, seed: int)
 
 
 def _quoted(path: Path | None) -> str:
-    """A path as a single-quoted YAML string: overrides are read as YAML, and a path may hold ': ' or '#'."""
+    """A path as a single-quoted YAML string: overrides are read as YAML, and a path may hold ': '
+    or '#'."""
     return "'" + str(path).replace("'", "''") + "'"
 
 
 def _finished(run_dir: Path, resume: bool) -> RunOutcome | None:
-    """A finished run's outcome when resuming; an unfinished or failed run's directory is cleared."""
+    """A finished run's outcome when resuming; an unfinished or failed run's directory is
+    cleared."""
     if not resume or not run_dir.exists():
         return None
     path = run_dir / _OUTCOME_FILE
@@ -707,10 +714,10 @@ def _mean(values: list[float] | list[int], fmt: str) -> str:
 def _versus(cells: list[Cell], better: str, worse: str, claim: str) -> list[str]:
     """One line per size comparing two arms' test accuracy, judged paired by seed.
 
-    A seed draws the same training sample for every arm, and which sample was drawn moves every arm's
-    score together (an easy sample lifts both). Separate intervals count that shared spread twice; the
-    per-seed differences cancel it, so the verdict rests on their mean and 95% interval (a paired t
-    interval): a winner only when that interval excludes 0.
+    A seed draws the same training sample for every arm, and which sample was drawn moves every
+    arm's score together (an easy sample lifts both). Separate intervals count that shared spread
+    twice; the per-seed differences cancel it, so the verdict rests on their mean and 95% interval
+    (a paired t interval): a winner only when that interval excludes 0.
     """
     lines = []
     by_key = {(c.arm, c.size): c for c in cells}
@@ -722,25 +729,29 @@ def _versus(cells: list[Cell], better: str, worse: str, claim: str) -> list[str]
         if ca is None or cb is None:
             continue
         head = (
-            f"- {_size_name(size)} labelled examples: {better} {ca[0]:.3f} [{ca[1]:.3f}, {ca[2]:.3f}] vs "
-            f"{worse} {cb[0]:.3f} [{cb[1]:.3f}, {cb[2]:.3f}]"
+            f"- {_size_name(size)} labelled examples: {better} {ca[0]:.3f} [{ca[1]:.3f}, "
+            f"{ca[2]:.3f}] vs {worse} {cb[0]:.3f} [{cb[1]:.3f}, {cb[2]:.3f}]"
         )
         theirs = {r.seed: _accuracy(r) for r in b.done}
         differences = [_accuracy(r) - theirs[r.seed] for r in a.done if r.seed in theirs]
         if len(differences) < 2:
             lines.append(
-                f"{head}: fewer than two seeds finished both arms, so this is no evidence either way."
+                f"{head}: fewer than two seeds finished both arms, so this is no evidence "
+                "either way."
             )
             continue
         mean, low, high = mean_ci95(differences)
         paired = (
-            f"paired by seed ({len(differences)} seeds, each training both arms on the same sample), the "
-            f"difference is {mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+            f"paired by seed ({len(differences)} seeds, each training both arms on the same "
+            f"sample), the difference is {mean:+.3f} [{low:+.3f}, {high:+.3f}]"
         )
         if low > 0:
             verdict = f"**{claim}**; {paired}, which excludes 0"
         elif high < 0:
-            verdict = f"{claim.replace('beats', 'does not beat')}: it is worse; {paired}, which excludes 0"
+            verdict = (
+                f"{claim.replace('beats', 'does not beat')}: it is worse; {paired}, "
+                "which excludes 0"
+            )
         else:
             verdict = f"no clear winner; {paired}, which includes 0 at this many seeds"
         lines.append(f"{head}: {verdict}.")
@@ -759,22 +770,23 @@ def _report(options: TransferOptions, split: Split, cells: list[Cell]) -> str:
     source = " + ".join(f"`{p}`" for p in options.labelled)
     seeds = f"{len(options.seeds)} seed{'s' if len(options.seeds) > 1 else ''}"
     duplicates = (
-        f"; {split.duplicates:,} repeated texts dropped first ({split.conflicting:,} with another label), "
-        "so no text is in two parts"
+        f"; {split.duplicates:,} repeated texts dropped first ({split.conflicting:,} with another "
+        "label), so no text is in two parts"
         if split.duplicates
         else ""
     )
     lines = [
         "# Transfer: pre-trained vs from scratch",
         "",
-        f"Task: {source}, labels {', '.join(split.labels)}. One seeded stratified split{duplicates}: "
-        f"{len(split.test):,} test texts, {len(split.val):,} validation texts (early stopping and checkpoint "
-        f"choice on validation macro F1) and a training pool of {len(split.pool):,}, from which each run draws a "
-        f"stratified sample of its size. Every run has the same budget ({budget}); {seeds} per cell (the "
-        "seed draws the sample, the initialisation of new weights and the batch order). Scores are on the test "
-        "set, of each run's best checkpoint: mean over seeds and its 95% confidence interval (Student's t, "
-        f"clipped to [0, 1]). Always answering the majority label scores **{split.majority_accuracy:.3f}** "
-        "accuracy.",
+        f"Task: {source}, labels {', '.join(split.labels)}. One seeded stratified "
+        f"split{duplicates}: {len(split.test):,} test texts, {len(split.val):,} validation texts "
+        "(early stopping and checkpoint choice on validation macro F1) and a training pool of "
+        f"{len(split.pool):,}, from which each run draws a stratified sample of its size. Every "
+        f"run has the same budget ({budget}); {seeds} per cell (the seed draws the sample, the "
+        "initialisation of new weights and the batch order). Scores are on the test set, of each "
+        "run's best checkpoint: mean over seeds and its 95% confidence interval (Student's t, "
+        "clipped to [0, 1]). Always answering the majority label scores "
+        f"**{split.majority_accuracy:.3f}** accuracy.",
         "",
     ]
     head = ["examples", "arm", "runs", "accuracy", "95% CI", "macro F1", "95% CI"]
@@ -804,7 +816,8 @@ def _report(options: TransferOptions, split: Split, cells: list[Cell]) -> str:
             *_versus(cells, "full", "scratch", "pre-trained beats scratch"),
         ]
     if "continued" in arms and "scratch" in arms:
-        # The continued checkpoint is pre-trained too (general text, then the domain's unlabelled text).
+        # The continued checkpoint is pre-trained too (general text, then the domain's unlabelled
+        # text).
         comparisons += [
             "",
             "## Continued pre-training vs from scratch (test accuracy)",
@@ -825,8 +838,8 @@ def _report(options: TransferOptions, split: Split, cells: list[Cell]) -> str:
         "",
         "## Compute per arm",
         "",
-        "| arm | what trains | trainable parameters | runs | mean s per run | total min | mean steps | "
-        "mean examples seen | stops | settings |",
+        "| arm | what trains | trainable parameters | runs | mean s per run | total min | "
+        "mean steps | mean examples seen | stops | settings |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in arms:
@@ -844,7 +857,8 @@ def _report(options: TransferOptions, split: Split, cells: list[Cell]) -> str:
         settings = ", ".join(f"`{s}`" for s in ARM_SETTINGS[arm])
         lines.append(
             f"| {arm} | {ARM_DESCRIPTIONS[arm]} | {params} | {len(done)}/{len(runs)} | "
-            f"{_mean([r.seconds for r in done], '{:,.1f}')} | {sum(r.seconds for r in runs) / 60:.1f} | "
+            f"{_mean([r.seconds for r in done], '{:,.1f}')} | "
+            f"{sum(r.seconds for r in runs) / 60:.1f} | "
             f"{_mean([r.steps for r in done], '{:,.0f}')} | "
             f"{_mean([r.examples_seen for r in done], '{:,.0f}')} | {stops or '–'} | {settings} |"
         )
@@ -858,12 +872,13 @@ def _report(options: TransferOptions, split: Split, cells: list[Cell]) -> str:
         ]
     lines += [
         "",
-        "Seconds include loading the checkpoint and scoring the test set; examples seen are "
-        "steps x batch size, the training compute each arm spent (a frozen backbone's step is cheaper).",
+        "Seconds include loading the checkpoint and scoring the test set; examples seen are steps "
+        "x batch size, the training compute each arm spent (a frozen backbone's step is cheaper).",
         "",
         *(
             [
-                f"Overrides (`ARM:` ones for that arm only): {', '.join(f'`{o}`' for o in options.overrides)}.",
+                "Overrides (`ARM:` ones for that arm only): "
+                f"{', '.join(f'`{o}`' for o in options.overrides)}.",
                 "",
             ]
             if options.overrides
@@ -876,14 +891,16 @@ def _report(options: TransferOptions, split: Split, cells: list[Cell]) -> str:
         "```",
         "",
         "Each run (config, metrics, checkpoints, its test scores in `transfer_outcome.json`) is in "
-        "`runs/<arm>/n<size>/s<seed>`; the split is in `data/`; every number above is in `results.json`.",
+        "`runs/<arm>/n<size>/s<seed>`; the split is in `data/`; every number above is in "
+        "`results.json`.",
         "",
     ]
     return "\n".join(lines)
 
 
 def _plot(cells: list[Cell], split: Split, out: Path) -> Path:
-    """Test accuracy and the minority label's F1 against labelled examples (log x), one line per arm."""
+    """Test accuracy and the minority label's F1 against labelled examples (log x), one line per
+    arm."""
     # Figure + the Agg canvas directly, not pyplot: no global backend switch, no figure registry.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -930,7 +947,8 @@ def _plot(cells: list[Cell], split: Split, out: Path) -> Path:
 
 
 def parse_sizes(text: str) -> tuple[int | None, ...]:
-    """`50,200,1000,all` as sizes (None for all); a word that is neither a number nor 'all' is refused."""
+    """`50,200,1000,all` as sizes (None for all); a word that is neither a number nor 'all' is
+    refused."""
     sizes: list[int | None] = []
     for word in filter(None, (w.strip() for w in text.split(","))):
         if word.lower() == "all":

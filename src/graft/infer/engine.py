@@ -199,7 +199,8 @@ class RequestHandle:
 
     @property
     def done(self) -> bool:
-        """The engine has finished with this request (its final event is waiting to be read, or was)."""
+        """The engine has finished with this request (its final event is waiting to be read, or
+        was)."""
         return self._done
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -374,6 +375,9 @@ class Engine:
             model = quantize_int8(model)
         self.model = model.eval()
         self.model_config = model.config
+        # A built model always has its vocab_size (Transformer refuses a config without one).
+        assert model.config.vocab_size is not None
+        self.vocab_size = model.config.vocab_size
         weight = model.model.embed_tokens.weight  # a float parameter even in a quantised model
         self.device, self.dtype = weight.device, weight.dtype
         self.max_len = model.config.max_seq_len
@@ -381,21 +385,24 @@ class Engine:
             model.config, config.max_batch, self.max_len, device=self.device, dtype=self.dtype
         )
         # The batched decode step is what repeats; prefill shapes vary with every prompt, so they
-        # stay eager rather than recompiling. dynamic=True: batch size and key span change each step.
-        # On the CPU, Inductor's C++ wrapper launches the step's kernels from C++ instead of Python:
-        # at batch 1 a step is ~100 small kernels, whose Python launches cost more than their work.
-        options = {"cpp_wrapper": True} if self.device.type == "cpu" else None
+        # stay eager rather than recompiling. dynamic=True: batch size and key span change each
+        # step. On the CPU, Inductor's C++ wrapper launches the step's kernels from C++ instead of
+        # Python: at batch 1 a step is ~100 small kernels, whose Python launches cost more than
+        # their work.
         self._decode_forward: Callable[..., torch.Tensor] = (
-            torch.compile(self.model, dynamic=True, options=options)
+            torch.compile(
+                self.model,
+                dynamic=True,
+                options={"cpp_wrapper": True} if self.device.type == "cpu" else None,
+            )
             if config.compile
             else self.model
         )
         self._lock = threading.Lock()  # step / embed / classify
         self._cond = threading.Condition()  # guards the queue; the background thread sleeps on it
         self._waiting: collections.deque[_Sequence] = collections.deque()
-        self._running: list[
-            _Sequence
-        ] = []  # _running[i].slot == i: the running rows are slots 0..n-1
+        # _running[i].slot == i: the running rows are slots 0..n-1
+        self._running: list[_Sequence] = []
         self._used_tokens = 0  # sum of the running sequences' costs
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -410,9 +417,9 @@ class Engine:
         with self._cond:
             if len(self._waiting) >= self.config.max_queue:
                 raise QueueFull(
-                    f"the engine's queue is full ({self.config.max_queue} waiting requests); retry later"
+                    f"the engine's queue is full ({self.config.max_queue} waiting requests); "
+                    "retry later"
                 )
-            seq.handle = RequestHandle(request.request_id, len(request.prompt_ids), self._wake)
             self._waiting.append(seq)
             self._total_requests += 1
             self._cond.notify_all()
@@ -432,22 +439,24 @@ class Engine:
                 f"the prompt has {n} tokens; the model's context is {self.max_len}, "
                 "which must also hold at least one new token"
             )
-        bad = [i for i in request.prompt_ids if not 0 <= i < cfg.vocab_size]  # type: ignore[operator]
+        bad = [i for i in request.prompt_ids if not 0 <= i < self.vocab_size]
         if bad:
             raise ValueError(
-                f"prompt token id {bad[0]} is outside the model's vocabulary (0..{cfg.vocab_size - 1})"
-            )  # type: ignore[operator]
+                f"prompt token id {bad[0]} is outside the model's vocabulary "
+                f"(0..{self.vocab_size - 1})"
+            )
         budget = min(request.params.max_new_tokens, self.max_len - n)
         cost = n + budget
         if cost > self.config.max_batch_tokens:
             raise ValueError(
                 f"the request needs {cost} tokens (prompt {n} + up to {budget} new), more than the "
-                f"engine's max_batch_tokens ({self.config.max_batch_tokens}); shorten it or lower max_tokens"
+                f"engine's max_batch_tokens ({self.config.max_batch_tokens}); "
+                "shorten it or lower max_tokens"
             )
-        stream = TextStream(
-            self.tokenizer, stop=request.stop
-        )  # ValueError for an empty stop string
-        return _Sequence(request, None, cost, budget, stream)  # type: ignore[arg-type]  # handle set by submit
+        # ValueError for an empty stop string
+        stream = TextStream(self.tokenizer, stop=request.stop)
+        handle = RequestHandle(request.request_id, n, self._wake)
+        return _Sequence(request, handle, cost, budget, stream)
 
     def _wake(self) -> None:
         with self._cond:
@@ -501,9 +510,7 @@ class Engine:
         else:
             seq.generator.seed()  # fresh entropy; the global RNG is left alone
         if params.has_penalties:
-            seq.history = TokenHistory.from_prompts(
-                [prompt], self.model_config.vocab_size, device=self.device
-            )  # type: ignore[arg-type]
+            seq.history = TokenHistory.from_prompts([prompt], self.vocab_size, device=self.device)
         self._prompt_tokens += len(prompt)
         try:
             ids = torch.tensor([prompt], device=self.device)
@@ -644,9 +651,8 @@ class Engine:
             unfinished = [h for h in handles if not h.done]
             if self._thread is None:
                 self.step()
-            elif (
-                unfinished
-            ):  # the background thread is stepping: look again when one is done, or soon
+            elif unfinished:
+                # the background thread is stepping: look again when one is done, or soon
                 unfinished[0].wait(timeout=0.05)
             else:  # nothing of ours is in yet (others filled the queue): look again soon
                 with self._cond:
@@ -730,18 +736,19 @@ class Engine:
         """Class probabilities (N, labels), float32, of a model with a sequence classifier head."""
         if self.model_config.head != "sequence":
             raise ValueError(
-                f"classification needs a model with a sequence classifier head; this model's head is "
-                f"{self.model_config.head!r}"
+                "classification needs a model with a sequence classifier head; "
+                f"this model's head is {self.model_config.head!r}"
             )
         hidden, real = self._hidden(ids_batch)
         logits = self.model.sequence_logits(hidden, real.sum(dim=1) - 1)
         return logits.float().softmax(dim=-1)
 
     def _hidden(self, ids_batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final hidden states (N, T, C) of right-padded inputs, and which positions are real (N, T)."""
+        """Final hidden states (N, T, C) of right-padded inputs, and which positions are real
+        (N, T)."""
         if not ids_batch:
             raise ValueError("no inputs given")
-        vocab = self.model_config.vocab_size
+        vocab = self.vocab_size
         for i, ids in enumerate(ids_batch):
             if not ids:
                 raise ValueError(f"input {i} is empty")
@@ -749,19 +756,19 @@ class Engine:
                 raise ValueError(
                     f"input {i} has {len(ids)} tokens; the model's context is {self.max_len}"
                 )
-            if not all(0 <= t < vocab for t in ids):  # type: ignore[operator]
+            if not all(0 <= t < vocab for t in ids):
                 raise ValueError(
                     f"input {i} holds a token id outside the model's vocabulary (0..{vocab - 1})"
-                )  # type: ignore[operator]
+                )
         longest = max(len(ids) for ids in ids_batch)
-        ids = torch.zeros(len(ids_batch), longest, dtype=torch.long, device=self.device)
+        tokens = torch.zeros(len(ids_batch), longest, dtype=torch.long, device=self.device)
         real = torch.zeros(len(ids_batch), longest, dtype=torch.bool, device=self.device)
         for row, seq in enumerate(ids_batch):
-            ids[row, : len(seq)] = torch.tensor(seq, device=self.device)
+            tokens[row, : len(seq)] = torch.tensor(seq, device=self.device)
             real[row, : len(seq)] = True
         causal = self.model_config.attention == "causal"
         # Equal lengths need no mask: the model's own causal or full attention is the same thing.
         mask = None if bool(real.all()) else padding_attention_mask(real, causal=causal)
         with self._lock:
-            hidden = self.model.model(ids, attention_mask=mask)
+            hidden = self.model.model(tokens, attention_mask=mask)
         return hidden, real

@@ -59,6 +59,8 @@ def generate_steps(
         generator = torch.Generator(device=device).manual_seed(params.seed)
     history = None
     if params.has_penalties:
+        # A built model always has its vocab_size (Transformer refuses a config without one).
+        assert model.config.vocab_size is not None
         history = TokenHistory.from_prompts([prompt_ids], model.config.vocab_size, device=device)
     tokens = torch.tensor([list(prompt_ids)], device=device)
     budget = min(params.max_new_tokens, max_len - len(prompt_ids))

@@ -156,7 +156,8 @@ class SlotDecode:
     def __init__(self, cache: SlotKVCache, n: int) -> None:
         self.cache, self.n = cache, n
         lengths = cache.lengths[:n]
-        # The transformer checks length + 1 against max_seq_len: the longest row is the one that matters.
+        # The transformer checks length + 1 against max_seq_len: the longest row is the one that
+        # matters.
         self.length = max(lengths)
         if self.length >= cache.max_len:
             raise ValueError(
@@ -171,7 +172,8 @@ class SlotDecode:
             self.rows = torch.arange(n, device=device)
             self.positions = torch.tensor(lengths, device=device)  # where each row's new token goes
             self.position_ids = self.positions[:, None]  # (n, 1)
-            # (n, 1, 1, span): a row sees its own past and its new token, never a shorter row's stale tail.
+            # (n, 1, 1, span): a row sees its own past and its new token, never a shorter row's
+            # stale tail.
             keys = torch.arange(self.span, device=device)
             self.attention_mask = (keys[None, :] <= self.positions[:, None])[:, None, None, :]
 

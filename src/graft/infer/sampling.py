@@ -4,8 +4,8 @@ Order of processing (each step works on what the previous one left):
 
 1. penalties on the raw logits: repetition (CTRL / Hugging Face: tokens in prompt + output), then
    frequency and presence (OpenAI: generated tokens only);
-2. temperature; 0 means greedy, which takes the argmax of the penalised logits and skips 3-6 (so does
-   any temperature below GREEDY_BELOW: dividing by it would overflow the logits to inf);
+2. temperature; 0 means greedy, which takes the argmax of the penalised logits and skips 3-6 (so
+   does any temperature below GREEDY_BELOW: dividing by it would overflow the logits to inf);
 3. top-k;  4. top-p;  5. min-p;
 6. sample from the softmax of what is left.
 
@@ -86,9 +86,8 @@ class TokenHistory:
     """What the penalties need to know about each row's tokens so far, as (B, V) tensors updated
     in place, so a step costs O(V) however long the sequence has grown."""
 
-    in_context: (
-        torch.Tensor
-    )  # bool: the token occurs in the prompt or the output (repetition penalty)
+    # bool: the token occurs in the prompt or the output (repetition penalty)
+    in_context: torch.Tensor
     output_counts: torch.Tensor  # float32: times the token was generated (frequency/presence)
 
     @classmethod
@@ -124,7 +123,8 @@ def apply_penalties(
     # torch.where and arithmetic build new tensors: the caller's logits are never changed in place.
     logits = logits.float()
     if params.repetition_penalty != 1.0:
-        # Dividing a negative logit would raise it, i.e. reward the repeat; so negatives are multiplied.
+        # Dividing a negative logit would raise it, i.e. reward the repeat; so negatives are
+        # multiplied.
         penalised = torch.where(
             logits < 0, logits * params.repetition_penalty, logits / params.repetition_penalty
         )
@@ -138,7 +138,8 @@ def apply_penalties(
 
 
 def truncate(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
-    """Tempered logits (B, V) with the tokens that top-k, then top-p, then min-p drop set to -inf."""
+    """Tempered logits (B, V) with the tokens that top-k, then top-p, then min-p drop set
+    to -inf."""
     if params.top_k is not None and params.top_k < logits.shape[-1]:
         kth = torch.topk(logits, params.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -161,9 +162,8 @@ def truncate(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
 @dataclass(frozen=True)
 class Choice:
     ids: torch.Tensor  # (B,) chosen token ids
-    logprobs: (
-        torch.Tensor | None
-    )  # (B, V) the reported distribution; None unless params.logprobs is set
+    # (B, V) the reported distribution; None unless params.logprobs is set
+    logprobs: torch.Tensor | None
 
 
 def choose_next(

@@ -39,7 +39,8 @@ class StopStrings:
         """Text that is now known to come before any stop string (may be empty)."""
         if self.matched is not None:
             return ""
-        # The held part is where a stop string may have begun, so search it together with the new text.
+        # The held part is where a stop string may have begun, so search it together with the new
+        # text.
         text = self._held + text
         hits = [(i, s) for s in self.stop if (i := text.find(s)) >= 0]
         if hits:
@@ -96,6 +97,7 @@ class TextStream:
         self._ids, self._printed = [], ""
         if self._stop.stopped:
             return ""
-        # The last decode may complete a stop string, so it goes through the filter before the held text.
+        # The last decode may complete a stop string, so it goes through the filter before the held
+        # text.
         new = self._stop.push(new)
         return new + self._stop.flush()

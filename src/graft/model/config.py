@@ -1,8 +1,8 @@
 """ModelConfig: every architectural choice of graft's one transformer class, and the named presets.
 
-GPT-2 style, Llama style and BERT style are settings of the same fields, never separate classes. Each field
-has a Hugging Face counterpart (the export target decides which), so a config can always be
-written back out as a transformers `config.json`.
+GPT-2 style, Llama style and BERT style are settings of the same fields, never separate classes.
+Each field has a Hugging Face counterpart (the export target decides which), so a config can always
+be written back out as a transformers `config.json`.
 """
 
 from __future__ import annotations
@@ -21,21 +21,23 @@ AttentionKind = Literal["causal", "bidirectional"]
 # pre: x + f(norm(x)) with a final norm (GPT-2, Llama); post: norm(x + f(x)) with a norm after
 # the embeddings and none at the end (the original Transformer, BERT, RoBERTa).
 NormPosition = Literal["pre", "post"]
-# lm: the language-model head alone. sequence / token: a classifier too (HF *ForSequenceClassification /
-# *ForTokenClassification), reading the last real token (decoders) or the pooled first token (encoders),
-# or every token.
+# lm: the language-model head alone. sequence / token: a classifier too
+# (HF *ForSequenceClassification / *ForTokenClassification), reading the last real token (decoders)
+# or the pooled first token (encoders), or every token.
 HeadKind = Literal["lm", "sequence", "token"]
 # What a sequence classifier reads. token: the architecture's summary token (BERT's pooled [CLS], a
-# decoder's last real token), as transformers' *ForSequenceClassification do. mean: the mean of every
-# real token's final hidden state, which a briefly pre-trained encoder (whose [CLS] learned little)
-# classifies better from; no transformers class holds it, so such a classifier does not export.
+# decoder's last real token), as transformers' *ForSequenceClassification do. mean: the mean of
+# every real token's final hidden state, which a briefly pre-trained encoder (whose [CLS] learned
+# little) classifies better from; no transformers class holds it, so such a classifier does not
+# export.
 PoolingKind = Literal["token", "mean"]
 
 
 class RopeScaling(BaseModel):
     """Llama-3's RoPE frequency scaling (transformers' `rope_type: llama3`): wavelengths longer than
     original_max_position_embeddings / low_freq_factor are slowed by `factor`, those shorter than
-    original_max_position_embeddings / high_freq_factor are kept, and the band between is blended."""
+    original_max_position_embeddings / high_freq_factor are kept, and the band between is
+    blended."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,13 +51,15 @@ class RopeScaling(BaseModel):
     def _check_band(self) -> RopeScaling:
         if self.high_freq_factor <= self.low_freq_factor:
             raise ValueError(
-                f"rope_scaling.high_freq_factor ({self.high_freq_factor}) must exceed low_freq_factor ({self.low_freq_factor})"
+                f"rope_scaling.high_freq_factor ({self.high_freq_factor}) "
+                f"must exceed low_freq_factor ({self.low_freq_factor})"
             )
         return self
 
 
 class ModelConfig(BaseModel):
-    """The shape of a transformer, decoder or encoder. Frozen: a checkpoint's config never changes."""
+    """The shape of a transformer, decoder or encoder. Frozen: a checkpoint's config never
+    changes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -109,7 +113,8 @@ class ModelConfig(BaseModel):
     )
     mlm_head: bool = Field(
         default=False,
-        description="BERT's masked-LM head: dense + GELU + LayerNorm before the output layer, which gets a bias.",
+        description="BERT's masked-LM head: dense + GELU + LayerNorm before the output layer, "
+        "which gets a bias.",
     )
     pooler: bool = Field(
         default=False, description="BERT's pooler: dense + tanh over the first token."
@@ -126,7 +131,8 @@ class ModelConfig(BaseModel):
     )
     classifier_pooling: PoolingKind = Field(
         default="token",
-        description="What a sequence classifier reads: token (pooled [CLS] / last real token) or mean.",
+        description="What a sequence classifier reads: "
+        "token (pooled [CLS] / last real token) or mean.",
     )
     dropout: float = Field(
         default=0.0, ge=0.0, lt=1.0, description="Dropout on embeddings, attention and residuals."
@@ -155,7 +161,8 @@ class ModelConfig(BaseModel):
             )
         if (self.head == "lm") != (not self.labels):
             raise ValueError(
-                "a classifier head (head: sequence or token) needs its labels, and only it has labels"
+                "a classifier head (head: sequence or token) needs its labels, "
+                "and only it has labels"
             )
         if (
             self.head == "sequence"
@@ -272,4 +279,5 @@ def preset(name: str, **overrides: object) -> ModelConfig:
         from graft.errors import ConfigError
 
         raise ConfigError(f"unknown model preset {name!r}; choose one of: {', '.join(PRESETS)}")
-    return ModelConfig(**{**PRESETS[name], **overrides})
+    # The presets' values are untyped (object); validation checks them, as it checks keywords.
+    return ModelConfig.model_validate({**PRESETS[name], **overrides})

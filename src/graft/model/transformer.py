@@ -35,6 +35,10 @@ class RotaryEmbedding(nn.Module):
     """RoPE in the Hugging Face Llama layout: the two halves of each head are rotated together
     (`rotate_half`), not interleaved pairs, so imported Llama weights need no permutation."""
 
+    # Buffers, registered in __init__.
+    cos: torch.Tensor
+    sin: torch.Tensor
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         d = config.head_dim
@@ -61,7 +65,8 @@ class RotaryEmbedding(nn.Module):
 
 def _llama3_scaled(inv_freq: torch.Tensor, scaling: RopeScaling) -> torch.Tensor:
     """Llama-3 frequency scaling, as transformers' `llama3` rope type computes it: long wavelengths
-    divided by `factor`, short ones kept, and a linear blend (in 1/wavelength) for the band between."""
+    divided by `factor`, short ones kept, and a linear blend (in 1/wavelength) for the band
+    between."""
     wavelen = 2 * math.pi / inv_freq
     context = scaling.original_max_position_embeddings
     long_wave, short_wave = context / scaling.low_freq_factor, context / scaling.high_freq_factor
@@ -85,7 +90,8 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 def padding_attention_mask(real: torch.Tensor, *, causal: bool) -> torch.Tensor:
     """A (B, 1, T, T) mask for right-padded batches: keys that are real tokens (real: (B, T) bool),
-    and only earlier ones when causal. Padded queries still see the real keys, so no row is empty."""
+    and only earlier ones when causal. Padded queries still see the real keys, so no row is
+    empty."""
     T = real.shape[1]
     mask = real[:, None, None, :].expand(-1, 1, T, T)
     if causal:
@@ -124,7 +130,8 @@ class Attention(nn.Module):
 
     @property
     def can_fuse_qkv(self) -> bool:
-        """Whether q_proj, k_proj and v_proj are plain linear layers (not LoRA-wrapped, not fused already)."""
+        """Whether q_proj, k_proj and v_proj are plain linear layers (not LoRA-wrapped, not fused
+        already)."""
         return all(
             type(getattr(self, name, None)) is nn.Linear for name in ("q_proj", "k_proj", "v_proj")
         )
@@ -138,7 +145,8 @@ class Attention(nn.Module):
             return
         if not self.can_fuse_qkv:
             raise ValueError(
-                "fuse_qkv: q_proj, k_proj and v_proj must be plain nn.Linear (merge LoRA adapters first)"
+                "fuse_qkv: q_proj, k_proj and v_proj must be plain nn.Linear "
+                "(merge LoRA adapters first)"
             )
         parts = (self.q_proj, self.k_proj, self.v_proj)
         fused = nn.Linear(
@@ -213,7 +221,8 @@ class MLP(nn.Module):
 class Block(nn.Module):
     """A residual block. Pre-norm: x + attn(norm(x)), then x + mlp(norm(x)). Post-norm (BERT):
     norm(x + attn(x)), then norm(x + mlp(x)); `post_attention_layernorm` is the norm between the
-    attention and the MLP in both placements, so the names match Llama and the BERT converter alike."""
+    attention and the MLP in both placements, so the names match Llama and the BERT converter
+    alike."""
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -247,7 +256,8 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
-    """The backbone: token ids -> final hidden states (B, T, C). It knows nothing of heads or losses."""
+    """The backbone: token ids -> final hidden states (B, T, C). It knows nothing of heads or
+    losses."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -334,16 +344,16 @@ class MaskedLMTransform(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.d_model, config.d_model)
         self.norm = nn.LayerNorm(config.d_model, eps=config.norm_eps)
-        self.approximate = (
-            "tanh" if config.mlp == "gelu_tanh" else "none"
-        )  # BERT uses its hidden_act here too
+        # BERT uses its hidden_act here too
+        self.approximate = "tanh" if config.mlp == "gelu_tanh" else "none"
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.norm(F.gelu(self.dense(h), approximate=self.approximate))
 
 
 class Pooler(nn.Module):
-    """BERT's pooler: tanh(dense(hidden state of the first token)), the input of sentence-level heads."""
+    """BERT's pooler: tanh(dense(hidden state of the first token)), the input of sentence-level
+    heads."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -362,9 +372,10 @@ class LanguageModel(nn.Module):
         super().__init__()
         self.config = config
         self.model = Transformer(config)
+        assert config.vocab_size is not None  # Transformer refuses a config without one
         if config.mlm_head:
             self.lm_head_transform = MaskedLMTransform(config)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.mlm_head)  # type: ignore[arg-type]
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.mlm_head)
         if config.pooler:
             self.pooler = Pooler(config)
         if config.nsp_head:
@@ -390,13 +401,14 @@ class LanguageModel(nn.Module):
                     else 1.0
                 )
                 nn.init.normal_(module.weight, mean=0.0, std=std * scale)
-                if getattr(module, "bias", None) is not None:
+                if isinstance(module, nn.Linear) and module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 module.reset_parameters()
 
     def head_input(self, h: torch.Tensor) -> torch.Tensor:
-        """Hidden states as the LM head's output layer reads them (through BERT's transform, if any)."""
+        """Hidden states as the LM head's output layer reads them (through BERT's transform, if
+        any)."""
         return self.lm_head_transform(h) if self.config.mlm_head else h
 
     def sequence_logits(self, hidden: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:

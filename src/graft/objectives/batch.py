@@ -2,7 +2,8 @@
 the running totals the loop keeps, and the Objective protocol itself.
 
 An objective is data plus a loss, not a trainer: it builds batches (seeded), scores them with the
-model and its heads, and turns summed statistics into metrics. The loop never asks which one it runs.
+model and its heads, and turns summed statistics into metrics. The loop never asks which one it
+runs.
 """
 
 from __future__ import annotations
@@ -94,12 +95,14 @@ class Objective(Protocol):
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]: ...
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum: ...
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
-        """`{split}/loss` (the figure best checkpoints and patience follow) and the objective's own."""
+        """`{split}/loss` (the figure best checkpoints and patience follow) and the objective's
+        own."""
         ...
 
 
 def in_order(count: int, batch_size: int) -> list[list[int]]:
-    """Row indices 0..count-1 in consecutive batches: validation that must see every example once."""
+    """Row indices 0..count-1 in consecutive batches: validation that must see every example
+    once."""
     return [
         list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)
     ]

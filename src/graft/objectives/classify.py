@@ -56,15 +56,16 @@ class EncodedTexts:
     ) -> None:
         index = {label: i for i, label in enumerate(labels)}
         cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
-        frame = frame and cls_id is not None and sep_id is not None
-        budget = max_len - 2 if frame else max_len
+        # The ids that frame each text as [CLS] text [SEP], or None for bare texts.
+        ends = (cls_id, sep_id) if frame and cls_id is not None and sep_id is not None else None
+        budget = max_len - 2 if ends else max_len
         self.ids: list[list[int]] = []
         self.truncated = 0
         for encoded in tokenizer.encode_batch([r.text for r in records]):
             if len(encoded) > budget:
                 self.truncated += 1
                 encoded = encoded[:budget]
-            self.ids.append([cls_id, *encoded, sep_id] if frame else encoded)  # type: ignore[list-item]
+            self.ids.append([ends[0], *encoded, ends[1]] if ends else encoded)
         self.labels = torch.tensor([index[r.label] for r in records], dtype=torch.long)
         for ids, record in zip(self.ids, records):
             if not ids:
@@ -118,7 +119,8 @@ class Classify:
         return self.batch(self.train, rows)
 
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
-        """Every validation example, in order (n_batches is not a limit here: metrics need them all)."""
+        """Every validation example, in order (n_batches is not a limit here: metrics need them
+        all)."""
         return [self.batch(self.val, rows) for rows in in_order(len(self.val), batch_size)]
 
     def logits(self, model: LanguageModel, batch: Batch) -> torch.Tensor:

@@ -63,8 +63,9 @@ class CausalLM:
         for shards in (train, val):
             if shards is not None and len(shards) < seq_len + 1:
                 raise DataError(
-                    f"{shards.directory}: the {shards.split} split has {len(shards)} tokens, fewer than one "
-                    f"window of seq_len + 1 = {seq_len + 1}; add data or lower train.seq_len"
+                    f"{shards.directory}: the {shards.split} split has {len(shards)} tokens, "
+                    f"fewer than one window of seq_len + 1 = {seq_len + 1}; "
+                    "add data or lower train.seq_len"
                 )
         self.train, self.val, self.seq_len = train, val, seq_len
         self.mask_doc_boundaries = mask_doc_boundaries
@@ -74,7 +75,8 @@ class CausalLM:
     def loss_only(cls) -> CausalLM:
         """The objective without data: for scoring batches built elsewhere (tests, evaluation)."""
         objective = cls.__new__(cls)
-        objective.train = objective.val = None  # type: ignore[assignment]
+        # No data: `train` stays unset (its batches are not for use), and no validation split.
+        objective.val = None
         objective.seq_len, objective.mask_doc_boundaries, objective.eot_id = 0, False, -1
         return objective
 

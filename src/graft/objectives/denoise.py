@@ -58,25 +58,25 @@ class Denoise:
             self.sentinels = list(tokenizer.sentinel_ids)
             if len(self.sentinels) < 2:
                 raise TokenizerError(
-                    f"objective denoise (t5) needs sentinel tokens, and the tokenizer has {len(self.sentinels)}; "
-                    "train one with `graft tokenizer train --sentinels 32` (or use objective.denoise_style=bart, "
-                    "which needs only the mask token)"
+                    "objective denoise (t5) needs sentinel tokens, and the tokenizer has "
+                    f"{len(self.sentinels)}; train one with `graft tokenizer train --sentinels 32` "
+                    "(or use objective.denoise_style=bart, which needs only the mask token)"
                 )
         else:
-            require_tokens(tokenizer, "denoise (bart)", mask=tokenizer.mask_id)
-            self.mask_id: int = tokenizer.mask_id  # type: ignore[assignment]
             # The boundary between the corrupted input and the text to write.
-            self.boundary_id: int = (
-                tokenizer.sep_id if tokenizer.sep_id is not None else tokenizer.eot_id
-            )  # type: ignore[assignment]
+            mask_id = tokenizer.mask_id
+            boundary_id = tokenizer.sep_id if tokenizer.sep_id is not None else tokenizer.eot_id
+            require_tokens(tokenizer, "denoise (bart)", mask=mask_id, end_of_text=boundary_id)
+            assert mask_id is not None and boundary_id is not None  # require_tokens refused None
+            self.mask_id, self.boundary_id = mask_id, boundary_id
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eot_id
         self.seq_len = seq_len
         self.window = self._largest_window(seq_len + 1)
         for shards in (train, val):
             if shards is not None and len(shards) < self.window:
                 raise DataError(
-                    f"{shards.directory}: the {shards.split} split has {len(shards)} tokens, fewer than "
-                    f"one window of {self.window}; add data or lower train.seq_len"
+                    f"{shards.directory}: the {shards.split} split has {len(shards)} tokens, "
+                    f"fewer than one window of {self.window}; add data or lower train.seq_len"
                 )
         self.train, self.val = train, val
         self._eval: list[Batch] | None = None

@@ -23,7 +23,7 @@ _CHUNK_ROWS = 512  # rows of logits alive at once (512 x 50k fp32 = 100 MB); fas
 
 class _LinearCrossEntropySum(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: torch.autograd.function.FunctionCtx,
         hidden: torch.Tensor,  # (N, C)
         weight: torch.Tensor,  # (V, C)
@@ -46,7 +46,7 @@ class _LinearCrossEntropySum(torch.autograd.Function):
             log_probs = torch.log_softmax(logits, dim=-1, out=logits)
             safe_t = t.clamp_min(0).unsqueeze(1)
             total -= (log_probs.gather(1, safe_t).squeeze(1) * scored).sum()
-            if needs_grad:
+            if grad_hidden is not None and grad_weight is not None:  # i.e. needs_grad
                 # d(loss)/d(logits) = softmax - one_hot(target), on scored rows only.
                 grad_logits = log_probs.exp_()
                 grad_logits.scatter_add_(
@@ -55,16 +55,17 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                 if not bool(scored.all()):
                     grad_logits.mul_(scored.unsqueeze(1))
                 grad_logits = grad_logits.to(h.dtype)
-                grad_hidden[start : start + _CHUNK_ROWS] = grad_logits @ weight  # type: ignore[index]
-                grad_weight.addmm_(grad_logits.T.to(acc), h.to(acc))  # type: ignore[union-attr]
-        if needs_grad:
-            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))  # type: ignore[union-attr]
+                grad_hidden[start : start + _CHUNK_ROWS] = grad_logits @ weight
+                grad_weight.addmm_(grad_logits.T.to(acc), h.to(acc))
+        if grad_hidden is not None and grad_weight is not None:  # i.e. needs_grad
+            ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return total
 
     @staticmethod
-    def backward(  # type: ignore[override]
+    def backward(
         ctx: torch.autograd.function.FunctionCtx, grad_output: torch.Tensor
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        # torch's FunctionCtx stub omits saved_tensors, which autograd's ctx object does have.
         grad_hidden, grad_weight = ctx.saved_tensors  # type: ignore[attr-defined]
         return grad_hidden * grad_output, grad_weight * grad_output, None, None
 

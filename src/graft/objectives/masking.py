@@ -71,14 +71,16 @@ def mask_tokens(
         )
     if replacement_ids.dim() != 1 or (random_fraction > 0 and replacement_ids.numel() == 0):
         raise ValueError(
-            f"replacement_ids must be a non-empty 1-D tensor of ids, got shape {tuple(replacement_ids.shape)}"
+            "replacement_ids must be a non-empty 1-D tensor of ids, "
+            f"got shape {tuple(replacement_ids.shape)}"
         )
 
     device = input_ids.device
+
     # Drawn on the generator's device, then moved: a CPU generator can corrupt a GPU batch.
-    draw = lambda: torch.rand(input_ids.shape, generator=generator, device=generator.device).to(
-        device
-    )  # noqa: E731
+    def draw() -> torch.Tensor:
+        return torch.rand(input_ids.shape, generator=generator, device=generator.device).to(device)
+
     choose = draw()
     if word_starts is not None:
         # One draw per word, read at the word's first token: a word is chosen whole or not at all.

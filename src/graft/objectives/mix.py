@@ -41,7 +41,8 @@ class Mixture:
                 f"objective.mix: primary part {primary!r} is not one of {', '.join(parts)}"
             )
         self.name, self.primary = name, primary
-        # Zero-weight parts are never sampled but still evaluated (replay at fraction 0 still scores general data).
+        # Zero-weight parts are never sampled but still evaluated (replay at fraction 0 still scores
+        # general data).
         self.parts = {k: obj for k, (obj, _) in parts.items()}
         self.weights = {k: w / sum(weights) for k, (_, w) in parts.items()}
         self._names = [k for k, w in self.weights.items() if w > 0]

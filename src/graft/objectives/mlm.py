@@ -40,8 +40,8 @@ def require_tokens(tokenizer: Tokenizer, objective: str, **tokens: int | None) -
     if missing:
         raise TokenizerError(
             f"objective {objective} needs the tokenizer's {', '.join(missing)} token(s), which it "
-            "lacks; graft-trained tokenizers have <|mask|>, <|sep|>, <|cls|> and <|pad|>: train one "
-            "with `graft tokenizer train` and prepare the data with it"
+            "lacks; graft-trained tokenizers have <|mask|>, <|sep|>, <|cls|> and <|pad|>: "
+            "train one with `graft tokenizer train` and prepare the data with it"
         )
 
 
@@ -72,7 +72,8 @@ def mlm_metrics(totals: LossTotals, split: str) -> dict[str, float]:
 
 
 def unigram_accuracy(shards: TokenShards, special: list[int]) -> float:
-    """Accuracy of always predicting the most frequent non-special token: the floor MLM must beat."""
+    """Accuracy of always predicting the most frequent non-special token: the floor MLM must
+    beat."""
     counts = np.bincount(np.asarray(shards.tokens), minlength=max(special, default=0) + 1).astype(
         np.int64
     )
@@ -86,14 +87,15 @@ class MaskingPolicy:
     def __init__(
         self, tokenizer: Tokenizer, vocab_size: int, *, probability: float, whole_word: bool
     ) -> None:
-        require_tokens(tokenizer, "mlm", mask=tokenizer.mask_id)
-        self.mask_id: int = tokenizer.mask_id  # type: ignore[assignment]
+        mask_id = tokenizer.mask_id
+        require_tokens(tokenizer, "mlm", mask=mask_id)
+        assert mask_id is not None  # require_tokens refused None
+        self.mask_id = mask_id
         self.special = special_token_ids(tokenizer)
         is_special = torch.zeros(vocab_size, dtype=torch.bool)
         is_special[self.special] = True
-        is_special[tokenizer.vocab_size :] = (
-            True  # embedding rows past the tokenizer are never real tokens
-        )
+        # Embedding rows past the tokenizer are never real tokens.
+        is_special[tokenizer.vocab_size :] = True
         self.is_special = is_special
         self.replacement_ids = (~is_special).nonzero().squeeze(1)
         self.word_starts = torch.from_numpy(tokenizer.word_start_ids()) if whole_word else None
@@ -141,14 +143,15 @@ class MaskedLM:
         self.policy = MaskingPolicy(
             tokenizer, vocab_size, probability=probability, whole_word=whole_word
         )
-        self.cls_id, self.sep_id = tokenizer.cls_id, tokenizer.sep_id
-        self.framed = self.cls_id is not None and self.sep_id is not None
-        self.content_len = seq_len - 2 if self.framed else seq_len
+        cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
+        # The ids that frame each window as [CLS] ... [SEP], or None for bare windows.
+        self.ends = (cls_id, sep_id) if cls_id is not None and sep_id is not None else None
+        self.content_len = seq_len - 2 if self.ends else seq_len
         for shards in (train, val):
             if shards is not None and len(shards) < self.content_len:
                 raise DataError(
-                    f"{shards.directory}: the {shards.split} split has {len(shards)} tokens, fewer than "
-                    f"one window of {self.content_len}; add data or lower train.seq_len"
+                    f"{shards.directory}: the {shards.split} split has {len(shards)} tokens, "
+                    f"fewer than one window of {self.content_len}; add data or lower train.seq_len"
                 )
         self.train, self.val = train, val
         self.unigram_acc = unigram_accuracy(val, self.policy.special) if val is not None else None
@@ -159,11 +162,10 @@ class MaskedLM:
         ids = torch.from_numpy(
             np.stack([shards.tokens[s : s + L].astype(np.int64) for s in starts])
         )
-        if self.framed:
+        if self.ends:
             B = ids.shape[0]
-            ids = torch.cat(
-                [torch.full((B, 1), self.cls_id), ids, torch.full((B, 1), self.sep_id)], dim=1
-            )
+            cls_id, sep_id = self.ends
+            ids = torch.cat([torch.full((B, 1), cls_id), ids, torch.full((B, 1), sep_id)], dim=1)
         return ids
 
     def _batch(self, ids: torch.Tensor, generator: torch.Generator) -> Batch:

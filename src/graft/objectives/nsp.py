@@ -1,5 +1,5 @@
-"""Next-sentence prediction (BERT): `[CLS] A [SEP] B [SEP]` pairs with segment ids, where B follows A
-in the same document half of the time and comes from another document otherwise; a binary head
+"""Next-sentence prediction (BERT): `[CLS] A [SEP] B [SEP]` pairs with segment ids, where B follows
+A in the same document half of the time and comes from another document otherwise; a binary head
 on the pooled [CLS] state. Objective `nsp` trains that head alone; `mlm+nsp` also masks the pair's
 tokens and adds the masked-LM loss, as BERT was pre-trained.
 
@@ -30,8 +30,9 @@ from graft.objectives.segments import document_spans, pack_pair, sample_pair
 
 
 def nsp_loss(model: LanguageModel, hidden: torch.Tensor, labels: torch.Tensor) -> LossSum:
-    """labels (B,): 0 where B follows A, 1 where B is random, as in transformers' BertForPreTraining,
-    so an imported BERT's NSP head keeps its meaning here and an exported one keeps it there."""
+    """labels (B,): 0 where B follows A, 1 where B is random, as in transformers'
+    BertForPreTraining, so an imported BERT's NSP head keeps its meaning here and an exported one
+    keeps it there."""
     logits = model.nsp_head(model.pooler(hidden)).float()  # (B, 2)
     total = F.cross_entropy(logits, labels, reduction="sum")
     correct = float((logits.argmax(-1) == labels).sum())
@@ -63,24 +64,22 @@ class NextSentence:
         same_document_negatives: float = 0.0,
     ) -> None:
         self.name = "mlm+nsp" if with_mlm else "nsp"
+        cls_id, sep_id, pad_id = tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
         require_tokens(
-            tokenizer,
-            self.name,
-            cls=tokenizer.cls_id,
-            sep=tokenizer.sep_id,
-            pad=tokenizer.pad_id,
-            end_of_text=tokenizer.eot_id,
+            tokenizer, self.name, cls=cls_id, sep=sep_id, pad=pad_id, end_of_text=tokenizer.eot_id
         )
+        assert cls_id is not None and sep_id is not None and pad_id is not None  # required above
         if seq_len < 8:
             raise ConfigError(
-                f"objective {self.name}: train.seq_len {seq_len} is too short for two segments; use >= 8"
+                f"objective {self.name}: train.seq_len {seq_len} is too short for two segments; "
+                "use >= 8"
             )
         self.policy = (
             MaskingPolicy(tokenizer, vocab_size, probability=probability, whole_word=whole_word)
             if with_mlm
             else None
         )
-        self.cls_id, self.sep_id, self.pad_id = tokenizer.cls_id, tokenizer.sep_id, tokenizer.pad_id
+        self.cls_id, self.sep_id, self.pad_id = cls_id, sep_id, pad_id
         self.seq_len = seq_len
         self.same_document_negatives = same_document_negatives  # training batches only
         self.train, self.val = train, val
@@ -124,16 +123,15 @@ class NextSentence:
             packed, token_types, n_real = pack_pair(
                 pair,
                 cls_id=self.cls_id,
-                sep_id=self.sep_id,  # type: ignore[arg-type]
+                sep_id=self.sep_id,
                 pad_id=self.pad_id,
                 seq_len=self.seq_len,
-            )  # type: ignore[arg-type]
+            )
             ids.append(packed)
             types.append(token_types)
             real.append(np.arange(self.seq_len) < n_real)
-            labels.append(
-                0 if pair.is_next else 1
-            )  # BertForPreTraining's next_sentence_label: 0 = B follows A
+            # BertForPreTraining's next_sentence_label: 0 = B follows A.
+            labels.append(0 if pair.is_next else 1)
         input_ids = torch.from_numpy(np.stack(ids).astype(np.int64))
         is_real = torch.from_numpy(np.stack(real))
         targets = None

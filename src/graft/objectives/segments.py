@@ -57,7 +57,8 @@ def sample_pair(
     next_probability: float = 0.5,
     same_document_negatives: float = 0.0,
 ) -> SegmentPair:
-    """Draw one NSP pair holding at most `budget` content tokens in all (the caller passes seq_len - 3).
+    """Draw one NSP pair holding at most `budget` content tokens in all (the caller passes
+    seq_len - 3).
 
     The first document is drawn with odds length * (corpus - length) (see below), the first
     segment's share of the budget uniformly in [budget/4, 3*budget/4]. With `next_probability`
@@ -84,7 +85,8 @@ def sample_pair(
     lengths = spans[:, 1] - spans[:, 0]
     if lengths.min() < 2:
         raise ValueError(
-            "every span must hold at least 2 tokens; build spans with document_spans(min_length >= 2)"
+            "every span must hold at least 2 tokens; "
+            "build spans with document_spans(min_length >= 2)"
         )
 
     # The first document is drawn with odds L * (T - L) (L its length, T the corpus's): negatives
@@ -162,7 +164,8 @@ def sample_pair(
 def pack_pair(
     pair: SegmentPair, *, cls_id: int, sep_id: int, pad_id: int, seq_len: int
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """`[CLS] first [SEP] second [SEP]` right-padded to seq_len; returns (input_ids, token_type_ids, n_real).
+    """`[CLS] first [SEP] second [SEP]` right-padded to seq_len; returns (input_ids,
+    token_type_ids, n_real).
 
     token_type_ids are 0 for [CLS], first and its [SEP], 1 for second and its [SEP], 0 on padding.
     If the pair does not fit, the longer segment loses a token at a time; first is cut at its

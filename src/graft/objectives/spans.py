@@ -67,7 +67,8 @@ def _check_sentinels(tokens: np.ndarray, sentinel_ids: Sequence[int]) -> np.ndar
     sentinels = np.asarray(sentinel_ids, dtype=np.int64)
     if sentinels.ndim != 1 or len(sentinels) < 2:
         raise ValueError(
-            f"span corruption needs at least 2 sentinel ids (spans + a closing one), got {len(sentinel_ids)}"
+            "span corruption needs at least 2 sentinel ids (spans + a closing one), "
+            f"got {len(sentinel_ids)}"
         )
     if np.isin(tokens, sentinels).any():
         raise ValueError(
@@ -127,7 +128,7 @@ def restore_spans(
         if int(corrupted[i]) not in spans:
             raise ValueError(f"sentinel {int(corrupted[i])} is in the input but not in the target")
         pieces += [corrupted[at:i], spans[int(corrupted[i])]]
-        at = i + 1
+        at = int(i) + 1
     pieces.append(corrupted[at:])
     return np.concatenate(pieces)
 

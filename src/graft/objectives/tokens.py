@@ -48,7 +48,9 @@ class EncodedSentences:
         frame: bool,
     ) -> None:
         index = {label: i for i, label in enumerate(labels)}
-        frame = frame and tokenizer.cls_id is not None and tokenizer.sep_id is not None
+        cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
+        # The ids that frame each sentence as [CLS] ... [SEP], or None for bare sentences.
+        ends = (cls_id, sep_id) if frame and cls_id is not None and sep_id is not None else None
         self.ids: list[list[int]] = []
         self.labels: list[list[int]] = []
         self.truncated = 0
@@ -63,15 +65,12 @@ class EncodedSentences:
                 sentence.words,
                 sentence.tags,
                 index,
-                max_len - 2 if frame else max_len,
+                max_len - 2 if ends else max_len,
                 source=sentence.source,
             )
             self.truncated += cut
-            if frame:
-                ids, tags = (
-                    [tokenizer.cls_id, *ids, tokenizer.sep_id],
-                    [IGNORE_INDEX, *tags, IGNORE_INDEX],
-                )  # type: ignore[list-item]
+            if ends:
+                ids, tags = [ends[0], *ids, ends[1]], [IGNORE_INDEX, *tags, IGNORE_INDEX]
             self.ids.append(ids)
             self.labels.append(tags)
 

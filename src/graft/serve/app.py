@@ -146,9 +146,10 @@ def _auth_dependency(api_key: str | None) -> Callable[..., Any]:
         auto_error=False, description="The server's API key (--api-key or GRAFT_API_KEY)."
     )
 
-    async def require_key(
-        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),
-    ) -> None:
+    # FastAPI reads a dependency from the parameter's default; one object serves every call.
+    from_header = Depends(bearer)
+
+    async def require_key(credentials: HTTPAuthorizationCredentials | None = from_header) -> None:
         if api_key is None:
             return
         given = credentials.credentials if credentials is not None else ""
@@ -298,11 +299,13 @@ def _drop_unreachable_422(app: FastAPI) -> None:
             app.openapi_schema = schema
         return app.openapi_schema
 
+    # FastAPI's documented way to customise the schema is to replace this method on the app.
     app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """A listening socket, made here so that a port in use is a one-line error, not uvicorn's exit."""
+    """A listening socket, made here so that a port in use is a one-line error, not uvicorn's
+    exit."""
     if not 0 <= port <= 65535:
         raise GraftError(f"--port {port}: a port is 0..65535 (0 picks a free one)")
     try:
@@ -318,8 +321,8 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 def serve(options: ServeOptions, *, echo: Callable[[str], None] = print) -> None:
-    """Load the checkpoint, start the engine and serve until Ctrl-C, which stops it cleanly (requests
-    in flight get a few seconds to finish) and returns normally."""
+    """Load the checkpoint, start the engine and serve until Ctrl-C, which stops it cleanly
+    (requests in flight get a few seconds to finish) and returns normally."""
     import uvicorn
 
     if options.api_key is not None and not options.api_key:
@@ -329,8 +332,8 @@ def serve(options: ServeOptions, *, echo: Callable[[str], None] = print) -> None
             raise GraftError(f"--{name.replace('_', '-')} {value}: must be 1 or more")
     if options.compile and options.quantize == "int8":
         raise GraftError(
-            "--compile and --quantize int8 do not combine (torch.compile cannot trace int8 linears); "
-            "choose one"
+            "--compile and --quantize int8 do not combine "
+            "(torch.compile cannot trace int8 linears); choose one"
         )
     sock = _listen(options.host, options.port)  # first: a port in use should not cost a model load
     try:
@@ -353,12 +356,13 @@ def serve(options: ServeOptions, *, echo: Callable[[str], None] = print) -> None
     shown_host = f"[{options.host}]" if ":" in options.host else options.host
     echo(
         f"serving {name!r} ({info.kind}, {info.parameters:,} parameters, context {context}) on "
-        f"http://{shown_host}:{sock.getsockname()[1]}/  (playground at /, API at /v1, schema at /docs)"
+        f"http://{shown_host}:{sock.getsockname()[1]}/  "
+        "(playground at /, API at /v1, schema at /docs)"
     )
     if options.host not in LOOPBACK and options.api_key is None:
         echo(
-            "warning: listening beyond this machine with no API key; anyone who can reach it can use it "
-            "(set --api-key or GRAFT_API_KEY)"
+            "warning: listening beyond this machine with no API key; "
+            "anyone who can reach it can use it (set --api-key or GRAFT_API_KEY)"
         )
     server = uvicorn.Server(
         uvicorn.Config(app, log_level=options.log_level, timeout_graceful_shutdown=5)
@@ -366,10 +370,10 @@ def serve(options: ServeOptions, *, echo: Callable[[str], None] = print) -> None
     engine.start()
     try:
         server.run(sockets=[sock])
-    except (
-        KeyboardInterrupt
-    ):  # uvicorn shut down cleanly, then re-raised the Ctrl-C: stopping is the
-        pass  # normal end of a server, not an interruption of its work
+    except KeyboardInterrupt:
+        # uvicorn shut down cleanly, then re-raised the Ctrl-C: stopping is the normal end of a
+        # server, not an interruption of its work
+        pass
     finally:
         engine.stop()
         sock.close()

@@ -1,5 +1,5 @@
-"""/v1/completions and /v1/chat/completions: a request becomes prompt ids and SamplingParams, goes to
-the engine, and its events come back as one JSON body or as server-sent events.
+"""/v1/completions and /v1/chat/completions: a request becomes prompt ids and SamplingParams, goes
+to the engine, and its events come back as one JSON body or as server-sent events.
 
 Everything a client can get wrong is checked here, before the engine sees the request, and answered
 with a 400 naming the field: the model name, a prompt longer than the context, max_tokens beyond
@@ -17,10 +17,10 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
@@ -69,7 +69,8 @@ _SSE_EVENT = {
 }
 _STREAMED = {
     "content": {SSE_MEDIA_TYPE: {"schema": _SSE_EVENT}},
-    "description": "JSON when stream is false; server-sent events (data: {chunk}, then data: [DONE]) when true.",
+    "description": "JSON when stream is false; "
+    "server-sent events (data: {chunk}, then data: [DONE]) when true.",
 }
 
 
@@ -149,8 +150,9 @@ def _max_new_tokens(
     if explicit and requested > room:
         raise APIError(
             400,
-            f"{field}: {requested} new tokens do not fit: the prompt is {prompt_len} tokens and the "
-            f"model's context is {context}, leaving {room}",
+            f"{field}: {requested} new tokens do not fit: "
+            f"the prompt is {prompt_len} tokens and the model's context is {context}, "
+            f"leaving {room}",
             param=field,
             code="context_length_exceeded",
         )
@@ -300,10 +302,11 @@ async def _cancel_on_disconnect(request: Request, handle: RequestHandle) -> None
 
 def run_events(
     request: Request, handle: RequestHandle, *, endpoint: str, started: float, metrics: ServeMetrics
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     """The engine's events for one request, cancelling it if the client disconnects or the consumer
     stops early; records time to first token and the token counts. The disconnect watcher starts
-    now, not when the events are first read: a client gone before its stream began is noticed too."""
+    now, not when the events are first read: a client gone before its stream began is noticed
+    too."""
     watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
     _WATCHERS.add(watcher)  # asyncio keeps only weak references to tasks
     watcher.add_done_callback(_WATCHERS.discard)
@@ -316,7 +319,7 @@ async def _events(
     endpoint: str,
     started: float,
     metrics: ServeMetrics,
-) -> AsyncIterator[Event]:
+) -> AsyncGenerator[Event, None]:
     finished = first = False
     try:
         async for event in handle.aevents():
@@ -341,7 +344,7 @@ def _usage(event: Event) -> Usage:
     )
 
 
-def _finish_reason(event: Event) -> str:
+def _finish_reason(event: Event) -> Literal["stop", "length"]:
     if event.finish_reason == "error":
         raise APIError(
             500, "generation failed inside the engine; the server logged it", type="server_error"
@@ -435,11 +438,11 @@ def completion_routes(
 
     def _start(
         prepared: Prepared, request: Request, endpoint: str
-    ) -> tuple[Prepared, AsyncIterator[Event], int]:
-        """Submit a prepared request; its events (cancelled if the client leaves) and creation time."""
-        started = (
-            time.perf_counter()
-        )  # latency counts from here: preparing is validation, not waiting
+    ) -> tuple[Prepared, AsyncGenerator[Event, None], int]:
+        """Submit a prepared request; its events (cancelled if the client leaves) and creation
+        time."""
+        # latency counts from here: preparing is validation, not waiting
+        started = time.perf_counter()
         handle = submit(engine, prepared.request)
         events = run_events(request, handle, endpoint=endpoint, started=started, metrics=metrics)
         return prepared, events, int(time.time())
@@ -476,7 +479,11 @@ def completion_routes(
         )
 
     async def _completion_chunks(
-        events: AsyncIterator[Event], rid: str, created: int, logprobs: bool, include_usage: bool
+        events: AsyncGenerator[Event, None],
+        rid: str,
+        created: int,
+        logprobs: bool,
+        include_usage: bool,
     ) -> AsyncIterator[str]:
         offset = 0
         base = {"id": rid, "object": "text_completion", "created": created, "model": info.name}
@@ -539,7 +546,11 @@ def completion_routes(
         )
 
     async def _chat_chunks(
-        events: AsyncIterator[Event], rid: str, created: int, logprobs: bool, include_usage: bool
+        events: AsyncGenerator[Event, None],
+        rid: str,
+        created: int,
+        logprobs: bool,
+        include_usage: bool,
     ) -> AsyncIterator[str]:
         base = {
             "id": rid,

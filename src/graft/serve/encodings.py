@@ -40,15 +40,18 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def input_ids(
     inputs: str | list[str] | list[int] | list[list[int]], tokenizer: Tokenizer, info: ModelInfo
 ) -> list[list[int]]:
-    """Token ids per input, each checked to be non-empty, in the vocabulary and within the context."""
+    """Token ids per input, each checked to be non-empty, in the vocabulary and within the
+    context."""
     if isinstance(inputs, str):
         batch: list[list[int]] = [tokenizer.encode(inputs)]
-    elif inputs and isinstance(inputs[0], str):
-        batch = [tokenizer.encode(text) for text in inputs]  # type: ignore[arg-type]
-    elif inputs and isinstance(inputs[0], int):
-        batch = [list(inputs)]  # type: ignore[arg-type]
+    elif not inputs:
+        batch = []  # set apart, so that inputs[0] below tells which kind of list this is
+    elif isinstance(inputs[0], str):
+        batch = [tokenizer.encode(text) for text in inputs]
+    elif isinstance(inputs[0], int):
+        batch = [list(inputs)]
     else:
-        batch = [list(ids) for ids in inputs]  # type: ignore[arg-type]
+        batch = [list(ids) for ids in inputs]
     vocab, context = info.config.vocab_size or tokenizer.vocab_size, info.config.max_seq_len
     for i, ids in enumerate(batch):
         where = "input" if len(batch) == 1 else f"input[{i}]"

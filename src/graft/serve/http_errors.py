@@ -1,4 +1,5 @@
-"""Every error the server answers with, in OpenAI's body: {"error": {"message", "type", "param", "code"}}.
+"""Every error the server answers with, in OpenAI's body:
+{"error": {"message", "type", "param", "code"}}.
 
 A request the server refuses raises `APIError`; FastAPI's own validation errors (malformed JSON,
 a wrong type, a value out of range) become 400s naming the offending field; unknown routes and
@@ -81,7 +82,8 @@ def error_body(
 
 
 def _param(loc: Sequence[int | str]) -> str | None:
-    """`messages[0].content` from ('body', 'messages', 0, 'content', 'str'); None for the body itself."""
+    """`messages[0].content` from ('body', 'messages', 0, 'content', 'str'); None for the body
+    itself."""
     path = ""
     for part in loc[1:] if loc and loc[0] in ("body", "query", "path", "header") else loc:
         if isinstance(part, int):
@@ -92,7 +94,8 @@ def _param(loc: Sequence[int | str]) -> str | None:
 
 
 def validation_error(exc: RequestValidationError) -> APIError:
-    """One 400 for FastAPI's list of validation errors: the first field named, its messages joined."""
+    """One 400 for FastAPI's list of validation errors: the first field named, its messages
+    joined."""
     errors = list(exc.errors())
     if not errors:
         return APIError(400, "invalid request body")

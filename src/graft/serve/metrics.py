@@ -121,7 +121,8 @@ class ServeMetrics:
             header(
                 "graft_prompt_tokens_total",
                 "counter",
-                "Tokens read: prompts of finished generations, embedding and classification inputs.",
+                "Tokens read: prompts of finished generations, "
+                "embedding and classification inputs.",
             )
             out.append(f"graft_prompt_tokens_total {self.prompt_tokens}")
             header("graft_completion_tokens_total", "counter", "Tokens generated.")

@@ -1,4 +1,5 @@
-"""What the server says about the model it serves: its id, what it can do, its stop tokens, its card.
+"""What the server says about the model it serves: its id, what it can do, its stop tokens,
+its card.
 
 Gathered once at start-up from the model, its tokenizer and the directory it came from, so the
 routes never touch the file system. The card is the directory's README.md when it has one (a
@@ -116,7 +117,8 @@ def summary_card(model: LanguageModel, tokenizer: Tokenizer, name: str) -> str:
         "",
         "## Architecture",
         "",
-        f"- {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} attention heads ({cfg.kv_heads} key/value), "
+        f"- {cfg.n_layers} layers, d_model {cfg.d_model}, "
+        f"{cfg.n_heads} attention heads ({cfg.kv_heads} key/value), "
         f"feed-forward {cfg.ff_dim}, {cfg.mlp} MLP, {cfg.norm}, {cfg.positions} positions",
         f"- context {cfg.max_seq_len} tokens, vocabulary {cfg.vocab_size}",
         f"- tokenizer: {tokenizer.kind}, {tokenizer.vocab_size} tokens; chat template: "

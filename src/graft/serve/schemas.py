@@ -152,7 +152,8 @@ class EmbeddingRequest(RequestBody):
         ]
     ) = Field(
         ...,
-        description="Text, texts, token ids or lists of token ids; each becomes one mean-pooled vector.",
+        description="Text, texts, token ids or lists of token ids; "
+        "each becomes one mean-pooled vector.",
     )
     model: str | None = None
     encoding_format: Literal["float", "base64"] = Field(

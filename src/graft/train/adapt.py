@@ -1,4 +1,5 @@
-"""How much of a model a fine-tune trains: all of it, the last blocks and the heads, or LoRA adapters.
+"""How much of a model a fine-tune trains: all of it, the last blocks and the heads, or LoRA
+adapters.
 
 LoRA comes from PEFT, injected in place (`peft.inject_adapter_in_model`), so the model keeps its own
 class and module names and the training loop and objectives need no wrapper. A LoRA checkpoint holds
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -20,6 +22,9 @@ from torch import nn
 from graft.config import AdaptConfig
 from graft.errors import CheckpointError, ConfigError
 from graft.model.transformer import LanguageModel
+
+if TYPE_CHECKING:
+    from peft import LoraConfig
 
 ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
@@ -39,7 +44,8 @@ def apply_adaptation(model: LanguageModel, cfg: AdaptConfig, *, new_heads: bool 
     if cfg.method == "freeze":
         if cfg.trainable_blocks > n_layers:
             raise ConfigError(
-                f"adapt.trainable_blocks ({cfg.trainable_blocks}) exceeds the model's {n_layers} blocks"
+                f"adapt.trainable_blocks ({cfg.trainable_blocks}) "
+                f"exceeds the model's {n_layers} blocks"
             )
         trainable = [f"model.layers.{i}." for i in range(n_layers - cfg.trainable_blocks, n_layers)]
         trainable += ["model.norm.", "lm_head_transform.", *_HEAD_PREFIXES]
@@ -68,14 +74,13 @@ def apply_adaptation(model: LanguageModel, cfg: AdaptConfig, *, new_heads: bool 
             param.requires_grad_(True)
 
 
-def lora_config(
-    cfg: AdaptConfig,
-):  # -> peft.LoraConfig (imported lazily: peft pulls in transformers)
-    from peft import LoraConfig
+def lora_config(cfg: AdaptConfig) -> LoraConfig:
+    from peft import LoraConfig  # imported lazily: peft pulls in transformers
 
     return LoraConfig(
         r=cfg.lora_rank,
-        lora_alpha=cfg.lora_alpha,
+        # peft annotates lora_alpha as int, but only ever divides by it (scaling = alpha / r).
+        lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]
         lora_dropout=cfg.lora_dropout,
         target_modules=list(cfg.lora_targets),
         bias="none",

@@ -84,8 +84,8 @@ def save_checkpoint(
     rng: RngStates | None = None,
     adapter: tuple[AdaptConfig, str] | None = None,
 ) -> Path:
-    """Write a checkpoint directory atomically (see module docstring). Returns its path. A model with
-    LoRA adapters needs `adapter`: (the adapt config, the base it was trained over)."""
+    """Write a checkpoint directory atomically (see module docstring). Returns its path. A model
+    with LoRA adapters needs `adapter`: (the adapt config, the base it was trained over)."""
     directory = Path(directory)
     with atomic_directory(directory) as tmp:
         if has_lora(model):
@@ -167,7 +167,8 @@ def verify_checkpoint(directory: Path) -> None:
             )
         if path.stat().st_size != entry["bytes"]:
             raise CheckpointError(
-                f"{path}: {path.stat().st_size} bytes, expected {entry['bytes']}; the file is truncated or was replaced"
+                f"{path}: {path.stat().st_size} bytes, expected {entry['bytes']}; "
+                "the file is truncated or was replaced"
             )
         if _sha256(path) != entry["sha256"]:
             raise CheckpointError(
@@ -209,21 +210,23 @@ def load_model(
 def load_hf_checkpoint(
     directory: Path, *, device: torch.device | str = "cpu"
 ) -> tuple[LanguageModel, Tokenizer]:
-    """A transformers directory as a graft model plus its tokenizer (tokenizer.json or a BERT vocab.txt,
-    with the special-token roles and chat template of tokenizer_config.json)."""
+    """A transformers directory as a graft model plus its tokenizer (tokenizer.json or a BERT
+    vocab.txt, with the special-token roles and chat template of tokenizer_config.json)."""
     from graft.model.convert.hf import load_hf_model
 
-    tokenizer = Tokenizer.load(
-        directory
-    )  # a directory without tokenizer files: TokenizerError naming it
+    # a directory without tokenizer files: TokenizerError naming it
+    tokenizer = Tokenizer.load(directory)
     tokenizer_path = directory / (
         TOKENIZER_FILE if (directory / TOKENIZER_FILE).is_file() else "vocab.txt"
     )
     model = load_hf_model(directory)
-    if tokenizer.vocab_size > model.config.vocab_size:  # type: ignore[operator]
+    # A built model always has its vocab_size (Transformer refuses a config without one).
+    assert model.config.vocab_size is not None
+    if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(
-            f"{tokenizer_path}: {tokenizer.vocab_size} tokens, but tensor model.embed_tokens.weight "
-            f"has only {model.config.vocab_size} rows; the tokenizer belongs to another model"
+            f"{tokenizer_path}: {tokenizer.vocab_size} tokens, "
+            f"but tensor model.embed_tokens.weight has only {model.config.vocab_size} rows; "
+            "the tokenizer belongs to another model"
         )
     return model.to(device).eval(), tokenizer
 
@@ -240,17 +243,20 @@ def load_weights(model: LanguageModel, directory: Path) -> None:
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"{path}: tensors do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            f"{path}: tensors do not match the config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     for name, tensor in weights.items():
         if tensor.shape != expected[name].shape:
             raise CheckpointError(
-                f"{path}: tensor {name} has shape {tuple(tensor.shape)}, config expects {tuple(expected[name].shape)}"
+                f"{path}: tensor {name} has shape {tuple(tensor.shape)}, "
+                f"config expects {tuple(expected[name].shape)}"
             )
     model.load_state_dict(weights, strict=False, assign=True)
     if model.config.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    # Buffers derived from the config (RoPE tables) are not stored; rebuild them off the meta device.
+    # Buffers derived from the config (RoPE tables) are not stored; rebuild them off the meta
+    # device.
     if model.config.positions == "rope":
         model.model.rotary = RotaryEmbedding(model.config)
 

@@ -1,5 +1,5 @@
-"""Fine-tuning: a pre-trained model (graft checkpoint or Hugging Face directory), a head for the task,
-labelled records, and the same `fit` loop as pre-training.
+"""Fine-tuning: a pre-trained model (graft checkpoint or Hugging Face directory), a head for the
+task, labelled records, and the same `fit` loop as pre-training.
 
 `finetune` reads the records, fixes the label set from the training data (validation labels must be
 among them), gives the model the task's head (new heads start from the model's initialisation; the
@@ -19,8 +19,14 @@ import torch
 from graft.atomic_files import write_atomic
 from graft.config import RunConfig
 from graft.data.chat import DEFAULT_CHAT_TEMPLATE
-from graft.data.records import TextRecord, read_conversations, read_labelled, stratified_split
-from graft.data.tagged import read_tagged
+from graft.data.records import (
+    Conversation,
+    TextRecord,
+    read_conversations,
+    read_labelled,
+    stratified_split,
+)
+from graft.data.tagged import TaggedSentence, read_tagged
 from graft.data.tokenizer import Tokenizer
 from graft.errors import ConfigError, DataError
 from graft.model.config import ModelConfig
@@ -64,11 +70,14 @@ def finetune(config: RunConfig, *, echo: Callable[[str], None] | None = None) ->
     if tokenizer.pad_id is None:
         # Batches are padded; GPT-2's tokenizer, for one, has no pad token.
         pad = tokenizer.add_pad_token()
-        if tokenizer.vocab_size > base.config.vocab_size:  # type: ignore[operator]
+        # A built model always has its vocab_size (Transformer refuses a config without one).
+        assert base.config.vocab_size is not None
+        if tokenizer.vocab_size > base.config.vocab_size:
             base = _with_vocab_rows(base, tokenizer.vocab_size)
         say(
-            f"notice: the tokenizer of {config.train.init} had no pad token; added {tokenizer.id_to_token(pad)} "
-            f"as id {pad} (embedding: {base.config.vocab_size} rows)"
+            f"notice: the tokenizer of {config.train.init} had no pad token; "
+            f"added {tokenizer.id_to_token(pad)} as id {pad} "
+            f"(embedding: {base.config.vocab_size} rows)"
         )
     task = task_data(config, tokenizer, base.config)
     model_config = base.config.model_copy(
@@ -144,19 +153,23 @@ def task_data(config: RunConfig, tokenizer: Tokenizer, model_config: ModelConfig
     max_len = config.train.seq_len or model_config.max_seq_len
     if max_len > model_config.max_seq_len:
         raise ConfigError(
-            f"train.seq_len ({max_len}) exceeds the model's max_seq_len ({model_config.max_seq_len})"
+            f"train.seq_len ({max_len}) exceeds the model's max_seq_len "
+            f"({model_config.max_seq_len})"
         )
     bidirectional = model_config.attention == "bidirectional"
     if name == "classify":
-        read = lambda path: read_labelled(
-            path,
-            text_field=data.text_field,
-            label_field=data.label_field,  # noqa: E731
-            encoding=data.encoding,
-            skip_invalid=data.skip_invalid,
-        )
+
+        def read_texts(path: Path) -> tuple[list[TextRecord], int]:
+            return read_labelled(
+                path,
+                text_field=data.text_field,
+                label_field=data.label_field,
+                encoding=data.encoding,
+                skip_invalid=data.skip_invalid,
+            )
+
         train, val, skipped = _train_and_val(
-            config, read, lambda rows: stratified_split(rows, data.val_fraction, seed)
+            config, read_texts, lambda rows: stratified_split(rows, data.val_fraction, seed)
         )
         train = sample_records(train, data.max_train_examples, seed)
         labels = label_set(train, str(data.train_file))
@@ -170,24 +183,27 @@ def task_data(config: RunConfig, tokenizer: Tokenizer, model_config: ModelConfig
             class_weights=config.objective.class_weights,
         )
         notes = _notes(
-            f"{len(train):,} training and {len(val):,} validation texts; labels: {', '.join(labels)}",
+            f"{len(train):,} training and {len(val):,} validation texts; "
+            f"labels: {', '.join(labels)}",
             skipped,
             classify.train.truncated + classify.val.truncated,
             f"texts longer than {max_len} tokens",
         )
         return TaskData(classify, "sequence", labels, notes)
     if name == "tokens":
-        read = lambda path: read_tagged(
-            path, encoding=data.encoding, skip_invalid=data.skip_invalid
-        )  # noqa: E731
+
+        def read_sentences(path: Path) -> tuple[list[TaggedSentence], int]:
+            return read_tagged(path, encoding=data.encoding, skip_invalid=data.skip_invalid)
+
         train, val, skipped = _train_and_val(
-            config, read, lambda rows: _split(rows, data.val_fraction, seed)
+            config, read_sentences, lambda rows: _split(rows, data.val_fraction, seed)
         )
         train = _head(train, data.max_train_examples, seed)
         tags = tag_set(train, str(data.train_file))
         tagger = TagTokens(train, val, tokenizer, tags, max_len, bidirectional=bidirectional)
         notes = _notes(
-            f"{len(train):,} training and {len(val):,} validation sentences; tags: {', '.join(tags)}",
+            f"{len(train):,} training and {len(val):,} validation sentences; "
+            f"tags: {', '.join(tags)}",
             skipped,
             tagger.train.truncated + tagger.val.truncated,
             f"sentences longer than {max_len} tokens",
@@ -198,15 +214,17 @@ def task_data(config: RunConfig, tokenizer: Tokenizer, model_config: ModelConfig
             raise ConfigError(
                 f"objective instruct trains a decoder; {config.train.init} is an encoder"
             )
-        read = lambda path: read_conversations(path, skip_invalid=data.skip_invalid)  # noqa: E731
+
+        def read_dialogues(path: Path) -> tuple[list[Conversation], int]:
+            return read_conversations(path, skip_invalid=data.skip_invalid)
+
         train, val, skipped = _train_and_val(
-            config, read, lambda rows: _split(rows, data.val_fraction, seed)
+            config, read_dialogues, lambda rows: _split(rows, data.val_fraction, seed)
         )
         train = _head(train, data.max_train_examples, seed)
         if tokenizer.chat_template is None:
-            tokenizer.chat_template = (
-                DEFAULT_CHAT_TEMPLATE  # saved with every checkpoint of the run
-            )
+            # saved with every checkpoint of the run
+            tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
         sft = Instruct(
             train,
             val,

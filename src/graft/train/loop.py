@@ -163,9 +163,8 @@ def fit(run: Run) -> RunResult:
     if state.step == 0 and eval_batches:
         # The untrained model's validation loss: the baseline every later figure is read against.
         metrics = evaluate(model, objective, eval_batches, run.device, autocast)
-        _monitored(
-            metrics, train_cfg.monitor, cfg.objective.name
-        )  # a misnamed monitor fails now, not later
+        # a misnamed monitor fails now, not later
+        _monitored(metrics, train_cfg.monitor, cfg.objective.name)
         log.write(0, {**metrics, "tokens": 0, "elapsed_s": 0.0})
         result.evals.append({"step": 0, **metrics})
     try:
@@ -187,12 +186,12 @@ def fit(run: Run) -> RunResult:
                 for _ in range(train_cfg.grad_accum)
             ]
             step_totals = accumulate_gradients(model, objective, micro, autocast)
-            if not math.isfinite(
-                step_totals.loss
-            ):  # before the step, so the weights stay as they were
+            # before the step, so the weights stay as they were
+            if not math.isfinite(step_totals.loss):
                 raise TrainingError(
-                    f"the training loss became {step_totals.loss} at step {state.step + 1}; the last "
-                    f"checkpoint is intact: lower optim.lr or raise optim.warmup_steps and --resume"
+                    f"the training loss became {step_totals.loss} at step {state.step + 1}; "
+                    "the last checkpoint is intact: "
+                    "lower optim.lr or raise optim.warmup_steps and --resume"
                 )
             grad_norm = (
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip).item()
@@ -274,8 +273,9 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
         trained_with = Tokenizer.load(last / ckpt.TOKENIZER_FILE)
         if trained_with.sha256 != tokenizer.sha256:
             raise TokenizerError(
-                f"--resume: {config.data.path} was prepared with tokenizer {tokenizer.sha256[:12]} but {last} was "
-                f"trained with {trained_with.sha256[:12]}; prepare the data with {last / ckpt.TOKENIZER_FILE} "
+                f"--resume: {config.data.path} was prepared with tokenizer "
+                f"{tokenizer.sha256[:12]} but {last} was trained with {trained_with.sha256[:12]}; "
+                f"prepare the data with {last / ckpt.TOKENIZER_FILE} "
                 "or train into a new train.out_dir"
             )
         changed = ckpt.config_differences(ckpt.read_model_config(last), config.model)
@@ -286,7 +286,8 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
             )
     elif (run_dir / "checkpoints").exists():
         raise ConfigError(
-            f"{run_dir} already holds a run; pass --resume to continue it, or set another train.out_dir"
+            f"{run_dir} already holds a run; "
+            "pass --resume to continue it, or set another train.out_dir"
         )
 
     device = resolve_device(config.train.device)
@@ -309,6 +310,7 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     model.train()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.yaml", config.to_yaml())
+    assert config.model.vocab_size is not None  # _with_vocab took the tokenizer's
     build = functools.partial(
         build_objective,
         config.objective,
@@ -360,14 +362,16 @@ def open_prepared(
 
 def _initial_model(config: RunConfig, tokenizer: Tokenizer) -> tuple[LanguageModel, RunConfig]:
     """Continued pre-training: the weights of train.init, whose model config replaces the run's.
-    Model fields the run sets itself must agree with the checkpoint, except dropout (a training choice)."""
+    Model fields the run sets itself must agree with the checkpoint, except dropout (a training
+    choice)."""
     init = config.train.init
     assert init is not None
     model, trained_with = ckpt.load_model(init)
     if trained_with.sha256 != tokenizer.sha256:
         raise TokenizerError(
-            f"train.init: {init} has tokenizer {trained_with.sha256[:12]} but {config.data.path} was "
-            f"prepared with {tokenizer.sha256[:12]}; prepare the data with --tokenizer {init}"
+            f"train.init: {init} has tokenizer {trained_with.sha256[:12]} "
+            f"but {config.data.path} was prepared with {tokenizer.sha256[:12]}; "
+            f"prepare the data with --tokenizer {init}"
         )
     asked = config.model.model_dump(
         include=config.model.model_fields_set - {"dropout", "vocab_size"}
@@ -379,7 +383,8 @@ def _initial_model(config: RunConfig, tokenizer: Tokenizer) -> tuple[LanguageMod
     ]
     if clashes:
         raise ConfigError(
-            f"train.init: the model comes from {init}; {'; '.join(clashes)} (drop these model settings)"
+            f"train.init: the model comes from {init}; {'; '.join(clashes)} "
+            "(drop these model settings)"
         )
     model_config = model.config.model_copy(
         update={"dropout": config.model.dropout}

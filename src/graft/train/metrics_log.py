@@ -13,7 +13,8 @@ LOSS_CURVE_FILE = "loss_curve.png"
 
 
 class MetricsLog:
-    """Appends `{"step": N, "train/loss": ..., ...}` lines, flushed at once so a crash loses none."""
+    """Appends `{"step": N, "train/loss": ..., ...}` lines, flushed at once so a crash loses
+    none."""
 
     def __init__(self, run_dir: Path, *, resume_from_step: int | None = None) -> None:
         self.path = run_dir / METRICS_FILE

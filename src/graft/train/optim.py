@@ -16,7 +16,8 @@ from graft.config import OptimConfig
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():  # each tied parameter once
         if param.requires_grad:
             (decay if param.dim() >= 2 else no_decay).append(param)

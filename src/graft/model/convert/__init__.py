@@ -1,4 +1,5 @@
-"""Converters at the edge: other formats (Hugging Face transformers) in and out of graft's one format."""
+"""Converters at the edge: other formats (Hugging Face transformers) in and out of graft's one
+format."""
 
 from graft.model.convert.hf import export_hf, is_hf_directory, load_hf_model, read_hf_config
 

@@ -114,12 +114,16 @@ def encoder_fields(
         raise refuse("decoder / cross-attention BERT variants are not supported")
     if cfg["position_embedding_type"] != "absolute":
         raise refuse(
-            f"position_embedding_type {cfg['position_embedding_type']!r}: graft has absolute positions only"
+            f"position_embedding_type {cfg['position_embedding_type']!r}: "
+            "graft has absolute positions only"
         )
     if cfg["hidden_act"] not in _ACTIVATIONS:
         raise refuse(f"hidden_act {cfg['hidden_act']!r} is not one of {sorted(_ACTIVATIONS)}")
     names = set(tensor_names)
-    has = lambda suffix: any(n == suffix or n.endswith("." + suffix) for n in names)  # noqa: E731
+
+    def has(suffix: str) -> bool:
+        return any(n == suffix or n.endswith("." + suffix) for n in names)
+
     lm_prefix = _HEADS[model_type]["lm_head_transform.dense"]
     return dict(
         vocab_size=cfg["vocab_size"],
@@ -182,7 +186,8 @@ def from_encoder(
     to_graft = {
         hf: graft for graft, hf in graft_to_hf_names(config, model_type, graft_names).items()
     }
-    # The same tensor, saved under another name by some transformers versions: the tied decoder's bias.
+    # The same tensor, saved under another name by some transformers versions: the tied decoder's
+    # bias.
     to_graft.setdefault(f"{_LM_DECODER[model_type]}.bias", "lm_head.bias")
     out: dict[str, torch.Tensor] = {}
     where: dict[str, Path] = {}
@@ -214,7 +219,8 @@ def bert_config_dict(config: ModelConfig, refuse: Callable[[str], Exception]) ->
         raise refuse("BERT always has token-type embeddings; set type_vocab_size >= 1")
     if config.nsp_head and not config.mlm_head:
         raise refuse(
-            "an NSP head without the masked-LM head has no transformers class (BertForPreTraining has both)"
+            "an NSP head without the masked-LM head has no transformers class "
+            "(BertForPreTraining has both)"
         )
     architecture = (
         "BertForPreTraining"

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
@@ -42,6 +43,8 @@ from graft.model.config import ModelConfig
 from graft.model.transformer import _llama3_scaled
 
 if TYPE_CHECKING:
+    from gguf import GGUFWriter
+
     from graft.data.tokenizer import Tokenizer
     from graft.model.transformer import LanguageModel
 
@@ -51,7 +54,7 @@ GgufDtype = Literal["f32", "f16", "q8_0"]
 _ARCH = "llama"
 
 
-def _gguf():  # type: ignore[no-untyped-def]
+def _gguf() -> ModuleType:
     try:
         import gguf
     except ImportError:
@@ -62,7 +65,8 @@ def _gguf():  # type: ignore[no-untyped-def]
 
 
 def interleave_rope_rows(weight: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """q_proj/k_proj rows from the rotate_half layout (HF, graft) to llama.cpp's adjacent-pair layout."""
+    """q_proj/k_proj rows from the rotate_half layout (HF, graft) to llama.cpp's adjacent-pair
+    layout."""
     rows, *rest = weight.shape
     return (
         weight.reshape(n_heads, 2, rows // n_heads // 2, *rest)
@@ -89,12 +93,13 @@ def _check_exportable(config: ModelConfig, tokenizer: Tokenizer, dtype: str) -> 
         raise refuse(f"dtype {dtype!r} is not one of {', '.join(get_args(GgufDtype))}")
     if (config.positions, config.norm, config.mlp) != ("rope", "rmsnorm", "swiglu"):
         raise refuse(
-            f"positions={config.positions}, norm={config.norm}, mlp={config.mlp} is not llama.cpp's llama "
-            "architecture, which needs rope + rmsnorm + swiglu"
+            f"positions={config.positions}, norm={config.norm}, mlp={config.mlp} "
+            "is not llama.cpp's llama architecture, which needs rope + rmsnorm + swiglu"
         )
     if config.bias or config.qkv_bias:
         raise refuse(
-            "the llama architecture is exported without biases; this config has bias/attention_bias on"
+            "the llama architecture is exported without biases; "
+            "this config has bias/attention_bias on"
         )
     if config.vocab_size is None:
         raise refuse("vocab_size is not set")
@@ -159,11 +164,12 @@ def _stored(array: np.ndarray, dtype: str) -> tuple[np.ndarray, object | None]:
         if array.shape[-1] % block == 0:
             q8 = gguf.GGMLQuantizationType.Q8_0
             return gguf.quants.quantize(array.astype(np.float32), q8), q8
-        # Rows that do not fill whole q8_0 blocks cannot be quantised; f16 is llama.cpp's fallback too.
+        # Rows that do not fill whole q8_0 blocks cannot be quantised; f16 is llama.cpp's fallback
+        # too.
     return array.astype(np.float16), None
 
 
-def _tokenizer_metadata(writer, tokenizer: Tokenizer, n_vocab: int) -> None:  # type: ignore[no-untyped-def]
+def _tokenizer_metadata(writer: GGUFWriter, tokenizer: Tokenizer, n_vocab: int) -> None:
     gguf = _gguf()
     from graft.data.tokenizer import EOT, SPECIAL_TOKENS
 
@@ -214,10 +220,12 @@ def export_gguf(
     """Write `out_path` as a llama.cpp GGUF file (architecture `llama`) holding the model's weights
     in `dtype` (f32; f16; q8_0 with f16 for rows not a multiple of 32) and the tokenizer.
     `name` (general.name) defaults to the file's stem. A config llama.cpp's llama architecture
-    cannot run exactly is refused with a ConfigError before anything is written. Returns out_path."""
+    cannot run exactly is refused with a ConfigError before anything is written. Returns
+    out_path."""
     out_path = Path(out_path)
     config = model.config
     _check_exportable(config, tokenizer, dtype)
+    assert config.vocab_size is not None  # _check_exportable refuses a config without one
     gguf = _gguf()
     tensors = _tensors(model)
     file_type = {
@@ -243,7 +251,7 @@ def export_gguf(
         writer.add_rope_dimension_count(config.head_dim)
         writer.add_layer_norm_rms_eps(config.norm_eps)
         writer.add_rope_freq_base(config.rope_theta)
-        _tokenizer_metadata(writer, tokenizer, config.vocab_size)  # type: ignore[arg-type]
+        _tokenizer_metadata(writer, tokenizer, config.vocab_size)
         for tensor_name, value in tensors.items():
             array, raw_dtype = _stored(value.numpy(), dtype)
             writer.add_tensor(tensor_name, array, raw_dtype=raw_dtype)
@@ -277,9 +285,8 @@ def read_back_summary(path: Path, model: LanguageModel) -> str:
     exact = 0
     for name, value in expected.items():
         tensor = found[name]
-        shape = tuple(
-            int(n) for n in reversed(tensor.shape)
-        )  # GGUF lists dimensions innermost first
+        # GGUF lists dimensions innermost first
+        shape = tuple(int(n) for n in reversed(tensor.shape))
         if shape != tuple(value.shape):
             raise CheckpointError(
                 f"{path}: tensor {name} has shape {shape}, the model's is {tuple(value.shape)}"
@@ -289,7 +296,8 @@ def read_back_summary(path: Path, model: LanguageModel) -> str:
                 raise CheckpointError(f"{path}: tensor {name} holds other values than the model's")
             exact += 1
     return (
-        f"verify: gguf reader found all {len(expected)} tensors with the model's names and shapes; "
+        f"verify: gguf reader found all {len(expected)} tensors "
+        "with the model's names and shapes; "
         f"{exact} stored as f32 equal the model's values exactly. llama.cpp itself was not run "
         "(graft does not install it)."
     )

@@ -10,11 +10,12 @@ RoPE scaling) is refused with the reason rather than approximated.
 
 Export writes `config.json` + `model.safetensors` for GPT2LMHeadModel (learned positions, LayerNorm,
 GELU MLP, biases), LlamaForCausalLM (RoPE, RMSNorm, SwiGLU), Qwen2ForCausalLM (the Llama layout
-with q/k/v biases alone), or for encoders BertModel / BertForMaskedLM / BertForPreTraining. Given the tokenizer it adds `tokenizer.json`, `tokenizer_config.json`,
-`special_tokens_map.json` and `generation_config.json`, so AutoTokenizer and `generate` work with no
-further setup; a model card `README.md` states only what the source checkpoint's files say. A config
-no such architecture can represent is refused before anything is written; the directory is built
-beside its destination and renamed into place. `graft.model.convert.verify` checks an export.
+with q/k/v biases alone), or for encoders BertModel / BertForMaskedLM / BertForPreTraining. Given
+the tokenizer it adds `tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json` and
+`generation_config.json`, so AutoTokenizer and `generate` work with no further setup; a model card
+`README.md` states only what the source checkpoint's files say. A config no such architecture can
+represent is refused before anything is written; the directory is built beside its destination and
+renamed into place. `graft.model.convert.verify` checks an export.
 
 transformers itself is never imported: it is a test oracle here, not a dependency.
 """
@@ -173,15 +174,14 @@ def hf_model_type(directory: Path) -> str:
 
 
 def read_hf_config(directory: Path, tensor_names: Iterable[str] | None = None) -> ModelConfig:
-    """The ModelConfig equivalent to a transformers config.json, or a CheckpointError saying why none is.
-    Encoders' heads are read off their tensor names (listed from the files when not given)."""
+    """The ModelConfig equivalent to a transformers config.json, or a CheckpointError saying why
+    none is. Encoders' heads are read off their tensor names (listed from the files when not
+    given)."""
     path = Path(directory) / CONFIG_FILE
     raw = _read_raw_config(Path(directory))
     model_type = raw["model_type"]
-    cfg = {
-        **_DEFAULTS[model_type],
-        **raw,
-    }  # an explicit null is meaningful (sliding_window: null = none)
+    # an explicit null is meaningful (sliding_window: null = none)
+    cfg = {**_DEFAULTS[model_type], **raw}
 
     def refuse(reason: str) -> CheckpointError:
         return CheckpointError(f"{path}: cannot import this {model_type} model: {reason}")
@@ -215,8 +215,9 @@ _HEAD_SUFFIXES = {"ForSequenceClassification": "sequence", "ForTokenClassificati
 def _classifier_head(
     cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]
 ) -> tuple[str, tuple[str, ...]] | None:
-    """("sequence" | "token", label names) for a *ForSequenceClassification / *ForTokenClassification
-    directory, from its `architectures` and `id2label`; None for other architectures."""
+    """("sequence" | "token", label names) for a *ForSequenceClassification /
+    *ForTokenClassification directory, from its `architectures` and `id2label`; None for other
+    architectures."""
     architecture = next(iter(cfg.get("architectures") or []), "")
     head = next(
         (kind for suffix, kind in _HEAD_SUFFIXES.items() if architecture.endswith(suffix)), None
@@ -294,8 +295,9 @@ def _llama_fields(
         sliding = False
     if sliding and window is not None and window < max_len:
         raise refuse(
-            f"sliding_window {window} < max_position_embeddings {max_len}: graft has no sliding-window "
-            "attention, and ignoring it would change the outputs past that length"
+            f"sliding_window {window} < max_position_embeddings {max_len}: "
+            "graft has no sliding-window attention, "
+            "and ignoring it would change the outputs past that length"
         )
     theta, scaling = _rope(cfg, refuse)
     kv_heads = cfg["num_key_value_heads"] or heads
@@ -375,7 +377,8 @@ def _read_raw_config(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path}: has no model_type; not a Hugging Face model config")
     if raw["model_type"] not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(
-            f"{path}: unknown model_type {raw['model_type']!r}; graft imports {', '.join(SUPPORTED_MODEL_TYPES)}"
+            f"{path}: unknown model_type {raw['model_type']!r}; "
+            f"graft imports {', '.join(SUPPORTED_MODEL_TYPES)}"
         )
     return raw
 
@@ -384,9 +387,8 @@ def load_hf_model(directory: Path, *, dtype: torch.dtype | None = torch.float32)
     """The model of a transformers directory, in eval mode (float32 unless `dtype` says otherwise;
     None keeps the stored dtype)."""
     directory = Path(directory)
-    model_type = hf_model_type(
-        directory
-    )  # first: no config or an unknown family says so before any weights load
+    # first: no config or an unknown family says so before any weights load
+    model_type = hf_model_type(directory)
     tensors, sources = _read_tensors(directory)
     config = read_hf_config(directory, tensors)
     with torch.device("meta"):
@@ -398,7 +400,8 @@ def load_hf_model(directory: Path, *, dtype: torch.dtype | None = torch.float32)
             tensors, sources, config, model_type, position_offset(model_type, raw), expected
         )
     else:
-        # A decoder's classifier is transformers' `score` (its token classifier in GPT-2: `classifier`).
+        # A decoder's classifier is transformers' `score` (its token classifier in GPT-2:
+        # `classifier`).
         for leaf in ("weight", "bias"):
             if f"score.{leaf}" in tensors:
                 tensors[f"classifier.{leaf}"] = tensors.pop(f"score.{leaf}")
@@ -520,7 +523,8 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
 def _from_llama(
     tensors: dict[str, torch.Tensor], sources: dict[str, Path]
 ) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
-    """Llama, Mistral and Qwen2 already use graft's names; a bare base model lacks the `model.` prefix."""
+    """Llama, Mistral and Qwen2 already use graft's names; a bare base model lacks the `model.`
+    prefix."""
     out, where = {}, {}
     for key, value in tensors.items():
         if key.endswith(_IGNORED_SUFFIXES):
@@ -639,8 +643,9 @@ def hf_architecture(config: ModelConfig) -> str:
 
     if config.head == "sequence" and config.classifier_pooling == "mean":
         raise refuse(
-            "a mean-pooled sequence classifier has no transformers class (their *ForSequenceClassification "
-            "read the pooled [CLS] or the last token); fine-tune with model.classifier_pooling: token to export"
+            "a mean-pooled sequence classifier has no transformers class "
+            "(their *ForSequenceClassification read the pooled [CLS] or the last token); "
+            "fine-tune with model.classifier_pooling: token to export"
         )
     encoder_switches = (config.attention, config.norm_position) != ("causal", "pre")
     if (
@@ -658,8 +663,10 @@ def hf_architecture(config: ModelConfig) -> str:
         ) and config.mlp in ("gelu", "gelu_tanh")
         if not bert_style:
             raise refuse(
-                "encoder options (bidirectional attention, post-norm, token types, MLM/pooler/NSP heads) "
-                "export as BERT only, which needs all of: attention bidirectional, norm_position post, "
+                "encoder options "
+                "(bidirectional attention, post-norm, token types, MLM/pooler/NSP heads) "
+                "export as BERT only, which needs all of: "
+                "attention bidirectional, norm_position post, "
                 "learned positions, layernorm, gelu/gelu_tanh MLP"
             )
         return "bert"
@@ -671,8 +678,9 @@ def hf_architecture(config: ModelConfig) -> str:
     if gpt2_style:
         if not config.bias or not config.qkv_bias:
             raise refuse(
-                "GPT-2 (learned positions, layernorm, GELU MLP) always has biases in every linear layer "
-                "and norm; this config turns them off (bias/attention_bias false)"
+                "GPT-2 (learned positions, layernorm, GELU MLP) "
+                "always has biases in every linear layer and norm; "
+                "this config turns them off (bias/attention_bias false)"
             )
         if config.kv_heads != config.n_heads:
             raise refuse("GPT-2 has no grouped-query attention; n_kv_heads must equal n_heads")
@@ -684,8 +692,10 @@ def hf_architecture(config: ModelConfig) -> str:
             )
         return "qwen2" if config.qkv_bias and not config.bias else "llama"
     raise refuse(
-        f"positions={config.positions}, norm={config.norm}, mlp={config.mlp} is no Hugging Face decoder: GPT-2 needs "
-        "learned positions + layernorm + gelu/gelu_tanh, Llama/Qwen2 need rope + rmsnorm + swiglu"
+        f"positions={config.positions}, norm={config.norm}, mlp={config.mlp} "
+        "is no Hugging Face decoder: "
+        "GPT-2 needs learned positions + layernorm + gelu/gelu_tanh, "
+        "Llama/Qwen2 need rope + rmsnorm + swiglu"
     )
 
 
@@ -713,8 +723,8 @@ def _model_config_dict(config: ModelConfig) -> dict[str, Any]:
     if kind == "bert":
         if not config.tie_embeddings and not config.mlm_head:
             raise ConfigError(
-                "cannot export to Hugging Face: an untied output layer without BERT's masked-LM head "
-                "has no BERT counterpart"
+                "cannot export to Hugging Face: "
+                "an untied output layer without BERT's masked-LM head has no BERT counterpart"
             )
         return bert_config_dict(
             config, lambda reason: ConfigError(f"cannot export to Hugging Face: {reason}")
@@ -785,8 +795,8 @@ def hf_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
     if config.tie_embeddings:
         weights.pop("lm_head.weight")
     if config.head != "lm":
-        # A *For...Classification class holds the backbone and the classifier only (and BERT's sequence
-        # classifier its pooler): the pre-training heads stay behind.
+        # A *For...Classification class holds the backbone and the classifier only (and BERT's
+        # sequence classifier its pooler): the pre-training heads stay behind.
         keep_pooler = kind == "bert" and config.head == "sequence"
         weights = {
             k: v
@@ -800,9 +810,8 @@ def hf_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
             }
     if kind == "bert":
         names = graft_to_hf_names(config, "bert", weights)
-        bare = (
-            not config.mlm_head and config.head == "lm"
-        )  # BertModel: no "bert." prefix on its names
+        # BertModel: no "bert." prefix on its names
+        bare = not config.mlm_head and config.head == "lm"
         return {
             names[k].removeprefix("bert.") if bare else names[k]: v.contiguous()
             for k, v in weights.items()
@@ -849,15 +858,18 @@ def export_hf(
     built beside its destination and renamed into place. Returns out_dir."""
     out_dir = Path(out_dir)
     config_json = hf_config_dict(model.config)  # refuses an unexportable config first
-    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:  # type: ignore[operator]
+    assert model.config.vocab_size is not None  # hf_config_dict refuses a config without one
+    if tokenizer is not None and tokenizer.vocab_size > model.config.vocab_size:
         # Larger embeddings are fine (models often pad the vocabulary); ids past them are not.
         raise ConfigError(
-            f"cannot export: the tokenizer has {tokenizer.vocab_size} tokens but the embedding matrix "
+            f"cannot export: the tokenizer has {tokenizer.vocab_size} tokens "
+            "but the embedding matrix "
             f"(model.embed_tokens.weight) only {model.config.vocab_size} rows"
         )
     if out_dir.exists() and not (out_dir.is_dir() and (overwrite or not any(out_dir.iterdir()))):
         raise CheckpointError(
-            f"{out_dir}: already exists and is not an empty directory (pass overwrite to replace it)"
+            f"{out_dir}: already exists and is not an empty directory "
+            "(pass overwrite to replace it)"
         )
     if tokenizer is not None:
         # The model config's special ids too: GPT2Config would otherwise default them to 50256.
@@ -893,9 +905,8 @@ def tokenizer_config_dicts(
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """tokenizer_config.json and special_tokens_map.json for a graft tokenizer (its tokenizer.json
     is the whole tokenizer; these name the roles of its special tokens for transformers)."""
-    roles = (
-        tokenizer.special_tokens_map
-    )  # role -> token, for the roles whose token is in the vocabulary
+    # role -> token, for the roles whose token is in the vocabulary
+    roles = tokenizer.special_tokens_map
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **roles,

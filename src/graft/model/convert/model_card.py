@@ -27,7 +27,8 @@ def _pipeline_tag(cfg: ModelConfig) -> str:
 
 def _what(cfg: ModelConfig) -> str:
     if cfg.head != "lm":
-        return f"A {'sequence' if cfg.head == 'sequence' else 'token'} classifier ({len(cfg.labels)} labels)"
+        kind = "sequence" if cfg.head == "sequence" else "token"
+        return f"A {kind} classifier ({len(cfg.labels)} labels)"
     return (
         "A bidirectional encoder" if cfg.attention == "bidirectional" else "A causal language model"
     )
@@ -79,8 +80,9 @@ def _data_facts(source: Path) -> list[str]:
     for name, split in sorted((index.get("splits") or {}).items()):
         if isinstance(split, dict):
             lines.append(
-                f"- {name} split: {_count(split.get('tokens'))} tokens, {_count(split.get('documents'))} "
-                f"documents, {_count(split.get('bytes'))} bytes of text"
+                f"- {name} split: {_count(split.get('tokens'))} tokens, "
+                f"{_count(split.get('documents'))} documents, "
+                f"{_count(split.get('bytes'))} bytes of text"
             )
     if index.get("tokenizer_kind"):
         lines.append(
@@ -110,7 +112,8 @@ def _metric_facts(source: Path) -> list[str]:
     )
     if metrics is None or not metrics.is_file():
         return [
-            f"- final metrics: {_UNKNOWN} (the checkpoint is not in a run directory with metrics.jsonl)"
+            f"- final metrics: {_UNKNOWN} "
+            "(the checkpoint is not in a run directory with metrics.jsonl)"
         ]
     last: dict[str, Any] | None = None
     for line in metrics.read_text(encoding="utf-8").splitlines():
@@ -154,6 +157,9 @@ def model_card(
     unknown_source = [f"- {_UNKNOWN} (exported without the source checkpoint directory)"]
     if source is not None:
         source = Path(source)
+    tokenizer_fact = (
+        f"{tokenizer.kind}, {tokenizer.vocab_size} tokens" if tokenizer is not None else _UNKNOWN
+    )
     lines = [
         "---",
         "library_name: transformers",
@@ -167,12 +173,14 @@ def model_card(
         "",
         "## Architecture",
         "",
-        f"- {config_json['architectures'][0]} (model_type {config_json['model_type']}), {params:,} parameters",
-        f"- {cfg.n_layers} layers, d_model {cfg.d_model}, {cfg.n_heads} attention heads ({cfg.kv_heads} key/value), "
+        f"- {config_json['architectures'][0]} (model_type {config_json['model_type']}), "
+        f"{params:,} parameters",
+        f"- {cfg.n_layers} layers, d_model {cfg.d_model}, "
+        f"{cfg.n_heads} attention heads ({cfg.kv_heads} key/value), "
         f"feed-forward {cfg.ff_dim}, {cfg.mlp} MLP, {cfg.norm}, {cfg.positions} positions",
         f"- context {cfg.max_seq_len} tokens, {cfg.vocab_size} embedding rows, "
         f"tied embeddings: {'yes' if cfg.tie_embeddings else 'no'}",
-        f"- tokenizer: {f'{tokenizer.kind}, {tokenizer.vocab_size} tokens' if tokenizer is not None else _UNKNOWN}",
+        f"- tokenizer: {tokenizer_fact}",
         "",
         "## Training data",
         "",

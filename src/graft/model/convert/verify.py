@@ -157,7 +157,8 @@ def _check_tokenizer_ids(
         if use_transformers:
             from transformers import AutoTokenizer
 
-            # Without special tokens, as graft encodes: BERT-style tokenizers add [CLS]/[SEP] by default.
+            # Without special tokens, as graft encodes: BERT-style tokenizers add [CLS]/[SEP] by
+            # default.
             got = AutoTokenizer.from_pretrained(out_dir)(PROBE_TEXT, add_special_tokens=False)[
                 "input_ids"
             ]
@@ -307,19 +308,16 @@ def _check_vocab(out_dir: Path, use_transformers: bool) -> CheckRecord:
 def verify_hf_export(
     out_dir: Path, model: LanguageModel, tokenizer: Tokenizer | None = None
 ) -> list[CheckRecord]:
-    """Reload the export in `out_dir` and compare it with the `model` (and `tokenizer`) it was written
-    from. Never raises for a mismatch: every outcome is a record (see raise_on_failure)."""
+    """Reload the export in `out_dir` and compare it with the `model` (and `tokenizer`) it was
+    written from. Never raises for a mismatch: every outcome is a record (see raise_on_failure)."""
     out_dir = Path(out_dir)
     use_transformers = _transformers_available()
-    records = [
-        CheckRecord(
-            "transformers",
-            True if use_transformers else None,
-            "installed; reloading as a user would"
-            if use_transformers
-            else "not installed; checked with graft's HF reader and the exported tokenizer.json instead",
-        )
-    ]
+    how = (
+        "installed; reloading as a user would"
+        if use_transformers
+        else "not installed; checked with graft's HF reader and the exported tokenizer.json instead"
+    )
+    records = [CheckRecord("transformers", True if use_transformers else None, how)]
     records.append(
         _check_logits(
             out_dir,
