@@ -37,6 +37,9 @@ class Batch:
     )
     lengths: torch.Tensor | None = None  # (B,) real tokens per right-padded row
     part: str = ""  # which part of a mixture built it
+    # A mixture's batch: its loss comes back as the part's mean per row times the rows (mix.py),
+    # so its units are rows, not the targets its part scored.
+    units_are_rows: bool = False
 
     def to(self, device: torch.device) -> Batch:
         moved = {
@@ -48,11 +51,16 @@ class Batch:
 
     @property
     def n_targets(self) -> int:
-        """Scored units: token targets when there are any, else sequence targets. The loop divides
-        the summed loss of a whole optimizer step by their total."""
+        """Scored targets: token targets when there are any, else sequence targets."""
         if self.targets is not None:
             return int((self.targets != IGNORE_INDEX).sum())
         return 0 if self.sequence_targets is None else int(self.sequence_targets.numel())
+
+    @property
+    def units(self) -> int:
+        """What the loop divides a step's summed loss by, and the count that this batch's loss
+        must report: its scored targets, or its rows for a mixture's batch."""
+        return int(self.input_ids.shape[0]) if self.units_are_rows else self.n_targets
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,13 @@
 Also how continued pre-training replays general data: the same objective over two datasets,
 `domain` and `general`, mixed 90/10, with the domain's validation loss as the run's val/loss.
 
-Each part's summed loss is turned into its own mean before mixing (scaled to the batch size so
-the loop's division by the step's count gives the average of per-batch means): parts count
-different things (masked tokens, target tokens, pairs), and mixing raw sums would weight them by
-how many units they happen to score rather than by the configured weights.
+Parts count different things (masked tokens, target tokens, pairs), and mixing raw sums would
+weight them by how many units they happen to score rather than by the configured weights. So each
+part's summed loss becomes its own mean, times the batch's rows, and a mixture's batch declares
+rows as its units (`Batch.units_are_rows`): the loop's division by the step's units then gives
+the average of the micro-batches' means, and a part sampled with probability w gets weight w.
+A one-part mixture, or replay of an objective with itself, trains exactly as the plain objective
+where its batches score equal counts (clm always does).
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ class Mixture:
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
         part, _, inner = batch.part.partition("/")  # mixtures nest: replay of a mix is "domain/clm"
-        out = self.parts[part].loss(model, replace(batch, part=inner))
+        # The part counts its own units; its mean is rescaled to this batch's rows below.
+        out = self.parts[part].loss(model, replace(batch, part=inner, units_are_rows=False))
         size = batch.input_ids.shape[0]
         stats = {f"{part}/{k}": v for k, v in out.stats.items()}
         stats.update(
@@ -103,4 +107,4 @@ class Mixture:
 
 
 def _tagged(batch: Batch, part: str) -> Batch:
-    return replace(batch, part=f"{part}/{batch.part}" if batch.part else part)
+    return replace(batch, part=f"{part}/{batch.part}" if batch.part else part, units_are_rows=True)

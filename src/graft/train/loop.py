@@ -70,16 +70,23 @@ def accumulate_gradients(
 ) -> LossTotals:
     """Backward over every micro-batch; gradients end up equal to those of one big batch.
 
-    Each micro-batch's summed loss is divided by the target count of the WHOLE step, not its own:
-    with padding or masked targets, micro-batches score different numbers of tokens, and a
-    per-micro-batch mean would weight their tokens unequally. Returns the step's loss totals.
+    Each micro-batch's summed loss is divided by the units of the WHOLE step, not its own: with
+    padding or masked targets, micro-batches score different numbers of tokens, and a
+    per-micro-batch mean would weight their tokens unequally. Every loss must count the units
+    its batch declares (`Batch.units`): two definitions of the count once mis-scaled mixtures.
+    Returns the step's loss totals.
     """
-    total_targets = sum(b.n_targets for b in micro_batches)
+    total_units = sum(b.units for b in micro_batches)
     totals = LossTotals()
     for batch in micro_batches:
         with autocast or contextlib.nullcontext():
             out = objective.loss(model, batch)
-        (out.total / max(total_targets, 1)).backward()
+        if out.count != batch.units:
+            raise AssertionError(
+                f"objective {objective.name}: a loss counts {out.count} units, "
+                f"but its batch declares {batch.units}"
+            )
+        (out.total / max(total_units, 1)).backward()
         totals.add(out)
     return totals
 
