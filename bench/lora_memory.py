@@ -42,10 +42,10 @@ def run_one(
     import torch
     import torch.nn.functional as F
 
+    from graft.adapt import apply_adaptation, trainable_parameters
     from graft.config import AdaptConfig, OptimConfig
     from graft.model.config import ModelConfig, preset
     from graft.model.transformer import LanguageModel
-    from graft.train.adapt import apply_adaptation, trainable_parameters
     from graft.train.optim import build_optimizer
 
     importlib.import_module(

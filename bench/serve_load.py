@@ -103,10 +103,10 @@ class ArmResult:
 def make_checkpoint(directory: Path, preset_name: str, seed: int) -> Path:
     import torch
 
+    from graft.checkpoint import save_checkpoint
     from graft.data.tokenizer import bytes_tokenizer
     from graft.model.config import preset
     from graft.model.transformer import LanguageModel
-    from graft.train.checkpoint import save_checkpoint
 
     tokenizer = bytes_tokenizer()
     torch.manual_seed(seed)

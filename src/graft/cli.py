@@ -675,7 +675,9 @@ def _run_pretrain(args: argparse.Namespace, extra: list[str]) -> int:
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
-    from graft.train.loop import pretrain  # torch loads only once the config is known to be good
+    from graft.train.pretrain import (
+        pretrain,  # torch loads only once the config is known to be good
+    )
 
     result = pretrain(config, resume=args.resume)
     if result.stop_reason == "interrupted":
@@ -735,10 +737,10 @@ def _run_finetune(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _run_generate(args: argparse.Namespace) -> int:
+    from graft.checkpoint import load_model
+    from graft.device import resolve_device
     from graft.infer.generate import SamplingParams, generate
     from graft.infer.stream import TextStream
-    from graft.train.checkpoint import load_model
-    from graft.train.loop import resolve_device
 
     model, tokenizer = load_model(
         args.checkpoint, device=resolve_device(args.device, what="--device")
@@ -780,9 +782,9 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
+    from graft.adapt import has_lora, merge_lora
+    from graft.checkpoint import load_model, resolve_checkpoint
     from graft.model.convert.hf import export_hf, is_hf_directory
-    from graft.train.adapt import has_lora, merge_lora
-    from graft.train.checkpoint import load_model, resolve_checkpoint
 
     model, tokenizer = load_model(args.checkpoint)
     if has_lora(model):
@@ -816,7 +818,7 @@ def _run_export(args: argparse.Namespace) -> int:
 def _run_experiment(args: argparse.Namespace, extra: list[str]) -> int:
     if args.action == "transfer":
         return _run_experiment_transfer(args, extra)
-    from graft.evaluate.objective_comparison import ComparisonOptions, compare_objectives
+    from graft.experiments.objective_comparison import ComparisonOptions, compare_objectives
 
     # Flags left unset keep ComparisonOptions' defaults, so every default lives in one place.
     given = {
@@ -850,7 +852,7 @@ def _run_experiment(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _run_experiment_transfer(args: argparse.Namespace, extra: list[str]) -> int:
-    from graft.evaluate.transfer import TransferOptions, parse_sizes, run_transfer
+    from graft.experiments.transfer import TransferOptions, parse_sizes, run_transfer
 
     # Flags left unset keep TransferOptions' defaults, so every default lives in one place.
     given = {

@@ -5,9 +5,9 @@ docstrings and the interpreter's help topics), trains a byte-level BPE tokenizer
 token shards, pre-trains a small model for a time budget, samples from the model before and after,
 then fine-tunes it on two tasks with labels from the same installation (a function's package; its
 docstring's first line), each against the same model trained from scratch
-(`graft.quickstart_tasks`), and writes `report.md` beside the run: what ran, how the loss fell,
-what the model now writes, and what pre-training was worth to each task. Every step is the same
-library call a user would make by hand.
+(`graft.experiments.quickstart_tasks`), and writes `report.md` beside the run: what ran, how the
+loss fell, what the model now writes, and what pre-training was worth to each task. Every step is
+the same library call a user would make by hand.
 """
 
 from __future__ import annotations
@@ -22,15 +22,14 @@ from pathlib import Path
 import torch
 
 from graft.atomic_files import write_atomic
+from graft.checkpoint import load_model
 from graft.config import RunConfig, validate_run_config
 from graft.data.documents import iter_documents
 from graft.data.shards import prepare_shards
 from graft.data.stdlib_corpus import build_stdlib_corpus, iter_stdlib_functions
 from graft.data.tokenizer import Tokenizer, train_tokenizer
 from graft.errors import ConfigError
-from graft.infer.generate import SamplingParams, generate
-from graft.model.transformer import LanguageModel
-from graft.quickstart_tasks import (
+from graft.experiments.quickstart_tasks import (
     TaskSplits,
     compare_on_tasks,
     drop_leaks,
@@ -40,9 +39,11 @@ from graft.quickstart_tasks import (
     select_tasks,
     write_task_files,
 )
-from graft.train.checkpoint import load_model
-from graft.train.loop import RunResult, pretrain
+from graft.infer.generate import SamplingParams, generate
+from graft.model.transformer import LanguageModel
+from graft.train.loop import RunResult
 from graft.train.metrics_log import LOSS_CURVE_FILE
+from graft.train.pretrain import pretrain
 
 MARKER = ".graft-quickstart"  # only a directory carrying this is ever replaced
 PROMPTS = ("def", "import os\n", "The", "class")  # no trailing space: BPE glues it to the next word

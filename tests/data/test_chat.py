@@ -11,10 +11,9 @@ from graft.data.chat import (
     encode_conversation,
     render_chat,
 )
-from graft.data.records import Conversation, Message
+from graft.data.records import IGNORE_INDEX, Conversation, Message
 from graft.data.tokenizer import EOT, Tokenizer, bytes_tokenizer, train_tokenizer
 from graft.errors import ConfigError, DataError, TokenizerError
-from graft.objectives.losses import IGNORE_INDEX
 
 CHAT = Conversation(
     messages=(

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from graft.data.records import IGNORE_INDEX
 from graft.data.tagged import TaggedSentence, align_tags, read_tagged
 from graft.data.tokenizer import Tokenizer, train_tokenizer
 from graft.errors import ConfigError, DataError
-from graft.objectives.losses import IGNORE_INDEX
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 

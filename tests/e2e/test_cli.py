@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from graft.checkpoint import resolve_checkpoint, verify_checkpoint
 from graft.config import load_run_config
 from graft.data.tokenizer import Tokenizer
-from graft.train.checkpoint import resolve_checkpoint, verify_checkpoint
 from graft.train.metrics_log import read_metrics
 
 pytestmark = pytest.mark.e2e
@@ -547,7 +547,7 @@ def test_quickstart_reduced(tmp_path):
     # The test functions never reached pre-training: no docstring document of theirs, and none of
     # their definitions in the corpus (find_leaks is tested for finding them when they are there).
     from graft.data.stdlib_corpus import iter_stdlib_functions
-    from graft.quickstart_tasks import find_leaks
+    from graft.experiments.quickstart_tasks import find_leaks
 
     tested = set()
     for task in ("classify", "instruct"):

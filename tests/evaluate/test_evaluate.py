@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from graft.checkpoint import load_model, save_checkpoint
 from graft.cli import main
 from graft.data.tokenizer import bytes_tokenizer
 from graft.errors import CheckpointError, DataError
 from graft.evaluate.evaluate import EvalOptions, default_out_dir, evaluate_checkpoint
 from graft.model.config import preset
 from graft.model.transformer import LanguageModel, padding_attention_mask
-from graft.train.checkpoint import load_model, save_checkpoint
 
 VOCAB = 262  # the bytes tokenizer: 256 bytes and 6 special tokens
 EOT_ID = 256

@@ -12,9 +12,9 @@ import torch
 from graft.data.tokenizer import bytes_tokenizer
 from graft.infer.engine import Engine, EngineConfig, QueueFull, Request
 from graft.infer.generate import GeneratedToken, SamplingParams, generate_steps
-from graft.infer.kv_cache import SlotKVCache
 from graft.infer.stream import TextStream
 from graft.model.config import ModelConfig
+from graft.model.kv_cache import SlotKVCache
 from graft.model.transformer import LanguageModel
 
 TOKENIZER = bytes_tokenizer()  # 262 ids: bytes, then special tokens

@@ -44,7 +44,7 @@ def test_changing_token_t_never_changes_logits_before_t(style):
 
 @pytest.mark.parametrize("style", STYLES)
 def test_chunked_forward_with_cache_equals_full_forward(style):
-    from graft.infer.kv_cache import KVCache
+    from graft.model.kv_cache import KVCache
 
     model = tiny(style)
     x = torch.randint(0, 97, (2, 24))

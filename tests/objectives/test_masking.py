@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from graft.objectives.losses import IGNORE_INDEX
+from graft.data.records import IGNORE_INDEX
 from graft.objectives.masking import mask_tokens
 
 MASK = 3

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from graft.config import ObjectiveConfig
+from graft.data.records import IGNORE_INDEX
 from graft.data.shards import TokenShards, prepare_shards
 from graft.data.tokenizer import Tokenizer, bytes_tokenizer
 from graft.errors import ConfigError, DataError, TokenizerError
@@ -17,7 +18,6 @@ from graft.model.config import preset
 from graft.model.transformer import LanguageModel
 from graft.objectives.build import build_objective, with_replay
 from graft.objectives.denoise import Denoise
-from graft.objectives.losses import IGNORE_INDEX
 from graft.objectives.mix import Mixture
 from graft.objectives.mlm import MaskedLM
 from graft.objectives.nsp import NextSentence

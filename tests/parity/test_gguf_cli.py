@@ -7,10 +7,10 @@ import sys
 import pytest
 import torch
 
+from graft.checkpoint import save_checkpoint
 from graft.data.tokenizer import bytes_tokenizer
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
-from graft.train.checkpoint import save_checkpoint
 
 pytestmark = [pytest.mark.parity, pytest.mark.e2e]
 

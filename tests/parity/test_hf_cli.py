@@ -14,10 +14,10 @@ import pytest
 import torch
 import transformers
 
+from graft.checkpoint import save_checkpoint
 from graft.data.tokenizer import bytes_tokenizer
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
-from graft.train.checkpoint import save_checkpoint
 
 pytestmark = [pytest.mark.parity, pytest.mark.e2e]
 
@@ -144,7 +144,7 @@ def test_export_hf_loads_in_transformers_with_the_same_logits(style: str, tmp_pa
     assert result.stdout.splitlines()[0] == f"exported (hf): {tmp_path / 'hf'}"
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == EXPORT_FILES
 
-    from graft.train.checkpoint import load_model
+    from graft.checkpoint import load_model
 
     model, _ = load_model(checkpoint)
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()

@@ -12,6 +12,7 @@ import torch
 import transformers
 from safetensors.torch import load_file, save_file
 
+from graft.checkpoint import TrainingState, save_checkpoint
 from graft.data.shards import prepare_shards
 from graft.data.tokenizer import Tokenizer, bytes_tokenizer, train_tokenizer
 from graft.errors import CheckpointError
@@ -20,7 +21,6 @@ from graft.model.convert import verify
 from graft.model.convert.hf import export_hf
 from graft.model.convert.verify import PROBE_TEXT, raise_on_failure, verify_hf_export
 from graft.model.transformer import LanguageModel
-from graft.train.checkpoint import TrainingState, save_checkpoint
 
 pytestmark = pytest.mark.parity
 

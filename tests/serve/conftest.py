@@ -17,12 +17,12 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 
+from graft.checkpoint import save_checkpoint
 from graft.data.tokenizer import Tokenizer, train_tokenizer
 from graft.infer.engine import Engine, EngineConfig
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
 from graft.serve import ModelInfo, create_app, describe_model
-from graft.train.checkpoint import save_checkpoint
 
 CONTEXT = 128
 MODEL_NAME = "tiny"

@@ -2,11 +2,11 @@
 
 import torch
 
+from graft.data.records import IGNORE_INDEX
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
 from graft.objectives.batch import Batch
 from graft.objectives.clm import CausalLM
-from graft.objectives.losses import IGNORE_INDEX
 from graft.train.loop import accumulate_gradients
 
 

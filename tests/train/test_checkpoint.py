@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
+from graft import checkpoint as ckpt
 from graft.data.tokenizer import bytes_tokenizer
 from graft.errors import CheckpointError
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
-from graft.train import checkpoint as ckpt
 
 
 def small_model(seed: int = 0, **kw) -> LanguageModel:

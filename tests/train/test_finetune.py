@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from graft.adapt import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, has_lora, merge_lora
+from graft.checkpoint import load_model
 from graft.cli import main
 from graft.model.transformer import padding_attention_mask
-from graft.train.adapt import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, has_lora, merge_lora
-from graft.train.checkpoint import load_model
 from graft.train.metrics_log import read_metrics
 
 TINY = [
@@ -200,8 +200,8 @@ def test_a_merged_and_exported_lora_classifier_gives_the_unmerged_logits(
 
 
 def test_freeze_trains_only_the_last_block_and_the_head(base: Path, tmp_path: Path) -> None:
+    from graft.adapt import apply_adaptation
     from graft.config import AdaptConfig
-    from graft.train.adapt import apply_adaptation
 
     model, _ = load_model(base)
     apply_adaptation(model, AdaptConfig(method="freeze", trainable_blocks=1))

@@ -8,9 +8,9 @@ import pytest
 from graft.config import OptimConfig, validate_run_config
 from graft.data.shards import prepare_shards
 from graft.data.tokenizer import bytes_tokenizer
-from graft.train.loop import pretrain
 from graft.train.metrics_log import read_metrics
 from graft.train.optim import learning_rate
+from graft.train.pretrain import pretrain
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +104,6 @@ def test_a_diverging_loss_stops_before_the_step_with_one_clear_error(
         TrainingError, match="became (inf|nan) at step 6; the last checkpoint is intact"
     ):
         run(data_dir, tmp_path / "r", max_steps=20)
-    from graft.train.checkpoint import verify_checkpoint
+    from graft.checkpoint import verify_checkpoint
 
     verify_checkpoint(tmp_path / "r" / "checkpoints" / "last")  # the step-5 checkpoint

@@ -6,13 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from graft.checkpoint import verify_checkpoint
 from graft.config import validate_run_config
 from graft.data.shards import prepare_shards
 from graft.data.tokenizer import bytes_tokenizer
 from graft.errors import CheckpointError
 from graft.objectives.clm import CausalLM
-from graft.train.checkpoint import verify_checkpoint
-from graft.train.loop import pretrain
+from graft.train.pretrain import pretrain
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,9 @@ import jinja2.ext
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from graft.data.records import Conversation, Message
+from graft.data.records import IGNORE_INDEX, Conversation, Message
 from graft.data.tokenizer import EOT, Tokenizer
 from graft.errors import ConfigError, DataError, TokenizerError
-from graft.objectives.losses import IGNORE_INDEX
 
 __all__ = ["DEFAULT_CHAT_TEMPLATE", "EncodedConversation", "encode_conversation", "render_chat"]
 

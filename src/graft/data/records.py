@@ -26,6 +26,10 @@ from typing import Literal, cast, get_args
 
 from graft.errors import ConfigError, DataError
 
+# The label of a position no loss scores (a prompt token, a sub-token after a word's first, a
+# pad): transformers' and torch's cross_entropy convention, so labels carry over unchanged.
+IGNORE_INDEX = -100
+
 __all__ = [
     "Conversation",
     "Message",

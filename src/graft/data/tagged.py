@@ -18,6 +18,7 @@ from pathlib import Path
 
 from graft.data.records import (
     _UNDECODED,
+    IGNORE_INDEX,
     InvalidRecords,
     _check_decoded,
     _decode,
@@ -26,7 +27,6 @@ from graft.data.records import (
 )
 from graft.data.tokenizer import Tokenizer
 from graft.errors import ConfigError, DataError
-from graft.objectives.losses import IGNORE_INDEX
 
 __all__ = ["TaggedSentence", "align_tags", "read_tagged"]
 

@@ -32,6 +32,7 @@ import torch
 from graft.data.chat import DEFAULT_CHAT_TEMPLATE, render_chat
 from graft.data.documents import iter_documents
 from graft.data.records import (
+    IGNORE_INDEX,
     Conversation,
     _check_decoded,
     _decode,
@@ -56,7 +57,7 @@ from graft.infer.generate import SamplingParams, generate
 from graft.model.transformer import LanguageModel
 from graft.objectives.batch import hidden_states
 from graft.objectives.classify import Classify
-from graft.objectives.losses import IGNORE_INDEX, cross_entropy_sum, linear_cross_entropy_sum
+from graft.objectives.losses import cross_entropy_sum, linear_cross_entropy_sum
 from graft.objectives.tokens import TagTokens
 
 __all__ = [
@@ -120,8 +121,8 @@ class GenerationExample:
 
 def evaluate_checkpoint(options: EvalOptions, echo: Echo = lambda _: None) -> Path:
     """Evaluate options.checkpoint on options.task; returns the path of the report's JSON."""
-    from graft.train.checkpoint import load_model
-    from graft.train.loop import resolve_device
+    from graft.checkpoint import load_model
+    from graft.device import resolve_device
 
     _check_options(options)
     device = resolve_device(options.device, what="--device")

@@ -1,7 +1,7 @@
 """The generation engine: many requests decoded together, with continuous batching.
 
 Requests wait in a FIFO queue. Each `step()` first admits waiting requests into free slots of one
-preallocated KV cache (infer/kv_cache.py: SlotKVCache) and runs each new prompt alone (prefill,
+preallocated KV cache (model/kv_cache.py: SlotKVCache) and runs each new prompt alone (prefill,
 batch 1, exactly as generate() runs it), then runs ONE forward pass of shape (running, 1) that
 adds a token to every running sequence. A sequence that finishes leaves at once and its slot goes
 to the next waiting request: the batch changes between steps, never within one.
@@ -54,9 +54,9 @@ import torch
 from graft.data.tokenizer import Tokenizer
 from graft.errors import GraftError
 from graft.infer.generate import GeneratedToken
-from graft.infer.kv_cache import SlotDecode, SlotKVCache
 from graft.infer.sampling import SamplingParams, TokenHistory, choose_next, top_logprobs
 from graft.infer.stream import TextStream
+from graft.model.kv_cache import SlotDecode, SlotKVCache
 from graft.model.transformer import Attention, LanguageModel, padding_attention_mask
 
 __all__ = [

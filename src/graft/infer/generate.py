@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from graft.infer.kv_cache import KVCache
 from graft.infer.sampling import (
     SamplingParams,
     TokenHistory,
@@ -22,6 +21,7 @@ from graft.infer.sampling import (
     sample_next,
     top_logprobs,
 )
+from graft.model.kv_cache import KVCache
 from graft.model.transformer import LanguageModel
 
 __all__ = ["GeneratedToken", "SamplingParams", "generate", "generate_steps", "sample_next"]

@@ -22,7 +22,7 @@ from torch import nn
 from graft.model.config import ModelConfig, RopeScaling
 
 if TYPE_CHECKING:
-    from graft.infer.kv_cache import KVCache
+    from graft.model.kv_cache import KVCache
 
 
 def _norm(config: ModelConfig) -> nn.Module:

@@ -14,8 +14,8 @@ from typing import Protocol
 
 import torch
 
+from graft.data.records import IGNORE_INDEX
 from graft.model.transformer import LanguageModel
-from graft.objectives.losses import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,13 @@ from typing import Literal
 import numpy as np
 import torch
 
+from graft.data.records import IGNORE_INDEX
 from graft.data.shards import TokenShards
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError, TokenizerError
 from graft.model.transformer import LanguageModel, prefix_attention_mask
 from graft.objectives.batch import Batch, LossSum, LossTotals
 from graft.objectives.clm import next_token_loss
-from graft.objectives.losses import IGNORE_INDEX
 from graft.objectives.mlm import EVAL_SEED, require_tokens
 from graft.objectives.spans import span_corruption, span_infilling
 

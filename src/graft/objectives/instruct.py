@@ -14,13 +14,12 @@ from collections.abc import Sequence
 import torch
 
 from graft.data.chat import encode_conversation
-from graft.data.records import Conversation
+from graft.data.records import IGNORE_INDEX, Conversation
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
 from graft.model.transformer import LanguageModel
 from graft.objectives.batch import Batch, LossSum, LossTotals, in_order
 from graft.objectives.clm import next_token_loss
-from graft.objectives.losses import IGNORE_INDEX
 
 
 class EncodedConversations:

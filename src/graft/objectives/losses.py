@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-IGNORE_INDEX = -100
+from graft.data.records import IGNORE_INDEX
+
 _CHUNK_ROWS = 512  # rows of logits alive at once (512 x 50k fp32 = 100 MB); fastest measured on CPU
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from graft.objectives.losses import IGNORE_INDEX
+from graft.data.records import IGNORE_INDEX
 
 
 def _check_fraction(name: str, value: float) -> None:

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from graft.data.records import IGNORE_INDEX
 from graft.data.shards import TokenShards
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError, TokenizerError
 from graft.model.transformer import LanguageModel
 from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states
-from graft.objectives.losses import IGNORE_INDEX
 from graft.objectives.masking import mask_tokens
 
 EVAL_SEED = 0  # validation masks are drawn once from this seed

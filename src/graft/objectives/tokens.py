@@ -13,12 +13,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from graft.data.records import IGNORE_INDEX
 from graft.data.tagged import TaggedSentence, align_tags
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
 from graft.model.transformer import LanguageModel, padding_attention_mask
 from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states, in_order
-from graft.objectives.losses import IGNORE_INDEX
 
 
 def tag_set(sentences: Sequence[TaggedSentence], where: str) -> tuple[str, ...]:

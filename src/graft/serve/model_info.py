@@ -48,9 +48,9 @@ class ModelInfo:
 def load_model_for_serving(path: Path, device: str) -> tuple[LanguageModel, Tokenizer, Path]:
     """The model, tokenizer and source directory (where its card and generation config are) of a
     checkpoint, run or Hugging Face directory."""
+    from graft.checkpoint import load_model, resolve_checkpoint
+    from graft.device import resolve_device
     from graft.model.convert.hf import is_hf_directory
-    from graft.train.checkpoint import load_model, resolve_checkpoint
-    from graft.train.loop import resolve_device
 
     path = Path(path)
     model, tokenizer = load_model(path, device=resolve_device(device, what="--device"))

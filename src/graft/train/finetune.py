@@ -3,7 +3,7 @@ task, labelled records, and the same `fit` loop as pre-training.
 
 `finetune` reads the records, fixes the label set from the training data (validation labels must be
 among them), gives the model the task's head (new heads start from the model's initialisation; the
-backbone keeps its weights unless adapt.from_scratch), marks what trains (graft.train.adapt), and
+backbone keeps its weights unless adapt.from_scratch), marks what trains (graft.adapt), and
 runs `fit`. The best checkpoint follows train.monitor (the task's metric by default).
 """
 
@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from graft import checkpoint as ckpt
+from graft.adapt import apply_adaptation, trainable_parameters
 from graft.atomic_files import write_atomic
 from graft.config import RunConfig
 from graft.data.chat import DEFAULT_CHAT_TEMPLATE
@@ -28,6 +30,7 @@ from graft.data.records import (
 )
 from graft.data.tagged import TaggedSentence, read_tagged
 from graft.data.tokenizer import Tokenizer
+from graft.device import resolve_device
 from graft.errors import ConfigError, DataError
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
@@ -35,9 +38,7 @@ from graft.objectives.batch import Objective
 from graft.objectives.classify import Classify, label_set
 from graft.objectives.instruct import Instruct
 from graft.objectives.tokens import TagTokens, tag_set
-from graft.train import checkpoint as ckpt
-from graft.train.adapt import apply_adaptation, trainable_parameters
-from graft.train.loop import Run, RunResult, fit, resolve_device
+from graft.train.loop import Run, RunResult, fit
 from graft.train.optim import build_optimizer
 
 

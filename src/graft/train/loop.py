@@ -2,15 +2,14 @@
 
 Read `fit` top to bottom: pick the learning rate, draw the micro-batches, accumulate gradients
 normalised by the number of target tokens in the whole step, clip, step the optimizer, log,
-evaluate, checkpoint, stop on a limit or on patience. `pretrain` sets a run up (data, model,
-optimizer, resume) and calls it. The loop never asks which objective it runs: an objective
-gives batches, a summed loss with its count, and its evaluation metrics.
+evaluate, checkpoint, stop on a limit or on patience. `train.pretrain` and `train.finetune` set
+a run up (data, model, optimizer, resume) and call it. The loop never asks which objective it
+runs: an objective gives batches, a summed loss with its count, and its evaluation metrics.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,17 +18,15 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from graft.atomic_files import write_atomic
-from graft.config import RunConfig, TrainConfig, model_problems
-from graft.data.shards import ShardIndex, TokenShards
+from graft import checkpoint as ckpt
+from graft.config import RunConfig, TrainConfig
 from graft.data.tokenizer import Tokenizer
-from graft.errors import CheckpointError, ConfigError, TokenizerError, TrainingError
+from graft.device import autocast_for
+from graft.errors import ConfigError, TrainingError
 from graft.model.transformer import LanguageModel
 from graft.objectives.batch import Batch, LossTotals, Objective
-from graft.objectives.build import build_objective, with_replay
-from graft.train import checkpoint as ckpt
 from graft.train.metrics_log import LOSS_CURVE_FILE, MetricsLog, plot_loss_curve
-from graft.train.optim import build_optimizer, learning_rate
+from graft.train.optim import learning_rate
 
 
 @dataclass
@@ -113,7 +110,7 @@ def fit(run: Run) -> RunResult:
     cfg, train_cfg = run.config, run.config.train
     model, objective, optimizer, state = run.model, run.objective, run.optimizer, run.state
     tokens_per_step = train_cfg.batch_size * train_cfg.grad_accum * cfg.seq_len
-    autocast = _autocast(run.device, train_cfg.precision)
+    autocast = autocast_for(run.device, train_cfg.precision)
     eval_batches = objective.eval_batches(train_cfg.batch_size, train_cfg.eval_batches)
     log = MetricsLog(run.run_dir, resume_from_step=state.step if run.resumed else None)
     result = RunResult(
@@ -258,193 +255,6 @@ def fit(run: Run) -> RunResult:
     result.step, result.tokens_seen = state.step, state.tokens_seen
     result.elapsed_s, result.best_metric = time.perf_counter() - clock, state.best_metric
     return result
-
-
-def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
-    """Set up a pre-training run from its config (fresh or resumed) and train it."""
-    if config.data.path is None:
-        raise ConfigError(
-            "data.path is not set: give a directory made by `graft data prepare` (--data.path=DIR)"
-        )
-    tokenizer, train_shards, val_shards = open_prepared(config.data.path)
-    initial: LanguageModel | None = None
-    if config.train.init is not None and not resume:
-        initial, config = _initial_model(config, tokenizer)
-    config = _with_vocab(config, tokenizer)
-
-    run_dir = config.train.out_dir
-    last = run_dir / "checkpoints" / "last"
-    if resume:
-        last = ckpt.resolve_checkpoint(last)
-        ckpt.verify_checkpoint(last)
-        trained_with = Tokenizer.load(last / ckpt.TOKENIZER_FILE)
-        if trained_with.sha256 != tokenizer.sha256:
-            raise TokenizerError(
-                f"--resume: {config.data.path} was prepared with tokenizer "
-                f"{tokenizer.sha256[:12]} but {last} was trained with {trained_with.sha256[:12]}; "
-                f"prepare the data with {last / ckpt.TOKENIZER_FILE} "
-                "or train into a new train.out_dir"
-            )
-        changed = ckpt.config_differences(ckpt.read_model_config(last), config.model)
-        if changed:
-            raise CheckpointError(
-                f"--resume: the model config differs from {last}: {'; '.join(changed)}; "
-                "resume with the original config or train into a new train.out_dir"
-            )
-    elif (run_dir / "checkpoints").exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run; "
-            "pass --resume to continue it, or set another train.out_dir"
-        )
-
-    device = resolve_device(config.train.device)
-    torch.manual_seed(config.train.seed)
-    model = (initial if initial is not None else LanguageModel(config.model)).to(device)
-    optimizer = build_optimizer(model, config.optim, device)
-    generator = torch.Generator().manual_seed(config.train.seed)
-    state = ckpt.TrainingState()
-    if resume:
-        ckpt.load_weights(model, last)
-        model.to(device)
-        optimizer = build_optimizer(model, config.optim, device)  # bound to the loaded tensors
-        state, rng = ckpt.load_training_state(last, optimizer)
-        torch.set_rng_state(rng.torch_cpu)
-        generator.set_state(rng.data)
-        if rng.cuda is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(rng.cuda, device)
-    if config.train.compile:
-        model.model.compile()  # in place: parameter names (and checkpoints) are unchanged
-    model.train()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", config.to_yaml())
-    assert config.model.vocab_size is not None  # _with_vocab took the tokenizer's
-    build = functools.partial(
-        build_objective,
-        config.objective,
-        seq_len=config.seq_len,
-        tokenizer=tokenizer,
-        vocab_size=config.model.vocab_size,
-        mask_doc_boundaries=config.data.mask_doc_boundaries,
-    )
-    objective = build(train_shards, val_shards)
-    if config.data.replay_path is not None:
-        _, replay_train, replay_val = open_prepared(
-            config.data.replay_path, expected_tokenizer=tokenizer
-        )
-        objective = with_replay(
-            objective, build(replay_train, replay_val), config.data.replay_fraction
-        )
-    run = Run(
-        config, model, objective, optimizer, tokenizer, device, generator, state, resumed=resume
-    )
-    # Deterministic kernels are a process-wide switch: set it for this run only.
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(config.train.deterministic or previous)
-    try:
-        return fit(run)
-    finally:
-        torch.use_deterministic_algorithms(previous)
-
-
-def open_prepared(
-    directory: Path, expected_tokenizer: Tokenizer | None = None
-) -> tuple[Tokenizer, TokenShards, TokenShards | None]:
-    """A prepared data directory's tokenizer and its train and val splits (val None when empty)."""
-    ShardIndex.load(directory)  # first: a missing or unprepared directory says "run data prepare"
-    tokenizer = Tokenizer.load(directory)
-    if expected_tokenizer is not None and tokenizer.sha256 != expected_tokenizer.sha256:
-        raise TokenizerError(
-            f"{directory} was prepared with tokenizer {tokenizer.sha256[:12]}, the run's data with "
-            f"{expected_tokenizer.sha256[:12]}; prepare both with the same tokenizer"
-        )
-    train = TokenShards.open(directory, "train", expected_tokenizer_sha256=tokenizer.sha256)
-    has_val = train.index.splits.get("val") is not None and train.index.splits["val"].tokens > 0
-    val = (
-        TokenShards.open(directory, "val", expected_tokenizer_sha256=tokenizer.sha256)
-        if has_val
-        else None
-    )
-    return tokenizer, train, val
-
-
-def _initial_model(config: RunConfig, tokenizer: Tokenizer) -> tuple[LanguageModel, RunConfig]:
-    """Continued pre-training: the weights of train.init, whose model config replaces the run's.
-    Model fields the run sets itself must agree with the checkpoint, except dropout (a training
-    choice)."""
-    init = config.train.init
-    assert init is not None
-    model, trained_with = ckpt.load_model(init)
-    if trained_with.sha256 != tokenizer.sha256:
-        raise TokenizerError(
-            f"train.init: {init} has tokenizer {trained_with.sha256[:12]} "
-            f"but {config.data.path} was prepared with {tokenizer.sha256[:12]}; "
-            f"prepare the data with --tokenizer {init}"
-        )
-    asked = config.model.model_dump(
-        include=config.model.model_fields_set - {"dropout", "vocab_size"}
-    )
-    clashes = [
-        f"model.{k}: run says {v!r}, checkpoint has {getattr(model.config, k)!r}"
-        for k, v in asked.items()
-        if getattr(model.config, k) != getattr(config.model, k)
-    ]
-    if clashes:
-        raise ConfigError(
-            f"train.init: the model comes from {init}; {'; '.join(clashes)} "
-            "(drop these model settings)"
-        )
-    model_config = model.config.model_copy(
-        update={"dropout": config.model.dropout}
-        if "dropout" in config.model.model_fields_set
-        else {}
-    )
-    if model_config != model.config:
-        reloaded = LanguageModel(model_config)
-        reloaded.load_state_dict(model.state_dict())
-        model = reloaded
-    config = config.model_copy(update={"model": model_config})
-    problems = model_problems(config)
-    if problems:
-        raise ConfigError(f"train.init {init}: " + "; ".join(problems))
-    return model, config
-
-
-def resolve_device(name: str, what: str = "train.device") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(
-            f"{what}: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps"
-        ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"{what}: {name!r} requested but this torch build has no CUDA device")
-    return device
-
-
-def _with_vocab(config: RunConfig, tokenizer: Tokenizer) -> RunConfig:
-    vocab = config.model.vocab_size
-    if vocab is None:
-        model = config.model.model_copy(update={"vocab_size": tokenizer.vocab_size})
-        return config.model_copy(update={"model": model})
-    if vocab < tokenizer.vocab_size:
-        raise ConfigError(
-            f"model.vocab_size ({vocab}) is smaller than the tokenizer's vocabulary "
-            f"({tokenizer.vocab_size}); leave it unset to take the tokenizer's"
-        )
-    return config
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager | None:
-    """bf16 autocast on CUDA by default; fp32 elsewhere (bf16 is 7-100x slower on common CPUs)."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return None
 
 
 def _monitored(metrics: dict[str, float], monitor: str, objective: str) -> float | None:

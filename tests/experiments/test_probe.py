@@ -1,4 +1,4 @@
-"""Tests for graft.evaluate.probe: pooled sequence features and the linear probe on them."""
+"""Tests for graft.experiments.probe: pooled sequence features and the linear probe on them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from graft.errors import ConfigError, DataError
-from graft.evaluate.probe import linear_probe, sequence_features
+from graft.experiments.probe import linear_probe, sequence_features
 from graft.model.config import preset
 from graft.model.transformer import LanguageModel
 

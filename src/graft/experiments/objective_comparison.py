@@ -24,13 +24,14 @@ from typing import Any, get_args
 import torch
 
 from graft.atomic_files import write_atomic
+from graft.checkpoint import load_model
 from graft.config import ObjectiveName, RunConfig, apply_override, validate_run_config
 from graft.data.records import TextRecord, read_labelled, stratified_split
+from graft.device import resolve_device
 from graft.errors import ConfigError, GraftError
-from graft.evaluate.probe import ProbeResult, linear_probe, sequence_features
-from graft.train.checkpoint import load_model
-from graft.train.loop import open_prepared, pretrain, resolve_device
+from graft.experiments.probe import ProbeResult, linear_probe, sequence_features
 from graft.train.metrics_log import METRICS_FILE, read_metrics
+from graft.train.pretrain import open_prepared, pretrain
 
 __all__ = ["ArmResult", "ComparisonOptions", "compare_objectives"]
 

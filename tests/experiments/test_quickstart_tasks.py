@@ -15,7 +15,7 @@ from graft.data.records import read_conversations, read_labelled
 from graft.data.stdlib_corpus import StdlibFunction, build_stdlib_corpus, iter_stdlib_functions
 from graft.data.tokenizer import bytes_tokenizer
 from graft.errors import DataError
-from graft.quickstart_tasks import (
+from graft.experiments.quickstart_tasks import (
     INSTRUCTION,
     ArmOutcome,
     Leaks,

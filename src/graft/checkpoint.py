@@ -29,18 +29,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import graft
-from graft.atomic_files import atomic_directory
-from graft.data.tokenizer import Tokenizer
-from graft.errors import CheckpointError
-from graft.model.config import ModelConfig
-from graft.model.transformer import LanguageModel, RotaryEmbedding
-from graft.train.adapt import (
+from graft.adapt import (
     ADAPTER_CONFIG_FILE,
     has_lora,
     load_adapter,
     save_adapter,
     split_lora_state,
 )
+from graft.atomic_files import atomic_directory
+from graft.data.tokenizer import Tokenizer
+from graft.errors import CheckpointError
+from graft.model.config import ModelConfig
+from graft.model.transformer import LanguageModel, RotaryEmbedding
 
 if TYPE_CHECKING:
     from graft.config import AdaptConfig

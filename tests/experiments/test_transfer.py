@@ -1,4 +1,4 @@
-"""Tests for graft.evaluate.transfer: every arm x size x seed fine-tuned from a tiny pre-trained
+"""Tests for graft.experiments.transfer: every arm x size x seed fine-tuned from a tiny pre-trained
 base and scored on one held-out test set, the report's table, comparison and plot, a test set
 disjoint from training and validation texts, refusals before any training, a failing run reported
 beside the others, resuming, and `graft experiment transfer` in-process."""
@@ -17,7 +17,7 @@ import pytest
 from graft.cli import main
 from graft.config import RunConfig
 from graft.errors import ConfigError
-from graft.evaluate.transfer import (
+from graft.experiments.transfer import (
     Cell,
     RunOutcome,
     TransferOptions,
@@ -241,7 +241,7 @@ def test_a_failing_run_is_reported_the_others_go_on_and_resume_keeps_finished_ru
 def test_an_interrupted_experiment_keeps_its_finished_runs_and_resumes(
     inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import graft.evaluate.transfer as transfer
+    import graft.experiments.transfer as transfer
 
     out = tmp_path / "interrupted"
     opts = options(inputs, out, arms=("probe",), sizes=(None,), seeds=(0, 1), max_steps=3)

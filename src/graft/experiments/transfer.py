@@ -36,18 +36,18 @@ from typing import Any
 
 import torch
 
+from graft.adapt import apply_adaptation, trainable_parameters
 from graft.atomic_files import write_atomic
+from graft.checkpoint import load_model
 from graft.config import RunConfig, load_finetune_config
 from graft.data.records import TextRecord, read_labelled, read_polarity, stratified_split
 from graft.data.tokenizer import Tokenizer
+from graft.device import resolve_device
 from graft.errors import ConfigError, GraftError
 from graft.evaluate.metrics import ClassificationMetrics, classification_metrics, mean_ci95
 from graft.model.transformer import LanguageModel
 from graft.objectives.classify import Classify
-from graft.train.adapt import apply_adaptation, trainable_parameters
-from graft.train.checkpoint import load_model
 from graft.train.finetune import finetune, sample_records
-from graft.train.loop import resolve_device
 
 __all__ = ["ARMS", "ARM_SETTINGS", "RunOutcome", "TransferOptions", "parse_sizes", "run_transfer"]
 

@@ -1,6 +1,6 @@
-"""Tests for graft.evaluate.objective_comparison: every objective trained on the same tiny data and
-probed on one labelled set, a failing arm reported beside the others, refusals before any training,
-and `graft experiment objectives` in-process."""
+"""Tests for graft.experiments.objective_comparison: every objective trained on the same tiny
+data and probed on one labelled set, a failing arm reported beside the others, refusals before any
+training, and `graft experiment objectives` in-process."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from graft.cli import main
 from graft.errors import ConfigError
-from graft.evaluate.objective_comparison import (
+from graft.experiments.objective_comparison import (
     DEFAULT_OBJECTIVES,
     ComparisonOptions,
     compare_objectives,

@@ -1,0 +1,49 @@
+"""The layering a reader can trust (DESIGN.md), read off the imports of every module in src/graft:
+lower layers never import higher ones."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "graft"
+
+# package -> the graft packages it must never import
+FORBIDDEN = {
+    "model": {"train", "objectives", "infer", "serve", "evaluate", "experiments"},
+    "data": {"train", "objectives", "experiments"},
+    "infer": {"train", "experiments"},
+    "serve": {"train", "experiments"},
+    "evaluate": {"train", "experiments"},
+    "objectives": {"train", "serve", "infer", "evaluate", "experiments"},
+    "train": {"serve", "experiments"},
+}
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) of every graft import in a file, at any depth (lazy imports count too)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append((node.lineno, node.module))
+    return [(line, name) for line, name in found if name.split(".")[0] == "graft"]
+
+
+def test_no_module_imports_a_layer_above_it() -> None:
+    broken = []
+    for path in sorted(SRC.rglob("*.py")):
+        parts = path.relative_to(SRC).parts
+        if len(parts) < 2 or parts[0] not in FORBIDDEN:
+            continue
+        for line, module in _imports(path):
+            target = module.split(".")[1] if module.count(".") else ""
+            if target in FORBIDDEN[parts[0]]:
+                broken.append(f"{path.relative_to(SRC.parent)}:{line} imports {module}")
+    assert not broken, "layering broken:\n" + "\n".join(broken)
+
+
+def test_the_walk_sees_imports() -> None:
+    """The checker itself: it finds a known import, so an empty result above means something."""
+    assert (1, "graft.errors") in [(1, m) for _, m in _imports(SRC / "model" / "config.py")]
