@@ -76,7 +76,6 @@ class DataConfig(Section):
 ObjectiveName = Literal[
     "clm", "mlm", "nsp", "mlm+nsp", "denoise", "mix", "classify", "tokens", "instruct"
 ]
-FINETUNE_OBJECTIVES = ("classify", "tokens", "instruct")
 # What each objective needs of the model: decoders keep causal attention (they export as causal
 # LMs); masked LM and NSP read both directions.
 DECODER_OBJECTIVES = ("clm", "denoise", "instruct")

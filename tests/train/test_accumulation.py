@@ -5,14 +5,23 @@ import torch
 from graft.data.records import IGNORE_INDEX
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
-from graft.objectives.batch import Batch
-from graft.objectives.clm import CausalLM
+from graft.objectives.batch import Batch, LossSum
+from graft.objectives.clm import next_token_loss
 from graft.train.loop import accumulate_gradients
+
+
+class NextToken:
+    """The loss of every LM-head objective, over batches built here rather than from shards."""
+
+    name = "next_token"
+
+    def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
+        return next_token_loss(model, batch)
 
 
 def grads_after(model: LanguageModel, micro: list[Batch]) -> dict[str, torch.Tensor]:
     model.zero_grad(set_to_none=True)
-    accumulate_gradients(model, CausalLM.loss_only(), micro)
+    accumulate_gradients(model, NextToken(), micro)  # type: ignore[arg-type]
     return {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
@@ -34,7 +43,7 @@ def test_four_micro_batches_of_two_equal_one_batch_of_eight():
     # A per-micro-batch mean (the common mistake) is measurably different: the test can fail.
     model.zero_grad(set_to_none=True)
     for i in range(0, 8, 2):
-        out = CausalLM.loss_only().loss(model, Batch(x[i : i + 2], y[i : i + 2]))
+        out = next_token_loss(model, Batch(x[i : i + 2], y[i : i + 2]))
         (out.total / out.count / 4).backward()
     wrong = {n: p.grad for n, p in model.named_parameters()}
     assert max((wrong[n] - big[n]).abs().max().item() for n in big) > 1e-4

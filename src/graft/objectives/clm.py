@@ -71,15 +71,6 @@ class CausalLM:
         self.mask_doc_boundaries = mask_doc_boundaries
         self.eot_id = train.index.eot_id
 
-    @classmethod
-    def loss_only(cls) -> CausalLM:
-        """The objective without data: for scoring batches built elsewhere (tests, evaluation)."""
-        objective = cls.__new__(cls)
-        # No data: `train` stays unset (its batches are not for use), and no validation split.
-        objective.val = None
-        objective.seq_len, objective.mask_doc_boundaries, objective.eot_id = 0, False, -1
-        return objective
-
     def _batch(self, shards: TokenShards, starts: list[int]) -> Batch:
         T = self.seq_len
         windows = torch.from_numpy(
