@@ -9,7 +9,8 @@ This module owns how a checkpoint meets evaluation data; the numbers themselves 
   it (as lm-evaluation-harness counts bits per byte and word perplexity). Windows may cross a
   document boundary, as packed training windows do.
 - `evaluate_classify`: labelled records through the checkpoint's sequence classifier, framed and
-  batched by `Classify` exactly as fine-tuning validated them.
+  batched by `Classify` exactly as fine-tuning validated them (the framing is
+  `graft.data.inputs.model_inputs`, which the server uses too).
 - `evaluate_tokens`: tagged sentences through the token classifier, one tag per word read from
   its first sub-token (`TagTokens`' alignment); words cut off by the context are predicted "O".
 - `evaluate_generate`: greedy decoding from prompts (a conversation rendered with the chat
@@ -64,6 +65,7 @@ __all__ = [
     "EVAL_TASKS",
     "EvalOptions",
     "EvalTask",
+    "classify_probabilities",
     "default_out_dir",
     "evaluate_checkpoint",
     "evaluate_classify",
@@ -224,7 +226,7 @@ def _check_head(model: LanguageModel, options: EvalOptions, head: str, how: str)
 
 
 def _check_decoder(model: LanguageModel, options: EvalOptions) -> None:
-    if model.config.attention != "causal":
+    if model.config.is_encoder:
         raise CheckpointError(
             f"{options.checkpoint}: is an encoder (bidirectional attention); --task {options.task} "
             "needs a causal language model"
@@ -370,25 +372,16 @@ def evaluate_classify(
     records = _limited(records, options.limit)
     labels = model.config.labels
     max_len = _context(model, options)
-    # The same encoding, framing and batching as fine-tuning's validation, with no training
-    # records; it refuses a label the model does not know, naming the record's file:line.
+    # The same encoding, framing and batching as fine-tuning's validation (and the server's
+    # text -> ids path, graft.data.inputs), with no training records; it refuses a label the model
+    # does not know, naming the record's file:line.
     classify = Classify(
-        (),
-        records,
-        tokenizer,
-        labels,
-        max_len,
-        bidirectional=model.config.attention == "bidirectional",
+        (), records, tokenizer, labels, max_len, bidirectional=model.config.is_encoder
     )
     echo(f"classifying {len(records):,} texts into {len(labels)} labels")
-    device = _device(model)
-    predicted: list[int] = []
-    confidence: list[float] = []
-    for batch in classify.eval_batches(options.batch_size, 0):
-        probs = torch.softmax(classify.logits(model, batch.to(device)), dim=-1)
-        top = probs.max(dim=-1)
-        predicted += top.indices.tolist()
-        confidence += top.values.tolist()
+    top = classify_probabilities(model, classify, options.batch_size).max(dim=-1)
+    predicted: list[int] = top.indices.tolist()
+    confidence: list[float] = top.values.tolist()
     y_true = [r.label for r in records]
     y_pred = [labels[i] for i in predicted]
     scores = classification_metrics(y_true, y_pred, labels=labels)
@@ -419,6 +412,20 @@ def evaluate_classify(
     return json_path
 
 
+@torch.inference_mode()
+def classify_probabilities(
+    model: LanguageModel, classify: Classify, batch_size: int
+) -> torch.Tensor:
+    """Class probabilities (N, labels), float32 on the CPU, of every validation text of `classify`
+    in order: graft eval's prediction, which /v1/classify must reproduce for the same texts."""
+    device = _device(model)
+    probs = [
+        torch.softmax(classify.logits(model, batch.to(device)), dim=-1).cpu()
+        for batch in classify.eval_batches(batch_size, 0)
+    ]
+    return torch.cat(probs) if probs else torch.empty(0, len(classify.labels))
+
+
 # -- token tagging ---------------------------------------------------------------------------
 
 
@@ -440,12 +447,7 @@ def evaluate_tokens(
     max_len = _context(model, options)
     # Encodes with the training alignment; a tag the model does not know names its file:line.
     tagger = TagTokens(
-        (),
-        sentences,
-        tokenizer,
-        tags,
-        max_len,
-        bidirectional=model.config.attention == "bidirectional",
+        (), sentences, tokenizer, tags, max_len, bidirectional=model.config.is_encoder
     )
     echo(f"tagging {len(sentences):,} sentences with {len(tags)} tags")
     device = _device(model)

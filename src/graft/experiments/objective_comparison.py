@@ -26,6 +26,7 @@ import torch
 from graft.atomic_files import write_atomic
 from graft.checkpoint import load_model
 from graft.config import ObjectiveName, RunConfig, apply_override, validate_run_config
+from graft.data.inputs import model_inputs
 from graft.data.records import TextRecord, read_labelled, stratified_split
 from graft.device import resolve_device
 from graft.errors import ConfigError, GraftError
@@ -278,14 +279,12 @@ def _probe(config: RunConfig, probe_set: ProbeSet) -> tuple[ProbeResult, int]:
     device = resolve_device(config.train.device)
     model, tokenizer = load_model(config.train.out_dir / "checkpoints" / "last", device=device)
     seq_len = config.seq_len
-    cls, sep = tokenizer.cls_id, tokenizer.sep_id
 
     def features(records: list[TextRecord]) -> torch.Tensor:
-        ids = tokenizer.encode_batch([r.text for r in records])
-        # Encoders trained on [CLS] text [SEP] windows; they are probed on texts framed the same
-        # way.
-        if model.config.attention == "bidirectional" and cls is not None and sep is not None:
-            ids = [[cls, *seq[: seq_len - 2], sep] for seq in ids]
+        # Encoders trained on [CLS] text [SEP] windows are probed on texts framed the same way,
+        # by the one text -> model-input path that fine-tuning and serving take.
+        texts = [r.text for r in records]
+        ids = model_inputs(tokenizer, texts, framed=model.config.is_encoder, max_len=seq_len).ids
         # Padding is masked out of attention and pooling, so any id serves when there is no pad
         # token.
         return sequence_features(

@@ -726,14 +726,18 @@ class Engine:
 
     @torch.inference_mode()
     def embed(self, ids_batch: list[list[int]]) -> torch.Tensor:
-        """Mean of the final hidden states over each input's tokens, float32 (N, d_model)."""
+        """Mean of the final hidden states over each input's tokens, float32 (N, d_model).
+
+        The ids are model inputs, made from text by `graft.data.inputs.model_inputs` (an encoder's
+        framed as [CLS] ... [SEP]); the mean covers every one of them, frame included."""
         hidden, real = self._hidden(ids_batch)
         weights = real.to(hidden.dtype)[..., None]  # (N, T, 1): padding counts for nothing
         return ((hidden * weights).sum(dim=1) / weights.sum(dim=1)).float()
 
     @torch.inference_mode()
     def classify(self, ids_batch: list[list[int]]) -> torch.Tensor:
-        """Class probabilities (N, labels), float32, of a model with a sequence classifier head."""
+        """Class probabilities (N, labels), float32, of a model with a sequence classifier head;
+        the ids are model inputs, as for `embed` (an encoder's classifier reads [CLS])."""
         if self.model_config.head != "sequence":
             raise ValueError(
                 "classification needs a model with a sequence classifier head; "

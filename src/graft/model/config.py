@@ -177,6 +177,13 @@ class ModelConfig(BaseModel):
         return self
 
     @property
+    def is_encoder(self) -> bool:
+        """An encoder (BERT, RoBERTa): it reads every token at once, cannot generate, and reads
+        each text framed as `[CLS] text [SEP]` (graft.data.inputs) in training, evaluation and
+        serving alike."""
+        return self.attention == "bidirectional"
+
+    @property
     def qkv_bias(self) -> bool:
         """Whether q_proj, k_proj and v_proj carry biases (o_proj and the MLP follow `bias`)."""
         return self.bias if self.attention_bias is None else self.attention_bias

@@ -1,8 +1,9 @@
 """Sequence classification (spam, sentiment): labelled texts in, one label per text out.
 
-Texts are encoded once, truncated to the context (`[CLS] text [SEP]` for encoders, which classify
-from the pooled first token; decoders classify from their last real token, the only one that has
-seen the whole text) and right-padded per batch. Training draws random examples; validation walks
+Texts are encoded once by `graft.data.inputs.model_inputs`, the path `graft eval` and the server
+share (`[CLS] text [SEP]` for encoders, which classify from the pooled first token; decoders
+classify from their last real token, the only one that has seen the whole text), truncated to the
+context and right-padded per batch. Training draws random examples; validation walks
 every example in order. Class weights ("balanced": n / (classes * count)) can counter imbalanced
 labels; they average 1 over the training set, so the loss keeps its scale. Accuracy and F1 come
 from additive per-class counts, so they are exact over any number of batches.
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from graft.data.inputs import model_inputs
 from graft.data.records import TextRecord
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
@@ -55,17 +57,10 @@ class EncodedTexts:
         frame: bool,
     ) -> None:
         index = {label: i for i, label in enumerate(labels)}
-        cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
-        # The ids that frame each text as [CLS] text [SEP], or None for bare texts.
-        ends = (cls_id, sep_id) if frame and cls_id is not None and sep_id is not None else None
-        budget = max_len - 2 if ends else max_len
-        self.ids: list[list[int]] = []
-        self.truncated = 0
-        for encoded in tokenizer.encode_batch([r.text for r in records]):
-            if len(encoded) > budget:
-                self.truncated += 1
-                encoded = encoded[:budget]
-            self.ids.append([ends[0], *encoded, ends[1]] if ends else encoded)
+        # The one text -> ids path, which graft eval and the server share.
+        inputs = model_inputs(tokenizer, [r.text for r in records], framed=frame, max_len=max_len)
+        self.ids: list[list[int]] = inputs.ids
+        self.truncated = sum(inputs.truncated)
         self.labels = torch.tensor([index[r.label] for r in records], dtype=torch.long)
         for ids, record in zip(self.ids, records):
             if not ids:

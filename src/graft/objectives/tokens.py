@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from graft.data.inputs import input_frame
 from graft.data.records import IGNORE_INDEX
 from graft.data.tagged import TaggedSentence, align_tags
 from graft.data.tokenizer import Tokenizer
@@ -48,9 +49,8 @@ class EncodedSentences:
         frame: bool,
     ) -> None:
         index = {label: i for i, label in enumerate(labels)}
-        cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
-        # The ids that frame each sentence as [CLS] ... [SEP], or None for bare sentences.
-        ends = (cls_id, sep_id) if frame and cls_id is not None and sep_id is not None else None
+        # [CLS] ... [SEP] for encoders, as every text a model reads (graft.data.inputs).
+        framing = input_frame(tokenizer, framed=frame)
         self.ids: list[list[int]] = []
         self.labels: list[list[int]] = []
         self.truncated = 0
@@ -65,14 +65,12 @@ class EncodedSentences:
                 sentence.words,
                 sentence.tags,
                 index,
-                max_len - 2 if ends else max_len,
+                framing.budget(max_len),
                 source=sentence.source,
             )
             self.truncated += cut
-            if ends:
-                ids, tags = [ends[0], *ids, ends[1]], [IGNORE_INDEX, *tags, IGNORE_INDEX]
-            self.ids.append(ids)
-            self.labels.append(tags)
+            self.ids.append(framing.wrap(ids))
+            self.labels.append(framing.align(tags, IGNORE_INDEX))
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -1,8 +1,11 @@
 """/v1/embeddings and /v1/classify: requests that read text without generating any.
 
-Each input is one forward pass's worth of tokens; the engine mean-pools hidden states (embeddings)
-or runs the classification head (classify). Those forward passes run in a worker thread, so the
-event loop keeps streaming other requests' tokens meanwhile.
+Each input is one forward pass's worth of tokens, turned into model inputs by
+`graft.data.inputs.model_inputs` exactly as fine-tuning and `graft eval` turn texts into them (an
+encoder reads `[CLS] text [SEP]`). The engine mean-pools the final hidden states over every token
+the model read, frame included (embeddings, as sentence-transformers' mean pooling does), or runs
+the classification head (classify). Those forward passes run in a worker thread, so the event loop
+keeps streaming other requests' tokens meanwhile.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import numpy as np
 from fastapi import APIRouter, Depends
 from starlette.concurrency import run_in_threadpool
 
+from graft.data.inputs import model_inputs
 from graft.data.tokenizer import Tokenizer
 from graft.infer.engine import Engine
 from graft.serve.completions import check_model
@@ -40,31 +44,38 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 def input_ids(
     inputs: str | list[str] | list[int] | list[list[int]], tokenizer: Tokenizer, info: ModelInfo
 ) -> list[list[int]]:
-    """Token ids per input, each checked to be non-empty, in the vocabulary and within the
-    context."""
+    """The ids the model reads per input, each checked to be non-empty, in the vocabulary and
+    within the context. Texts and token ids alike (ids are a text's tokens without special
+    tokens) go through `model_inputs`, the path fine-tuning and `graft eval` take, so an encoder
+    reads `[CLS] text [SEP]` here exactly as it was trained."""
+    # A text's bare tokens first, so that an empty text is refused rather than read as [CLS] [SEP].
     if isinstance(inputs, str):
-        batch: list[list[int]] = [tokenizer.encode(inputs)]
+        bare: list[list[int]] = [tokenizer.encode(inputs)]
     elif not inputs:
-        batch = []  # set apart, so that inputs[0] below tells which kind of list this is
+        bare = []  # set apart, so that inputs[0] below tells which kind of list this is
     elif isinstance(inputs[0], str):
-        batch = [tokenizer.encode(text) for text in inputs]
+        bare = [tokenizer.encode(text) for text in inputs]
     elif isinstance(inputs[0], int):
-        batch = [list(inputs)]
+        bare = [list(inputs)]
     else:
-        batch = [list(ids) for ids in inputs]
+        bare = [list(ids) for ids in inputs]
+    # Never cut: an input longer than the context is refused, as OpenAI's API refuses it.
+    batch = model_inputs(tokenizer, bare, framed=info.config.is_encoder, max_len=None).ids
     vocab, context = info.config.vocab_size or tokenizer.vocab_size, info.config.max_seq_len
-    for i, ids in enumerate(batch):
+    for i, (text_ids, ids) in enumerate(zip(bare, batch)):
         where = "input" if len(batch) == 1 else f"input[{i}]"
-        if not ids:
+        if not text_ids:
             raise APIError(400, f"{where}: empty; give some text", param="input")
         if len(ids) > context:
+            framing = len(ids) - len(text_ids)
+            with_frame = f" ({framing} of them framing the text)" if framing else ""
             raise APIError(
                 400,
-                f"{where}: {len(ids)} tokens; the model's context is {context}",
+                f"{where}: {len(ids)} tokens{with_frame}; the model's context is {context}",
                 param="input",
                 code="context_length_exceeded",
             )
-        if (bad := max(ids)) >= vocab:
+        if (bad := max(text_ids)) >= vocab:
             raise APIError(
                 400,
                 f"{where}: token id {bad} is outside the vocabulary (0..{vocab - 1})",

@@ -38,11 +38,11 @@ class ModelInfo:
         cfg = self.config
         if cfg.head != "lm":
             return f"{cfg.head} classifier"
-        return "encoder" if cfg.attention == "bidirectional" else "causal LM"
+        return "encoder" if cfg.is_encoder else "causal LM"
 
     @property
     def can_generate(self) -> bool:
-        return self.config.head == "lm" and self.config.attention == "causal"
+        return self.config.head == "lm" and not self.config.is_encoder
 
 
 def load_model_for_serving(path: Path, device: str) -> tuple[LanguageModel, Tokenizer, Path]:
@@ -105,9 +105,7 @@ def summary_card(model: LanguageModel, tokenizer: Tokenizer, name: str) -> str:
     params = sum(p.numel() for p in model.parameters())
     what = {"sequence": "A sequence classifier", "token": "A token classifier"}.get(
         cfg.head,
-        "A bidirectional encoder"
-        if cfg.attention == "bidirectional"
-        else "A causal language model",
+        "A bidirectional encoder" if cfg.is_encoder else "A causal language model",
     )
     lines = [
         f"# {name}",
