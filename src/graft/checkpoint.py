@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -38,7 +38,7 @@ from graft.adapt import (
 )
 from graft.atomic_files import atomic_directory
 from graft.data.tokenizer import Tokenizer
-from graft.errors import CheckpointError
+from graft.errors import CheckpointError, ConfigError, TokenizerError
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel, RotaryEmbedding
 
@@ -64,6 +64,10 @@ class TrainingState:
         None  # the best value of train.monitor so far (val/loss unless told)
     )
     evals_without_improvement: int = 0
+    # Tokens seen when warm-up ended, where the token-based decay starts: real tokens vary from
+    # step to step, so the boundary is recorded, not estimated. None until then, and in checkpoints
+    # written before it was kept (the loop then derives it once, see train.loop).
+    warmup_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -188,16 +192,18 @@ def read_model_config(directory: Path) -> ModelConfig:
 
 
 def load_model(
-    path: Path, *, device: torch.device | str = "cpu"
+    path: Path, *, device: torch.device | str = "cpu", verify: bool = True
 ) -> tuple[LanguageModel, Tokenizer]:
-    """The model (in eval mode) and tokenizer of a checkpoint or run directory, verified first.
-    A Hugging Face model directory (config.json with a model_type) is accepted too."""
+    """The model (in eval mode) and tokenizer of a checkpoint or run directory, verified first
+    (unless the caller just did). A Hugging Face model directory (config.json with a model_type)
+    is accepted too."""
     from graft.model.convert.hf import is_hf_directory
 
     if is_hf_directory(Path(path)):
         return load_hf_checkpoint(Path(path), device=device)
     directory = resolve_checkpoint(path)
-    verify_checkpoint(directory)
+    if verify:
+        verify_checkpoint(directory)
     config = read_model_config(directory)
     with torch.device("meta"):
         model = LanguageModel(config)  # no wasted random init: weights come from the file
@@ -277,7 +283,59 @@ def load_training_state(
     return state, RngStates(torch_cpu=rng["torch_cpu"], data=rng["data"], cuda=rng.get("cuda"))
 
 
-def config_differences(old: ModelConfig, new: ModelConfig) -> list[str]:
+def restore_training_state(
+    directory: Path,
+    optimizer: torch.optim.Optimizer,
+    data_generator: torch.Generator,
+    device: torch.device,
+) -> TrainingState:
+    """Load the optimizer moments and training state saved in `directory`, and put the random
+    generators (dropout, data order) back where they were: what makes a resume exact."""
+    state, rng = load_training_state(directory, optimizer)
+    torch.set_rng_state(rng.torch_cpu)
+    data_generator.set_state(rng.data)
+    if rng.cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(rng.cuda, device)
+    return state
+
+
+def resume_point(run_dir: Path, *, resume: bool) -> Path | None:
+    """The verified checkpoints/last of the run in `run_dir` when resuming; None for a fresh run,
+    which must not overwrite a run already there."""
+    if not resume:
+        if (run_dir / "checkpoints").exists():
+            raise ConfigError(
+                f"{run_dir} already holds a run; "
+                "pass --resume to continue it, or set another train.out_dir"
+            )
+        return None
+    last = resolve_checkpoint(run_dir / "checkpoints" / "last")
+    verify_checkpoint(last)
+    return last
+
+
+def check_resumable(
+    last: Path, model: ModelConfig, tokenizer: Tokenizer, *, tokenizer_source: str, fix: str
+) -> None:
+    """Refuse to resume `last` with another tokenizer or model config: its weights and optimizer
+    moments only mean something for the ones it was trained with. `tokenizer_source` says where
+    the run's tokenizer came from ("DIR was prepared with"), `fix` how to get the right one."""
+    trained_with = Tokenizer.load(last / TOKENIZER_FILE)
+    if trained_with.sha256 != tokenizer.sha256:
+        raise TokenizerError(
+            f"--resume: {tokenizer_source} tokenizer {tokenizer.sha256[:12]} "
+            f"but {last} was trained with {trained_with.sha256[:12]}; "
+            f"{fix} or train into a new train.out_dir"
+        )
+    changed = config_differences(read_model_config(last), model)
+    if changed:
+        raise CheckpointError(
+            f"--resume: the model config differs from {last}: {'; '.join(changed)}; "
+            "resume with the original config or train into a new train.out_dir"
+        )
+
+
+def config_differences(old: BaseModel, new: BaseModel) -> list[str]:
     a, b = old.model_dump(), new.model_dump()
     return [f"{k}: {a[k]!r} -> {b[k]!r}" for k in a if a[k] != b[k]]
 

@@ -217,6 +217,11 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
         )
         t.add_argument("--config", type=Path, help="YAML recipe (see configs/finetune/)")
         t.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the run in train.out_dir from checkpoints/last",
+        )
+        t.add_argument(
             "--print-config", action="store_true", help="print the resolved config and exit"
         )
         t.add_argument(
@@ -717,11 +722,11 @@ def _run_finetune(args: argparse.Namespace, extra: list[str]) -> int:
         return 0
     from graft.train.finetune import finetune
 
-    result = finetune(config, echo=print)
+    result = finetune(config, resume=args.resume, echo=print)
     if result.stop_reason == "interrupted":
         print(
-            f"interrupted at step {result.step}; checkpoints in {result.run_dir / 'checkpoints'} "
-            "are intact",
+            f"interrupted at step {result.step}; the last complete checkpoint in "
+            f"{result.run_dir / 'checkpoints'} is intact: continue with --resume",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED

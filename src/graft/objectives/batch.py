@@ -35,7 +35,9 @@ class Batch:
     sequence_targets: torch.Tensor | None = (
         None  # (B,) one label per sequence (NSP: is-next; a class)
     )
-    lengths: torch.Tensor | None = None  # (B,) real tokens per right-padded row
+    # (B,) real tokens per right-padded row; None = no padding, every position is real. An
+    # objective that pads rows must set it: n_tokens, and every token count of the loop, read it.
+    lengths: torch.Tensor | None = None
     part: str = ""  # which part of a mixture built it
     # A mixture's batch: its loss comes back as the part's mean per row times the rows (mix.py),
     # so its units are rows, not the targets its part scored.
@@ -48,6 +50,15 @@ class Batch:
             if isinstance(getattr(self, f.name), torch.Tensor)
         }
         return replace(self, **moved)
+
+    @property
+    def n_tokens(self) -> int:
+        """Real input tokens: the positions that are not padding (every position of a packed
+        window). The one count behind tokens seen, tokens/s, train.max_tokens and the token-based
+        learning-rate decay."""
+        if self.lengths is not None:
+            return int(self.lengths.sum())
+        return int(self.input_ids.numel())
 
     @property
     def n_targets(self) -> int:

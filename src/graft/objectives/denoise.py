@@ -116,7 +116,7 @@ class Denoise:
 
     def _batch(self, shards: TokenShards, starts: list[int], generator: torch.Generator) -> Batch:
         T = self.seq_len
-        rows, labels, prefixes = [], [], []
+        rows, labels, prefixes, lengths = [], [], [], []
         for s in starts:
             corrupted, target = self.corrupt(
                 shards.tokens[s : s + self.window].astype(np.int64), generator
@@ -133,9 +133,12 @@ class Denoise:
             rows.append(padded[:-1])
             labels.append(label)
             prefixes.append(len(corrupted))
+            lengths.append(min(n, T))  # the inputs are the sequence without its last position
         input_ids, targets = torch.from_numpy(np.stack(rows)), torch.from_numpy(np.stack(labels))
         mask = prefix_attention_mask(torch.tensor(prefixes), T) if self.prefix_lm else None
-        return Batch(input_ids, targets, attention_mask=mask, causal=True)
+        return Batch(
+            input_ids, targets, attention_mask=mask, causal=True, lengths=torch.tensor(lengths)
+        )
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         starts = torch.randint(

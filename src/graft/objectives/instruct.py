@@ -81,16 +81,17 @@ class Instruct:
         )
 
     def batch(self, data: EncodedConversations, rows: list[int]) -> Batch:
-        T = max(len(data.ids[i]) for i in rows) - 1
+        # Inputs are a sequence without its last token.
+        lengths = torch.tensor([len(data.ids[i]) - 1 for i in rows])
+        T = int(lengths.max())
         input_ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
         targets = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
         for j, i in enumerate(rows):
             ids, labels = data.ids[i], data.labels[i]
             input_ids[j, : len(ids) - 1] = torch.tensor(ids[:-1])
             targets[j, : len(ids) - 1] = torch.tensor(labels[1:])
-        return Batch(
-            input_ids, targets, causal=True
-        )  # right padding: causal attention never reaches it
+        # Right padding: causal attention never reaches it.
+        return Batch(input_ids, targets, causal=True, lengths=lengths)
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         return self.batch(

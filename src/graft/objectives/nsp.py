@@ -111,7 +111,7 @@ class NextSentence:
         same_document_negatives: float = 0.0,
     ) -> Batch:
         tokens = np.asarray(shards.tokens)
-        ids, types, real, labels = [], [], [], []
+        ids, types, real, lengths, labels = [], [], [], [], []
         for _ in range(batch_size):
             pair = sample_pair(
                 tokens,
@@ -130,6 +130,7 @@ class NextSentence:
             ids.append(packed)
             types.append(token_types)
             real.append(np.arange(self.seq_len) < n_real)
+            lengths.append(n_real)
             # BertForPreTraining's next_sentence_label: 0 = B follows A.
             labels.append(0 if pair.is_next else 1)
         input_ids = torch.from_numpy(np.stack(ids).astype(np.int64))
@@ -144,6 +145,7 @@ class NextSentence:
             token_type_ids=torch.from_numpy(np.stack(types).astype(np.int64)),
             attention_mask=is_real[:, None, None, :],
             sequence_targets=torch.tensor(labels),
+            lengths=torch.tensor(lengths),
         )
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:

@@ -4,7 +4,9 @@ task, labelled records, and the same `fit` loop as pre-training.
 `finetune` reads the records, fixes the label set from the training data (validation labels must be
 among them), gives the model the task's head (new heads start from the model's initialisation; the
 backbone keeps its weights unless adapt.from_scratch), marks what trains (graft.adapt), and
-runs `fit`. The best checkpoint follows train.monitor (the task's metric by default).
+runs `fit`. The best checkpoint follows train.monitor (the task's metric by default). With
+`resume`, the same setup is rebuilt and then takes the weights, optimizer, training state and
+random generators of the run's checkpoints/last, so the run continues exactly.
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 
 from graft import checkpoint as ckpt
 from graft.adapt import apply_adaptation, trainable_parameters
 from graft.atomic_files import write_atomic
-from graft.config import RunConfig
+from graft.config import AdaptConfig, RunConfig
 from graft.data.chat import DEFAULT_CHAT_TEMPLATE
 from graft.data.records import (
     Conversation,
@@ -31,7 +34,7 @@ from graft.data.records import (
 from graft.data.tagged import TaggedSentence, read_tagged
 from graft.data.tokenizer import Tokenizer
 from graft.device import resolve_device
-from graft.errors import ConfigError, DataError
+from graft.errors import CheckpointError, ConfigError, DataError
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
 from graft.objectives.batch import Objective
@@ -52,8 +55,11 @@ class TaskData:
     notes: tuple[str, ...] = ()
 
 
-def finetune(config: RunConfig, *, echo: Callable[[str], None] | None = None) -> RunResult:
-    """Fine-tune train.init on the task of config.objective.name and return the run's result."""
+def finetune(
+    config: RunConfig, *, resume: bool = False, echo: Callable[[str], None] | None = None
+) -> RunResult:
+    """Fine-tune train.init on the task of config.objective.name (or, with `resume`, continue the
+    run in train.out_dir) and return the run's result."""
     say = echo or (lambda message: print(message, file=sys.stderr))
     if config.train.init is None:
         raise ConfigError(
@@ -65,8 +71,7 @@ def finetune(config: RunConfig, *, echo: Callable[[str], None] | None = None) ->
             "data.train_file: give the labelled training records (--data.train_file=FILE)"
         )
     run_dir = config.train.out_dir
-    if (run_dir / "checkpoints").exists():
-        raise ConfigError(f"{run_dir} already holds a run; set another train.out_dir")
+    last = ckpt.resume_point(run_dir, resume=resume)
     base, tokenizer = ckpt.load_model(config.train.init)
     if tokenizer.pad_id is None:
         # Batches are padded; GPT-2's tokenizer, for one, has no pad token.
@@ -95,9 +100,18 @@ def finetune(config: RunConfig, *, echo: Callable[[str], None] | None = None) ->
             ),
         )
     )
+    if last is not None:
+        ckpt.check_resumable(
+            last,
+            model_config,
+            tokenizer,
+            tokenizer_source=f"train.init {config.train.init} comes with",
+            fix="resume with the original train.init",
+        )
+        _check_same_adaptation(last, config.adapt)
     torch.manual_seed(config.train.seed)
     model = LanguageModel(model_config)
-    if not config.adapt.from_scratch:
+    if last is None and not config.adapt.from_scratch:
         missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
         new = [name for name in missing if not name.startswith(("classifier.", "pooler."))]
         if new:  # never silently train a half-loaded model
@@ -106,6 +120,12 @@ def finetune(config: RunConfig, *, echo: Callable[[str], None] | None = None) ->
             )
         del unexpected  # heads of another task (nsp_head for a classifier...) are kept but unused
     apply_adaptation(model, config.adapt)
+    if last is not None:
+        # Copied in place, LoRA adapter included, so the parameters apply_adaptation marked as
+        # trainable are the ones that go on training.
+        trained, _ = ckpt.load_model(last, verify=False)  # resume_point verified it
+        model.load_state_dict(trained.state_dict())
+        del trained
     trainable, total = trainable_parameters(model)
     for note in task.notes:
         say(note)
@@ -119,6 +139,11 @@ def finetune(config: RunConfig, *, echo: Callable[[str], None] | None = None) ->
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.yaml", config.to_yaml())
     optimizer = build_optimizer(model, config.optim, device)
+    generator = torch.Generator().manual_seed(config.train.seed)
+    state = ckpt.TrainingState()
+    if last is not None:
+        state = ckpt.restore_training_state(last, optimizer, generator, device)
+        say(f"resuming {run_dir} at step {state.step}")
     run = Run(
         config,
         model,
@@ -126,10 +151,24 @@ def finetune(config: RunConfig, *, echo: Callable[[str], None] | None = None) ->
         optimizer,
         tokenizer,
         device,
-        torch.Generator().manual_seed(config.train.seed),
-        ckpt.TrainingState(),
+        generator,
+        state,
+        resumed=last is not None,
     )
     return fit(run)
+
+
+def _check_same_adaptation(last: Path, adapt: AdaptConfig) -> None:
+    """Refuse to resume with other adapt settings: they decide which tensors exist (LoRA) and
+    which train, so the saved weights and optimizer moments would not fit."""
+    saved = yaml.safe_load((last / ckpt.RUN_CONFIG_FILE).read_text(encoding="utf-8"))["adapt"]
+    changed = ckpt.config_differences(AdaptConfig.model_validate(saved), adapt)
+    if changed:
+        raise CheckpointError(
+            f"--resume: the adaptation differs from {last}: "
+            f"{'; '.join('adapt.' + change for change in changed)}; "
+            "resume with the original adapt settings or train into a new train.out_dir"
+        )
 
 
 def _with_vocab_rows(model: LanguageModel, rows: int) -> LanguageModel:

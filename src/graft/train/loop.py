@@ -5,6 +5,8 @@ normalised by the number of target tokens in the whole step, clip, step the opti
 evaluate, checkpoint, stop on a limit or on patience. `train.pretrain` and `train.finetune` set
 a run up (data, model, optimizer, resume) and call it. The loop never asks which objective it
 runs: an objective gives batches, a summed loss with its count, and its evaluation metrics.
+Tokens are real tokens (`step_tokens`): a fine-tune padded to its longest row counts its texts,
+not batch x accum x seq_len.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +60,13 @@ class Run:
     @property
     def run_dir(self) -> Path:
         return self.config.train.out_dir
+
+
+def step_tokens(micro_batches: Sequence[Batch]) -> int:
+    """The real (non-pad) input tokens of one optimizer step: the single count behind tokens seen,
+    tokens/s, train.max_tokens and the token-based learning-rate decay. Packed pre-training windows
+    count batch x seq_len per micro-batch, as they always did."""
+    return sum(batch.n_tokens for batch in micro_batches)
 
 
 def accumulate_gradients(
@@ -109,7 +119,6 @@ def evaluate(
 def fit(run: Run) -> RunResult:
     cfg, train_cfg = run.config, run.config.train
     model, objective, optimizer, state = run.model, run.objective, run.optimizer, run.state
-    tokens_per_step = train_cfg.batch_size * train_cfg.grad_accum * cfg.seq_len
     autocast = autocast_for(run.device, train_cfg.precision)
     eval_batches = objective.eval_batches(train_cfg.batch_size, train_cfg.eval_batches)
     log = MetricsLog(run.run_dir, resume_from_step=state.step if run.resumed else None)
@@ -179,16 +188,17 @@ def fit(run: Run) -> RunResult:
             if result.stop_reason:
                 break
             # 2. Learning rate for this step: warm-up, then decay by progress through the run.
-            lr = learning_rate(
-                state.step, _decay_progress(cfg, state, elapsed, tokens_per_step), cfg.optim
-            )
+            _mark_warmup_end(state, cfg.optim.warmup_steps)
+            lr = learning_rate(state.step, _decay_progress(cfg, state, elapsed), cfg.optim)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             # 3. Forward and backward over grad_accum micro-batches, then one optimizer step.
-            micro = [
-                objective.train_batch(train_cfg.batch_size, run.data_generator).to(run.device)
+            drawn = [
+                objective.train_batch(train_cfg.batch_size, run.data_generator)
                 for _ in range(train_cfg.grad_accum)
             ]
+            tokens = step_tokens(drawn)  # counted on the host, before the copy: no device sync
+            micro = [batch.to(run.device) for batch in drawn]
             step_totals = accumulate_gradients(model, objective, micro, autocast)
             # before the step, so the weights stay as they were
             if not math.isfinite(step_totals.loss):
@@ -205,8 +215,8 @@ def fit(run: Run) -> RunResult:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
-            state.tokens_seen += tokens_per_step
-            window_tokens += tokens_per_step
+            state.tokens_seen += tokens
+            window_tokens += tokens
             window.merge(step_totals)
             # 4. Log training metrics every log_every steps.
             if state.step % train_cfg.log_every == 0:
@@ -282,18 +292,32 @@ def _limit_reached(train_cfg: TrainConfig, state: ckpt.TrainingState, elapsed: f
     return ""
 
 
-def _decay_progress(
-    cfg: RunConfig, state: ckpt.TrainingState, elapsed: float, tokens_per_step: int
-) -> float:
-    """How far through the decay phase (after warm-up) the run is, by whichever limit is nearest."""
+def _mark_warmup_end(state: ckpt.TrainingState, warmup_steps: int) -> None:
+    """Record the tokens seen when warm-up ended: where the token-based decay starts.
+
+    A checkpoint written before the boundary was kept, resumed past warm-up, gets the boundary
+    its own counts imply: tokens per step so far times the warm-up steps. Those checkpoints
+    counted a fixed number of tokens per step, so this is the boundary they decayed from."""
+    if state.warmup_tokens is not None or state.step < warmup_steps:
+        return
+    state.warmup_tokens = (
+        state.tokens_seen
+        if state.step == warmup_steps
+        else state.tokens_seen * warmup_steps // state.step
+    )
+
+
+def _decay_progress(cfg: RunConfig, state: ckpt.TrainingState, elapsed: float) -> float:
+    """How far through the decay phase (after warm-up) the run is, by whichever limit is nearest.
+    By tokens: the real tokens seen since warm-up ended, out of those the limit leaves after it
+    (none during warm-up, where the learning rate does not depend on progress)."""
     t, warmup = cfg.train, cfg.optim.warmup_steps
     fractions = []
     if t.max_steps is not None:
         fractions.append((state.step - warmup) / max(t.max_steps - warmup, 1))
-    if t.max_tokens is not None:
+    if t.max_tokens is not None and state.warmup_tokens is not None:
         fractions.append(
-            (state.tokens_seen - warmup * tokens_per_step)
-            / max(t.max_tokens - warmup * tokens_per_step, 1)
+            (state.tokens_seen - state.warmup_tokens) / max(t.max_tokens - state.warmup_tokens, 1)
         )
     if t.max_minutes is not None:
         fractions.append(elapsed / (60 * t.max_minutes))

@@ -16,7 +16,7 @@ from graft.config import RunConfig, model_problems
 from graft.data.shards import ShardIndex, TokenShards
 from graft.data.tokenizer import Tokenizer
 from graft.device import resolve_device
-from graft.errors import CheckpointError, ConfigError, TokenizerError
+from graft.errors import ConfigError, TokenizerError
 from graft.model.transformer import LanguageModel
 from graft.objectives.build import build_objective, with_replay
 from graft.train.loop import Run, RunResult, fit
@@ -36,28 +36,14 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     config = _with_vocab(config, tokenizer)
 
     run_dir = config.train.out_dir
-    last = run_dir / "checkpoints" / "last"
-    if resume:
-        last = ckpt.resolve_checkpoint(last)
-        ckpt.verify_checkpoint(last)
-        trained_with = Tokenizer.load(last / ckpt.TOKENIZER_FILE)
-        if trained_with.sha256 != tokenizer.sha256:
-            raise TokenizerError(
-                f"--resume: {config.data.path} was prepared with tokenizer "
-                f"{tokenizer.sha256[:12]} but {last} was trained with {trained_with.sha256[:12]}; "
-                f"prepare the data with {last / ckpt.TOKENIZER_FILE} "
-                "or train into a new train.out_dir"
-            )
-        changed = ckpt.config_differences(ckpt.read_model_config(last), config.model)
-        if changed:
-            raise CheckpointError(
-                f"--resume: the model config differs from {last}: {'; '.join(changed)}; "
-                "resume with the original config or train into a new train.out_dir"
-            )
-    elif (run_dir / "checkpoints").exists():
-        raise ConfigError(
-            f"{run_dir} already holds a run; "
-            "pass --resume to continue it, or set another train.out_dir"
+    last = ckpt.resume_point(run_dir, resume=resume)
+    if last is not None:
+        ckpt.check_resumable(
+            last,
+            config.model,
+            tokenizer,
+            tokenizer_source=f"{config.data.path} was prepared with",
+            fix=f"prepare the data with {last / ckpt.TOKENIZER_FILE}",
         )
 
     device = resolve_device(config.train.device)
@@ -66,15 +52,11 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     optimizer = build_optimizer(model, config.optim, device)
     generator = torch.Generator().manual_seed(config.train.seed)
     state = ckpt.TrainingState()
-    if resume:
+    if last is not None:
         ckpt.load_weights(model, last)
         model.to(device)
         optimizer = build_optimizer(model, config.optim, device)  # bound to the loaded tensors
-        state, rng = ckpt.load_training_state(last, optimizer)
-        torch.set_rng_state(rng.torch_cpu)
-        generator.set_state(rng.data)
-        if rng.cuda is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(rng.cuda, device)
+        state = ckpt.restore_training_state(last, optimizer, generator, device)
     if config.train.compile:
         model.model.compile()  # in place: parameter names (and checkpoints) are unchanged
     model.train()
