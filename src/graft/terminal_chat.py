@@ -173,7 +173,7 @@ def run_chat(
     except ValueError as err:
         raise ConfigError(f"chat: {err}") from None
     model, tokenizer, source = load_model_for_serving(options.checkpoint, options.device)
-    if model.config.head != "lm" or model.config.attention != "causal":
+    if not model.config.can_generate:
         raise GraftError(
             f"chat: {options.checkpoint} is not a causal language model (head {model.config.head}, "
             f"{model.config.attention} attention); it cannot write replies"

@@ -145,3 +145,12 @@ def test_mean_pooled_classifier_is_refused_at_export():
         ConfigError, match="mean-pooled sequence classifier has no transformers class"
     ):
         hf_architecture(config)
+
+
+def test_what_a_model_is_comes_from_one_property_each() -> None:
+    """is_encoder and can_generate: the server, chat, generation and export all ask these."""
+    decoder, encoder = preset("micro", vocab_size=64), preset("bert-micro", vocab_size=64)
+    assert decoder.can_generate and not decoder.is_encoder
+    assert encoder.is_encoder and not encoder.can_generate
+    classifier = preset("micro", vocab_size=64, head="sequence", labels=("a", "b"))
+    assert not classifier.can_generate and not classifier.is_encoder

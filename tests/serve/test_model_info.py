@@ -17,7 +17,8 @@ def test_a_checkpoint_without_a_readme_gets_a_summary_card(checkpoint: Path):
     info = describe_model(model, tokenizer, source, name="tiny", created=0)
     assert info.card.startswith("# tiny\n") and "has no README.md" in info.card
     assert "2 layers, d_model 32" in info.card and f"{info.parameters:,} parameters" in info.card
-    assert info.stop_ids == {tokenizer.eot_id} and info.can_generate and info.kind == "causal LM"
+    assert info.stop_ids == {tokenizer.eot_id} and info.kind == "causal LM"
+    assert info.config.can_generate
 
 
 def test_a_hugging_face_export_serves_its_own_card_and_generation_config_eos(

@@ -427,7 +427,7 @@ class Engine:
 
     def _check(self, request: Request) -> _Sequence:
         cfg = self.model_config
-        if cfg.attention != "causal":
+        if cfg.is_encoder:
             raise ValueError(
                 "this model is an encoder (bidirectional attention): it cannot generate text"
             )
@@ -770,7 +770,7 @@ class Engine:
         for row, seq in enumerate(ids_batch):
             tokens[row, : len(seq)] = torch.tensor(seq, device=self.device)
             real[row, : len(seq)] = True
-        causal = self.model_config.attention == "causal"
+        causal = not self.model_config.is_encoder
         # Equal lengths need no mask: the model's own causal or full attention is the same thing.
         mask = None if bool(real.all()) else padding_attention_mask(real, causal=causal)
         with self._lock:

@@ -184,6 +184,12 @@ class ModelConfig(BaseModel):
         return self.attention == "bidirectional"
 
     @property
+    def can_generate(self) -> bool:
+        """A causal LM with its LM head: the only kind that writes text (generate, chat, serve's
+        completions)."""
+        return self.head == "lm" and not self.is_encoder
+
+    @property
     def qkv_bias(self) -> bool:
         """Whether q_proj, k_proj and v_proj carry biases (o_proj and the MLP follow `bias`)."""
         return self.bias if self.attention_bias is None else self.attention_bias

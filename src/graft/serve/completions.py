@@ -268,7 +268,7 @@ def _include_usage(body: SamplingFields) -> bool:
 
 
 def _require_generation(info: ModelInfo) -> None:
-    if not info.can_generate:
+    if not info.config.can_generate:
         raise APIError(
             400,
             f"model {info.name!r} is a {info.kind} and cannot generate text; use "

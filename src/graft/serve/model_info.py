@@ -40,10 +40,6 @@ class ModelInfo:
             return f"{cfg.head} classifier"
         return "encoder" if cfg.is_encoder else "causal LM"
 
-    @property
-    def can_generate(self) -> bool:
-        return self.config.head == "lm" and not self.config.is_encoder
-
 
 def load_model_for_serving(path: Path, device: str) -> tuple[LanguageModel, Tokenizer, Path]:
     """The model, tokenizer and source directory (where its card and generation config are) of a

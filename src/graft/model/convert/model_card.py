@@ -20,7 +20,7 @@ def _pipeline_tag(cfg: ModelConfig) -> str:
         return "text-classification"
     if cfg.head == "token":
         return "token-classification"
-    if cfg.attention == "bidirectional":
+    if cfg.is_encoder:
         return "fill-mask" if cfg.mlm_head else "feature-extraction"
     return "text-generation"
 
@@ -29,9 +29,7 @@ def _what(cfg: ModelConfig) -> str:
     if cfg.head != "lm":
         kind = "sequence" if cfg.head == "sequence" else "token"
         return f"A {kind} classifier ({len(cfg.labels)} labels)"
-    return (
-        "A bidirectional encoder" if cfg.attention == "bidirectional" else "A causal language model"
-    )
+    return "A bidirectional encoder" if cfg.is_encoder else "A causal language model"
 
 
 def _fine_tuned(source: Path) -> bool:

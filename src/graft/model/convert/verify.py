@@ -70,7 +70,7 @@ def _graft_outputs(model: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
     """What the export must reproduce: classifier logits for a classifier, hidden states for a bare
     encoder, LM logits otherwise."""
     config = model.config
-    if config.head == "lm" and (config.attention == "causal" or config.mlm_head):
+    if config.head == "lm" and (not config.is_encoder or config.mlm_head):
         return model(ids)
     hidden = model.model(ids)
     if config.head == "sequence":
@@ -90,7 +90,7 @@ def _transformers_outputs(out_dir: Path, config: ModelConfig, ids: torch.Tensor)
             else transformers.AutoModelForTokenClassification
         )
         return auto.from_pretrained(out_dir).eval()(input_ids=ids).logits
-    if config.attention == "causal":
+    if not config.is_encoder:
         return (
             transformers.AutoModelForCausalLM.from_pretrained(out_dir).eval()(input_ids=ids).logits
         )
