@@ -14,7 +14,6 @@ is cancelled the same way when its generator is closed.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -24,6 +23,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from graft.data.records import Message
 from graft.data.tokenizer import Tokenizer
@@ -38,6 +38,8 @@ from graft.serve.schemas import (
     MAX_STOP_STRINGS,
     AssistantMessage,
     ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatLogprobs,
@@ -45,6 +47,8 @@ from graft.serve.schemas import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    Delta,
+    ErrorDetail,
     ErrorResponse,
     SamplingFields,
     TokenLogprob,
@@ -405,25 +409,23 @@ def _completion_logprobs(
     )
 
 
-def _sse(payload: dict[str, Any] | str) -> str:
-    data = (
-        payload
-        if isinstance(payload, str)
-        else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    )
+def _sse(payload: BaseModel | str) -> str:
+    """One server-sent event. A chunk is built from its schema (schemas.py) with every field it
+    sends set, so the fields left unset (a final chunk's empty delta) are the ones left out."""
+    data = payload if isinstance(payload, str) else payload.model_dump_json(exclude_unset=True)
     return f"data: {data}\n\n"
 
 
 def _stream_error() -> str:
     return _sse(
-        {
-            "error": {
-                "message": "generation failed inside the engine; the server logged it",
-                "type": "server_error",
-                "param": None,
-                "code": None,
-            }
-        }
+        ErrorResponse(
+            error=ErrorDetail(
+                message="generation failed inside the engine; the server logged it",
+                type="server_error",
+                param=None,
+                code=None,
+            )
+        )
     )
 
 
@@ -486,7 +488,20 @@ def completion_routes(
         include_usage: bool,
     ) -> AsyncIterator[str]:
         offset = 0
-        base = {"id": rid, "object": "text_completion", "created": created, "model": info.name}
+
+        def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
+            fields = {"usage": usage} if usage is not None else {}
+            return _sse(
+                CompletionResponse(
+                    id=rid,
+                    object="text_completion",
+                    created=created,
+                    model=info.name,
+                    choices=choices,
+                    **fields,
+                )
+            )
+
         async with aclosing(events):  # closing it cancels the request when the client is gone
             async for event in events:
                 if event.finish_reason == "error":
@@ -495,27 +510,14 @@ def completion_routes(
                 reason = None if event.finish_reason is None else _finish_reason(event)
                 if not event.text and reason is None and not (logprobs and event.token is not None):
                     continue
-                lp = (
-                    _completion_logprobs(tokenizer, [event], offset).model_dump()
-                    if logprobs
-                    else None
-                )
+                lp = _completion_logprobs(tokenizer, [event], offset) if logprobs else None
                 offset += len(event.text)
-                yield _sse(
-                    {
-                        **base,
-                        "choices": [
-                            {
-                                "index": 0,
-                                "text": event.text,
-                                "logprobs": lp,
-                                "finish_reason": reason,
-                            }
-                        ],
-                    }
+                choice = CompletionChoice(
+                    index=0, text=event.text, logprobs=lp, finish_reason=reason
                 )
+                yield chunk([choice])
                 if reason is not None and include_usage:
-                    yield _sse({**base, "choices": [], "usage": _usage(event).model_dump()})
+                    yield chunk([], _usage(event))
         yield _sse("[DONE]")
 
     @router.post(
@@ -552,25 +554,29 @@ def completion_routes(
         logprobs: bool,
         include_usage: bool,
     ) -> AsyncIterator[str]:
-        base = {
-            "id": rid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": info.name,
-        }
 
-        def chunk(delta: dict[str, str], reason: str | None = None, lp: Any = None) -> str:
+        def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
+            fields = {"usage": usage} if usage is not None else {}
             return _sse(
-                {
-                    **base,
-                    "choices": [
-                        {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": reason}
-                    ],
-                }
+                ChatCompletionChunk(
+                    id=rid,
+                    object="chat.completion.chunk",
+                    created=created,
+                    model=info.name,
+                    choices=choices,
+                    **fields,
+                )
             )
 
+        def delta(
+            delta: Delta,
+            reason: Literal["stop", "length"] | None = None,
+            lp: ChatLogprobs | None = None,
+        ) -> str:
+            return chunk([ChatChunkChoice(index=0, delta=delta, logprobs=lp, finish_reason=reason)])
+
         async with aclosing(events):  # closing it cancels the request when the client is gone
-            yield chunk({"role": "assistant", "content": ""})
+            yield delta(Delta(role="assistant", content=""))
             async for event in events:
                 if event.finish_reason == "error":
                     yield _stream_error()
@@ -578,12 +584,12 @@ def completion_routes(
                 reason = None if event.finish_reason is None else _finish_reason(event)
                 has_logprob = logprobs and event.token is not None
                 if event.text or has_logprob:
-                    lp = _chat_logprobs(tokenizer, [event]).model_dump() if has_logprob else None
-                    yield chunk({"content": event.text}, None, lp)
+                    lp = _chat_logprobs(tokenizer, [event]) if has_logprob else None
+                    yield delta(Delta(content=event.text), None, lp)
                 if reason is not None:
-                    yield chunk({}, reason)
+                    yield delta(Delta(), reason)
                     if include_usage:
-                        yield _sse({**base, "choices": [], "usage": _usage(event).model_dump()})
+                        yield chunk([], _usage(event))
         yield _sse("[DONE]")
 
     return router
