@@ -164,7 +164,10 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     # Shortcuts for the settings changed most often; each is the dotted override named in its help.
-    p.add_argument("--objective", help="clm, mlm, nsp, mlm+nsp, denoise or mix (objective.name)")
+    p.add_argument(
+        "--objective",
+        help="the pre-training objective (objective.name; a wrong name lists them), default clm",
+    )
     p.add_argument("--data", help="prepared data directory (data.path)")
     p.add_argument(
         "--init",

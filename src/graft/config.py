@@ -1,22 +1,33 @@
 """Typed run configuration: YAML recipes, dotted CLI overrides, validation with one clear error.
 
 A run config has sections (model, data, objective, optim, train), each a pydantic model that
-forbids unknown keys. Every default lives on a field. `load_run_config` merges a YAML file with
-`--section.key=value` overrides, expands a model `preset`, validates everything, and raises one
-ConfigError listing every problem, each naming its key (and file) and what was expected.
+forbids unknown keys; the objective section is the config of one objective, declared in its own
+module under graft.objectives and chosen by `name`. Every default lives on a field.
+`load_run_config` merges a YAML file with `--section.key=value` overrides, expands a model
+`preset`, validates everything, and raises one ConfigError listing every problem, each naming its
+key (and file) and what was expected.
 """
 
 from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from graft.errors import ConfigError
 from graft.model.config import PRESETS, ModelConfig
+from graft.objectives.base import DataKind, ObjectiveSection, RecordObjective
+from graft.objectives.classify import ClassifyConfig
+from graft.objectives.clm import CLMConfig
+from graft.objectives.denoise import DenoiseConfig
+from graft.objectives.instruct import InstructConfig
+from graft.objectives.mix import MixConfig
+from graft.objectives.mlm import MLMConfig
+from graft.objectives.nsp import NSPConfig
+from graft.objectives.tokens import TokensConfig
 
 
 class Section(BaseModel):
@@ -73,83 +84,26 @@ class DataConfig(Section):
     )
 
 
-ObjectiveName = Literal[
-    "clm", "mlm", "nsp", "mlm+nsp", "denoise", "mix", "classify", "tokens", "instruct"
+# Every objective, each a config class in its own module (graft.objectives.base says what one
+# declares); the run config's objective section is one of them, chosen by `name`.
+ObjectiveConfig = Annotated[
+    CLMConfig
+    | MLMConfig
+    | NSPConfig
+    | DenoiseConfig
+    | MixConfig
+    | ClassifyConfig
+    | TokensConfig
+    | InstructConfig,
+    Field(discriminator="name"),
 ]
-# What each objective needs of the model: decoders keep causal attention (they export as causal
-# LMs); masked LM and NSP read both directions.
-DECODER_OBJECTIVES = ("clm", "denoise", "instruct")
-MIXABLE_OBJECTIVES = ("clm", "mlm", "denoise")
-
-
-class ObjectiveConfig(Section):
-    name: ObjectiveName = Field(
-        default="clm",
-        description="clm (causal LM), mlm (masked LM), nsp, mlm+nsp (BERT), denoise, mix.",
-    )
-    mask_probability: float = Field(
-        default=0.15, gt=0, lt=1, description="mlm: fraction of tokens chosen."
-    )
-    whole_word_mask: bool = Field(
-        default=False, description="mlm: choose whole words, not single tokens."
-    )
-    denoise_style: Literal["t5", "bart"] = Field(
-        default="t5",
-        description=(
-            "t5: spans -> sentinels, target = the spans; "
-            "bart: spans -> one mask, target = the text."
-        ),
-    )
-    noise_density: float | None = Field(
-        default=None,
-        gt=0,
-        lt=1,
-        description="denoise: fraction of tokens dropped; None = 0.15 (t5) or 0.3 (bart).",
-    )
-    mean_span: float = Field(
-        default=3.0, ge=1, description="denoise: mean length of a dropped span."
-    )
-    prefix_lm: bool = Field(
-        default=False,
-        description=(
-            "denoise: attend bidirectionally over the corrupted input "
-            "(not exportable as a causal LM)."
-        ),
-    )
-    mix: dict[str, float] = Field(
-        default_factory=dict,
-        description="mix: weight per objective, e.g. {clm: 0.5, denoise: 0.25, mlm: 0.25}.",
-    )
-    nsp_same_document_negatives: float = Field(
-        default=0.0,
-        ge=0,
-        le=1,
-        description="nsp: share of training negatives cut from a distant part of A's own document "
-        "(validation keeps BERT's other-document negatives); with few long documents it stops the "
-        "head from merely recognising documents.",
-    )
-    class_weights: bool = Field(
-        default=False, description="classify: weight classes by inverse frequency."
-    )
-    train_on_prompt: bool = Field(
-        default=False, description="instruct: score prompt tokens too, not only responses."
-    )
-
-    @model_validator(mode="after")
-    def _check_mix(self) -> ObjectiveConfig:
-        if self.name == "mix":
-            unknown = [k for k in self.mix if k not in MIXABLE_OBJECTIVES]
-            if unknown:
-                raise ValueError(
-                    f"objective.mix: {', '.join(map(repr, unknown))} cannot be mixed; "
-                    f"choose from {', '.join(MIXABLE_OBJECTIVES)}"
-                )
-            if any(w < 0 for w in self.mix.values()) or sum(self.mix.values()) <= 0:
-                raise ValueError(
-                    "objective.mix: weights must be >= 0 and sum to a positive number, "
-                    f"got {self.mix}"
-                )
-        return self
+OBJECTIVES: dict[str, type[ObjectiveSection]] = {
+    name: member
+    for member in get_args(get_args(ObjectiveConfig)[0])
+    for name in get_args(member.model_fields["name"].annotation)
+}
+# What each command trains on.
+COMMAND_DATA: dict[str, DataKind] = {"pretrain": "shards", "finetune": "records"}
 
 
 class OptimConfig(Section):
@@ -259,7 +213,7 @@ class AdaptConfig(Section):
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
-    objective: ObjectiveConfig = Field(default_factory=ObjectiveConfig)
+    objective: ObjectiveConfig = Field(default_factory=CLMConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=1000))
@@ -285,33 +239,32 @@ class RunConfig(Section):
 def model_problems(config: RunConfig) -> list[str]:
     """What the run asks of its model that the model config does not give."""
     problems = []
-    name, model, seq_len = config.objective.name, config.model, config.train.seq_len
+    model, seq_len = config.model, config.train.seq_len
     if seq_len is not None and seq_len > model.max_seq_len:
         problems.append(
             f"train.seq_len ({seq_len}) exceeds model.max_seq_len ({model.max_seq_len})"
         )
-    if name in ("classify", "tokens"):
-        # any backbone: the classifier reads the last token (decoders) or [CLS] (encoders)
-        return problems
-    if name in DECODER_OBJECTIVES and model.attention != "causal":
-        problems.append(
-            f"objective {name} trains a decoder: model.attention must be causal "
-            f"(it is {model.attention}); use a decoder preset such as micro or llama-micro"
-        )
-    if name in ("mlm", "nsp", "mlm+nsp") and model.attention != "bidirectional":
-        problems.append(
-            f"objective {name} trains an encoder: model.attention must be bidirectional; "
-            "use an encoder preset such as bert-micro"
-        )
-    if name in ("nsp", "mlm+nsp") and not model.nsp_head:
-        problems.append(f"objective {name} needs model.nsp_head: true (and model.pooler: true)")
-    if name in ("nsp", "mlm+nsp") and model.type_vocab_size < 2:
-        problems.append(f"objective {name} needs segment ids: model.type_vocab_size >= 2")
-    return problems
+    return problems + config.objective.problems(model)
 
 
-def load_run_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """A RunConfig from a YAML file (optional) plus `section.key=value` overrides."""
+def command_problems(objective: str, command: str) -> list[str]:
+    """An objective that `command` cannot run (pretrain reads shards, finetune records)."""
+    reads = COMMAND_DATA[command]
+    if objective not in OBJECTIVES or OBJECTIVES[objective].reads == reads:
+        return []
+    names = [name for name, member in OBJECTIVES.items() if member.reads == reads]
+    return [
+        f"objective.name: graft {command} cannot run objective {objective} "
+        f"(it trains on {OBJECTIVES[objective].reads}, {command} on {reads}); "
+        f"choose one of: {', '.join(names)}"
+    ]
+
+
+def load_run_config(
+    path: Path | None = None, overrides: list[str] | None = None, *, command: str = "pretrain"
+) -> RunConfig:
+    """A RunConfig for `command` from a YAML file (optional) plus `section.key=value`
+    overrides."""
     raw: dict[str, Any] = {}
     where = str(path) if path else "config"
     if path is not None:
@@ -320,12 +273,21 @@ def load_run_config(path: Path | None = None, overrides: list[str] | None = None
         apply_override(raw, item)
         if path is None:
             where = "command line"
-    return validate_run_config(raw, where=where)
+    return validate_run_config(raw, where=where, command=command)
 
 
-def validate_run_config(raw: dict[str, Any], *, where: str = "config") -> RunConfig:
+def validate_run_config(
+    raw: dict[str, Any], *, where: str = "config", command: str | None = None
+) -> RunConfig:
+    """A RunConfig from plain data, every problem in one ConfigError; with `command`, also
+    refuse an objective that command cannot run."""
     raw = dict(raw)
     problems: list[str] = []
+    objective = raw.setdefault("objective", {})
+    if isinstance(objective, dict):
+        raw["objective"] = {"name": CLMConfig().name, **objective}  # RunConfig's default
+        if command is not None and isinstance(raw["objective"]["name"], str):
+            problems += command_problems(raw["objective"]["name"], command)
     model = raw.get("model")
     if isinstance(model, dict) and "preset" in model:
         model = dict(model)
@@ -400,15 +362,28 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
 def _describe(error: Any) -> str:
     """One pydantic error as 'section.key: what was wrong', with a did-you-mean for unknown keys."""
     loc = [str(p) for p in error["loc"]]
-    if not loc:  # a cross-section rule: its message names the keys itself
-        return error["msg"].removeprefix("Value error, ")
-    key = ".".join(loc)
-    if error["type"] == "extra_forbidden":
-        known = _fields_at(loc[:-1])
-        close = difflib.get_close_matches(loc[-1], known, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        return f"{key}: unknown key ({hint}valid keys: {', '.join(known)})"
     message = error["msg"].removeprefix("Value error, ")
+    if not loc:  # a cross-section rule: its message names the keys itself
+        return message
+    keys, parent, objective = _walk(loc)
+    key = ".".join(keys)
+    if error["type"] == "extra_forbidden":
+        known = list(parent.model_fields) if parent is not None else []
+        known += ["preset"] if parent is ModelConfig else []
+        close = difflib.get_close_matches(keys[-1], known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        whose = f" for objective {objective}" if objective and len(keys) == 2 else ""
+        return f"{key}: unknown key{whose} ({hint}valid keys: {', '.join(known)})"
+    if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        tag = error.get("ctx", {}).get("tag")
+        close = difflib.get_close_matches(str(tag), OBJECTIVES, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return (
+            f"{key}.name: unknown objective {tag!r} "
+            f"({hint}choose one of: {', '.join(map(repr, OBJECTIVES))})"
+        )
+    if message.startswith((f"{key}.", f"{key}:")):  # a section's rule naming its own key
+        return message
     if error["type"] == "literal_error":
         return f"{key}: {message}, got {error.get('input')!r}"
     if (
@@ -420,15 +395,22 @@ def _describe(error: Any) -> str:
     return f"{key}: {message}"
 
 
-def _fields_at(loc: list[str]) -> list[str]:
-    model: type[BaseModel] = RunConfig
+def _walk(loc: list[str]) -> tuple[list[str], type[BaseModel] | None, str | None]:
+    """An error's location as the user wrote it (pydantic adds the objective's name after
+    `objective`), the section holding its last key, and the objective it is in."""
+    keys: list[str] = []
+    node: Any = RunConfig
+    parent: type[BaseModel] | None = None
+    objective = None
     for part in loc:
-        annotation = model.model_fields[part].annotation if part in model.model_fields else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return []
-        model = annotation
-    names = list(model.model_fields)
-    return names + ["preset"] if model is ModelConfig else names
+        if keys == ["objective"] and objective is None and part in OBJECTIVES:
+            node, objective = OBJECTIVES[part], part
+            continue
+        keys.append(part)
+        parent = node if isinstance(node, type) and issubclass(node, BaseModel) else None
+        field = parent.model_fields.get(part) if parent is not None else None
+        node = field.annotation if field is not None else None
+    return keys, parent, objective
 
 
 # Fine-tuning practice, as the base of every `graft finetune` config (a recipe, shown by
@@ -445,7 +427,6 @@ FINETUNE_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "train": {"max_steps": 500, "eval_every": 50, "patience": 4, "batch_size": 16, "log_every": 10},
 }
-FINETUNE_MONITOR = {"classify": "val/macro_f1", "tokens": "val/entity_f1", "instruct": "val/loss"}
 
 
 def load_finetune_config(
@@ -454,7 +435,10 @@ def load_finetune_config(
     """A fine-tuning RunConfig: FINETUNE_DEFAULTS, then the YAML file, then the overrides."""
     raw: dict[str, Any] = {section: dict(values) for section, values in FINETUNE_DEFAULTS.items()}
     raw["objective"] = {"name": task}
-    raw["train"]["monitor"] = FINETUNE_MONITOR[task]
+    objective = OBJECTIVES.get(task)
+    if objective is None or not issubclass(objective, RecordObjective):
+        raise ConfigError(f"finetune: {task!r} is not a fine-tuning task")
+    raw["train"]["monitor"] = objective.monitor
     where = "defaults"
     if path is not None:
         for section, values in _read_yaml(path).items():
@@ -465,4 +449,4 @@ def load_finetune_config(
         where = str(path)
     for item in overrides or []:
         apply_override(raw, item)
-    return validate_run_config(raw, where=where if path else "command line")
+    return validate_run_config(raw, where=where if path else "command line", command="finetune")

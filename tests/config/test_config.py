@@ -7,11 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from graft.config import RunConfig, load_run_config, validate_run_config
+from graft.config import RunConfig, load_finetune_config, load_run_config, validate_run_config
 from graft.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = sorted(p for pattern in ("*.yaml", "*.yml") for p in (REPO / "configs").rglob(pattern))
+# configs/finetune/TASK-*.yaml are fine-tuning recipes (`graft finetune TASK --config ...`).
+PRETRAIN_RECIPES = [p for p in RECIPES if p.parent.name != "finetune"]
+FINETUNE_RECIPES = [p for p in RECIPES if p.parent.name == "finetune"]
 LIMIT = ["train.max_steps=5"]
 
 
@@ -273,7 +276,25 @@ def test_configs_folder_holds_recipes():
     assert RECIPES, f"no YAML recipes found under {REPO / 'configs'}"
 
 
-@pytest.mark.parametrize("recipe", RECIPES, ids=[str(p.relative_to(REPO)) for p in RECIPES])
+def test_every_recipe_is_for_pretrain_or_a_fine_tuning_task():
+    assert len(PRETRAIN_RECIPES) + len(FINETUNE_RECIPES) == len(RECIPES) and FINETUNE_RECIPES
+    tasks = {p.stem.split("-")[0] for p in FINETUNE_RECIPES}
+    assert tasks == {"classify", "tokens", "instruct"}, tasks
+
+
+@pytest.mark.parametrize(
+    "recipe", FINETUNE_RECIPES, ids=[str(p.relative_to(REPO)) for p in FINETUNE_RECIPES]
+)
+def test_every_fine_tuning_recipe_loads_for_its_task(recipe):
+    task = recipe.stem.split("-")[0]
+    config = load_finetune_config(task, recipe, ["train.init=runs/x", "data.train_file=x.csv"])
+    assert config.objective.name == task
+    assert load_finetune_config(task, None, []) != config  # the recipe changed something
+
+
+@pytest.mark.parametrize(
+    "recipe", PRETRAIN_RECIPES, ids=[str(p.relative_to(REPO)) for p in PRETRAIN_RECIPES]
+)
 def test_every_shipped_recipe_loads_validates_and_round_trips(recipe, tmp_path):
     config = load_run_config(recipe)
     assert isinstance(config, RunConfig)
@@ -317,3 +338,86 @@ def test_objective_and_model_must_fit(overrides, expected):
 def test_encoder_preset_with_mlm_nsp_is_accepted():
     config = load_run_config(None, ["objective.name=mlm+nsp", "model.preset=bert-micro", *LIMIT])
     assert config.model.attention == "bidirectional" and config.model.nsp_head
+
+
+# -- objectives: each one's own knobs, and the commands that can run it ------------------------
+
+
+def finetune_error(task: str, overrides: list[str]) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_finetune_config(task, None, overrides)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_an_option_of_another_objective_names_the_key_and_the_objective():
+    # BUG: the flat objective section took every objective's knobs, and ignored the others'.
+    message = finetune_error("classify", ["objective.mask_probability=0.5"])
+    assert "objective.mask_probability: unknown key for objective classify" in message
+    assert "class_weights" in message  # the keys classify does take
+    message = config_error(["objective.name=clm", "objective.denoise_style=bart", *LIMIT])
+    assert "objective.denoise_style: unknown key for objective clm" in message
+
+
+def test_an_unknown_objective_key_suggests_the_close_match():
+    message = config_error(
+        ["objective.name=mlm", "objective.mask_probabilty=0.2", "model.preset=bert-nano", *LIMIT]
+    )
+    assert "objective.mask_probabilty: unknown key for objective mlm" in message
+    assert "did you mean 'mask_probability'" in message
+
+
+def test_nsp_alone_refuses_the_masking_options_only_mlm_nsp_uses():
+    base = ["model.preset=bert-nano", *LIMIT]
+    message = config_error(["objective.name=nsp", "objective.mask_probability=0.2", *base])
+    assert "objective.mask_probability" in message and "mlm+nsp" in message
+    config = load_run_config(
+        None, ["objective.name=mlm+nsp", "objective.whole_word_mask=true", *base]
+    )
+    assert config.objective.whole_word_mask
+
+
+def test_mix_parts_take_their_own_settings_and_only_for_parts_in_the_mix():
+    config = load_run_config(
+        None,
+        [
+            "objective.name=mix",
+            "objective.mix={clm: 1, denoise: 1}",
+            "objective.denoise.denoise_style=bart",
+            *LIMIT,
+        ],
+    )
+    assert config.objective.denoise.denoise_style == "bart"
+    message = config_error(
+        [
+            "objective.name=mix",
+            "objective.mix={clm: 1}",
+            "objective.mlm.mask_probability=0.3",
+            *LIMIT,
+        ]
+    )
+    assert "objective.mlm" in message and "not in objective.mix" in message
+
+
+def test_denoise_noise_density_defaults_by_style():
+    assert load_run_config(None, ["objective.name=denoise", *LIMIT]).objective.noise_density == 0.15
+    bart = load_run_config(None, ["objective.name=denoise", "objective.denoise_style=bart", *LIMIT])
+    assert bart.objective.noise_density == 0.3
+
+
+def test_pretrain_refuses_a_fine_tuning_objective():
+    # BUG: `graft pretrain --objective classify` validated, wrote config.yaml, then crashed.
+    message = config_error(["objective.name=classify", *LIMIT])
+    assert "objective.name" in message and "classify" in message and "pretrain" in message
+
+
+def test_finetune_refuses_a_pre_training_objective():
+    message = finetune_error("classify", ["objective.name=mlm"])
+    assert "objective.name" in message and "mlm" in message and "finetune" in message
+
+
+def test_finetune_monitors_each_task_s_own_metric():
+    expected = {"classify": "val/macro_f1", "tokens": "val/entity_f1", "instruct": "val/loss"}
+    for task, monitor in expected.items():
+        assert load_finetune_config(task).train.monitor == monitor

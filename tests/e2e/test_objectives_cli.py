@@ -239,3 +239,56 @@ def test_bad_objective_settings_get_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (data["root"] / "bad").exists()
+
+
+def test_pretrain_refuses_a_fine_tuning_objective_before_writing(
+    data: dict[str, Path], capsys
+) -> None:
+    # BUG: it validated, wrote config.yaml, then died with a raw AssertionError.
+    out = data["root"] / "classify_pretrain"
+    code = main(
+        [
+            "pretrain",
+            "--objective",
+            "classify",
+            "--data",
+            str(data["general"]),
+            "--out",
+            str(out),
+            *TINY,
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "classify" in err[0] and "pretrain" in err[0]
+    assert not (out / "config.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--objective.mask_probability=0.5"], ["objective.mask_probability", "classify"]),
+        (["--objective.name=clm"], ["objective.name", "clm", "finetune"]),
+    ],
+)
+def test_finetune_refuses_options_and_objectives_it_cannot_use(
+    data: dict[str, Path], capsys, args: list[str], words: list[str]
+) -> None:
+    out = data["root"] / "classify_bad"
+    code = main(
+        [
+            "finetune",
+            "classify",
+            "--init",
+            str(data["root"] / "no_such_checkpoint"),
+            "--train",
+            str(data["root"] / "no_such.jsonl"),
+            "--out",
+            str(out),
+            *args,
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and all(word in err[0] for word in words), err
+    assert not out.exists()

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from graft.config import ObjectiveConfig
 from graft.data.records import IGNORE_INDEX
 from graft.data.shards import TokenShards, prepare_shards
 from graft.data.tokenizer import Tokenizer, bytes_tokenizer
 from graft.errors import ConfigError, DataError, TokenizerError
 from graft.model.config import preset
 from graft.model.transformer import LanguageModel
-from graft.objectives.build import build_objective, with_replay
+from graft.objectives.base import Shards
+from graft.objectives.clm import CLMConfig
 from graft.objectives.denoise import Denoise
-from graft.objectives.mix import Mixture
+from graft.objectives.mix import MixConfig, Mixture, with_replay
 from graft.objectives.mlm import MaskedLM
 from graft.objectives.nsp import NextSentence
 from graft.objectives.spans import restore_spans
@@ -218,10 +218,8 @@ def test_prefix_lm_denoise_attends_both_ways_over_the_corrupted_input(prepared) 
 
 def test_mixture_samples_by_weight_and_logs_each_part(prepared) -> None:
     tokenizer, train, val = prepared
-    cfg = ObjectiveConfig(name="mix", mix={"clm": 3.0, "denoise": 1.0})
-    objective = build_objective(
-        cfg, train, val, seq_len=SEQ, tokenizer=tokenizer, vocab_size=tokenizer.vocab_size
-    )
+    cfg = MixConfig(mix={"clm": 3.0, "denoise": 1.0})
+    objective = cfg.build(Shards(train, val, SEQ, tokenizer, tokenizer.vocab_size))
     generator = torch.Generator().manual_seed(0)
     parts = [objective.train_batch(1, generator).part for _ in range(2000)]
     assert parts.count("clm") / len(parts) == pytest.approx(0.75, abs=0.03)
@@ -236,14 +234,7 @@ def test_mixture_samples_by_weight_and_logs_each_part(prepared) -> None:
 
 def test_mixture_weights_must_sum_to_a_positive_number(prepared) -> None:
     tokenizer, train, val = prepared
-    clm = build_objective(
-        ObjectiveConfig(),
-        train,
-        val,
-        seq_len=SEQ,
-        tokenizer=tokenizer,
-        vocab_size=tokenizer.vocab_size,
-    )
+    clm = CLMConfig().build(Shards(train, val, SEQ, tokenizer, tokenizer.vocab_size))
     with pytest.raises(ConfigError, match="sum to a positive number"):
         Mixture({"a": (clm, 0.0), "b": (clm, 0.0)})
 
@@ -252,14 +243,7 @@ def test_replay_scores_both_validation_sets_and_follows_the_domain(prepared) -> 
     tokenizer, train, val = prepared
 
     def make():
-        return build_objective(
-            ObjectiveConfig(),
-            train,
-            val,
-            seq_len=SEQ,
-            tokenizer=tokenizer,
-            vocab_size=tokenizer.vocab_size,
-        )
+        return CLMConfig().build(Shards(train, val, SEQ, tokenizer, tokenizer.vocab_size))
 
     objective = with_replay(make(), make(), 0.0)
     parts = {objective.train_batch(1, torch.Generator().manual_seed(i)).part for i in range(50)}

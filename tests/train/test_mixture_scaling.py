@@ -14,10 +14,9 @@ from graft.data.tokenizer import Tokenizer, bytes_tokenizer
 from graft.model.config import preset
 from graft.model.transformer import LanguageModel
 from graft.objectives.batch import Batch, LossSum, Objective
-from graft.objectives.build import with_replay
 from graft.objectives.clm import CausalLM
 from graft.objectives.denoise import Denoise
-from graft.objectives.mix import Mixture
+from graft.objectives.mix import Mixture, with_replay
 from graft.train.loop import accumulate_gradients
 
 SEQ = 32

@@ -19,13 +19,19 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 import torch
 
 from graft.atomic_files import write_atomic
 from graft.checkpoint import load_model
-from graft.config import ObjectiveName, RunConfig, apply_override, validate_run_config
+from graft.config import (
+    COMMAND_DATA,
+    OBJECTIVES,
+    RunConfig,
+    apply_override,
+    validate_run_config,
+)
 from graft.data.inputs import model_inputs
 from graft.data.records import TextRecord, read_labelled, stratified_split
 from graft.device import resolve_device
@@ -37,7 +43,6 @@ from graft.train.pretrain import open_prepared, pretrain
 __all__ = ["ArmResult", "ComparisonOptions", "compare_objectives"]
 
 DEFAULT_OBJECTIVES: tuple[str, ...] = ("clm", "mlm", "mlm+nsp", "denoise", "mix")
-ENCODER_OBJECTIVES = ("mlm", "nsp", "mlm+nsp")
 # Rows of the report's table: (metric key, column title, format).
 _METRIC_COLUMNS = (
     ("val/loss", "val loss", "{:.3f}"),
@@ -182,7 +187,7 @@ def compare_objectives(
 
 
 def _check_options(options: ComparisonOptions) -> None:
-    known = get_args(ObjectiveName)
+    known = [name for name, cls in OBJECTIVES.items() if cls.reads == COMMAND_DATA["pretrain"]]
     unknown = [name for name in options.objectives if name not in known]
     if unknown:
         raise ConfigError(
@@ -219,14 +224,17 @@ def _run_dir(options: ComparisonOptions, objective: str) -> Path:
 
 
 def _preset_for(options: ComparisonOptions, objective: str) -> str:
-    return f"bert-{options.preset}" if objective in ENCODER_OBJECTIVES else options.preset
+    encoder = objective in OBJECTIVES and OBJECTIVES[objective].attention == "bidirectional"
+    return f"bert-{options.preset}" if encoder else options.preset
 
 
 def _arm_config(options: ComparisonOptions, objective: str, style: str) -> RunConfig:
     steps = math.ceil(options.max_tokens / (options.batch_size * options.seq_len))
-    section: dict[str, Any] = {"name": objective, "denoise_style": style}
+    section: dict[str, Any] = {"name": objective}
+    if objective == "denoise":
+        section["denoise_style"] = style
     if objective == "mix":
-        section["mix"] = {"clm": 0.5, "denoise": 0.5}
+        section.update(mix={"clm": 0.5, "denoise": 0.5}, denoise={"denoise_style": style})
     raw: dict[str, Any] = {
         "model": {"preset": _preset_for(options, objective)},
         "data": {"path": str(options.data)},
@@ -246,7 +254,7 @@ def _arm_config(options: ComparisonOptions, objective: str, style: str) -> RunCo
     }
     for item in options.overrides:
         apply_override(raw, item)
-    return validate_run_config(raw, where=f"objective {objective}")
+    return validate_run_config(raw, where=f"objective {objective}", command="pretrain")
 
 
 def _probe_set(options: ComparisonOptions) -> ProbeSet:

@@ -46,8 +46,8 @@ from graft.device import resolve_device
 from graft.errors import ConfigError, GraftError
 from graft.evaluate.metrics import ClassificationMetrics, classification_metrics, mean_ci95
 from graft.model.transformer import LanguageModel
-from graft.objectives.classify import Classify
-from graft.train.finetune import finetune, sample_records
+from graft.objectives.classify import Classify, sample_records
+from graft.train.finetune import finetune
 
 __all__ = ["ARMS", "ARM_SETTINGS", "RunOutcome", "TransferOptions", "parse_sizes", "run_transfer"]
 

@@ -13,15 +13,20 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from graft.data.inputs import model_inputs
-from graft.data.records import TextRecord
+from graft.data.records import TextRecord, read_labelled, stratified_split
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
+from graft.model.config import HeadKind
 from graft.model.transformer import LanguageModel, padding_attention_mask
+from graft.objectives.base import RecordObjective, Records, TaskData
 from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states, in_order
 
 
@@ -150,3 +155,59 @@ class Classify:
             f1s.append(f1)
         metrics[f"{split}/macro_f1"] = sum(f1s) / len(f1s)
         return metrics
+
+
+def sample_records(records: list[TextRecord], limit: int | None, seed: int) -> list[TextRecord]:
+    """A stratified sample of `limit` records (all of them when None or when there are fewer)."""
+    if limit is None or limit >= len(records):
+        return records
+    _, sample = stratified_split(records, limit / len(records), seed)
+    if len({r.label for r in sample}) < 2:
+        raise DataError(
+            f"data.max_train_examples {limit}: the sample holds fewer than two labels; raise it"
+        )
+    return sample
+
+
+class ClassifyConfig(RecordObjective):
+    """classify: one label per text (spam, sentiment), on any backbone."""
+
+    head: ClassVar[HeadKind] = "sequence"
+    monitor: ClassVar[str] = "val/macro_f1"
+    name: Literal["classify"] = "classify"
+    class_weights: bool = Field(default=False, description="Weight classes by inverse frequency.")
+
+    def build(
+        self, records: Records, tokenizer: Tokenizer, *, max_len: int, bidirectional: bool
+    ) -> TaskData:
+        def read(path: Path) -> tuple[list[TextRecord], int]:
+            return read_labelled(
+                path,
+                text_field=records.text_field,
+                label_field=records.label_field,
+                encoding=records.encoding,
+                skip_invalid=records.skip_invalid,
+            )
+
+        train, val, skipped = records.train_and_val(
+            read, lambda rows: stratified_split(rows, records.val_fraction, records.seed)
+        )
+        train = sample_records(train, records.max_train_examples, records.seed)
+        labels = label_set(train, str(records.train_file))
+        classify = Classify(
+            train,
+            val,
+            tokenizer,
+            labels,
+            max_len,
+            bidirectional=bidirectional,
+            class_weights=self.class_weights,
+        )
+        notes = TaskData.report(
+            f"{len(train):,} training and {len(val):,} validation texts; "
+            f"labels: {', '.join(labels)}",
+            skipped,
+            classify.train.truncated + classify.val.truncated,
+            f"texts longer than {max_len} tokens",
+        )
+        return TaskData(classify, labels, notes)

@@ -10,14 +10,17 @@ Validation windows are a fixed, evenly spaced set, so successive evaluations are
 from __future__ import annotations
 
 import math
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 
 from graft.data.shards import TokenShards
 from graft.errors import DataError
+from graft.model.config import AttentionKind
 from graft.model.transformer import LanguageModel
-from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states
+from graft.objectives.base import ShardObjective, Shards
+from graft.objectives.batch import Batch, LossSum, LossTotals, Objective, hidden_states
 from graft.objectives.losses import linear_cross_entropy_sum
 
 
@@ -109,3 +112,15 @@ class CausalLM:
         if shards is not None and shards.bytes_per_token > 0:
             metrics[f"{split}/bpb"] = loss / math.log(2) / shards.bytes_per_token
         return metrics
+
+
+class CLMConfig(ShardObjective):
+    """clm: causal language modelling over packed token windows (no knobs of its own)."""
+
+    attention: ClassVar[AttentionKind | None] = "causal"
+    name: Literal["clm"] = "clm"
+
+    def build(self, data: Shards) -> Objective:
+        return CausalLM(
+            data.train, data.val, data.seq_len, mask_doc_boundaries=data.mask_doc_boundaries
+        )

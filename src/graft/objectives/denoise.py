@@ -14,22 +14,27 @@ that mask, so such a model is only used as trained inside graft (docs/objectives
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
 from graft.data.records import IGNORE_INDEX
 from graft.data.shards import TokenShards
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError, TokenizerError
+from graft.model.config import AttentionKind
 from graft.model.transformer import LanguageModel, prefix_attention_mask
-from graft.objectives.batch import Batch, LossSum, LossTotals
+from graft.objectives.base import ShardObjective, Shards
+from graft.objectives.batch import Batch, LossSum, LossTotals, Objective
 from graft.objectives.clm import next_token_loss
 from graft.objectives.mlm import EVAL_SEED, require_tokens
 from graft.objectives.spans import span_corruption, span_infilling
 
 DenoiseStyle = Literal["t5", "bart"]
+# Each style's usual share of dropped tokens (T5's 15%, BART's 30%).
+NOISE_DENSITY: dict[str, float] = {"t5": 0.15, "bart": 0.3}
 
 
 class Denoise:
@@ -50,9 +55,7 @@ class Denoise:
         prefix_lm: bool = False,
     ) -> None:
         self.style, self.prefix_lm = style, prefix_lm
-        self.noise_density = (
-            noise_density if noise_density is not None else (0.15 if style == "t5" else 0.3)
-        )
+        self.noise_density = noise_density if noise_density is not None else NOISE_DENSITY[style]
         self.mean_span = mean_span
         if style == "t5":
             self.sentinels = list(tokenizer.sentinel_ids)
@@ -168,3 +171,52 @@ class Denoise:
 
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
         return {f"{split}/loss": totals.mean, f"{split}/ppl": math.exp(min(totals.mean, 50.0))}
+
+
+class DenoiseConfig(ShardObjective):
+    """denoise: span corruption (t5) or text infilling (bart) on a decoder."""
+
+    attention: ClassVar[AttentionKind | None] = "causal"
+    name: Literal["denoise"] = "denoise"
+    denoise_style: DenoiseStyle = Field(
+        default="t5",
+        description=(
+            "t5: spans -> sentinels, target = the spans; "
+            "bart: spans -> one mask, target = the text."
+        ),
+    )
+    noise_density: float = Field(
+        default=NOISE_DENSITY["t5"],
+        gt=0,
+        lt=1,
+        description="Fraction of tokens dropped; unset or null = 0.15 (t5) or 0.3 (bart).",
+    )
+    mean_span: float = Field(default=3.0, ge=1, description="Mean length of a dropped span.")
+    prefix_lm: bool = Field(
+        default=False,
+        description=(
+            "Attend bidirectionally over the corrupted input (not exportable as a causal LM)."
+        ),
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _density_by_style(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("noise_density") is None:
+            style = data.get("denoise_style", "t5")
+            data = {key: value for key, value in data.items() if key != "noise_density"}
+            if isinstance(style, str) and style in NOISE_DENSITY:
+                data["noise_density"] = NOISE_DENSITY[style]
+        return data
+
+    def build(self, data: Shards) -> Objective:
+        return Denoise(
+            data.train,
+            data.val,
+            data.seq_len,
+            data.tokenizer,
+            style=self.denoise_style,
+            noise_density=self.noise_density,
+            mean_span=self.mean_span,
+            prefix_lm=self.prefix_lm,
+        )

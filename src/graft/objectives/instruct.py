@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import Field
 
-from graft.data.chat import encode_conversation
-from graft.data.records import IGNORE_INDEX, Conversation
+from graft.data.chat import DEFAULT_CHAT_TEMPLATE, encode_conversation
+from graft.data.records import IGNORE_INDEX, Conversation, read_conversations
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
+from graft.model.config import AttentionKind, HeadKind
 from graft.model.transformer import LanguageModel
+from graft.objectives.base import RecordObjective, Records, TaskData
 from graft.objectives.batch import Batch, LossSum, LossTotals, in_order
 from graft.objectives.clm import next_token_loss
 
@@ -107,3 +112,41 @@ class Instruct:
 
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
         return {f"{split}/loss": totals.mean, f"{split}/ppl": math.exp(min(totals.mean, 50.0))}
+
+
+class InstructConfig(RecordObjective):
+    """instruct: supervised fine-tuning on conversations, on a decoder."""
+
+    attention: ClassVar[AttentionKind | None] = "causal"
+    head: ClassVar[HeadKind] = "lm"
+    name: Literal["instruct"] = "instruct"
+    train_on_prompt: bool = Field(
+        default=False, description="Score prompt tokens too, not only responses."
+    )
+
+    def build(
+        self, records: Records, tokenizer: Tokenizer, *, max_len: int, bidirectional: bool
+    ) -> TaskData:
+        def read(path: Path) -> tuple[list[Conversation], int]:
+            return read_conversations(path, skip_invalid=records.skip_invalid)
+
+        train, val, skipped = records.train_and_val(read)
+        train = records.sample(train)
+        if tokenizer.chat_template is None:
+            # saved with every checkpoint of the run
+            tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+        sft = Instruct(
+            train,
+            val,
+            tokenizer,
+            tokenizer.chat_template,
+            max_len,
+            train_on_prompt=self.train_on_prompt,
+        )
+        notes = TaskData.report(
+            f"{len(train):,} training and {len(val):,} validation conversations",
+            skipped,
+            sft.train.truncated + sft.val.truncated,
+            f"conversations longer than {max_len} tokens (kept, cut at the end)",
+        )
+        return TaskData(sft, (), notes)

@@ -15,12 +15,19 @@ where its batches score equal counts (clm always does).
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Literal
 
 import torch
+from pydantic import Field, model_validator
 
 from graft.errors import ConfigError
+from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
+from graft.objectives.base import ShardObjective, Shards
 from graft.objectives.batch import Batch, LossSum, LossTotals, Objective
+from graft.objectives.clm import CLMConfig
+from graft.objectives.denoise import DenoiseConfig
+from graft.objectives.mlm import MLMConfig
 
 
 class Mixture:
@@ -108,3 +115,72 @@ class Mixture:
 
 def _tagged(batch: Batch, part: str) -> Batch:
     return replace(batch, part=f"{part}/{batch.part}" if batch.part else part, units_are_rows=True)
+
+
+def with_replay(domain: Objective, general: Objective, fraction: float) -> Objective:
+    """Continued pre-training: `fraction` of the batches replay general data to limit forgetting;
+    both validation sets are scored, and the domain's loss is the run's val/loss."""
+    return Mixture(
+        {"domain": (domain, 1.0 - fraction), "general": (general, fraction)},
+        primary="domain",
+        name=domain.name,
+    )
+
+
+class MixConfig(ShardObjective):
+    """mix: a weighted mixture of shard objectives (UL2-style), one part per micro-batch. The
+    parts that can be mixed are the fields below that hold a part's settings."""
+
+    name: Literal["mix"] = "mix"
+    mix: dict[str, float] = Field(
+        default_factory=dict,
+        description="Weight per part, e.g. {clm: 0.5, denoise: 0.25, mlm: 0.25}.",
+    )
+    clm: CLMConfig = Field(default_factory=CLMConfig, description="The clm part's settings.")
+    mlm: MLMConfig = Field(default_factory=MLMConfig, description="The mlm part's settings.")
+    denoise: DenoiseConfig = Field(
+        default_factory=DenoiseConfig, description="The denoise part's settings."
+    )
+
+    @classmethod
+    def mixable(cls) -> list[str]:
+        return [name for name in cls.model_fields if name not in ("name", "mix")]
+
+    @model_validator(mode="after")
+    def _check_parts(self) -> MixConfig:
+        mixable = self.mixable()
+        unknown = [k for k in self.mix if k not in mixable]
+        if unknown:
+            raise ValueError(
+                f"objective.mix: {', '.join(map(repr, unknown))} cannot be mixed; "
+                f"choose from {', '.join(mixable)}"
+            )
+        if any(w < 0 for w in self.mix.values()) or sum(self.mix.values()) <= 0:
+            raise ValueError(
+                f"objective.mix: weights must be >= 0 and sum to a positive number, got {self.mix}"
+            )
+        unused = [k for k in self.given(*mixable) if k not in self.mix]
+        if unused:
+            raise ValueError(
+                f"objective.{unused[0]}: settings for a part not in objective.mix "
+                f"({', '.join(self.mix)}); add it to the mix or drop them"
+            )
+        return self
+
+    def parts(self) -> dict[str, tuple[ShardObjective, float]]:
+        return {name: (getattr(self, name), weight) for name, weight in self.mix.items()}
+
+    def problems(self, model: ModelConfig) -> list[str]:
+        """The decoder parts' requirements (an mlm part reads both ways whatever the model)."""
+        return [
+            problem
+            for part, weight in self.parts().values()
+            if weight > 0 and part.attention == "causal"
+            for problem in part.problems(model)
+        ]
+
+    def build(self, data: Shards) -> Objective:
+        """Each part over the same data."""
+        return Mixture(
+            {name: (part.build(data), weight) for name, (part, weight) in self.parts().items()}
+        )

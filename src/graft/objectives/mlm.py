@@ -11,17 +11,21 @@ unigram baseline: always guessing the most frequent token of the validation text
 from __future__ import annotations
 
 import math
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from graft.data.records import IGNORE_INDEX
 from graft.data.shards import TokenShards
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError, TokenizerError
+from graft.model.config import AttentionKind
 from graft.model.transformer import LanguageModel
-from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states
+from graft.objectives.base import ShardObjective, Shards
+from graft.objectives.batch import Batch, LossSum, LossTotals, Objective, hidden_states
 from graft.objectives.masking import mask_tokens
 
 EVAL_SEED = 0  # validation masks are drawn once from this seed
@@ -200,3 +204,27 @@ class MaskedLM:
         if split == "val" and self.unigram_acc is not None:
             metrics["val/mlm_unigram_acc"] = self.unigram_acc
         return metrics
+
+
+class MLMConfig(ShardObjective):
+    """mlm: masked language modelling (BERT, RoBERTa) on an encoder."""
+
+    attention: ClassVar[AttentionKind | None] = "bidirectional"
+    name: Literal["mlm"] = "mlm"
+    mask_probability: float = Field(
+        default=0.15, gt=0, lt=1, description="Fraction of tokens chosen."
+    )
+    whole_word_mask: bool = Field(
+        default=False, description="Choose whole words, not single tokens."
+    )
+
+    def build(self, data: Shards) -> Objective:
+        return MaskedLM(
+            data.train,
+            data.val,
+            data.seq_len,
+            data.tokenizer,
+            data.vocab_size,
+            probability=self.mask_probability,
+            whole_word=self.whole_word_mask,
+        )

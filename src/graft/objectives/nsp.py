@@ -9,15 +9,20 @@ by a count, so the NSP sum is scaled by (masked tokens / pairs) and the count is
 
 from __future__ import annotations
 
+from typing import ClassVar, Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, model_validator
 
 from graft.data.shards import TokenShards
 from graft.data.tokenizer import Tokenizer
 from graft.errors import ConfigError, DataError
+from graft.model.config import AttentionKind, ModelConfig
 from graft.model.transformer import LanguageModel
-from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states
+from graft.objectives.base import ShardObjective, Shards
+from graft.objectives.batch import Batch, LossSum, LossTotals, Objective, hidden_states
 from graft.objectives.mlm import (
     EVAL_SEED,
     MaskingPolicy,
@@ -189,3 +194,56 @@ class NextSentence:
         if split == "val" and self.unigram_acc is not None:
             metrics["val/mlm_unigram_acc"] = self.unigram_acc
         return metrics
+
+
+class NSPConfig(ShardObjective):
+    """nsp: next-sentence prediction alone; mlm+nsp: BERT's pre-training, which also masks."""
+
+    attention: ClassVar[AttentionKind | None] = "bidirectional"
+    name: Literal["nsp", "mlm+nsp"] = "mlm+nsp"
+    mask_probability: float = Field(
+        default=0.15, gt=0, lt=1, description="mlm+nsp: fraction of tokens chosen."
+    )
+    whole_word_mask: bool = Field(
+        default=False, description="mlm+nsp: choose whole words, not single tokens."
+    )
+    nsp_same_document_negatives: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of training negatives cut from a distant part of A's own document "
+        "(validation keeps BERT's other-document negatives); with few long documents it stops the "
+        "head from merely recognising documents.",
+    )
+
+    @model_validator(mode="after")
+    def _masking_needs_mlm(self) -> NSPConfig:
+        if self.name == "nsp" and self.given("mask_probability", "whole_word_mask"):
+            raise ValueError(
+                f"objective.{self.given('mask_probability', 'whole_word_mask')[0]}: objective nsp "
+                "masks nothing; use objective mlm+nsp to mask as well"
+            )
+        return self
+
+    def problems(self, model: ModelConfig) -> list[str]:
+        problems = super().problems(model)
+        if not model.nsp_head:
+            problems.append(
+                f"objective {self.name} needs model.nsp_head: true (and model.pooler: true)"
+            )
+        if model.type_vocab_size < 2:
+            problems.append(f"objective {self.name} needs segment ids: model.type_vocab_size >= 2")
+        return problems
+
+    def build(self, data: Shards) -> Objective:
+        return NextSentence(
+            data.train,
+            data.val,
+            data.seq_len,
+            data.tokenizer,
+            data.vocab_size,
+            with_mlm=self.name == "mlm+nsp",
+            probability=self.mask_probability,
+            whole_word=self.whole_word_mask,
+            same_document_negatives=self.nsp_same_document_negatives,
+        )

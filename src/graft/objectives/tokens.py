@@ -9,16 +9,20 @@ are additive, so the figures are exact over any number of batches.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 
 from graft.data.inputs import input_frame
 from graft.data.records import IGNORE_INDEX
-from graft.data.tagged import TaggedSentence, align_tags
+from graft.data.tagged import TaggedSentence, align_tags, read_tagged
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
+from graft.model.config import HeadKind
 from graft.model.transformer import LanguageModel, padding_attention_mask
+from graft.objectives.base import RecordObjective, Records, TaskData
 from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states, in_order
 
 
@@ -160,3 +164,30 @@ class TagTokens:
             f"{split}/entity_recall": recall,
             f"{split}/entity_f1": f1,
         }
+
+
+class TokensConfig(RecordObjective):
+    """tokens: a BIO tag per word (named entities), on any backbone."""
+
+    head: ClassVar[HeadKind] = "token"
+    monitor: ClassVar[str] = "val/entity_f1"
+    name: Literal["tokens"] = "tokens"
+
+    def build(
+        self, records: Records, tokenizer: Tokenizer, *, max_len: int, bidirectional: bool
+    ) -> TaskData:
+        def read(path: Path) -> tuple[list[TaggedSentence], int]:
+            return read_tagged(path, encoding=records.encoding, skip_invalid=records.skip_invalid)
+
+        train, val, skipped = records.train_and_val(read)
+        train = records.sample(train)
+        tags = tag_set(train, str(records.train_file))
+        tagger = TagTokens(train, val, tokenizer, tags, max_len, bidirectional=bidirectional)
+        notes = TaskData.report(
+            f"{len(train):,} training and {len(val):,} validation sentences; "
+            f"tags: {', '.join(tags)}",
+            skipped,
+            tagger.train.truncated + tagger.val.truncated,
+            f"sentences longer than {max_len} tokens",
+        )
+        return TaskData(tagger, tags, notes)

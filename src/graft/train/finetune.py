@@ -1,19 +1,19 @@
 """Fine-tuning: a pre-trained model (graft checkpoint or Hugging Face directory), a head for the
 task, labelled records, and the same `fit` loop as pre-training.
 
-`finetune` reads the records, fixes the label set from the training data (validation labels must be
-among them), gives the model the task's head (new heads start from the model's initialisation; the
-backbone keeps its weights unless adapt.from_scratch), marks what trains (graft.adapt), and
-runs `fit`. The best checkpoint follows train.monitor (the task's metric by default). With
-`resume`, the same setup is rebuilt and then takes the weights, optimizer, training state and
-random generators of the run's checkpoints/last, so the run continues exactly.
+`finetune` has the task's objective (its config's `build`) read the records and fix the label set
+from the training data (validation labels must be among them), gives the model the task's head
+(new heads start from the model's initialisation; the backbone keeps its weights unless
+adapt.from_scratch), marks what trains (graft.adapt), and runs `fit`. The best checkpoint follows
+train.monitor (the task's metric by default). With `resume`, the same setup is rebuilt and then
+takes the weights, optimizer, training state and random generators of the run's checkpoints/last,
+so the run continues exactly.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,37 +22,15 @@ import yaml
 from graft import checkpoint as ckpt
 from graft.adapt import apply_adaptation, trainable_parameters
 from graft.atomic_files import write_atomic
-from graft.config import AdaptConfig, RunConfig
-from graft.data.chat import DEFAULT_CHAT_TEMPLATE
-from graft.data.records import (
-    Conversation,
-    TextRecord,
-    read_conversations,
-    read_labelled,
-    stratified_split,
-)
-from graft.data.tagged import TaggedSentence, read_tagged
+from graft.config import AdaptConfig, RunConfig, command_problems
 from graft.data.tokenizer import Tokenizer
 from graft.device import resolve_device
-from graft.errors import CheckpointError, ConfigError, DataError
+from graft.errors import CheckpointError, ConfigError
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
-from graft.objectives.batch import Objective
-from graft.objectives.classify import Classify, label_set
-from graft.objectives.instruct import Instruct
-from graft.objectives.tokens import TagTokens, tag_set
+from graft.objectives.base import RecordObjective, Records, TaskData
 from graft.train.loop import Run, RunResult, fit
 from graft.train.optim import build_optimizer
-
-
-@dataclass(frozen=True)
-class TaskData:
-    """What a task's records give the setup: the objective, the head, and counts worth reporting."""
-
-    objective: Objective
-    head: str
-    labels: tuple[str, ...]
-    notes: tuple[str, ...] = ()
 
 
 def finetune(
@@ -61,6 +39,11 @@ def finetune(
     """Fine-tune train.init on the task of config.objective.name (or, with `resume`, continue the
     run in train.out_dir) and return the run's result."""
     say = echo or (lambda message: print(message, file=sys.stderr))
+    problems = command_problems(config.objective.name, "finetune")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    task_config = config.objective
+    assert isinstance(task_config, RecordObjective)  # command_problems refused the others
     if config.train.init is None:
         raise ConfigError(
             "train.init: fine-tuning starts from a checkpoint or Hugging Face directory (--init); "
@@ -88,13 +71,13 @@ def finetune(
     task = task_data(config, tokenizer, base.config)
     model_config = base.config.model_copy(
         update=dict(
-            head=task.head,
+            head=task_config.head,
             labels=task.labels,
             dropout=config.model.dropout,
             classifier_pooling=config.model.classifier_pooling,
             pooler=base.config.pooler
             or (
-                task.head == "sequence"
+                task_config.head == "sequence"
                 and base.config.attention == "bidirectional"
                 and config.model.classifier_pooling == "token"
             ),
@@ -189,151 +172,32 @@ def _with_vocab_rows(model: LanguageModel, rows: int) -> LanguageModel:
 
 def task_data(config: RunConfig, tokenizer: Tokenizer, model_config: ModelConfig) -> TaskData:
     """Read the task's records and build its objective."""
-    name, data, seed = config.objective.name, config.data, config.train.seed
+    objective, data = config.objective, config.data
+    assert isinstance(objective, RecordObjective)  # command_problems refused the others
+    assert data.train_file is not None  # finetune() refused a run without one
     max_len = config.train.seq_len or model_config.max_seq_len
     if max_len > model_config.max_seq_len:
         raise ConfigError(
             f"train.seq_len ({max_len}) exceeds the model's max_seq_len "
             f"({model_config.max_seq_len})"
         )
-    bidirectional = model_config.attention == "bidirectional"
-    if name == "classify":
-
-        def read_texts(path: Path) -> tuple[list[TextRecord], int]:
-            return read_labelled(
-                path,
-                text_field=data.text_field,
-                label_field=data.label_field,
-                encoding=data.encoding,
-                skip_invalid=data.skip_invalid,
-            )
-
-        train, val, skipped = _train_and_val(
-            config, read_texts, lambda rows: stratified_split(rows, data.val_fraction, seed)
-        )
-        train = sample_records(train, data.max_train_examples, seed)
-        labels = label_set(train, str(data.train_file))
-        classify = Classify(
-            train,
-            val,
-            tokenizer,
-            labels,
-            max_len,
-            bidirectional=bidirectional,
-            class_weights=config.objective.class_weights,
-        )
-        notes = _notes(
-            f"{len(train):,} training and {len(val):,} validation texts; "
-            f"labels: {', '.join(labels)}",
-            skipped,
-            classify.train.truncated + classify.val.truncated,
-            f"texts longer than {max_len} tokens",
-        )
-        return TaskData(classify, "sequence", labels, notes)
-    if name == "tokens":
-
-        def read_sentences(path: Path) -> tuple[list[TaggedSentence], int]:
-            return read_tagged(path, encoding=data.encoding, skip_invalid=data.skip_invalid)
-
-        train, val, skipped = _train_and_val(
-            config, read_sentences, lambda rows: _split(rows, data.val_fraction, seed)
-        )
-        train = _head(train, data.max_train_examples, seed)
-        tags = tag_set(train, str(data.train_file))
-        tagger = TagTokens(train, val, tokenizer, tags, max_len, bidirectional=bidirectional)
-        notes = _notes(
-            f"{len(train):,} training and {len(val):,} validation sentences; "
-            f"tags: {', '.join(tags)}",
-            skipped,
-            tagger.train.truncated + tagger.val.truncated,
-            f"sentences longer than {max_len} tokens",
-        )
-        return TaskData(tagger, "token", tags, notes)
-    if name == "instruct":
-        if bidirectional:
-            raise ConfigError(
-                f"objective instruct trains a decoder; {config.train.init} is an encoder"
-            )
-
-        def read_dialogues(path: Path) -> tuple[list[Conversation], int]:
-            return read_conversations(path, skip_invalid=data.skip_invalid)
-
-        train, val, skipped = _train_and_val(
-            config, read_dialogues, lambda rows: _split(rows, data.val_fraction, seed)
-        )
-        train = _head(train, data.max_train_examples, seed)
-        if tokenizer.chat_template is None:
-            # saved with every checkpoint of the run
-            tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-        sft = Instruct(
-            train,
-            val,
-            tokenizer,
-            tokenizer.chat_template,
-            max_len,
-            train_on_prompt=config.objective.train_on_prompt,
-        )
-        notes = _notes(
-            f"{len(train):,} training and {len(val):,} validation conversations",
-            skipped,
-            sft.train.truncated + sft.val.truncated,
-            f"conversations longer than {max_len} tokens (kept, cut at the end)",
-        )
-        return TaskData(sft, "lm", (), notes)
-    raise ConfigError(
-        f"objective.name: {name!r} is not a fine-tuning task; use classify, tokens or instruct"
+    problems = objective.problems(model_config)
+    if problems:
+        raise ConfigError(f"train.init {config.train.init}: " + "; ".join(problems))
+    records = Records(
+        train_file=data.train_file,
+        val_file=data.val_file,
+        val_fraction=data.val_fraction,
+        text_field=data.text_field,
+        label_field=data.label_field,
+        encoding=data.encoding,
+        skip_invalid=data.skip_invalid,
+        max_train_examples=data.max_train_examples,
+        seed=config.train.seed,
     )
-
-
-def _train_and_val(
-    config: RunConfig,
-    read: Callable[[Path], tuple[list, int]],
-    split: Callable[[list], tuple[list, list]],
-) -> tuple[list, list, int]:
-    """(training records, validation records, invalid records skipped): data.val_file when given,
-    else `split` of data.train_file."""
-    assert config.data.train_file is not None
-    train, skipped = read(config.data.train_file)
-    if config.data.val_file is None:
-        return *split(train), skipped
-    val, skipped_val = read(config.data.val_file)
-    return train, val, skipped + skipped_val
-
-
-def _notes(counts: str, skipped: int, truncated: int, what: str) -> tuple[str, ...]:
-    notes = [counts]
-    if skipped:
-        notes.append(f"skipped {skipped:,} invalid records (--data.skip_invalid)")
-    if truncated:
-        notes.append(f"warning: {truncated:,} {what} were truncated")
-    return tuple(notes)
-
-
-def _split(items: list, fraction: float, seed: int) -> tuple[list, list]:
-    """A seeded random split: (the rest, `fraction` held out)."""
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
-    n_val = max(1, round(len(items) * fraction))
-    held = set(order[:n_val])
-    return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
-
-
-def _head(items: list, limit: int | None, seed: int) -> list:
-    """A seeded random subset of `limit` items (all when None or fewer)."""
-    if limit is None or limit >= len(items):
-        return items
-    order = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()[
-        :limit
-    ]
-    return [items[i] for i in sorted(order)]
-
-
-def sample_records(records: list[TextRecord], limit: int | None, seed: int) -> list[TextRecord]:
-    """A stratified sample of `limit` records (all of them when None or when there are fewer)."""
-    if limit is None or limit >= len(records):
-        return records
-    _, sample = stratified_split(records, limit / len(records), seed)
-    if len({r.label for r in sample}) < 2:
-        raise DataError(
-            f"data.max_train_examples {limit}: the sample holds fewer than two labels; raise it"
-        )
-    return sample
+    return objective.build(
+        records,
+        tokenizer,
+        max_len=max_len,
+        bidirectional=model_config.attention == "bidirectional",
+    )

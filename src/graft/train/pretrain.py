@@ -5,26 +5,30 @@ hands all of it to the loop."""
 
 from __future__ import annotations
 
-import functools
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from graft import checkpoint as ckpt
 from graft.atomic_files import write_atomic
-from graft.config import RunConfig, model_problems
+from graft.config import RunConfig, command_problems, model_problems
 from graft.data.shards import ShardIndex, TokenShards
 from graft.data.tokenizer import Tokenizer
 from graft.device import resolve_device
 from graft.errors import ConfigError, TokenizerError
 from graft.model.transformer import LanguageModel
-from graft.objectives.build import build_objective, with_replay
+from graft.objectives.base import ShardObjective, Shards
+from graft.objectives.mix import with_replay
 from graft.train.loop import Run, RunResult, fit
 from graft.train.optim import build_optimizer
 
 
 def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     """Set up a pre-training run from its config (fresh or resumed) and train it."""
+    problems = command_problems(config.objective.name, "pretrain")
+    if problems:
+        raise ConfigError("; ".join(problems))
     if config.data.path is None:
         raise ConfigError(
             "data.path is not set: give a directory made by `graft data prepare` (--data.path=DIR)"
@@ -63,22 +67,23 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(run_dir / "config.yaml", config.to_yaml())
     assert config.model.vocab_size is not None  # _with_vocab took the tokenizer's
-    build = functools.partial(
-        build_objective,
-        config.objective,
-        seq_len=config.seq_len,
-        tokenizer=tokenizer,
-        vocab_size=config.model.vocab_size,
+    objective_config = config.objective
+    assert isinstance(objective_config, ShardObjective)  # command_problems refused the others
+    data = Shards(
+        train_shards,
+        val_shards,
+        config.seq_len,
+        tokenizer,
+        config.model.vocab_size,
         mask_doc_boundaries=config.data.mask_doc_boundaries,
     )
-    objective = build(train_shards, val_shards)
+    objective = objective_config.build(data)
     if config.data.replay_path is not None:
         _, replay_train, replay_val = open_prepared(
             config.data.replay_path, expected_tokenizer=tokenizer
         )
-        objective = with_replay(
-            objective, build(replay_train, replay_val), config.data.replay_fraction
-        )
+        general = objective_config.build(replace(data, train=replay_train, val=replay_val))
+        objective = with_replay(objective, general, config.data.replay_fraction)
     run = Run(
         config, model, objective, optimizer, tokenizer, device, generator, state, resumed=resume
     )

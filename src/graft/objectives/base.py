@@ -1,0 +1,156 @@
+"""The plug-in interface of an objective: the config its module declares.
+
+Each objective module defines one config class, a member of the run config's union discriminated
+on `name`: it holds only that objective's knobs (a knob of another objective is a config error),
+says what data it reads (token shards for `graft pretrain`, labelled records for
+`graft finetune`), the attention it needs of the model (`problems`), and `build`s the objective
+the loop runs. Nothing outside the objective's module lists names or branches on them.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from graft.data.shards import TokenShards
+from graft.data.tokenizer import Tokenizer
+from graft.model.config import AttentionKind, HeadKind, ModelConfig
+from graft.objectives.batch import Objective
+
+DataKind = Literal["shards", "records"]
+
+
+class ObjectiveSection(BaseModel):
+    """An objective's config: its name, its own knobs, and what it needs of the run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reads: ClassVar[DataKind]
+    # The attention the model must have; None: any backbone.
+    attention: ClassVar[AttentionKind | None] = None
+
+    name: str
+
+    def problems(self, model: ModelConfig) -> list[str]:
+        """What this objective asks of the model that `model` does not give."""
+        if self.attention == "causal" and model.attention != "causal":
+            return [
+                f"objective {self.name} trains a decoder: model.attention must be causal "
+                f"(it is {model.attention}); use a decoder preset such as micro or llama-micro"
+            ]
+        if self.attention == "bidirectional" and model.attention != "bidirectional":
+            return [
+                f"objective {self.name} trains an encoder: model.attention must be bidirectional; "
+                "use an encoder preset such as bert-micro"
+            ]
+        return []
+
+    def given(self, *keys: str) -> list[str]:
+        """Which of `keys` the config set explicitly (to refuse knobs a variant does not use)."""
+        return [key for key in keys if key in self.model_fields_set]
+
+
+@dataclass(frozen=True)
+class Shards:
+    """What a shard objective is built over: one prepared dataset's splits and the run's settings
+    for reading them."""
+
+    train: TokenShards
+    val: TokenShards | None
+    seq_len: int
+    tokenizer: Tokenizer
+    vocab_size: int
+    mask_doc_boundaries: bool = False
+
+
+class ShardObjective(ObjectiveSection):
+    """An objective over prepared token shards (`graft pretrain`)."""
+
+    reads: ClassVar[DataKind] = "shards"
+
+    @abstractmethod
+    def build(self, data: Shards) -> Objective:
+        """The objective over one dataset."""
+
+
+@dataclass(frozen=True)
+class Records:
+    """Where a fine-tune's records come from and how to read them: the run's data settings and
+    seed. Each record objective reads its own kind of record with them."""
+
+    train_file: Path
+    val_file: Path | None
+    val_fraction: float
+    text_field: str
+    label_field: str
+    encoding: str
+    skip_invalid: bool
+    max_train_examples: int | None
+    seed: int
+
+    def train_and_val(
+        self,
+        read: Callable[[Path], tuple[list[Any], int]],
+        split: Callable[[list[Any]], tuple[list[Any], list[Any]]] | None = None,
+    ) -> tuple[list[Any], list[Any], int]:
+        """(training records, validation records, invalid records skipped): val_file when given,
+        else `split` (by default a seeded random split) of train_file."""
+        train, skipped = read(self.train_file)
+        if self.val_file is None:
+            return *(split or self.random_split)(train), skipped
+        val, skipped_val = read(self.val_file)
+        return train, val, skipped + skipped_val
+
+    def random_split(self, items: list[Any]) -> tuple[list[Any], list[Any]]:
+        """A seeded random split: (the rest, val_fraction held out)."""
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(self.seed))
+        held = set(order[: max(1, round(len(items) * self.val_fraction))].tolist())
+        return [x for i, x in enumerate(items) if i not in held], [items[i] for i in sorted(held)]
+
+    def sample(self, items: list[Any]) -> list[Any]:
+        """A seeded random subset of max_train_examples items (all when None or fewer)."""
+        limit = self.max_train_examples
+        if limit is None or limit >= len(items):
+            return items
+        order = torch.randperm(len(items), generator=torch.Generator().manual_seed(self.seed))
+        return [items[i] for i in sorted(order[:limit].tolist())]
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """What a record objective's build gives the fine-tune: the objective, the label set of its
+    head, and lines worth reporting (counts, skipped and truncated records)."""
+
+    objective: Objective
+    labels: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+    @staticmethod
+    def report(counts: str, skipped: int, truncated: int, what: str) -> tuple[str, ...]:
+        notes = [counts]
+        if skipped:
+            notes.append(f"skipped {skipped:,} invalid records (--data.skip_invalid)")
+        if truncated:
+            notes.append(f"warning: {truncated:,} {what} were truncated")
+        return tuple(notes)
+
+
+class RecordObjective(ObjectiveSection):
+    """An objective over labelled records (`graft finetune`), with the head it trains."""
+
+    reads: ClassVar[DataKind] = "records"
+    head: ClassVar[HeadKind]
+    # The validation metric a fine-tune follows by default (train.monitor).
+    monitor: ClassVar[str] = "val/loss"
+
+    @abstractmethod
+    def build(
+        self, records: Records, tokenizer: Tokenizer, *, max_len: int, bidirectional: bool
+    ) -> TaskData:
+        """Read the records and build the objective over them."""
