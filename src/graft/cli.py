@@ -166,7 +166,8 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     # Shortcuts for the settings changed most often; each is the dotted override named in its help.
     p.add_argument(
         "--objective",
-        help="the pre-training objective (objective.name; a wrong name lists them), default clm",
+        # Held equal to the shard objectives' names by tests/objectives/test_plugins.py.
+        help="clm, mlm, nsp, mlm+nsp, denoise or mix (objective.name), default clm",
     )
     p.add_argument("--data", help="prepared data directory (data.path)")
     p.add_argument(

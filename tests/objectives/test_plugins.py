@@ -58,3 +58,12 @@ def test_the_finetune_command_offers_every_record_objective() -> None:
     assert set(tasks.choices) == {
         n for n, c in OBJECTIVES.items() if issubclass(c, RecordObjective)
     }
+
+
+def test_the_pretrain_help_names_every_shard_objective() -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    option = next(a for a in commands.choices["pretrain"]._actions if a.dest == "objective")
+    assert option.help is not None
+    listed = option.help.split(" (")[0].replace(" or ", ", ").split(", ")
+    assert set(listed) == {n for n, c in OBJECTIVES.items() if issubclass(c, ShardObjective)}
