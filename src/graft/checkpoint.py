@@ -37,6 +37,7 @@ from graft.adapt import (
     split_lora_state,
 )
 from graft.atomic_files import atomic_directory
+from graft.config import RunConfig, model_problems
 from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError, ConfigError, TokenizerError
 from graft.model.config import ModelConfig
@@ -189,6 +190,61 @@ def read_model_config(directory: Path) -> ModelConfig:
         raise CheckpointError(
             f"{path}: not a valid graft model config ({str(err).splitlines()[0]})"
         ) from None
+
+
+# What a run may set on a model it starts from (train.init): training choices, not architecture.
+RUN_MODEL_FIELDS = frozenset({"dropout", "classifier_pooling"})
+# What setup owns: the vocabulary may grow (fine-tuning adds a pad token to a tokenizer without
+# one) and fine-tuning sets the head and its labels from the task's data.
+SETUP_MODEL_FIELDS = frozenset({"vocab_size", "head", "labels"})
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """The config that will run, resolved once before any setup (and by --print-config).
+
+    Without train.init the config is returned as it is. With train.init (a graft checkpoint or
+    run directory, or a Hugging Face directory) the model section becomes the init's model config,
+    read from its config.json without loading weights, under one policy for both `graft pretrain`
+    and `graft finetune`:
+
+    - the run may set `dropout` and `classifier_pooling` (RUN_MODEL_FIELDS): its values are taken;
+    - `vocab_size`, `head` and `labels` (SETUP_MODEL_FIELDS) are the checkpoint's here; setup
+      grows the vocabulary (a pad token) and sets a fine-tune's head and labels from its data;
+    - any other model field the run sets explicitly must agree with the checkpoint: every one
+      that differs is named in one ConfigError.
+
+    Then the run's requirements of the model (train.seq_len within max_seq_len, the objective's
+    needs) are checked against the resolved model. Resolving a resolved config changes nothing.
+    """
+    init = config.train.init
+    if init is None:
+        return config
+    from graft.model.convert.hf import is_hf_directory, read_hf_config
+
+    if is_hf_directory(Path(init)):
+        base = read_hf_config(Path(init))
+    else:
+        base = read_model_config(resolve_checkpoint(init))
+    asked = config.model.model_fields_set - RUN_MODEL_FIELDS - SETUP_MODEL_FIELDS
+    clashes = [
+        f"model.{key}: run says {getattr(config.model, key)!r}, "
+        f"checkpoint has {getattr(base, key)!r}"
+        for key in sorted(asked)
+        if getattr(config.model, key) != getattr(base, key)
+    ]
+    if clashes:
+        raise ConfigError(
+            f"train.init: the model comes from {init}; {'; '.join(clashes)} "
+            "(drop these model settings)"
+        )
+    taken = {
+        key: getattr(config.model, key) for key in RUN_MODEL_FIELDS & config.model.model_fields_set
+    }
+    resolved = config.model_copy(update={"model": base.model_copy(update=taken)})
+    problems = model_problems(resolved)
+    if problems:
+        raise ConfigError(f"train.init {init}: " + "; ".join(problems))
+    return resolved
 
 
 def load_model(

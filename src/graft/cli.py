@@ -681,12 +681,14 @@ def _run_pretrain(args: argparse.Namespace, extra: list[str]) -> int:
     }
     overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     config = load_run_config(args.config, overrides + _split_overrides(extra))
+    # torch loads only once the config is known to be good
+    from graft.checkpoint import resolve
+
+    config = resolve(config)  # with --init, the model is the checkpoint's: print what will run
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
-    from graft.train.pretrain import (
-        pretrain,  # torch loads only once the config is known to be good
-    )
+    from graft.train.pretrain import pretrain
 
     result = pretrain(config, resume=args.resume)
     if result.stop_reason == "interrupted":
@@ -721,6 +723,9 @@ def _run_finetune(args: argparse.Namespace, extra: list[str]) -> int:
     }
     overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
     config = load_finetune_config(args.task, args.config, overrides + _split_overrides(extra))
+    from graft.checkpoint import resolve
+
+    config = resolve(config)  # with --init, the model is the checkpoint's: print what will run
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0

@@ -126,6 +126,11 @@ class OptimConfig(Section):
     )
 
 
+# A run stops at the first of these it reaches; one given none trains DEFAULT_MAX_STEPS steps.
+_LIMITS = ("max_steps", "max_tokens", "max_minutes")
+DEFAULT_MAX_STEPS = 1000
+
+
 class TrainConfig(Section):
     out_dir: Path = Field(default=Path("runs/pretrain"), description="Run directory.")
     init: Path | None = Field(
@@ -140,7 +145,11 @@ class TrainConfig(Section):
         default=None, ge=1, description="Training context; None = model.max_seq_len."
     )
     max_steps: int | None = Field(
-        default=None, ge=1, description="Stop after this many optimizer steps."
+        default=None,
+        ge=1,
+        description="Stop after this many optimizer steps. When no limit is given (none of "
+        f"max_steps, max_tokens, max_minutes), {DEFAULT_MAX_STEPS}, whether or not the run has "
+        "a train section.",
     )
     max_tokens: int | None = Field(
         default=None, ge=1, description="Stop after this many training tokens."
@@ -175,13 +184,14 @@ class TrainConfig(Section):
     )
     progress: bool = Field(default=True, description="Show a progress bar on stderr.")
 
-    @model_validator(mode="after")
-    def _needs_a_limit(self) -> TrainConfig:
-        if self.max_steps is None and self.max_tokens is None and self.max_minutes is None:
-            raise ValueError(
-                "set at least one of train.max_steps, train.max_tokens, train.max_minutes"
-            )
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _default_limit(cls, data: Any) -> Any:
+        """No limit given: DEFAULT_MAX_STEPS steps (the same for `train: {batch_size: 8}` as for
+        no train section at all)."""
+        if isinstance(data, dict) and all(data.get(key) is None for key in _LIMITS):
+            return {**data, "max_steps": DEFAULT_MAX_STEPS}
+        return data
 
 
 class AdaptConfig(Section):
@@ -216,13 +226,12 @@ class RunConfig(Section):
     objective: ObjectiveConfig = Field(default_factory=CLMConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
-    train: TrainConfig = Field(default_factory=lambda: TrainConfig(max_steps=1000))
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
     def _cross_section(self) -> RunConfig:
-        if (
-            self.train.init is None
-        ):  # with init the model comes from the checkpoint: checked once loaded
+        # With train.init the model comes from the checkpoint: checked by resolve() (checkpoint.py).
+        if self.train.init is None:
             problems = model_problems(self)
             if problems:
                 raise ValueError("; ".join(problems))
@@ -230,6 +239,8 @@ class RunConfig(Section):
 
     @property
     def seq_len(self) -> int:
+        """The training context: the one place train.seq_len's default is applied. Read it from
+        a resolved config (graft.checkpoint.resolve), whose model is the one that will run."""
         return self.train.seq_len or self.model.max_seq_len
 
     def to_yaml(self) -> str:

@@ -451,5 +451,5 @@ def test_a_context_longer_than_the_model_is_refused(base: Path, tmp_path: Path, 
         )
         == 2
     )
-    assert "train.seq_len (64) exceeds the model's max_seq_len (32)" in capsys.readouterr().err
+    assert "train.seq_len (64) exceeds model.max_seq_len (32)" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()

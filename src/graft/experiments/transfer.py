@@ -38,7 +38,7 @@ import torch
 
 from graft.adapt import apply_adaptation, trainable_parameters
 from graft.atomic_files import write_atomic
-from graft.checkpoint import load_model
+from graft.checkpoint import load_model, resolve
 from graft.config import RunConfig, load_finetune_config
 from graft.data.records import TextRecord, read_labelled, read_polarity, stratified_split
 from graft.data.tokenizer import Tokenizer
@@ -527,6 +527,7 @@ def _one_run(
     start = time.perf_counter()
     train_examples = len(sample_records(split.pool, size, seed))
     try:
+        config = resolve(config)  # the model that runs (and is scored): train.init's
         result = finetune(config, echo=echo)
         if (
             result.stop_reason == "interrupted"
@@ -588,7 +589,7 @@ def _score(
     model: LanguageModel, tokenizer: Tokenizer, config: RunConfig, split: Split
 ) -> ClassificationMetrics:
     """Classification metrics of `model` on the test set, texts framed and cut as in training."""
-    max_len = config.train.seq_len or model.config.max_seq_len
+    max_len = config.seq_len  # resolved by _one_run
     labels = tuple(model.config.labels)
     objective = Classify(
         (),

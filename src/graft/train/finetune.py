@@ -42,6 +42,7 @@ def finetune(
     problems = command_problems(config.objective.name, "finetune")
     if problems:
         raise ConfigError("; ".join(problems))
+    config = ckpt.resolve(config)  # a no-op when the CLI resolved it already
     task_config = config.objective
     assert isinstance(task_config, RecordObjective)  # command_problems refused the others
     if config.train.init is None:
@@ -69,12 +70,13 @@ def finetune(
             f"(embedding: {base.config.vocab_size} rows)"
         )
     task = task_data(config, tokenizer, base.config)
+    # The resolved model (the base's, with the run's dropout and pooling), its vocabulary as
+    # grown above, the task's head and labels.
     model_config = base.config.model_copy(
         update=dict(
+            **{key: getattr(config.model, key) for key in ckpt.RUN_MODEL_FIELDS},
             head=task_config.head,
             labels=task.labels,
-            dropout=config.model.dropout,
-            classifier_pooling=config.model.classifier_pooling,
             pooler=base.config.pooler
             or (
                 task_config.head == "sequence"
@@ -171,19 +173,11 @@ def _with_vocab_rows(model: LanguageModel, rows: int) -> LanguageModel:
 
 
 def task_data(config: RunConfig, tokenizer: Tokenizer, model_config: ModelConfig) -> TaskData:
-    """Read the task's records and build its objective."""
+    """Read the task's records and build its objective (`config` resolved: ckpt.resolve checked
+    the context and the objective's needs against the model)."""
     objective, data = config.objective, config.data
     assert isinstance(objective, RecordObjective)  # command_problems refused the others
     assert data.train_file is not None  # finetune() refused a run without one
-    max_len = config.train.seq_len or model_config.max_seq_len
-    if max_len > model_config.max_seq_len:
-        raise ConfigError(
-            f"train.seq_len ({max_len}) exceeds the model's max_seq_len "
-            f"({model_config.max_seq_len})"
-        )
-    problems = objective.problems(model_config)
-    if problems:
-        raise ConfigError(f"train.init {config.train.init}: " + "; ".join(problems))
     records = Records(
         train_file=data.train_file,
         val_file=data.val_file,
@@ -198,6 +192,6 @@ def task_data(config: RunConfig, tokenizer: Tokenizer, model_config: ModelConfig
     return objective.build(
         records,
         tokenizer,
-        max_len=max_len,
+        max_len=config.seq_len,  # resolved: train.seq_len, else the base model's max_seq_len
         bidirectional=model_config.attention == "bidirectional",
     )

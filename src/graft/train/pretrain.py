@@ -12,7 +12,7 @@ import torch
 
 from graft import checkpoint as ckpt
 from graft.atomic_files import write_atomic
-from graft.config import RunConfig, command_problems, model_problems
+from graft.config import RunConfig, command_problems
 from graft.data.shards import ShardIndex, TokenShards
 from graft.data.tokenizer import Tokenizer
 from graft.device import resolve_device
@@ -29,6 +29,7 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     problems = command_problems(config.objective.name, "pretrain")
     if problems:
         raise ConfigError("; ".join(problems))
+    config = ckpt.resolve(config)  # a no-op when the CLI resolved it already
     if config.data.path is None:
         raise ConfigError(
             "data.path is not set: give a directory made by `graft data prepare` (--data.path=DIR)"
@@ -118,9 +119,8 @@ def open_prepared(
 
 
 def _initial_model(config: RunConfig, tokenizer: Tokenizer) -> tuple[LanguageModel, RunConfig]:
-    """Continued pre-training: the weights of train.init, whose model config replaces the run's.
-    Model fields the run sets itself must agree with the checkpoint, except dropout (a training
-    choice)."""
+    """Continued pre-training: the weights of train.init, built with the run's resolved model
+    config (the checkpoint's, with the training choices ckpt.resolve lets a run make)."""
     init = config.train.init
     assert init is not None
     model, trained_with = ckpt.load_model(init)
@@ -130,33 +130,14 @@ def _initial_model(config: RunConfig, tokenizer: Tokenizer) -> tuple[LanguageMod
             f"but {config.data.path} was prepared with {tokenizer.sha256[:12]}; "
             f"prepare the data with --tokenizer {init}"
         )
-    asked = config.model.model_dump(
-        include=config.model.model_fields_set - {"dropout", "vocab_size"}
-    )
-    clashes = [
-        f"model.{k}: run says {v!r}, checkpoint has {getattr(model.config, k)!r}"
-        for k, v in asked.items()
-        if getattr(model.config, k) != getattr(config.model, k)
-    ]
-    if clashes:
-        raise ConfigError(
-            f"train.init: the model comes from {init}; {'; '.join(clashes)} "
-            "(drop these model settings)"
-        )
     model_config = model.config.model_copy(
-        update={"dropout": config.model.dropout}
-        if "dropout" in config.model.model_fields_set
-        else {}
+        update={key: getattr(config.model, key) for key in ckpt.RUN_MODEL_FIELDS}
     )
     if model_config != model.config:
         reloaded = LanguageModel(model_config)
         reloaded.load_state_dict(model.state_dict())
         model = reloaded
-    config = config.model_copy(update={"model": model_config})
-    problems = model_problems(config)
-    if problems:
-        raise ConfigError(f"train.init {init}: " + "; ".join(problems))
-    return model, config
+    return model, config.model_copy(update={"model": model_config})
 
 
 def _with_vocab(config: RunConfig, tokenizer: Tokenizer) -> RunConfig:
