@@ -14,6 +14,7 @@ is cancelled the same way when its generator is closed.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -416,6 +417,23 @@ def _sse(payload: BaseModel | str) -> str:
     return f"data: {data}\n\n"
 
 
+def _chunk(
+    schema: type[CompletionResponse] | type[ChatCompletionChunk],
+    rid: str,
+    created: int,
+    model: str,
+    choices: list[Any],
+    usage: Usage | None = None,
+) -> str:
+    """One streamed chunk of `schema`: a usage chunk carries `usage` (and no choices), the others
+    leave it out, as OpenAI's streams do."""
+    fields: dict[str, Any] = {"usage": usage} if usage is not None else {}
+    kind = schema.model_fields["object"].default  # set, so that exclude_unset keeps it
+    return _sse(
+        schema(id=rid, object=kind, created=created, model=model, choices=choices, **fields)
+    )
+
+
 def _stream_error() -> str:
     return _sse(
         ErrorResponse(
@@ -488,19 +506,7 @@ def completion_routes(
         include_usage: bool,
     ) -> AsyncIterator[str]:
         offset = 0
-
-        def chunk(choices: list[CompletionChoice], usage: Usage | None = None) -> str:
-            fields = {"usage": usage} if usage is not None else {}
-            return _sse(
-                CompletionResponse(
-                    id=rid,
-                    object="text_completion",
-                    created=created,
-                    model=info.name,
-                    choices=choices,
-                    **fields,
-                )
-            )
+        chunk = functools.partial(_chunk, CompletionResponse, rid, created, info.name)
 
         async with aclosing(events):  # closing it cancels the request when the client is gone
             async for event in events:
@@ -554,19 +560,7 @@ def completion_routes(
         logprobs: bool,
         include_usage: bool,
     ) -> AsyncIterator[str]:
-
-        def chunk(choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
-            fields = {"usage": usage} if usage is not None else {}
-            return _sse(
-                ChatCompletionChunk(
-                    id=rid,
-                    object="chat.completion.chunk",
-                    created=created,
-                    model=info.name,
-                    choices=choices,
-                    **fields,
-                )
-            )
+        chunk = functools.partial(_chunk, ChatCompletionChunk, rid, created, info.name)
 
         def delta(
             delta: Delta,
