@@ -81,7 +81,7 @@ def sequence_features(
                 f"input_ids[{i}]: empty sequence; every sequence needs at least one token"
             )
     # Encoders see the whole sequence; decoders only what came before.
-    causal = model.config.attention == "causal"
+    causal = not model.config.is_encoder
     # Batching sequences of similar length keeps padding (wasted compute) small.
     order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
     features = torch.empty(len(input_ids), model.config.d_model, dtype=torch.float32)

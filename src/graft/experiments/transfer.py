@@ -597,7 +597,7 @@ def _score(
         tokenizer,
         labels,
         max_len,
-        bidirectional=model.config.attention == "bidirectional",
+        bidirectional=model.config.is_encoder,
     )
     device = next(model.parameters()).device
     predicted: list[str] = []

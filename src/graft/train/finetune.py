@@ -80,7 +80,7 @@ def finetune(
             pooler=base.config.pooler
             or (
                 task_config.head == "sequence"
-                and base.config.attention == "bidirectional"
+                and base.config.is_encoder
                 and config.model.classifier_pooling == "token"
             ),
         )
@@ -193,5 +193,5 @@ def task_data(config: RunConfig, tokenizer: Tokenizer, model_config: ModelConfig
         records,
         tokenizer,
         max_len=config.seq_len,  # resolved: train.seq_len, else the base model's max_seq_len
-        bidirectional=model_config.attention == "bidirectional",
+        bidirectional=model_config.is_encoder,
     )
