@@ -47,3 +47,35 @@ def test_no_module_imports_a_layer_above_it() -> None:
 def test_the_walk_sees_imports() -> None:
     """The checker itself: it finds a known import, so an empty result above means something."""
     assert (1, "graft.errors") in [(1, m) for _, m in _imports(SRC / "model" / "config.py")]
+
+
+# The model's parts that only LanguageModel.forward may touch: whoever trains, scores or serves
+# a model calls it once, so a DDP/FSDP wrapper or torch.compile can wrap the whole model.
+_MODEL_PARTS = {"lm_head", "lm_head_transform", "pooler", "nsp_head", "classifier"}
+# Where the model is only called, never taken apart.
+_CALLERS = ("objectives", "train/loop.py", "evaluate", "experiments", "serve", "infer/generate.py")
+
+
+def _reaches_into_the_model(path: Path) -> list[str]:
+    """`name.model`, `name.lm_head`, ... where the name ends in "model" (model, self.model)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Attribute) and node.attr in _MODEL_PARTS | {"model"}:
+            inner = node.value
+            owner = inner.attr if isinstance(inner, ast.Attribute) else getattr(inner, "id", "")
+            if owner.endswith("model"):
+                found.append(f"{path.name}:{node.lineno} {owner}.{node.attr}")
+    return found
+
+
+def test_callers_use_the_one_model_entry_point() -> None:
+    paths = [p for c in _CALLERS for p in sorted((SRC / c).rglob("*.py")) or [SRC / c]]
+    broken = [hit for path in paths for hit in _reaches_into_the_model(path)]
+    assert not broken, "reaches past model(...):\n" + "\n".join(broken)
+
+
+def test_the_entry_point_check_sees_a_reach(tmp_path: Path) -> None:
+    text = (SRC / "objectives" / "clm.py").read_text(encoding="utf-8")
+    copy = tmp_path / "clm.py"  # a real file with one reach added
+    copy.write_text(text + "\nhead = model.lm_head.weight\n", encoding="utf-8")
+    assert [hit.split(" ")[1] for hit in _reaches_into_the_model(copy)] == ["model.lm_head"]

@@ -17,7 +17,7 @@ from graft.data.tokenizer import bytes_tokenizer
 from graft.errors import CheckpointError, DataError
 from graft.evaluate.evaluate import EvalOptions, default_out_dir, evaluate_checkpoint
 from graft.model.config import preset
-from graft.model.transformer import LanguageModel, padding_attention_mask
+from graft.model.transformer import LanguageModel
 
 VOCAB = 262  # the bytes tokenizer: 256 bytes and 6 special tokens
 EOT_ID = 256
@@ -114,7 +114,7 @@ def test_lm_figures_agree_and_the_report_states_their_definitions(
         for start in range(0, len(ids) - 1, 32):
             x = torch.tensor([ids[start : start + 32]])
             y = torch.tensor([ids[start + 1 : start + 33]])
-            logits = model(x[:, : y.shape[1]])
+            logits = model(x[:, : y.shape[1]]).logits
             per_token = torch.nn.functional.cross_entropy(logits[0], y[0], reduction="none")
             direct += float(per_token[y[0] != EOT_ID].sum())
     assert loss_sum == pytest.approx(direct, rel=1e-5)
@@ -145,15 +145,8 @@ def test_classify_accuracy_matches_a_direct_computation(classifier: Path, tmp_pa
     with torch.no_grad():
         for row in rows:  # one text at a time: no padding, the last token's hidden state
             ids = torch.tensor([tokenizer.encode(row["text"])])
-            hidden = model.model(
-                ids,
-                attention_mask=padding_attention_mask(
-                    torch.ones_like(ids, dtype=torch.bool), causal=True
-                ),
-            )
-            predicted = model.config.labels[
-                int(model.sequence_logits(hidden, torch.tensor([ids.shape[1] - 1])).argmax())
-            ]
+            logits = model(ids, heads=["classifier"]).class_logits
+            predicted = model.config.labels[int(logits.argmax())]
             correct += predicted == row["label"]
     assert metrics["accuracy"] == pytest.approx(correct / len(rows))
     assert metrics["labels"] == ["neg", "pos"] and sum(map(sum, metrics["confusion"])) == len(rows)

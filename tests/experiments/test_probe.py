@@ -11,7 +11,6 @@ from graft.model.config import preset
 from graft.model.transformer import LanguageModel
 
 POOLINGS = ("mean", "last", "first")
-PAD = 0
 
 
 def tiny_model(**overrides: object) -> LanguageModel:
@@ -33,9 +32,9 @@ def random_sequences(n: int, seed: int, lengths: tuple[int, int] = (1, 20)) -> l
 def test_padding_never_changes_a_sequences_features(pooling: str, attention: str) -> None:
     model = tiny_model(attention=attention)
     seqs = random_sequences(7, seed=1)
-    batched = sequence_features(model, seqs, pad_id=PAD, max_len=32, batch_size=7, pooling=pooling)
+    batched = sequence_features(model, seqs, max_len=32, batch_size=7, pooling=pooling)
     for i, seq in enumerate(seqs):
-        alone = sequence_features(model, [seq], pad_id=PAD, max_len=32, pooling=pooling)
+        alone = sequence_features(model, [seq], max_len=32, pooling=pooling)
         assert torch.allclose(batched[i], alone[0], atol=1e-5), f"sequence {i} ({len(seq)} tokens)"
 
 
@@ -43,10 +42,9 @@ def test_pooling_reads_the_right_positions() -> None:
     model = tiny_model().eval()
     seq = [5, 9, 13, 2, 7]
     with torch.no_grad():
-        hidden = model.model(torch.tensor([seq]))[0]  # unpadded: the default causal mask
+        hidden = model(torch.tensor([seq]), heads=[]).hidden[0]  # unpadded: the default causal mask
     feats = {
-        p: sequence_features(model, [seq, [1] * 12], pad_id=PAD, max_len=32, pooling=p)[0]
-        for p in POOLINGS
+        p: sequence_features(model, [seq, [1] * 12], max_len=32, pooling=p)[0] for p in POOLINGS
     }
     assert torch.allclose(feats["mean"], hidden.mean(dim=0), atol=1e-5)
     assert torch.allclose(feats["last"], hidden[-1], atol=1e-5)
@@ -56,8 +54,8 @@ def test_pooling_reads_the_right_positions() -> None:
 def test_features_keep_input_order_and_shape_across_batches() -> None:
     model = tiny_model()
     seqs = random_sequences(10, seed=2)
-    whole = sequence_features(model, seqs, pad_id=PAD, max_len=32, batch_size=10)
-    small = sequence_features(model, seqs, pad_id=PAD, max_len=32, batch_size=3)
+    whole = sequence_features(model, seqs, max_len=32, batch_size=10)
+    small = sequence_features(model, seqs, max_len=32, batch_size=3)
     assert whole.shape == (10, model.config.d_model) and whole.dtype == torch.float32
     assert torch.allclose(whole, small, atol=1e-5)
 
@@ -65,28 +63,26 @@ def test_features_keep_input_order_and_shape_across_batches() -> None:
 def test_long_sequences_keep_their_first_max_len_tokens() -> None:
     model = tiny_model()
     long = list(range(1, 31))
-    cut = sequence_features(model, [long], pad_id=PAD, max_len=8)
-    assert torch.allclose(
-        cut, sequence_features(model, [long[:8]], pad_id=PAD, max_len=32), atol=1e-6
-    )
+    cut = sequence_features(model, [long], max_len=8)
+    assert torch.allclose(cut, sequence_features(model, [long[:8]], max_len=32), atol=1e-6)
 
 
 def test_model_mode_is_restored() -> None:
     model = tiny_model().train()
-    sequence_features(model, [[1, 2, 3]], pad_id=PAD, max_len=8)
+    sequence_features(model, [[1, 2, 3]], max_len=8)
     assert model.training
 
 
 def test_feature_argument_errors() -> None:
     model = tiny_model()
     with pytest.raises(DataError, match=r"input_ids\[1\]: empty sequence"):
-        sequence_features(model, [[1], []], pad_id=PAD, max_len=8)
+        sequence_features(model, [[1], []], max_len=8)
     with pytest.raises(
         ConfigError, match="max_len must be between 1 and the model's max_seq_len 32, got 33"
     ):
-        sequence_features(model, [[1]], pad_id=PAD, max_len=33)
+        sequence_features(model, [[1]], max_len=33)
     with pytest.raises(ConfigError, match="pooling must be one of mean, last, first"):
-        sequence_features(model, [[1]], pad_id=PAD, max_len=8, pooling="max")  # type: ignore[arg-type]
+        sequence_features(model, [[1]], max_len=8, pooling="max")  # type: ignore[arg-type]
 
 
 # -- the probe -------------------------------------------------------------------------------
@@ -142,7 +138,7 @@ def test_probe_on_model_features_end_to_end() -> None:
         (torch.randint(1, 32, (int(n),), generator=g) + 31 * int(label)).tolist()
         for label, n in zip(y, torch.randint(3, 12, (80,), generator=g))
     ]
-    feats = sequence_features(tiny_model(), seqs, pad_id=PAD, max_len=16)
+    feats = sequence_features(tiny_model(), seqs, max_len=16)
     result = linear_probe(feats[:50], y[:50], feats[50:], y[50:], labels=("low", "high"))
     assert result.accuracy >= 0.9
 

@@ -354,7 +354,7 @@ def test_a_failing_step_ends_its_requests_with_error_and_the_engine_goes_on():
             and "injected fault" in final.error
             and final.completion_tokens == 1
         )
-    engine._decode_forward = engine.model
+    engine._decode_forward = engine._logits
     request = Request([9, 8, 7], SamplingParams(max_new_tokens=8, temperature=0))
     assert engine.generate([request])[0].tokens == reference(model, request)
 
@@ -366,7 +366,7 @@ def test_embed_mean_pools_real_tokens_whatever_the_padding():
         vectors = engine.embed(inputs)
         assert vectors.shape == (2, 32) and vectors.dtype == torch.float32
         with torch.inference_mode():
-            alone = model.model(torch.tensor([inputs[0]]))[0].mean(dim=0)
+            alone = model(torch.tensor([inputs[0]]), heads=[]).hidden[0].mean(dim=0)
         torch.testing.assert_close(
             vectors[0], alone, rtol=1e-5, atol=1e-5
         )  # the padding changed nothing
@@ -383,8 +383,8 @@ def test_classify_gives_label_probabilities_for_sequence_heads_only():
     assert probs.shape == (2, 3)
     torch.testing.assert_close(probs.sum(dim=1), torch.ones(2))
     with torch.inference_mode():
-        hidden = model.model(torch.tensor([inputs[0]]))
-        alone = model.sequence_logits(hidden, torch.tensor([2])).softmax(dim=-1)[0]
+        logits = model(torch.tensor([inputs[0]]), heads=["classifier"]).class_logits
+        alone = logits.softmax(dim=-1)[0]
     torch.testing.assert_close(probs[0], alone, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="sequence classifier"):
         Engine(model_of(), TOKENIZER).classify(inputs)
@@ -411,7 +411,7 @@ def test_int8_engine_quantises_a_copy_and_stays_close():
     assert type(engine.model.model.layers[0].self_attn.qkv_proj) is not torch.nn.Linear
     ids = torch.tensor([list(range(10, 50))])
     with torch.inference_mode():
-        exact, quantised = model(ids)[0], engine.model(ids)[0]
+        exact, quantised = model(ids).logits[0], engine.model(ids).logits[0]
     # int8 weights and per-call int8 activations: a few percent of error (another seed's model is
     # ~100%).
     assert (quantised - exact).norm() / exact.norm() < 0.08
@@ -441,7 +441,9 @@ def test_the_engine_decodes_with_fused_projections_on_a_copy_sharing_the_other_w
     )
     ids = torch.tensor([list(range(10, 40))])
     with torch.inference_mode():
-        torch.testing.assert_close(engine.model(ids), model(ids), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            engine.model(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5
+        )
 
 
 def test_slot_cache_moves_a_sequence_to_a_freed_slot():
@@ -488,4 +490,6 @@ def test_an_adapter_model_keeps_its_lora_projections_in_the_engine():
     )  # not fused: LoRA computes more than its weight
     ids = torch.tensor([list(range(10, 40))])
     with torch.inference_mode():
-        torch.testing.assert_close(engine.model(ids), model(ids), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            engine.model(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5
+        )

@@ -124,7 +124,7 @@ def _old_generate(model, prompt_ids, params):
     tokens = torch.tensor([list(prompt_ids)])
     out = []
     for _ in range(min(params.max_new_tokens, model.config.max_seq_len - len(prompt_ids))):
-        next_id = _old_sample_next(model(tokens, last_only=True)[:, -1], params, generator)
+        next_id = _old_sample_next(model(tokens, last_only=True).logits[:, -1], params, generator)
         out.append(int(next_id))
         if int(next_id) in params.stop_ids:
             break
@@ -224,7 +224,7 @@ def test_logprobs_are_log_softmax_of_the_penalised_tempered_logits(params):
     temperature = params.temperature or 1.0  # greedy reports the distribution at temperature 1
     for step in steps:
         with torch.no_grad():
-            logits = model(torch.tensor([tokens]), last_only=True)[:, -1]
+            logits = model(torch.tensor([tokens]), last_only=True).logits[:, -1]
         expected = (apply_penalties(logits, params, history).float() / temperature).log_softmax(-1)[
             0
         ]

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from graft.errors import ConfigError
 from graft.model.config import PRESETS, ModelConfig, preset
@@ -31,11 +32,11 @@ def test_changing_token_t_never_changes_logits_before_t(style):
     model = tiny(style)
     x = torch.randint(0, 97, (3, 20))
     with torch.no_grad():
-        base = model(x)
+        base = model(x).logits
         for t in (0, 7, 19):
             edited = x.clone()
             edited[:, t] = (edited[:, t] + 1) % 97
-            out = model(edited)
+            out = model(edited).logits
             assert torch.equal(out[:, :t], base[:, :t]), f"position < {t} saw token {t}"
             assert not torch.allclose(out[:, t:], base[:, t:]), (
                 "the edit must change something at or after t"
@@ -49,12 +50,12 @@ def test_chunked_forward_with_cache_equals_full_forward(style):
     model = tiny(style)
     x = torch.randint(0, 97, (2, 24))
     with torch.no_grad():
-        full = model(x)
+        full = model(x).logits
         cache = KVCache(model.config, 2, 24)
         parts = [
-            model(x[:, :10], kv_cache=cache),
-            model(x[:, 10:11], kv_cache=cache),
-            model(x[:, 11:], kv_cache=cache),
+            model(x[:, :10], kv_cache=cache).logits,
+            model(x[:, 10:11], kv_cache=cache).logits,
+            model(x[:, 11:], kv_cache=cache).logits,
         ]
     torch.testing.assert_close(torch.cat(parts, dim=1), full, rtol=1e-5, atol=1e-5)
 
@@ -126,13 +127,15 @@ def test_mean_pooled_classifier_reads_the_mean_of_real_tokens_only(attention):
     real = torch.arange(12)[None, :] <= last[:, None]
     mask = real[:, None, None, :] if attention == "bidirectional" else None
     with torch.no_grad():
-        hidden = model.model(x, attention_mask=mask)
-        logits = model.sequence_logits(hidden, last)
+        out = model(x, attention_mask=mask, heads=["classifier"], last_index=last)
+        hidden, logits = out.hidden, out.class_logits
         expected = model.classifier(torch.stack([hidden[0].mean(0), hidden[1, :7].mean(0)]))
         assert torch.allclose(logits, expected, atol=1e-6)
         padded = x.clone()
         padded[1, 7:] = (padded[1, 7:] + 5) % 97  # other padding ids: row 1's logits must not move
-        again = model.sequence_logits(model.model(padded, attention_mask=mask), last)
+        again = model(
+            padded, attention_mask=mask, heads=["classifier"], last_index=last
+        ).class_logits
     assert torch.allclose(again[1], logits[1], atol=1e-6)
     assert not hasattr(model, "pooler"), "mean pooling needs no pooler"
 
@@ -154,3 +157,39 @@ def test_what_a_model_is_comes_from_one_property_each() -> None:
     assert encoder.is_encoder and not encoder.can_generate
     classifier = preset("micro", vocab_size=64, head="sequence", labels=("a", "b"))
     assert not classifier.can_generate and not classifier.is_encoder
+
+
+@pytest.mark.parametrize("mlm_head", [False, True])
+def test_every_lm_head_loss_equals_cross_entropy_of_its_logits(mlm_head):
+    """Given targets, the LM head returns their summed cross-entropy (fused, or over the scored
+    rows only for "masked_lm" and for BERT's biased head) and, where it forms logits, its hits:
+    each must equal what the plain logits give."""
+    model = tiny("gpt2", mlm_head=mlm_head, attention="bidirectional" if mlm_head else "causal")
+    x = torch.randint(0, 97, (2, 12))
+    targets = torch.randint(0, 97, (2, 12))
+    targets[0, :5] = -100  # unscored positions
+    targets[1, 7:] = -100
+    with torch.no_grad():
+        logits = model(x).logits
+        scored = targets != -100
+        expected = F.cross_entropy(logits[scored], targets[scored], reduction="sum")
+        hits = int((logits[scored].argmax(-1) == targets[scored]).sum())
+        for head in ("lm", "masked_lm"):
+            out = model(x, heads=[head], targets=targets)
+            assert out.logits is None, "a loss, not logits"
+            torch.testing.assert_close(out.lm_loss, expected, rtol=1e-5, atol=1e-4)
+            if head == "masked_lm" or mlm_head:
+                assert int(out.lm_correct) == hits
+            else:
+                assert out.lm_correct is None  # the fused loss never forms the logits
+
+
+def test_heads_are_computed_only_when_asked():
+    model = tiny("gpt2", head="sequence", labels=("a", "b", "c"))
+    x = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        bare = model(x, heads=[])
+        assert bare.logits is None and bare.class_logits is None
+        out = model(x, heads=["classifier"], last_index=torch.tensor([11, 4]))
+    assert out.logits is None and out.class_logits.shape == (2, 3)
+    torch.testing.assert_close(out.hidden, bare.hidden)

@@ -31,6 +31,6 @@ def test_packed_documents_with_masks_score_like_documents_alone():
         packed = torch.tensor([first + second])
         positions, mask = document_masks(packed, EOT)
         with torch.no_grad():
-            together = model(packed, position_ids=positions, attention_mask=mask)
-            alone = model(torch.tensor([second]))
+            together = model(packed, position_ids=positions, attention_mask=mask).logits
+            alone = model(torch.tensor([second])).logits
         torch.testing.assert_close(together[:, len(first) :], alone, rtol=1e-5, atol=1e-5)

@@ -77,10 +77,12 @@ def _perturb(module: torch.nn.Module) -> None:
 
 def _graft_logits(model: LanguageModel, ids: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     causal = model.config.attention == "causal"
-    hidden = model.model(ids, attention_mask=padding_attention_mask(real, causal=causal))
-    if model.config.head == "sequence":
-        return model.sequence_logits(hidden, real.sum(1) - 1)
-    return model.token_logits(hidden)
+    return model(
+        ids,
+        attention_mask=padding_attention_mask(real, causal=causal),
+        heads=["classifier"],
+        last_index=real.sum(1) - 1,
+    ).class_logits
 
 
 @pytest.mark.parametrize("head", ["sequence", "token"])

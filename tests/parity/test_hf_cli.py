@@ -150,7 +150,9 @@ def test_export_hf_loads_in_transformers_with_the_same_logits(style: str, tmp_pa
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     ids = torch.randint(0, 262, (2, 16), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        torch.testing.assert_close(model(ids), hf_model(input_ids=ids).logits, atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            model(ids).logits, hf_model(input_ids=ids).logits, atol=1e-4, rtol=0
+        )
 
 
 def test_export_replaces_a_non_empty_directory_only_when_asked(tmp_path: Path) -> None:

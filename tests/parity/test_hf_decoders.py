@@ -117,10 +117,10 @@ def _graft_mask(mask: torch.Tensor) -> torch.Tensor:
 def _assert_same_logits(graft_model: LanguageModel, hf_model: torch.nn.Module) -> None:
     ids, mask = _inputs()
     with torch.no_grad():
-        ours = graft_model(ids)
+        ours = graft_model(ids).logits
         theirs = hf_model(input_ids=ids).logits
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
-        ours_padded = graft_model(ids, attention_mask=_graft_mask(mask))
+        ours_padded = graft_model(ids, attention_mask=_graft_mask(mask)).logits
         theirs_padded = hf_model(input_ids=ids, attention_mask=mask).logits
     keep = mask.bool()
     torch.testing.assert_close(ours_padded[keep], theirs_padded[keep], atol=1e-4, rtol=0)

@@ -88,21 +88,20 @@ def test_import_matches_transformers_on_padded_batches(family: str, tmp_path: Pa
     ids, real, types = _padded_batch(pad_id=1 if roberta else 0, with_types=not roberta)
     with torch.no_grad():
         out = reference(input_ids=ids, attention_mask=real.long(), token_type_ids=types)
-        hidden = model.model(
-            ids, token_type_ids=types, attention_mask=padding_attention_mask(real, causal=False)
-        )
+        mask = padding_attention_mask(real, causal=False)
+        heads = ["lm", "nsp"] if family == "bert-pretraining" else ["lm"]
+        ours = model(ids, token_type_ids=types, attention_mask=mask, heads=heads)
+        hidden = ours.hidden
         if family == "bert-base-model":
             torch.testing.assert_close(hidden[real], out.last_hidden_state[real], atol=1e-4, rtol=0)
             torch.testing.assert_close(model.pooler(hidden), out.pooler_output, atol=1e-4, rtol=0)
             return
-        logits = model(
-            ids, token_type_ids=types, attention_mask=padding_attention_mask(real, causal=False)
-        )
+        logits = ours.logits
         expected = out.prediction_logits if family == "bert-pretraining" else out.logits
         torch.testing.assert_close(logits[real], expected[real], atol=1e-4, rtol=0)
         if family == "bert-pretraining":
             torch.testing.assert_close(
-                model.nsp_head(model.pooler(hidden)), out.seq_relationship_logits, atol=1e-4, rtol=0
+                ours.nsp_logits, out.seq_relationship_logits, atol=1e-4, rtol=0
             )
 
 
@@ -148,21 +147,20 @@ def test_graft_encoder_exports_as_bert(name: str, tmp_path: Path) -> None:
     mask = padding_attention_mask(real, causal=False)
     with torch.no_grad():
         out = loaded(input_ids=ids, attention_mask=real.long(), token_type_ids=types)
-        hidden = model.model(ids, token_type_ids=types, attention_mask=mask)
+        hidden = model(ids, token_type_ids=types, attention_mask=mask, heads=[]).hidden
         if name == "bert-base-model":
             torch.testing.assert_close(hidden[real], out.last_hidden_state[real], atol=1e-4, rtol=0)
             return
         expected = out.prediction_logits if name == "bert-nano" else out.logits
         torch.testing.assert_close(
-            model(ids, token_type_ids=types, attention_mask=mask)[real],
+            model(ids, token_type_ids=types, attention_mask=mask).logits[real],
             expected[real],
             atol=1e-4,
             rtol=0,
         )
         if name == "bert-nano":
-            torch.testing.assert_close(
-                model.nsp_head(model.pooler(hidden)), out.seq_relationship_logits, atol=1e-4, rtol=0
-            )
+            nsp = model(ids, token_type_ids=types, attention_mask=mask, heads=["nsp"]).nsp_logits
+            torch.testing.assert_close(nsp, out.seq_relationship_logits, atol=1e-4, rtol=0)
     # And back: graft reads its own export.
     again = load_hf_model(tmp_path / "out")
     assert again.config == model.config.model_copy(update=dict(d_ff=model.config.ff_dim))

@@ -106,13 +106,12 @@ def test_served_classifier_probability_vectors_equal_the_eval_prediction(
     tokenizer: Tokenizer,
 ) -> None:
     """Every label's probability, not only the top one's, through the function graft eval uses."""
-    from graft.evaluate.evaluate import classify_probabilities
+    from graft.evaluate.predict import class_probabilities
 
     model = encoder_classifier(tokenizer, seed=1)
-    records = [TextRecord(t, LABELS[i % 2], f"t:{i}") for i, t in enumerate(TEXTS)]
-    expected = classify_probabilities(
-        model, Classify((), records, tokenizer, LABELS, CONTEXT, bidirectional=True), batch_size=3
-    )
+    expected = class_probabilities(
+        model, tokenizer, TEXTS, max_len=CONTEXT, batch_size=3
+    ).probabilities
     served = build(tokenizer, model, start=False)
     with TestClient(served.app) as client:
         data_out = client.post("/v1/classify", json={"input": TEXTS}).json()["data"]

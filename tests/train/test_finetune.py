@@ -14,7 +14,6 @@ import torch
 from graft.adapt import ADAPTER_CONFIG_FILE, ADAPTER_WEIGHTS_FILE, has_lora, merge_lora
 from graft.checkpoint import load_model
 from graft.cli import main
-from graft.model.transformer import padding_attention_mask
 from graft.train.metrics_log import read_metrics
 
 TINY = [
@@ -130,9 +129,7 @@ def test_lora_adapter_merges_exactly(base: Path, tmp_path: Path) -> None:
         rows = []
         for text in texts:
             ids = torch.tensor([tokenizer.encode(text)])
-            real = torch.ones_like(ids, dtype=torch.bool)
-            hidden = model.model(ids, attention_mask=padding_attention_mask(real, causal=True))
-            rows.append(model.sequence_logits(hidden, real.sum(1) - 1))
+            rows.append(model(ids, heads=["classifier"]).class_logits)
         return torch.cat(rows)
 
     assert any(
@@ -194,7 +191,7 @@ def test_a_merged_and_exported_lora_classifier_gives_the_unmerged_logits(
     for text in ["good great fine nice", "bad awful poor grim sad", "fine sad"]:
         ids = torch.tensor([tokenizer.encode(text)])
         with torch.no_grad():
-            unmerged = model.sequence_logits(model.model(ids), torch.tensor([ids.shape[1] - 1]))
+            unmerged = model(ids, heads=["classifier"]).class_logits
             theirs = exported(input_ids=ids).logits
         torch.testing.assert_close(theirs, unmerged, atol=1e-5, rtol=0)
 

@@ -104,7 +104,7 @@ class _Miscounting:
     name = "miscounting"
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
-        logits = model(batch.input_ids)
+        logits = model(batch.input_ids).logits
         return LossSum(logits.float().mean() * batch.units, batch.units + 1)
 
 

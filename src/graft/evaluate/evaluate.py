@@ -54,18 +54,17 @@ from graft.evaluate.metrics import (
     plot_confusion_matrix,
     write_report,
 )
+from graft.evaluate.predict import class_probabilities
 from graft.infer.generate import SamplingParams, generate
 from graft.model.transformer import LanguageModel
-from graft.objectives.batch import hidden_states
-from graft.objectives.classify import Classify
-from graft.objectives.losses import cross_entropy_sum, linear_cross_entropy_sum
+from graft.objectives.batch import run
+from graft.objectives.classify import check_labels
 from graft.objectives.tokens import TagTokens
 
 __all__ = [
     "EVAL_TASKS",
     "EvalOptions",
     "EvalTask",
-    "classify_probabilities",
     "default_out_dir",
     "evaluate_checkpoint",
     "evaluate_classify",
@@ -286,10 +285,9 @@ def _windows(
 
 
 def _window_loss(model: LanguageModel, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-    hidden = model.head_input(model.model(inputs, causal=True))
-    if model.lm_head.bias is None:
-        return float(linear_cross_entropy_sum(hidden, model.lm_head.weight, targets))
-    return float(cross_entropy_sum(model.lm_head(hidden), targets))  # the fused loss takes no bias
+    loss = model(inputs, causal=True, targets=targets).lm_loss
+    assert loss is not None
+    return float(loss)
 
 
 @torch.inference_mode()
@@ -372,14 +370,17 @@ def evaluate_classify(
     records = _limited(records, options.limit)
     labels = model.config.labels
     max_len = _context(model, options)
-    # The same encoding, framing and batching as fine-tuning's validation (and the server's
-    # text -> ids path, graft.data.inputs), with no training records; it refuses a label the model
-    # does not know, naming the record's file:line.
-    classify = Classify(
-        (), records, tokenizer, labels, max_len, bidirectional=model.config.is_encoder
-    )
+    check_labels(records, labels)  # names the record's file:line
     echo(f"classifying {len(records):,} texts into {len(labels)} labels")
-    top = classify_probabilities(model, classify, options.batch_size).max(dim=-1)
+    classified = class_probabilities(
+        model,
+        tokenizer,
+        [r.text for r in records],
+        max_len=max_len,
+        batch_size=options.batch_size,
+        sources=[r.source for r in records],
+    )
+    top = classified.probabilities.max(dim=-1)
     predicted: list[int] = top.indices.tolist()
     confidence: list[float] = top.values.tolist()
     y_true = [r.label for r in records]
@@ -388,7 +389,7 @@ def evaluate_classify(
     metrics: dict[str, Any] = {
         **asdict(scores),
         "count": len(records),
-        "truncated": classify.val.truncated,
+        "truncated": classified.truncated,
     }
     metrics["definitions"] = _definitions(metrics)
     metrics["run"] = _run_info(options, seq_len=max_len)
@@ -410,20 +411,6 @@ def evaluate_classify(
         f"over {len(records):,} texts"
     )
     return json_path
-
-
-@torch.inference_mode()
-def classify_probabilities(
-    model: LanguageModel, classify: Classify, batch_size: int
-) -> torch.Tensor:
-    """Class probabilities (N, labels), float32 on the CPU, of every validation text of `classify`
-    in order: graft eval's prediction, which /v1/classify must reproduce for the same texts."""
-    device = _device(model)
-    probs = [
-        torch.softmax(classify.logits(model, batch.to(device)), dim=-1).cpu()
-        for batch in classify.eval_batches(batch_size, 0)
-    ]
-    return torch.cat(probs) if probs else torch.empty(0, len(classify.labels))
 
 
 # -- token tagging ---------------------------------------------------------------------------
@@ -455,7 +442,9 @@ def evaluate_tokens(
     for batch in tagger.eval_batches(options.batch_size, 0):
         batch = batch.to(device)
         assert batch.targets is not None
-        choice = model.token_logits(hidden_states(model, batch)).argmax(-1)
+        logits = run(model, batch, ["classifier"]).class_logits
+        assert logits is not None
+        choice = logits.argmax(-1)
         first = batch.targets != IGNORE_INDEX  # exactly each word's first sub-token, in word order
         predicted += [
             [tags[i] for i in choice[row][first[row]].tolist()] for row in range(choice.shape[0])

@@ -16,26 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from graft.errors import ConfigError, DataError
-from graft.model.transformer import LanguageModel
+from graft.model.transformer import LanguageModel, read_padded
 
 __all__ = ["Pooling", "ProbeResult", "linear_probe", "sequence_features"]
 
 Pooling = Literal["mean", "last", "first"]
 _POOLINGS: tuple[str, ...] = ("mean", "last", "first")
-
-
-def _padding_mask(real: torch.Tensor, causal: bool) -> torch.Tensor:
-    """Attention mask (B, 1, T, T) for right-padded rows: True where a query may see a key.
-
-    `real` (B, T) is True at real tokens. Keys at padding are hidden from every query, so a
-    sequence's real positions compute exactly what they would unpadded; padded queries still see
-    the first token, which keeps their softmax rows finite.
-    """
-    keys = real[:, None, None, :]
-    T = real.shape[1]
-    if not causal:
-        return keys.expand(-1, 1, T, T)
-    return torch.ones(T, T, dtype=torch.bool, device=real.device).tril()[None, None] & keys
 
 
 def _pool(hidden: torch.Tensor, real: torch.Tensor, pooling: Pooling) -> torch.Tensor:
@@ -54,17 +40,15 @@ def sequence_features(
     model: LanguageModel,
     input_ids: list[list[int]],
     *,
-    pad_id: int,
     batch_size: int = 32,
     max_len: int,
     pooling: Pooling = "mean",
-    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
     """One pooled feature vector per sequence: a float32 CPU tensor (N, C), in input order.
 
     Sequences longer than `max_len` keep their first `max_len` tokens. `pooling` is the mean of
     the final hidden states over real tokens, the last real token's state, or the first token's.
-    The model must already be on `device`; it runs in eval mode and its mode is restored after.
+    The model is read where it is (`read_padded`), in eval mode; its mode is restored after.
     """
     if pooling not in _POOLINGS:
         raise ConfigError(f"pooling must be one of {', '.join(_POOLINGS)}, got {pooling!r}")
@@ -80,8 +64,6 @@ def sequence_features(
             raise DataError(
                 f"input_ids[{i}]: empty sequence; every sequence needs at least one token"
             )
-    # Encoders see the whole sequence; decoders only what came before.
-    causal = not model.config.is_encoder
     # Batching sequences of similar length keeps padding (wasted compute) small.
     order = sorted(range(len(input_ids)), key=lambda i: len(input_ids[i]))
     features = torch.empty(len(input_ids), model.config.d_model, dtype=torch.float32)
@@ -90,16 +72,8 @@ def sequence_features(
     try:
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            seqs = [input_ids[i][:max_len] for i in rows]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-            real = torch.zeros(len(seqs), width, dtype=torch.bool)
-            for row, seq in enumerate(seqs):
-                ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                real[row, : len(seq)] = True
-            ids, real = ids.to(device), real.to(device)
-            hidden = model.model(ids, attention_mask=_padding_mask(real, causal))
-            features[rows] = _pool(hidden, real, pooling).float().cpu()
+            out, real = read_padded(model, [input_ids[i][:max_len] for i in rows], [])
+            features[rows] = _pool(out.hidden, real, pooling).float().cpu()
     finally:
         model.train(was_training)
     return features

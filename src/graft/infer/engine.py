@@ -56,8 +56,8 @@ from graft.errors import GraftError
 from graft.infer.generate import GeneratedToken
 from graft.infer.sampling import SamplingParams, TokenHistory, choose_next, top_logprobs
 from graft.infer.stream import TextStream
-from graft.model.kv_cache import SlotDecode, SlotKVCache
-from graft.model.transformer import Attention, LanguageModel, padding_attention_mask
+from graft.model.kv_cache import CacheView, SlotDecode, SlotKVCache
+from graft.model.transformer import Attention, Head, LanguageModel, ModelOutput, read_padded
 
 __all__ = [
     "Completion",
@@ -391,12 +391,12 @@ class Engine:
         # their work.
         self._decode_forward: Callable[..., torch.Tensor] = (
             torch.compile(
-                self.model,
+                self._logits,
                 dynamic=True,
                 options={"cpp_wrapper": True} if self.device.type == "cpu" else None,
             )
             if config.compile
-            else self.model
+            else self._logits
         )
         self._lock = threading.Lock()  # step / embed / classify
         self._cond = threading.Condition()  # guards the queue; the background thread sleeps on it
@@ -514,7 +514,7 @@ class Engine:
         self._prompt_tokens += len(prompt)
         try:
             ids = torch.tensor([prompt], device=self.device)
-            logits = self.model(ids, kv_cache=self.cache.prefill(seq.slot), last_only=True)[:, -1]
+            logits = self._logits(ids, self.cache.prefill(seq.slot))
             reason = self._accept(seq, logits)
         except Exception as err:  # one bad request must not take the others down
             log.exception("engine: prefill of request %s failed", seq.request.request_id)
@@ -522,6 +522,25 @@ class Engine:
             return
         if reason is not None:
             self._leave(seq, reason)
+
+    def _logits(
+        self,
+        ids: torch.Tensor,
+        kv_cache: CacheView,
+        *,
+        position_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Next-token logits (B, V) of each row's last position: prefill and the decode step."""
+        logits = self.model(
+            ids,
+            kv_cache=kv_cache,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            last_only=True,
+        ).logits
+        assert logits is not None
+        return logits[:, -1]
 
     def _decode(self) -> None:
         seqs = self._running
@@ -536,7 +555,6 @@ class Engine:
                     position_ids=traced.position_ids,
                     attention_mask=traced.attention_mask,
                     kv_cache=traced,
-                    last_only=True,
                 )
                 view.advance(1)
             else:
@@ -545,9 +563,7 @@ class Engine:
                     position_ids=view.position_ids,
                     attention_mask=view.attention_mask,
                     kv_cache=view,
-                    last_only=True,
                 )
-            logits = logits[:, -1]  # (B, V)
             finished = [
                 (seq, reason)
                 for row, seq in enumerate(seqs)
@@ -730,9 +746,9 @@ class Engine:
 
         The ids are model inputs, made from text by `graft.data.inputs.model_inputs` (an encoder's
         framed as [CLS] ... [SEP]); the mean covers every one of them, frame included."""
-        hidden, real = self._hidden(ids_batch)
-        weights = real.to(hidden.dtype)[..., None]  # (N, T, 1): padding counts for nothing
-        return ((hidden * weights).sum(dim=1) / weights.sum(dim=1)).float()
+        out, real = self._read(ids_batch, [])
+        weights = real.to(out.hidden.dtype)[..., None]  # (N, T, 1): padding counts for nothing
+        return ((out.hidden * weights).sum(dim=1) / weights.sum(dim=1)).float()
 
     @torch.inference_mode()
     def classify(self, ids_batch: list[list[int]]) -> torch.Tensor:
@@ -743,13 +759,15 @@ class Engine:
                 "classification needs a model with a sequence classifier head; "
                 f"this model's head is {self.model_config.head!r}"
             )
-        hidden, real = self._hidden(ids_batch)
-        logits = self.model.sequence_logits(hidden, real.sum(dim=1) - 1)
-        return logits.float().softmax(dim=-1)
+        logits = self._read(ids_batch, ["classifier"])[0].class_logits
+        assert logits is not None
+        return logits.softmax(dim=-1)
 
-    def _hidden(self, ids_batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Final hidden states (N, T, C) of right-padded inputs, and which positions are real
-        (N, T)."""
+    def _read(
+        self, ids_batch: list[list[int]], heads: list[Head]
+    ) -> tuple[ModelOutput, torch.Tensor]:
+        """The model over whole inputs (`read_padded`), once each is checked against the model's
+        context and vocabulary."""
         if not ids_batch:
             raise ValueError("no inputs given")
         vocab = self.vocab_size
@@ -764,15 +782,5 @@ class Engine:
                 raise ValueError(
                     f"input {i} holds a token id outside the model's vocabulary (0..{vocab - 1})"
                 )
-        longest = max(len(ids) for ids in ids_batch)
-        tokens = torch.zeros(len(ids_batch), longest, dtype=torch.long, device=self.device)
-        real = torch.zeros(len(ids_batch), longest, dtype=torch.bool, device=self.device)
-        for row, seq in enumerate(ids_batch):
-            tokens[row, : len(seq)] = torch.tensor(seq, device=self.device)
-            real[row, : len(seq)] = True
-        causal = not self.model_config.is_encoder
-        # Equal lengths need no mask: the model's own causal or full attention is the same thing.
-        mask = None if bool(real.all()) else padding_attention_mask(real, causal=causal)
         with self._lock:
-            hidden = self.model.model(tokens, attention_mask=mask)
-        return hidden, real
+            return read_padded(self.model, ids_batch, heads)

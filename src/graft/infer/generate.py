@@ -75,7 +75,9 @@ def generate_steps(
         )
     step_input = tokens
     for _ in range(budget):
-        logits = model(step_input if use_cache else tokens, kv_cache=cache, last_only=True)[:, -1]
+        out = model(step_input if use_cache else tokens, kv_cache=cache, last_only=True)
+        assert out.logits is not None
+        logits = out.logits[:, -1]
         choice = choose_next(logits, params, generator, history)
         token_id = int(choice.ids[0])
         if choice.logprobs is None or params.logprobs is None:

@@ -9,9 +9,24 @@ continuous-batching engine uses).
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from graft.model.config import ModelConfig
+
+
+class CacheView(Protocol):
+    """What the transformer needs of a cache in one forward pass: where the past ends, a place
+    for each layer's new keys and values, and a step forward. KVCache, SlotPrefill, SlotDecode and
+    the engine's compiled decode view are all one."""
+
+    @property
+    def length(self) -> int: ...
+    def update(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def advance(self, n: int) -> None: ...
 
 
 class KVCache:

@@ -13,16 +13,20 @@ K kv heads, D head dim, V vocabulary.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from graft.data.records import IGNORE_INDEX
 from graft.model.config import ModelConfig, RopeScaling
+from graft.model.losses import linear_cross_entropy_sum
 
 if TYPE_CHECKING:
-    from graft.model.kv_cache import KVCache
+    from graft.model.kv_cache import CacheView
 
 
 def _norm(config: ModelConfig) -> nn.Module:
@@ -169,7 +173,7 @@ class Attention(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
         attn_mask: torch.Tensor | None,
         is_causal: bool,
-        kv_cache: KVCache | None,
+        kv_cache: CacheView | None,
     ) -> torch.Tensor:
         B, T, C = x.shape
         if self.qkv_proj is not None:
@@ -242,7 +246,7 @@ class Block(nn.Module):
         rotary: tuple[torch.Tensor, torch.Tensor] | None,
         attn_mask: torch.Tensor | None,
         is_causal: bool,
-        kv_cache: KVCache | None,
+        kv_cache: CacheView | None,
     ) -> torch.Tensor:
         if self.pre_norm:
             x = x + self.dropout(
@@ -288,7 +292,7 @@ class Transformer(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         causal: bool | None = None,
-        kv_cache: KVCache | None = None,
+        kv_cache: CacheView | None = None,
     ) -> torch.Tensor:
         """input_ids (B, T); position_ids (B, T), default past..past+T-1; token_type_ids (B, T),
         default 0; attention_mask: bool, broadcastable to (B, 1, T, S), True where a query may
@@ -363,6 +367,24 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(h[:, 0]))
 
 
+Head = Literal["lm", "masked_lm", "nsp", "classifier"]
+LM: tuple[Head, ...] = ("lm",)  # what a plain call computes: the LM head's logits
+
+
+@dataclass
+class ModelOutput:
+    """What one call of the model returns: the backbone's final hidden states and the outputs of
+    the heads asked for (None for the others)."""
+
+    hidden: torch.Tensor  # (B, T, C)
+    logits: torch.Tensor | None = None  # LM logits, (B, T, V) or (B, 1, V)
+    lm_loss: torch.Tensor | None = None  # LM cross-entropy summed over the scored targets
+    # Scored targets the LM head predicted right, where it formed their logits (a masked LM)
+    lm_correct: torch.Tensor | None = None
+    nsp_logits: torch.Tensor | None = None  # (B, 2), float32
+    class_logits: torch.Tensor | None = None  # (B, labels) or (B, T, labels), float32
+
+
 class LanguageModel(nn.Module):
     """Backbone + heads. Always an LM head (tied to the token embeddings when
     config.tie_embeddings): Hugging Face's *ForCausalLM layout (`model.*`, `lm_head`). Encoders add
@@ -406,32 +428,6 @@ class LanguageModel(nn.Module):
             elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
                 module.reset_parameters()
 
-    def head_input(self, h: torch.Tensor) -> torch.Tensor:
-        """Hidden states as the LM head's output layer reads them (through BERT's transform, if
-        any)."""
-        return self.lm_head_transform(h) if self.config.mlm_head else h
-
-    def sequence_logits(self, hidden: torch.Tensor, last_index: torch.Tensor) -> torch.Tensor:
-        """Classifier logits (B, labels) of whole sequences: an encoder reads its pooled first token
-        (BERT's [CLS]); a decoder the hidden state at last_index (B,), its last real token, the only
-        one that has seen the whole text; with classifier_pooling mean, either reads the mean over
-        the real tokens (those up to last_index)."""
-        if self.config.classifier_pooling == "mean":
-            # Right-padded rows: positions up to last_index are the real tokens.
-            real = (torch.arange(hidden.shape[1], device=hidden.device) <= last_index[:, None]).to(
-                hidden.dtype
-            )
-            pooled = (hidden * real[..., None]).sum(1) / real.sum(1, keepdim=True)
-        elif self.config.attention == "bidirectional":
-            pooled = self.pooler(hidden)
-        else:
-            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_index]
-        return self.classifier(self.classifier_dropout(pooled))
-
-    def token_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Classifier logits (B, T, labels) for every token."""
-        return self.classifier(self.classifier_dropout(hidden))
-
     def forward(
         self,
         input_ids: torch.Tensor,
@@ -440,11 +436,24 @@ class LanguageModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         causal: bool | None = None,
-        kv_cache: KVCache | None = None,
+        kv_cache: CacheView | None = None,
+        heads: Collection[Head] = LM,
+        targets: torch.Tensor | None = None,
+        last_index: torch.Tensor | None = None,
         last_only: bool = False,
-    ) -> torch.Tensor:
-        """Logits (B, T, V), or (B, 1, V) with last_only: generation needs only the last position,
-        and skipping the others saves most of the head's cost on a long prompt."""
+    ) -> ModelOutput:
+        """The one entry point: the backbone once, then the heads asked for (`Transformer.forward`
+        documents the inputs).
+
+        "lm": logits (B, T, V), or (B, 1, V) with last_only (generation needs only the last
+        position, and skipping the others saves most of the head's cost on a long prompt); given
+        `targets` (B, T), IGNORE_INDEX where not scored, their summed cross-entropy instead,
+        without ever forming the logits. "masked_lm": with `targets`, the LM head reads only the
+        scored positions (a masked LM scores ~15% of them) and forms their logits: their summed
+        cross-entropy and how many it got right. "nsp": BERT's next-sentence logits (B, 2).
+        "classifier":
+        config.head's logits, (B, labels) per sequence read at last_index (B,), each row's last
+        real token (default: the last position), or (B, T, labels) per token."""
         h = self.model(
             input_ids,
             position_ids=position_ids,
@@ -453,9 +462,55 @@ class LanguageModel(nn.Module):
             causal=causal,
             kv_cache=kv_cache,
         )
-        if last_only:
-            h = h[:, -1:, :]
-        return self.lm_head(self.head_input(h))
+        out = ModelOutput(h)
+        if targets is not None and ("lm" in heads or "masked_lm" in heads):
+            out = self._lm_loss(out, targets, sparse="masked_lm" in heads)
+        elif "lm" in heads:
+            out.logits = self.lm_head(self._head_input(h[:, -1:] if last_only else h))
+        if "nsp" in heads:
+            out.nsp_logits = self.nsp_head(self.pooler(h)).float()
+        if "classifier" in heads:
+            out.class_logits = self._classify(h, last_index).float()
+        return out
+
+    def _head_input(self, h: torch.Tensor) -> torch.Tensor:
+        """Hidden states as the LM head's output layer reads them (through BERT's transform, if
+        any)."""
+        return self.lm_head_transform(h) if self.config.mlm_head else h
+
+    def _lm_loss(self, out: ModelOutput, targets: torch.Tensor, *, sparse: bool) -> ModelOutput:
+        if not sparse and not self.config.mlm_head:
+            out.lm_loss = linear_cross_entropy_sum(out.hidden, self.lm_head.weight, targets)
+            return out
+        # Only the scored rows go through the head (for a masked LM, 85% of its work is skipped,
+        # not computed and ignored); BERT's head, with its transform and bias, always goes here:
+        # the fused loss takes neither.
+        chosen = targets != IGNORE_INDEX
+        logits = self.lm_head(self._head_input(out.hidden[chosen])).float()  # (n, V)
+        wanted = targets[chosen]
+        out.lm_loss = F.cross_entropy(logits, wanted, reduction="sum")
+        out.lm_correct = (logits.argmax(-1) == wanted).sum()
+        return out
+
+    def _classify(self, hidden: torch.Tensor, last_index: torch.Tensor | None) -> torch.Tensor:
+        """The classifier's logits. Per sequence, an encoder reads its pooled first token (BERT's
+        [CLS]); a decoder the hidden state at last_index, its last real token, the only one that
+        has seen the whole text; with classifier_pooling mean, either reads the mean over the real
+        tokens (those up to last_index)."""
+        if self.config.head == "token":
+            return self.classifier(self.classifier_dropout(hidden))
+        B, T = hidden.shape[:2]
+        if last_index is None:
+            last_index = torch.full((B,), T - 1, device=hidden.device)
+        if self.config.classifier_pooling == "mean":
+            # Right-padded rows: positions up to last_index are the real tokens.
+            real = (torch.arange(T, device=hidden.device) <= last_index[:, None]).to(hidden.dtype)
+            pooled = (hidden * real[..., None]).sum(1) / real.sum(1, keepdim=True)
+        elif self.config.attention == "bidirectional":
+            pooled = self.pooler(hidden)
+        else:
+            pooled = hidden[torch.arange(B, device=hidden.device), last_index]
+        return self.classifier(self.classifier_dropout(pooled))
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         seen: set[int] = set()
@@ -467,3 +522,26 @@ class LanguageModel(nn.Module):
                 seen.add(id(p))
                 total += p.numel()
         return total
+
+
+def read_padded(
+    model: LanguageModel, rows: Sequence[Sequence[int]], heads: Collection[Head]
+) -> tuple[ModelOutput, torch.Tensor]:
+    """The model once over whole inputs of different lengths (each row already checked against
+    the model's context and vocabulary), right-padded, the padding masked out of attention; a
+    sequence classifier reads each row's last real token. Returns the outputs and the real
+    positions (N, T). The one way whole texts are read for prediction: `graft eval`'s classifier
+    and tagger, the server's /v1/classify and /v1/embeddings."""
+    device = next(model.parameters()).device
+    lengths = torch.tensor([len(row) for row in rows], device=device)
+    tokens = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long, device=device)
+    for i, row in enumerate(rows):
+        tokens[i, : len(row)] = torch.tensor(row, device=device)
+    real = torch.arange(tokens.shape[1], device=device)[None, :] < lengths[:, None]
+    # Equal lengths need no mask: the model's own causal or full attention is the same thing.
+    mask = (
+        None
+        if bool(real.all())
+        else padding_attention_mask(real, causal=not model.config.is_encoder)
+    )
+    return model(tokens, attention_mask=mask, heads=heads, last_index=lengths - 1), real

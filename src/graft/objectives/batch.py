@@ -9,13 +9,14 @@ runs.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
 from typing import Protocol
 
 import torch
 
 from graft.data.records import IGNORE_INDEX
-from graft.model.transformer import LanguageModel
+from graft.model.transformer import Head, LanguageModel, ModelOutput
 
 
 @dataclass(frozen=True)
@@ -127,12 +128,19 @@ def in_order(count: int, batch_size: int) -> list[list[int]]:
     ]
 
 
-def hidden_states(model: LanguageModel, batch: Batch) -> torch.Tensor:
-    """The backbone's final hidden states for a batch, with every input the batch carries."""
-    return model.model(
+def run(
+    model: LanguageModel, batch: Batch, heads: Collection[Head], targets: torch.Tensor | None = None
+) -> ModelOutput:
+    """The model called once on a batch, with every input the batch carries: the only place an
+    objective (or evaluation) meets the model. A classifier reads each row at its last real
+    token."""
+    return model(
         batch.input_ids,
         position_ids=batch.position_ids,
         token_type_ids=batch.token_type_ids,
         attention_mask=batch.attention_mask,
         causal=batch.causal,
+        heads=heads,
+        targets=targets,
+        last_index=None if batch.lengths is None else batch.lengths.to(batch.input_ids.device) - 1,
     )

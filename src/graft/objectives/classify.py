@@ -27,7 +27,7 @@ from graft.errors import DataError
 from graft.model.config import HeadKind
 from graft.model.transformer import LanguageModel, padding_attention_mask
 from graft.objectives.base import RecordObjective, Records, TaskData
-from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states, in_order
+from graft.objectives.batch import Batch, LossSum, LossTotals, in_order, run
 
 
 def label_set(records: Sequence[TextRecord], where: str) -> tuple[str, ...]:
@@ -123,15 +123,10 @@ class Classify:
         all)."""
         return [self.batch(self.val, rows) for rows in in_order(len(self.val), batch_size)]
 
-    def logits(self, model: LanguageModel, batch: Batch) -> torch.Tensor:
-        assert batch.lengths is not None
-        return model.sequence_logits(
-            hidden_states(model, batch), batch.lengths.to(batch.input_ids.device) - 1
-        ).float()
-
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
         assert batch.sequence_targets is not None
-        logits = self.logits(model, batch)
+        logits = run(model, batch, ["classifier"]).class_logits
+        assert logits is not None
         targets = batch.sequence_targets
         weight = None if self.weights is None else self.weights.to(logits.device)
         total = F.cross_entropy(logits, targets, weight=weight, reduction="sum")

@@ -20,8 +20,7 @@ from graft.errors import DataError
 from graft.model.config import AttentionKind
 from graft.model.transformer import LanguageModel
 from graft.objectives.base import ShardObjective, Shards
-from graft.objectives.batch import Batch, LossSum, LossTotals, Objective, hidden_states
-from graft.objectives.losses import linear_cross_entropy_sum
+from graft.objectives.batch import Batch, LossSum, LossTotals, Objective, run
 
 
 def document_masks(input_ids: torch.Tensor, eot_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -44,10 +43,9 @@ def next_token_loss(model: LanguageModel, batch: Batch) -> LossSum:
     """Cross-entropy of the batch's scored targets through the fused output layer: the loss of every
     objective that predicts tokens with the LM head (clm, denoise, instruct)."""
     assert batch.targets is not None
-    return LossSum(
-        linear_cross_entropy_sum(hidden_states(model, batch), model.lm_head.weight, batch.targets),
-        batch.n_targets,
-    )
+    out = run(model, batch, ["lm"], batch.targets)
+    assert out.lm_loss is not None
+    return LossSum(out.lm_loss, batch.n_targets)
 
 
 class CausalLM:

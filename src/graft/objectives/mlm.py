@@ -15,7 +15,6 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from graft.data.records import IGNORE_INDEX
@@ -23,9 +22,9 @@ from graft.data.shards import TokenShards
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError, TokenizerError
 from graft.model.config import AttentionKind
-from graft.model.transformer import LanguageModel
+from graft.model.transformer import LanguageModel, ModelOutput
 from graft.objectives.base import ShardObjective, Shards
-from graft.objectives.batch import Batch, LossSum, LossTotals, Objective, hidden_states
+from graft.objectives.batch import Batch, LossSum, LossTotals, Objective, run
 from graft.objectives.masking import mask_tokens
 
 EVAL_SEED = 0  # validation masks are drawn once from this seed
@@ -49,19 +48,19 @@ def require_tokens(tokenizer: Tokenizer, objective: str, **tokens: int | None) -
         )
 
 
-def masked_lm_loss(model: LanguageModel, hidden: torch.Tensor, targets: torch.Tensor) -> LossSum:
-    """Cross-entropy summed over chosen positions. Only their hidden states go through the head:
-    85% of the output layer's work is skipped, not computed and ignored."""
-    chosen = targets != IGNORE_INDEX
-    logits = model.lm_head(model.head_input(hidden[chosen])).float()  # (n, V)
-    wanted = targets[chosen]
-    total = F.cross_entropy(logits, wanted, reduction="sum")
-    correct = float((logits.argmax(-1) == wanted).sum())
-    count = int(wanted.numel())
+def masked_lm_loss(out: ModelOutput, targets: torch.Tensor) -> LossSum:
+    """The LM head's cross-entropy summed over the chosen positions, and its accuracy."""
+    assert out.lm_loss is not None and out.lm_correct is not None  # an mlm_head model's outputs
+    count = int((targets != IGNORE_INDEX).sum())
+    total = out.lm_loss
     return LossSum(
         total,
         count,
-        {"mlm_correct": correct, "mlm_count": float(count), "mlm_loss_sum": float(total.detach())},
+        {
+            "mlm_correct": float(out.lm_correct),
+            "mlm_count": float(count),
+            "mlm_loss_sum": float(total.detach()),
+        },
     )
 
 
@@ -197,7 +196,7 @@ class MaskedLM:
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
         assert batch.targets is not None
-        return masked_lm_loss(model, hidden_states(model, batch), batch.targets)
+        return masked_lm_loss(run(model, batch, ["masked_lm"], batch.targets), batch.targets)
 
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
         metrics = {f"{split}/loss": totals.mean, **mlm_metrics(totals, split)}

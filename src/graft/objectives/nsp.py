@@ -20,9 +20,9 @@ from graft.data.shards import TokenShards
 from graft.data.tokenizer import Tokenizer
 from graft.errors import ConfigError, DataError
 from graft.model.config import AttentionKind, ModelConfig
-from graft.model.transformer import LanguageModel
+from graft.model.transformer import LanguageModel, ModelOutput
 from graft.objectives.base import ShardObjective, Shards
-from graft.objectives.batch import Batch, LossSum, LossTotals, Objective, hidden_states
+from graft.objectives.batch import Batch, LossSum, LossTotals, Objective, run
 from graft.objectives.mlm import (
     EVAL_SEED,
     MaskingPolicy,
@@ -34,11 +34,12 @@ from graft.objectives.mlm import (
 from graft.objectives.segments import document_spans, pack_pair, sample_pair
 
 
-def nsp_loss(model: LanguageModel, hidden: torch.Tensor, labels: torch.Tensor) -> LossSum:
+def nsp_loss(out: ModelOutput, labels: torch.Tensor) -> LossSum:
     """labels (B,): 0 where B follows A, 1 where B is random, as in transformers'
     BertForPreTraining, so an imported BERT's NSP head keeps its meaning here and an exported one
     keeps it there."""
-    logits = model.nsp_head(model.pooler(hidden)).float()  # (B, 2)
+    logits = out.nsp_logits
+    assert logits is not None
     total = F.cross_entropy(logits, labels, reduction="sum")
     correct = float((logits.argmax(-1) == labels).sum())
     return LossSum(
@@ -171,11 +172,13 @@ class NextSentence:
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
         assert batch.sequence_targets is not None
-        hidden = hidden_states(model, batch)
-        nsp = nsp_loss(model, hidden, batch.sequence_targets)
-        if self.policy is None or batch.targets is None:
+        masked = self.policy is not None and batch.targets is not None
+        out = run(model, batch, ["nsp", "masked_lm"] if masked else ["nsp"], batch.targets)
+        nsp = nsp_loss(out, batch.sequence_targets)
+        if not masked:
             return nsp
-        mlm = masked_lm_loss(model, hidden, batch.targets)
+        assert batch.targets is not None
+        mlm = masked_lm_loss(out, batch.targets)
         # BERT's sum of the two means, as a sum over masked tokens (see the module docstring).
         total = mlm.total + nsp.total * (mlm.count / max(nsp.count, 1))
         return LossSum(total, mlm.count, {**mlm.stats, **nsp.stats})
@@ -226,12 +229,13 @@ class NSPConfig(ShardObjective):
         return self
 
     def problems(self, model: ModelConfig) -> list[str]:
-        problems = super().problems(model)
-        if not model.nsp_head:
+        config = model  # the model's config: its nsp_head is a flag here, not the module
+        problems = super().problems(config)
+        if not config.nsp_head:
             problems.append(
                 f"objective {self.name} needs model.nsp_head: true (and model.pooler: true)"
             )
-        if model.type_vocab_size < 2:
+        if config.type_vocab_size < 2:
             problems.append(f"objective {self.name} needs segment ids: model.type_vocab_size >= 2")
         return problems
 

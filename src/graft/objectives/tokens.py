@@ -23,7 +23,7 @@ from graft.errors import DataError
 from graft.model.config import HeadKind
 from graft.model.transformer import LanguageModel, padding_attention_mask
 from graft.objectives.base import RecordObjective, Records, TaskData
-from graft.objectives.batch import Batch, LossSum, LossTotals, hidden_states, in_order
+from graft.objectives.batch import Batch, LossSum, LossTotals, in_order, run
 
 
 def tag_set(sentences: Sequence[TaggedSentence], where: str) -> tuple[str, ...]:
@@ -128,7 +128,8 @@ class TagTokens:
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
         assert batch.targets is not None
-        logits = model.token_logits(hidden_states(model, batch)).float()
+        logits = run(model, batch, ["classifier"]).class_logits
+        assert logits is not None
         scored = batch.targets != IGNORE_INDEX
         total = F.cross_entropy(logits[scored], batch.targets[scored], reduction="sum")
         predicted = logits.argmax(-1)

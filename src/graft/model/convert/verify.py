@@ -70,14 +70,14 @@ def _graft_outputs(model: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
     """What the export must reproduce: classifier logits for a classifier, hidden states for a bare
     encoder, LM logits otherwise."""
     config = model.config
-    if config.head == "lm" and (not config.is_encoder or config.mlm_head):
-        return model(ids)
-    hidden = model.model(ids)
-    if config.head == "sequence":
-        return model.sequence_logits(
-            hidden, torch.full((ids.shape[0],), ids.shape[1] - 1, device=ids.device)
-        )
-    return model.token_logits(hidden) if config.head == "token" else hidden
+    if config.head != "lm":
+        out = model(ids, heads=["classifier"]).class_logits
+    elif not config.is_encoder or config.mlm_head:
+        out = model(ids).logits
+    else:
+        out = model(ids, heads=[]).hidden
+    assert out is not None
+    return out
 
 
 def _transformers_outputs(out_dir: Path, config: ModelConfig, ids: torch.Tensor) -> torch.Tensor:

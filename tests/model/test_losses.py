@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from graft.data.records import IGNORE_INDEX
-from graft.objectives import losses
-from graft.objectives.losses import linear_cross_entropy_sum
+from graft.model import losses
+from graft.model.losses import linear_cross_entropy_sum
 
 
 @pytest.mark.parametrize("rows", [7, 512, 1300])  # below, at and across the chunk size

@@ -1,4 +1,5 @@
-"""Token-level cross-entropy fused with the output projection.
+"""Token-level cross-entropy fused with the output projection: the LM head's loss when it is given
+targets (`LanguageModel.forward`), an implementation detail of that head.
 
 A language model's last matmul produces (tokens x vocabulary) logits, the largest tensor of the
 whole step; the usual log_softmax + nll then reads and writes it four more times. Here the
@@ -15,7 +16,6 @@ accumulation equal to one large batch.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from graft.data.records import IGNORE_INDEX
 
@@ -84,14 +84,4 @@ def linear_cross_entropy_sum(
     needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
     return _LinearCrossEntropySum.apply(
         hidden.reshape(-1, hidden.shape[-1]), weight, targets.reshape(-1), needs_grad
-    )
-
-
-def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The plain form, for heads whose logits are small (classification) or already computed."""
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction="sum",
     )
