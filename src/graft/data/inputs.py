@@ -21,10 +21,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 from graft.data.tokenizer import Tokenizer
 from graft.errors import ConfigError
 
-__all__ = ["Frame", "ModelInputs", "input_frame", "model_inputs"]
+__all__ = ["Frame", "ModelInputs", "input_frame", "model_inputs", "right_padded"]
 
 
 @dataclass(frozen=True)
@@ -97,3 +99,14 @@ def model_inputs(
         ids.append(frame.wrap(tokens[:budget] if cut else tokens))
         truncated.append(cut)
     return ModelInputs(ids, truncated)
+
+
+def right_padded(rows: Sequence[Sequence[int]], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of different lengths as one (N, T) long tensor, each row's values first and `fill`
+    after them, and the lengths (N,): how every batch of whole texts is laid out, in training
+    and in prediction alike."""
+    lengths = torch.tensor([len(row) for row in rows])
+    out = torch.full((len(rows), int(lengths.max())), fill, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    return out, lengths

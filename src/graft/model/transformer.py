@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from graft.data.inputs import right_padded
 from graft.data.records import IGNORE_INDEX
 from graft.model.config import ModelConfig, RopeScaling
 from graft.model.losses import linear_cross_entropy_sum
@@ -533,10 +534,7 @@ def read_padded(
     positions (N, T). The one way whole texts are read for prediction: `graft eval`'s classifier
     and tagger, the server's /v1/classify and /v1/embeddings."""
     device = next(model.parameters()).device
-    lengths = torch.tensor([len(row) for row in rows], device=device)
-    tokens = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long, device=device)
-    for i, row in enumerate(rows):
-        tokens[i, : len(row)] = torch.tensor(row, device=device)
+    tokens, lengths = (t.to(device) for t in right_padded(rows, 0))  # padding is masked: any id
     real = torch.arange(tokens.shape[1], device=device)[None, :] < lengths[:, None]
     # Equal lengths need no mask: the model's own causal or full attention is the same thing.
     mask = (

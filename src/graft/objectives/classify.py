@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from graft.data.inputs import model_inputs
+from graft.data.inputs import model_inputs, right_padded
 from graft.data.records import TextRecord, read_labelled, stratified_split
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
@@ -104,10 +104,7 @@ class Classify:
             )
 
     def batch(self, texts: EncodedTexts, rows: list[int]) -> Batch:
-        lengths = torch.tensor([len(texts.ids[i]) for i in rows])
-        input_ids = torch.full((len(rows), int(lengths.max())), self.pad_id, dtype=torch.long)
-        for j, i in enumerate(rows):
-            input_ids[j, : lengths[j]] = torch.tensor(texts.ids[i])
+        input_ids, lengths = right_padded([texts.ids[i] for i in rows], self.pad_id)
         real = torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]
         mask = padding_attention_mask(real, causal=not self.bidirectional)
         return Batch(

@@ -17,6 +17,7 @@ import torch
 from pydantic import Field
 
 from graft.data.chat import DEFAULT_CHAT_TEMPLATE, encode_conversation
+from graft.data.inputs import right_padded
 from graft.data.records import IGNORE_INDEX, Conversation, read_conversations
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
@@ -87,14 +88,8 @@ class Instruct:
 
     def batch(self, data: EncodedConversations, rows: list[int]) -> Batch:
         # Inputs are a sequence without its last token.
-        lengths = torch.tensor([len(data.ids[i]) - 1 for i in rows])
-        T = int(lengths.max())
-        input_ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
-        targets = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
-        for j, i in enumerate(rows):
-            ids, labels = data.ids[i], data.labels[i]
-            input_ids[j, : len(ids) - 1] = torch.tensor(ids[:-1])
-            targets[j, : len(ids) - 1] = torch.tensor(labels[1:])
+        input_ids, lengths = right_padded([data.ids[i][:-1] for i in rows], self.pad_id)
+        targets, _ = right_padded([data.labels[i][1:] for i in rows], IGNORE_INDEX)
         # Right padding: causal attention never reaches it.
         return Batch(input_ids, targets, causal=True, lengths=lengths)
 

@@ -15,7 +15,7 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from graft.data.inputs import input_frame
+from graft.data.inputs import input_frame, right_padded
 from graft.data.records import IGNORE_INDEX
 from graft.data.tagged import TaggedSentence, align_tags, read_tagged
 from graft.data.tokenizer import Tokenizer
@@ -101,14 +101,9 @@ class TagTokens:
         self.val = EncodedSentences(val, tokenizer, labels, max_len, frame=bidirectional)
 
     def batch(self, data: EncodedSentences, rows: list[int]) -> Batch:
-        lengths = torch.tensor([len(data.ids[i]) for i in rows])
-        T = int(lengths.max())
-        input_ids = torch.full((len(rows), T), self.pad_id, dtype=torch.long)
-        targets = torch.full((len(rows), T), IGNORE_INDEX, dtype=torch.long)
-        for j, i in enumerate(rows):
-            input_ids[j, : lengths[j]] = torch.tensor(data.ids[i])
-            targets[j, : lengths[j]] = torch.tensor(data.labels[i])
-        real = torch.arange(T)[None, :] < lengths[:, None]
+        input_ids, lengths = right_padded([data.ids[i] for i in rows], self.pad_id)
+        targets, _ = right_padded([data.labels[i] for i in rows], IGNORE_INDEX)
+        real = torch.arange(input_ids.shape[1])[None, :] < lengths[:, None]
         return Batch(
             input_ids,
             targets,
