@@ -199,7 +199,7 @@ RUN_MODEL_FIELDS = frozenset({"dropout", "classifier_pooling"})
 SETUP_MODEL_FIELDS = frozenset({"vocab_size", "head", "labels"})
 
 
-def resolve(config: RunConfig) -> RunConfig:
+def resolve(config: RunConfig, *, resume: bool = False) -> RunConfig:
     """The config that will run, resolved once before any setup (and by --print-config).
 
     Without train.init the config is returned as it is. With train.init (a graft checkpoint or
@@ -213,10 +213,15 @@ def resolve(config: RunConfig) -> RunConfig:
     - any other model field the run sets explicitly must agree with the checkpoint: every one
       that differs is named in one ConfigError.
 
+    With `resume`, the model comes the same way from the run's own last checkpoint (in
+    train.out_dir), which is what the run continues, whether or not it started from train.init.
+
     Then the run's requirements of the model (train.seq_len within max_seq_len, the objective's
     needs) are checked against the resolved model. Resolving a resolved config changes nothing.
     """
-    init = config.train.init
+    init, where = config.train.init, "train.init"
+    if resume and (config.train.out_dir / "checkpoints").is_dir():
+        init, where = config.train.out_dir, "--resume"
     if init is None:
         return config
     from graft.model.convert.hf import is_hf_directory, read_hf_config
@@ -234,7 +239,7 @@ def resolve(config: RunConfig) -> RunConfig:
     ]
     if clashes:
         raise ConfigError(
-            f"train.init: the model comes from {init}; {'; '.join(clashes)} "
+            f"{where}: the model comes from {init}; {'; '.join(clashes)} "
             "(drop these model settings)"
         )
     taken = {
@@ -243,7 +248,7 @@ def resolve(config: RunConfig) -> RunConfig:
     resolved = config.model_copy(update={"model": base.model_copy(update=taken)})
     problems = model_problems(resolved)
     if problems:
-        raise ConfigError(f"train.init {init}: " + "; ".join(problems))
+        raise ConfigError(f"{where} {init}: " + "; ".join(problems))
     return resolved
 
 

@@ -145,3 +145,22 @@ def test_no_train_section_and_a_train_section_without_a_limit_train_the_same() -
     assert partial.train.batch_size == 8
     only_tokens = validate_run_config({"train": {"max_tokens": 1000}}).train
     assert only_tokens.max_steps is None and only_tokens.max_tokens == 1000
+
+
+def test_resume_resolves_the_model_from_the_runs_last_checkpoint(
+    checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--resume with no model settings continues the run's own model, not the default one; a
+    model setting that contradicts it is refused, naming the field."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(checkpoint, run / "checkpoints" / "last")
+    printed = _printed(
+        ["pretrain", "--resume", "--out", str(run), "--data", "d", "--print-config"], capsys
+    )
+    assert {k: printed["model"][k] for k in SHAPE} == SHAPE
+    with pytest.raises(ConfigError, match=r"--resume: .*model\.n_layers: run says 5"):
+        resolve(load_run_config(None, [f"train.out_dir={run}", "model.n_layers=5"]), resume=True)
+    fresh = load_run_config(None, [f"train.out_dir={run}"])
+    assert resolve(fresh) == fresh  # without --resume the run's checkpoint is not read

@@ -42,7 +42,7 @@ def finetune(
     problems = command_problems(config.objective.name, "finetune")
     if problems:
         raise ConfigError("; ".join(problems))
-    config = ckpt.resolve(config)  # a no-op when the CLI resolved it already
+    config = ckpt.resolve(config, resume=resume)  # a no-op when the CLI resolved it already
     task_config = config.objective
     assert isinstance(task_config, RecordObjective)  # command_problems refused the others
     if config.train.init is None:

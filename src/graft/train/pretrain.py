@@ -29,7 +29,7 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     problems = command_problems(config.objective.name, "pretrain")
     if problems:
         raise ConfigError("; ".join(problems))
-    config = ckpt.resolve(config)  # a no-op when the CLI resolved it already
+    config = ckpt.resolve(config, resume=resume)  # a no-op when the CLI resolved it already
     if config.data.path is None:
         raise ConfigError(
             "data.path is not set: give a directory made by `graft data prepare` (--data.path=DIR)"
