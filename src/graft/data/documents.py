@@ -297,14 +297,14 @@ def _sections(path: Path, split_on: re.Pattern[str]) -> Iterator[Document]:
             yield Document(
                 source=f"{path}:{line}",
                 path=path,
-                size=_utf8_size(section),
+                size=utf8_size(section),
                 line=line,
                 _text=section,
             )
 
 
-def _utf8_size(text: str) -> int:
-    return len(text.encode("utf-8"))
+def utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 def _documents(

@@ -76,7 +76,7 @@ class Conversation:
 
 
 class _Invalid(Exception):
-    """One record is bad; read_labelled raises it as a DataError or skips it."""
+    """One record is bad; its reader raises it as a DataError or skips it (InvalidRecords)."""
 
 
 class InvalidRecords:

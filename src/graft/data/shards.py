@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from graft.atomic_files import atomic_directory, fsync_path, write_atomic
-from graft.data.documents import Document, iter_documents, list_input_files
+from graft.data.documents import Document, iter_documents, list_input_files, utf8_size
 from graft.data.tokenizer import EOT, Tokenizer
 from graft.errors import ConfigError, DataError, TokenizerError
 
@@ -214,10 +214,6 @@ def _split_info(value: object, where: str) -> SplitInfo:
 # -- writing -----------------------------------------------------------------------------
 
 
-def _utf8_len(text: str) -> int:
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
-
-
 class _SplitWriter:
     """Appends one split's ids to its .bin file and counts what went in."""
 
@@ -400,7 +396,7 @@ def _write_split_files(
                 writer = writers[split]
                 read = 0
                 for piece in doc.pieces(_PIECE_BYTES):
-                    size = _utf8_len(piece)
+                    size = utf8_size(piece)
                     pending.append((writer, piece, size))
                     pending_texts += 1
                     pending_chars += len(piece)

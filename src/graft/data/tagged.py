@@ -22,6 +22,7 @@ from graft.data.records import (
     InvalidRecords,
     _check_decoded,
     _decode,
+    _Invalid,
     _json_fields,
     _jsonl_fields,
 )
@@ -42,10 +43,6 @@ class TaggedSentence:
     words: tuple[str, ...]
     tags: tuple[str, ...]
     source: str
-
-
-class _Invalid(Exception):
-    """One sentence is bad; read_tagged raises it as a DataError or skips it."""
 
 
 def _check_words_and_tags(words: Sequence[str], tags: Sequence[str], wheres: Sequence[str]) -> None:
@@ -202,14 +199,11 @@ def read_tagged(
 
 
 def _json_items(
-    fields: Iterator[tuple[str, dict[str, object] | Exception]], tag_names: Sequence[str] | None
+    fields: Iterator[tuple[str, dict[str, object] | _Invalid]], tag_names: Sequence[str] | None
 ) -> Iterator[TaggedSentence | _Invalid]:
     for where, item in fields:
-        if isinstance(item, Exception):
-            yield _Invalid(str(item))
-            continue
         try:
-            yield _json_sentence(item, where, tag_names)
+            yield item if isinstance(item, _Invalid) else _json_sentence(item, where, tag_names)
         except _Invalid as exc:
             yield exc
 

@@ -20,6 +20,7 @@ key is compared in constant time. The server binds 127.0.0.1 unless told otherwi
 
 from __future__ import annotations
 
+import functools
 import hmac
 import socket
 import time
@@ -37,7 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from graft.data.tokenizer import Tokenizer
 from graft.errors import GraftError
 from graft.infer.engine import Engine, EngineConfig
-from graft.serve.completions import completion_routes
+from graft.serve.completions import check_model, completion_routes
 from graft.serve.encodings import encoding_routes
 from graft.serve.http_errors import APIError, install_error_handlers
 from graft.serve.metrics import Gauges, ServeMetrics
@@ -117,28 +118,25 @@ class _RequestMetrics:
             return
         started, status, recorded = time.perf_counter(), 500, False
 
+        def record() -> None:
+            nonlocal recorded
+            if not recorded:
+                recorded = True
+                seconds = time.perf_counter() - started
+                self.metrics.observe_request(_endpoint(scope["path"]), status, seconds)
+
         async def timed_send(message: Message) -> None:
-            nonlocal status, recorded
+            nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
             await send(message)
-            if (
-                message["type"] == "http.response.body"
-                and not message.get("more_body", False)
-                and not recorded
-            ):
-                recorded = True
-                self.metrics.observe_request(
-                    _endpoint(scope["path"]), status, time.perf_counter() - started
-                )
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                record()
 
         try:
             await self.app(scope, receive, timed_send)
         finally:
-            if not recorded:  # the client left mid-stream, or the app failed before answering
-                self.metrics.observe_request(
-                    _endpoint(scope["path"]), status, time.perf_counter() - started
-                )
+            record()  # if not yet: the client left mid-stream, or the app failed before answering
 
 
 def _auth_dependency(api_key: str | None) -> Callable[..., Any]:
@@ -182,41 +180,25 @@ def create_app(engine: Engine, info: ModelInfo, *, api_key: str | None = None) -
     app.add_middleware(_RequestMetrics, metrics=metrics)
     app.include_router(completion_routes(engine, tokenizer, info, metrics, auth))
     app.include_router(encoding_routes(engine, tokenizer, info, metrics, auth))
-    errors: dict[int | str, dict[str, Any]] = {
-        401: {"model": ErrorResponse},
-        404: {"model": ErrorResponse},
-    }
+    errors: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (401, 404)}
+    get_openai = functools.partial(
+        app.get, tags=["OpenAI"], dependencies=[Depends(auth)], responses=errors
+    )
 
     def model_object() -> ModelObject:
         return ModelObject(id=info.name, created=info.created)
 
-    @app.get(
-        "/v1/models",
-        response_model=ModelList,
-        tags=["OpenAI"],
-        dependencies=[Depends(auth)],
-        responses=errors,
-        summary="The served model",
-    )
+    @get_openai("/v1/models", response_model=ModelList, summary="The served model")
     async def list_models() -> ModelList:
         return ModelList(data=[model_object()])
 
-    @app.get(
+    @get_openai(
         "/v1/models/{model_id:path}",
         response_model=ModelDetail,
-        tags=["OpenAI"],
-        dependencies=[Depends(auth)],
-        responses=errors,
         summary="The served model, with graft's facts and its card (extension)",
     )
     async def get_model(model_id: str) -> ModelDetail:
-        if model_id != info.name:
-            raise APIError(
-                404,
-                f"model {model_id!r} is not served here; this server serves {info.name!r}",
-                param="model",
-                code="model_not_found",
-            )
+        check_model(model_id, info)
         cfg = info.config
         facts = ModelFacts(
             kind=info.kind,

@@ -222,16 +222,7 @@ def prepare_completion(body: CompletionRequest, tokenizer: Tokenizer, info: Mode
     max_new = _max_new_tokens(
         body.max_tokens, explicit, len(ids), info.config.max_seq_len, "max_tokens", "prompt"
     )
-    params = _sampling_params(body, max_new, body.logprobs, info.stop_ids)
-    return Prepared(
-        EngineRequest(
-            prompt_ids=ids,
-            params=params,
-            stop=_stop_strings(body.stop),
-            request_id=f"cmpl-{uuid.uuid4().hex}",
-        ),
-        _include_usage(body),
-    )
+    return _prepared(body, ids, max_new, body.logprobs, info, "cmpl")
 
 
 def prepare_chat(body: ChatCompletionRequest, tokenizer: Tokenizer, info: ModelInfo) -> Prepared:
@@ -256,20 +247,25 @@ def prepare_chat(body: ChatCompletionRequest, tokenizer: Tokenizer, info: ModelI
         requested, field = body.max_completion_tokens, "max_completion_tokens"
     max_new = _max_new_tokens(requested, True, len(ids), info.config.max_seq_len, field, "messages")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
-    params = _sampling_params(body, max_new, logprobs, info.stop_ids)
-    return Prepared(
-        EngineRequest(
-            prompt_ids=ids,
-            params=params,
-            stop=_stop_strings(body.stop),
-            request_id=f"chatcmpl-{uuid.uuid4().hex}",
-        ),
-        _include_usage(body),
+    return _prepared(body, ids, max_new, logprobs, info, "chatcmpl")
+
+
+def _prepared(
+    body: SamplingFields,
+    ids: list[int],
+    max_new_tokens: int,
+    logprobs: int | None,
+    info: ModelInfo,
+    id_prefix: str,
+) -> Prepared:
+    request = EngineRequest(
+        prompt_ids=ids,
+        params=_sampling_params(body, max_new_tokens, logprobs, info.stop_ids),
+        stop=_stop_strings(body.stop),
+        request_id=f"{id_prefix}-{uuid.uuid4().hex}",
     )
-
-
-def _include_usage(body: SamplingFields) -> bool:
-    return body.stream and body.stream_options is not None and body.stream_options.include_usage
+    options = body.stream_options
+    return Prepared(request, body.stream and options is not None and options.include_usage)
 
 
 def _require_generation(info: ModelInfo) -> None:
@@ -362,26 +358,17 @@ def _token_text(tokenizer: Tokenizer, token_id: int) -> str:
 
 
 def _chat_logprobs(tokenizer: Tokenizer, events: list[Event]) -> ChatLogprobs:
+    def fields(token_id: int, logprob: float) -> dict[str, Any]:
+        text, raw = _token_text(tokenizer, token_id), list(token_bytes(tokenizer, token_id))
+        return {"token": text, "logprob": logprob, "bytes": raw}
+
     content = []
     for event in events:
         token = event.token
         if token is None or token.logprob is None:
             continue
-        content.append(
-            TokenLogprob(
-                token=_token_text(tokenizer, token.id),
-                logprob=token.logprob,
-                bytes=list(token_bytes(tokenizer, token.id)),
-                top_logprobs=[
-                    TopLogprob(
-                        token=_token_text(tokenizer, i),
-                        logprob=lp,
-                        bytes=list(token_bytes(tokenizer, i)),
-                    )
-                    for i, lp in token.top
-                ],
-            )
-        )
+        top = [TopLogprob(**fields(i, lp)) for i, lp in token.top]
+        content.append(TokenLogprob(**fields(token.id, token.logprob), top_logprobs=top))
     return ChatLogprobs(content=content)
 
 

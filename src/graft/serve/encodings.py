@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends
@@ -36,14 +36,16 @@ from graft.serve.schemas import (
     Usage,
 )
 
+if TYPE_CHECKING:
+    import torch
+
+Inputs = str | list[str] | list[int] | list[list[int]]
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (400, 401, 404, 500)
 }
 
 
-def input_ids(
-    inputs: str | list[str] | list[int] | list[list[int]], tokenizer: Tokenizer, info: ModelInfo
-) -> list[list[int]]:
+def input_ids(inputs: Inputs, tokenizer: Tokenizer, info: ModelInfo) -> list[list[int]]:
     """The ids the model reads per input, each checked to be non-empty, in the vocabulary and
     within the context. Texts and token ids alike (ids are a text's tokens without special
     tokens) go through `model_inputs`, the path fine-tuning and `graft eval` take, so an encoder
@@ -84,11 +86,6 @@ def input_ids(
     return batch
 
 
-def _usage(batch: list[list[int]]) -> Usage:
-    tokens = sum(len(ids) for ids in batch)
-    return Usage(prompt_tokens=tokens, total_tokens=tokens)
-
-
 def encoding_routes(
     engine: Engine,
     tokenizer: Tokenizer,
@@ -97,6 +94,16 @@ def encoding_routes(
     auth: Callable[..., Any],
 ) -> APIRouter:
     router = APIRouter(dependencies=[Depends(auth)], responses=_ERRORS)
+
+    async def forward(
+        method: Callable[[list[list[int]]], torch.Tensor], inputs: Inputs
+    ) -> tuple[torch.Tensor, Usage]:
+        """`method` (engine.embed or engine.classify) run on the inputs in a worker thread."""
+        batch = input_ids(inputs, tokenizer, info)
+        out = (await run_in_threadpool(method, batch)).float().cpu()
+        tokens = sum(len(ids) for ids in batch)
+        metrics.add_tokens(tokens, 0)
+        return out, Usage(prompt_tokens=tokens, total_tokens=tokens)
 
     @router.post(
         "/v1/embeddings",
@@ -113,14 +120,12 @@ def encoding_routes(
                 f"(it cannot shorten them); got {body.dimensions}",
                 param="dimensions",
             )
-        batch = input_ids(body.input, tokenizer, info)
-        vectors = (await run_in_threadpool(engine.embed, batch)).float().cpu().numpy()
-        metrics.add_tokens(sum(len(ids) for ids in batch), 0)
+        vectors, usage = await forward(engine.embed, body.input)
         data = [
             Embedding(index=i, embedding=_encode(vector, body.encoding_format))
-            for i, vector in enumerate(vectors)
+            for i, vector in enumerate(vectors.numpy())
         ]
-        return EmbeddingResponse(data=data, model=info.name, usage=_usage(batch))
+        return EmbeddingResponse(data=data, model=info.name, usage=usage)
 
     @router.post(
         "/v1/classify",
@@ -139,9 +144,7 @@ def encoding_routes(
                 code="no_classification_head",
             )
         texts = [body.input] if isinstance(body.input, str) else body.input
-        batch = input_ids(texts, tokenizer, info)
-        probs = (await run_in_threadpool(engine.classify, batch)).float().cpu().tolist()
-        metrics.add_tokens(sum(len(ids) for ids in batch), 0)
+        probs, usage = await forward(engine.classify, texts)
         labels = info.config.labels
         data = [
             Classification(
@@ -149,9 +152,9 @@ def encoding_routes(
                 label=labels[int(np.argmax(row))],
                 probabilities=dict(zip(labels, row, strict=True)),
             )
-            for i, row in enumerate(probs)
+            for i, row in enumerate(probs.tolist())
         ]
-        return ClassifyResponse(data=data, model=info.name, usage=_usage(batch))
+        return ClassifyResponse(data=data, model=info.name, usage=usage)
 
     return router
 

@@ -92,10 +92,9 @@ class ServeMetrics:
             self._latency.setdefault(key, _Histogram(LATENCY_BUCKETS)).observe(seconds)
 
     def observe_first_token(self, endpoint: str, seconds: float) -> None:
+        key = (("endpoint", endpoint),)
         with self._lock:
-            self._ttft.setdefault((("endpoint", endpoint),), _Histogram(TTFT_BUCKETS)).observe(
-                seconds
-            )
+            self._ttft.setdefault(key, _Histogram(TTFT_BUCKETS)).observe(seconds)
 
     def add_tokens(self, prompt: int, completion: int) -> None:
         with self._lock:

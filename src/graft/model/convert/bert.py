@@ -23,47 +23,38 @@ from graft.model.config import ModelConfig
 
 ENCODER_MODEL_TYPES = ("bert", "roberta")
 
+_BERT_DEFAULTS: dict[str, Any] = dict(
+    vocab_size=30522,
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    hidden_act="gelu",
+    hidden_dropout_prob=0.1,
+    attention_probs_dropout_prob=0.1,
+    max_position_embeddings=512,
+    type_vocab_size=2,
+    initializer_range=0.02,
+    layer_norm_eps=1e-12,
+    pad_token_id=0,
+    position_embedding_type="absolute",
+    is_decoder=False,
+    add_cross_attention=False,
+    tie_word_embeddings=True,
+)
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "bert": dict(
-        vocab_size=30522,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        hidden_act="gelu",
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-        max_position_embeddings=512,
-        type_vocab_size=2,
-        initializer_range=0.02,
-        layer_norm_eps=1e-12,
-        pad_token_id=0,
-        position_embedding_type="absolute",
-        is_decoder=False,
-        add_cross_attention=False,
-        tie_word_embeddings=True,
-    ),
-    "roberta": dict(
-        vocab_size=50265,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        hidden_act="gelu",
-        hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1,
-        max_position_embeddings=514,
-        type_vocab_size=1,
-        initializer_range=0.02,
-        layer_norm_eps=1e-5,
-        pad_token_id=1,
-        position_embedding_type="absolute",
-        is_decoder=False,
-        add_cross_attention=False,
-        tie_word_embeddings=True,
-    ),
+    "bert": _BERT_DEFAULTS,
+    "roberta": {
+        **_BERT_DEFAULTS,
+        "vocab_size": 50265,
+        "max_position_embeddings": 514,
+        "type_vocab_size": 1,
+        "layer_norm_eps": 1e-5,
+        "pad_token_id": 1,
+    },
 }
-_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
+# transformers' GELU names (BERT's hidden_act, GPT-2's activation_function) -> graft's mlp
+ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
 
 # graft name (after model.layers.N.) -> BERT name (after encoder.layer.N.)
 _LAYER = {
@@ -117,8 +108,8 @@ def encoder_fields(
             f"position_embedding_type {cfg['position_embedding_type']!r}: "
             "graft has absolute positions only"
         )
-    if cfg["hidden_act"] not in _ACTIVATIONS:
-        raise refuse(f"hidden_act {cfg['hidden_act']!r} is not one of {sorted(_ACTIVATIONS)}")
+    if cfg["hidden_act"] not in ACTIVATIONS:
+        raise refuse(f"hidden_act {cfg['hidden_act']!r} is not one of {sorted(ACTIVATIONS)}")
     names = set(tensor_names)
 
     def has(suffix: str) -> bool:
@@ -135,7 +126,7 @@ def encoder_fields(
         norm="layernorm",
         norm_eps=cfg["layer_norm_eps"],
         positions="learned",
-        mlp=_ACTIVATIONS[cfg["hidden_act"]],
+        mlp=ACTIVATIONS[cfg["hidden_act"]],
         bias=True,
         tie_embeddings=bool(cfg["tie_word_embeddings"]),
         dropout=cfg["hidden_dropout_prob"],
@@ -186,8 +177,7 @@ def from_encoder(
     to_graft = {
         hf: graft for graft, hf in graft_to_hf_names(config, model_type, graft_names).items()
     }
-    # The same tensor, saved under another name by some transformers versions: the tied decoder's
-    # bias.
+    # The tied decoder's bias, saved under another name by some transformers versions.
     to_graft.setdefault(f"{_LM_DECODER[model_type]}.bias", "lm_head.bias")
     out: dict[str, torch.Tensor] = {}
     where: dict[str, Path] = {}

@@ -164,8 +164,7 @@ def _stored(array: np.ndarray, dtype: str) -> tuple[np.ndarray, object | None]:
         if array.shape[-1] % block == 0:
             q8 = gguf.GGMLQuantizationType.Q8_0
             return gguf.quants.quantize(array.astype(np.float32), q8), q8
-        # Rows that do not fill whole q8_0 blocks cannot be quantised; f16 is llama.cpp's fallback
-        # too.
+        # Rows not filling whole q8_0 blocks cannot be quantised; f16 is llama.cpp's fallback too.
     return array.astype(np.float16), None
 
 

@@ -35,8 +35,8 @@ from safetensors.torch import load_file, save_file
 from graft.atomic_files import atomic_directory
 from graft.errors import CheckpointError, ConfigError
 from graft.model.config import ModelConfig, RopeScaling
-from graft.model.convert.bert import DEFAULTS as ENCODER_DEFAULTS
 from graft.model.convert.bert import (
+    ACTIVATIONS,
     ENCODER_MODEL_TYPES,
     bert_config_dict,
     encoder_fields,
@@ -44,6 +44,7 @@ from graft.model.convert.bert import (
     graft_to_hf_names,
     position_offset,
 )
+from graft.model.convert.bert import DEFAULTS as ENCODER_DEFAULTS
 from graft.model.convert.model_card import model_card
 from graft.model.transformer import LanguageModel, RotaryEmbedding
 
@@ -76,6 +77,26 @@ SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", *ENCODER_MODEL_TYP
 
 # The defaults of transformers' config classes, for keys a config.json leaves out (recent
 # save_pretrained writes them all; hand-written and old files may not).
+# Mistral and Qwen2 differ from Llama in the few keys they override below.
+_LLAMA_DEFAULTS: dict[str, Any] = dict(
+    vocab_size=32000,
+    hidden_size=4096,
+    intermediate_size=11008,
+    num_hidden_layers=32,
+    num_attention_heads=32,
+    num_key_value_heads=None,
+    head_dim=None,
+    hidden_act="silu",
+    max_position_embeddings=2048,
+    initializer_range=0.02,
+    rms_norm_eps=1e-6,
+    tie_word_embeddings=False,
+    rope_theta=10000.0,
+    rope_scaling=None,
+    attention_bias=False,
+    mlp_bias=False,
+    attention_dropout=0.0,
+)
 _DEFAULTS: dict[str, dict[str, Any]] = {
     "gpt2": dict(
         vocab_size=50257,
@@ -93,66 +114,26 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
         reorder_and_upcast_attn=False,
         tie_word_embeddings=True,
     ),
-    "llama": dict(
-        vocab_size=32000,
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=None,
-        head_dim=None,
-        hidden_act="silu",
-        max_position_embeddings=2048,
-        initializer_range=0.02,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        rope_theta=10000.0,
-        rope_scaling=None,
-        attention_bias=False,
-        mlp_bias=False,
-        attention_dropout=0.0,
-    ),
-    "mistral": dict(
-        vocab_size=32000,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=None,
-        hidden_act="silu",
-        max_position_embeddings=4096 * 32,
-        initializer_range=0.02,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        rope_theta=10000.0,
-        rope_scaling=None,
-        sliding_window=4096,
-        attention_dropout=0.0,
-    ),
-    "qwen2": dict(
-        vocab_size=151936,
-        hidden_size=4096,
-        intermediate_size=22016,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        head_dim=None,
-        hidden_act="silu",
-        max_position_embeddings=32768,
-        initializer_range=0.02,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=False,
-        rope_theta=10000.0,
-        rope_scaling=None,
-        use_sliding_window=False,
-        sliding_window=4096,
-        layer_types=None,
-        attention_dropout=0.0,
-    ),
+    "llama": _LLAMA_DEFAULTS,
+    "mistral": {
+        **_LLAMA_DEFAULTS,
+        "intermediate_size": 14336,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 4096 * 32,
+        "sliding_window": 4096,
+    },
+    "qwen2": {
+        **_LLAMA_DEFAULTS,
+        "vocab_size": 151936,
+        "intermediate_size": 22016,
+        "num_key_value_heads": 32,
+        "max_position_embeddings": 32768,
+        "use_sliding_window": False,
+        "sliding_window": 4096,
+        "layer_types": None,
+    },
     **ENCODER_DEFAULTS,
 }
-_GPT2_ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 # Buffers some older checkpoints saved next to the weights; derived, never needed.
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 
@@ -186,24 +167,22 @@ def read_hf_config(directory: Path, tensor_names: Iterable[str] | None = None) -
     def refuse(reason: str) -> CheckpointError:
         return CheckpointError(f"{path}: cannot import this {model_type} model: {reason}")
 
+    def names() -> set[str]:
+        return set(tensor_names if tensor_names is not None else _tensor_names(Path(directory)))
+
     try:
         if model_type == "gpt2":
             fields = _gpt2_fields(cfg, refuse)
         elif model_type in ENCODER_MODEL_TYPES:
-            names = tensor_names if tensor_names is not None else _tensor_names(Path(directory))
-            fields = encoder_fields(model_type, cfg, names, refuse)
+            fields = encoder_fields(model_type, cfg, names(), refuse)
         else:
             fields = _llama_fields(model_type, cfg, refuse)
         head = _classifier_head(cfg, refuse)
         if head is not None:
             fields["head"], fields["labels"] = head
-            names = set(
-                tensor_names if tensor_names is not None else _tensor_names(Path(directory))
-            )
-            if "lm_head.weight" not in names:
-                fields["tie_embeddings"] = (
-                    True  # a classifier file has no LM head; the tied one costs nothing
-                )
+            # a classifier file has no LM head; the tied one costs nothing
+            if "lm_head.weight" not in names():
+                fields["tie_embeddings"] = True
         return ModelConfig(**fields)
     except ValidationError as err:
         raise CheckpointError(f"{path}: not a valid model config ({_first_error(err)})") from None
@@ -241,10 +220,8 @@ def _classifier_head(
 
 def _gpt2_fields(cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]) -> dict[str, Any]:
     activation = cfg["activation_function"]
-    if activation not in _GPT2_ACTIVATIONS:
-        raise refuse(
-            f"activation_function {activation!r} is not one of {sorted(_GPT2_ACTIVATIONS)}"
-        )
+    if activation not in ACTIVATIONS:
+        raise refuse(f"activation_function {activation!r} is not one of {sorted(ACTIVATIONS)}")
     if (
         not cfg["scale_attn_weights"]
         or cfg["scale_attn_by_inverse_layer_idx"]
@@ -264,7 +241,7 @@ def _gpt2_fields(cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]) 
         norm="layernorm",
         norm_eps=cfg["layer_norm_epsilon"],
         positions="learned",
-        mlp=_GPT2_ACTIVATIONS[activation],
+        mlp=ACTIVATIONS[activation],
         bias=True,
         tie_embeddings=bool(cfg["tie_word_embeddings"]),
         dropout=cfg["resid_pdrop"],
@@ -399,9 +376,10 @@ def load_hf_model(directory: Path, *, dtype: torch.dtype | None = torch.float32)
         tensors, sources = from_encoder(
             tensors, sources, config, model_type, position_offset(model_type, raw), expected
         )
+        hf_names: dict[str, str] | None = graft_to_hf_names(config, model_type, expected)
     else:
-        # A decoder's classifier is transformers' `score` (its token classifier in GPT-2:
-        # `classifier`).
+        hf_names = None
+        # A decoder's classifier is transformers' `score` (GPT-2's token classifier: `classifier`)
         for leaf in ("weight", "bias"):
             if f"score.{leaf}" in tensors:
                 tensors[f"classifier.{leaf}"] = tensors.pop(f"score.{leaf}")
@@ -410,11 +388,6 @@ def load_hf_model(directory: Path, *, dtype: torch.dtype | None = torch.float32)
             tensors, sources = _from_gpt2(tensors, sources, config)
         else:
             tensors, sources = _from_llama(tensors, sources)
-    hf_names = (
-        graft_to_hf_names(config, model_type, expected)
-        if model_type in ENCODER_MODEL_TYPES
-        else None
-    )
 
     def hf_name(name: str) -> str:
         return hf_names.get(name, name) if hf_names is not None else _hf_name(name, config)
@@ -451,25 +424,32 @@ def load_hf_model(directory: Path, *, dtype: torch.dtype | None = torch.float32)
     return model.eval()
 
 
-def _read_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
-    """Every stored tensor and the file it came from."""
+def _shard_index(directory: Path) -> tuple[Path, list[str], list[str]] | None:
+    """A sharded checkpoint's index file, tensor names and shard files; None when unsharded."""
     for index_name in (SAFETENSORS_INDEX, BIN_INDEX):
         index = directory / index_name
         if index.is_file():
             try:
                 weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-                files = sorted(set(weight_map.values()))
+                return index, list(weight_map), sorted(set(weight_map.values()))
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
                 raise CheckpointError(f"{index}: not a valid shard index ({err})") from None
-            tensors: dict[str, torch.Tensor] = {}
-            sources: dict[str, Path] = {}
-            for name in files:
-                shard = directory / name
-                if not shard.is_file():
-                    raise CheckpointError(f"{shard}: listed in {index_name} but missing")
-                for key, value in _read_file(shard).items():
-                    tensors[key], sources[key] = value, shard
-            return tensors, sources
+    return None
+
+
+def _read_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
+    """Every stored tensor and the file it came from."""
+    if (sharded := _shard_index(directory)) is not None:
+        index, _, files = sharded
+        tensors: dict[str, torch.Tensor] = {}
+        sources: dict[str, Path] = {}
+        for name in files:
+            shard = directory / name
+            if not shard.is_file():
+                raise CheckpointError(f"{shard}: listed in {index.name} but missing")
+            for key, value in _read_file(shard).items():
+                tensors[key], sources[key] = value, shard
+        return tensors, sources
     for name in (SAFETENSORS_FILE, BIN_FILE):
         path = directory / name
         if path.is_file():
@@ -482,16 +462,8 @@ def _read_tensors(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, P
 
 def _tensor_names(directory: Path) -> list[str]:
     """The stored tensor names, without reading the tensors where the format allows."""
-    for index_name in (SAFETENSORS_INDEX, BIN_INDEX):
-        if (directory / index_name).is_file():
-            try:
-                return list(
-                    json.loads((directory / index_name).read_text(encoding="utf-8"))["weight_map"]
-                )
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                raise CheckpointError(
-                    f"{directory / index_name}: not a valid shard index ({err})"
-                ) from None
+    if (sharded := _shard_index(directory)) is not None:
+        return sharded[1]
     if (directory / SAFETENSORS_FILE).is_file():
         try:
             with safe_open(str(directory / SAFETENSORS_FILE), framework="pt") as f:
@@ -634,19 +606,21 @@ def _first_error(err: Exception) -> str:
 # ---------------------------------------------------------------- export
 
 
+def _cannot_export(reason: str) -> ConfigError:
+    return ConfigError(f"cannot export to Hugging Face: {reason}")
+
+
 def hf_architecture(config: ModelConfig) -> str:
     """The transformers model_type a config exports as: gpt2, llama or qwen2; ConfigError with the
     reason when none can represent it exactly."""
-
-    def refuse(reason: str) -> ConfigError:
-        return ConfigError(f"cannot export to Hugging Face: {reason}")
-
     if config.head == "sequence" and config.classifier_pooling == "mean":
-        raise refuse(
+        raise _cannot_export(
             "a mean-pooled sequence classifier has no transformers class "
             "(their *ForSequenceClassification read the pooled [CLS] or the last token); "
             "fine-tune with model.classifier_pooling: token to export"
         )
+    gelu = config.mlp in ("gelu", "gelu_tanh")
+    gpt2_style = (config.positions, config.norm) == ("learned", "layernorm") and gelu  # BERT's too
     encoder_switches = (config.attention, config.norm_position) != ("causal", "pre")
     if (
         encoder_switches
@@ -655,14 +629,9 @@ def hf_architecture(config: ModelConfig) -> str:
         or config.nsp_head
         or config.type_vocab_size
     ):
-        bert_style = (config.attention, config.norm_position, config.positions, config.norm) == (
-            "bidirectional",
-            "post",
-            "learned",
-            "layernorm",
-        ) and config.mlp in ("gelu", "gelu_tanh")
-        if not bert_style:
-            raise refuse(
+        bert_style = (config.attention, config.norm_position) == ("bidirectional", "post")
+        if not (bert_style and gpt2_style):
+            raise _cannot_export(
                 "encoder options "
                 "(bidirectional attention, post-norm, token types, MLM/pooler/NSP heads) "
                 "export as BERT only, which needs all of: "
@@ -670,28 +639,25 @@ def hf_architecture(config: ModelConfig) -> str:
                 "learned positions, layernorm, gelu/gelu_tanh MLP"
             )
         return "bert"
-    gpt2_style = (config.positions, config.norm) == ("learned", "layernorm") and config.mlp in (
-        "gelu",
-        "gelu_tanh",
-    )
-    llama_style = (config.positions, config.norm, config.mlp) == ("rope", "rmsnorm", "swiglu")
     if gpt2_style:
         if not config.bias or not config.qkv_bias:
-            raise refuse(
+            raise _cannot_export(
                 "GPT-2 (learned positions, layernorm, GELU MLP) "
                 "always has biases in every linear layer and norm; "
                 "this config turns them off (bias/attention_bias false)"
             )
         if config.kv_heads != config.n_heads:
-            raise refuse("GPT-2 has no grouped-query attention; n_kv_heads must equal n_heads")
+            raise _cannot_export(
+                "GPT-2 has no grouped-query attention; n_kv_heads must equal n_heads"
+            )
         return "gpt2"
-    if llama_style:
+    if (config.positions, config.norm, config.mlp) == ("rope", "rmsnorm", "swiglu"):
         if config.bias and not config.qkv_bias:
-            raise refuse(
+            raise _cannot_export(
                 "biases on o_proj and the MLP without q/k/v biases match neither Llama nor Qwen2"
             )
         return "qwen2" if config.qkv_bias and not config.bias else "llama"
-    raise refuse(
+    raise _cannot_export(
         f"positions={config.positions}, norm={config.norm}, mlp={config.mlp} "
         "is no Hugging Face decoder: "
         "GPT-2 needs learned positions + layernorm + gelu/gelu_tanh, "
@@ -719,16 +685,13 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
 def _model_config_dict(config: ModelConfig) -> dict[str, Any]:
     kind = hf_architecture(config)
     if config.vocab_size is None:
-        raise ConfigError("cannot export to Hugging Face: vocab_size is not set")
+        raise _cannot_export("vocab_size is not set")
     if kind == "bert":
         if not config.tie_embeddings and not config.mlm_head:
-            raise ConfigError(
-                "cannot export to Hugging Face: "
+            raise _cannot_export(
                 "an untied output layer without BERT's masked-LM head has no BERT counterpart"
             )
-        return bert_config_dict(
-            config, lambda reason: ConfigError(f"cannot export to Hugging Face: {reason}")
-        )
+        return bert_config_dict(config, _cannot_export)
     if kind == "gpt2":
         return dict(
             architectures=["GPT2LMHeadModel"],
@@ -921,14 +884,12 @@ def tokenizer_config_dicts(
 
 def generation_config_dict(tokenizer: Tokenizer) -> dict[str, Any]:
     """generation_config.json: generation stops at end-of-text and pads with the pad token."""
-    config: dict[str, Any] = {}
-    if tokenizer.eot_id is not None:
-        config["eos_token_id"] = tokenizer.eot_id
-    if tokenizer.pad_id is not None:
-        config["pad_token_id"] = tokenizer.pad_id
-    if tokenizer.bos_id is not None:  # graft's own tokenizers have none; imported ones may
-        config["bos_token_id"] = tokenizer.bos_id
-    return config
+    ids = {
+        "eos_token_id": tokenizer.eot_id,
+        "pad_token_id": tokenizer.pad_id,
+        "bos_token_id": tokenizer.bos_id,  # graft's own tokenizers have none; imported ones may
+    }
+    return {key: value for key, value in ids.items() if value is not None}
 
 
 def _write_json(path: Path, value: object) -> None:

@@ -43,7 +43,8 @@ def _fine_tuned(source: Path) -> bool:
 _UNKNOWN = "unknown"
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """The file's JSON value; None when it is missing or not JSON."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -66,7 +67,7 @@ def _data_facts(source: Path) -> list[str]:
     if not path:
         return [f"- data: {_UNKNOWN} (run_config.yaml names no data.path)"]
     lines = [f"- data directory (run_config.yaml data.path): `{path}`"]
-    index = _read_json(Path(path) / "index.json")
+    index = read_json(Path(path) / "index.json")
     if not isinstance(index, dict):
         return [*lines, f"- data contents: {_UNKNOWN} (its index.json is not reachable from here)"]
     sources = index.get("sources") or []
@@ -90,7 +91,7 @@ def _data_facts(source: Path) -> list[str]:
 
 
 def _training_facts(source: Path) -> list[str]:
-    state = _read_json(source / "training_state" / "state.json")
+    state = read_json(source / "training_state" / "state.json")
     if not isinstance(state, dict):
         return [
             f"- steps, tokens, time: {_UNKNOWN} (the checkpoint has no training_state/state.json)"

@@ -11,7 +11,6 @@ it is imported here only if present, and its absence is itself a record.
 from __future__ import annotations
 
 import importlib.util
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from graft.model.convert.hf import (
     TOKENIZER_CONFIG_FILE,
     load_hf_model,
 )
+from graft.model.convert.model_card import read_json
 from graft.model.transformer import LanguageModel
 
 __all__ = ["PROBE_TEXT", "CheckRecord", "format_table", "raise_on_failure", "verify_hf_export"]
@@ -83,28 +83,20 @@ def _graft_outputs(model: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
 def _transformers_outputs(out_dir: Path, config: ModelConfig, ids: torch.Tensor) -> torch.Tensor:
     import transformers
 
-    if config.head != "lm":
-        auto = (
-            transformers.AutoModelForSequenceClassification
-            if config.head == "sequence"
-            else transformers.AutoModelForTokenClassification
-        )
-        return auto.from_pretrained(out_dir).eval()(input_ids=ids).logits
-    if not config.is_encoder:
-        return (
-            transformers.AutoModelForCausalLM.from_pretrained(out_dir).eval()(input_ids=ids).logits
-        )
-    if config.nsp_head:
-        return (
-            transformers.AutoModelForPreTraining.from_pretrained(out_dir)
-            .eval()(input_ids=ids)
-            .prediction_logits
-        )
-    if config.mlm_head:
-        return (
-            transformers.AutoModelForMaskedLM.from_pretrained(out_dir).eval()(input_ids=ids).logits
-        )
-    return transformers.AutoModel.from_pretrained(out_dir).eval()(input_ids=ids).last_hidden_state
+    auto: Any
+    if config.head == "sequence":
+        auto, output = transformers.AutoModelForSequenceClassification, "logits"
+    elif config.head == "token":
+        auto, output = transformers.AutoModelForTokenClassification, "logits"
+    elif not config.is_encoder:
+        auto, output = transformers.AutoModelForCausalLM, "logits"
+    elif config.nsp_head:
+        auto, output = transformers.AutoModelForPreTraining, "prediction_logits"
+    elif config.mlm_head:
+        auto, output = transformers.AutoModelForMaskedLM, "logits"
+    else:
+        auto, output = transformers.AutoModel, "last_hidden_state"
+    return getattr(auto.from_pretrained(out_dir).eval()(input_ids=ids), output)
 
 
 def _check_logits(
@@ -125,11 +117,7 @@ def _check_logits(
             else:
                 theirs = _graft_outputs(load_hf_model(out_dir), ids)
     except (GraftError, OSError, ValueError, RuntimeError, KeyError) as err:
-        return CheckRecord(
-            "logits",
-            False,
-            f"{reader} cannot load the export: {str(err).splitlines()[0] if str(err) else err}",
-        )
+        return CheckRecord("logits", False, f"{reader} cannot load the export: {_first_line(err)}")
     device = next(model.parameters()).device
     with torch.no_grad():
         ours = _graft_outputs(model.eval(), ids.to(device)).float().cpu()
@@ -157,8 +145,7 @@ def _check_tokenizer_ids(
         if use_transformers:
             from transformers import AutoTokenizer
 
-            # Without special tokens, as graft encodes: BERT-style tokenizers add [CLS]/[SEP] by
-            # default.
+            # Without special tokens, as graft encodes (BERT-style ones add [CLS]/[SEP] by default)
             got = AutoTokenizer.from_pretrained(out_dir)(PROBE_TEXT, add_special_tokens=False)[
                 "input_ids"
             ]
@@ -168,9 +155,7 @@ def _check_tokenizer_ids(
             reader = "exported tokenizer.json"
     except (GraftError, OSError, ValueError, KeyError) as err:
         return CheckRecord(
-            "tokenizer ids",
-            False,
-            f"cannot load the exported tokenizer: {str(err).splitlines()[0]}",
+            "tokenizer ids", False, f"cannot load the exported tokenizer: {_first_line(err)}"
         )
     if got == want:
         return CheckRecord(
@@ -186,18 +171,15 @@ def _check_tokenizer_ids(
     )
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def _first_line(err: Exception) -> str:
+    return (str(err).splitlines() or [""])[0]
 
 
 def _check_eos(out_dir: Path, tokenizer: Tokenizer) -> CheckRecord:
     eot = tokenizer.eot_id
     if eot is None:
         return CheckRecord("eos ids", None, "the tokenizer has no end-of-text token")
-    generation = _read_json(out_dir / GENERATION_CONFIG_FILE)
+    generation = read_json(out_dir / GENERATION_CONFIG_FILE)
     if not isinstance(generation, dict):
         return CheckRecord("eos ids", False, f"{GENERATION_CONFIG_FILE} is missing or unreadable")
     eos = generation.get("eos_token_id")
@@ -209,7 +191,7 @@ def _check_eos(out_dir: Path, tokenizer: Tokenizer) -> CheckRecord:
             f"{GENERATION_CONFIG_FILE} eos_token_id {eos!r}, the tokenizer's "
             f"end-of-text id is {eot}",
         )
-    tok_config = _read_json(out_dir / TOKENIZER_CONFIG_FILE)
+    tok_config = read_json(out_dir / TOKENIZER_CONFIG_FILE)
     eos_token = tok_config.get("eos_token") if isinstance(tok_config, dict) else None
     if isinstance(eos_token, dict):  # the AddedToken form some writers use
         eos_token = eos_token.get("content")
@@ -234,7 +216,7 @@ def _check_chat_template(
     """The export's chat template renders a probe conversation exactly as graft's does, and its
     end-of-turn token is the generation config's eos."""
     ours = tokenizer.chat_template
-    config = _read_json(out_dir / TOKENIZER_CONFIG_FILE)
+    config = read_json(out_dir / TOKENIZER_CONFIG_FILE)
     theirs = config.get("chat_template") if isinstance(config, dict) else None
     if theirs is None and (out_dir / "chat_template.jinja").is_file():
         theirs = (out_dir / "chat_template.jinja").read_text(encoding="utf-8")
@@ -261,16 +243,11 @@ def _check_chat_template(
             got = render_chat(theirs, PROBE_CHAT, add_generation_prompt=True, eos_token=eos or "")
     except (GraftError, OSError, ValueError, KeyError) as err:
         return CheckRecord(
-            "chat template",
-            False,
-            f"cannot render the exported template: {str(err).splitlines()[0]}",
+            "chat template", False, f"cannot render the exported template: {_first_line(err)}"
         )
     if got != want:
-        return CheckRecord(
-            "chat template",
-            False,
-            "the exported template renders the probe conversation differently",
-        )
+        reason = "the exported template renders the probe conversation differently"
+        return CheckRecord("chat template", False, reason)
     if eos is None or eos not in want:
         return CheckRecord(
             "chat template",
@@ -284,7 +261,7 @@ def _check_chat_template(
 
 
 def _check_vocab(out_dir: Path, use_transformers: bool) -> CheckRecord:
-    config = _read_json(out_dir / "config.json")
+    config = read_json(out_dir / "config.json")
     rows = config.get("vocab_size") if isinstance(config, dict) else None
     try:
         if use_transformers:
@@ -295,7 +272,7 @@ def _check_vocab(out_dir: Path, use_transformers: bool) -> CheckRecord:
             size = Tokenizer.load(out_dir).vocab_size
     except (GraftError, OSError, ValueError, KeyError) as err:
         return CheckRecord(
-            "vocab size", False, f"cannot load the exported tokenizer: {str(err).splitlines()[0]}"
+            "vocab size", False, f"cannot load the exported tokenizer: {_first_line(err)}"
         )
     if not isinstance(rows, int):
         return CheckRecord("vocab size", False, "config.json has no vocab_size")
