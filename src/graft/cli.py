@@ -13,8 +13,12 @@ import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from graft.errors import GraftError
+
+if TYPE_CHECKING:
+    from graft.config import RunConfig
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -34,12 +38,15 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
         help="Pre-train a small model on a corpus built from this Python installation.",
         description="The embedded default: builds a corpus from the running Python's standard "
         "library and documentation (nothing downloaded), trains a tokenizer, prepares shards, "
-        "pre-trains a small model for a time budget, fine-tunes it on two tasks from the same "
+        "pre-trains a small model on a budget of tokens, fine-tunes it on two tasks from the same "
         "installation (a function's package; its docstring's first line) against training from "
-        "scratch, and writes a report.",
+        "scratch (classification over 3 seeds per arm), and writes a report.",
     )
     p.add_argument(
-        "--minutes", type=float, default=5.0, help="pre-training time budget (default: 5)"
+        "--tokens",
+        type=int,
+        default=2_400_000,
+        help="pre-training tokens (default: 2400000, about 4 minutes on 2 idle cores)",
     )
     p.add_argument(
         "--out",
@@ -59,9 +66,9 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--finetune-steps",
         type=int,
-        default=150,
-        help="steps of each of the four fine-tuning runs (default: 150, about 3-4 minutes in all "
-        "on 2 cores)",
+        default=100,
+        help="steps of each of the eight fine-tuning runs (default: 100, about 4 minutes in all "
+        "on 2 idle cores)",
     )
     p.add_argument(
         "--skip-finetune", action="store_true", help="stop after pre-training; nothing is held out"
@@ -349,6 +356,11 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         help="held-out share of the probe examples (default: 0.3)",
     )
     e.add_argument("--out", type=Path, required=True, help="directory for the report and the runs")
+    e.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted comparison in --out, keeping its finished arms",
+    )
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_experiment_transfer(esub)
 
@@ -595,7 +607,7 @@ def _run_quickstart(args: argparse.Namespace) -> int:
 
     report = run_quickstart(
         QuickstartOptions(
-            minutes=args.minutes,
+            tokens=args.tokens,
             out_dir=args.out,
             preset=args.preset,
             corpus_bytes=int(args.corpus_mb * 1e6),
@@ -668,6 +680,11 @@ def _run_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _given(shortcuts: dict[str, object]) -> list[str]:
+    """`key=value` overrides for the shortcut flags that were given."""
+    return [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
+
+
 def _run_pretrain(args: argparse.Namespace, extra: list[str]) -> int:
     from graft.config import load_run_config
 
@@ -679,33 +696,7 @@ def _run_pretrain(args: argparse.Namespace, extra: list[str]) -> int:
         "data.replay_fraction": args.replay_fraction,
         "train.out_dir": args.out,
     }
-    overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
-    config = load_run_config(args.config, overrides + _split_overrides(extra))
-    # torch loads only once the config is known to be good
-    from graft.checkpoint import resolve
-
-    config = resolve(config)  # with --init, the model is the checkpoint's: print what will run
-    if args.print_config:
-        print(config.to_yaml(), end="")
-        return 0
-    from graft.train.pretrain import pretrain
-
-    result = pretrain(config, resume=args.resume)
-    if result.stop_reason == "interrupted":
-        print(
-            f"interrupted at step {result.step}; the last complete checkpoint in "
-            f"{result.run_dir / 'checkpoints'} is intact: continue with --resume",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
-    last = result.evals[-1] if result.evals else {}
-    summary = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "step")
-    print(
-        f"stopped ({result.stop_reason}) at step {result.step}, {result.tokens_seen:,} tokens, "
-        f"{result.elapsed_s:.0f} s. {summary}"
-    )
-    print(f"run: {result.run_dir}")
-    return 0
+    return _train(args, load_run_config(args.config, _given(shortcuts) + _split_overrides(extra)))
 
 
 def _run_finetune(args: argparse.Namespace, extra: list[str]) -> int:
@@ -721,17 +712,28 @@ def _run_finetune(args: argparse.Namespace, extra: list[str]) -> int:
         "data.label_field": getattr(args, "label_field", None),
         "data.skip_invalid": "true" if args.skip_invalid else None,
     }
-    overrides = [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
-    config = load_finetune_config(args.task, args.config, overrides + _split_overrides(extra))
+    overrides = _given(shortcuts) + _split_overrides(extra)
+    return _train(args, load_finetune_config(args.task, args.config, overrides))
+
+
+def _train(args: argparse.Namespace, config: RunConfig) -> int:
+    """Resolve, then print the config (--print-config) or run it: pre-training or fine-tuning,
+    by the command."""
+    # torch loads only once the config is known to be good
     from graft.checkpoint import resolve
 
-    config = resolve(config)  # with --init, the model is the checkpoint's: print what will run
+    config = resolve(config, resume=args.resume)  # with --init or --resume: the checkpoint's model
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0
-    from graft.train.finetune import finetune
+    if args.command == "pretrain":
+        from graft.train.pretrain import pretrain
 
-    result = finetune(config, resume=args.resume, echo=print)
+        result = pretrain(config, resume=args.resume)
+    else:
+        from graft.train.finetune import finetune
+
+        result = finetune(config, resume=args.resume, echo=print)
     if result.stop_reason == "interrupted":
         print(
             f"interrupted at step {result.step}; the last complete checkpoint in "
@@ -739,10 +741,18 @@ def _run_finetune(args: argparse.Namespace, extra: list[str]) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    best = config.train.monitor
+    if args.command == "pretrain":
+        last = result.evals[-1] if result.evals else {}
+        summary = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "step")
+        print(
+            f"stopped ({result.stop_reason}) at step {result.step}, "
+            f"{result.tokens_seen:,} tokens, {result.elapsed_s:.0f} s. {summary}"
+        )
+        print(f"run: {result.run_dir}")
+        return 0
     print(
         f"stopped ({result.stop_reason}) at step {result.step}, {result.elapsed_s:.0f} s; "
-        f"best {best} {result.best_metric:.4f}"
+        f"best {config.train.monitor} {result.best_metric:.4f}"
         if result.best_metric is not None
         else f"stopped ({result.stop_reason})"
     )
@@ -857,6 +867,7 @@ def _run_experiment(args: argparse.Namespace, extra: list[str]) -> int:
         labelled=args.labelled,
         max_tokens=args.max_tokens,
         overrides=tuple(_split_overrides(extra)),
+        resume=args.resume,
         progress=not args.no_progress,
         **{key: value for key, value in given.items() if value is not None},
     )
@@ -866,7 +877,8 @@ def _run_experiment(args: argparse.Namespace, extra: list[str]) -> int:
 
 
 def _run_experiment_transfer(args: argparse.Namespace, extra: list[str]) -> int:
-    from graft.experiments.transfer import TransferOptions, parse_sizes, run_transfer
+    from graft.experiments.transfer import run_transfer
+    from graft.experiments.transfer_options import TransferOptions, parse_sizes
 
     # Flags left unset keep TransferOptions' defaults, so every default lives in one place.
     given = {

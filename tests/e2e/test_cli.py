@@ -408,7 +408,11 @@ def test_resume_with_a_changed_model_is_one_line_and_writes_nothing(pipeline, ti
         tiny_model, pipeline.data, run_copy, "--train.max_steps=8", "--train.eval_every=3"
     )
     before = snapshot(run_copy)
-    one_line_error(graft(*args, "--model.n_layers=2", "--resume"), "--resume", "n_layers: 1 -> 2")
+    one_line_error(
+        graft(*args, "--model.n_layers=2", "--resume"),
+        "--resume",
+        "model.n_layers: run says 2, checkpoint has 1",
+    )
     assert snapshot(run_copy) == before
 
 
@@ -491,8 +495,8 @@ def test_quickstart_reduced(tmp_path):
     proc = ok(
         graft(
             "quickstart",
-            "--minutes",
-            0.1,
+            "--tokens",
+            20_000,
             "--corpus-mb",
             0.3,
             "--vocab-size",
@@ -511,6 +515,7 @@ def test_quickstart_reduced(tmp_path):
     report = (out / "report.md").read_text()
     assert "| | step | loss (nats/token) | perplexity | bits per byte |" in report
     assert "| before | 0 |" in report and "| after |" in report
+    assert "20,480 tokens" in report and "(stopped: max_tokens)" in report  # 10 steps of 16 x 128
     assert (out / "run" / "loss_curve.png").read_bytes().startswith(b"\x89PNG")
     metrics = read_metrics(out / "run" / "metrics.jsonl")
     assert metrics[0]["step"] == 0 and "val/loss" in metrics[0]
@@ -522,25 +527,31 @@ def test_quickstart_reduced(tmp_path):
     assert "## Fine-tuning: pre-trained against from scratch" in report
     assert (
         "| task | metric | pre-trained | from scratch | difference "
-        "| seconds (pre-trained, scratch) |" in report
+        "| seconds per run (pre-trained, scratch) |" in report
     )
     for metric in ("accuracy", "macro F1", "ROUGE-L", "exact match", "ended with eos"):
         assert f"| {metric} | " in report
     assert "![pre-trained against from scratch](finetune/comparison.png)" in report
     assert (out / "finetune" / "comparison.png").read_bytes().startswith(b"\x89PNG")
     assert report.count("- reference: ") == 3
-    for run in (
-        "classify-pretrained",
-        "classify-scratch",
-        "instruct-pretrained",
-        "instruct-scratch",
-    ):
-        verify_checkpoint(out / "finetune" / run / "checkpoints" / "best")
-    assert (
-        "from_scratch: true" in (out / "finetune" / "classify-scratch" / "config.yaml").read_text()
-    )
+    # Classification over three seeds per arm (a mean with its interval), instructions over one.
+    runs = json.loads((out / "finetune" / "results.json").read_text())["runs"]
+    assert sorted((r["task"], r["arm"], r["seed"]) for r in runs) == [
+        (task, arm, seed)
+        for task, seeds in (("classify", (1337, 1338, 1339)), ("instruct", (1337,)))
+        for arm in ("pretrained", "scratch")
+        for seed in seeds
+    ]
+    for r in runs:
+        verify_checkpoint(Path(r["run_dir"]) / "checkpoints" / "best")
+    classify = [line for line in proc.stdout.splitlines() if line.startswith("classify test acc")]
+    assert len(classify) == 1 and "(3 seeds each); " in classify[0], proc.stdout[-2000:]
+    assert classify[0].split(": ", 1)[1].split(" pre-trained")[0].count("[") == 1  # an interval
+    assert "| accuracy | " in report and "paired by seed (3 seeds" in report
+    scratch = out / "finetune" / "classify-scratch" / "s1338" / "config.yaml"
+    assert "from_scratch: true" in scratch.read_text() and "seed: 1338" in scratch.read_text()
     generated = json.loads(
-        (out / "finetune" / "instruct-pretrained" / "eval" / "generate.json").read_text()
+        (out / "finetune" / "instruct-pretrained" / "s1337" / "eval" / "generate.json").read_text()
     )
     assert 0 < generated["count"] <= 100 and generated["max_new_tokens"] == 32
 
@@ -571,8 +582,8 @@ def test_quickstart_with_a_bad_preset_is_one_line_and_writes_nothing(tmp_path):
     one_line_error(
         graft(
             "quickstart",
-            "--minutes",
-            0.1,
+            "--tokens",
+            1000,
             "--corpus-mb",
             0.05,
             "--vocab-size",
@@ -589,11 +600,10 @@ def test_quickstart_with_a_bad_preset_is_one_line_and_writes_nothing(tmp_path):
     assert snapshot(tmp_path) == before
 
 
-def test_quickstart_with_no_finetune_steps_is_one_line_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("flag", ["--finetune-steps", "--tokens"])
+def test_quickstart_with_no_budget_is_one_line_and_writes_nothing(tmp_path, flag):
     before = snapshot(tmp_path)
     one_line_error(
-        graft("quickstart", "--finetune-steps", 0, "--out", tmp_path / "qs", cwd=tmp_path),
-        "--finetune-steps",
-        "got 0",
+        graft("quickstart", flag, 0, "--out", tmp_path / "qs", cwd=tmp_path), flag, "got 0"
     )
     assert snapshot(tmp_path) == before

@@ -1,11 +1,12 @@
 """Tests for graft.experiments.objective_comparison: every objective trained on the same tiny
 data and probed on one labelled set, a failing arm reported beside the others, refusals before any
-training, and `graft experiment objectives` in-process."""
+training, resuming with more arms, and `graft experiment objectives` in-process."""
 
 from __future__ import annotations
 
 import json
 import random
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -68,12 +69,15 @@ def options(inputs: dict[str, Path], out: Path, **changes: object) -> Comparison
 
 
 def test_every_objective_trains_on_the_same_budget_and_is_probed(
-    inputs: dict[str, Path], tmp_path: Path
+    inputs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # `python -m graft` puts graft/__main__.py first: the command is shown as `graft`.
+    argv = ["/x/graft/__main__.py", "experiment", "objectives", "--lr", "1e-3"]
+    monkeypatch.setattr(sys, "argv", argv)
     lines: list[str] = []
     report = compare_objectives(options(inputs, tmp_path / "cmp"), echo=lines.append)
     results = json.loads((tmp_path / "cmp" / "results.json").read_text())
-    arms = {arm["objective"]: arm for arm in results["arms"]}
+    arms = {arm["objective"]: arm for arm in results["runs"]}
     assert list(arms) == list(DEFAULT_OBJECTIVES)
     for name, arm in arms.items():
         assert arm["error"] is None, name
@@ -105,7 +109,8 @@ def test_every_objective_trains_on_the_same_budget_and_is_probed(
     ):
         assert rows[name][1].startswith(f"{model} (") and rows[name][2] == "512", rows[name]
     assert "(unigram " in text and "(clm part)" in text and "scores **0.500**" in text
-    assert "graft experiment objectives --data" in text
+    assert "```\ngraft experiment objectives --lr 1e-3\n```" in text
+    assert results["command"] == "graft experiment objectives --lr 1e-3"
     assert (tmp_path / "cmp" / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     assert len(lines) == 2 * len(DEFAULT_OBJECTIVES)
 
@@ -123,7 +128,7 @@ def test_a_failing_arm_is_reported_and_the_others_complete(
     report = compare_objectives(opts).read_text()
     arms = {
         arm["objective"]: arm
-        for arm in json.loads((tmp_path / "cmp" / "results.json").read_text())["arms"]
+        for arm in json.loads((tmp_path / "cmp" / "results.json").read_text())["runs"]
     }
     assert (
         "needs model.nsp_head" in arms["mlm+nsp"]["error"]
@@ -172,6 +177,22 @@ def test_an_out_dir_holding_runs_is_refused(inputs: dict[str, Path], tmp_path: P
         compare_objectives(options(inputs, tmp_path / "cmp"))
 
 
+def test_a_resumed_comparison_keeps_finished_arms_and_adds_new_ones(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    first = options(inputs, tmp_path / "cmp", objectives=("clm",))
+    compare_objectives(first)
+    with pytest.raises(ConfigError, match="another max_tokens"):
+        compare_objectives(replace(first, resume=True, max_tokens=256))
+    (tmp_path / "cmp" / "runs" / "mlm").mkdir()  # an arm cut short leaves its directory behind
+    lines: list[str] = []
+    compare_objectives(replace(first, resume=True, objectives=("clm", "mlm")), echo=lines.append)
+    assert lines[0] == "[1/2] clm, 1x32 for 512 tokens: kept from the earlier run"
+    assert lines[1].startswith("[2/2] mlm, ") and lines[1].endswith(": training")
+    runs = json.loads((tmp_path / "cmp" / "results.json").read_text())["runs"]
+    assert [(r["objective"], r["error"]) for r in runs] == [("clm", None), ("mlm", None)]
+
+
 def test_the_command_runs_a_comparison(inputs: dict[str, Path], tmp_path: Path, capsys) -> None:
     out = tmp_path / "cmp"
     code = main(
@@ -203,7 +224,7 @@ def test_the_command_runs_a_comparison(inputs: dict[str, Path], tmp_path: Path, 
     assert code == 0
     assert f"report: {out / 'report.md'}" in capsys.readouterr().out
     results = json.loads((out / "results.json").read_text())
-    assert [arm["model"] for arm in results["arms"]] == ["nano", "bert-nano"]
+    assert [arm["model"] for arm in results["runs"]] == ["nano", "bert-nano"]
     assert results["probe"]["train"] + results["probe"]["test"] == 30
     assert results["options"]["overrides"] == list(TINY)
     # A bad objective is one line on stderr and exit 2.

@@ -159,18 +159,25 @@ def test_drop_leaks_only_touches_evaluation_splits(splits: TaskSplits) -> None:
     )
 
 
-def test_report_section_has_the_table_the_plot_and_examples(
+def test_report_section_has_the_table_with_intervals_the_verdict_the_plot_and_examples(
     splits: TaskSplits, tmp_path: Path
 ) -> None:
     files = write_task_files(splits, bytes_tokenizer(), tmp_path / "tasks", seq_len=256)
     outcomes = []
+    # Classification over three seeds, pre-trained ahead by 0.3, 0.4 and 0.5; instructions once.
+    scores = {
+        ("classify", "pretrained"): [0.7, 0.8, 0.9],
+        ("classify", "scratch"): [0.4, 0.4, 0.4],
+        ("instruct", "pretrained"): [0.75],
+        ("instruct", "scratch"): [0.25],
+    }
     metrics = {
         "classify": ("accuracy", "macro_f1"),
         "instruct": ("rougeL", "exact_match", "ended_with_eos"),
     }
-    for task, keys in metrics.items():
-        for arm, value in (("pretrained", 0.75), ("scratch", 0.25)):
-            run_dir = tmp_path / "finetune" / f"{task}-{arm}"
+    for (task, arm), values in scores.items():
+        for seed, value in enumerate(values, start=5):
+            run_dir = tmp_path / "finetune" / f"{task}-{arm}" / f"s{seed}"
             if task == "instruct":  # what evaluate_checkpoint leaves for the examples
                 (run_dir / "eval").mkdir(parents=True)
                 rows = [
@@ -180,19 +187,21 @@ def test_report_section_has_the_table_the_plot_and_examples(
                 (run_dir / "eval" / "generate_samples.jsonl").write_text(
                     "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
                 )
+            lr = 1e-4 if arm == "pretrained" else 1e-3
             outcomes.append(
                 ArmOutcome(
                     task,
                     arm,
-                    run_dir,
-                    1e-4 if arm == "pretrained" else 1e-3,
+                    seed,
+                    str(run_dir),
+                    lr,
                     7,
                     "max_steps",
                     7,
                     16,
                     10.0,
                     2.0,
-                    {**{k: value for k in keys}, "count": 10.0},
+                    {**{k: value for k in metrics[task]}, "count": 10.0},
                 )
             )
     plot = plot_comparison(outcomes, tmp_path / "finetune" / "comparison.png")
@@ -202,10 +211,21 @@ def test_report_section_has_the_table_the_plot_and_examples(
     )
     assert (
         "| task | metric | pre-trained | from scratch | difference "
-        "| seconds (pre-trained, scratch) |" in text
+        "| seconds per run (pre-trained, scratch) |" in text
     )
-    assert "| accuracy | 0.750 | 0.250 | +0.500 | 12, 12 |" in text
+    # t(0.975, 2) = 4.303 and s = 0.1 over 3 seeds: a half-width of 0.248, both for the
+    # pre-trained scores and for the paired differences; from scratch has no spread.
+    assert (
+        "| accuracy | 0.800 [0.552, 1.000] | 0.400 [0.400, 0.400] | +0.400 [+0.152, +0.648] "
+        "| 12, 12 |" in text
+    )
     assert "| ROUGE-L | 0.750 | 0.250 | +0.500 |" in text
+    assert (
+        "- classify test accuracy: 0.800 [0.552, 1.000] pre-trained, 0.400 [0.400, 0.400] from "
+        "scratch (3 seeds each); **pre-trained beats scratch**; paired by seed (3 seeds" in text
+    )
+    assert "- instruct test ROUGE-L: 0.750 pre-trained, 0.250 from scratch (1 seed each)." in text
+    assert "classify seeds 5, 6, 7; instruct seeds 5" in text
     assert "![pre-trained against from scratch](finetune/comparison.png)" in text
     assert (
         "classification 0.0001 pre-trained, 0.001 from scratch" in text and "same 7 steps" in text

@@ -1,13 +1,15 @@
-"""Tests for graft.experiments.transfer: every arm x size x seed fine-tuned from a tiny pre-trained
-base and scored on one held-out test set, the report's table, comparison and plot, a test set
-disjoint from training and validation texts, refusals before any training, a failing run reported
-beside the others, resuming, and `graft experiment transfer` in-process."""
+"""Tests for graft.experiments.transfer (with its options and report modules): every arm x size x
+seed fine-tuned from a tiny pre-trained base and scored on one held-out test set, the report's
+table, comparison, command line and plot, a test set disjoint from training and validation texts,
+refusals before any training, a failing run reported beside the others, resuming, and
+`graft experiment transfer` in-process."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -17,14 +19,9 @@ import pytest
 from graft.cli import main
 from graft.config import RunConfig
 from graft.errors import ConfigError
-from graft.experiments.transfer import (
-    Cell,
-    RunOutcome,
-    TransferOptions,
-    _versus,
-    parse_sizes,
-    run_transfer,
-)
+from graft.experiments.transfer import run_transfer
+from graft.experiments.transfer_options import TransferOptions, parse_sizes
+from graft.experiments.transfer_report import Cell, RunOutcome, versus
 from graft.train.loop import RunResult
 
 TINY_BASE = [
@@ -100,7 +97,10 @@ def options(inputs: dict[str, Path], out: Path, **changes: object) -> TransferOp
 def experiment(inputs: dict[str, Path]) -> Path:
     out = inputs["root"] / "experiment"
     lines: list[str] = []
-    report = run_transfer(options(inputs, out), echo=lines.append)
+    # The command line recorded is the process's own, the program by its name.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["/venv/bin/graft", "experiment", "transfer", "--out", "a b"])
+        report = run_transfer(options(inputs, out), echo=lines.append)
     assert report == out / "report.md"
     assert sum(line.endswith(": training") for line in lines) == 16
     return out
@@ -111,7 +111,7 @@ def test_every_arm_size_and_seed_is_trained_and_scored_on_the_test_set(experimen
     runs = results["runs"]
     split = results["split"]
     assert split["labels"] == ["ham", "spam"] and split["minority"] == "spam"
-    assert split["duplicates_dropped"] >= 11 and split["val"] == 20
+    assert split["duplicates"] >= 11 and split["val"] == 20
     assert {(r["arm"], r["size"], r["seed"]) for r in runs} == {
         (arm, size, seed)
         for arm in ("scratch", "full", "probe", "lora")
@@ -126,7 +126,8 @@ def test_every_arm_size_and_seed_is_trained_and_scored_on_the_test_set(experimen
         assert run["train_examples"] == (8 if run["size"] == 8 else split["pool"])
         assert run["steps"] == 10 and run["examples_seen"] == 80 and run["seconds"] > 0
         assert (Path(run["run_dir"]) / "checkpoints" / "best").is_dir()
-        assert json.loads((Path(run["run_dir"]) / "transfer_outcome.json").read_text()) == run
+        assert json.loads((Path(run["run_dir"]) / "outcome.json").read_text()) == run
+        assert run["truncated"] == 0  # five words fit the context
     trainable = {r["arm"]: (r["trainable_parameters"], r["total_parameters"]) for r in runs}
     assert (
         trainable["full"] == trainable["scratch"] and trainable["full"][0] == trainable["full"][1]
@@ -159,12 +160,12 @@ def test_the_report_has_the_table_with_cis_the_comparison_compute_and_the_plot(
         report.count("- 8 labelled examples: full ") == 1
         and report.count("- all labelled examples: full ") == 1
     )
-    assert (
-        "paired by seed (2 seeds, each training both arms on the same sample), the difference is"
-        in report
-    )
+    assert "paired by seed (2 seeds, each running both arms), the difference is" in report
     assert "## Compute per arm" in report and "| probe | pre-trained and frozen" in report
-    assert "graft experiment transfer --init" in report and "--sizes 8,all --seeds 2" in report
+    assert "## Command\n\n```\ngraft experiment transfer --out 'a b'\n```" in report
+    results = json.loads((experiment / "results.json").read_text())
+    assert results["command"] == "graft experiment transfer --out 'a b'"
+    assert results["options"]["sizes"] == [8, None] and results["options"]["seeds"] == [0, 1]
     png = experiment / "learning_curve.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -341,25 +342,25 @@ def test_comparisons_are_judged_paired_by_seed() -> None:
         cell("continued", [0.990, 0.991, 0.992]),
         cell("full", [0.960, 0.965, 0.962]),
     ]
-    (line,) = _versus(cells, "continued", "scratch", "continued beats scratch")
+    (line,) = versus(cells, "continued", "scratch", "continued beats scratch")
     assert line.startswith("- 200 labelled examples: continued 0.991 [")
     assert "**continued beats scratch**; paired by seed (3 seeds" in line
     assert "the difference is +0.019 [" in line and "which excludes 0" in line
-    (line,) = _versus(cells, "full", "scratch", "pre-trained beats scratch")
+    (line,) = versus(cells, "full", "scratch", "pre-trained beats scratch")
     assert "pre-trained does not beat scratch: it is worse" in line and "-0.010 [" in line
 
     # The sample moves both arms together: the separate intervals overlap widely, yet every seed's
     # difference is +0.005, which the paired judgement sees.
     cells = [cell("scratch", [0.950, 0.970, 0.990]), cell("full", [0.955, 0.975, 0.995])]
-    (line,) = _versus(cells, "full", "scratch", "pre-trained beats scratch")
+    (line,) = versus(cells, "full", "scratch", "pre-trained beats scratch")
     assert "**pre-trained beats scratch**" in line and "+0.005 [+0.005, +0.005]" in line
 
     # Differences of both signs: no winner, whatever the means say.
     cells = [cell("scratch", [0.970, 0.972, 0.974]), cell("full", [0.980, 0.965, 0.976])]
-    (line,) = _versus(cells, "full", "scratch", "pre-trained beats scratch")
+    (line,) = versus(cells, "full", "scratch", "pre-trained beats scratch")
     assert "no clear winner" in line and "includes 0" in line and "**" not in line
 
     # Only seeds both arms finished are paired; one such seed is no evidence.
     cells = [cell("scratch", [0.970, 0.972], [0, 1]), cell("full", [0.990, 0.991], [1, 2])]
-    (line,) = _versus(cells, "full", "scratch", "pre-trained beats scratch")
+    (line,) = versus(cells, "full", "scratch", "pre-trained beats scratch")
     assert "no evidence either way" in line

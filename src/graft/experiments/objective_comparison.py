@@ -6,18 +6,16 @@ prepared data for the same number of tokens, with the same seed and optimiser se
 arm's last checkpoint is then frozen and a linear probe is fitted on its mean-pooled features of
 one labelled set, split the same way for every arm. The report puts each objective's own
 validation metrics beside the probe accuracy, because only the probe is comparable across
-objectives: a masked-LM loss and a causal-LM loss measure different tasks.
+objectives: a masked-LM loss and a causal-LM loss measure different tasks. The arms run through
+the shared `runner`, so an interrupted comparison resumes with its finished arms kept.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import shlex
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +23,12 @@ import torch
 
 from graft.atomic_files import write_atomic
 from graft.checkpoint import load_model
-from graft.config import (
-    COMMAND_DATA,
-    OBJECTIVES,
-    RunConfig,
-    apply_override,
-    validate_run_config,
-)
+from graft.config import COMMAND_DATA, OBJECTIVES, RunConfig, apply_override, validate_run_config
 from graft.data.inputs import model_inputs
 from graft.data.records import TextRecord, read_labelled, stratified_split
 from graft.device import resolve_device
-from graft.errors import ConfigError, GraftError
+from graft.errors import ConfigError
+from graft.experiments import runner
 from graft.experiments.probe import ProbeResult, linear_probe, sequence_features
 from graft.train.metrics_log import METRICS_FILE, read_metrics
 from graft.train.pretrain import open_prepared, pretrain
@@ -69,9 +62,9 @@ class ComparisonOptions:
     seed: int = 1337
     probe_examples: int = 2000
     probe_test_fraction: float = 0.3
-    overrides: tuple[
-        str, ...
-    ] = ()  # `section.key=value`, applied to every arm after the settings above
+    # `section.key=value`, applied to every arm after the settings above
+    overrides: tuple[str, ...] = ()
+    resume: bool = False
     progress: bool = True
 
 
@@ -104,9 +97,12 @@ class ProbeSet:
     test: list[TextRecord]
     labels: tuple[str, ...]
     majority_label: str
-    majority_accuracy: (
-        float  # the test accuracy of always answering the training set's majority label
-    )
+    majority_accuracy: float  # test accuracy of always answering the training majority label
+
+    def summary(self) -> dict[str, object]:
+        """What results.json says of the probe set: its counts, not its texts."""
+        plain = {k: v for k, v in vars(self).items() if k not in ("train", "test")}
+        return plain | {"train": len(self.train), "test": len(self.test)}
 
 
 def compare_objectives(
@@ -123,100 +119,89 @@ def compare_objectives(
     # tokenizer.
     style = "t5" if len(tokenizer.sentinel_ids) >= 2 else "bart"
     probe_set = _probe_set(options)
-
-    configs: dict[str, RunConfig] = {}
-    results: dict[str, ArmResult] = {}
+    configs: dict[str, RunConfig | ConfigError] = {}
     for objective in options.objectives:
         try:
             configs[objective] = _arm_config(options, objective, style)
-        except ConfigError as err:
-            results[objective] = _arm(options, objective, style, error=str(err))
-            echo(f"{objective}: failed: {err}")
-    if not configs:  # a setting every arm rejects is a mistake in the options, not an outcome
-        raise ConfigError(next(iter(results.values())).error or "no arm could be configured")
+        except ConfigError as err:  # reported as the arm's failure when it comes to run
+            configs[objective] = err
+    errors = [c for c in configs.values() if isinstance(c, ConfigError)]
+    if len(errors) == len(configs):  # a setting every arm rejects is a mistake, not an outcome
+        raise errors[0]
+    runner.record_options(options.out_dir, options)
 
-    for objective, config in configs.items():
-        echo(
-            f"{objective}: training {config.model.n_layers}x{config.model.d_model} for "
-            f"{options.max_tokens:,} tokens"
+    def name(objective: str) -> str:
+        m = getattr(configs[objective], "model", None)  # None: the arm could not be configured
+        return (
+            f"{objective}, {m.n_layers}x{m.d_model} for {options.max_tokens:,} tokens"
+            if m
+            else objective
         )
-        try:
-            run = pretrain(config)
-            if (
-                run.stop_reason == "interrupted"
-            ):  # Ctrl-C ends the whole comparison, not just this arm
-                raise KeyboardInterrupt
-            probe, parameters = _probe(config, probe_set)
-        except GraftError as err:  # one arm's failure is part of the comparison; the others go on
-            results[objective] = _arm(options, objective, style, error=str(err))
-            echo(f"{objective}: failed: {err}")
-            continue
-        val = {k: v for k, v in (run.evals[-1] if run.evals else {}).items() if k != "step"}
-        results[objective] = _arm(
+
+    def run(planned: runner.Planned[str]) -> ArmResult:
+        config = configs[planned.key]
+        if isinstance(config, ConfigError):
+            raise config
+        result = pretrain(config)
+        runner.raise_if_interrupted(result.stop_reason)
+        probe, parameters = _probe(config, probe_set)
+        val = {k: v for k, v in (result.evals[-1] if result.evals else {}).items() if k != "step"}
+        return _arm(
             options,
-            objective,
+            planned.key,
             style,
             parameters=parameters,
-            tokens=run.tokens_seen,
-            train_seconds=run.elapsed_s,
+            tokens=result.tokens_seen,
+            train_seconds=result.elapsed_s,
             val=val,
             probe_accuracy=probe.accuracy,
             probe_train_accuracy=probe.train_accuracy,
         )
-        echo(
-            f"{objective}: val/loss {val.get('val/loss', math.nan):.3f}, probe accuracy "
-            f"{probe.accuracy:.3f} (majority {probe_set.majority_accuracy:.3f})"
+
+    def summary(arm: ArmResult) -> str:
+        return (
+            f"val/loss {arm.val.get('val/loss', math.nan):.3f}, probe accuracy "
+            f"{arm.probe_accuracy:.3f} (majority {probe_set.majority_accuracy:.3f})"
         )
 
-    arms = [results[name] for name in options.objectives]
-    summary = {
-        "options": {f.name: _plain(getattr(options, f.name)) for f in fields(options)},
-        "command": _command_line(options),
-        "probe": {
-            "labels": list(probe_set.labels),
-            "train": len(probe_set.train),
-            "test": len(probe_set.test),
-            "majority_label": probe_set.majority_label,
-            "majority_accuracy": probe_set.majority_accuracy,
-        },
-        "arms": [{"name": arm.name, **asdict(arm)} for arm in arms],
-    }
-    write_atomic(options.out_dir / "results.json", json.dumps(summary, indent=2) + "\n")
+    def results(arms: list[ArmResult]) -> None:
+        runner.write_results(options.out_dir, options, arms, probe=probe_set.summary())
+
+    plan = [runner.Planned(o, _run_dir(options, o), name(o)) for o in options.objectives]
+    outcomes = runner.run_plan(
+        plan,
+        run,
+        ArmResult,
+        summary=summary,
+        failed=lambda planned, error, _: _arm(options, planned.key, style, error=error),
+        resume=options.resume,
+        results=results,
+        echo=echo,
+    )
+    arms = list(outcomes.values())
+    results(arms)
     _plot(arms, probe_set.majority_accuracy, options.out_dir / "comparison.png")
     return write_atomic(options.out_dir / "report.md", _report(options, arms, probe_set))
 
 
 def _check_options(options: ComparisonOptions) -> None:
     known = [name for name, cls in OBJECTIVES.items() if cls.reads == COMMAND_DATA["pretrain"]]
-    unknown = [name for name in options.objectives if name not in known]
-    if unknown:
-        raise ConfigError(
-            f"objectives: unknown {', '.join(map(repr, unknown))}; choose from {', '.join(known)}"
-        )
-    if not options.objectives or len(set(options.objectives)) < len(options.objectives):
-        raise ConfigError(
-            f"objectives: got {list(options.objectives)}; name one or more, each once, "
-            f"from {', '.join(known)}"
-        )
+    runner.check_distinct("objectives", options.objectives, known)
     if not 0 < options.probe_test_fraction < 1 or options.probe_examples < 4:
         raise ConfigError(
             "probe_test_fraction must be between 0 and 1 and probe_examples at least 4, got "
             f"{options.probe_test_fraction} and {options.probe_examples}"
         )
-    runs = options.out_dir / "runs"
-    if runs.exists() and any(runs.iterdir()):
-        raise ConfigError(f"{runs} already holds runs; choose another --out or delete it")
+    # Another list of objectives adds or drops arms and leaves the finished ones as they were.
+    runner.check_out_dir(
+        options.out_dir, options, resume=options.resume, may_change=("objectives",)
+    )
 
 
 def _arm(options: ComparisonOptions, objective: str, style: str, **outcome: Any) -> ArmResult:
     variant = {"denoise": style, "mix": f"clm + denoise {style}"}.get(objective, "")
-    return ArmResult(
-        objective,
-        variant,
-        _preset_for(options, objective),
-        str(_run_dir(options, objective)),
-        **outcome,
-    )
+    preset = _preset_for(options, objective)
+    return ArmResult(objective, variant, preset, str(_run_dir(options, objective)), **outcome)
 
 
 def _run_dir(options: ComparisonOptions, objective: str) -> Path:
@@ -274,9 +259,8 @@ def _probe_set(options: ComparisonOptions) -> ProbeSet:
         _, records = stratified_split(records, options.probe_examples / len(records), options.seed)
     train, test = stratified_split(records, options.probe_test_fraction, options.seed)
     counts = Counter(r.label for r in train)
-    majority = max(
-        labels, key=lambda label: counts[label]
-    )  # a tie goes to the first label in sorted order
+    # A tie goes to the first label in sorted order.
+    majority = max(labels, key=lambda label: counts[label])
     return ProbeSet(
         train, test, labels, majority, sum(r.label == majority for r in test) / max(len(test), 1)
     )
@@ -293,11 +277,7 @@ def _probe(config: RunConfig, probe_set: ProbeSet) -> tuple[ProbeResult, int]:
         # by the one text -> model-input path that fine-tuning and serving take.
         texts = [r.text for r in records]
         ids = model_inputs(tokenizer, texts, framed=model.config.is_encoder, max_len=seq_len).ids
-        # Padding is masked out of attention and pooling, so any id serves when there is no pad
-        # token.
-        return sequence_features(
-            model, ids, pad_id=tokenizer.pad_id or 0, max_len=seq_len, device=device
-        )
+        return sequence_features(model, ids, max_len=seq_len)
 
     def targets(records: list[TextRecord]) -> torch.Tensor:
         return torch.tensor([probe_set.labels.index(r.label) for r in records])
@@ -313,44 +293,6 @@ def _probe(config: RunConfig, probe_set: ProbeSet) -> tuple[ProbeResult, int]:
     return result, model.num_parameters()
 
 
-def _plain(value: Any) -> Any:
-    return (
-        str(value)
-        if isinstance(value, Path)
-        else list(value)
-        if isinstance(value, tuple)
-        else value
-    )
-
-
-def _command_line(options: ComparisonOptions) -> str:
-    """The `graft` command that reproduces these options."""
-    flags = {
-        "--data": options.data,
-        "--labelled": options.labelled,
-        "--text-field": options.text_field,
-        "--label-field": options.label_field,
-        "--encoding": options.encoding,
-        "--objectives": ",".join(options.objectives),
-        "--preset": options.preset,
-        "--max-tokens": options.max_tokens,
-        "--seq-len": options.seq_len,
-        "--batch-size": options.batch_size,
-        "--lr": options.lr,
-        "--seed": options.seed,
-        "--probe-examples": options.probe_examples,
-        "--probe-test-fraction": options.probe_test_fraction,
-        "--out": options.out_dir,
-    }
-    words = ["graft", "experiment", "objectives"] + [
-        w for k, v in flags.items() for w in (k, str(v))
-    ]
-    words += [f"--{item}" for item in options.overrides] + (
-        [] if options.progress else ["--no-progress"]
-    )
-    return " ".join(shlex.quote(w) for w in words)
-
-
 def _cell(arm: ArmResult, key: str, fmt: str) -> str:
     value = arm.val.get(key)
     if key == "val/ppl" and value is None and "val/clm/ppl" in arm.val:
@@ -361,14 +303,24 @@ def _cell(arm: ArmResult, key: str, fmt: str) -> str:
 
 
 def _report(options: ComparisonOptions, arms: list[ArmResult], probe_set: ProbeSet) -> str:
-    head = [
-        "arm",
-        "model",
-        "tokens",
-        "minutes",
-        *(title for _, title, _ in _METRIC_COLUMNS),
-        "probe acc",
-    ]
+    head = ["arm", "model", "tokens", "minutes", *(t for _, t, _ in _METRIC_COLUMNS), "probe acc"]
+    rows = []
+    for arm in arms:
+        if arm.error is not None:
+            reason = arm.error.replace("|", "\\|").replace("\n", " ")
+            rows.append([arm.name, arm.model, "–", "–", *("–" for _ in _METRIC_COLUMNS)])
+            rows[-1].append(f"failed: {reason}")
+            continue
+        rows.append(
+            [
+                arm.name,
+                f"{arm.model} ({arm.parameters / 1e6:.2f}M)",
+                f"{arm.tokens:,}",
+                f"{arm.train_seconds / 60:.1f}",
+                *(_cell(arm, key, fmt) for key, _, fmt in _METRIC_COLUMNS),
+                f"{arm.probe_accuracy:.3f}",
+            ]
+        )
     lines = [
         "# Pre-training objectives compared",
         "",
@@ -377,31 +329,7 @@ def _report(options: ComparisonOptions, arms: list[ArmResult], probe_set: ProbeS
         f"{options.seed}); then a linear probe on its frozen, mean-pooled features classifies "
         f"`{options.labelled}`.",
         "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-    ]
-    for arm in arms:
-        if arm.error is not None:
-            reason = arm.error.replace("|", "\\|").replace("\n", " ")
-            cells = [
-                arm.name,
-                arm.model,
-                "–",
-                "–",
-                *("–" for _ in _METRIC_COLUMNS),
-                f"failed: {reason}",
-            ]
-        else:
-            cells = [
-                arm.name,
-                f"{arm.model} ({arm.parameters / 1e6:.2f}M)",
-                f"{arm.tokens:,}",
-                f"{arm.train_seconds / 60:.1f}",
-                *(_cell(arm, key, fmt) for key, _, fmt in _METRIC_COLUMNS),
-                f"{arm.probe_accuracy:.3f}",
-            ]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
+        *runner.table(head, rows),
         "",
         f"Probe: {len(probe_set.train):,} training and {len(probe_set.test):,} test examples "
         f"(labels {', '.join(probe_set.labels)}), the same stratified split for every arm; always "
@@ -414,38 +342,28 @@ def _report(options: ComparisonOptions, arms: list[ArmResult], probe_set: ProbeS
         "",
         "![probe accuracy and validation loss](comparison.png)",
         "",
-        "## Command",
-        "",
-        "```",
-        _command_line(options),
-        "```",
-        "",
-        "Each arm's run (config, metrics, checkpoints) is in `runs/`; every number above is in "
-        "`results.json`.",
+        *runner.command_section(),
+        "Each arm's run (config, metrics, checkpoints, `outcome.json`) is in `runs/`; every number "
+        "above is in `results.json`.",
         "",
     ]
     return "\n".join(lines)
 
 
-def _plot(arms: list[ArmResult], majority: float, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
+def _plot(arms: list[ArmResult], majority: float, out: Path) -> Path:
     done = [arm for arm in arms if arm.error is None]
-    fig, (bars, curves) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
+    fig, (probes, curves) = runner.figure(11, 4, panels=2)
     colors = [f"C{i}" for i in range(len(done))]  # an arm has the same colour in both panels
-    drawn = bars.bar(
-        [arm.name for arm in done], [arm.probe_accuracy or 0.0 for arm in done], color=colors
+    drawn = probes.bar(
+        [a.name for a in done], [a.probe_accuracy or 0.0 for a in done], color=colors
     )
-    bars.bar_label(drawn, fmt="%.3f", fontsize=8)
-    bars.axhline(majority, color="black", linestyle="--", label=f"majority class {majority:.3f}")
-    bars.set_ylim(0, 1.08)
-    bars.set_ylabel("linear-probe test accuracy")
-    bars.set_title("downstream probe")
-    bars.tick_params(axis="x", labelrotation=20)
-    bars.legend(loc="lower right", framealpha=0.9)
+    probes.bar_label(drawn, fmt="%.3f", fontsize=8)
+    probes.axhline(majority, color="black", linestyle="--", label=f"majority class {majority:.3f}")
+    probes.set_ylim(0, 1.08)
+    probes.set_ylabel("linear-probe test accuracy")
+    probes.set_title("downstream probe")
+    probes.tick_params(axis="x", labelrotation=20)
+    probes.legend(loc="lower right", framealpha=0.9)
     for arm, color in zip(done, colors):
         rows = [
             (m["tokens"], m["val/loss"])
@@ -460,8 +378,4 @@ def _plot(arms: list[ArmResult], majority: float, out: Path) -> None:
     curves.grid(alpha=0.3)
     if done:
         curves.legend()
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    write_atomic(out, buffer.getvalue())
+    return runner.save_png(fig, out)

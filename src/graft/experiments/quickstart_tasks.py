@@ -12,14 +12,14 @@ budget.
 quickstart can keep the validation and test functions out of the pre-training corpus
 (`build_stdlib_corpus(exclude=...)`), and `find_leaks` checks that it did. `write_task_files` writes
 the records, each function's code cut at a line boundary to fit the context; `compare_on_tasks`
-runs `finetune` and `evaluate_checkpoint` per task and arm; `finetune_section` is the report's
-section, with `plot_comparison`'s bar chart.
+runs `finetune` and `evaluate_checkpoint` per task, arm and seed through the shared experiment
+runner; `finetune_section` is the report's section (means over seeds with 95% intervals, the
+difference paired by seed), with `plot_comparison`'s bar chart.
 """
 
 from __future__ import annotations
 
 import ast
-import io
 import json
 import time
 from collections import Counter, defaultdict
@@ -36,6 +36,7 @@ from graft.data.stdlib_corpus import StdlibFunction
 from graft.data.tokenizer import EOT, Tokenizer
 from graft.errors import DataError
 from graft.evaluate.evaluate import EvalOptions, evaluate_checkpoint
+from graft.experiments import runner
 from graft.train.finetune import finetune
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "drop_leaks",
     "find_leaks",
     "finetune_section",
+    "headline",
     "plot_comparison",
     "select_tasks",
     "write_task_files",
@@ -95,9 +97,8 @@ class TaskSizes:
     """How many functions each split gets."""
 
     packages: int = 8  # classes of the classification task
-    per_package: int = (
-        200  # at most, and the same for every package (the smallest's count below that)
-    )
+    # at most, and the same for every package (the smallest's count below that)
+    per_package: int = 200
     classify_test: int = 40  # per package
     classify_val: int = 20  # per package
     instruct_test: int = 100
@@ -117,14 +118,8 @@ class TaskSplits:
     def held_out(self) -> tuple[StdlibFunction, ...]:
         """Validation and test functions of both tasks, once each: what pre-training must not
         see."""
-        return tuple(
-            dict.fromkeys(
-                f
-                for task in (self.classify, self.instruct)
-                for split in ("val", "test")
-                for f in task[split]
-            )
-        )
+        tasks = (self.classify, self.instruct)
+        return tuple(dict.fromkeys(f for t in tasks for s in ("val", "test") for f in t[s]))
 
 
 @dataclass(frozen=True)
@@ -133,9 +128,8 @@ class TaskFiles:
 
     classify: dict[str, Path]
     instruct: dict[str, Path]
-    token_limits: dict[
-        str, int
-    ]  # per task: the most tokens of a text (classify) or a prompt (instruct)
+    # per task: the most tokens of a text (classify) or a prompt (instruct)
+    token_limits: dict[str, int]
     cut: dict[str, int]  # per task: records whose code was cut
 
 
@@ -145,7 +139,8 @@ class ArmOutcome:
 
     task: str
     arm: str
-    run_dir: Path
+    seed: int
+    run_dir: str
     lr: float
     steps: int
     stop_reason: str
@@ -154,6 +149,7 @@ class ArmOutcome:
     train_seconds: float  # the whole `finetune` call: reading records, training, checkpoints
     test_seconds: float
     scores: dict[str, float]
+    error: str | None = None  # never set: a run that fails ends the quickstart
 
 
 @dataclass(frozen=True)
@@ -188,14 +184,8 @@ def select_tasks(functions: Sequence[StdlibFunction], sizes: TaskSizes = TaskSiz
     for f in functions:
         if f.package in packages and taken[f.package] < per_package:
             index = taken[f.package]
-            split = (
-                "test"
-                if index < sizes.classify_test
-                else "val"
-                if index < held_per_package
-                else "train"
-            )
-            classify[split].append(f)
+            split = "test" if index < sizes.classify_test else "val"
+            classify[split if index < held_per_package else "train"].append(f)
             taken[f.package] += 1
     first_lines = Counter(f.docstring_first_line for f in functions)
     unique = [f for f in functions if first_lines[f.docstring_first_line] == 1]
@@ -252,9 +242,8 @@ def write_task_files(
             for f in by_split[split]:
                 code, was_cut = _fit(f.code_without_docstring, tokens, limits[task])
                 cut[task] += was_cut
-                where = (
-                    f"{f.module}:{f.name}"  # extra fields are kept for people; readers ignore them
-                )
+                # An extra field, kept for people; readers ignore it.
+                where = f"{f.module}:{f.name}"
                 rows.append(
                     {"text": code, "label": f.package, "function": where}
                     if task == "classify"
@@ -417,85 +406,90 @@ def compare_on_tasks(
     *,
     steps: int,
     seq_len: int,
+    seeds: dict[str, int],
     seed: int,
     progress: bool,
     echo: Callable[[str], None] = lambda _: None,
 ) -> tuple[ArmOutcome, ...]:
-    """Fine-tune `init` on each task from its weights and from scratch for `steps` steps each, keep
-    each run's best checkpoint by its validation metric, and score it on the test split."""
-    outcomes = []
-    for task in TASKS:
+    """Fine-tune `init` on each task from its weights and from scratch for `steps` steps, with
+    `seeds[task]` seeds (seed, seed + 1, ...) per arm, keep each run's best checkpoint by its
+    validation metric, and score it on the test split. `out_dir/results.json` holds every run."""
+    plan = [
+        runner.Planned(
+            (task, arm, s),
+            out_dir / f"{task}-{arm}" / f"s{s}",
+            f"fine-tuning {task}, {ARM_NAMES[arm]}, seed {s}, {steps} steps",
+        )
+        for task in TASKS
+        for s in range(seed, seed + seeds[task])
+        for arm in ARMS
+    ]
+
+    def run(planned: runner.Planned[tuple[str, str, int]]) -> ArmOutcome:
+        task, arm, run_seed = planned.key
         data = files.classify if task == "classify" else files.instruct
-        for arm, settings in ARMS.items():
-            run_dir = out_dir / f"{task}-{arm}"
-            echo(f"fine-tuning: {task}, {ARM_NAMES[arm]}, {steps} steps")
-            config = load_finetune_config(
-                task,
-                None,
-                [
-                    f"train.init={_quoted(init)}",
-                    f"train.out_dir={_quoted(run_dir)}",
-                    f"data.train_file={_quoted(data['train'])}",
-                    f"data.val_file={_quoted(data['val'])}",
-                    f"train.max_steps={steps}",
-                    f"train.eval_every={max(1, steps // 3)}",
-                    f"train.seq_len={seq_len}",
-                    f"train.seed={seed}",
-                    f"train.progress={str(progress).lower()}",
-                    f"optim.lr={LEARNING_RATES[task, arm]}",
-                    *settings,
-                ],
-            )
-            started = time.perf_counter()
-            result = finetune(config, echo=echo)
-            if result.stop_reason == "interrupted":  # Ctrl-C ends the quickstart, not just this run
-                raise KeyboardInterrupt
-            train_seconds = time.perf_counter() - started
-            scores = _score(task, run_dir, data["test"], seq_len, echo)
-            test_seconds = time.perf_counter() - started - train_seconds
-            outcomes.append(
-                ArmOutcome(
-                    task,
-                    arm,
-                    run_dir,
-                    config.optim.lr,
-                    result.step,
-                    result.stop_reason,
-                    steps,
-                    config.train.batch_size,
-                    train_seconds,
-                    test_seconds,
-                    scores,
-                )
-            )
-    return tuple(outcomes)
+        config = load_finetune_config(
+            task,
+            None,
+            [
+                runner.setting("train.init", init),
+                runner.setting("train.out_dir", planned.run_dir),
+                runner.setting("data.train_file", data["train"]),
+                runner.setting("data.val_file", data["val"]),
+                runner.setting("train.max_steps", steps),
+                runner.setting("train.eval_every", max(1, steps // 3)),
+                runner.setting("train.seq_len", seq_len),
+                runner.setting("train.seed", run_seed),
+                runner.setting("train.progress", progress),
+                runner.setting("optim.lr", LEARNING_RATES[task, arm]),
+                *ARMS[arm],
+            ],
+        )
+        started = time.perf_counter()
+        result = finetune(config, echo=echo)
+        runner.raise_if_interrupted(result.stop_reason)
+        train_seconds = time.perf_counter() - started
+        scores = _score(task, planned.run_dir, data["test"], seq_len, echo)
+        return ArmOutcome(
+            *planned.key,
+            str(planned.run_dir),
+            config.optim.lr,
+            result.step,
+            result.stop_reason,
+            steps,
+            config.train.batch_size,
+            train_seconds,
+            time.perf_counter() - started - train_seconds,
+            scores,
+        )
 
+    def summary(o: ArmOutcome) -> str:
+        key, name = METRICS[o.task][0]
+        return f"test {name} {o.scores[key]:.3f}"
 
-def _quoted(path: Path) -> str:
-    """A path as a single-quoted YAML string: overrides are read as YAML, and a path may hold ': '
-    or '#'."""
-    return "'" + str(path).replace("'", "''") + "'"
+    outcomes = runner.run_plan(
+        plan,
+        run,
+        ArmOutcome,
+        summary=summary,
+        results=lambda runs: runner.write_results(out_dir, None, runs),
+        echo=echo,
+    )
+    return tuple(outcomes.values())
 
 
 def _score(
     task: str, run_dir: Path, test: Path, seq_len: int, echo: Callable[[str], None]
 ) -> dict[str, float]:
+    checkpoint, out = run_dir / "checkpoints" / "best", run_dir / "eval"
     if task == "classify":
-        options = EvalOptions(
-            run_dir / "checkpoints" / "best",
-            "classify",
-            (test,),
-            run_dir / "eval",
-            seq_len=seq_len,
-            batch_size=32,
-            device="auto",
-        )
+        options = EvalOptions(checkpoint, "classify", (test,), out, seq_len=seq_len, device="auto")
     else:
         options = EvalOptions(
-            run_dir / "checkpoints" / "best",
+            checkpoint,
             "generate",
             (test,),
-            run_dir / "eval",
+            out,
             limit=GENERATE_LIMIT,
             max_new_tokens=MAX_NEW_TOKENS,
             device="auto",
@@ -508,42 +502,49 @@ def _score(
 # -- the report ------------------------------------------------------------------------------
 
 
-def plot_comparison(outcomes: Sequence[ArmOutcome], path: Path) -> Path:
-    """Grouped bars: each task metric's test score, pre-trained beside from scratch."""
-    # Figure + the Agg canvas directly, not pyplot: no global backend switch, no figure registry.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def _by_seed(outcomes: Sequence[ArmOutcome], task: str, arm: str, key: str) -> dict[int, float]:
+    return {o.seed: o.scores[key] for o in outcomes if (o.task, o.arm) == (task, arm)}
 
-    by = {(o.task, o.arm): o for o in outcomes}
+
+def headline(outcomes: Sequence[ArmOutcome]) -> list[str]:
+    """Each task's first metric, pre-trained against from scratch: mean and 95% interval over
+    seeds, and the verdict paired by seed where there are two seeds or more."""
+    lines = []
+    for task in TASKS:
+        key, name = METRICS[task][0]
+        a, b = (_by_seed(outcomes, task, arm, key) for arm in ARMS)
+        ours, theirs = runner.mean_text(list(a.values())), runner.mean_text(list(b.values()))
+        line = f"{task} test {name}: {ours} pre-trained, {theirs} from scratch ({len(a)} seed"
+        verdict = runner.verdict(a, b, "pre-trained beats scratch")
+        lines.append(line + (f"s each); {verdict}" if len(a) > 1 else " each)"))
+    return lines
+
+
+def plot_comparison(outcomes: Sequence[ArmOutcome], path: Path) -> Path:
+    """Grouped bars: each task metric's test score, pre-trained beside from scratch, at the mean
+    over seeds with its 95% interval."""
     groups = [
-        (task, key, f"{_TASK_SHORT[task]}\n{name}")
-        for task in TASKS
-        for key, name in METRICS[task]
-        if all((task, arm) in by for arm in ARMS)
+        (task, key, f"{_TASK_SHORT[task]}\n{name}") for task in TASKS for key, name in METRICS[task]
     ]
-    fig = Figure(figsize=(2.0 + 1.3 * len(groups), 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    width = 0.38
-    for index, arm in enumerate(ARMS):
-        xs = [g + (index - 0.5) * width for g in range(len(groups))]
-        values = [by[(task, arm)].scores[key] for task, key, _ in groups]
-        bars = ax.bar(xs, values, width, color=f"C{index}", label=ARM_NAMES[arm])
-        ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize=8, padding=2)
-    ax.set_xticks(range(len(groups)), labels=[label for _, _, label in groups], fontsize=8)
+    fig, (ax,) = runner.figure(2.0 + 1.3 * len(groups), 4.2)
+    arms = {
+        ARM_NAMES[arm]: [
+            list(_by_seed(outcomes, task, arm, key).values()) for task, key, _ in groups
+        ]
+        for arm in ARMS
+    }
+    runner.bars(ax, [label for _, _, label in groups], arms)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("test score (0-1)")
     steps = max((o.max_steps for o in outcomes), default=0)
-    ax.set_title(f"fine-tuning on held-out functions, {steps} steps per run", fontsize=10)
+    ax.set_title(f"held-out functions, {steps} steps per run (mean, 95% CI)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper right", fontsize=8, framealpha=0.9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return write_atomic(Path(path), buffer.getvalue())
+    return runner.save_png(fig, path)
 
 
 _TASK_SHORT = {"classify": "package", "instruct": "docstring"}
+_TASK_TITLES = {"classify": "package of a function", "instruct": "first docstring line"}
 
 
 def finetune_section(
@@ -561,17 +562,15 @@ def finetune_section(
     `splits` are those the runs used (after `drop_leaks`); `held_out` counts the functions cut from
     the corpus, `leaks` what `find_leaks` found of them in it.
     """
-    by = {(o.task, o.arm): o for o in outcomes}
+    first = {(o.task, o.arm): o for o in reversed(outcomes)}  # each arm's first seed
     per_package = Counter(f.package for f in splits.classify["test"]).values()
-    balance = (
-        f"{min(per_package)} from each package"
-        if min(per_package) == max(per_package)
-        else f"{min(per_package)}-{max(per_package)} from each package"
-    )
+    low, high = min(per_package), max(per_package)
+    balance = f"{low}{f'-{high}' if high > low else ''} from each package"
     k = len(splits.packages)
     n = {task: {s: len(getattr(splits, task)[s]) for s in SPLITS} for task in TASKS}
-    pre, scratch = by[("classify", "pretrained")], by[("classify", "scratch")]
-    generated = int(by[("instruct", "pretrained")].scores["count"])
+    seeds = {task: sorted({o.seed for o in outcomes if o.task == task}) for task in TASKS}
+    pre = first["classify", "pretrained"]
+    generated = int(first["instruct", "pretrained"].scores["count"])
     seq_len = files.token_limits["classify"]
     lines = [
         "## Fine-tuning: pre-trained against from scratch",
@@ -599,42 +598,53 @@ def finetune_section(
         f"{n['instruct']['test']:,} train / validation / test functions, the validation and test "
         "ones with a first line no other function has. Scored on greedy generations for the first "
         f"{generated} test prompts. Files: `tasks/instruct/`.",
-        f"- Each task trains twice for the same {pre.max_steps} steps of batch {pre.batch_size}, "
-        f"context {seq_len} (the pre-training context), AdamW with warm-up and linear decay: from "
-        "the pre-trained checkpoint (every weight trains) and from scratch (the same architecture "
-        "and tokenizer, re-initialised). Peak learning rates, each arm's best on validation in a "
-        "sweep (`graft.experiments.quickstart_tasks.LEARNING_RATES`): "
-        f"classification {pre.lr:g} pre-trained, "
-        f"{scratch.lr:g} from scratch; instructions {by['instruct', 'pretrained'].lr:g} "
-        f"pre-trained, {by['instruct', 'scratch'].lr:g} from scratch. The best checkpoint by "
-        "validation (macro F1; loss) is scored on the test split. Runs: `finetune/<task>-<arm>/`, "
-        "scores in their `eval/`."
+        f"- Every run trains for the same {pre.max_steps} steps of batch {pre.batch_size}, "
+        f"context {seq_len} (the pre-training context), AdamW with warm-up and linear decay, once "
+        "from the pre-trained checkpoint (every weight trains) and once from scratch (the same "
+        "architecture and tokenizer, re-initialised) per seed: "
+        + "; ".join(f"{task} seeds {', '.join(map(str, seeds[task]))}" for task in TASKS)
+        + " (a seed sets the new weights and the batch order). Peak learning rates, each arm's "
+        "best on validation in a sweep (`graft.experiments.quickstart_tasks.LEARNING_RATES`): "
+        f"classification {pre.lr:g} pre-trained, {first['classify', 'scratch'].lr:g} from scratch; "
+        f"instructions {first['instruct', 'pretrained'].lr:g} pre-trained, "
+        f"{first['instruct', 'scratch'].lr:g} from scratch. The best checkpoint by validation "
+        "(macro F1; loss) is scored on the test split. Runs: `finetune/<task>-<arm>/s<seed>/`, "
+        "scores in their `eval/`, every number in `finetune/results.json`."
         + "".join(
-            f" {o.task} {ARM_NAMES[o.arm]} stopped at step {o.steps} ({o.stop_reason})."
+            f" {o.task} {ARM_NAMES[o.arm]} seed {o.seed} stopped at step {o.steps} "
+            f"({o.stop_reason})."
             for o in outcomes
             if o.stop_reason != "max_steps"
         ),
         "",
-        "| task | metric | pre-trained | from scratch | difference | "
-        "seconds (pre-trained, scratch) |",
-        "|---|---|---|---|---|---|",
+        "Scores are the mean over seeds with its 95% interval (Student's t); the difference is "
+        "pre-trained minus from scratch, paired by seed.",
+        "",
     ]
+    rows = []
     for task in TASKS:
-        a, b = by[(task, "pretrained")], by[(task, "scratch")]
-        title = {
-            "classify": f"package of a function ({n['classify']['test']} test)",
-            "instruct": f"first docstring line ({generated} test)",
-        }[task]
+        tested = n["classify"]["test"] if task == "classify" else generated
+        title = f"{_TASK_TITLES[task]} ({tested} test)"
+        runs = [[o for o in outcomes if (o.task, o.arm) == (task, arm)] for arm in ARMS]
+        seconds = [sum(o.train_seconds + o.test_seconds for o in r) / len(r) for r in runs]
         for i, (key, name) in enumerate(METRICS[task]):
-            seconds = (
-                f"{a.train_seconds + a.test_seconds:.0f}, {b.train_seconds + b.test_seconds:.0f}"
+            a, b = (_by_seed(outcomes, task, arm, key) for arm in ARMS)
+            differences = [a[seed] - b[seed] for seed in a if seed in b]
+            rows.append(
+                [
+                    title if i == 0 else "",
+                    name,
+                    runner.mean_text(list(a.values())),
+                    runner.mean_text(list(b.values())),
+                    runner.mean_text(differences, clip=False, sign="+"),
+                    f"{seconds[0]:.0f}, {seconds[1]:.0f}" if i == 0 else "",
+                ]
             )
-            lines.append(
-                f"| {title if i == 0 else ''} | {name} | {a.scores[key]:.3f} | "
-                f"{b.scores[key]:.3f} | {a.scores[key] - b.scores[key]:+.3f} | "
-                f"{seconds if i == 0 else ''} |"
-            )
+    head = ["task", "metric", "pre-trained", "from scratch", "difference"]
+    lines += runner.table([*head, "seconds per run (pre-trained, scratch)"], rows)
     lines += [
+        "",
+        *(f"- {line}." for line in headline(outcomes)),
         "",
         f"![pre-trained against from scratch]({plot.relative_to(report_dir).as_posix()})",
         "",
@@ -642,8 +652,8 @@ def finetune_section(
         "",
     ]
     lines += _examples(
-        by[("instruct", "pretrained")].run_dir,
-        by[("instruct", "scratch")].run_dir,
+        Path(first["instruct", "pretrained"].run_dir),
+        Path(first["instruct", "scratch"].run_dir),
         splits.instruct["test"],
         files.instruct["test"],
     )
