@@ -39,7 +39,7 @@ from graft.adapt import (
 from graft.atomic_files import atomic_directory
 from graft.config import RunConfig, model_problems
 from graft.data.tokenizer import Tokenizer
-from graft.errors import CheckpointError, ConfigError, TokenizerError
+from graft.errors import CheckpointError, ConfigError, TokenizerError, first_line
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel, RotaryEmbedding
 
@@ -188,7 +188,7 @@ def read_model_config(directory: Path) -> ModelConfig:
         return ModelConfig.model_validate(raw["model"])
     except (OSError, ValueError, KeyError, TypeError, ValidationError) as err:
         raise CheckpointError(
-            f"{path}: not a valid graft model config ({str(err).splitlines()[0]})"
+            f"{path}: not a valid graft model config ({first_line(err)})"
         ) from None
 
 

@@ -29,3 +29,8 @@ class CheckpointError(GraftError):
 
 class TrainingError(GraftError):
     """Training cannot go on (the loss became NaN or infinite); the last checkpoint is intact."""
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's first line (or its type's name), for a one-line message that quotes it."""
+    return str(err).splitlines()[0] if str(err) else type(err).__name__

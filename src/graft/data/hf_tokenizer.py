@@ -45,7 +45,7 @@ import tokenizers
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
 
 from graft.atomic_files import write_atomic
-from graft.errors import TokenizerError
+from graft.errors import TokenizerError, first_line
 
 __all__ = [
     "CONFIG_FILES",
@@ -120,7 +120,7 @@ def read_tokenizer_json(file: Path) -> tokenizers.Tokenizer:
     except (OSError, UnicodeDecodeError) as exc:
         raise TokenizerError(f"{file}: cannot read ({exc})") from exc
     except Exception as exc:  # tokenizers raises a bare Exception on malformed JSON
-        raise TokenizerError(f"{file}: not a valid tokenizer.json ({_first_line(exc)})") from exc
+        raise TokenizerError(f"{file}: not a valid tokenizer.json ({first_line(exc)})") from exc
 
 
 def read_tokenizer_directory(directory: Path) -> TokenizerFiles:
@@ -202,10 +202,6 @@ def write_tokenizer_config(
 # ---------------------------------------------------------------- configs
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-
-
 def _read_json_object(file: Path) -> dict[str, Any]:
     if not file.is_file():
         return {}
@@ -213,7 +209,7 @@ def _read_json_object(file: Path) -> dict[str, Any]:
         value = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise TokenizerError(
-            f"{file}: cannot read it as JSON ({_first_line(exc)}); fix or delete it"
+            f"{file}: cannot read it as JSON ({first_line(exc)}); fix or delete it"
         ) from exc
     if not isinstance(value, dict):
         raise TokenizerError(
@@ -313,7 +309,7 @@ def _bert_wordpiece(
         vocab = models.WordPiece.read_file(str(vocab_file))
     except Exception as exc:
         raise TokenizerError(
-            f"{vocab_file}: cannot read the vocabulary ({_first_line(exc)})"
+            f"{vocab_file}: cannot read the vocabulary ({first_line(exc)})"
         ) from exc
     if not vocab:
         raise TokenizerError(

@@ -33,7 +33,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from graft.atomic_files import atomic_directory
-from graft.errors import CheckpointError, ConfigError
+from graft.errors import CheckpointError, ConfigError, first_line
 from graft.model.config import ModelConfig, RopeScaling
 from graft.model.convert.bert import (
     ACTIVATIONS,
@@ -482,9 +482,7 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
         # weights_only: a .bin is a pickle, and loading must never run code from one.
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(
-            f"{path}: cannot read weights ({str(err).splitlines()[0] if str(err) else err})"
-        ) from None
+        raise CheckpointError(f"{path}: cannot read weights ({first_line(err)})") from None
     if not isinstance(loaded, dict) or not all(
         isinstance(v, torch.Tensor) for v in loaded.values()
     ):
@@ -600,7 +598,7 @@ def _first_error(err: Exception) -> str:
     if isinstance(err, ValidationError):
         first = err.errors()[0]
         return f"{'.'.join(map(str, first['loc'])) or 'config'}: {first['msg']}"
-    return str(err).splitlines()[0]
+    return first_line(err)
 
 
 # ---------------------------------------------------------------- export

@@ -19,7 +19,7 @@ import torch
 
 from graft.data.chat import render_chat
 from graft.data.tokenizer import Tokenizer
-from graft.errors import CheckpointError, GraftError
+from graft.errors import CheckpointError, GraftError, first_line
 from graft.model.config import ModelConfig
 from graft.model.convert.hf import (
     GENERATION_CONFIG_FILE,
@@ -117,7 +117,7 @@ def _check_logits(
             else:
                 theirs = _graft_outputs(load_hf_model(out_dir), ids)
     except (GraftError, OSError, ValueError, RuntimeError, KeyError) as err:
-        return CheckRecord("logits", False, f"{reader} cannot load the export: {_first_line(err)}")
+        return CheckRecord("logits", False, f"{reader} cannot load the export: {first_line(err)}")
     device = next(model.parameters()).device
     with torch.no_grad():
         ours = _graft_outputs(model.eval(), ids.to(device)).float().cpu()
@@ -155,7 +155,7 @@ def _check_tokenizer_ids(
             reader = "exported tokenizer.json"
     except (GraftError, OSError, ValueError, KeyError) as err:
         return CheckRecord(
-            "tokenizer ids", False, f"cannot load the exported tokenizer: {_first_line(err)}"
+            "tokenizer ids", False, f"cannot load the exported tokenizer: {first_line(err)}"
         )
     if got == want:
         return CheckRecord(
@@ -169,10 +169,6 @@ def _check_tokenizer_ids(
         False,
         f"{reader} gives {len(got)} ids, graft {len(want)}; first difference at position {first}",
     )
-
-
-def _first_line(err: Exception) -> str:
-    return (str(err).splitlines() or [""])[0]
 
 
 def _check_eos(out_dir: Path, tokenizer: Tokenizer) -> CheckRecord:
@@ -243,7 +239,7 @@ def _check_chat_template(
             got = render_chat(theirs, PROBE_CHAT, add_generation_prompt=True, eos_token=eos or "")
     except (GraftError, OSError, ValueError, KeyError) as err:
         return CheckRecord(
-            "chat template", False, f"cannot render the exported template: {_first_line(err)}"
+            "chat template", False, f"cannot render the exported template: {first_line(err)}"
         )
     if got != want:
         reason = "the exported template renders the probe conversation differently"
@@ -272,7 +268,7 @@ def _check_vocab(out_dir: Path, use_transformers: bool) -> CheckRecord:
             size = Tokenizer.load(out_dir).vocab_size
     except (GraftError, OSError, ValueError, KeyError) as err:
         return CheckRecord(
-            "vocab size", False, f"cannot load the exported tokenizer: {_first_line(err)}"
+            "vocab size", False, f"cannot load the exported tokenizer: {first_line(err)}"
         )
     if not isinstance(rows, int):
         return CheckRecord("vocab size", False, "config.json has no vocab_size")
