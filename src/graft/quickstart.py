@@ -56,7 +56,7 @@ class QuickstartOptions:
     # comparison depend on how busy the machine was (pre-trained won classification 0.796 to 0.793
     # on a busy 2-core machine, 0.853 to 0.793 on an idle one). The budget below, with the
     # fine-tuning runs, keeps the whole quickstart under 10 minutes on 2 idle cores.
-    tokens: int = 2_400_000
+    tokens: int = 1_500_000
     out_dir: Path = Path("runs/quickstart")
     preset: str = "micro"
     corpus_bytes: int = 8_000_000
@@ -70,11 +70,10 @@ class QuickstartOptions:
     # Steps of every fine-tuning run, and runs per arm. One classification run per arm cannot tell
     # pre-training's gain from one seed's noise, so classification runs 3 seeds per arm; the
     # instruction task keeps 1 (its greedy test generations are the slowest scoring). That is 8
-    # runs where there were 4 of 150 steps, so each run has 100 (validation accuracy is still rising
-    # there in both arms: lower scores than at 150, compared like for like) and pre-training 2.4M
-    # tokens, not the ~2.8M of 5 minutes. Measured on 1 thread of a busy machine: 16.2 min of
-    # pre-training, 13.3 of fine-tuning; at 2 idle cores' ~9.5k tokens/s that is ~4.2 + ~3.5-4.
-    finetune_steps: int = 100
+    # runs where there were 4 of 150 steps. Timed on 2 idle cores with 2.4M tokens and 100 steps:
+    # 14.2 min (pre-training at ~5.4k tokens/s, 7.8 min; ~45 s per fine-tuning run), too long;
+    # hence 1.5M tokens (~4.6 min) and 70 steps per run (~4.4 min for the 8), under 10 in all.
+    finetune_steps: int = 70
     classify_seeds: int = 3
 
 
