@@ -69,7 +69,7 @@ def run_one(
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        logits = model.sequence_logits(model.model(ids), last)
+        logits = model(ids, heads=["classifier"], last_index=last).class_logits
         F.cross_entropy(logits, labels).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

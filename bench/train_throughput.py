@@ -39,7 +39,6 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from graft.model.config import ModelConfig, preset
 from graft.model.transformer import LanguageModel
-from graft.objectives.losses import linear_cross_entropy_sum
 
 DEFAULT_PRESETS = ["micro", "llama-micro", "small", "llama-small"]
 # (batch, seq_len): the default run takes about two minutes on an idle two-core machine.
@@ -142,10 +141,7 @@ def make_steps(
     hf.train()
 
     def graft_step() -> None:
-        hidden = graft.model(inputs)
-        (
-            linear_cross_entropy_sum(hidden, graft.lm_head.weight, targets) / targets.numel()
-        ).backward()
+        (graft(inputs, targets=targets).lm_loss / targets.numel()).backward()
         opts[0].step()
         opts[0].zero_grad(set_to_none=True)
 
