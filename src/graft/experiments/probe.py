@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from graft.errors import ConfigError, DataError
-from graft.model.transformer import LanguageModel, read_padded
+from graft.model.transformer import LanguageModel, mean_pool, read_padded
 
 __all__ = ["Pooling", "ProbeResult", "linear_probe", "sequence_features"]
 
@@ -31,8 +31,7 @@ def _pool(hidden: torch.Tensor, real: torch.Tensor, pooling: Pooling) -> torch.T
     if pooling == "last":
         last = real.sum(dim=1) - 1
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    weights = real.to(hidden.dtype)[..., None]
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1)
+    return mean_pool(hidden, real)
 
 
 @torch.no_grad()

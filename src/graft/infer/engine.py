@@ -57,7 +57,14 @@ from graft.infer.generate import GeneratedToken
 from graft.infer.sampling import SamplingParams, TokenHistory, choose_next, top_logprobs
 from graft.infer.stream import TextStream
 from graft.model.kv_cache import CacheView, SlotDecode, SlotKVCache
-from graft.model.transformer import Attention, Head, LanguageModel, ModelOutput, read_padded
+from graft.model.transformer import (
+    Attention,
+    Head,
+    LanguageModel,
+    ModelOutput,
+    mean_pool,
+    read_padded,
+)
 
 __all__ = [
     "Completion",
@@ -747,8 +754,7 @@ class Engine:
         The ids are model inputs, made from text by `graft.data.inputs.model_inputs` (an encoder's
         framed as [CLS] ... [SEP]); the mean covers every one of them, frame included."""
         out, real = self._read(ids_batch, [])
-        weights = real.to(out.hidden.dtype)[..., None]  # (N, T, 1): padding counts for nothing
-        return ((out.hidden * weights).sum(dim=1) / weights.sum(dim=1)).float()
+        return mean_pool(out.hidden, real).float()
 
     @torch.inference_mode()
     def classify(self, ids_batch: list[list[int]]) -> torch.Tensor:

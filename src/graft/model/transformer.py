@@ -505,8 +505,7 @@ class LanguageModel(nn.Module):
             last_index = torch.full((B,), T - 1, device=hidden.device)
         if self.config.classifier_pooling == "mean":
             # Right-padded rows: positions up to last_index are the real tokens.
-            real = (torch.arange(T, device=hidden.device) <= last_index[:, None]).to(hidden.dtype)
-            pooled = (hidden * real[..., None]).sum(1) / real.sum(1, keepdim=True)
+            pooled = mean_pool(hidden, torch.arange(T, device=hidden.device) <= last_index[:, None])
         elif self.config.attention == "bidirectional":
             pooled = self.pooler(hidden)
         else:
@@ -523,6 +522,13 @@ class LanguageModel(nn.Module):
                 seen.add(id(p))
                 total += p.numel()
         return total
+
+
+def mean_pool(hidden: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """The mean of hidden states (B, T, C) over each row's real positions (B, T) bool: mean-pooled
+    classifiers, /v1/embeddings and the probe alike."""
+    weights = real.to(hidden.dtype)[..., None]  # (B, T, 1): padding counts for nothing
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1)
 
 
 def read_padded(
