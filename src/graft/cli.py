@@ -11,14 +11,19 @@ import argparse
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from graft.errors import GraftError
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     from graft.config import RunConfig
+
+_Options = TypeVar("_Options", bound="DataclassInstance")
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -29,6 +34,28 @@ _COMMON = argparse.ArgumentParser(add_help=False)
 _COMMON.add_argument(
     "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
 )
+
+# Flags several commands take alike, so each has one help text.
+_SHARED: dict[str, dict[str, Any]] = {
+    "checkpoint": {
+        "type": Path,
+        "help": "checkpoint directory, run directory or Hugging Face directory",
+    },
+    "--device": {"help": "cpu, cuda, cuda:N, mps or auto (default: cpu)"},
+    "--no-progress": {"action": "store_true", "help": "no progress bars"},
+    "--resume": {
+        "action": "store_true",
+        "help": "continue the run in train.out_dir from checkpoints/last",
+    },
+    "--print-config": {"action": "store_true", "help": "print the resolved config and exit"},
+    "--text-field": {"help": "text field of --labelled (default: text)"},
+    "--label-field": {"help": "label field of --labelled (default: label)"},
+}
+
+
+def _add_shared(parser: argparse.ArgumentParser, *names: str) -> None:
+    for name in names:
+        parser.add_argument(name, **_SHARED[name])
 
 
 def _add_quickstart(sub: argparse._SubParsersAction) -> None:
@@ -62,7 +89,7 @@ def _add_quickstart(sub: argparse._SubParsersAction) -> None:
         "--vocab-size", type=int, default=4096, help="BPE vocabulary size (default: 4096)"
     )
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_shared(p, "--no-progress")
     p.add_argument(
         "--finetune-steps",
         type=int,
@@ -164,12 +191,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
         "--section.key value.",
     )
     p.add_argument("--config", type=Path, help="YAML recipe (see configs/pretrain/)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue the run in train.out_dir from checkpoints/last",
-    )
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    _add_shared(p, "--resume", "--print-config")
     # Shortcuts for the settings changed most often; each is the dotted override named in its help.
     p.add_argument(
         "--objective",
@@ -227,14 +249,7 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
             help="what trains (adapt.method, default full)",
         )
         t.add_argument("--config", type=Path, help="YAML recipe (see configs/finetune/)")
-        t.add_argument(
-            "--resume",
-            action="store_true",
-            help="continue the run in train.out_dir from checkpoints/last",
-        )
-        t.add_argument(
-            "--print-config", action="store_true", help="print the resolved config and exit"
-        )
+        _add_shared(t, "--resume", "--print-config")
         t.add_argument(
             "--skip-invalid",
             action="store_true",
@@ -273,11 +288,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "--format gguf writes one llama.cpp file for Llama-style models. A config the target "
         "cannot represent is refused before anything is written.",
     )
-    p.add_argument(
-        "checkpoint",
-        type=Path,
-        help="checkpoint directory, run directory or Hugging Face directory",
-    )
+    _add_shared(p, "checkpoint")
     p.add_argument(
         "--format",
         choices=["hf", "gguf"],
@@ -335,8 +346,7 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="labelled file for the probe (.jsonl, .json, .csv, .tsv or label<TAB>text)",
     )
-    e.add_argument("--text-field", help="text field of --labelled (default: text)")
-    e.add_argument("--label-field", help="label field of --labelled (default: label)")
+    _add_shared(e, "--text-field", "--label-field")
     e.add_argument("--encoding", help="encoding of --labelled (default: utf-8)")
     e.add_argument("--objectives", help="comma list (default: clm,mlm,mlm+nsp,denoise,mix)")
     e.add_argument("--preset", help="decoder size; encoder arms use bert-<size> (default: micro)")
@@ -361,7 +371,7 @@ def _add_experiment(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="finish an interrupted comparison in --out, keeping its finished arms",
     )
-    e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_shared(e, "--no-progress")
     _add_experiment_transfer(esub)
 
 
@@ -396,8 +406,7 @@ def _add_experiment_transfer(esub: argparse._SubParsersAction) -> None:
         help="a labelled file (.jsonl, .json, .csv, .tsv or label<TAB>text), or the pos and neg "
         "polarity files",
     )
-    t.add_argument("--text-field", help="text field of --labelled (default: text)")
-    t.add_argument("--label-field", help="label field of --labelled (default: label)")
+    _add_shared(t, "--text-field", "--label-field")
     t.add_argument(
         "--encoding", help="encoding of --labelled (default: utf-8; latin-1 for a polarity pair)"
     )
@@ -429,7 +438,7 @@ def _add_experiment_transfer(esub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--out", type=Path, required=True, help="directory for the report, the split and the runs"
     )
-    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_shared(t, "--no-progress")
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
@@ -444,11 +453,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         "and the share that ended with eos. Writes <task>.json, <task>.md and "
         "<task>_samples.jsonl into --out.",
     )
-    p.add_argument(
-        "checkpoint",
-        type=Path,
-        help="checkpoint directory, run directory or Hugging Face directory",
-    )
+    _add_shared(p, "checkpoint")
     p.add_argument(
         "--task",
         required=True,
@@ -478,7 +483,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="lm: window length; classify, tokens: longest input (default: the model's context)",
     )
     p.add_argument("--batch-size", type=int, help="sequences per forward pass (default: 8)")
-    p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+    _add_shared(p, "--device")
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -491,11 +496,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         "/metrics (Prometheus), /openapi.json; the playground at /. Requests are decoded together "
         "(continuous batching). Binds 127.0.0.1 unless --host says otherwise.",
     )
-    p.add_argument(
-        "checkpoint",
-        type=Path,
-        help="checkpoint directory, run directory or Hugging Face directory",
-    )
+    _add_shared(p, "checkpoint")
     p.add_argument("--host", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, help="port (default: 8000; 0 picks a free one)")
     p.add_argument(
@@ -529,7 +530,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="torch.compile the decode step: faster decoding after a start-up compile of 10-30 s "
         "on a CPU",
     )
-    p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+    _add_shared(p, "--device")
 
 
 def _add_chat(sub: argparse._SubParsersAction) -> None:
@@ -541,11 +542,7 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
         "conversation is kept (oldest turns dropped when it outgrows the context). /reset clears "
         "it; /exit or end of input (Ctrl-D) leaves; Ctrl-C stops a reply.",
     )
-    p.add_argument(
-        "checkpoint",
-        type=Path,
-        help="checkpoint directory, run directory or Hugging Face directory",
-    )
+    _add_shared(p, "checkpoint")
     p.add_argument("--system", help="system prompt")
     p.add_argument("--temperature", type=float, help="0 = greedy (default: 0.8)")
     p.add_argument("--top-p", type=float)
@@ -554,7 +551,7 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
         "--max-tokens", type=int, help="longest reply (default: the rest of the context)"
     )
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+    _add_shared(p, "--device")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -605,20 +602,14 @@ def _split_overrides(extra: list[str]) -> list[str]:
 def _run_quickstart(args: argparse.Namespace) -> int:
     from graft.quickstart import QuickstartOptions, run_quickstart
 
-    report = run_quickstart(
-        QuickstartOptions(
-            tokens=args.tokens,
-            out_dir=args.out,
-            preset=args.preset,
-            corpus_bytes=int(args.corpus_mb * 1e6),
-            vocab_size=args.vocab_size,
-            seed=args.seed,
-            progress=not args.no_progress,
-            finetune=not args.skip_finetune,
-            finetune_steps=args.finetune_steps,
-        ),
-        echo=print,
+    options = _options(
+        QuickstartOptions,
+        args,
+        corpus_bytes=int(args.corpus_mb * 1e6),
+        progress=not args.no_progress,
+        finetune=not args.skip_finetune,
     )
+    report = run_quickstart(options, echo=print)
     print(f"report: {report}")
     return 0
 
@@ -839,37 +830,31 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(cls: type[_Options], args: argparse.Namespace, **values: object) -> _Options:
+    """`cls` from `values` and from the flags named as its fields (--out for out_dir). None is left
+    out: flags left unset keep the dataclass's defaults, so every default lives in one place."""
+    given = {
+        f.name: getattr(args, "out" if f.name == "out_dir" else f.name, None) for f in fields(cls)
+    }
+    given.update(values)
+    return cls(**{key: value for key, value in given.items() if value is not None})
+
+
+def _comma_list(text: str | None) -> tuple[str, ...] | None:
+    return None if text is None else tuple(word.strip() for word in text.split(",") if word.strip())
+
+
 def _run_experiment(args: argparse.Namespace, extra: list[str]) -> int:
     if args.action == "transfer":
         return _run_experiment_transfer(args, extra)
     from graft.experiments.objective_comparison import ComparisonOptions, compare_objectives
 
-    # Flags left unset keep ComparisonOptions' defaults, so every default lives in one place.
-    given = {
-        "text_field": args.text_field,
-        "label_field": args.label_field,
-        "encoding": args.encoding,
-        "preset": args.preset,
-        "seq_len": args.seq_len,
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "seed": args.seed,
-        "probe_examples": args.probe_examples,
-        "probe_test_fraction": args.probe_test_fraction,
-    }
-    if args.objectives is not None:
-        given["objectives"] = tuple(
-            name.strip() for name in args.objectives.split(",") if name.strip()
-        )
-    options = ComparisonOptions(
-        data=args.data,
-        out_dir=args.out,
-        labelled=args.labelled,
-        max_tokens=args.max_tokens,
+    options = _options(
+        ComparisonOptions,
+        args,
+        objectives=_comma_list(args.objectives),
         overrides=tuple(_split_overrides(extra)),
-        resume=args.resume,
         progress=not args.no_progress,
-        **{key: value for key, value in given.items() if value is not None},
     )
     report = compare_objectives(options, echo=print)
     print(f"report: {report}")
@@ -880,35 +865,20 @@ def _run_experiment_transfer(args: argparse.Namespace, extra: list[str]) -> int:
     from graft.experiments.transfer import run_transfer
     from graft.experiments.transfer_options import TransferOptions, parse_sizes
 
-    # Flags left unset keep TransferOptions' defaults, so every default lives in one place.
-    given = {
-        "continued": args.continued,
-        "text_field": args.text_field,
-        "label_field": args.label_field,
-        "encoding": args.encoding,
-        "test_fraction": args.test_fraction,
-        "val_size": args.val_size,
-        "max_steps": args.max_steps,
-        "max_minutes": args.max_minutes,
-    }
-    if args.arms is not None:
-        given["arms"] = tuple(name.strip() for name in args.arms.split(",") if name.strip())
-    if args.sizes is not None:
-        given["sizes"] = parse_sizes(args.sizes)
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise GraftError(
-                f"--seeds {args.seeds}: give the number of seeds, 1 or more (3 for useful CIs)"
-            )
-        given["seeds"] = tuple(range(args.seeds))
-    options = TransferOptions(
-        init=args.init,
+    sizes = None if args.sizes is None else parse_sizes(args.sizes)
+    if args.seeds is not None and args.seeds < 1:
+        raise GraftError(
+            f"--seeds {args.seeds}: give the number of seeds, 1 or more (3 for useful CIs)"
+        )
+    options = _options(
+        TransferOptions,
+        args,
         labelled=tuple(args.labelled),
-        out_dir=args.out,
+        arms=_comma_list(args.arms),
+        sizes=sizes,
+        seeds=None if args.seeds is None else tuple(range(args.seeds)),
         overrides=tuple(_split_overrides(extra)),
-        resume=args.resume,
         progress=not args.no_progress,
-        **{key: value for key, value in given.items() if value is not None},
     )
     report = run_transfer(options, echo=print)
     print(f"report: {report}")
@@ -918,25 +888,7 @@ def _run_experiment_transfer(args: argparse.Namespace, extra: list[str]) -> int:
 def _run_eval(args: argparse.Namespace) -> int:
     from graft.evaluate.evaluate import EvalOptions, evaluate_checkpoint
 
-    # Flags left unset keep EvalOptions' defaults, so every default lives in one place.
-    given = {
-        "out_dir": args.out,
-        "text_field": args.text_field,
-        "label_field": args.label_field,
-        "encoding": args.encoding,
-        "limit": args.limit,
-        "max_new_tokens": args.max_new_tokens,
-        "seq_len": args.seq_len,
-        "batch_size": args.batch_size,
-        "device": args.device,
-    }
-    options = EvalOptions(
-        checkpoint=args.checkpoint,
-        task=args.task,
-        data=tuple(args.data),
-        **{key: value for key, value in given.items() if value is not None},
-    )
-    report = evaluate_checkpoint(options, echo=print)
+    report = evaluate_checkpoint(_options(EvalOptions, args, data=tuple(args.data)), echo=print)
     print(report.with_suffix(".md").read_text(encoding="utf-8"), end="")
     print(f"report: {report}")
     return 0
@@ -945,80 +897,46 @@ def _run_eval(args: argparse.Namespace) -> int:
 def _run_serve(args: argparse.Namespace) -> int:
     from graft.serve.app import ServeOptions, serve
 
-    # Flags left unset keep ServeOptions' defaults, so every default lives in one place.
     api_key = args.api_key if args.api_key is not None else os.environ.get("GRAFT_API_KEY") or None
-    given = {
-        "host": args.host,
-        "port": args.port,
-        "api_key": api_key,
-        "model_name": args.model_name,
-        "max_batch": args.max_batch,
-        "max_queue": args.max_queue,
-        "max_batch_tokens": args.max_batch_tokens,
-        "quantize": args.quantize,
-        "compile": args.compile,
-        "device": args.device,
-    }
     # Flushed at once: the address line is what a supervisor or a log reader waits for.
-    serve(
-        ServeOptions(
-            checkpoint=args.checkpoint,
-            **{key: value for key, value in given.items() if value is not None},
-        ),
-        echo=lambda line: print(line, flush=True),
-    )
+    serve(_options(ServeOptions, args, api_key=api_key), echo=lambda line: print(line, flush=True))
     return 0
 
 
 def _run_chat(args: argparse.Namespace) -> int:
     from graft.terminal_chat import ChatOptions, run_chat
 
-    # Flags left unset keep ChatOptions' defaults, so every default lives in one place.
-    given = {
-        "system": args.system,
-        "temperature": args.temperature,
-        "top_p": args.top_p,
-        "top_k": args.top_k,
-        "max_tokens": args.max_tokens,
-        "seed": args.seed,
-        "device": args.device,
-    }
-    run_chat(
-        ChatOptions(
-            checkpoint=args.checkpoint,
-            **{key: value for key, value in given.items() if value is not None},
-        )
-    )
+    run_chat(_options(ChatOptions, args))
     return 0
+
+
+# The commands that take --section.key=value overrides besides their own flags.
+_WITH_OVERRIDES: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
+    "pretrain": _run_pretrain,
+    "finetune": _run_finetune,
+    "experiment": _run_experiment,
+}
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "quickstart": _run_quickstart,
+    "tokenizer": _run_tokenizer,
+    "data": _run_data,
+    "generate": _run_generate,
+    "export": _run_export,
+    "eval": _run_eval,
+    "serve": _run_serve,
+    "chat": _run_chat,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:
-        if extra and args.command not in ("pretrain", "finetune", "experiment"):
+        if args.command in _WITH_OVERRIDES:
+            return _WITH_OVERRIDES[args.command](args, extra)
+        if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        if args.command == "quickstart":
-            return _run_quickstart(args)
-        if args.command == "tokenizer":
-            return _run_tokenizer(args)
-        if args.command == "data":
-            return _run_data(args)
-        if args.command == "pretrain":
-            return _run_pretrain(args, extra)
-        if args.command == "finetune":
-            return _run_finetune(args, extra)
-        if args.command == "export":
-            return _run_export(args)
-        if args.command == "experiment":
-            return _run_experiment(args, extra)
-        if args.command == "eval":
-            return _run_eval(args)
-        if args.command == "serve":
-            return _run_serve(args)
-        if args.command == "chat":
-            return _run_chat(args)
-        return _run_generate(args)
+        return _COMMANDS[args.command](args)
     except GraftError as err:
         if args.debug:
             traceback.print_exc()

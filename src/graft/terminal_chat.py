@@ -21,6 +21,8 @@ from graft.infer.engine import Engine, EngineConfig, Request
 from graft.infer.sampling import SamplingParams
 from graft.serve.prompts import PromptError, chat_prompt_ids
 
+# The ChatOptions fields that say where the model comes from and runs; the rest are ChatSession's.
+_MODEL_OPTIONS = ("checkpoint", "device")
 HELP = "commands: /reset clears the conversation, /exit leaves (so does end of input, Ctrl-D)"
 
 
@@ -86,14 +88,9 @@ class ChatSession:
             out.write(
                 f"[the oldest {dropped} exchange(s) no longer fit the context and were dropped]\n"
             )
-        context = self.engine.model_config.max_seq_len
-        budget = (
-            context - len(ids)
-            if self.max_tokens is None
-            else min(self.max_tokens, context - len(ids))
-        )
+        room = self.engine.model_config.max_seq_len - len(ids)
         params = SamplingParams(
-            max_new_tokens=budget,
+            max_new_tokens=room if self.max_tokens is None else min(self.max_tokens, room),
             temperature=self.temperature,
             top_p=self.top_p,
             top_k=self.top_k,
@@ -184,17 +181,8 @@ def run_chat(
         tokenizer,
         EngineConfig(max_batch=1, max_queue=1, max_batch_tokens=model.config.max_seq_len),
     )
-    session = ChatSession(
-        engine,
-        tokenizer,
-        stop_ids(tokenizer, source),
-        system=options.system,
-        temperature=options.temperature,
-        top_p=options.top_p,
-        top_k=options.top_k,
-        max_tokens=options.max_tokens,
-        seed=options.seed,
-    )
+    settings = {key: value for key, value in vars(options).items() if key not in _MODEL_OPTIONS}
+    session = ChatSession(engine, tokenizer, stop_ids(tokenizer, source), **settings)
     engine.start()
     try:
         chat_loop(session, stdin, stdout, interactive=stdin.isatty())
