@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AnyStr
@@ -32,6 +32,7 @@ __all__ = [
 SUFFIXES: tuple[str, ...] = (".txt", ".md", ".jsonl")
 #: Default size of one piece of a document's text.
 PIECE_BYTES: int = 1 << 20
+_SUFFIX_LIST = ", ".join(SUFFIXES)
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 # The tail of a piece searched for a between-words cut; bounded so cutting stays O(1).
@@ -42,10 +43,6 @@ _CUT_WINDOW = 8192
 _WORD_GAP_STR = re.compile(r"\S \S")
 _WORD_GAP_BYTES = re.compile(rb"\S \S")
 _ASCII_WHITESPACE = " \t\n\r\f\v"
-
-
-def _suffix_list() -> str:
-    return ", ".join(SUFFIXES)
 
 
 @dataclass(frozen=True)
@@ -136,11 +133,9 @@ def _read_text_file(path: Path, piece_bytes: int) -> Iterator[str]:
         while True:
             chunk = handle.read(piece_bytes)
             buf = carry + chunk
-            if first:
-                first = False
-                if buf.startswith(_UTF8_BOM):
-                    buf = buf[len(_UTF8_BOM) :]
-                    offset = len(_UTF8_BOM)
+            if first and buf.startswith(_UTF8_BOM):
+                buf, offset = buf[len(_UTF8_BOM) :], len(_UTF8_BOM)
+            first = False
             if not chunk:
                 cut = len(buf)
             else:
@@ -182,10 +177,6 @@ def _is_blank_file(path: Path) -> bool:
     return True
 
 
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
 def _as_paths(paths: Sequence[Path] | Path | str) -> list[Path]:
     # A lone str is a Sequence too; iterating it would yield characters.
     if isinstance(paths, (str, os.PathLike)):
@@ -201,45 +192,37 @@ def list_input_files(paths: Sequence[Path]) -> list[Path]:
     ".") and files with other suffixes.
     """
     paths = _as_paths(paths)
-    files: list[Path] = []
-    seen: set[Path] = set()
-
-    def add(file: Path) -> None:
-        key = file.resolve()
-        if key not in seen:
-            seen.add(key)
-            files.append(file)
-
+    files: dict[Path, Path] = {}  # resolved path -> the file as first met
     for path in paths:
         if path.is_dir():
             found: list[Path] = []
             for root, dirs, names in os.walk(path):
                 # Pruning hidden folders skips .git, caches and our own temporary folders.
-                dirs[:] = [d for d in dirs if not _is_hidden(d)]
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
                 found.extend(
                     Path(root) / name
                     for name in names
-                    if not _is_hidden(name) and Path(name).suffix.lower() in SUFFIXES
+                    if not name.startswith(".") and Path(name).suffix.lower() in SUFFIXES
                 )
             # Sorting by path components gives one order on every platform and filesystem
             # (a/y.md before a.txt before b.txt), independent of directory listing order.
             for file in sorted(found, key=lambda f: f.relative_to(path).parts):
-                add(file)
+                files.setdefault(file.resolve(), file)
         elif path.is_file():
             if path.suffix.lower() not in SUFFIXES:
                 raise DataError(
                     f"{path}: unsupported file type {path.suffix or '(no suffix)'!r}; "
-                    f"graft reads {_suffix_list()}"
+                    f"graft reads {_SUFFIX_LIST}"
                 )
-            add(path)
+            files.setdefault(path.resolve(), path)
         elif path.exists():
             raise DataError(f"{path}: not a regular file or folder")
         else:
             raise DataError(f"{path}: no such file or folder")
     if not files:
         shown = ", ".join(str(p) for p in paths) or "(no inputs given)"
-        raise DataError(f"{shown}: no usable files; graft reads {_suffix_list()}")
-    return files
+        raise DataError(f"{shown}: no usable files; graft reads {_SUFFIX_LIST}")
+    return list(files.values())
 
 
 def _jsonl_documents(path: Path) -> Iterator[Document]:
@@ -312,26 +295,24 @@ def _documents(
 ) -> Iterator[Document]:
     produced = False
     for path in files:
+        docs: Iterable[Document]
         if path.suffix.lower() == ".jsonl":
-            for doc in _jsonl_documents(path):
-                produced = True
-                yield doc
+            docs = _jsonl_documents(path)
         elif split_on is not None:
-            for doc in _sections(path, split_on):
-                produced = True
-                yield doc
+            docs = _sections(path, split_on)
         else:
             try:
                 size = path.stat().st_size
                 blank = size == 0 or _is_blank_file(path)
             except OSError as exc:
                 raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-            if not blank:
-                produced = True
-                yield Document(source=str(path), path=path, size=size)
+            docs = [] if blank else [Document(source=str(path), path=path, size=size)]
+        for doc in docs:
+            produced = True
+            yield doc
     if not produced:
         raise DataError(
-            f"{shown}: every document is empty; graft reads text from {_suffix_list()} files "
+            f"{shown}: every document is empty; graft reads text from {_SUFFIX_LIST} files "
             '(.jsonl: one {"text": "..."} object per line)'
         )
 

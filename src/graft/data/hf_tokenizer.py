@@ -97,6 +97,8 @@ _BERT_ROLES = {
     "mask_token": "[MASK]",
 }
 _EXTRA_KEYS = ("additional_special_tokens", "extra_special_tokens")
+#: AddedToken's options, as added_tokens_decoder spells them (after "content").
+_TOKEN_FLAGS = ("lstrip", "normalized", "rstrip", "single_word", "special")
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def read_tokenizer_directory(directory: Path) -> TokenizerFiles:
     """The tokenizer of `directory`: tokenizer.json, or else a BERT vocab.txt, plus its configs."""
     config_file = directory / TOKENIZER_CONFIG_FILE
     config = _read_json_object(config_file)
-    found = _named_roles(directory, config)
+    found = _named_roles(_role_configs(directory, config))
     if (directory / TOKENIZER_FILE).is_file():
         source = directory / TOKENIZER_FILE
         backend = read_tokenizer_json(source)
@@ -175,14 +177,7 @@ def write_tokenizer_config(
         # The added tokens tokenizer.json holds; its presence also makes graft and transformers
         # ignore a special_tokens_map.json or added_tokens.json left from another tokenizer.
         "added_tokens_decoder": {
-            str(token_id): {
-                "content": token.content,
-                "lstrip": token.lstrip,
-                "normalized": token.normalized,
-                "rstrip": token.rstrip,
-                "single_word": token.single_word,
-                "special": token.special,
-            }
+            str(token_id): {key: getattr(token, key) for key in ("content", *_TOKEN_FLAGS)}
             for token_id, token in sorted(backend.get_added_tokens_decoder().items())
         },
     }
@@ -229,35 +224,31 @@ def _token_text(value: object, file: Path, key: str) -> str:
     return value
 
 
-def _named_roles(directory: Path, config: dict[str, Any]) -> dict[str, str | None]:
-    """role -> token as the configs name them; None where a role is explicitly null."""
-    config_file, map_file = directory / TOKENIZER_CONFIG_FILE, directory / SPECIAL_TOKENS_MAP_FILE
-    sources = {key: config_file for key in ROLES if key in config}
-    values = {key: config[key] for key in sources}
+def _role_configs(directory: Path, config: dict[str, Any]) -> list[tuple[Path, dict[str, Any]]]:
+    """The files that name special tokens, each with its contents, the later overriding."""
+    configs = [(directory / TOKENIZER_CONFIG_FILE, config)]
     # transformers reads special_tokens_map.json only for configs without added_tokens_decoder
     # (older saves), and lets it override tokenizer_config.json's roles.
     if "added_tokens_decoder" not in config:
-        special_map = _read_json_object(map_file)
-        for key in ROLES:
-            if key in special_map:
-                values[key], sources[key] = special_map[key], map_file
+        map_file = directory / SPECIAL_TOKENS_MAP_FILE
+        configs.append((map_file, _read_json_object(map_file)))
+    return configs
+
+
+def _named_roles(configs: list[tuple[Path, dict[str, Any]]]) -> dict[str, str | None]:
+    """role -> token as the configs name them; None where a role is explicitly null."""
+    found: dict[str, tuple[object, Path]] = {}
+    for file, values in configs:
+        found.update({key: (values[key], file) for key in ROLES if key in values})
     return {
-        key: None if value is None else _token_text(value, sources[key], key)
-        for key, value in values.items()
+        key: None if value is None else _token_text(value, file, key)
+        for key, (value, file) in found.items()
     }
 
 
-def _extra_special_tokens(directory: Path, config: dict[str, Any]) -> list[str]:
+def _extra_special_tokens(configs: list[tuple[Path, dict[str, Any]]]) -> list[str]:
     tokens: list[str] = []
-    files = [(directory / TOKENIZER_CONFIG_FILE, config)]
-    if "added_tokens_decoder" not in config:
-        files.append(
-            (
-                directory / SPECIAL_TOKENS_MAP_FILE,
-                _read_json_object(directory / SPECIAL_TOKENS_MAP_FILE),
-            )
-        )
-    for file, values in files:
+    for file, values in configs:
         for key in _EXTRA_KEYS:
             extra = values.get(key) or []
             if isinstance(extra, dict):  # transformers 5 also allows {name: token}
@@ -345,8 +336,7 @@ def _listed_added_tokens(
         tokens = []
         for index, spec in sorted(listed.items(), key=lambda item: int(item[0])):
             content = _token_text(spec, config_file, f"added_tokens_decoder[{index}]")
-            flags = ("single_word", "lstrip", "rstrip", "normalized", "special")
-            given = {k: bool(spec[k]) for k in flags if k in spec} if isinstance(spec, dict) else {}
+            given = {k: bool(spec[k]) for k in _TOKEN_FLAGS if isinstance(spec, dict) and k in spec}
             tokens.append(AddedToken(content, **given))
         return tokens
     legacy_file = directory / ADDED_TOKENS_FILE
@@ -365,18 +355,15 @@ def _add_named_tokens(
     """Add the tokens the configs name that the backend has not added yet, as transformers does:
     listed added tokens by id, then role tokens in role order, then additional special tokens.
     A token already in the vocabulary keeps its id; a new one gets the next id."""
-    extras = _extra_special_tokens(directory, config)
+    extras = _extra_special_tokens(_role_configs(directory, config))
+    listed = _listed_added_tokens(directory, config, {*roles.values(), *extras})
+    named = [*(roles[key] for key in ROLES if key in roles), *extras]
     present = {token.content for token in backend.get_added_tokens_decoder().values()}
     to_add: list[AddedToken] = []
-    for token in _listed_added_tokens(directory, config, {*roles.values(), *extras}):
+    # special=True also sets normalized=False: matched in the raw text, as transformers does.
+    for token in [*listed, *(AddedToken(content, special=True) for content in named)]:
         if token.content not in present:
             to_add.append(token)
             present.add(token.content)
-    for content in [*(roles[key] for key in ROLES if key in roles), *extras]:
-        if content not in present:
-            # special=True also sets normalized=False: matched in the raw text, as transformers
-            # does.
-            to_add.append(AddedToken(content, special=True))
-            present.add(content)
     if to_add:
         backend.add_tokens(to_add)

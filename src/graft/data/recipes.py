@@ -24,9 +24,8 @@ _GUTENBERG_START = re.compile(
     r"^\s*\*\*\*\s*START OF (THE|THIS) PROJECT GUTENBERG EBOOK[^\n]*\n", re.I | re.M
 )
 _GUTENBERG_END = re.compile(r"^\s*\*\*\*\s*END OF (THE|THIS) PROJECT GUTENBERG EBOOK", re.I | re.M)
-_WIKITEXT_ARTICLE = re.compile(
-    r"^ = [^=].* = $", re.M
-)  # level-1 headings; sections are " = = X = = "
+# Level-1 headings; sections are " = = X = = ".
+_WIKITEXT_ARTICLE = re.compile(r"^ = [^=].* = $", re.M)
 
 
 def gutenberg_body(text: str, source: str) -> str:
@@ -44,10 +43,8 @@ def gutenberg_body(text: str, source: str) -> str:
 _WIKITEXT_RULES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
     (re.compile(p, re.M), r)
     for p, r in (
-        (
-            r" @(.)@ ",
-            r"\1",
-        ),  # number and hyphen joiners: 1 @,@ 000 -> 1,000; well @-@ known -> well-known
+        # number and hyphen joiners: 1 @,@ 000 -> 1,000; well @-@ known -> well-known
+        (r" @(.)@ ", r"\1"),
         (r" ([.,;:!?%)\]}])", r"\1"),  # no space before closing punctuation
         (r"([(\[{$]) ", r"\1"),  # nor after opening brackets
         (r" (n't|'s|'re|'ve|'ll|'d|'m)\b", r"\1"),  # contractions: do n't -> don't, it 's -> it's

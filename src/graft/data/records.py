@@ -19,10 +19,10 @@ import io
 import json
 import random
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast, get_args
+from typing import Literal, TypeVar, cast, get_args
 
 from graft.errors import ConfigError, DataError
 
@@ -76,36 +76,55 @@ class Conversation:
 
 
 class _Invalid(Exception):
-    """One record is bad; its reader raises it as a DataError or skips it (InvalidRecords)."""
+    """One record is bad; its reader raises it as a DataError or skips it (`_keep_valid`)."""
 
 
-class InvalidRecords:
-    """The bad records of one file: each raised at once as a DataError, or with `skip_invalid`
-    counted; a file left with no valid record is refused, quoting the first problem."""
-
-    def __init__(self, path: Path, skip_invalid: bool) -> None:
-        self.path, self.skip_invalid = path, skip_invalid
-        self.problems: list[str] = []
-
-    def add(self, problem: str) -> None:
-        if not self.skip_invalid:
-            raise DataError(problem) from None
-        self.problems.append(problem)
-
-    def require_some(self, kept: Sequence[object], what: str) -> int:
-        """The number skipped; DataError when `kept` is empty."""
-        if not kept:
-            first = (
-                f" ({len(self.problems)} invalid; the first: {self.problems[0]})"
-                if self.problems
-                else ""
-            )
-            raise DataError(f"{self.path}: no valid {what}{first}")
-        return len(self.problems)
+_T = TypeVar("_T")
+# One parsed record of a file: where it is, and its fields or what is wrong with it.
+_Fields = tuple[str, dict[str, object] | _Invalid]
 
 
-def _decode(path: Path, encoding: str) -> str:
-    """The file's text; bytes the encoding rejects are kept as lone surrogates (checked later)."""
+def _parse_each(
+    fields: Iterable[_Fields], build: Callable[[dict[str, object], str], _T]
+) -> Iterator[_T | _Invalid]:
+    """`build(fields, where)` for each record, or the _Invalid saying what is wrong with it."""
+    for where, item in fields:
+        try:
+            yield item if isinstance(item, _Invalid) else build(item, where)
+        except _Invalid as exc:
+            yield exc
+
+
+def _keep_valid(
+    path: Path, skip_invalid: bool, items: Iterable[_T | _Invalid], what: str
+) -> tuple[list[_T], int]:
+    """The valid items of one file and the number skipped. A bad item is raised at once as a
+    DataError, or with `skip_invalid` counted; a file left with no valid item is refused, quoting
+    the first problem."""
+    kept: list[_T] = []
+    problems: list[str] = []
+    for item in items:
+        if not isinstance(item, _Invalid):
+            kept.append(item)
+        elif skip_invalid:
+            problems.append(str(item))
+        else:
+            raise DataError(str(item)) from None
+    if not kept:
+        first = f" ({len(problems)} invalid; the first: {problems[0]})" if problems else ""
+        raise DataError(f"{path}: no valid {what}{first}")
+    return kept, len(problems)
+
+
+def _unknown_format(path: Path, what: str, formats: str) -> DataError:
+    suffix = path.suffix.lower()
+    kind = f"{suffix!r} file" if suffix else "file without a suffix"
+    return DataError(f"{path}: cannot read a {kind} as {what}; graft reads {formats}")
+
+
+def _decode(path: Path, encoding: str, *, check: bool = False) -> str:
+    """The file's text; bytes the encoding rejects are kept as lone surrogates, to be reported
+    with their record, or at once with `check` (`_check_decoded`)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -116,7 +135,10 @@ def _decode(path: Path, encoding: str) -> str:
         text = raw.decode(encoding, errors="surrogateescape")
     except LookupError:
         raise ConfigError(f"encoding {encoding!r} is not a known text encoding") from None
-    return text.removeprefix("\ufeff")
+    text = text.removeprefix("\ufeff")
+    if check:
+        _check_decoded(path, text, encoding)
+    return text
 
 
 def _undecodable_error(where: str, bad: str, encoding: str) -> str:
@@ -178,30 +200,26 @@ def _record(
     return TextRecord(text=text, label=label, source=where)
 
 
-def _jsonl_fields(path: Path, text: str) -> Iterator[tuple[str, dict[str, object] | _Invalid]]:
+def _as_object(value: object, where: str) -> dict[str, object] | _Invalid:
+    if isinstance(value, dict | _Invalid):
+        return value
+    return _Invalid(f"{where}: expected a JSON object, got a JSON {type(value).__name__}")
+
+
+def _jsonl_fields(path: Path, text: str) -> Iterator[_Fields]:
     for number, line in _lines(text):
         where = f"{path}:{number}"
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            yield (
-                where,
-                _Invalid(
-                    f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); "
-                    "expected one JSON object per line"
-                ),
+            value = _Invalid(
+                f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); "
+                "expected one JSON object per line"
             )
-            continue
-        if not isinstance(value, dict):
-            yield (
-                where,
-                _Invalid(f"{where}: expected a JSON object, got a JSON {type(value).__name__}"),
-            )
-        else:
-            yield where, value
+        yield where, _as_object(value, where)
 
 
-def _json_fields(path: Path, text: str) -> Iterator[tuple[str, dict[str, object] | _Invalid]]:
+def _json_fields(path: Path, text: str) -> Iterator[_Fields]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -216,18 +234,12 @@ def _json_fields(path: Path, text: str) -> Iterator[tuple[str, dict[str, object]
         )
     for index, item in enumerate(value):
         where = f"{path}#{index}"
-        if isinstance(item, dict):
-            yield where, item
-        else:
-            yield (
-                where,
-                _Invalid(f"{where}: expected a JSON object, got a JSON {type(item).__name__}"),
-            )
+        yield where, _as_object(item, where)
 
 
 def _table_fields(
     path: Path, text: str, delimiter: str, text_field: str, label_field: str
-) -> Iterator[tuple[str, dict[str, object] | _Invalid]]:
+) -> Iterator[_Fields]:
     # TSV files seldom quote and often hold stray quotes in text, so .tsv reads quotes literally
     # (as GLUE's readers do); CSV follows the csv module's dialect.
     reader = csv.reader(
@@ -250,16 +262,11 @@ def _table_fields(
                             f"{where}: no column {name!r} in the header (columns: "
                             f"{', '.join(header)}); pass {option}=... to read another"
                         )
-            elif len(row) != len(header):
-                yield (
-                    where,
-                    _Invalid(
-                        f"{where}: expected {len(header)} fields like the header "
-                        f"({', '.join(header)}), got {len(row)}"
-                    ),
-                )
-            else:
+            elif len(row) == len(header):
                 yield where, dict(zip(header, row))
+            else:
+                columns = f"{len(header)} fields like the header ({', '.join(header)})"
+                yield where, _Invalid(f"{where}: expected {columns}, got {len(row)}")
     except csv.Error as exc:
         raise DataError(
             f"{path}:{reader.line_num}: malformed {delimiter!r}-separated line ({exc})"
@@ -268,21 +275,15 @@ def _table_fields(
         raise DataError(f"{path}: empty file; expected a header row naming the columns")
 
 
-def _label_tab_text_fields(
-    path: Path, text: str
-) -> Iterator[tuple[str, dict[str, object] | _Invalid]]:
+def _label_tab_text_fields(path: Path, text: str) -> Iterator[_Fields]:
     for number, line in _lines(text):
         where = f"{path}:{number}"
         parts = line.split("\t")
-        if len(parts) != 2:
-            yield (
-                where,
-                _Invalid(
-                    f"{where}: expected 2 tab-separated fields (label<TAB>text), got {len(parts)}"
-                ),
-            )
-        else:
+        if len(parts) == 2:
             yield where, {"label": parts[0], "text": parts[1]}
+        else:
+            problem = f"{where}: expected 2 tab-separated fields (label<TAB>text), got {len(parts)}"
+            yield where, _Invalid(problem)
 
 
 def _is_label_tab_text(text: str) -> bool:
@@ -308,11 +309,9 @@ def read_labelled(
     header, no valid record at all) always raise.
     """
     path = Path(path)
-    text = _decode(path, encoding)
-    if not skip_invalid:
-        _check_decoded(path, text, encoding)
+    text = _decode(path, encoding, check=not skip_invalid)
     suffix = path.suffix.lower()
-    fields: Iterator[tuple[str, dict[str, object] | _Invalid]]
+    fields: Iterator[_Fields]
     if suffix == ".jsonl":
         fields = _jsonl_fields(path, text)
     elif suffix == ".json":
@@ -326,18 +325,11 @@ def read_labelled(
         # The line names the columns; the caller's field names do not apply.
         text_field, label_field = "text", "label"
     else:
-        kind = f"{suffix!r} file" if suffix else "file without a suffix"
-        raise DataError(f"{path}: cannot read a {kind} as labelled records; graft reads {_FORMATS}")
-    records: list[TextRecord] = []
-    invalid = InvalidRecords(path, skip_invalid)
-    for where, item in fields:
-        try:
-            if isinstance(item, _Invalid):
-                raise item
-            records.append(_record(item, where, text_field, label_field, encoding))
-        except _Invalid as exc:
-            invalid.add(str(exc))
-    return records, invalid.require_some(records, "records")
+        raise _unknown_format(path, "labelled records", _FORMATS)
+    records = _parse_each(
+        fields, lambda item, where: _record(item, where, text_field, label_field, encoding)
+    )
+    return _keep_valid(path, skip_invalid, records, "records")
 
 
 def read_polarity(pos: Path, neg: Path, encoding: str = "latin-1") -> list[TextRecord]:
@@ -347,8 +339,7 @@ def read_polarity(pos: Path, neg: Path, encoding: str = "latin-1") -> list[TextR
     """
     records: list[TextRecord] = []
     for path, label in ((Path(pos), "pos"), (Path(neg), "neg")):
-        text = _decode(path, encoding)
-        _check_decoded(path, text, encoding)
+        text = _decode(path, encoding, check=True)
         found = [
             TextRecord(text=line, label=label, source=f"{path}:{number}")
             for number, line in _lines(text)
@@ -407,9 +398,8 @@ def _alpaca(fields: dict[str, object], where: str, encoding: str) -> tuple[Messa
     instruction = _content(fields["instruction"], where, "field 'instruction'", encoding)
     output = _content(fields["output"], where, "field 'output'", encoding)
     extra = fields.get("input")
-    if extra is not None and not isinstance(extra, str):
-        raise _Invalid(f"{where}: field 'input' must be a string, got {type(extra).__name__}")
-    if extra and extra.strip():
+    # A missing or blank input is no input; anything else must be a valid string (_content).
+    if extra is not None and (not isinstance(extra, str) or extra.strip()):
         instruction += "\n\n" + _content(extra, where, "field 'input'", encoding)
     return Message("user", instruction), Message("assistant", output)
 
@@ -442,6 +432,20 @@ def _chat(fields: dict[str, object], where: str, encoding: str) -> tuple[Message
     return tuple(messages)
 
 
+def _conversation(fields: dict[str, object], where: str, encoding: str) -> Conversation:
+    if "messages" in fields:
+        messages = _chat(fields, where, encoding)
+    elif "instruction" in fields:
+        messages = _alpaca(fields, where, encoding)
+    else:
+        present = ", ".join(sorted(str(k) for k in fields)) or "none"
+        raise _Invalid(
+            f"{where}: expected an Alpaca record (instruction, input, output) or a chat "
+            f"record (messages), got fields: {present}"
+        )
+    return Conversation(messages=messages, source=where)
+
+
 def read_conversations(
     path: Path, *, encoding: str = "utf-8", skip_invalid: bool = False
 ) -> tuple[list[Conversation], int]:
@@ -456,34 +460,10 @@ def read_conversations(
     index); with `skip_invalid` the record is skipped and counted instead.
     """
     path = Path(path)
-    text = _decode(path, encoding)
-    if not skip_invalid:
-        _check_decoded(path, text, encoding)
+    text = _decode(path, encoding, check=not skip_invalid)
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json"):
-        kind = f"{suffix!r} file" if suffix else "file without a suffix"
-        raise DataError(
-            f"{path}: cannot read a {kind} as instruction records; "
-            "graft reads .jsonl or a .json array"
-        )
+        raise _unknown_format(path, "instruction records", ".jsonl or a .json array")
     fields = _jsonl_fields(path, text) if suffix == ".jsonl" else _json_fields(path, text)
-    conversations: list[Conversation] = []
-    invalid = InvalidRecords(path, skip_invalid)
-    for where, item in fields:
-        try:
-            if isinstance(item, _Invalid):
-                raise item
-            if "messages" in item:
-                messages = _chat(item, where, encoding)
-            elif "instruction" in item:
-                messages = _alpaca(item, where, encoding)
-            else:
-                present = ", ".join(sorted(str(k) for k in item)) or "none"
-                raise _Invalid(
-                    f"{where}: expected an Alpaca record (instruction, input, output) or a chat "
-                    f"record (messages), got fields: {present}"
-                )
-            conversations.append(Conversation(messages=messages, source=where))
-        except _Invalid as exc:
-            invalid.add(str(exc))
-    return conversations, invalid.require_some(conversations, "instruction records")
+    conversations = _parse_each(fields, lambda item, where: _conversation(item, where, encoding))
+    return _keep_valid(path, skip_invalid, conversations, "instruction records")

@@ -218,17 +218,12 @@ class _SplitWriter:
     """Appends one split's ids to its .bin file and counts what went in."""
 
     def __init__(self, name: str, path: Path, dtype: np.dtype, eot_id: int) -> None:
-        self.name = name
-        self.path = path
+        self.name, self.path = name, path
         self.handle: BinaryIO = path.open("wb")
-        self.tokens = 0
-        self.documents = 0
-        self.bytes = 0
-        self.doc_tokens = 0
-        self.doc_bytes = 0
+        self.tokens = self.documents = self.bytes = 0
+        self.doc_tokens = self.doc_bytes = 0
         # The last finished document's size, so that it can be moved to an empty split.
-        self.last_doc_tokens = 0
-        self.last_doc_bytes = 0
+        self.last_doc_tokens = self.last_doc_bytes = 0
         self._eot = np.array([eot_id], dtype=dtype)
         self._parts: list[np.ndarray] = []
 
@@ -351,20 +346,15 @@ def _routed_documents(
 
 
 def _write_split_files(
-    inputs: Sequence[Path],
-    val_inputs: Sequence[Path] | None,
+    documents: Iterator[tuple[str, Document]],
+    writers: dict[str, _SplitWriter],
     tokenizer: Tokenizer,
-    work: Path,
     dtype: np.dtype,
-    eot_id: int,
     total_bytes: int,
-    val_fraction: float,
-    seed: int,
     batch_size: int,
     progress: bool,
-    split_on: str | None = None,
-) -> dict[str, SplitInfo]:
-    writers = {name: _SplitWriter(name, work / f"{name}.bin", dtype, eot_id) for name in SPLITS}
+) -> None:
+    """Encode each (split name, document) into its split's writer, then close the writers."""
     # Queue of (writer, piece text or None for "end of document", piece bytes), in order.
     pending: list[tuple[_SplitWriter, str | None, int]] = []
     pending_texts = 0
@@ -392,7 +382,7 @@ def _write_split_files(
             disable=not progress,
             leave=False,
         ) as bar:
-            for split, doc in _routed_documents(inputs, val_inputs, val_fraction, seed, split_on):
+            for split, doc in documents:
                 writer = writers[split]
                 read = 0
                 for piece in doc.pieces(_PIECE_BYTES):
@@ -415,10 +405,6 @@ def _write_split_files(
         raise
     for writer in writers.values():
         writer.close()
-    if val_inputs is None:
-        return _balance(writers, val_fraction, dtype)
-    # Each input list yielded a document (iter_documents insists), so neither split is empty.
-    return {name: writer.info() for name, writer in writers.items()}
 
 
 def _check_replaceable(out_dir: Path) -> None:
@@ -486,21 +472,14 @@ def prepare_shards(
     total_bytes = sum(path.stat().st_size for path in files + val_files)
     # The work directory is a hidden sibling, so input folders that contain out_dir skip it.
     with atomic_directory(out_dir) as work:
-        splits = _write_split_files(
-            inputs,
-            val_inputs,
-            tokenizer,
-            work,
-            dtype,
-            eot_id,
-            total_bytes,
-            val_fraction,
-            seed,
-            batch_size,
-            progress,
-            split_on,
-        )
-        if val_inputs is not None:
+        writers = {name: _SplitWriter(name, work / f"{name}.bin", dtype, eot_id) for name in SPLITS}
+        routed = _routed_documents(inputs, val_inputs, val_fraction, seed, split_on)
+        _write_split_files(routed, writers, tokenizer, dtype, total_bytes, batch_size, progress)
+        if val_inputs is None:
+            splits = _balance(writers, val_fraction, dtype)
+        else:
+            # Each input list yielded a document (iter_documents insists): neither split is empty.
+            splits = {name: writer.info() for name, writer in writers.items()}
             splits["train"].sources = [str(path) for path in files]
             splits["val"].sources = [str(path) for path in val_files]
         index = ShardIndex(

@@ -150,11 +150,8 @@ def build_stdlib_corpus(
     rng = random.Random(seed)
     held_out = _HeldOut.of(exclude)
     excluded: set[tuple[str, str]] = set()
-    candidates: dict[str, list[_Document]] = {
-        "topic": _topic_documents(),
-        "module": [],
-        "docstring": [],
-    }
+    candidates: dict[str, list[_Document]] = {kind: [] for kind in KIND_MIX}
+    candidates["topic"] = _topic_documents()
     for source in _iter_stdlib_sources(_stdlib_root()):
         names, lines = held_out.find(source)
         excluded.update((source.module, name) for name in names)
@@ -176,11 +173,8 @@ def build_stdlib_corpus(
         )
     out_path = Path(out_path)
     _write_jsonl_atomically(out_path, chosen)
-    kind_documents = {kind: 0 for kind in KIND_MIX}
-    kind_bytes = {kind: 0 for kind in KIND_MIX}
-    for doc in chosen:
-        kind_documents[doc.kind] += 1
-        kind_bytes[doc.kind] += doc.size
+    kind_documents = {kind: sum(doc.kind == kind for doc in chosen) for kind in KIND_MIX}
+    kind_bytes = {kind: sum(doc.size for doc in chosen if doc.kind == kind) for kind in KIND_MIX}
     return CorpusStats(
         path=out_path,
         documents=len(chosen),
@@ -352,9 +346,8 @@ class _HeldOut:
                 continue
             start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
             assert node.end_lineno is not None  # parsed nodes carry end positions
-            if (source.module, qualname) in self.names or _code_without_docstring(
-                node, text_lines
-            ) in self.codes:
+            code = _stripped_lines(_without_docstring(node, text_lines))
+            if (source.module, qualname) in self.names or code in self.codes:
                 names.add(qualname)
                 lines.update(range(start - 1, node.end_lineno))
         return names, lines
@@ -364,23 +357,15 @@ def _stripped_lines(lines: Iterable[str]) -> tuple[str, ...]:
     return tuple(s for s in (line.strip() for line in lines) if s)
 
 
-def _code_without_docstring(
-    node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]
-) -> tuple[str, ...]:
-    """A definition's stripped, non-blank lines from its first decorator, less a docstring's
-    lines."""
+def _without_docstring(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> list[str]:
+    """A definition's lines from its first decorator to its last, less its docstring's lines."""
     start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
     first = node.body[0]
+    # Parsed nodes always carry end positions; the assert only narrows the Optional types.
     assert node.end_lineno is not None and first.end_lineno is not None
-    if (
-        isinstance(first, ast.Expr)
-        and isinstance(first.value, ast.Constant)
-        and isinstance(first.value.value, str)
-    ):
-        return _stripped_lines(
-            lines[start - 1 : first.lineno - 1] + lines[first.end_lineno : node.end_lineno]
-        )
-    return _stripped_lines(lines[start - 1 : node.end_lineno])
+    if ast.get_docstring(node, clean=False) is None:
+        return lines[start - 1 : node.end_lineno]
+    return lines[start - 1 : first.lineno - 1] + lines[first.end_lineno : node.end_lineno]
 
 
 def _definitions(body: Iterable[ast.stmt], prefix: str) -> Iterator[tuple[str, _Definition]]:
@@ -403,20 +388,17 @@ def _function_record(
     if len(first_line) < MIN_FIRST_LINE_CHARS or " " not in first_line:
         return None
     expr = node.body[0]
-    # Parsed nodes always carry end positions; the asserts only narrow the Optional types.
-    assert expr.end_lineno is not None and expr.end_col_offset is not None
-    assert node.end_lineno is not None
+    assert expr.end_lineno is not None and expr.end_col_offset is not None  # as above
     # ast columns count UTF-8 bytes. Whole lines are cut out, so the docstring must be alone on
     # its lines: not after `def f():` on one line, not followed by `; more code`.
     before = lines[expr.lineno - 1].encode("utf-8")[: expr.col_offset]
     after = lines[expr.end_lineno - 1].encode("utf-8")[expr.end_col_offset :].strip()
     if before.strip() or (after and not after.startswith(b"#")):
         return None
-    start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
-    kept = lines[start - 1 : expr.lineno - 1] + lines[expr.end_lineno : node.end_lineno]
+    kept = _without_docstring(node, lines)
     # Remove exactly the def's own indentation: every statement line carries it, and lines that
     # do not (inside a multi-line string) are left as they are, so the result always parses.
-    indent = lines[start - 1][: len(lines[start - 1]) - len(lines[start - 1].lstrip())]
+    indent = kept[0][: len(kept[0]) - len(kept[0].lstrip())]
     code = "\n".join(line[len(indent) :] if line.startswith(indent) else line for line in kept)
     return StdlibFunction(
         module=module,

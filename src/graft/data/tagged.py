@@ -19,12 +19,13 @@ from pathlib import Path
 from graft.data.records import (
     _UNDECODED,
     IGNORE_INDEX,
-    InvalidRecords,
-    _check_decoded,
     _decode,
     _Invalid,
     _json_fields,
     _jsonl_fields,
+    _keep_valid,
+    _parse_each,
+    _unknown_format,
 )
 from graft.data.tokenizer import Tokenizer
 from graft.errors import ConfigError, DataError
@@ -68,24 +69,20 @@ def _conll_sentences(path: Path, text: str, tag_column: int) -> Iterator[TaggedS
     tags: list[str] = []
     wheres: list[str] = []
     problem: _Invalid | None = None
-
-    def finish() -> TaggedSentence | _Invalid | None:
-        if problem is not None:
-            return problem
-        if not words:
-            return None
-        try:
-            _check_words_and_tags(words, tags, wheres)
-        except _Invalid as exc:
-            return exc
-        return TaggedSentence(words=tuple(words), tags=tuple(tags), source=wheres[0])
-
-    for number, line in enumerate(text.split("\n"), start=1):
+    # The blank line added at the end finishes the last sentence like any other.
+    for number, line in enumerate([*text.split("\n"), ""], start=1):
         fields = line.split()
         if not fields or fields[0] == _DOCSTART:
             # A document marker is no word; it ends a sentence just as a blank line does.
-            if (done := finish()) is not None:
-                yield done
+            if problem is None and words:
+                try:
+                    _check_words_and_tags(words, tags, wheres)
+                except _Invalid as exc:
+                    problem = exc
+                else:
+                    yield TaggedSentence(words=tuple(words), tags=tuple(tags), source=wheres[0])
+            if problem is not None:
+                yield problem
             words, tags, wheres, problem = [], [], [], None
             continue
         where = f"{path}:{number}"
@@ -108,8 +105,6 @@ def _conll_sentences(path: Path, text: str, tag_column: int) -> Iterator[TaggedS
         words.append(fields[0])
         tags.append(fields[tag_column])
         wheres.append(where)
-    if (done := finish()) is not None:
-        yield done
 
 
 def _json_sentence(
@@ -174,38 +169,17 @@ def read_tagged(
     Problems with the file as a whole (missing, unknown format, no valid sentence) always raise.
     """
     path = Path(path)
-    text = _decode(path, encoding)
-    if not skip_invalid:
-        _check_decoded(path, text, encoding)
+    text = _decode(path, encoding, check=not skip_invalid)
     suffix = path.suffix.lower()
     items: Iterator[TaggedSentence | _Invalid]
     if suffix in ("", ".txt", ".conll"):
         items = _conll_sentences(path, text, tag_column)
     elif suffix in (".jsonl", ".json"):
         fields = _jsonl_fields(path, text) if suffix == ".jsonl" else _json_fields(path, text)
-        items = _json_items(fields, tag_names)
+        items = _parse_each(fields, lambda item, where: _json_sentence(item, where, tag_names))
     else:
-        raise DataError(
-            f"{path}: cannot read a {suffix!r} file as tagged sentences; graft reads {_FORMATS}"
-        )
-    sentences: list[TaggedSentence] = []
-    invalid = InvalidRecords(path, skip_invalid)
-    for item in items:
-        if isinstance(item, TaggedSentence):
-            sentences.append(item)
-        else:
-            invalid.add(str(item))
-    return sentences, invalid.require_some(sentences, "tagged sentences")
-
-
-def _json_items(
-    fields: Iterator[tuple[str, dict[str, object] | _Invalid]], tag_names: Sequence[str] | None
-) -> Iterator[TaggedSentence | _Invalid]:
-    for where, item in fields:
-        try:
-            yield item if isinstance(item, _Invalid) else _json_sentence(item, where, tag_names)
-        except _Invalid as exc:
-            yield exc
+        raise _unknown_format(path, "tagged sentences", _FORMATS)
+    return _keep_valid(path, skip_invalid, items, "tagged sentences")
 
 
 def align_tags(

@@ -33,7 +33,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import tokenizers
@@ -110,15 +110,8 @@ def byte_to_unicode() -> tuple[str, ...]:
     """
     printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)}
     printable |= set(range(ord("®"), ord("ÿ") + 1))
-    table: list[str] = []
-    shifted = 0
-    for byte in range(256):
-        if byte in printable:
-            table.append(chr(byte))
-        else:
-            table.append(chr(256 + shifted))
-            shifted += 1
-    return tuple(table)
+    shifted = iter(range(256, 512))
+    return tuple(chr(byte) if byte in printable else chr(next(shifted)) for byte in range(256))
 
 
 def _special_added_tokens(sentinels: int) -> list[AddedToken]:
@@ -448,18 +441,20 @@ def _min_vocab_size(kind: TokenizerKind, sentinels: int) -> tuple[int, str]:
 def _untrained(
     kind: TokenizerKind, vocab_size: int, min_frequency: int, show_progress: bool, sentinels: int
 ) -> tuple[tokenizers.Tokenizer, trainers.Trainer]:
-    special = _special_added_tokens(sentinels)
+    # What every trainer takes; each kind adds its own options.
+    common: dict[str, Any] = {
+        "vocab_size": vocab_size,
+        "special_tokens": _special_added_tokens(sentinels),
+        "show_progress": show_progress,
+    }
     trainer: trainers.Trainer
     if kind == "bpe":
         backend = tokenizers.Tokenizer(models.BPE())
         backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         backend.decoder = decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
         trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=special,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=show_progress,
+            min_frequency=min_frequency, initial_alphabet=alphabet, **common
         )
     elif kind == "wordpiece":
         backend = tokenizers.Tokenizer(models.WordPiece(unk_token=UNK))
@@ -470,11 +465,7 @@ def _untrained(
         backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         backend.decoder = decoders.WordPiece(prefix=_WORDPIECE_PREFIX, cleanup=True)
         trainer = trainers.WordPieceTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=special,
-            continuing_subword_prefix=_WORDPIECE_PREFIX,
-            show_progress=show_progress,
+            min_frequency=min_frequency, continuing_subword_prefix=_WORDPIECE_PREFIX, **common
         )
     else:  # unigram
         backend = tokenizers.Tokenizer(models.Unigram())
@@ -484,12 +475,7 @@ def _untrained(
         )
         backend.decoder = decoders.Metaspace(replacement=_METASPACE, prepend_scheme="never")
         # The Unigram trainer has no min_frequency; it prunes by likelihood instead.
-        trainer = trainers.UnigramTrainer(
-            vocab_size=vocab_size,
-            special_tokens=special,
-            unk_token=UNK,
-            show_progress=show_progress,
-        )
+        trainer = trainers.UnigramTrainer(unk_token=UNK, **common)
     return backend, trainer
 
 
