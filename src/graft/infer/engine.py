@@ -54,7 +54,7 @@ import torch
 from graft.data.tokenizer import Tokenizer
 from graft.errors import GraftError
 from graft.infer.generate import GeneratedToken
-from graft.infer.sampling import SamplingParams, TokenHistory, choose_next, top_logprobs
+from graft.infer.sampling import SamplingParams, TokenHistory, choose_next
 from graft.infer.stream import TextStream
 from graft.model.kv_cache import CacheView, SlotDecode, SlotKVCache
 from graft.model.transformer import (
@@ -89,9 +89,8 @@ class EngineConfig:
     # this; a request that alone exceeds it is refused at submit.
     max_batch_tokens: int = 4096
     max_queue: int = 64  # waiting requests; submit raises QueueFull beyond it
-    quantize: Literal["none", "int8"] = (
-        "none"  # int8: dynamic quantisation of nn.Linear on CPU (a copy)
-    )
+    # int8: dynamic quantisation of nn.Linear on CPU (a copy)
+    quantize: Literal["none", "int8"] = "none"
     compile: bool = False  # torch.compile the batched decode forward (float models; not with int8)
 
     def __post_init__(self) -> None:
@@ -368,6 +367,18 @@ class _Sequence:
     def params(self) -> SamplingParams:
         return self.request.params
 
+    def put(
+        self,
+        token: GeneratedToken | None,
+        text: str,
+        reason: FinishReason | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Hand the caller one event of this request."""
+        prompt_tokens, completion_tokens = len(self.request.prompt_ids), len(self.tokens)
+        rid = self.request.request_id
+        self.handle._put(Event(rid, token, text, reason, prompt_tokens, completion_tokens, error))
+
 
 class Engine:
     def __init__(
@@ -446,8 +457,7 @@ class Engine:
                 f"the prompt has {n} tokens; the model's context is {self.max_len}, "
                 "which must also hold at least one new token"
             )
-        bad = [i for i in request.prompt_ids if not 0 <= i < self.vocab_size]
-        if bad:
+        if bad := [i for i in request.prompt_ids if not 0 <= i < self.vocab_size]:
             raise ValueError(
                 f"prompt token id {bad[0]} is outside the model's vocabulary "
                 f"(0..{self.vocab_size - 1})"
@@ -476,21 +486,11 @@ class Engine:
         """Drop cancelled requests, admit waiting ones into free slots (prefilling each), then
         decode one token for every running sequence. Returns how many sequences are running."""
         with self._lock:
-            self._drop_cancelled()
+            self._end("cancelled", cancelled_only=True)
             self._admit()
             if self._running:
                 self._decode()
             return len(self._running)
-
-    def _drop_cancelled(self) -> None:
-        with self._cond:
-            gone = [s for s in self._waiting if s.handle.cancelled]
-            for seq in gone:
-                self._waiting.remove(seq)
-        for seq in gone:
-            self._final(seq, "cancelled")
-        for seq in [s for s in self._running if s.handle.cancelled]:
-            self._leave(seq, "cancelled")
 
     def _admit(self) -> None:
         while len(self._running) < self.config.max_batch:
@@ -555,22 +555,15 @@ class Engine:
         try:
             ids = torch.tensor([[s.tokens[-1]] for s in seqs], device=self.device)  # (B, 1)
             view = self.cache.decode(len(seqs))
-            if self.config.compile:
-                traced = _CompiledDecodeView(self.cache, view)
-                logits = self._decode_forward(
-                    ids,
-                    position_ids=traced.position_ids,
-                    attention_mask=traced.attention_mask,
-                    kv_cache=traced,
-                )
+            step = _CompiledDecodeView(self.cache, view) if self.config.compile else view
+            logits = self._decode_forward(
+                ids,
+                position_ids=step.position_ids,
+                attention_mask=step.attention_mask,
+                kv_cache=step,
+            )
+            if step is not view:  # the compiled step's advance does nothing: advance here
                 view.advance(1)
-            else:
-                logits = self._decode_forward(
-                    ids,
-                    position_ids=view.position_ids,
-                    attention_mask=view.attention_mask,
-                    kv_cache=view,
-                )
             finished = [
                 (seq, reason)
                 for row, seq in enumerate(seqs)
@@ -591,28 +584,12 @@ class Engine:
         return why the sequence ends with it, if it does."""
         params = seq.params
         choice = choose_next(logits, params, seq.generator, seq.history)
-        token_id = int(choice.ids[0])
-        if choice.logprobs is None or params.logprobs is None:
-            token = GeneratedToken(token_id)
-        else:
-            row = choice.logprobs[0]
-            token = GeneratedToken(
-                token_id, float(row[token_id]), top_logprobs(row, params.logprobs)
-            )
-        seq.tokens.append(token_id)
+        token = GeneratedToken.chosen(choice, params)
+        seq.tokens.append(token.id)
         self._completion_tokens += 1
-        stop_id = token_id in params.stop_ids
-        text = "" if stop_id else seq.stream.push(token_id)
-        seq.handle._put(
-            Event(
-                seq.request.request_id,
-                token,
-                text,
-                None,
-                len(seq.request.prompt_ids),
-                len(seq.tokens),
-            )
-        )
+        stop_id = token.id in params.stop_ids
+        text = "" if stop_id else seq.stream.push(token.id)
+        seq.put(token, text)
         if stop_id or seq.stream.stopped:
             return "stop"
         if len(seq.tokens) >= seq.budget:
@@ -642,18 +619,7 @@ class Engine:
         self._final(seq, reason, error)
 
     def _final(self, seq: _Sequence, reason: FinishReason, error: str | None = None) -> None:
-        text = "" if reason == "error" else seq.stream.flush()
-        seq.handle._put(
-            Event(
-                seq.request.request_id,
-                None,
-                text,
-                reason,
-                len(seq.request.prompt_ids),
-                len(seq.tokens),
-                error,
-            )
-        )
+        seq.put(None, "" if reason == "error" else seq.stream.flush(), reason, error)
 
     # -- synchronous use ------------------------------------------------------------------------
 
@@ -702,17 +668,23 @@ class Engine:
                 self._cond.notify_all()
             thread.join()
             self._thread = None
-        self._end_all("cancelled")
-
-    def _end_all(self, reason: FinishReason, error: str | None = None) -> None:
         with self._lock:
-            with self._cond:
-                waiting = list(self._waiting)
-                self._waiting.clear()
-            for seq in waiting:
-                self._final(seq, reason, error)
-            for seq in sorted(self._running, key=lambda s: -s.slot):
-                self._leave(seq, reason, error)
+            self._end("cancelled")
+
+    def _end(
+        self, reason: FinishReason, error: str | None = None, *, cancelled_only: bool = False
+    ) -> None:
+        """End every waiting and running request (only the cancelled ones with cancelled_only):
+        free its slot and send its final event. The caller holds the step lock."""
+        with self._cond:
+            gone = [s for s in self._waiting if s.handle.cancelled or not cancelled_only]
+            for seq in gone:
+                self._waiting.remove(seq)
+        for seq in gone:
+            self._final(seq, reason, error)
+        ending = [s for s in self._running if s.handle.cancelled or not cancelled_only]
+        for seq in sorted(ending, key=lambda s: -s.slot):
+            self._leave(seq, reason, error)
 
     def _loop(self) -> None:
         while True:
@@ -727,7 +699,8 @@ class Engine:
                 # engine: end every request (so no reader hangs and the loop does not spin on the
                 # same failure) and keep serving new ones.
                 log.exception("engine: step failed")
-                self._end_all("error", f"{type(err).__name__}: {err}")
+                with self._lock:
+                    self._end("error", f"{type(err).__name__}: {err}")
 
     # -- statistics -----------------------------------------------------------------------------
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from graft.infer.sampling import (
+    Choice,
     SamplingParams,
     TokenHistory,
     choose_next,
@@ -35,6 +36,15 @@ class GeneratedToken:
     logprob: float | None = None
     top: list[tuple[int, float]] = field(default_factory=list)  # (id, logprob), most likely first
 
+    @classmethod
+    def chosen(cls, choice: Choice, params: SamplingParams) -> GeneratedToken:
+        """The token of a one-row `choice`, with its logprobs when `params` ask for them."""
+        token_id = int(choice.ids[0])
+        if choice.logprobs is None or params.logprobs is None:
+            return cls(token_id)
+        row = choice.logprobs[0]
+        return cls(token_id, float(row[token_id]), top_logprobs(row, params.logprobs))
+
 
 @torch.inference_mode()
 def generate_steps(
@@ -48,7 +58,8 @@ def generate_steps(
     when the model's context is full."""
     if not prompt_ids:
         raise ValueError("the prompt must hold at least one token")
-    device = next(model.parameters()).device
+    weight = next(model.parameters())
+    device = weight.device
     max_len = model.config.max_seq_len
     if len(prompt_ids) >= max_len:
         raise ValueError(
@@ -67,11 +78,7 @@ def generate_steps(
     cache = None
     if use_cache:
         cache = KVCache(
-            model.config,
-            1,
-            len(prompt_ids) + budget,
-            device=device,
-            dtype=next(model.parameters()).dtype,
+            model.config, 1, len(prompt_ids) + budget, device=device, dtype=weight.dtype
         )
     step_input = tokens
     for _ in range(budget):
@@ -79,13 +86,9 @@ def generate_steps(
         assert out.logits is not None
         logits = out.logits[:, -1]
         choice = choose_next(logits, params, generator, history)
-        token_id = int(choice.ids[0])
-        if choice.logprobs is None or params.logprobs is None:
-            yield GeneratedToken(token_id)
-        else:
-            row = choice.logprobs[0]
-            yield GeneratedToken(token_id, float(row[token_id]), top_logprobs(row, params.logprobs))
-        if token_id in params.stop_ids:
+        token = GeneratedToken.chosen(choice, params)
+        yield token
+        if token.id in params.stop_ids:
             return
         if history is not None:
             history.add(choice.ids)

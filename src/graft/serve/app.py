@@ -25,7 +25,7 @@ import hmac
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -139,6 +139,11 @@ class _RequestMetrics:
             record()  # if not yet: the client left mid-stream, or the app failed before answering
 
 
+def _documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for error statuses, each answered with OpenAI's error body."""
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
 def _auth_dependency(api_key: str | None) -> Callable[..., Any]:
     bearer = HTTPBearer(
         auto_error=False, description="The server's API key (--api-key or GRAFT_API_KEY)."
@@ -178,11 +183,14 @@ def create_app(engine: Engine, info: ModelInfo, *, api_key: str | None = None) -
     )
     install_error_handlers(app)
     app.add_middleware(_RequestMetrics, metrics=metrics)
-    app.include_router(completion_routes(engine, tokenizer, info, metrics, auth))
-    app.include_router(encoding_routes(engine, tokenizer, info, metrics, auth))
-    errors: dict[int | str, dict[str, Any]] = {s: {"model": ErrorResponse} for s in (401, 404)}
+    guard = [Depends(auth)]
+    add_routes = functools.partial(app.include_router, dependencies=guard)
+    add_routes(
+        completion_routes(engine, info, metrics), responses=_documented(400, 401, 404, 429, 500)
+    )
+    add_routes(encoding_routes(engine, info, metrics), responses=_documented(400, 401, 404, 500))
     get_openai = functools.partial(
-        app.get, tags=["OpenAI"], dependencies=[Depends(auth)], responses=errors
+        app.get, tags=["OpenAI"], dependencies=guard, responses=_documented(401, 404)
     )
 
     def model_object() -> ModelObject:
@@ -227,8 +235,8 @@ def create_app(engine: Engine, info: ModelInfo, *, api_key: str | None = None) -
         "/metrics",
         response_class=PlainTextResponse,
         tags=["graft"],
-        dependencies=[Depends(auth)],
-        responses={401: {"model": ErrorResponse}},
+        dependencies=guard,
+        responses=_documented(401),
         summary="Prometheus text exposition format",
     )
     async def prometheus() -> PlainTextResponse:
@@ -261,23 +269,13 @@ def _drop_unreachable_422(app: FastAPI) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = build()
-            for item in schema.get("paths", {}).values():
-                for operation in item.values():
-                    responses = operation.get("responses", {})
-                    if responses.pop("422", None) is not None:
-                        responses.setdefault(
-                            "400",
-                            {
-                                "description": "Bad request",
-                                "content": {
-                                    "application/json": {
-                                        "schema": {"$ref": "#/components/schemas/ErrorResponse"}
-                                    }
-                                },
-                            },
-                        )
-            schema.get("components", {}).get("schemas", {}).pop("HTTPValidationError", None)
-            schema.get("components", {}).get("schemas", {}).pop("ValidationError", None)
+            error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}
+            operations = [op for item in schema.get("paths", {}).values() for op in item.values()]
+            for responses in (operation.get("responses", {}) for operation in operations):
+                if responses.pop("422", None) is not None:
+                    responses.setdefault("400", {"description": "Bad request", "content": error})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(name, None)
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -323,14 +321,10 @@ def serve(options: ServeOptions, *, echo: Callable[[str], None] = print) -> None
         name = options.model_name or str(options.checkpoint)
         info = describe_model(model, tokenizer, source, name=name, created=int(time.time()))
         context = model.config.max_seq_len
-        config = EngineConfig(
-            max_batch=options.max_batch,
-            max_queue=options.max_queue,
-            quantize=options.quantize,
-            compile=options.compile,
-            max_batch_tokens=options.max_batch_tokens or options.max_batch * context,
-        )
-        engine = Engine(model, tokenizer, config)
+        # ServeOptions holds every EngineConfig field, under the same name.
+        settings = {f.name: getattr(options, f.name) for f in fields(EngineConfig)}
+        settings["max_batch_tokens"] = options.max_batch_tokens or options.max_batch * context
+        engine = Engine(model, tokenizer, EngineConfig(**settings))
     except BaseException:
         sock.close()
         raise

@@ -17,12 +17,12 @@ import asyncio
 import functools
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -31,7 +31,7 @@ from graft.data.tokenizer import Tokenizer
 from graft.infer.engine import Engine, Event, QueueFull, RequestHandle
 from graft.infer.engine import Request as EngineRequest
 from graft.infer.sampling import SamplingParams
-from graft.serve.http_errors import APIError
+from graft.serve.http_errors import APIError, error_body
 from graft.serve.metrics import ServeMetrics
 from graft.serve.model_info import ModelInfo, token_bytes
 from graft.serve.prompts import PromptError, chat_prompt_ids
@@ -49,7 +49,6 @@ from graft.serve.schemas import (
     CompletionRequest,
     CompletionResponse,
     Delta,
-    ErrorDetail,
     ErrorResponse,
     SamplingFields,
     TokenLogprob,
@@ -58,9 +57,8 @@ from graft.serve.schemas import (
 )
 
 SSE_MEDIA_TYPE = "text/event-stream"
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 429, 500)
-}
+_ENGINE_FAILED = "generation failed inside the engine; the server logged it"
+Reason = Literal["stop", "length"]
 # OpenAPI before 3.2 has an event stream's `schema` describe one event.
 _SSE_EVENT = {
     "type": "object",
@@ -77,8 +75,6 @@ _STREAMED = {
     "description": "JSON when stream is false; "
     "server-sent events (data: {chunk}, then data: [DONE]) when true.",
 }
-
-
 _WATCHERS: set[asyncio.Task[None]] = set()
 
 
@@ -100,7 +96,18 @@ def check_model(requested: str | None, info: ModelInfo) -> None:
         )
 
 
-def _check_unsupported(body: SamplingFields) -> None:
+def _check_request(body: SamplingFields, info: ModelInfo) -> None:
+    """The checks every generation request passes first: the model, whether it can generate,
+    and the OpenAI fields graft does not implement."""
+    check_model(body.model, info)
+    if not info.config.can_generate:
+        raise APIError(
+            400,
+            f"model {info.name!r} is a {info.kind} and cannot generate text; use "
+            f"{'/v1/classify or ' if info.config.head == 'sequence' else ''}/v1/embeddings",
+            param="model",
+            code="model_cannot_generate",
+        )
     if body.logit_bias:
         raise APIError(400, "logit_bias is not supported", param="logit_bias", code="unsupported")
     if isinstance(body, CompletionRequest):
@@ -190,20 +197,8 @@ def _sampling_params(
         ) from None
 
 
-def _check_ids(ids: list[int], vocab_size: int, field: str) -> None:
-    bad = next((i for i in ids if i >= vocab_size), None)
-    if bad is not None:
-        raise APIError(
-            400,
-            f"{field}: token id {bad} is outside the vocabulary (0..{vocab_size - 1})",
-            param=field,
-        )
-
-
 def prepare_completion(body: CompletionRequest, tokenizer: Tokenizer, info: ModelInfo) -> Prepared:
-    check_model(body.model, info)
-    _require_generation(info)
-    _check_unsupported(body)
+    _check_request(body, info)
     if isinstance(body.prompt, str):
         if body.prompt:
             ids = tokenizer.encode(body.prompt)
@@ -217,7 +212,13 @@ def prepare_completion(body: CompletionRequest, tokenizer: Tokenizer, info: Mode
             )
     else:
         ids = list(body.prompt)
-        _check_ids(ids, info.config.vocab_size or tokenizer.vocab_size, "prompt")
+        vocab = info.config.vocab_size or tokenizer.vocab_size
+        if (bad := next((i for i in ids if i >= vocab), None)) is not None:
+            raise APIError(
+                400,
+                f"prompt: token id {bad} is outside the vocabulary (0..{vocab - 1})",
+                param="prompt",
+            )
     explicit = "max_tokens" in body.model_fields_set and body.max_tokens is not None
     max_new = _max_new_tokens(
         body.max_tokens, explicit, len(ids), info.config.max_seq_len, "max_tokens", "prompt"
@@ -226,17 +227,14 @@ def prepare_completion(body: CompletionRequest, tokenizer: Tokenizer, info: Mode
 
 
 def prepare_chat(body: ChatCompletionRequest, tokenizer: Tokenizer, info: ModelInfo) -> Prepared:
-    check_model(body.model, info)
-    _require_generation(info)
-    _check_unsupported(body)
-    messages = []
-    for m in body.messages:
-        content = (
-            m.content
-            if isinstance(m.content, str)
-            else "".join(part.text for part in m.content or [])
+    _check_request(body, info)
+    messages = [
+        Message(
+            "system" if m.role == "developer" else m.role,
+            m.content if isinstance(m.content, str) else "".join(p.text for p in m.content or []),
         )
-        messages.append(Message("system" if m.role == "developer" else m.role, content))
+        for m in body.messages
+    ]
     try:
         ids = chat_prompt_ids(tokenizer, messages)
     except PromptError as err:
@@ -268,39 +266,6 @@ def _prepared(
     return Prepared(request, body.stream and options is not None and options.include_usage)
 
 
-def _require_generation(info: ModelInfo) -> None:
-    if not info.config.can_generate:
-        raise APIError(
-            400,
-            f"model {info.name!r} is a {info.kind} and cannot generate text; use "
-            f"{'/v1/classify or ' if info.config.head == 'sequence' else ''}/v1/embeddings",
-            param="model",
-            code="model_cannot_generate",
-        )
-
-
-def submit(engine: Engine, request: EngineRequest) -> RequestHandle:
-    try:
-        return engine.submit(request)
-    except QueueFull:
-        raise APIError(
-            429,
-            "the server is busy: its request queue is full; retry shortly",
-            code="queue_full",
-            headers={"Retry-After": "1"},
-        ) from None
-    except ValueError as err:
-        raise APIError(400, f"the engine refused the request: {err}") from None
-
-
-async def _cancel_on_disconnect(request: Request, handle: RequestHandle) -> None:
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            handle.cancel()
-            return
-
-
 def run_events(
     request: Request, handle: RequestHandle, *, endpoint: str, started: float, metrics: ServeMetrics
 ) -> AsyncGenerator[Event, None]:
@@ -308,33 +273,34 @@ def run_events(
     stops early; records time to first token and the token counts. The disconnect watcher starts
     now, not when the events are first read: a client gone before its stream began is noticed
     too."""
-    watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
+
+    async def cancel_on_disconnect() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                handle.cancel()
+                return
+
+    async def events() -> AsyncGenerator[Event, None]:
+        finished = first = False
+        try:
+            async for event in handle.aevents():
+                if event.token is not None and not first:
+                    first = True
+                    metrics.observe_first_token(endpoint, time.perf_counter() - started)
+                if event.finish_reason is not None:
+                    finished = True
+                    metrics.add_tokens(event.prompt_tokens, event.completion_tokens)
+                yield event
+        finally:
+            watcher.cancel()
+            if not finished:
+                handle.cancel()
+
+    watcher = asyncio.create_task(cancel_on_disconnect())
     _WATCHERS.add(watcher)  # asyncio keeps only weak references to tasks
     watcher.add_done_callback(_WATCHERS.discard)
-    return _events(handle, watcher, endpoint, started, metrics)
-
-
-async def _events(
-    handle: RequestHandle,
-    watcher: asyncio.Task[None],
-    endpoint: str,
-    started: float,
-    metrics: ServeMetrics,
-) -> AsyncGenerator[Event, None]:
-    finished = first = False
-    try:
-        async for event in handle.aevents():
-            if event.token is not None and not first:
-                first = True
-                metrics.observe_first_token(endpoint, time.perf_counter() - started)
-            if event.finish_reason is not None:
-                finished = True
-                metrics.add_tokens(event.prompt_tokens, event.completion_tokens)
-            yield event
-    finally:
-        watcher.cancel()
-        if not finished:
-            handle.cancel()
+    return events()
 
 
 def _usage(event: Event) -> Usage:
@@ -345,21 +311,15 @@ def _usage(event: Event) -> Usage:
     )
 
 
-def _finish_reason(event: Event) -> Literal["stop", "length"]:
+def _finish_reason(event: Event) -> Reason:
     if event.finish_reason == "error":
-        raise APIError(
-            500, "generation failed inside the engine; the server logged it", type="server_error"
-        )
+        raise APIError(500, _ENGINE_FAILED, type="server_error")
     return "length" if event.finish_reason == "length" else "stop"
-
-
-def _token_text(tokenizer: Tokenizer, token_id: int) -> str:
-    return tokenizer.decode([token_id])
 
 
 def _chat_logprobs(tokenizer: Tokenizer, events: list[Event]) -> ChatLogprobs:
     def fields(token_id: int, logprob: float) -> dict[str, Any]:
-        text, raw = _token_text(tokenizer, token_id), list(token_bytes(tokenizer, token_id))
+        text, raw = tokenizer.decode([token_id]), list(token_bytes(tokenizer, token_id))
         return {"token": text, "logprob": logprob, "bytes": raw}
 
     content = []
@@ -383,12 +343,12 @@ def _completion_logprobs(
         token = event.token
         if token is None or token.logprob is None:
             continue
-        text = _token_text(tokenizer, token.id)
+        text = tokenizer.decode([token.id])
         tokens.append(text)
         token_logprobs.append(token.logprob)
         alternatives: dict[str, float] = {}
         for i, lp in token.top:  # most likely first; tokens that decode alike keep the likeliest
-            alternatives.setdefault(_token_text(tokenizer, i), lp)
+            alternatives.setdefault(tokenizer.decode([i]), lp)
         top.append(alternatives)
         offsets.append(offset)
         offset += len(text)
@@ -406,53 +366,67 @@ def _sse(payload: BaseModel | str) -> str:
 
 def _chunk(
     schema: type[CompletionResponse] | type[ChatCompletionChunk],
-    rid: str,
-    created: int,
-    model: str,
+    head: dict[str, Any],
     choices: list[Any],
     usage: Usage | None = None,
 ) -> str:
-    """One streamed chunk of `schema`: a usage chunk carries `usage` (and no choices), the others
-    leave it out, as OpenAI's streams do."""
+    """One streamed chunk of `schema` (`head` holds its id, created and model): a usage chunk
+    carries `usage` (and no choices), the others leave it out, as OpenAI's streams do."""
     fields: dict[str, Any] = {"usage": usage} if usage is not None else {}
     kind = schema.model_fields["object"].default  # set, so that exclude_unset keeps it
-    return _sse(
-        schema(id=rid, object=kind, created=created, model=model, choices=choices, **fields)
-    )
+    return _sse(schema(**head, object=kind, choices=choices, **fields))
 
 
-def _stream_error() -> str:
-    return _sse(
-        ErrorResponse(
-            error=ErrorDetail(
-                message="generation failed inside the engine; the server logged it",
-                type="server_error",
-                param=None,
-                code=None,
-            )
-        )
-    )
+async def _stream(
+    events: AsyncGenerator[Event, None],
+    chunk: Callable[..., str],
+    include_usage: bool,
+    pieces: Callable[[Event, Reason | None], Iterator[str]],
+    first: tuple[str, ...] = (),
+) -> AsyncIterator[str]:
+    """A stream's server-sent events: `first`, the `pieces` of each event, a usage chunk after the
+    last one when asked for, then [DONE]; an error event ends it with OpenAI's error body."""
+    async with aclosing(events):  # closing it cancels the request when the client is gone
+        for piece in first:
+            yield piece
+        async for event in events:
+            if event.finish_reason == "error":
+                error = error_body(_ENGINE_FAILED, "server_error")
+                yield _sse(ErrorResponse.model_validate(error))
+                break
+            reason = None if event.finish_reason is None else _finish_reason(event)
+            for piece in pieces(event, reason):
+                yield piece
+            if reason is not None and include_usage:
+                yield chunk([], _usage(event))
+    yield _sse("[DONE]")
 
 
-def completion_routes(
-    engine: Engine,
-    tokenizer: Tokenizer,
-    info: ModelInfo,
-    metrics: ServeMetrics,
-    auth: Callable[..., Any],
-) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(auth)], responses=_ERRORS)
+def completion_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) -> APIRouter:
+    router = APIRouter()
+    tokenizer = engine.tokenizer
 
-    def _start(
+    def start(
         prepared: Prepared, request: Request, endpoint: str
-    ) -> tuple[Prepared, AsyncGenerator[Event, None], int]:
-        """Submit a prepared request; its events (cancelled if the client leaves) and creation
-        time."""
+    ) -> tuple[AsyncGenerator[Event, None], dict[str, Any]]:
+        """Submit a prepared request; its events (cancelled if the client leaves) and the id,
+        creation time and model that every body and chunk of its answer carries."""
         # latency counts from here: preparing is validation, not waiting
         started = time.perf_counter()
-        handle = submit(engine, prepared.request)
+        try:
+            handle = engine.submit(prepared.request)
+        except QueueFull:
+            raise APIError(
+                429,
+                "the server is busy: its request queue is full; retry shortly",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            ) from None
+        except ValueError as err:
+            raise APIError(400, f"the engine refused the request: {err}") from None
         events = run_events(request, handle, endpoint=endpoint, started=started, metrics=metrics)
-        return prepared, events, int(time.time())
+        head = {"id": prepared.request.request_id, "created": int(time.time()), "model": info.name}
+        return events, head
 
     @router.post(
         "/v1/completions",
@@ -462,56 +436,31 @@ def completion_routes(
         summary="Continue a prompt (text or token ids)",
     )
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        prepared, events, created = _start(
-            prepare_completion(body, tokenizer, info), request, "/v1/completions"
-        )
-        rid = prepared.request.request_id
+        prepared = prepare_completion(body, tokenizer, info)
+        events, head = start(prepared, request, "/v1/completions")
+        logprobs = body.logprobs is not None
         if body.stream:
-            return _event_stream(
-                _completion_chunks(
-                    events, rid, created, body.logprobs is not None, prepared.include_usage
-                )
-            )
+            chunk = functools.partial(_chunk, CompletionResponse, head)
+            offset = 0
+
+            def pieces(event: Event, reason: Reason | None) -> Iterator[str]:
+                nonlocal offset
+                if event.text or reason is not None or (logprobs and event.token is not None):
+                    lp = _completion_logprobs(tokenizer, [event], offset) if logprobs else None
+                    offset += len(event.text)
+                    choice = CompletionChoice(
+                        index=0, text=event.text, logprobs=lp, finish_reason=reason
+                    )
+                    yield chunk([choice])
+
+            return _event_stream(_stream(events, chunk, prepared.include_usage, pieces))
         collected = [event async for event in events]
-        final = collected[-1]
         choice = CompletionChoice(
             text="".join(e.text for e in collected),
-            finish_reason=_finish_reason(final),
-            logprobs=_completion_logprobs(tokenizer, collected)
-            if body.logprobs is not None
-            else None,
+            finish_reason=_finish_reason(collected[-1]),
+            logprobs=_completion_logprobs(tokenizer, collected) if logprobs else None,
         )
-        return CompletionResponse(
-            id=rid, created=created, model=info.name, choices=[choice], usage=_usage(final)
-        )
-
-    async def _completion_chunks(
-        events: AsyncGenerator[Event, None],
-        rid: str,
-        created: int,
-        logprobs: bool,
-        include_usage: bool,
-    ) -> AsyncIterator[str]:
-        offset = 0
-        chunk = functools.partial(_chunk, CompletionResponse, rid, created, info.name)
-
-        async with aclosing(events):  # closing it cancels the request when the client is gone
-            async for event in events:
-                if event.finish_reason == "error":
-                    yield _stream_error()
-                    break
-                reason = None if event.finish_reason is None else _finish_reason(event)
-                if not event.text and reason is None and not (logprobs and event.token is not None):
-                    continue
-                lp = _completion_logprobs(tokenizer, [event], offset) if logprobs else None
-                offset += len(event.text)
-                choice = CompletionChoice(
-                    index=0, text=event.text, logprobs=lp, finish_reason=reason
-                )
-                yield chunk([choice])
-                if reason is not None and include_usage:
-                    yield chunk([], _usage(event))
-        yield _sse("[DONE]")
+        return CompletionResponse(**head, choices=[choice], usage=_usage(collected[-1]))
 
     @router.post(
         "/v1/chat/completions",
@@ -521,57 +470,35 @@ def completion_routes(
         summary="The assistant's next turn in a conversation",
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-        prepared, events, created = _start(
-            prepare_chat(body, tokenizer, info), request, "/v1/chat/completions"
-        )
-        rid = prepared.request.request_id
+        prepared = prepare_chat(body, tokenizer, info)
+        events, head = start(prepared, request, "/v1/chat/completions")
         if body.stream:
-            return _event_stream(
-                _chat_chunks(events, rid, created, body.logprobs, prepared.include_usage)
-            )
-        collected = [event async for event in events]
-        final = collected[-1]
-        choice = ChatChoice(
-            message=AssistantMessage(content="".join(e.text for e in collected)),
-            finish_reason=_finish_reason(final),
-            logprobs=_chat_logprobs(tokenizer, collected) if body.logprobs else None,
-        )
-        return ChatCompletionResponse(
-            id=rid, created=created, model=info.name, choices=[choice], usage=_usage(final)
-        )
+            chunk = functools.partial(_chunk, ChatCompletionChunk, head)
 
-    async def _chat_chunks(
-        events: AsyncGenerator[Event, None],
-        rid: str,
-        created: int,
-        logprobs: bool,
-        include_usage: bool,
-    ) -> AsyncIterator[str]:
-        chunk = functools.partial(_chunk, ChatCompletionChunk, rid, created, info.name)
+            def delta(
+                delta: Delta, reason: Reason | None = None, lp: ChatLogprobs | None = None
+            ) -> str:
+                return chunk(
+                    [ChatChunkChoice(index=0, delta=delta, logprobs=lp, finish_reason=reason)]
+                )
 
-        def delta(
-            delta: Delta,
-            reason: Literal["stop", "length"] | None = None,
-            lp: ChatLogprobs | None = None,
-        ) -> str:
-            return chunk([ChatChunkChoice(index=0, delta=delta, logprobs=lp, finish_reason=reason)])
-
-        async with aclosing(events):  # closing it cancels the request when the client is gone
-            yield delta(Delta(role="assistant", content=""))
-            async for event in events:
-                if event.finish_reason == "error":
-                    yield _stream_error()
-                    break
-                reason = None if event.finish_reason is None else _finish_reason(event)
-                has_logprob = logprobs and event.token is not None
+            def pieces(event: Event, reason: Reason | None) -> Iterator[str]:
+                has_logprob = body.logprobs and event.token is not None
                 if event.text or has_logprob:
                     lp = _chat_logprobs(tokenizer, [event]) if has_logprob else None
                     yield delta(Delta(content=event.text), None, lp)
                 if reason is not None:
                     yield delta(Delta(), reason)
-                    if include_usage:
-                        yield chunk([], _usage(event))
-        yield _sse("[DONE]")
+
+            first = (delta(Delta(role="assistant", content="")),)
+            return _event_stream(_stream(events, chunk, prepared.include_usage, pieces, first))
+        collected = [event async for event in events]
+        choice = ChatChoice(
+            message=AssistantMessage(content="".join(e.text for e in collected)),
+            finish_reason=_finish_reason(collected[-1]),
+            logprobs=_chat_logprobs(tokenizer, collected) if body.logprobs else None,
+        )
+        return ChatCompletionResponse(**head, choices=[choice], usage=_usage(collected[-1]))
 
     return router
 

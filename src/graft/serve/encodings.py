@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from graft.data.inputs import model_inputs
@@ -32,7 +32,6 @@ from graft.serve.schemas import (
     Embedding,
     EmbeddingRequest,
     EmbeddingResponse,
-    ErrorResponse,
     Usage,
 )
 
@@ -40,9 +39,6 @@ if TYPE_CHECKING:
     import torch
 
 Inputs = str | list[str] | list[int] | list[list[int]]
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 500)
-}
 
 
 def input_ids(inputs: Inputs, tokenizer: Tokenizer, info: ModelInfo) -> list[list[int]]:
@@ -86,14 +82,9 @@ def input_ids(inputs: Inputs, tokenizer: Tokenizer, info: ModelInfo) -> list[lis
     return batch
 
 
-def encoding_routes(
-    engine: Engine,
-    tokenizer: Tokenizer,
-    info: ModelInfo,
-    metrics: ServeMetrics,
-    auth: Callable[..., Any],
-) -> APIRouter:
-    router = APIRouter(dependencies=[Depends(auth)], responses=_ERRORS)
+def encoding_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) -> APIRouter:
+    router = APIRouter()
+    tokenizer = engine.tokenizer
 
     async def forward(
         method: Callable[[list[list[int]]], torch.Tensor], inputs: Inputs

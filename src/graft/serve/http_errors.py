@@ -23,15 +23,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger("graft.serve")
 
-_TYPES = {
-    400: "invalid_request_error",
-    401: "invalid_request_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    413: "invalid_request_error",
-    429: "rate_limit_error",
-}
-
 # Union members appear in pydantic's error locations as type tags ('str', 'list[int]', 'TextPart');
 # field names are lower snake case and never one of these.
 _FIELD = re.compile(r"[a-z_][a-z0-9_]*")
@@ -62,9 +53,8 @@ class APIError(Exception):
         self.message = message
         self.param = param
         self.code = code
-        self.type = type or _TYPES.get(
-            status, "server_error" if status >= 500 else "invalid_request_error"
-        )
+        default = "server_error" if status >= 500 else "invalid_request_error"
+        self.type = type or ("rate_limit_error" if status == 429 else default)
         self.headers = headers
 
     def response(self) -> JSONResponse:

@@ -22,6 +22,9 @@ MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_BATCH_INPUTS = 256  # texts per /v1/embeddings or /v1/classify request
 
 TokenId = Annotated[int, Field(ge=0)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+Texts = Annotated[list[str], Field(min_length=1, max_length=MAX_BATCH_INPUTS)]
+TokenIdLists = Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_BATCH_INPUTS)]
 
 
 class RequestBody(BaseModel):
@@ -84,7 +87,7 @@ class SamplingFields(RequestBody):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | Annotated[list[TokenId], Field(min_length=1)] = Field(
+    prompt: str | TokenIds = Field(
         ..., description="One prompt: text, or token ids. An empty string starts a fresh document."
     )
     max_tokens: int | None = Field(
@@ -142,15 +145,7 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class EmbeddingRequest(RequestBody):
-    input: (
-        str
-        | Annotated[list[str], Field(min_length=1, max_length=MAX_BATCH_INPUTS)]
-        | Annotated[list[TokenId], Field(min_length=1)]
-        | Annotated[
-            list[Annotated[list[TokenId], Field(min_length=1)]],
-            Field(min_length=1, max_length=MAX_BATCH_INPUTS),
-        ]
-    ) = Field(
+    input: str | Texts | TokenIds | TokenIdLists = Field(
         ...,
         description="Text, texts, token ids or lists of token ids; "
         "each becomes one mean-pooled vector.",
@@ -168,7 +163,7 @@ class EmbeddingRequest(RequestBody):
 class ClassifyRequest(RequestBody):
     """Extension: label texts with a checkpoint fine-tuned for sequence classification."""
 
-    input: str | Annotated[list[str], Field(min_length=1, max_length=MAX_BATCH_INPUTS)]
+    input: str | Texts
     model: str | None = None
 
 
