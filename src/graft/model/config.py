@@ -231,32 +231,21 @@ def _llama(
     d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, max_seq_len: int
 ) -> dict[str, object]:
     return dict(
-        d_model=d_model,
-        n_layers=n_layers,
-        n_heads=n_heads,
+        _gpt2(d_model, n_layers, n_heads, max_seq_len),
         n_kv_heads=n_kv_heads,
-        max_seq_len=max_seq_len,
         norm="rmsnorm",
         norm_eps=1e-6,
         positions="rope",
         mlp="swiglu",
         bias=False,
-        tie_embeddings=True,
     )
 
 
 def _bert(d_model: int, n_layers: int, n_heads: int, max_seq_len: int) -> dict[str, object]:
     return dict(
-        d_model=d_model,
-        n_layers=n_layers,
-        n_heads=n_heads,
-        max_seq_len=max_seq_len,
-        norm="layernorm",
+        _gpt2(d_model, n_layers, n_heads, max_seq_len),
         norm_eps=1e-12,
-        positions="learned",
         mlp="gelu",
-        bias=True,
-        tie_embeddings=True,
         attention="bidirectional",
         norm_position="post",
         type_vocab_size=2,

@@ -29,50 +29,6 @@ class CacheView(Protocol):
     def advance(self, n: int) -> None: ...
 
 
-class KVCache:
-    def __init__(
-        self,
-        config: ModelConfig,
-        batch_size: int,
-        max_len: int,
-        *,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> None:
-        if max_len > config.max_seq_len:
-            raise ValueError(
-                f"cache length {max_len} exceeds the model's max_seq_len {config.max_seq_len}"
-            )
-        shape = (
-            config.n_layers,
-            batch_size,
-            config.kv_heads,
-            max_len,
-            config.head_dim,
-        )  # (L, B, K, S, D)
-        self.keys = torch.zeros(shape, device=device, dtype=dtype)
-        self.values = torch.zeros(shape, device=device, dtype=dtype)
-        self.max_len = max_len
-        self.length = 0  # positions filled so far, the same in every layer
-
-    def update(
-        self, layer: int, k: torch.Tensor, v: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store this step's k, v (B, K, T, D) after the past ones; return the past plus them."""
-        end = self.length + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} positions needed, {self.max_len} allocated")
-        self.keys[layer, :, :, self.length : end] = k
-        self.values[layer, :, :, self.length : end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
-
-    def advance(self, n: int) -> None:
-        self.length += n
-
-    def reset(self) -> None:
-        self.length = 0
-
-
 class SlotKVCache:
     """Keys and values of up to `slots` sequences of different lengths, for continuous batching.
 
@@ -104,10 +60,9 @@ class SlotKVCache:
         # Zeros, not empty: masked positions are still multiplied by a zero weight, and stale
         # memory could hold NaN or inf, which a zero weight does not cancel. Zeroing also commits
         # the memory now, so a server that starts is a server that has room for max_batch sequences.
-        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)]
-        self.values = [
-            torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layers)
-        ]
+        layers = range(config.n_layers)
+        self.keys = [torch.zeros(shape, device=device, dtype=dtype) for _ in layers]
+        self.values = [torch.zeros(shape, device=device, dtype=dtype) for _ in layers]
         self.max_len = max_len
         self.lengths = [0] * slots  # positions filled in each slot
 
@@ -135,30 +90,48 @@ class SlotKVCache:
 
 
 class SlotPrefill:
-    """One slot seen as a batch-1 KVCache: the prompt is run exactly as generate() runs it
-    (positions from 0, SDPA's causal kernel, keys of exactly the filled length)."""
+    """Slots slot..slot+n-1 seen as one batch that moves in lockstep: a prompt in one slot is run
+    exactly as generate() runs it (positions from 0, SDPA's causal kernel, keys of exactly the
+    filled length)."""
 
-    def __init__(self, cache: SlotKVCache, slot: int) -> None:
-        self.cache, self.slot = cache, slot
+    def __init__(self, cache: SlotKVCache, slot: int, n: int = 1) -> None:
+        self.cache, self.rows = cache, slice(slot, slot + n)
         self.length = cache.lengths[slot]
 
     def update(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store this step's k, v (n, K, T, D) after the past ones; return the past plus them."""
         end = self.length + k.shape[2]
         if end > self.cache.max_len:
             raise ValueError(
                 f"KV cache full: {end} positions needed, {self.cache.max_len} allocated"
             )
-        rows = slice(self.slot, self.slot + 1)
         keys, values = self.cache.keys[layer], self.cache.values[layer]
-        keys[rows, :, self.length : end] = k
-        values[rows, :, self.length : end] = v
-        return keys[rows, :, :end], values[rows, :, :end]
+        keys[self.rows, :, self.length : end] = k
+        values[self.rows, :, self.length : end] = v
+        return keys[self.rows, :, :end], values[self.rows, :, :end]
 
     def advance(self, n: int) -> None:
         self.length += n
-        self.cache.lengths[self.slot] = self.length
+        for slot in range(self.rows.start, self.rows.stop):
+            self.cache.lengths[slot] = self.length
+
+
+class KVCache(SlotPrefill):
+    """A batch that moves in lockstep (what generate() uses): every slot of its own SlotKVCache."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        batch_size: int,
+        max_len: int,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        cache = SlotKVCache(config, batch_size, max_len, device=device, dtype=dtype)
+        super().__init__(cache, 0, batch_size)
 
 
 class SlotDecode:

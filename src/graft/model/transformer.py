@@ -62,9 +62,8 @@ class RotaryEmbedding(nn.Module):
         """cos, sin broadcastable to (B, H, T, D): (B, 1, T, D) gathered at position_ids, or
         (1, 1, T, D) sliced from `start` when positions are consecutive (no gather, no copy)."""
         if position_ids is None:
-            return self.cos[None, None, start : start + length], self.sin[
-                None, None, start : start + length
-            ]
+            window = slice(start, start + length)
+            return self.cos[None, None, window], self.sin[None, None, window]
         return self.cos[position_ids].unsqueeze(1), self.sin[position_ids].unsqueeze(1)
 
 
@@ -117,20 +116,14 @@ class Attention(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
-        self.n_heads, self.n_kv_heads, self.head_dim = (
-            config.n_heads,
-            config.kv_heads,
-            config.head_dim,
-        )
-        self.dropout = config.dropout
-        self.q_proj = nn.Linear(config.d_model, self.n_heads * self.head_dim, bias=config.qkv_bias)
-        self.k_proj = nn.Linear(
-            config.d_model, self.n_kv_heads * self.head_dim, bias=config.qkv_bias
-        )
-        self.v_proj = nn.Linear(
-            config.d_model, self.n_kv_heads * self.head_dim, bias=config.qkv_bias
-        )
-        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.d_model, bias=config.bias)
+        self.n_heads, self.n_kv_heads = config.n_heads, config.kv_heads
+        self.head_dim, self.dropout = config.head_dim, config.dropout
+        q_width, kv_width = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        self.qkv_widths = [q_width, kv_width, kv_width]
+        self.q_proj = nn.Linear(config.d_model, q_width, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.d_model, kv_width, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.d_model, kv_width, bias=config.qkv_bias)
+        self.o_proj = nn.Linear(q_width, config.d_model, bias=config.bias)
         self.qkv_proj: nn.Linear | None = None  # set by fuse_qkv
 
     @property
@@ -178,10 +171,7 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         B, T, C = x.shape
         if self.qkv_proj is not None:
-            kv_width = self.n_kv_heads * self.head_dim
-            q, k, v = self.qkv_proj(x).split(
-                [self.n_heads * self.head_dim, kv_width, kv_width], dim=-1
-            )
+            q, k, v = self.qkv_proj(x).split(self.qkv_widths, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
@@ -418,11 +408,8 @@ class LanguageModel(nn.Module):
         std = self.config.init_std
         for name, module in self.named_modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
-                scale = (
-                    1 / math.sqrt(2 * self.config.n_layers)
-                    if name.endswith(("o_proj", "down_proj"))
-                    else 1.0
-                )
+                residual = name.endswith(("o_proj", "down_proj"))
+                scale = 1 / math.sqrt(2 * self.config.n_layers) if residual else 1.0
                 nn.init.normal_(module.weight, mean=0.0, std=std * scale)
                 if isinstance(module, nn.Linear) and module.bias is not None:
                     nn.init.zeros_(module.bias)
@@ -513,15 +500,11 @@ class LanguageModel(nn.Module):
         return self.classifier(self.classifier_dropout(pooled))
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
-        seen: set[int] = set()
-        total = 0
-        for name, p in self.named_parameters():  # named_parameters already skips the tied duplicate
-            if exclude_embeddings and "embed" in name:
-                continue
-            if id(p) not in seen:
-                seen.add(id(p))
-                total += p.numel()
-        return total
+        return sum(  # named_parameters skips the tied duplicate: each parameter counts once
+            p.numel()
+            for name, p in self.named_parameters()
+            if not (exclude_embeddings and "embed" in name)
+        )
 
 
 def mean_pool(hidden: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -543,9 +526,6 @@ def read_padded(
     tokens, lengths = (t.to(device) for t in right_padded(rows, 0))  # padding is masked: any id
     real = torch.arange(tokens.shape[1], device=device)[None, :] < lengths[:, None]
     # Equal lengths need no mask: the model's own causal or full attention is the same thing.
-    mask = (
-        None
-        if bool(real.all())
-        else padding_attention_mask(real, causal=not model.config.is_encoder)
-    )
+    causal = not model.config.is_encoder
+    mask = None if bool(real.all()) else padding_attention_mask(real, causal=causal)
     return model(tokens, attention_mask=mask, heads=heads, last_index=lengths - 1), real

@@ -77,17 +77,17 @@ _EMBEDDINGS = {
 # The heads sit outside the base model, under family-specific names.
 _HEADS = {
     "bert": {
+        "lm_head": "cls.predictions.decoder",
         "lm_head_transform.dense": "cls.predictions.transform.dense",
         "lm_head_transform.norm": "cls.predictions.transform.LayerNorm",
         "nsp_head": "cls.seq_relationship",
     },
     "roberta": {
+        "lm_head": "lm_head.decoder",
         "lm_head_transform.dense": "lm_head.dense",
         "lm_head_transform.norm": "lm_head.layer_norm",
     },
 }
-_LM_BIAS = {"bert": "cls.predictions.bias", "roberta": "lm_head.bias"}
-_LM_DECODER = {"bert": "cls.predictions.decoder", "roberta": "lm_head.decoder"}
 
 
 def position_offset(model_type: str, cfg: dict[str, Any]) -> int:
@@ -148,10 +148,8 @@ def graft_to_hf_names(
     out: dict[str, str] = {}
     for name in graft_names:
         stem, _, leaf = name.rpartition(".")
-        if name == "lm_head.weight":
-            out[name] = f"{_LM_DECODER[model_type]}.weight"
-        elif name == "lm_head.bias":
-            out[name] = _LM_BIAS[model_type]
+        if name == "lm_head.bias":  # the output layer's bias sits beside its decoder
+            out[name] = f"{_HEADS[model_type]['lm_head'].rpartition('.')[0]}.bias"
         elif stem in _HEADS[model_type]:
             out[name] = f"{_HEADS[model_type][stem]}.{leaf}"
         elif stem in _EMBEDDINGS:
@@ -178,7 +176,7 @@ def from_encoder(
         hf: graft for graft, hf in graft_to_hf_names(config, model_type, graft_names).items()
     }
     # The tied decoder's bias, saved under another name by some transformers versions.
-    to_graft.setdefault(f"{_LM_DECODER[model_type]}.bias", "lm_head.bias")
+    to_graft.setdefault(f"{_HEADS[model_type]['lm_head']}.bias", "lm_head.bias")
     out: dict[str, torch.Tensor] = {}
     where: dict[str, Path] = {}
     for key, value in tensors.items():
@@ -212,13 +210,9 @@ def bert_config_dict(config: ModelConfig, refuse: Callable[[str], Exception]) ->
             "an NSP head without the masked-LM head has no transformers class "
             "(BertForPreTraining has both)"
         )
-    architecture = (
-        "BertForPreTraining"
-        if config.nsp_head
-        else "BertForMaskedLM"
-        if config.mlm_head
-        else "BertModel"
-    )
+    architecture = "BertForMaskedLM" if config.mlm_head else "BertModel"
+    if config.nsp_head:
+        architecture = "BertForPreTraining"
     return dict(
         architectures=[architecture],
         model_type="bert",

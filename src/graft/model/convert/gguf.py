@@ -177,13 +177,11 @@ def _tokenizer_metadata(writer: GGUFWriter, tokenizer: Tokenizer, n_vocab: int) 
     for i in range(n_vocab):
         token = tokenizer.id_to_token(i) if i < tokenizer.vocab_size else None
         if token is None:
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
+            token, kind = f"[PAD{i}]", gguf.TokenType.UNUSED
         else:
-            tokens.append(token)
-            types.append(
-                gguf.TokenType.CONTROL if token in SPECIAL_TOKENS else gguf.TokenType.NORMAL
-            )
+            kind = gguf.TokenType.CONTROL if token in SPECIAL_TOKENS else gguf.TokenType.NORMAL
+        tokens.append(token)
+        types.append(kind)
     model = json.loads(tokenizer.backend.to_str())["model"]
     # tokenizers writes merges as "a b" strings (older) or [a, b] pairs (0.20+).
     merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
@@ -227,18 +225,14 @@ def export_gguf(
     assert config.vocab_size is not None  # _check_exportable refuses a config without one
     gguf = _gguf()
     tensors = _tensors(model)
-    file_type = {
-        "f32": gguf.LlamaFileType.ALL_F32,
-        "f16": gguf.LlamaFileType.MOSTLY_F16,
-        "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-    }[dtype]
+    file_type = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}[dtype]
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     temp = temporary_sibling(out_path)
     writer = gguf.GGUFWriter(temp, _ARCH)
     try:
         writer.add_name(name if name is not None else out_path.stem)
-        writer.add_file_type(int(file_type))
+        writer.add_file_type(int(gguf.LlamaFileType[file_type]))
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.add_vocab_size(config.vocab_size)
         writer.add_context_length(config.max_seq_len)

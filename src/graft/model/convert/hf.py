@@ -262,14 +262,10 @@ def _llama_fields(
         )
     max_len = cfg["max_position_embeddings"]
     window = cfg.get("sliding_window")
-    if model_type == "mistral":
-        sliding = window is not None
-    elif model_type == "qwen2":
-        sliding = bool(cfg["use_sliding_window"]) or "sliding_attention" in (
-            cfg["layer_types"] or []
-        )
-    else:
-        sliding = False
+    sliding = model_type == "mistral" or (
+        model_type == "qwen2"
+        and (bool(cfg["use_sliding_window"]) or "sliding_attention" in (cfg["layer_types"] or []))
+    )
     if sliding and window is not None and window < max_len:
         raise refuse(
             f"sliding_window {window} < max_position_embeddings {max_len}: "
@@ -464,14 +460,13 @@ def _tensor_names(directory: Path) -> list[str]:
     """The stored tensor names, without reading the tensors where the format allows."""
     if (sharded := _shard_index(directory)) is not None:
         return sharded[1]
-    if (directory / SAFETENSORS_FILE).is_file():
+    path = directory / SAFETENSORS_FILE
+    if path.is_file():
         try:
-            with safe_open(str(directory / SAFETENSORS_FILE), framework="pt") as f:
+            with safe_open(str(path), framework="pt") as f:
                 return list(f.keys())
         except (SafetensorError, OSError) as err:
-            raise CheckpointError(
-                f"{directory / SAFETENSORS_FILE}: cannot read weights ({err})"
-            ) from None
+            raise CheckpointError(f"{path}: cannot read weights ({err})") from None
     return list(_read_tensors(directory)[0])
 
 
@@ -553,10 +548,10 @@ def _from_gpt2(
         if name.endswith(_IGNORED_SUFFIXES):
             continue
         stem, _, leaf = name.rpartition(".")
-        if name == "lm_head.weight" or name.startswith("classifier."):
-            out[name], where[name] = value, sources[key]
-        elif stem in top:
-            out[f"{top[stem]}.{leaf}"], where[f"{top[stem]}.{leaf}"] = value, sources[key]
+        # lm_head and classifier are named alike; anything else unknown is reported as unexpected
+        renamed = {name: value}
+        if stem in top:
+            renamed = {f"{top[stem]}.{leaf}": value}
         elif stem.startswith("h.") and stem.count(".") >= 2:
             _, index, inner = stem.split(".", 2)
             prefix = f"model.layers.{index}"
@@ -572,14 +567,14 @@ def _from_gpt2(
                         f"{sources[key]}: tensor {key} has shape {tuple(tensors[key].shape)}, "
                         f"config.json implies {(C, 3 * C) if leaf == 'weight' else (3 * C,)}"
                     )
-                for proj, part in zip(("q_proj", "k_proj", "v_proj"), value.split(C, dim=0)):
-                    out[f"{prefix}.self_attn.{proj}.{leaf}"] = part.contiguous()
-                    where[f"{prefix}.self_attn.{proj}.{leaf}"] = sources[key]
+                renamed = {
+                    f"{prefix}.self_attn.{proj}.{leaf}": part.contiguous()
+                    for proj, part in zip(("q_proj", "k_proj", "v_proj"), value.split(C, dim=0))
+                }
             else:
-                target = f"{prefix}.{layer.get(inner, inner)}.{leaf}"
-                out[target], where[target] = value.contiguous(), sources[key]
-        else:
-            out[name], where[name] = value, sources[key]  # reported as unexpected
+                renamed = {f"{prefix}.{layer.get(inner, inner)}.{leaf}": value.contiguous()}
+        for target, part in renamed.items():
+            out[target], where[target] = part, sources[key]
     return out, where
 
 
@@ -620,13 +615,8 @@ def hf_architecture(config: ModelConfig) -> str:
     gelu = config.mlp in ("gelu", "gelu_tanh")
     gpt2_style = (config.positions, config.norm) == ("learned", "layernorm") and gelu  # BERT's too
     encoder_switches = (config.attention, config.norm_position) != ("causal", "pre")
-    if (
-        encoder_switches
-        or config.mlm_head
-        or config.pooler
-        or config.nsp_head
-        or config.type_vocab_size
-    ):
+    encoder_parts = (config.mlm_head, config.pooler, config.nsp_head, config.type_vocab_size)
+    if encoder_switches or any(encoder_parts):
         bert_style = (config.attention, config.norm_position) == ("bidirectional", "post")
         if not (bert_style and gpt2_style):
             raise _cannot_export(
@@ -671,9 +661,7 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
     classifier exports as the family's *ForSequenceClassification / *ForTokenClassification."""
     out = _model_config_dict(config)
     if config.head != "lm":
-        suffix = (
-            "ForSequenceClassification" if config.head == "sequence" else "ForTokenClassification"
-        )
+        suffix = next(s for s, kind in _HEAD_SUFFIXES.items() if kind == config.head)
         out["architectures"] = [_FAMILY_CLASS[out["model_type"]] + suffix]
         out["id2label"] = dict(enumerate(config.labels))
         out["label2id"] = {name: i for i, name in enumerate(config.labels)}
@@ -773,35 +761,27 @@ def hf_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
         names = graft_to_hf_names(config, "bert", weights)
         # BertModel: no "bert." prefix on its names
         bare = not config.mlm_head and config.head == "lm"
-        return {
-            names[k].removeprefix("bert.") if bare else names[k]: v.contiguous()
-            for k, v in weights.items()
+        weights = {
+            names[k].removeprefix("bert.") if bare else names[k]: v for k, v in weights.items()
         }
-    if kind != "gpt2":
-        return {k: v.contiguous() for k, v in weights.items()}
-    out: dict[str, torch.Tensor] = {}
-    for name, value in weights.items():
-        stem, _, leaf = name.rpartition(".")
-        if name == "lm_head.weight" or name.startswith(("score.", "classifier.")):
-            out[name] = value
-        elif stem in _GPT2_TOP_NAMES:
-            out[f"transformer.{_GPT2_TOP_NAMES[stem]}.{leaf}"] = value
-        else:
-            _, _, index, inner = stem.split(".", 3)
-            if inner in ("self_attn.k_proj", "self_attn.v_proj"):
+    elif kind == "gpt2":
+        out: dict[str, torch.Tensor] = {}
+        for name, value in weights.items():
+            if not name.startswith("model."):  # lm_head, score, classifier: named alike in GPT-2
+                out[name] = value
+                continue
+            if ".self_attn.k_proj." in name or ".self_attn.v_proj." in name:
                 continue  # fused with q_proj below
-            if inner == "self_attn.q_proj":
-                parts = [
-                    weights[f"model.layers.{index}.self_attn.{p}.{leaf}"]
-                    for p in ("q_proj", "k_proj", "v_proj")
-                ]
-                value, target = torch.cat(parts, dim=0), "attn.c_attn"
-            else:
-                target = _GPT2_LAYER_NAMES[inner]
-            if target in _CONV1D and leaf == "weight":
+            if ".self_attn.q_proj." in name:
+                parts = [weights[name.replace("q_proj", p)] for p in ("q_proj", "k_proj", "v_proj")]
+                value = torch.cat(parts, dim=0)
+            target = _hf_name(name, config)
+            stem, _, leaf = target.rpartition(".")
+            if stem.endswith(_CONV1D) and leaf == "weight":
                 value = value.t()
-            out[f"transformer.h.{index}.{target}.{leaf}"] = value
-    return {k: v.contiguous() for k, v in out.items()}
+            out[f"transformer.{target}"] = value
+        weights = out
+    return {k: v.contiguous() for k, v in weights.items()}
 
 
 def export_hf(
@@ -835,10 +815,9 @@ def export_hf(
     if tokenizer is not None:
         # The model config's special ids too: GPT2Config would otherwise default them to 50256.
         config_json.update(
-            bos_token_id=None,
+            bos_token_id=tokenizer.bos_id,
             eos_token_id=tokenizer.eot_id,
             pad_token_id=tokenizer.pad_id,
-            **{k: v for k, v in generation_config_dict(tokenizer).items() if k == "bos_token_id"},
         )
     weights = hf_state_dict(model)
     with atomic_directory(out_dir) as tmp:
@@ -892,6 +871,3 @@ def generation_config_dict(tokenizer: Tokenizer) -> dict[str, Any]:
 
 def _write_json(path: Path, value: object) -> None:
     path.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-# ---------------------------------------------------------------- model card

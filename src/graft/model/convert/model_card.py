@@ -106,10 +106,8 @@ def _training_facts(source: Path) -> list[str]:
 
 def _metric_facts(source: Path) -> list[str]:
     # A checkpoint inside a run directory sits at RUN/checkpoints/NAME, next to RUN/metrics.jsonl.
-    metrics = (
-        source.parent.parent / "metrics.jsonl" if source.parent.name == "checkpoints" else None
-    )
-    if metrics is None or not metrics.is_file():
+    metrics = source.parent.parent / "metrics.jsonl"
+    if source.parent.name != "checkpoints" or not metrics.is_file():
         return [
             f"- final metrics: {_UNKNOWN} "
             "(the checkpoint is not in a run directory with metrics.jsonl)"
@@ -181,6 +179,11 @@ def model_card(
         f"tied embeddings: {'yes' if cfg.tie_embeddings else 'no'}",
         f"- tokenizer: {tokenizer_fact}",
         "",
+        *(
+            ["## Labels", "", ", ".join(f"{i}: {label}" for i, label in enumerate(cfg.labels)), ""]
+            if cfg.labels
+            else []
+        ),
         "## Training data",
         "",
         *(_data_facts(source) if source is not None else unknown_source),
@@ -196,13 +199,6 @@ def model_card(
         "## Reproduce",
         "",
     ]
-    if cfg.labels:
-        lines[lines.index("## Training data") : lines.index("## Training data")] = [
-            "## Labels",
-            "",
-            ", ".join(f"{i}: {label}" for i, label in enumerate(cfg.labels)),
-            "",
-        ]
     if source is not None and (source / "run_config.yaml").is_file():
         command = (
             "graft pretrain" if cfg.head == "lm" and not _fine_tuned(source) else "graft finetune"

@@ -21,11 +21,7 @@ from graft.data.chat import render_chat
 from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError, GraftError, first_line
 from graft.model.config import ModelConfig
-from graft.model.convert.hf import (
-    GENERATION_CONFIG_FILE,
-    TOKENIZER_CONFIG_FILE,
-    load_hf_model,
-)
+from graft.model.convert.hf import GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, load_hf_model
 from graft.model.convert.model_card import read_json
 from graft.model.transformer import LanguageModel
 
@@ -122,11 +118,8 @@ def _check_logits(
     with torch.no_grad():
         ours = _graft_outputs(model.eval(), ids.to(device)).float().cpu()
     if theirs.shape != ours.shape:
-        return CheckRecord(
-            "logits",
-            False,
-            f"{reader} gives shape {tuple(theirs.shape)}, graft {tuple(ours.shape)}",
-        )
+        detail = f"{reader} gives shape {tuple(theirs.shape)}, graft {tuple(ours.shape)}"
+        return CheckRecord("logits", False, detail)
     diff = (theirs.float() - ours).abs().max().item()
     ok = diff <= LOGIT_TOLERANCE
     return CheckRecord(
@@ -137,32 +130,35 @@ def _check_logits(
     )
 
 
+def _exported_tokenizer(out_dir: Path, use_transformers: bool) -> Any:
+    """The export's tokenizer as a user loads it: AutoTokenizer, or graft's own Tokenizer."""
+    if use_transformers:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(out_dir)
+    return Tokenizer.load(out_dir)
+
+
 def _check_tokenizer_ids(
     out_dir: Path, tokenizer: Tokenizer, use_transformers: bool
 ) -> CheckRecord:
     want = tokenizer.encode(PROBE_TEXT)
+    reader = "AutoTokenizer" if use_transformers else "exported tokenizer.json"
     try:
-        if use_transformers:
-            from transformers import AutoTokenizer
-
-            # Without special tokens, as graft encodes (BERT-style ones add [CLS]/[SEP] by default)
-            got = AutoTokenizer.from_pretrained(out_dir)(PROBE_TEXT, add_special_tokens=False)[
-                "input_ids"
-            ]
-            reader = "AutoTokenizer"
-        else:
-            got = Tokenizer.load(out_dir).encode(PROBE_TEXT)
-            reader = "exported tokenizer.json"
+        theirs = _exported_tokenizer(out_dir, use_transformers)
+        # Without special tokens, as graft encodes (BERT-style ones add [CLS]/[SEP] by default)
+        got = (
+            theirs(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+            if use_transformers
+            else theirs.encode(PROBE_TEXT)
+        )
     except (GraftError, OSError, ValueError, KeyError) as err:
         return CheckRecord(
             "tokenizer ids", False, f"cannot load the exported tokenizer: {first_line(err)}"
         )
     if got == want:
-        return CheckRecord(
-            "tokenizer ids",
-            True,
-            f"{reader}: {len(want)} ids on the mixed-script probe equal graft's",
-        )
+        detail = f"{reader}: {len(want)} ids on the mixed-script probe equal graft's"
+        return CheckRecord("tokenizer ids", True, detail)
     first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
     return CheckRecord(
         "tokenizer ids",
@@ -230,9 +226,7 @@ def _check_chat_template(
     try:
         want = render_chat(ours, PROBE_CHAT, add_generation_prompt=True, eos_token=eos or "")
         if use_transformers:
-            from transformers import AutoTokenizer
-
-            got = AutoTokenizer.from_pretrained(out_dir).apply_chat_template(
+            got = _exported_tokenizer(out_dir, True).apply_chat_template(
                 list(PROBE_CHAT), tokenize=False, add_generation_prompt=True
             )
         else:
@@ -260,12 +254,8 @@ def _check_vocab(out_dir: Path, use_transformers: bool) -> CheckRecord:
     config = read_json(out_dir / "config.json")
     rows = config.get("vocab_size") if isinstance(config, dict) else None
     try:
-        if use_transformers:
-            from transformers import AutoTokenizer
-
-            size = len(AutoTokenizer.from_pretrained(out_dir))
-        else:
-            size = Tokenizer.load(out_dir).vocab_size
+        theirs = _exported_tokenizer(out_dir, use_transformers)
+        size = len(theirs) if use_transformers else theirs.vocab_size
     except (GraftError, OSError, ValueError, KeyError) as err:
         return CheckRecord(
             "vocab size", False, f"cannot load the exported tokenizer: {first_line(err)}"
@@ -290,26 +280,21 @@ def verify_hf_export(
         if use_transformers
         else "not installed; checked with graft's HF reader and the exported tokenizer.json instead"
     )
-    records = [CheckRecord("transformers", True if use_transformers else None, how)]
-    records.append(
-        _check_logits(
-            out_dir,
-            model,
-            _probe_ids(model, tokenizer),
-            use_transformers,
-            tokenizer.pad_id if tokenizer is not None else None,
-        )
-    )
+    pad_id = tokenizer.pad_id if tokenizer is not None else None
+    records = [
+        CheckRecord("transformers", True if use_transformers else None, how),
+        _check_logits(out_dir, model, _probe_ids(model, tokenizer), use_transformers, pad_id),
+    ]
     if tokenizer is None:
-        records.append(
-            CheckRecord("tokenizer", None, "exported without a tokenizer; tokenizer checks skipped")
-        )
-        return records
-    records.append(_check_tokenizer_ids(out_dir, tokenizer, use_transformers))
-    records.append(_check_eos(out_dir, tokenizer))
-    records.append(_check_chat_template(out_dir, tokenizer, use_transformers))
-    records.append(_check_vocab(out_dir, use_transformers))
-    return records
+        skipped = "exported without a tokenizer; tokenizer checks skipped"
+        return [*records, CheckRecord("tokenizer", None, skipped)]
+    return [
+        *records,
+        _check_tokenizer_ids(out_dir, tokenizer, use_transformers),
+        _check_eos(out_dir, tokenizer),
+        _check_chat_template(out_dir, tokenizer, use_transformers),
+        _check_vocab(out_dir, use_transformers),
+    ]
 
 
 def format_table(records: list[CheckRecord]) -> str:
