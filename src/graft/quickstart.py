@@ -29,17 +29,7 @@ from graft.data.shards import prepare_shards
 from graft.data.stdlib_corpus import CorpusStats, build_stdlib_corpus, iter_stdlib_functions
 from graft.data.tokenizer import Tokenizer, train_tokenizer
 from graft.errors import ConfigError
-from graft.experiments.quickstart_tasks import (
-    TaskSplits,
-    compare_on_tasks,
-    drop_leaks,
-    find_leaks,
-    finetune_section,
-    headline,
-    plot_comparison,
-    select_tasks,
-    write_task_files,
-)
+from graft.experiments import quickstart_tasks as tasks
 from graft.infer.generate import SamplingParams, generate
 from graft.model.transformer import LanguageModel
 from graft.train.loop import RunResult
@@ -92,11 +82,10 @@ def run_quickstart(
     _run_config(options, options.out_dir, options.vocab_size)  # a bad preset fails before any work
     started = time.perf_counter()
     # The tasks are chosen first so that their validation and test functions never reach
-    # pre-training (and so that an installation too small for them fails before anything is
-    # written).
-    splits = (
-        select_tasks(list(iter_stdlib_functions(seed=options.seed))) if options.finetune else None
-    )
+    # pre-training, and so that an installation too small for them fails before anything is written.
+    splits: tasks.TaskSplits | None = None
+    if options.finetune:
+        splits = tasks.select_tasks(list(iter_stdlib_functions(seed=options.seed)))
     out = _fresh_directory(options.out_dir)
 
     corpus = build_stdlib_corpus(
@@ -150,10 +139,8 @@ def run_quickstart(
     def report(finetuned: list[str] | str) -> Path:
         if isinstance(finetuned, str):  # the fine-tuning half did not run (or has not finished)
             finetuned = ["## Fine-tuning", "", finetuned, ""]
-        seconds = time.perf_counter() - started
-        train_tokens = index.splits["train"].tokens
-        args = (out, options, config, corpus, train_tokens, result, before, after, finetuned)
-        return _write_report(*args, seconds)
+        args = (out, options, config, corpus, index.splits["train"].tokens, result, before, after)
+        return _write_report(*args, finetuned, time.perf_counter() - started)
 
     if splits is None:
         return report("Skipped (`--skip-finetune`); nothing was held out of the corpus.")
@@ -168,7 +155,7 @@ def _finetune(
     out: Path,
     options: QuickstartOptions,
     config: RunConfig,
-    splits: TaskSplits,
+    splits: tasks.TaskSplits,
     tokenizer: Tokenizer,
     corpus: Path,
     echo: Callable[[str], None],
@@ -176,9 +163,9 @@ def _finetune(
     """Both tasks, each fine-tuned from the pre-trained checkpoint and from scratch; the report's
     section."""
     held_out = len(splits.held_out)
-    leaks = find_leaks(corpus, splits.held_out)
-    splits = drop_leaks(splits, leaks)
-    files = write_task_files(splits, tokenizer, out / "tasks", config.seq_len)
+    leaks = tasks.find_leaks(corpus, splits.held_out)
+    splits = tasks.drop_leaks(splits, leaks)
+    files = tasks.write_task_files(splits, tokenizer, out / "tasks", config.seq_len)
     echo(
         f"tasks: package of a function ({len(splits.packages)} packages, "
         f"{len(splits.classify['train']):,} training functions) and first docstring line "
@@ -186,7 +173,7 @@ def _finetune(
         f"still holds {len(leaks.definitions)}, and {len(leaks.first_lines)} docstring first "
         "lines: dropped from evaluation"
     )
-    outcomes = compare_on_tasks(
+    outcomes = tasks.compare_on_tasks(
         out / "run" / "checkpoints" / "best",
         files,
         out / "finetune",
@@ -197,13 +184,14 @@ def _finetune(
         progress=options.progress,
         echo=echo,
     )
-    plot = plot_comparison(outcomes, out / "finetune" / "comparison.png")
-    for line in headline(outcomes):
+    plot = tasks.plot_comparison(outcomes, out / "finetune" / "comparison.png")
+    for line in tasks.headline(outcomes):
         echo(line)
-    return finetune_section(out, splits, files, outcomes, plot, leaks, held_out)
+    return tasks.finetune_section(out, splits, files, outcomes, plot, leaks, held_out)
 
 
 def _run_config(options: QuickstartOptions, out: Path, vocab_size: int) -> RunConfig:
+    same = ("seed", "batch_size", "seq_len", "progress")  # train.* named as options
     return validate_run_config(
         {
             "model": {"preset": options.preset, "vocab_size": vocab_size},
@@ -212,12 +200,9 @@ def _run_config(options: QuickstartOptions, out: Path, vocab_size: int) -> RunCo
             "train": {
                 "out_dir": str(out / "run"),
                 "max_tokens": options.tokens,
-                "seed": options.seed,
-                "batch_size": options.batch_size,
-                "seq_len": options.seq_len,
                 "eval_every": 100,
                 "eval_batches": 8,
-                "progress": options.progress,
+                **{key: getattr(options, key) for key in same},
             },
         },
         where="quickstart",
@@ -237,20 +222,14 @@ def _fresh_directory(out: Path) -> Path:
 
 
 def _samples(model: LanguageModel, tokenizer: Tokenizer, seed: int) -> list[tuple[str, str]]:
-    params = SamplingParams(
-        max_new_tokens=60,
-        temperature=0.8,
-        top_k=50,
-        seed=seed,
-        stop_ids=frozenset() if tokenizer.eot_id is None else frozenset({tokenizer.eot_id}),
-    )
-    out = []
-    for prompt in PROMPTS:
-        ids = [
-            i for i in generate(model, tokenizer.encode(prompt), params) if i != tokenizer.eot_id
-        ]
-        out.append((prompt, prompt + tokenizer.decode(ids)))
-    return out
+    stop = frozenset() if tokenizer.eot_id is None else frozenset({tokenizer.eot_id})
+    params = SamplingParams(max_new_tokens=60, temperature=0.8, top_k=50, seed=seed, stop_ids=stop)
+
+    def sample(prompt: str) -> str:
+        ids = generate(model, tokenizer.encode(prompt), params)
+        return prompt + tokenizer.decode([i for i in ids if i != tokenizer.eot_id])
+
+    return [(prompt, sample(prompt)) for prompt in PROMPTS]
 
 
 def _write_report(
@@ -312,22 +291,9 @@ def _write_report(
         "",
     ]
     for (prompt, b), (_, a) in zip(before, after):
-        lines += [
-            f"Prompt `{prompt!r}`",
-            "",
-            "Before training:",
-            "",
-            "```",
-            b,
-            "```",
-            "",
-            "After training:",
-            "",
-            "```",
-            a,
-            "```",
-            "",
-        ]
+        lines += [f"Prompt `{prompt!r}`", ""]
+        for when, text in (("Before", b), ("After", a)):
+            lines += [f"{when} training:", "", "```", text, "```", ""]
     lines += finetuned
     lines += [
         "## Next",

@@ -132,11 +132,8 @@ def compare_objectives(
 
     def name(objective: str) -> str:
         m = getattr(configs[objective], "model", None)  # None: the arm could not be configured
-        return (
-            f"{objective}, {m.n_layers}x{m.d_model} for {options.max_tokens:,} tokens"
-            if m
-            else objective
-        )
+        size = f", {m.n_layers}x{m.d_model} for {options.max_tokens:,} tokens" if m else ""
+        return objective + size
 
     def run(planned: runner.Planned[str]) -> ArmResult:
         config = configs[planned.key]
@@ -215,6 +212,7 @@ def _preset_for(options: ComparisonOptions, objective: str) -> str:
 
 def _arm_config(options: ComparisonOptions, objective: str, style: str) -> RunConfig:
     steps = math.ceil(options.max_tokens / (options.batch_size * options.seq_len))
+    same = ("seed", "batch_size", "seq_len", "max_tokens", "progress")  # train.* named as options
     section: dict[str, Any] = {"name": objective}
     if objective == "denoise":
         section["denoise_style"] = style
@@ -229,12 +227,8 @@ def _arm_config(options: ComparisonOptions, objective: str, style: str) -> RunCo
         "optim": {"lr": options.lr, "warmup_steps": min(100, max(1, steps // 10))},
         "train": {
             "out_dir": str(_run_dir(options, objective)),
-            "seed": options.seed,
-            "batch_size": options.batch_size,
-            "seq_len": options.seq_len,
-            "max_tokens": options.max_tokens,
             "eval_every": max(1, steps // 10),
-            "progress": options.progress,
+            **{key: getattr(options, key) for key in same},
         },
     }
     for item in options.overrides:
@@ -243,12 +237,8 @@ def _arm_config(options: ComparisonOptions, objective: str, style: str) -> RunCo
 
 
 def _probe_set(options: ComparisonOptions) -> ProbeSet:
-    records, _ = read_labelled(
-        options.labelled,
-        text_field=options.text_field,
-        label_field=options.label_field,
-        encoding=options.encoding,
-    )
+    fields = {key: getattr(options, key) for key in ("text_field", "label_field", "encoding")}
+    records, _ = read_labelled(options.labelled, **fields)
     labels = tuple(sorted({r.label for r in records}))
     if len(labels) < 2:
         raise ConfigError(
@@ -261,9 +251,8 @@ def _probe_set(options: ComparisonOptions) -> ProbeSet:
     counts = Counter(r.label for r in train)
     # A tie goes to the first label in sorted order.
     majority = max(labels, key=lambda label: counts[label])
-    return ProbeSet(
-        train, test, labels, majority, sum(r.label == majority for r in test) / max(len(test), 1)
-    )
+    accuracy = sum(r.label == majority for r in test) / max(len(test), 1)
+    return ProbeSet(train, test, labels, majority, accuracy)
 
 
 def _probe(config: RunConfig, probe_set: ProbeSet) -> tuple[ProbeResult, int]:
@@ -272,24 +261,16 @@ def _probe(config: RunConfig, probe_set: ProbeSet) -> tuple[ProbeResult, int]:
     model, tokenizer = load_model(config.train.out_dir / "checkpoints" / "last", device=device)
     seq_len = config.seq_len
 
-    def features(records: list[TextRecord]) -> torch.Tensor:
+    def encoded(records: list[TextRecord]) -> tuple[torch.Tensor, torch.Tensor]:
         # Encoders trained on [CLS] text [SEP] windows are probed on texts framed the same way,
         # by the one text -> model-input path that fine-tuning and serving take.
         texts = [r.text for r in records]
         ids = model_inputs(tokenizer, texts, framed=model.config.is_encoder, max_len=seq_len).ids
-        return sequence_features(model, ids, max_len=seq_len)
+        labels = torch.tensor([probe_set.labels.index(r.label) for r in records])
+        return sequence_features(model, ids, max_len=seq_len), labels
 
-    def targets(records: list[TextRecord]) -> torch.Tensor:
-        return torch.tensor([probe_set.labels.index(r.label) for r in records])
-
-    result = linear_probe(
-        features(probe_set.train),
-        targets(probe_set.train),
-        features(probe_set.test),
-        targets(probe_set.test),
-        labels=probe_set.labels,
-        seed=config.train.seed,
-    )
+    train, test = encoded(probe_set.train), encoded(probe_set.test)
+    result = linear_probe(*train, *test, labels=probe_set.labels, seed=config.train.seed)
     return result, model.num_parameters()
 
 
@@ -308,19 +289,12 @@ def _report(options: ComparisonOptions, arms: list[ArmResult], probe_set: ProbeS
     for arm in arms:
         if arm.error is not None:
             reason = arm.error.replace("|", "\\|").replace("\n", " ")
-            rows.append([arm.name, arm.model, "–", "–", *("–" for _ in _METRIC_COLUMNS)])
-            rows[-1].append(f"failed: {reason}")
+            rows.append([arm.name, arm.model, *["–"] * (len(head) - 3), f"failed: {reason}"])
             continue
-        rows.append(
-            [
-                arm.name,
-                f"{arm.model} ({arm.parameters / 1e6:.2f}M)",
-                f"{arm.tokens:,}",
-                f"{arm.train_seconds / 60:.1f}",
-                *(_cell(arm, key, fmt) for key, _, fmt in _METRIC_COLUMNS),
-                f"{arm.probe_accuracy:.3f}",
-            ]
-        )
+        model = f"{arm.model} ({arm.parameters / 1e6:.2f}M)"
+        numbers = [f"{arm.tokens:,}", f"{arm.train_seconds / 60:.1f}"]
+        numbers += [_cell(arm, key, fmt) for key, _, fmt in _METRIC_COLUMNS]
+        rows.append([arm.name, model, *numbers, f"{arm.probe_accuracy:.3f}"])
     lines = [
         "# Pre-training objectives compared",
         "",
@@ -354,14 +328,11 @@ def _plot(arms: list[ArmResult], majority: float, out: Path) -> Path:
     done = [arm for arm in arms if arm.error is None]
     fig, (probes, curves) = runner.figure(11, 4, panels=2)
     colors = [f"C{i}" for i in range(len(done))]  # an arm has the same colour in both panels
-    drawn = probes.bar(
-        [a.name for a in done], [a.probe_accuracy or 0.0 for a in done], color=colors
-    )
+    accuracies = [a.probe_accuracy or 0.0 for a in done]
+    drawn = probes.bar([a.name for a in done], accuracies, color=colors)
     probes.bar_label(drawn, fmt="%.3f", fontsize=8)
     probes.axhline(majority, color="black", linestyle="--", label=f"majority class {majority:.3f}")
-    probes.set_ylim(0, 1.08)
-    probes.set_ylabel("linear-probe test accuracy")
-    probes.set_title("downstream probe")
+    probes.set(ylim=(0, 1.08), ylabel="linear-probe test accuracy", title="downstream probe")
     probes.tick_params(axis="x", labelrotation=20)
     probes.legend(loc="lower right", framealpha=0.9)
     for arm, color in zip(done, colors):
@@ -372,9 +343,8 @@ def _plot(arms: list[ArmResult], majority: float, out: Path) -> Path:
         ]
         if rows:
             curves.plot(*zip(*rows), marker="o", markersize=3, label=arm.name, color=color)
-    curves.set_xlabel("training tokens")
+    curves.set(xlabel="training tokens", title="pre-training")
     curves.set_ylabel("validation loss (each objective's own)")
-    curves.set_title("pre-training")
     curves.grid(alpha=0.3)
     if done:
         curves.legend()

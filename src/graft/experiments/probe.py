@@ -154,20 +154,14 @@ def linear_probe(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = (
-            F.cross_entropy(probe(train_x), train_y)
-            + 0.5 * weight_decay * probe.weight.square().sum()
-        )
+        penalty = 0.5 * weight_decay * probe.weight.square().sum()
+        loss = F.cross_entropy(probe(train_x), train_y) + penalty
         loss.backward()
         return loss
 
     with torch.enable_grad():
         optimizer.step(closure)
     with torch.no_grad():
-        return ProbeResult(
-            accuracy=_accuracy(probe, test_x, test_y),
-            train_accuracy=_accuracy(probe, train_x, train_y),
-            n_train=train_x.shape[0],
-            n_test=test_x.shape[0],
-            labels=tuple(labels),
-        )
+        accuracy = _accuracy(probe, test_x, test_y)
+        train_accuracy = _accuracy(probe, train_x, train_y)
+    return ProbeResult(accuracy, train_accuracy, len(train_x), len(test_x), tuple(labels))

@@ -20,6 +20,7 @@ difference paired by seed), with `plot_comparison`'s bar chart.
 from __future__ import annotations
 
 import ast
+import bisect
 import json
 import time
 from collections import Counter, defaultdict
@@ -97,8 +98,7 @@ class TaskSizes:
     """How many functions each split gets."""
 
     packages: int = 8  # classes of the classification task
-    # at most, and the same for every package (the smallest's count below that)
-    per_package: int = 200
+    per_package: int = 200  # at most; the same for every package (the smallest's count if less)
     classify_test: int = 40  # per package
     classify_val: int = 20  # per package
     instruct_test: int = 100
@@ -198,11 +198,8 @@ def select_tasks(functions: Sequence[StdlibFunction], sizes: TaskSizes = TaskSiz
         )
     held = set(test) | set(val)
     train = [f for f in functions if f not in held][: sizes.instruct_train]
-    return TaskSplits(
-        packages,
-        {k: tuple(v) for k, v in classify.items()},
-        {"train": tuple(train), "val": tuple(val), "test": tuple(test)},
-    )
+    instruct = {"train": tuple(train), "val": tuple(val), "test": tuple(test)}
+    return TaskSplits(packages, {k: tuple(v) for k, v in classify.items()}, instruct)
 
 
 def write_task_files(
@@ -219,13 +216,20 @@ def write_task_files(
     instruction and code) keeps room for `max_new_tokens` in the context, since positions past the
     pre-training context were never trained; longer docstring lines are cut by fine-tuning itself.
     """
-    # The prompt around the code, from the template itself: what fine-tuning and evaluation will
-    # render.
+    # The prompt around the code, as `read_conversations` and the chat template make it of a
+    # record: what fine-tuning and evaluation will render.
     template = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
-    before, after = _prompt(template, _PLACEHOLDER, tokenizer).split(_PLACEHOLDER)
+    placeholder = "\x00code\x00"
+    eos = tokenizer.special_tokens_map.get("eos_token", EOT)
+    message = Message("user", f"{INSTRUCTION}\n\n{placeholder}")
+    prompt = render_chat(template, [message], add_generation_prompt=True, eos_token=eos)
+    before, after = prompt.split(placeholder)
     limits = {"classify": seq_len, "instruct": seq_len - max_new_tokens}
-    wrap = {"classify": lambda code: code, "instruct": lambda code: before + code + after}
-    if len(tokenizer.encode(wrap["instruct"]("def f():"))) > limits["instruct"]:
+    tokens: dict[str, Callable[[str], int]] = {
+        "classify": lambda code: len(tokenizer.encode(code)),
+        "instruct": lambda code: len(tokenizer.encode(before + code + after)),
+    }
+    if tokens["instruct"]("def f():") > limits["instruct"]:
         raise DataError(
             f"a context of {seq_len} tokens leaves no room for code in an instruction prompt "
             f"with {max_new_tokens} new tokens; use a longer context"
@@ -233,14 +237,10 @@ def write_task_files(
     paths: dict[str, dict[str, Path]] = {"classify": {}, "instruct": {}}
     cut = {"classify": 0, "instruct": 0}
     for task, by_split in (("classify", splits.classify), ("instruct", splits.instruct)):
-
-        def tokens(text: str, task: str = task) -> int:
-            return len(tokenizer.encode(wrap[task](text)))
-
         for split in SPLITS:
             rows = []
             for f in by_split[split]:
-                code, was_cut = _fit(f.code_without_docstring, tokens, limits[task])
+                code, was_cut = _fit(f.code_without_docstring, tokens[task], limits[task])
                 cut[task] += was_cut
                 # An extra field, kept for people; readers ignore it.
                 where = f"{f.module}:{f.name}"
@@ -259,45 +259,22 @@ def write_task_files(
     return TaskFiles(paths["classify"], paths["instruct"], limits, cut)
 
 
-_PLACEHOLDER = "\x00code\x00"
-
-
-def _prompt(template: str, code: str, tokenizer: Tokenizer) -> str:
-    """The instruction prompt as `read_conversations` and the chat template make it of a record."""
-    eos = tokenizer.special_tokens_map.get("eos_token", EOT)
-    content = INSTRUCTION + "\n\n" + code
-    return render_chat(
-        template, [Message("user", content)], add_generation_prompt=True, eos_token=eos
-    )
-
-
 def _fit(code: str, tokens: Callable[[str], int], limit: int) -> tuple[str, bool]:
     """The longest run of whole first lines of `code` whose `tokens` are within `limit` (the first
     line cut by characters when even it is too long), and whether anything was cut."""
-
-    def fits(text: str) -> bool:
-        return tokens(text) <= limit
-
-    if fits(code):
+    if tokens(code) <= limit:
         return code, False
     lines = code.split("\n")
-    keep = _longest(len(lines), lambda n: fits("\n".join(lines[:n])))
+    keep = _longest(len(lines), lambda n: tokens("\n".join(lines[:n])) <= limit)
     if keep:
         return "\n".join(lines[:keep]).rstrip(), True
-    keep = _longest(len(lines[0]), lambda n: fits(lines[0][:n]))
+    keep = _longest(len(lines[0]), lambda n: tokens(lines[0][:n]) <= limit)
     return lines[0][: max(keep, 1)], True
 
 
 def _longest(limit: int, ok: Callable[[int], bool]) -> int:
     """The largest n in [0, limit] with ok(n), for an ok that holds up to some n and not beyond."""
-    low, high = 0, limit
-    while low < high:
-        middle = (low + high + 1) // 2
-        if ok(middle):
-            low = middle
-        else:
-            high = middle - 1
-    return low
+    return bisect.bisect(range(1, limit + 1), False, key=lambda n: not ok(n))
 
 
 # -- leaks -----------------------------------------------------------------------------------
@@ -314,15 +291,10 @@ def find_leaks(corpus: Path, functions: Iterable[StdlibFunction]) -> Leaks:
     instruction task's answer without being the function.
     """
     functions = list(functions)
-    texts = [
-        json.loads(line)["text"]
-        for line in Path(corpus).read_text(encoding="utf-8").splitlines()
-        if line
-    ]
+    texts = [record["text"] for record in _read_jsonl(corpus)]
     lines: list[str] = []
     for text in texts:
-        lines += [s for s in (line.strip() for line in text.split("\n")) if s]
-        lines.append("")  # a document boundary, which no definition crosses
+        lines += [*_stripped(text.split("\n")), ""]  # "": a boundary no definition crosses
     where: dict[str, list[int]] = defaultdict(list)
     for number, line in enumerate(lines):
         where[line].append(number)
@@ -381,19 +353,15 @@ def drop_leaks(splits: TaskSplits, leaks: Leaks) -> TaskSplits:
     functions it still holds (near-copies cutting missed), and from the instruction task's also
     those whose docstring first line, the answer, occurs in it."""
     found = set(leaks.definitions)
-    answered = found | set(leaks.first_lines)
-
-    def kept(
-        by_split: dict[str, tuple[StdlibFunction, ...]], gone: set[StdlibFunction]
-    ) -> dict[str, tuple[StdlibFunction, ...]]:
-        return {
-            split: tuple(f for f in functions if split == "train" or f not in gone)
-            for split, functions in by_split.items()
+    gone = {"classify": found, "instruct": found | set(leaks.first_lines)}
+    kept = {
+        task: {
+            split: tuple(f for f in functions if split == "train" or f not in gone[task])
+            for split, functions in getattr(splits, task).items()
         }
-
-    return TaskSplits(
-        splits.packages, kept(splits.classify, found), kept(splits.instruct, answered)
-    )
+        for task in TASKS
+    }
+    return TaskSplits(splits.packages, kept["classify"], kept["instruct"])
 
 
 # -- the comparison --------------------------------------------------------------------------
@@ -428,23 +396,20 @@ def compare_on_tasks(
     def run(planned: runner.Planned[tuple[str, str, int]]) -> ArmOutcome:
         task, arm, run_seed = planned.key
         data = files.classify if task == "classify" else files.instruct
-        config = load_finetune_config(
-            task,
-            None,
-            [
-                runner.setting("train.init", init),
-                runner.setting("train.out_dir", planned.run_dir),
-                runner.setting("data.train_file", data["train"]),
-                runner.setting("data.val_file", data["val"]),
-                runner.setting("train.max_steps", steps),
-                runner.setting("train.eval_every", max(1, steps // 3)),
-                runner.setting("train.seq_len", seq_len),
-                runner.setting("train.seed", run_seed),
-                runner.setting("train.progress", progress),
-                runner.setting("optim.lr", LEARNING_RATES[task, arm]),
-                *ARMS[arm],
-            ],
-        )
+        settings = [
+            runner.setting("train.init", init),
+            runner.setting("train.out_dir", planned.run_dir),
+            runner.setting("data.train_file", data["train"]),
+            runner.setting("data.val_file", data["val"]),
+            runner.setting("train.max_steps", steps),
+            runner.setting("train.eval_every", max(1, steps // 3)),
+            runner.setting("train.seq_len", seq_len),
+            runner.setting("train.seed", run_seed),
+            runner.setting("train.progress", progress),
+            runner.setting("optim.lr", LEARNING_RATES[task, arm]),
+            *ARMS[arm],
+        ]
+        config = load_finetune_config(task, None, settings)
         started = time.perf_counter()
         result = finetune(config, echo=echo)
         runner.raise_if_interrupted(result.stop_reason)
@@ -484,17 +449,11 @@ def _score(
     checkpoint, out = run_dir / "checkpoints" / "best", run_dir / "eval"
     if task == "classify":
         options = EvalOptions(checkpoint, "classify", (test,), out, seq_len=seq_len, device="auto")
-    else:
-        options = EvalOptions(
-            checkpoint,
-            "generate",
-            (test,),
-            out,
-            limit=GENERATE_LIMIT,
-            max_new_tokens=MAX_NEW_TOKENS,
-            device="auto",
-            samples=GENERATE_LIMIT,
+    else:  # greedy generations for the first test prompts, every one kept
+        limits: dict[str, Any] = dict(
+            limit=GENERATE_LIMIT, max_new_tokens=MAX_NEW_TOKENS, samples=GENERATE_LIMIT
         )
+        options = EvalOptions(checkpoint, "generate", (test,), out, device="auto", **limits)
     report = json.loads(evaluate_checkpoint(options, echo).read_text(encoding="utf-8"))
     return {key: float(report[key]) for key, _ in METRICS[task]} | {"count": float(report["count"])}
 
@@ -534,8 +493,7 @@ def plot_comparison(outcomes: Sequence[ArmOutcome], path: Path) -> Path:
         for arm in ARMS
     }
     runner.bars(ax, [label for _, _, label in groups], arms)
-    ax.set_ylim(0, 1.08)
-    ax.set_ylabel("test score (0-1)")
+    ax.set(ylim=(0, 1.08), ylabel="test score (0-1)")
     steps = max((o.max_steps for o in outcomes), default=0)
     ax.set_title(f"held-out functions, {steps} steps per run (mean, 95% CI)", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
@@ -627,18 +585,14 @@ def finetune_section(
         title = f"{_TASK_TITLES[task]} ({tested} test)"
         runs = [[o for o in outcomes if (o.task, o.arm) == (task, arm)] for arm in ARMS]
         seconds = [sum(o.train_seconds + o.test_seconds for o in r) / len(r) for r in runs]
+        per_run = ", ".join(f"{s:.0f}" for s in seconds)
         for i, (key, name) in enumerate(METRICS[task]):
             a, b = (_by_seed(outcomes, task, arm, key) for arm in ARMS)
             differences = [a[seed] - b[seed] for seed in a if seed in b]
+            means = [runner.mean_text(list(scores.values())) for scores in (a, b)]
+            difference = runner.mean_text(differences, clip=False, sign="+")
             rows.append(
-                [
-                    title if i == 0 else "",
-                    name,
-                    runner.mean_text(list(a.values())),
-                    runner.mean_text(list(b.values())),
-                    runner.mean_text(differences, clip=False, sign="+"),
-                    f"{seconds[0]:.0f}, {seconds[1]:.0f}" if i == 0 else "",
-                ]
+                [title if i == 0 else "", name, *means, difference, per_run if i == 0 else ""]
             )
     head = ["task", "metric", "pre-trained", "from scratch", "difference"]
     lines += runner.table([*head, "seconds per run (pre-trained, scratch)"], rows)
@@ -651,34 +605,20 @@ def finetune_section(
         f"### Example generations (greedy, up to {MAX_NEW_TOKENS} new tokens)",
         "",
     ]
-    lines += _examples(
-        Path(first["instruct", "pretrained"].run_dir),
-        Path(first["instruct", "scratch"].run_dir),
-        splits.instruct["test"],
-        files.instruct["test"],
-    )
-    return lines
+    run_dirs = [Path(first["instruct", arm].run_dir) for arm in ARMS]
+    return lines + _examples(run_dirs, splits.instruct["test"], files.instruct["test"])
 
 
-def _examples(
-    pretrained: Path, scratch: Path, functions: Sequence[StdlibFunction], test: Path
-) -> list[str]:
-    rows = [
-        _read_jsonl(run / "eval" / "generate_samples.jsonl")[:EXAMPLES]
-        for run in (pretrained, scratch)
-    ]
+def _examples(run_dirs: list[Path], functions: Sequence[StdlibFunction], test: Path) -> list[str]:
+    """The first test functions' generations in `run_dirs` (ARMS order) beside the reference."""
+    rows = [_read_jsonl(run / "eval" / "generate_samples.jsonl")[:EXAMPLES] for run in run_dirs]
     records = _read_jsonl(test)
     lines: list[str] = []
     for f, record, a, b in zip(functions, records, *rows):
         code = str(record["input"])
         fence = "````" if "```" in code else "```"
+        lines += [f"`{f.module}.{f.name}`:", "", fence + "python", code, fence, ""]
         lines += [
-            f"`{f.module}.{f.name}`:",
-            "",
-            fence + "python",
-            code,
-            fence,
-            "",
             f"- reference: {_inline(str(a['reference']))}",
             f"- pre-trained: {_inline(str(a['prediction']))}",
             f"- from scratch: {_inline(str(b['prediction']))}",
@@ -696,5 +636,4 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def _inline(text: str) -> str:
     """Text as one markdown code span that survives backticks and line breaks in it."""
     text = " ".join(text.split()) or "(nothing)"
-    fence = "``" if "`" in text else "`"
-    return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
+    return f"`` {text} ``" if "`" in text else f"`{text}`"

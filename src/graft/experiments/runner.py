@@ -303,14 +303,9 @@ def bars(ax: Axes, groups: Sequence[str], arms: Mapping[str, Sequence[Sequence[f
     for index, (arm, per_group) in enumerate(arms.items()):
         stats = [interval(values) for values in per_group]
         whiskers = [[m - low for m, low, _ in stats], [high - m for m, _, high in stats]]
-        drawn = ax.bar(
-            [g + (index - (len(arms) - 1) / 2) * width for g in range(len(groups))],
-            [mean for mean, _, _ in stats],
-            width,
-            yerr=whiskers if any(len(values) > 1 for values in per_group) else None,
-            capsize=3,
-            color=f"C{index}",
-            label=arm,
-        )
+        xs = [g + (index - (len(arms) - 1) / 2) * width for g in range(len(groups))]
+        means = [mean for mean, _, _ in stats]
+        yerr = whiskers if any(len(values) > 1 for values in per_group) else None
+        drawn = ax.bar(xs, means, width, yerr=yerr, capsize=3, color=f"C{index}", label=arm)
         ax.bar_label(drawn, labels=[f"{m:.2f}" for m, _, _ in stats], fontsize=8, padding=2)
     ax.set_xticks(range(len(groups)), labels=groups, fontsize=8)

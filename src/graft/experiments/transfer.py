@@ -30,18 +30,9 @@ from graft.config import RunConfig, load_finetune_config
 from graft.device import resolve_device
 from graft.evaluate.metrics import classification_metrics
 from graft.evaluate.predict import class_probabilities
+from graft.experiments import transfer_options
 from graft.experiments.runner import Planned, raise_if_interrupted, run_plan, setting, write_results
-from graft.experiments.transfer_options import (
-    ARM_SETTINGS,
-    DATA_FILES,
-    Split,
-    TransferOptions,
-    check_options,
-    effective_sizes,
-    override_key,
-    split_labelled,
-    write_data,
-)
+from graft.experiments.transfer_options import Split, TransferOptions
 from graft.experiments.transfer_report import Cell, RunOutcome, plot, report, size_name
 from graft.model.transformer import LanguageModel
 from graft.objectives.classify import sample_records
@@ -58,9 +49,9 @@ def run_transfer(options: TransferOptions, echo: Callable[[str], None] = lambda 
     Everything that would fail every run (options, overrides, data, checkpoints, a size the data
     cannot give) is refused before any training.
     """
-    check_options(options)
-    split = split_labelled(options)
-    sizes = effective_sizes(options, split, echo)
+    transfer_options.check_options(options)
+    split = transfer_options.split_labelled(options)
+    sizes = transfer_options.effective_sizes(options, split, echo)
     for path in filter(None, (options.init, options.continued)):
         load_model(path)  # a missing or corrupt checkpoint is one error now, not one per run
     plan = [
@@ -76,11 +67,11 @@ def run_transfer(options: TransferOptions, echo: Callable[[str], None] = lambda 
     configs = {p.key: _run_config(options, p) for p in plan}
     for _, size, seed in configs:
         sample_records(split.pool, size, seed)  # a sample of one label fails now, not mid-way
-    write_data(options, split)
+    transfer_options.write_data(options, split)
     counts: dict[str, tuple[int, int]] = {}
 
     def results(runs: list[RunOutcome]) -> None:
-        arms = {arm: list(ARM_SETTINGS[arm]) for arm in options.arm_names}
+        arms = {arm: list(transfer_options.ARM_SETTINGS[arm]) for arm in options.arm_names}
         write_results(options.out_dir, options, runs, arm_settings=arms, split=split.summary())
 
     def summary(o: RunOutcome) -> str:
@@ -118,17 +109,16 @@ def _run_config(options: TransferOptions, planned: Planned[Key]) -> RunConfig:
     settings = [
         setting("train.init", options.continued if arm == "continued" else options.init),
         setting("train.out_dir", planned.run_dir),
-        setting("data.train_file", data / DATA_FILES[0]),
-        setting("data.val_file", data / DATA_FILES[1]),
+        setting("data.train_file", data / transfer_options.DATA_FILES[0]),
+        setting("data.val_file", data / transfer_options.DATA_FILES[1]),
         setting("train.seed", seed),
         setting("train.progress", options.progress),
         setting("train.max_steps", options.max_steps),
         setting("train.max_minutes", options.max_minutes),
-        *ARM_SETTINGS[arm],
+        setting("data.max_train_examples", size),  # None: the whole pool
+        *transfer_options.ARM_SETTINGS[arm],
     ]
-    if size is not None:
-        settings.append(setting("data.max_train_examples", size))
-    scoped = [override_key(item) for item in options.overrides]
+    scoped = [transfer_options.override_key(item) for item in options.overrides]
     settings += [item for scope, item, _ in scoped if not scope]
     settings += [item for scope, item, _ in scoped if scope == arm]  # last: one arm's wins
     return load_finetune_config("classify", None, settings)
@@ -151,9 +141,8 @@ def _one_run(
     config = resolve(config)  # the model that runs (and is scored): train.init's
     result = finetune(config, echo=echo)
     raise_if_interrupted(result.stop_reason)
-    model, tokenizer = load_model(
-        planned.run_dir / "checkpoints" / "best", device=resolve_device(config.train.device)
-    )
+    device = resolve_device(config.train.device)
+    model, tokenizer = load_model(planned.run_dir / "checkpoints" / "best", device=device)
     if arm not in counts:  # the same for every size and seed of an arm
         counts[arm] = _parameter_counts(model, config)
     # graft eval's prediction: texts framed and cut to the training context as fine-tuning did.

@@ -155,29 +155,20 @@ def override_key(item: str) -> tuple[str, str, str]:
 def parse_sizes(text: str) -> tuple[int | None, ...]:
     """`50,200,1000,all` as sizes (None for all); a word that is neither a number nor 'all' is
     refused."""
-    sizes: list[int | None] = []
-    for word in filter(None, (w.strip() for w in text.split(","))):
-        if word.lower() == "all":
-            sizes.append(None)
-        elif word.isdigit():
-            sizes.append(int(word))
-        else:
+    words = [word.strip() for word in text.split(",") if word.strip()]
+    for word in words:
+        if word.lower() != "all" and not word.isdigit():
             raise ConfigError(
                 f"--sizes: {word!r} is not a number of examples; write e.g. 50,200,1000,all"
             )
-    return tuple(sizes)
+    return tuple(None if word.lower() == "all" else int(word) for word in words)
 
 
 def _read(options: TransferOptions) -> list[TextRecord]:
-    if len(options.labelled) == 2:
-        pos, neg = options.labelled
-        return read_polarity(pos, neg, encoding=options.encoding or "latin-1")
-    records, _ = read_labelled(
-        options.labelled[0],
-        text_field=options.text_field,
-        label_field=options.label_field,
-        encoding=options.encoding or "utf-8",
-    )
+    if len(options.labelled) == 2:  # the pos and neg files
+        return read_polarity(*options.labelled, encoding=options.encoding or "latin-1")
+    fields = {key: getattr(options, key) for key in ("text_field", "label_field")}
+    records, _ = read_labelled(options.labelled[0], encoding=options.encoding or "utf-8", **fields)
     return records
 
 
@@ -207,16 +198,9 @@ def split_labelled(options: TransferOptions) -> Split:
     pool, val = stratified_split(rest, options.val_size / len(rest), options.split_seed + 1)
     counts = Counter(r.label for r in pool)
     majority = max(labels, key=lambda label: counts[label])
-    return Split(
-        pool,
-        val,
-        test,
-        labels,
-        minority=min(labels, key=lambda label: counts[label]),
-        duplicates=duplicates,
-        conflicting=conflicting,
-        majority_accuracy=sum(r.label == majority for r in test) / len(test),
-    )
+    minority = min(labels, key=lambda label: counts[label])
+    accuracy = sum(r.label == majority for r in test) / len(test)
+    return Split(pool, val, test, labels, minority, duplicates, conflicting, accuracy)
 
 
 def effective_sizes(
@@ -248,18 +232,12 @@ def _examples(jsonl: str) -> list[tuple[str, str]]:
 def write_data(options: TransferOptions, split: Split) -> None:
     """The split's files in `out_dir/data/`, and the options a resume must match."""
     for name, records in zip(DATA_FILES, (split.pool, split.val, split.test)):
-        text = "".join(
-            json.dumps({"text": r.text, "label": r.label, "source": r.source}, ensure_ascii=False)
-            + "\n"
-            for r in records
-        )
+        rows = ({"text": r.text, "label": r.label, "source": r.source} for r in records)
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
         path = options.out_dir / "data" / name
         # Texts and labels decide the runs; `source` spells the file as this command did.
-        if (
-            options.resume
-            and path.is_file()
-            and _examples(path.read_text(encoding="utf-8")) != _examples(text)
-        ):
+        old = path.read_text(encoding="utf-8") if options.resume and path.is_file() else None
+        if old is not None and _examples(old) != _examples(text):
             raise ConfigError(
                 f"{path}: the labelled data differ from the experiment's split; resume with the "
                 "same file or choose another --out"

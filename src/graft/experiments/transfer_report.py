@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import fmean
 
 from graft.experiments import runner
 from graft.experiments.transfer_options import ARM_SETTINGS, Split, TransferOptions
@@ -145,14 +146,13 @@ def report(options: TransferOptions, split: Split, cells: list[Cell]) -> str:
     rows = []
     for cell in cells:
         done = cell.done
-        examples = f"{round(sum(r.train_examples for r in done) / len(done)):,}" if done else "–"
+        examples = f"{round(fmean(r.train_examples for r in done)):,}" if done else "–"
         row = [f"{size_name(cell.size)} ({examples})", cell.arm, f"{len(done)}/{len(cell.runs)}"]
         for score in (_accuracy, _macro_f1, *map(_f1, f1_labels)):
             row += runner.with_interval(cell.scores(score))
         rows.append(row)
-    lines += runner.table(
-        head + [w for label in f1_labels for w in (f"F1 {label}", "95% CI")], rows
-    )
+    head += [w for label in f1_labels for w in (f"F1 {label}", "95% CI")]
+    lines += runner.table(head, rows)
     arms = options.arm_names
     for better, worse, claim, title in _COMPARISONS:
         if better in arms and worse in arms:
@@ -164,27 +164,24 @@ def report(options: TransferOptions, split: Split, cells: list[Cell]) -> str:
     for arm in arms:
         runs = [r for c in cells if c.arm == arm for r in c.runs]
         done = [r for r in runs if r.error is None]
-        params = (
-            f"{done[0].trainable_parameters:,} of {done[0].total_parameters:,} "
-            f"({done[0].trainable_parameters / max(done[0].total_parameters, 1):.2%})"
-            if done
-            else "–"
-        )
+        params = "–"
+        if done:
+            trainable, total = done[0].trainable_parameters, done[0].total_parameters
+            params = f"{trainable:,} of {total:,} ({trainable / max(total, 1):.2%})"
         stops = Counter(r.stop_reason for r in done).most_common()
-        rows.append(
-            [
-                arm,
-                ARM_DESCRIPTIONS[arm],
-                params,
-                f"{len(done)}/{len(runs)}",
-                _mean([r.seconds for r in done], "{:,.1f}"),
-                f"{sum(r.seconds for r in runs) / 60:.1f}",
-                _mean([r.steps for r in done], "{:,.0f}"),
-                _mean([r.examples_seen for r in done], "{:,.0f}"),
-                ", ".join(f"{reason} {n}" for reason, n in stops) or "–",
-                ", ".join(f"`{s}`" for s in ARM_SETTINGS[arm]),
-            ]
-        )
+        row = [
+            arm,
+            ARM_DESCRIPTIONS[arm],
+            params,
+            f"{len(done)}/{len(runs)}",
+            _mean([r.seconds for r in done], "{:,.1f}"),
+            f"{sum(r.seconds for r in runs) / 60:.1f}",
+            _mean([r.steps for r in done], "{:,.0f}"),
+            _mean([r.examples_seen for r in done], "{:,.0f}"),
+            ", ".join(f"{reason} {n}" for reason, n in stops) or "–",
+            ", ".join(f"`{s}`" for s in ARM_SETTINGS[arm]),
+        ]
+        rows.append(row)
     lines += runner.table(head, rows)
     failed = [r for c in cells for r in c.runs if r.error is not None]
     if failed:
@@ -223,30 +220,21 @@ def plot(cells: list[Cell], split: Split, out: Path) -> Path:
     arms = list(dict.fromkeys(c.arm for c in cells))
     for ax, (score, title) in zip(axes, panels):
         for index, arm in enumerate(arms):
-            points = sorted(
-                (
-                    sum(r.train_examples for r in c.done) / len(c.done),
-                    *runner.interval(c.scores(score)),
-                )
-                for c in cells
-                if c.arm == arm and c.done
-            )
-            if not points:
+            done = [c for c in cells if c.arm == arm and c.done]
+            if not done:
                 continue
+            points = sorted(
+                (fmean(r.train_examples for r in c.done), *runner.interval(c.scores(score)))
+                for c in done
+            )
             xs, means, lows, highs = zip(*points)
             ax.plot(xs, means, marker="o", markersize=4, color=f"C{index}", label=arm)
             ax.fill_between(xs, lows, highs, color=f"C{index}", alpha=0.15, linewidth=0)
         if score is _accuracy:
-            ax.axhline(
-                split.majority_accuracy,
-                color="black",
-                linestyle="--",
-                linewidth=1,
-                label=f"majority label {split.majority_accuracy:.3f}",
-            )
-        ax.set_xscale("log")
-        ax.set_xlabel("labelled training examples")
-        ax.set_ylabel(title)
+            majority = split.majority_accuracy
+            label = f"majority label {majority:.3f}"
+            ax.axhline(majority, color="black", linestyle="--", linewidth=1, label=label)
+        ax.set(xscale="log", xlabel="labelled training examples", ylabel=title)
         ax.set_title(f"{title} (mean, 95% CI)")
         ax.grid(alpha=0.3, which="both")
         ax.set_ylim(max(0.0, ax.get_ylim()[0]), 1.02)
