@@ -93,10 +93,8 @@ def has_lora(model: nn.Module) -> bool:
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts, each tied tensor once."""
-    seen: dict[int, nn.Parameter] = {id(p): p for p in model.parameters()}
-    return sum(p.numel() for p in seen.values() if p.requires_grad), sum(
-        p.numel() for p in seen.values()
-    )
+    params = list(model.parameters())  # parameters() yields a tied tensor once
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 def split_lora_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -29,13 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import graft
-from graft.adapt import (
-    ADAPTER_CONFIG_FILE,
-    has_lora,
-    load_adapter,
-    save_adapter,
-    split_lora_state,
-)
+from graft.adapt import ADAPTER_CONFIG_FILE, has_lora, load_adapter, save_adapter, split_lora_state
 from graft.atomic_files import atomic_directory
 from graft.config import RunConfig, model_problems
 from graft.data.tokenizer import Tokenizer
@@ -61,9 +55,8 @@ class TrainingState:
     step: int = 0
     tokens_seen: int = 0
     elapsed_s: float = 0.0
-    best_metric: float | None = (
-        None  # the best value of train.monitor so far (val/loss unless told)
-    )
+    # The best value of train.monitor so far (val/loss unless told).
+    best_metric: float | None = None
     evals_without_improvement: int = 0
     # Tokens seen when warm-up ended, where the token-based decay starts: real tokens vary from
     # step to step, so the boundary is recorded, not estimated. None until then, and in checkpoints
@@ -105,37 +98,25 @@ def save_checkpoint(
         if model.config.tie_embeddings:
             weights.pop("lm_head.weight", None)  # the same tensor as model.embed_tokens.weight
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        _write_text(
-            tmp / CONFIG_FILE,
-            json.dumps(
-                {
-                    "architecture": "LanguageModel",
-                    "graft_version": graft.__version__,
-                    "model": model.config.model_dump(mode="json"),
-                },
-                indent=2,
-            ),
-        )
+        header = {"architecture": "LanguageModel", "graft_version": graft.__version__}
+        config = {**header, "model": model.config.model_dump(mode="json")}
+        _write_text(tmp / CONFIG_FILE, json.dumps(config, indent=2))
         _write_text(tmp / RUN_CONFIG_FILE, run_config_yaml)
         tokenizer.save(tmp)
         if state is not None:
             (tmp / STATE_DIR).mkdir()
             _write_text(tmp / STATE_DIR / "state.json", json.dumps(asdict(state), indent=2))
             if rng is not None:
-                rng_tensors = {"torch_cpu": rng.torch_cpu, "data": rng.data}
-                if rng.cuda is not None:
-                    rng_tensors["cuda"] = rng.cuda
-                save_file(rng_tensors, str(tmp / STATE_DIR / "rng.safetensors"))
+                tensors = {key: value for key, value in vars(rng).items() if value is not None}
+                save_file(tensors, str(tmp / STATE_DIR / "rng.safetensors"))
             if optimizer is not None:
                 torch.save(optimizer.state_dict(), tmp / STATE_DIR / "optimizer.pt")
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        manifest = {
-            "files": {
-                str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-                for p in files
-            }
+        files = {
+            str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
         }
-        _write_text(tmp / MANIFEST_FILE, json.dumps(manifest, indent=2))
+        _write_text(tmp / MANIFEST_FILE, json.dumps({"files": files}, indent=2))
     return directory
 
 
@@ -328,9 +309,14 @@ def load_weights(model: LanguageModel, directory: Path) -> None:
         model.model.rotary = RotaryEmbedding(model.config)
 
 
-def load_training_state(
-    directory: Path, optimizer: torch.optim.Optimizer
-) -> tuple[TrainingState, RngStates]:
+def restore_training_state(
+    directory: Path,
+    optimizer: torch.optim.Optimizer,
+    data_generator: torch.Generator,
+    device: torch.device,
+) -> TrainingState:
+    """Load the optimizer moments and training state saved in `directory`, and put the random
+    generators (dropout, data order) back where they were: what makes a resume exact."""
     state_dir = directory / STATE_DIR
     if not (state_dir / "state.json").is_file():
         raise CheckpointError(
@@ -341,22 +327,10 @@ def load_training_state(
     optimizer.load_state_dict(
         torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu")
     )
-    return state, RngStates(torch_cpu=rng["torch_cpu"], data=rng["data"], cuda=rng.get("cuda"))
-
-
-def restore_training_state(
-    directory: Path,
-    optimizer: torch.optim.Optimizer,
-    data_generator: torch.Generator,
-    device: torch.device,
-) -> TrainingState:
-    """Load the optimizer moments and training state saved in `directory`, and put the random
-    generators (dropout, data order) back where they were: what makes a resume exact."""
-    state, rng = load_training_state(directory, optimizer)
-    torch.set_rng_state(rng.torch_cpu)
-    data_generator.set_state(rng.data)
-    if rng.cuda is not None and device.type == "cuda":
-        torch.cuda.set_rng_state(rng.cuda, device)
+    torch.set_rng_state(rng["torch_cpu"])
+    data_generator.set_state(rng["data"])
+    if "cuda" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"], device)
     return state
 
 

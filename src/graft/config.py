@@ -276,14 +276,10 @@ def load_run_config(
 ) -> RunConfig:
     """A RunConfig for `command` from a YAML file (optional) plus `section.key=value`
     overrides."""
-    raw: dict[str, Any] = {}
-    where = str(path) if path else "config"
-    if path is not None:
-        raw = _read_yaml(path)
+    raw = _read_yaml(path) if path is not None else {}
     for item in overrides or []:
         apply_override(raw, item)
-        if path is None:
-            where = "command line"
+    where = str(path) if path else "command line" if overrides else "config"
     return validate_run_config(raw, where=where, command=command)
 
 
@@ -450,14 +446,13 @@ def load_finetune_config(
     if objective is None or not issubclass(objective, RecordObjective):
         raise ConfigError(f"finetune: {task!r} is not a fine-tuning task")
     raw["train"]["monitor"] = objective.monitor
-    where = "defaults"
     if path is not None:
         for section, values in _read_yaml(path).items():
             if isinstance(values, dict) and isinstance(raw.get(section), dict):
                 raw[section].update(values)
             else:
                 raw[section] = values
-        where = str(path)
     for item in overrides or []:
         apply_override(raw, item)
-    return validate_run_config(raw, where=where if path else "command line", command="finetune")
+    where = str(path) if path else "command line"
+    return validate_run_config(raw, where=where, command="finetune")

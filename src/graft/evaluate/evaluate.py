@@ -22,8 +22,9 @@ This module owns how a checkpoint meets evaluation data; the numbers themselves 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from itertools import chain
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -56,10 +57,9 @@ from graft.evaluate.metrics import (
 )
 from graft.evaluate.predict import class_probabilities
 from graft.infer.generate import SamplingParams, generate
-from graft.model.transformer import LanguageModel
-from graft.objectives.batch import run
+from graft.model.transformer import LanguageModel, read_padded
 from graft.objectives.classify import check_labels
-from graft.objectives.tokens import TagTokens
+from graft.objectives.tokens import EncodedSentences
 
 __all__ = [
     "EVAL_TASKS",
@@ -128,9 +128,7 @@ def evaluate_checkpoint(options: EvalOptions, echo: Echo = lambda _: None) -> Pa
     _check_options(options)
     device = resolve_device(options.device, what="--device")
     model, tokenizer = load_model(options.checkpoint, device=device)
-    out_dir = (
-        options.out_dir if options.out_dir is not None else default_out_dir(options.checkpoint)
-    )
+    out_dir = options.out_dir or default_out_dir(options.checkpoint)
     task = {
         "lm": evaluate_lm,
         "classify": evaluate_classify,
@@ -171,20 +169,25 @@ def _check_options(options: EvalOptions) -> None:
             raise DataError(f"{path}: no such file or folder; check --data")
 
 
-def _run_info(options: EvalOptions, **more: Any) -> dict[str, Any]:
-    return {
+def _report(
+    out_dir: Path,
+    options: EvalOptions,
+    metrics: dict[str, Any],
+    samples: Sequence[dict[str, Any]] = (),
+    **run: Any,
+) -> Path:
+    """Write the task's report: `metrics`, the definition of every key that has one, and what was
+    run (`run` adds to it). Returns the path of its JSON."""
+    known = {**DEFINITIONS, **_MORE_DEFINITIONS}
+    metrics["definitions"] = {key: known[key] for key in metrics if key in known}
+    metrics["run"] = {
         "checkpoint": str(options.checkpoint),
         "task": options.task,
         "data": [str(p) for p in options.data],
         "limit": options.limit,
-        **more,
+        **run,
     }
-
-
-def _definitions(metrics: dict[str, Any]) -> dict[str, str]:
-    """The definition of every key of `metrics` that has one, to store beside the numbers."""
-    known = {**DEFINITIONS, **_MORE_DEFINITIONS}
-    return {key: known[key] for key in metrics if key in known}
+    return write_report(out_dir, options.task, metrics, samples)[0]
 
 
 def _context(model: LanguageModel, options: EvalOptions) -> int:
@@ -197,14 +200,6 @@ def _context(model: LanguageModel, options: EvalOptions) -> int:
             f"tokens; pass at most {context}"
         )
     return options.seq_len
-
-
-def _device(model: LanguageModel) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _limited(items: list[Any], limit: int | None) -> list[Any]:
-    return items if limit is None else items[:limit]
 
 
 def _pick_samples(
@@ -247,15 +242,12 @@ def _token_stream(
         )
     parts: list[np.ndarray] = []
     flags: list[np.ndarray] = []
-    counts = {"documents": 0, "bytes": 0, "words": 0}
+    counts = {"bytes": 0, "words": 0, "documents": 0}
     for document in iter_documents(list(options.data)):
         if options.limit is not None and counts["documents"] >= options.limit:
             break
         pieces = list(document.pieces())
-        ids = np.concatenate(
-            [np.asarray(e, dtype=np.int64) for e in tokenizer.encode_batch(pieces)]
-            or [np.zeros(0, dtype=np.int64)]
-        )
+        ids = np.fromiter(chain.from_iterable(tokenizer.encode_batch(pieces)), dtype=np.int64)
         if ids.size == 0:
             continue  # whitespace the tokenizer drops: nothing to score, and no bytes counted
         parts += [np.array([eot], dtype=np.int64), ids]
@@ -268,26 +260,16 @@ def _token_stream(
     return np.concatenate(parts), np.concatenate(flags), counts
 
 
-def _windows(
-    ids: np.ndarray, scored: np.ndarray, seq_len: int, pad_id: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Non-overlapping (inputs, targets) windows of seq_len; every position after the first is a
-    target exactly once. The last window is right-padded with unscored positions, which causal
-    attention keeps from touching the real ones."""
-    targets = np.where(scored[1:], ids[1:], IGNORE_INDEX)
+def _windows(ids: np.ndarray, scored: np.ndarray, seq_len: int) -> tuple[torch.Tensor, ...]:
+    """(inputs, targets), each (windows, seq_len): non-overlapping windows in which every position
+    after the first is a target exactly once. The last window is right-padded with unscored
+    end-of-text ids (ids[0]), which causal attention keeps from touching the real ones."""
     n = ids.size - 1
-    for start in range(0, n, seq_len):
-        x = np.full(seq_len, pad_id, dtype=np.int64)
-        y = np.full(seq_len, IGNORE_INDEX, dtype=np.int64)
-        end = min(start + seq_len, n)
-        x[: end - start], y[: end - start] = ids[start:end], targets[start:end]
-        yield x, y
-
-
-def _window_loss(model: LanguageModel, inputs: torch.Tensor, targets: torch.Tensor) -> float:
-    loss = model(inputs, causal=True, targets=targets).lm_loss
-    assert loss is not None
-    return float(loss)
+    size = -(-n // seq_len) * seq_len
+    inputs = np.full(size, ids[0], dtype=np.int64)
+    targets = np.full(size, IGNORE_INDEX, dtype=np.int64)
+    inputs[:n], targets[:n] = ids[:-1], np.where(scored[1:], ids[1:], IGNORE_INDEX)
+    return tuple(torch.from_numpy(a.reshape(-1, seq_len)) for a in (inputs, targets))
 
 
 @torch.inference_mode()
@@ -305,45 +287,28 @@ def evaluate_lm(
     ids, scored, counts = _token_stream(tokenizer, options)
     tokens = int(scored[1:].sum())
     echo(f"scoring {tokens:,} tokens of {counts['documents']:,} documents in windows of {seq_len}")
-    device = _device(model)
-    total, windows = 0.0, 0
-    batch: list[tuple[np.ndarray, np.ndarray]] = []
-    for window in _windows(
-        ids, scored, seq_len, pad_id=int(ids[0])
-    ):  # ids[0] is the end-of-text id
-        batch.append(window)
-        windows += 1
-        if len(batch) == options.batch_size:
-            total += _batch_loss(model, batch, device)
-            batch = []
-    if batch:
-        total += _batch_loss(model, batch, device)
+    device = next(model.parameters()).device
+    inputs, targets = _windows(ids, scored, seq_len)
+    total = 0.0
+    for start in range(0, len(inputs), options.batch_size):
+        x, y = (t[start : start + options.batch_size].to(device) for t in (inputs, targets))
+        loss = model(x, causal=True, targets=y).lm_loss
+        assert loss is not None
+        total += float(loss)
     figures = language_model_metrics(total, tokens, counts["bytes"], counts["words"])
     metrics: dict[str, Any] = {
         **figures,
         "tokens": tokens,
-        "bytes": counts["bytes"],
-        "words": counts["words"],
-        "documents": counts["documents"],
-        "windows": windows,
+        **counts,  # bytes, words, documents
+        "windows": len(inputs),
         "seq_len": seq_len,
     }
-    metrics["definitions"] = _definitions(metrics)
-    metrics["run"] = _run_info(options)
-    json_path, _ = write_report(out_dir, "lm", metrics)
+    json_path = _report(out_dir, options, metrics)
     echo(
         f"loss {figures['loss']:.4f}, ppl {figures['ppl']:.2f} per token; "
         f"{figures['bits_per_byte']:.4f} bits per byte; word ppl {figures['word_ppl']:.2f}"
     )
     return json_path
-
-
-def _batch_loss(
-    model: LanguageModel, batch: list[tuple[np.ndarray, np.ndarray]], device: torch.device
-) -> float:
-    inputs = torch.from_numpy(np.stack([x for x, _ in batch])).to(device)
-    targets = torch.from_numpy(np.stack([y for _, y in batch])).to(device)
-    return _window_loss(model, inputs, targets)
 
 
 # -- classification --------------------------------------------------------------------------
@@ -367,7 +332,7 @@ def evaluate_classify(
             label_field=options.label_field,
             encoding=options.encoding,
         )[0]
-    records = _limited(records, options.limit)
+    records = records[: options.limit]
     labels = model.config.labels
     max_len = _context(model, options)
     check_labels(records, labels)  # names the record's file:line
@@ -391,8 +356,6 @@ def evaluate_classify(
         "count": len(records),
         "truncated": classified.truncated,
     }
-    metrics["definitions"] = _definitions(metrics)
-    metrics["run"] = _run_info(options, seq_len=max_len)
     rows = [
         {
             "source": r.source,
@@ -404,7 +367,7 @@ def evaluate_classify(
         for r, p, c in zip(records, y_pred, confidence)
     ]
     samples = _pick_samples(rows, [t != p for t, p in zip(y_true, y_pred)], options.samples)
-    json_path, _ = write_report(out_dir, "classify", metrics, samples)
+    json_path = _report(out_dir, options, metrics, samples, seq_len=max_len)
     plot_confusion_matrix(scores, out_dir / "classify_confusion.png")
     echo(
         f"accuracy {scores.accuracy:.4f}, macro F1 {scores.macro_f1:.4f} "
@@ -429,26 +392,20 @@ def evaluate_tokens(
     sentences = []
     for path in options.data:
         sentences += read_tagged(path, encoding=options.encoding)[0]
-    sentences = _limited(sentences, options.limit)
+    sentences = sentences[: options.limit]
     tags = model.config.labels
     max_len = _context(model, options)
     # Encodes with the training alignment; a tag the model does not know names its file:line.
-    tagger = TagTokens(
-        (), sentences, tokenizer, tags, max_len, bidirectional=model.config.is_encoder
-    )
+    encoded = EncodedSentences(sentences, tokenizer, tags, max_len, frame=model.config.is_encoder)
     echo(f"tagging {len(sentences):,} sentences with {len(tags)} tags")
-    device = _device(model)
     predicted: list[list[str]] = []
-    for batch in tagger.eval_batches(options.batch_size, 0):
-        batch = batch.to(device)
-        assert batch.targets is not None
-        logits = run(model, batch, ["classifier"]).class_logits
+    for start in range(0, len(encoded), options.batch_size):
+        batch = slice(start, start + options.batch_size)
+        logits = read_padded(model, encoded.ids[batch], ["classifier"])[0].class_logits
         assert logits is not None
-        choice = logits.argmax(-1)
-        first = batch.targets != IGNORE_INDEX  # exactly each word's first sub-token, in word order
-        predicted += [
-            [tags[i] for i in choice[row][first[row]].tolist()] for row in range(choice.shape[0])
-        ]
+        for choice, labels in zip(logits.argmax(-1).tolist(), encoded.labels[batch]):
+            # Labelled positions are exactly each word's first sub-token, in word order.
+            predicted.append([tags[c] for c, label in zip(choice, labels) if label != IGNORE_INDEX])
     true_tags = [list(s.tags) for s in sentences]
     # Words past the context got no prediction: they count as "O", so the truncation costs recall.
     pred_tags = [p + ["O"] * (len(t) - len(p)) for p, t in zip(predicted, true_tags)]
@@ -459,16 +416,14 @@ def evaluate_tokens(
         **scores,
         "word_accuracy": correct / words,
         "count": len(sentences),
-        "truncated": tagger.val.truncated,
+        "truncated": encoded.truncated,
     }
-    metrics["definitions"] = _definitions(metrics)
-    metrics["run"] = _run_info(options, seq_len=max_len)
     rows = [
         {"source": s.source, "words": list(s.words), "tags": t, "predicted": p}
         for s, t, p in zip(sentences, true_tags, pred_tags)
     ]
     samples = _pick_samples(rows, [t != p for t, p in zip(true_tags, pred_tags)], options.samples)
-    json_path, _ = write_report(out_dir, "tokens", metrics, samples)
+    json_path = _report(out_dir, options, metrics, samples, seq_len=max_len)
     echo(
         f"entity F1 {scores['f1']:.4f} (precision {scores['precision']:.4f}, recall "
         f"{scores['recall']:.4f}) over {len(sentences):,} sentences"
@@ -495,13 +450,8 @@ def _first_fields(path: Path, encoding: str) -> dict[str, object] | None:
 
 
 def _is_pair_file(path: Path, encoding: str) -> bool:
-    first = _first_fields(path, encoding)
-    return (
-        first is not None
-        and "source" in first
-        and "target" in first
-        and not {"messages", "instruction"} & set(first)
-    )
+    keys = set(_first_fields(path, encoding) or ())
+    return {"source", "target"} <= keys and not {"messages", "instruction"} & keys
 
 
 def read_pairs(path: Path, encoding: str = "utf-8") -> list[GenerationExample]:
@@ -588,9 +538,7 @@ def evaluate_generate(
             f"{options.checkpoint}: the tokenizer has no eos token; --task generate needs one to "
             "know where a generation ends"
         )
-    examples = _limited(
-        generation_examples(options.data, tokenizer, options.encoding), options.limit
-    )
+    examples = generation_examples(options.data, tokenizer, options.encoding)[: options.limit]
     context = model.config.max_seq_len
     keep = max(context - options.max_new_tokens, context // 2, 1)
     params = SamplingParams(
@@ -623,8 +571,6 @@ def evaluate_generate(
         "prompts_truncated": truncated,
         "max_new_tokens": options.max_new_tokens,
     }
-    metrics["definitions"] = _definitions(metrics)
-    metrics["run"] = _run_info(options, decoding="greedy")
     rows = [
         {
             "source": e.source,
@@ -635,7 +581,7 @@ def evaluate_generate(
         }
         for e, p, s in zip(examples, predictions, ended)
     ]
-    json_path, _ = write_report(out_dir, "generate", metrics, rows[: options.samples])
+    json_path = _report(out_dir, options, metrics, rows[: options.samples], decoding="greedy")
     echo(
         f"BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}, ROUGE-L {scores['rougeL']:.4f}, "
         f"exact match {scores['exact_match']:.4f}; {metrics['ended_with_eos']:.0%} ended with eos"

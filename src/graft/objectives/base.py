@@ -13,15 +13,17 @@ from abc import abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
 from graft.data.shards import TokenShards
 from graft.data.tokenizer import Tokenizer
+from graft.errors import DataError
 from graft.model.config import AttentionKind, HeadKind, ModelConfig
-from graft.objectives.batch import Objective
+from graft.objectives.batch import Batch, Objective
 
 DataKind = Literal["shards", "records"]
 
@@ -67,6 +69,23 @@ class Shards:
     tokenizer: Tokenizer
     vocab_size: int
     mask_doc_boundaries: bool = False
+
+
+def check_windows(window: int, *splits: TokenShards | None, what: str = "") -> None:
+    """Refuse a split shorter than one window of `window` tokens (`what` says how it is made)."""
+    for shards in splits:
+        if shards is not None and len(shards) < window:
+            raise DataError(
+                f"{shards.directory}: the {shards.split} split has {len(shards)} tokens, "
+                f"fewer than one window of {what}{window}; add data or lower train.seq_len"
+            )
+
+
+def spaced_starts(high: int, batch_size: int, n_batches: int) -> list[list[int]]:
+    """n_batches batches of window starts spread evenly over [0, high]: validation windows that
+    stay the same from one evaluation to the next."""
+    starts = np.linspace(0, high, batch_size * n_batches).round().astype(np.int64).tolist()
+    return [starts[i : i + batch_size] for i in range(0, len(starts), batch_size)]
 
 
 class ShardObjective(ObjectiveSection):
@@ -122,6 +141,56 @@ class Records:
         return [items[i] for i in sorted(order[:limit].tolist())]
 
 
+class Encoded:
+    """Records encoded once: the token ids of each, and how many were cut to fit the context."""
+
+    ids: list[list[int]]
+    truncated: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+E = TypeVar("E", bound=Encoded)
+
+
+class RecordBatches(Generic[E]):
+    """The batches of a record objective: random training records, and every validation record
+    in order (n_batches is not a limit there: metrics such as F1 need them all)."""
+
+    train: E
+    val: E
+
+    def batch(self, data: E, rows: list[int]) -> Batch:
+        raise NotImplementedError
+
+    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
+        rows = torch.randint(0, len(self.train), (batch_size,), generator=generator).tolist()
+        return self.batch(self.train, rows)
+
+    def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
+        count = len(self.val)
+        return [
+            self.batch(self.val, list(range(start, min(start + batch_size, count))))
+            for start in range(0, count, batch_size)
+        ]
+
+    def notes(
+        self, kind: str, skipped: int, max_len: int, more: str = "", cut: str = ""
+    ) -> tuple[str, ...]:
+        """Lines worth reporting: how many records of `kind` (`more` about them), how many invalid
+        ones were skipped, and how many were truncated to `max_len` tokens (`cut` says how)."""
+        notes = [f"{len(self.train):,} training and {len(self.val):,} validation {kind}{more}"]
+        if skipped:
+            notes.append(f"skipped {skipped:,} invalid records (--data.skip_invalid)")
+        truncated = self.train.truncated + self.val.truncated
+        if truncated:
+            notes.append(
+                f"warning: {truncated:,} {kind} longer than {max_len} tokens{cut} were truncated"
+            )
+        return tuple(notes)
+
+
 @dataclass(frozen=True)
 class TaskData:
     """What a record objective's build gives the fine-tune: the objective, the label set of its
@@ -130,15 +199,6 @@ class TaskData:
     objective: Objective
     labels: tuple[str, ...]
     notes: tuple[str, ...] = ()
-
-    @staticmethod
-    def report(counts: str, skipped: int, truncated: int, what: str) -> tuple[str, ...]:
-        notes = [counts]
-        if skipped:
-            notes.append(f"skipped {skipped:,} invalid records (--data.skip_invalid)")
-        if truncated:
-            notes.append(f"warning: {truncated:,} {what} were truncated")
-        return tuple(notes)
 
 
 class RecordObjective(ObjectiveSection):

@@ -27,15 +27,12 @@ class Batch:
     targets: torch.Tensor | None = None  # (B, T) token targets
     position_ids: torch.Tensor | None = None  # (B, T); None = 0..T-1
     token_type_ids: torch.Tensor | None = None  # (B, T) segment ids (NSP); None = all 0
-    attention_mask: torch.Tensor | None = (
-        None  # bool, broadcastable to (B, 1, T, T); None = the model's default
-    )
-    causal: bool | None = (
-        None  # without a mask: causal or full attention; None = the model's default
-    )
-    sequence_targets: torch.Tensor | None = (
-        None  # (B,) one label per sequence (NSP: is-next; a class)
-    )
+    # bool, broadcastable to (B, 1, T, T); None = the model's default
+    attention_mask: torch.Tensor | None = None
+    # without a mask: causal or full attention; None = the model's default
+    causal: bool | None = None
+    # (B,) one label per sequence (NSP: is-next; a class)
+    sequence_targets: torch.Tensor | None = None
     # (B,) real tokens per right-padded row; None = no padding, every position is real. An
     # objective that pads rows must set it: n_tokens, and every token count of the loop, read it.
     lengths: torch.Tensor | None = None
@@ -118,14 +115,6 @@ class Objective(Protocol):
         """`{split}/loss` (the figure best checkpoints and patience follow) and the objective's
         own."""
         ...
-
-
-def in_order(count: int, batch_size: int) -> list[list[int]]:
-    """Row indices 0..count-1 in consecutive batches: validation that must see every example
-    once."""
-    return [
-        list(range(start, min(start + batch_size, count))) for start in range(0, count, batch_size)
-    ]
 
 
 def run(

@@ -26,8 +26,8 @@ from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
 from graft.model.config import HeadKind
 from graft.model.transformer import LanguageModel, padding_attention_mask
-from graft.objectives.base import RecordObjective, Records, TaskData
-from graft.objectives.batch import Batch, LossSum, LossTotals, in_order, run
+from graft.objectives.base import Encoded, RecordBatches, RecordObjective, Records, TaskData
+from graft.objectives.batch import Batch, LossSum, LossTotals, run
 
 
 def label_set(records: Sequence[TextRecord], where: str) -> tuple[str, ...]:
@@ -49,7 +49,7 @@ def check_labels(records: Sequence[TextRecord], labels: tuple[str, ...]) -> None
             )
 
 
-class EncodedTexts:
+class EncodedTexts(Encoded):
     """Token ids, true lengths and label ids of a set of records, encoded once."""
 
     def __init__(
@@ -64,18 +64,15 @@ class EncodedTexts:
         index = {label: i for i, label in enumerate(labels)}
         # The one text -> ids path, which graft eval and the server share.
         inputs = model_inputs(tokenizer, [r.text for r in records], framed=frame, max_len=max_len)
-        self.ids: list[list[int]] = inputs.ids
+        self.ids = inputs.ids
         self.truncated = sum(inputs.truncated)
         self.labels = torch.tensor([index[r.label] for r in records], dtype=torch.long)
         for ids, record in zip(self.ids, records):
             if not ids:
                 raise DataError(f"{record.source}: the text encodes to no tokens")
 
-    def __len__(self) -> int:
-        return len(self.ids)
 
-
-class Classify:
+class Classify(RecordBatches[EncodedTexts]):
     """Objective `classify`."""
 
     name = "classify"
@@ -110,15 +107,6 @@ class Classify:
         return Batch(
             input_ids, attention_mask=mask, sequence_targets=texts.labels[rows], lengths=lengths
         )
-
-    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        rows = torch.randint(0, len(self.train), (batch_size,), generator=generator).tolist()
-        return self.batch(self.train, rows)
-
-    def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
-        """Every validation example, in order (n_batches is not a limit here: metrics need them
-        all)."""
-        return [self.batch(self.val, rows) for rows in in_order(len(self.val), batch_size)]
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
         assert batch.sequence_targets is not None
@@ -195,11 +183,5 @@ class ClassifyConfig(RecordObjective):
             bidirectional=bidirectional,
             class_weights=self.class_weights,
         )
-        notes = TaskData.report(
-            f"{len(train):,} training and {len(val):,} validation texts; "
-            f"labels: {', '.join(labels)}",
-            skipped,
-            classify.train.truncated + classify.val.truncated,
-            f"texts longer than {max_len} tokens",
-        )
+        notes = classify.notes("texts", skipped, max_len, f"; labels: {', '.join(labels)}")
         return TaskData(classify, labels, notes)

@@ -16,10 +16,9 @@ import numpy as np
 import torch
 
 from graft.data.shards import TokenShards
-from graft.errors import DataError
 from graft.model.config import AttentionKind
 from graft.model.transformer import LanguageModel
-from graft.objectives.base import ShardObjective, Shards
+from graft.objectives.base import ShardObjective, Shards, check_windows, spaced_starts
 from graft.objectives.batch import Batch, LossSum, LossTotals, Objective, run
 
 
@@ -61,13 +60,7 @@ class CausalLM:
         *,
         mask_doc_boundaries: bool = False,
     ) -> None:
-        for shards in (train, val):
-            if shards is not None and len(shards) < seq_len + 1:
-                raise DataError(
-                    f"{shards.directory}: the {shards.split} split has {len(shards)} tokens, "
-                    f"fewer than one window of seq_len + 1 = {seq_len + 1}; "
-                    "add data or lower train.seq_len"
-                )
+        check_windows(seq_len + 1, train, val, what="seq_len + 1 = ")
         self.train, self.val, self.seq_len = train, val, seq_len
         self.mask_doc_boundaries = mask_doc_boundaries
         self.eot_id = train.index.eot_id
@@ -92,11 +85,7 @@ class CausalLM:
         if self.val is None:
             return []
         high = len(self.val) - self.seq_len - 1
-        starts = np.linspace(0, high, batch_size * n_batches).round().astype(np.int64).tolist()
-        return [
-            self._batch(self.val, starts[i : i + batch_size])
-            for i in range(0, len(starts), batch_size)
-        ]
+        return [self._batch(self.val, s) for s in spaced_starts(high, batch_size, n_batches)]
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
         return next_token_loss(model, batch)

@@ -26,7 +26,7 @@ from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError, TokenizerError
 from graft.model.config import AttentionKind
 from graft.model.transformer import LanguageModel, prefix_attention_mask
-from graft.objectives.base import ShardObjective, Shards
+from graft.objectives.base import ShardObjective, Shards, check_windows, spaced_starts
 from graft.objectives.batch import Batch, LossSum, LossTotals, Objective
 from graft.objectives.clm import next_token_loss
 from graft.objectives.mlm import EVAL_SEED, require_tokens
@@ -75,12 +75,7 @@ class Denoise:
         self.pad_id = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eot_id
         self.seq_len = seq_len
         self.window = self._largest_window(seq_len + 1)
-        for shards in (train, val):
-            if shards is not None and len(shards) < self.window:
-                raise DataError(
-                    f"{shards.directory}: the {shards.split} split has {len(shards)} tokens, "
-                    f"fewer than one window of {self.window}; add data or lower train.seq_len"
-                )
+        check_windows(self.window, train, val)
         self.train, self.val = train, val
         self._eval: list[Batch] | None = None
 
@@ -129,9 +124,8 @@ class Denoise:
             padded = np.full(T + 1, self.pad_id, dtype=np.int64)
             padded[:n] = sequence
             label = padded[1:].copy()
-            label[: len(corrupted) - 1] = (
-                IGNORE_INDEX  # the corrupted input is given, not predicted
-            )
+            # The corrupted input is given, not predicted.
+            label[: len(corrupted) - 1] = IGNORE_INDEX
             label[n - 1 :] = IGNORE_INDEX  # padding
             rows.append(padded[:-1])
             labels.append(label)
@@ -154,15 +148,9 @@ class Denoise:
             return []
         if self._eval is None:
             generator = torch.Generator().manual_seed(EVAL_SEED)
-            starts = (
-                np.linspace(0, len(self.val) - self.window, batch_size * n_batches)
-                .round()
-                .astype(np.int64)
-                .tolist()
-            )
             self._eval = [
-                self._batch(self.val, starts[i : i + batch_size], generator)
-                for i in range(0, len(starts), batch_size)
+                self._batch(self.val, starts, generator)
+                for starts in spaced_starts(len(self.val) - self.window, batch_size, n_batches)
             ]
         return self._eval
 

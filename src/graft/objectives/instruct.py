@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar, Literal
 
-import torch
 from pydantic import Field
 
 from graft.data.chat import DEFAULT_CHAT_TEMPLATE, encode_conversation
@@ -23,12 +22,12 @@ from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
 from graft.model.config import AttentionKind, HeadKind
 from graft.model.transformer import LanguageModel
-from graft.objectives.base import RecordObjective, Records, TaskData
-from graft.objectives.batch import Batch, LossSum, LossTotals, in_order
+from graft.objectives.base import Encoded, RecordBatches, RecordObjective, Records, TaskData
+from graft.objectives.batch import Batch, LossSum, LossTotals
 from graft.objectives.clm import next_token_loss
 
 
-class EncodedConversations:
+class EncodedConversations(Encoded):
     def __init__(
         self,
         conversations: Sequence[Conversation],
@@ -38,7 +37,7 @@ class EncodedConversations:
         *,
         train_on_prompt: bool,
     ) -> None:
-        self.ids: list[list[int]] = []
+        self.ids = []
         self.labels: list[list[int]] = []
         self.truncated = 0
         for conversation in conversations:
@@ -59,11 +58,8 @@ class EncodedConversations:
             self.ids.append(encoded.input_ids)
             self.labels.append(encoded.labels)
 
-    def __len__(self) -> int:
-        return len(self.ids)
 
-
-class Instruct:
+class Instruct(RecordBatches[EncodedConversations]):
     """Objective `instruct`."""
 
     name = "instruct"
@@ -92,15 +88,6 @@ class Instruct:
         targets, _ = right_padded([data.labels[i][1:] for i in rows], IGNORE_INDEX)
         # Right padding: causal attention never reaches it.
         return Batch(input_ids, targets, causal=True, lengths=lengths)
-
-    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        return self.batch(
-            self.train,
-            torch.randint(0, len(self.train), (batch_size,), generator=generator).tolist(),
-        )
-
-    def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
-        return [self.batch(self.val, rows) for rows in in_order(len(self.val), batch_size)]
 
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
         return next_token_loss(model, batch)
@@ -138,10 +125,5 @@ class InstructConfig(RecordObjective):
             max_len,
             train_on_prompt=self.train_on_prompt,
         )
-        notes = TaskData.report(
-            f"{len(train):,} training and {len(val):,} validation conversations",
-            skipped,
-            sft.train.truncated + sft.val.truncated,
-            f"conversations longer than {max_len} tokens (kept, cut at the end)",
-        )
+        notes = sft.notes("conversations", skipped, max_len, cut=" (kept, cut at the end)")
         return TaskData(sft, (), notes)

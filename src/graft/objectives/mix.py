@@ -74,14 +74,12 @@ class Mixture:
         # The part counts its own units; its mean is rescaled to this batch's rows below.
         out = self.parts[part].loss(model, replace(batch, part=inner, units_are_rows=False))
         size = batch.input_ids.shape[0]
-        stats = {f"{part}/{k}": v for k, v in out.stats.items()}
-        stats.update(
-            {
-                f"{part}/loss_sum": float(out.total.detach()),
-                f"{part}/count": float(out.count),
-                f"{part}/batches": 1.0,
-            }
-        )
+        stats = {
+            **{f"{part}/{k}": v for k, v in out.stats.items()},
+            f"{part}/loss_sum": float(out.total.detach()),
+            f"{part}/count": float(out.count),
+            f"{part}/batches": 1.0,
+        }
         return LossSum(out.total / max(out.count, 1) * size, size, stats)
 
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:

@@ -20,10 +20,10 @@ from pydantic import Field
 from graft.data.records import IGNORE_INDEX
 from graft.data.shards import TokenShards
 from graft.data.tokenizer import Tokenizer
-from graft.errors import DataError, TokenizerError
+from graft.errors import TokenizerError
 from graft.model.config import AttentionKind
 from graft.model.transformer import LanguageModel, ModelOutput
-from graft.objectives.base import ShardObjective, Shards
+from graft.objectives.base import ShardObjective, Shards, check_windows, spaced_starts
 from graft.objectives.batch import Batch, LossSum, LossTotals, Objective, run
 from graft.objectives.masking import mask_tokens
 
@@ -77,9 +77,8 @@ def mlm_metrics(totals: LossTotals, split: str) -> dict[str, float]:
 def unigram_accuracy(shards: TokenShards, special: list[int]) -> float:
     """Accuracy of always predicting the most frequent non-special token: the floor MLM must
     beat."""
-    counts = np.bincount(np.asarray(shards.tokens), minlength=max(special, default=0) + 1).astype(
-        np.int64
-    )
+    minlength = max(special, default=0) + 1
+    counts = np.bincount(np.asarray(shards.tokens), minlength=minlength).astype(np.int64)
     counts[special] = 0
     return float(counts.max() / max(counts.sum(), 1))
 
@@ -150,12 +149,7 @@ class MaskedLM:
         # The ids that frame each window as [CLS] ... [SEP], or None for bare windows.
         self.ends = (cls_id, sep_id) if cls_id is not None and sep_id is not None else None
         self.content_len = seq_len - 2 if self.ends else seq_len
-        for shards in (train, val):
-            if shards is not None and len(shards) < self.content_len:
-                raise DataError(
-                    f"{shards.directory}: the {shards.split} split has {len(shards)} tokens, "
-                    f"fewer than one window of {self.content_len}; add data or lower train.seq_len"
-                )
+        check_windows(self.content_len, train, val)
         self.train, self.val = train, val
         self.unigram_acc = unigram_accuracy(val, self.policy.special) if val is not None else None
         self._eval: list[Batch] | None = None
@@ -187,10 +181,9 @@ class MaskedLM:
         if self._eval is None:
             generator = torch.Generator().manual_seed(EVAL_SEED)
             high = len(self.val) - self.content_len
-            starts = np.linspace(0, high, batch_size * n_batches).round().astype(np.int64).tolist()
             self._eval = [
-                self._batch(self._windows(self.val, starts[i : i + batch_size]), generator)
-                for i in range(0, len(starts), batch_size)
+                self._batch(self._windows(self.val, starts), generator)
+                for starts in spaced_starts(high, batch_size, n_batches)
             ]
         return self._eval
 

@@ -95,9 +95,8 @@ def sample_pair(
     # negatives: which document a segment comes from never gives the label away.
     cumulative = np.cumsum(lengths)
     weights = np.cumsum(lengths * (int(cumulative[-1]) - lengths))
-    first_doc = int(
-        np.searchsorted(weights, _randint(0, int(weights[-1]) - 1, generator), side="right")
-    )
+    draw = _randint(0, int(weights[-1]) - 1, generator)
+    first_doc = int(np.searchsorted(weights, draw, side="right"))
     is_next = bool(torch.rand((), generator=generator) < next_probability)
     share = _randint(max(1, budget // 4), max(1, min(budget - 1, (3 * budget) // 4)), generator)
     start, length = int(spans[first_doc, 0]), int(lengths[first_doc])
@@ -123,35 +122,30 @@ def sample_pair(
             # B's window start, drawn over the positions that leave the gap: before A or after it.
             gap_total = length - n_first - n_second - budget  # free slack to distribute
             a_rel = _randint(0, gap_total, generator)  # slack before the earlier of the two
-            b_rel = _randint(
-                0, gap_total - a_rel, generator
-            )  # slack between the gap and the later one
+            # slack between the gap and the later one
+            b_rel = _randint(0, gap_total - a_rel, generator)
             a_first = bool(torch.rand((), generator=generator) < 0.5)
             early = start + a_rel
             late = early + (n_first if a_first else n_second) + budget + b_rel
             a_start, b_start = (early, late) if a_first else (late, early)
             first = tokens[a_start : a_start + n_first]
             second = tokens[b_start : b_start + n_second]
-            return SegmentPair(
-                np.array(first, dtype=np.int64),
-                np.array(second, dtype=np.int64),
-                False,
-                first_doc,
-                first_doc,
-            )
-        offset = start + _randint(0, length - n_first, generator)
-        first = tokens[offset : offset + n_first]
-        # Length-proportional over the other documents, like the first segment's document: were it
-        # uniform, a second segment from a short document would mostly be a negative, and the model
-        # could score well by recognising documents instead of judging whether B follows A.
-        before = int(cumulative[first_doc - 1]) if first_doc else 0
-        token = _randint(0, int(cumulative[-1]) - length - 1, generator)
-        token += length if token >= before else 0  # skip over first_doc's tokens
-        second_doc = int(np.searchsorted(cumulative, token, side="right"))
-        other_start, other_length = int(spans[second_doc, 0]), int(lengths[second_doc])
-        n_second = min(budget - n_first, other_length)
-        other_offset = other_start + _randint(0, other_length - n_second, generator)
-        second = tokens[other_offset : other_offset + n_second]
+            second_doc = first_doc
+        else:
+            offset = start + _randint(0, length - n_first, generator)
+            first = tokens[offset : offset + n_first]
+            # Length-proportional over the other documents, like the first segment's document:
+            # were it uniform, a second segment from a short document would mostly be a negative,
+            # and the model could score well by recognising documents instead of judging whether
+            # B follows A.
+            before = int(cumulative[first_doc - 1]) if first_doc else 0
+            token = _randint(0, int(cumulative[-1]) - length - 1, generator)
+            token += length if token >= before else 0  # skip over first_doc's tokens
+            second_doc = int(np.searchsorted(cumulative, token, side="right"))
+            other_start, other_length = int(spans[second_doc, 0]), int(lengths[second_doc])
+            n_second = min(budget - n_first, other_length)
+            other_offset = other_start + _randint(0, other_length - n_second, generator)
+            second = tokens[other_offset : other_offset + n_second]
     return SegmentPair(
         np.array(first, dtype=np.int64),
         np.array(second, dtype=np.int64),

@@ -106,9 +106,8 @@ def span_corruption(
     n_spans = int(starts.sum())
     at = np.cumsum(drop)[starts] - 1  # where each span begins among the dropped tokens
     target = np.insert(tokens[drop], at, sentinels[:n_spans])
-    target = np.concatenate(
-        [target, sentinels[n_spans : n_spans + 1]]
-    )  # closing sentinel, as in T5
+    # The closing sentinel, as in T5.
+    target = np.concatenate([target, sentinels[n_spans : n_spans + 1]])
     return corrupted, target
 
 

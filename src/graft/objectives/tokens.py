@@ -22,8 +22,8 @@ from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
 from graft.model.config import HeadKind
 from graft.model.transformer import LanguageModel, padding_attention_mask
-from graft.objectives.base import RecordObjective, Records, TaskData
-from graft.objectives.batch import Batch, LossSum, LossTotals, in_order, run
+from graft.objectives.base import Encoded, RecordBatches, RecordObjective, Records, TaskData
+from graft.objectives.batch import Batch, LossSum, LossTotals, run
 
 
 def tag_set(sentences: Sequence[TaggedSentence], where: str) -> tuple[str, ...]:
@@ -42,7 +42,7 @@ def _entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
     return {(kind, start, end) for kind, start, end in get_entities(list(tags))}
 
 
-class EncodedSentences:
+class EncodedSentences(Encoded):
     def __init__(
         self,
         sentences: Sequence[TaggedSentence],
@@ -55,7 +55,7 @@ class EncodedSentences:
         index = {label: i for i, label in enumerate(labels)}
         # [CLS] ... [SEP] for encoders, as every text a model reads (graft.data.inputs).
         framing = input_frame(tokenizer, framed=frame)
-        self.ids: list[list[int]] = []
+        self.ids = []
         self.labels: list[list[int]] = []
         self.truncated = 0
         for sentence in sentences:
@@ -76,11 +76,8 @@ class EncodedSentences:
             self.ids.append(framing.wrap(ids))
             self.labels.append(framing.align(tags, IGNORE_INDEX))
 
-    def __len__(self) -> int:
-        return len(self.ids)
 
-
-class TagTokens:
+class TagTokens(RecordBatches[EncodedSentences]):
     """Objective `tokens`."""
 
     name = "tokens"
@@ -111,16 +108,6 @@ class TagTokens:
             lengths=lengths,
         )
 
-    def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        return self.batch(
-            self.train,
-            torch.randint(0, len(self.train), (batch_size,), generator=generator).tolist(),
-        )
-
-    def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
-        """Every validation sentence, in order (entity F1 needs them all)."""
-        return [self.batch(self.val, rows) for rows in in_order(len(self.val), batch_size)]
-
     def loss(self, model: LanguageModel, batch: Batch) -> LossSum:
         assert batch.targets is not None
         logits = run(model, batch, ["classifier"]).class_logits
@@ -129,21 +116,14 @@ class TagTokens:
         total = F.cross_entropy(logits[scored], batch.targets[scored], reduction="sum")
         predicted = logits.argmax(-1)
         stats = {"token_correct": float((predicted[scored] == batch.targets[scored]).sum())}
-        true_n = pred_n = correct = 0
+        stats.update(entities_true=0.0, entities_predicted=0.0, entities_correct=0.0)
         for row in range(batch.input_ids.shape[0]):
             keep = scored[row]
             true = _entities([self.labels[i] for i in batch.targets[row][keep].tolist()])
             pred = _entities([self.labels[i] for i in predicted[row][keep].tolist()])
-            true_n, pred_n, correct = (
-                true_n + len(true),
-                pred_n + len(pred),
-                correct + len(true & pred),
-            )
-        stats.update(
-            entities_true=float(true_n),
-            entities_predicted=float(pred_n),
-            entities_correct=float(correct),
-        )
+            stats["entities_true"] += len(true)
+            stats["entities_predicted"] += len(pred)
+            stats["entities_correct"] += len(true & pred)
         return LossSum(total, int(scored.sum()), stats)
 
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
@@ -179,11 +159,5 @@ class TokensConfig(RecordObjective):
         train = records.sample(train)
         tags = tag_set(train, str(records.train_file))
         tagger = TagTokens(train, val, tokenizer, tags, max_len, bidirectional=bidirectional)
-        notes = TaskData.report(
-            f"{len(train):,} training and {len(val):,} validation sentences; "
-            f"tags: {', '.join(tags)}",
-            skipped,
-            tagger.train.truncated + tagger.val.truncated,
-            f"sentences longer than {max_len} tokens",
-        )
+        notes = tagger.notes("sentences", skipped, max_len, f"; tags: {', '.join(tags)}")
         return TaskData(tagger, tags, notes)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -178,17 +179,9 @@ def task_data(config: RunConfig, tokenizer: Tokenizer, model_config: ModelConfig
     objective, data = config.objective, config.data
     assert isinstance(objective, RecordObjective)  # command_problems refused the others
     assert data.train_file is not None  # finetune() refused a run without one
-    records = Records(
-        train_file=data.train_file,
-        val_file=data.val_file,
-        val_fraction=data.val_fraction,
-        text_field=data.text_field,
-        label_field=data.label_field,
-        encoding=data.encoding,
-        skip_invalid=data.skip_invalid,
-        max_train_examples=data.max_train_examples,
-        seed=config.train.seed,
-    )
+    # The data section's settings of the same names, and the run's seed.
+    settings = {f.name: getattr(data, f.name) for f in fields(Records) if f.name != "seed"}
+    records = Records(**settings, seed=config.train.seed)
     return objective.build(
         records,
         tokenizer,

@@ -122,14 +122,8 @@ def fit(run: Run) -> RunResult:
     autocast = autocast_for(run.device, train_cfg.precision)
     eval_batches = objective.eval_batches(train_cfg.batch_size, train_cfg.eval_batches)
     log = MetricsLog(run.run_dir, resume_from_step=state.step if run.resumed else None)
-    result = RunResult(
-        run.run_dir,
-        state.step,
-        state.tokens_seen,
-        state.elapsed_s,
-        "",
-        best_metric=state.best_metric,
-    )
+    # Its counts are filled in when the run stops.
+    result = RunResult(run.run_dir, state.step, state.tokens_seen, state.elapsed_s, stop_reason="")
     bar = tqdm(
         total=train_cfg.max_steps,
         initial=state.step,
@@ -223,16 +217,8 @@ def fit(run: Run) -> RunResult:
                 seconds = time.perf_counter() - window_start
                 train_metrics = objective.metrics(window, "train")
                 tokens_per_s = window_tokens / max(seconds, 1e-9)
-                log.write(
-                    state.step,
-                    {
-                        **train_metrics,
-                        "lr": lr,
-                        "grad_norm": grad_norm,
-                        "tokens_per_s": tokens_per_s,
-                        "tokens": state.tokens_seen,
-                    },
-                )
+                figures = {"lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s}
+                log.write(state.step, {**train_metrics, **figures, "tokens": state.tokens_seen})
                 bar.set_postfix(
                     loss=f"{train_metrics['train/loss']:.3f}",
                     lr=f"{lr:.2e}",
