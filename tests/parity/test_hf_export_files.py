@@ -14,7 +14,12 @@ from safetensors.torch import load_file, save_file
 
 from graft.checkpoint import TrainingState, save_checkpoint
 from graft.data.shards import prepare_shards
-from graft.data.tokenizer import Tokenizer, bytes_tokenizer, train_tokenizer
+from graft.data.tokenizer import (
+    GRAFT_SPECIAL_TOKENS_MAP,
+    Tokenizer,
+    bytes_tokenizer,
+    train_tokenizer,
+)
 from graft.errors import CheckpointError
 from graft.model.config import ModelConfig
 from graft.model.convert import verify
@@ -159,6 +164,17 @@ def test_auto_tokenizer_gives_graft_ids(kind: str, bpe: Tokenizer, tmp_path: Pat
         tokenizer.pad_id,
         None,
     )
+
+
+def test_a_tokenizer_with_a_bos_token_exports_its_id(bpe: Tokenizer, tmp_path: Path) -> None:
+    # An imported tokenizer may name a bos token; export once crashed on it (the id was passed
+    # twice to the config update).
+    roles = {**GRAFT_SPECIAL_TOKENS_MAP, "bos_token": "<|endoftext|>"}
+    tokenizer = Tokenizer(bpe.backend, special_tokens_map=roles)
+    out = export_hf(_model(tokenizer), tmp_path / "hf", tokenizer=tokenizer)
+    config = json.loads((out / "config.json").read_text())
+    assert config["bos_token_id"] == tokenizer.bos_id == tokenizer.eot_id
+    assert transformers.AutoTokenizer.from_pretrained(out).bos_token_id == tokenizer.bos_id
 
 
 @pytest.mark.parametrize("style", ["gpt2", "llama"])
