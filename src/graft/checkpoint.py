@@ -6,6 +6,9 @@
     run_config.yaml      the resolved run config that produced it
     manifest.json        size and sha256 of every file, so truncation or corruption is caught
     training_state/      only for resuming: state.json, rng.safetensors, optimizer.pt
+    sharded/             instead of model.safetensors and optimizer.pt, from an FSDP run: each
+                         process's shards, written through torch.distributed.checkpoint (DCP);
+                         read back on any number of processes, or whole by one
     adapter_config.json, adapter_model.safetensors
                          a LoRA fine-tune's adapter, in PEFT's format, over the base weights above
 
@@ -17,13 +20,17 @@ arbitrary objects: weights are safetensors, the optimizer state is read with wei
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import warnings
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
+import yaml
 from pydantic import BaseModel, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -31,8 +38,9 @@ from safetensors.torch import load_file, save_file
 import graft
 from graft.adapt import ADAPTER_CONFIG_FILE, has_lora, load_adapter, save_adapter, split_lora_state
 from graft.atomic_files import atomic_directory
-from graft.config import RunConfig, model_problems
+from graft.config import RunConfig, TrainConfig, model_problems
 from graft.data.tokenizer import Tokenizer
+from graft.distributed import World
 from graft.errors import CheckpointError, ConfigError, TokenizerError, first_line
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel, RotaryEmbedding
@@ -46,6 +54,7 @@ TOKENIZER_FILE = "tokenizer.json"
 RUN_CONFIG_FILE = "run_config.yaml"
 MANIFEST_FILE = "manifest.json"
 STATE_DIR = "training_state"
+SHARDED_DIR = "sharded"
 
 
 @dataclass
@@ -70,6 +79,15 @@ class RngStates:
     data: torch.Tensor  # the generator that picks training windows: the data position
     cuda: torch.Tensor | None = None
 
+    def tensors(self, rank: int = 0) -> dict[str, torch.Tensor]:
+        """As stored: rank 0's under the plain names; another rank's dropout generators under
+        `NAME.RANK` (the data generator is the same on every rank)."""
+        if rank == 0:
+            return {key: value for key, value in vars(self).items() if value is not None}
+        return {f"torch_cpu.{rank}": self.torch_cpu} | (
+            {} if self.cuda is None else {f"cuda.{rank}": self.cuda}
+        )
+
 
 def save_checkpoint(
     directory: Path,
@@ -79,12 +97,23 @@ def save_checkpoint(
     run_config_yaml: str,
     optimizer: torch.optim.Optimizer | None = None,
     state: TrainingState | None = None,
-    rng: RngStates | None = None,
+    rng: RngStates | Sequence[RngStates] | None = None,
     adapter: tuple[AdaptConfig, str] | None = None,
+    world: World | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (see module docstring). Returns its path. A model
-    with LoRA adapters needs `adapter`: (the adapt config, the base it was trained over)."""
+    with LoRA adapters needs `adapter`: (the adapt config, the base it was trained over). `rng`
+    is one process's generators, or every rank's in rank order.
+
+    With `world`, a model sharded by FSDP is saved by every rank together: each writes its
+    shards of the weights and optimizer moments through DCP into the directory rank 0 builds,
+    and rank 0 writes the rest. Every rank must call it then.
+    """
     directory = Path(directory)
+    if world is not None:
+        return _save_sharded(
+            directory, world, model, tokenizer, run_config_yaml, optimizer, state, rng
+        )
     with atomic_directory(directory) as tmp:
         if has_lora(model):
             if adapter is None:
@@ -98,26 +127,70 @@ def save_checkpoint(
         if model.config.tie_embeddings:
             weights.pop("lm_head.weight", None)  # the same tensor as model.embed_tokens.weight
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        header = {"architecture": "LanguageModel", "graft_version": graft.__version__}
-        config = {**header, "model": model.config.model_dump(mode="json")}
-        _write_text(tmp / CONFIG_FILE, json.dumps(config, indent=2))
-        _write_text(tmp / RUN_CONFIG_FILE, run_config_yaml)
-        tokenizer.save(tmp)
-        if state is not None:
+        if state is not None and optimizer is not None:
             (tmp / STATE_DIR).mkdir()
-            _write_text(tmp / STATE_DIR / "state.json", json.dumps(asdict(state), indent=2))
-            if rng is not None:
-                tensors = {key: value for key, value in vars(rng).items() if value is not None}
-                save_file(tensors, str(tmp / STATE_DIR / "rng.safetensors"))
-            if optimizer is not None:
-                torch.save(optimizer.state_dict(), tmp / STATE_DIR / "optimizer.pt")
-        files = {
-            str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
-            for p in sorted(tmp.rglob("*"))
-            if p.is_file()
-        }
-        _write_text(tmp / MANIFEST_FILE, json.dumps({"files": files}, indent=2))
+            torch.save(optimizer.state_dict(), tmp / STATE_DIR / "optimizer.pt")
+        _write_the_rest(tmp, model.config, tokenizer, run_config_yaml, state, rng)
     return directory
+
+
+def _save_sharded(
+    directory: Path,
+    world: World,
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    run_config_yaml: str,
+    optimizer: torch.optim.Optimizer | None,
+    state: TrainingState | None,
+    rng: RngStates | Sequence[RngStates] | None,
+) -> Path:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    if has_lora(model):
+        raise CheckpointError("LoRA under train.parallel=fsdp is not supported; use ddp")
+    building = atomic_directory(directory) if world.is_main else contextlib.nullcontext()
+    with building as work:
+        tmp = Path(world.gather(str(work))[0])  # rank 0's directory, on a filesystem all share
+        model_state, optim_state = get_state_dict(model, [optimizer] if optimizer else [])
+        shards: dict[str, object] = {"model": model_state}
+        if state is not None and optimizer is not None:
+            shards["optimizer"] = optim_state
+        dcp.save(shards, checkpoint_id=tmp / SHARDED_DIR)
+        if world.is_main:
+            _write_the_rest(tmp, model.config, tokenizer, run_config_yaml, state, rng)
+    world.barrier()  # rank 0 has put it in place
+    return directory
+
+
+def _write_the_rest(
+    tmp: Path,
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    run_config_yaml: str,
+    state: TrainingState | None,
+    rng: RngStates | Sequence[RngStates] | None,
+) -> None:
+    """Everything beside the weights and optimizer moments, then the manifest of it all."""
+    header = {"architecture": "LanguageModel", "graft_version": graft.__version__}
+    _write_text(
+        tmp / CONFIG_FILE, json.dumps({**header, "model": config.model_dump(mode="json")}, indent=2)
+    )
+    _write_text(tmp / RUN_CONFIG_FILE, run_config_yaml)
+    tokenizer.save(tmp)
+    if state is not None:
+        (tmp / STATE_DIR).mkdir(exist_ok=True)
+        _write_text(tmp / STATE_DIR / "state.json", json.dumps(asdict(state), indent=2))
+        if rng is not None:
+            ranks = [rng] if isinstance(rng, RngStates) else list(rng)
+            tensors = {k: v for rank, r in enumerate(ranks) for k, v in r.tensors(rank).items()}
+            save_file(tensors, str(tmp / STATE_DIR / "rng.safetensors"))
+    files = {
+        str(p.relative_to(tmp)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        for p in sorted(tmp.rglob("*"))
+        if p.is_file()
+    }
+    _write_text(tmp / MANIFEST_FILE, json.dumps({"files": files}, indent=2))
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -280,6 +353,9 @@ def load_hf_checkpoint(
 
 
 def load_weights(model: LanguageModel, directory: Path) -> None:
+    if (directory / SHARDED_DIR).is_dir():
+        _load_sharded_weights(model, directory)
+        return
     path = directory / WEIGHTS_FILE
     try:
         weights = load_file(str(path))
@@ -309,14 +385,45 @@ def load_weights(model: LanguageModel, directory: Path) -> None:
         model.model.rotary = RotaryEmbedding(model.config)
 
 
+def _load_sharded_weights(model: LanguageModel, directory: Path) -> None:
+    """An FSDP checkpoint's weights, whole, into an unsharded model: on one process (`graft
+    export`, `generate`, a resume without FSDP) or on each of a process group's ranks."""
+    if model.model.embed_tokens.weight.is_meta:
+        model.to_empty(device="cpu")  # DCP reads into allocated tensors
+        if model.config.positions == "rope":
+            model.model.rotary = RotaryEmbedding(model.config)
+    weights = model.state_dict()
+    try:
+        _read_shards({"model": weights}, directory)
+    except Exception as err:  # DCP wraps every reader failure in its own exception types
+        raise CheckpointError(
+            f"{directory / SHARDED_DIR}: cannot read ({first_line(err)})"
+        ) from None
+    model.load_state_dict(weights)
+
+
+def _read_shards(state: dict[str, Any], directory: Path) -> None:
+    """Fill `state` from an FSDP checkpoint's shards: in a process group each rank reads what
+    its tensors hold; alone, one process reads them whole (which DCP warns of, as if a slip)."""
+    import torch.distributed.checkpoint as dcp  # here: half a second to import, rarely needed
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=directory / SHARDED_DIR)
+
+
 def restore_training_state(
     directory: Path,
+    model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     data_generator: torch.Generator,
     device: torch.device,
+    rank: int = 0,
 ) -> TrainingState:
     """Load the optimizer moments and training state saved in `directory`, and put the random
-    generators (dropout, data order) back where they were: what makes a resume exact."""
+    generators (dropout, data order) back where they were: what makes a resume exact. `model`
+    is what the optimizer trains (sharded under FSDP); `rank` picks this process's dropout
+    generators (a rank the checkpoint did not have keeps its own seed's)."""
     state_dir = directory / STATE_DIR
     if not (state_dir / "state.json").is_file():
         raise CheckpointError(
@@ -324,14 +431,47 @@ def restore_training_state(
         )
     state = TrainingState(**json.loads((state_dir / "state.json").read_text(encoding="utf-8")))
     rng = load_file(str(state_dir / "rng.safetensors"))
-    optimizer.load_state_dict(
-        torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu")
-    )
-    torch.set_rng_state(rng["torch_cpu"])
+    from torch.distributed.tensor import DTensor  # here: slow to import, needed by training only
+
+    if (directory / SHARDED_DIR).is_dir():
+        from torch.distributed.checkpoint.state_dict import (
+            get_optimizer_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        moments = get_optimizer_state_dict(model, optimizer)
+        _read_shards({"optimizer": moments}, directory)
+        set_optimizer_state_dict(model, optimizer, moments)
+    elif any(isinstance(p, DTensor) for p in model.parameters()):  # sharded by FSDP
+        raise CheckpointError(
+            f"{directory}: written by one process or DDP; resume it with train.parallel=ddp "
+            "(or start a new FSDP run from it with --init)"
+        )
+    else:
+        optimizer.load_state_dict(
+            torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu")
+        )
+    suffix = "" if rank == 0 else f".{rank}"
+    if f"torch_cpu{suffix}" in rng:
+        torch.set_rng_state(rng[f"torch_cpu{suffix}"])
     data_generator.set_state(rng["data"])
-    if "cuda" in rng and device.type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"], device)
+    if f"cuda{suffix}" in rng and device.type == "cuda":
+        torch.cuda.set_rng_state(rng[f"cuda{suffix}"], device)
     return state
+
+
+def check_same_step(last: Path, train: TrainConfig) -> None:
+    """Refuse to resume with another global batch: every step would draw other data (a resume on
+    another number of processes keeps the global batch with train.global_batch)."""
+    saved = yaml.safe_load((last / RUN_CONFIG_FILE).read_text(encoding="utf-8")) or {}
+    was = TrainConfig.model_validate(saved.get("train") or {})
+    before = was.global_batch or was.batch_size * was.grad_accum
+    if train.global_batch != before:
+        raise ConfigError(
+            f"--resume: {last} trained with {before} sequences per step, this run would take "
+            f"{train.global_batch}; set --train.global_batch={before} (grad_accum follows "
+            "from it and the number of processes)"
+        )
 
 
 def resume_point(run_dir: Path, *, resume: bool) -> Path | None:

@@ -712,8 +712,11 @@ def _train(args: argparse.Namespace, config: RunConfig) -> int:
     by the command."""
     # torch loads only once the config is known to be good
     from graft.checkpoint import resolve
+    from graft.distributed import step_layout, world_from_env
 
     config = resolve(config, resume=args.resume)  # with --init or --resume: the checkpoint's model
+    # grad_accum from train.global_batch and the number of processes (torchrun's)
+    config = config.model_copy(update={"train": step_layout(config.train, world_from_env())})
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0

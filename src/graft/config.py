@@ -140,7 +140,21 @@ class TrainConfig(Section):
     )
     seed: int = Field(default=1337, description="Seed for initialisation, data order and dropout.")
     batch_size: int = Field(default=12, ge=1, description="Sequences per micro-batch.")
-    grad_accum: int = Field(default=1, ge=1, description="Micro-batches per optimizer step.")
+    grad_accum: int = Field(
+        default=1, ge=1, description="Micro-batches per optimizer step, on each process."
+    )
+    global_batch: int | None = Field(
+        default=None,
+        ge=1,
+        description="Sequences per optimizer step over every process; grad_accum is derived from "
+        "it, the number of processes and batch_size. None = batch_size x grad_accum x processes.",
+    )
+    parallel: Literal["ddp", "fsdp"] = Field(
+        default="ddp",
+        description="How 2+ processes (torchrun) train one model: ddp keeps a whole copy on "
+        "each; fsdp shards parameters, gradients and optimizer state (FSDP2, one unit per block). "
+        "One process trains the whole model.",
+    )
     seq_len: int | None = Field(
         default=None, ge=1, description="Training context; None = model.max_seq_len."
     )

@@ -21,17 +21,18 @@ import torch
 import yaml
 
 from graft import checkpoint as ckpt
+from graft import distributed
 from graft.adapt import apply_adaptation, trainable_parameters
 from graft.atomic_files import write_atomic
 from graft.config import AdaptConfig, RunConfig, command_problems
 from graft.data.tokenizer import Tokenizer
-from graft.device import resolve_device
 from graft.errors import CheckpointError, ConfigError
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
 from graft.objectives.base import RecordObjective, Records, TaskData
 from graft.train.loop import Run, RunResult, fit
 from graft.train.optim import build_optimizer
+from graft.train.parallel import parallelize
 
 
 def finetune(
@@ -39,11 +40,30 @@ def finetune(
 ) -> RunResult:
     """Fine-tune train.init on the task of config.objective.name (or, with `resume`, continue the
     run in train.out_dir) and return the run's result."""
-    say = echo or (lambda message: print(message, file=sys.stderr))
     problems = command_problems(config.objective.name, "finetune")
     if problems:
         raise ConfigError("; ".join(problems))
     config = ckpt.resolve(config, resume=resume)  # a no-op when the CLI resolved it already
+    world, device = distributed.start(config.train)
+    say = echo or (lambda message: print(message, file=sys.stderr))
+    try:
+        return _finetune(config, resume, world, device, say if world.is_main else _silent)
+    finally:
+        distributed.stop()
+
+
+def _silent(message: str) -> None:
+    """What ranks after 0 say: nothing (rank 0 speaks for the run)."""
+
+
+def _finetune(
+    config: RunConfig,
+    resume: bool,
+    world: distributed.World,
+    device: torch.device,
+    say: Callable[[str], None],
+) -> RunResult:
+    config = config.model_copy(update={"train": distributed.step_layout(config.train, world)})
     task_config = config.objective
     assert isinstance(task_config, RecordObjective)  # command_problems refused the others
     if config.train.init is None:
@@ -95,6 +115,7 @@ def finetune(
             fix="resume with the original train.init",
         )
         _check_same_adaptation(last, config.adapt)
+        ckpt.check_same_step(last, config.train)
     torch.manual_seed(config.train.seed)
     model = LanguageModel(model_config)
     if last is None and not config.adapt.from_scratch:
@@ -119,16 +140,19 @@ def finetune(
         f"fine-tuning {trainable:,} of {total:,} parameters ({config.adapt.method}"
         f"{', from scratch' if config.adapt.from_scratch else ''})"
     )
-    device = resolve_device(config.train.device)
     model.to(device).train()
+    module = parallelize(model, config.train, world, device)
+    if world.size > 1:
+        torch.manual_seed(config.train.seed + world.rank)  # dropout differs from rank to rank
     config = config.model_copy(update={"model": model_config})
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", config.to_yaml())
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "config.yaml", config.to_yaml())
     optimizer = build_optimizer(model, config.optim, device)
-    generator = torch.Generator().manual_seed(config.train.seed)
+    generator = torch.Generator().manual_seed(config.train.seed)  # the same data on every rank
     state = ckpt.TrainingState()
     if last is not None:
-        state = ckpt.restore_training_state(last, optimizer, generator, device)
+        state = ckpt.restore_training_state(last, model, optimizer, generator, device, world.rank)
         say(f"resuming {run_dir} at step {state.step}")
     run = Run(
         config,
@@ -140,6 +164,8 @@ def finetune(
         generator,
         state,
         resumed=last is not None,
+        world=world,
+        module=None if module is model else module,
     )
     return fit(run)
 

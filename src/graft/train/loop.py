@@ -7,6 +7,9 @@ a run up (data, model, optimizer, resume) and call it. The loop never asks which
 runs: an objective gives batches, a summed loss with its count, and its evaluation metrics.
 Tokens are real tokens (`step_tokens`): a fine-tune padded to its longest row counts its texts,
 not batch x accum x seq_len.
+
+With 2+ processes (torchrun) every rank draws the whole step and trains on its share
+(graft.distributed); losses and evaluations are summed over ranks, and rank 0 logs and plots.
 """
 
 from __future__ import annotations
@@ -17,19 +20,23 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from graft import checkpoint as ckpt
 from graft.config import RunConfig, TrainConfig
 from graft.data.tokenizer import Tokenizer
 from graft.device import autocast_for
+from graft.distributed import ONE_PROCESS, World
 from graft.errors import ConfigError, TrainingError
 from graft.model.transformer import LanguageModel
 from graft.objectives.batch import Batch, LossTotals, Objective
 from graft.train.metrics_log import LOSS_CURVE_FILE, MetricsLog, plot_loss_curve
 from graft.train.optim import learning_rate
+from graft.train.parallel import clip_grad_norm, gradient_sync, is_sharded
 
 
 @dataclass
@@ -56,6 +63,10 @@ class Run:
     data_generator: torch.Generator
     state: ckpt.TrainingState
     resumed: bool = False
+    world: World = ONE_PROCESS
+    # What training calls: DDP's wrapper of `model`, or None for the model itself (one process, or
+    # FSDP2, which shards the model in place).
+    module: nn.Module | None = None
 
     @property
     def run_dir(self) -> Path:
@@ -74,28 +85,44 @@ def accumulate_gradients(
     objective: Objective,
     micro_batches: list[Batch],
     autocast: contextlib.AbstractContextManager | None = None,
+    *,
+    step_units: int | None = None,
+    world_size: int = 1,
 ) -> LossTotals:
     """Backward over every micro-batch; gradients end up equal to those of one big batch.
 
-    Each micro-batch's summed loss is divided by the units of the WHOLE step, not its own: with
-    padding or masked targets, micro-batches score different numbers of tokens, and a
-    per-micro-batch mean would weight their tokens unequally. Every loss must count the units
-    its batch declares (`Batch.units`): two definitions of the count once mis-scaled mixtures.
-    Returns the step's loss totals.
+    Each micro-batch's summed loss is divided by the units of the WHOLE step (`step_units`, over
+    every process; default: these micro-batches'), not its own: with padding or masked targets,
+    micro-batches score different numbers of tokens, and a per-micro-batch mean would weight
+    their tokens unequally. Every loss must count the units its batch declares (`Batch.units`):
+    two definitions of the count once mis-scaled mixtures. DDP and FSDP average gradients over
+    the processes, so each loss is scaled up by their number: the average is then the sum.
+    Returns this process's loss totals.
     """
-    total_units = sum(b.units for b in micro_batches)
+    total_units = sum(b.units for b in micro_batches) if step_units is None else step_units
     totals = LossTotals()
-    for batch in micro_batches:
-        with autocast or contextlib.nullcontext():
-            out = objective.loss(model, batch)
-        if out.count != batch.units:
-            raise AssertionError(
-                f"objective {objective.name}: a loss counts {out.count} units, "
-                f"but its batch declares {batch.units}"
-            )
-        (out.total / max(total_units, 1)).backward()
+    for i, batch in enumerate(micro_batches):
+        with gradient_sync(model, i == len(micro_batches) - 1):  # the backward too
+            with autocast or contextlib.nullcontext():
+                out = objective.loss(model, batch)
+            if out.count != batch.units:
+                raise AssertionError(
+                    f"objective {objective.name}: a loss counts {out.count} units, "
+                    f"but its batch declares {batch.units}"
+                )
+            (out.total * world_size / max(total_units, 1)).backward()
         totals.add(out)
     return totals
+
+
+def summed(totals: LossTotals, world: World) -> LossTotals:
+    """Loss totals added up over every process."""
+    if world.size == 1:
+        return totals
+    merged = LossTotals()
+    for part in world.gather(totals):
+        merged.merge(part)
+    return merged
 
 
 @torch.no_grad()
@@ -105,29 +132,40 @@ def evaluate(
     batches: list[Batch],
     device: torch.device,
     autocast: contextlib.AbstractContextManager | None = None,
+    world: World = ONE_PROCESS,
 ) -> dict[str, float]:
+    """The objective's validation metrics over `batches`, each process scoring every
+    world.size-th one. Under FSDP every forward is collective, so a process with one batch fewer
+    scores its last again and discards it."""
     was_training = model.training
     model.eval()
     totals = LossTotals()
-    for batch in batches:
+    rounds = -(-len(batches) // world.size)
+    for index in range(world.rank, rounds * world.size, world.size):
         with autocast or contextlib.nullcontext():
-            totals.add(objective.loss(model, batch.to(device)))
+            out = objective.loss(model, batches[min(index, len(batches) - 1)].to(device))
+        if index < len(batches):
+            totals.add(out)
     model.train(was_training)
-    return objective.metrics(totals, "val")
+    return objective.metrics(summed(totals, world), "val")
 
 
 def fit(run: Run) -> RunResult:
     cfg, train_cfg = run.config, run.config.train
     model, objective, optimizer, state = run.model, run.objective, run.optimizer, run.state
+    # DDP's wrapper passes the call through to the model unchanged: it trains like one.
+    world, module = run.world, cast(LanguageModel, run.module or run.model)
     autocast = autocast_for(run.device, train_cfg.precision)
     eval_batches = objective.eval_batches(train_cfg.batch_size, train_cfg.eval_batches)
-    log = MetricsLog(run.run_dir, resume_from_step=state.step if run.resumed else None)
+    log = MetricsLog(
+        run.run_dir, resume_from_step=state.step if run.resumed else None, writes=world.is_main
+    )
     # Its counts are filled in when the run stops.
     result = RunResult(run.run_dir, state.step, state.tokens_seen, state.elapsed_s, stop_reason="")
     bar = tqdm(
         total=train_cfg.max_steps,
         initial=state.step,
-        disable=not train_cfg.progress,
+        disable=not (train_cfg.progress and world.is_main),
         unit="step",
         dynamic_ncols=True,
         leave=False,
@@ -141,7 +179,9 @@ def fit(run: Run) -> RunResult:
         nonlocal evaluated_at
         evaluated_at = state.step
         metrics = (
-            evaluate(model, objective, eval_batches, run.device, autocast) if eval_batches else {}
+            evaluate(model, objective, eval_batches, run.device, autocast, world)
+            if eval_batches
+            else {}
         )
         value = _monitored(metrics, train_cfg.monitor, cfg.objective.name)
         improved = value is not None and (
@@ -157,6 +197,7 @@ def fit(run: Run) -> RunResult:
                 state.step, {**metrics, "tokens": state.tokens_seen, "elapsed_s": state.elapsed_s}
             )
             result.evals.append({"step": state.step, **metrics})
+        if metrics and world.is_main:
             bar.write(
                 f"step {state.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             )
@@ -169,15 +210,15 @@ def fit(run: Run) -> RunResult:
 
     if state.step == 0 and eval_batches:
         # The untrained model's validation loss: the baseline every later figure is read against.
-        metrics = evaluate(model, objective, eval_batches, run.device, autocast)
+        metrics = evaluate(model, objective, eval_batches, run.device, autocast, world)
         # a misnamed monitor fails now, not later
         _monitored(metrics, train_cfg.monitor, cfg.objective.name)
         log.write(0, {**metrics, "tokens": 0, "elapsed_s": 0.0})
         result.evals.append({"step": 0, **metrics})
     try:
         while True:
-            # 1. Stop on a limit: steps, tokens or wall-clock time.
-            elapsed = time.perf_counter() - clock
+            # 1. Stop on a limit: steps, tokens or wall-clock time (rank 0's clock on every rank).
+            elapsed = world.from_main(time.perf_counter() - clock)
             result.stop_reason = _limit_reached(train_cfg, state, elapsed)
             if result.stop_reason:
                 break
@@ -186,14 +227,23 @@ def fit(run: Run) -> RunResult:
             lr = learning_rate(state.step, _decay_progress(cfg, state, elapsed), cfg.optim)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            # 3. Forward and backward over grad_accum micro-batches, then one optimizer step.
+            # 3. Forward and backward over grad_accum micro-batches (each process its share of
+            # the step's), then one optimizer step.
             drawn = [
                 objective.train_batch(train_cfg.batch_size, run.data_generator)
-                for _ in range(train_cfg.grad_accum)
+                for _ in range(train_cfg.grad_accum * world.size)
             ]
             tokens = step_tokens(drawn)  # counted on the host, before the copy: no device sync
-            micro = [batch.to(run.device) for batch in drawn]
-            step_totals = accumulate_gradients(model, objective, micro, autocast)
+            micro = [batch.to(run.device) for batch in world.share(drawn)]
+            step_totals = accumulate_gradients(
+                module,
+                objective,
+                micro,
+                autocast,
+                step_units=sum(b.units for b in drawn),
+                world_size=world.size,
+            )
+            step_totals = summed(step_totals, world)
             # before the step, so the weights stay as they were
             if not math.isfinite(step_totals.loss):
                 raise TrainingError(
@@ -201,11 +251,7 @@ def fit(run: Run) -> RunResult:
                     "the last checkpoint is intact: "
                     "lower optim.lr or raise optim.warmup_steps and --resume"
                 )
-            grad_norm = (
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip).item()
-                if cfg.optim.grad_clip > 0
-                else float("nan")
-            )
+            grad_norm = clip_grad_norm(model, cfg.optim.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -243,11 +289,12 @@ def fit(run: Run) -> RunResult:
     finally:
         bar.close()
         log.close()
-        plot_loss_curve(
-            log.read(),
-            run.run_dir / LOSS_CURVE_FILE,
-            title=f"{cfg.objective.name} · {run.run_dir.name}",
-        )
+        if world.is_main:
+            plot_loss_curve(
+                log.read(),
+                run.run_dir / LOSS_CURVE_FILE,
+                title=f"{cfg.objective.name} · {run.run_dir.name}",
+            )
     result.step, result.tokens_seen = state.step, state.tokens_seen
     result.elapsed_s, result.best_metric = time.perf_counter() - clock, state.best_metric
     return result
@@ -318,20 +365,28 @@ def _time_left(train_cfg: TrainConfig, elapsed: float) -> str:
 
 
 def _save(run: Run, name: str, *, with_training_state: bool = True) -> None:
+    """Checkpoint `name`: written by rank 0 (one process, DDP) or by every rank (FSDP's shards),
+    with every rank's random generators."""
+    world = run.world
     rng = ckpt.RngStates(
         torch_cpu=torch.get_rng_state(),
         data=run.data_generator.get_state(),
         cuda=torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
     )
-    ckpt.save_checkpoint(
-        run.run_dir / "checkpoints" / name,
-        model=run.model,
-        tokenizer=run.tokenizer,
-        run_config_yaml=run.config.to_yaml(),
-        optimizer=run.optimizer if with_training_state else None,
-        state=run.state if with_training_state else None,
-        rng=rng if with_training_state else None,
-        adapter=(run.config.adapt, str(run.config.train.init))
-        if run.config.adapt.method == "lora"
-        else None,
-    )
+    ranks_rng = world.gather(rng) if with_training_state else None
+    sharded = is_sharded(run.model)
+    if world.is_main or sharded:
+        ckpt.save_checkpoint(
+            run.run_dir / "checkpoints" / name,
+            model=run.model,
+            tokenizer=run.tokenizer,
+            run_config_yaml=run.config.to_yaml(),
+            optimizer=run.optimizer if with_training_state else None,
+            state=run.state if with_training_state else None,
+            rng=ranks_rng,
+            adapter=(run.config.adapt, str(run.config.train.init))
+            if run.config.adapt.method == "lora"
+            else None,
+            world=world if sharded else None,
+        )
+    world.barrier()  # no rank reads or writes on before the checkpoint is complete

@@ -16,8 +16,14 @@ class MetricsLog:
     """Appends `{"step": N, "train/loss": ..., ...}` lines, flushed at once so a crash loses
     none."""
 
-    def __init__(self, run_dir: Path, *, resume_from_step: int | None = None) -> None:
+    def __init__(
+        self, run_dir: Path, *, resume_from_step: int | None = None, writes: bool = True
+    ) -> None:
+        """`writes` False: a log that writes nothing (the ranks after 0 of a distributed run)."""
         self.path = run_dir / METRICS_FILE
+        self._file = None
+        if not writes:
+            return
         if resume_from_step is not None and self.path.exists():
             # Lines past the resumed checkpoint describe steps that will be trained again.
             kept = [line for line in self.read() if line["step"] <= resume_from_step]
@@ -29,6 +35,8 @@ class MetricsLog:
         self._file = open(self.path, "a", encoding="utf-8")
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
+        if self._file is None:
+            return
         clean = {
             k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v)
             for k, v in metrics.items()
@@ -40,7 +48,8 @@ class MetricsLog:
         return read_metrics(self.path)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

@@ -11,17 +11,18 @@ from pathlib import Path
 import torch
 
 from graft import checkpoint as ckpt
+from graft import distributed
 from graft.atomic_files import write_atomic
 from graft.config import RunConfig, command_problems
 from graft.data.shards import ShardIndex, TokenShards
 from graft.data.tokenizer import Tokenizer
-from graft.device import resolve_device
 from graft.errors import ConfigError, TokenizerError
 from graft.model.transformer import LanguageModel
 from graft.objectives.base import ShardObjective, Shards
 from graft.objectives.mix import with_replay
 from graft.train.loop import Run, RunResult, fit
 from graft.train.optim import build_optimizer
+from graft.train.parallel import parallelize
 
 
 def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
@@ -30,6 +31,17 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     if problems:
         raise ConfigError("; ".join(problems))
     config = ckpt.resolve(config, resume=resume)  # a no-op when the CLI resolved it already
+    world, device = distributed.start(config.train)
+    try:
+        return _pretrain(config, resume, world, device)
+    finally:
+        distributed.stop()
+
+
+def _pretrain(
+    config: RunConfig, resume: bool, world: distributed.World, device: torch.device
+) -> RunResult:
+    config = config.model_copy(update={"train": distributed.step_layout(config.train, world)})
     if config.data.path is None:
         raise ConfigError(
             "data.path is not set: give a directory made by `graft data prepare` (--data.path=DIR)"
@@ -50,23 +62,27 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
             tokenizer_source=f"{config.data.path} was prepared with",
             fix=f"prepare the data with {last / ckpt.TOKENIZER_FILE}",
         )
+        ckpt.check_same_step(last, config.train)
 
-    device = resolve_device(config.train.device)
-    torch.manual_seed(config.train.seed)
-    model = (initial if initial is not None else LanguageModel(config.model)).to(device)
-    optimizer = build_optimizer(model, config.optim, device)
-    generator = torch.Generator().manual_seed(config.train.seed)
-    state = ckpt.TrainingState()
+    torch.manual_seed(config.train.seed)  # the same initial weights on every rank
+    model = initial if initial is not None else LanguageModel(config.model)
     if last is not None:
         ckpt.load_weights(model, last)
-        model.to(device)
-        optimizer = build_optimizer(model, config.optim, device)  # bound to the loaded tensors
-        state = ckpt.restore_training_state(last, optimizer, generator, device)
+    model.to(device)
+    module = parallelize(model, config.train, world, device)
+    if world.size > 1:
+        torch.manual_seed(config.train.seed + world.rank)  # dropout differs from rank to rank
+    optimizer = build_optimizer(model, config.optim, device)
+    generator = torch.Generator().manual_seed(config.train.seed)  # the same data on every rank
+    state = ckpt.TrainingState()
+    if last is not None:
+        state = ckpt.restore_training_state(last, model, optimizer, generator, device, world.rank)
     if config.train.compile:
         model.model.compile()  # in place: parameter names (and checkpoints) are unchanged
     model.train()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / "config.yaml", config.to_yaml())
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / "config.yaml", config.to_yaml())
     assert config.model.vocab_size is not None  # _with_vocab took the tokenizer's
     objective_config = config.objective
     assert isinstance(objective_config, ShardObjective)  # command_problems refused the others
@@ -86,7 +102,17 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
         general = objective_config.build(replace(data, train=replay_train, val=replay_val))
         objective = with_replay(objective, general, config.data.replay_fraction)
     run = Run(
-        config, model, objective, optimizer, tokenizer, device, generator, state, resumed=resume
+        config,
+        model,
+        objective,
+        optimizer,
+        tokenizer,
+        device,
+        generator,
+        state,
+        resumed=resume,
+        world=world,
+        module=None if module is model else module,
     )
     # Deterministic kernels are a process-wide switch: set it for this run only.
     previous = torch.are_deterministic_algorithms_enabled()

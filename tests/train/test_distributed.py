@@ -1,0 +1,120 @@
+"""torchrun on CPU (gloo, 2 processes): DDP and FSDP train exactly as one process with the same
+global batch, and a run killed after a checkpoint resumes on 2 processes or on 1 to the same
+losses. Each run is tests/train/distributed_run.py, launched as a user would launch graft."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from graft.checkpoint import SHARDED_DIR, load_model
+from graft.config import TrainConfig
+from graft.data.shards import prepare_shards
+from graft.data.tokenizer import bytes_tokenizer
+from graft.distributed import World, step_layout
+from graft.errors import ConfigError
+
+RUN = Path(__file__).with_name("distributed_run.py")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("distributed")
+    (root / "docs").mkdir()
+    for i in range(20):
+        (root / "docs" / f"{i}.txt").write_text(
+            f"Document {i}. " + "the quick brown fox jumps over the lazy dog " * (5 + i)
+        )
+    prepare_shards([root / "docs"], bytes_tokenizer(), root / "data", progress=False)
+    return root / "data"
+
+
+def _run(
+    data: Path,
+    out: Path,
+    parallel: str = "ddp",
+    processes: int = 1,
+    stop_after: int = 0,
+    resume: bool = False,
+) -> str:
+    launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    args = [str(data), str(out), parallel, "20", str(stop_after), "1" if resume else "0"]
+    done = subprocess.run(
+        [sys.executable, *(launcher if processes > 1 else []), str(RUN), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def _losses(run: Path) -> dict[tuple[int, str], float]:
+    """Every logged train and validation loss by (step, split)."""
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {
+        (m["step"], key): m[key] for m in lines for key in ("train/loss", "val/loss") if key in m
+    }
+
+
+def _assert_same(run: Path, reference: Path) -> None:
+    ours, ref = _losses(run), _losses(reference)
+    assert ours.keys() == ref.keys() and len(ref) == 20 + 3  # 20 train, 3 evaluations
+    worst = max(abs(ours[key] - ref[key]) for key in ref)
+    assert worst <= 1e-5, f"losses differ by up to {worst}"
+
+
+@pytest.fixture(scope="module")
+def one_process(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("one") / "run"
+    assert "stopped: max_steps at 20" in _run(data, out)
+    return out
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_train_as_one(
+    parallel: str, data: Path, one_process: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / parallel
+    assert _run(data, out, parallel, processes=2).count("stopped: max_steps at 20") == 2
+    _assert_same(out, one_process)
+    last = out / "checkpoints" / "last"
+    assert (last / SHARDED_DIR).is_dir() == (parallel == "fsdp")
+    # What graft export and generate read: the whole model, shards consolidated.
+    model, _ = load_model(last)
+    reference, _ = load_model(one_process / "checkpoints" / "last")
+    for (name, ours), (_, theirs) in zip(
+        model.state_dict().items(), reference.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_a_killed_run_resumes_on_two_processes_or_one(
+    parallel: str, data: Path, one_process: Path, tmp_path: Path
+) -> None:
+    two, one = tmp_path / "two", tmp_path / "one"
+    stopped = _run(data, two, parallel, processes=2, stop_after=10)
+    assert stopped.count("stopped: interrupted at 10") == 2
+    subprocess.run(["cp", "-r", str(two), str(one)], check=True)
+    _run(data, two, parallel, processes=2, resume=True)
+    _run(data, one, parallel, processes=1, resume=True)
+    _assert_same(two, one_process)
+    _assert_same(one, one_process)
+
+
+def test_the_global_batch_sets_accumulation_per_world_size() -> None:
+    train = TrainConfig(batch_size=2, global_batch=8)
+    assert step_layout(train, World()).grad_accum == 4
+    assert step_layout(train, World(0, 2)).grad_accum == 2
+    assert step_layout(step_layout(train, World(0, 2)), World(0, 2)).grad_accum == 2
+    assert step_layout(TrainConfig(batch_size=2, grad_accum=3), World(0, 2)).global_batch == 12
+    with pytest.raises(ConfigError, match=r"train.global_batch 8 is not a multiple of 3 process"):
+        step_layout(train, World(0, 3))
+    with pytest.raises(ConfigError, match="train.grad_accum 3 contradicts train.global_batch 8"):
+        step_layout(TrainConfig(batch_size=2, global_batch=8, grad_accum=3), World())
