@@ -147,8 +147,6 @@ def _save_sharded(
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    if has_lora(model):
-        raise CheckpointError("LoRA under train.parallel=fsdp is not supported; use ddp")
     building = atomic_directory(directory) if world.is_main else contextlib.nullcontext()
     with building as work:
         tmp = Path(world.gather(str(work))[0])  # rank 0's directory, on a filesystem all share

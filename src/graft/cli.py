@@ -728,7 +728,10 @@ def _train(args: argparse.Namespace, config: RunConfig) -> int:
         from graft.train.finetune import finetune
 
         result = finetune(config, resume=args.resume, echo=print)
-    if result.stop_reason == "interrupted":
+    interrupted = result.stop_reason == "interrupted"
+    if not world_from_env().is_main:  # rank 0 reports for every process
+        return EXIT_INTERRUPTED if interrupted else 0
+    if interrupted:
         print(
             f"interrupted at step {result.step}; the last complete checkpoint in "
             f"{result.run_dir / 'checkpoints'} is intact: continue with --resume",

@@ -118,3 +118,64 @@ def test_the_global_batch_sets_accumulation_per_world_size() -> None:
         step_layout(train, World(0, 3))
     with pytest.raises(ConfigError, match="train.grad_accum 3 contradicts train.global_batch 8"):
         step_layout(TrainConfig(batch_size=2, global_batch=8, grad_accum=3), World())
+
+
+@pytest.mark.parametrize(("method", "parallel"), [("full", "fsdp"), ("lora", "ddp")])
+def test_fine_tuning_on_two_processes_trains_as_one(
+    method: str, parallel: str, one_process: Path, tmp_path: Path
+) -> None:
+    labelled = tmp_path / "labelled.jsonl"
+    rows = [
+        {"text": ("good fine nice " if i % 2 else "bad poor sad ") * (1 + i % 3), "label": i % 2}
+        for i in range(64)
+    ]
+    labelled.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    settings = [
+        f"--init={one_process}",
+        f"--train={labelled}",
+        f"--method={method}",
+        "--model.dropout=0.0",  # dropout draws differ from rank to rank
+        "--adapt.lora_dropout=0.0",
+        "--train.batch_size=2",
+        "--train.global_batch=8",
+        "--train.max_steps=12",
+        "--train.eval_every=6",
+        "--train.log_every=1",
+        f"--train.parallel={parallel}",
+        "--train.device=cpu",
+        "--train.progress=false",
+    ]
+    for processes in (1, 2):
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        command = [*(launcher if processes > 1 else []), "-m", "graft", "finetune", "classify"]
+        out = tmp_path / str(processes)
+        done = subprocess.run(
+            [sys.executable, *command, *settings, f"--out={out}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("stopped (max_steps) at step 12") == 1  # rank 0 reports
+    ours, ref = _losses(tmp_path / "2"), _losses(tmp_path / "1")
+    assert ours.keys() == ref.keys() and len(ref) == 12 + 3
+    assert max(abs(ours[key] - ref[key]) for key in ref) <= 1e-5
+
+
+def test_lora_under_fsdp_is_refused_before_anything_is_written(
+    one_process: Path, tmp_path: Path
+) -> None:
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text('{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n' * 4)
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    out = tmp_path / "run"
+    done = subprocess.run(
+        [sys.executable, *launcher, "-m", "graft", "finetune", "classify", f"--init={one_process}"]
+        + [f"--train={labelled}", "--method=lora", "--train.parallel=fsdp", f"--out={out}"]
+        + ["--train.device=cpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and not out.exists()
+    assert "graft: error: adapt.method lora cannot train with train.parallel fsdp" in done.stderr
