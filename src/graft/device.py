@@ -4,6 +4,8 @@ evaluation, generation and serving alike."""
 from __future__ import annotations
 
 import contextlib
+import functools
+import time
 
 import torch
 
@@ -33,3 +35,39 @@ def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractCon
     if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return None
+
+
+# Dense bf16 tensor-core peaks from the vendors' data sheets, FLOP/s, by a name fragment of
+# torch.cuda.get_device_name(). A GPU not listed gets no MFU (its FLOP/s are still logged).
+GPU_BF16_PEAKS = {
+    "H200": 989e12,
+    "H100": 989e12,  # SXM; the PCIe card is slower (756e12): named first below
+    "A100": 312e12,
+    "L40S": 362e12,
+}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The peak MFU is measured against: on CUDA the bf16 peak of a listed GPU, on a CPU the fp32
+    matmul rate measured now (once per process), None elsewhere."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        if "H100" in name and "PCIe" in name:
+            return 756e12
+        return next((peak for key, peak in GPU_BF16_PEAKS.items() if key in name), None)
+    if device.type == "cpu":
+        return _cpu_matmul_peak()
+    return None
+
+
+@functools.cache
+def _cpu_matmul_peak(n: int = 1024, repeats: int = 3) -> float:
+    """The best of a few fp32 n x n matmuls, in FLOP/s (about 0.1 s on 2 cores)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best

@@ -29,7 +29,8 @@ RUN = [
     "--optim.lr=3e-3",
     "--optim.warmup_steps=2",
 ]
-TIMINGS = {"elapsed_s", "tokens_per_s"}  # wall-clock figures: the only ones a resume may change
+# wall-clock figures: the only ones a resume may change
+TIMINGS = {"elapsed_s", "tokens_per_s", "flop_s", "mfu"}
 
 
 @pytest.fixture(scope="module")

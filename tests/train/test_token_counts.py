@@ -135,6 +135,9 @@ def test_a_finetune_on_short_texts_counts_and_logs_its_real_tokens(
     assert result.tokens_seen == seen[-1]
     # tokens/s counts the same tokens: each window is one step of ACCUM fake seconds.
     assert [r["tokens_per_s"] for r in logged] == pytest.approx([n / ACCUM for n in per_step])
+    # FLOP/s and MFU follow from the same real tokens: a fixed number of FLOPs per token.
+    per_token = {round(r["flop_s"] / r["tokens_per_s"]) for r in logged}
+    assert len(per_token) == 1 and all(0 < r["mfu"] for r in logged)
     # The final evaluation logs the same total.
     final = read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
     assert "val/loss" in final and final["tokens"] == seen[-1]

@@ -29,9 +29,10 @@ from tqdm import tqdm
 from graft import checkpoint as ckpt
 from graft.config import RunConfig, TrainConfig
 from graft.data.tokenizer import Tokenizer
-from graft.device import autocast_for
+from graft.device import autocast_for, peak_flops
 from graft.distributed import ONE_PROCESS, World
 from graft.errors import ConfigError, TrainingError
+from graft.model.flops import training_flops_per_token
 from graft.model.transformer import LanguageModel
 from graft.objectives.batch import Batch, LossTotals, Objective
 from graft.train.metrics_log import LOSS_CURVE_FILE, MetricsLog, plot_loss_curve
@@ -157,6 +158,9 @@ def fit(run: Run) -> RunResult:
     world, module = run.world, cast(LanguageModel, run.module or run.model)
     autocast = autocast_for(run.device, train_cfg.precision)
     eval_batches = objective.eval_batches(train_cfg.batch_size, train_cfg.eval_batches)
+    # Model FLOPs per real token and the peak of every process together: achieved FLOP/s and MFU.
+    flops_per_token = training_flops_per_token(model, cfg.seq_len)
+    peak = peak_flops(run.device)
     log = MetricsLog(
         run.run_dir, resume_from_step=state.step if run.resumed else None, writes=world.is_main
     )
@@ -264,6 +268,9 @@ def fit(run: Run) -> RunResult:
                 train_metrics = objective.metrics(window, "train")
                 tokens_per_s = window_tokens / max(seconds, 1e-9)
                 figures = {"lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s}
+                figures["flop_s"] = tokens_per_s * flops_per_token
+                if peak is not None:
+                    figures["mfu"] = figures["flop_s"] / (peak * world.size)
                 log.write(state.step, {**train_metrics, **figures, "tokens": state.tokens_seen})
                 bar.set_postfix(
                     loss=f"{train_metrics['train/loss']:.3f}",
