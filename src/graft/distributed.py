@@ -13,6 +13,7 @@ processes without its data order changing.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -82,8 +83,19 @@ def start(train: TrainConfig) -> tuple[World, torch.device]:
     world = world_from_env()
     device = resolve_device(train.device)
     if world.size == 1:
+        if train.parallel == "fsdp":
+            print(
+                "notice: train.parallel fsdp on one process trains the whole model; "
+                "launch with torchrun --nproc_per_node N to shard it",
+                file=sys.stderr,
+            )
         return world, device
     if device.type == "cuda":
+        if world.local_rank >= torch.cuda.device_count():
+            raise ConfigError(
+                f"LOCAL_RANK {world.local_rank}, but this node has {torch.cuda.device_count()} "
+                "GPU(s): start at most one process per GPU (torchrun --nproc_per_node)"
+            )
         device = torch.device("cuda", world.local_rank)
         torch.cuda.set_device(device)
     elif device.type != "cpu":

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from graft.checkpoint import SHARDED_DIR, load_model
-from graft.config import TrainConfig
+from graft.checkpoint import RUN_CONFIG_FILE, SHARDED_DIR, check_same_step, load_model
+from graft.config import RunConfig, TrainConfig
 from graft.data.shards import prepare_shards
 from graft.data.tokenizer import bytes_tokenizer
 from graft.distributed import World, step_layout
@@ -179,3 +179,12 @@ def test_lora_under_fsdp_is_refused_before_anything_is_written(
     )
     assert done.returncode != 0 and not out.exists()
     assert "graft: error: adapt.method lora cannot train with train.parallel fsdp" in done.stderr
+
+
+def test_a_resume_with_another_global_batch_is_refused(tmp_path: Path) -> None:
+    # The data a step draws follows from the global batch: another one would silently change it.
+    saved = RunConfig(train=TrainConfig(batch_size=2, global_batch=8))
+    (tmp_path / RUN_CONFIG_FILE).write_text(saved.to_yaml())
+    check_same_step(tmp_path, step_layout(TrainConfig(batch_size=4, global_batch=8), World(0, 2)))
+    with pytest.raises(ConfigError, match=r"trained with 8 sequences per step, this run would "):
+        check_same_step(tmp_path, step_layout(TrainConfig(batch_size=2), World(0, 2)))
