@@ -193,6 +193,11 @@ class TrainConfig(Section):
     compile: bool = Field(
         default=False, description="torch.compile the model (costs ~30 s per process on CPU)."
     )
+    activation_checkpointing: bool = Field(
+        default=False,
+        description="Recompute each block's activations in the backward pass instead of keeping "
+        "them: far less activation memory for about a third more compute.",
+    )
     deterministic: bool = Field(
         default=False, description="torch.use_deterministic_algorithms for bitwise repeats."
     )

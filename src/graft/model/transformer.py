@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from graft.data.inputs import right_padded
 from graft.data.records import IGNORE_INDEX
@@ -274,6 +275,8 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         if config.norm_position == "pre":
             self.norm = _norm(config)
+        # A training choice, not architecture (so not in the config): see checkpoint_activations.
+        self.activation_checkpointing = False
 
     def forward(
         self,
@@ -325,8 +328,14 @@ class Transformer(nn.Module):
         if self.config.norm_position == "post":
             x = self.embed_norm(x)
         x = self.dropout(x)
+        recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, rotary, attn_mask, is_causal, kv_cache)
+            if recompute:  # keep the block's input only; its activations come back in backward
+                x = checkpoint(
+                    layer, x, rotary, attn_mask, is_causal, kv_cache, use_reentrant=False
+                )
+            else:
+                x = layer(x, rotary, attn_mask, is_causal, kv_cache)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.norm(x) if self.config.norm_position == "pre" else x
@@ -498,6 +507,13 @@ class LanguageModel(nn.Module):
         else:
             pooled = hidden[torch.arange(B, device=hidden.device), last_index]
         return self.classifier(self.classifier_dropout(pooled))
+
+    def checkpoint_activations(self, enabled: bool = True) -> None:
+        """Recompute each block's activations during backward instead of keeping them from the
+        forward (train.activation_checkpointing): activation memory falls from every block's to
+        one block's inputs, for about one more forward of compute. Dropout draws are replayed, so
+        gradients are unchanged."""
+        self.model.activation_checkpointing = enabled
 
     def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
         return sum(  # named_parameters skips the tied duplicate: each parameter counts once

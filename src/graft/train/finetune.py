@@ -141,6 +141,7 @@ def _finetune(
         f"{', from scratch' if config.adapt.from_scratch else ''})"
     )
     model.to(device).train()
+    model.checkpoint_activations(config.train.activation_checkpointing)
     module = parallelize(model, config.train, world, device)
     if world.size > 1:
         torch.manual_seed(config.train.seed + world.rank)  # dropout differs from rank to rank

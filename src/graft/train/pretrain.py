@@ -69,6 +69,7 @@ def _pretrain(
     if last is not None:
         ckpt.load_weights(model, last)
     model.to(device)
+    model.checkpoint_activations(config.train.activation_checkpointing)
     module = parallelize(model, config.train, world, device)
     if world.size > 1:
         torch.manual_seed(config.train.seed + world.rank)  # dropout differs from rank to rank
