@@ -113,21 +113,27 @@ def split_lora_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[st
     return base, adapter
 
 
-def save_adapter(model: nn.Module, cfg: AdaptConfig, directory: Path, base: str) -> None:
-    """Write adapter_config.json and adapter_model.safetensors (PEFT's format) into `directory`."""
+def save_adapter(
+    model: nn.Module, cfg: AdaptConfig, directory: Path, base: str, *, weights: bool = True
+) -> None:
+    """Write adapter_config.json and adapter_model.safetensors (PEFT's format) into `directory`;
+    the config alone without `weights` (an FSDP checkpoint keeps them among its shards)."""
     config = lora_config(cfg).to_dict()
     config.update(base_model_name_or_path=base, peft_type="LORA", task_type=None)
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
     (directory / ADAPTER_CONFIG_FILE).write_text(
         json.dumps(config, indent=2, default=str), encoding="utf-8"
     )
+    if not weights:
+        return
     save_file(
         split_lora_state(model)[1], str(directory / ADAPTER_WEIGHTS_FILE), metadata={"format": "pt"}
     )
 
 
-def load_adapter(model: LanguageModel, directory: Path) -> None:
-    """Inject the LoRA adapter saved in `directory` into `model` (whose base weights are loaded)."""
+def load_adapter(model: LanguageModel, directory: Path, *, weights: bool = True) -> None:
+    """Inject the LoRA adapter saved in `directory` into `model` (whose base weights are loaded);
+    without `weights`, its layers only (an FSDP checkpoint's shards then fill them)."""
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
 
     try:
@@ -139,12 +145,14 @@ def load_adapter(model: LanguageModel, directory: Path) -> None:
             target_modules=raw["target_modules"],
             bias=raw.get("bias", "none"),
         )
-        weights = load_file(str(directory / ADAPTER_WEIGHTS_FILE))
+        tensors = load_file(str(directory / ADAPTER_WEIGHTS_FILE)) if weights else {}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{directory}: unreadable LoRA adapter ({err})") from None
     inject_adapter_in_model(config, model)
+    if not weights:
+        return
     result = set_peft_model_state_dict(
-        model, {k.removeprefix(_PEFT_PREFIX): v for k, v in weights.items()}
+        model, {k.removeprefix(_PEFT_PREFIX): v for k, v in tensors.items()}
     )
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:

@@ -112,7 +112,7 @@ def save_checkpoint(
     directory = Path(directory)
     if world is not None:
         return _save_sharded(
-            directory, world, model, tokenizer, run_config_yaml, optimizer, state, rng
+            directory, world, model, tokenizer, run_config_yaml, optimizer, state, rng, adapter
         )
     with atomic_directory(directory) as tmp:
         if has_lora(model):
@@ -143,6 +143,7 @@ def _save_sharded(
     optimizer: torch.optim.Optimizer | None,
     state: TrainingState | None,
     rng: RngStates | Sequence[RngStates] | None,
+    adapter: tuple[AdaptConfig, str] | None,
 ) -> Path:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
@@ -156,6 +157,10 @@ def _save_sharded(
             shards["optimizer"] = optim_state
         dcp.save(shards, checkpoint_id=tmp / SHARDED_DIR)
         if world.is_main:
+            if has_lora(model):  # its tensors are among the shards: the config says what they are
+                if adapter is None:
+                    raise ValueError("a model with LoRA adapters needs adapter=(AdaptConfig, base)")
+                save_adapter(model, adapter[0], tmp, adapter[1], weights=False)
             _write_the_rest(tmp, model.config, tokenizer, run_config_yaml, state, rng)
     world.barrier()  # rank 0 has put it in place
     return directory
@@ -320,9 +325,15 @@ def load_model(
     config = read_model_config(directory)
     with torch.device("meta"):
         model = LanguageModel(config)  # no wasted random init: weights come from the file
-    load_weights(model, directory)
-    if (directory / ADAPTER_CONFIG_FILE).is_file():
-        load_adapter(model, directory)
+    lora = (directory / ADAPTER_CONFIG_FILE).is_file()
+    if (directory / SHARDED_DIR).is_dir():  # the adapter's tensors are among the shards
+        if lora:
+            load_adapter(model, directory, weights=False)
+        load_weights(model, directory)
+    else:
+        load_weights(model, directory)
+        if lora:
+            load_adapter(model, directory)
     return model.to(device).eval(), Tokenizer.load(directory / TOKENIZER_FILE)
 
 

@@ -120,7 +120,9 @@ def test_the_global_batch_sets_accumulation_per_world_size() -> None:
         step_layout(TrainConfig(batch_size=2, global_batch=8, grad_accum=3), World())
 
 
-@pytest.mark.parametrize(("method", "parallel"), [("full", "fsdp"), ("lora", "ddp")])
+@pytest.mark.parametrize(
+    ("method", "parallel"), [("full", "fsdp"), ("lora", "ddp"), ("lora", "fsdp")]
+)
 def test_fine_tuning_on_two_processes_trains_as_one(
     method: str, parallel: str, one_process: Path, tmp_path: Path
 ) -> None:
@@ -160,25 +162,13 @@ def test_fine_tuning_on_two_processes_trains_as_one(
     ours, ref = _losses(tmp_path / "2"), _losses(tmp_path / "1")
     assert ours.keys() == ref.keys() and len(ref) == 12 + 3
     assert max(abs(ours[key] - ref[key]) for key in ref) <= 1e-5
-
-
-def test_lora_under_fsdp_is_refused_before_anything_is_written(
-    one_process: Path, tmp_path: Path
-) -> None:
-    labelled = tmp_path / "labelled.jsonl"
-    labelled.write_text('{"text": "a", "label": 0}\n{"text": "b", "label": 1}\n' * 4)
-    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    out = tmp_path / "run"
-    done = subprocess.run(
-        [sys.executable, *launcher, "-m", "graft", "finetune", "classify", f"--init={one_process}"]
-        + [f"--train={labelled}", "--method=lora", "--train.parallel=fsdp", f"--out={out}"]
-        + ["--train.device=cpu"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode != 0 and not out.exists()
-    assert "graft: error: adapt.method lora cannot train with train.parallel fsdp" in done.stderr
+    # A sharded LoRA checkpoint reads back whole, adapter included, as one process wrote it.
+    model, _ = load_model(tmp_path / "2" / "checkpoints" / "last")
+    reference, _ = load_model(tmp_path / "1" / "checkpoints" / "last")
+    for (name, ours_t), (_, theirs) in zip(
+        model.state_dict().items(), reference.state_dict().items(), strict=True
+    ):
+        torch.testing.assert_close(ours_t, theirs, rtol=0, atol=1e-5, msg=name)
 
 
 def test_a_resume_with_another_global_batch_is_refused(tmp_path: Path) -> None:

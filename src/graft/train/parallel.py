@@ -16,11 +16,9 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel
 
-from graft.adapt import has_lora
 from graft.config import TrainConfig
 from graft.device import autocast_for
 from graft.distributed import World
-from graft.errors import ConfigError
 from graft.model.transformer import LanguageModel
 
 
@@ -37,11 +35,6 @@ def parallelize(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
             broadcast_buffers=False,
-        )
-    if has_lora(model):
-        raise ConfigError(
-            "adapt.method lora cannot train with train.parallel fsdp yet: use train.parallel ddp "
-            "(LoRA's optimizer state is small; only the frozen base is replicated)"
         )
     # bf16 compute with fp32 gradient reduction where training runs in bf16; fp32 elsewhere.
     bf16 = autocast_for(device, train.precision) is not None
