@@ -421,6 +421,26 @@ def _read_shards(state: dict[str, Any], directory: Path) -> None:
         dcp.load(state, checkpoint_id=directory / SHARDED_DIR)
 
 
+def _sharded_like(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """A whole optimizer state (one process or DDP wrote it) cut to the shards of an optimizer
+    over FSDP's parameters, so such a run resumes under FSDP; as it is for whole parameters.
+    Both optimizers were built alike, so the saved indices follow the parameters' order."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved_ids = [i for group in saved["param_groups"] for i in group["params"]]
+    for index, param in zip(saved_ids, params, strict=True):
+        if not isinstance(param, DTensor):
+            continue
+        moments = saved["state"].get(index, {})
+        for key, value in moments.items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                moments[key] = distribute_tensor(
+                    value.to(param.device), param.device_mesh, param.placements
+                )
+    return saved
+
+
 def restore_training_state(
     directory: Path,
     model: torch.nn.Module,
@@ -440,8 +460,6 @@ def restore_training_state(
         )
     state = TrainingState(**json.loads((state_dir / "state.json").read_text(encoding="utf-8")))
     rng = load_file(str(state_dir / "rng.safetensors"))
-    from torch.distributed.tensor import DTensor  # here: slow to import, needed by training only
-
     if (directory / SHARDED_DIR).is_dir():
         from torch.distributed.checkpoint.state_dict import (
             get_optimizer_state_dict,
@@ -451,15 +469,9 @@ def restore_training_state(
         moments = get_optimizer_state_dict(model, optimizer)
         _read_shards({"optimizer": moments}, directory)
         set_optimizer_state_dict(model, optimizer, moments)
-    elif any(isinstance(p, DTensor) for p in model.parameters()):  # sharded by FSDP
-        raise CheckpointError(
-            f"{directory}: written by one process or DDP; resume it with train.parallel=ddp "
-            "(or start a new FSDP run from it with --init)"
-        )
     else:
-        optimizer.load_state_dict(
-            torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu")
-        )
+        saved = torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu")
+        optimizer.load_state_dict(_sharded_like(saved, optimizer))
     suffix = "" if rank == 0 else f".{rank}"
     if f"torch_cpu{suffix}" in rng:
         torch.set_rng_state(rng[f"torch_cpu{suffix}"])

@@ -1,6 +1,6 @@
 """torchrun on CPU (gloo, 2 processes): DDP and FSDP train exactly as one process with the same
-global batch, and a run killed after a checkpoint resumes on 2 processes or on 1 to the same
-losses. Each run is tests/train/distributed_run.py, launched as a user would launch graft."""
+global batch, and a run killed after a checkpoint resumes on 2 processes or on 1 (or a run of
+one process on 2) to the same losses. Each run is tests/train/distributed_run.py, launched as a user would launch graft."""
 
 from __future__ import annotations
 
@@ -95,17 +95,20 @@ def test_two_processes_train_as_one(
 
 
 @pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_a_killed_run_resumes_on_two_processes_or_one(
+def test_a_killed_run_resumes_on_another_number_of_processes(
     parallel: str, data: Path, one_process: Path, tmp_path: Path
 ) -> None:
-    two, one = tmp_path / "two", tmp_path / "one"
+    two, one, grown = tmp_path / "two", tmp_path / "one", tmp_path / "grown"
     stopped = _run(data, two, parallel, processes=2, stop_after=10)
     assert stopped.count("stopped: interrupted at 10") == 2
     subprocess.run(["cp", "-r", str(two), str(one)], check=True)
     _run(data, two, parallel, processes=2, resume=True)
     _run(data, one, parallel, processes=1, resume=True)
-    _assert_same(two, one_process)
-    _assert_same(one, one_process)
+    # and the other way: a run of one process continued on two
+    assert "stopped: interrupted at 10" in _run(data, grown, parallel, stop_after=10)
+    _run(data, grown, parallel, processes=2, resume=True)
+    for run in (two, one, grown):
+        _assert_same(run, one_process)
 
 
 def test_the_global_batch_sets_accumulation_per_world_size() -> None:
