@@ -14,8 +14,10 @@
 
 A checkpoint is built in a temporary sibling directory, every file fsynced, then renamed into
 place; the previous version is moved aside first and deleted only after the new one is in place,
-so an interruption at any moment leaves one complete checkpoint on disk. Loading never unpickles
-arbitrary objects: weights are safetensors, the optimizer state is read with weights_only=True.
+so an interruption at any moment leaves one complete checkpoint on disk. Loading a single-file
+checkpoint never unpickles arbitrary objects: weights are safetensors, the optimizer state is read
+with weights_only=True. A sharded checkpoint is read through DCP, whose metadata is a pickle: load
+those only from sources you trust (the manifest catches damage, not a crafted file).
 """
 
 from __future__ import annotations

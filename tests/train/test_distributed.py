@@ -1,6 +1,7 @@
 """torchrun on CPU (gloo, 2 processes): DDP and FSDP train exactly as one process with the same
 global batch, and a run killed after a checkpoint resumes on 2 processes or on 1 (or a run of
-one process on 2) to the same losses. Each run is tests/train/distributed_run.py, launched as a user would launch graft."""
+one process on 2) to the same losses. Each run is launched as a user would launch graft:
+tests/train/distributed_run.py, or the graft command, under torchrun."""
 
 from __future__ import annotations
 
@@ -181,3 +182,35 @@ def test_a_resume_with_another_global_batch_is_refused(tmp_path: Path) -> None:
     check_same_step(tmp_path, step_layout(TrainConfig(batch_size=4, global_batch=8), World(0, 2)))
     with pytest.raises(ConfigError, match=r"trained with 8 sequences per step, this run would "):
         check_same_step(tmp_path, step_layout(TrainConfig(batch_size=2), World(0, 2)))
+
+
+def test_an_encoder_with_idle_heads_trains_under_ddp_as_one_process(
+    data: Path, tmp_path: Path
+) -> None:
+    # mlm leaves BERT's pooler and NSP head without gradients: DDP must not wait for them.
+    settings = [
+        "--objective=mlm",
+        f"--data={data}",
+        "--model.preset=bert-nano",
+        "--model.max_seq_len=32",
+        "--train.batch_size=2",
+        "--train.global_batch=8",
+        "--train.max_steps=6",
+        "--train.eval_every=3",
+        "--train.log_every=1",
+        "--train.device=cpu",
+        "--train.progress=false",
+    ]
+    for processes in (1, 2):
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        command = [*(launcher if processes > 1 else []), "-m", "graft", "pretrain", *settings]
+        done = subprocess.run(
+            [sys.executable, *command, f"--out={tmp_path / str(processes)}"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    ours, ref = _losses(tmp_path / "2"), _losses(tmp_path / "1")
+    assert ours.keys() == ref.keys() and len(ref) == 6 + 3
+    assert max(abs(ours[key] - ref[key]) for key in ref) <= 1e-5

@@ -29,12 +29,18 @@ def parallelize(
     if world.size == 1:
         return model
     if train.parallel == "ddp":
-        # No buffers to broadcast (RoPE tables are derived from the config): evaluation then
-        # needs no collective, and a rank may run it alone.
+        config = model.config
         return DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False,
+            # No buffer needs syncing before each forward (RoPE tables follow from the config):
+            # evaluation then needs no collective, and a rank may run it alone.
+            forward_sync_buffers=False,
+            # Encoders and classifiers carry heads an objective may not use (mlm leaves the
+            # pooler and NSP head idle); DDP must then look for them each step. Decoder LMs use
+            # every parameter and skip that search.
+            find_unused_parameters=config.head != "lm" or config.is_encoder,
+            gradient_as_bucket_view=True,  # gradients live in the all-reduce buckets: no copy
         )
     # bf16 compute with fp32 gradient reduction where training runs in bf16; fp32 elsewhere.
     bf16 = autocast_for(device, train.precision) is not None
