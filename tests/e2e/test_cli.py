@@ -20,6 +20,7 @@ import torch
 from graft.checkpoint import resolve_checkpoint, verify_checkpoint
 from graft.config import load_run_config
 from graft.data.tokenizer import Tokenizer
+from graft.distributed import World, step_layout
 from graft.train.metrics_log import read_metrics
 
 pytestmark = pytest.mark.e2e
@@ -246,7 +247,10 @@ def test_print_config_prints_yaml_that_loads_back_to_the_same_config(tmp_path):
     )
     printed = tmp_path / "printed.yaml"
     printed.write_text(proc.stdout)
-    assert load_run_config(printed) == load_run_config(recipe, overrides)
+    expected = load_run_config(recipe, overrides)
+    # what will run: the global batch resolved for one process
+    expected = expected.model_copy(update={"train": step_layout(expected.train, World())})
+    assert load_run_config(printed) == expected
     assert list(cwd.iterdir()) == []  # printing the config trains nothing and writes nothing
 
 
