@@ -52,6 +52,14 @@ class World:
         dist.all_gather_object(values, value)
         return values
 
+    def total(self, value: float) -> float:
+        """`value` summed over every rank (a non-finite one on any rank makes it non-finite)."""
+        if self.size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64, device=_comm_device())
+        dist.all_reduce(tensor)
+        return float(tensor.item())
+
     def from_main(self, value: float) -> float:
         """Rank 0's `value` on every rank: the clock behind a time limit and the schedule, which
         every rank must read alike."""

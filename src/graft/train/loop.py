@@ -247,11 +247,13 @@ def fit(run: Run) -> RunResult:
                 step_units=sum(b.units for b in drawn),
                 world_size=world.size,
             )
-            step_totals = summed(step_totals, world)
+            # Every rank must see the same verdict, or one would stop while the others wait: the
+            # step's summed loss over ranks (a scalar); the whole totals only when logged.
+            step_loss = world.total(step_totals.loss)
             # before the step, so the weights stay as they were
-            if not math.isfinite(step_totals.loss):
+            if not math.isfinite(step_loss):
                 raise TrainingError(
-                    f"the training loss became {step_totals.loss} at step {state.step + 1}; "
+                    f"the training loss became {step_loss} at step {state.step + 1}; "
                     "the last checkpoint is intact: "
                     "lower optim.lr or raise optim.warmup_steps and --resume"
                 )
@@ -265,7 +267,7 @@ def fit(run: Run) -> RunResult:
             # 4. Log training metrics every log_every steps.
             if state.step % train_cfg.log_every == 0:
                 seconds = time.perf_counter() - window_start
-                train_metrics = objective.metrics(window, "train")
+                train_metrics = objective.metrics(summed(window, world), "train")
                 tokens_per_s = window_tokens / max(seconds, 1e-9)
                 figures = {"lr": lr, "grad_norm": grad_norm, "tokens_per_s": tokens_per_s}
                 figures["flop_s"] = tokens_per_s * flops_per_token
