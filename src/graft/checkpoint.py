@@ -11,6 +11,7 @@
                          read back on any number of processes, or whole by one
     adapter_config.json, adapter_model.safetensors
                          a LoRA fine-tune's adapter, in PEFT's format, over the base weights above
+    privacy.json         a private (DP-SGD) run's settings, accountant history and spent epsilon
 
 A checkpoint is built in a temporary sibling directory, every file fsynced, then renamed into
 place; the previous version is moved aside first and deleted only after the new one is in place,
@@ -55,6 +56,7 @@ WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 RUN_CONFIG_FILE = "run_config.yaml"
 MANIFEST_FILE = "manifest.json"
+PRIVACY_FILE = "privacy.json"  # a private run's settings and spent epsilon (graft.train.privacy)
 STATE_DIR = "training_state"
 SHARDED_DIR = "sharded"
 
@@ -102,10 +104,12 @@ def save_checkpoint(
     rng: RngStates | Sequence[RngStates] | None = None,
     adapter: tuple[AdaptConfig, str] | None = None,
     world: World | None = None,
+    privacy: dict[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint directory atomically (see module docstring). Returns its path. A model
     with LoRA adapters needs `adapter`: (the adapt config, the base it was trained over). `rng`
-    is one process's generators, or every rank's in rank order.
+    is one process's generators, or every rank's in rank order. `privacy`: what a private run
+    has spent (graft.train.privacy), written as privacy.json.
 
     With `world`, a model sharded by FSDP is saved by every rank together: each writes its
     shards of the weights and optimizer moments through DCP into the directory rank 0 builds,
@@ -132,7 +136,7 @@ def save_checkpoint(
         if state is not None and optimizer is not None:
             (tmp / STATE_DIR).mkdir()
             torch.save(optimizer.state_dict(), tmp / STATE_DIR / "optimizer.pt")
-        _write_the_rest(tmp, model.config, tokenizer, run_config_yaml, state, rng)
+        _write_the_rest(tmp, model.config, tokenizer, run_config_yaml, state, rng, privacy)
     return directory
 
 
@@ -175,6 +179,7 @@ def _write_the_rest(
     run_config_yaml: str,
     state: TrainingState | None,
     rng: RngStates | Sequence[RngStates] | None,
+    privacy: dict[str, Any] | None = None,
 ) -> None:
     """Everything beside the weights and optimizer moments, then the manifest of it all."""
     header = {"architecture": "LanguageModel", "graft_version": graft.__version__}
@@ -183,6 +188,8 @@ def _write_the_rest(
     )
     _write_text(tmp / RUN_CONFIG_FILE, run_config_yaml)
     tokenizer.save(tmp)
+    if privacy is not None:
+        _write_text(tmp / PRIVACY_FILE, json.dumps(privacy, indent=2))
     if state is not None:
         (tmp / STATE_DIR).mkdir(exist_ok=True)
         _write_text(tmp / STATE_DIR / "state.json", json.dumps(asdict(state), indent=2))

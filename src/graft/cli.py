@@ -159,6 +159,28 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
+    d.add_argument(
+        "--redact",
+        default="",
+        metavar="KINDS",
+        help="replace sensitive text before tokenizing: a comma list of email, phone, card, "
+        "iban, ip, url_credentials, name, or all",
+    )
+    d.add_argument(
+        "--redact-names",
+        type=Path,
+        metavar="FILE",
+        help="names to redact, one per line (UTF-8); implies the name kind",
+    )
+    d.add_argument(
+        "--redact-mode",
+        choices=["mask", "pseudonym"],
+        default="mask",
+        help="mask writes [EMAIL], [PHONE]...; pseudonym a consistent fake of the same kind",
+    )
+    d.add_argument(
+        "--redact-seed", type=int, default=0, help="the key of the pseudonyms (default 0)"
+    )
     _add_data_recipe(dsub)
 
 
@@ -441,6 +463,67 @@ def _add_experiment_transfer(esub: argparse._SubParsersAction) -> None:
     _add_shared(t, "--no-progress")
 
 
+def _add_audit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("audit", help="Audit what a fine-tuning run leaks about its records.")
+    asub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = asub.add_parser(
+        "canaries",
+        parents=[_COMMON],
+        help="Insert secret canaries, fine-tune, and measure their exposure and a one-run "
+        "epsilon lower bound.",
+        description="Writes an audited training file into --out: the records of --data as "
+        "one-turn conversations (a labelled text becomes the reply to a fixed instruction, since "
+        "exposure needs a generative model; conversation files are kept as they are), plus "
+        "--canaries random secrets each inserted --repeats times, --controls never inserted, and "
+        "--members membership canaries each inserted with probability 1/2. The validation split "
+        "is held out first and holds no canary. Fine-tunes --init with objective instruct once "
+        "without DP and, when the overrides turn DP on (--dp.epsilon=8), once with it; other "
+        "--section.key=value overrides apply to both runs. Scores each run's last checkpoint: "
+        "per-canary exposure (Carlini et al. 2019, sampled and skew-normal extrapolated) and the "
+        "one-run epsilon lower bound (Steinke, Nasr and Jagielski 2023), beside the accountant's "
+        "epsilon; writes report.json and report.md.",
+    )
+    a.add_argument(
+        "--init",
+        type=Path,
+        required=True,
+        help="the base checkpoint (or run or Hugging Face directory; a decoder)",
+    )
+    a.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="labelled records (.jsonl, .json, .csv, .tsv or label<TAB>text) or conversations "
+        "(.jsonl/.json, Alpaca or chat messages)",
+    )
+    a.add_argument(
+        "--out", type=Path, required=True, help="directory for the data, runs and report"
+    )
+    a.add_argument("--canaries", type=int, help="inserted exposure canaries (default: 10)")
+    a.add_argument("--repeats", type=int, help="times each canary is inserted (default: 10)")
+    a.add_argument("--controls", type=int, help="exposure canaries never inserted (default: 10)")
+    a.add_argument(
+        "--members",
+        type=int,
+        help="membership canaries, each in with probability 1/2 (default: 200)",
+    )
+    a.add_argument(
+        "--samples",
+        type=int,
+        help="candidate secrets each canary is ranked against (default: 2000)",
+    )
+    a.add_argument("--digits", type=int, help="digits of a secret: |R| = 10^digits (default: 6)")
+    a.add_argument("--seed", type=int, help="seed of the canaries and the splits (default: 0)")
+    a.add_argument(
+        "--beta", type=float, help="the one-run bound holds at confidence 1 - beta (default: 0.05)"
+    )
+    a.add_argument(
+        "--instruction", help="the user turn of every record (default: 'Write a text message.')"
+    )
+    _add_shared(a, "--text-field", "--label-field", "--no-progress")
+    a.add_argument("--encoding", help="encoding of --data (default: utf-8)")
+
+
 def _add_eval(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
@@ -571,6 +654,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_generate,
         _add_export,
         _add_experiment,
+        _add_audit,
         _add_eval,
         _add_serve,
         _add_chat,
@@ -646,8 +730,13 @@ def _run_data(args: argparse.Namespace) -> int:
         documents, chars = run_recipe(args.name, args.sources, args.out)
         print(f"{args.name}: {documents:,} documents, {chars:,} characters: {args.out}")
         return 0
+    from graft.data.redact import RedactConfig
     from graft.data.shards import prepare_shards
     from graft.data.tokenizer import Tokenizer, bytes_tokenizer
+
+    redact = RedactConfig.from_options(
+        args.redact, names_file=args.redact_names, mode=args.redact_mode, seed=args.redact_seed
+    )
 
     tokenizer = (
         bytes_tokenizer() if args.tokenizer == "bytes" else Tokenizer.load(Path(args.tokenizer))
@@ -661,12 +750,16 @@ def _run_data(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         val_inputs=args.val,
         split_on=args.split_on,
+        redact=redact,
     )
     for name, split in index.splits.items():
         print(
             f"{name}: {split.tokens:,} tokens from {split.documents:,} documents "
             f"({split.bytes:,} bytes)"
         )
+    if index.redaction is not None:
+        counts = ", ".join(f"{kind} {n:,}" for kind, n in index.redaction["counts"].items())
+        print(f"redacted ({index.redaction['mode']}): {counts}")
     print(f"prepared: {args.out}")
     return 0
 
@@ -738,6 +831,11 @@ def _train(args: argparse.Namespace, config: RunConfig) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    if result.epsilon is not None:
+        print(
+            f"privacy spent: epsilon {result.epsilon:.3f} at delta {config.dp.delta:g} "
+            f"({config.dp.accountant} accountant; the unit is one training record)"
+        )
     if args.command == "pretrain":
         last = result.evals[-1] if result.evals else {}
         summary = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k != "step")
@@ -891,6 +989,21 @@ def _run_experiment_transfer(args: argparse.Namespace, extra: list[str]) -> int:
     return 0
 
 
+def _run_audit(args: argparse.Namespace, extra: list[str]) -> int:
+    from graft.experiments.canaries import AuditOptions, run_canary_audit
+
+    options = _options(
+        AuditOptions,
+        args,
+        overrides=tuple(_split_overrides(extra)),
+        progress=not args.no_progress,
+    )
+    report = run_canary_audit(options, echo=print)
+    print(report.read_text(encoding="utf-8"), end="")
+    print(f"report: {report}")
+    return 0
+
+
 def _run_eval(args: argparse.Namespace) -> int:
     from graft.evaluate.evaluate import EvalOptions, evaluate_checkpoint
 
@@ -921,6 +1034,7 @@ _WITH_OVERRIDES: dict[str, Callable[[argparse.Namespace, list[str]], int]] = {
     "pretrain": _run_pretrain,
     "finetune": _run_finetune,
     "experiment": _run_experiment,
+    "audit": _run_audit,
 }
 _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "quickstart": _run_quickstart,

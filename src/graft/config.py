@@ -15,8 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from graft.data.redact import KINDS as REDACT_KINDS
 from graft.errors import ConfigError
 from graft.model.config import PRESETS, ModelConfig
 from graft.objectives.base import DataKind, ObjectiveSection, RecordObjective
@@ -82,6 +90,33 @@ class DataConfig(Section):
             "Fine-tuning: a stratified sample of this many training records (learning curves)."
         ),
     )
+    redact: tuple[str, ...] = Field(
+        default=(),
+        description="Fine-tuning: sensitive text to replace in the records before training: "
+        "email, phone, card, iban, ip, url_credentials, name, or all.",
+    )
+    redact_names: Path | None = Field(
+        default=None,
+        description="Fine-tuning: a UTF-8 file of names to redact, one per line (adds name).",
+    )
+    redact_mode: Literal["mask", "pseudonym"] = Field(
+        default="mask",
+        description="Fine-tuning: mask writes [EMAIL], [PHONE]...; pseudonym a consistent fake "
+        "of the same kind, keyed by train.seed.",
+    )
+
+    @field_validator("redact", mode="before")
+    @classmethod
+    def _redact_kinds(cls, value: Any) -> Any:
+        """`--data.redact=email,phone` as well as a YAML list; every kind known."""
+        kinds = value.split(",") if isinstance(value, str) else value
+        if isinstance(kinds, (list, tuple)):
+            unknown = [k for k in kinds if k not in (*REDACT_KINDS, "all")]
+            if unknown:
+                raise ValueError(
+                    f"unknown kind {unknown[0]!r}; choose from {', '.join(REDACT_KINDS)} or all"
+                )
+        return kinds
 
 
 # Every objective, each a config class in its own module (graft.objectives.base says what one
@@ -239,6 +274,61 @@ class AdaptConfig(Section):
     )
 
 
+class DPConfig(Section):
+    """Differentially private training (DP-SGD through Opacus, graft.train.privacy): off unless
+    dp.epsilon or dp.noise_multiplier is set. The privacy unit is one training record: one
+    labelled text or conversation for a fine-tune, one window of train.seq_len + 1 tokens for
+    pre-training."""
+
+    epsilon: float | None = Field(
+        default=None,
+        gt=0,
+        description="Target epsilon at train.max_steps: the noise is calibrated to spend it.",
+    )
+    delta: float = Field(
+        default=1e-5, gt=0, lt=1, description="Target delta; must be below 1 / training records."
+    )
+    noise_multiplier: float | None = Field(
+        default=None, gt=0, description="Noise std / max_grad_norm, instead of dp.epsilon."
+    )
+    max_grad_norm: float = Field(
+        default=1.0, gt=0, description="Per-record gradient clipping bound (L2)."
+    )
+    batch: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Expected records per step (Poisson sampling rate = dp.batch / records); default: "
+            "train.global_batch, else batch_size x grad_accum. Micro-batches of at most "
+            "train.batch_size rows carry it."
+        ),
+    )
+    accountant: Literal["rdp", "prv"] = Field(
+        default="rdp", description="Privacy accountant: rdp (Renyi DP) or prv (PRV, tighter)."
+    )
+    clipping: Literal["auto", "ghost", "flat"] = Field(
+        default="auto",
+        description=(
+            "ghost: per-record gradient norms without per-record gradients (two backward "
+            "passes, little memory); flat: Opacus's per-sample gradients; auto: ghost where a "
+            "check before training shows it exact for this model, else flat."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _one_noise_setting(self) -> DPConfig:
+        if self.epsilon is not None and self.noise_multiplier is not None:
+            raise ValueError(
+                "dp: give dp.epsilon (the noise is calibrated to it) or dp.noise_multiplier, "
+                "not both"
+            )
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.epsilon is not None or self.noise_multiplier is not None
+
+
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -246,6 +336,7 @@ class RunConfig(Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     adapt: AdaptConfig = Field(default_factory=AdaptConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    dp: DPConfig = Field(default_factory=DPConfig)
 
     @model_validator(mode="after")
     def _cross_section(self) -> RunConfig:

@@ -11,7 +11,9 @@ Each document is followed by the EOT id. Documents go to train or val by a seede
 more; a corpus of exactly one document is split by position instead (the first
 `1 - val_fraction` of its tokens train, the rest val). Given `val_inputs` (a held-out corpus)
 there is no coin: all of the inputs are train, all of `val_inputs` is val, and each split lists
-its own files as `sources` in index.json.
+its own files as `sources` in index.json. With redaction (graft.data.redact), each document's
+text is redacted before it is tokenized, and index.json says how many spans of each kind were
+replaced (`redaction`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from tqdm import tqdm
 
 from graft.atomic_files import atomic_directory, fsync_path, write_atomic
 from graft.data.documents import Document, iter_documents, list_input_files, utf8_size
+from graft.data.redact import RedactConfig, Redactor
 from graft.data.tokenizer import EOT, Tokenizer
 from graft.errors import ConfigError, DataError, TokenizerError
 
@@ -87,6 +90,8 @@ class ShardIndex:
     splits: dict[str, SplitInfo]
     sources: list[str] = field(default_factory=list)
     format_version: int = FORMAT_VERSION
+    #: What redaction replaced (`RedactionReport.to_dict()`); None when the text was not redacted.
+    redaction: dict[str, Any] | None = None
 
     @property
     def np_dtype(self) -> np.dtype:
@@ -99,6 +104,8 @@ class ShardIndex:
         for split in data["splits"].values():
             if split["sources"] is None:
                 del split["sources"]
+        if data["redaction"] is None:
+            del data["redaction"]
         return data
 
     @classmethod
@@ -133,6 +140,8 @@ class ShardIndex:
         sources = _field(data, "sources", list, where)
         if not all(isinstance(s, str) for s in sources):
             raise DataError(f"{where}: sources must be a list of strings")
+        # Optional: only directories prepared with redaction have it.
+        redaction = _field(data, "redaction", dict, where) if "redaction" in data else None
         return cls(
             dtype=dtype,
             vocab_size=vocab_size,
@@ -142,6 +151,7 @@ class ShardIndex:
             splits=splits,
             sources=sources,
             format_version=version,
+            redaction=redaction,
         )
 
     @classmethod
@@ -353,6 +363,7 @@ def _write_split_files(
     total_bytes: int,
     batch_size: int,
     progress: bool,
+    redactor: Redactor | None = None,
 ) -> None:
     """Encode each (split name, document) into its split's writer, then close the writers."""
     # Queue of (writer, piece text or None for "end of document", piece bytes), in order.
@@ -385,7 +396,10 @@ def _write_split_files(
             for split, doc in documents:
                 writer = writers[split]
                 read = 0
-                for piece in doc.pieces(_PIECE_BYTES):
+                pieces = doc.pieces(_PIECE_BYTES)
+                if redactor is not None:
+                    pieces = redactor.redact_pieces(pieces)
+                for piece in pieces:
                     size = utf8_size(piece)
                     pending.append((writer, piece, size))
                     pending_texts += 1
@@ -432,6 +446,7 @@ def prepare_shards(
     progress: bool = True,
     val_inputs: Sequence[Path] | None = None,
     split_on: str | None = None,
+    redact: RedactConfig | None = None,
 ) -> ShardIndex:
     """Tokenize the documents in `inputs` into a prepared directory at `out_dir`.
 
@@ -439,7 +454,8 @@ def prepare_shards(
     held-out corpus: then all of `inputs` trains, all of `val_inputs` is val, `val_fraction` is
     not used, and each split records its own files as `sources`. A file in both is an error
     (its text would be scored on what the model trained on). `split_on` cuts text files into
-    documents (see `iter_documents`).
+    documents (see `iter_documents`). `redact` redacts each document's text before it is
+    tokenized; split bytes then count the redacted text, the text the tokens stand for.
     `out_dir` is built in a hidden temporary sibling and renamed into place once complete,
     replacing an earlier prepared directory; on any error nothing at `out_dir` changes.
     `batch_size` is the number of text pieces per parallel encode call. A progress bar
@@ -474,7 +490,10 @@ def prepare_shards(
     with atomic_directory(out_dir) as work:
         writers = {name: _SplitWriter(name, work / f"{name}.bin", dtype, eot_id) for name in SPLITS}
         routed = _routed_documents(inputs, val_inputs, val_fraction, seed, split_on)
-        _write_split_files(routed, writers, tokenizer, dtype, total_bytes, batch_size, progress)
+        redactor = Redactor(redact) if redact is not None else None
+        _write_split_files(
+            routed, writers, tokenizer, dtype, total_bytes, batch_size, progress, redactor
+        )
         if val_inputs is None:
             splits = _balance(writers, val_fraction, dtype)
         else:
@@ -490,6 +509,7 @@ def prepare_shards(
             tokenizer_kind=tokenizer.kind,
             splits=splits,
             sources=[str(path) for path in files + val_files],
+            redaction=redactor.report.to_dict() if redactor is not None else None,
         )
         tokenizer.save(work)
         index.save(work)

@@ -277,6 +277,7 @@ class Transformer(nn.Module):
             self.norm = _norm(config)
         # A training choice, not architecture (so not in the config): see checkpoint_activations.
         self.activation_checkpointing = False
+        self.per_sample = False  # LanguageModel.per_sample_gradients
 
     def forward(
         self,
@@ -309,7 +310,15 @@ class Transformer(nn.Module):
                 keys = torch.arange(past + T, device=input_ids.device)
                 queries = torch.arange(past, past + T, device=input_ids.device)
                 attn_mask = keys[None, :] <= queries[:, None]  # (T, S)
+        if self.per_sample:  # Opacus's ghost norms view the ids: they must be contiguous
+            input_ids = input_ids.contiguous()
         x = self.embed_tokens(input_ids)
+        if self.per_sample and position_ids is None and self.config.positions == "learned":
+            # Per-sample gradients (DP-SGD) are taken from each module's (B, ...) inputs: the
+            # tables must be called with a row of ids per example, not sliced once for all.
+            position_ids = torch.arange(past, past + T, device=input_ids.device).repeat(B, 1)
+        if self.per_sample and token_type_ids is None and self.config.type_vocab_size:
+            token_type_ids = torch.zeros_like(input_ids)
         rotary = None
         if self.config.positions == "learned":
             if position_ids is None:
@@ -379,6 +388,7 @@ class ModelOutput:
     hidden: torch.Tensor  # (B, T, C)
     logits: torch.Tensor | None = None  # LM logits, (B, T, V) or (B, 1, V)
     lm_loss: torch.Tensor | None = None  # LM cross-entropy summed over the scored targets
+    lm_row_loss: torch.Tensor | None = None  # (B,) the same per row; per-sample mode only
     # Scored targets the LM head predicted right, where it formed their logits (a masked LM)
     lm_correct: torch.Tensor | None = None
     nsp_logits: torch.Tensor | None = None  # (B, 2), float32
@@ -476,6 +486,19 @@ class LanguageModel(nn.Module):
         return self.lm_head_transform(h) if self.config.mlm_head else h
 
     def _lm_loss(self, out: ModelOutput, targets: torch.Tensor, *, sparse: bool) -> ModelOutput:
+        if self.model.per_sample:
+            # The plain path, every row kept: per-sample gradient hooks see the head's (B, T, C)
+            # input, which neither the fused loss nor the scored-rows gather below would show.
+            logits = self.lm_head(self._head_input(out.hidden)).float()  # (B, T, V)
+            each = F.cross_entropy(
+                logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+            )
+            out.lm_row_loss = each.view(targets.shape).sum(1)
+            out.lm_loss = out.lm_row_loss.sum()
+            if sparse:
+                chosen = targets != IGNORE_INDEX
+                out.lm_correct = (logits[chosen].argmax(-1) == targets[chosen]).sum()
+            return out
         if not sparse and not self.config.mlm_head:
             out.lm_loss = linear_cross_entropy_sum(out.hidden, self.lm_head.weight, targets)
             return out
@@ -507,6 +530,13 @@ class LanguageModel(nn.Module):
         else:
             pooled = hidden[torch.arange(B, device=hidden.device), last_index]
         return self.classifier(self.classifier_dropout(pooled))
+
+    def per_sample_gradients(self, enabled: bool = True) -> None:
+        """Compute every parameter's gradient through a module call on (B, ...) inputs, so that
+        per-sample gradient hooks (Opacus, DP-SGD) see each example: learned position and
+        token-type tables are called per row and the LM loss forms full logits. Same values,
+        more memory; off by default."""
+        self.model.per_sample = enabled
 
     def checkpoint_activations(self, enabled: bool = True) -> None:
         """Recompute each block's activations during backward instead of keeping them from the

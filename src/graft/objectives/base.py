@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
@@ -19,7 +19,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict
 
+from graft.data.records import Conversation, TextRecord
+from graft.data.redact import RedactConfig, Redactor
 from graft.data.shards import TokenShards
+from graft.data.tagged import TaggedSentence
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
 from graft.model.config import AttentionKind, HeadKind, ModelConfig
@@ -112,6 +115,10 @@ class Records:
     skip_invalid: bool
     max_train_examples: int | None
     seed: int
+    # What graft.data.redact replaces in the records as they are read; the seed keys pseudonyms.
+    redact: tuple[str, ...] = ()
+    redact_names: Path | None = None
+    redact_mode: Literal["mask", "pseudonym"] = "mask"
 
     def train_and_val(
         self,
@@ -119,12 +126,43 @@ class Records:
         split: Callable[[list[Any]], tuple[list[Any], list[Any]]] | None = None,
     ) -> tuple[list[Any], list[Any], int]:
         """(training records, validation records, invalid records skipped): val_file when given,
-        else `split` (by default a seeded random split) of train_file."""
-        train, skipped = read(self.train_file)
+        else `split` (by default a seeded random split) of train_file; redacted when asked."""
+        settings = RedactConfig.from_options(
+            self.redact,
+            names_file=self.redact_names,
+            mode=self.redact_mode,
+            seed=self.seed,
+            option="data.redact",
+        )
+        redactor = Redactor(settings) if settings is not None else None
+
+        def read_redacted(path: Path) -> tuple[list[Any], int]:
+            items, skipped = read(path)
+            if redactor is not None:
+                items = [self._redacted(item, redactor) for item in items]
+            return items, skipped
+
+        train, skipped = read_redacted(self.train_file)
         if self.val_file is None:
             return *(split or self.random_split)(train), skipped
-        val, skipped_val = read(self.val_file)
+        val, skipped_val = read_redacted(self.val_file)
         return train, val, skipped + skipped_val
+
+    @staticmethod
+    def _redacted(item: object, redactor: Redactor) -> object:
+        """A record with its text redacted: a text, each message's content, or each word of a
+        tagged sentence in place (so its tags still line up)."""
+        if isinstance(item, TextRecord):
+            return replace(item, text=redactor.redact(item.text))
+        if isinstance(item, Conversation):
+            messages = tuple(
+                replace(message, content=redactor.redact(message.content))
+                for message in item.messages
+            )
+            return replace(item, messages=messages)
+        if isinstance(item, TaggedSentence):
+            return replace(item, words=redactor.redact_words(item.words))
+        raise TypeError(f"cannot redact a {type(item).__name__}")
 
     def random_split(self, items: list[Any]) -> tuple[list[Any], list[Any]]:
         """A seeded random split: (the rest, val_fraction held out)."""
@@ -166,6 +204,12 @@ class RecordBatches(Generic[E]):
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
         rows = torch.randint(0, len(self.train), (batch_size,), generator=generator).tolist()
+        return self.batch(self.train, rows)
+
+    def train_records(self) -> int:
+        return len(self.train)
+
+    def records_batch(self, rows: list[int], generator: torch.Generator) -> Batch:
         return self.batch(self.train, rows)
 
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -80,6 +80,9 @@ class LossSum:
     total: torch.Tensor
     count: int
     stats: dict[str, float] = field(default_factory=dict)
+    # (B,) each record's summed loss, whose sum is `total`, where the objective can give it: what
+    # DP-SGD's ghost clipping weights record by record (graft.train.privacy).
+    rows: torch.Tensor | None = None
 
 
 @dataclass
@@ -114,6 +117,17 @@ class Objective(Protocol):
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
         """`{split}/loss` (the figure best checkpoints and patience follow) and the objective's
         own."""
+        ...
+
+
+@runtime_checkable
+class RecordSampled(Protocol):
+    """An objective whose training data is a fixed set of records drawn by index: what DP-SGD's
+    Poisson sampling needs (graft.train.privacy), the record being the unit of privacy."""
+
+    def train_records(self) -> int: ...
+    def records_batch(self, rows: list[int], generator: torch.Generator) -> Batch:
+        """The batch of training records `rows` (0 <= row < train_records())."""
         ...
 
 

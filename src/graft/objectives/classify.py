@@ -114,14 +114,15 @@ class Classify(RecordBatches[EncodedTexts]):
         assert logits is not None
         targets = batch.sequence_targets
         weight = None if self.weights is None else self.weights.to(logits.device)
-        total = F.cross_entropy(logits, targets, weight=weight, reduction="sum")
+        rows = F.cross_entropy(logits, targets, weight=weight, reduction="none")
+        total = rows.sum()
         predicted = logits.argmax(-1)
         stats: dict[str, float] = {}
         for i, label in enumerate(self.labels):
             stats[f"tp/{label}"] = float(((predicted == i) & (targets == i)).sum())
             stats[f"fp/{label}"] = float(((predicted == i) & (targets != i)).sum())
             stats[f"fn/{label}"] = float(((predicted != i) & (targets == i)).sum())
-        return LossSum(total, int(targets.numel()), stats)
+        return LossSum(total, int(targets.numel()), stats, rows=rows)
 
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
         stats = totals.stats

@@ -44,7 +44,7 @@ def next_token_loss(model: LanguageModel, batch: Batch) -> LossSum:
     assert batch.targets is not None
     out = run(model, batch, ["lm"], batch.targets)
     assert out.lm_loss is not None
-    return LossSum(out.lm_loss, batch.n_targets)
+    return LossSum(out.lm_loss, batch.n_targets, rows=out.lm_row_loss)
 
 
 class CausalLM:
@@ -80,6 +80,14 @@ class CausalLM:
         high = len(self.train) - self.seq_len  # last start that leaves room for the shifted target
         starts = torch.randint(0, high, (batch_size,), generator=generator).tolist()
         return self._batch(self.train, starts)
+
+    def train_records(self) -> int:
+        """Disjoint windows of seq_len + 1 tokens (inputs and their shifted targets): the records
+        private training samples, so no token belongs to two of them."""
+        return len(self.train) // (self.seq_len + 1)
+
+    def records_batch(self, rows: list[int], generator: torch.Generator) -> Batch:
+        return self._batch(self.train, [row * (self.seq_len + 1) for row in rows])
 
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
         if self.val is None:

@@ -143,6 +143,13 @@ class Denoise:
         ).tolist()
         return self._batch(self.train, starts, generator)
 
+    def train_records(self) -> int:
+        """Disjoint windows of the text before corruption: the records private training samples."""
+        return len(self.train) // self.window
+
+    def records_batch(self, rows: list[int], generator: torch.Generator) -> Batch:
+        return self._batch(self.train, [row * self.window for row in rows], generator)
+
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:
         if self.val is None:
             return []

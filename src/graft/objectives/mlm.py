@@ -61,6 +61,7 @@ def masked_lm_loss(out: ModelOutput, targets: torch.Tensor) -> LossSum:
             "mlm_count": float(count),
             "mlm_loss_sum": float(total.detach()),
         },
+        rows=out.lm_row_loss,
     )
 
 
@@ -173,6 +174,14 @@ class MaskedLM:
         starts = torch.randint(
             0, len(self.train) - self.content_len + 1, (batch_size,), generator=generator
         ).tolist()
+        return self._batch(self._windows(self.train, starts), generator)
+
+    def train_records(self) -> int:
+        """Disjoint windows of content tokens: the records private training samples."""
+        return len(self.train) // self.content_len
+
+    def records_batch(self, rows: list[int], generator: torch.Generator) -> Batch:
+        starts = [row * self.content_len for row in rows]
         return self._batch(self._windows(self.train, starts), generator)
 
     def eval_batches(self, batch_size: int, n_batches: int) -> list[Batch]:

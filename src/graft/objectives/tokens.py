@@ -113,7 +113,14 @@ class TagTokens(RecordBatches[EncodedSentences]):
         logits = run(model, batch, ["classifier"]).class_logits
         assert logits is not None
         scored = batch.targets != IGNORE_INDEX
-        total = F.cross_entropy(logits[scored], batch.targets[scored], reduction="sum")
+        each = F.cross_entropy(
+            logits.flatten(0, 1),
+            batch.targets.flatten(),
+            ignore_index=IGNORE_INDEX,
+            reduction="none",
+        )
+        rows = each.view(batch.targets.shape).sum(1)  # unscored positions count 0
+        total = rows.sum()
         predicted = logits.argmax(-1)
         stats = {"token_correct": float((predicted[scored] == batch.targets[scored]).sum())}
         stats.update(entities_true=0.0, entities_predicted=0.0, entities_correct=0.0)
@@ -124,7 +131,7 @@ class TagTokens(RecordBatches[EncodedSentences]):
             stats["entities_true"] += len(true)
             stats["entities_predicted"] += len(pred)
             stats["entities_correct"] += len(true & pred)
-        return LossSum(total, int(scored.sum()), stats)
+        return LossSum(total, int(scored.sum()), stats, rows=rows)
 
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
         s = totals.stats

@@ -33,6 +33,7 @@ from graft.objectives.base import RecordObjective, Records, TaskData
 from graft.train.loop import Run, RunResult, fit
 from graft.train.optim import build_optimizer
 from graft.train.parallel import parallelize
+from graft.train.privacy import make_private
 
 
 def finetune(
@@ -155,6 +156,10 @@ def _finetune(
     if last is not None:
         state = ckpt.restore_training_state(last, model, optimizer, generator, device, world.rank)
         say(f"resuming {run_dir} at step {state.step}")
+    privacy = None
+    if config.dp.enabled:
+        privacy = make_private(config, model, optimizer, task.objective, world, last, say)
+        optimizer, module = privacy.optimizer, privacy.module
     run = Run(
         config,
         model,
@@ -167,6 +172,7 @@ def _finetune(
         resumed=last is not None,
         world=world,
         module=None if module is model else module,
+        privacy=privacy,
     )
     return fit(run)
 

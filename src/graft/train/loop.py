@@ -38,6 +38,7 @@ from graft.objectives.batch import Batch, LossTotals, Objective
 from graft.train.metrics_log import LOSS_CURVE_FILE, MetricsLog, plot_loss_curve
 from graft.train.optim import learning_rate
 from graft.train.parallel import clip_grad_norm, gradient_sync, is_sharded
+from graft.train.privacy import Privacy
 
 
 @dataclass
@@ -49,6 +50,7 @@ class RunResult:
     stop_reason: str  # max_steps | max_tokens | max_minutes | patience | interrupted
     evals: list[dict[str, float]] = field(default_factory=list)  # every evaluation of this process
     best_metric: float | None = None  # of train.monitor
+    epsilon: float | None = None  # spent, when the run trained privately (dp)
 
 
 @dataclass
@@ -65,9 +67,10 @@ class Run:
     state: ckpt.TrainingState
     resumed: bool = False
     world: World = ONE_PROCESS
-    # What training calls: DDP's wrapper of `model`, or None for the model itself (one process, or
-    # FSDP2, which shards the model in place).
+    # What training calls: DDP's wrapper of `model`, Opacus's per-sample gradient wrapper, or None
+    # for the model itself (one process, or FSDP2, which shards the model in place).
     module: nn.Module | None = None
+    privacy: Privacy | None = None  # DP-SGD (dp); its DP optimizer is `optimizer`
 
     @property
     def run_dir(self) -> Path:
@@ -89,6 +92,7 @@ def accumulate_gradients(
     *,
     step_units: int | None = None,
     world_size: int = 1,
+    privacy: Privacy | None = None,
 ) -> LossTotals:
     """Backward over every micro-batch; gradients end up equal to those of one big batch.
 
@@ -98,7 +102,9 @@ def accumulate_gradients(
     their tokens unequally. Every loss must count the units its batch declares (`Batch.units`):
     two definitions of the count once mis-scaled mixtures. DDP and FSDP average gradients over
     the processes, so each loss is scaled up by their number: the average is then the sum.
-    Returns this process's loss totals.
+    With `privacy` (DP-SGD) each record's gradient is clipped instead (graft.train.privacy): its
+    optimizer adds the noise and divides by the expected batch. Returns this process's loss
+    totals.
     """
     total_units = sum(b.units for b in micro_batches) if step_units is None else step_units
     totals = LossTotals()
@@ -111,7 +117,10 @@ def accumulate_gradients(
                     f"objective {objective.name}: a loss counts {out.count} units, "
                     f"but its batch declares {batch.units}"
                 )
-            (out.total * world_size / max(total_units, 1)).backward()
+            if privacy is None:
+                (out.total * world_size / max(total_units, 1)).backward()
+            else:
+                privacy.backward(out, last=i == len(micro_batches) - 1)
         totals.add(out)
     return totals
 
@@ -233,10 +242,16 @@ def fit(run: Run) -> RunResult:
                 group["lr"] = lr
             # 3. Forward and backward over grad_accum micro-batches (each process its share of
             # the step's), then one optimizer step.
-            drawn = [
-                objective.train_batch(train_cfg.batch_size, run.data_generator)
-                for _ in range(train_cfg.grad_accum * world.size)
-            ]
+            # Private training draws a Poisson sample of records instead.
+            privacy = run.privacy
+            drawn = (
+                privacy.draw(objective, train_cfg.batch_size, run.data_generator)
+                if privacy is not None
+                else [
+                    objective.train_batch(train_cfg.batch_size, run.data_generator)
+                    for _ in range(train_cfg.grad_accum * world.size)
+                ]
+            )
             tokens = step_tokens(drawn)  # counted on the host, before the copy: no device sync
             micro = [batch.to(run.device) for batch in world.share(drawn)]
             step_totals = accumulate_gradients(
@@ -246,6 +261,7 @@ def fit(run: Run) -> RunResult:
                 autocast,
                 step_units=sum(b.units for b in drawn),
                 world_size=world.size,
+                privacy=privacy,
             )
             # Every rank must see the same verdict, or one would stop while the others wait: the
             # step's summed loss over ranks (a scalar); the whole totals only when logged.
@@ -257,8 +273,11 @@ def fit(run: Run) -> RunResult:
                     "the last checkpoint is intact: "
                     "lower optim.lr or raise optim.warmup_steps and --resume"
                 )
-            grad_norm = clip_grad_norm(model, cfg.optim.grad_clip)
-            optimizer.step()
+            if privacy is None:
+                grad_norm = clip_grad_norm(model, cfg.optim.grad_clip)
+                optimizer.step()
+            else:  # per-record clipping replaces optim.grad_clip; the norm is the noisy one's
+                grad_norm = privacy.step(drew_any=bool(drawn))
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.tokens_seen += tokens
@@ -273,6 +292,8 @@ def fit(run: Run) -> RunResult:
                 figures["flop_s"] = tokens_per_s * flops_per_token
                 if peak is not None:
                     figures["mfu"] = figures["flop_s"] / (peak * world.size)
+                if privacy is not None:
+                    figures["epsilon"] = privacy.epsilon()
                 log.write(state.step, {**train_metrics, **figures, "tokens": state.tokens_seen})
                 bar.set_postfix(
                     loss=f"{train_metrics['train/loss']:.3f}",
@@ -306,6 +327,8 @@ def fit(run: Run) -> RunResult:
             )
     result.step, result.tokens_seen = state.step, state.tokens_seen
     result.elapsed_s, result.best_metric = time.perf_counter() - clock, state.best_metric
+    if run.privacy is not None:
+        result.epsilon = run.privacy.epsilon()
     return result
 
 
@@ -397,5 +420,6 @@ def _save(run: Run, name: str, *, with_training_state: bool = True) -> None:
             if run.config.adapt.method == "lora"
             else None,
             world=world if sharded else None,
+            privacy=None if run.privacy is None else run.privacy.record(),
         )
     world.barrier()  # no rank reads or writes on before the checkpoint is complete

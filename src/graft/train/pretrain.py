@@ -5,6 +5,7 @@ hands all of it to the loop."""
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from graft.objectives.mix import with_replay
 from graft.train.loop import Run, RunResult, fit
 from graft.train.optim import build_optimizer
 from graft.train.parallel import parallelize
+from graft.train.privacy import make_private
 
 
 def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
@@ -102,6 +104,10 @@ def _pretrain(
         )
         general = objective_config.build(replace(data, train=replay_train, val=replay_val))
         objective = with_replay(objective, general, config.data.replay_fraction)
+    privacy = None
+    if config.dp.enabled:
+        privacy = make_private(config, model, optimizer, objective, world, last, _notice)
+        optimizer, module = privacy.optimizer, privacy.module
     run = Run(
         config,
         model,
@@ -114,6 +120,7 @@ def _pretrain(
         resumed=resume,
         world=world,
         module=None if module is model else module,
+        privacy=privacy,
     )
     # Deterministic kernels are a process-wide switch: set it for this run only.
     previous = torch.are_deterministic_algorithms_enabled()
@@ -122,6 +129,10 @@ def _pretrain(
         return fit(run)
     finally:
         torch.use_deterministic_algorithms(previous)
+
+
+def _notice(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def open_prepared(

@@ -104,6 +104,31 @@ def _training_facts(source: Path) -> list[str]:
     return lines
 
 
+def _privacy_facts(source: Path) -> list[str]:
+    """A private run's guarantee, from the checkpoint's privacy.json (graft.train.privacy); the
+    card says nothing it does not hold."""
+    spent = read_json(source / "privacy.json")
+    if not isinstance(spent, dict):
+        return ["- trained without differential privacy (the checkpoint has no privacy.json)"]
+    fact = {key: spent.get(key, _UNKNOWN) for key in spent.keys() | _PRIVACY_KEYS}
+    epsilon = fact["epsilon"]
+    shown = f"{epsilon:.3f}" if isinstance(epsilon, float) else _UNKNOWN
+    return [
+        f"- DP-SGD: epsilon {shown} at delta {fact['delta']} ({fact['accountant']} accountant), "
+        f"after {fact['steps']} steps",
+        f"- the unit of privacy: {fact['unit']}",
+        f"- per-record clipping {fact['max_grad_norm']}, noise multiplier "
+        f"{fact['noise_multiplier']}, Poisson sampling rate {fact['sample_rate']} "
+        f"of {_count(spent.get('records'))} records",
+    ]
+
+
+_PRIVACY_KEYS = {
+    "epsilon", "delta", "accountant", "steps", "unit", "max_grad_norm", "noise_multiplier",
+    "sample_rate",
+}  # fmt: skip
+
+
 def _metric_facts(source: Path) -> list[str]:
     # A checkpoint inside a run directory sits at RUN/checkpoints/NAME, next to RUN/metrics.jsonl.
     metrics = source.parent.parent / "metrics.jsonl"
@@ -191,6 +216,10 @@ def model_card(
         "## Training",
         "",
         *(_training_facts(source) if source is not None else unknown_source),
+        "",
+        "## Privacy",
+        "",
+        *(_privacy_facts(source) if source is not None else unknown_source),
         "",
         "## Evaluation",
         "",
