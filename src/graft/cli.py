@@ -48,8 +48,8 @@ _SHARED: dict[str, dict[str, Any]] = {
         "help": "continue the run in train.out_dir from checkpoints/last",
     },
     "--print-config": {"action": "store_true", "help": "print the resolved config and exit"},
-    "--text-field": {"help": "text field of --labelled (default: text)"},
-    "--label-field": {"help": "label field of --labelled (default: label)"},
+    "--text-field": {"help": "text field of the labelled records (default: text)"},
+    "--label-field": {"help": "label field of the labelled records (default: label)"},
 }
 
 

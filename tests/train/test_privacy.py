@@ -363,6 +363,10 @@ def test_a_resumed_private_run_keeps_counting_and_matches_the_uninterrupted_one(
     other = ["--dp.noise_multiplier=2", "--optim.schedule=constant"]
     assert _dp_finetune(base, records, cut, *other, "--train.max_steps=12", "--resume") == 2
     assert "privacy settings differ" in capsys.readouterr().err
+    # ... and so is dropping dp: the run would go on without noise
+    plain = ["--optim.schedule=constant", "--train.max_steps=12", "--resume"]
+    assert _dp_finetune(base, records, cut, *plain) == 2
+    assert "was trained with dp" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -411,5 +415,38 @@ def test_private_pretraining_samples_windows(
     args += ["--dp.noise_multiplier=1", "--dp.batch=8", "--train.max_steps=3"]
     assert cli_main(args) == 0
     saved = json.loads((out / "checkpoints" / "last" / "privacy.json").read_text())
-    assert saved["unit"].startswith("one window of 33 tokens") or objective == "mlm"
+    assert saved["unit"] == f"one disjoint training window of {bytes_data} ({objective})"
     assert saved["steps"] == 3 and math.isfinite(saved["epsilon"]) and saved["epsilon"] > 0
+
+
+@pytest.mark.parametrize(
+    ("task", "method"), [("tokens", "full"), ("classify", "freeze"), ("instruct", "lora")]
+)
+def test_every_fine_tuning_kind_trains_privately(
+    bytes_data: Path, tmp_path: Path, task: str, method: str
+) -> None:
+    from ..train.test_finetune import write_conll
+
+    long_base = tmp_path / "base"  # a chat template needs more context than TINY's 32
+    tiny = [a if a != "--model.max_seq_len=32" else "--model.max_seq_len=96" for a in TINY]
+    args = ["pretrain", "--data", str(bytes_data), "--out", str(long_base), "--model.preset=nano"]
+    assert cli_main([*args, *tiny]) == 0
+    if task == "tokens":
+        records = write_conll(tmp_path / "train.txt")
+    elif task == "classify":
+        records = write_records(tmp_path / "train.jsonl", n=80)
+    else:
+        records = tmp_path / "sft.json"
+        rows = [
+            {"instruction": f"Repeat the word {w}.", "input": "", "output": f"{w} {w}"}
+            for w in ["cat", "dog", "sun", "sea", "red", "map", "owl", "ink"] * 5
+        ]
+        records.write_text(json.dumps(rows), encoding="utf-8")
+    out = tmp_path / "run"
+    finetune = ["finetune", task, "--init", str(long_base / "checkpoints" / "last")]
+    finetune += ["--train", str(records), "--out", str(out), f"--adapt.method={method}"]
+    finetune += ["--train.batch_size=4", "--dp.batch=8", "--dp.noise_multiplier=1"]
+    finetune += ["--train.max_steps=3", "--train.eval_every=3", "--train.progress=false"]
+    assert cli_main(finetune) == 0
+    saved = json.loads((out / "checkpoints" / "last" / "privacy.json").read_text())
+    assert saved["steps"] == 3 and saved["epsilon"] > 0 and task in saved["unit"]

@@ -18,8 +18,9 @@ when the overrides turn DP on (`--dp.epsilon=8`); every other override applies t
 run's LAST checkpoint is scored: it is the model after every step the privacy accountant counted
 (the epsilon in its privacy.json is the run's whole budget), and the one that has seen the
 canaries most; the best checkpoint is chosen on canary-free validation data and is an earlier
-model of the same run, so it leaks no more. `report.json` and `report.md` hold the figures
-(`graft.evaluate.audit` defines them; `canaries_report` lays them out).
+model of the same run (for a private run its epsilon is no larger; its exposure is not
+measured). `report.json` and `report.md` hold the figures (`graft.evaluate.audit` defines them;
+`canaries_report` lays them out).
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def check_options(options: AuditOptions) -> None:
         "--members": (options.members, 4),
         "--samples": (options.samples, 10),
         "--digits": (options.digits, 1),
-        "--batch-size": (options.batch_size, 1),
+        "batch_size": (options.batch_size, 1),
     }
     for flag, (value, least) in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -166,7 +167,7 @@ def check_options(options: AuditOptions) -> None:
     if not 0 < options.beta < 1:
         raise ConfigError(f"--beta {options.beta}: give a number between 0 and 1, e.g. 0.05")
     if not 0 < options.val_fraction < 1:
-        raise ConfigError(f"--val-fraction {options.val_fraction}: give a number between 0 and 1")
+        raise ConfigError(f"val_fraction {options.val_fraction}: give a number between 0 and 1")
     if not options.instruction.strip():
         raise ConfigError("--instruction: give a non-empty instruction")
 

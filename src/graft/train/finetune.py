@@ -33,7 +33,7 @@ from graft.objectives.base import RecordObjective, Records, TaskData
 from graft.train.loop import Run, RunResult, fit
 from graft.train.optim import build_optimizer
 from graft.train.parallel import parallelize
-from graft.train.privacy import make_private
+from graft.train.privacy import make_private, refuse_dropping_privacy
 
 
 def finetune(
@@ -48,7 +48,9 @@ def finetune(
     world, device = distributed.start(config.train)
     say = echo or (lambda message: print(message, file=sys.stderr))
     try:
-        return _finetune(config, resume, world, device, say if world.is_main else _silent)
+        return fit(
+            prepare_finetune(config, resume, world, device, say if world.is_main else _silent)
+        )
     finally:
         distributed.stop()
 
@@ -57,13 +59,14 @@ def _silent(message: str) -> None:
     """What ranks after 0 say: nothing (rank 0 speaks for the run)."""
 
 
-def _finetune(
+def prepare_finetune(
     config: RunConfig,
     resume: bool,
     world: distributed.World,
     device: torch.device,
     say: Callable[[str], None],
-) -> RunResult:
+) -> Run:
+    """Everything `fit` needs for the fine-tune `config` (resolved), on `device` in `world`."""
     config = config.model_copy(update={"train": distributed.step_layout(config.train, world)})
     task_config = config.objective
     assert isinstance(task_config, RecordObjective)  # command_problems refused the others
@@ -117,6 +120,7 @@ def _finetune(
         )
         _check_same_adaptation(last, config.adapt)
         ckpt.check_same_step(last, config.train)
+        refuse_dropping_privacy(last, config)
     torch.manual_seed(config.train.seed)
     model = LanguageModel(model_config)
     if last is None and not config.adapt.from_scratch:
@@ -174,7 +178,7 @@ def _finetune(
         module=None if module is model else module,
         privacy=privacy,
     )
-    return fit(run)
+    return run
 
 
 def _check_same_adaptation(last: Path, adapt: AdaptConfig) -> None:

@@ -160,11 +160,56 @@ def evaluate(
     return objective.metrics(summed(totals, world), "val")
 
 
+def train_step(
+    run: Run, autocast: contextlib.AbstractContextManager | None = None
+) -> tuple[int, LossTotals, float]:
+    """One optimizer step at the learning rate already set: draw grad_accum micro-batches (every
+    process its share of them; private training a Poisson sample of records instead), forward and
+    backward, refuse a non-finite loss, clip, step. Returns the step's real tokens, this process's
+    loss totals and the gradient norm (before clipping; under DP the noisy gradient's)."""
+    train_cfg, world, privacy = run.config.train, run.world, run.privacy
+    drawn = (
+        privacy.draw(run.objective, train_cfg.batch_size, run.data_generator)
+        if privacy is not None
+        else [
+            run.objective.train_batch(train_cfg.batch_size, run.data_generator)
+            for _ in range(train_cfg.grad_accum * world.size)
+        ]
+    )
+    tokens = step_tokens(drawn)  # counted on the host, before the copy: no device sync
+    micro = [batch.to(run.device) for batch in world.share(drawn)]
+    totals = accumulate_gradients(
+        cast(LanguageModel, run.module or run.model),  # DDP's or Opacus's wrapper trains alike
+        run.objective,
+        micro,
+        autocast,
+        step_units=sum(b.units for b in drawn),
+        world_size=world.size,
+        privacy=privacy,
+    )
+    # Every rank must see the same verdict, or one would stop while the others wait: the step's
+    # summed loss over ranks (a scalar); the whole totals only when logged. Checked before the
+    # step, so the weights stay as they were.
+    step_loss = world.total(totals.loss)
+    if not math.isfinite(step_loss):
+        raise TrainingError(
+            f"the training loss became {step_loss} at step {run.state.step + 1}; "
+            "the last checkpoint is intact: "
+            "lower optim.lr or raise optim.warmup_steps and --resume"
+        )
+    if privacy is None:
+        grad_norm = clip_grad_norm(run.model, run.config.optim.grad_clip)
+        run.optimizer.step()
+    else:  # per-record clipping replaces optim.grad_clip
+        grad_norm = privacy.step(drew_any=bool(drawn))
+    run.optimizer.zero_grad(set_to_none=True)
+    return tokens, totals, grad_norm
+
+
 def fit(run: Run) -> RunResult:
     cfg, train_cfg = run.config, run.config.train
     model, objective, optimizer, state = run.model, run.objective, run.optimizer, run.state
-    # DDP's wrapper passes the call through to the model unchanged: it trains like one.
-    world, module = run.world, cast(LanguageModel, run.module or run.model)
+    world = run.world
     autocast = autocast_for(run.device, train_cfg.precision)
     eval_batches = objective.eval_batches(train_cfg.batch_size, train_cfg.eval_batches)
     # Model FLOPs per real token and the peak of every process together: achieved FLOP/s and MFU.
@@ -240,45 +285,8 @@ def fit(run: Run) -> RunResult:
             lr = learning_rate(state.step, _decay_progress(cfg, state, elapsed), cfg.optim)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            # 3. Forward and backward over grad_accum micro-batches (each process its share of
-            # the step's), then one optimizer step.
-            # Private training draws a Poisson sample of records instead.
-            privacy = run.privacy
-            drawn = (
-                privacy.draw(objective, train_cfg.batch_size, run.data_generator)
-                if privacy is not None
-                else [
-                    objective.train_batch(train_cfg.batch_size, run.data_generator)
-                    for _ in range(train_cfg.grad_accum * world.size)
-                ]
-            )
-            tokens = step_tokens(drawn)  # counted on the host, before the copy: no device sync
-            micro = [batch.to(run.device) for batch in world.share(drawn)]
-            step_totals = accumulate_gradients(
-                module,
-                objective,
-                micro,
-                autocast,
-                step_units=sum(b.units for b in drawn),
-                world_size=world.size,
-                privacy=privacy,
-            )
-            # Every rank must see the same verdict, or one would stop while the others wait: the
-            # step's summed loss over ranks (a scalar); the whole totals only when logged.
-            step_loss = world.total(step_totals.loss)
-            # before the step, so the weights stay as they were
-            if not math.isfinite(step_loss):
-                raise TrainingError(
-                    f"the training loss became {step_loss} at step {state.step + 1}; "
-                    "the last checkpoint is intact: "
-                    "lower optim.lr or raise optim.warmup_steps and --resume"
-                )
-            if privacy is None:
-                grad_norm = clip_grad_norm(model, cfg.optim.grad_clip)
-                optimizer.step()
-            else:  # per-record clipping replaces optim.grad_clip; the norm is the noisy one's
-                grad_norm = privacy.step(drew_any=bool(drawn))
-            optimizer.zero_grad(set_to_none=True)
+            # 3. Forward and backward over the step's micro-batches, then one optimizer step.
+            tokens, step_totals, grad_norm = train_step(run, autocast)
             state.step += 1
             state.tokens_seen += tokens
             window_tokens += tokens
@@ -292,8 +300,8 @@ def fit(run: Run) -> RunResult:
                 figures["flop_s"] = tokens_per_s * flops_per_token
                 if peak is not None:
                     figures["mfu"] = figures["flop_s"] / (peak * world.size)
-                if privacy is not None:
-                    figures["epsilon"] = privacy.epsilon()
+                if run.privacy is not None:
+                    figures["epsilon"] = run.privacy.epsilon()
                 log.write(state.step, {**train_metrics, **figures, "tokens": state.tokens_seen})
                 bar.set_postfix(
                     loss=f"{train_metrics['train/loss']:.3f}",

@@ -24,7 +24,7 @@ from graft.objectives.mix import with_replay
 from graft.train.loop import Run, RunResult, fit
 from graft.train.optim import build_optimizer
 from graft.train.parallel import parallelize
-from graft.train.privacy import make_private
+from graft.train.privacy import make_private, refuse_dropping_privacy
 
 
 def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
@@ -65,6 +65,7 @@ def _pretrain(
             fix=f"prepare the data with {last / ckpt.TOKENIZER_FILE}",
         )
         ckpt.check_same_step(last, config.train)
+        refuse_dropping_privacy(last, config)
 
     torch.manual_seed(config.train.seed)  # the same initial weights on every rank
     model = initial if initial is not None else LanguageModel(config.model)

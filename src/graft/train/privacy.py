@@ -252,6 +252,11 @@ def _refuse_unsupported(config: RunConfig, objective: Objective, world: World) -
             "train.max_steps (a token or time limit cannot be planned), or give "
             "dp.noise_multiplier instead"
         )
+    if config.data.replay_path is not None:
+        raise ConfigError(
+            "data.replay_path: private pre-training samples the records of one dataset; replay "
+            "mixes a second one in, which the accounting does not cover"
+        )
     if not isinstance(objective, RecordSampled):
         raise ConfigError(
             f"dp: objective {config.objective.name} does not sample fixed training records, "
@@ -299,7 +304,17 @@ def _calibrated_noise(dp: DPConfig, rate: float, steps: int | None) -> float:
 def _unit(config: RunConfig) -> str:
     if config.objective.reads == "records":
         return f"one training record of {config.data.train_file} ({config.objective.name})"
-    return f"one window of {config.seq_len + 1} tokens of {config.data.path}"
+    # clm reads seq_len + 1 tokens a record; mlm and denoise fewer (their objectives say)
+    return f"one disjoint training window of {config.data.path} ({config.objective.name})"
+
+
+def refuse_dropping_privacy(last: Path | None, config: RunConfig) -> None:
+    """A private run resumed without dp would go on without noise under the same name: refused."""
+    if last is not None and not config.dp.enabled and (last / PRIVACY_FILE).is_file():
+        raise CheckpointError(
+            f"--resume: {last} was trained with dp ({last / PRIVACY_FILE}); resume with the same "
+            "dp settings, or train into a new train.out_dir"
+        )
 
 
 def _resumed(last: Path | None, settings: PrivacySettings) -> PrivacySpent | None:
@@ -316,7 +331,8 @@ def _resumed(last: Path | None, settings: PrivacySettings) -> PrivacySpent | Non
     changed = [
         f"{key} {saved.get(key)!r} -> {value!r}"
         for key, value in asdict(settings).items()
-        if key in ("records", "expected_batch", "noise_multiplier", "max_grad_norm", "delta")
+        if key
+        in ("records", "expected_batch", "noise_multiplier", "max_grad_norm", "delta", "accountant")
         and not _same(saved.get(key), value)
     ]
     if changed:
