@@ -23,7 +23,7 @@ import contextlib
 import json
 import math
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -193,7 +193,7 @@ def make_private(
     objective: Objective,
     world: World,
     last: Path | None,
-    say: Any,
+    say: Callable[[str], None],
 ) -> Privacy:
     """Check that the run can train privately, calibrate the noise, attach the per-sample
     gradient hooks and wrap the optimizer. `last`: the checkpoint a resumed run continues."""
@@ -396,7 +396,7 @@ def _freeze_unused(model: LanguageModel, objective: RecordSampled) -> None:
 
 
 def _attach(
-    model: LanguageModel, objective: RecordSampled, dp: DPConfig, say: Any
+    model: LanguageModel, objective: RecordSampled, dp: DPConfig, say: Callable[[str], None]
 ) -> tuple[nn.Module, bool]:
     """Opacus's hooks on the model: ghost clipping where a check on two records shows its norms
     exact for this model (dp.clipping auto or ghost), else per-sample gradients (flat). Returns
