@@ -41,7 +41,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -55,6 +54,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+from machine import OtherLoad, cpu_name  # bench/machine.py: the bench scripts' own
 
 from graft import checkpoint as ckpt
 from graft.adapt import trainable_parameters
@@ -388,34 +388,6 @@ def collect_memory(child: subprocess.Popen[str], errors: IO[str]) -> list[dict]:
 # Report.
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def busy_cpu_seconds() -> float:
-    """CPU seconds the whole machine has spent busy since boot (Linux), for the other-load check."""
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(
-                int, f.readline().split()[1:9]
-            )
-    except (OSError, ValueError):
-        return float("nan")
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 def machine_line(device: torch.device) -> str:
     gpu = f"; GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -475,10 +447,9 @@ def main(argv: list[str] | None = None) -> Report:
     private = [arm for arm in arms if arm.privacy is not None]
     device = arms[0].device
     memory = collect_memory(*child) if child is not None else []
-    start_wall, start_busy, start_own = time.perf_counter(), busy_cpu_seconds(), own_cpu_seconds()
+    load = OtherLoad()
     time_arms(arms, by_arm, args, say)
-    others = (busy_cpu_seconds() - start_busy) - (own_cpu_seconds() - start_own)
-    other_cores = max(others, 0.0) / (time.perf_counter() - start_wall)
+    other_cores = load.cores()
 
     rows = list(by_arm.values())
     for result in memory:

@@ -68,6 +68,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import transformers
+from machine import cpu_name  # bench/machine.py: the bench scripts' own
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -372,12 +373,7 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     if device.type == "cpu":
-        with contextlib.suppress(OSError):
-            with open("/proc/cpuinfo") as f:
-                for line in f:
-                    if line.startswith("model name"):
-                        return line.split(":", 1)[1].strip()
-        return platform.processor() or platform.machine()
+        return cpu_name()
     return device.type
 
 

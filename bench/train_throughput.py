@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -34,6 +32,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import transformers
+from machine import OtherLoad, cpu_name  # bench/machine.py: the bench scripts' own
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
@@ -198,34 +197,6 @@ def bench_preset(
     return Result(name, params, batch, seq_len, graft_tps, hf_tps, ratio, flops_per_token)
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def busy_cpu_seconds() -> float:
-    """CPU seconds the whole machine has spent busy since boot (Linux), for the other-load check."""
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(
-                int, f.readline().split()[1:9]
-            )
-    except (OSError, ValueError):
-        return float("nan")
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
 def markdown_table(results: list[Result]) -> str:
     def cell(v: list[float]) -> str:
         return f"{statistics.median(v):,.0f} [{min(v):,.0f}–{max(v):,.0f}]"
@@ -274,7 +245,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     )
     # The peak is measured before and after the models and the higher one is used, so one burst of
     # load from another process cannot inflate MFU.
-    start_wall, start_busy, start_own = time.perf_counter(), busy_cpu_seconds(), own_cpu_seconds()
+    load = OtherLoad()
     peak = matmul_peak(args.peak_size)
     print(
         f"matmul peak before (fp32 {args.peak_size}x{args.peak_size}, median of 7): "
@@ -299,8 +270,7 @@ def main(argv: list[str] | None = None) -> list[Result]:
     print(f"matmul peak after: {peak_after / 1e9:.1f} GFLOP/s; MFU uses the higher")
     peak = max(peak, peak_after)
     # Another process on the same cores slows both sides unevenly, so say how much there was.
-    others = (busy_cpu_seconds() - start_busy) - (own_cpu_seconds() - start_own)
-    other_cores = max(others, 0.0) / (time.perf_counter() - start_wall)
+    other_cores = load.cores()
     print(
         f"other processes used {other_cores:.2f} CPU cores on average during the run "
         "(0: a quiet machine)"

@@ -5,18 +5,15 @@ are scripts)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "dp_throughput.py"
 # A one-block nano model over 60 records of 32 tokens: a few seconds, most of them imports. One
 # thread, as the other bench smoke tests run (OMP_NUM_THREADS=1): two on a busy machine crawl.
 SMOKE = ["--preset", "nano", "--model.n_layers=1", "--seq-len", "32", "--records", "60"]
@@ -25,13 +22,8 @@ SMOKE += ["--threads", "1"]
 
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("dp_throughput", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench: Callable[[str], ModuleType]) -> ModuleType:
+    return load_bench("dp_throughput")
 
 
 @pytest.fixture(autouse=True)

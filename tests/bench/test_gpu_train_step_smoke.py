@@ -5,9 +5,8 @@ is asserted (benchmarks are scripts)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,19 +16,13 @@ import transformers  # noqa: F401 - the bench needs it: fail, do not skip, witho
 
 import graft.model.losses as losses
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_train_step.py"
 SMOKE = ["--tiny", "--device", "cpu", "--no-compile", "--steps", "1", "--repeats", "1"]
 SMOKE += ["--warmup", "1"]
 
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_train_step", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench: Callable[[str], ModuleType]) -> ModuleType:
+    return load_bench("gpu_train_step")
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,7 @@ the FSDP processes."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -14,17 +12,10 @@ import pytest
 from graft.model.config import PRESETS, preset
 from graft.model.transformer import LanguageModel
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "memory_table.py"
-
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("memory_table", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench: Callable[[str], ModuleType]) -> ModuleType:
+    return load_bench("memory_table")
 
 
 def test_every_preset_has_a_row_that_says_what_it_is(

@@ -4,26 +4,18 @@ scripts)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import transformers  # noqa: F401 - the bench needs it: fail, do not skip, without it
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "train_throughput.py"
-
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+def bench(load_bench: Callable[[str], ModuleType]) -> ModuleType:
+    return load_bench("train_throughput")
 
 
 @pytest.mark.parametrize("name", ["micro", "llama-micro", "small", "llama-small"])
