@@ -30,7 +30,7 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."
 # Heads a fine-tune adds: always trained, whatever the method.
-_HEAD_PREFIXES = ("classifier.", "pooler.")
+HEAD_PREFIXES = ("classifier.", "pooler.")
 
 
 def apply_adaptation(model: LanguageModel, cfg: AdaptConfig, *, new_heads: bool = True) -> None:
@@ -48,7 +48,7 @@ def apply_adaptation(model: LanguageModel, cfg: AdaptConfig, *, new_heads: bool 
                 f"exceeds the model's {n_layers} blocks"
             )
         trainable = [f"model.layers.{i}." for i in range(n_layers - cfg.trainable_blocks, n_layers)]
-        trainable += ["model.norm.", "lm_head_transform.", *_HEAD_PREFIXES]
+        trainable += ["model.norm.", "lm_head_transform.", *HEAD_PREFIXES]
         if model.config.head == "lm" and not model.config.tie_embeddings:
             trainable.append("lm_head.")
         for name, param in model.named_parameters():
@@ -70,7 +70,7 @@ def apply_adaptation(model: LanguageModel, cfg: AdaptConfig, *, new_heads: bool 
         )
     inject_adapter_in_model(lora_config(cfg), model)
     for name, param in model.named_parameters():
-        if "lora_" in name or (new_heads and name.startswith(_HEAD_PREFIXES)):
+        if "lora_" in name or (new_heads and name.startswith(HEAD_PREFIXES)):
             param.requires_grad_(True)
 
 

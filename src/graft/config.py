@@ -159,6 +159,13 @@ class OptimConfig(Section):
     grad_clip: float = Field(
         default=1.0, ge=0, description="Max global gradient norm; 0 turns clipping off."
     )
+    head_lr_scale: float = Field(
+        default=1.0,
+        gt=0,
+        description="Fine-tuning: the LR of the head the fine-tune adds (classifier, pooler) as a "
+        "multiple of the body's. A head starts from random weights and can take larger steps "
+        "than pre-trained weights should; under DP noise this is what lets it learn.",
+    )
 
 
 # A run stops at the first of these it reaches; one given none trains DEFAULT_MAX_STEPS steps.

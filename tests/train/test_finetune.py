@@ -450,3 +450,35 @@ def test_a_context_longer_than_the_model_is_refused(base: Path, tmp_path: Path, 
     )
     assert "train.seq_len (64) exceeds model.max_seq_len (32)" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_head_lr_scale_multiplies_the_new_heads_step(base: Path, tmp_path: Path) -> None:
+    """Adam's first step moves every coordinate with a gradient by the LR: the body by lr, the
+    new classifier by lr * head_lr_scale (two runs from the same seed, so the same initial head:
+    their classifiers differ by (10 - 1) * lr)."""
+    records = write_records(tmp_path / "train.jsonl")
+    one_step = ["--train.max_steps=1", "--optim.warmup_steps=0", "--optim.schedule=constant"]
+    one_step += ["--optim.weight_decay=0", "--optim.lr=1e-3", *TINY[4:5]]
+    trained = {}
+    for scale in (1, 10):
+        out = tmp_path / f"x{scale}"
+        args = ["finetune", "classify", "--init", str(base), "--out", str(out)]
+        args += ["--train", str(records), "--train.progress=false", *one_step]
+        assert main([*args, f"--optim.head_lr_scale={scale}"]) == 0
+        trained[scale] = dict(load_model(out / "checkpoints" / "last")[0].named_parameters())
+    before, _ = load_model(base)
+    body = max(
+        float((trained[10][name] - param).abs().max())
+        for name, param in before.named_parameters()
+    )
+    assert body == pytest.approx(1e-3, rel=1e-3)
+    head = trained[10]["classifier.weight"] - trained[1]["classifier.weight"]
+    assert float(head.abs().max()) == pytest.approx(9e-3, rel=1e-3)
+
+
+def test_head_lr_scale_without_a_new_head_is_refused(
+    bytes_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["pretrain", "--data", str(bytes_data), "--out", str(tmp_path / "r"), *TINY]
+    assert main([*args, "--model.preset=nano", "--optim.head_lr_scale=5"]) == 2
+    assert "optim.head_lr_scale: this model trains no new head" in capsys.readouterr().err

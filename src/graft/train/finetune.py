@@ -22,7 +22,7 @@ import yaml
 
 from graft import checkpoint as ckpt
 from graft import distributed
-from graft.adapt import apply_adaptation, trainable_parameters
+from graft.adapt import HEAD_PREFIXES, apply_adaptation, trainable_parameters
 from graft.atomic_files import write_atomic
 from graft.config import AdaptConfig, RunConfig, command_problems
 from graft.data.tokenizer import Tokenizer
@@ -125,7 +125,7 @@ def prepare_finetune(
     model = LanguageModel(model_config)
     if last is None and not config.adapt.from_scratch:
         missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-        new = [name for name in missing if not name.startswith(("classifier.", "pooler."))]
+        new = [name for name in missing if not name.startswith(HEAD_PREFIXES)]
         if new:  # never silently train a half-loaded model
             raise ConfigError(
                 f"train.init {config.train.init}: tensor {new[0]} is missing from the checkpoint"

@@ -284,7 +284,7 @@ def fit(run: Run) -> RunResult:
             _mark_warmup_end(state, cfg.optim.warmup_steps)
             lr = learning_rate(state.step, _decay_progress(cfg, state, elapsed), cfg.optim)
             for group in optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints before it lack it
             # 3. Forward and backward over the step's micro-batches, then one optimizer step.
             tokens, step_totals, grad_norm = train_step(run, autocast)
             state.step += 1

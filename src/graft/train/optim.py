@@ -12,21 +12,32 @@ import math
 import torch
 from torch import nn
 
+from graft.adapt import HEAD_PREFIXES
 from graft.config import OptimConfig
+from graft.errors import ConfigError
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) -> torch.optim.AdamW:
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
-    for param in model.parameters():  # each tied parameter once
+    """AdamW over the trained parameters; a fine-tune's new head gets its own groups when
+    optim.head_lr_scale is not 1 (each group's `lr_scale` multiplies the scheduled LR)."""
+    scale = cfg.head_lr_scale
+    # (decays, lr_scale) -> parameters: the two body groups always, head groups only when scaled
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): [], (False, 1.0): []}
+    for name, param in model.named_parameters():  # each tied parameter once
         if param.requires_grad:
-            (decay if param.dim() >= 2 else no_decay).append(param)
-    groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+            head = scale != 1 and name.startswith(HEAD_PREFIXES)
+            groups.setdefault((param.dim() >= 2, scale if head else 1.0), []).append(param)
+    if scale != 1 and len(groups) == 2:
+        raise ConfigError(
+            "optim.head_lr_scale: this model trains no new head (classifier, pooler); "
+            "leave it at 1"
+        )
+    param_groups = [
+        {"params": params, "weight_decay": cfg.weight_decay if decays else 0.0, "lr_scale": lr_scale}
+        for (decays, lr_scale), params in groups.items()
     ]
     return torch.optim.AdamW(
-        groups,
+        param_groups,
         lr=cfg.lr,
         betas=(cfg.beta1, cfg.beta2),
         eps=cfg.eps,
