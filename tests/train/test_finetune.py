@@ -468,8 +468,7 @@ def test_head_lr_scale_multiplies_the_new_heads_step(base: Path, tmp_path: Path)
         trained[scale] = dict(load_model(out / "checkpoints" / "last")[0].named_parameters())
     before, _ = load_model(base)
     body = max(
-        float((trained[10][name] - param).abs().max())
-        for name, param in before.named_parameters()
+        float((trained[10][name] - param).abs().max()) for name, param in before.named_parameters()
     )
     assert body == pytest.approx(1e-3, rel=1e-3)
     head = trained[10]["classifier.weight"] - trained[1]["classifier.weight"]

@@ -29,11 +29,14 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device: torch.device) ->
             groups.setdefault((param.dim() >= 2, scale if head else 1.0), []).append(param)
     if scale != 1 and len(groups) == 2:
         raise ConfigError(
-            "optim.head_lr_scale: this model trains no new head (classifier, pooler); "
-            "leave it at 1"
+            "optim.head_lr_scale: this model trains no new head (classifier, pooler); leave it at 1"
         )
     param_groups = [
-        {"params": params, "weight_decay": cfg.weight_decay if decays else 0.0, "lr_scale": lr_scale}
+        {
+            "params": params,
+            "weight_decay": cfg.weight_decay if decays else 0.0,
+            "lr_scale": lr_scale,
+        }
         for (decays, lr_scale), params in groups.items()
     ]
     return torch.optim.AdamW(
