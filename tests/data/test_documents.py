@@ -153,3 +153,19 @@ def test_text_file_is_not_read_until_pieces_are_asked_for(tmp_path: Path) -> Non
     assert doc.size == 13
     with pytest.raises(DataError):
         doc.read()
+
+
+def test_a_zstd_corpus_reads_as_its_jsonl(tmp_path: Path) -> None:
+    """`graft data collect --out docs.jsonl.zst` output goes straight into prepare."""
+    import zstandard
+
+    lines = "".join(
+        json.dumps({"text": f"doc {i} \u00e9", "source": "txt"}) + "\n" for i in range(3)
+    )
+    (tmp_path / "a.jsonl").write_text(lines, encoding="utf-8")
+    (tmp_path / "b.jsonl.zst").write_bytes(zstandard.compress(lines.encode("utf-8")))
+    plain = [d.read() for d in iter_documents([tmp_path / "a.jsonl"])]
+    packed = iter_documents([tmp_path / "b.jsonl.zst"])
+    assert [d.read() for d in packed] == plain == ["doc 0 \u00e9", "doc 1 \u00e9", "doc 2 \u00e9"]
+    assert count_documents([tmp_path / "b.jsonl.zst"]) == 3
+    assert list_input_files([tmp_path]) == [tmp_path / "a.jsonl", tmp_path / "b.jsonl.zst"]

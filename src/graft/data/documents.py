@@ -1,21 +1,23 @@
 """Reading raw text inputs as a stream of documents.
 
 This module owns the answer to "which files are read, and what is one document": `.txt` and
-`.md` files are one document each, `.jsonl` files hold one document per line in the `text`
-field. Folders are walked recursively in sorted order so every run sees the same documents in
-the same order. A document's text is handed out in pieces of bounded size, so a 1 GB text
-file never sits in memory at once.
+`.md` files are one document each, `.jsonl` files (and zstd-compressed `.jsonl.zst`, as
+`graft data collect` may write them) hold one document per line in the `text` field. Folders
+are walked recursively in sorted order so every run sees the same documents in the same order.
+A document's text is handed out in pieces of bounded size, so a 1 GB text file never sits in
+memory at once.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import AnyStr
+from typing import AnyStr, BinaryIO
 
 from graft.errors import DataError
 
@@ -29,7 +31,7 @@ __all__ = [
 ]
 
 #: File suffixes read as documents (compared case-insensitively).
-SUFFIXES: tuple[str, ...] = (".txt", ".md", ".jsonl")
+SUFFIXES: tuple[str, ...] = (".txt", ".md", ".jsonl", ".jsonl.zst")
 #: Default size of one piece of a document's text.
 PIECE_BYTES: int = 1 << 20
 _SUFFIX_LIST = ", ".join(SUFFIXES)
@@ -184,6 +186,26 @@ def _as_paths(paths: Sequence[Path] | Path | str) -> list[Path]:
     return [Path(p) for p in paths]
 
 
+def _readable(name: str) -> bool:
+    return name.lower().endswith(SUFFIXES)
+
+
+def _is_jsonl(path: Path) -> bool:
+    """A corpus of JSON lines: .jsonl, or .jsonl.zst (what `graft data collect` can write)."""
+    return path.name.lower().endswith((".jsonl", ".jsonl.zst"))
+
+
+def _open_jsonl(path: Path) -> BinaryIO:
+    handle: BinaryIO = path.open("rb")
+    if path.name.lower().endswith(".zst"):
+        import zstandard
+
+        # A buffered reader over the stream, so lines come out as from a plain file.
+        stream = zstandard.ZstdDecompressor().stream_reader(handle, closefd=True)
+        return io.BufferedReader(stream)
+    return handle
+
+
 def list_input_files(paths: Sequence[Path]) -> list[Path]:
     """The files `paths` stand for, in a deterministic order, each once.
 
@@ -202,14 +224,14 @@ def list_input_files(paths: Sequence[Path]) -> list[Path]:
                 found.extend(
                     Path(root) / name
                     for name in names
-                    if not name.startswith(".") and Path(name).suffix.lower() in SUFFIXES
+                    if not name.startswith(".") and _readable(name)
                 )
             # Sorting by path components gives one order on every platform and filesystem
             # (a/y.md before a.txt before b.txt), independent of directory listing order.
             for file in sorted(found, key=lambda f: f.relative_to(path).parts):
                 files.setdefault(file.resolve(), file)
         elif path.is_file():
-            if path.suffix.lower() not in SUFFIXES:
+            if not _readable(path.name):
                 raise DataError(
                     f"{path}: unsupported file type {path.suffix or '(no suffix)'!r}; "
                     f"graft reads {_SUFFIX_LIST}"
@@ -227,7 +249,7 @@ def list_input_files(paths: Sequence[Path]) -> list[Path]:
 
 def _jsonl_documents(path: Path) -> Iterator[Document]:
     try:
-        handle = path.open("rb")
+        handle = _open_jsonl(path)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     with handle:
@@ -296,7 +318,7 @@ def _documents(
     produced = False
     for path in files:
         docs: Iterable[Document]
-        if path.suffix.lower() == ".jsonl":
+        if _is_jsonl(path):
             docs = _jsonl_documents(path)
         elif split_on is not None:
             docs = _sections(path, split_on)
@@ -349,8 +371,8 @@ def count_documents(paths: Sequence[Path]) -> int:
     total = 0
     for path in list_input_files(paths):
         try:
-            if path.suffix.lower() == ".jsonl":
-                with path.open("rb") as handle:
+            if _is_jsonl(path):
+                with _open_jsonl(path) as handle:
                     total += sum(1 for raw in handle if raw.strip())
             elif path.stat().st_size > 0 and not _is_blank_file(path):
                 total += 1

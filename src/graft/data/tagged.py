@@ -5,17 +5,21 @@ token carries which tag". `read_tagged` reads CoNLL column files (.txt, .conll o
 `token ... tag` line per word, blank lines between sentences, `-DOCSTART-` lines skipped) and
 JSON records (.jsonl, or a .json array) with `tokens` and `tags` (or `ner_tags`) lists. Every
 sentence remembers its source (`file:line` of its first word, `file#index` in a JSON array).
-`align_tags` tokenizes a sentence and puts each word's tag on its first sub-token, the others
-ignored by the loss, as transformers' token classification examples do.
+`tagged_inputs` tokenizes a sentence's words and frames them for the model, marking each word's
+first sub-token: there training puts the word's tag (the others ignored by the loss, as
+transformers' token classification examples do), and there evaluation and `graft extract` read
+the word's predicted tag. It is the one path from tagged words to model inputs; `align_tags` is
+the same without the frame.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from graft.data.inputs import input_frame
 from graft.data.records import (
     _UNDECODED,
     IGNORE_INDEX,
@@ -30,7 +34,15 @@ from graft.data.records import (
 from graft.data.tokenizer import Tokenizer
 from graft.errors import ConfigError, DataError
 
-__all__ = ["TaggedSentence", "align_tags", "read_tagged"]
+__all__ = [
+    "TaggedInputs",
+    "TaggedSentence",
+    "align_tags",
+    "read_tagged",
+    "refuse_unknown_tags",
+    "tagged_inputs",
+    "word_token_counts",
+]
 
 _FORMATS = "CoNLL columns (.txt, .conll or no suffix), .jsonl or .json"
 _BIO = re.compile(r"(?:[BI]-\S+|O)")
@@ -44,6 +56,17 @@ class TaggedSentence:
     words: tuple[str, ...]
     tags: tuple[str, ...]
     source: str
+
+
+def refuse_unknown_tags(sentences: Iterable[TaggedSentence], known: Iterable[str]) -> None:
+    """A tag the model was not trained on (in the data it is validated or evaluated on) is an
+    error naming its file and line: the model could never predict it."""
+    labels = set(known)
+    for sentence in sentences:
+        if unknown := [t for t in sentence.tags if t not in labels]:
+            raise DataError(
+                f"{sentence.source}: tag {unknown[0]!r} never occurs in the training data"
+            )
 
 
 def _check_words_and_tags(words: Sequence[str], tags: Sequence[str], wheres: Sequence[str]) -> None:
@@ -182,6 +205,114 @@ def read_tagged(
     return _keep_valid(path, skip_invalid, items, "tagged sentences")
 
 
+def _token_words(tokenizer: Tokenizer, words: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Token ids of `words` joined by single spaces (no special tokens), and each token's word:
+    the word holding its first character that is not a separating space, or -1 for a token that
+    is only such a space (the leading space of byte-level BPE's `Ġword` or Unigram's `▁word` is
+    ignored). Character offsets rather than pre-tokenizer word ids decide, so byte-level BPE,
+    WordPiece, Unigram and bytes agree."""
+    owner: list[int] = []  # character -> word index, -1 for the separating spaces
+    for index, text in enumerate(words):
+        if index:
+            owner.append(-1)
+        owner.extend([index] * len(text))
+    encoding = tokenizer.backend.encode(" ".join(words), add_special_tokens=False)
+    token_words = [
+        next((w for w in owner[start:end] if w >= 0), -1) for start, end in encoding.offsets
+    ]
+    return list(encoding.ids), token_words
+
+
+def word_token_counts(tokenizer: Tokenizer, words: Sequence[str]) -> list[int]:
+    """How many tokens each word takes when `words` are joined by single spaces; a token that is
+    only a separating space counts toward the word after it. 0 for a word made only of characters
+    the tokenizer's normaliser drops (such a word cannot be tagged: `tagged_inputs` refuses it)."""
+    counts = [0] * len(words)
+    pending = 0  # lone space tokens waiting for their word
+    for word in _token_words(tokenizer, words)[1]:
+        if word < 0:
+            pending += 1
+            continue
+        counts[word] += 1 + pending
+        pending = 0
+    return counts
+
+
+@dataclass(frozen=True)
+class TaggedInputs:
+    """One sentence as a token tagger reads it: `ids` framed and cut to the context, and for each
+    id the index of the word whose tag it carries (its first token with some of the word's text),
+    or -1 (later pieces of a word, lone space tokens, [CLS]/[SEP]). Word indices rise along
+    `ids`; words past the cut have no position (`n_words` counts them all)."""
+
+    ids: list[int]
+    words: list[int]
+    n_words: int
+    truncated: bool
+
+    def labels(
+        self, tags: Sequence[str], label_ids: Mapping[str, int], *, source: str = "sentence"
+    ) -> list[int]:
+        """The training targets lined up with `ids`: `label_ids[tag]` of each word at its
+        position, IGNORE_INDEX elsewhere. A tag missing from `label_ids` raises DataError naming
+        `source` and the word."""
+        if len(tags) != self.n_words:
+            raise DataError(
+                f"{source}: {self.n_words} words but {len(tags)} tags; expected one tag per word"
+            )
+        for word, tag in enumerate(tags):
+            if tag not in label_ids:
+                raise DataError(
+                    f"{source}: tag {tag!r} of word {word} is not a known label "
+                    f"(labels: {', '.join(sorted(label_ids))})"
+                )
+        return [label_ids[tags[w]] if w >= 0 else IGNORE_INDEX for w in self.words]
+
+
+def tagged_inputs(
+    tokenizer: Tokenizer,
+    words: Sequence[str],
+    *,
+    framed: bool,
+    max_len: int,
+    source: str = "sentence",
+) -> TaggedInputs:
+    """The one path from a sentence's words to a token tagger's inputs, shared by training
+    (`graft finetune tokens`), `graft eval --task tokens` and `graft extract`.
+
+    The words are joined by single spaces and encoded without special tokens; the first token of
+    each word that holds some of its text (not a lone `Ġ`/`▁` space token, which has not seen the
+    word yet) is the one whose prediction is the word's tag, as transformers' token
+    classification examples do. The tokens are cut to the budget `max_len` leaves inside the
+    frame (`graft.data.inputs.input_frame`: [CLS] ... [SEP] when `framed`, the model being an
+    encoder), then framed. A word with no token of its own (one made only of characters the
+    normaliser drops) raises DataError naming `source` and the word."""
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+        raise ConfigError(f"max_len must be an integer >= 1, got {max_len!r}")
+    frame = input_frame(tokenizer, framed=framed)
+    budget = frame.budget(max_len)
+    ids, token_words = _token_words(tokenizer, words)
+    present = set(token_words)
+    if missing := [i for i in range(len(words)) if i not in present]:
+        raise DataError(
+            f"{source}: word {missing[0]} ({words[missing[0]]!r}) produced no token; "
+            "expected every word to give at least one token"
+        )
+    firsts: list[int] = []
+    placed = -1  # the last word whose position is taken
+    for word in token_words:
+        # Tokens map to words in order, so `word > placed` means a new word's first real token.
+        firsts.append(word if word > placed else -1)
+        placed = max(placed, word)
+    truncated = len(ids) > budget
+    return TaggedInputs(
+        ids=frame.wrap(ids[:budget]),
+        words=frame.align(firsts[:budget], -1),
+        n_words=len(words),
+        truncated=truncated,
+    )
+
+
 def align_tags(
     tokenizer: Tokenizer,
     words: Sequence[str],
@@ -191,57 +322,21 @@ def align_tags(
     *,
     source: str = "sentence",
 ) -> tuple[list[int], list[int], bool]:
-    """Token ids of `words` and a label per token; returns (ids, labels, truncated).
+    """Token ids of `words` and a label per token, unframed; returns (ids, labels, truncated).
 
-    The words are joined by single spaces and encoded without special tokens; each token belongs
-    to the word holding its first character that is not a separating space (the leading space
-    of byte-level BPE's `Ġword` or Unigram's `▁word` is ignored). The first token of each word
-    carries `label_ids[tag]`, the others IGNORE_INDEX, and so does a token that is only such a
-    space (a lone `Ġ` or `▁`, frequent with small vocabularies): it has not seen the word yet, so
-    the word's first token with some of its text is the labelled one. Character offsets rather
-    than pre-tokenizer word ids decide, so byte-level BPE, WordPiece, Unigram and bytes agree.
-    Ids and labels are cut to `max_len`. A word with no token of its own (one made only of
-    characters the normaliser drops) or a tag missing from `label_ids` raises DataError naming
-    `source` and the word.
+    `tagged_inputs` without the frame: the first token of each word carries `label_ids[tag]`, the
+    others IGNORE_INDEX; ids and labels are cut to `max_len`. A word with no token of its own or a
+    tag missing from `label_ids` raises DataError naming `source` and the word.
     """
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-        raise ConfigError(f"max_len must be an integer >= 1, got {max_len!r}")
     if len(words) != len(tags):
         raise DataError(
             f"{source}: {len(words)} words but {len(tags)} tags; expected one tag per word"
         )
-    owner: list[int] = []  # character -> word index, -1 for the separating spaces
-    for index, text in enumerate(words):
-        if index:
-            owner.append(-1)
-        owner.extend([index] * len(text))
-    encoding = tokenizer.backend.encode(" ".join(words), add_special_tokens=False)
-    # Each token's word, or -1 for a token holding only a separating space.
-    token_words = [
-        next((w for w in owner[start:end] if w >= 0), -1) for start, end in encoding.offsets
-    ]
-    present = set(token_words)
-    if missing := [i for i in range(len(words)) if i not in present]:
-        raise DataError(
-            f"{source}: word {missing[0]} ({words[missing[0]]!r}) produced no token; "
-            "expected every word to give at least one token"
-        )
-    labels: list[int] = []
-    labelled = -1  # the last word whose tag has been placed
-    for word in token_words:
-        # Later pieces of a word, and lone space tokens (which know nothing of the word yet), are
-        # not scored; tokens map to words in order, so `word > labelled` means a new word.
-        if word <= labelled:
-            labels.append(IGNORE_INDEX)
-            continue
-        tag = tags[word]
+    for word, tag in enumerate(tags):
         if tag not in label_ids:
             raise DataError(
                 f"{source}: tag {tag!r} of word {word} ({words[word]!r}) is not a known label "
                 f"(labels: {', '.join(sorted(label_ids))})"
             )
-        labels.append(label_ids[tag])
-        labelled = word
-    ids = list(encoding.ids)
-    truncated = len(ids) > max_len
-    return ids[:max_len], labels[:max_len], truncated
+    inputs = tagged_inputs(tokenizer, words, framed=False, max_len=max_len, source=source)
+    return inputs.ids, inputs.labels(tags, label_ids, source=source), inputs.truncated

@@ -12,7 +12,9 @@ This module owns how a checkpoint meets evaluation data; the numbers themselves 
   batched by `Classify` exactly as fine-tuning validated them (the framing is
   `graft.data.inputs.model_inputs`, which the server uses too).
 - `evaluate_tokens`: tagged sentences through the token classifier, one tag per word read from
-  its first sub-token (`TagTokens`' alignment); words cut off by the context are predicted "O".
+  its first sub-token (`graft.data.tagged.tagged_inputs`, training's own path, and
+  `graft.evaluate.predict.word_tags`, which `graft extract` reads raw text through too); words
+  cut off by the context are predicted "O".
 - `evaluate_generate`: greedy decoding from prompts (a conversation rendered with the chat
   template, or a plain `source` text) compared with a reference.
 
@@ -43,7 +45,7 @@ from graft.data.records import (
     read_conversations,
     read_labelled,
 )
-from graft.data.tagged import read_tagged
+from graft.data.tagged import read_tagged, refuse_unknown_tags, tagged_inputs
 from graft.data.tokenizer import EOT, Tokenizer
 from graft.errors import CheckpointError, ConfigError, DataError, TokenizerError
 from graft.evaluate.metrics import (
@@ -55,11 +57,10 @@ from graft.evaluate.metrics import (
     plot_confusion_matrix,
     write_report,
 )
-from graft.evaluate.predict import class_probabilities
+from graft.evaluate.predict import class_probabilities, word_tags
 from graft.infer.generate import SamplingParams, generate
-from graft.model.transformer import LanguageModel, read_padded
+from graft.model.transformer import LanguageModel
 from graft.objectives.classify import check_labels
-from graft.objectives.tokens import EncodedSentences
 
 __all__ = [
     "EVAL_TASKS",
@@ -395,20 +396,18 @@ def evaluate_tokens(
     sentences = sentences[: options.limit]
     tags = model.config.labels
     max_len = _context(model, options)
-    # Encodes with the training alignment; a tag the model does not know names its file:line.
-    encoded = EncodedSentences(sentences, tokenizer, tags, max_len, frame=model.config.is_encoder)
+    refuse_unknown_tags(sentences, tags)
+    # The training path from words to inputs (graft extract reads raw text through it too).
+    inputs = [
+        tagged_inputs(
+            tokenizer, s.words, framed=model.config.is_encoder, max_len=max_len, source=s.source
+        )
+        for s in sentences
+    ]
     echo(f"tagging {len(sentences):,} sentences with {len(tags)} tags")
-    predicted: list[list[str]] = []
-    for start in range(0, len(encoded), options.batch_size):
-        batch = slice(start, start + options.batch_size)
-        logits = read_padded(model, encoded.ids[batch], ["classifier"])[0].class_logits
-        assert logits is not None
-        for choice, labels in zip(logits.argmax(-1).tolist(), encoded.labels[batch]):
-            # Labelled positions are exactly each word's first sub-token, in word order.
-            predicted.append([tags[c] for c, label in zip(choice, labels) if label != IGNORE_INDEX])
     true_tags = [list(s.tags) for s in sentences]
-    # Words past the context got no prediction: they count as "O", so the truncation costs recall.
-    pred_tags = [p + ["O"] * (len(t) - len(p)) for p, t in zip(predicted, true_tags)]
+    # Words past the context get no prediction: they count as "O", so the truncation costs recall.
+    pred_tags = [p.tags for p in word_tags(model, inputs, batch_size=options.batch_size)]
     scores = entity_metrics(true_tags, pred_tags)
     words = sum(len(t) for t in true_tags)
     correct = sum(a == b for t, p in zip(true_tags, pred_tags) for a, b in zip(t, p))
@@ -416,7 +415,7 @@ def evaluate_tokens(
         **scores,
         "word_accuracy": correct / words,
         "count": len(sentences),
-        "truncated": encoded.truncated,
+        "truncated": sum(x.truncated for x in inputs),
     }
     rows = [
         {"source": s.source, "words": list(s.words), "tags": t, "predicted": p}

@@ -1,7 +1,8 @@
 """What a model predicts for whole texts: the one path `graft eval`, the experiments and the
 server's /v1/classify share. Text becomes ids through `graft.data.inputs.model_inputs` (framed
 for an encoder, cut to the context) and ids become outputs through
-`graft.model.transformer.read_padded`, exactly as the server reads them."""
+`graft.model.transformer.read_padded`, exactly as the server reads them. A token tagger reads
+words through `graft.data.tagged.tagged_inputs`, as it was trained."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ from dataclasses import dataclass
 import torch
 
 from graft.data.inputs import model_inputs
+from graft.data.tagged import TaggedInputs
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
 from graft.model.transformer import LanguageModel, read_padded
 
-__all__ = ["Classified", "class_probabilities"]
+__all__ = ["Classified", "WordTags", "class_probabilities", "word_tags"]
 
 
 @dataclass(frozen=True)
@@ -50,3 +52,38 @@ def class_probabilities(
         torch.cat(probabilities) if probabilities else torch.empty(0, len(model.config.labels)),
         sum(inputs.truncated),
     )
+
+
+@dataclass(frozen=True)
+class WordTags:
+    """A token tagger's reading of one sentence: a tag per word and the probability the model gave
+    it. A word past the context (not in the inputs) is "O" with probability 0.0."""
+
+    tags: list[str]
+    scores: list[float]
+
+
+@torch.inference_mode()
+def word_tags(
+    model: LanguageModel, inputs: Sequence[TaggedInputs], *, batch_size: int = 8
+) -> list[WordTags]:
+    """The tag of every word of every sentence, in order, read in batches of `batch_size`: the
+    model's choice (argmax) at each word's first sub-token, as training scored it. `inputs` come
+    from `graft.data.tagged.tagged_inputs` (framed when the model is an encoder, cut to its
+    context), the one path `graft finetune tokens`, `graft eval --task tokens` and `graft
+    extract` share."""
+    names = model.config.labels
+    out: list[WordTags] = []
+    for start in range(0, len(inputs), batch_size):
+        batch = inputs[start : start + batch_size]
+        logits = read_padded(model, [x.ids for x in batch], ["classifier"])[0].class_logits
+        assert logits is not None
+        best = logits.argmax(-1, keepdim=True)
+        chosen = logits.float().softmax(-1).gather(-1, best)[..., 0]
+        for x, choice, probability in zip(batch, best[..., 0].tolist(), chosen.tolist()):
+            # Positions of word starts, in word order: word i is the i-th such position.
+            tags = [names[c] for c, w in zip(choice, x.words) if w >= 0]
+            scores = [p for p, w in zip(probability, x.words) if w >= 0]
+            missing = x.n_words - len(tags)  # words cut off by the context
+            out.append(WordTags(tags + ["O"] * missing, scores + [0.0] * missing))
+    return out

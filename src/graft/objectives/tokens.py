@@ -1,8 +1,8 @@
 """Token classification (named entities): BIO-tagged words in, a tag per word out.
 
 Each word's first sub-token carries its tag; the other sub-tokens, padding and [CLS]/[SEP] are not
-scored (graft.data.tagged.align_tags). Validation reports entity-level precision, recall and F1 as
-seqeval (conlleval) counts them: an entity is right only with its exact span and type. The counts
+scored (graft.data.tagged.tagged_inputs). Validation reports entity-level precision, recall and F1
+as seqeval (conlleval) counts them: an entity is right only with its exact span and type. The counts
 are additive, so the figures are exact over any number of batches.
 """
 
@@ -15,9 +15,9 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from graft.data.inputs import input_frame, right_padded
+from graft.data.inputs import right_padded
 from graft.data.records import IGNORE_INDEX
-from graft.data.tagged import TaggedSentence, align_tags, read_tagged
+from graft.data.tagged import TaggedSentence, read_tagged, refuse_unknown_tags, tagged_inputs
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
 from graft.model.config import HeadKind
@@ -53,28 +53,19 @@ class EncodedSentences(Encoded):
         frame: bool,
     ) -> None:
         index = {label: i for i, label in enumerate(labels)}
-        # [CLS] ... [SEP] for encoders, as every text a model reads (graft.data.inputs).
-        framing = input_frame(tokenizer, framed=frame)
         self.ids = []
         self.labels: list[list[int]] = []
         self.truncated = 0
+        refuse_unknown_tags(sentences, labels)
         for sentence in sentences:
-            unknown = [t for t in sentence.tags if t not in index]
-            if unknown:
-                raise DataError(
-                    f"{sentence.source}: tag {unknown[0]!r} never occurs in the training data"
-                )
-            ids, tags, cut = align_tags(
-                tokenizer,
-                sentence.words,
-                sentence.tags,
-                index,
-                framing.budget(max_len),
-                source=sentence.source,
+            # The one path from words to a tagger's inputs ([CLS] ... [SEP] for encoders), which
+            # `graft eval --task tokens` and `graft extract` read predictions through.
+            inputs = tagged_inputs(
+                tokenizer, sentence.words, framed=frame, max_len=max_len, source=sentence.source
             )
-            self.truncated += cut
-            self.ids.append(framing.wrap(ids))
-            self.labels.append(framing.align(tags, IGNORE_INDEX))
+            self.truncated += inputs.truncated
+            self.ids.append(inputs.ids)
+            self.labels.append(inputs.labels(sentence.tags, index, source=sentence.source))
 
 
 class TagTokens(RecordBatches[EncodedSentences]):

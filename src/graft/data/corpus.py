@@ -1,0 +1,261 @@
+"""Collected documents: the record every data-collection step reads and writes.
+
+`graft data collect` turns files, web pages and WARC archives into a stream of `CorpusDoc`s;
+`clean`, `dedup` and `redact` read such a stream and write another. On disk a corpus is JSONL
+(optionally zstd-compressed, `.jsonl.zst`), one document a line, with its provenance beside the
+text, so `graft data prepare` reads a collected corpus as it is (it reads the `text` field):
+
+    {"text": "...", "source": "html", "location": "https://example.org/a", "fetched_at":
+     "2026-12-05T03:40:00Z", "sha256": "<of text>", "licence": null, "lang": "en"}
+
+Streams stay streams: readers yield one document at a time and writers append, so a step's
+memory does not grow with the corpus. Writers are atomic (a temporary sibling renamed into place
+when the step ends without an error), so an interrupted step leaves the old output or none.
+Bad input is counted in `Problems` by kind with its file, line or URL, and the run goes on
+unless it is strict.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from graft.atomic_files import fsync_path, temporary_sibling
+from graft.errors import DataError
+
+__all__ = [
+    "STATS_SUFFIX",
+    "CorpusDoc",
+    "CorpusWriter",
+    "Problems",
+    "StageStats",
+    "check_corpus_output",
+    "is_corpus_file",
+    "read_corpus",
+    "text_sha256",
+]
+
+_ZST = ".zst"
+# The fields every document has; any other key of a line is kept in `meta`.
+_FIELDS = ("text", "source", "location", "fetched_at", "sha256", "licence", "lang")
+
+
+def text_sha256(text: str) -> str:
+    """The content hash a document carries: sha256 of its text as UTF-8."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class CorpusDoc:
+    """One document and where it came from.
+
+    source: what kind of input produced it (txt, md, rst, html, jsonl, csv, parquet, warc, url,
+    or a `graft data get` recipe name); location: its path (with `:LINE` or `#ROW` where one file
+    holds many documents) or URL; fetched_at: when a URL was fetched (ISO 8601, UTC), None for
+    local files; sha256: of the text as it is now (writers recompute it, so a cleaned document
+    never carries its raw text's hash); licence: when the source states one; lang: an ISO 639-1
+    code once language identification ran."""
+
+    text: str
+    source: str
+    location: str
+    fetched_at: str | None = None
+    sha256: str = ""
+    licence: str | None = None
+    lang: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        record = asdict(self)
+        meta = record.pop("meta")
+        record["sha256"] = text_sha256(self.text)
+        return json.dumps({**record, **meta}, ensure_ascii=False)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], where: str) -> CorpusDoc:
+        text = record.get("text")
+        if not isinstance(text, str):
+            raise DataError(f'{where}: expected a "text" field holding a string')
+        known = {k: record[k] for k in _FIELDS if k in record}
+        known.setdefault("source", "jsonl")
+        known.setdefault("location", where)
+        meta = {k: v for k, v in record.items() if k not in _FIELDS}
+        return cls(**known, meta=meta)
+
+
+#: A step writing OUT also writes OUT + STATS_SUFFIX: its StageStats list, which
+#: `graft data report` reads back (the statistics of every step that made the corpus).
+STATS_SUFFIX = ".stats.json"
+
+
+@dataclass
+class StageStats:
+    """What one step did: documents and text bytes (UTF-8) in and out, its wall time, and the
+    documents it dropped, counted by reason (a filter's name, "exact duplicate", ...)."""
+
+    stage: str
+    docs_in: int = 0
+    docs_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    seconds: float = 0.0
+    rejected: Counter[str] = field(default_factory=Counter)
+    notes: dict[str, Any] = field(default_factory=dict)  # a step's own figures (clusters...)
+
+    def mb_per_s(self) -> float:
+        return self.bytes_in / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+class Problems:
+    """Bad inputs met along the way: each is counted by kind and said with where it was (file,
+    line, URL), and the run goes on; strict makes the first one fatal (a DataError)."""
+
+    def __init__(self, *, strict: bool = False, say: Callable[[str], None] | None = None) -> None:
+        self.strict = strict
+        self.say = say
+        self.counts: Counter[str] = Counter()
+
+    def add(self, where: str, kind: str, detail: str) -> None:
+        message = f"{where}: {detail}"
+        if self.strict:
+            raise DataError(message)
+        self.counts[kind] += 1
+        if self.say is not None:
+            self.say(f"skipped {message}")
+
+    def __bool__(self) -> bool:
+        return bool(self.counts)
+
+    def summary(self) -> str:
+        """One line: the count of each kind, most frequent first."""
+        parts = [f"{n:,} {kind}" for kind, n in self.counts.most_common()]
+        return "problems: " + (", ".join(parts) if parts else "none")
+
+
+def is_corpus_file(path: Path) -> bool:
+    name = path.name.lower()
+    return name.endswith(".jsonl") or name.endswith(".jsonl" + _ZST)
+
+
+def check_corpus_output(path: Path) -> None:
+    """A step's output is a corpus file or `-` (stdout): anything else would be read back by
+    `graft data prepare` as one document of JSON text."""
+    if str(path) != "-" and not is_corpus_file(Path(path)):
+        raise DataError(f"{path}: the output must be a .jsonl or .jsonl.zst file (or - for stdout)")
+
+
+def _open_text(path: Path) -> IO[str]:
+    if str(path) == "-":
+        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
+    if path.name.lower().endswith(_ZST):
+        import zstandard
+
+        raw = zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True)
+        return io.TextIOWrapper(raw, encoding="utf-8")
+    return path.open(encoding="utf-8")
+
+
+def read_corpus(path: Path, problems: Problems | None = None) -> Iterator[CorpusDoc]:
+    """The documents of a corpus file (`.jsonl`, `.jsonl.zst`, or `-` for stdin), one at a time.
+    A line that is not a JSON object with a text string is a problem at PATH:LINE (fatal when no
+    `problems` collects them)."""
+    path = Path(path)
+    try:
+        handle = _open_text(path)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    with handle:
+        for number, line in enumerate(_lines(handle, path), start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+                yield CorpusDoc.from_record(record, where)
+            except (json.JSONDecodeError, DataError) as exc:
+                detail = str(exc) if isinstance(exc, DataError) else f"not JSON ({exc.msg})"
+                if problems is None:
+                    message = detail if detail.startswith(where) else f"{where}: {detail}"
+                    raise DataError(message) from exc
+                problems.add(where, "bad line", detail.removeprefix(f"{where}: "))
+
+
+def _lines(handle: IO[str], path: Path) -> Iterator[str]:
+    try:
+        yield from handle
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+class CorpusWriter:
+    """Appends documents to a corpus file, atomically: lines go to a temporary sibling that
+    replaces `path` when the `with` block ends without an error (and is deleted otherwise).
+    `.zst` compresses with zstd; `-` writes to stdout (not atomic: a pipe has no rename)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.count = 0
+        self.bytes = 0
+        self._temp: Path | None = None
+        self._raw: IO[bytes] | None = None
+        self._out: io.TextIOWrapper | IO[str] | None = None
+
+    def __enter__(self) -> CorpusWriter:
+        if str(self.path) == "-":
+            self._out = sys.stdout
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._temp = temporary_sibling(self.path)
+        self._raw = self._temp.open("xb")
+        sink: IO[bytes] = self._raw
+        if self.path.name.lower().endswith(_ZST):
+            import zstandard
+
+            sink = zstandard.ZstdCompressor(level=3).stream_writer(self._raw, closefd=False)
+        self._out = io.TextIOWrapper(sink, encoding="utf-8", newline="\n", write_through=False)
+        return self
+
+    def write(self, doc: CorpusDoc) -> None:
+        assert self._out is not None, "CorpusWriter is used inside a with block"
+        line = doc.to_json() + "\n"
+        self._out.write(line)
+        self.count += 1
+        self.bytes += len(doc.text.encode("utf-8"))
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if self._temp is None:  # stdout
+            assert self._out is not None
+            self._out.flush()
+            return
+        assert self._out is not None and self._raw is not None
+        try:
+            assert isinstance(self._out, io.TextIOWrapper)
+            self._out.flush()
+            sink = self._out.detach()
+            if sink is not self._raw:
+                sink.close()  # ends the zstd frame; closefd=False keeps the file open
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
+            if kind is None:
+                os.replace(self._temp, self.path)
+                fsync_path(self.path.parent)
+        finally:
+            self._raw.close()
+            self._temp.unlink(missing_ok=True)
