@@ -397,3 +397,28 @@ def test_roles_and_chat_template_are_saved_beside_tokenizer_json(tmp_path: Path)
 def test_unknown_role_is_refused() -> None:
     with pytest.raises(TokenizerError, match="roles must be some of bos_token"):
         Tokenizer(bytes_tokenizer().backend, special_tokens_map={"end_token": EOT})
+
+
+def test_byte_tokenizer_arrays_are_the_ids_tokenizers_gives() -> None:
+    # encode_batch_arrays takes a byte tokenizer's ids from the UTF-8 bytes, except where an added
+    # token occurs (one id) or where the backend was changed so that ids are no longer bytes.
+    texts = ["plain", "naïve 日本 😀", "a <|endoftext|> b", "x<|sentinel_1|>", ""]
+    texts += ["\x00\r\n", "<|pad"]
+    for tok in (bytes_tokenizer(), bytes_tokenizer(sentinels=2)):
+        assert tok._byte_identity_added_tokens() is not None
+        arrays = tok.encode_batch_arrays(texts, dtype=np.uint16)
+        assert [a.tolist() for a in arrays] == tok.encode_batch(texts)
+        assert arrays[1].tolist() == list("naïve 日本 😀".encode())
+    assert bytes_tokenizer(sentinels=2).encode_batch_arrays(texts[3:4])[0].tolist() == [120, 263]
+    changed = bytes_tokenizer()
+    changed.backend.normalizer = normalizers.Lowercase()
+    assert changed._byte_identity_added_tokens() is None
+    assert changed.encode_batch_arrays(["AB"])[0].tolist() == changed.encode("AB") == [97, 98]
+    changed = bytes_tokenizer()
+    changed.backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=False)
+    assert changed._byte_identity_added_tokens() is None
+    assert changed.encode_batch_arrays(["AB"])[0].tolist() == changed.encode("AB") == [32, 65, 66]
+    # A lone surrogate is not UTF-8: tokenizers refuses it in its own way, as before.
+    for tok in (bytes_tokenizer(), changed):
+        with pytest.raises(TypeError):
+            tok.encode_batch_arrays(["a\ud800"])
