@@ -27,6 +27,7 @@ _Options = TypeVar("_Options", bound="DataclassInstance")
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process killed by it
 
 # Options every command takes, before or after its name (graft --debug pretrain /
 # graft pretrain --debug).
@@ -1527,3 +1528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("graft: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of a pipe stopped (`graft data collect ... --out - | head`): not an
+        # error of ours. Later writes (Python's own flush at exit) go nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE

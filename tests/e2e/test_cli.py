@@ -611,3 +611,25 @@ def test_quickstart_with_no_budget_is_one_line_and_writes_nothing(tmp_path, flag
         graft("quickstart", flag, 0, "--out", tmp_path / "qs", cwd=tmp_path), flag, "got 0"
     )
     assert snapshot(tmp_path) == before
+
+
+def test_a_reader_that_stops_early_is_no_traceback(tmp_path):
+    """`graft data collect ... --out - | head`: the pipe closes under graft, which stops quietly
+    with the shell's status for SIGPIPE."""
+    for i in range(8):  # 8 MB: more than a pipe's buffer holds, so writing must meet the close
+        (tmp_path / f"{i}.txt").write_text("word " * 200_000, encoding="utf-8")
+    reader = subprocess.Popen(
+        ["head", "-c", "10"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+    )
+    assert reader.stdin is not None
+    proc = subprocess.run(
+        [sys.executable, "-m", "graft", "data", "collect", tmp_path, "--out", "-"],
+        stdout=reader.stdin,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=TIMEOUT,
+        env=ENV,
+    )
+    reader.stdin.close()
+    reader.wait()
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr
