@@ -187,14 +187,14 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         add(dsub)
 
 
-# `graft data collect|clean|dedup|redact|get|report`: each pair below (parser, runner) is
-# registered in _add_data and _DATA_ACTIONS.
 def _progress(args: argparse.Namespace) -> bool:
     """A corpus step shows a progress bar unless told not to or writing to a pipe, where the
     bars of the steps before and after it would overwrite each other on the terminal."""
     return not args.no_progress and str(args.out) != "-"
 
 
+# `graft data collect|clean|dedup|redact|get|report`: each pair below (parser, runner) is
+# registered in _add_data and _DATA_ACTIONS.
 def _add_data_collect(dsub: argparse._SubParsersAction) -> None:
     c = dsub.add_parser(
         "collect",
