@@ -402,12 +402,7 @@ class _Collector:
                     self.empty += 1
                     return
                 if column not in header:
-                    shown = ", ".join(repr(h) for h in header) or "none"
-                    self.problems.add(
-                        str(path),
-                        "missing column",
-                        f'no "{column}" column (columns: {shown}); set --text-column',
-                    )
+                    self._missing_column(path, column, header)
                     return
                 at = header.index(column)
                 licence_at = next((header.index(k) for k in _LICENCE_KEYS if k in header), None)
@@ -439,6 +434,11 @@ class _Collector:
             finally:
                 self.bytes_read += lines.offset
 
+    def _missing_column(self, path: Path, column: str, names: Sequence[str]) -> None:
+        shown = ", ".join(repr(n) for n in names) or "none"
+        detail = f'no "{column}" column (columns: {shown}); set --text-column'
+        self.problems.add(str(path), "missing column", detail)
+
     def _parquet(self, path: Path) -> Iterator[_Item]:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -452,12 +452,7 @@ class _Collector:
         with parquet:
             names = parquet.schema_arrow.names
             if column not in names:
-                shown = ", ".join(repr(n) for n in names) or "none"
-                self.problems.add(
-                    str(path),
-                    "missing column",
-                    f'no "{column}" column (columns: {shown}); set --text-column',
-                )
+                self._missing_column(path, column, names)
                 return
             licence_column = next((k for k in _LICENCE_KEYS if k in names), None)
             wanted = [column] + ([licence_column] if licence_column else [])
