@@ -317,8 +317,11 @@ class _Collector:
             yield _HtmlJob(markup, doc)
             return
         text = self._decode(data, where)
-        if text is None:
-            return
+        if text is not None:
+            yield from self._with_text(doc, text)
+
+    def _with_text(self, doc: CorpusDoc, text: str) -> Iterator[CorpusDoc]:
+        """`doc` holding `text` with its line ends made `\\n`; a blank text is counted, not kept."""
         text = text.replace("\r\n", "\n").replace("\r", "\n")
         if not text.strip():
             self.empty += 1
@@ -558,12 +561,7 @@ class _Collector:
                 f"byte {exc.start} is not valid {encoding} ({exc.reason})",
             )
             return
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
-        if not text.strip():
-            self.empty += 1
-            return
-        doc.text = text
-        yield doc
+        yield from self._with_text(doc, text)
 
     # ---- URLs ----------------------------------------------------------------------------
 
