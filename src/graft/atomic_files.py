@@ -5,16 +5,32 @@ renamed over the destination (a rename is atomic on POSIX and Windows), and the 
 fsynced so the rename itself survives a power cut. A reader sees the old file or the new one,
 never half of either; an interrupted write leaves at most a hidden temporary file.
 Directories (checkpoints, prepared data, exports) are built the same way by `atomic_directory`.
+A write refused for space (a full disk, a quota, a file size limit) becomes one OutputError line;
+what a crash leaves beside a destination is cleared by `recover` at the next start.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+
+from graft.crash_points import crash_point
+from graft.errors import OutputError
+
+# The errors of a write that found no room: a full disk, a quota, RLIMIT_FSIZE.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+# Libraries that write in native code report the OS error only in their message
+# (safetensors: "I/O error: No space left on device (os error 28)").
+_OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)")
+# What a write of ours leaves if it dies half-way: `.NAME.<12 hex>.partial` (a directory) or
+# `.NAME.<12 hex>.tmp` (a file), and `.NAME.old` when it died between a directory's two renames.
+_LEFTOVER = r"\.{name}\.[0-9a-f]{{12}}\.(partial|tmp)"
 
 
 def fsync_path(path: Path) -> None:
@@ -29,6 +45,37 @@ def fsync_path(path: Path) -> None:
         pass  # some platforms cannot fsync a directory
     finally:
         os.close(fd)
+
+
+def no_room(err: BaseException) -> str | None:
+    """Why a write failed, when it failed for want of space ("No space left on device", "File
+    too large"...), looking through the errors it was raised from; None for any other failure."""
+    seen: BaseException | None = err
+    while seen is not None:
+        code = seen.errno if isinstance(seen, OSError) else None
+        found = _OS_ERROR_IN_TEXT.search(str(seen)) if code is None else None
+        code = int(found.group(1)) if found else code
+        if code in NO_ROOM:
+            return os.strerror(code)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _refused_for_room(dest: Path, err: BaseException) -> OutputError | None:
+    why = no_room(err)
+    if why is None:
+        return None
+    kept = "the previous version is intact" if dest.exists() else "nothing was written"
+    return OutputError(
+        f"{dest}: could not be written ({why}); {kept}; free space or raise the limit and rerun"
+    )
+
+
+def default_mode(*, directory: bool = False) -> int:
+    """The permissions a new file (or folder) gets under this process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)  # reading the umask means setting it: put it straight back
+    return (0o777 if directory else 0o666) & ~mask
 
 
 def temporary_sibling(path: Path) -> Path:
@@ -49,8 +96,11 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as err:
         temp.unlink(missing_ok=True)
+        refused = _refused_for_room(path, err)
+        if refused is not None:
+            raise refused from err
         raise
     fsync_path(path.parent)
     return path
@@ -64,7 +114,9 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
     is fsynced and it takes `dest`'s place: the old version is first moved aside to `.NAME.old`
     and deleted only once the new one is in place, so a crash between the two renames leaves a
     complete copy there (checkpoint loading falls back to it). On an error the partial directory
-    is removed and `dest` is untouched.
+    is removed and `dest` is untouched; a failure for want of space is one OutputError line.
+    Every file ends with the umask's permissions, as if written with open(): some writers
+    (safetensors) create theirs 0600, which would hide weights from a serving account.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -73,15 +125,19 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
     work.mkdir()
     try:
         yield work
+        file_mode, folder_mode = default_mode(), default_mode(directory=True)
         for path in sorted(work.rglob("*")):
+            path.chmod(folder_mode if path.is_dir() else file_mode)
             fsync_path(path)
         fsync_path(work)
+        crash_point("atomic_directory:filled")
         aside = dest.parent / f".{dest.name}.old"
         if dest.exists():
             # Only now is an older aside copy redundant; if dest is missing (a swap was
             # interrupted), the aside copy is the one complete version and stays until the end.
             shutil.rmtree(aside, ignore_errors=True)
             os.rename(dest, aside)
+            crash_point("atomic_directory:aside")
         try:
             os.rename(work, dest)
         except BaseException:
@@ -89,7 +145,51 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
                 os.rename(aside, dest)
             raise
         fsync_path(dest.parent)
+        crash_point("atomic_directory:swapped")
         shutil.rmtree(aside, ignore_errors=True)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(work, ignore_errors=True)
+        refused = _refused_for_room(dest, err)
+        if refused is not None:
+            raise refused from err
         raise
+
+
+def recover(dest: Path) -> list[str]:
+    """Clear what interrupted writes of `dest` left beside it, and say what was done.
+
+    Unfinished temporary files and directories are deleted. A `.NAME.old` copy is the previous
+    complete version: redundant (deleted) when `dest` exists, since the swap finished; put back
+    as `dest` when it does not, since the swap was cut between its two renames. Call it before
+    writing `dest` again, from the one process that writes it.
+    """
+    return _recover(Path(dest).parent, re.escape(Path(dest).name))
+
+
+def recover_folder(folder: Path) -> list[str]:
+    """`recover` for every destination in `folder`: for folders whose files are all graft's."""
+    return _recover(Path(folder), r"[^/]+")
+
+
+def _recover(folder: Path, name: str) -> list[str]:
+    if not folder.is_dir():
+        return []
+    done = []
+    leftover, old = re.compile(_LEFTOVER.format(name=name)), re.compile(rf"\.({name})\.old")
+    for path in sorted(folder.iterdir()):
+        if leftover.fullmatch(path.name):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            done.append(f"removed {path.name}, left by an interrupted write")
+        elif (match := old.fullmatch(path.name)) and path.is_dir():
+            dest = folder / match.group(1)
+            if dest.exists():
+                shutil.rmtree(path, ignore_errors=True)
+                done.append(f"removed {path.name}, an older copy of {dest.name}")
+            else:
+                os.rename(path, dest)
+                fsync_path(folder)
+                done.append(f"put back {dest.name} from {path.name} (a save was interrupted)")
+    return done

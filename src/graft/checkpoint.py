@@ -27,10 +27,10 @@ import contextlib
 import hashlib
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_type_hints
 
 import torch
 import yaml
@@ -40,16 +40,20 @@ from safetensors.torch import load_file, save_file
 
 import graft
 from graft.adapt import ADAPTER_CONFIG_FILE, has_lora, load_adapter, save_adapter, split_lora_state
-from graft.atomic_files import atomic_directory
+from graft.atomic_files import atomic_directory, recover_folder
 from graft.config import RunConfig, TrainConfig, model_problems
+from graft.crash_points import crash_point
 from graft.data.tokenizer import Tokenizer
 from graft.distributed import World
 from graft.errors import CheckpointError, ConfigError, TokenizerError, first_line
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel, RotaryEmbedding
+from graft.torch_files import load_torch_file
 
 if TYPE_CHECKING:
     from graft.config import AdaptConfig
+
+_Section = TypeVar("_Section", bound=BaseModel)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -75,6 +79,10 @@ class TrainingState:
     # step to step, so the boundary is recorded, not estimated. None until then, and in checkpoints
     # written before it was kept (the loop then derives it once, see train.loop).
     warmup_tokens: int | None = None
+    # Steps whose loss was not finite and were skipped (train.nonfinite: skip): in all, and in a
+    # row up to now (the run stops at train.nonfinite_limit).
+    nonfinite_skipped: int = 0
+    nonfinite_in_a_row: int = 0
 
 
 @dataclass(frozen=True)
@@ -133,9 +141,13 @@ def save_checkpoint(
         if model.config.tie_embeddings:
             weights.pop("lm_head.weight", None)  # the same tensor as model.embed_tokens.weight
         save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        crash_point("checkpoint:weights")
         if state is not None and optimizer is not None:
             (tmp / STATE_DIR).mkdir()
-            torch.save(optimizer.state_dict(), tmp / STATE_DIR / "optimizer.pt")
+            # Through a Python file, so that a full disk surfaces as the OSError it is (torch's
+            # own writer reports "unexpected pos") and becomes one line (atomic_directory).
+            with open(tmp / STATE_DIR / "optimizer.pt", "wb") as handle:
+                torch.save(optimizer.state_dict(), handle)
         _write_the_rest(tmp, model.config, tokenizer, run_config_yaml, state, rng, privacy)
     return directory
 
@@ -222,7 +234,8 @@ def resolve_checkpoint(path: Path) -> Path:
 
 
 def verify_checkpoint(directory: Path) -> None:
-    """Check every file against manifest.json: catches truncated copies and flipped bytes."""
+    """Check every file against manifest.json: catches truncated copies, flipped bytes and files
+    added after the save."""
     manifest_path = directory / MANIFEST_FILE
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))["files"]
@@ -230,6 +243,11 @@ def verify_checkpoint(directory: Path) -> None:
         raise CheckpointError(
             f"{manifest_path}: missing or unreadable; the checkpoint is incomplete"
         ) from None
+    if not _is_manifest(manifest):
+        raise CheckpointError(
+            f"{manifest_path}: expected files mapping each name to its bytes (an integer) and "
+            "sha256 (a string); the manifest is damaged"
+        )
     for name, entry in manifest.items():
         path = directory / name
         if not path.is_file():
@@ -238,13 +256,33 @@ def verify_checkpoint(directory: Path) -> None:
             )
         if path.stat().st_size != entry["bytes"]:
             raise CheckpointError(
-                f"{path}: {path.stat().st_size} bytes, expected {entry['bytes']}; "
-                "the file is truncated or was replaced"
+                f"{path}: {path.stat().st_size} bytes, expected {entry['bytes']} "
+                f"({MANIFEST_FILE}); the file is truncated or was replaced"
             )
         if _sha256(path) != entry["sha256"]:
             raise CheckpointError(
                 f"{path}: contents do not match {MANIFEST_FILE} (sha256); the file is corrupt"
             )
+    # A file added later is refused too: loaders read some files only when they are there (a
+    # chat_template.jinja or tokenizer_config.json changes the tokenizer, and a chat template is
+    # code), so the directory must hold what was saved and nothing more.
+    for path in sorted(directory.rglob("*")):
+        name = str(path.relative_to(directory))
+        if path.is_file() and path != manifest_path and name not in manifest:
+            raise CheckpointError(
+                f"{path}: not listed in {MANIFEST_FILE}, so not part of the checkpoint as saved; "
+                "remove it or re-save the checkpoint"
+            )
+
+
+def _is_manifest(files: object) -> bool:
+    """Whether manifest.json's `files` has the shape _write_the_rest gives it."""
+    return isinstance(files, dict) and all(
+        isinstance(entry, dict)
+        and type(entry.get("bytes")) is int  # not a bool, not a string of digits
+        and isinstance(entry.get("sha256"), str)
+        for entry in files.values()
+    )
 
 
 def read_model_config(directory: Path) -> ModelConfig:
@@ -254,8 +292,21 @@ def read_model_config(directory: Path) -> ModelConfig:
         return ModelConfig.model_validate(raw["model"])
     except (OSError, ValueError, KeyError, TypeError, ValidationError) as err:
         raise CheckpointError(
-            f"{path}: not a valid graft model config ({first_line(err)})"
+            f"{path}: not a valid graft model config ({_first_problem(err, 'model.')})"
         ) from None
+
+
+def _unreadable(path: Path, err: Exception) -> CheckpointError:
+    return CheckpointError(f"{path}: unreadable ({first_line(err)}); the file is damaged")
+
+
+def _first_problem(err: Exception, prefix: str = "") -> str:
+    """An exception in one line; pydantic's as its first error and the field (under `prefix`)
+    it is about, where its own first line only counts the errors."""
+    if isinstance(err, ValidationError):
+        first = err.errors()[0]
+        return f"{prefix}{'.'.join(map(str, first['loc']))}: {first['msg']}"
+    return first_line(err)
 
 
 # What a run may set on a model it starts from (train.init): training choices, not architecture.
@@ -286,16 +337,17 @@ def resolve(config: RunConfig, *, resume: bool = False) -> RunConfig:
     needs) are checked against the resolved model. Resolving a resolved config changes nothing.
     """
     init, where = config.train.init, "train.init"
-    if resume and (config.train.out_dir / "checkpoints").is_dir():
+    if resume and saved_checkpoint(config.train.out_dir) is not None:
         init, where = config.train.out_dir, "--resume"
     if init is None:
         return config
     from graft.model.convert.hf import is_hf_directory, read_hf_config
 
     if is_hf_directory(Path(init)):
-        base = read_hf_config(Path(init))
+        base, source = read_hf_config(Path(init)), Path(init) / CONFIG_FILE
     else:
-        base = read_model_config(resolve_checkpoint(init))
+        source = resolve_checkpoint(init) / CONFIG_FILE
+        base = read_model_config(source.parent)
     asked = config.model.model_fields_set - RUN_MODEL_FIELDS - SETUP_MODEL_FIELDS
     clashes = [
         f"model.{key}: run says {getattr(config.model, key)!r}, "
@@ -305,7 +357,7 @@ def resolve(config: RunConfig, *, resume: bool = False) -> RunConfig:
     ]
     if clashes:
         raise ConfigError(
-            f"{where}: the model comes from {init}; {'; '.join(clashes)} "
+            f"{where}: the model comes from {source}; {'; '.join(clashes)} "
             "(drop these model settings)"
         )
     taken = {
@@ -343,7 +395,9 @@ def load_model(
         load_weights(model, directory)
         if lora:
             load_adapter(model, directory)
-    return model.to(device).eval(), Tokenizer.load(directory / TOKENIZER_FILE)
+    tokenizer = Tokenizer.load(directory / TOKENIZER_FILE)
+    _check_vocabulary(tokenizer, directory / TOKENIZER_FILE, model)
+    return model.to(device).eval(), tokenizer
 
 
 def load_hf_checkpoint(
@@ -359,15 +413,20 @@ def load_hf_checkpoint(
         TOKENIZER_FILE if (directory / TOKENIZER_FILE).is_file() else "vocab.txt"
     )
     model = load_hf_model(directory)
+    _check_vocabulary(tokenizer, tokenizer_path, model)
+    return model.to(device).eval(), tokenizer
+
+
+def _check_vocabulary(tokenizer: Tokenizer, path: Path, model: LanguageModel) -> None:
+    """Refuse a tokenizer with ids past the embedding: they would fail at the first such token."""
     # A built model always has its vocab_size (Transformer refuses a config without one).
     assert model.config.vocab_size is not None
     if tokenizer.vocab_size > model.config.vocab_size:
         raise CheckpointError(
-            f"{tokenizer_path}: {tokenizer.vocab_size} tokens, "
+            f"{path}: {tokenizer.vocab_size} tokens, "
             f"but tensor model.embed_tokens.weight has only {model.config.vocab_size} rows; "
             "the tokenizer belongs to another model"
         )
-    return model.to(device).eval(), tokenizer
 
 
 def load_weights(model: LanguageModel, directory: Path) -> None:
@@ -392,7 +451,11 @@ def load_weights(model: LanguageModel, directory: Path) -> None:
         if tensor.shape != expected[name].shape:
             raise CheckpointError(
                 f"{path}: tensor {name} has shape {tuple(tensor.shape)}, "
-                f"config expects {tuple(expected[name].shape)}"
+                f"{directory / CONFIG_FILE} expects {tuple(expected[name].shape)}"
+            )
+        if tensor.is_floating_point() != expected[name].is_floating_point():
+            raise CheckpointError(  # else the first matmul would fail, far from the file
+                f"{path}: tensor {name} holds {tensor.dtype}, expected {expected[name].dtype}"
             )
     model.load_state_dict(weights, strict=False, assign=True)
     if model.config.tie_embeddings:
@@ -467,8 +530,10 @@ def restore_training_state(
         raise CheckpointError(
             f"{directory}: has no {STATE_DIR}/ to resume from (it was exported without it)"
         )
-    state = TrainingState(**json.loads((state_dir / "state.json").read_text(encoding="utf-8")))
-    rng = load_file(str(state_dir / "rng.safetensors"))
+    # Each file is checked as it is read: a manifest re-hashed by a tool vouches for damage.
+    state = _read_training_state(state_dir / "state.json")
+    rng_path = state_dir / "rng.safetensors"
+    rng = _read_rng_states(rng_path)
     if (directory / SHARDED_DIR).is_dir():
         from torch.distributed.checkpoint.state_dict import (
             get_optimizer_state_dict,
@@ -476,45 +541,173 @@ def restore_training_state(
         )
 
         moments = get_optimizer_state_dict(model, optimizer)
-        _read_shards({"optimizer": moments}, directory)
+        try:
+            _read_shards({"optimizer": moments}, directory)
+        except Exception as err:  # DCP wraps every reader failure in its own exception types
+            raise CheckpointError(
+                f"{directory / SHARDED_DIR}: cannot read the optimizer moments ({first_line(err)})"
+            ) from None
         set_optimizer_state_dict(model, optimizer, moments)
     else:
-        saved = torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu")
-        optimizer.load_state_dict(_sharded_like(saved, optimizer))
+        _load_optimizer(optimizer, state_dir / "optimizer.pt")
     suffix = "" if rank == 0 else f".{rank}"
-    if f"torch_cpu{suffix}" in rng:
-        torch.set_rng_state(rng[f"torch_cpu{suffix}"])
-    data_generator.set_state(rng["data"])
-    if f"cuda{suffix}" in rng and device.type == "cuda":
-        torch.cuda.set_rng_state(rng[f"cuda{suffix}"], device)
+    try:
+        if f"torch_cpu{suffix}" in rng:
+            torch.set_rng_state(rng[f"torch_cpu{suffix}"])
+        data_generator.set_state(rng["data"])
+        if f"cuda{suffix}" in rng and device.type == "cuda":
+            torch.cuda.set_rng_state(rng[f"cuda{suffix}"], device)
+    except RuntimeError as err:  # a state of the wrong length
+        raise CheckpointError(
+            f"{rng_path}: not the states of torch's generators ({first_line(err)})"
+        ) from None
     return state
+
+
+def _read_training_state(path: Path) -> TrainingState:
+    """state.json, each field of the type TrainingState declares (a count is an int)."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # JSON and UTF-8 errors are ValueErrors
+        raise _unreadable(path, err) from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    types = get_type_hints(TrainingState)
+    for key, value in raw.items():
+        if key not in types:
+            raise CheckpointError(
+                f"{path}: unknown key {key!r}; expected some of {', '.join(types)}"
+            )
+        allowed = get_args(types[key]) or (types[key],)
+        # bool is an int subclass and an int is a fine float; a true/false is neither here.
+        fits = not isinstance(value, bool) and (
+            isinstance(value, allowed) or (float in allowed and isinstance(value, int))
+        )
+        if not fits:
+            kind = getattr(types[key], "__name__", str(types[key]))  # int, or float | None
+            raise CheckpointError(f"{path}: {key} must be {kind}, got {json.dumps(value)[:40]}")
+    return TrainingState(**raw)
+
+
+def _read_rng_states(path: Path) -> dict[str, torch.Tensor]:
+    """rng.safetensors: byte tensors, `data` among them (what RngStates.tensors writes)."""
+    try:
+        rng = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise _unreadable(path, err) from None
+    wrong = [name for name, tensor in rng.items() if tensor.dtype != torch.uint8]
+    if "data" not in rng or wrong:
+        raise CheckpointError(
+            f"{path}: expected byte tensors of generator states, 'data' among them; "
+            f"got {', '.join(f'{n} ({t.dtype})' for n, t in rng.items()) or 'none'}"
+        )
+    return rng
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    """optimizer.pt into `optimizer`, refused in one line unless it fits the run's parameters:
+    torch checks the groups' sizes but not the moments' shapes, which would fail at the first
+    step instead."""
+    saved = load_torch_file(path)
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{path}: expected an optimizer state, got a {type(saved).__name__}")
+    try:
+        optimizer.load_state_dict(_sharded_like(saved, optimizer))
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as err:
+        raise CheckpointError(
+            f"{path}: not this run's optimizer state ({type(err).__name__}: {first_line(err)})"
+        ) from None
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, moment in optimizer.state.get(param, {}).items():
+                if not isinstance(moment, torch.Tensor) or moment.dim() == 0:
+                    continue  # the step count
+                if moment.shape != param.shape:
+                    raise CheckpointError(
+                        f"{path}: moment {name} has shape {tuple(moment.shape)}, its parameter "
+                        f"{tuple(param.shape)}; the optimizer state belongs to another model"
+                    )
+
+
+def read_saved_section(checkpoint: Path, section: str, kind: type[_Section]) -> _Section:
+    """One section (train, adapt) of a checkpoint's run_config.yaml, validated: what a resume
+    compares the run with. A damaged file is one CheckpointError naming it."""
+    path = checkpoint / RUN_CONFIG_FILE
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as err:  # UTF-8 errors are ValueErrors
+        raise _unreadable(path, err) from None
+    # A saved run config has every section: one without was cut short.
+    if not isinstance(saved, dict) or not isinstance(saved.get(section), dict):
+        raise CheckpointError(f"{path}: no {section} section; the file is damaged")
+    try:
+        return kind.model_validate(saved[section])
+    except ValidationError as err:
+        raise CheckpointError(
+            f"{path}: not a valid run config ({_first_problem(err, section + '.')}); "
+            "the file is damaged"
+        ) from None
 
 
 def check_same_step(last: Path, train: TrainConfig) -> None:
     """Refuse to resume with another global batch: every step would draw other data (a resume on
     another number of processes keeps the global batch with train.global_batch)."""
-    saved = yaml.safe_load((last / RUN_CONFIG_FILE).read_text(encoding="utf-8")) or {}
-    was = TrainConfig.model_validate(saved.get("train") or {})
+    was = read_saved_section(last, "train", TrainConfig)
     before = was.global_batch or was.batch_size * was.grad_accum
     if train.global_batch != before:
         raise ConfigError(
-            f"--resume: {last} trained with {before} sequences per step, this run would take "
+            f"--resume: {last / RUN_CONFIG_FILE} trained with {before} sequences per step, "
+            "this run would take "
             f"{train.global_batch}; set --train.global_batch={before} (grad_accum follows "
             "from it and the number of processes)"
         )
 
 
-def resume_point(run_dir: Path, *, resume: bool) -> Path | None:
+def saved_checkpoint(run_dir: Path) -> Path | None:
+    """The run's last complete checkpoint, where a resume continues from: checkpoints/last, or
+    its previous version when a save was cut between its two renames; None when the run never
+    finished a save. The one test of "has this run a checkpoint" (resolve and resume_point)."""
+    last = run_dir / "checkpoints" / "last"
+    aside = last.parent / f".{last.name}.old"
+    if (last / CONFIG_FILE).is_file():
+        return last
+    return aside if (aside / MANIFEST_FILE).is_file() else None
+
+
+def recover_run(run_dir: Path, say: Callable[[str], None]) -> None:
+    """Clear what interrupted saves of the run in `run_dir` left, saying what was done:
+    unfinished temporary directories are deleted, and a checkpoint's previous version is put
+    back where a save was cut between its two renames. Called by the process that saves, before
+    anything reads the checkpoints."""
+    for folder in (run_dir, run_dir / "checkpoints"):  # every file in them is the run's own
+        for done in recover_folder(folder):
+            say(f"notice: {folder}: {done}")
+
+
+def resume_point(run_dir: Path, *, resume: bool, say: Callable[[str], None] = print) -> Path | None:
     """The verified checkpoints/last of the run in `run_dir` when resuming; None for a fresh run,
-    which must not overwrite a run already there."""
-    if not resume:
-        if (run_dir / "checkpoints").exists():
-            raise ConfigError(
-                f"{run_dir} already holds a run; "
-                "pass --resume to continue it, or set another train.out_dir"
+    which must not overwrite a run already there (call `recover_run` first).
+
+    A run that never completed a save has nothing to lose: it starts afresh, with or without
+    --resume, saying so, instead of being stuck between "already holds a run" and "no such
+    checkpoint".
+    """
+    checkpoints = run_dir / "checkpoints"
+    last = saved_checkpoint(run_dir)
+    if last is None:
+        if resume and not run_dir.is_dir():
+            raise CheckpointError(f"--resume: {run_dir}: no such run directory")
+        if resume or checkpoints.exists():
+            say(
+                f"notice: {run_dir} holds no complete checkpoint (the run stopped before its "
+                "first save); starting it from step 0"
             )
         return None
-    last = resolve_checkpoint(run_dir / "checkpoints" / "last")
+    if not resume:
+        raise ConfigError(
+            f"{run_dir} already holds a run; "
+            "pass --resume to continue it, or set another train.out_dir"
+        )
     verify_checkpoint(last)
     return last
 
@@ -529,7 +722,8 @@ def check_resumable(
     if trained_with.sha256 != tokenizer.sha256:
         raise TokenizerError(
             f"--resume: {tokenizer_source} tokenizer {tokenizer.sha256[:12]} "
-            f"but {last} was trained with {trained_with.sha256[:12]}; "
+            f"but {last} was trained with {trained_with.sha256[:12]} "
+            f"({last / TOKENIZER_FILE}); "
             f"{fix} or train into a new train.out_dir"
         )
     changed = config_differences(read_model_config(last), model)

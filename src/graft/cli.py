@@ -1286,6 +1286,13 @@ def _train(args: argparse.Namespace, config: RunConfig) -> int:
     interrupted = result.stop_reason == "interrupted"
     if not world_from_env().is_main:  # rank 0 reports for every process
         return EXIT_INTERRUPTED if interrupted else 0
+    if result.already_finished:
+        limit = f"train.{result.stop_reason}"
+        print(
+            f"{result.run_dir} had already finished at step {result.step} ({limit} reached); "
+            f"nothing was done. To train further, raise {limit} and --resume"
+        )
+        return 0
     if interrupted:
         print(
             f"interrupted at step {result.step}; the last complete checkpoint in "

@@ -244,6 +244,17 @@ class TrainConfig(Section):
         default=False, description="torch.use_deterministic_algorithms for bitwise repeats."
     )
     progress: bool = Field(default=True, description="Show a progress bar on stderr.")
+    nonfinite: Literal["stop", "skip"] = Field(
+        default="stop",
+        description="A step whose loss is NaN or infinite: stop the run (its weights and the "
+        "last checkpoint are as they were), or skip the step (no update), count it in metrics "
+        "(nonfinite_skipped) and go on.",
+    )
+    nonfinite_limit: int = Field(
+        default=5,
+        ge=1,
+        description="With nonfinite: skip, stop after this many non-finite steps in a row.",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -63,7 +63,10 @@ def peak_flops(device: torch.device) -> float | None:
 @functools.cache
 def _cpu_matmul_peak(n: int = 1024, repeats: int = 3) -> float:
     """The best of a few fp32 n x n matmuls, in FLOP/s (about 0.1 s on 2 cores)."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    # Its own generator: the global one drives dropout, and a run must draw the same dropout
+    # masks whether or not this process measured the peak before (a resume does it again).
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=generator), torch.randn(n, n, generator=generator)
     a @ b  # warm-up
     best = float("inf")
     for _ in range(repeats):

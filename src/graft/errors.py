@@ -27,6 +27,11 @@ class CheckpointError(GraftError):
     """A checkpoint is missing, truncated, corrupt or incompatible with the requested run."""
 
 
+class OutputError(GraftError):
+    """An output cannot be written (a full disk, a quota, a file size limit); what was there
+    before is intact."""
+
+
 class TrainingError(GraftError):
     """Training cannot go on (the loss became NaN or infinite); the last checkpoint is intact."""
 

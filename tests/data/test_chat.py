@@ -166,6 +166,23 @@ def test_truncation_keeps_the_start_and_says_so(tokenizer: Tokenizer) -> None:
     assert not exact.truncated and exact == full
 
 
+def test_a_huge_reply_is_cut_before_it_is_encoded(
+    tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reply = "a long answer, " * 20_000  # each character encoded would cost 100 bytes or more
+    chat = Conversation((Message("user", "Go on."), Message("assistant", reply)), "c.jsonl:1")
+    encode = tokenizer.encode
+    whole = tokenizer.encode(reply)  # before the spy
+    lengths: list[int] = []
+    monkeypatch.setattr(tokenizer, "encode", lambda text: lengths.append(len(text)) or encode(text))
+    cut = encode_conversation(tokenizer, DEFAULT_CHAT_TEMPLATE, chat, max_len=40)
+    assert cut.truncated and len(cut.input_ids) == 40
+    assert max(lengths) < 10_000
+    monkeypatch.undo()
+    prompt = tokenizer.encode("<|user|>\nGo on.<|endoftext|>\n<|assistant|>\n")
+    assert cut.input_ids == (prompt + whole)[:40]
+
+
 def test_another_template_labels_from_its_generation_prompt() -> None:
     # A Llama-3-like layout: header tokens, then the reply, then the end-of-turn token.
     template = (

@@ -113,6 +113,27 @@ def test_bad_jsonl_line_names_file_and_line(tmp_path: Path, line: str, expected:
         next(docs)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a" * 300,  # past what a line of 64 characters can take in bytes: never read whole
+        "\u00e9" * 100,  # 200 bytes, within that, but 100 characters
+    ],
+)
+def test_an_oversized_record_is_refused(tmp_path: Path, text: str) -> None:
+    path = jsonl(tmp_path / "big.jsonl", {"text": "ok"}, {"text": text}, {"text": "after"})
+    docs = iter_documents([path], max_record_chars=64)
+    assert next(docs).read() == "ok"
+    with pytest.raises(DataError, match=r"big\.jsonl:2: record longer than 64 characters"):
+        next(docs)
+    assert count_documents([path]) == 3
+    # A text file is streamed in pieces, however long; a section cut from one is held whole.
+    long_text = write(tmp_path / "long.txt", "word " * 100 + "\n= Two =\nshort\n")
+    assert len(next(iter_documents([long_text], max_record_chars=64)).read()) == 515
+    with pytest.raises(DataError, match=r"long\.txt:1: record longer than 64 characters"):
+        list(iter_documents([long_text], split_on="^= ", max_record_chars=64))
+
+
 def test_missing_path(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"nope\.txt: no such file or folder"):
         iter_documents([tmp_path / "nope.txt"])

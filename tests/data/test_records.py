@@ -252,6 +252,94 @@ def test_when_everything_is_skipped_the_first_problem_is_shown(tmp_path: Path) -
         read_labelled(path, skip_invalid=True)
 
 
+# -- the label<TAB>text decision and oversized records ----------------------------------------
+
+
+def test_a_bad_first_line_of_label_tab_text_is_one_invalid_record(tmp_path: Path) -> None:
+    path = write(tmp_path / "spam.txt", "a stray title line\nham\tsee you\nspam\tWIN\nham\tok\n")
+    with pytest.raises(DataError, match=r"spam\.txt:1: expected 2 tab-separated fields"):
+        read_labelled(path)
+    records, skipped = read_labelled(path, skip_invalid=True)
+    assert pairs(records) == [("ham", "see you"), ("spam", "WIN"), ("ham", "ok")]
+    assert skipped == 1
+
+
+def test_refusing_a_txt_file_says_why_it_is_not_label_tab_text(tmp_path: Path) -> None:
+    path = write(tmp_path / "notes.txt", "just some prose\nwith no labels\nham\tone tab\n")
+    with pytest.raises(DataError) as caught:
+        read_labelled(path, skip_invalid=True)
+    message = str(caught.value)
+    assert "2 of its first 3 non-blank lines are not label<TAB>text" in message
+    assert "line 1: 1 tab-separated field" in message
+    # The format just refused is not offered as one graft reads.
+    assert "(no suffix or .txt)" not in message and "\n" not in message
+
+
+def test_field_names_with_line_breaks_are_quoted_on_one_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.jsonl", '{"te\\nxt": "a", "label": "b"}\n')
+    with pytest.raises(DataError, match=r"\(fields: label, 'te\\nxt'\)"):
+        read_labelled(path)
+    header = write(tmp_path / "d.csv", '"te\nxt",label\nx,y\n')
+    with pytest.raises(DataError, match=r"\(columns: 'te\\nxt', label\)"):
+        read_labelled(header)
+
+
+LIMIT = 64
+BIG = "x" * 100  # over LIMIT, and the record around it more so
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "where"),
+    [
+        ("d.jsonl", f'{{"text": "ok", "label": "a"}}\n{{"text": "{BIG}", "label": "b"}}\n', ":2"),
+        ("d.json", f'[{{"text": "ok", "label": "a"}}, {{"text": "{BIG}", "label": "b"}}]', "#1"),
+        ("d.csv", f"text,label\nok,a\n{BIG},b\n", ":3"),
+        ("d.tsv", f"text\tlabel\nok\ta\n{BIG}\tb\n", ":3"),
+        ("d.txt", f"a\tok\nb\t{BIG}\n", ":2"),
+    ],
+)
+def test_an_oversized_record_is_invalid_in_every_format(
+    tmp_path: Path, name: str, text: str, where: str
+) -> None:
+    path = write(tmp_path / name, text)
+    with pytest.raises(DataError, match=rf"{name}{where}: record longer than {LIMIT} char") as c:
+        read_labelled(path, max_record_chars=LIMIT)
+    assert "\n" not in str(c.value)
+    records, skipped = read_labelled(path, skip_invalid=True, max_record_chars=LIMIT)
+    assert pairs(records) == [("a", "ok")] and skipped == 1
+    assert len(read_labelled(path)[0]) == 2  # the default limit is far above 100 characters
+
+
+def test_csv_cells_past_the_csv_modules_own_limit_are_read(tmp_path: Path) -> None:
+    import csv
+
+    # The csv module refuses fields over 131,072 characters by default: the policy is graft's.
+    big = "word " * 40_000
+    path = write(tmp_path / "d.csv", f"text,label\n{big},a\nok,b\n")
+    before = csv.field_size_limit()
+    records, _ = read_labelled(path)
+    assert [len(r.text) for r in records] == [len(big), 2]
+    assert csv.field_size_limit() == before  # restored
+
+
+def test_an_unclosed_csv_quote_is_an_oversized_record(tmp_path: Path) -> None:
+    rows = "".join(f"row {i},a\n" for i in range(20))
+    path = write(tmp_path / "d.csv", f'text,label\nok,a\n"never closed,b\n{rows}')
+    with pytest.raises(DataError, match=rf"d\.csv:3: record longer than {LIMIT} characters"):
+        read_labelled(path, max_record_chars=LIMIT)
+
+
+def test_an_oversized_conversation_is_invalid(tmp_path: Path) -> None:
+    path = jsonl(
+        tmp_path / "c.jsonl",
+        [{"instruction": "Hi", "output": "Hello"}, {"instruction": BIG, "output": "ok"}],
+    )
+    with pytest.raises(DataError, match=rf"c\.jsonl:2: record longer than {LIMIT} characters"):
+        read_conversations(path, max_record_chars=LIMIT)
+    conversations, skipped = read_conversations(path, skip_invalid=True, max_record_chars=LIMIT)
+    assert len(conversations) == 1 and skipped == 1
+
+
 # -- polarity --------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ import pytest
 import tokenizers
 from tokenizers import models
 
+from graft.data import shards as shards_module
 from graft.data.documents import count_documents
 from graft.data.shards import (
     INDEX_FILE,
@@ -439,3 +440,27 @@ def test_memory_stays_flat_as_the_corpus_grows(tmp_path: Path) -> None:
             assert index.splits["train"].tokens == round((total_bytes + 1) * 0.9)
         else:
             assert sum(info.documents for info in index.splits.values()) == count_documents(inputs)
+
+
+@pytest.mark.parametrize("piece", [1 << 26, 3])
+def test_ids_past_the_recorded_vocabulary_are_refused_on_open(
+    piece: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged or foreign shard fails when opened, not at the first batch that draws the id;
+    the position is right whether or not the bad id is in the first piece checked."""
+    monkeypatch.setattr(shards_module, "_CHECK_TOKENS", piece)
+    write_docs(tmp_path / "in", 4)
+    prepare_shards([tmp_path / "in"], BYTES, tmp_path / "out", progress=False)
+    train = tmp_path / "out" / "train.bin"
+    ids = np.fromfile(train, dtype=np.uint16)
+    ids[4] = BYTES.vocab_size - 1  # the last id is in the vocabulary
+    ids.tofile(train)
+    TokenShards.open(tmp_path / "out")
+    ids[7] = BYTES.vocab_size
+    ids.tofile(train)
+    with pytest.raises(DataError) as refused:
+        TokenShards.open(tmp_path / "out")
+    assert str(refused.value) == (
+        f"{train}: token id 262 at position 7 is outside the vocabulary of 262 that index.json "
+        "records; the file is damaged or another's; re-run `graft data prepare`"
+    )

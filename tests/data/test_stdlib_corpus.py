@@ -19,7 +19,7 @@ from graft.data.stdlib_corpus import (
     build_stdlib_corpus,
     iter_stdlib_functions,
 )
-from graft.errors import ConfigError, DataError
+from graft.errors import ConfigError, OutputError
 
 SMALL_BUDGET = 300_000
 EXCLUDED_COMPONENTS = {
@@ -266,7 +266,7 @@ def test_failed_write_keeps_the_old_file_and_no_temp_file(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
-    with pytest.raises(DataError, match="No space left on device"):
+    with pytest.raises(OutputError, match="corpus.jsonl: could not be written .No space left"):
         build_stdlib_corpus(out, max_bytes=10_000_000)
     assert os.listdir(out.parent) == ["corpus.jsonl"]
     assert out.read_text(encoding="utf-8") == "previous corpus\n"

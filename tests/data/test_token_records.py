@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,6 +98,30 @@ def test_conll_files_that_hold_nothing(tmp_path: Path) -> None:
         read_tagged(tmp_path / "missing.txt")
     with pytest.raises(DataError, match="cannot read a '.csv' file as tagged sentences"):
         read_tagged(write(tmp_path / "t.csv", "a,b\n"))
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "where"),
+    [
+        # A sentence of many short lines, and one line long enough alone.
+        ("t.txt", "ok O\n\n" + "".join(f"w{i} O\n" for i in range(20)) + "\nfine O\n", ":3"),
+        ("t.txt", "ok O\n\n" + "w" * 80 + " O\n\nfine O\n", ":3"),
+        (
+            "t.jsonl",
+            '{"tokens": ["ok"], "tags": ["O"]}\n'
+            + json.dumps({"tokens": ["w"] * 20, "tags": ["O"] * 20})
+            + '\n{"tokens": ["fine"], "tags": ["O"]}\n',
+            ":2",
+        ),
+    ],
+)
+def test_an_oversized_sentence_is_invalid(tmp_path: Path, name: str, text: str, where: str) -> None:
+    path = write(tmp_path / name, text)
+    with pytest.raises(DataError, match=rf"{name}{where}: record longer than 64 characters"):
+        read_tagged(path, max_record_chars=64)
+    sentences, skipped = read_tagged(path, skip_invalid=True, max_record_chars=64)
+    assert [s.words for s in sentences] == [("ok",), ("fine",)] and skipped == 1
+    assert len(read_tagged(path)[0]) == 3
 
 
 def test_undecodable_bytes_name_the_line(tmp_path: Path) -> None:
@@ -239,6 +264,29 @@ def test_truncation_keeps_the_start(tokenizer: Tokenizer) -> None:
     ids, labels, truncated = align_tags(tokenizer, WORDS, TAGS, LABELS, max_len=5)
     assert truncated and ids == full[:5] and labels == full_labels[:5]
     assert align_tags(tokenizer, WORDS, TAGS, LABELS, max_len=len(full))[2] is False
+
+
+class _Spy:
+    """A tokenizer backend that records how long each text it encodes is."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend, self.lengths = backend, list[int]()
+
+    def encode(self, text: str, add_special_tokens: bool) -> Any:
+        self.lengths.append(len(text))
+        return self.backend.encode(text, add_special_tokens=add_special_tokens)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+
+def test_a_long_sentence_is_cut_before_it_is_encoded(tokenizer: Tokenizer) -> None:
+    words, tags = WORDS * 10_000, TAGS * 10_000
+    short = align_tags(tokenizer, WORDS * 2, TAGS * 2, LABELS, max_len=10)
+    spy = _Spy(tokenizer.backend)
+    spied = Tokenizer(spy, tokenizer.kind)
+    assert align_tags(spied, words, tags, LABELS, max_len=10) == short
+    assert short[2] and max(spy.lengths) < 5_000
 
 
 def test_unknown_tags_and_bad_arguments(tokenizer: Tokenizer) -> None:

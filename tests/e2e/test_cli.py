@@ -339,7 +339,7 @@ def test_shards_from_another_tokenizer_are_one_line_and_write_nothing(
     before = snapshot(tmp_path)
     one_line_error(
         graft(*pretrain_args(tiny_model, data, tmp_path / "run", "--train.max_steps=2")),
-        str(data / "index.json"),
+        str(data / "tokenizer.json"),  # the replaced file, against what index.json records
         "tokenizer",
         "graft data prepare",
     )

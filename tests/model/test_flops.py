@@ -34,3 +34,15 @@ def test_matmul_parameters_are_the_linear_layers_and_norms(name: str) -> None:
     assert training_flops_per_token(model, 64) == 6 * matmul_parameters(model) + (
         12 * c.n_layers * c.d_model * 64
     )
+
+
+def test_measuring_the_cpu_peak_leaves_the_global_generator_alone() -> None:
+    """The peak is measured once per process, at a run's start: drawing its random matrices
+    from the global generator made a resumed run's dropout differ from an unbroken one's."""
+    import torch
+
+    from graft.device import _cpu_matmul_peak
+
+    before = torch.get_rng_state()
+    assert _cpu_matmul_peak.__wrapped__(n=32, repeats=1) > 0
+    assert torch.equal(torch.get_rng_state(), before)

@@ -87,6 +87,16 @@ def build(
     return Served(create_app(served_engine, info, api_key=api_key), served_engine, info)
 
 
+def wait_for(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
+    """Whether `condition` holds within `timeout` seconds, polled every 20 ms."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
 @contextmanager
 def live_server(app: FastAPI) -> Iterator[str]:
     """Serve `app` with uvicorn on a free loopback port; yields the base URL."""

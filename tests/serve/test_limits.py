@@ -7,7 +7,6 @@ import json
 import re
 import socket
 import time
-from collections.abc import Callable
 
 import httpx
 import pytest
@@ -17,19 +16,10 @@ from graft.data.tokenizer import Tokenizer
 from graft.infer.engine import Request, RequestHandle
 from graft.infer.sampling import SamplingParams
 
-from .conftest import MODEL_NAME, Served, build, live_server, slow_down, tiny_model
+from .conftest import MODEL_NAME, Served, build, live_server, slow_down, tiny_model, wait_for
 
 KEY = "sk-graft-test"
 USER = [{"role": "user", "content": "the quick brown fox"}]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def record_handles(served: Served, monkeypatch: pytest.MonkeyPatch) -> list[RequestHandle]:
@@ -93,6 +83,28 @@ def test_no_key_configured_means_open(served: Served):
             client.get("/v1/models", headers={"Authorization": "Bearer anything"}).status_code
             == 200
         )
+
+
+# -- request bodies ---------------------------------------------------------------------------
+
+
+def test_a_body_past_the_limit_is_a_413_whether_declared_or_streamed(served: Served):
+    from graft.serve.app import create_app
+
+    app = create_app(served.engine, served.info, max_request_bytes=2000)
+    small = json.dumps({"model": MODEL_NAME, "prompt": "the quick", "max_tokens": 2}).encode()
+    big = json.dumps({"model": MODEL_NAME, "prompt": "the quick " * 300, "max_tokens": 2}).encode()
+    assert len(small) < 2000 < len(big)
+    with TestClient(app, headers={"Content-Type": "application/json"}) as client:
+        ok = client.post("/v1/completions", content=small)
+        assert ok.status_code == 200, ok.text
+        declared = client.post("/v1/completions", content=big)
+        # No Content-Length: the chunks are counted as they come.
+        streamed = client.post("/v1/completions", content=iter([big[:1500], big[1500:]]))
+    for response in (declared, streamed):
+        assert response.status_code == 413, response.text
+        error = response.json()["error"]
+        assert error["code"] == "request_too_large" and "more than 2,000 bytes" in error["message"]
 
 
 # -- the bounded queue ------------------------------------------------------------------------

@@ -88,3 +88,53 @@ def test_config_and_weights_that_disagree_are_refused(tmp_path):
     model = LanguageModel(ckpt.read_model_config(tmp_path / "c"))
     with pytest.raises(CheckpointError, match="has shape"):
         ckpt.load_weights(model, tmp_path / "c")
+
+
+def test_every_file_follows_the_umask(tmp_path):
+    """safetensors creates its files 0600: a serving account could not read the weights."""
+    import os
+
+    from graft.model.convert.hf import export_hf
+
+    previous = os.umask(0o022)
+    try:
+        save(tmp_path / "c", small_model())
+        export_hf(small_model(), tmp_path / "hf", tokenizer=bytes_tokenizer())
+    finally:
+        os.umask(previous)
+    for folder in (tmp_path / "c", tmp_path / "hf"):
+        modes = {p.name: oct(p.stat().st_mode & 0o777) for p in folder.rglob("*") if p.is_file()}
+        assert "model.safetensors" in modes
+        assert set(modes.values()) == {"0o644"}, modes
+
+
+def test_what_interrupted_saves_left_is_cleared_and_said(tmp_path):
+    from graft.atomic_files import recover_folder
+
+    save(tmp_path / "last", small_model(0))
+    save(tmp_path / "best", small_model(0))
+    (tmp_path / ".last.0123456789ab.partial").mkdir()  # a save killed while being written
+    (tmp_path / ".last.0123456789ab.partial" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / ".metrics.jsonl.0123456789ab.tmp").write_text("{")
+    (tmp_path / "best").rename(tmp_path / ".best.old")  # killed between the two renames
+    (tmp_path / "notes.txt").write_text("not ours to touch")
+    said = recover_folder(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last", "notes.txt"]
+    assert len(said) == 3 and any("put back best" in line for line in said), said
+    ckpt.verify_checkpoint(tmp_path / "best")
+    assert recover_folder(tmp_path) == []
+
+
+def test_a_run_that_never_finished_a_save_starts_afresh_with_or_without_resume(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints" / ".last.0123456789ab.partial").mkdir(parents=True)
+    said: list[str] = []
+    ckpt.recover_run(run, said.append)
+    assert ckpt.resume_point(run, resume=False, say=said.append) is None
+    assert ckpt.resume_point(run, resume=True, say=said.append) is None
+    assert "removed .last.0123456789ab.partial" in said[0]
+    assert all("holds no complete checkpoint" in line for line in said[1:]) and len(said) == 3
+    save(run / "checkpoints" / "last", small_model())
+    with pytest.raises(ckpt.ConfigError, match="already holds a run; pass --resume"):
+        ckpt.resume_point(run, resume=False, say=said.append)
+    assert ckpt.resume_point(run, resume=True, say=said.append) == run / "checkpoints" / "last"

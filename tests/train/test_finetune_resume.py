@@ -147,7 +147,7 @@ def test_resume_without_a_checkpoint_names_the_missing_one(
     args = finetune_args("classify", base, write_texts(tmp_path / "t.jsonl"), out, "--resume")
     assert main(args) == EXIT_BAD_INPUT
     err = capsys.readouterr().err
-    assert f"{out / 'checkpoints' / 'last'}: no such checkpoint directory" in err
+    assert f"--resume: {out}: no such run directory" in err
     assert len(err.strip().splitlines()) == 1
     assert not out.exists()
 

@@ -25,29 +25,31 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def run(data_dir: Path, out: Path, optim: dict | None = None, **train):
-    return pretrain(
-        validate_run_config(
-            {
-                "model": {
-                    "preset": "nano",
-                    "max_seq_len": 16,
-                    "d_model": 16,
-                    "n_layers": 1,
-                    "n_heads": 2,
-                },
-                "data": {"path": str(data_dir)},
-                "optim": {"warmup_steps": 2, **(optim or {})},
-                "train": {
-                    "out_dir": str(out),
-                    "batch_size": 2,
-                    "eval_every": 5,
-                    "eval_batches": 1,
-                    "log_every": 1,
-                    "progress": False,
-                    **train,
-                },
-            }
-        )
+    return pretrain(config(data_dir, out, optim, **train))
+
+
+def config(data_dir: Path, out: Path, optim: dict | None = None, **train):
+    return validate_run_config(
+        {
+            "model": {
+                "preset": "nano",
+                "max_seq_len": 16,
+                "d_model": 16,
+                "n_layers": 1,
+                "n_heads": 2,
+            },
+            "data": {"path": str(data_dir)},
+            "optim": {"warmup_steps": 2, **(optim or {})},
+            "train": {
+                "out_dir": str(out),
+                "batch_size": 2,
+                "eval_every": 5,
+                "eval_batches": 1,
+                "log_every": 1,
+                "progress": False,
+                **train,
+            },
+        }
     )
 
 
@@ -101,9 +103,79 @@ def test_a_diverging_loss_stops_before_the_step_with_one_clear_error(
 
     monkeypatch.setattr(CausalLM, "loss", loss_that_explodes)
     with pytest.raises(
-        TrainingError, match="became (inf|nan) at step 6; the last checkpoint is intact"
+        TrainingError, match=r"became (inf|nan) at step 6; the last checkpoint \(step 5\) is intact"
     ):
         run(data_dir, tmp_path / "r", max_steps=20)
     from graft.checkpoint import verify_checkpoint
 
     verify_checkpoint(tmp_path / "r" / "checkpoints" / "last")  # the step-5 checkpoint
+
+
+def _loss_not_finite_at(monkeypatch, bad_calls: set[int]) -> None:
+    """CausalLM's training loss becomes NaN on the given training calls (1-based)."""
+    from graft.objectives.batch import LossSum
+    from graft.objectives.clm import CausalLM
+
+    real_loss = CausalLM.loss
+    calls = {"n": 0}
+
+    def loss(self, model, batch):
+        out = real_loss(self, model, batch)
+        if not model.training:
+            return out
+        calls["n"] += 1
+        return LossSum(out.total * float("nan"), out.count) if calls["n"] in bad_calls else out
+
+    monkeypatch.setattr(CausalLM, "loss", loss)
+
+
+def test_a_loss_gone_bad_before_the_first_save_says_no_checkpoint_exists(
+    data_dir, tmp_path, monkeypatch
+):
+    from graft.errors import TrainingError
+
+    _loss_not_finite_at(monkeypatch, {2})
+    with pytest.raises(TrainingError, match="at step 2; no checkpoint was written yet") as err:
+        run(data_dir, tmp_path / "r", max_steps=20)
+    assert "--resume" not in str(err.value)
+    assert not (tmp_path / "r" / "checkpoints" / "last").exists()
+
+
+def test_nonfinite_skip_skips_the_step_counts_it_and_stops_after_the_limit_in_a_row(
+    data_dir, tmp_path, monkeypatch
+):
+    import torch
+    from safetensors.torch import load_file
+
+    from graft.errors import TrainingError
+
+    _loss_not_finite_at(monkeypatch, {3, 7, 8})
+    result = run(data_dir, tmp_path / "r", max_steps=10, nonfinite="skip", nonfinite_limit=3)
+    assert (result.stop_reason, result.step) == ("max_steps", 10)
+    rows = read_metrics(tmp_path / "r" / "metrics.jsonl")
+    skipped = {row["step"]: row.get("nonfinite_skipped", 0) for row in rows if "lr" in row}
+    assert [skipped[s] for s in range(1, 11)] == [0, 0, 1, 1, 1, 1, 2, 3, 3, 3]
+    assert all(math.isfinite(row["train/loss"]) for row in rows if "train/loss" in row)
+    weights = load_file(str(tmp_path / "r" / "checkpoints" / "last" / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+    # Three in a row reach the limit: the run stops, naming the checkpoint it can go on from.
+    _loss_not_finite_at(monkeypatch, {6, 7, 8})
+    with pytest.raises(TrainingError, match=r"not finite for 3 steps in a row \(to step 8\)"):
+        run(data_dir, tmp_path / "s", max_steps=10, nonfinite="skip", nonfinite_limit=3)
+
+
+def test_resuming_a_finished_run_changes_nothing(data_dir, tmp_path):
+    run(data_dir, tmp_path / "r", optim={"lr": 1e-12}, max_steps=1000, patience=2)
+    files = sorted((tmp_path / "r").rglob("*"))
+    before = {p: p.read_bytes() for p in files if p.is_file() and p.name != "config.yaml"}
+    settings = config(data_dir, tmp_path / "r", {"lr": 1e-12}, max_steps=1000, patience=2)
+    for _ in range(2):
+        result = pretrain(settings, resume=True)
+        assert result.already_finished and (result.stop_reason, result.step) == ("patience", 15)
+    assert sorted((tmp_path / "r").rglob("*")) == files
+    assert {p: p.read_bytes() for p in before} == before
+    # A raised limit trains on.
+    patient = settings.train.model_copy(update={"patience": 3})
+    more = pretrain(settings.model_copy(update={"train": patient}), resume=True)
+    assert not more.already_finished and more.step == 20

@@ -111,5 +111,5 @@ def test_resume_refuses_a_changed_model_and_a_missing_run(data_dir, tmp_path):
     ):
         pretrain(changed, resume=True)
     assert sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "run").rglob("*")) == before
-    with pytest.raises(CheckpointError, match="no such checkpoint"):
+    with pytest.raises(CheckpointError, match="never: no such run directory"):
         pretrain(config(data_dir, tmp_path / "never"), resume=True)

@@ -5,25 +5,22 @@ This module owns how a conversation becomes the token ids and labels instruction
 A chat template is Jinja source stored with the tokenizer (`Tokenizer.chat_template`), the form
 transformers and the Hugging Face Hub use; it is untrusted code, so it is rendered in Jinja's
 immutable sandbox with the same settings as transformers' `apply_chat_template` (the same
-template gives the same text in both), and any access the sandbox flags is refused outright.
+template gives the same text in both), any access the sandbox flags is refused outright, and its
+time and the size of what it builds are bounded (`graft.data.template_sandbox`).
 `encode_conversation` labels what the model must learn to write: each assistant turn's text
 after the generation prompt, through its end-of-turn token, so the model learns to stop.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
 
-import jinja2
-import jinja2.ext
 from jinja2.exceptions import SecurityError, TemplateError, TemplateSyntaxError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from graft.data.inputs import leading_ids
 from graft.data.records import IGNORE_INDEX, Conversation, Message
+from graft.data.template_sandbox import TemplateBoundError, compile_template, render_template
 from graft.data.tokenizer import EOT, Tokenizer
 from graft.errors import ConfigError, DataError, TokenizerError
 
@@ -55,51 +52,6 @@ class EncodedConversation:
     truncated: bool
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The sandbox, stricter in one way: an unsafe attribute raises at once.
-
-    Jinja's sandbox answers `''.__class__` with an undefined value that only fails when used
-    further, so `{{ ''.__class__ }}` would quietly print nothing; a template that reaches for
-    internals is refused instead, whatever it does with them.
-    """
-
-    def unsafe_undefined(self, obj: Any, attribute: str) -> NoReturn:
-        raise SecurityError(
-            f"access to attribute {attribute!r} of a {type(obj).__name__!r} object is unsafe"
-        )
-
-
-def _raise_exception(message: str) -> NoReturn:
-    raise TemplateError(message)
-
-
-def _tojson(
-    value: object,
-    ensure_ascii: bool = False,
-    indent: int | None = None,
-    separators: tuple[str, str] | None = None,
-    sort_keys: bool = False,
-) -> str:
-    # transformers' tojson: plain JSON, not Jinja's HTML-escaped default, so templates agree.
-    return json.dumps(
-        value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys
-    )
-
-
-@functools.lru_cache(maxsize=16)
-def _compile(template: str) -> jinja2.Template:
-    # trim_blocks and lstrip_blocks as transformers sets them: Hub templates are written for them.
-    environment = _Sandbox(
-        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
-    )
-    environment.filters["tojson"] = _tojson
-    environment.globals["raise_exception"] = _raise_exception
-    try:
-        return environment.from_string(template)
-    except TemplateSyntaxError as exc:
-        raise DataError(f"chat template line {exc.lineno}: {_one_line(exc.message)}") from None
-
-
 def _one_line(message: str | None) -> str:
     return " ".join((message or "no message").split())
 
@@ -115,21 +67,30 @@ def render_chat(
 
     The template sees `messages` as a list of `{"role", "content"}` dicts, `add_generation_prompt`
     and `eos_token`, as under transformers. A template that does not parse, raises (through
-    `raise_exception` or an error of its own) or touches what the sandbox forbids raises DataError.
+    `raise_exception` or an error of its own), touches what the sandbox forbids or crosses its
+    bounds on time and size raises DataError.
     """
     if not isinstance(template, str):
         raise ConfigError(
             f"a chat template must be a string of Jinja source, got {type(template).__name__}"
         )
-    compiled = _compile(template)
+    try:
+        compiled = compile_template(template)
+    except TemplateSyntaxError as exc:
+        raise DataError(f"chat template line {exc.lineno}: {_one_line(exc.message)}") from None
     turns = [
         {"role": m.role, "content": m.content} if isinstance(m, Message) else dict(m)
         for m in messages
     ]
     try:
-        return compiled.render(
-            messages=turns, add_generation_prompt=add_generation_prompt, eos_token=eos_token
+        return render_template(
+            compiled,
+            messages=turns,
+            add_generation_prompt=add_generation_prompt,
+            eos_token=eos_token,
         )
+    except TemplateBoundError:
+        raise
     except SecurityError as exc:
         raise DataError(f"chat template refused by the sandbox: {_one_line(str(exc))}") from None
     except TemplateError as exc:
@@ -217,7 +178,9 @@ def encode_conversation(
     everything else is IGNORE_INDEX, or labelled too with `train_on_prompt`. Each rendered piece
     is encoded on its own, so a label boundary never falls inside a token. Longer sequences are
     cut to `max_len` from the end (the start kept) and flagged `truncated` for the caller to
-    count; a cut can leave a last reply without its end-of-turn token, or no label at all.
+    count; a cut can leave a last reply without its end-of-turn token, or no label at all. Text
+    past the cut is not encoded (`graft.data.inputs.leading_ids`), so a huge reply costs no more
+    than a short one.
     A message whose text holds the end-of-turn token itself raises DataError.
     """
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
@@ -230,7 +193,9 @@ def encode_conversation(
     input_ids: list[int] = []
     labels: list[int] = []
     for text, trained in _segments(template, conversation.messages, eos, conversation.source):
-        ids = tokenizer.encode(text)
+        if len(input_ids) > max_len:
+            break  # already cut: the rest is dropped unseen
+        ids = leading_ids(tokenizer, text, max_len - len(input_ids))
         input_ids += ids
         labels += ids if trained or train_on_prompt else [IGNORE_INDEX] * len(ids)
     truncated = len(input_ids) > max_len

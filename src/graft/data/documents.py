@@ -5,7 +5,9 @@ This module owns the answer to "which files are read, and what is one document":
 `graft data collect` may write them) hold one document per line in the `text` field. Folders
 are walked recursively in sorted order so every run sees the same documents in the same order.
 A document's text is handed out in pieces of bounded size, so a 1 GB text file never sits in
-memory at once.
+memory at once. A document that is held whole (a JSONL record, a section cut by `split_on`) is a
+record: one longer than `graft.data.records.MAX_RECORD_CHARS` characters is refused, and a JSONL
+line is never read whole to find that out.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AnyStr, BinaryIO
 
+from graft.data.records import MAX_RECORD_CHARS, _names, _oversized
 from graft.errors import DataError
 
 __all__ = [
@@ -206,6 +209,20 @@ def _open_jsonl(path: Path) -> BinaryIO:
     return handle
 
 
+def _jsonl_lines(handle: BinaryIO, max_chars: int) -> Iterator[bytes | None]:
+    """Each line of a JSONL file, or None for one certainly longer than `max_chars` characters,
+    read past in bounded steps rather than held whole."""
+    # UTF-8 spends at most 4 bytes a character; 2 more for a line ending.
+    cap = 4 * max_chars + 2
+    while raw := handle.readline(cap):
+        if len(raw) < cap or raw.endswith(b"\n"):
+            yield raw
+            continue
+        while (rest := handle.readline(cap)) and not rest.endswith(b"\n"):
+            pass
+        yield None
+
+
 def list_input_files(paths: Sequence[Path]) -> list[Path]:
     """The files `paths` stand for, in a deterministic order, each once.
 
@@ -247,14 +264,16 @@ def list_input_files(paths: Sequence[Path]) -> list[Path]:
     return list(files.values())
 
 
-def _jsonl_documents(path: Path) -> Iterator[Document]:
+def _jsonl_documents(path: Path, max_chars: int) -> Iterator[Document]:
     try:
         handle = _open_jsonl(path)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     with handle:
-        for number, raw in enumerate(handle, start=1):
+        for number, raw in enumerate(_jsonl_lines(handle, max_chars), start=1):
             where = f"{path}:{number}"
+            if raw is None:
+                raise DataError(str(_oversized(where, max_chars)))
             if number == 1 and raw.startswith(_UTF8_BOM):
                 raw = raw[len(_UTF8_BOM) :]
             if not raw.strip():
@@ -265,6 +284,8 @@ def _jsonl_documents(path: Path) -> Iterator[Document]:
                 raise DataError(
                     f"{where}: byte {exc.start} of the line is not valid UTF-8 ({exc.reason})"
                 ) from exc
+            if len(line) - line.endswith("\n") - line.endswith("\r\n") > max_chars:
+                raise DataError(str(_oversized(where, max_chars)))
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -278,7 +299,7 @@ def _jsonl_documents(path: Path) -> Iterator[Document]:
                     f"got a JSON {type(record).__name__}"
                 )
             if "text" not in record:
-                keys = ", ".join(sorted(record)) or "none"
+                keys = _names(sorted(record))
                 raise DataError(
                     f'{where}: missing the "text" field (keys: {keys}); expected {{"text": "..."}}'
                 )
@@ -290,15 +311,18 @@ def _jsonl_documents(path: Path) -> Iterator[Document]:
             yield Document(source=where, path=path, size=len(raw), line=number, _text=text)
 
 
-def _sections(path: Path, split_on: re.Pattern[str]) -> Iterator[Document]:
+def _sections(path: Path, split_on: re.Pattern[str], max_chars: int) -> Iterator[Document]:
     """The documents of one text file cut before every line matching `split_on` (a corpus that
-    keeps many articles in one file, such as WikiText). The file is read whole."""
+    keeps many articles in one file, such as WikiText). The file is read whole; a section is held
+    whole too, so one longer than `max_chars` characters is refused."""
     text = Document(source=str(path), path=path, size=0).read()
     starts = sorted({0, *(m.start() for m in split_on.finditer(text))})
     for begin, end in zip(starts, [*starts[1:], len(text)]):
         section = text[begin:end]
         if section.strip(_ASCII_WHITESPACE):
             line = text.count("\n", 0, begin) + 1
+            if len(section) > max_chars:
+                raise DataError(str(_oversized(f"{path}:{line}", max_chars)))
             yield Document(
                 source=f"{path}:{line}",
                 path=path,
@@ -313,15 +337,15 @@ def utf8_size(text: str) -> int:
 
 
 def _documents(
-    files: list[Path], shown: str, split_on: re.Pattern[str] | None = None
+    files: list[Path], shown: str, split_on: re.Pattern[str] | None, max_chars: int
 ) -> Iterator[Document]:
     produced = False
     for path in files:
         docs: Iterable[Document]
         if _is_jsonl(path):
-            docs = _jsonl_documents(path)
+            docs = _jsonl_documents(path, max_chars)
         elif split_on is not None:
-            docs = _sections(path, split_on)
+            docs = _sections(path, split_on, max_chars)
         else:
             try:
                 size = path.stat().st_size
@@ -339,14 +363,21 @@ def _documents(
         )
 
 
-def iter_documents(paths: Sequence[Path], *, split_on: str | None = None) -> Iterator[Document]:
+def iter_documents(
+    paths: Sequence[Path],
+    *,
+    split_on: str | None = None,
+    max_record_chars: int = MAX_RECORD_CHARS,
+) -> Iterator[Document]:
     """Stream the non-empty documents in `paths` (files and folders), in a stable order.
 
     With `split_on` (a regular expression), a .txt/.md file is cut into one document per section,
     each section starting at a line that matches (the text before the first match is one too).
     Missing paths and folders without usable files raise DataError right away; problems
     inside a file (bad UTF-8, a bad JSONL line) raise DataError while iterating, naming the
-    file and line. Raises DataError at the end if every document was empty.
+    file and line; so does a JSONL record or a section of more than `max_record_chars`
+    characters (a text file read without `split_on` is streamed in pieces, whatever its size).
+    Raises DataError at the end if every document was empty.
     """
     paths = _as_paths(paths)
     files = list_input_files(paths)
@@ -358,7 +389,7 @@ def iter_documents(paths: Sequence[Path], *, split_on: str | None = None) -> Ite
             raise DataError(
                 f"split_on {split_on!r}: not a valid regular expression ({exc})"
             ) from None
-    return _documents(files, ", ".join(str(p) for p in paths), pattern)
+    return _documents(files, ", ".join(str(p) for p in paths), pattern, max_record_chars)
 
 
 def count_documents(paths: Sequence[Path]) -> int:
@@ -373,7 +404,8 @@ def count_documents(paths: Sequence[Path]) -> int:
         try:
             if _is_jsonl(path):
                 with _open_jsonl(path) as handle:
-                    total += sum(1 for raw in handle if raw.strip())
+                    lines = _jsonl_lines(handle, MAX_RECORD_CHARS)
+                    total += sum(1 for raw in lines if raw is None or raw.strip())
             elif path.stat().st_size > 0 and not _is_blank_file(path):
                 total += 1
         except OSError as exc:

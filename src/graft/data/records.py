@@ -9,13 +9,17 @@ This module owns the answer to "what is one labelled example and where did it co
 `stratified_split` holds out a fraction of every label. `read_conversations` reads instruction
 records (Alpaca's instruction/input/output, or chat `messages` with roles) as conversations.
 Tagged sentences for token classification live in `graft.data.tagged`.
+
+It also owns the one limit on the size of a record, `MAX_RECORD_CHARS`, which every reader of
+records and documents applies (`max_record_chars`): a longer record is an invalid one.
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
-import io
+import itertools
 import json
 import random
 import re
@@ -31,6 +35,7 @@ from graft.errors import ConfigError, DataError
 IGNORE_INDEX = -100
 
 __all__ = [
+    "MAX_RECORD_CHARS",
     "Conversation",
     "Message",
     "Role",
@@ -41,9 +46,25 @@ __all__ = [
     "stratified_split",
 ]
 
+#: The most characters one record may hold: its line (label<TAB>text, JSONL, a polarity snippet),
+#: its row (CSV, TSV), its item of a JSON array, its sentence's lines (CoNLL) or its section of a
+#: text file. Every reader treats a longer record as invalid: a DataError naming its file and
+#: line, or skipped and counted with `skip_invalid`. It is measured before it is parsed, so that
+#: a runaway line is never split into millions of values, except where only parsing finds its
+#: end (a JSON array is parsed whole; a CSV row holding quotes is measured once csv has read
+#: it). 16 Mi characters is far beyond any text a model reads whole (a text is cut to the
+#: context before it is encoded, graft.data.inputs) and keeps one record near 64 MB at most.
+MAX_RECORD_CHARS = 1 << 24
+
 _FORMATS = ".jsonl, .json, .csv, .tsv, or label<TAB>text lines (no suffix or .txt)"
+# How many non-blank lines of a headerless file decide whether it is label<TAB>text, so that one
+# stray line (a title, a comment) is an invalid record rather than the whole file's verdict.
+_SNIFF_LINES = 20
 # Bytes the encoding could not decode, as `errors="surrogateescape"` leaves them in the text.
 _UNDECODED = re.compile("[\udc80-\udcff]")
+_JSON_SPACE = re.compile(r"[ \t\n\r]*")
+# A line as the csv module splits them (with newline=""), its ending kept.
+_TABLE_LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)|[^\r\n]+")
 
 
 @dataclass(frozen=True)
@@ -116,10 +137,26 @@ def _keep_valid(
     return kept, len(problems)
 
 
-def _unknown_format(path: Path, what: str, formats: str) -> DataError:
+def _oversized(where: str, max_chars: int) -> _Invalid:
+    return _Invalid(
+        f"{where}: record longer than {max_chars:,} characters, the most one record may hold; "
+        "shorten or split it"
+    )
+
+
+def _names(names: Iterable[str]) -> str:
+    """Field or column names for a one-line message: as they are, or quoted with escapes when
+    one holds a line break or another character that does not print."""
+    return ", ".join(name if name.isprintable() else repr(name) for name in names) or "none"
+
+
+def _file_kind(path: Path) -> str:
     suffix = path.suffix.lower()
-    kind = f"{suffix!r} file" if suffix else "file without a suffix"
-    return DataError(f"{path}: cannot read a {kind} as {what}; graft reads {formats}")
+    return f"{suffix!r} file" if suffix else "file without a suffix"
+
+
+def _unknown_format(path: Path, what: str, formats: str) -> DataError:
+    return DataError(f"{path}: cannot read a {_file_kind(path)} as {what}; graft reads {formats}")
 
 
 def _decode(path: Path, encoding: str, *, check: bool = False) -> str:
@@ -160,10 +197,15 @@ def _check_decoded(path: Path, text: str, encoding: str) -> None:
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
     """(1-based line number, line) for each non-blank line, without its line ending."""
-    for number, line in enumerate(text.split("\n"), start=1):
-        line = line.removesuffix("\r")
-        if line.strip():
+    # Found one at a time rather than split all at once: no second copy of the whole file.
+    start, number = 0, 1
+    while start <= len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        line = text[start:end].removesuffix("\r")
+        if line and not line.isspace():
             yield number, line
+        start, number = end + 1, number + 1
 
 
 def _record(
@@ -172,7 +214,7 @@ def _record(
     """A TextRecord from one parsed record's fields, or _Invalid saying what is wrong."""
     for name, option in ((text_field, "text_field"), (label_field, "label_field")):
         if name not in fields:
-            present = ", ".join(sorted(str(k) for k in fields)) or "none"
+            present = _names(sorted(fields))
             raise _Invalid(
                 f"{where}: missing field {name!r} (fields: {present}); "
                 f"pass {option}=... to read another field"
@@ -206,9 +248,12 @@ def _as_object(value: object, where: str) -> dict[str, object] | _Invalid:
     return _Invalid(f"{where}: expected a JSON object, got a JSON {type(value).__name__}")
 
 
-def _jsonl_fields(path: Path, text: str) -> Iterator[_Fields]:
+def _jsonl_fields(path: Path, text: str, max_chars: int = MAX_RECORD_CHARS) -> Iterator[_Fields]:
     for number, line in _lines(text):
         where = f"{path}:{number}"
+        if len(line) > max_chars:
+            yield where, _oversized(where, max_chars)
+            continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
@@ -219,7 +264,24 @@ def _jsonl_fields(path: Path, text: str) -> Iterator[_Fields]:
         yield where, _as_object(value, where)
 
 
-def _json_fields(path: Path, text: str) -> Iterator[_Fields]:
+def _after_json_space(text: str, at: int) -> int:
+    match = _JSON_SPACE.match(text, at)
+    return at if match is None else match.end()
+
+
+def _array_item_sizes(text: str) -> Iterator[int]:
+    """The characters of each item of `text`, a JSON array known to parse, in order."""
+    decoder = json.JSONDecoder()
+    at = _after_json_space(text, text.index("[") + 1)
+    while text[at] != "]":
+        _, end = decoder.raw_decode(text, at)  # the item itself is dropped at once
+        yield end - at
+        at = _after_json_space(text, end)
+        if text[at] == ",":
+            at = _after_json_space(text, at + 1)
+
+
+def _json_fields(path: Path, text: str, max_chars: int = MAX_RECORD_CHARS) -> Iterator[_Fields]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -232,26 +294,73 @@ def _json_fields(path: Path, text: str) -> Iterator[_Fields]:
         raise DataError(
             f"{path}: expected a JSON array of objects, got a JSON {type(value).__name__}"
         )
-    for index, item in enumerate(value):
+    # An array is one JSON value, parsed whole; only a file longer than the limit can hold an
+    # oversized item, so only then are the items measured (a second pass over the text).
+    sizes = _array_item_sizes(text) if len(text) > max_chars else itertools.repeat(0)
+    for index, (item, size) in enumerate(zip(value, sizes)):
         where = f"{path}#{index}"
-        yield where, _as_object(item, where)
+        yield where, _oversized(where, max_chars) if size > max_chars else _as_object(item, where)
+
+
+@contextlib.contextmanager
+def _csv_fields_of_any_size(text: str) -> Iterator[None]:
+    """Within it the csv module takes a field as long as `text`, so that the size of a record is
+    judged by MAX_RECORD_CHARS, like every other format's, and not by csv's own limit (131,072
+    characters, refused line by line with no way to skip). The limit is process-wide: restored."""
+    before = csv.field_size_limit()
+    csv.field_size_limit(max(before, len(text)))
+    try:
+        yield
+    finally:
+        csv.field_size_limit(before)
+
+
+class _TableLines:
+    """The lines of a table as the csv module reads them, except that a line longer than the
+    limit which begins a row, and cannot open a quoted field, is handed over empty and noted
+    (`dropped`): it is one oversized record, and csv never splits it into millions of cells.
+    The reader sets `fresh` each time csv has given a row: the next line begins another."""
+
+    def __init__(self, text: str, max_chars: int, quoting: int) -> None:
+        # Found one at a time: io.StringIO would copy the text, at 4 bytes a character.
+        self.lines = (match.group() for match in _TABLE_LINE.finditer(text))
+        self.max_chars, self.quoting = max_chars, quoting
+        self.fresh, self.dropped = True, False
+
+    def __iter__(self) -> _TableLines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.lines)
+        if (
+            self.fresh
+            and len(line) > self.max_chars
+            and (self.quoting == csv.QUOTE_NONE or '"' not in line)
+        ):
+            line, self.dropped = "\n", True
+        self.fresh = False
+        return line
 
 
 def _table_fields(
-    path: Path, text: str, delimiter: str, text_field: str, label_field: str
+    path: Path, text: str, delimiter: str, text_field: str, label_field: str, max_chars: int
 ) -> Iterator[_Fields]:
     # TSV files seldom quote and often hold stray quotes in text, so .tsv reads quotes literally
     # (as GLUE's readers do); CSV follows the csv module's dialect.
-    reader = csv.reader(
-        io.StringIO(text, newline=""),
-        delimiter=delimiter,
-        quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL,
-    )
+    quoting: Literal[0, 1, 2, 3] = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    lines = _TableLines(text, max_chars, quoting)
+    reader = csv.reader(lines, delimiter=delimiter, quoting=quoting)
     header: list[str] | None = None
     start = 1
     try:
         for row in reader:
             where, start = f"{path}:{start}", reader.line_num + 1
+            dropped, lines.dropped, lines.fresh = lines.dropped, False, True
+            if dropped and header is None:
+                raise DataError(str(_oversized(where, max_chars)))
+            if dropped:
+                yield where, _oversized(where, max_chars)
+                continue
             if not any(cell.strip() for cell in row):
                 continue
             if header is None:
@@ -260,12 +369,17 @@ def _table_fields(
                     if name not in header:
                         raise DataError(
                             f"{where}: no column {name!r} in the header (columns: "
-                            f"{', '.join(header)}); pass {option}=... to read another"
+                            f"{_names(header)}); pass {option}=... to read another"
                         )
+            elif sum(map(len, row)) + len(row) - 1 > max_chars:
+                # Any other row is measured once csv has found its end (a quoted field may hold
+                # line breaks): a quote never closed runs to the end of the file, one oversized
+                # record rather than rows read wrong.
+                yield where, _oversized(where, max_chars)
             elif len(row) == len(header):
                 yield where, dict(zip(header, row))
             else:
-                columns = f"{len(header)} fields like the header ({', '.join(header)})"
+                columns = f"{len(header)} fields like the header ({_names(header)})"
                 yield where, _Invalid(f"{where}: expected {columns}, got {len(row)}")
     except csv.Error as exc:
         raise DataError(
@@ -275,20 +389,33 @@ def _table_fields(
         raise DataError(f"{path}: empty file; expected a header row naming the columns")
 
 
-def _label_tab_text_fields(path: Path, text: str) -> Iterator[_Fields]:
+def _label_tab_text_fields(path: Path, text: str, max_chars: int) -> Iterator[_Fields]:
     for number, line in _lines(text):
         where = f"{path}:{number}"
-        parts = line.split("\t")
-        if len(parts) == 2:
-            yield where, {"label": parts[0], "text": parts[1]}
+        # Counted, not split: a long line of tabs would otherwise become that many strings.
+        tabs = line.count("\t")
+        if len(line) > max_chars:
+            yield where, _oversized(where, max_chars)
+        elif tabs == 1:
+            label, text_ = line.split("\t")
+            yield where, {"label": label, "text": text_}
         else:
-            problem = f"{where}: expected 2 tab-separated fields (label<TAB>text), got {len(parts)}"
+            problem = f"{where}: expected 2 tab-separated fields (label<TAB>text), got {tabs + 1}"
             yield where, _Invalid(problem)
 
 
-def _is_label_tab_text(text: str) -> bool:
-    first = next(_lines(text), None)
-    return first is not None and len(first[1].split("\t")) == 2
+def _not_label_tab_text(text: str) -> str | None:
+    """Why `text` is not label<TAB>text lines, or None when it is: when at least half of its
+    first _SNIFF_LINES non-blank lines hold one tab (the others are then invalid records)."""
+    lines = list(itertools.islice(_lines(text), _SNIFF_LINES))
+    bad = [(number, line.count("\t") + 1) for number, line in lines if line.count("\t") != 1]
+    if 2 * len(bad) <= len(lines):
+        return None
+    number, fields = bad[0]
+    return (
+        f"{len(bad)} of its first {len(lines)} non-blank lines are not label<TAB>text "
+        f"(line {number}: {fields} tab-separated field{'' if fields == 1 else 's'}, expected 2)"
+    )
 
 
 def read_labelled(
@@ -298,30 +425,36 @@ def read_labelled(
     label_field: str = "label",
     encoding: str = "utf-8",
     skip_invalid: bool = False,
+    max_record_chars: int = MAX_RECORD_CHARS,
 ) -> tuple[list[TextRecord], int]:
     """Read the labelled records in `path`; returns (records, number of invalid ones skipped).
 
-    The format follows the suffix (see the module docstring). A bad record (a missing or
+    The format follows the suffix (see the module docstring); a file without one or .txt is
+    label<TAB>text when at least half of its first lines are. A bad record (a missing or
     non-string field, empty text or label, a line that is not JSON, a row with the wrong
-    number of fields, bytes `encoding` cannot decode) raises DataError naming the file, the
-    line and the field; with `skip_invalid` it is skipped and counted instead. Problems with
-    the file as a whole (missing, unknown format, a JSON array that does not parse, no usable
-    header, no valid record at all) always raise.
+    number of fields, bytes `encoding` cannot decode, more than `max_record_chars` characters)
+    raises DataError naming the file, the line and the field; with `skip_invalid` it is skipped
+    and counted instead. Problems with the file as a whole (missing, unknown format, a JSON array
+    that does not parse, no usable header, no valid record at all) always raise.
     """
     path = Path(path)
     text = _decode(path, encoding, check=not skip_invalid)
     suffix = path.suffix.lower()
     fields: Iterator[_Fields]
     if suffix == ".jsonl":
-        fields = _jsonl_fields(path, text)
+        fields = _jsonl_fields(path, text, max_record_chars)
     elif suffix == ".json":
-        fields = _json_fields(path, text)
+        fields = _json_fields(path, text, max_record_chars)
     elif suffix in (".csv", ".tsv"):
-        fields = _table_fields(
-            path, text, "," if suffix == ".csv" else "\t", text_field, label_field
-        )
-    elif suffix in ("", ".txt") and _is_label_tab_text(text):
-        fields = _label_tab_text_fields(path, text)
+        delimiter = "," if suffix == ".csv" else "\t"
+        fields = _table_fields(path, text, delimiter, text_field, label_field, max_record_chars)
+    elif suffix in ("", ".txt"):
+        if problem := _not_label_tab_text(text):
+            raise DataError(
+                f"{path}: cannot read a {_file_kind(path)} as labelled records: {problem}; "
+                "a file in another format needs its suffix (.jsonl, .json, .csv or .tsv)"
+            )
+        fields = _label_tab_text_fields(path, text, max_record_chars)
         # The line names the columns; the caller's field names do not apply.
         text_field, label_field = "text", "label"
     else:
@@ -329,21 +462,27 @@ def read_labelled(
     records = _parse_each(
         fields, lambda item, where: _record(item, where, text_field, label_field, encoding)
     )
-    return _keep_valid(path, skip_invalid, records, "records")
+    with _csv_fields_of_any_size(text):
+        return _keep_valid(path, skip_invalid, records, "records")
 
 
-def read_polarity(pos: Path, neg: Path, encoding: str = "latin-1") -> list[TextRecord]:
+def read_polarity(
+    pos: Path, neg: Path, encoding: str = "latin-1", max_record_chars: int = MAX_RECORD_CHARS
+) -> list[TextRecord]:
     """The sentence-polarity pair: one snippet per line, labelled "pos" and "neg" (pos first).
 
-    The published files are Latin-1, hence the default. Blank lines are skipped.
+    The published files are Latin-1, hence the default. Blank lines are skipped; a line of more
+    than `max_record_chars` characters raises DataError.
     """
     records: list[TextRecord] = []
     for path, label in ((Path(pos), "pos"), (Path(neg), "neg")):
         text = _decode(path, encoding, check=True)
-        found = [
-            TextRecord(text=line, label=label, source=f"{path}:{number}")
-            for number, line in _lines(text)
-        ]
+        found = []
+        for number, line in _lines(text):
+            where = f"{path}:{number}"
+            if len(line) > max_record_chars:
+                raise DataError(str(_oversized(where, max_record_chars)))
+            found.append(TextRecord(text=line, label=label, source=where))
         if not found:
             raise DataError(f"{path}: no snippets; expected one {label} snippet per line")
         records += found
@@ -438,7 +577,7 @@ def _conversation(fields: dict[str, object], where: str, encoding: str) -> Conve
     elif "instruction" in fields:
         messages = _alpaca(fields, where, encoding)
     else:
-        present = ", ".join(sorted(str(k) for k in fields)) or "none"
+        present = _names(sorted(fields))
         raise _Invalid(
             f"{where}: expected an Alpaca record (instruction, input, output) or a chat "
             f"record (messages), got fields: {present}"
@@ -447,7 +586,11 @@ def _conversation(fields: dict[str, object], where: str, encoding: str) -> Conve
 
 
 def read_conversations(
-    path: Path, *, encoding: str = "utf-8", skip_invalid: bool = False
+    path: Path,
+    *,
+    encoding: str = "utf-8",
+    skip_invalid: bool = False,
+    max_record_chars: int = MAX_RECORD_CHARS,
 ) -> tuple[list[Conversation], int]:
     """Read instruction records in `path` (.jsonl, or a .json array); returns (conversations,
     skipped).
@@ -456,14 +599,16 @@ def read_conversations(
     instruction, then "\\n\\n" and the input when there is one, and one assistant turn) or a chat
     (`messages`: objects with `role` (system, user or assistant) and `content`, ending with an
     assistant turn). An empty instruction, output or content, an unknown role, a record of neither
-    kind or a line that is not JSON raises DataError naming the file and the line (or the array
-    index); with `skip_invalid` the record is skipped and counted instead.
+    kind, a line that is not JSON or a record of more than `max_record_chars` characters raises
+    DataError naming the file and the line (or the array index); with `skip_invalid` the record
+    is skipped and counted instead.
     """
     path = Path(path)
     text = _decode(path, encoding, check=not skip_invalid)
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json"):
         raise _unknown_format(path, "instruction records", ".jsonl or a .json array")
-    fields = _jsonl_fields(path, text) if suffix == ".jsonl" else _json_fields(path, text)
+    read = _jsonl_fields if suffix == ".jsonl" else _json_fields
+    fields = read(path, text, max_record_chars)
     conversations = _parse_each(fields, lambda item, where: _conversation(item, where, encoding))
     return _keep_valid(path, skip_invalid, conversations, "instruction records")

@@ -19,15 +19,18 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from graft.data.inputs import input_frame
+from graft.data.inputs import chars_for_tokens, input_frame
 from graft.data.records import (
     _UNDECODED,
     IGNORE_INDEX,
+    MAX_RECORD_CHARS,
     _decode,
     _Invalid,
     _json_fields,
     _jsonl_fields,
     _keep_valid,
+    _names,
+    _oversized,
     _parse_each,
     _unknown_format,
 )
@@ -85,17 +88,23 @@ def _check_words_and_tags(words: Sequence[str], tags: Sequence[str], wheres: Seq
             )
 
 
-def _conll_sentences(path: Path, text: str, tag_column: int) -> Iterator[TaggedSentence | _Invalid]:
-    """Sentences of a CoNLL file; a sentence with a bad line comes out as one _Invalid."""
+def _conll_sentences(
+    path: Path, text: str, tag_column: int, max_chars: int
+) -> Iterator[TaggedSentence | _Invalid]:
+    """Sentences of a CoNLL file; a sentence with a bad line, or of more than `max_chars`
+    characters (its lines with their line endings), comes out as one _Invalid."""
     expected: tuple[int, int] | None = None  # (fields per line, line that set it)
     words: list[str] = []
     tags: list[str] = []
     wheres: list[str] = []
     problem: _Invalid | None = None
+    size = 0  # characters of the sentence so far
     # The blank line added at the end finishes the last sentence like any other.
     for number, line in enumerate([*text.split("\n"), ""], start=1):
-        fields = line.split()
-        if not fields or fields[0] == _DOCSTART:
+        # The first field alone decides where sentences end; a line is split whole only once it
+        # is known to fit, so a runaway line never becomes millions of strings.
+        first = line.split(None, 1)[:1]
+        if not first or first[0] == _DOCSTART:
             # A document marker is no word; it ends a sentence just as a blank line does.
             if problem is None and words:
                 try:
@@ -106,9 +115,15 @@ def _conll_sentences(path: Path, text: str, tag_column: int) -> Iterator[TaggedS
                     yield TaggedSentence(words=tuple(words), tags=tuple(tags), source=wheres[0])
             if problem is not None:
                 yield problem
-            words, tags, wheres, problem = [], [], [], None
+            words, tags, wheres, problem, size = [], [], [], None, 0
             continue
         where = f"{path}:{number}"
+        size += len(line) + 1
+        if size > max_chars and problem is None:
+            problem = _oversized(wheres[0] if wheres else where, max_chars)
+        if problem is not None:
+            continue
+        fields = line.split()
         if expected is None:
             expected = (len(fields), number)
             column = tag_column + len(fields) if tag_column < 0 else tag_column
@@ -118,8 +133,6 @@ def _conll_sentences(path: Path, text: str, tag_column: int) -> Iterator[TaggedS
                     f"{where}: tag_column={tag_column} does not name a tag column in a line of "
                     f"{len(fields)} fields (the token is column 0); expected token and tag columns"
                 )
-        if problem is not None:
-            continue
         if len(fields) != expected[0]:
             problem = _Invalid(
                 f"{where}: expected {expected[0]} fields like line {expected[1]}, got {len(fields)}"
@@ -136,7 +149,7 @@ def _json_sentence(
     """A TaggedSentence from one JSON record, or _Invalid saying what is wrong."""
     key = "tags" if "tags" in fields else "ner_tags"
     if "tokens" not in fields or key not in fields:
-        present = ", ".join(sorted(str(k) for k in fields)) or "none"
+        present = _names(sorted(fields))
         raise _Invalid(
             f"{where}: expected fields 'tokens' and 'tags' (or 'ner_tags'), got: {present}"
         )
@@ -178,6 +191,7 @@ def read_tagged(
     tag_names: Sequence[str] | None = None,
     encoding: str = "utf-8",
     skip_invalid: bool = False,
+    max_record_chars: int = MAX_RECORD_CHARS,
 ) -> tuple[list[TaggedSentence], int]:
     """Read the BIO-tagged sentences in `path`; returns (sentences, number of invalid ones skipped).
 
@@ -187,8 +201,8 @@ def read_tagged(
     integer tags (class ids, as Hugging Face datasets store them) are looked up in `tag_names`.
     Tags must be B-X, I-X or O (IOB1 and IOB2 alike: the order of tags is not checked). A bad
     sentence (a line with the wrong number of fields, a tag that is not BIO, an empty token,
-    unequal lists, invalid JSON) raises DataError naming the file and line; with `skip_invalid`
-    the whole sentence is skipped and counted.
+    unequal lists, invalid JSON, more than `max_record_chars` characters) raises DataError naming
+    the file and line; with `skip_invalid` the whole sentence is skipped and counted.
     Problems with the file as a whole (missing, unknown format, no valid sentence) always raise.
     """
     path = Path(path)
@@ -196,31 +210,60 @@ def read_tagged(
     suffix = path.suffix.lower()
     items: Iterator[TaggedSentence | _Invalid]
     if suffix in ("", ".txt", ".conll"):
-        items = _conll_sentences(path, text, tag_column)
+        items = _conll_sentences(path, text, tag_column, max_record_chars)
     elif suffix in (".jsonl", ".json"):
-        fields = _jsonl_fields(path, text) if suffix == ".jsonl" else _json_fields(path, text)
+        read = _jsonl_fields if suffix == ".jsonl" else _json_fields
+        fields = read(path, text, max_record_chars)
         items = _parse_each(fields, lambda item, where: _json_sentence(item, where, tag_names))
     else:
         raise _unknown_format(path, "tagged sentences", _FORMATS)
     return _keep_valid(path, skip_invalid, items, "tagged sentences")
 
 
-def _token_words(tokenizer: Tokenizer, words: Sequence[str]) -> tuple[list[int], list[int]]:
+def _token_words(
+    tokenizer: Tokenizer, words: Sequence[str], *, after_space: bool = False
+) -> tuple[list[int], list[int]]:
     """Token ids of `words` joined by single spaces (no special tokens), and each token's word:
     the word holding its first character that is not a separating space, or -1 for a token that
     is only such a space (the leading space of byte-level BPE's `Ġword` or Unigram's `▁word` is
     ignored). Character offsets rather than pre-tokenizer word ids decide, so byte-level BPE,
-    WordPiece, Unigram and bytes agree."""
-    owner: list[int] = []  # character -> word index, -1 for the separating spaces
+    WordPiece, Unigram and bytes agree. `after_space`: the words follow earlier ones, so the
+    space before the first is encoded too."""
+    owner: list[int] = [-1] if after_space else []  # character -> word, -1 for the spaces
     for index, text in enumerate(words):
         if index:
             owner.append(-1)
         owner.extend([index] * len(text))
-    encoding = tokenizer.backend.encode(" ".join(words), add_special_tokens=False)
+    joined = (" " if after_space else "") + " ".join(words)
+    encoding = tokenizer.backend.encode(joined, add_special_tokens=False)
     token_words = [
         next((w for w in owner[start:end] if w >= 0), -1) for start, end in encoding.offsets
     ]
     return list(encoding.ids), token_words
+
+
+def _leading_words(
+    tokenizer: Tokenizer, words: Sequence[str], count: int
+) -> tuple[list[int], list[int], int]:
+    """`_token_words` of the first of `words`, encoded a run of whole words at a time until more
+    than `count` tokens are found or the words end, and how many words that encoded. A run ends
+    between two words, at a space, so the runs encode to the tokens of the whole sentence; words
+    past the cut of a long sentence are never encoded (`graft.data.inputs.leading_ids` cuts a
+    text the same way, for the same reason: encoding costs 100 bytes a character or more)."""
+    chars = chars_for_tokens(tokenizer, count)
+    ids: list[int] = []
+    token_words: list[int] = []
+    start = 0
+    while start < len(words) and len(ids) <= count:
+        end, size = start + 1, len(words[start])
+        while end < len(words) and size + 1 + len(words[end]) <= chars:
+            size += 1 + len(words[end])
+            end += 1
+        run, owners = _token_words(tokenizer, words[start:end], after_space=start > 0)
+        ids += run
+        token_words += [word + start if word >= 0 else -1 for word in owners]
+        start = end
+    return ids, token_words, start
 
 
 def word_token_counts(tokenizer: Tokenizer, words: Sequence[str]) -> list[int]:
@@ -280,20 +323,21 @@ def tagged_inputs(
     """The one path from a sentence's words to a token tagger's inputs, shared by training
     (`graft finetune tokens`), `graft eval --task tokens` and `graft extract`.
 
-    The words are joined by single spaces and encoded without special tokens; the first token of
-    each word that holds some of its text (not a lone `Ġ`/`▁` space token, which has not seen the
-    word yet) is the one whose prediction is the word's tag, as transformers' token
-    classification examples do. The tokens are cut to the budget `max_len` leaves inside the
-    frame (`graft.data.inputs.input_frame`: [CLS] ... [SEP] when `framed`, the model being an
-    encoder), then framed. A word with no token of its own (one made only of characters the
-    normaliser drops) raises DataError naming `source` and the word."""
+    The words are joined by single spaces and encoded without special tokens (no further than
+    the budget needs); the first token of each word that holds some of its text (not a lone
+    `Ġ`/`▁` space token, which has not seen the word yet) is the one whose prediction is the
+    word's tag, as transformers' token classification examples do. The tokens are cut to the
+    budget `max_len` leaves inside the frame (`graft.data.inputs.input_frame`: [CLS] ... [SEP]
+    when `framed`, the model being an encoder), then framed. A word with no token of its own
+    (one made only of characters the normaliser drops; among the words encoded) raises
+    DataError naming `source` and the word."""
     if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
         raise ConfigError(f"max_len must be an integer >= 1, got {max_len!r}")
     frame = input_frame(tokenizer, framed=framed)
     budget = frame.budget(max_len)
-    ids, token_words = _token_words(tokenizer, words)
+    ids, token_words, encoded = _leading_words(tokenizer, words, budget)
     present = set(token_words)
-    if missing := [i for i in range(len(words)) if i not in present]:
+    if missing := [i for i in range(encoded) if i not in present]:
         raise DataError(
             f"{source}: word {missing[0]} ({words[missing[0]]!r}) produced no token; "
             "expected every word to give at least one token"

@@ -15,7 +15,8 @@ checkpoint, starts the engine and runs uvicorn. Routes:
     GET  /openapi.json, /docs   FastAPI's schema and its viewer (open)
 
 With an API key configured, every /v1 route and /metrics need `Authorization: Bearer KEY`. The
-key is compared in constant time. The server binds 127.0.0.1 unless told otherwise.
+key is compared in constant time. The server binds 127.0.0.1 unless told otherwise. A request body
+larger than MAX_REQUEST_BYTES is answered 413 before any route reads it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from graft.data.records import MAX_RECORD_CHARS
 from graft.data.tokenizer import Tokenizer
 from graft.errors import GraftError
 from graft.infer.engine import Engine, EngineConfig
@@ -53,6 +55,9 @@ from graft.serve.schemas import (
 )
 
 STATIC_DIR = Path(__file__).parent / "static"
+# A request is one record, under the policy every reader of records follows (records.py); without
+# a bound, one client could make the server hold a body of any size.
+MAX_REQUEST_BYTES = MAX_RECORD_CHARS
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 # The playground loads nothing from elsewhere and runs no inline script.
 _PAGE_HEADERS = {
@@ -139,6 +144,53 @@ class _RequestMetrics:
             record()  # if not yet: the client left mid-stream, or the app failed before answering
 
 
+class _BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes is answered 413 before any route reads
+    it, whether its Content-Length says so or its chunks add up to it. The body is read here and
+    handed on whole (every route reads it whole anyway); later receive() calls, which wait for
+    the client to leave, go to the server as before."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left before sending it all
+                first = message
+                break
+            size += len(message.get("body", b""))
+            if size > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                first = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+                break
+        pending = [first]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        error = APIError(
+            413,
+            f"request body: more than {self.limit:,} bytes; send a shorter prompt or conversation",
+            code="request_too_large",
+        )
+        await error.response()(scope, receive, send)
+
+
 def _documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for error statuses, each answered with OpenAI's error body."""
     return {status: {"model": ErrorResponse} for status in statuses}
@@ -168,7 +220,13 @@ def _auth_dependency(api_key: str | None) -> Callable[..., Any]:
     return require_key
 
 
-def create_app(engine: Engine, info: ModelInfo, *, api_key: str | None = None) -> FastAPI:
+def create_app(
+    engine: Engine,
+    info: ModelInfo,
+    *,
+    api_key: str | None = None,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+) -> FastAPI:
     """The app over a built engine. The caller starts the engine (engine.start()) and stops it."""
     tokenizer: Tokenizer = engine.tokenizer
     metrics = ServeMetrics()
@@ -182,13 +240,17 @@ def create_app(engine: Engine, info: ModelInfo, *, api_key: str | None = None) -
         '{"error": {"message", "type", "param", "code"}}.',
     )
     install_error_handlers(app)
-    app.add_middleware(_RequestMetrics, metrics=metrics)
+    app.add_middleware(_BodyLimit, limit=max_request_bytes)
+    app.add_middleware(_RequestMetrics, metrics=metrics)  # outermost: it sees the 413s too
     guard = [Depends(auth)]
     add_routes = functools.partial(app.include_router, dependencies=guard)
     add_routes(
-        completion_routes(engine, info, metrics), responses=_documented(400, 401, 404, 429, 500)
+        completion_routes(engine, info, metrics),
+        responses=_documented(400, 401, 404, 413, 429, 500),
     )
-    add_routes(encoding_routes(engine, info, metrics), responses=_documented(400, 401, 404, 500))
+    add_routes(
+        encoding_routes(engine, info, metrics), responses=_documented(400, 401, 404, 413, 500)
+    )
     get_openai = functools.partial(
         app.get, tags=["OpenAI"], dependencies=guard, responses=_documented(401, 404)
     )

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
 from graft.data.records import Message
 from graft.data.tokenizer import Tokenizer
@@ -470,7 +471,9 @@ def completion_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) ->
         summary="The assistant's next turn in a conversation",
     )
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
-        prepared = prepare_chat(body, tokenizer, info)
+        # In a worker thread: the chat template is the checkpoint's code and may run up to its
+        # deadline (graft.data.template_sandbox); on the event loop it would hold every stream.
+        prepared = await run_in_threadpool(prepare_chat, body, tokenizer, info)
         events, head = start(prepared, request, "/v1/chat/completions")
         if body.stream:
             chunk = functools.partial(_chunk, ChatCompletionChunk, head)

@@ -18,7 +18,6 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
-import yaml
 
 from graft import checkpoint as ckpt
 from graft import distributed
@@ -80,7 +79,10 @@ def prepare_finetune(
             "data.train_file: give the labelled training records (--data.train_file=FILE)"
         )
     run_dir = config.train.out_dir
-    last = ckpt.resume_point(run_dir, resume=resume)
+    if world.is_main:
+        ckpt.recover_run(run_dir, say)
+    world.barrier()  # no rank looks for the checkpoint before it is put back
+    last = ckpt.resume_point(run_dir, resume=resume, say=say)
     base, tokenizer = ckpt.load_model(config.train.init)
     if tokenizer.pad_id is None:
         # Batches are padded; GPT-2's tokenizer, for one, has no pad token.
@@ -184,8 +186,7 @@ def prepare_finetune(
 def _check_same_adaptation(last: Path, adapt: AdaptConfig) -> None:
     """Refuse to resume with other adapt settings: they decide which tensors exist (LoRA) and
     which train, so the saved weights and optimizer moments would not fit."""
-    saved = yaml.safe_load((last / ckpt.RUN_CONFIG_FILE).read_text(encoding="utf-8"))["adapt"]
-    changed = ckpt.config_differences(AdaptConfig.model_validate(saved), adapt)
+    changed = ckpt.config_differences(ckpt.read_saved_section(last, "adapt", AdaptConfig), adapt)
     if changed:
         raise CheckpointError(
             f"--resume: the adaptation differs from {last}: "

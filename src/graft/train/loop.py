@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -28,6 +30,7 @@ from tqdm import tqdm
 
 from graft import checkpoint as ckpt
 from graft.config import RunConfig, TrainConfig
+from graft.crash_points import crash_point
 from graft.data.tokenizer import Tokenizer
 from graft.device import autocast_for, peak_flops
 from graft.distributed import ONE_PROCESS, World
@@ -48,6 +51,9 @@ class RunResult:
     tokens_seen: int
     elapsed_s: float
     stop_reason: str  # max_steps | max_tokens | max_minutes | patience | interrupted
+    # A resumed run that had already stopped on that limit: nothing was trained, evaluated or
+    # written (raise the limit to go on).
+    already_finished: bool = False
     evals: list[dict[str, float]] = field(default_factory=list)  # every evaluation of this process
     best_metric: float | None = None  # of train.monitor
     epsilon: float | None = None  # spent, when the run trained privately (dp)
@@ -156,8 +162,18 @@ def evaluate(
             out = objective.loss(model, batches[min(index, len(batches) - 1)].to(device))
         if index < len(batches):
             totals.add(out)
+        crash_point("train:eval")
     model.train(was_training)
     return objective.metrics(summed(totals, world), "val")
+
+
+class NonFiniteLoss(Exception):
+    """A step's loss was NaN or infinite: its update was not applied (train.nonfinite decides
+    what happens next)."""
+
+    def __init__(self, loss: float, tokens: int) -> None:
+        super().__init__(f"loss {loss}")
+        self.loss, self.tokens = loss, tokens
 
 
 def train_step(
@@ -165,8 +181,9 @@ def train_step(
 ) -> tuple[int, LossTotals, float]:
     """One optimizer step at the learning rate already set: draw grad_accum micro-batches (every
     process its share of them; private training a Poisson sample of records instead), forward and
-    backward, refuse a non-finite loss, clip, step. Returns the step's real tokens, this process's
-    loss totals and the gradient norm (before clipping; under DP the noisy gradient's)."""
+    backward, clip, step. Returns the step's real tokens, this process's loss totals and the
+    gradient norm (before clipping; under DP the noisy gradient's). A non-finite loss raises
+    NonFiniteLoss instead of stepping."""
     train_cfg, world, privacy = run.config.train, run.world, run.privacy
     drawn = (
         privacy.draw(run.objective, train_cfg.batch_size, run.data_generator)
@@ -192,11 +209,8 @@ def train_step(
     # step, so the weights stay as they were.
     step_loss = world.total(totals.loss)
     if not math.isfinite(step_loss):
-        raise TrainingError(
-            f"the training loss became {step_loss} at step {run.state.step + 1}; "
-            "the last checkpoint is intact: "
-            "lower optim.lr or raise optim.warmup_steps and --resume"
-        )
+        run.optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteLoss(step_loss, tokens)
     if privacy is None:
         grad_norm = clip_grad_norm(run.model, run.config.optim.grad_clip)
         run.optimizer.step()
@@ -210,6 +224,18 @@ def fit(run: Run) -> RunResult:
     cfg, train_cfg = run.config, run.config.train
     model, objective, optimizer, state = run.model, run.objective, run.optimizer, run.state
     world = run.world
+    finished = _finished(train_cfg, state, state.elapsed_s) if run.resumed else ""
+    if finished:  # resuming a run that is done changes nothing: no step, evaluation or save
+        return RunResult(
+            run.run_dir,
+            state.step,
+            state.tokens_seen,
+            state.elapsed_s,
+            stop_reason=finished,
+            already_finished=True,
+            best_metric=state.best_metric,
+            epsilon=None if run.privacy is None else run.privacy.epsilon(),
+        )
     autocast = autocast_for(run.device, train_cfg.precision)
     eval_batches = objective.eval_batches(train_cfg.batch_size, train_cfg.eval_batches)
     # Model FLOPs per real token and the peak of every process together: achieved FLOP/s and MFU.
@@ -231,10 +257,11 @@ def fit(run: Run) -> RunResult:
     clock = time.perf_counter() - state.elapsed_s  # elapsed time carries over a resume
     window_start, window_tokens, window = time.perf_counter(), 0, LossTotals()
     evaluated_at = -1
+    saved_at = state.step if run.resumed else None  # the step of checkpoints/last
 
     def evaluate_and_checkpoint() -> bool:
         """Evaluate, keep `last` (and `best` when val loss improves); True if patience ran out."""
-        nonlocal evaluated_at
+        nonlocal evaluated_at, saved_at
         evaluated_at = state.step
         metrics = (
             evaluate(model, objective, eval_batches, run.device, autocast, world)
@@ -259,9 +286,12 @@ def fit(run: Run) -> RunResult:
             bar.write(
                 f"step {state.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             )
-        _save(run, "last")
+        # `best` first: a complete `last` is the mark that this step is done, so a crash between
+        # the two resumes from the step before and writes `best` again.
         if improved:
             _save(run, "best", with_training_state=False)
+        _save(run, "last")
+        saved_at = state.step
         return (
             train_cfg.patience is not None and state.evals_without_improvement >= train_cfg.patience
         )
@@ -277,7 +307,7 @@ def fit(run: Run) -> RunResult:
         while True:
             # 1. Stop on a limit: steps, tokens or wall-clock time (rank 0's clock on every rank).
             elapsed = world.from_main(time.perf_counter() - clock)
-            result.stop_reason = _limit_reached(train_cfg, state, elapsed)
+            result.stop_reason = _finished(train_cfg, state, elapsed, patience=False)
             if result.stop_reason:
                 break
             # 2. Learning rate for this step: warm-up, then decay by progress through the run.
@@ -286,11 +316,21 @@ def fit(run: Run) -> RunResult:
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints before it lack it
             # 3. Forward and backward over the step's micro-batches, then one optimizer step.
-            tokens, step_totals, grad_norm = train_step(run, autocast)
+            try:
+                tokens, step_totals, grad_norm = train_step(run, autocast)
+                state.nonfinite_in_a_row = 0
+            except NonFiniteLoss as bad:
+                _nonfinite(train_cfg, state, bad.loss, saved_at)  # raises unless it skips
+                bar.write(
+                    f"step {state.step + 1}: the loss was {bad.loss}; step skipped "
+                    f"({state.nonfinite_in_a_row} in a row, {state.nonfinite_skipped} in all)"
+                )
+                tokens, step_totals, grad_norm = bad.tokens, LossTotals(), math.nan
             state.step += 1
             state.tokens_seen += tokens
             window_tokens += tokens
             window.merge(step_totals)
+            crash_point("train:step")
             # 4. Log training metrics every log_every steps.
             if state.step % train_cfg.log_every == 0:
                 seconds = time.perf_counter() - window_start
@@ -302,6 +342,8 @@ def fit(run: Run) -> RunResult:
                     figures["mfu"] = figures["flop_s"] / (peak * world.size)
                 if run.privacy is not None:
                     figures["epsilon"] = run.privacy.epsilon()
+                if state.nonfinite_skipped:
+                    figures["nonfinite_skipped"] = state.nonfinite_skipped
                 log.write(state.step, {**train_metrics, **figures, "tokens": state.tokens_seen})
                 bar.set_postfix(
                     loss=f"{train_metrics['train/loss']:.3f}",
@@ -355,14 +397,46 @@ def _better(value: float, best: float, metric: str) -> bool:
     return value < best if lower_is_better else value > best
 
 
-def _limit_reached(train_cfg: TrainConfig, state: ckpt.TrainingState, elapsed: float) -> str:
+def _finished(
+    train_cfg: TrainConfig, state: ckpt.TrainingState, elapsed: float, *, patience: bool = True
+) -> str:
+    """The limit the run has reached ("" for none): steps, tokens, wall-clock time, and with
+    `patience` the evaluations without improvement (the loop checks those after evaluating)."""
     if train_cfg.max_steps is not None and state.step >= train_cfg.max_steps:
         return "max_steps"
     if train_cfg.max_tokens is not None and state.tokens_seen >= train_cfg.max_tokens:
         return "max_tokens"
     if train_cfg.max_minutes is not None and elapsed >= 60 * train_cfg.max_minutes:
         return "max_minutes"
+    if (
+        patience
+        and train_cfg.patience is not None
+        and state.evals_without_improvement >= train_cfg.patience
+    ):
+        return "patience"
     return ""
+
+
+def _nonfinite(
+    train_cfg: TrainConfig, state: ckpt.TrainingState, loss: float, saved_at: int | None
+) -> None:
+    """train.nonfinite for a step whose loss was `loss`: count it and return (skip), or raise
+    TrainingError saying where the run can go on from (stop, or too many in a row)."""
+    step = state.step + 1
+    if train_cfg.nonfinite == "skip":
+        state.nonfinite_skipped += 1
+        state.nonfinite_in_a_row += 1
+        if state.nonfinite_in_a_row < train_cfg.nonfinite_limit:
+            return
+        what = f"was not finite for {state.nonfinite_in_a_row} steps in a row (to step {step})"
+    else:
+        what = f"became {loss} at step {step}"
+    fix = "lower optim.lr or raise optim.warmup_steps"
+    if saved_at is None:
+        where = f"no checkpoint was written yet ({fix} and start again)"
+    else:
+        where = f"the last checkpoint (step {saved_at}) is intact ({fix} and --resume)"
+    raise TrainingError(f"the training loss {what}; {where}")
 
 
 def _mark_warmup_end(state: ckpt.TrainingState, warmup_steps: int) -> None:
@@ -416,18 +490,40 @@ def _save(run: Run, name: str, *, with_training_state: bool = True) -> None:
     ranks_rng = world.gather(rng) if with_training_state else None
     sharded = is_sharded(run.model)
     if world.is_main or sharded:
-        ckpt.save_checkpoint(
-            run.run_dir / "checkpoints" / name,
-            model=run.model,
-            tokenizer=run.tokenizer,
-            run_config_yaml=run.config.to_yaml(),
-            optimizer=run.optimizer if with_training_state else None,
-            state=run.state if with_training_state else None,
-            rng=ranks_rng,
-            adapter=(run.config.adapt, str(run.config.train.init))
-            if run.config.adapt.method == "lora"
-            else None,
-            world=world if sharded else None,
-            privacy=None if run.privacy is None else run.privacy.record(),
-        )
+        with interrupts_deferred():
+            ckpt.save_checkpoint(
+                run.run_dir / "checkpoints" / name,
+                model=run.model,
+                tokenizer=run.tokenizer,
+                run_config_yaml=run.config.to_yaml(),
+                optimizer=run.optimizer if with_training_state else None,
+                state=run.state if with_training_state else None,
+                rng=ranks_rng,
+                adapter=(run.config.adapt, str(run.config.train.init))
+                if run.config.adapt.method == "lora"
+                else None,
+                world=world if sharded else None,
+                privacy=None if run.privacy is None else run.privacy.record(),
+            )
     world.barrier()  # no rank reads or writes on before the checkpoint is complete
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Let a Ctrl-C that arrives during a checkpoint write take effect once the write is done.
+
+    The write is atomic either way, but an interrupt inside its clean-up (deleting the copy it
+    replaced) can hit shutil.rmtree between a close and its error path, which then raises
+    "Bad file descriptor" instead of KeyboardInterrupt. Outside the main thread (where signal
+    handlers cannot be set) the write runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt

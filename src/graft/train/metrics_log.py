@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from graft.atomic_files import write_atomic
 
 METRICS_FILE = "metrics.jsonl"
 LOSS_CURVE_FILE = "loss_curve.png"
@@ -27,9 +29,7 @@ class MetricsLog:
         if resume_from_step is not None and self.path.exists():
             # Lines past the resumed checkpoint describe steps that will be trained again.
             kept = [line for line in self.read() if line["step"] <= resume_from_step]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(json.dumps(line) + "\n" for line in kept), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_atomic(self.path, "".join(json.dumps(line) + "\n" for line in kept))
         elif resume_from_step is None and self.path.exists():
             self.path.unlink()
         self._file = open(self.path, "a", encoding="utf-8")
@@ -55,9 +55,13 @@ class MetricsLog:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
-    return [
-        json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
-    ]
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        # A line cut short by a crash mid-write (kill -9, power): no step is whole in it, and
+        # a resume trains that step again and writes it anew.
+        lines.pop()
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def plot_loss_curve(metrics: list[dict[str, Any]], out: Path, title: str = "") -> Path | None:
@@ -82,8 +86,7 @@ def plot_loss_curve(metrics: list[dict[str, Any]], out: Path, title: str = "") -
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
+    image = io.BytesIO()
+    fig.savefig(image, format="png")
     plt.close(fig)
-    os.replace(tmp, out)
-    return out
+    return write_atomic(out, image.getvalue())

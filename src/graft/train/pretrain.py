@@ -15,7 +15,7 @@ from graft import checkpoint as ckpt
 from graft import distributed
 from graft.atomic_files import write_atomic
 from graft.config import RunConfig, command_problems
-from graft.data.shards import ShardIndex, TokenShards
+from graft.data.shards import ShardIndex, TokenShards, prepared_tokenizer
 from graft.data.tokenizer import Tokenizer
 from graft.errors import ConfigError, TokenizerError
 from graft.model.transformer import LanguageModel
@@ -55,7 +55,11 @@ def _pretrain(
     config = _with_vocab(config, tokenizer)
 
     run_dir = config.train.out_dir
-    last = ckpt.resume_point(run_dir, resume=resume)
+    say = _notice if world.is_main else _quiet
+    if world.is_main:
+        ckpt.recover_run(run_dir, say)
+    world.barrier()  # no rank looks for the checkpoint before it is put back
+    last = ckpt.resume_point(run_dir, resume=resume, say=say)
     if last is not None:
         ckpt.check_resumable(
             last,
@@ -118,7 +122,7 @@ def _pretrain(
         device,
         generator,
         state,
-        resumed=resume,
+        resumed=last is not None,
         world=world,
         module=None if module is model else module,
         privacy=privacy,
@@ -136,12 +140,16 @@ def _notice(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def _quiet(message: str) -> None:
+    """What the ranks after 0 say: nothing (rank 0 says it once)."""
+
+
 def open_prepared(
     directory: Path, expected_tokenizer: Tokenizer | None = None
 ) -> tuple[Tokenizer, TokenShards, TokenShards | None]:
     """A prepared data directory's tokenizer and its train and val splits (val None when empty)."""
-    ShardIndex.load(directory)  # first: a missing or unprepared directory says "run data prepare"
-    tokenizer = Tokenizer.load(directory)
+    # first: a missing or unprepared directory says "run data prepare"
+    tokenizer = prepared_tokenizer(directory, ShardIndex.load(directory))
     if expected_tokenizer is not None and tokenizer.sha256 != expected_tokenizer.sha256:
         raise TokenizerError(
             f"{directory} was prepared with tokenizer {tokenizer.sha256[:12]}, the run's data with "

@@ -263,6 +263,11 @@ def _refuse_unsupported(config: RunConfig, objective: Objective, world: World) -
             "which DP-SGD's accounting needs; private training supports clm, mlm, denoise, "
             "classify, tokens and instruct"
         )
+    if train.nonfinite == "skip":
+        raise ConfigError(
+            "dp: train.nonfinite=skip would drop steps by a test of the sampled records' loss, "
+            "which the privacy accounting does not cover; leave train.nonfinite at stop"
+        )
     reasons = {
         "train.activation_checkpointing": train.activation_checkpointing,
         "train.compile": train.compile,

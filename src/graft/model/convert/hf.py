@@ -47,6 +47,7 @@ from graft.model.convert.bert import (
 from graft.model.convert.bert import DEFAULTS as ENCODER_DEFAULTS
 from graft.model.convert.model_card import model_card
 from graft.model.transformer import LanguageModel, RotaryEmbedding
+from graft.torch_files import load_torch_file
 
 if TYPE_CHECKING:
     from graft.data.tokenizer import Tokenizer
@@ -471,13 +472,13 @@ def _tensor_names(directory: Path) -> list[str]:
 
 
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors":
+        try:
             return load_file(str(path))
-        # weights_only: a .bin is a pickle, and loading must never run code from one.
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{path}: cannot read weights ({first_line(err)})") from None
+        except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+            raise CheckpointError(f"{path}: cannot read weights ({first_line(err)})") from None
+    # A .bin is a pickle: read without running code, a file that tries refused in one line.
+    loaded = load_torch_file(path)
     if not isinstance(loaded, dict) or not all(
         isinstance(v, torch.Tensor) for v in loaded.values()
     ):
