@@ -17,6 +17,7 @@ FORBIDDEN = {
     "evaluate": {"train", "experiments"},
     "objectives": {"train", "serve", "infer", "evaluate", "experiments"},
     "train": {"serve", "experiments"},
+    "insight": {"train", "serve", "experiments"},
 }
 
 
@@ -53,7 +54,15 @@ def test_the_walk_sees_imports() -> None:
 # a model calls it once, so a DDP/FSDP wrapper or torch.compile can wrap the whole model.
 _MODEL_PARTS = {"lm_head", "lm_head_transform", "pooler", "nsp_head", "classifier"}
 # Where the model is only called, never taken apart.
-_CALLERS = ("objectives", "train/loop.py", "evaluate", "experiments", "serve", "infer/generate.py")
+_CALLERS = (
+    "objectives",
+    "train/loop.py",
+    "evaluate",
+    "experiments",
+    "serve",
+    "infer/generate.py",
+    "insight",
+)
 
 
 def _reaches_into_the_model(path: Path) -> list[str]:

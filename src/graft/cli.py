@@ -1012,7 +1012,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seq-len",
         type=int,
-        help="lm: window length; classify, tokens: longest input (default: the model's context)",
+        help="lm: tokens each window predicts (lm-eval's rolling windows); classify, tokens: "
+        "longest input (default: the model's context)",
     )
     p.add_argument("--batch-size", type=int, help="sequences per forward pass (default: 8)")
     _add_shared(p, "--device")
@@ -1086,6 +1087,68 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     _add_shared(p, "--device")
 
 
+def _add_runs(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="Look at training runs side by side.")
+    rsub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = rsub.add_parser(
+        "compare",
+        parents=[_COMMON],
+        help="Compare runs on one self-contained HTML page.",
+        description="Overlays the runs' training and validation loss, learning rate, throughput "
+        "and validation-metric curves (inline SVG: the page needs no network), lists the "
+        "resolved-config keys whose values differ, and their final metrics. A run without metrics "
+        "or config, or a metric another objective does not log, is left out with a note.",
+    )
+    c.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories")
+    c.add_argument("--out", type=Path, required=True, help="HTML file to write")
+
+
+def _run_runs(args: argparse.Namespace) -> int:
+    from graft.insight.compare import compare_runs
+
+    comparison = compare_runs(args.runs, args.out)
+    for note in comparison.notes:
+        print(f"note: {note}")
+    print(f"report: {comparison.out}")
+    return 0
+
+
+def _add_explain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "explain",
+        parents=[_COMMON],
+        help="Explain how a checkpoint reads a text: PNGs and an HTML page.",
+        description="Attention maps per layer and head, attention rollout, per-token loss "
+        "(causal LMs), a logit lens (what each layer would predict) and, for sequence "
+        "classifiers, integrated-gradients token attributions as coloured text. A text longer "
+        "than the context is explained as far as it fits, with a note of what was left out. "
+        "Writes index.html and its PNG files into --out (replaced whole).",
+    )
+    _add_shared(p, "checkpoint")
+    p.add_argument("--text", required=True, help="the text to explain")
+    p.add_argument(
+        "--label", help="sequence classifiers: the label to attribute (default: the predicted one)"
+    )
+    p.add_argument("--steps", type=int, help="integrated gradients: trapezoid steps (default: 48)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="directory for index.html and PNGs (default: RUN/explain for a checkpoint in a run "
+        "directory, which `graft export` then carries and the model card links)",
+    )
+    _add_shared(p, "--device")
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    from graft.insight.explain import ExplainOptions, explain
+
+    page, explanation = explain(_options(ExplainOptions, args))
+    for note in explanation.notes:
+        print(f"note: {note}")
+    print(f"explained {len(explanation.ids)} tokens: {page}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="graft", description="Transfer learning with transformer language models."
@@ -1108,6 +1171,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_extract,
         _add_serve,
         _add_chat,
+        _add_runs,
+        _add_explain,
     ):
         add(sub)
     return parser
@@ -1515,6 +1580,8 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "extract": _run_extract,
     "serve": _run_serve,
     "chat": _run_chat,
+    "runs": _run_runs,
+    "explain": _run_explain,
 }
 
 

@@ -218,6 +218,19 @@ class TrainConfig(Section):
     )
     eval_batches: int = Field(default=20, ge=1, description="Validation batches per evaluation.")
     log_every: int = Field(default=10, ge=1, description="Write train metrics every N steps.")
+    log: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = Field(
+        default=("jsonl",),
+        description="Where metric rows go: jsonl (RUN_DIR/metrics.jsonl, always written, named "
+        "or not), tensorboard (RUN_DIR/tensorboard/, needs graft[tensorboard]), wandb (offline "
+        "mode only, RUN_DIR/wandb/, needs wandb installed).",
+    )
+    norms_every: int | None = Field(
+        default=None,
+        ge=1,
+        description="Every N steps log the weight norm and the gradient norm (before clipping) "
+        "of each block, of the embeddings and of the head: norm/weight/block.3, "
+        "norm/grad/embeddings... None = off. No gradient norms under dp.",
+    )
     patience: int | None = Field(
         default=None,
         ge=1,
@@ -264,6 +277,22 @@ class TrainConfig(Section):
         if isinstance(data, dict) and all(data.get(key) is None for key in _LIMITS):
             return {**data, "max_steps": DEFAULT_MAX_STEPS}
         return data
+
+    @field_validator("log", mode="before")
+    @classmethod
+    def _log_names(cls, value: Any) -> Any:
+        """`--train.log=jsonl,tensorboard` as well as a YAML list; a name given twice counts
+        once."""
+        names = value.split(",") if isinstance(value, str) else value
+        if isinstance(names, list | tuple) and all(isinstance(n, str) for n in names):
+            return tuple(dict.fromkeys(name.strip() for name in names))
+        return names
+
+
+def lower_is_better(metric: str) -> bool:
+    """train.monitor's direction: losses, perplexities and bits per byte improve downwards,
+    accuracies and F1 upwards. The one rule for the loop's best checkpoint and the model card."""
+    return metric.rsplit("/", 1)[-1].endswith(("loss", "ppl", "bpb"))
 
 
 class AdaptConfig(Section):

@@ -102,21 +102,25 @@ def test_lm_figures_agree_and_the_report_states_their_definitions(
     assert metrics["bits_per_byte"] == pytest.approx(loss_sum / (math.log(2) * metrics["bytes"]))
     assert metrics["ppl"] == pytest.approx(math.exp(metrics["loss"]))
     assert metrics["word_ppl"] == pytest.approx(math.exp(loss_sum / metrics["words"]))
-    assert metrics["windows"] == math.ceil(
-        (text_bytes + 1) / 32
-    )  # two separators, the first not a target
+    # Each document in its own windows of 32 predicted tokens: 135 bytes take 5, the second 2.
+    assert metrics["windows"] == sum(math.ceil(len(t.encode("utf-8")) / 32) for t in texts) == 7
 
-    # The same sum computed directly: each document after an end-of-text token, separators unscored.
+    # The same sum computed directly, as lm-evaluation-harness's rolling windows define it: each
+    # document on its own after an end-of-text token; a window predicts the next 32 tokens, and
+    # the last remainder is read after the tokens before it (context, not scored twice).
     model, _ = load_model(lm_checkpoint)
-    ids = [EOT_ID, *texts[0].encode("utf-8"), EOT_ID, *texts[1].encode("utf-8")]
     direct = 0.0
     with torch.no_grad():
-        for start in range(0, len(ids) - 1, 32):
-            x = torch.tensor([ids[start : start + 32]])
-            y = torch.tensor([ids[start + 1 : start + 33]])
-            logits = model(x[:, : y.shape[1]]).logits
-            per_token = torch.nn.functional.cross_entropy(logits[0], y[0], reduction="none")
-            direct += float(per_token[y[0] != EOT_ID].sum())
+        for text in texts:
+            doc = list(text.encode("utf-8"))
+            read = [EOT_ID, *doc]
+            for start in range(0, len(doc), 32):
+                end = min(start + 32, len(doc))
+                first = max(0, end - 32)
+                logits = model(torch.tensor([read[first:end]])).logits[0]
+                targets = torch.tensor(read[first + 1 : end + 1])
+                per_token = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+                direct += float(per_token[start - first :].sum())
     assert loss_sum == pytest.approx(direct, rel=1e-5)
 
     markdown = (out / "lm.md").read_text(encoding="utf-8")
@@ -125,6 +129,18 @@ def test_lm_figures_agree_and_the_report_states_their_definitions(
         and "comparable across tokenizers" in markdown
     )
     assert "bits_per_byte" in metrics["definitions"] and "word_ppl" in metrics["definitions"]
+
+
+def test_lm_scores_each_document_on_its_own(lm_checkpoint: Path, tmp_path: Path) -> None:
+    """No document is context for another: the order of the documents changes nothing."""
+    texts = ["A first short document.", "Then a second, a little longer " * 4, "Third."]
+    losses = []
+    for name, order in (("forward", texts), ("backward", texts[::-1])):
+        data = write_jsonl(tmp_path / f"{name}.jsonl", [{"text": t} for t in order])
+        options = EvalOptions(lm_checkpoint, "lm", (data,), out_dir=tmp_path / name, seq_len=16)
+        metrics = json.loads(evaluate_checkpoint(options).read_text(encoding="utf-8"))
+        losses.append(metrics["loss"] * metrics["tokens"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
 
 
 def test_classify_accuracy_matches_a_direct_computation(classifier: Path, tmp_path: Path) -> None:

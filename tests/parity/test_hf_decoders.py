@@ -312,3 +312,38 @@ def test_unexportable_config_is_refused_before_writing(
     with pytest.raises(ConfigError, match=f"cannot export to Hugging Face: {reason}"):
         export_hf(model, tmp_path / "out")
     assert _listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama-gqa"])
+def test_attentions_and_hidden_states_match_transformers(family: str, tmp_path: Path) -> None:
+    """What graft.insight.explain draws is what transformers reports: every block's softmax
+    weights (its eager attention, the one that forms them), padded rows included, and the
+    residual stream layer by layer (transformers' last one is after the final norm, which
+    lm_logits_of applies)."""
+    hf_model = _build_hf(family, attn_implementation="eager")
+    model = load_hf_model(_save(hf_model, tmp_path))
+    ids, mask = _inputs()
+    with torch.no_grad():
+        ours = model(ids, attention_mask=_graft_mask(mask), output_attentions=True)
+        ours_hidden = model(ids, output_hidden_states=True).hidden_states
+        theirs = hf_model(
+            input_ids=ids, attention_mask=mask, output_attentions=True, output_hidden_states=True
+        )
+        theirs_hidden = hf_model(input_ids=ids, output_hidden_states=True).hidden_states
+        assert ours.attentions is not None and ours_hidden is not None
+        assert len(ours.attentions) == len(theirs.attentions) == 2
+        keep = mask.bool()  # queries at padding see different things by convention
+        for mine, its in zip(ours.attentions, theirs.attentions):
+            assert mine.shape == its.shape == (3, 4, 12, 12)
+            torch.testing.assert_close(
+                mine.transpose(1, 2)[keep], its.transpose(1, 2)[keep], atol=1e-5, rtol=0
+            )
+        assert len(ours_hidden) == len(theirs_hidden) == 3
+        for mine, its in zip(ours_hidden[:-1], theirs_hidden[:-1]):
+            torch.testing.assert_close(mine, its, atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            model.lm_logits_of(ours_hidden[-1]),
+            hf_model.lm_head(theirs_hidden[-1]),
+            atol=1e-4,
+            rtol=0,
+        )

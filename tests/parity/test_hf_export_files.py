@@ -81,13 +81,20 @@ def test_export_writes_tokenizer_generation_and_card_files(bpe: Tokenizer, tmp_p
         state=TrainingState(step=7, tokens_seen=1234, elapsed_s=3.0),
     )
     (run / "metrics.jsonl").write_text(
-        '{"step": 5, "val/loss": 3.25}\n{"step": 7, "train/loss": 2.0}\n'
+        '{"step": 0, "val/loss": 5.5, "val/ppl": 244.7}\n{"step": 5, "val/loss": 3.25}\n'
+        '{"step": 6, "val/loss": 3.5, "val/ppl": 33.1}\n{"step": 7, "train/loss": 2.0}\n'
     )
+    (run / "eval").mkdir()
+    (run / "eval" / "lm.json").write_text('{"loss": 3.3, "ppl": 27.1, "tokens": 640}\n')
+    (run / "explain").mkdir()  # what `graft explain` writes for a checkpoint of the run
+    (run / "explain" / "index.html").write_text("<!doctype html><title>explain</title>\n")
+    (run / "explain" / "attention_layer0.png").write_bytes(b"\x89PNG")
 
     out = export_hf(model, tmp_path / "hf", tokenizer=bpe, source=ckpt)
     assert sorted(p.name for p in out.iterdir()) == [
         "README.md",
         "config.json",
+        "explain",
         "generation_config.json",
         "model.safetensors",
         "special_tokens_map.json",
@@ -122,7 +129,18 @@ def test_export_writes_tokenizer_generation_and_card_files(bpe: Tokenizer, tmp_p
     assert "LlamaForCausalLM" in card and "# run (last)" in card
     assert f"`{data}`" in card and f"{index.splits['train'].tokens:,} tokens" in card
     assert "optimizer steps: 7" in card and "tokens seen: 1,234" in card
-    assert "val/loss 3.2500" in card and "step 5" in card
+    # The untrained baseline, the best evaluation by train.monitor (val/loss, lower) and the last.
+    assert "| | step | val/loss | val/ppl |" in card
+    assert "| first | 0 | 5.5000 | 244.7000 |" in card
+    assert "| best val/loss | 5 | 3.2500 |  |" in card
+    assert "| last | 6 | 3.5000 | 33.1000 |" in card
+    assert "`graft eval` (eval/lm.json):" in card and "| ppl | 27.1000 |" in card
+    # The run's explain page travels with the export, and the card links it relatively.
+    assert "[explain/index.html](explain/index.html)" in card
+    assert sorted(p.name for p in (out / "explain").iterdir()) == [
+        "attention_layer0.png",
+        "index.html",
+    ]
     assert f"graft pretrain --config {ckpt / 'run_config.yaml'}" in card
     assert "unknown" not in card
 

@@ -1,5 +1,6 @@
 """The playground page in a real browser (Playwright driving Debian's chromium): it asks for the API
-key, keeps it in localStorage, shows the model card, and streams a reply token by token."""
+key, keeps it in localStorage, shows the model card (one click from the header), streams a reply
+token by token and draws the reply's attention map."""
 
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def url(tokenizer: Tokenizer) -> Iterator[str]:
     served.engine.stop()
 
 
-def test_the_playground_streams_a_reply(url: str):
+def test_the_playground_streams_a_reply(url: str, tmp_path: Path):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as playwright:
@@ -65,6 +66,13 @@ def test_the_playground_streams_a_reply(url: str):
         try:
             page = browser.new_page()
             page.add_init_script(RECORD_TEXT_LENGTHS)
+            problems: list[str] = []  # console errors, failed requests and 4xx/5xx answers
+            page.on("console", lambda m: m.type == "error" and problems.append(m.text))
+            page.on("pageerror", lambda err: problems.append(str(err)))
+            page.on("requestfailed", lambda r: problems.append(f"failed: {r.url}"))
+            page.on(
+                "response", lambda r: r.status >= 400 and problems.append(f"{r.status} {r.url}")
+            )
             page.goto(url)
             expect(page.locator("#model-name")).to_have_text(
                 "enter the API key →"
@@ -104,6 +112,28 @@ def test_the_playground_streams_a_reply(url: str):
             ).json()
             assert shown == reply["choices"][0]["message"]["content"]
             assert len(grew) <= reply["usage"]["completion_tokens"]
+
+            # The reply's attention map: drawn on a canvas, rollout first, then the last layer.
+            problems.clear()  # the 401 before the key was given is expected
+            page.click(".message.assistant .attention > button")
+            canvas = page.locator(".message.assistant .attention-map canvas")
+            expect(canvas).to_have_attribute("data-drawn", "rollout", timeout=10_000)
+            inked = "c => c.getContext('2d').getImageData(0, 0, c.width, c.height).data" + (
+                ".some((v, i) => i % 4 < 3 && v < 200)"
+            )
+            assert canvas.evaluate(inked), "the attention map is blank"
+            page.click(".message.assistant .attention-map button")
+            expect(canvas).to_have_attribute("data-drawn", "last_layer")
+            expect(page.locator(".attention-map figcaption")).to_contain_text("last layer")
+            page.screenshot(path=tmp_path / "attention.png")
+            assert (tmp_path / "attention.png").stat().st_size > 0
+            assert not problems, problems
+
+            # The header's link opens the model card, even when its section was closed.
+            page.locator("#card").evaluate("e => { e.closest('details').open = false; }")
+            page.click("#card-link")
+            assert page.locator("#card").evaluate("e => e.closest('details').open")
+            expect(page.locator("#card")).to_be_in_viewport()
 
             # The key survives a reload, from localStorage.
             page.reload()

@@ -3,11 +3,11 @@
 This module owns how a checkpoint meets evaluation data; the numbers themselves are defined in
 `graft.evaluate.metrics`. One function per task:
 
-- `evaluate_lm`: text files (.txt, .md, .jsonl) as one token stream, each document preceded by
-  the end-of-text id, scored in non-overlapping windows. Only document tokens are scored; the
-  separators are context, so the loss carries exactly the text whose bytes and words normalise
-  it (as lm-evaluation-harness counts bits per byte and word perplexity). Windows may cross a
-  document boundary, as packed training windows do.
+- `evaluate_lm`: text files (.txt, .md, .jsonl), each document scored on its own after the
+  end-of-text id, in lm-evaluation-harness's rolling windows (`_windows`), so its perplexities
+  are lm-eval's `loglikelihood_rolling` ones for the same text, model and window. Only document
+  tokens are scored; the end-of-text id is context, so the loss carries exactly the text whose
+  bytes and words normalise it (as lm-eval counts bits per byte and word perplexity).
 - `evaluate_classify`: labelled records through the checkpoint's sequence classifier, framed and
   batched by `Classify` exactly as fine-tuning validated them (the framing is
   `graft.data.inputs.model_inputs`, which the server uses too).
@@ -61,6 +61,7 @@ from graft.evaluate.predict import class_probabilities, word_tags
 from graft.infer.generate import SamplingParams, generate
 from graft.model.transformer import LanguageModel
 from graft.objectives.classify import check_labels
+from graft.run_files import EVAL_DIR, run_dir_of
 
 __all__ = [
     "EVAL_TASKS",
@@ -142,12 +143,8 @@ def evaluate_checkpoint(options: EvalOptions, echo: Echo = lambda _: None) -> Pa
 def default_out_dir(checkpoint: Path) -> Path:
     """<run dir>/eval for a run directory or a checkpoint inside one (run/checkpoints/NAME); else
     ./eval."""
-    checkpoint = Path(checkpoint)
-    if (checkpoint / "checkpoints").is_dir():
-        return checkpoint / "eval"
-    if checkpoint.parent.name == "checkpoints":
-        return checkpoint.parent.parent / "eval"
-    return Path("eval")
+    run = run_dir_of(checkpoint)
+    return Path(EVAL_DIR) if run is None else run / EVAL_DIR
 
 
 def _check_options(options: EvalOptions) -> None:
@@ -231,18 +228,11 @@ def _check_decoder(model: LanguageModel, options: EvalOptions) -> None:
 # -- language modelling ----------------------------------------------------------------------
 
 
-def _token_stream(
+def _documents(
     tokenizer: Tokenizer, options: EvalOptions
-) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """(ids, scored, counts): every document preceded by the end-of-text id, which is not scored."""
-    eot = tokenizer.eot_id
-    if eot is None:
-        raise TokenizerError(
-            f"{options.checkpoint}: the tokenizer has no end-of-text (eos) token to separate "
-            "documents; --task lm needs one"
-        )
-    parts: list[np.ndarray] = []
-    flags: list[np.ndarray] = []
+) -> tuple[list[np.ndarray], dict[str, int]]:
+    """Each document's ids, and the counts of documents, bytes and words."""
+    documents: list[np.ndarray] = []
     counts = {"bytes": 0, "words": 0, "documents": 0}
     for document in iter_documents(list(options.data)):
         if options.limit is not None and counts["documents"] >= options.limit:
@@ -251,26 +241,37 @@ def _token_stream(
         ids = np.fromiter(chain.from_iterable(tokenizer.encode_batch(pieces)), dtype=np.int64)
         if ids.size == 0:
             continue  # whitespace the tokenizer drops: nothing to score, and no bytes counted
-        parts += [np.array([eot], dtype=np.int64), ids]
-        flags += [np.zeros(1, dtype=bool), np.ones(ids.size, dtype=bool)]
+        documents.append(ids)
         counts["documents"] += 1
         counts["bytes"] += sum(len(piece.encode("utf-8")) for piece in pieces)
         counts["words"] += sum(len(piece.split()) for piece in pieces)
-    if not parts:
+    if not documents:
         raise DataError(f"{', '.join(map(str, options.data))}: no document encodes to any token")
-    return np.concatenate(parts), np.concatenate(flags), counts
+    return documents, counts
 
 
-def _windows(ids: np.ndarray, scored: np.ndarray, seq_len: int) -> tuple[torch.Tensor, ...]:
-    """(inputs, targets), each (windows, seq_len): non-overlapping windows in which every position
-    after the first is a target exactly once. The last window is right-padded with unscored
-    end-of-text ids (ids[0]), which causal attention keeps from touching the real ones."""
-    n = ids.size - 1
-    size = -(-n // seq_len) * seq_len
-    inputs = np.full(size, ids[0], dtype=np.int64)
-    targets = np.full(size, IGNORE_INDEX, dtype=np.int64)
-    inputs[:n], targets[:n] = ids[:-1], np.where(scored[1:], ids[1:], IGNORE_INDEX)
-    return tuple(torch.from_numpy(a.reshape(-1, seq_len)) for a in (inputs, targets))
+def _windows(documents: list[np.ndarray], eot: int, seq_len: int) -> tuple[torch.Tensor, ...]:
+    """(inputs, targets), each (windows, seq_len): lm-evaluation-harness's rolling windows
+    (`get_rolling_token_windows` with one token of context). A document is read on its own after
+    the end-of-text id; each window predicts its next seq_len tokens from the token before them,
+    and the last, shorter remainder is read after as many of the tokens before it as fill the
+    window (context, not scored again). So every token is predicted exactly once, never from
+    another document. A window shorter than seq_len (a short document) is right-padded with
+    unscored end-of-text ids, which causal attention keeps from touching the real ones."""
+    inputs: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    for ids in documents:
+        read = np.concatenate([np.array([eot], dtype=np.int64), ids])  # read[j + 1] is ids[j]
+        for start in range(0, ids.size, seq_len):
+            end = min(start + seq_len, ids.size)  # this window predicts ids[start:end]
+            first = max(0, end - seq_len)  # and reads read[first:end]
+            x = np.full(seq_len, eot, dtype=np.int64)
+            y = np.full(seq_len, IGNORE_INDEX, dtype=np.int64)
+            x[: end - first] = read[first:end]
+            y[start - first : end - first] = ids[start:end]
+            inputs.append(x)
+            targets.append(y)
+    return tuple(torch.from_numpy(np.stack(rows)) for rows in (inputs, targets))
 
 
 @torch.inference_mode()
@@ -285,11 +286,17 @@ def evaluate_lm(
     options.data."""
     _check_decoder(model, options)
     seq_len = _context(model, options)
-    ids, scored, counts = _token_stream(tokenizer, options)
-    tokens = int(scored[1:].sum())
+    eot = tokenizer.eot_id
+    if eot is None:
+        raise TokenizerError(
+            f"{options.checkpoint}: the tokenizer has no end-of-text (eos) token to start "
+            "documents from; --task lm needs one"
+        )
+    documents, counts = _documents(tokenizer, options)
+    tokens = sum(ids.size for ids in documents)
     echo(f"scoring {tokens:,} tokens of {counts['documents']:,} documents in windows of {seq_len}")
     device = next(model.parameters()).device
-    inputs, targets = _windows(ids, scored, seq_len)
+    inputs, targets = _windows(documents, eot, seq_len)
     total = 0.0
     for start in range(0, len(inputs), options.batch_size):
         x, y = (t[start : start + options.batch_size].to(device) for t in (inputs, targets))

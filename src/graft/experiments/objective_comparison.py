@@ -30,7 +30,7 @@ from graft.device import resolve_device
 from graft.errors import ConfigError
 from graft.experiments import runner
 from graft.experiments.probe import ProbeResult, linear_probe, sequence_features
-from graft.train.metrics_log import METRICS_FILE, read_metrics
+from graft.run_files import METRICS_FILE, read_metrics
 from graft.train.pretrain import open_prepared, pretrain
 
 __all__ = ["ArmResult", "ComparisonOptions", "compare_objectives"]

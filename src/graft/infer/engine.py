@@ -18,10 +18,11 @@ padded, masked key span blocks its sums differently from SDPA over exactly the r
 differences (~1e-7 relative) change a token only when two candidates tie to that precision;
 tests/infer/test_engine.py checks token equality, and logprob agreement to 1e-5, under concurrency.
 
-Threads. `step`, `embed` and `classify` hold one lock, so they never interleave; `submit` and
-`cancel` only touch the queue and flags and never wait for a step. `start()` runs a background
-thread that steps whenever there is work and sleeps on a condition variable otherwise (what the
-server uses); without it, the caller drives `step()` (what `generate()` does).
+Threads. `step`, `embed`, `classify`, `score` and `attentions` hold one lock, so they never
+interleave; `submit` and `cancel` only touch the queue and flags and never wait for a step.
+`start()` runs a background thread that steps whenever there is work and sleeps on a condition
+variable otherwise (what the server uses); without it, the caller drives `step()` (what
+`generate()` does).
 
 Speed (bench/decode_speed.py, figures in docs/benchmarks.md). At batch 1 on a CPU a decode step is
 mostly reading every weight once, and the rest is ~100 small kernels and their Python. The engine
@@ -416,7 +417,7 @@ class Engine:
             if config.compile
             else self._logits
         )
-        self._lock = threading.Lock()  # step / embed / classify
+        self._lock = threading.Lock()  # step / embed / classify / score
         self._cond = threading.Condition()  # guards the queue; the background thread sleeps on it
         self._waiting: collections.deque[_Sequence] = collections.deque()
         # _running[i].slot == i: the running rows are slots 0..n-1
@@ -718,7 +719,7 @@ class Engine:
             kv_cache_bytes_per_slot=self.cache.bytes_per_slot,
         )
 
-    # -- whole-sequence uses: embeddings and classification ---------------------------------------
+    # -- whole-sequence uses: embeddings, classification, prompt scoring ---------------------------
 
     @torch.inference_mode()
     def embed(self, ids_batch: list[list[int]]) -> torch.Tensor:
@@ -742,11 +743,57 @@ class Engine:
         assert logits is not None
         return logits.softmax(dim=-1)
 
+    @torch.inference_mode()
+    def score(self, ids: list[int], top: int = 0) -> list[GeneratedToken]:
+        """Each prompt token after the first with its logprob given the tokens before it and the
+        `top` most likely tokens in its place (most likely first): one forward pass over the whole
+        prompt, what OpenAI's `echo` with `logprobs` reports (lm-evaluation-harness's
+        loglikelihood). The distribution is the model's own, before any sampling settings."""
+        if self.model_config.is_encoder:
+            raise ValueError(
+                "this model is an encoder (bidirectional attention): it does not score a prompt "
+                "token by token"
+            )
+        logits = self._read([ids], ["lm"])[0].logits
+        assert logits is not None
+        # Position t predicts token t + 1; the last position predicts beyond the prompt.
+        logprobs = logits[0, :-1].float().log_softmax(dim=-1)
+        targets = torch.tensor(ids[1:], device=logprobs.device)
+        chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
+        if top:
+            values, indices = logprobs.topk(top, dim=-1)
+            alternatives = [
+                list(zip(i, v)) for i, v in zip(indices.tolist(), values.tolist(), strict=True)
+            ]
+        else:
+            alternatives = [[] for _ in chosen]
+        return [
+            GeneratedToken(token, logprob, alts)
+            for token, logprob, alts in zip(ids[1:], chosen, alternatives, strict=True)
+        ]
+
+    @torch.inference_mode()
+    def attentions(self, ids: list[int]) -> torch.Tensor:
+        """Every block's softmax attention weights over one input, float32 on the CPU, (L, H, T, T):
+        the model once over the ids with output_attentions (what the server's /v1/attention maps,
+        graft.insight.explain's view of a text)."""
+        self._check_inputs([ids])
+        tokens = torch.tensor([ids], device=self.device)
+        with self._lock:
+            out = self.model(tokens, heads=(), output_attentions=True)
+        assert out.attentions is not None  # asked for above
+        return torch.stack([layer[0] for layer in out.attentions]).float().cpu()
+
     def _read(
         self, ids_batch: list[list[int]], heads: list[Head]
     ) -> tuple[ModelOutput, torch.Tensor]:
         """The model over whole inputs (`read_padded`), once each is checked against the model's
         context and vocabulary."""
+        self._check_inputs(ids_batch)
+        with self._lock:
+            return read_padded(self.model, ids_batch, heads)
+
+    def _check_inputs(self, ids_batch: list[list[int]]) -> None:
         if not ids_batch:
             raise ValueError("no inputs given")
         vocab = self.vocab_size
@@ -761,5 +808,3 @@ class Engine:
                 raise ValueError(
                     f"input {i} holds a token id outside the model's vocabulary (0..{vocab - 1})"
                 )
-        with self._lock:
-            return read_padded(self.model, ids_batch, heads)

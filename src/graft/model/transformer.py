@@ -169,7 +169,11 @@ class Attention(nn.Module):
         attn_mask: torch.Tensor | None,
         is_causal: bool,
         kv_cache: CacheView | None,
-    ) -> torch.Tensor:
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The attention's output (B, T, C), and with need_weights its softmax weights
+        (B, H, T, S), computed explicitly (same mask, scale and head sharing as SDPA, whose
+        fused kernels never form them): for explaining a prediction, never for training."""
         B, T, C = x.shape
         if self.qkv_proj is not None:
             q, k, v = self.qkv_proj(x).split(self.qkv_widths, dim=-1)
@@ -182,6 +186,9 @@ class Attention(nn.Module):
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, K, S, D): the past plus these T
+        if need_weights:
+            y, weights = self._explicit_attention(q, k, v, attn_mask, is_causal)
+            return self.o_proj(y.transpose(1, 2).reshape(B, T, C)), weights
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -193,7 +200,32 @@ class Attention(nn.Module):
             # SDPA shares them without materialising repeated keys and values.
             enable_gqa=self.n_kv_heads != self.n_heads,
         )  # (B, H, T, D)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, C)), None
+
+    def _explicit_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+        is_causal: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """softmax(q k^T / sqrt(D) + mask) v, as SDPA defines it, and the softmax weights."""
+        if self.n_kv_heads != self.n_heads:  # each kv head serves n_heads / n_kv_heads queries
+            k = k.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+            v = v.repeat_interleave(self.n_heads // self.n_kv_heads, dim=1)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, S)
+        T, S = scores.shape[-2:]
+        if is_causal:  # SDPA's is_causal: query i sees keys 0..i (the top-left triangle)
+            attn_mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~attn_mask, float("-inf"))
+            else:
+                scores = scores + attn_mask
+        weights = scores.softmax(dim=-1)
+        dropped = F.dropout(weights, self.dropout) if self.training else weights
+        return dropped @ v, weights
 
 
 class MLP(nn.Module):
@@ -239,16 +271,28 @@ class Block(nn.Module):
         attn_mask: torch.Tensor | None,
         is_causal: bool,
         kv_cache: CacheView | None,
-    ) -> torch.Tensor:
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The block's output, and its attention weights when need_weights (else None)."""
         if self.pre_norm:
-            x = x + self.dropout(
-                self.self_attn(self.input_layernorm(x), rotary, attn_mask, is_causal, kv_cache)
+            attended, weights = self.self_attn(
+                self.input_layernorm(x), rotary, attn_mask, is_causal, kv_cache, need_weights
             )
-            return x + self.dropout(self.mlp(self.post_attention_layernorm(x)))
-        x = self.post_attention_layernorm(
-            x + self.dropout(self.self_attn(x, rotary, attn_mask, is_causal, kv_cache))
-        )
-        return self.post_feedforward_layernorm(x + self.dropout(self.mlp(x)))
+            x = x + self.dropout(attended)
+            return x + self.dropout(self.mlp(self.post_attention_layernorm(x))), weights
+        attended, weights = self.self_attn(x, rotary, attn_mask, is_causal, kv_cache, need_weights)
+        x = self.post_attention_layernorm(x + self.dropout(attended))
+        return self.post_feedforward_layernorm(x + self.dropout(self.mlp(x))), weights
+
+
+@dataclass
+class LayerTrace:
+    """What the backbone records layer by layer when a caller asks (LanguageModel.forward's
+    output_attentions and output_hidden_states): a list to fill for each thing asked, None for
+    the others."""
+
+    attentions: list[torch.Tensor] | None = None  # per block, (B, H, T, S) softmax weights
+    hidden_states: list[torch.Tensor] | None = None  # after the embeddings, then per block
 
 
 class Transformer(nn.Module):
@@ -281,19 +325,27 @@ class Transformer(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         *,
         position_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         causal: bool | None = None,
         kv_cache: CacheView | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        trace: LayerTrace | None = None,
     ) -> torch.Tensor:
         """input_ids (B, T); position_ids (B, T), default past..past+T-1; token_type_ids (B, T),
         default 0; attention_mask: bool, broadcastable to (B, 1, T, S), True where a query may
         attend to a key: the whole mask, used as given. Without one, `causal` (default: the
-        config's `attention`) picks causal or full attention."""
-        B, T = input_ids.shape
+        config's `attention`) picks causal or full attention. inputs_embeds (B, T, C): token
+        embeddings to read instead of looking up input_ids (give one of the two); positions and
+        token types are added to them as to looked-up ones. `trace`: what to record per layer."""
+        given = input_ids if inputs_embeds is None else inputs_embeds
+        if given is None or (input_ids is not None and inputs_embeds is not None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        B, T = given.shape[:2]
+        device = given.device
         past = kv_cache.length if kv_cache is not None else 0
         if past + T > self.config.max_seq_len:
             raise ValueError(
@@ -307,18 +359,22 @@ class Transformer(nn.Module):
                 is_causal = True  # lets SDPA pick its fused causal kernel, no mask tensor
             else:
                 # A chunk appended to a cache: query i sees every cached key and keys up to itself.
-                keys = torch.arange(past + T, device=input_ids.device)
-                queries = torch.arange(past, past + T, device=input_ids.device)
+                keys = torch.arange(past + T, device=device)
+                queries = torch.arange(past, past + T, device=device)
                 attn_mask = keys[None, :] <= queries[:, None]  # (T, S)
-        if self.per_sample:  # Opacus's ghost norms view the ids: they must be contiguous
-            input_ids = input_ids.contiguous()
-        x = self.embed_tokens(input_ids)
+        if inputs_embeds is not None:
+            x = inputs_embeds
+        else:
+            assert input_ids is not None  # one of the two, checked above
+            if self.per_sample:  # Opacus's ghost norms view the ids: they must be contiguous
+                input_ids = input_ids.contiguous()
+            x = self.embed_tokens(input_ids)
         if self.per_sample and position_ids is None and self.config.positions == "learned":
             # Per-sample gradients (DP-SGD) are taken from each module's (B, ...) inputs: the
             # tables must be called with a row of ids per example, not sliced once for all.
-            position_ids = torch.arange(past, past + T, device=input_ids.device).repeat(B, 1)
+            position_ids = torch.arange(past, past + T, device=device).repeat(B, 1)
         if self.per_sample and token_type_ids is None and self.config.type_vocab_size:
-            token_type_ids = torch.zeros_like(input_ids)
+            token_type_ids = torch.zeros(B, T, dtype=torch.long, device=device)
         rotary = None
         if self.config.positions == "learned":
             if position_ids is None:
@@ -337,14 +393,29 @@ class Transformer(nn.Module):
         if self.config.norm_position == "post":
             x = self.embed_norm(x)
         x = self.dropout(x)
+        need_weights = trace is not None and trace.attentions is not None
+        hidden_states = trace.hidden_states if trace is not None else None
+        if hidden_states is not None:
+            hidden_states.append(x)
         recompute = self.activation_checkpointing and torch.is_grad_enabled()
         for layer in self.layers:
             if recompute:  # keep the block's input only; its activations come back in backward
-                x = checkpoint(
-                    layer, x, rotary, attn_mask, is_causal, kv_cache, use_reentrant=False
+                x, weights = checkpoint(
+                    layer,
+                    x,
+                    rotary,
+                    attn_mask,
+                    is_causal,
+                    kv_cache,
+                    need_weights,
+                    use_reentrant=False,
                 )
             else:
-                x = layer(x, rotary, attn_mask, is_causal, kv_cache)
+                x, weights = layer(x, rotary, attn_mask, is_causal, kv_cache, need_weights)
+            if trace is not None and trace.attentions is not None:
+                trace.attentions.append(weights)
+            if hidden_states is not None:
+                hidden_states.append(x)
         if kv_cache is not None:
             kv_cache.advance(T)
         return self.norm(x) if self.config.norm_position == "pre" else x
@@ -393,6 +464,11 @@ class ModelOutput:
     lm_correct: torch.Tensor | None = None
     nsp_logits: torch.Tensor | None = None  # (B, 2), float32
     class_logits: torch.Tensor | None = None  # (B, labels) or (B, T, labels), float32
+    # Asked for explicitly (output_attentions, output_hidden_states), for explaining a prediction:
+    attentions: tuple[torch.Tensor, ...] | None = None  # per block, (B, H, T, S) softmax weights
+    # The residual stream after the embeddings, then after each block (n_layers + 1 of them,
+    # before the final norm): lm_logits_of reads any of them as the LM head would.
+    hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
 class LanguageModel(nn.Module):
@@ -437,7 +513,7 @@ class LanguageModel(nn.Module):
 
     def forward(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
         *,
         position_ids: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
@@ -448,6 +524,9 @@ class LanguageModel(nn.Module):
         targets: torch.Tensor | None = None,
         last_index: torch.Tensor | None = None,
         last_only: bool = False,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
     ) -> ModelOutput:
         """The one entry point: the backbone once, then the heads asked for (`Transformer.forward`
         documents the inputs).
@@ -460,7 +539,20 @@ class LanguageModel(nn.Module):
         cross-entropy and how many it got right. "nsp": BERT's next-sentence logits (B, 2).
         "classifier":
         config.head's logits, (B, labels) per sequence read at last_index (B,), each row's last
-        real token (default: the last position), or (B, T, labels) per token."""
+        real token (default: the last position), or (B, T, labels) per token.
+
+        For explaining a prediction (graft.insight), each asked for explicitly so the default
+        path stays the fused one: inputs_embeds (B, T, C), token embeddings read instead of
+        input_ids (integrated gradients differentiate with respect to them); output_attentions,
+        every block's softmax weights (B, H, T, S), formed explicitly instead of by the fused
+        kernel (same output); output_hidden_states, the residual stream after the embeddings
+        and after each block."""
+        trace = None
+        if output_attentions or output_hidden_states:
+            trace = LayerTrace(
+                attentions=[] if output_attentions else None,
+                hidden_states=[] if output_hidden_states else None,
+            )
         h = self.model(
             input_ids,
             position_ids=position_ids,
@@ -468,8 +560,13 @@ class LanguageModel(nn.Module):
             attention_mask=attention_mask,
             causal=causal,
             kv_cache=kv_cache,
+            inputs_embeds=inputs_embeds,
+            trace=trace,
         )
         out = ModelOutput(h)
+        if trace is not None:
+            out.attentions = None if trace.attentions is None else tuple(trace.attentions)
+            out.hidden_states = None if trace.hidden_states is None else tuple(trace.hidden_states)
         if targets is not None and ("lm" in heads or "masked_lm" in heads):
             out = self._lm_loss(out, targets, sparse="masked_lm" in heads)
         elif "lm" in heads:
@@ -479,6 +576,19 @@ class LanguageModel(nn.Module):
         if "classifier" in heads:
             out.class_logits = self._classify(h, last_index).float()
         return out
+
+    def token_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The token embeddings (B, T, C) input_ids are read as: what `inputs_embeds` replaces
+        (positions and token types are added later, in the backbone)."""
+        return self.model.embed_tokens(input_ids)
+
+    def lm_logits_of(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head's logits (..., V) for a residual-stream state, one of
+        ModelOutput.hidden_states: the final norm (pre-norm models), then the head, as the last
+        block's output is read. The logit lens: what each layer would predict."""
+        if self.config.norm_position == "pre":
+            hidden = self.model.norm(hidden)
+        return self.lm_head(self._head_input(hidden))
 
     def _head_input(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states as the LM head's output layer reads them (through BERT's transform, if

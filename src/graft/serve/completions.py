@@ -5,6 +5,11 @@ Everything a client can get wrong is checked here, before the engine sees the re
 with a 400 naming the field: the model name, a prompt longer than the context, max_tokens beyond
 it, unsupported OpenAI fields. The engine's bounded queue answers 429.
 
+/v1/completions also takes a batch of prompts (one engine request each, submitted together so that
+they decode as one batch; one choice each) and `echo`, which is how lm-evaluation-harness scores a
+text: each prompt is read in one forward pass (`Engine.score`, in a worker thread) and its tokens'
+logprobs come before those of the tokens generated after it (none with max_tokens 0).
+
 A client that goes away is noticed by a task that waits for the ASGI `http.disconnect` message
 (the request body has been read by then, so that is the only message left to come); it cancels
 the engine request, whose batch slot frees at the next decode step. A stream whose sending fails
@@ -17,10 +22,10 @@ import asyncio
 import functools
 import time
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -31,7 +36,9 @@ from graft.data.records import Message
 from graft.data.tokenizer import Tokenizer
 from graft.infer.engine import Engine, Event, QueueFull, RequestHandle
 from graft.infer.engine import Request as EngineRequest
+from graft.infer.generate import GeneratedToken
 from graft.infer.sampling import SamplingParams
+from graft.infer.stream import TextStream
 from graft.serve.http_errors import APIError, error_body
 from graft.serve.metrics import ServeMetrics
 from graft.serve.model_info import ModelInfo, token_bytes
@@ -45,6 +52,7 @@ from graft.serve.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     ChatLogprobs,
+    ChatMessage,
     CompletionChoice,
     CompletionLogprobs,
     CompletionRequest,
@@ -112,8 +120,6 @@ def _check_request(body: SamplingFields, info: ModelInfo) -> None:
     if body.logit_bias:
         raise APIError(400, "logit_bias is not supported", param="logit_bias", code="unsupported")
     if isinstance(body, CompletionRequest):
-        if body.echo:
-            raise APIError(400, "echo is not supported", param="echo", code="unsupported")
         if body.suffix is not None:
             raise APIError(400, "suffix is not supported", param="suffix", code="unsupported")
     if isinstance(body, ChatCompletionRequest):
@@ -198,49 +204,113 @@ def _sampling_params(
         ) from None
 
 
-def prepare_completion(body: CompletionRequest, tokenizer: Tokenizer, info: ModelInfo) -> Prepared:
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """One checked prompt of a completion request: its ids, the text `echo` returns for it (the
+    text given, or the ids decoded), and the engine request that continues it (None when
+    max_tokens is 0: echo alone, nothing generated)."""
+
+    ids: list[int]
+    text: str
+    prepared: Prepared | None
+
+
+def _prompt_ids(
+    prompt: str | list[int], where: str, tokenizer: Tokenizer, info: ModelInfo
+) -> list[int]:
+    if isinstance(prompt, str):
+        if prompt:
+            return tokenizer.encode(prompt)
+        if tokenizer.eot_id is not None:
+            return [tokenizer.eot_id]  # an empty prompt: the start of a fresh document
+        raise APIError(
+            400,
+            f"{where}: empty, and the tokenizer has no end-of-text token to start from",
+            param=where,
+        )
+    if not prompt:
+        raise APIError(400, f"{where}: empty; give at least one token id", param=where)
+    vocab = info.config.vocab_size or tokenizer.vocab_size
+    if (bad := next((i for i in prompt if i >= vocab), None)) is not None:
+        raise APIError(
+            400,
+            f"{where}: token id {bad} is outside the vocabulary (0..{vocab - 1})",
+            param=where,
+        )
+    return list(prompt)
+
+
+def prepare_completion(
+    body: CompletionRequest, tokenizer: Tokenizer, info: ModelInfo
+) -> list[PreparedPrompt]:
+    """Each prompt of the request (one, or a batch), checked against the model and its context."""
     _check_request(body, info)
-    if isinstance(body.prompt, str):
-        if body.prompt:
-            ids = tokenizer.encode(body.prompt)
-        elif tokenizer.eot_id is not None:
-            ids = [tokenizer.eot_id]  # an empty prompt: the start of a fresh document
-        else:
-            raise APIError(
-                400,
-                "prompt: empty, and the tokenizer has no end-of-text token to start from",
-                param="prompt",
-            )
-    else:
-        ids = list(body.prompt)
-        vocab = info.config.vocab_size or tokenizer.vocab_size
-        if (bad := next((i for i in ids if i >= vocab), None)) is not None:
-            raise APIError(
-                400,
-                f"prompt: token id {bad} is outside the vocabulary (0..{vocab - 1})",
-                param="prompt",
-            )
+    # A list of ints is one prompt as token ids; a list of texts or of id lists is a batch.
+    prompt = body.prompt
+    batch = isinstance(prompt, list) and not isinstance(prompt[0], int)
+    prompts = cast("list[str | list[int]]", prompt if batch else [prompt])
+    if body.stream and (batch or body.echo):
+        field = "echo" if body.echo else "prompt"
+        raise APIError(
+            400,
+            f"{field}: stream takes one prompt without echo; send stream: false for "
+            f"{'echo' if body.echo else 'a batch of prompts'}",
+            param=field,
+            code="unsupported",
+        )
+    if body.max_tokens == 0 and not body.echo:
+        raise APIError(
+            400,
+            "max_tokens: 0 generates nothing; it needs echo: true (score the prompt only)",
+            param="max_tokens",
+        )
+    context = info.config.max_seq_len
     explicit = "max_tokens" in body.model_fields_set and body.max_tokens is not None
-    max_new = _max_new_tokens(
-        body.max_tokens, explicit, len(ids), info.config.max_seq_len, "max_tokens", "prompt"
-    )
-    return _prepared(body, ids, max_new, body.logprobs, info, "cmpl")
+    out = []
+    for i, each in enumerate(prompts):
+        where = f"prompt[{i}]" if batch else "prompt"
+        ids = _prompt_ids(each, where, tokenizer, info)
+        text = each if isinstance(each, str) else tokenizer.decode(ids)
+        if body.max_tokens == 0:
+            # Echo alone reads the prompt once: the whole context is its to fill, no more. A
+            # longer prompt is refused rather than scored in windows, whose logprobs would not
+            # be conditioned on the whole prompt as a client reading them assumes.
+            if len(ids) > context:
+                raise APIError(
+                    400,
+                    f"{where}: the prompt is {len(ids)} tokens; the model's context is {context}",
+                    param=where,
+                    code="context_length_exceeded",
+                )
+            out.append(PreparedPrompt(ids, text, None))
+            continue
+        max_new = _max_new_tokens(body.max_tokens, explicit, len(ids), context, "max_tokens", where)
+        out.append(
+            PreparedPrompt(ids, text, _prepared(body, ids, max_new, body.logprobs, info, "cmpl"))
+        )
+    return out
 
 
-def prepare_chat(body: ChatCompletionRequest, tokenizer: Tokenizer, info: ModelInfo) -> Prepared:
-    _check_request(body, info)
+def chat_ids(chat: Sequence[ChatMessage], tokenizer: Tokenizer) -> list[int]:
+    """The prompt ids of a request's messages, before the next assistant turn: what the model
+    reads for /v1/chat/completions (and what /v1/attention maps)."""
     messages = [
         Message(
             "system" if m.role == "developer" else m.role,
             m.content if isinstance(m.content, str) else "".join(p.text for p in m.content or []),
         )
-        for m in body.messages
+        for m in chat
     ]
     try:
-        ids = chat_prompt_ids(tokenizer, messages)
+        return chat_prompt_ids(tokenizer, messages)
     except PromptError as err:
         param = "messages" if err.index is None else f"messages[{err.index}].content"
         raise APIError(400, f"{param}: {err}", param=param) from None
+
+
+def prepare_chat(body: ChatCompletionRequest, tokenizer: Tokenizer, info: ModelInfo) -> Prepared:
+    _check_request(body, info)
+    ids = chat_ids(body.messages, tokenizer)
     requested, field = body.max_tokens, "max_tokens"
     if body.max_completion_tokens is not None:
         requested, field = body.max_completion_tokens, "max_completion_tokens"
@@ -267,20 +337,37 @@ def _prepared(
     return Prepared(request, body.stream and options is not None and options.include_usage)
 
 
-def run_events(
-    request: Request, handle: RequestHandle, *, endpoint: str, started: float, metrics: ServeMetrics
-) -> AsyncGenerator[Event, None]:
-    """The engine's events for one request, cancelling it if the client disconnects or the consumer
-    stops early; records time to first token and the token counts. The disconnect watcher starts
-    now, not when the events are first read: a client gone before its stream began is noticed
-    too."""
+def watch_disconnect(request: Request, handles: Sequence[RequestHandle]) -> asyncio.Task[None]:
+    """A task that cancels `handles` when the client disconnects. One per HTTP request: only one
+    reader receives the `http.disconnect` message, so a batch's requests share it."""
 
     async def cancel_on_disconnect() -> None:
         while True:
             message = await request.receive()
             if message["type"] == "http.disconnect":
-                handle.cancel()
+                for handle in handles:
+                    handle.cancel()
                 return
+
+    watcher = asyncio.create_task(cancel_on_disconnect())
+    _WATCHERS.add(watcher)  # asyncio keeps only weak references to tasks
+    watcher.add_done_callback(_WATCHERS.discard)
+    return watcher
+
+
+def run_events(
+    request: Request,
+    handle: RequestHandle,
+    *,
+    endpoint: str,
+    started: float,
+    metrics: ServeMetrics,
+    watcher: asyncio.Task[None] | None = None,
+) -> AsyncGenerator[Event, None]:
+    """The engine's events for one request, cancelling it if the client disconnects or the consumer
+    stops early; records time to first token and the token counts. The disconnect watcher starts
+    now, not when the events are first read: a client gone before its stream began is noticed
+    too. A batch passes the `watcher` its requests share, and stops it itself."""
 
     async def events() -> AsyncGenerator[Event, None]:
         finished = first = False
@@ -294,13 +381,13 @@ def run_events(
                     metrics.add_tokens(event.prompt_tokens, event.completion_tokens)
                 yield event
         finally:
-            watcher.cancel()
+            if own:
+                watching.cancel()
             if not finished:
                 handle.cancel()
 
-    watcher = asyncio.create_task(cancel_on_disconnect())
-    _WATCHERS.add(watcher)  # asyncio keeps only weak references to tasks
-    watcher.add_done_callback(_WATCHERS.discard)
+    own = watcher is None
+    watching = watch_disconnect(request, [handle]) if watcher is None else watcher
     return events()
 
 
@@ -338,7 +425,7 @@ def _completion_logprobs(
 ) -> CompletionLogprobs:
     tokens: list[str] = []
     token_logprobs: list[float | None] = []
-    top: list[dict[str, float]] = []
+    top: list[dict[str, float] | None] = []
     offsets: list[int] = []
     for event in events:
         token = event.token
@@ -347,14 +434,46 @@ def _completion_logprobs(
         text = tokenizer.decode([token.id])
         tokens.append(text)
         token_logprobs.append(token.logprob)
-        alternatives: dict[str, float] = {}
-        for i, lp in token.top:  # most likely first; tokens that decode alike keep the likeliest
-            alternatives.setdefault(tokenizer.decode([i]), lp)
-        top.append(alternatives)
+        top.append(_alternatives(tokenizer, token.top))
         offsets.append(offset)
         offset += len(text)
     return CompletionLogprobs(
         tokens=tokens, token_logprobs=token_logprobs, top_logprobs=top, text_offset=offsets
+    )
+
+
+def _alternatives(tokenizer: Tokenizer, top: list[tuple[int, float]]) -> dict[str, float]:
+    alternatives: dict[str, float] = {}
+    for i, lp in top:  # most likely first; tokens that decode alike keep the likeliest
+        alternatives.setdefault(tokenizer.decode([i]), lp)
+    return alternatives
+
+
+def _prompt_logprobs(
+    tokenizer: Tokenizer, ids: list[int], scored: list[GeneratedToken]
+) -> CompletionLogprobs:
+    """An echoed prompt's logprobs: `scored` (Engine.score) holds every token's but the first,
+    which has nothing before it to be predicted from (null, as OpenAI's). Offsets are where each
+    token's text begins in the decoded prompt; a token holding part of a character begins where
+    that character does."""
+    offsets, offset, stream = [], 0, TextStream(tokenizer)
+    for token_id in ids:
+        offsets.append(offset)
+        offset += len(stream.push(token_id))
+    return CompletionLogprobs(
+        tokens=[tokenizer.decode([i]) for i in ids],
+        token_logprobs=[None, *(t.logprob for t in scored)],
+        top_logprobs=[None, *(_alternatives(tokenizer, t.top) for t in scored)],
+        text_offset=offsets,
+    )
+
+
+def _joined(first: CompletionLogprobs, then: CompletionLogprobs) -> CompletionLogprobs:
+    return CompletionLogprobs(
+        tokens=first.tokens + then.tokens,
+        token_logprobs=first.token_logprobs + then.token_logprobs,
+        top_logprobs=first.top_logprobs + then.top_logprobs,
+        text_offset=first.text_offset + then.text_offset,
     )
 
 
@@ -407,15 +526,9 @@ def completion_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) ->
     router = APIRouter()
     tokenizer = engine.tokenizer
 
-    def start(
-        prepared: Prepared, request: Request, endpoint: str
-    ) -> tuple[AsyncGenerator[Event, None], dict[str, Any]]:
-        """Submit a prepared request; its events (cancelled if the client leaves) and the id,
-        creation time and model that every body and chunk of its answer carries."""
-        # latency counts from here: preparing is validation, not waiting
-        started = time.perf_counter()
+    def submit(prepared: Prepared) -> RequestHandle:
         try:
-            handle = engine.submit(prepared.request)
+            return engine.submit(prepared.request)
         except QueueFull:
             raise APIError(
                 429,
@@ -425,43 +538,142 @@ def completion_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) ->
             ) from None
         except ValueError as err:
             raise APIError(400, f"the engine refused the request: {err}") from None
+
+    def start(
+        prepared: Prepared, request: Request, endpoint: str
+    ) -> tuple[AsyncGenerator[Event, None], dict[str, Any]]:
+        """Submit a prepared request; its events (cancelled if the client leaves) and the id,
+        creation time and model that every body and chunk of its answer carries."""
+        # latency counts from here: preparing is validation, not waiting
+        started = time.perf_counter()
+        handle = submit(prepared)
         events = run_events(request, handle, endpoint=endpoint, started=started, metrics=metrics)
         head = {"id": prepared.request.request_id, "created": int(time.time()), "model": info.name}
         return events, head
+
+    async def generate_all(prepared: list[Prepared], request: Request) -> list[list[Event]]:
+        """Each request's events, submitted together so that the engine decodes them as one
+        batch; all are cancelled if the client leaves or one cannot be queued."""
+        if not prepared:
+            return []
+        started = time.perf_counter()
+        handles: list[RequestHandle] = []
+        try:
+            for each in prepared:
+                handles.append(submit(each))
+        except APIError:
+            for handle in handles:
+                handle.cancel()
+            raise
+        watcher = watch_disconnect(request, handles)
+        endpoint = "/v1/completions"
+
+        async def collect(handle: RequestHandle) -> list[Event]:
+            events = run_events(
+                request,
+                handle,
+                endpoint=endpoint,
+                started=started,
+                metrics=metrics,
+                watcher=watcher,
+            )
+            return [event async for event in events]
+
+        try:
+            return list(await asyncio.gather(*(collect(handle) for handle in handles)))
+        finally:
+            watcher.cancel()
+
+    async def complete(
+        body: CompletionRequest, prompts: list[PreparedPrompt], request: Request
+    ) -> CompletionResponse:
+        """The whole answer, one choice per prompt in order: the echoed prompt scored, then what
+        the engine generates after it."""
+        generating = [p.prepared for p in prompts if p.prepared is not None]
+        # Checked before any work: a batch the queue can never hold would only ever get 429s.
+        if len(generating) > engine.config.max_queue:
+            raise APIError(
+                400,
+                f"prompt: a batch of {len(generating)} prompts; this server queues at most "
+                f"{engine.config.max_queue} (graft serve --max-queue)",
+                param="prompt",
+            )
+        scored: list[list[GeneratedToken]] = []
+        if body.echo and body.logprobs is not None:
+            top = body.logprobs
+
+            def score() -> list[list[GeneratedToken]]:
+                # One prompt at a time: each forward pass holds the engine's lock, and running
+                # sequences get their decode steps in between.
+                return [engine.score(p.ids, top) for p in prompts]
+
+            try:
+                scored = await run_in_threadpool(score)
+            except ValueError as err:
+                raise APIError(400, f"the engine refused the prompt: {err}") from None
+        collected = iter(await generate_all(generating, request))
+        choices, prompt_tokens, completion_tokens = [], 0, 0
+        for index, prompt in enumerate(prompts):
+            events = next(collected) if prompt.prepared is not None else []
+            if not events:  # echo alone (max_tokens 0): only the prompt was read
+                metrics.add_tokens(len(prompt.ids), 0)
+            echoed = prompt.text if body.echo else ""
+            logprobs = None
+            if body.logprobs is not None:
+                logprobs = _completion_logprobs(tokenizer, events, len(echoed))
+                if body.echo:
+                    logprobs = _joined(
+                        _prompt_logprobs(tokenizer, prompt.ids, scored[index]), logprobs
+                    )
+            choice = CompletionChoice(
+                index=index,
+                text=echoed + "".join(e.text for e in events),
+                finish_reason=_finish_reason(events[-1]) if events else "length",
+                logprobs=logprobs,
+            )
+            choices.append(choice)
+            prompt_tokens += len(prompt.ids)
+            completion_tokens += events[-1].completion_tokens if events else 0
+        usage = Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        )
+        rid = generating[0].request.request_id if generating else f"cmpl-{uuid.uuid4().hex}"
+        return CompletionResponse(
+            id=rid, created=int(time.time()), model=info.name, choices=choices, usage=usage
+        )
 
     @router.post(
         "/v1/completions",
         response_model=CompletionResponse,
         tags=["OpenAI"],
         responses={200: _STREAMED},
-        summary="Continue a prompt (text or token ids)",
+        summary="Continue a prompt (text or token ids), or a batch of them; echo scores a prompt",
     )
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        prepared = prepare_completion(body, tokenizer, info)
+        prompts = prepare_completion(body, tokenizer, info)
+        if not body.stream:
+            return await complete(body, prompts, request)
+        # One prompt, not echoed, continued (prepare_completion refuses the others in a stream).
+        prepared = prompts[0].prepared
+        assert prepared is not None
         events, head = start(prepared, request, "/v1/completions")
         logprobs = body.logprobs is not None
-        if body.stream:
-            chunk = functools.partial(_chunk, CompletionResponse, head)
-            offset = 0
+        chunk = functools.partial(_chunk, CompletionResponse, head)
+        offset = 0
 
-            def pieces(event: Event, reason: Reason | None) -> Iterator[str]:
-                nonlocal offset
-                if event.text or reason is not None or (logprobs and event.token is not None):
-                    lp = _completion_logprobs(tokenizer, [event], offset) if logprobs else None
-                    offset += len(event.text)
-                    choice = CompletionChoice(
-                        index=0, text=event.text, logprobs=lp, finish_reason=reason
-                    )
-                    yield chunk([choice])
+        def pieces(event: Event, reason: Reason | None) -> Iterator[str]:
+            nonlocal offset
+            if event.text or reason is not None or (logprobs and event.token is not None):
+                lp = _completion_logprobs(tokenizer, [event], offset) if logprobs else None
+                offset += len(event.text)
+                choice = CompletionChoice(
+                    index=0, text=event.text, logprobs=lp, finish_reason=reason
+                )
+                yield chunk([choice])
 
-            return _event_stream(_stream(events, chunk, prepared.include_usage, pieces))
-        collected = [event async for event in events]
-        choice = CompletionChoice(
-            text="".join(e.text for e in collected),
-            finish_reason=_finish_reason(collected[-1]),
-            logprobs=_completion_logprobs(tokenizer, collected) if logprobs else None,
-        )
-        return CompletionResponse(**head, choices=[choice], usage=_usage(collected[-1]))
+        return _event_stream(_stream(events, chunk, prepared.include_usage, pieces))
 
     @router.post(
         "/v1/chat/completions",

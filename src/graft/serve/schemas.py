@@ -2,7 +2,7 @@
 
 Requests carry their limits as field constraints, so FastAPI rejects a bad value before any
 handler runs and /openapi.json states the same limits a client is held to. Fields OpenAI defines
-but graft does not implement (echo, best_of, logit_bias, suffix, tools, response_format) are
+but graft does not implement (best_of, logit_bias, suffix, tools, response_format) are
 modelled too, so a client that sets one gets a 400 naming it instead of being silently ignored.
 Extensions beyond OpenAI (top_k, min_p, repetition_penalty, /v1/classify, a model's card) are
 marked as such in their descriptions. Unknown fields are ignored, as OpenAI-compatible servers do.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from graft.infer.sampling import MAX_ABS_PENALTY, MAX_LOGPROBS
 
@@ -25,6 +25,9 @@ TokenId = Annotated[int, Field(ge=0)]
 TokenIds = Annotated[list[TokenId], Field(min_length=1)]
 Texts = Annotated[list[str], Field(min_length=1, max_length=MAX_BATCH_INPUTS)]
 TokenIdLists = Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_BATCH_INPUTS)]
+# A batch's empty prompt is refused by the route, which can name it (prompt[2]): as a union
+# branch's failure it would be reported as whichever branch failed first.
+PromptIdLists = Annotated[list[list[TokenId]], Field(min_length=1, max_length=MAX_BATCH_INPUTS)]
 
 
 class RequestBody(BaseModel):
@@ -87,11 +90,16 @@ class SamplingFields(RequestBody):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | TokenIds = Field(
-        ..., description="One prompt: text, or token ids. An empty string starts a fresh document."
+    prompt: str | TokenIds | Texts | PromptIdLists = Field(
+        ...,
+        description="Text or token ids, or a list of either (a batch: one choice each, in order, "
+        "not streamed). An empty string starts a fresh document.",
     )
     max_tokens: int | None = Field(
-        16, ge=1, description="Most tokens to generate (default 16, as OpenAI)."
+        16,
+        ge=0,
+        description="Most tokens to generate (default 16, as OpenAI); 0 only with echo, which "
+        "then scores the prompt and generates nothing.",
     )
     logprobs: int | None = Field(
         None,
@@ -99,19 +107,13 @@ class CompletionRequest(SamplingFields):
         le=MAX_LOGPROBS,
         description="Report each token's logprob and this many most likely alternatives.",
     )
-    echo: bool = Field(False, description="Not supported: must be false.")
+    echo: bool = Field(
+        False,
+        description="Return the prompt before the generated text and, with logprobs, each prompt "
+        "token's logprob (the first token's is null) and alternatives; not streamed.",
+    )
     best_of: int | None = Field(None, ge=1, le=1, description="Not supported beyond 1.")
     suffix: str | None = Field(None, description="Not supported: must be absent.")
-
-    @field_validator("prompt", mode="before")
-    @classmethod
-    def _one_prompt(cls, value: object) -> object:
-        if isinstance(value, list) and value and all(isinstance(v, (str, list)) for v in value):
-            raise ValueError(
-                "one prompt per request: a string or a list of token ids (a batch of prompts is "
-                "not supported; send one request each)"
-            )
-        return value
 
 
 class TextPart(RequestBody):
@@ -189,8 +191,9 @@ class Usage(BaseModel):
 
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
+    # null for an echoed prompt's first token: nothing before it to predict it from
     token_logprobs: list[float | None]
-    top_logprobs: list[dict[str, float]]
+    top_logprobs: list[dict[str, float] | None]
     text_offset: list[int]
 
 

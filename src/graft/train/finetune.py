@@ -29,6 +29,7 @@ from graft.errors import CheckpointError, ConfigError
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
 from graft.objectives.base import RecordObjective, Records, TaskData
+from graft.run_files import CONFIG_FILE
 from graft.train.loop import Run, RunResult, fit
 from graft.train.optim import build_optimizer
 from graft.train.parallel import parallelize
@@ -155,7 +156,7 @@ def prepare_finetune(
     config = config.model_copy(update={"model": model_config})
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / "config.yaml", config.to_yaml())
+        write_atomic(run_dir / CONFIG_FILE, config.to_yaml())
     optimizer = build_optimizer(model, config.optim, device)
     generator = torch.Generator().manual_seed(config.train.seed)  # the same data on every rank
     state = ckpt.TrainingState()

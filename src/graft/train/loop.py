@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -29,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from graft import checkpoint as ckpt
-from graft.config import RunConfig, TrainConfig
+from graft.config import RunConfig, TrainConfig, lower_is_better
 from graft.crash_points import crash_point
 from graft.data.tokenizer import Tokenizer
 from graft.device import autocast_for, peak_flops
@@ -39,6 +40,7 @@ from graft.model.flops import training_flops_per_token
 from graft.model.transformer import LanguageModel
 from graft.objectives.batch import Batch, LossTotals, Objective
 from graft.train.metrics_log import LOSS_CURVE_FILE, MetricsLog, plot_loss_curve
+from graft.train.norms import gradient_norms, weight_norms
 from graft.train.optim import learning_rate
 from graft.train.parallel import clip_grad_norm, gradient_sync, is_sharded
 from graft.train.privacy import Privacy
@@ -177,13 +179,18 @@ class NonFiniteLoss(Exception):
 
 
 def train_step(
-    run: Run, autocast: contextlib.AbstractContextManager | None = None
+    run: Run,
+    autocast: contextlib.AbstractContextManager | None = None,
+    *,
+    norms: dict[str, float] | None = None,
 ) -> tuple[int, LossTotals, float]:
     """One optimizer step at the learning rate already set: draw grad_accum micro-batches (every
     process its share of them; private training a Poisson sample of records instead), forward and
     backward, clip, step. Returns the step's real tokens, this process's loss totals and the
     gradient norm (before clipping; under DP the noisy gradient's). A non-finite loss raises
-    NonFiniteLoss instead of stepping."""
+    NonFiniteLoss instead of stepping. `norms`, when given, gets each block's gradient norm
+    before clipping (graft.train.norms; none under DP, whose per-record gradients Opacus
+    holds)."""
     train_cfg, world, privacy = run.config.train, run.world, run.privacy
     drawn = (
         privacy.draw(run.objective, train_cfg.batch_size, run.data_generator)
@@ -212,6 +219,8 @@ def train_step(
         run.optimizer.zero_grad(set_to_none=True)
         raise NonFiniteLoss(step_loss, tokens)
     if privacy is None:
+        if norms is not None:  # every rank: under FSDP the norms are collective
+            norms.update(gradient_norms(run.model))
         grad_norm = clip_grad_norm(run.model, run.config.optim.grad_clip)
         run.optimizer.step()
     else:  # per-record clipping replaces optim.grad_clip
@@ -242,8 +251,17 @@ def fit(run: Run) -> RunResult:
     flops_per_token = training_flops_per_token(model, cfg.seq_len)
     peak = peak_flops(run.device)
     log = MetricsLog(
-        run.run_dir, resume_from_step=state.step if run.resumed else None, writes=world.is_main
+        run.run_dir,
+        resume_from_step=state.step if run.resumed else None,
+        writes=world.is_main,
+        backends=train_cfg.log,
     )
+    if train_cfg.norms_every is not None and run.privacy is not None and world.is_main:
+        print(
+            "notice: train.norms_every: no gradient norms under dp (Opacus clips each record's "
+            "gradient); weight norms only",
+            file=sys.stderr,
+        )
     # Its counts are filled in when the run stops.
     result = RunResult(run.run_dir, state.step, state.tokens_seen, state.elapsed_s, stop_reason="")
     bar = tqdm(
@@ -316,8 +334,10 @@ def fit(run: Run) -> RunResult:
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)  # checkpoints before it lack it
             # 3. Forward and backward over the step's micro-batches, then one optimizer step.
+            every = train_cfg.norms_every
+            norms: dict[str, float] | None = {} if every and (state.step + 1) % every == 0 else None
             try:
-                tokens, step_totals, grad_norm = train_step(run, autocast)
+                tokens, step_totals, grad_norm = train_step(run, autocast, norms=norms)
                 state.nonfinite_in_a_row = 0
             except NonFiniteLoss as bad:
                 _nonfinite(train_cfg, state, bad.loss, saved_at)  # raises unless it skips
@@ -331,7 +351,9 @@ def fit(run: Run) -> RunResult:
             window_tokens += tokens
             window.merge(step_totals)
             crash_point("train:step")
-            # 4. Log training metrics every log_every steps.
+            # 4. Log training metrics every log_every steps, norms every norms_every.
+            if norms is not None:  # the gradients before clipping, the weights after the update
+                log.write(state.step, {**norms, **weight_norms(model)})
             if state.step % train_cfg.log_every == 0:
                 seconds = time.perf_counter() - window_start
                 train_metrics = objective.metrics(summed(window, world), "train")
@@ -392,9 +414,7 @@ def _monitored(metrics: dict[str, float], monitor: str, objective: str) -> float
 
 
 def _better(value: float, best: float, metric: str) -> bool:
-    """Losses, perplexities and bits per byte improve downwards; accuracies and F1 upwards."""
-    lower_is_better = metric.rsplit("/", 1)[-1].endswith(("loss", "ppl", "bpb"))
-    return value < best if lower_is_better else value > best
+    return value < best if lower_is_better(metric) else value > best
 
 
 def _finished(

@@ -1,29 +1,43 @@
-"""What a run writes as it goes: metrics.jsonl (one JSON object a line) and the loss-curve PNG."""
+"""What a run writes as it goes: metrics.jsonl (one JSON object a line; its name and its reader
+live in graft.run_files, for readers outside train), the same rows to the backends train.log
+names (graft.train.log_backends), and the loss-curve PNG."""
 
 from __future__ import annotations
 
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from graft.atomic_files import write_atomic
+from graft.run_files import METRICS_FILE, read_metrics
+from graft.train.log_backends import LogBackend, check_installed, open_backends
 
-METRICS_FILE = "metrics.jsonl"
+__all__ = ["LOSS_CURVE_FILE", "METRICS_FILE", "MetricsLog", "plot_loss_curve", "read_metrics"]
+
 LOSS_CURVE_FILE = "loss_curve.png"
 
 
 class MetricsLog:
     """Appends `{"step": N, "train/loss": ..., ...}` lines, flushed at once so a crash loses
-    none."""
+    none, and hands each row to the other backends of `backends` (train.log; jsonl is always
+    written)."""
 
     def __init__(
-        self, run_dir: Path, *, resume_from_step: int | None = None, writes: bool = True
+        self,
+        run_dir: Path,
+        *,
+        resume_from_step: int | None = None,
+        writes: bool = True,
+        backends: Sequence[str] = (),
     ) -> None:
         """`writes` False: a log that writes nothing (the ranks after 0 of a distributed run)."""
         self.path = run_dir / METRICS_FILE
         self._file = None
+        self._backends: list[LogBackend] = []
+        check_installed(backends)  # on every rank, so that all of them stop together
         if not writes:
             return
         if resume_from_step is not None and self.path.exists():
@@ -33,6 +47,7 @@ class MetricsLog:
         elif resume_from_step is None and self.path.exists():
             self.path.unlink()
         self._file = open(self.path, "a", encoding="utf-8")
+        self._backends = open_backends(backends, run_dir, resume_from_step=resume_from_step)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         if self._file is None:
@@ -43,6 +58,8 @@ class MetricsLog:
         }
         self._file.write(json.dumps({"step": step, **clean}) + "\n")
         self._file.flush()
+        for backend in self._backends:
+            backend.write(step, metrics)
 
     def read(self) -> list[dict[str, Any]]:
         return read_metrics(self.path)
@@ -50,18 +67,8 @@ class MetricsLog:
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
-    if lines and not text.endswith("\n"):
-        # A line cut short by a crash mid-write (kill -9, power): no step is whole in it, and
-        # a resume trains that step again and writes it anew.
-        lines.pop()
-    return [json.loads(line) for line in lines if line.strip()]
+        for backend in self._backends:
+            backend.close()
 
 
 def plot_loss_curve(metrics: list[dict[str, Any]], out: Path, title: str = "") -> Path | None:

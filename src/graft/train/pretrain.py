@@ -21,6 +21,7 @@ from graft.errors import ConfigError, TokenizerError
 from graft.model.transformer import LanguageModel
 from graft.objectives.base import ShardObjective, Shards
 from graft.objectives.mix import with_replay
+from graft.run_files import CONFIG_FILE
 from graft.train.loop import Run, RunResult, fit
 from graft.train.optim import build_optimizer
 from graft.train.parallel import parallelize
@@ -90,7 +91,7 @@ def _pretrain(
     model.train()
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / "config.yaml", config.to_yaml())
+        write_atomic(run_dir / CONFIG_FILE, config.to_yaml())
     assert config.model.vocab_size is not None  # _with_vocab took the tokenizer's
     objective_config = config.objective
     assert isinstance(objective_config, ShardObjective)  # command_problems refused the others

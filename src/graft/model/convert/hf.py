@@ -23,6 +23,7 @@ transformers itself is never imported: it is a test oracle here, not a dependenc
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,7 @@ from graft.model.convert.bert import (
 from graft.model.convert.bert import DEFAULTS as ENCODER_DEFAULTS
 from graft.model.convert.model_card import model_card
 from graft.model.transformer import LanguageModel, RotaryEmbedding
+from graft.run_files import EXPLAIN_DIR, run_dir_of
 from graft.torch_files import load_torch_file
 
 if TYPE_CHECKING:
@@ -832,6 +834,10 @@ def export_hf(
             _write_json(tmp / TOKENIZER_CONFIG_FILE, tokenizer_config)
             _write_json(tmp / SPECIAL_TOKENS_MAP_FILE, special_map)
             _write_json(tmp / GENERATION_CONFIG_FILE, generation_config_dict(tokenizer))
+        run = None if source is None else run_dir_of(source)
+        if run is not None and (run / EXPLAIN_DIR / "index.html").is_file():
+            # `graft explain`'s page of the run travels with the model, and the card links it.
+            shutil.copytree(run / EXPLAIN_DIR, tmp / EXPLAIN_DIR)
         (tmp / MODEL_CARD_FILE).write_text(
             model_card(model, config_json, tokenizer, source), encoding="utf-8"
         )

@@ -8,8 +8,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from graft.config import lower_is_better
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
+from graft.run_files import EXPLAIN_DIR, METRICS_FILE, run_dir_of
 
 if TYPE_CHECKING:
     from graft.data.tokenizer import Tokenizer
@@ -129,30 +131,82 @@ _PRIVACY_KEYS = {
 }  # fmt: skip
 
 
-def _metric_facts(source: Path) -> list[str]:
-    # A checkpoint inside a run directory sits at RUN/checkpoints/NAME, next to RUN/metrics.jsonl.
-    metrics = source.parent.parent / "metrics.jsonl"
-    if source.parent.name != "checkpoints" or not metrics.is_file():
-        return [
-            f"- final metrics: {_UNKNOWN} "
-            "(the checkpoint is not in a run directory with metrics.jsonl)"
-        ]
-    last: dict[str, Any] | None = None
+def _validation_rows(metrics: Path) -> list[dict[str, Any]]:
+    rows = []
     for line in metrics.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
         except ValueError:
             continue  # a line cut short by an interruption
         if isinstance(record, dict) and any(k.startswith("val/") for k in record):
-            last = record
-    if last is None:
+            rows.append(record)
+    return rows
+
+
+def _cell(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _monitor(source: Path) -> str:
+    """The run's train.monitor, from its run_config.yaml (val/loss when it does not say)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((source / "run_config.yaml").read_text(encoding="utf-8"))
+        monitor = saved["train"]["monitor"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return "val/loss"
+    return monitor if isinstance(monitor, str) else "val/loss"
+
+
+def _metric_facts(source: Path) -> list[str]:
+    """The validation table (the untrained baseline, the best evaluation by train.monitor, the
+    last) from the run's metrics.jsonl, then each `graft eval` report in the run's eval/."""
+    run = run_dir_of(source)
+    if run is None or not (run / METRICS_FILE).is_file():
+        return [
+            f"- final metrics: {_UNKNOWN} "
+            "(the checkpoint is not in a run directory with metrics.jsonl)"
+        ]
+    rows = _validation_rows(run / METRICS_FILE)
+    if not rows:
         return [f"- final metrics: {_UNKNOWN} (metrics.jsonl has no validation line)"]
-    values = ", ".join(
-        f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-        for k, v in last.items()
-        if k.startswith("val/")
-    )
-    return [f"- last validation (step {last.get('step', _UNKNOWN)}, from metrics.jsonl): {values}"]
+    monitor = _monitor(source)
+    scored = [row for row in rows if isinstance(row.get(monitor), (int, float))]
+    picks = [("first", rows[0])]
+    if scored:
+        pick = min if lower_is_better(monitor) else max
+        picks.append((f"best {monitor}", pick(scored, key=lambda row: row[monitor])))
+    picks.append(("last", rows[-1]))
+    keys = sorted({k for _, row in picks for k in row if k.startswith("val/")})
+    lines = [
+        "Validation during training (metrics.jsonl):",
+        "",
+        "| | step | " + " | ".join(keys) + " |",
+        "|---|---:|" + "---:|" * len(keys),
+    ]
+    lines += [
+        f"| {name} | {row.get('step', _UNKNOWN)} | "
+        + " | ".join(_cell(row.get(k, "")) for k in keys)
+        + " |"
+        for name, row in picks
+    ]
+    for report in sorted((run / "eval").glob("*.json")):
+        values = read_json(report)
+        if not isinstance(values, dict):
+            continue
+        scalars = {k: v for k, v in values.items() if isinstance(v, (int, float, str))}
+        if scalars:
+            lines += ["", f"`graft eval` ({report.relative_to(run)}):", ""]
+            lines += ["| metric | value |", "|---|---:|"]
+            lines += [f"| {k} | {_cell(v)} |" for k, v in scalars.items()]
+    if (run / EXPLAIN_DIR / "index.html").is_file():  # export_hf copies it beside this card
+        lines += [
+            "",
+            f"Attention maps, rollout, per-token loss and attributions for a sample text "
+            f"(`graft explain`): [{EXPLAIN_DIR}/index.html]({EXPLAIN_DIR}/index.html)",
+        ]
+    return lines
 
 
 def _card_title(source: Path | None) -> str:

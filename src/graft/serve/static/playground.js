@@ -1,6 +1,7 @@
 // The graft playground: a chat over POST /v1/chat/completions with stream: true, read as
 // server-sent events from fetch's ReadableStream (EventSource cannot POST or send headers).
-// Text from the model is only ever set with textContent, never parsed as HTML.
+// Text from the model is only ever set with textContent, never parsed as HTML. Under each reply an
+// "attention" button posts the conversation up to it to POST /v1/attention and draws the map.
 "use strict";
 
 const KEY_STORAGE = "graft.apiKey";
@@ -140,10 +141,94 @@ async function send(text) {
       meta.textContent = [finish && `finish: ${finish}`, usage && `${usage.prompt_tokens} prompt + ${usage.completion_tokens} new tokens`]
         .filter(Boolean).join(" · ");
       bubble.appendChild(meta);
+      if (reply) addAttentionButton(bubble, [...messages, { role: "assistant", content: reply }]);
     }
     state.controller = null;
     $("send").disabled = false; $("stop").disabled = true;
   }
+}
+
+// -- attention map: rows are the reply's tokens, columns every token the model read ------------
+
+const MAP_WIDTH = 560; // px the map aims for; cells stay 2..14 px square
+
+function addAttentionButton(bubble, conversation) {
+  const box = document.createElement("div");
+  box.className = "attention";
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "small";
+  button.textContent = "attention";
+  box.appendChild(button);
+  bubble.appendChild(box);
+  button.addEventListener("click", () => showAttention(box, button, conversation));
+}
+
+async function showAttention(box, button, conversation) {
+  button.disabled = true;
+  box.querySelectorAll(".attention-map, .attention-error").forEach((e) => e.remove());
+  try {
+    const response = await fetch("/v1/attention", { method: "POST", headers: headers(),
+      body: JSON.stringify({ model: state.model, messages: conversation }) });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    box.appendChild(attentionMap(await response.json()));
+  } catch (err) {
+    const p = document.createElement("p");
+    p.className = "attention-error";
+    p.textContent = String(err.message || err);
+    box.appendChild(p);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+function attentionMap(data) {
+  const first = data.reply_start < data.tokens.length ? data.reply_start : 0;
+  const rows = data.tokens.length - first, cols = data.tokens.length;
+  const cell = Math.max(2, Math.min(14, Math.floor(MAP_WIDTH / cols)));
+  const figure = document.createElement("figure");
+  figure.className = "attention-map";
+  const toggle = document.createElement("button");
+  toggle.type = "button";
+  toggle.className = "small";
+  const canvas = document.createElement("canvas");
+  canvas.width = cols * cell;
+  canvas.height = rows * cell;
+  const caption = document.createElement("figcaption");
+  let kind = "rollout";
+  const draw = () => {
+    const matrix = data[kind];
+    const ctx = canvas.getContext("2d");
+    ctx.fillStyle = "#fff";
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+    let top = 0;
+    for (let r = first; r < cols; r++) for (const v of matrix[r]) top = Math.max(top, v);
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < cols; c++) {
+        const v = matrix[first + r][c];
+        if (v <= 0) continue;
+        ctx.fillStyle = `rgba(45, 106, 79, ${Math.sqrt(v / top).toFixed(3)})`;
+        ctx.fillRect(c * cell, r * cell, cell, cell);
+      }
+    }
+    toggle.textContent = kind === "rollout" ? "show last layer" : "show rollout";
+    caption.textContent = `${kind === "rollout" ? "attention rollout" : "last layer"} (heads averaged, ` +
+      `${data.layers} layers × ${data.heads} heads): rows are the reply's ${rows} tokens, ` +
+      `columns all ${cols}; hover a cell for its tokens`;
+    canvas.dataset.drawn = kind;
+  };
+  toggle.addEventListener("click", () => { kind = kind === "rollout" ? "last_layer" : "rollout"; draw(); });
+  canvas.addEventListener("mousemove", (event) => {
+    const bounds = canvas.getBoundingClientRect();
+    const c = Math.floor((event.clientX - bounds.left) / bounds.width * cols);
+    const r = Math.floor((event.clientY - bounds.top) / bounds.height * rows);
+    if (r < 0 || r >= rows || c < 0 || c >= cols) return;
+    const value = data[kind][first + r][c];
+    canvas.title = `${JSON.stringify(data.tokens[first + r])} → ${JSON.stringify(data.tokens[c])}: ${value}`;
+  });
+  figure.append(toggle, canvas, caption);
+  draw();
+  return figure;
 }
 
 function init() {
@@ -165,6 +250,10 @@ function init() {
       event.preventDefault();
       $("composer").requestSubmit();
     }
+  });
+  $("card-link").addEventListener("click", () => {
+    $("card").closest("details").open = true;
+    $("card").scrollIntoView({ block: "start" });
   });
   $("stop").addEventListener("click", () => state.controller && state.controller.abort());
   $("reset").addEventListener("click", () => {

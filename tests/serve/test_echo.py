@@ -1,0 +1,152 @@
+"""/v1/completions with `echo` (the prompt returned before the generated text, and with
+`logprobs` each prompt token's logprob, as lm-evaluation-harness reads them), `max_tokens: 0`
+(score only) and batches of prompts (one choice each, in order)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from graft.data.tokenizer import Tokenizer
+
+from .conftest import CONTEXT, MODEL_NAME, Served
+from .test_errors import assert_error
+
+PROMPT = "the quick brown fox jumps over the river"
+
+
+@pytest.fixture(scope="module")
+def client(served: Served) -> Iterator[TestClient]:
+    with TestClient(served.app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def complete(client: TestClient, **body: object) -> dict:
+    response = client.post("/v1/completions", json={"model": MODEL_NAME, **body})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def direct_logprobs(served: Served, ids: list[int]) -> torch.Tensor:
+    """log p(ids[t] | ids[:t]) for t >= 1, from one forward pass of the engine's model."""
+    with torch.no_grad():
+        logits = served.engine.model(torch.tensor([ids])).logits[0, :-1].float()
+    return logits.log_softmax(-1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
+
+
+def test_echo_scores_every_prompt_token_after_the_first(
+    client: TestClient, served: Served, tokenizer: Tokenizer
+):
+    ids = tokenizer.encode(PROMPT)
+    body = complete(client, prompt=PROMPT, echo=True, max_tokens=0, logprobs=3)
+    [choice] = body["choices"]
+    assert choice["text"] == PROMPT and choice["finish_reason"] == "length"
+    lp = choice["logprobs"]
+    assert lp["tokens"] == [tokenizer.decode([i]) for i in ids]
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    assert lp["token_logprobs"][1:] == pytest.approx(
+        direct_logprobs(served, ids).tolist(), abs=1e-5
+    )
+    for logprob, top in zip(lp["token_logprobs"][1:], lp["top_logprobs"][1:], strict=True):
+        assert 1 <= len(top) <= 3 and logprob <= max(top.values())
+    # Each token's text begins at its offset in the echoed text.
+    for token, offset in zip(lp["tokens"], lp["text_offset"], strict=True):
+        assert PROMPT[offset : offset + len(token)] == token
+    assert body["usage"] == {
+        "prompt_tokens": len(ids),
+        "completion_tokens": 0,
+        "total_tokens": len(ids),
+    }
+
+
+def test_echo_then_generation_equals_the_plain_completion(client: TestClient, tokenizer: Tokenizer):
+    plain = complete(client, prompt=PROMPT, max_tokens=5, temperature=0, logprobs=2)["choices"][0]
+    echoed = complete(client, prompt=PROMPT, echo=True, max_tokens=5, temperature=0, logprobs=2)
+    choice = echoed["choices"][0]
+    assert choice["text"] == PROMPT + plain["text"]
+    n = len(tokenizer.encode(PROMPT))
+    lp = choice["logprobs"]
+    assert lp["tokens"][n:] == plain["logprobs"]["tokens"]
+    assert lp["token_logprobs"][n:] == pytest.approx(plain["logprobs"]["token_logprobs"], abs=1e-5)
+    assert lp["text_offset"][n:] == [len(PROMPT) + o for o in plain["logprobs"]["text_offset"]]
+    assert echoed["usage"]["completion_tokens"] == len(plain["logprobs"]["tokens"])
+
+
+def test_lm_eval_request_shape(client: TestClient, served: Served, tokenizer: Tokenizer):
+    """What lm-eval's local-completions sends for a loglikelihood (token ids in a batch of one,
+    echo, one new token, logprobs 1): the continuation's logprobs sit at [ctxlen:-1], the last
+    entry being the generated token, and a greedy continuation's logprob is its top one."""
+    context, continuation = tokenizer.encode("the quick brown"), tokenizer.encode(" fox jumps")
+    ids = context + continuation
+    body = complete(
+        client, prompt=[ids], echo=True, max_tokens=1, temperature=0, logprobs=1, seed=1234
+    )
+    lp = body["choices"][0]["logprobs"]
+    assert len(lp["token_logprobs"]) == len(ids) + 1
+    expected = direct_logprobs(served, ids)[len(context) - 1 :].sum()
+    assert sum(lp["token_logprobs"][len(context) : -1]) == pytest.approx(float(expected), abs=1e-4)
+    for logprob, top in zip(lp["token_logprobs"][1:], lp["top_logprobs"][1:], strict=True):
+        assert len(top) == 1 and logprob <= max(top.values())
+    # The generated token is the greedy one: its logprob is the top one, exactly.
+    assert lp["token_logprobs"][-1] == max(lp["top_logprobs"][-1].values())
+
+
+def test_a_batch_of_prompts_answers_each_in_order(client: TestClient, tokenizer: Tokenizer):
+    prompts = ["the river", "a small stone house", "the"]
+    batch = complete(client, prompt=prompts, max_tokens=4, temperature=0)
+    assert [c["index"] for c in batch["choices"]] == [0, 1, 2]
+    singles = [complete(client, prompt=p, max_tokens=4, temperature=0) for p in prompts]
+    assert [c["text"] for c in batch["choices"]] == [s["choices"][0]["text"] for s in singles]
+    assert batch["usage"]["prompt_tokens"] == sum(s["usage"]["prompt_tokens"] for s in singles)
+    ids = [tokenizer.encode(p) for p in prompts]
+    by_ids = complete(client, prompt=ids, max_tokens=4, temperature=0)
+    assert [c["text"] for c in by_ids["choices"]] == [c["text"] for c in batch["choices"]]
+
+
+def test_echo_fills_the_whole_context_when_it_generates_nothing(
+    client: TestClient, tokenizer: Tokenizer
+):
+    ids = (tokenizer.encode(PROMPT) * CONTEXT)[:CONTEXT]
+    body = complete(client, prompt=ids, echo=True, max_tokens=0, logprobs=0)
+    assert len(body["choices"][0]["logprobs"]["token_logprobs"]) == CONTEXT
+    # A batch of scoring requests does not queue in the engine: more than its queue is fine.
+    body = complete(client, prompt=[ids[:5]] * 10, echo=True, max_tokens=0, logprobs=1)
+    assert len(body["choices"]) == 10
+
+
+BAD = [
+    ({"prompt": "x", "echo": True, "stream": True}, "echo", "unsupported"),
+    ({"prompt": ["a", "b"], "stream": True}, "prompt", "unsupported"),
+    ({"prompt": [[1, 2], []], "echo": True, "max_tokens": 0}, "prompt[1]", None),
+    ({"prompt": [[1], [10**6]]}, "prompt[1]", None),
+    ({"prompt": ["a"] * 9, "max_tokens": 1}, "prompt", None),  # more than the queue's 8
+    (
+        {"prompt": [5] * (CONTEXT + 1), "echo": True, "max_tokens": 0},
+        "prompt",
+        "context_length_exceeded",
+    ),
+    ({"prompt": [5] * CONTEXT, "echo": True, "max_tokens": 1}, "prompt", "context_length_exceeded"),
+    ({"prompt": [[5] * 3, [5] * CONTEXT], "echo": True}, "prompt[1]", "context_length_exceeded"),
+]
+
+
+@pytest.mark.parametrize(("body", "param", "code"), BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_echo_and_batch_requests_are_400_naming_the_field(
+    client: TestClient, body: dict, param: str, code: str | None
+):
+    assert_error(client.post("/v1/completions", json=body), 400, param, code)
+
+
+def test_offsets_of_tokens_that_split_a_character(client: TestClient, tokenizer: Tokenizer):
+    """Byte-level tokens may hold part of a UTF-8 character: such a token's offset is where its
+    character begins, so offsets never run past the text."""
+    text = "déjà vu — naïve café"
+    lp = complete(client, prompt=text, echo=True, max_tokens=0, logprobs=0)["choices"][0][
+        "logprobs"
+    ]
+    offsets = lp["text_offset"]
+    assert len(offsets) == len(tokenizer.encode(text)) > len(text.split())
+    assert offsets == sorted(offsets) and offsets[0] == 0 and offsets[-1] < len(text)
