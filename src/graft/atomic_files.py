@@ -6,7 +6,7 @@ fsynced so the rename itself survives a power cut. A reader sees the old file or
 never half of either; an interrupted write leaves at most a hidden temporary file.
 Directories (checkpoints, prepared data, exports) are built the same way by `atomic_directory`.
 A write refused for space (a full disk, a quota, a file size limit) becomes one OutputError line;
-what a crash leaves beside a destination is cleared by `recover` at the next start.
+what a crash leaves beside a destination is cleared by `recover_folder` at the next start.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 _OS_ERROR_IN_TEXT = re.compile(r"os error (\d+)")
 # What a write of ours leaves if it dies half-way: `.NAME.<12 hex>.partial` (a directory) or
 # `.NAME.<12 hex>.tmp` (a file), and `.NAME.old` when it died between a directory's two renames.
-_LEFTOVER = r"\.{name}\.[0-9a-f]{{12}}\.(partial|tmp)"
+_LEFTOVER = r"\.[^/]+\.[0-9a-f]{12}\.(partial|tmp)"
 
 
 def fsync_path(path: Path) -> None:
@@ -155,27 +155,23 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
         raise
 
 
-def recover(dest: Path) -> list[str]:
-    """Clear what interrupted writes of `dest` left beside it, and say what was done.
+def recover_folder(folder: Path, *, swaps: bool = True) -> list[str]:
+    """Clear what interrupted writes left in `folder`, and say what was done.
 
-    Unfinished temporary files and directories are deleted. A `.NAME.old` copy is the previous
-    complete version: redundant (deleted) when `dest` exists, since the swap finished; put back
-    as `dest` when it does not, since the swap was cut between its two renames. Call it before
-    writing `dest` again, from the one process that writes it.
+    Unfinished temporary files and directories (`.NAME.<12 hex>.tmp|partial`) are deleted. With
+    `swaps`, for a folder whose directories only atomic_directory writes (a run's checkpoints/),
+    a `.NAME.old` copy, the previous complete version, is deleted when NAME exists (the swap
+    finished) and put back as NAME when it does not (the swap was cut between its two renames).
+    Call it before writing there again, from the one process that writes.
     """
-    return _recover(Path(dest).parent, re.escape(Path(dest).name))
+    return _recover(Path(folder), swaps=swaps)
 
 
-def recover_folder(folder: Path) -> list[str]:
-    """`recover` for every destination in `folder`: for folders whose files are all graft's."""
-    return _recover(Path(folder), r"[^/]+")
-
-
-def _recover(folder: Path, name: str) -> list[str]:
+def _recover(folder: Path, *, swaps: bool) -> list[str]:
     if not folder.is_dir():
         return []
     done = []
-    leftover, old = re.compile(_LEFTOVER.format(name=name)), re.compile(rf"\.({name})\.old")
+    leftover, old = re.compile(_LEFTOVER), re.compile(r"\.([^/]+)\.old")
     for path in sorted(folder.iterdir()):
         if leftover.fullmatch(path.name):
             if path.is_dir() and not path.is_symlink():
@@ -183,7 +179,7 @@ def _recover(folder: Path, name: str) -> list[str]:
             else:
                 path.unlink(missing_ok=True)
             done.append(f"removed {path.name}, left by an interrupted write")
-        elif (match := old.fullmatch(path.name)) and path.is_dir():
+        elif swaps and (match := old.fullmatch(path.name)) and path.is_dir():
             dest = folder / match.group(1)
             if dest.exists():
                 shutil.rmtree(path, ignore_errors=True)

@@ -679,8 +679,10 @@ def recover_run(run_dir: Path, say: Callable[[str], None]) -> None:
     unfinished temporary directories are deleted, and a checkpoint's previous version is put
     back where a save was cut between its two renames. Called by the process that saves, before
     anything reads the checkpoints."""
-    for folder in (run_dir, run_dir / "checkpoints"):  # every file in them is the run's own
-        for done in recover_folder(folder):
+    # checkpoints/ holds only what atomic_directory writes; the run directory (a path the user
+    # chose) only has its temporary files cleared, never a `.NAME.old` folder renamed.
+    for folder, swaps in ((run_dir, False), (run_dir / "checkpoints", True)):
+        for done in recover_folder(folder, swaps=swaps):
             say(f"notice: {folder}: {done}")
 
 

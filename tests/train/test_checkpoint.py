@@ -125,6 +125,18 @@ def test_what_interrupted_saves_left_is_cleared_and_said(tmp_path):
     assert recover_folder(tmp_path) == []
 
 
+def test_a_run_directory_keeps_old_folders_that_are_not_checkpoint_swaps(tmp_path):
+    """The run directory is a path the user chose: only graft's temporary files are cleared
+    there; a `.config.old` folder (say, in a home directory) is never renamed."""
+    run = tmp_path / "run"
+    (run / ".config.old").mkdir(parents=True)
+    (run / ".config.yaml.0123456789ab.tmp").write_text("half")
+    said: list[str] = []
+    ckpt.recover_run(run, said.append)
+    assert sorted(p.name for p in run.iterdir()) == [".config.old"]
+    assert len(said) == 1 and "removed .config.yaml.0123456789ab.tmp" in said[0]
+
+
 def test_a_run_that_never_finished_a_save_starts_afresh_with_or_without_resume(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints" / ".last.0123456789ab.partial").mkdir(parents=True)
