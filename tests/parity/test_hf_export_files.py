@@ -320,3 +320,13 @@ def test_verify_catches_a_pre_tokenizer_mismatch(bpe: Tokenizer, tmp_path: Path)
     path.write_text(json.dumps(data))
     record = {r.check: r for r in verify_hf_export(tmp_path / "out", model, bpe)}["tokenizer ids"]
     assert record.ok is False and "first difference at position 0" in record.detail, record.detail
+
+
+def test_model_card_names_a_damaged_metrics_line(tmp_path: Path) -> None:
+    from graft.model.convert.model_card import _metric_facts
+
+    last = tmp_path / "run" / "checkpoints" / "last"
+    last.mkdir(parents=True)
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"step": 0, "val/loss": 5.5}\n{oops\n')
+    (line,) = _metric_facts(last)
+    assert line.startswith("- final metrics: unknown (") and "metrics.jsonl:2: not a JSON" in line

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from graft.data.inputs import model_inputs
 from graft.infer.engine import Engine
 from graft.insight.explain import attention_rollout
-from graft.serve.completions import chat_ids, check_model
+from graft.serve.completions import chat_ids, check_model, refuse_past_context
 from graft.serve.http_errors import APIError
 from graft.serve.metrics import ServeMetrics
 from graft.serve.model_info import ModelInfo
@@ -91,14 +91,7 @@ def attention_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) -> 
 
     def attend(body: AttentionRequest) -> AttentionResponse:
         ids, reply_start, field = read_ids(body)
-        context = info.config.max_seq_len
-        if len(ids) > context:
-            raise APIError(
-                400,
-                f"{field}: {len(ids)} tokens; the model's context is {context}",
-                param=field,
-                code="context_length_exceeded",
-            )
+        refuse_past_context(len(ids), info.config.max_seq_len, field)
         weights = engine.attentions(ids).numpy()  # (L, H, T, T)
         metrics.add_tokens(len(ids), 0)
         return AttentionResponse(

@@ -95,6 +95,18 @@ class Prepared:
     include_usage: bool
 
 
+def refuse_past_context(length: int, context: int, field: str) -> None:
+    """A 400 naming `field` when `length` tokens are more than the model's context: for a
+    request that only reads its tokens (echo scoring, attention)."""
+    if length > context:
+        raise APIError(
+            400,
+            f"{field}: {length} tokens; the model's context is {context}",
+            param=field,
+            code="context_length_exceeded",
+        )
+
+
 def check_model(requested: str | None, info: ModelInfo) -> None:
     if requested is not None and requested != info.name:
         raise APIError(
@@ -275,13 +287,7 @@ def prepare_completion(
             # Echo alone reads the prompt once: the whole context is its to fill, no more. A
             # longer prompt is refused rather than scored in windows, whose logprobs would not
             # be conditioned on the whole prompt as a client reading them assumes.
-            if len(ids) > context:
-                raise APIError(
-                    400,
-                    f"{where}: the prompt is {len(ids)} tokens; the model's context is {context}",
-                    param=where,
-                    code="context_length_exceeded",
-                )
+            refuse_past_context(len(ids), context, where)
             out.append(PreparedPrompt(ids, text, None))
             continue
         max_new = _max_new_tokens(body.max_tokens, explicit, len(ids), context, "max_tokens", where)

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from graft.config import lower_is_better
+from graft.errors import DataError
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
-from graft.run_files import EXPLAIN_DIR, METRICS_FILE, run_dir_of
+from graft.run_files import EXPLAIN_DIR, METRICS_FILE, read_metrics, run_dir_of
 
 if TYPE_CHECKING:
     from graft.data.tokenizer import Tokenizer
@@ -131,18 +132,6 @@ _PRIVACY_KEYS = {
 }  # fmt: skip
 
 
-def _validation_rows(metrics: Path) -> list[dict[str, Any]]:
-    rows = []
-    for line in metrics.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by an interruption
-        if isinstance(record, dict) and any(k.startswith("val/") for k in record):
-            rows.append(record)
-    return rows
-
-
 def _cell(value: object) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
@@ -168,7 +157,10 @@ def _metric_facts(source: Path) -> list[str]:
             f"- final metrics: {_UNKNOWN} "
             "(the checkpoint is not in a run directory with metrics.jsonl)"
         ]
-    rows = _validation_rows(run / METRICS_FILE)
+    try:
+        rows = [r for r in read_metrics(run / METRICS_FILE) if any(k.startswith("val/") for k in r)]
+    except DataError as err:  # a damaged line: the card says so rather than guess around it
+        return [f"- final metrics: {_UNKNOWN} ({err})"]
     if not rows:
         return [f"- final metrics: {_UNKNOWN} (metrics.jsonl has no validation line)"]
     monitor = _monitor(source)
