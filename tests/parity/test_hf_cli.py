@@ -162,7 +162,9 @@ def test_export_replaces_a_non_empty_directory_only_when_asked(tmp_path: Path) -
     refused = graft("export", checkpoint, "--out", tmp_path / "hf")  # --format hf is the default
     assert refused.returncode == 2 and "already exists" in refused.stderr
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["notes.txt"]
-    assert graft("export", checkpoint, "--out", tmp_path / "hf", "--overwrite").returncode == 0
+    # What is replaced and what is left is the question here; verification has its own tests.
+    replaced = graft("export", checkpoint, "--out", tmp_path / "hf", "--overwrite", "--no-verify")
+    assert replaced.returncode == 0, replaced.stderr
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == EXPORT_FILES
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "ckpt",

@@ -95,19 +95,30 @@ def test_two_processes_train_as_one(
         torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_a_killed_run_resumes_on_another_number_of_processes(
-    parallel: str, data: Path, one_process: Path, tmp_path: Path
+def test_a_killed_ddp_run_resumes_on_one_process(
+    data: Path, one_process: Path, tmp_path: Path
+) -> None:
+    # A DDP checkpoint is the one-process checkpoint (rank 0 writes it whole), so one change of
+    # world size covers DDP; FSDP's sharded checkpoints get every direction below.
+    run = tmp_path / "run"
+    stopped = _run(data, run, "ddp", processes=2, stop_after=10)
+    assert stopped.count("stopped: interrupted at 10") == 2
+    _run(data, run, "ddp", processes=1, resume=True)
+    _assert_same(run, one_process)
+
+
+def test_a_killed_fsdp_run_resumes_on_another_number_of_processes(
+    data: Path, one_process: Path, tmp_path: Path
 ) -> None:
     two, one, grown = tmp_path / "two", tmp_path / "one", tmp_path / "grown"
-    stopped = _run(data, two, parallel, processes=2, stop_after=10)
+    stopped = _run(data, two, "fsdp", processes=2, stop_after=10)
     assert stopped.count("stopped: interrupted at 10") == 2
     subprocess.run(["cp", "-r", str(two), str(one)], check=True)
-    _run(data, two, parallel, processes=2, resume=True)
-    _run(data, one, parallel, processes=1, resume=True)
+    _run(data, two, "fsdp", processes=2, resume=True)
+    _run(data, one, "fsdp", processes=1, resume=True)
     # and the other way: a run of one process continued on two
-    assert "stopped: interrupted at 10" in _run(data, grown, parallel, stop_after=10)
-    _run(data, grown, parallel, processes=2, resume=True)
+    assert "stopped: interrupted at 10" in _run(data, grown, "fsdp", stop_after=10)
+    _run(data, grown, "fsdp", processes=2, resume=True)
     for run in (two, one, grown):
         _assert_same(run, one_process)
 
@@ -124,18 +135,11 @@ def test_the_global_batch_sets_accumulation_per_world_size() -> None:
         step_layout(TrainConfig(batch_size=2, global_batch=8, grad_accum=3), World())
 
 
-@pytest.mark.parametrize(
-    ("method", "parallel"), [("full", "fsdp"), ("lora", "ddp"), ("lora", "fsdp")]
-)
-def test_fine_tuning_on_two_processes_trains_as_one(
-    method: str, parallel: str, one_process: Path, tmp_path: Path
+def _finetune(
+    one_process: Path, labelled: Path, out: Path, method: str, parallel: str | None
 ) -> None:
-    labelled = tmp_path / "labelled.jsonl"
-    rows = [
-        {"text": ("good fine nice " if i % 2 else "bad poor sad ") * (1 + i % 3), "label": i % 2}
-        for i in range(64)
-    ]
-    labelled.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    """`graft finetune classify` of the one-process run on `labelled`: under torchrun on two
+    processes with `parallel`, or as one process (None)."""
     settings = [
         f"--init={one_process}",
         f"--train={labelled}",
@@ -147,28 +151,64 @@ def test_fine_tuning_on_two_processes_trains_as_one(
         "--train.max_steps=12",
         "--train.eval_every=6",
         "--train.log_every=1",
-        f"--train.parallel={parallel}",
+        *([f"--train.parallel={parallel}"] if parallel else []),
         "--train.device=cpu",
         "--train.progress=false",
     ]
-    for processes in (1, 2):
-        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-        command = [*(launcher if processes > 1 else []), "-m", "graft", "finetune", "classify"]
-        out = tmp_path / str(processes)
-        done = subprocess.run(
-            [sys.executable, *command, *settings, f"--out={out}"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert done.stdout.count("stopped (max_steps) at step 12") == 1  # rank 0 reports
-    ours, ref = _losses(tmp_path / "2"), _losses(tmp_path / "1")
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = [*(launcher if parallel else []), "-m", "graft", "finetune", "classify"]
+    done = subprocess.run(
+        [sys.executable, *command, *settings, f"--out={out}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("stopped (max_steps) at step 12") == 1  # rank 0 reports
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("labelled") / "labelled.jsonl"
+    rows = [
+        {"text": ("good fine nice " if i % 2 else "bad poor sad ") * (1 + i % 3), "label": i % 2}
+        for i in range(64)
+    ]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def one_process_finetunes(
+    one_process: Path, labelled: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """The one-process reference of each method, each run once for the module."""
+    runs = {}
+    for method in ("full", "lora"):
+        runs[method] = tmp_path_factory.mktemp(f"one-{method}") / "run"
+        _finetune(one_process, labelled, runs[method], method, None)
+    return runs
+
+
+@pytest.mark.parametrize(
+    ("method", "parallel"), [("full", "fsdp"), ("lora", "ddp"), ("lora", "fsdp")]
+)
+def test_fine_tuning_on_two_processes_trains_as_one(
+    method: str,
+    parallel: str,
+    one_process: Path,
+    labelled: Path,
+    one_process_finetunes: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    two, one = tmp_path / "2", one_process_finetunes[method]
+    _finetune(one_process, labelled, two, method, parallel)
+    ours, ref = _losses(two), _losses(one)
     assert ours.keys() == ref.keys() and len(ref) == 12 + 3
     assert max(abs(ours[key] - ref[key]) for key in ref) <= 1e-5
     # A sharded LoRA checkpoint reads back whole, adapter included, as one process wrote it.
-    model, _ = load_model(tmp_path / "2" / "checkpoints" / "last")
-    reference, _ = load_model(tmp_path / "1" / "checkpoints" / "last")
+    model, _ = load_model(two / "checkpoints" / "last")
+    reference, _ = load_model(one / "checkpoints" / "last")
     for (name, ours_t), (_, theirs) in zip(
         model.state_dict().items(), reference.state_dict().items(), strict=True
     ):
