@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
     from graft.config import RunConfig
+    from graft.infer.beam import BeamParams
+    from graft.infer.sampling import SamplingParams
 
 _Options = TypeVar("_Options", bound="DataclassInstance")
 
@@ -649,6 +651,10 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
         "classify": "sequence classification from JSONL/JSON/CSV/TSV (text and label columns)",
         "tokens": "token classification (BIO tags) from CoNLL or JSONL",
         "instruct": "instruction following from Alpaca-style or chat (messages) records",
+        "seq2seq": "translation or summarisation from JSONL source/target records, or parallel "
+        "files PREFIX.SRC/PREFIX.TGT with --objective.source_lang/--objective.target_lang",
+        "qa": "extractive question answering (an encoder) from SQuAD JSON or JSONL context/"
+        "question/answers records, long contexts in overlapping windows (--objective.stride)",
     }
     for task, text in helps.items():
         t = tsub.add_parser(
@@ -692,10 +698,23 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", type=Path, help="checkpoint directory or run directory")
     p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
     p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    # None, not 0.8, so that --beams can tell a temperature that was asked for.
+    p.add_argument("--temperature", type=float, help="0 = greedy (default: 0.8)")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--beams",
+        type=int,
+        help="beam search with N beams instead of sampling: the continuation with the best "
+        "length-normalised log-probability (no --temperature > 0, --top-k, --top-p or --seed)",
+    )
+    p.add_argument(
+        "--length-penalty",
+        type=float,
+        help="with --beams: scores are summed log-probability / length ** X; above 1 favours "
+        "longer outputs, below it shorter ones (default: 1.0)",
+    )
     p.add_argument(
         "--no-cache",
         action="store_true",
@@ -981,17 +1000,19 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         description="lm: loss and perplexity per token of the model's tokenizer, beside bits per "
         "byte and per-word perplexity (comparable across tokenizers). classify: accuracy, "
         "precision, recall, F1 (macro and per class) and a confusion-matrix PNG. tokens: seqeval "
-        "entity F1. generate: greedy decoding scored with BLEU, chrF, ROUGE-1/2/L and exact match, "
-        "and the share that ended with eos. Writes <task>.json, <task>.md and "
+        "entity F1. generate: greedy (or --beams N beam search) decoding scored with corpus and "
+        "mean sentence BLEU and chrF, ROUGE-1/2/L and exact match, and the share that ended with "
+        "eos (per-sample sentence BLEU and chrF in the samples). qa: SQuAD exact match "
+        "and F1 of the answers a span head picks. Writes <task>.json, <task>.md and "
         "<task>_samples.jsonl into --out.",
     )
     _add_shared(p, "checkpoint")
     p.add_argument(
         "--task",
         required=True,
-        choices=["lm", "classify", "tokens", "generate"],
+        choices=["lm", "classify", "tokens", "generate", "qa"],
         help="lm: text files; classify: labelled records; tokens: CoNLL/JSONL tags; generate: "
-        "Alpaca, chat or source/target records",
+        "Alpaca, chat or source/target records; qa: SQuAD JSON or JSONL questions",
     )
     p.add_argument(
         "--data",
@@ -999,7 +1020,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         nargs="+",
         required=True,
         metavar="FILE",
-        help="evaluation data (files; folders for lm)",
+        help="evaluation data (files; folders for lm; with --source-lang and --target-lang, the "
+        "PREFIX of parallel files PREFIX.SRC and PREFIX.TGT)",
     )
     p.add_argument("--out", type=Path, help="report folder (default: <run dir>/eval, or ./eval)")
     p.add_argument("--text-field", help="classify: text field (default: text)")
@@ -1010,12 +1032,48 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, help="evaluate the first N records (documents for lm) only")
     p.add_argument("--max-new-tokens", type=int, help="generate: longest generation (default: 128)")
     p.add_argument(
+        "--beams",
+        type=int,
+        help="generate: beam search with N beams, stopping once N hypotheses have ended "
+        "(default: 1, greedy)",
+    )
+    p.add_argument(
+        "--length-penalty",
+        type=float,
+        help="generate, with --beams: hypotheses score summed log-probability / length ** X "
+        "(default: 1.0)",
+    )
+    p.add_argument(
+        "--source-lang",
+        help="generate: read --data as parallel files, the sources from PREFIX.SRC (or .SRC.gz)",
+    )
+    p.add_argument(
+        "--target-lang", help="generate: the references from PREFIX.TGT (or .TGT.gz), line by line"
+    )
+    p.add_argument(
+        "--skip-invalid",
+        action="store_true",
+        help="generate, qa: skip and count bad records (an empty source or target; a question "
+        "whose answer is not at its answer_start, or too long for the window) instead of stopping",
+    )
+    p.add_argument(
         "--seq-len",
         type=int,
         help="lm: tokens each window predicts (lm-eval's rolling windows); classify, tokens: "
         "longest input (default: the model's context)",
     )
     p.add_argument("--batch-size", type=int, help="sequences per forward pass (default: 8)")
+    p.add_argument(
+        "--stride",
+        type=int,
+        help="qa: context tokens consecutive windows share (default: the checkpoint's "
+        "objective.stride)",
+    )
+    p.add_argument(
+        "--max-answer-tokens",
+        type=int,
+        help="qa: longest answer in tokens (default: the checkpoint's objective.max_answer_tokens)",
+    )
     _add_shared(p, "--device")
 
 
@@ -1389,26 +1447,64 @@ def _train(args: argparse.Namespace, config: RunConfig) -> int:
     return 0
 
 
-def _run_generate(args: argparse.Namespace) -> int:
-    from graft.checkpoint import load_model
-    from graft.device import resolve_device
-    from graft.infer.generate import SamplingParams, generate
-    from graft.infer.stream import TextStream
+_GENERATE_TEMPERATURE = 0.8  # `graft generate` samples a little sharper than the model by default
 
-    model, tokenizer = load_model(
-        args.checkpoint, device=resolve_device(args.device, what="--device")
-    )
-    try:
-        params = SamplingParams(
+
+def _generate_params(args: argparse.Namespace) -> SamplingParams | BeamParams:
+    """Beam search with --beams, else sampling, with no stop ids yet; refuses the flags that only
+    the other one reads."""
+    from graft.errors import ConfigError
+    from graft.infer.beam import BeamParams
+    from graft.infer.sampling import SamplingParams
+
+    if args.beams is None:
+        if args.length_penalty is not None:
+            raise ConfigError("--length-penalty scores beam search hypotheses: give --beams N too")
+        temperature = _GENERATE_TEMPERATURE if args.temperature is None else args.temperature
+        return SamplingParams(
             max_new_tokens=args.max_new_tokens,
-            temperature=args.temperature,
+            temperature=temperature,
             top_k=args.top_k,
             top_p=args.top_p,
             seed=args.seed,
-            stop_ids=frozenset() if tokenizer.eot_id is None else frozenset({tokenizer.eot_id}),
         )
+    sampling = [
+        flag
+        for flag, given in (
+            ("--temperature", args.temperature is not None and args.temperature > 0),
+            ("--top-k", args.top_k is not None),
+            ("--top-p", args.top_p is not None),
+            ("--seed", args.seed is not None),
+        )
+        if given
+    ]
+    if sampling:
+        raise ConfigError(
+            f"--beams searches for the most likely text and draws nothing at random; leave out "
+            f"{', '.join(sampling)}"
+        )
+    penalty = {} if args.length_penalty is None else {"length_penalty": args.length_penalty}
+    return BeamParams(beams=args.beams, max_new_tokens=args.max_new_tokens, **penalty)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from graft.checkpoint import load_model
+    from graft.device import resolve_device
+    from graft.infer.beam import BeamParams, beam_search
+    from graft.infer.generate import generate
+    from graft.infer.stream import TextStream
+
+    try:
+        params = _generate_params(args)
     except ValueError as err:
         raise GraftError(f"generate: {err}") from None
+    model, tokenizer = load_model(
+        args.checkpoint, device=resolve_device(args.device, what="--device")
+    )
+    if tokenizer.eot_id is not None:
+        params = replace(params, stop_ids=frozenset({tokenizer.eot_id}))
     if args.prompt:
         prompt_ids = tokenizer.encode(args.prompt)
     elif tokenizer.eot_id is not None:
@@ -1425,7 +1521,13 @@ def _run_generate(args: argparse.Namespace) -> int:
             f"generate: the prompt is {len(prompt_ids)} tokens; the model's context is {context}"
         )
     stream = TextStream(tokenizer)
-    for token in generate(model, prompt_ids, params, use_cache=not args.no_cache):
+    tokens: Iterable[int]
+    if isinstance(params, BeamParams):
+        # The best hypothesis is known only at the end: it is printed at once, not streamed.
+        tokens = beam_search(model, prompt_ids, params, use_cache=not args.no_cache).ids
+    else:
+        tokens = generate(model, prompt_ids, params, use_cache=not args.no_cache)
+    for token in tokens:
         if token == tokenizer.eot_id:
             break
         sys.stdout.write(stream.push(token))

@@ -35,6 +35,8 @@ from graft.objectives.instruct import InstructConfig
 from graft.objectives.mix import MixConfig
 from graft.objectives.mlm import MLMConfig
 from graft.objectives.nsp import NSPConfig
+from graft.objectives.qa import QAConfig
+from graft.objectives.seq2seq import Seq2SeqConfig
 from graft.objectives.tokens import TokensConfig
 
 
@@ -129,7 +131,9 @@ ObjectiveConfig = Annotated[
     | MixConfig
     | ClassifyConfig
     | TokensConfig
-    | InstructConfig,
+    | InstructConfig
+    | Seq2SeqConfig
+    | QAConfig,
     Field(discriminator="name"),
 ]
 OBJECTIVES: dict[str, type[ObjectiveSection]] = {

@@ -521,3 +521,18 @@ def test_reads_the_instruction_data() -> None:
     conversations, skipped = read_conversations(shared("instructions/instruction-data.json"))
     assert skipped == 0 and len(conversations) == 1100
     assert all([m.role for m in c.messages] == ["user", "assistant"] for c in conversations)
+
+
+def test_json_past_the_parsers_depth_or_a_huge_number_is_one_line(tmp_path: Path) -> None:
+    # json.loads raises RecursionError past ~1,000 levels and ValueError for an integer of more
+    # than 4,300 digits: a traceback, before this was caught.
+    deep, huge = "[" * 100_000, "[" + "9" * 5_000 + "]"
+    lines = write(tmp_path / "a.jsonl", f"{deep}\n{huge}\n" + '{"text": "ok", "label": "a"}\n')
+    with pytest.raises(DataError, match=rf"^{lines}:1: JSON nested too deep or a number too long"):
+        read_labelled(lines)
+    records, skipped = read_labelled(lines, skip_invalid=True)
+    assert pairs(records) == [("a", "ok")] and skipped == 2
+    for text in (deep, huge):
+        array = write(tmp_path / "b.json", text)
+        with pytest.raises(DataError, match=rf"^{array}: JSON nested too deep or a number"):
+            read_labelled(array)

@@ -40,7 +40,7 @@ def test_each_objective_declares_its_data_problems_and_build(cls: type) -> None:
         ).parameters
     )
     if issubclass(cls, RecordObjective):
-        assert cls.head in ("sequence", "token", "lm") and cls.monitor.startswith("val/")
+        assert cls.head in ("sequence", "token", "span", "lm") and cls.monitor.startswith("val/")
     config = cls.model_validate(
         {"mix": {"clm": 1}} if cls.reads == "shards" and "mix" in cls.model_fields else {}
     )

@@ -9,6 +9,8 @@ template gives the same text in both), any access the sandbox flags is refused o
 time and the size of what it builds are bounded (`graft.data.template_sandbox`).
 `encode_conversation` labels what the model must learn to write: each assistant turn's text
 after the generation prompt, through its end-of-turn token, so the model learns to stop.
+`encode_prompt` gives the ids a reply is asked for with, encoded piece by piece the same way, so
+`graft eval --task generate` prompts exactly as training framed the reply.
 """
 
 from __future__ import annotations
@@ -24,7 +26,19 @@ from graft.data.template_sandbox import TemplateBoundError, compile_template, re
 from graft.data.tokenizer import EOT, Tokenizer
 from graft.errors import ConfigError, DataError, TokenizerError
 
-__all__ = ["DEFAULT_CHAT_TEMPLATE", "EncodedConversation", "encode_conversation", "render_chat"]
+
+class NotAppendedError(DataError):
+    """A chat template whose rendering of more messages does not extend that of fewer: it cannot
+    be cut into the pieces training labels, so its conversations are encoded whole."""
+
+
+__all__ = [
+    "DEFAULT_CHAT_TEMPLATE",
+    "EncodedConversation",
+    "encode_conversation",
+    "encode_prompt",
+    "render_chat",
+]
 
 #: graft's template, ChatML in spirit: `<|role|>\n{content}{eos_token}\n` per turn, and
 #: `<|assistant|>\n` as the generation prompt. Role names must be one of the three graft reads.
@@ -102,9 +116,15 @@ def render_chat(
 
 
 def _segments(
-    template: str, messages: Sequence[Message], eos: str, where: str
+    template: str,
+    messages: Sequence[Message],
+    eos: str,
+    where: str,
+    *,
+    add_generation_prompt: bool = False,
 ) -> list[tuple[str, bool]]:
-    """The rendered conversation as (text, trained) pieces, in order.
+    """The rendered conversation as (text, trained) pieces, in order; with
+    `add_generation_prompt`, ending with the generation prompt after the last message.
 
     Rendering the first i + 1 messages adds message i's text to the rendering of the first i.
     For an assistant turn, the generation prompt of the first i messages is what a model sees
@@ -124,6 +144,17 @@ def _segments(
         except DataError as exc:
             raise DataError(f"{where}: {exc}") from None
 
+    def prompt_after(count: int, done: str) -> str:
+        """The generation prompt after `count` messages, which must extend their rendering
+        `done`: one rule for the prompt a reply is trained after and the one it is asked for."""
+        prompt = render(count, add_generation_prompt=True)
+        if not prompt.startswith(done):
+            raise NotAppendedError(
+                f"{where}: the chat template's generation prompt after {count} messages does not "
+                "start with their rendering; expected it to be appended"
+            )
+        return prompt
+
     pieces: list[tuple[str, bool]] = []
     done = ""
     for i, message in enumerate(messages):
@@ -136,7 +167,7 @@ def _segments(
             )
         full = render(i + 1)
         if not full.startswith(done):
-            raise DataError(
+            raise NotAppendedError(
                 f"{where}: the chat template's rendering of {i + 1} messages does not start with "
                 f"its rendering of {i}; expected each turn to be appended"
             )
@@ -144,8 +175,8 @@ def _segments(
             pieces.append((full[len(done) :], False))
             done = full
             continue
-        prompt = render(i, add_generation_prompt=True)
-        if not prompt.startswith(done) or not full.startswith(prompt):
+        prompt = prompt_after(i, done)
+        if not full.startswith(prompt):
             raise DataError(
                 f"{where}: the chat template's generation prompt after {i} messages is not where "
                 f"assistant message {i} begins; expected the assistant turn to start with it"
@@ -160,6 +191,8 @@ def _segments(
         end += len(eos)
         pieces += [(prompt[len(done) :], False), (reply[:end], True), (reply[end:], False)]
         done = full
+    if add_generation_prompt:
+        pieces.append((prompt_after(len(messages), done)[len(done) :], False))
     return [(text, trained) for text, trained in pieces if text]
 
 
@@ -202,3 +235,21 @@ def encode_conversation(
     return EncodedConversation(
         input_ids=input_ids[:max_len], labels=labels[:max_len], truncated=truncated
     )
+
+
+def encode_prompt(
+    tokenizer: Tokenizer, template: str, messages: Sequence[Message], *, where: str
+) -> list[int]:
+    """The ids a model reads before it writes the assistant's reply to `messages`: the messages
+    and the generation prompt rendered with `template`, each piece encoded on its own exactly as
+    `encode_conversation` encodes it for training, so a model is asked for a reply in the very
+    ids it was trained to answer. Nothing is cut (the caller decides what fits). `where` names
+    the record in errors; a message holding the end-of-turn token raises DataError.
+    """
+    eos = tokenizer.special_tokens_map.get("eos_token")
+    if eos is None:
+        raise TokenizerError(
+            "the tokenizer has no eos token; a chat prompt needs one as the end-of-turn token"
+        )
+    pieces = _segments(template, messages, eos, where, add_generation_prompt=True)
+    return [token for text, _ in pieces for token in tokenizer.encode(text)]

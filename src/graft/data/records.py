@@ -19,10 +19,12 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import gzip
 import itertools
 import json
 import random
 import re
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,15 +161,21 @@ def _unknown_format(path: Path, what: str, formats: str) -> DataError:
     return DataError(f"{path}: cannot read a {_file_kind(path)} as {what}; graft reads {formats}")
 
 
-def _decode(path: Path, encoding: str, *, check: bool = False) -> str:
-    """The file's text; bytes the encoding rejects are kept as lone surrogates, to be reported
-    with their record, or at once with `check` (`_check_decoded`)."""
+def _decode(path: Path, encoding: str, *, check: bool = False, gzipped: bool = False) -> str:
+    """The file's text (decompressed first when `gzipped`); bytes the encoding rejects are kept as
+    lone surrogates, to be reported with their record, or at once with `check`
+    (`_check_decoded`)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if gzipped:
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"{path}: not a valid gzip file ({exc}); expected gzip data") from None
     try:
         text = raw.decode(encoding, errors="surrogateescape")
     except LookupError:
@@ -261,6 +269,8 @@ def _jsonl_fields(path: Path, text: str, max_chars: int = MAX_RECORD_CHARS) -> I
                 f"{where}: invalid JSON ({exc.msg} at column {exc.colno}); "
                 "expected one JSON object per line"
             )
+        except (RecursionError, ValueError):  # nesting past the parser's depth, a huge integer
+            value = _Invalid(f"{where}: JSON nested too deep or a number too long to read")
         yield where, _as_object(value, where)
 
 
@@ -290,6 +300,8 @@ def _json_fields(path: Path, text: str, max_chars: int = MAX_RECORD_CHARS) -> It
             f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno}); "
             "expected an array of objects"
         ) from exc
+    except (RecursionError, ValueError):  # nesting past the parser's depth, a huge integer
+        raise DataError(f"{path}: JSON nested too deep or a number too long to read") from None
     if not isinstance(value, list):
         raise DataError(
             f"{path}: expected a JSON array of objects, got a JSON {type(value).__name__}"

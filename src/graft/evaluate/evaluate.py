@@ -15,8 +15,15 @@ This module owns how a checkpoint meets evaluation data; the numbers themselves 
   its first sub-token (`graft.data.tagged.tagged_inputs`, training's own path, and
   `graft.evaluate.predict.word_tags`, which `graft extract` reads raw text through too); words
   cut off by the context are predicted "O".
-- `evaluate_generate`: greedy decoding from prompts (a conversation rendered with the chat
-  template, or a plain `source` text) compared with a reference.
+- `evaluate_generate`: greedy decoding from prompts compared with a reference: a conversation, or
+  a source/target pair framed as one (`graft.data.pairs.pair_conversation`, as `graft finetune
+  seq2seq` trained it), in the very ids fine-tuning gave it (`graft.data.chat.encode_prompt`); a
+  pair's plain source text for a base LM whose tokenizer has no chat template. Pairs come from
+  JSONL records or from parallel files PREFIX.SRC and PREFIX.TGT (`source_lang`, `target_lang`).
+  With `beams` > 1 it decodes by beam search (`graft.infer.beam`) instead of greedily.
+- `evaluate_qa`: SQuAD questions answered by the checkpoint's span head through
+  `graft.evaluate.qa.answer_spans` (the windows fine-tuning trained on, the server's path),
+  scored with SQuAD's exact match and F1.
 
 `evaluate_checkpoint` picks the task; each writes `<task>.json`, `<task>.md` and
 `<task>_samples.jsonl` (plus `classify_confusion.png`) into the output folder.
@@ -24,6 +31,7 @@ This module owns how a checkpoint meets evaluation data; the numbers themselves 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from itertools import chain
@@ -33,34 +41,41 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 
-from graft.data.chat import DEFAULT_CHAT_TEMPLATE, render_chat
+from graft.data.chat import DEFAULT_CHAT_TEMPLATE, encode_prompt, render_chat
 from graft.data.documents import iter_documents
-from graft.data.records import (
-    IGNORE_INDEX,
-    Conversation,
-    _check_decoded,
-    _decode,
-    _json_fields,
-    _jsonl_fields,
-    read_conversations,
-    read_labelled,
+from graft.data.pairs import (
+    TextPair,
+    is_pair_file,
+    pair_conversation,
+    parallel_paths,
+    read_source_target,
 )
+from graft.data.qa import qa_windows, read_qa
+from graft.data.records import IGNORE_INDEX, Conversation, read_conversations, read_labelled
 from graft.data.tagged import read_tagged, refuse_unknown_tags, tagged_inputs
 from graft.data.tokenizer import EOT, Tokenizer
 from graft.errors import CheckpointError, ConfigError, DataError, TokenizerError
 from graft.evaluate.metrics import (
     DEFINITIONS,
+    SQUAD_DEFINITIONS,
     classification_metrics,
     entity_metrics,
     generation_metrics,
     language_model_metrics,
     plot_confusion_matrix,
+    sentence_scores,
+    squad_exact_match,
+    squad_f1,
+    squad_metrics,
     write_report,
 )
 from graft.evaluate.predict import class_probabilities, word_tags
+from graft.evaluate.qa import answer_spans, qa_settings
+from graft.infer.beam import BeamParams, beam_search
 from graft.infer.generate import SamplingParams, generate
 from graft.model.transformer import LanguageModel
 from graft.objectives.classify import check_labels
+from graft.objectives.qa import QAConfig
 from graft.run_files import EVAL_DIR, run_dir_of
 
 __all__ = [
@@ -72,10 +87,11 @@ __all__ = [
     "evaluate_classify",
     "evaluate_generate",
     "evaluate_lm",
+    "evaluate_qa",
     "evaluate_tokens",
 ]
 
-EvalTask = Literal["lm", "classify", "tokens", "generate"]
+EvalTask = Literal["lm", "classify", "tokens", "generate", "qa"]
 EVAL_TASKS: tuple[str, ...] = get_args(EvalTask)
 Echo = Callable[[str], None]
 
@@ -88,6 +104,7 @@ _MORE_DEFINITIONS: dict[str, str] = {
     "ended_with_eos": (
         "fraction of generations that ended with the end-of-turn token before the length limit"
     ),
+    "skipped": "invalid records skipped (--skip-invalid)",
 }
 
 
@@ -104,19 +121,30 @@ class EvalOptions:
     encoding: str = "utf-8"
     limit: int | None = None  # the first N records (documents for lm) of the data, in order
     max_new_tokens: int = 128
+    beams: int = 1  # generate: beam search with this many beams; 1 is greedy decoding
+    length_penalty: float = 1.0  # generate, beams > 1: hypotheses score sum / length ** this
     seq_len: int | None = None  # None: the model's max_seq_len
     batch_size: int = 8
     device: str = "cpu"
     samples: int = 20  # sample predictions kept (classify and tokens add up to as many errors)
+    # generate: each --data is the PREFIX of the parallel files PREFIX.SRC and PREFIX.TGT
+    source_lang: str | None = None
+    target_lang: str | None = None
+    skip_invalid: bool = False  # generate, qa: skip and count bad records instead of stopping
+    # qa: None takes the checkpoint's run config's objective.stride / max_answer_tokens (QAConfig's
+    # defaults when it has none)
+    stride: int | None = None
+    max_answer_tokens: int | None = None
 
 
 @dataclass(frozen=True)
 class GenerationExample:
-    """One prompt and the text it should produce; `source` is `file:line`."""
+    """One prompt, its token ids, and the text it should produce; `source` is `file:line`."""
 
     prompt: str
     reference: str
     source: str
+    ids: tuple[int, ...]
 
 
 # -- the dispatcher --------------------------------------------------------------------------
@@ -136,6 +164,7 @@ def evaluate_checkpoint(options: EvalOptions, echo: Echo = lambda _: None) -> Pa
         "classify": evaluate_classify,
         "tokens": evaluate_tokens,
         "generate": evaluate_generate,
+        "qa": evaluate_qa,
     }[options.task]
     return task(model, tokenizer, options, out_dir, echo)
 
@@ -157,14 +186,51 @@ def _check_options(options: EvalOptions) -> None:
         ("--max-new-tokens", options.max_new_tokens),
         ("--seq-len", options.seq_len),
         ("--batch-size", options.batch_size),
+        ("--beams", options.beams),
         ("samples", options.samples),
     ):
         if value is not None and value < (0 if name == "samples" else 1):
             raise ConfigError(f"{name} must be a positive integer, got {value}")
+    _check_beams(options)
+    langs = _langs(options)
     # Checked before loading the model, which may take a while for a large one.
     for path in options.data:
-        if not Path(path).exists():
+        if langs is not None:
+            parallel_paths(Path(path), *langs)
+        elif not Path(path).exists():
             raise DataError(f"{path}: no such file or folder; check --data")
+
+
+def _check_beams(options: EvalOptions) -> None:
+    """--beams decodes --task generate only; --length-penalty scores beam search only."""
+    if options.beams != 1 and options.task != "generate":
+        raise ConfigError(
+            f"--beams: beam search decodes --task generate, not --task {options.task}"
+        )
+    if not math.isfinite(options.length_penalty):
+        raise ConfigError(f"--length-penalty must be a finite number, got {options.length_penalty}")
+    if options.length_penalty != 1.0 and options.beams == 1:
+        raise ConfigError(
+            "--length-penalty scores beam search hypotheses: give --beams N (N > 1) too"
+        )
+
+
+def _langs(options: EvalOptions) -> tuple[str, str] | None:
+    """(source, target) language suffixes of parallel files, or None; refused unless both are
+    given, and for a task other than generate."""
+    if options.source_lang is None and options.target_lang is None:
+        return None
+    if options.source_lang is None or options.target_lang is None:
+        raise ConfigError(
+            "--source-lang and --target-lang: give both (--data names the PREFIX of the parallel "
+            "files PREFIX.SRC and PREFIX.TGT) or neither"
+        )
+    if options.task != "generate":
+        raise ConfigError(
+            f"--source-lang/--target-lang: parallel files are read by --task generate, not "
+            f"--task {options.task}"
+        )
+    return options.source_lang, options.target_lang
 
 
 def _report(
@@ -175,8 +241,9 @@ def _report(
     **run: Any,
 ) -> Path:
     """Write the task's report: `metrics`, the definition of every key that has one, and what was
-    run (`run` adds to it). Returns the path of its JSON."""
-    known = {**DEFINITIONS, **_MORE_DEFINITIONS}
+    run (`run` adds to it); `metrics["definitions"]`, when given, are the task's own meanings of
+    keys (a QA report's SQuAD `exact_match`). Returns the path of its JSON."""
+    known = {**DEFINITIONS, **_MORE_DEFINITIONS, **metrics.pop("definitions", {})}
     metrics["definitions"] = {key: known[key] for key in metrics if key in known}
     metrics["run"] = {
         "checkpoint": str(options.checkpoint),
@@ -440,86 +507,65 @@ def evaluate_tokens(
 # -- generation ------------------------------------------------------------------------------
 
 
-def _first_fields(path: Path, encoding: str) -> dict[str, object] | None:
-    """The first record of a .jsonl or .json file, to tell source/target pairs from
-    conversations."""
-    text = _decode(path, encoding)
-    suffix = path.suffix.lower()
-    if suffix not in (".jsonl", ".json"):
-        return None  # read_conversations names the formats it reads
-    try:
-        fields = _jsonl_fields(path, text) if suffix == ".jsonl" else _json_fields(path, text)
-        _, first = next(fields)
-    except (StopIteration, DataError):
-        return None  # read_conversations reports the file's problem
-    return first if isinstance(first, dict) else None
-
-
-def _is_pair_file(path: Path, encoding: str) -> bool:
-    keys = set(_first_fields(path, encoding) or ())
-    return {"source", "target"} <= keys and not {"messages", "instruction"} & keys
-
-
-def read_pairs(path: Path, encoding: str = "utf-8") -> list[GenerationExample]:
-    """Source/target pairs (translation, summarisation) from .jsonl or a .json array; the prompt is
-    the source text as is. A record without a string `source` and `target` names its file:line."""
-    path = Path(path)
-    text = _decode(path, encoding)
-    _check_decoded(path, text, encoding)
-    fields = (
-        _jsonl_fields(path, text) if path.suffix.lower() == ".jsonl" else _json_fields(path, text)
-    )
-    examples: list[GenerationExample] = []
-    for where, item in fields:
-        if isinstance(item, Exception):
-            raise DataError(str(item))
-        for name in ("source", "target"):
-            if name not in item:
-                raise DataError(
-                    f'{where}: missing field {name!r}; expected {{"source": ..., "target": ...}}'
-                )
-            if not isinstance(item[name], str):
-                raise DataError(
-                    f"{where}: field {name!r} must be a string, got {type(item[name]).__name__}"
-                )
-        source, target = item["source"], item["target"]
-        assert isinstance(source, str) and isinstance(target, str)
-        if not source.strip():
-            raise DataError(f"{where}: empty field 'source'")
-        examples.append(GenerationExample(prompt=source, reference=target, source=where))
-    if not examples:
-        raise DataError(f"{path}: no source/target records")
-    return examples
-
-
-def _conversation_example(conversation: Conversation, template: str, eos: str) -> GenerationExample:
-    """The prompt is every turn before the last assistant reply, with the generation prompt."""
-    try:
-        prompt = render_chat(
-            template, conversation.messages[:-1], add_generation_prompt=True, eos_token=eos
-        )
-    except DataError as exc:
-        raise DataError(f"{conversation.source}: {exc}") from None
+def _chat_example(
+    conversation: Conversation, tokenizer: Tokenizer, template: str
+) -> GenerationExample:
+    """The prompt is every turn before the last assistant reply, with the generation prompt, in
+    the ids fine-tuning gave it (`encode_prompt`, training's own pieces)."""
+    history = conversation.messages[:-1]
+    ids = encode_prompt(tokenizer, template, history, where=conversation.source)
+    eos = tokenizer.special_tokens_map.get("eos_token", EOT)
+    # The same text; encode_prompt has already reported any problem rendering it.
+    prompt = render_chat(template, history, add_generation_prompt=True, eos_token=eos)
     return GenerationExample(
-        prompt=prompt, reference=conversation.messages[-1].content, source=conversation.source
+        prompt=prompt,
+        reference=conversation.messages[-1].content,
+        source=conversation.source,
+        ids=tuple(ids),
     )
+
+
+def _pair_example(pair: TextPair, tokenizer: Tokenizer) -> GenerationExample:
+    """A source/target pair as `graft finetune seq2seq` framed it (`pair_conversation`) when the
+    tokenizer has a chat template; for a base LM without one, the source text as it is."""
+    if tokenizer.chat_template is None:
+        ids = tuple(tokenizer.encode(pair.source_text))
+        return GenerationExample(pair.source_text, pair.target_text, pair.source, ids)
+    return _chat_example(pair_conversation(pair), tokenizer, tokenizer.chat_template)
 
 
 def generation_examples(
-    paths: Sequence[Path], tokenizer: Tokenizer, encoding: str = "utf-8"
-) -> list[GenerationExample]:
-    """Prompts and references of every file: source/target pairs, or Alpaca or chat records."""
-    template = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
-    eos = tokenizer.special_tokens_map.get("eos_token", EOT)
-    examples: list[GenerationExample] = []
-    for path in paths:
-        path = Path(path)
-        if _is_pair_file(path, encoding):
-            examples += read_pairs(path, encoding)
+    paths: Sequence[Path],
+    tokenizer: Tokenizer,
+    *,
+    encoding: str = "utf-8",
+    langs: tuple[str, str] | None = None,
+    skip_invalid: bool = False,
+    limit: int | None = None,
+) -> tuple[list[GenerationExample], int]:
+    """The first `limit` (all when None) prompts and references of the files, and the number of
+    invalid records skipped (`skip_invalid`): source/target pairs (`_pair_example`), the parallel
+    files of which each path is the prefix (with `langs`), or Alpaca or chat records."""
+    records: list[TextPair | Conversation] = []
+    skipped = 0
+    for path in map(Path, paths):
+        found: Sequence[TextPair | Conversation]
+        if langs is not None or is_pair_file(path, encoding):
+            found, bad = read_source_target(
+                path, langs, encoding=encoding, skip_invalid=skip_invalid
+            )
         else:
-            conversations, _ = read_conversations(path, encoding=encoding)
-            examples += [_conversation_example(c, template, eos) for c in conversations]
-    return examples
+            found, bad = read_conversations(path, encoding=encoding, skip_invalid=skip_invalid)
+        records += found
+        skipped += bad
+    template = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
+    examples = [
+        _pair_example(r, tokenizer)
+        if isinstance(r, TextPair)
+        else _chat_example(r, tokenizer, template)
+        for r in records[:limit]
+    ]
+    return examples, skipped
 
 
 @torch.inference_mode()
@@ -530,8 +576,8 @@ def evaluate_generate(
     out_dir: Path,
     echo: Echo = lambda _: None,
 ) -> Path:
-    """Greedy generations against references: BLEU, chrF, ROUGE-1/2/L, exact match, and how often
-    the model stopped by itself.
+    """Greedy generations (beam search with options.beams > 1) against references: BLEU, chrF,
+    ROUGE-1/2/L, exact match, and how often the model stopped by itself.
 
     Decoding stops at the end-of-turn (eos) token or after max_new_tokens. A prompt too long to
     leave room for them is cut from the left (the generation prompt at its end is kept) to
@@ -544,26 +590,47 @@ def evaluate_generate(
             f"{options.checkpoint}: the tokenizer has no eos token; --task generate needs one to "
             "know where a generation ends"
         )
-    examples = generation_examples(options.data, tokenizer, options.encoding)[: options.limit]
+    langs = _langs(options)
+    examples, skipped = generation_examples(
+        options.data,
+        tokenizer,
+        encoding=options.encoding,
+        langs=langs,
+        skip_invalid=options.skip_invalid,
+        limit=options.limit,
+    )
     context = model.config.max_seq_len
     keep = max(context - options.max_new_tokens, context // 2, 1)
-    params = SamplingParams(
+    greedy = SamplingParams(
         max_new_tokens=options.max_new_tokens, temperature=0.0, stop_ids=frozenset({stop})
     )
+    beam = None
+    decoding = "greedy"
+    if options.beams > 1:
+        beam = BeamParams(
+            beams=options.beams,
+            max_new_tokens=options.max_new_tokens,
+            length_penalty=options.length_penalty,
+            stop_ids=frozenset({stop}),
+        )
+        decoding = f"beam {options.beams}, length penalty {options.length_penalty}"
     echo(
         f"generating for {len(examples):,} prompts "
-        f"(greedy, up to {options.max_new_tokens} new tokens)"
+        f"({decoding}, up to {options.max_new_tokens} new tokens)"
     )
     predictions: list[str] = []
     ended: list[bool] = []
     truncated = 0
     for number, example in enumerate(examples, start=1):
-        ids = tokenizer.encode(example.prompt)
+        ids = list(example.ids)
         if not ids:
             raise DataError(f"{example.source}: the prompt encodes to no tokens")
         if len(ids) > keep:
             ids, truncated = ids[-keep:], truncated + 1
-        out = list(generate(model, ids, params))
+        if beam is None:
+            out = list(generate(model, ids, greedy))
+        else:
+            out = beam_search(model, ids, beam).ids
         stopped = bool(out) and out[-1] == stop
         predictions.append(tokenizer.decode(out[:-1] if stopped else out).strip())
         ended.append(stopped)
@@ -576,6 +643,7 @@ def evaluate_generate(
         "ended_with_eos": sum(ended) / len(ended),
         "prompts_truncated": truncated,
         "max_new_tokens": options.max_new_tokens,
+        "skipped": skipped,
     }
     rows = [
         {
@@ -584,12 +652,129 @@ def evaluate_generate(
             "reference": e.reference,
             "prediction": p,
             "ended_with_eos": s,
+            **sentence_scores(p, e.reference),
         }
-        for e, p, s in zip(examples, predictions, ended)
+        for e, p, s in list(zip(examples, predictions, ended))[: options.samples]
     ]
-    json_path = _report(out_dir, options, metrics, rows[: options.samples], decoding="greedy")
+    parallel = {} if langs is None else {"source_lang": langs[0], "target_lang": langs[1]}
+    json_path = _report(out_dir, options, metrics, rows, decoding=decoding, **parallel)
     echo(
         f"BLEU {scores['bleu']:.2f}, chrF {scores['chrf']:.2f}, ROUGE-L {scores['rougeL']:.4f}, "
         f"exact match {scores['exact_match']:.4f}; {metrics['ended_with_eos']:.0%} ended with eos"
+    )
+    return json_path
+
+
+# -- extractive question answering -----------------------------------------------------------
+
+
+def _qa_settings(options: EvalOptions) -> QAConfig:
+    """The windows' stride and the longest answer: --stride and --max-answer-tokens when given,
+    else what the checkpoint was fine-tuned with (its run config's objective), else QAConfig's
+    defaults."""
+    saved = qa_settings(options.checkpoint)
+    for flag, value, least in (
+        ("--stride", options.stride, 0),
+        ("--max-answer-tokens", options.max_answer_tokens, 1),
+    ):
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} must be an integer >= {least}, got {value}")
+    given = {"stride": options.stride, "max_answer_tokens": options.max_answer_tokens}
+    return saved.model_copy(update={k: v for k, v in given.items() if v is not None})
+
+
+@torch.inference_mode()
+def evaluate_qa(
+    model: LanguageModel,
+    tokenizer: Tokenizer,
+    options: EvalOptions,
+    out_dir: Path,
+    echo: Echo = lambda _: None,
+) -> Path:
+    """SQuAD exact match and F1 of the answers the span head picks (`answer_spans`), each the best
+    over a question's gold answers; a question without gold answers (SQuAD v2) is right with an
+    empty answer. With skip_invalid, a question that leaves no room for its context in the
+    window is skipped and counted."""
+    _check_head(model, options, "span", "fine-tune one with graft finetune qa")
+    records = []
+    skipped = 0
+    for path in options.data:
+        found, bad = read_qa(path, skip_invalid=options.skip_invalid, encoding=options.encoding)
+        records += found
+        skipped += bad
+    records = records[: options.limit]
+    max_len = _context(model, options)
+    settings = _qa_settings(options)
+    if options.skip_invalid:
+        fitting = []
+        for record in records:
+            try:
+                qa_windows(
+                    tokenizer,
+                    record.question,
+                    record.context,
+                    max_len=max_len,
+                    stride=settings.stride,
+                )
+            except DataError:
+                skipped += 1
+            else:
+                fitting.append(record)
+        records = fitting
+    if not records:
+        raise DataError(f"{', '.join(map(str, options.data))}: no question to answer")
+    echo(
+        f"answering {len(records):,} questions in windows of {max_len} tokens "
+        f"(stride {settings.stride}, answers of at most {settings.max_answer_tokens} tokens)"
+    )
+    predictions = answer_spans(
+        model,
+        tokenizer,
+        records,
+        max_len=max_len,
+        stride=settings.stride,
+        max_answer_tokens=settings.max_answer_tokens,
+        batch_size=options.batch_size,
+    )
+    golds = [[answer.text for answer in r.answers] for r in records]
+    texts = [p.text for p in predictions]
+    scores = squad_metrics(texts, golds)
+    metrics: dict[str, Any] = {
+        **scores,
+        "windows": sum(p.windows for p in predictions),
+        "skipped": skipped,
+        "definitions": {
+            **SQUAD_DEFINITIONS,
+            "windows": "windows the questions were read in (long contexts take several)",
+        },
+    }
+    exact = [squad_exact_match(t, g) for t, g in zip(texts, golds)]
+    rows = [
+        {
+            "source": r.source,
+            "id": r.id,
+            "question": r.question,
+            "answers": g,
+            "predicted": p.text,
+            "start_char": p.start_char,
+            "score": None if p.score is None else round(p.score, 4),
+            "exact_match": bool(e),
+            "f1": round(squad_f1(p.text, g), 4),
+        }
+        for r, g, p, e in zip(records, golds, predictions, exact)
+    ]
+    samples = _pick_samples(rows, [not e for e in exact], options.samples)
+    json_path = _report(
+        out_dir,
+        options,
+        metrics,
+        samples,
+        seq_len=max_len,
+        stride=settings.stride,
+        max_answer_tokens=settings.max_answer_tokens,
+    )
+    echo(
+        f"exact match {scores['exact_match']:.2f}, F1 {scores['f1']:.2f} over "
+        f"{len(records):,} questions ({metrics['windows']:,} windows)"
     )
     return json_path

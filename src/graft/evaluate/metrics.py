@@ -8,7 +8,10 @@ This module owns how each number is defined and written down:
 - classification: accuracy, macro and per-class precision, recall and F1, and the confusion matrix
   (our own numpy code), with a PNG of it;
 - token tagging: entity-level precision, recall and F1 with seqeval (conlleval-compatible);
-- generation: sacrebleu corpus BLEU and chrF, rouge-score ROUGE-1/2/L and exact match;
+- generation: sacrebleu corpus BLEU and chrF, their sentence-level means, rouge-score ROUGE-1/2/L
+  and exact match;
+- extractive question answering: SQuAD's exact match and F1, as its official v1.1 script computes
+  them (`SQUAD_DEFINITIONS`: a QA report's `exact_match` and `f1` are these);
 - the mean and 95% confidence interval of a few repeated runs (Student's t);
 - `write_report`: metrics as JSON, a markdown table, and sample predictions as JSONL.
 
@@ -22,6 +25,8 @@ import io
 import json
 import math
 import re
+import string
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,7 @@ from graft.errors import DataError
 
 __all__ = [
     "DEFINITIONS",
+    "SQUAD_DEFINITIONS",
     "ClassificationMetrics",
     "MetricInputError",
     "classification_metrics",
@@ -41,7 +47,12 @@ __all__ = [
     "generation_metrics",
     "language_model_metrics",
     "mean_ci95",
+    "normalize_answer",
     "plot_confusion_matrix",
+    "squad_exact_match",
+    "squad_f1",
+    "squad_metrics",
+    "sentence_scores",
     "write_report",
 ]
 
@@ -91,7 +102,27 @@ DEFINITIONS: dict[str, str] = {
     "exact_match": (
         "fraction of predictions equal to their reference after stripping and collapsing whitespace"
     ),
+    "sentence_bleu": (
+        "sacrebleu sentence BLEU of each example (effective order, smooth:exp), mean over "
+        "examples, 0-100; each sample's own is in the samples file"
+    ),
+    "sentence_chrf": (
+        "sacrebleu sentence chrF of each example (nc:6|nw:0), mean over examples, 0-100; each "
+        "sample's own is in the samples file"
+    ),
     "count": "number of examples scored",
+}
+# A question-answering report's own meanings of two keys DEFINITIONS gives for generation.
+SQUAD_DEFINITIONS: dict[str, str] = {
+    "exact_match": (
+        "SQuAD exact match, 0-100: share of questions whose answer equals a gold answer after "
+        "SQuAD's normalisation (lower case, punctuation and the articles a/an/the removed, "
+        "whitespace collapsed)"
+    ),
+    "f1": (
+        "SQuAD F1, 0-100: F1 of the normalised answer's words against a gold answer's (bag of "
+        "words), the best over the gold answers, averaged over questions"
+    ),
 }
 
 
@@ -310,11 +341,82 @@ def generation_metrics(predictions: Sequence[str], references: Sequence[str]) ->
     rouge = [scorer.score(ref, hyp) for hyp, ref in zip(hyps, refs)]
     exact = sum(_normalise_whitespace(h) == _normalise_whitespace(r) for h, r in zip(hyps, refs))
     n = len(hyps)
+    sentences = [sentence_scores(hyp, ref) for hyp, ref in zip(hyps, refs)]
     return {
         "bleu": float(bleu),
         "chrf": float(chrf),
         **{kind: sum(scores[kind].fmeasure for scores in rouge) / n for kind in kinds},
         "exact_match": exact / n,
+        **{key: sum(scores[key] for scores in sentences) / n for key in _SENTENCE_KEYS},
+        "count": n,
+    }
+
+
+_SENTENCE_KEYS = ("sentence_bleu", "sentence_chrf")
+
+
+def sentence_scores(prediction: str, reference: str) -> dict[str, float]:
+    """sacrebleu's sentence BLEU and chrF of one prediction against its reference, 0-100: the
+    `sacrebleu.sentence_bleu` and `sentence_chrf` figures. Sentence BLEU uses effective order (a
+    short sentence is not zeroed by its missing 4-grams); it is a per-example diagnostic, and the
+    corpus BLEU is the number to compare with published ones."""
+    import sacrebleu
+
+    return {
+        "sentence_bleu": float(sacrebleu.sentence_bleu(prediction, [reference]).score),
+        "sentence_chrf": float(sacrebleu.sentence_chrf(prediction, [reference]).score),
+    }
+
+
+# -- question answering --------------------------------------------------------------------
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation (its official evaluation script's `normalize_answer`): lower case,
+    ASCII punctuation removed, the articles a, an and the removed, whitespace collapsed."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _f1(prediction: str, gold: str) -> float:
+    predicted, true = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    same = sum((Counter(predicted) & Counter(true)).values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(predicted), same / len(true)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_exact_match(prediction: str, golds: Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals a normalised gold answer, else 0.0. A question
+    without gold answers (SQuAD v2's unanswerable) is right only with an empty answer."""
+    if not golds:
+        return float(not normalize_answer(prediction))
+    return max(float(normalize_answer(prediction) == normalize_answer(g)) for g in golds)
+
+
+def squad_f1(prediction: str, golds: Sequence[str]) -> float:
+    """The best word-overlap F1 (0-1) of the prediction against any gold answer, as SQuAD v1.1's
+    script computes it; without gold answers, as exact match (SQuAD v2's rule)."""
+    if not golds:
+        return squad_exact_match(prediction, golds)
+    return max(_f1(prediction, gold) for gold in golds)
+
+
+def squad_metrics(
+    predictions: Sequence[str], gold_answer_lists: Sequence[Sequence[str]]
+) -> dict[str, float]:
+    """SQuAD exact match and F1 (0-100, like the official script) and the count of questions:
+    each question's score is its best over its gold answers (`SQUAD_DEFINITIONS`)."""
+    _check_pair(predictions, gold_answer_lists, ("predictions", "gold answer lists"))
+    n = len(predictions)
+    pairs = list(zip(predictions, gold_answer_lists))
+    return {
+        "exact_match": 100.0 * sum(squad_exact_match(p, g) for p, g in pairs) / n,
+        "f1": 100.0 * sum(squad_f1(p, g) for p, g in pairs) / n,
         "count": n,
     }
 

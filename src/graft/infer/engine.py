@@ -744,6 +744,21 @@ class Engine:
         return logits.softmax(dim=-1)
 
     @torch.inference_mode()
+    def span_logits(self, ids_batch: list[list[int]], token_types: list[list[int]]) -> torch.Tensor:
+        """Start and end logits (N, T, 2), float32 on the CPU, of a span (question-answering)
+        model over question windows (`graft.data.qa.qa_windows`: ids and their segment ids)."""
+        if self.model_config.head != "span":
+            raise ValueError(
+                "answering questions needs a model with a span head; "
+                f"this model's head is {self.model_config.head!r}"
+            )
+        self._check_inputs(ids_batch)
+        with self._lock:
+            out, _ = read_padded(self.model, ids_batch, ["classifier"], token_types=token_types)
+        assert out.class_logits is not None  # asked for above
+        return out.class_logits.float().cpu()
+
+    @torch.inference_mode()
     def score(self, ids: list[int], top: int = 0) -> list[GeneratedToken]:
         """Each prompt token after the first with its logprob given the tokens before it and the
         `top` most likely tokens in its place (most likely first): one forward pass over the whole

@@ -25,7 +25,14 @@ from graft.infer.sampling import (
 from graft.model.kv_cache import KVCache
 from graft.model.transformer import LanguageModel
 
-__all__ = ["GeneratedToken", "SamplingParams", "generate", "generate_steps", "sample_next"]
+__all__ = [
+    "GeneratedToken",
+    "SamplingParams",
+    "check_prompt",
+    "generate",
+    "generate_steps",
+    "sample_next",
+]
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,19 @@ class GeneratedToken:
         return cls(token_id, float(row[token_id]), top_logprobs(row, params.logprobs))
 
 
+def check_prompt(model: LanguageModel, prompt_ids: Sequence[int]) -> int:
+    """The model's context, once `prompt_ids` is known to leave room in it for a new token (the
+    one rule of sampling and beam search alike)."""
+    if not prompt_ids:
+        raise ValueError("the prompt must hold at least one token")
+    max_len = model.config.max_seq_len
+    if len(prompt_ids) >= max_len:
+        raise ValueError(
+            f"the prompt has {len(prompt_ids)} tokens; the model's context is {max_len}"
+        )
+    return max_len
+
+
 @torch.inference_mode()
 def generate_steps(
     model: LanguageModel,
@@ -56,15 +76,9 @@ def generate_steps(
 ) -> Iterator[GeneratedToken]:
     """Yield up to max_new_tokens new tokens after the prompt; stops after yielding a stop id, or
     when the model's context is full."""
-    if not prompt_ids:
-        raise ValueError("the prompt must hold at least one token")
+    max_len = check_prompt(model, prompt_ids)
     weight = next(model.parameters())
     device = weight.device
-    max_len = model.config.max_seq_len
-    if len(prompt_ids) >= max_len:
-        raise ValueError(
-            f"the prompt has {len(prompt_ids)} tokens; the model's context is {max_len}"
-        )
     generator = None
     if params.seed is not None:
         generator = torch.Generator(device=device).manual_seed(params.seed)

@@ -150,6 +150,8 @@ def _kind(model: LanguageModel) -> str:
         return "sequence classifier"
     if config.head == "token":
         return "token classifier"
+    if config.head == "span":
+        return "question-answering (span) model"
     return "masked LM (encoder)" if config.is_encoder else "causal LM"
 
 
@@ -238,8 +240,8 @@ def explain_text(
             baseline_logit=baseline,
             steps=steps,
         )
-    elif config.head == "token":
-        notes.append("no attribution: a token classifier makes one prediction per token")
+    elif config.head in ("token", "span"):
+        notes.append(f"no attribution: a {kind} makes one prediction per token")
     else:
         notes.append("no attribution: integrated gradients explain a sequence classifier's label")
     return explanation

@@ -23,8 +23,13 @@ AttentionKind = Literal["causal", "bidirectional"]
 NormPosition = Literal["pre", "post"]
 # lm: the language-model head alone. sequence / token: a classifier too
 # (HF *ForSequenceClassification / *ForTokenClassification), reading the last real token (decoders)
-# or the pooled first token (encoders), or every token.
-HeadKind = Literal["lm", "sequence", "token"]
+# or the pooled first token (encoders), or every token. span: extractive question answering, two
+# logits (start, end) at every token (HF *ForQuestionAnswering's qa_outputs); its labels are
+# exactly SPAN_LABELS.
+HeadKind = Literal["lm", "sequence", "token", "span"]
+# The span head's two outputs, in order: [..., 0] scores where the answer starts, [..., 1] where
+# it ends.
+SPAN_LABELS = ("start", "end")
 # What a sequence classifier reads. token: the architecture's summary token (BERT's pooled [CLS], a
 # decoder's last real token), as transformers' *ForSequenceClassification do. mean: the mean of
 # every real token's final hidden state, which a briefly pre-trained encoder (whose [CLS] learned
@@ -124,7 +129,8 @@ class ModelConfig(BaseModel):
     )
     head: HeadKind = Field(
         default="lm",
-        description="lm; sequence: one label per text; token: one label per token (a classifier).",
+        description="lm; sequence: one label per text; token: one label per token (a classifier); "
+        "span: extractive QA, a start and an end logit per token (labels: start, end).",
     )
     labels: tuple[str, ...] = Field(
         default=(), description="The classifier's label names, in output order."
@@ -161,8 +167,13 @@ class ModelConfig(BaseModel):
             )
         if (self.head == "lm") != (not self.labels):
             raise ValueError(
-                "a classifier head (head: sequence or token) needs its labels, "
+                "a classifier head (head: sequence, token or span) needs its labels, "
                 "and only it has labels"
+            )
+        if self.head == "span" and self.labels != SPAN_LABELS:
+            raise ValueError(
+                f"head span (extractive QA) has exactly the labels {list(SPAN_LABELS)}, "
+                f"got {list(self.labels)}"
             )
         if (
             self.head == "sequence"

@@ -119,7 +119,9 @@ class SlotPrefill:
 
 
 class KVCache(SlotPrefill):
-    """A batch that moves in lockstep (what generate() uses): every slot of its own SlotKVCache."""
+    """A batch that moves in lockstep (what generate() uses): the first rows of its own
+    SlotKVCache. `slots` (default batch_size) is how many rows are allocated: `reorder` may grow
+    the batch up to it (beam search runs its prompt as one row, then as many as it has beams)."""
 
     def __init__(
         self,
@@ -129,9 +131,29 @@ class KVCache(SlotPrefill):
         *,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        slots: int | None = None,
     ) -> None:
-        cache = SlotKVCache(config, batch_size, max_len, device=device, dtype=dtype)
+        slots = batch_size if slots is None else slots
+        if not 1 <= batch_size <= slots:
+            raise ValueError(f"batch_size must be in [1, slots={slots}], got {batch_size}")
+        cache = SlotKVCache(config, slots, max_len, device=device, dtype=dtype)
         super().__init__(cache, 0, batch_size)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Make the batch the rows `index` (n,) of the current one: row i becomes a copy of old
+        row index[i]. Rows may repeat or be dropped and n may differ from the current batch (up to
+        the slots allocated): beam search moves each surviving child onto its parent's past this
+        way, one gather per step instead of re-running the sequences."""
+        n = index.shape[0]
+        slots = len(self.cache.lengths)
+        if not 1 <= n <= slots:
+            raise ValueError(f"reorder: {n} rows asked for; the cache has {slots} slots")
+        for tensor in (*self.cache.keys, *self.cache.values):
+            # The right side is gathered into a new tensor before the write, so a row that is
+            # overwritten here can still be the source of another.
+            tensor[:n, :, : self.length] = tensor[index, :, : self.length]
+        self.rows = slice(0, n)
+        self.cache.lengths[:n] = [self.length] * n
 
 
 class SlotDecode:

@@ -539,7 +539,8 @@ class LanguageModel(nn.Module):
         cross-entropy and how many it got right. "nsp": BERT's next-sentence logits (B, 2).
         "classifier":
         config.head's logits, (B, labels) per sequence read at last_index (B,), each row's last
-        real token (default: the last position), or (B, T, labels) per token.
+        real token (default: the last position), or (B, T, labels) per token; a span head's are
+        (B, T, 2), [..., 0] the answer's start and [..., 1] its end at each token.
 
         For explaining a prediction (graft.insight), each asked for explicitly so the default
         path stays the fused one: inputs_embeds (B, T, C), token embeddings read instead of
@@ -626,8 +627,8 @@ class LanguageModel(nn.Module):
         """The classifier's logits. Per sequence, an encoder reads its pooled first token (BERT's
         [CLS]); a decoder the hidden state at last_index, its last real token, the only one that
         has seen the whole text; with classifier_pooling mean, either reads the mean over the real
-        tokens (those up to last_index)."""
-        if self.config.head == "token":
+        tokens (those up to last_index). A token or span head reads every token."""
+        if self.config.head in ("token", "span"):
             return self.classifier(self.classifier_dropout(hidden))
         B, T = hidden.shape[:2]
         if last_index is None:
@@ -671,17 +672,32 @@ def mean_pool(hidden: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 
 
 def read_padded(
-    model: LanguageModel, rows: Sequence[Sequence[int]], heads: Collection[Head]
+    model: LanguageModel,
+    rows: Sequence[Sequence[int]],
+    heads: Collection[Head],
+    *,
+    token_types: Sequence[Sequence[int]] | None = None,
 ) -> tuple[ModelOutput, torch.Tensor]:
     """The model once over whole inputs of different lengths (each row already checked against
     the model's context and vocabulary), right-padded, the padding masked out of attention; a
-    sequence classifier reads each row's last real token. Returns the outputs and the real
-    positions (N, T). The one way whole texts are read for prediction: `graft eval`'s classifier
-    and tagger, the server's /v1/classify and /v1/embeddings."""
+    sequence classifier reads each row's last real token. `token_types`, one per token of each
+    row, are the segment ids of a model with token types (a question-answering encoder reads the
+    question as segment 0 and the context as 1); without them every token is segment 0. Returns
+    the outputs and the real positions (N, T). The one way whole texts are read for prediction:
+    `graft eval`'s classifier, tagger and span reader, the server's /v1/classify and
+    /v1/embeddings."""
     device = next(model.parameters()).device
     tokens, lengths = (t.to(device) for t in right_padded(rows, 0))  # padding is masked: any id
+    types = None
+    if token_types is not None:
+        if [len(t) for t in token_types] != [len(r) for r in rows]:
+            raise ValueError("read_padded: token_types needs one segment id per token of each row")
+        types = right_padded(token_types, 0)[0].to(device)
     real = torch.arange(tokens.shape[1], device=device)[None, :] < lengths[:, None]
     # Equal lengths need no mask: the model's own causal or full attention is the same thing.
     causal = not model.config.is_encoder
     mask = None if bool(real.all()) else padding_attention_mask(real, causal=causal)
-    return model(tokens, attention_mask=mask, heads=heads, last_index=lengths - 1), real
+    out = model(
+        tokens, token_type_ids=types, attention_mask=mask, heads=heads, last_index=lengths - 1
+    )
+    return out, real

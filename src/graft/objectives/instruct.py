@@ -9,7 +9,7 @@ never dropped. Batches are right-padded; padding is never scored.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -110,20 +110,45 @@ class InstructConfig(RecordObjective):
         self, records: Records, tokenizer: Tokenizer, *, max_len: int, bidirectional: bool
     ) -> TaskData:
         def read(path: Path) -> tuple[list[Conversation], int]:
-            return read_conversations(path, skip_invalid=records.skip_invalid)
+            return read_conversations(
+                path, encoding=records.encoding, skip_invalid=records.skip_invalid
+            )
 
-        train, val, skipped = records.train_and_val(read)
-        train = records.sample(train)
-        if tokenizer.chat_template is None:
-            # saved with every checkpoint of the run
-            tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
-        sft = Instruct(
-            train,
-            val,
+        return conversation_task(
+            records,
+            read,
             tokenizer,
-            tokenizer.chat_template,
             max_len,
+            kind="conversations",
             train_on_prompt=self.train_on_prompt,
         )
-        notes = sft.notes("conversations", skipped, max_len, cut=" (kept, cut at the end)")
-        return TaskData(sft, (), notes)
+
+
+def conversation_task(
+    records: Records,
+    read: Callable[[Path], tuple[list[Conversation], int]],
+    tokenizer: Tokenizer,
+    max_len: int,
+    *,
+    kind: str,
+    train_on_prompt: bool = False,
+    objective: type[Instruct] = Instruct,
+) -> TaskData:
+    """The fine-tune of conversations `read` from the records' files (`kind` names them in the
+    notes): the one path from conversations to a trained chat model, so every objective framed
+    as conversations (instruct, seq2seq) trains, and is later prompted, alike."""
+    train, val, skipped = records.train_and_val(read)
+    train = records.sample(train)
+    if tokenizer.chat_template is None:
+        # saved with every checkpoint of the run
+        tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    sft = objective(
+        train,
+        val,
+        tokenizer,
+        tokenizer.chat_template,
+        max_len,
+        train_on_prompt=train_on_prompt,
+    )
+    notes = sft.notes(kind, skipped, max_len, cut=" (kept, cut at the end)")
+    return TaskData(sft, (), notes)

@@ -12,6 +12,7 @@ checkpoint, starts the engine and runs uvicorn. Routes:
     POST /v1/chat/completions   (completions.py)
     POST /v1/embeddings         (encodings.py)
     POST /v1/classify           (encodings.py; extension)
+    POST /v1/qa                 (answers.py; extension)
     POST /v1/attention          (attention.py; extension)
     GET  /openapi.json, /docs   FastAPI's schema and its viewer (open)
 
@@ -41,6 +42,7 @@ from graft.data.records import MAX_RECORD_CHARS
 from graft.data.tokenizer import Tokenizer
 from graft.errors import GraftError
 from graft.infer.engine import Engine, EngineConfig
+from graft.serve.answers import qa_routes
 from graft.serve.attention import attention_routes
 from graft.serve.completions import check_model, completion_routes
 from graft.serve.encodings import encoding_routes
@@ -79,6 +81,7 @@ _ENDPOINTS = {
     "/v1/chat/completions",
     "/v1/embeddings",
     "/v1/classify",
+    "/v1/qa",
     "/v1/attention",
     "/openapi.json",
     "/docs",
@@ -239,7 +242,7 @@ def create_app(
         version="1",
         summary=f"OpenAI-compatible API serving {info.name}",
         description="OpenAI's completions, chat completions, embeddings and models endpoints, plus "
-        "graft's /v1/classify, /v1/attention and model facts. Errors use OpenAI's body: "
+        "graft's /v1/classify, /v1/qa, /v1/attention and model facts. Errors use OpenAI's body: "
         '{"error": {"message", "type", "param", "code"}}.',
     )
     install_error_handlers(app)
@@ -257,6 +260,7 @@ def create_app(
     add_routes(
         attention_routes(engine, info, metrics), responses=_documented(400, 401, 404, 413, 500)
     )
+    add_routes(qa_routes(engine, info, metrics), responses=_documented(400, 401, 404, 413, 500))
     get_openai = functools.partial(
         app.get, tags=["OpenAI"], dependencies=guard, responses=_documented(401, 404)
     )

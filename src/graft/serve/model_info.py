@@ -32,10 +32,13 @@ class ModelInfo:
     card: str
     stop_ids: frozenset[int]  # end-of-text / end-of-turn ids: generation ends after any of them
     created: int  # when the server started (OpenAI's `created`, seconds)
+    source: Path | None = None  # the checkpoint or Hugging Face directory served
 
     @property
     def kind(self) -> str:
         cfg = self.config
+        if cfg.head == "span":
+            return "question answering (span)"
         if cfg.head != "lm":
             return f"{cfg.head} classifier"
         return "encoder" if cfg.is_encoder else "causal LM"
@@ -65,6 +68,7 @@ def describe_model(
         card=card,
         stop_ids=stop_ids(tokenizer, source),
         created=created,
+        source=source,
     )
 
 
@@ -99,7 +103,11 @@ def _generation_config_eos(source: Path | None) -> set[int]:
 def summary_card(model: LanguageModel, tokenizer: Tokenizer, name: str) -> str:
     cfg = model.config
     params = sum(p.numel() for p in model.parameters())
-    what = {"sequence": "A sequence classifier", "token": "A token classifier"}.get(
+    what = {
+        "sequence": "A sequence classifier",
+        "token": "A token classifier",
+        "span": "An extractive question-answering model",
+    }.get(
         cfg.head,
         "A bidirectional encoder" if cfg.is_encoder else "A causal language model",
     )

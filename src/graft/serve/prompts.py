@@ -1,7 +1,11 @@
 """Chat messages to prompt token ids, shared by the HTTP API and `graft chat`.
 
 The tokenizer's own chat template is used when it has one, else graft's default (the one
-`graft finetune instruct` trains with), rendered in the sandbox of `graft.data.chat`. A message
+`graft finetune instruct` trains with), rendered in the sandbox of `graft.data.chat` and encoded
+piece by piece exactly as fine-tuning encodes it (`encode_prompt`): some tokenizers (unigram,
+SentencePiece) give other ids for a text encoded whole than in pieces, and a served model must read
+the ids it was trained on. Only a template that does not append turn by turn (which graft could not
+have trained with) is encoded whole, as transformers' apply_chat_template does. A message
 whose text holds the end-of-turn token itself is refused: it would encode as the real token and
 let a user forge a turn boundary.
 """
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from graft.data.chat import DEFAULT_CHAT_TEMPLATE, render_chat
+from graft.data.chat import DEFAULT_CHAT_TEMPLATE, NotAppendedError, encode_prompt, render_chat
 from graft.data.records import Message
 from graft.data.tokenizer import EOT, Tokenizer
 from graft.errors import DataError
@@ -34,6 +38,11 @@ def chat_prompt_ids(tokenizer: Tokenizer, messages: Sequence[Message]) -> list[i
             )
     template = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
     try:
+        if eos:
+            try:
+                return encode_prompt(tokenizer, template, messages, where="messages")
+            except NotAppendedError:
+                pass
         text = render_chat(template, messages, add_generation_prompt=True, eos_token=eos or EOT)
     except DataError as err:
         raise PromptError(str(err)) from None

@@ -312,7 +312,9 @@ class ModelList(BaseModel):
 class ModelFacts(BaseModel):
     """Extension: what the playground and a curious client want to know about the served model."""
 
-    kind: str = Field(..., description="causal LM, encoder, or sequence/token classifier")
+    kind: str = Field(
+        ..., description="causal LM, encoder, sequence/token classifier, or question answering"
+    )
     parameters: int
     context_length: int
     vocab_size: int

@@ -7,7 +7,8 @@ masked-LM head and no pooler, BertForPreTraining all of them.
 
 RoBERTa numbers positions from pad_token_id + 1 (rows 0..pad_token_id of its position table are
 never used by right-padded input), so import drops those rows and graft counts positions from 0.
-Export writes BERT layouts only (BertModel / BertForMaskedLM / BertForPreTraining).
+Export writes BERT layouts only (BertModel / BertForMaskedLM / BertForPreTraining, and the
+classifier and question-answering heads hf.py names).
 """
 
 from __future__ import annotations
@@ -74,6 +75,9 @@ _EMBEDDINGS = {
     "model.embed_norm": "embeddings.LayerNorm",
     "pooler.dense": "pooler.dense",
 }
+# transformers' name for a span (extractive QA) head in every family's *ForQuestionAnswering;
+# graft's is `classifier`, as for the other classifier heads.
+SPAN_HEAD = "qa_outputs"
 # The heads sit outside the base model, under family-specific names.
 _HEADS = {
     "bert": {
@@ -152,6 +156,8 @@ def graft_to_hf_names(
             out[name] = f"{_HEADS[model_type]['lm_head'].rpartition('.')[0]}.bias"
         elif stem in _HEADS[model_type]:
             out[name] = f"{_HEADS[model_type][stem]}.{leaf}"
+        elif stem == "classifier" and config.head == "span":
+            out[name] = f"{SPAN_HEAD}.{leaf}"
         elif stem in _EMBEDDINGS:
             out[name] = f"{base}.{_EMBEDDINGS[stem]}.{leaf}"
         elif stem.startswith("model.layers."):
@@ -180,10 +186,9 @@ def from_encoder(
     out: dict[str, torch.Tensor] = {}
     where: dict[str, Path] = {}
     for key, value in tensors.items():
-        # A bare base model (BertModel.save_pretrained) has no "bert." prefix.
-        name = (
-            key if key.startswith((f"{model_type}.", "cls.", "lm_head.")) else f"{model_type}.{key}"
-        )
+        # A bare base model (BertModel.save_pretrained) has no "bert." prefix; heads never do.
+        heads = (f"{model_type}.", "cls.", "lm_head.", "classifier.", f"{SPAN_HEAD}.")
+        name = key if key.startswith(heads) else f"{model_type}.{key}"
         if name.endswith("embeddings.position_ids") or name.endswith("embeddings.token_type_ids"):
             continue  # buffers older versions saved; derived, never needed
         target = to_graft.get(name, key)

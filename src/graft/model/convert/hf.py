@@ -10,7 +10,9 @@ RoPE scaling) is refused with the reason rather than approximated.
 
 Export writes `config.json` + `model.safetensors` for GPT2LMHeadModel (learned positions, LayerNorm,
 GELU MLP, biases), LlamaForCausalLM (RoPE, RMSNorm, SwiGLU), Qwen2ForCausalLM (the Llama layout
-with q/k/v biases alone), or for encoders BertModel / BertForMaskedLM / BertForPreTraining. Given
+with q/k/v biases alone), or for encoders BertModel / BertForMaskedLM / BertForPreTraining; a
+classifier as the family's *ForSequenceClassification / *ForTokenClassification, a span head
+(extractive QA) as its *ForQuestionAnswering, both ways. Given
 the tokenizer it adds `tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json` and
 `generation_config.json`, so AutoTokenizer and `generate` work with no further setup; a model card
 `README.md` states only what the source checkpoint's files say. A config no such architecture can
@@ -35,10 +37,11 @@ from safetensors.torch import load_file, save_file
 
 from graft.atomic_files import atomic_directory
 from graft.errors import CheckpointError, ConfigError, first_line
-from graft.model.config import ModelConfig, RopeScaling
+from graft.model.config import SPAN_LABELS, ModelConfig, RopeScaling
 from graft.model.convert.bert import (
     ACTIVATIONS,
     ENCODER_MODEL_TYPES,
+    SPAN_HEAD,
     bert_config_dict,
     encoder_fields,
     from_encoder,
@@ -191,14 +194,19 @@ def read_hf_config(directory: Path, tensor_names: Iterable[str] | None = None) -
         raise CheckpointError(f"{path}: not a valid model config ({_first_error(err)})") from None
 
 
-_HEAD_SUFFIXES = {"ForSequenceClassification": "sequence", "ForTokenClassification": "token"}
+_HEAD_SUFFIXES = {
+    "ForSequenceClassification": "sequence",
+    "ForTokenClassification": "token",
+    "ForQuestionAnswering": "span",
+}
 
 
 def _classifier_head(
     cfg: dict[str, Any], refuse: Callable[[str], CheckpointError]
 ) -> tuple[str, tuple[str, ...]] | None:
     """("sequence" | "token", label names) for a *ForSequenceClassification /
-    *ForTokenClassification directory, from its `architectures` and `id2label`; None for other
+    *ForTokenClassification directory, from its `architectures` and `id2label`; ("span",
+    SPAN_LABELS) for a *ForQuestionAnswering (its id2label names no classes); None for other
     architectures."""
     architecture = next(iter(cfg.get("architectures") or []), "")
     head = next(
@@ -206,6 +214,8 @@ def _classifier_head(
     )
     if head is None:
         return None
+    if head == "span":
+        return head, SPAN_LABELS
     id2label = cfg.get("id2label") or {}
     try:
         ordered = sorted((int(i), str(name)) for i, name in id2label.items())
@@ -378,11 +388,13 @@ def load_hf_model(directory: Path, *, dtype: torch.dtype | None = torch.float32)
         hf_names: dict[str, str] | None = graft_to_hf_names(config, model_type, expected)
     else:
         hf_names = None
-        # A decoder's classifier is transformers' `score` (GPT-2's token classifier: `classifier`)
+        # A decoder's classifier is transformers' `score` (GPT-2's token classifier: `classifier`),
+        # its span head `qa_outputs`.
         for leaf in ("weight", "bias"):
-            if f"score.{leaf}" in tensors:
-                tensors[f"classifier.{leaf}"] = tensors.pop(f"score.{leaf}")
-                sources[f"classifier.{leaf}"] = sources.pop(f"score.{leaf}")
+            for theirs in ("score", SPAN_HEAD):
+                if f"{theirs}.{leaf}" in tensors:
+                    tensors[f"classifier.{leaf}"] = tensors.pop(f"{theirs}.{leaf}")
+                    sources[f"classifier.{leaf}"] = sources.pop(f"{theirs}.{leaf}")
         if config.positions == "learned":
             tensors, sources = _from_gpt2(tensors, sources, config)
         else:
@@ -492,15 +504,16 @@ def _from_llama(
     tensors: dict[str, torch.Tensor], sources: dict[str, Path]
 ) -> tuple[dict[str, torch.Tensor], dict[str, Path]]:
     """Llama, Mistral and Qwen2 already use graft's names; a bare base model lacks the `model.`
-    prefix."""
+    prefix, and Llama's and Qwen2's *ForQuestionAnswering call it `transformer.`."""
     out, where = {}, {}
     for key, value in tensors.items():
         if key.endswith(_IGNORED_SUFFIXES):
             continue
+        name = key.removeprefix("transformer.")
         name = (
-            key
-            if key.startswith(("model.", "classifier.")) or key == "lm_head.weight"
-            else f"model.{key}"
+            name
+            if name.startswith(("model.", "classifier.")) or name == "lm_head.weight"
+            else f"model.{name}"
         )
         out[name], where[name] = value, sources[key]
     return out, where
@@ -661,11 +674,14 @@ _FAMILY_CLASS = {"gpt2": "GPT2", "llama": "Llama", "qwen2": "Qwen2", "bert": "Be
 
 def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
     """The transformers config.json for a graft config (see hf_architecture for what is refused); a
-    classifier exports as the family's *ForSequenceClassification / *ForTokenClassification."""
+    classifier exports as the family's *ForSequenceClassification / *ForTokenClassification, a
+    span head as its *ForQuestionAnswering."""
     out = _model_config_dict(config)
     if config.head != "lm":
         suffix = next(s for s, kind in _HEAD_SUFFIXES.items() if kind == config.head)
         out["architectures"] = [_FAMILY_CLASS[out["model_type"]] + suffix]
+    if config.head in ("sequence", "token"):
+        # A span head's two outputs are no classes: transformers' default num_labels (2) fits it.
         out["id2label"] = dict(enumerate(config.labels))
         out["label2id"] = {name: i for i, name in enumerate(config.labels)}
     return out
@@ -755,9 +771,22 @@ def hf_state_dict(model: LanguageModel) -> dict[str, torch.Tensor]:
             for k, v in weights.items()
             if k.startswith(("model.", "classifier.")) or (keep_pooler and k.startswith("pooler."))
         }
-        if kind != "bert" and not (kind == "gpt2" and config.head == "token"):
+        if config.head == "span":
+            head = SPAN_HEAD  # every family's *ForQuestionAnswering
+        elif kind == "gpt2" and config.head == "token":
+            head = "classifier"
+        else:
+            head = "score"  # BERT's classifier keeps its name: graft_to_hf_names below
+        if kind != "bert":
             weights = {
-                k.replace("classifier.", "score.", 1) if k.startswith("classifier.") else k: v
+                k.replace("classifier.", f"{head}.", 1) if k.startswith("classifier.") else k: v
+                for k, v in weights.items()
+            }
+        if kind in ("llama", "qwen2") and config.head == "span":
+            # Their *ForQuestionAnswering keep the base model as `transformer` (transformers'
+            # backwards compatibility), not `model`.
+            weights = {
+                k.replace("model.", "transformer.", 1) if k.startswith("model.") else k: v
                 for k, v in weights.items()
             }
     if kind == "bert":

@@ -23,12 +23,16 @@ def _pipeline_tag(cfg: ModelConfig) -> str:
         return "text-classification"
     if cfg.head == "token":
         return "token-classification"
+    if cfg.head == "span":
+        return "question-answering"
     if cfg.is_encoder:
         return "fill-mask" if cfg.mlm_head else "feature-extraction"
     return "text-generation"
 
 
 def _what(cfg: ModelConfig) -> str:
+    if cfg.head == "span":
+        return "An extractive question-answering model (start and end logits at every token)"
     if cfg.head != "lm":
         kind = "sequence" if cfg.head == "sequence" else "token"
         return f"A {kind} classifier ({len(cfg.labels)} labels)"
@@ -40,7 +44,8 @@ def _fine_tuned(source: Path) -> bool:
         text = (source / "run_config.yaml").read_text(encoding="utf-8")
     except OSError:
         return False
-    return any(f"name: {task}" in text for task in ("classify", "tokens", "instruct"))
+    tasks = ("classify", "tokens", "qa", "instruct", "seq2seq")
+    return any(f"name: {task}" in text for task in tasks)
 
 
 _UNKNOWN = "unknown"
@@ -252,7 +257,7 @@ def model_card(
         "",
         *(
             ["## Labels", "", ", ".join(f"{i}: {label}" for i, label in enumerate(cfg.labels)), ""]
-            if cfg.labels
+            if cfg.labels and cfg.head != "span"  # a span head's start/end are no classes
             else []
         ),
         "## Training data",

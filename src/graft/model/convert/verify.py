@@ -79,6 +79,12 @@ def _graft_outputs(model: LanguageModel, ids: torch.Tensor) -> torch.Tensor:
 def _transformers_outputs(out_dir: Path, config: ModelConfig, ids: torch.Tensor) -> torch.Tensor:
     import transformers
 
+    if config.head == "span":
+        # graft's span head gives (B, T, 2): transformers' start and end logits side by side.
+        qa = transformers.AutoModelForQuestionAnswering.from_pretrained(out_dir).eval()(
+            input_ids=ids
+        )
+        return torch.stack([qa.start_logits, qa.end_logits], dim=-1)
     auto: Any
     if config.head == "sequence":
         auto, output = transformers.AutoModelForSequenceClassification, "logits"
