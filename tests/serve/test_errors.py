@@ -155,6 +155,7 @@ def test_unknown_model_is_404_naming_model(client: TestClient):
         ("/v1/chat/completions", {"messages": USER}),
         ("/v1/embeddings", {"input": "x"}),
         ("/v1/classify", {"input": "x"}),
+        ("/v1/qa", {"question": "x", "context": "y"}),
     ):
         assert_error(
             client.post(path, json={"model": "gpt-4o", **body}), 404, "model", "model_not_found"
@@ -188,6 +189,13 @@ def test_embedding_inputs(client: TestClient):
     )
     ok = client.post("/v1/embeddings", json={"input": [[1, 2, 3], [4]]})
     assert ok.status_code == 200 and len(ok.json()["data"]) == 2
+
+
+def test_qa_without_a_span_head_is_a_clear_400(client: TestClient):
+    body = {"question": "who?", "context": "the fox"}
+    error = assert_error(client.post("/v1/qa", json=body), 400, "model", "no_span_head")
+    assert "graft finetune qa" in error["message"]
+    assert_error(client.post("/v1/qa", json={**body, "question": ""}), 400, "question")
 
 
 def test_classify_without_a_head_is_a_clear_400(client: TestClient):

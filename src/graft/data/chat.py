@@ -10,7 +10,8 @@ time and the size of what it builds are bounded (`graft.data.template_sandbox`).
 `encode_conversation` labels what the model must learn to write: each assistant turn's text
 after the generation prompt, through its end-of-turn token, so the model learns to stop.
 `encode_prompt` gives the ids a reply is asked for with, encoded piece by piece the same way, so
-`graft eval --task generate` prompts exactly as training framed the reply.
+`graft eval --task generate`, `graft chat` and the server prompt exactly as training framed the
+reply.
 """
 
 from __future__ import annotations
