@@ -462,15 +462,22 @@ def test_slot_cache_moves_a_sequence_to_a_freed_slot():
 
 @pytest.mark.slow
 def test_compiled_decode_gives_the_same_tokens():
+    from torch._dynamo.utils import counters
+
     model = model_of("llama")
     requests = mixed_requests(model, sampled=True)
     engine = Engine(model, TOKENIZER, EngineConfig(max_batch=3, compile=True))
+    torch._dynamo.reset()
+    counters.clear()
     handles = [engine.submit(r) for r in requests[:3]]
     engine.step()
     handles += [engine.submit(r) for r in requests[3:]]
     run_to_end(engine)
     for request, handle in zip(requests, handles, strict=True):
         assert handle.result(timeout=0).token_ids == [t.id for t in reference(model, request)]
+    # Batches of 3, 2 and 1, rows of equal and of different lengths: two graphs (with and without
+    # the mask), each compiled once; a third would be a recompile every server pays for.
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
 
 
 def test_an_adapter_model_keeps_its_lora_projections_in_the_engine():

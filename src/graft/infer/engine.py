@@ -408,6 +408,12 @@ class Engine:
         # step. On the CPU, Inductor's C++ wrapper launches the step's kernels from C++ instead of
         # Python: at batch 1 a step is ~100 small kernels, whose Python launches cost more than
         # their work.
+        if config.compile:
+            # The cache's sizes never change: static, so that a batch as large as max_batch is not
+            # "duck sized" into one symbol with the cache's rows (a guard the next, smaller batch
+            # fails, recompiling the step).
+            for tensor in (*self.cache.keys, *self.cache.values):
+                torch._dynamo.mark_static(tensor)
         self._decode_forward: Callable[..., torch.Tensor] = (
             torch.compile(
                 self._logits,
