@@ -481,8 +481,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     del meta_graft, meta_hf
     peak = peak_flops(device) if args.precision == "bf16" or device.type == "cpu" else None
     tokens_per_step = args.batch * args.seq_len
+    # The arms' descriptions say what compile does in each; with --no-compile none of it happens.
+    eager = "" if compile else " [all eager: --no-compile]"
     results = [
-        ArmResult(name, ARMS[name].what, chunk_rows=ARMS[name].chunk_rows)
+        ArmResult(name, ARMS[name].what + eager, chunk_rows=ARMS[name].chunk_rows)
         for name in args.arm_names
     ]
     report: dict[str, Any] = {

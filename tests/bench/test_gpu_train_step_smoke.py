@@ -56,6 +56,8 @@ def test_report_says_what_ran(report: dict[str, Any]) -> None:
     assert report["command"].startswith("bench/gpu_train_step.py --tiny")
     assert report["tokens_per_step"] == report["batch"] * report["seq_len"] == 2 * 64
     assert report["model"]["n_layers"] == 2 and report["model"]["dropout"] == 0.0
+    # Every arm's description says "compiled"; an eager run must not read as a compiled one.
+    assert all(a["what"].endswith("[all eager: --no-compile]") for a in report["arms"])
 
 
 def test_fused_and_plain_losses_agree(report: dict[str, Any]) -> None:
