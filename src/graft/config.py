@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal, get_args
 import yaml
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -26,7 +25,7 @@ from pydantic import (
 
 from graft.data.redact import KINDS as REDACT_KINDS
 from graft.errors import ConfigError
-from graft.model.config import PRESETS, ModelConfig
+from graft.model.config import PRESETS, ConfigSection, ModelConfig
 from graft.objectives.base import DataKind, ObjectiveSection, RecordObjective
 from graft.objectives.classify import ClassifyConfig
 from graft.objectives.clm import CLMConfig
@@ -40,11 +39,7 @@ from graft.objectives.seq2seq import Seq2SeqConfig
 from graft.objectives.tokens import TokensConfig
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class DataConfig(Section):
+class DataConfig(ConfigSection):
     path: Path | None = Field(
         default=None, description="A prepared data directory (from `graft data prepare`)."
     )
@@ -145,7 +140,7 @@ OBJECTIVES: dict[str, type[ObjectiveSection]] = {
 COMMAND_DATA: dict[str, DataKind] = {"pretrain": "shards", "finetune": "records"}
 
 
-class OptimConfig(Section):
+class OptimConfig(ConfigSection):
     lr: float = Field(default=6e-4, gt=0, description="Peak learning rate.")
     min_lr_ratio: float = Field(
         default=0.1, ge=0, le=1, description="Final LR as a fraction of the peak."
@@ -177,7 +172,7 @@ _LIMITS = ("max_steps", "max_tokens", "max_minutes")
 DEFAULT_MAX_STEPS = 1000
 
 
-class TrainConfig(Section):
+class TrainConfig(ConfigSection):
     out_dir: Path = Field(default=Path("runs/pretrain"), description="Run directory.")
     init: Path | None = Field(
         default=None,
@@ -299,7 +294,7 @@ def lower_is_better(metric: str) -> bool:
     return metric.rsplit("/", 1)[-1].endswith(("loss", "ppl", "bpb"))
 
 
-class AdaptConfig(Section):
+class AdaptConfig(ConfigSection):
     """What a fine-tune trains."""
 
     method: Literal["full", "freeze", "lora"] = Field(
@@ -325,7 +320,7 @@ class AdaptConfig(Section):
     )
 
 
-class DPConfig(Section):
+class DPConfig(ConfigSection):
     """Differentially private training (DP-SGD through Opacus, graft.train.privacy): off unless
     dp.epsilon or dp.noise_multiplier is set. The privacy unit is one training record: one
     labelled text or conversation for a fine-tune, one window of train.seq_len + 1 tokens for
@@ -380,7 +375,7 @@ class DPConfig(Section):
         return self.epsilon is not None or self.noise_multiplier is not None
 
 
-class RunConfig(Section):
+class RunConfig(ConfigSection):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     objective: ObjectiveConfig = Field(default_factory=CLMConfig)
@@ -438,17 +433,21 @@ def load_run_config(
     """A RunConfig for `command` from a YAML file (optional) plus `section.key=value`
     overrides."""
     raw = _read_yaml(path) if path is not None else {}
-    for item in overrides or []:
-        apply_override(raw, item)
+    overridden = [apply_override(raw, item) for item in overrides or []]
     where = str(path) if path else "command line" if overrides else "config"
-    return validate_run_config(raw, where=where, command=command)
+    return validate_run_config(raw, where=where, command=command, overridden=overridden)
 
 
 def validate_run_config(
-    raw: dict[str, Any], *, where: str = "config", command: str | None = None
+    raw: dict[str, Any],
+    *,
+    where: str = "config",
+    command: str | None = None,
+    overridden: list[str] | None = None,
 ) -> RunConfig:
     """A RunConfig from plain data, every problem in one ConfigError; with `command`, also
-    refuse an objective that command cannot run."""
+    refuse an objective that command cannot run. `overridden`: the dotted keys that came from
+    the command line, whose problems are blamed on it rather than on `where` (the file)."""
     raw = dict(raw)
     problems: list[str] = []
     objective = raw.setdefault("objective", {})
@@ -474,11 +473,50 @@ def validate_run_config(
     except ValidationError as err:
         problems += [_describe(e) for e in err.errors()]
     if problems:
-        raise ConfigError(f"{where}: " + "; ".join(problems))
+        raise ConfigError(_blame(problems, where, overridden or []))
     return config
 
 
+def _blame(problems: list[str], where: str, overridden: list[str]) -> str:
+    """The problems as one line, each under where it came from: the file, or the command line
+    for a key an override set."""
+
+    def from_command_line(problem: str) -> bool:
+        key = problem.partition(":")[0]
+        return any(key == k or key.startswith(k + ".") for k in overridden)
+
+    cli = [p for p in problems if from_command_line(p)]
+    rest = [p for p in problems if not from_command_line(p)]
+    if where == "command line" or not cli:
+        return f"{where}: " + "; ".join(problems)
+    parts = ([f"{where}: " + "; ".join(rest)] if rest else []) + ["command line: " + "; ".join(cli)]
+    return "; ".join(parts)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last one
+    silently, and a second `train:` block would drop every setting of the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str):
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} is given twice", key_node.start_mark
+                    )
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: builds plain data only
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a config file (a YAML file is expected)")
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
@@ -490,7 +528,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
     try:
-        data = yaml.safe_load(text)
+        data = _load_yaml(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -507,7 +545,8 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def apply_override(raw: dict[str, Any], item: str) -> None:
+def apply_override(raw: dict[str, Any], item: str) -> str:
+    """Set one `section.key=value` in raw (the value read as YAML); return the dotted key."""
     key, sep, value = item.partition("=")
     key = key.removeprefix("--")
     if not sep or not key or "." not in key:
@@ -522,9 +561,10 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             raise ConfigError(f"override {item!r}: {part} is not a section")
         node = child
     try:
-        node[leaf] = yaml.safe_load(value) if value != "" else None
+        node[leaf] = _load_yaml(value) if value != "" else None
     except yaml.YAMLError:
         node[leaf] = value
+    return key
 
 
 def _describe(error: Any) -> str:
@@ -552,6 +592,9 @@ def _describe(error: Any) -> str:
         )
     if message.startswith((f"{key}.", f"{key}:")):  # a section's rule naming its own key
         return message
+    field, sep, rest = message.partition(": ")
+    if error["type"] == "value_error" and sep and field.isidentifier():
+        return f"{key}.{field}: {rest}"  # a section's rule naming one of its fields
     if error["type"] == "literal_error":
         return f"{key}: {message}, got {error.get('input')!r}"
     if (
@@ -613,7 +656,6 @@ def load_finetune_config(
                 raw[section].update(values)
             else:
                 raw[section] = values
-    for item in overrides or []:
-        apply_override(raw, item)
+    overridden = [apply_override(raw, item) for item in overrides or []]
     where = str(path) if path else "command line"
-    return validate_run_config(raw, where=where, command="finetune")
+    return validate_run_config(raw, where=where, command="finetune", overridden=overridden)

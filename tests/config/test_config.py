@@ -226,6 +226,58 @@ def test_errors_in_a_file_name_the_file(tmp_path):
     assert message.startswith(f"{recipe}: train.max_step: unknown key")
 
 
+def test_errors_in_an_override_name_the_command_line_not_the_file(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train:\n  batch_size: x\n")
+    message = config_error(["train.max_steps=abc", "train.max_step=5"], path=recipe)
+    mine, _, theirs = message.partition("; command line: ")
+    assert mine.startswith(f"{recipe}: train.batch_size: ") and "max_step" not in mine
+    assert theirs.startswith("train.max_steps: ") and "train.max_step: unknown key" in theirs
+    recipe.write_text("train:\n  seed: 1\n")
+    assert config_error(["train.max_steps=abc"], path=recipe).startswith(
+        "command line: train.max_steps: "
+    )
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    recipe = tmp_path / "twice.yaml"
+    recipe.write_text("train:\n  max_steps: 5\ntrain:\n  batch_size: 2\n")
+    assert config_error(path=recipe) == (
+        f"{recipe}:3: not valid YAML (the key 'train' is given twice)"
+    )
+    recipe.write_text("train:\n  max_steps: 5\n  max_steps: 7\n")
+    assert "the key 'max_steps' is given twice" in config_error(path=recipe)
+
+
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.max_steps=true",
+        "optim.lr=on",
+        "train.max_minutes=yes",
+        "model.dropout=false",
+        "model.rope_scaling={factor: true}",
+    ],
+)
+def test_a_boolean_is_not_read_as_a_number(override):
+    key = override.partition("=")[0]
+    key = "model.rope_scaling.factor" if "rope" in key else key
+    preset = ["model.preset=llama-nano"] if "rope" in override else []
+    message = config_error([override, *preset])
+    assert f"{key}: expected a number, got the boolean " in message
+
+
+def test_a_boolean_field_still_reads_yaml_booleans():
+    config = load_run_config(None, ["train.compile=yes", "data.mask_doc_boundaries=on"])
+    assert config.train.compile is True and config.data.mask_doc_boundaries is True
+
+
+def test_a_folder_given_as_the_config_is_named_as_a_folder(tmp_path):
+    assert config_error(path=tmp_path) == (
+        f"{tmp_path}: a folder, not a config file (a YAML file is expected)"
+    )
+
+
 def test_a_yaml_file_that_is_not_a_mapping_is_refused(tmp_path):
     recipe = tmp_path / "list.yaml"
     recipe.write_text("- model\n- train\n")
@@ -276,6 +328,46 @@ def test_to_yaml_loads_back_equal(tmp_path):
     recipe.write_text(config.to_yaml())
     assert load_run_config(recipe) == config
     assert "preset" not in config.to_yaml()  # the resolved config spells the preset out
+
+
+# A setting for each objective that its variant or mixture uses, so that the written config holds
+# both the given values and the defaults of the knobs the objective refuses when they are chosen.
+OBJECTIVE_RUNS: dict[str, list[str]] = {
+    "clm": [],
+    "mlm": ["model.preset=bert-nano"],
+    "nsp": ["model.preset=bert-nano"],
+    "mlm+nsp": ["model.preset=bert-nano", "objective.whole_word_mask=true"],
+    "denoise": ["objective.denoise_style=bart"],
+    "mix": ["objective.mix={clm: 1, denoise: 1}", "objective.denoise.denoise_style=bart"],
+}
+
+
+def test_every_objective_is_covered_by_the_round_trip() -> None:
+    from graft.config import OBJECTIVES
+
+    shards = {name for name, member in OBJECTIVES.items() if member.reads == "shards"}
+    assert set(OBJECTIVE_RUNS) == shards
+
+
+@pytest.mark.parametrize("objective", sorted(OBJECTIVE_RUNS))
+def test_every_objectives_resolved_config_loads_back_equal(objective: str, tmp_path: Path) -> None:
+    """--print-config and a run's config.yaml write every field, defaults included: the
+    knobs an objective refuses when chosen (nsp's masking, a part outside the mix) must not be
+    refused when they only hold their defaults."""
+    overrides = [f"objective.name={objective}", *OBJECTIVE_RUNS[objective], *LIMIT]
+    config = load_run_config(None, overrides)
+    written = tmp_path / "config.yaml"
+    written.write_text(config.to_yaml())
+    assert load_run_config(written) == config
+
+
+@pytest.mark.parametrize("task", ["classify", "tokens", "instruct", "seq2seq", "qa"])
+def test_every_tasks_resolved_config_loads_back_equal(task: str, tmp_path: Path) -> None:
+    encoder = ["model.preset=bert-nano"] if task == "qa" else []
+    config = load_finetune_config(task, None, encoder)
+    written = tmp_path / "config.yaml"
+    written.write_text(config.to_yaml())
+    assert load_finetune_config(task, written) == config
 
 
 # -- every recipe shipped in configs/ ----------------------------------------------------------

@@ -7,7 +7,8 @@ be written back out as a transformers `config.json`.
 
 from __future__ import annotations
 
-from typing import Literal
+import types
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -38,13 +39,45 @@ SPAN_LABELS = ("start", "end")
 PoolingKind = Literal["token", "mean"]
 
 
-class RopeScaling(BaseModel):
+class ConfigSection(BaseModel):
+    """The base of every config section (model, objective, train, ...): unknown keys refused,
+    frozen, and a boolean never read as a number. Pydantic's lax mode reads `max_steps: true` as
+    1 and `lr: on` as 1.0; YAML's yes/no/on/off make that an easy slip to miss."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key) if isinstance(key, str) else None
+                if (
+                    isinstance(value, bool)
+                    and field is not None
+                    and _takes_numbers_not_booleans(field.annotation)
+                ):
+                    boolean = str(value).lower()
+                    raise ValueError(f"{key}: expected a number, got the boolean {boolean}")
+        return data
+
+
+def _takes_numbers_not_booleans(annotation: Any) -> bool:
+    """Whether a field's type reads int or float and not bool (Optional and unions included)."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = get_args(annotation)
+    else:
+        members = (annotation,)
+    if bool in members or Any in members:
+        return False
+    return any(m in (int, float) for m in members)
+
+
+class RopeScaling(ConfigSection):
     """Llama-3's RoPE frequency scaling (transformers' `rope_type: llama3`): wavelengths longer than
     original_max_position_embeddings / low_freq_factor are slowed by `factor`, those shorter than
     original_max_position_embeddings / high_freq_factor are kept, and the band between is
     blended."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     rope_type: Literal["llama3"] = "llama3"
     factor: float = Field(default=8.0, gt=0)
@@ -62,11 +95,9 @@ class RopeScaling(BaseModel):
         return self
 
 
-class ModelConfig(BaseModel):
+class ModelConfig(ConfigSection):
     """The shape of a transformer, decoder or encoder. Frozen: a checkpoint's config never
     changes."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     vocab_size: int | None = Field(
         default=None, ge=1, description="Vocabulary size; None takes it from the tokenizer."

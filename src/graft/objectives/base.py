@@ -17,7 +17,6 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
 
 from graft.data.records import Conversation, TextRecord
 from graft.data.redact import RedactConfig, Redactor
@@ -25,16 +24,14 @@ from graft.data.shards import TokenShards
 from graft.data.tagged import TaggedSentence
 from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
-from graft.model.config import AttentionKind, HeadKind, ModelConfig
+from graft.model.config import AttentionKind, ConfigSection, HeadKind, ModelConfig
 from graft.objectives.batch import Batch, Objective
 
 DataKind = Literal["shards", "records"]
 
 
-class ObjectiveSection(BaseModel):
+class ObjectiveSection(ConfigSection):
     """An objective's config: its name, its own knobs, and what it needs of the run."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     reads: ClassVar[DataKind]
     # The attention the model must have; None: any backbone.
@@ -57,8 +54,16 @@ class ObjectiveSection(BaseModel):
         return []
 
     def given(self, *keys: str) -> list[str]:
-        """Which of `keys` the config set explicitly (to refuse knobs a variant does not use)."""
-        return [key for key in keys if key in self.model_fields_set]
+        """Which of `keys` the config set to something other than their defaults (to refuse
+        knobs a variant does not use). A default written out is not a choice: a resolved config
+        (--print-config, a run's config.yaml) holds every field and must load back."""
+        fields = type(self).model_fields
+        return [
+            key
+            for key in keys
+            if key in self.model_fields_set
+            and getattr(self, key) != fields[key].get_default(call_default_factory=True)
+        ]
 
 
 @dataclass(frozen=True)
