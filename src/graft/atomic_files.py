@@ -84,10 +84,31 @@ def temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
 
 
+def check_output(path: Path, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: a folder where a file goes (or
+    a file where a folder goes), or a parent path running through a file. One OutputError line
+    rather than the OSError a rename would raise after the work is done."""
+    path = Path(path)
+    if path.is_dir() and not folder:
+        raise OutputError(f"{path}: is a folder; a file is expected here")
+    if path.exists() and not path.is_dir() and folder:
+        raise OutputError(f"{path}: is a file; a folder is expected here")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{path}: cannot be made: {parent} is a file, not a folder")
+            break
+
+
+def _make_parent(path: Path, *, folder: bool = False) -> None:
+    check_output(path, folder=folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
 def write_atomic(path: Path, data: str | bytes) -> Path:
     """Replace `path` with `data` (text is written as UTF-8) in one step."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(path)
     temp = temporary_sibling(path)
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
@@ -119,7 +140,7 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
     (safetensors) create theirs 0600, which would hide weights from a serving account.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    _make_parent(dest, folder=True)
     # Hidden, unique, and made with mkdir rather than mkdtemp, whose 0700 mode would stick.
     work = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}.partial"
     work.mkdir()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import codecs
 import csv
 import glob
-import io
 import json
 import os
 import sys
@@ -39,9 +38,12 @@ from typing import IO, Any
 from graft.data.corpus import (
     CorpusDoc,
     CorpusWriter,
+    DamagedFile,
     Problems,
     StageStats,
     check_corpus_output,
+    decode_utf8,
+    open_corpus,
 )
 from graft.data.fetch import (
     Fetcher,
@@ -296,6 +298,8 @@ class _Collector:
                 yield from self._warc(path)
         except OSError as exc:
             self.problems.add(str(path), "unreadable", f"cannot read ({exc.strerror or exc})")
+        except DamagedFile as exc:  # a .jsonl.zst that is not zstd, or damaged, or cut short
+            self.problems.add(str(path), "unreadable", exc.detail)
 
     def _whole_file(self, path: Path, kind: str) -> Iterator[_Item]:
         data = path.read_bytes()
@@ -316,7 +320,7 @@ class _Collector:
                 markup = data
             yield _HtmlJob(markup, doc)
             return
-        text = self._decode(data, where)
+        text = decode_utf8(data, where, self.problems, "not utf-8")
         if text is not None:
             yield from self._with_text(doc, text)
 
@@ -329,17 +333,6 @@ class _Collector:
         doc.text = text
         yield doc
 
-    def _decode(self, data: bytes, where: str, of: str = "") -> str | None:
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            self.problems.add(
-                where,
-                "not utf-8",
-                f"byte {exc.start}{of} is not valid UTF-8 ({exc.reason}); save it as UTF-8",
-            )
-            return None
-
     def _licence(self, record: dict[str, Any]) -> str | None:
         for key in _LICENCE_KEYS:
             value = record.get(key)
@@ -349,7 +342,7 @@ class _Collector:
 
     def _jsonl(self, path: Path) -> Iterator[_Item]:
         field_name = self.options.text_field
-        with _open_binary(path) as handle:
+        with open_corpus(path) as handle:
             for number, raw in enumerate(handle, start=1):
                 self.bytes_read += len(raw)
                 where = f"{path}:{number}"
@@ -360,7 +353,7 @@ class _Collector:
                     raw = raw.removeprefix(_UTF8_BOM)
                 if not raw.strip():
                     continue
-                line = self._decode(raw, where, " of the line")
+                line = decode_utf8(raw, where, self.problems, "not utf-8", " of the line")
                 if line is None:
                     continue
                 try:
@@ -398,7 +391,9 @@ class _Collector:
         csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
         with path.open("rb") as handle:
             lines = _Utf8Lines(handle)
-            reader = csv.reader(lines, delimiter=delimiter)
+            # Strict: a quote never closed is an error, not a field that swallows the rest of
+            # the file, and so is text after a closing quote.
+            reader = csv.reader(lines, delimiter=delimiter, strict=True)
             try:
                 header = next(reader, None)
                 if header is None:
@@ -409,7 +404,16 @@ class _Collector:
                     return
                 at = header.index(column)
                 licence_at = next((header.index(k) for k in _LICENCE_KEYS if k in header), None)
-                for row_number, row in enumerate(reader, start=1):
+                for row_number, row in enumerate(_csv_rows(reader), start=1):
+                    where = f"{path}#{row_number}"
+                    if isinstance(row, csv.Error):
+                        self.problems.add(where, "bad line", f"broken CSV ({row})")
+                        continue
+                    if len(row) > len(header):
+                        # A stray delimiter or quote: which field is the text is anyone's guess.
+                        detail = f"{len(row)} fields where the header has {len(header)}"
+                        self.problems.add(where, "bad line", detail)
+                        continue
                     text = row[at] if at < len(row) else ""
                     if not text.strip():
                         self.empty += 1
@@ -420,7 +424,7 @@ class _Collector:
                     yield CorpusDoc(
                         text=text,
                         source=path.suffix.lower().lstrip("."),
-                        location=f"{path}#{row_number}",
+                        location=where,
                         licence=licence or self.options.licence,
                     )
             except _BinaryFile:
@@ -432,8 +436,8 @@ class _Collector:
                     f"byte {lines.offset + exc.start} is not valid UTF-8 ({exc.reason}); "
                     "the rest of the file is skipped",
                 )
-            except csv.Error as exc:
-                self.problems.add(f"{path}#{reader.line_num}", "bad line", f"broken CSV ({exc})")
+            except csv.Error as exc:  # only the header: a broken row is a row's problem
+                self.problems.add(str(path), "bad line", f"broken CSV header ({exc})")
             finally:
                 self.bytes_read += lines.offset
 
@@ -625,14 +629,19 @@ class _Utf8Lines:
             self.offset += len(raw)
 
 
-def _open_binary(path: Path) -> IO[bytes]:
-    """The bytes of a file, undoing zstd for `.zst`, in a buffered reader that iterates lines."""
-    if path.name.lower().endswith(".zst"):
-        import zstandard
-
-        raw = zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True)
-        return io.BufferedReader(raw)
-    return path.open("rb")
+def _csv_rows(reader: Iterator[list[str]]) -> Iterator[list[str] | csv.Error]:
+    """The rows of a strict csv.reader, a broken one as its csv.Error: the reader starts
+    afresh on the next line, so one broken row costs that row only (an unclosed quote runs to
+    the end of the file, so there it is the last)."""
+    while True:
+        try:
+            row = next(reader, None)
+        except csv.Error as exc:
+            yield exc
+            continue
+        if row is None:
+            return
+        yield row
 
 
 def collect(

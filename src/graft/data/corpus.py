@@ -27,24 +27,34 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
-from graft.atomic_files import fsync_path, temporary_sibling
-from graft.errors import DataError
+from graft.atomic_files import check_output, fsync_path, temporary_sibling
+from graft.errors import DataError, first_line
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = [
     "STATS_SUFFIX",
     "CorpusDoc",
     "CorpusWriter",
     "Problems",
+    "DamagedFile",
     "StageStats",
     "check_corpus_output",
+    "decode_utf8",
     "is_corpus_file",
+    "open_corpus",
     "read_corpus",
     "text_sha256",
 ]
 
 _ZST = ".zst"
+# Compressed bytes handed to the decompressor at once: text inflates some 5-10 times, so one
+# call's output stays small.
+_ZSTD_CHUNK = 1 << 14
+_UTF8_BOM = b"\xef\xbb\xbf"
 # The fields every document has; any other key of a line is kept in `meta`.
 _FIELDS = ("text", "source", "location", "fetched_at", "sha256", "licence", "lang")
 
@@ -153,31 +163,128 @@ def check_corpus_output(path: Path) -> None:
         raise DataError(f"{path}: the output must be a .jsonl or .jsonl.zst file (or - for stdout)")
 
 
-def _open_text(path: Path) -> IO[str]:
-    if str(path) == "-":
-        return io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8")
-    if path.name.lower().endswith(_ZST):
+class DamagedFile(DataError):
+    """A compressed file that cannot be read to its end: not zstd at all, damaged, or cut
+    short. `detail` is the message without the file, for a reader that counts it as a problem
+    rather than stopping."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(f"{path}: {detail}")
+        self.detail = detail
+
+
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a zstd file, every frame of it, checked to the end.
+
+    zstandard's stream_reader ends quietly where a truncated file ends, so a cut-off download
+    would pass for a shorter corpus; here a frame left open at the end of the file, or bytes
+    that are not zstd, raise DamagedFile naming the file."""
+
+    def __init__(self, path: Path) -> None:
         import zstandard
 
-        raw = zstandard.ZstdDecompressor().stream_reader(path.open("rb"), closefd=True)
-        return io.TextIOWrapper(raw, encoding="utf-8")
-    return path.open(encoding="utf-8")
+        super().__init__()
+        self._path = path
+        self._file = path.open("rb")
+        self._zstd = zstandard.ZstdDecompressor()
+        self._frame = self._zstd.decompressobj()
+        self._in_frame = False  # a frame has begun and not ended
+        self._read = 0  # compressed bytes read so far
+        self._out = memoryview(b"")  # decompressed bytes not yet handed out
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        while not self._out:
+            chunk = self._file.read(_ZSTD_CHUNK)
+            if not chunk:
+                if self._in_frame:
+                    raise DamagedFile(
+                        self._path,
+                        f"truncated zstd stream (it ends inside a frame, "
+                        f"after {self._read:,} bytes)",
+                    )
+                return 0
+            self._read += len(chunk)
+            self._out = memoryview(self._decompress(chunk))
+        view = memoryview(buffer).cast("B")
+        size = min(len(view), len(self._out))
+        view[:size] = self._out[:size]
+        self._out = self._out[size:]
+        return size
+
+    def _decompress(self, chunk: bytes) -> bytes:
+        import zstandard
+
+        out = []
+        try:
+            while chunk:
+                out.append(self._frame.decompress(chunk))
+                self._in_frame = not self._frame.eof
+                chunk = b""
+                if not self._in_frame:
+                    # A file may hold several frames (`cat a.zst b.zst`, pzstd): what follows
+                    # a finished one starts the next.
+                    chunk = self._frame.unused_data
+                    self._frame = self._zstd.decompressobj()
+        except zstandard.ZstdError as exc:
+            raise DamagedFile(
+                self._path, f"not zstd-compressed, or damaged ({first_line(exc)})"
+            ) from exc
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+
+def open_corpus(path: Path) -> BinaryIO:
+    """The bytes of a corpus file, zstd undone for `.zst`, in a reader that iterates lines.
+    Reading a `.zst` file that is not zstd, is damaged or ends early raises DamagedFile;
+    opening it raises OSError as for any file. The one place zstd is undone for reading."""
+    if path.name.lower().endswith(_ZST):
+        return io.BufferedReader(_ZstdFrames(path))
+    return path.open("rb")
+
+
+def decode_utf8(data: bytes, where: str, problems: Problems, kind: str, of: str = "") -> str | None:
+    """`data` as text, or None once `problems` is told (as `kind`, at `where`) which byte is
+    not UTF-8; `of` says what the byte offset counts in (" of the line")."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problems.add(
+            where,
+            kind,
+            f"byte {exc.start}{of} is not valid UTF-8 ({exc.reason}); save it as UTF-8",
+        )
+        return None
 
 
 def read_corpus(path: Path, problems: Problems | None = None) -> Iterator[CorpusDoc]:
     """The documents of a corpus file (`.jsonl`, `.jsonl.zst`, or `-` for stdin), one at a time.
-    A line that is not a JSON object with a text string is a problem at PATH:LINE (fatal when no
-    `problems` collects them)."""
+    A line that is not UTF-8, or not a JSON object with a text string, is a `bad line` problem
+    at PATH:LINE (fatal when no `problems` collects them). A damaged `.zst` file is a
+    DamagedFile error."""
     path = Path(path)
+    # Without a collector the first bad line is an error, which a strict Problems raises.
+    problems = problems if problems is not None else Problems(strict=True)
     try:
-        handle = _open_text(path)
+        handle = sys.stdin.buffer if str(path) == "-" else open_corpus(path)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    # Lines are decoded one at a time, so a bad byte costs its line only and is named by it.
     with handle:
-        for number, line in enumerate(_lines(handle, path), start=1):
-            if not line.strip():
+        for number, raw in enumerate(handle, start=1):
+            if number == 1:
+                raw = raw.removeprefix(_UTF8_BOM)
+            if not raw.strip():
                 continue
             where = f"{path}:{number}"
+            line = decode_utf8(raw, where, problems, "bad line", " of the line")
+            if line is None:
+                continue
             try:
                 record = json.loads(line)
                 if not isinstance(record, dict):
@@ -185,17 +292,7 @@ def read_corpus(path: Path, problems: Problems | None = None) -> Iterator[Corpus
                 yield CorpusDoc.from_record(record, where)
             except (json.JSONDecodeError, DataError) as exc:
                 detail = str(exc) if isinstance(exc, DataError) else f"not JSON ({exc.msg})"
-                if problems is None:
-                    message = detail if detail.startswith(where) else f"{where}: {detail}"
-                    raise DataError(message) from exc
                 problems.add(where, "bad line", detail.removeprefix(f"{where}: "))
-
-
-def _lines(handle: IO[str], path: Path) -> Iterator[str]:
-    try:
-        yield from handle
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
 
 
 class CorpusWriter:
@@ -215,6 +312,7 @@ class CorpusWriter:
         if str(self.path) == "-":
             self._out = sys.stdout
             return self
+        check_output(self.path)  # before any work: the rename at the end would refuse it
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._temp = temporary_sibling(self.path)
         self._raw = self._temp.open("xb")

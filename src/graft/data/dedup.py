@@ -63,11 +63,11 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from graft.data.corpus import CorpusDoc, StageStats
+from graft.data.corpus import CorpusDoc, StageStats, open_corpus
 from graft.data.stages import default_workers, ordered_map
 from graft.errors import ConfigError, DataError
 
@@ -235,12 +235,7 @@ def _eval_texts(path: Path, text_field: str) -> Iterator[str]:
     name = path.name.lower()
     try:
         if name.endswith((".jsonl", ".jsonl.zst")):
-            raw: IO[bytes] = path.open("rb")
-            if name.endswith(".zst"):
-                import zstandard
-
-                raw = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
-            with io.TextIOWrapper(raw, encoding="utf-8") as handle:
+            with io.TextIOWrapper(open_corpus(path), encoding="utf-8") as handle:
                 for number, line in enumerate(handle, start=1):
                     if not line.strip():
                         continue

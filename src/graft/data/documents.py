@@ -12,7 +12,6 @@ line is never read whole to find that out.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AnyStr, BinaryIO
 
+from graft.data.corpus import open_corpus
 from graft.data.records import MAX_RECORD_CHARS, _names, _oversized
 from graft.errors import DataError
 
@@ -198,17 +198,6 @@ def _is_jsonl(path: Path) -> bool:
     return path.name.lower().endswith((".jsonl", ".jsonl.zst"))
 
 
-def _open_jsonl(path: Path) -> BinaryIO:
-    handle: BinaryIO = path.open("rb")
-    if path.name.lower().endswith(".zst"):
-        import zstandard
-
-        # A buffered reader over the stream, so lines come out as from a plain file.
-        stream = zstandard.ZstdDecompressor().stream_reader(handle, closefd=True)
-        return io.BufferedReader(stream)
-    return handle
-
-
 def _jsonl_lines(handle: BinaryIO, max_chars: int) -> Iterator[bytes | None]:
     """Each line of a JSONL file, or None for one certainly longer than `max_chars` characters,
     read past in bounded steps rather than held whole."""
@@ -266,7 +255,7 @@ def list_input_files(paths: Sequence[Path]) -> list[Path]:
 
 def _jsonl_documents(path: Path, max_chars: int) -> Iterator[Document]:
     try:
-        handle = _open_jsonl(path)
+        handle = open_corpus(path)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
     with handle:
@@ -403,7 +392,7 @@ def count_documents(paths: Sequence[Path]) -> int:
     for path in list_input_files(paths):
         try:
             if _is_jsonl(path):
-                with _open_jsonl(path) as handle:
+                with open_corpus(path) as handle:
                     lines = _jsonl_lines(handle, MAX_RECORD_CHARS)
                     total += sum(1 for raw in lines if raw is None or raw.strip())
             elif path.stat().st_size > 0 and not _is_blank_file(path):
