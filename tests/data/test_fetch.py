@@ -134,6 +134,20 @@ def test_robots_txt_forbids_and_the_url_is_never_requested(site: Site, tmp_path:
     assert site.paths() == ["/robots.txt", "/page"]  # robots.txt read once, /private never
 
 
+def test_an_unreachable_host_is_not_blamed_on_its_robots_txt(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on once this closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with Fetcher(_options(tmp_path, retries=0)) as fetcher:
+        with pytest.raises(FetchFailed) as caught:
+            fetcher.fetch(f"http://127.0.0.1:{port}/page")
+    assert caught.value.kind == "connection"
+    assert "robots.txt of its host could not be read (" in str(caught.value)
+    assert "forbids" not in str(caught.value)
+
+
 def test_a_group_for_graft_and_missing_or_failing_robots(tmp_path: Path) -> None:
     sites = [Site() for _ in range(3)]
     try:

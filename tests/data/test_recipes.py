@@ -54,6 +54,10 @@ def test_recipes_write_jsonl_documents(tmp_path: Path) -> None:
     )
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["text"] for r in rows] == ["= A =\ntext, here.\n", "= B =\nmore.\n"]
+    # The corpus format: source is the kind of input (the recipe), location where it came from.
+    assert {(r["source"], r["location"]) for r in rows} == {
+        ("wikitext", str(tmp_path / "wiki.txt"))
+    }
     with pytest.raises(DataError, match="unknown recipe 'wiki'"):
         run_recipe("wiki", [tmp_path / "wiki.txt"], tmp_path / "x.jsonl")
 

@@ -202,7 +202,9 @@ def test_wrong_field_count_on_a_tsv_row(tmp_path: Path) -> None:
 def test_undecodable_bytes_suggest_an_encoding(tmp_path: Path) -> None:
     path = write(tmp_path / "d.tsv", b"label\ttext\nx\tfine\ny\tcaf\xe9\n")
     with pytest.raises(
-        DataError, match=r"d\.tsv:3: byte 0xe9 is not valid utf-8; pass encoding='latin-1'"
+        DataError,
+        match=r"d\.tsv:3: byte 0xe9 is not valid utf-8; read it as latin-1 or as its own "
+        r"encoding \(--encoding latin-1; graft finetune: --data\.encoding=latin-1\)",
     ):
         read_labelled(path)
 

@@ -114,6 +114,9 @@ class _Host:
     """What we know about one host (scheme://netloc): its robots.txt and our last request."""
 
     robots: urllib.robotparser.RobotFileParser | None = None
+    # Why robots.txt could not be read (then nothing is fetched from the host): told as the
+    # reason, since "robots.txt forbids" would blame the site for our own lost connection.
+    unreachable: FetchFailed | None = None
     interval: float = 0.0
     # time.monotonic() when the last request to it ended: the interval counts from there, so
     # the server sees at least that much quiet between two requests however slow it answers.
@@ -173,6 +176,14 @@ class Fetcher:
         current = url
         for _hop in range(self.options.max_redirects + 1):
             if not self._allowed(current):
+                failed = self._host(current).unreachable
+                if failed is not None:
+                    raise FetchFailed(
+                        url,
+                        failed.kind,
+                        f"robots.txt of its host could not be read ({failed.detail}); "
+                        "nothing is fetched from it",
+                    )
                 raise FetchFailed(url, "robots", f"robots.txt of its host forbids {current}")
             status, headers, body = self._get(current, self.options.max_bytes, original=url)
             location = headers.get("location")
@@ -233,8 +244,9 @@ class Fetcher:
                 break
             else:
                 status = 500  # a redirect loop: as good as unreachable
-        except FetchFailed:
+        except FetchFailed as err:
             status, body = 500, b""  # no answer at all: unreachable
+            host.unreachable = err
         if 200 <= status < 300:
             robots.parse(body.decode("utf-8", errors="replace").splitlines())
         elif status >= 500:

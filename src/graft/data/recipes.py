@@ -85,7 +85,9 @@ def run_recipe(name: str, sources: Sequence[Path], out: Path) -> tuple[int, int]
     lines, chars = [], 0
     for doc in iter_documents(sources):
         for text in recipe(doc.read(), doc.source):
-            lines.append(json.dumps({"text": text, "source": doc.source}, ensure_ascii=False))
+            # The corpus format's fields: source is the kind (the recipe), location the file.
+            record = {"text": text, "source": name, "location": doc.source}
+            lines.append(json.dumps(record, ensure_ascii=False))
             chars += len(text)
     write_atomic(out, "\n".join(lines) + "\n")
     return len(lines), chars

@@ -192,7 +192,8 @@ def _undecodable_error(where: str, bad: str, encoding: str) -> str:
     other = "latin-1" if codecs.lookup(encoding).name.startswith("utf-8") else "utf-8"
     return (
         f"{where}: byte 0x{byte:02x} is not valid {encoding}; "
-        f"pass encoding={other!r} (or the file's encoding)"
+        f"read it as {other} or as its own encoding "
+        f"(--encoding {other}; graft finetune: --data.encoding={other})"
     )
 
 
