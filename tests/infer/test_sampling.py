@@ -123,11 +123,41 @@ def test_bad_new_sampling_params_are_refused_naming_the_field(bad, field):
         SamplingParams(**bad)
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (dict(temperature=NAN), "temperature must be a finite number >= 0"),
+        (dict(temperature=INF), "temperature must be a finite number >= 0"),
+        (dict(top_p=NAN), "top_p"),
+        (dict(top_p=INF), "top_p"),
+        (dict(min_p=NAN), "min_p"),
+        (dict(min_p=INF), "min_p"),
+        (dict(repetition_penalty=NAN), "repetition_penalty"),
+        (dict(frequency_penalty=INF), "frequency_penalty"),
+        (dict(presence_penalty=NAN), "presence_penalty"),
+        (dict(presence_penalty=-INF), "presence_penalty"),
+        (dict(seed=10**23), r"seed must be in \[0, 9223372036854775807\]"),
+        (dict(seed=2**63), "seed"),
+        (dict(seed=-1), "seed"),
+    ],
+)
+def test_nan_infinite_and_out_of_range_settings_are_refused_by_name(bad, message):
+    # NaN slips through a plain `x < 0` check and reached torch.multinomial as NaN probabilities;
+    # a huge seed reached manual_seed, which raised OverflowError.
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**bad)
+
+
 def test_edge_values_are_accepted():
     SamplingParams(
         min_p=1.0, repetition_penalty=0.01, frequency_penalty=-2.0, presence_penalty=2.0, logprobs=0
     )
     SamplingParams(logprobs=20)
+    SamplingParams(seed=0)
+    SamplingParams(seed=2**63 - 1)
 
 
 def test_extreme_but_valid_settings_never_produce_nan_probabilities():

@@ -31,6 +31,10 @@ MAX_LOGPROBS = 20  # OpenAI's cap on top_logprobs
 MAX_ABS_PENALTY = 2.0  # OpenAI's range for frequency and presence penalties
 GREEDY_BELOW = 1e-5  # temperatures below this decode greedily (vLLM's rule): logits / 1e-300 is inf
 REPETITION_PENALTY_RANGE = (0.01, 100.0)  # beyond it the divided or multiplied logits overflow
+# Seeds are 0..MAX_SEED here and in the server's schema. torch takes -2**63..2**64-1 (negatives
+# alias large seeds) and raises OverflowError beyond; this range is one seed per generator state
+# and fits the signed 64-bit integers of typed clients. OpenAI leaves the range open.
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -50,10 +54,12 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        # Written so that NaN fails too: every comparison with NaN is False.
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        # `not low < x <= high` holds for NaN and infinities: the range checks refuse them.
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.min_p is not None and not 0 < self.min_p <= 1:
@@ -69,6 +75,9 @@ class SamplingParams:
                 raise ValueError(
                     f"{name} must be in [-{MAX_ABS_PENALTY:g}, {MAX_ABS_PENALTY:g}], got {value}"
                 )
+        if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
+            # Here rather than at manual_seed, which fails mid-generation with an OverflowError.
+            raise ValueError(f"seed must be in [0, {MAX_SEED}], got {self.seed}")
         if self.logprobs is not None and not 0 <= self.logprobs <= MAX_LOGPROBS:
             raise ValueError(f"logprobs must be in [0, {MAX_LOGPROBS}], got {self.logprobs}")
 

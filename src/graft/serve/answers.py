@@ -65,7 +65,7 @@ def qa_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) -> APIRout
         if settings is None:
             raise APIError(
                 400,
-                f"model {info.name!r} has no span head (it is a {info.kind}); /v1/qa serves "
+                f"model {info.name!r} has no span head (it is {info.a_kind}); /v1/qa serves "
                 "checkpoints from `graft finetune qa`",
                 param="model",
                 code="no_span_head",

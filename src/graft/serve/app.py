@@ -17,8 +17,8 @@ checkpoint, starts the engine and runs uvicorn. Routes:
     GET  /openapi.json, /docs   FastAPI's schema and its viewer (open)
 
 With an API key configured, every /v1 route and /metrics need `Authorization: Bearer KEY`. The
-key is compared in constant time. The server binds 127.0.0.1 unless told otherwise. A request body
-larger than MAX_REQUEST_BYTES is answered 413 before any route reads it.
+key is compared in constant time, before the body is read. The server binds 127.0.0.1 unless told
+otherwise. A request body larger than MAX_REQUEST_BYTES is answered 413 before any route reads it.
 """
 
 from __future__ import annotations
@@ -34,8 +34,10 @@ from typing import Any, Literal
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from graft.data.records import MAX_RECORD_CHARS
@@ -86,6 +88,9 @@ _ENDPOINTS = {
     "/openapi.json",
     "/docs",
 }
+# First path segments that need the API key when one is configured (/v1/... and /metrics): the
+# routes create_app documents with `guard` must be under them.
+_GUARDED = {"v1", "metrics"}
 
 
 @dataclass(frozen=True)
@@ -197,33 +202,39 @@ class _BodyLimit:
         await error.response()(scope, receive, send)
 
 
+class _RequireKey:
+    """ASGI middleware: with an API key configured, a request for a guarded path without it is
+    answered 401 before anything reads its body. As a route dependency the check would come
+    after FastAPI has parsed the body, so a client without the key would learn whether its JSON
+    parses, and could make the server read bodies for nothing."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app, self.key = app, api_key.encode("utf-8")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].split("/")[1] not in _GUARDED:
+            await self.app(scope, receive, send)
+            return
+        # Read as FastAPI's HTTPBearer reads it: scheme "Bearer" (any case), then the key.
+        scheme, given = get_authorization_scheme_param(Headers(scope=scope).get("authorization"))
+        if scheme.lower() != "bearer":
+            given = ""
+        if hmac.compare_digest(given.encode("utf-8"), self.key):
+            await self.app(scope, receive, send)
+            return
+        problem = "wrong API key" if given else "missing API key"
+        error = APIError(
+            401,
+            f"{problem}: send the server's key as the header 'Authorization: Bearer KEY'",
+            code="invalid_api_key",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+        await error.response()(scope, receive, send)
+
+
 def _documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` for error statuses, each answered with OpenAI's error body."""
     return {status: {"model": ErrorResponse} for status in statuses}
-
-
-def _auth_dependency(api_key: str | None) -> Callable[..., Any]:
-    bearer = HTTPBearer(
-        auto_error=False, description="The server's API key (--api-key or GRAFT_API_KEY)."
-    )
-
-    # FastAPI reads a dependency from the parameter's default; one object serves every call.
-    from_header = Depends(bearer)
-
-    async def require_key(credentials: HTTPAuthorizationCredentials | None = from_header) -> None:
-        if api_key is None:
-            return
-        given = credentials.credentials if credentials is not None else ""
-        if not hmac.compare_digest(given.encode("utf-8"), api_key.encode("utf-8")):
-            problem = "wrong API key" if given else "missing API key"
-            raise APIError(
-                401,
-                f"{problem}: send the server's key as the header 'Authorization: Bearer KEY'",
-                code="invalid_api_key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    return require_key
 
 
 def create_app(
@@ -236,7 +247,6 @@ def create_app(
     """The app over a built engine. The caller starts the engine (engine.start()) and stops it."""
     tokenizer: Tokenizer = engine.tokenizer
     metrics = ServeMetrics()
-    auth = _auth_dependency(api_key)
     app = FastAPI(
         title="graft serve",
         version="1",
@@ -247,8 +257,15 @@ def create_app(
     )
     install_error_handlers(app)
     app.add_middleware(_BodyLimit, limit=max_request_bytes)
-    app.add_middleware(_RequestMetrics, metrics=metrics)  # outermost: it sees the 413s too
-    guard = [Depends(auth)]
+    if api_key is not None:  # outside _BodyLimit: a body sent without the key is never read
+        app.add_middleware(_RequireKey, api_key=api_key)
+    app.add_middleware(_RequestMetrics, metrics=metrics)  # outermost: it sees the 401s and 413s
+    # _RequireKey checks the key; this dependency refuses nothing (auto_error off) and is there
+    # to state the scheme in /openapi.json on the routes that need it.
+    bearer = HTTPBearer(
+        auto_error=False, description="The server's API key (--api-key or GRAFT_API_KEY)."
+    )
+    guard = [Depends(bearer)]
     add_routes = functools.partial(app.include_router, dependencies=guard)
     add_routes(
         completion_routes(engine, info, metrics),

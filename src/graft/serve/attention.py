@@ -68,7 +68,7 @@ def attention_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) -> 
             if not info.config.can_generate:
                 raise APIError(
                     400,
-                    f"messages: model {info.name!r} is a {info.kind} and does not chat; "
+                    f"messages: model {info.name!r} is {info.a_kind} and does not chat; "
                     "give a prompt",
                     param="messages",
                     code="model_cannot_generate",
@@ -92,7 +92,9 @@ def attention_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) -> 
     def attend(body: AttentionRequest) -> AttentionResponse:
         ids, reply_start, field = read_ids(body)
         refuse_past_context(len(ids), info.config.max_seq_len, field)
-        weights = engine.attentions(ids).numpy()  # (L, H, T, T)
+        # (L, H, T, T), in float64: rounded in float32, 0.5048 would be sent as the nearest
+        # float32, 0.504800021648407, and the JSON would carry 15 digits, not 4.
+        weights = engine.attentions(ids).double().numpy()
         metrics.add_tokens(len(ids), 0)
         return AttentionResponse(
             model=info.name,

@@ -124,7 +124,7 @@ def _check_request(body: SamplingFields, info: ModelInfo) -> None:
     if not info.config.can_generate:
         raise APIError(
             400,
-            f"model {info.name!r} is a {info.kind} and cannot generate text; use "
+            f"model {info.name!r} is {info.a_kind} and cannot generate text; use "
             f"{'/v1/classify or ' if info.config.head == 'sequence' else ''}/v1/embeddings",
             param="model",
             code="model_cannot_generate",
@@ -163,16 +163,25 @@ def _max_new_tokens(
     requested: int | None,
     explicit: bool,
     prompt_len: int,
-    context: int,
+    limits: tuple[int, int],
     field: str,
     prompt_field: str,
 ) -> int:
-    room = context - prompt_len
+    """The new tokens a request may have: `requested` (None: as many as fit), within what the
+    prompt leaves of `limits`, the model's context and the engine's max_batch_tokens. The
+    engine refuses a request whose prompt and new tokens pass either, so a default is cut to
+    fit and an `explicit` request past them is refused here, naming `field`."""
+    context, batch_tokens = limits
+    limit, limited_by = context, f"the model's context is {context} tokens"
+    if batch_tokens < context:  # graft serve --max-batch-tokens below the context
+        limit = batch_tokens
+        limited_by = f"this server takes at most {batch_tokens} tokens a request (prompt and new)"
+    room = limit - prompt_len
     if room < 1:
         raise APIError(
             400,
-            f"{prompt_field}: the prompt is {prompt_len} tokens; the model's context is {context} "
-            "tokens, leaving no room to generate",
+            f"{prompt_field}: the prompt is {prompt_len} tokens; {limited_by}, "
+            "leaving no room to generate",
             param=prompt_field,
             code="context_length_exceeded",
         )
@@ -182,8 +191,7 @@ def _max_new_tokens(
         raise APIError(
             400,
             f"{field}: {requested} new tokens do not fit: "
-            f"the prompt is {prompt_len} tokens and the model's context is {context}, "
-            f"leaving {room}",
+            f"the prompt is {prompt_len} tokens and {limited_by}, leaving {room}",
             param=field,
             code="context_length_exceeded",
         )
@@ -253,9 +261,10 @@ def _prompt_ids(
 
 
 def prepare_completion(
-    body: CompletionRequest, tokenizer: Tokenizer, info: ModelInfo
+    body: CompletionRequest, tokenizer: Tokenizer, info: ModelInfo, batch_tokens: int
 ) -> list[PreparedPrompt]:
-    """Each prompt of the request (one, or a batch), checked against the model and its context."""
+    """Each prompt of the request (one, or a batch), checked against the model and its context
+    and the engine's max_batch_tokens (`batch_tokens`)."""
     _check_request(body, info)
     # A list of ints is one prompt as token ids; a list of texts or of id lists is a batch.
     prompt = body.prompt
@@ -290,7 +299,8 @@ def prepare_completion(
             refuse_past_context(len(ids), context, where)
             out.append(PreparedPrompt(ids, text, None))
             continue
-        max_new = _max_new_tokens(body.max_tokens, explicit, len(ids), context, "max_tokens", where)
+        limits = (context, batch_tokens)
+        max_new = _max_new_tokens(body.max_tokens, explicit, len(ids), limits, "max_tokens", where)
         out.append(
             PreparedPrompt(ids, text, _prepared(body, ids, max_new, body.logprobs, info, "cmpl"))
         )
@@ -314,13 +324,18 @@ def chat_ids(chat: Sequence[ChatMessage], tokenizer: Tokenizer) -> list[int]:
         raise APIError(400, f"{param}: {err}", param=param) from None
 
 
-def prepare_chat(body: ChatCompletionRequest, tokenizer: Tokenizer, info: ModelInfo) -> Prepared:
+def prepare_chat(
+    body: ChatCompletionRequest, tokenizer: Tokenizer, info: ModelInfo, batch_tokens: int
+) -> Prepared:
+    """The request checked against the model, its context and the engine's max_batch_tokens
+    (`batch_tokens`)."""
     _check_request(body, info)
     ids = chat_ids(body.messages, tokenizer)
     requested, field = body.max_tokens, "max_tokens"
     if body.max_completion_tokens is not None:
         requested, field = body.max_completion_tokens, "max_completion_tokens"
-    max_new = _max_new_tokens(requested, True, len(ids), info.config.max_seq_len, field, "messages")
+    limits = (info.config.max_seq_len, batch_tokens)
+    max_new = _max_new_tokens(requested, True, len(ids), limits, field, "messages")
     logprobs = (body.top_logprobs or 0) if body.logprobs else None
     return _prepared(body, ids, max_new, logprobs, info, "chatcmpl")
 
@@ -531,6 +546,7 @@ async def _stream(
 def completion_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) -> APIRouter:
     router = APIRouter()
     tokenizer = engine.tokenizer
+    batch_tokens = engine.config.max_batch_tokens
 
     def submit(prepared: Prepared) -> RequestHandle:
         try:
@@ -658,7 +674,9 @@ def completion_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) ->
         summary="Continue a prompt (text or token ids), or a batch of them; echo scores a prompt",
     )
     async def completions(body: CompletionRequest, request: Request) -> Any:
-        prompts = prepare_completion(body, tokenizer, info)
+        # In a worker thread: tokenizing a long prompt (or a batch) on the event loop would hold
+        # every other request, /health included, until it is done.
+        prompts = await run_in_threadpool(prepare_completion, body, tokenizer, info, batch_tokens)
         if not body.stream:
             return await complete(body, prompts, request)
         # One prompt, not echoed, continued (prepare_completion refuses the others in a stream).
@@ -691,7 +709,7 @@ def completion_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) ->
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         # In a worker thread: the chat template is the checkpoint's code and may run up to its
         # deadline (graft.data.template_sandbox); on the event loop it would hold every stream.
-        prepared = await run_in_threadpool(prepare_chat, body, tokenizer, info)
+        prepared = await run_in_threadpool(prepare_chat, body, tokenizer, info, batch_tokens)
         events, head = start(prepared, request, "/v1/chat/completions")
         if body.stream:
             chunk = functools.partial(_chunk, ChatCompletionChunk, head)

@@ -4,8 +4,8 @@ Each input is one forward pass's worth of tokens, turned into model inputs by
 `graft.data.inputs.model_inputs` exactly as fine-tuning and `graft eval` turn texts into them (an
 encoder reads `[CLS] text [SEP]`). The engine mean-pools the final hidden states over every token
 the model read, frame included (embeddings, as sentence-transformers' mean pooling does), or runs
-the classification head (classify). Those forward passes run in a worker thread, so the event loop
-keeps streaming other requests' tokens meanwhile.
+the classification head (classify). Those forward passes, and the tokenizing before them, run in
+worker threads, so the event loop keeps streaming other requests' tokens meanwhile.
 """
 
 from __future__ import annotations
@@ -90,7 +90,9 @@ def encoding_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) -> A
         method: Callable[[list[list[int]]], torch.Tensor], inputs: Inputs
     ) -> tuple[torch.Tensor, Usage]:
         """`method` (engine.embed or engine.classify) run on the inputs in a worker thread."""
-        batch = input_ids(inputs, tokenizer, info)
+        # Tokenizing too: a long input tokenized on the event loop would hold every other
+        # request, /health included, until it is done.
+        batch = await run_in_threadpool(input_ids, inputs, tokenizer, info)
         out = (await run_in_threadpool(method, batch)).float().cpu()
         tokens = sum(len(ids) for ids in batch)
         metrics.add_tokens(tokens, 0)
@@ -129,7 +131,7 @@ def encoding_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) -> A
         if info.config.head != "sequence":
             raise APIError(
                 400,
-                f"model {info.name!r} has no sequence classification head (it is a {info.kind}); "
+                f"model {info.name!r} has no sequence classification head (it is {info.a_kind}); "
                 "/v1/classify serves checkpoints from `graft finetune classify`",
                 param="model",
                 code="no_classification_head",

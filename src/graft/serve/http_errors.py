@@ -83,9 +83,10 @@ def _param(loc: Sequence[int | str]) -> str | None:
     return path or None
 
 
-def validation_error(exc: RequestValidationError) -> APIError:
+def validation_error(exc: RequestValidationError, content_type: str | None = None) -> APIError:
     """One 400 for FastAPI's list of validation errors: the first field named, its messages
-    joined."""
+    joined. `content_type` is the request's, named when it kept the body from being read as
+    JSON."""
     errors = list(exc.errors())
     if not errors:
         return APIError(400, "invalid request body")
@@ -98,6 +99,15 @@ def validation_error(exc: RequestValidationError) -> APIError:
     params = [_param(error.get("loc", ())) for error in errors]
     param = max(params, key=lambda p: -1 if p is None else p.count(".") + p.count("["))
     first = errors[params.index(param)]
+    if param is None and isinstance(first.get("input"), bytes):
+        # FastAPI parses only bodies declared as JSON (or undeclared) and hands on the others
+        # as bytes: curl -d sends application/x-www-form-urlencoded unless told otherwise.
+        return APIError(
+            400,
+            "send the body as JSON with Content-Type: application/json "
+            f"(got {content_type or 'no Content-Type'})",
+            code="invalid_content_type",
+        )
     if param is None:
         return APIError(
             400, f"the request body must be a JSON object ({first.get('msg', 'invalid')})"
@@ -134,7 +144,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_error(exc).response()
+        return validation_error(exc, request.headers.get("content-type")).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

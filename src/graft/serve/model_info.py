@@ -43,6 +43,11 @@ class ModelInfo:
             return f"{cfg.head} classifier"
         return "encoder" if cfg.is_encoder else "causal LM"
 
+    @property
+    def a_kind(self) -> str:
+        """The kind after its article, for messages: "an encoder", "a causal LM"."""
+        return f"{'an' if self.kind[0] in 'aeiou' else 'a'} {self.kind}"
+
 
 def load_model_for_serving(path: Path, device: str) -> tuple[LanguageModel, Tokenizer, Path]:
     """The model, tokenizer and source directory (where its card and generation config are) of a

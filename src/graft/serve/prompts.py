@@ -19,6 +19,10 @@ from graft.data.records import Message
 from graft.data.tokenizer import EOT, Tokenizer
 from graft.errors import DataError
 
+# What encode_prompt puts before its messages; taken off again, since each caller names the
+# conversation its own way (the HTTP API as its field, `graft chat` not at all).
+_WHERE = "messages"
+
 
 class PromptError(DataError):
     """A conversation that cannot become a prompt; `index` is the offending message, if one is."""
@@ -40,10 +44,10 @@ def chat_prompt_ids(tokenizer: Tokenizer, messages: Sequence[Message]) -> list[i
     try:
         if eos:
             try:
-                return encode_prompt(tokenizer, template, messages, where="messages")
+                return encode_prompt(tokenizer, template, messages, where=_WHERE)
             except NotAppendedError:
                 pass
         text = render_chat(template, messages, add_generation_prompt=True, eos_token=eos or EOT)
     except DataError as err:
-        raise PromptError(str(err)) from None
+        raise PromptError(str(err).removeprefix(f"{_WHERE}: ")) from None
     return tokenizer.encode(text)

@@ -14,10 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from graft.infer.sampling import MAX_ABS_PENALTY, MAX_LOGPROBS
+from graft.infer.sampling import MAX_ABS_PENALTY, MAX_LOGPROBS, MAX_SEED
 
-# torch.Generator.manual_seed takes unsigned 64-bit seeds; OpenAI leaves the range open.
-MAX_SEED = 2**63 - 1
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_BATCH_INPUTS = 256  # texts per /v1/embeddings or /v1/classify request
 
