@@ -416,12 +416,19 @@ def _run_data_clean(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from graft.atomic_files import check_output
     from graft.data.corpus import CorpusWriter, Problems
     from graft.data.stages import Stage, run_stage, summary_line
     from graft.errors import ConfigError
 
     if args.workers < 0:
         raise ConfigError(f"--workers: expected 0 (one a core) or more, got {args.workers}")
+    # Every output checked before the work: --out is committed first, and a --rejects or
+    # --clusters path refused after it would leave a run half written.
+    for option in ("out", "rejects", "clusters"):
+        path = getattr(args, option, None)
+        if path is not None and str(path) != "-":
+            check_output(path)
     workers = args.workers or None
     # Problems print above the progress bar (tqdm.write keeps the bar whole).
     problems = Problems(strict=args.strict, say=lambda line: tqdm.write(line, file=sys.stderr))
@@ -746,16 +753,19 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
         "--out",
         type=Path,
         required=True,
-        help="hf: directory to write (must not exist or be empty); gguf: the .gguf file",
+        help="hf: directory to write (must not exist or be empty); gguf: the .gguf file "
+        "(must not exist); --overwrite replaces either",
     )
     p.add_argument(
         "--dtype",
         choices=["f32", "f16", "q8_0"],
-        default="f16",
-        help="gguf tensor type (default: f16)",
+        default=None,
+        help="gguf tensor type (default: f16); --format gguf only",
     )
     p.add_argument(
-        "--overwrite", action="store_true", help="replace --out if it already holds files"
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out (hf: a folder; gguf: a file)",
     )
     p.add_argument(
         "--merge-lora",
@@ -1083,8 +1093,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         parents=[_COMMON],
         help="Serve a checkpoint over an OpenAI-compatible HTTP API, with a playground page.",
         description="Endpoints: /v1/models, /v1/completions, /v1/chat/completions (streaming as "
-        "server-sent events), /v1/embeddings, /v1/classify (classifier checkpoints), /health, "
-        "/metrics (Prometheus), /openapi.json; the playground at /. Requests are decoded together "
+        "server-sent events), /v1/embeddings, /v1/classify (classifier checkpoints), /v1/qa "
+        "(question-answering checkpoints), /v1/attention (attention maps), /health, /metrics "
+        "(Prometheus), /openapi.json; the playground at /. Requests are decoded together "
         "(continuous batching). Binds 127.0.0.1 unless --host says otherwise.",
     )
     _add_shared(p, "checkpoint")
@@ -1288,7 +1299,8 @@ def _run_tokenizer(args: argparse.Namespace) -> int:
             args.kind,
             args.vocab_size,
             min_frequency=args.min_frequency,
-            show_progress=True,
+            # The library's bars leave blank lines on a stdout that is not a terminal.
+            show_progress=sys.stdout.isatty(),
             sentinels=args.sentinels,
         )
     path = tokenizer.save(args.out)
@@ -1503,6 +1515,11 @@ def _run_generate(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(
         args.checkpoint, device=resolve_device(args.device, what="--device")
     )
+    if not model.config.can_generate:
+        raise GraftError(
+            f"generate: {args.checkpoint} is not a causal language model (head "
+            f"{model.config.head}, {model.config.attention} attention); it cannot generate text"
+        )
     if tokenizer.eot_id is not None:
         params = replace(params, stop_ids=frozenset({tokenizer.eot_id}))
     if args.prompt:
@@ -1514,12 +1531,12 @@ def _run_generate(args: argparse.Namespace) -> int:
             f"generate: {args.checkpoint}'s tokenizer has no end-of-text token to start from; "
             "give --prompt"
         )
-    sys.stdout.write(args.prompt)
     context = model.config.max_seq_len
     if len(prompt_ids) >= context:
         raise GraftError(
             f"generate: the prompt is {len(prompt_ids)} tokens; the model's context is {context}"
         )
+    sys.stdout.write(args.prompt)  # only once it is known to fit: a refusal prints nothing
     stream = TextStream(tokenizer)
     tokens: Iterable[int]
     if isinstance(params, BeamParams):
@@ -1539,8 +1556,19 @@ def _run_generate(args: argparse.Namespace) -> int:
 def _run_export(args: argparse.Namespace) -> int:
     from graft.adapt import has_lora, merge_lora
     from graft.checkpoint import load_model, resolve_checkpoint
+    from graft.errors import ConfigError
     from graft.model.convert.hf import export_hf, is_hf_directory
+    from graft.model.convert.outputs import check_export_out
 
+    gguf = args.format == "gguf"
+    # --dtype defaults to None so that a --dtype given to --format hf is seen, not ignored.
+    if args.dtype is not None and not gguf:
+        raise ConfigError(
+            f"--dtype {args.dtype} sets the tensor type of a --format gguf file only; "
+            "a Hugging Face export keeps the checkpoint's tensors as they are (drop --dtype)"
+        )
+    # Where the export goes is checked before the model loads: a refusal costs nothing.
+    check_export_out(args.out, folder=not gguf, overwrite=args.overwrite)
     model, tokenizer = load_model(args.checkpoint)
     if has_lora(model):
         if not args.merge_lora:
@@ -1550,11 +1578,17 @@ def _run_export(args: argparse.Namespace) -> int:
                 "format)"
             )
         merge_lora(model)
-    if args.format == "gguf":
-        from graft.model.convert.gguf import export_gguf, read_back_summary
+    elif args.merge_lora:
+        raise ConfigError(
+            f"{args.checkpoint}: holds no LoRA adapter, so --merge-lora has nothing to merge "
+            "(drop it)"
+        )
+    if gguf:
+        from graft.model.convert.gguf import GgufDtype, export_gguf, read_back_summary
 
-        out = export_gguf(model, tokenizer, args.out, dtype=args.dtype)
-        print(f"exported (gguf, {args.dtype}): {out}")
+        dtype: GgufDtype = args.dtype if args.dtype is not None else "f16"
+        out = export_gguf(model, tokenizer, args.out, dtype=dtype, overwrite=args.overwrite)
+        print(f"exported (gguf, {dtype}): {out}")
         if args.verify:
             print(read_back_summary(out, model))
         return 0
@@ -1709,3 +1743,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # error of ours. Later writes (Python's own flush at exit) go nowhere.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
+    except OSError as err:
+        # A path the system refused (a file where a folder must be, no permission, a read-only
+        # disk): the user's to fix, so one line naming it. An OSError without a path is a bug
+        # of ours and keeps its traceback. A rename names its destination second.
+        path = err.filename2 if err.filename2 is not None else err.filename
+        if path is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        shown = os.fsdecode(path) if isinstance(path, str | bytes) else str(path)
+        print(f"graft: error: {shown}: {err.strerror or err}", file=sys.stderr)
+        return EXIT_BAD_INPUT

@@ -192,7 +192,10 @@ def run_copy(pipeline, tmp_path) -> Path:
 def test_tokenizer_train_writes_bpe_and_bytes_tokenizers(pipeline):
     bpe = Tokenizer.load(pipeline.bpe)
     assert bpe.kind == "bpe" and 262 < bpe.vocab_size <= 300
-    assert "bpe tokenizer" in pipeline.tokenizer_bpe.stdout
+    # One line: the trainer's progress bars are for a terminal (they left blank lines here).
+    assert pipeline.tokenizer_bpe.stdout.splitlines() == [
+        f"bpe tokenizer, {bpe.vocab_size} tokens: {pipeline.bpe / 'tokenizer.json'}"
+    ]
     text = (pipeline.corpus / "doc000.txt").read_text()
     assert bpe.decode(bpe.encode(text)) == text
     assert len(bpe.encode(text)) < len(text.encode())  # it learned merges
@@ -663,3 +666,94 @@ def test_a_reader_that_stops_early_is_no_traceback(tmp_path):
     reader.stdin.close()
     reader.wait()
     assert proc.returncode == 141 and "Traceback" not in proc.stderr, proc.stderr
+
+
+# -- outputs that cannot be written, found by trying graft as a new user -----------------------
+
+
+def test_an_output_through_a_file_or_onto_a_folder_is_one_line_and_writes_nothing(
+    pipeline, tmp_path
+):
+    afile = tmp_path / "afile"
+    afile.write_text("kept\n")
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text(json.dumps({"text": "one two three four five six seven"}) + "\n")
+    one_line_error(graft_here("tokenizer", "train", "--kind", "bytes", "--out", afile), str(afile))
+    one_line_error(
+        graft_here("data", "collect", corpus, "--out", afile / "x.jsonl"),
+        f"{afile / 'x.jsonl'}: cannot be made: {afile} is a file, not a folder",
+    )
+    (tmp_path / "adir").mkdir()
+    before = snapshot(tmp_path)
+    # --out would be committed first, then --clusters refused: both are checked before any work.
+    for extra in (["--clusters", tmp_path / "adir"], ["--out", tmp_path / "adir"]):
+        out = ["--out", tmp_path / "y.jsonl"] if extra[0] == "--clusters" else []
+        one_line_error(
+            graft_here("data", "dedup", corpus, *out, *extra),
+            f"{tmp_path / 'adir'}: is a folder; a file is expected here",
+        )
+    one_line_error(
+        graft_here(
+            "data", "clean", corpus, "--out", tmp_path / "x.jsonl", "--rejects", tmp_path / "adir"
+        ),
+        "is a folder",
+    )
+    assert snapshot(tmp_path) == before
+    assert afile.read_text() == "kept\n"
+
+
+def test_a_refused_pretraining_run_leaves_no_folder(pipeline, tiny_model, tmp_path):
+    out = tmp_path / "run"
+    proc = graft_here(
+        *pretrain_args(tiny_model, pipeline.data, out, "--train.max_steps=2"),
+        f"--data.replay_path={tmp_path / 'missing'}",
+    )
+    one_line_error(proc, "missing")
+    assert not out.exists()
+
+
+def test_generate_refuses_a_model_that_cannot_generate_and_a_long_prompt_prints_nothing(
+    pipeline, tmp_path
+):
+    import transformers
+
+    encoder = tmp_path / "bert"
+    transformers.BertForMaskedLM(
+        transformers.BertConfig(
+            vocab_size=300,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    ).save_pretrained(encoder)
+    shutil.copy(pipeline.bpe / "tokenizer.json", encoder / "tokenizer.json")
+    proc = graft_here("generate", encoder, "--prompt", "the", "--max-new-tokens", 3)
+    one_line_error(proc, "is not a causal language model", "cannot generate")
+    assert proc.stdout == ""
+    long = graft_here("generate", pipeline.run, "--prompt", "word " * 400)
+    one_line_error(long, "the prompt is")
+    assert long.stdout == ""  # the prompt used to be echoed before the refusal
+
+
+def test_explain_refuses_to_replace_a_folder_that_is_not_a_page(run_copy, tmp_path):
+    before = snapshot(run_copy)
+    one_line_error(
+        graft_here("explain", run_copy, "--text", "a b", "--out", run_copy),
+        "not an explain page",
+    )
+    assert snapshot(run_copy) == before
+    afile = tmp_path / "f.txt"
+    afile.write_text("kept\n")
+    one_line_error(
+        graft_here("explain", run_copy, "--text", "a b", "--out", afile),
+        "is a file; a folder is expected here",
+    )
+    assert afile.read_text() == "kept\n"
+    weights = run_copy / "checkpoints" / "last" / "model.safetensors"
+    kept = weights.read_bytes()
+    one_line_error(
+        graft_here("runs", "compare", run_copy, "--out", weights), "is not an .html page"
+    )
+    assert weights.read_bytes() == kept

@@ -56,6 +56,12 @@ class GeneratedToken:
 def check_prompt(model: LanguageModel, prompt_ids: Sequence[int]) -> int:
     """The model's context, once `prompt_ids` is known to leave room in it for a new token (the
     one rule of sampling and beam search alike)."""
+    config = model.config
+    if not config.can_generate:
+        raise ValueError(
+            f"the model is not a causal language model (head {config.head}, {config.attention} "
+            "attention): it cannot generate text"
+        )
     if not prompt_ids:
         raise ValueError("the prompt must hold at least one token")
     max_len = model.config.max_seq_len

@@ -146,6 +146,9 @@ def compare_runs(paths: Sequence[Path], out: Path) -> Comparison:
         raise DataError("runs compare: give at least one run directory")
     if out.is_dir():
         raise DataError(f"--out {out} is a folder; give the path of an .html file to write")
+    if out.exists() and out.suffix.lower() not in (".html", ".htm"):
+        # Replacing a page is expected; replacing weights or a config with one is a typo.
+        raise DataError(f"--out {out} exists and is not an .html page; choose another path")
     runs = [load_run(path, name) for path, name in zip(paths, _names(paths))]
     page, notes = render_page(runs)
     write_atomic(out, page)

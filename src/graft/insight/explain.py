@@ -130,6 +130,7 @@ def explain(options: ExplainOptions) -> tuple[Path, Explanation]:
                 f"--out: {options.checkpoint} is not in a run directory; say where to write"
             )
         out = run / EXPLAIN_DIR
+    _check_replaceable(out)
     model, tokenizer = load_model(
         options.checkpoint, device=resolve_device(options.device, what="--device")
     )
@@ -256,6 +257,20 @@ def _cut_note(tokenizer: Tokenizer, text: str, kept: list[int]) -> str:
         f"(about {min(shown, len(text)):,} of its {len(text):,} characters, up to {last!r}) "
         f"are explained; the remaining {max(len(text) - shown, 0):,} characters or so were left out"
     )
+
+
+def _check_replaceable(out: Path) -> None:
+    """The page replaces `out` whole: refuse anything there but an earlier page (a run folder
+    given as --out would be deleted)."""
+    from graft.atomic_files import check_output
+    from graft.insight.explain_page import PAGE_FILE
+
+    check_output(out, folder=True)
+    if out.is_dir() and any(out.iterdir()) and not (out / PAGE_FILE).is_file():
+        raise ConfigError(
+            f"--out {out}: a folder holding files that are not an explain page, which writing "
+            "the page would replace; choose a new or empty folder"
+        )
 
 
 def attention_rollout(attentions: np.ndarray) -> np.ndarray:

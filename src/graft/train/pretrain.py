@@ -89,9 +89,6 @@ def _pretrain(
     if config.train.compile:
         model.model.compile()  # in place: parameter names (and checkpoints) are unchanged
     model.train()
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / CONFIG_FILE, config.to_yaml())
     assert config.model.vocab_size is not None  # _with_vocab took the tokenizer's
     objective_config = config.objective
     assert isinstance(objective_config, ShardObjective)  # command_problems refused the others
@@ -114,6 +111,11 @@ def _pretrain(
     if config.dp.enabled:
         privacy = make_private(config, model, optimizer, objective, world, last, _notice)
         optimizer, module = privacy.optimizer, privacy.module
+    # Only now, past every check the objective, the replay data and privacy make: a refused run
+    # leaves no folder behind.
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / CONFIG_FILE, config.to_yaml())
     run = Run(
         config,
         model,

@@ -40,6 +40,7 @@ import torch
 from graft.atomic_files import fsync_path, temporary_sibling
 from graft.errors import CheckpointError, ConfigError
 from graft.model.config import ModelConfig
+from graft.model.convert.outputs import check_export_out
 from graft.model.transformer import _llama3_scaled
 
 if TYPE_CHECKING:
@@ -213,15 +214,18 @@ def export_gguf(
     *,
     dtype: GgufDtype = "f16",
     name: str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write `out_path` as a llama.cpp GGUF file (architecture `llama`) holding the model's weights
     in `dtype` (f32; f16; q8_0 with f16 for rows not a multiple of 32) and the tokenizer.
     `name` (general.name) defaults to the file's stem. A config llama.cpp's llama architecture
-    cannot run exactly is refused with a ConfigError before anything is written. Returns
-    out_path."""
+    cannot run exactly is refused with a ConfigError before anything is written, and so is an
+    out_path that is a folder, or an existing file unless `overwrite` (check_export_out, the
+    rule export_hf follows too). Returns out_path."""
     out_path = Path(out_path)
     config = model.config
     _check_exportable(config, tokenizer, dtype)
+    check_export_out(out_path, folder=False, overwrite=overwrite)
     assert config.vocab_size is not None  # _check_exportable refuses a config without one
     gguf = _gguf()
     tensors = _tensors(model)

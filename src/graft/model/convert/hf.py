@@ -50,6 +50,7 @@ from graft.model.convert.bert import (
 )
 from graft.model.convert.bert import DEFAULTS as ENCODER_DEFAULTS
 from graft.model.convert.model_card import model_card
+from graft.model.convert.outputs import check_export_out
 from graft.model.transformer import LanguageModel, RotaryEmbedding
 from graft.run_files import EXPLAIN_DIR, run_dir_of
 from graft.torch_files import load_torch_file
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "export_hf",
+    "exported_eos_id",
     "generation_config_dict",
     "model_card",
     "tokenizer_config_dicts",
@@ -140,6 +142,9 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     },
     **ENCODER_DEFAULTS,
 }
+# Files every graft checkpoint holds beside its config.json (graft.checkpoint's MANIFEST_FILE and
+# RUN_CONFIG_FILE; not imported from there, which imports this module) and no HF directory does.
+_GRAFT_CHECKPOINT_FILES = ("manifest.json", "run_config.yaml")
 # Buffers some older checkpoints saved next to the weights; derived, never needed.
 _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 
@@ -148,12 +153,27 @@ _IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias", ".rotary_emb.inv_freq")
 
 
 def is_hf_directory(directory: Path) -> bool:
-    """A transformers directory: a config.json with a model_type and no graft `architecture` key."""
-    try:
-        raw = json.loads((Path(directory) / CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """A transformers directory: a config.json with a model_type and no graft `architecture` key;
+    or a config.json that is neither graft's nor readable as a transformers one (broken JSON, not
+    an object, no model_type) in a directory without graft's checkpoint files. The second kind is
+    claimed so that loading it names what is wrong with its config.json (`_read_raw_config`):
+    left to the graft checkpoint reader, it would be blamed on a manifest.json that an HF
+    directory never has."""
+    directory = Path(directory)
+    path = directory / CONFIG_FILE
+    if not path.is_file():
         return False
-    return isinstance(raw, dict) and "model_type" in raw and "architecture" not in raw
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raw = None
+    if isinstance(raw, dict) and "architecture" in raw:
+        return False  # graft's own config.json
+    if isinstance(raw, dict) and "model_type" in raw:
+        return True
+    # A damaged graft checkpoint still has the files graft writes beside config.json; its
+    # manifest then names the damage.
+    return not any((directory / name).exists() for name in _GRAFT_CHECKPOINT_FILES)
 
 
 def hf_model_type(directory: Path) -> str:
@@ -349,6 +369,17 @@ def _rope(
         raise refuse(f"bad llama3 rope scaling {scaling}: {_first_error(err)}") from None
 
 
+# What json.loads gives -> the name JSON gives it, for a message about the file.
+_JSON_KINDS: dict[type, str] = {
+    list: "array",
+    str: "string",
+    int: "number",
+    float: "number",
+    bool: "boolean",
+    type(None): "null",
+}
+
+
 def _read_raw_config(directory: Path) -> dict[str, Any]:
     path = directory / CONFIG_FILE
     if not directory.is_dir():
@@ -359,7 +390,12 @@ def _read_raw_config(directory: Path) -> dict[str, Any]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path}: unreadable JSON ({err})") from None
-    if not isinstance(raw, dict) or "model_type" not in raw:
+    if not isinstance(raw, dict):
+        raise CheckpointError(
+            f"{path}: holds a JSON {_JSON_KINDS.get(type(raw), 'value')}, not an object; "
+            "not a Hugging Face model config"
+        )
+    if "model_type" not in raw:
         raise CheckpointError(f"{path}: has no model_type; not a Hugging Face model config")
     if raw["model_type"] not in SUPPORTED_MODEL_TYPES:
         raise CheckpointError(
@@ -827,8 +863,9 @@ def export_hf(
     """Write `out_dir` as a transformers directory: config.json, model.safetensors and README.md
     (the model card, with facts from the checkpoint directory `source` where given); given a graft
     Tokenizer also tokenizer.json, tokenizer_config.json, special_tokens_map.json and
-    generation_config.json. Everything is checked before anything is written; the directory is
-    built beside its destination and renamed into place. Returns out_dir."""
+    generation_config.json. Everything is checked before anything is written: a non-empty
+    out_dir is replaced only with `overwrite`, and a file there never (check_export_out). The
+    directory is built beside its destination and renamed into place. Returns out_dir."""
     out_dir = Path(out_dir)
     config_json = hf_config_dict(model.config)  # refuses an unexportable config first
     assert model.config.vocab_size is not None  # hf_config_dict refuses a config without one
@@ -839,16 +876,12 @@ def export_hf(
             "but the embedding matrix "
             f"(model.embed_tokens.weight) only {model.config.vocab_size} rows"
         )
-    if out_dir.exists() and not (out_dir.is_dir() and (overwrite or not any(out_dir.iterdir()))):
-        raise CheckpointError(
-            f"{out_dir}: already exists and is not an empty directory "
-            "(pass overwrite to replace it)"
-        )
+    check_export_out(out_dir, folder=True, overwrite=overwrite)
     if tokenizer is not None:
         # The model config's special ids too: GPT2Config would otherwise default them to 50256.
         config_json.update(
             bos_token_id=tokenizer.bos_id,
-            eos_token_id=tokenizer.eot_id,
+            eos_token_id=exported_eos_id(tokenizer, model.config),
             pad_token_id=tokenizer.pad_id,
         )
     weights = hf_state_dict(model)
@@ -857,12 +890,12 @@ def export_hf(
         (tmp / CONFIG_FILE).write_text(json.dumps(config_json, indent=2) + "\n", encoding="utf-8")
         if tokenizer is not None:
             tokenizer.save(tmp)
-            tokenizer_config, special_map = tokenizer_config_dicts(
-                tokenizer, model.config.max_seq_len
-            )
+            tokenizer_config, special_map = tokenizer_config_dicts(tokenizer, model.config)
             _write_json(tmp / TOKENIZER_CONFIG_FILE, tokenizer_config)
             _write_json(tmp / SPECIAL_TOKENS_MAP_FILE, special_map)
-            _write_json(tmp / GENERATION_CONFIG_FILE, generation_config_dict(tokenizer))
+            _write_json(
+                tmp / GENERATION_CONFIG_FILE, generation_config_dict(tokenizer, model.config)
+            )
         run = None if source is None else run_dir_of(source)
         if run is not None and (run / EXPLAIN_DIR / "index.html").is_file():
             # `graft explain`'s page of the run travels with the model, and the card links it.
@@ -876,29 +909,49 @@ def export_hf(
 # ---------------------------------------------------------------- tokenizer and generation files
 
 
+def exported_eos_id(tokenizer: Tokenizer, config: ModelConfig) -> int | None:
+    """The one end-of-sequence id an export names: config.json's and generation_config.json's
+    eos_token_id, tokenizer_config.json's and special_tokens_map.json's eos_token, and what
+    `verify` checks them against. All four come from here so that they cannot disagree.
+
+    A tokenizer with an eos role (graft's <|endoftext|>, RoBERTa's </s>, a decoder's) exports
+    that. One without (BERT's) ends graft's documents with [SEP] (Tokenizer.eot_id): a decoder
+    generates up to it, so its export names [SEP] as eos and stops there too; an encoder
+    generates nothing, and transformers' own BERT files name no eos at all (config.json
+    eos_token_id null, no eos_token), so an encoder's export names none either."""
+    if config.is_encoder and "eos_token" not in tokenizer.special_tokens_map:
+        return None
+    return tokenizer.eot_id
+
+
 def tokenizer_config_dicts(
-    tokenizer: Tokenizer, max_seq_len: int
+    tokenizer: Tokenizer, config: ModelConfig
 ) -> tuple[dict[str, Any], dict[str, str]]:
     """tokenizer_config.json and special_tokens_map.json for a graft tokenizer (its tokenizer.json
     is the whole tokenizer; these name the roles of its special tokens for transformers)."""
     # role -> token, for the roles whose token is in the vocabulary
-    roles = tokenizer.special_tokens_map
-    config: dict[str, Any] = {
+    roles = dict(tokenizer.special_tokens_map)
+    eos = exported_eos_id(tokenizer, config)
+    eos_token = None if eos is None else tokenizer.id_to_token(eos)
+    if eos_token is not None:
+        roles["eos_token"] = eos_token  # a decoder over BERT's vocabulary: [SEP], see above
+    tokenizer_config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **roles,
-        "model_max_length": max_seq_len,
+        "model_max_length": config.max_seq_len,
         # graft's decoders already give back the text; transformers' clean-up would alter it.
         "clean_up_tokenization_spaces": False,
     }
     if tokenizer.chat_template is not None:  # instruction tuning gives a tokenizer its template
-        config["chat_template"] = tokenizer.chat_template
-    return config, dict(roles)
+        tokenizer_config["chat_template"] = tokenizer.chat_template
+    return tokenizer_config, roles
 
 
-def generation_config_dict(tokenizer: Tokenizer) -> dict[str, Any]:
-    """generation_config.json: generation stops at end-of-text and pads with the pad token."""
+def generation_config_dict(tokenizer: Tokenizer, config: ModelConfig) -> dict[str, Any]:
+    """generation_config.json: generation stops at the exported eos (exported_eos_id) and pads
+    with the pad token."""
     ids = {
-        "eos_token_id": tokenizer.eot_id,
+        "eos_token_id": exported_eos_id(tokenizer, config),
         "pad_token_id": tokenizer.pad_id,
         "bos_token_id": tokenizer.bos_id,  # graft's own tokenizers have none; imported ones may
     }

@@ -3,8 +3,9 @@
 `verify_hf_export` reloads the written directory the way a user would (transformers'
 AutoModelForCausalLM and AutoTokenizer when transformers is importable; otherwise graft's own HF
 reader and the exported tokenizer.json) and returns one `CheckRecord` per check: logits on a probe
-batch, tokenizer ids on a mixed-script probe text, the end-of-text id in generation_config.json and
-tokenizer_config.json, and the tokenizer fitting the embedding matrix. transformers stays optional:
+batch, tokenizer ids on a mixed-script probe text, the eos id in generation_config.json and
+tokenizer_config.json (the one `exported_eos_id` names; none for an encoder whose tokenizer has
+none, as BERT's), and the tokenizer fitting the embedding matrix. transformers stays optional:
 it is imported here only if present, and its absence is itself a record.
 """
 
@@ -21,7 +22,12 @@ from graft.data.chat import render_chat
 from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError, GraftError, first_line
 from graft.model.config import ModelConfig
-from graft.model.convert.hf import GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, load_hf_model
+from graft.model.convert.hf import (
+    GENERATION_CONFIG_FILE,
+    TOKENIZER_CONFIG_FILE,
+    exported_eos_id,
+    load_hf_model,
+)
 from graft.model.convert.model_card import read_json
 from graft.model.transformer import LanguageModel
 
@@ -173,14 +179,34 @@ def _check_tokenizer_ids(
     )
 
 
-def _check_eos(out_dir: Path, tokenizer: Tokenizer) -> CheckRecord:
-    eot = tokenizer.eot_id
-    if eot is None:
+def _check_eos(out_dir: Path, tokenizer: Tokenizer, config: ModelConfig) -> CheckRecord:
+    """generation_config.json's eos_token_id and tokenizer_config.json's eos_token are the eos the
+    export means to name (exported_eos_id): the same id, or both absent where it names none."""
+    eot = exported_eos_id(tokenizer, config)
+    if eot is None and not config.is_encoder:
         return CheckRecord("eos ids", None, "the tokenizer has no end-of-text token")
     generation = read_json(out_dir / GENERATION_CONFIG_FILE)
     if not isinstance(generation, dict):
         return CheckRecord("eos ids", False, f"{GENERATION_CONFIG_FILE} is missing or unreadable")
+    tok_config = read_json(out_dir / TOKENIZER_CONFIG_FILE)
+    eos_token = tok_config.get("eos_token") if isinstance(tok_config, dict) else None
+    if isinstance(eos_token, dict):  # the AddedToken form some writers use
+        eos_token = eos_token.get("content")
     eos = generation.get("eos_token_id")
+    if eot is None:
+        # An encoder whose tokenizer has no eos (BERT): as in transformers' own BERT files, no
+        # file may name one; one that did would tell transformers' tokenizer and generate of an
+        # end-of-sequence graft never had.
+        if eos is None and eos_token is None:
+            return CheckRecord(
+                "eos ids", True, "none: an encoder whose tokenizer has no eos token, as BERT's"
+            )
+        return CheckRecord(
+            "eos ids",
+            False,
+            f"{GENERATION_CONFIG_FILE} eos_token_id {eos!r} and {TOKENIZER_CONFIG_FILE} eos_token "
+            f"{eos_token!r}: the tokenizer has no eos token, so neither should name one",
+        )
     eos_ids = eos if isinstance(eos, list) else [eos]
     if eos_ids != [eot]:
         return CheckRecord(
@@ -189,11 +215,7 @@ def _check_eos(out_dir: Path, tokenizer: Tokenizer) -> CheckRecord:
             f"{GENERATION_CONFIG_FILE} eos_token_id {eos!r}, the tokenizer's "
             f"end-of-text id is {eot}",
         )
-    tok_config = read_json(out_dir / TOKENIZER_CONFIG_FILE)
-    eos_token = tok_config.get("eos_token") if isinstance(tok_config, dict) else None
-    if isinstance(eos_token, dict):  # the AddedToken form some writers use
-        eos_token = eos_token.get("content")
-    if eos_token is None or tokenizer.token_to_id(eos_token) != eot:
+    if not isinstance(eos_token, str) or tokenizer.token_to_id(eos_token) != eot:
         return CheckRecord(
             "eos ids", False, f"{TOKENIZER_CONFIG_FILE} eos_token {eos_token!r} is not id {eot}"
         )
@@ -297,7 +319,7 @@ def verify_hf_export(
     return [
         *records,
         _check_tokenizer_ids(out_dir, tokenizer, use_transformers),
-        _check_eos(out_dir, tokenizer),
+        _check_eos(out_dir, tokenizer, model.config),
         _check_chat_template(out_dir, tokenizer, use_transformers),
         _check_vocab(out_dir, use_transformers),
     ]
