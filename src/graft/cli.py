@@ -677,10 +677,13 @@ def _add_finetune(sub: argparse._SubParsersAction) -> None:
             required=True,
             help="checkpoint, run directory or Hugging Face directory (train.init)",
         )
-        t.add_argument("--train", required=True, help="training records (data.train_file)")
+        t.add_argument(
+            "--train", help="training records (data.train_file; or set in the --config recipe)"
+        )
         t.add_argument(
             "--val",
-            help="validation records (data.val_file); default: a stratified split of --train",
+            help="validation records (data.val_file); default: a share of --train held out "
+            "(stratified by label for classify, whole articles for qa)",
         )
         t.add_argument("--out", help="run directory (train.out_dir)")
         t.add_argument(

@@ -650,6 +650,7 @@ def load_finetune_config(
     if objective is None or not issubclass(objective, RecordObjective):
         raise ConfigError(f"finetune: {task!r} is not a fine-tuning task")
     raw["train"]["monitor"] = objective.monitor
+    raw["train"]["out_dir"] = f"runs/{task}"  # not pre-training's runs/pretrain
     if path is not None:
         for section, values in _read_yaml(path).items():
             if isinstance(values, dict) and isinstance(raw.get(section), dict):

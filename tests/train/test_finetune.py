@@ -481,3 +481,49 @@ def test_head_lr_scale_without_a_new_head_is_refused(
     args = ["pretrain", "--data", str(bytes_data), "--out", str(tmp_path / "r"), *TINY]
     assert main([*args, "--model.preset=nano", "--optim.head_lr_scale=5"]) == 2
     assert "optim.head_lr_scale: this model trains no new head" in capsys.readouterr().err
+
+
+def test_refused_runs_leave_nothing_and_the_train_file_may_come_from_a_recipe(
+    base: Path, tmp_path: Path, capsys
+) -> None:
+    records = write_records(tmp_path / "train.jsonl", n=40)
+    common = ["finetune", "classify", "--init", str(base), "--train.progress=false"]
+    # Privacy's checks (a DP batch larger than the data) come after the model is built: the
+    # run folder used to exist by then, holding config.yaml.
+    out = tmp_path / "dp"
+    dp = ["--dp.epsilon=8", "--dp.batch=512"]
+    code = main([*common, "--train", str(records), "--out", str(out), *dp])
+    assert code == 2 and "dp.batch" in capsys.readouterr().err
+    assert not out.exists()
+    # An --out that is a file is refused before the loading, in one line.
+    afile = tmp_path / "afile"
+    afile.write_text("kept\n")
+    assert main([*common, "--train", str(records), "--out", str(afile)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"graft: error: {afile}: is a file; a folder is expected here"]
+    # A recipe that names the training records needs no --train.
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"data:\n  train_file: {records}\n")
+    run = tmp_path / "run"
+    argv = [*common, "--config", str(recipe), "--out", str(run), "--train.max_steps=1"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert (run / "checkpoints" / "last").is_dir()
+    assert main([*common, "--out", str(tmp_path / "none")]) == 2
+    assert "data.train_file: give the training records (--train FILE" in capsys.readouterr().err
+    # graft eval of a run folder scores its last checkpoint, and its report says so.
+    ev = tmp_path / "ev"
+    assert (
+        main(["eval", str(run), "--task", "classify", "--data", str(records), "--out", str(ev)])
+        == 0
+    )
+    report = json.loads((ev / "classify.json").read_text())
+    assert report["run"]["checkpoint"] == str(run / "checkpoints" / "last")
+    assert (
+        main(["eval", str(run), "--task", "classify", "--data", str(records), "--out", str(afile)])
+        == 2
+    )
+    assert capsys.readouterr().err.strip().endswith("is a file; a folder is expected here")
+    # Without --out a fine-tuning run goes under runs/TASK, not pre-training's runs/pretrain.
+    from graft.config import load_finetune_config
+
+    assert load_finetune_config("classify").train.out_dir == Path("runs/classify")

@@ -152,13 +152,15 @@ class GenerationExample:
 
 def evaluate_checkpoint(options: EvalOptions, echo: Echo = lambda _: None) -> Path:
     """Evaluate options.checkpoint on options.task; returns the path of the report's JSON."""
+    from graft.atomic_files import check_output
     from graft.checkpoint import load_model
     from graft.device import resolve_device
 
     _check_options(options)
+    out_dir = options.out_dir or default_out_dir(options.checkpoint)
+    check_output(out_dir, folder=True)  # before the evaluation, not after it
     device = resolve_device(options.device, what="--device")
     model, tokenizer = load_model(options.checkpoint, device=device)
-    out_dir = options.out_dir or default_out_dir(options.checkpoint)
     task = {
         "lm": evaluate_lm,
         "classify": evaluate_classify,
@@ -167,6 +169,18 @@ def evaluate_checkpoint(options: EvalOptions, echo: Echo = lambda _: None) -> Pa
         "qa": evaluate_qa,
     }[options.task]
     return task(model, tokenizer, options, out_dir, echo)
+
+
+def _scored_checkpoint(given: Path) -> Path:
+    """The checkpoint a report scored: a run folder stands for its checkpoints/last, which the
+    report names (a fine-tuning run's early-stopped best is checkpoints/best)."""
+    from graft.checkpoint import resolve_checkpoint
+    from graft.errors import CheckpointError
+
+    try:
+        return resolve_checkpoint(given)
+    except CheckpointError:  # a Hugging Face directory: scored as given
+        return Path(given)
 
 
 def default_out_dir(checkpoint: Path) -> Path:
@@ -246,7 +260,7 @@ def _report(
     known = {**DEFINITIONS, **_MORE_DEFINITIONS, **metrics.pop("definitions", {})}
     metrics["definitions"] = {key: known[key] for key in metrics if key in known}
     metrics["run"] = {
-        "checkpoint": str(options.checkpoint),
+        "checkpoint": str(_scored_checkpoint(options.checkpoint)),
         "task": options.task,
         "data": [str(p) for p in options.data],
         "limit": options.limit,

@@ -22,7 +22,7 @@ import torch
 from graft import checkpoint as ckpt
 from graft import distributed
 from graft.adapt import HEAD_PREFIXES, apply_adaptation, trainable_parameters
-from graft.atomic_files import write_atomic
+from graft.atomic_files import check_output, write_atomic
 from graft.config import AdaptConfig, RunConfig, command_problems
 from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError, ConfigError
@@ -77,9 +77,11 @@ def prepare_finetune(
         )
     if config.data.train_file is None:
         raise ConfigError(
-            "data.train_file: give the labelled training records (--data.train_file=FILE)"
+            "data.train_file: give the training records (--train FILE, or data.train_file in "
+            "the --config recipe)"
         )
     run_dir = config.train.out_dir
+    check_output(run_dir, folder=True)  # a file there would be found only after the loading
     if world.is_main:
         ckpt.recover_run(run_dir, say)
     world.barrier()  # no rank looks for the checkpoint before it is put back
@@ -154,9 +156,6 @@ def prepare_finetune(
     if world.size > 1:
         torch.manual_seed(config.train.seed + world.rank)  # dropout differs from rank to rank
     config = config.model_copy(update={"model": model_config})
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(run_dir / CONFIG_FILE, config.to_yaml())
     optimizer = build_optimizer(model, config.optim, device)
     generator = torch.Generator().manual_seed(config.train.seed)  # the same data on every rank
     state = ckpt.TrainingState()
@@ -167,6 +166,11 @@ def prepare_finetune(
     if config.dp.enabled:
         privacy = make_private(config, model, optimizer, task.objective, world, last, say)
         optimizer, module = privacy.optimizer, privacy.module
+    # Only past the checks privacy makes (a batch larger than the data...): a refused run
+    # leaves no folder behind.
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_atomic(run_dir / CONFIG_FILE, config.to_yaml())
     run = Run(
         config,
         model,

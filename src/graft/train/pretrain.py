@@ -13,7 +13,7 @@ import torch
 
 from graft import checkpoint as ckpt
 from graft import distributed
-from graft.atomic_files import write_atomic
+from graft.atomic_files import check_output, write_atomic
 from graft.config import RunConfig, command_problems
 from graft.data.shards import ShardIndex, TokenShards, prepared_tokenizer
 from graft.data.tokenizer import Tokenizer
@@ -56,6 +56,7 @@ def _pretrain(
     config = _with_vocab(config, tokenizer)
 
     run_dir = config.train.out_dir
+    check_output(run_dir, folder=True)  # a file there would be found only after the building
     say = _notice if world.is_main else _quiet
     if world.is_main:
         ckpt.recover_run(run_dir, say)
