@@ -158,7 +158,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         default=None,
         metavar="REGEX",
         help="start a new document at each line of a .txt/.md file matching REGEX "
-        "(e.g. '^ = [^=]' for WikiText articles); default: one document per file",
+        "(e.g. '^ = [^=].* = $' for WikiText's article titles); default: one document per file",
     )
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
