@@ -38,10 +38,12 @@ activations, Opacus's hooks and buffers.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import math
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -357,6 +359,7 @@ def memory_child(args: argparse.Namespace, extra: list[str]) -> None:
                 error = f"{type(err).__name__}: {err}".splitlines()[0]
                 result, code = {"arm": name, "method": method, "error": error}, 1
             print(json.dumps(result), flush=True)
+            shutil.rmtree(work, ignore_errors=True)  # os._exit runs no cleanup
             os._exit(code)
 
 
@@ -435,6 +438,7 @@ def main(argv: list[str] | None = None) -> Report:
         say("no os.fork here: peak memory is not measured")
         args.no_memory = True
     work = Path(tempfile.mkdtemp(prefix="dp_throughput_"))
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # forked arms leave by os._exit
     base = base_checkpoint(args, extra, work)
     child = None if args.no_memory else start_memory([*argv, "--init", str(base)])
     by_arm: dict[tuple[str, str], Row] = {}
