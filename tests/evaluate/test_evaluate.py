@@ -14,7 +14,7 @@ import torch
 from graft.checkpoint import load_model, save_checkpoint
 from graft.cli import main
 from graft.data.tokenizer import bytes_tokenizer
-from graft.errors import CheckpointError, DataError
+from graft.errors import CheckpointError, ConfigError, DataError
 from graft.evaluate.evaluate import EvalOptions, default_out_dir, evaluate_checkpoint
 from graft.model.config import preset
 from graft.model.transformer import LanguageModel
@@ -301,3 +301,23 @@ def test_cli_eval_writes_the_report_and_reports_a_missing_file_in_one_line(
     assert main(["eval", str(lm_checkpoint), "--task", "lm", "--data", str(missing)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"graft: error: {missing}: no such file or folder; check --data"
+
+
+@pytest.mark.parametrize(
+    ("task", "option", "flag", "tasks"),
+    [
+        ("classify", {"stride": 5}, "--stride", "qa"),
+        ("classify", {"skip_invalid": True}, "--skip-invalid", "generate or qa"),
+        ("lm", {"text_field": "body"}, "--text-field", "classify"),
+        ("qa", {"max_new_tokens": 9}, "--max-new-tokens", "generate"),
+        ("tokens", {"label_field": "tag"}, "--label-field", "classify"),
+    ],
+)
+def test_an_option_the_task_does_not_read_is_refused_before_the_loading(
+    tmp_path: Path, task: str, option: dict[str, object], flag: str, tasks: str
+) -> None:
+    data = tmp_path / "d.txt"
+    data.write_text("x\n")
+    options = EvalOptions(tmp_path / "no_checkpoint", task, (data,), **option)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=f"^{flag} applies to --task {tasks}, not --task {task}$"):
+        evaluate_checkpoint(options)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from itertools import chain
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -205,6 +205,7 @@ def _check_options(options: EvalOptions) -> None:
     ):
         if value is not None and value < (0 if name == "samples" else 1):
             raise ConfigError(f"{name} must be a positive integer, got {value}")
+    _check_task_options(options)
     _check_beams(options)
     langs = _langs(options)
     # Checked before loading the model, which may take a while for a large one.
@@ -213,6 +214,28 @@ def _check_options(options: EvalOptions) -> None:
             parallel_paths(Path(path), *langs)
         elif not Path(path).exists():
             raise DataError(f"{path}: no such file or folder; check --data")
+
+
+# The options that only some tasks read: given to another task they would do nothing, silently.
+_TASK_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "text_field": ("--text-field", ("classify",)),
+    "label_field": ("--label-field", ("classify",)),
+    "max_new_tokens": ("--max-new-tokens", ("generate",)),
+    "source_lang": ("--source-lang", ("generate",)),
+    "target_lang": ("--target-lang", ("generate",)),
+    "skip_invalid": ("--skip-invalid", ("generate", "qa")),
+    "stride": ("--stride", ("qa",)),
+    "max_answer_tokens": ("--max-answer-tokens", ("qa",)),
+}
+
+
+def _check_task_options(options: EvalOptions) -> None:
+    defaults = {f.name: f.default for f in fields(EvalOptions)}
+    for name, (flag, tasks) in _TASK_OPTIONS.items():
+        if getattr(options, name) != defaults[name] and options.task not in tasks:
+            raise ConfigError(
+                f"{flag} applies to --task {' or '.join(tasks)}, not --task {options.task}"
+            )
 
 
 def _check_beams(options: EvalOptions) -> None:
@@ -737,9 +760,12 @@ def evaluate_qa(
         records = fitting
     if not records:
         raise DataError(f"{', '.join(map(str, options.data))}: no question to answer")
+    # qa_windows shares at most half a window's context between two windows.
+    capped = ", at most half of each window's context" if 2 * settings.stride > max_len else ""
     echo(
         f"answering {len(records):,} questions in windows of {max_len} tokens "
-        f"(stride {settings.stride}, answers of at most {settings.max_answer_tokens} tokens)"
+        f"(stride {settings.stride}{capped}, answers of at most {settings.max_answer_tokens} "
+        "tokens)"
     )
     predictions = answer_spans(
         model,
