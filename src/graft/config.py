@@ -215,7 +215,12 @@ class TrainConfig(ConfigSection):
     eval_every: int = Field(
         default=250, ge=1, description="Evaluate (and checkpoint) every N steps."
     )
-    eval_batches: int = Field(default=20, ge=1, description="Validation batches per evaluation.")
+    eval_batches: int = Field(
+        default=20,
+        ge=1,
+        description="Validation batches per evaluation, in pre-training. Fine-tuning scores its "
+        "whole validation set (its metrics and early stopping read every record).",
+    )
     log_every: int = Field(default=10, ge=1, description="Write train metrics every N steps.")
     log: tuple[Literal["jsonl", "tensorboard", "wandb"], ...] = Field(
         default=("jsonl",),

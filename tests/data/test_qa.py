@@ -251,12 +251,34 @@ def test_an_answer_not_at_its_start_is_named_or_skipped(tmp_path: Path) -> None:
     assert skipped == 1 and [r.id for r in records] == ["a", "t1"]
 
 
+def test_a_squad_question_without_answers_is_named_or_skipped(tmp_path: Path) -> None:
+    good = {"id": "a", "question": "Who runs?", "answers": [{"text": "fox", "answer_start": 4}]}
+    # No answers and not is_impossible: a question the file forgot to answer, not "no answer".
+    bare = {"id": "b", "question": "Where?"}
+    # is_impossible alone is enough to say there is no answer.
+    impossible = {"id": "c", "question": "Why?", "is_impossible": True}
+    path = squad(tmp_path / "bare.json", [good, bare, impossible])
+    with pytest.raises(DataError) as err:
+        read_qa(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}:data[0].paragraphs[0].qas[1]: missing field 'answers'")
+    assert "\n" not in message
+    records, skipped = read_qa(path, skip_invalid=True)
+    assert skipped == 1 and [r.id for r in records] == ["a", "c", "t1"]
+    assert records[1].answers == ()
+
+
 @pytest.mark.parametrize(
     ("row", "problem"),
     [
         ({"question": "q?", "answers": []}, "missing field 'context'"),
         ({"context": "c", "question": " ", "answers": []}, "empty field 'question'"),
         ({"context": "c", "question": "q?", "answers": 3}, "field 'answers' must be"),
+        # A misspelt field is not an unanswerable question.
+        (
+            {"context": "c", "question": "q?", "answer": {"text": ["c"], "answer_start": [0]}},
+            r"missing field 'answers' \(fields: answer, context, question\)",
+        ),
         (
             {"context": "c", "question": "q?", "answers": [{"text": "c", "answer_start": -1}]},
             "answer_start that is an integer >= 0",

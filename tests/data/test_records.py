@@ -104,11 +104,15 @@ def test_other_encodings(tmp_path: Path) -> None:
 
 def test_missing_field_names_the_fields_present(tmp_path: Path) -> None:
     path = write(tmp_path / "d.jsonl", '{"text": "a", "label": "x"}\n{"body": "b", "label": "y"}\n')
-    with pytest.raises(
-        DataError,
-        match=r"d\.jsonl:2: missing field 'text' \(fields: body, label\); pass text_field=",
-    ):
+    # The hint names the command-line options, not read_labelled's argument.
+    with pytest.raises(DataError) as err:
         read_labelled(path)
+    assert str(err.value).startswith(
+        f"{path}:2: missing field 'text' (fields: body, label); read another field with "
+        "--text-field NAME (graft finetune: --data.text_field=NAME)"
+    )
+    with pytest.raises(DataError, match=r"--label-field NAME \(graft finetune: --data\.label_"):
+        read_labelled(path, label_field="class")
 
 
 def test_missing_field_in_a_json_array_names_the_index(tmp_path: Path) -> None:
@@ -121,8 +125,11 @@ def test_missing_column_in_the_header(tmp_path: Path) -> None:
     path = write(tmp_path / "d.csv", "sentence,label\nhi,x\n")
     with pytest.raises(
         DataError, match=r"d\.csv:1: no column 'text' in the header \(columns: sentence, label\)"
-    ):
+    ) as err:
         read_labelled(path)
+    assert str(err.value).endswith(
+        "; read another column with --text-field NAME (graft finetune: --data.text_field=NAME)"
+    )
 
 
 @pytest.mark.parametrize(

@@ -158,10 +158,15 @@ def test_json_array_with_integer_tags_named_by_tag_names(tmp_path: Path) -> None
     )
     sentences, _ = read_tagged(path, tag_names=["O", "B-PER", "I-PER"])
     assert sentences == [TaggedSentence(("Peter", "Blackburn"), ("B-PER", "I-PER"), f"{path}#0")]
-    with pytest.raises(
-        DataError, match=r"t\.json#0: ner_tags\[0\] must be a tag string, got int; pass tag_names"
-    ):
+    # Without tag_names (as every command reads them) the hint is what to do with the file: no
+    # command-line option takes tag names.
+    with pytest.raises(DataError) as err:
         read_tagged(path)
+    assert str(err.value) == (
+        f"{path}#0: ner_tags[0] must be a tag string, got int; write the tag names (B-PER, O, "
+        "...) in the file: graft reads tags as strings (in Python, read_tagged(tag_names=[...]) "
+        "names integer tags)"
+    )
     with pytest.raises(DataError, match=r"ner_tags\[1\] = 2 is not an index into the 2 tag_names"):
         read_tagged(path, tag_names=["O", "B-PER"])
 

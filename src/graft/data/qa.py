@@ -172,8 +172,16 @@ def _answers(fields: dict[str, object], context: str, where: str) -> tuple[Answe
         raise _Invalid(f"{where}: field 'is_impossible' must be true or false")
     if impossible:
         return ()  # SQuAD v2 keeps what a careless reader might answer in plausible_answers
+    # A missing field is not "no answer": read so, a misspelt `answer` would train the question
+    # on [CLS]. No answer is said explicitly: SQuAD v2's is_impossible, or an empty `answers`
+    # (how Hugging Face's squad_v2, which has no is_impossible, writes an unanswerable question).
+    if "answers" not in fields:
+        raise _Invalid(
+            f"{where}: missing field 'answers' (fields: {_names(sorted(fields))}); a question "
+            "with no answer has empty answers or is_impossible true"
+        )
     answers = []
-    for index, (text, start) in enumerate(_answer_items(fields.get("answers", []), where)):
+    for index, (text, start) in enumerate(_answer_items(fields["answers"], where)):
         if not isinstance(text, str) or not text.strip():
             raise _Invalid(f"{where}: answer {index} must be a non-empty string, got {text!r}")
         if isinstance(start, bool) or not isinstance(start, int) or start < 0:
@@ -256,12 +264,13 @@ def read_qa(
     .json is SQuAD's layout (an object with `data`: articles of paragraphs of questions) or an
     array of flat records; .jsonl holds one flat record a line: `context`, `question`,
     `answers`, and optionally `id` and `title` (the module docstring gives both layouts of
-    `answers`). A bad record (a missing or empty context or question, an answer that is not the
-    context's text at its answer_start, bytes `encoding` cannot decode, more than
-    `max_record_chars` characters) raises DataError naming the file and the record; with
-    `skip_invalid` it is skipped and counted instead. Problems with the file as a whole (missing,
-    unknown format, JSON that does not parse, SQuAD nesting that is wrong, no valid record)
-    always raise."""
+    `answers`; a question with no answer has them empty, or SQuAD v2's `is_impossible` true).
+    A bad record (a missing or empty context or question, no `answers` field on a question not
+    is_impossible, an answer that is not the context's text at its answer_start, bytes
+    `encoding` cannot decode, more than `max_record_chars` characters) raises DataError naming
+    the file and the record; with `skip_invalid` it is skipped and counted instead. Problems with
+    the file as a whole (missing, unknown format, JSON that does not parse, SQuAD nesting that is
+    wrong, no valid record) always raise."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".json", ".jsonl"):

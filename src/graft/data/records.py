@@ -217,16 +217,24 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
         start, number = end + 1, number + 1
 
 
+def _field_options(role: str) -> str:
+    """The command-line options that choose the `role` ("text" or "label") field: users meet
+    these messages on the command line, where Python's text_field= means nothing. graft eval,
+    the experiments and graft finetune classify take --text-field / --label-field; a finetune
+    recipe's data section (or --data.text_field=) holds the same."""
+    return f"--{role}-field NAME (graft finetune: --data.{role}_field=NAME)"
+
+
 def _record(
     fields: dict[str, object], where: str, text_field: str, label_field: str, encoding: str
 ) -> TextRecord:
     """A TextRecord from one parsed record's fields, or _Invalid saying what is wrong."""
-    for name, option in ((text_field, "text_field"), (label_field, "label_field")):
+    for name, option in ((text_field, "text"), (label_field, "label")):
         if name not in fields:
             present = _names(sorted(fields))
             raise _Invalid(
                 f"{where}: missing field {name!r} (fields: {present}); "
-                f"pass {option}=... to read another field"
+                f"read another field with {_field_options(option)}"
             )
     text, label = fields[text_field], fields[label_field]
     if not isinstance(text, str):
@@ -378,11 +386,11 @@ def _table_fields(
                 continue
             if header is None:
                 header = [cell.strip() for cell in row]
-                for name, option in ((text_field, "text_field"), (label_field, "label_field")):
+                for name, option in ((text_field, "text"), (label_field, "label")):
                     if name not in header:
                         raise DataError(
                             f"{where}: no column {name!r} in the header (columns: "
-                            f"{_names(header)}); pass {option}=... to read another"
+                            f"{_names(header)}); read another column with {_field_options(option)}"
                         )
             elif sum(map(len, row)) + len(row) - 1 > max_chars:
                 # Any other row is measured once csv has found its end (a quoted field may hold

@@ -175,7 +175,14 @@ def _json_sentence(
                 )
             tag = tag_names[tag]
         if not isinstance(tag, str):
-            hint = "; pass tag_names=[...] to name integer tags" if isinstance(tag, int) else ""
+            # No command-line option names class ids (the CLI reads files as they are): the fix
+            # is in the file; tag_names is read_tagged's, for Python callers.
+            hint = (
+                "; write the tag names (B-PER, O, ...) in the file: graft reads tags as strings "
+                "(in Python, read_tagged(tag_names=[...]) names integer tags)"
+                if isinstance(tag, int) and not isinstance(tag, bool)
+                else ""
+            )
             raise _Invalid(
                 f"{where}: {key}[{position}] must be a tag string, got {type(tag).__name__}{hint}"
             )
