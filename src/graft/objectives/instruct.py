@@ -36,10 +36,12 @@ class EncodedConversations(Encoded):
         max_len: int,
         *,
         train_on_prompt: bool,
+        skip_invalid: bool = False,
     ) -> None:
         self.ids = []
         self.labels: list[list[int]] = []
         self.truncated = 0
+        self.skipped = 0  # with skip_invalid: conversations whose prompt fills the context
         for conversation in conversations:
             # max_len + 1: inputs and targets are the sequence shifted by one.
             encoded = encode_conversation(
@@ -50,6 +52,9 @@ class EncodedConversations(Encoded):
                 train_on_prompt=train_on_prompt,
             )
             if all(label == IGNORE_INDEX for label in encoded.labels[1:]):
+                if skip_invalid:
+                    self.skipped += 1
+                    continue
                 raise DataError(
                     f"{conversation.source}: no reply token fits in {max_len} tokens; "
                     "raise train.seq_len or shorten the prompt"
@@ -73,14 +78,26 @@ class Instruct(RecordBatches[EncodedConversations]):
         max_len: int,
         *,
         train_on_prompt: bool = False,
+        skip_invalid: bool = False,
     ) -> None:
         self.pad_id = next(i for i in (tokenizer.pad_id, tokenizer.eot_id, 0) if i is not None)
-        self.train = EncodedConversations(
-            train, tokenizer, template, max_len, train_on_prompt=train_on_prompt
+        self.train, self.val = (
+            EncodedConversations(
+                part,
+                tokenizer,
+                template,
+                max_len,
+                train_on_prompt=train_on_prompt,
+                skip_invalid=skip_invalid,
+            )
+            for part in (train, val)
         )
-        self.val = EncodedConversations(
-            val, tokenizer, template, max_len, train_on_prompt=train_on_prompt
-        )
+        for split, data in (("training", self.train), ("validation", self.val)):
+            if not len(data):
+                raise DataError(
+                    f"every {split} conversation was skipped ({data.skipped:,}): no reply token "
+                    f"fits in {max_len} tokens; raise train.seq_len or shorten the prompts"
+                )
 
     def batch(self, data: EncodedConversations, rows: list[int]) -> Batch:
         # Inputs are a sequence without its last token.
@@ -149,6 +166,8 @@ def conversation_task(
         tokenizer.chat_template,
         max_len,
         train_on_prompt=train_on_prompt,
+        skip_invalid=records.skip_invalid,
     )
+    skipped += sft.train.skipped + sft.val.skipped
     notes = sft.notes(kind, skipped, max_len, cut=" (kept, cut at the end)")
     return TaskData(sft, (), notes)
