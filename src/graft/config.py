@@ -476,7 +476,13 @@ def validate_run_config(
     try:
         config = RunConfig.model_validate(raw)
     except ValidationError as err:
-        problems += [_describe(e) for e in err.errors()]
+        # An unknown objective is offered the ones this command runs.
+        runnable = [
+            name
+            for name, member in OBJECTIVES.items()
+            if command is None or member.reads == COMMAND_DATA[command]
+        ]
+        problems += [_describe(e, runnable) for e in err.errors()]
     if problems:
         raise ConfigError(_blame(problems, where, overridden or []))
     return config
@@ -572,7 +578,7 @@ def apply_override(raw: dict[str, Any], item: str) -> str:
     return key
 
 
-def _describe(error: Any) -> str:
+def _describe(error: Any, objectives: list[str] | None = None) -> str:
     """One pydantic error as 'section.key: what was wrong', with a did-you-mean for unknown keys."""
     loc = [str(p) for p in error["loc"]]
     message = error["msg"].removeprefix("Value error, ")
@@ -589,11 +595,12 @@ def _describe(error: Any) -> str:
         return f"{key}: unknown key{whose} ({hint}valid keys: {', '.join(known)})"
     if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         tag = error.get("ctx", {}).get("tag")
-        close = difflib.get_close_matches(str(tag), OBJECTIVES, n=1)
+        names = objectives or list(OBJECTIVES)
+        close = difflib.get_close_matches(str(tag), names, n=1)
         hint = f"did you mean {close[0]!r}? " if close else ""
         return (
             f"{key}.name: unknown objective {tag!r} "
-            f"({hint}choose one of: {', '.join(map(repr, OBJECTIVES))})"
+            f"({hint}choose one of: {', '.join(map(repr, names))})"
         )
     if message.startswith((f"{key}.", f"{key}:")):  # a section's rule naming its own key
         return message

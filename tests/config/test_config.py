@@ -523,3 +523,8 @@ def test_finetune_monitors_each_task_s_own_metric():
     expected = {"classify": "val/macro_f1", "tokens": "val/entity_f1", "instruct": "val/loss"}
     for task, monitor in expected.items():
         assert load_finetune_config(task).train.monitor == monitor
+
+
+def test_an_unknown_objective_is_offered_those_the_command_runs():
+    message = config_error(["objective.name=bogus"])
+    assert "'clm'" in message and "'mix'" in message and "'classify'" not in message
