@@ -329,3 +329,12 @@ def test_redact_stage_counts_by_kind_and_pseudonyms_agree_across_workers() -> No
     assert len({d.text.split()[2] for d in first}) == 3  # one fake for each address
     assert one.stats.notes["redactions"] == {"email": 40, "phone": 0}
     assert one.stats.notes["docs_changed"] == 40 and one.stats.docs_out == 40
+
+
+@pytest.mark.parametrize(("name", "value"), [("min_words", "-5"), ("max_symbol_ratio", "nan")])
+def test_a_negative_or_nan_threshold_is_refused(name: str, value: str) -> None:
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a number >= 0, or off"):
+        QualityConfig.option_type(name)(value)
+    assert QualityConfig.option_type(name)("off") is None

@@ -40,7 +40,9 @@ Gopher's; a threshold of None (`off` on the command line) turns its rule off.
 
 from __future__ import annotations
 
+import argparse
 import functools
+import math
 import re
 import time
 import unicodedata
@@ -107,7 +109,12 @@ def _off_or(kind: type) -> Callable[[str], Any]:
     def parse(value: str) -> Any:
         if value.strip().lower() in ("off", "none"):
             return None
-        return kind(value)
+        number = kind(value)
+        # Every threshold is a count or a share: a negative or NaN one turns no rule off, it
+        # only makes the rule say something other than what was meant.
+        if not math.isfinite(number) or number < 0:
+            raise argparse.ArgumentTypeError(f"expected a number >= 0, or off; got {value!r}")
+        return number
 
     parse.__name__ = kind.__name__
     return parse
