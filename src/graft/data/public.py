@@ -584,8 +584,22 @@ def _mismatch(where: str, file: RemoteFile, actual: str, size: int) -> str:
 
 def _download(client: httpx.Client, url: str, dest: Path, file: RemoteFile, timeout: float) -> None:
     """Stream `url` into a temporary sibling of `dest`, hashing as it goes; rename it into place
-    only when its sha256 and size are `file`'s. On any failure the temporary file is deleted."""
+    only when its sha256 and size are `file`'s. On any failure the temporary file is deleted,
+    and so are the folders made for it (a failed download leaves no empty cache folders)."""
+    made = [folder for folder in dest.parents if not folder.exists()]  # deepest first
     dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        _stream(client, url, dest, file, timeout)
+    except BaseException:
+        for folder in made:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _stream(client: httpx.Client, url: str, dest: Path, file: RemoteFile, timeout: float) -> None:
     temp = temporary_sibling(dest)
     digest, size = hashlib.sha256(), 0
     try:
