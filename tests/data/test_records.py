@@ -545,3 +545,10 @@ def test_json_past_the_parsers_depth_or_a_huge_number_is_one_line(tmp_path: Path
         array = write(tmp_path / "b.json", text)
         with pytest.raises(DataError, match=rf"^{array}: JSON nested too deep or a number"):
             read_labelled(array)
+
+
+def test_field_names_are_refused_for_a_label_tab_text_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "d.txt", "ham\thello there\nspam\twin money\n")
+    with pytest.raises(DataError, match=r"d\.txt: a label<TAB>text file has no named fields"):
+        read_labelled(path, text_field="body")
+    assert len(read_labelled(path)[0]) == 2

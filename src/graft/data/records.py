@@ -475,9 +475,13 @@ def read_labelled(
                 f"{path}: cannot read a {_file_kind(path)} as labelled records: {problem}; "
                 "a file in another format needs its suffix (.jsonl, .json, .csv or .tsv)"
             )
+        # The line's layout names the columns: other field names would be ignored, silently.
+        if (text_field, label_field) != ("text", "label"):
+            raise DataError(
+                f"{path}: a label<TAB>text file has no named fields, so --text-field and "
+                "--label-field do not apply to it; drop them"
+            )
         fields = _label_tab_text_fields(path, text, max_record_chars)
-        # The line names the columns; the caller's field names do not apply.
-        text_field, label_field = "text", "label"
     else:
         raise _unknown_format(path, "labelled records", _FORMATS)
     records = _parse_each(
