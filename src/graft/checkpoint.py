@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -487,10 +488,24 @@ def _read_shards(state: dict[str, Any], directory: Path) -> None:
     """Fill `state` from an FSDP checkpoint's shards: in a process group each rank reads what
     its tensors hold; alone, one process reads them whole (which DCP warns of, as if a slip)."""
     import torch.distributed.checkpoint as dcp  # here: half a second to import, rarely needed
+    from torch.distributed.checkpoint.api import CheckpointException
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=directory / SHARDED_DIR)
+        # DCP logs each reader failure with its traceback on the root logger before it raises;
+        # the error below says it in one line.
+        quiet = logging.root.manager.disable
+        logging.disable(logging.CRITICAL)
+        try:
+            dcp.load(state, checkpoint_id=directory / SHARDED_DIR)
+        except CheckpointException as err:
+            # DCP's failure derives from BaseException, which the callers' `except Exception`
+            # (and a CLI's error handling) would let through as a traceback. Its last line is
+            # the reader's own reason (truncated pickle data, a missing shard).
+            reasons = [line for line in str(err).splitlines() if line.strip()]
+            raise RuntimeError(reasons[-1] if reasons else type(err).__name__) from None
+        finally:
+            logging.disable(quiet)
 
 
 def _sharded_like(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
