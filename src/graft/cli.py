@@ -1369,6 +1369,22 @@ def _given(shortcuts: dict[str, object]) -> list[str]:
     return [f"{key}={value}" for key, value in shortcuts.items() if value is not None]
 
 
+def interrupted_line(step: int, run_dir: Path) -> str:
+    """What an interrupted run says: where it resumes from, or that it has nowhere to."""
+    from graft.checkpoint import saved_checkpoint
+
+    saved = saved_checkpoint(run_dir)
+    if saved is None:
+        return (
+            f"interrupted at step {step}, before the first checkpoint: nothing to resume "
+            "(rerunning starts from step 0)"
+        )
+    return (
+        f"interrupted at step {step}; the last complete checkpoint, {saved}, is intact: "
+        "continue with --resume"
+    )
+
+
 def _run_pretrain(args: argparse.Namespace, extra: list[str]) -> int:
     from graft.config import load_run_config
 
@@ -1432,11 +1448,7 @@ def _train(args: argparse.Namespace, config: RunConfig) -> int:
         )
         return 0
     if interrupted:
-        print(
-            f"interrupted at step {result.step}; the last complete checkpoint in "
-            f"{result.run_dir / 'checkpoints'} is intact: continue with --resume",
-            file=sys.stderr,
-        )
+        print(interrupted_line(result.step, result.run_dir), file=sys.stderr)
         return EXIT_INTERRUPTED
     if result.epsilon is not None:
         print(
@@ -1724,10 +1736,27 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+# Commands that plan and run their own trainings, one after another, in one process: under
+# torchrun every rank would run the whole plan and write the same files at once.
+_ONE_PROCESS = ("quickstart", "experiment", "audit")
+
+
+def _refuse_torchrun(command: str) -> None:
+    from graft.distributed import world_from_env
+
+    if world_from_env().size > 1:
+        raise GraftError(
+            f"graft {command} runs in one process (it runs its trainings one after another): "
+            "launch it without torchrun"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     try:
+        if args.command in _ONE_PROCESS:
+            _refuse_torchrun(args.command)
         if args.command in _WITH_OVERRIDES:
             return _WITH_OVERRIDES[args.command](args, extra)
         if extra:

@@ -79,10 +79,30 @@ ONE_PROCESS = World()
 
 def world_from_env() -> World:
     """The world torchrun describes in the environment; one process without it."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    size = _env_int("WORLD_SIZE", "1", least=1)
     if size == 1:
         return ONE_PROCESS
-    return World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
+    rank = _env_int("RANK", None, least=0)
+    if rank >= size:
+        raise ConfigError(f"environment: RANK {rank} is not below WORLD_SIZE {size}")
+    return World(rank, size, _env_int("LOCAL_RANK", "0", least=0))
+
+
+def _env_int(name: str, default: str | None, *, least: int) -> int:
+    """An integer torchrun sets (or a user did by hand), checked: one line if it is wrong."""
+    value = os.environ.get(name, default)
+    if value is None:
+        raise ConfigError(
+            f"environment: WORLD_SIZE is set but {name} is not; launch with torchrun, which "
+            "sets both (or unset WORLD_SIZE for one process)"
+        )
+    try:
+        number = int(value)
+    except ValueError:
+        number = least - 1
+    if number < least:
+        raise ConfigError(f"environment: {name}={value!r} is not an integer >= {least}")
+    return number
 
 
 def start(train: TrainConfig) -> tuple[World, torch.device]:

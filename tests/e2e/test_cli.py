@@ -757,3 +757,29 @@ def test_explain_refuses_to_replace_a_folder_that_is_not_a_page(run_copy, tmp_pa
         graft_here("runs", "compare", run_copy, "--out", weights), "is not an .html page"
     )
     assert weights.read_bytes() == kept
+
+
+def test_an_interrupt_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path):
+    from graft.cli import interrupted_line
+
+    run = tmp_path / "run"
+    assert "before the first checkpoint: nothing to resume" in interrupted_line(3, run)
+    (run / "checkpoints" / "last").mkdir(parents=True)
+    (run / "checkpoints" / "last" / "config.json").write_text("{}")
+    line = interrupted_line(8, run)
+    assert f"checkpoint, {run / 'checkpoints' / 'last'}, is intact" in line and "--resume" in line
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["quickstart"],
+        ["experiment", "transfer", "--init", "base", "--labelled", "l.txt", "--out", "x"],
+        ["audit", "canaries", "--init", "base", "--data", "l.txt", "--out", "audit"],
+    ],
+)
+def test_one_process_commands_refuse_torchrun(command, monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    one_line_error(graft_here(*command, cwd=tmp_path), "launch it without torchrun")
+    assert list(tmp_path.iterdir()) == []

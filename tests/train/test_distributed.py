@@ -6,6 +6,7 @@ tests/train/distributed_run.py, or the graft command, under torchrun."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -276,3 +277,25 @@ def test_an_encoder_with_idle_heads_trains_under_ddp_as_one_process(
     ours, ref = _losses(tmp_path / "2"), _losses(tmp_path / "1")
     assert ours.keys() == ref.keys() and len(ref) == 6 + 3
     assert max(abs(ours[key] - ref[key]) for key in ref) <= 1e-5
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"WORLD_SIZE": "2"}, "WORLD_SIZE is set but RANK is not"),
+        ({"WORLD_SIZE": "abc"}, "WORLD_SIZE='abc' is not an integer >= 1"),
+        ({"WORLD_SIZE": "2", "RANK": "2"}, "RANK 2 is not below WORLD_SIZE 2"),
+        ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "-1"}, "LOCAL_RANK='-1'"),
+    ],
+)
+def test_a_hand_set_environment_is_checked(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    from graft.distributed import world_from_env
+
+    for name in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"^environment: {re.escape(message)}"):
+        world_from_env()
