@@ -184,6 +184,14 @@ def compare_objectives(
 def _check_options(options: ComparisonOptions) -> None:
     known = [name for name, cls in OBJECTIVES.items() if cls.reads == COMMAND_DATA["pretrain"]]
     runner.check_distinct("objectives", options.objectives, known)
+    # The step budget divides max_tokens by these: zero would be a ZeroDivisionError.
+    for flag, value in (
+        ("--max-tokens", options.max_tokens),
+        ("--batch-size", options.batch_size),
+        ("--seq-len", options.seq_len),
+    ):
+        if value < 1:
+            raise ConfigError(f"{flag}: give a whole number, 1 or more; got {value}")
     if not 0 < options.probe_test_fraction < 1 or options.probe_examples < 4:
         raise ConfigError(
             "probe_test_fraction must be between 0 and 1 and probe_examples at least 4, got "
