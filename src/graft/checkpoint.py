@@ -401,6 +401,17 @@ def load_model(
     return model.to(device).eval(), tokenizer
 
 
+def load_tokenizer(path: Path) -> Tokenizer:
+    """The tokenizer load_model would give with the model of `path`, without the model: for a
+    check that needs only the text's tokens (a Hugging Face directory's files, or a graft
+    checkpoint's tokenizer.json)."""
+    from graft.model.convert.hf import is_hf_directory
+
+    if is_hf_directory(Path(path)):
+        return Tokenizer.load(Path(path))
+    return Tokenizer.load(resolve_checkpoint(path) / TOKENIZER_FILE)
+
+
 def load_hf_checkpoint(
     directory: Path, *, device: torch.device | str = "cpu"
 ) -> tuple[LanguageModel, Tokenizer]:

@@ -199,3 +199,15 @@ def test_an_out_dir_holding_runs_is_refused(
     (tmp_path / "out" / "runs" / "plain").mkdir(parents=True)
     assert main(_audit(inputs, tmp_path / "out")) == 2
     assert "already holds runs; choose another" in capsys.readouterr().err
+
+
+def test_a_canary_longer_than_the_context_is_refused_before_any_training(
+    inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "audit"
+    argv = ["audit", "canaries", "--init", str(inputs["base"]), "--data", str(inputs["data"])]
+    code = main([*argv, "--out", str(out), "--no-progress", "--train.seq_len=48"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "reply does not fit in the training context of 48 tokens" in err[0]
+    assert not out.exists()  # nothing trained, nothing written: the rerun is free to go

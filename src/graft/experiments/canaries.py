@@ -36,7 +36,7 @@ from pathlib import Path
 from graft import checkpoint as ckpt
 from graft.atomic_files import write_atomic
 from graft.config import RunConfig, load_finetune_config
-from graft.data.chat import DEFAULT_CHAT_TEMPLATE
+from graft.data.chat import DEFAULT_CHAT_TEMPLATE, encode_conversation
 from graft.data.records import Conversation, read_conversations, read_labelled
 from graft.device import resolve_device
 from graft.errors import CheckpointError, ConfigError, DataError, first_line
@@ -120,6 +120,7 @@ def run_canary_audit(options: AuditOptions, echo: Callable[[str], None] = lambda
     if runs_dir.is_dir() and any(runs_dir.iterdir()):
         raise ConfigError(f"--out {options.out_dir}: {runs_dir} already holds runs; choose another")
     plans = [(name, ckpt.resolve(config)) for name, config in run_configs(options)]
+    _check_canaries_fit(options, [config.seq_len for _, config in plans])
     data = write_audit_data(options, read_conversation_records(options))
     echo(
         f"audit data: {data.train_records:,} training records ({len(data.inserted)} canaries x "
@@ -222,6 +223,26 @@ def read_conversation_records(options: AuditOptions) -> list[Conversation]:
             f"as labelled records: {first_line(err)}"
         ) from None
     return [conversation(options.instruction, r.text, r.source) for r in records]
+
+
+def _check_canaries_fit(options: AuditOptions, contexts: list[int]) -> None:
+    """Refuse, before any training, canaries whose reply does not fit the smallest training
+    context with its prompt: training would cut them, and scoring (reply_nll) refuses them
+    once the runs are done."""
+    tokenizer = ckpt.load_tokenizer(options.init)
+    template = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
+    exposure = SecretTemplate(EXPOSURE_TEXT, string.digits, options.digits)
+    canaries = make_canaries(exposure, options.canaries + options.controls, options.seed)
+    canaries += make_canaries(MEMBERSHIP, options.members, options.seed)
+    max_len = min(contexts)
+    for canary in canaries:
+        item = conversation(options.instruction, canary.text, f"canary text {canary.text!r}")
+        if encode_conversation(tokenizer, template, item, max_len=max_len + 1).truncated:
+            reply = len(tokenizer.encode(canary.text))
+            raise ConfigError(
+                f"{item.source}: {reply}-token reply does not fit in the training context of "
+                f"{max_len} tokens with its prompt; raise train.seq_len or shorten --instruction"
+            )
 
 
 def write_audit_data(options: AuditOptions, records: list[Conversation]) -> AuditData:
