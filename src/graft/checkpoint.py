@@ -262,7 +262,8 @@ def verify_checkpoint(directory: Path) -> None:
             )
         if _sha256(path) != entry["sha256"]:
             raise CheckpointError(
-                f"{path}: contents do not match {MANIFEST_FILE} (sha256); the file is corrupt"
+                f"{path}: contents do not match {MANIFEST_FILE} (sha256); the file (or the "
+                "manifest) is corrupt"
             )
     # A file added later is refused too: loaders read some files only when they are there (a
     # chat_template.jinja or tokenizer_config.json changes the tokenizer, and a chat template is
