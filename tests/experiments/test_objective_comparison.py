@@ -153,6 +153,10 @@ def test_a_failing_arm_is_reported_and_the_others_complete(
         ({"probe_test_fraction": 1.0}, "probe_test_fraction"),
         ({"seq_len": 0}, "--seq-len: give a whole number, 1 or more; got 0"),
         ({"batch_size": 0}, "--batch-size: give a whole number"),
+        (
+            {"objectives": ("clm", "mlm"), "preset": "llama-micro"},
+            "there is no bert-llama-micro; choose one of: nano, micro, tiny, small",
+        ),
     ],
 )
 def test_bad_options_are_refused_before_training(

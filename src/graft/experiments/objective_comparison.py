@@ -30,6 +30,7 @@ from graft.device import resolve_device
 from graft.errors import ConfigError
 from graft.experiments import runner
 from graft.experiments.probe import ProbeResult, linear_probe, sequence_features
+from graft.model.config import PRESETS
 from graft.run_files import METRICS_FILE, read_metrics
 from graft.train.pretrain import open_prepared, pretrain
 
@@ -192,6 +193,14 @@ def _check_options(options: ComparisonOptions) -> None:
     ):
         if value < 1:
             raise ConfigError(f"{flag}: give a whole number, 1 or more; got {value}")
+    encoders = [o for o in options.objectives if _preset_for(options, o) != options.preset]
+    if encoders and _preset_for(options, encoders[0]) not in PRESETS:
+        twins = [name.removeprefix("bert-") for name in PRESETS if name.startswith("bert-")]
+        raise ConfigError(
+            f"--preset {options.preset}: objective {encoders[0]} trains an encoder, the preset's "
+            f"bert- twin, and there is no bert-{options.preset}; choose one of: "
+            f"{', '.join(p for p in twins if p in PRESETS)}"
+        )
     if not 0 < options.probe_test_fraction < 1 or options.probe_examples < 4:
         raise ConfigError(
             "probe_test_fraction must be between 0 and 1 and probe_examples at least 4, got "
