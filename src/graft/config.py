@@ -493,7 +493,9 @@ def _blame(problems: list[str], where: str, overridden: list[str]) -> str:
     for a key an override set."""
 
     def from_command_line(problem: str) -> bool:
-        key = problem.partition(":")[0]
+        # A problem starts with the dotted key it is about ("train.seq_len: ..." or, for a rule
+        # across sections, "train.seq_len (4096) exceeds model.max_seq_len").
+        key = problem.split(":", 1)[0].split(" ", 1)[0]
         return any(key == k or key.startswith(k + ".") for k in overridden)
 
     cli = [p for p in problems if from_command_line(p)]

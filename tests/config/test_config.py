@@ -237,6 +237,10 @@ def test_errors_in_an_override_name_the_command_line_not_the_file(tmp_path):
     assert config_error(["train.max_steps=abc"], path=recipe).startswith(
         "command line: train.max_steps: "
     )
+    # A rule across sections is blamed on the key it starts with.
+    assert config_error(["train.seq_len=4096"], path=recipe).startswith(
+        "command line: train.seq_len (4096) exceeds model.max_seq_len"
+    )
 
 
 def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
