@@ -348,7 +348,13 @@ def resolve(config: RunConfig, *, resume: bool = False) -> RunConfig:
     if is_hf_directory(Path(init)):
         base, source = read_hf_config(Path(init)), Path(init) / CONFIG_FILE
     else:
-        source = resolve_checkpoint(init) / CONFIG_FILE
+        try:
+            source = resolve_checkpoint(init) / CONFIG_FILE
+        except CheckpointError as error:
+            raise CheckpointError(
+                f"{where}: {error} (expected a graft checkpoint, a run directory or a Hugging "
+                "Face model directory; --init sets it)"
+            ) from None
         base = read_model_config(source.parent)
     asked = config.model.model_fields_set - RUN_MODEL_FIELDS - SETUP_MODEL_FIELDS
     clashes = [

@@ -18,7 +18,7 @@ from graft.config import (
     validate_run_config,
 )
 from graft.data.tokenizer import Tokenizer
-from graft.errors import ConfigError
+from graft.errors import CheckpointError, ConfigError
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
 from graft.objectives.classify import ClassifyConfig
@@ -105,6 +105,18 @@ def test_a_train_seq_len_longer_than_the_checkpoint_is_refused_at_resolve(checkp
     )
     with pytest.raises(ConfigError, match=r"train.seq_len \(64\) exceeds model.max_seq_len \(48\)"):
         resolve(config)
+
+
+def test_the_continue_recipe_without_init_is_refused_naming_train_init(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """configs/pretrain/continue.yaml is for continued pre-training: run without --init it
+    trained a fresh model, silently. Its placeholder init is now refused, naming the key."""
+    monkeypatch.chdir(tmp_path)
+    recipe = Path(__file__).parents[2] / "configs" / "pretrain" / "continue.yaml"
+    refused = r"^train\.init: CHECKPOINT: no such .*--init sets it"
+    with pytest.raises(CheckpointError, match=refused):
+        resolve(load_run_config(recipe))
 
 
 def test_finetune_reads_the_resolved_seq_len(
