@@ -424,8 +424,9 @@ def load_hf_checkpoint(
 ) -> tuple[LanguageModel, Tokenizer]:
     """A transformers directory as a graft model plus its tokenizer (tokenizer.json or a BERT
     vocab.txt, with the special-token roles and chat template of tokenizer_config.json)."""
-    from graft.model.convert.hf import load_hf_model
+    from graft.model.convert.hf import load_hf_model, read_hf_config
 
+    read_hf_config(directory)  # config.json first: a model folder is named by its config
     # a directory without tokenizer files: TokenizerError naming it
     tokenizer = Tokenizer.load(directory)
     tokenizer_path = directory / (

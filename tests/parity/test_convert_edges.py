@@ -244,6 +244,19 @@ def test_a_broken_config_json_is_named_not_the_manifest(
     assert one_error(err).startswith(f"{directory / 'config.json'}: {problem}")
 
 
+def test_a_folder_whose_config_and_tokenizer_are_both_broken_names_the_config(
+    tmp_path: Path,
+) -> None:
+    """config.json says what the folder is, so it is read (and blamed) first."""
+    directory = tmp_path / "hf"
+    bytes_tokenizer().save(directory)
+    (directory / "config.json").write_text('{"vocab_size": 3}')
+    (directory / "tokenizer.json").write_text("{")
+    code, _, err = graft("generate", directory, "--prompt", "hi")
+    assert code == 2
+    assert one_error(err).startswith(f"{directory / 'config.json'}: has no model_type")
+
+
 def test_a_graft_checkpoint_without_its_manifest_still_says_so(
     llama_checkpoint: Path, tmp_path: Path
 ) -> None:
