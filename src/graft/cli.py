@@ -2,7 +2,8 @@
 
 Every subcommand is one import away in Python; nothing here trains, tokenizes or samples by
 itself. A GraftError (bad input) prints as one line on stderr and exits 2; `--debug` shows the
-traceback. Ctrl-C exits 130, leaving the last complete checkpoint in place.
+traceback. Ctrl-C exits 130, leaving the last complete checkpoint in place. An experiment whose
+report holds a failed run exits 1.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from graft.errors import GraftError
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 _Options = TypeVar("_Options", bound="DataclassInstance")
 
+EXIT_RUNS_FAILED = 1  # an experiment ran to its report, but some of its runs failed
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a process killed by it
@@ -1221,8 +1223,16 @@ def _run_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, as every other bad input is: the usage block it
+    prints first pushes the one line that says what is wrong away from the prompt."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="graft", description="Transfer learning with transformer language models."
     )
     parser.add_argument(
@@ -1645,9 +1655,7 @@ def _run_experiment(args: argparse.Namespace, extra: list[str]) -> int:
         overrides=tuple(_split_overrides(extra)),
         progress=not args.no_progress,
     )
-    report = compare_objectives(options, echo=print)
-    print(f"report: {report}")
-    return 0
+    return _experiment_done(compare_objectives(options, echo=print))
 
 
 def _run_experiment_transfer(args: argparse.Namespace, extra: list[str]) -> int:
@@ -1669,8 +1677,22 @@ def _run_experiment_transfer(args: argparse.Namespace, extra: list[str]) -> int:
         overrides=tuple(_split_overrides(extra)),
         progress=not args.no_progress,
     )
-    report = run_transfer(options, echo=print)
+    return _experiment_done(run_transfer(options, echo=print))
+
+
+def _experiment_done(report: Path) -> int:
+    """The report's path, and exit status 1 when a run failed: a script or CI job running an
+    experiment must not take a table of failures for a result."""
+    from graft.experiments.runner import failed_runs
+
     print(f"report: {report}")
+    failed = failed_runs(report.parent)
+    if failed:
+        print(
+            f"graft: {len(failed)} run(s) failed (the report says why): {', '.join(failed)}",
+            file=sys.stderr,
+        )
+        return EXIT_RUNS_FAILED
     return 0
 
 

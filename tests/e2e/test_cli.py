@@ -4,6 +4,7 @@ nothing on disk, Ctrl-C and resume, and a reduced quickstart."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import json
@@ -783,3 +784,56 @@ def test_one_process_commands_refuse_torchrun(command, monkeypatch, tmp_path):
     monkeypatch.setenv("RANK", "0")
     one_line_error(graft_here(*command, cwd=tmp_path), "launch it without torchrun")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("action", ["objectives", "transfer"])
+def test_an_experiment_with_a_failed_run_exits_1_naming_it(action, monkeypatch, tmp_path):
+    """The report is written and the other runs go on, but a script must not take a table of
+    failures for a result: exit 1, the failed runs named on stderr."""
+    from graft.atomic_files import write_atomic
+    from graft.experiments import objective_comparison, runner, transfer
+
+    @dataclasses.dataclass(frozen=True)
+    class Run:
+        run_dir: str
+        error: str | None = None
+
+    outcomes = [Run("x/runs/clm"), Run("x/runs/nsp", "nsp needs two documents")]
+
+    def experiment(options, echo):
+        runner.write_results(options.out_dir, None, outcomes)
+        return write_atomic(options.out_dir / "report.md", "table\n")
+
+    monkeypatch.setattr(objective_comparison, "compare_objectives", experiment)
+    monkeypatch.setattr(transfer, "run_transfer", experiment)
+    args = {
+        "objectives": ["--data", "d", "--labelled", "l.txt", "--max-tokens", "8"],
+        "transfer": ["--init", "b", "--labelled", "l.txt"],
+    }
+    result = graft_here("experiment", action, *args[action], "--out", "x", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout == f"report: {Path('x') / 'report.md'}\n"
+    assert result.stderr == "graft: 1 run(s) failed (the report says why): x/runs/nsp\n"
+    outcomes.pop()
+    again = graft_here("experiment", action, *args[action], "--out", "x", cwd=tmp_path)
+    assert again.returncode == 0
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (
+            ["eval", "ckpt", "--task", "lm", "--data", "d", "--batch-size", "abc"],
+            "graft eval: error: argument --batch-size: invalid int value: 'abc' "
+            "(see graft eval --help)",
+        ),
+        (["generate"], "graft generate: error: the following arguments are required: checkpoint"),
+        (["bogus"], "graft: error: argument COMMAND: invalid choice: 'bogus'"),
+    ],
+    ids=["bad-value", "missing", "unknown-command"],
+)
+def test_argparse_usage_errors_are_one_line(args, line):
+    """argparse printed its usage block first: the line that says what is wrong came last."""
+    result = graft_here(*args)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith(line), result.stderr

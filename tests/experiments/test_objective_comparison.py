@@ -19,6 +19,7 @@ from graft.experiments.objective_comparison import (
     ComparisonOptions,
     compare_objectives,
 )
+from graft.experiments.runner import failed_runs
 
 # A model small enough that each arm trains in well under a second; seq_len 32 is 4 steps of 4 x 32.
 TINY = (
@@ -135,6 +136,7 @@ def test_a_failing_arm_is_reported_and_the_others_complete(
         and arms["mlm+nsp"]["probe_accuracy"] is None
     )
     assert arms["clm"]["error"] is None and arms["clm"]["probe_accuracy"] is not None
+    assert failed_runs(tmp_path / "cmp") == [arms["mlm+nsp"]["run_dir"]]  # the CLI's exit status
     failed_row = next(line for line in report.splitlines() if line.startswith("| mlm+nsp |"))
     assert "failed: " in failed_row and "needs model.nsp_head" in failed_row
     assert (tmp_path / "cmp" / "comparison.png").exists()

@@ -214,6 +214,12 @@ def write_results(
     return write_atomic(out_dir / RESULTS_FILE, _json(record))
 
 
+def failed_runs(out_dir: Path) -> list[str]:
+    """The run directories that `results.json` in `out_dir` records as failed."""
+    record = json.loads((out_dir / RESULTS_FILE).read_text(encoding="utf-8"))
+    return [run["run_dir"] for run in record["runs"] if run.get("error")]
+
+
 def _json(value: Any) -> str:
     return json.dumps(value, indent=2, default=str) + "\n"  # paths as text
 
