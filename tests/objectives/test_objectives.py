@@ -3,6 +3,7 @@ masks, scored positions), their refusals, their losses and metrics, and mixtures
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +17,14 @@ from graft.errors import ConfigError, DataError, TokenizerError
 from graft.model.config import preset
 from graft.model.transformer import LanguageModel
 from graft.objectives.base import Shards
+from graft.objectives.batch import Batch
 from graft.objectives.clm import CLMConfig
 from graft.objectives.denoise import Denoise
 from graft.objectives.mix import MixConfig, Mixture, with_replay
 from graft.objectives.mlm import MaskedLM
 from graft.objectives.nsp import NextSentence
 from graft.objectives.spans import restore_spans
-from graft.train.loop import evaluate
+from graft.train.loop import accumulate_gradients, evaluate
 
 SEQ = 32
 
@@ -128,13 +130,49 @@ def test_nsp_pairs_carry_segments_padding_and_labels(prepared) -> None:
     assert not (batch.targets[~real] != IGNORE_INDEX).any()  # padding is never masked
     model = encoder(tokenizer)
     out = objective.loss(model, batch)
-    # BERT's loss: the two means added, expressed as a sum over the masked-token count.
+    # BERT's loss: the two means added, the masked tokens' over their count, the pairs' per row.
     mlm_mean = out.stats["mlm_loss_sum"] / out.stats["mlm_count"]
     nsp_mean = out.stats["nsp_loss_sum"] / out.stats["nsp_count"]
-    assert float(out.total.detach()) / out.count == pytest.approx(mlm_mean + nsp_mean, rel=1e-5)
+    assert out.per_row is not None and out.stats["nsp_count"] == batch.rows
+    together = float(out.total.detach()) / out.count + float(out.per_row.detach()) / batch.rows
+    assert together == pytest.approx(mlm_mean + nsp_mean, rel=1e-5)
     metrics = evaluate(model, objective, objective.eval_batches(8, 2), torch.device("cpu"))
     assert metrics["val/loss"] == pytest.approx(metrics["val/mlm_loss"] + metrics["val/nsp_loss"])
     assert 0.0 <= metrics["val/nsp_acc"] <= 1.0
+
+
+def test_mlm_nsp_accumulation_equals_one_batch_however_the_masks_fall(prepared) -> None:
+    """BERT's sum of two means under accumulation: micro-batches mask different numbers of
+    tokens, and NSP's weight must not follow each one's masked-token count (it did: a
+    micro-batch with few masks barely trained the NSP head)."""
+    tokenizer, train, val = prepared
+    objective = NextSentence(train, val, SEQ, tokenizer, tokenizer.vocab_size, with_mlm=True)
+    batch = objective.train_batch(8, torch.Generator().manual_seed(5))
+    assert batch.targets is not None
+    keep = torch.zeros_like(batch.targets, dtype=torch.bool)
+    keep[:2, :] = True  # the first two rows keep every mask, the others one each
+    keep[2:, :] = torch.arange(SEQ) == (batch.targets[2:] != IGNORE_INDEX).int().argmax(1)[:, None]
+    batch = replace(batch, targets=batch.targets.where(keep, IGNORE_INDEX))
+
+    def part(rows: slice) -> Batch:
+        cut = {
+            f.name: getattr(batch, f.name)[rows]
+            for f in fields(batch)
+            if isinstance(getattr(batch, f.name), torch.Tensor)
+        }
+        return replace(batch, **cut)
+
+    def grads(micro: list[Batch]) -> list[torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        accumulate_gradients(model, objective, micro)
+        return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    model = encoder(tokenizer).double()
+    whole = grads([batch])
+    split = grads([part(slice(0, 2)), part(slice(2, 8))])
+    assert split[0].shape == whole[0].shape and len(split) == len(whole)
+    for a, b in zip(split, whole, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
 def test_nsp_labels_follow_bert_for_pretraining_zero_means_b_follows_a(prepared) -> None:

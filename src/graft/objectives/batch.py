@@ -66,10 +66,14 @@ class Batch:
         return 0 if self.sequence_targets is None else int(self.sequence_targets.numel())
 
     @property
+    def rows(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
     def units(self) -> int:
         """What the loop divides a step's summed loss by, and the count that this batch's loss
         must report: its scored targets, or its rows for a mixture's batch."""
-        return int(self.input_ids.shape[0]) if self.units_are_rows else self.n_targets
+        return self.rows if self.units_are_rows else self.n_targets
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,10 @@ class LossSum:
     # (B,) each record's summed loss, whose sum is `total`, where the objective can give it: what
     # DP-SGD's ghost clipping weights record by record (graft.train.privacy).
     rows: torch.Tensor | None = None
+    # A second loss, summed over the batch's rows, that the loop divides by the step's rows (not
+    # its units): mlm+nsp's NSP term beside the masked tokens, so that the step's loss is BERT's
+    # sum of two means however the step is split into micro-batches.
+    per_row: torch.Tensor | None = None
 
 
 @dataclass
@@ -95,6 +103,8 @@ class LossTotals:
 
     def add(self, out: LossSum) -> None:
         self.loss += float(out.total.detach().item())
+        if out.per_row is not None:  # in the step's non-finite check, not in any metric
+            self.loss += float(out.per_row.detach().item())
         self.count += out.count
         self.stats.update(out.stats)
 

@@ -73,14 +73,17 @@ class Mixture:
         part, _, inner = batch.part.partition("/")  # mixtures nest: replay of a mix is "domain/clm"
         # The part counts its own units; its mean is rescaled to this batch's rows below.
         out = self.parts[part].loss(model, replace(batch, part=inner, units_are_rows=False))
-        size = batch.input_ids.shape[0]
+        size = batch.rows
         stats = {
             **{f"{part}/{k}": v for k, v in out.stats.items()},
             f"{part}/loss_sum": float(out.total.detach()),
             f"{part}/count": float(out.count),
             f"{part}/batches": 1.0,
         }
-        return LossSum(out.total / max(out.count, 1) * size, size, stats)
+        mean = out.total / max(out.count, 1)
+        if out.per_row is not None:  # mlm+nsp: BERT's sum of two means
+            mean = mean + out.per_row / size
+        return LossSum(mean * size, size, stats)
 
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
         metrics: dict[str, float] = {}

@@ -3,8 +3,9 @@ A in the same document half of the time and comes from another document otherwis
 on the pooled [CLS] state. Objective `nsp` trains that head alone; `mlm+nsp` also masks the pair's
 tokens and adds the masked-LM loss, as BERT was pre-trained.
 
-The joint loss is BERT's: mean masked-LM loss plus mean NSP loss. The loop divides a summed loss
-by a count, so the NSP sum is scaled by (masked tokens / pairs) and the count is the masked tokens.
+The joint loss is BERT's: mean masked-LM loss plus mean NSP loss. The loop divides the masked
+tokens' summed loss by the step's masked tokens and the pairs' (`LossSum.per_row`) by the step's
+pairs, so the sum of the two means holds however the step is split into micro-batches.
 """
 
 from __future__ import annotations
@@ -179,9 +180,8 @@ class NextSentence:
             return nsp
         assert batch.targets is not None
         mlm = masked_lm_loss(out, batch.targets)
-        # BERT's sum of the two means, as a sum over masked tokens (see the module docstring).
-        total = mlm.total + nsp.total * (mlm.count / max(nsp.count, 1))
-        return LossSum(total, mlm.count, {**mlm.stats, **nsp.stats})
+        # BERT's sum of the two means: the loop divides NSP's sum by the step's rows (pairs).
+        return LossSum(mlm.total, mlm.count, {**mlm.stats, **nsp.stats}, per_row=nsp.total)
 
     def metrics(self, totals: LossTotals, split: str) -> dict[str, float]:
         stats = totals.stats

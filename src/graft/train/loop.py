@@ -99,6 +99,7 @@ def accumulate_gradients(
     autocast: contextlib.AbstractContextManager | None = None,
     *,
     step_units: int | None = None,
+    step_rows: int | None = None,
     world_size: int = 1,
     privacy: Privacy | None = None,
 ) -> LossTotals:
@@ -108,13 +109,15 @@ def accumulate_gradients(
     every process; default: these micro-batches'), not its own: with padding or masked targets,
     micro-batches score different numbers of tokens, and a per-micro-batch mean would weight
     their tokens unequally. Every loss must count the units its batch declares (`Batch.units`):
-    two definitions of the count once mis-scaled mixtures. DDP and FSDP average gradients over
+    two definitions of the count once mis-scaled mixtures. A loss's `per_row` part is divided by
+    the step's rows (`step_rows`) the same way. DDP and FSDP average gradients over
     the processes, so each loss is scaled up by their number: the average is then the sum.
     With `privacy` (DP-SGD) each record's gradient is clipped instead (graft.train.privacy): its
     optimizer adds the noise and divides by the expected batch. Returns this process's loss
     totals.
     """
     total_units = sum(b.units for b in micro_batches) if step_units is None else step_units
+    total_rows = sum(b.rows for b in micro_batches) if step_rows is None else step_rows
     totals = LossTotals()
     for i, batch in enumerate(micro_batches):
         with gradient_sync(model, i == len(micro_batches) - 1):  # the backward too
@@ -126,7 +129,10 @@ def accumulate_gradients(
                     f"but its batch declares {batch.units}"
                 )
             if privacy is None:
-                (out.total * world_size / max(total_units, 1)).backward()
+                loss = out.total / max(total_units, 1)
+                if out.per_row is not None:
+                    loss = loss + out.per_row / max(total_rows, 1)
+                (loss * world_size).backward()
             else:
                 privacy.backward(out, last=i == len(micro_batches) - 1)
         totals.add(out)
@@ -208,6 +214,7 @@ def train_step(
         micro,
         autocast,
         step_units=sum(b.units for b in drawn),
+        step_rows=sum(b.rows for b in drawn),
         world_size=world.size,
         privacy=privacy,
     )
