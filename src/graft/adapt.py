@@ -31,6 +31,21 @@ ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."
 # Heads a fine-tune adds: always trained, whatever the method.
 HEAD_PREFIXES = ("classifier.", "pooler.")
+# adapter_config.json's settings that change what an adapter computes, beside r, lora_alpha and
+# target_modules: every one is passed on, so an adapter trained elsewhere (rsLoRA's scale, DoRA,
+# per-layer ranks) loads as PEFT would load it.
+_ADAPTER_SETTINGS = (
+    "lora_dropout",
+    "bias",
+    "fan_in_fan_out",
+    "use_rslora",
+    "use_dora",
+    "rank_pattern",
+    "alpha_pattern",
+    "exclude_modules",
+    "layers_to_transform",
+    "layers_pattern",
+)
 
 
 def apply_adaptation(model: LanguageModel, cfg: AdaptConfig, *, new_heads: bool = True) -> None:
@@ -57,16 +72,18 @@ def apply_adaptation(model: LanguageModel, cfg: AdaptConfig, *, new_heads: bool 
         return
     from peft import inject_adapter_in_model
 
-    names = {
-        name.rsplit(".", 1)[-1]
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear)
-    }
+    # The blocks' layers only: the LM head's weight is read directly by the fused loss (an
+    # adapter there would never train, and merging it would move tied input embeddings too),
+    # and a fine-tune's new heads train fully anyway.
+    linear = {name for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    names = {name.rsplit(".", 1)[-1] for name in linear if name.startswith("model.layers.")}
+    heads = {name.rsplit(".", 1)[-1] for name in linear} - names
     unknown = [t for t in cfg.lora_targets if t not in names]
     if unknown:
+        what = "a head's layer" if unknown[0] in heads else "no linear layer of a block"
         raise ConfigError(
-            f"adapt.lora_targets: no linear layer named {', '.join(unknown)}; "
-            f"this model has {', '.join(sorted(names))}"
+            f"adapt.lora_targets: {unknown[0]} is {what}; LoRA adapts the blocks' layers: "
+            f"{', '.join(sorted(names))} (train a head with adapt.method=full or freeze)"
         )
     inject_adapter_in_model(lora_config(cfg), model)
     for name, param in model.named_parameters():
@@ -135,20 +152,36 @@ def load_adapter(model: LanguageModel, directory: Path, *, weights: bool = True)
     """Inject the LoRA adapter saved in `directory` into `model` (whose base weights are loaded);
     without `weights`, its layers only (an FSDP checkpoint's shards then fill them)."""
     from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+    from peft.tuners.lora import LoraLayer
 
+    path = directory / ADAPTER_CONFIG_FILE
     try:
-        raw = json.loads((directory / ADAPTER_CONFIG_FILE).read_text(encoding="utf-8"))
+        raw = json.loads(path.read_text(encoding="utf-8"))
         config = LoraConfig(
             r=raw["r"],
             lora_alpha=raw["lora_alpha"],
-            lora_dropout=raw.get("lora_dropout", 0.0),
             target_modules=raw["target_modules"],
-            bias=raw.get("bias", "none"),
+            **{key: raw[key] for key in _ADAPTER_SETTINGS if raw.get(key) is not None},
         )
         tensors = load_file(str(directory / ADAPTER_WEIGHTS_FILE)) if weights else {}
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise CheckpointError(f"{directory}: unreadable LoRA adapter ({err})") from None
+    if raw.get("modules_to_save"):
+        raise CheckpointError(
+            f"{path}: modules_to_save {raw['modules_to_save']} keeps whole trained copies of "
+            "layers, which graft does not read; give an adapter of LoRA layers only"
+        )
     inject_adapter_in_model(config, model)
+    outside = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, LoraLayer) and not name.startswith("model.layers.")
+    ]
+    if outside:
+        raise CheckpointError(
+            f"{path}: an adapter on {outside[0]}, a head: graft's loss reads the head's weight "
+            "directly, so LoRA adapts the blocks' layers only"
+        )
     if not weights:
         return
     result = set_peft_model_state_dict(

@@ -314,7 +314,8 @@ class AdaptConfig(ConfigSection):
     lora_dropout: float = Field(default=0.05, ge=0, lt=1)
     lora_targets: tuple[str, ...] = Field(
         default=("q_proj", "k_proj", "v_proj", "o_proj"),
-        description="lora: linear layers (by name) that get adapters.",
+        description="lora: the blocks' linear layers (by name) that get adapters: q_proj, k_proj, "
+        "v_proj, o_proj, up_proj, down_proj, gate_proj (Llama style).",
     )
     from_scratch: bool = Field(
         default=False,

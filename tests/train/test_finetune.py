@@ -527,3 +527,25 @@ def test_refused_runs_leave_nothing_and_the_train_file_may_come_from_a_recipe(
     from graft.config import load_finetune_config
 
     assert load_finetune_config("classify").train.out_dir == Path("runs/classify")
+
+
+@pytest.mark.parametrize(
+    "targets, refusal",
+    [
+        (("q_proj", "lm_head"), "lm_head is a head's layer; LoRA adapts the blocks' layers: "),
+        (("nope",), "nope is no linear layer of a block"),
+    ],
+)
+def test_lora_on_a_head_or_an_unknown_layer_is_refused(
+    base: Path, targets: tuple[str, ...], refusal: str
+) -> None:
+    """An adapter on lm_head never trained (the fused loss reads the head's base weight) and,
+    with tied embeddings, merging it moved the input embeddings too."""
+    from graft.adapt import apply_adaptation
+    from graft.config import AdaptConfig
+    from graft.errors import ConfigError
+
+    model, _ = load_model(base)
+    with pytest.raises(ConfigError, match="^adapt.lora_targets: " + refusal.replace("(", r"\(")):
+        apply_adaptation(model, AdaptConfig(method="lora", lora_targets=targets))
+    assert not has_lora(model)
