@@ -5,6 +5,7 @@ AutoModelForSequenceClassification / AutoModelForTokenClassification with the sa
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -182,3 +183,32 @@ def test_verify_compares_the_right_outputs(name: str, head: str, tmp_path: Path)
     assert not {r.check: r for r in verify_hf_export(tmp_path / "out", model, tokenizer)}[
         "logits"
     ].ok
+
+
+def test_a_two_label_classifier_saved_without_id2label_imports(tmp_path: Path) -> None:
+    """transformers leaves id2label and num_labels out of config.json at its default of two
+    labels (and reads two back); graft refused such a directory as having no known labels."""
+    torch.manual_seed(0)
+    shape = {k: v for k, v in _SHAPE.items() if k not in ("num_labels", "id2label", "label2id")}
+    reference = transformers.AutoModelForSequenceClassification.from_config(
+        transformers.BertConfig(
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=32,
+            **shape,
+        )
+    )
+    reference.eval().save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    for key in ("id2label", "num_labels"):  # what transformers writes, or the test tests nothing
+        if key in written:
+            del written[key]
+    (tmp_path / "config.json").write_text(json.dumps(written))
+    model = load_hf_model(tmp_path)
+    assert model.config.labels == ("LABEL_0", "LABEL_1")
+    ids, real = _batch()
+    with torch.no_grad():
+        expected = reference(input_ids=ids, attention_mask=real.long()).logits
+        torch.testing.assert_close(_graft_logits(model, ids, real), expected, atol=1e-4, rtol=0)

@@ -242,11 +242,8 @@ def _classifier_head(
     except (TypeError, ValueError):
         raise refuse(f"id2label must map integer ids to label names, got {id2label!r}") from None
     if not ordered or [i for i, _ in ordered] != list(range(len(ordered))):
-        count = cfg.get("num_labels") or len(ordered)
-        if not count:
-            raise refuse(
-                f"{architecture} without id2label or num_labels: the number of labels is unknown"
-            )
+        # transformers writes neither for its default of two labels, and reads that default back
+        count = cfg.get("num_labels") or len(ordered) or 2
         ordered = [(i, f"LABEL_{i}") for i in range(int(count))]
     return head, tuple(name for _, name in ordered)
 
