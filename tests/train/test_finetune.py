@@ -549,3 +549,29 @@ def test_lora_on_a_head_or_an_unknown_layer_is_refused(
     with pytest.raises(ConfigError, match="^adapt.lora_targets: " + refusal.replace("(", r"\(")):
         apply_adaptation(model, AdaptConfig(method="lora", lora_targets=targets))
     assert not has_lora(model)
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_train_compile_and_deterministic_apply_to_every_training_command(
+    base: Path, bytes_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """Fine-tuning accepted both and applied neither (only pretrain read them)."""
+    from graft.train import loop
+
+    seen: dict[str, bool] = {}
+
+    def train(run: loop.Run) -> loop.RunResult:
+        seen["compiled"] = run.model.model._compiled_call_impl is not None
+        seen["deterministic"] = torch.are_deterministic_algorithms_enabled()
+        raise KeyboardInterrupt  # nothing more to see: no training
+
+    monkeypatch.setattr(loop, "_train", train)
+    knobs = ["--train.compile=true", "--train.deterministic=true", "--out", str(tmp_path / "r")]
+    if command == "pretrain":
+        args = ["pretrain", "--data", str(bytes_data), "--model.preset=nano", *TINY, *knobs]
+    else:
+        records = write_records(tmp_path / "train.jsonl")
+        args = ["finetune", "classify", "--init", str(base), "--train", str(records), *knobs]
+    assert main(args) == 130
+    assert seen == {"compiled": True, "deterministic": True}
+    assert not torch.are_deterministic_algorithms_enabled()  # for this run only

@@ -237,6 +237,20 @@ def train_step(
 
 
 def fit(run: Run) -> RunResult:
+    """Train `run` to its first limit, evaluating, logging and checkpointing on the way. Every
+    command that trains comes here, so train.compile and train.deterministic apply to all."""
+    if run.config.train.compile:
+        run.model.model.compile()  # in place: parameter names (and checkpoints) are unchanged
+    # Deterministic kernels are a process-wide switch: set it for this run only.
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(run.config.train.deterministic or previous)
+    try:
+        return _train(run)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+def _train(run: Run) -> RunResult:
     cfg, train_cfg = run.config, run.config.train
     model, objective, optimizer, state = run.model, run.objective, run.optimizer, run.state
     world = run.world

@@ -87,8 +87,6 @@ def _pretrain(
     state = ckpt.TrainingState()
     if last is not None:
         state = ckpt.restore_training_state(last, model, optimizer, generator, device, world.rank)
-    if config.train.compile:
-        model.model.compile()  # in place: parameter names (and checkpoints) are unchanged
     model.train()
     assert config.model.vocab_size is not None  # _with_vocab took the tokenizer's
     objective_config = config.objective
@@ -131,13 +129,7 @@ def _pretrain(
         module=None if module is model else module,
         privacy=privacy,
     )
-    # Deterministic kernels are a process-wide switch: set it for this run only.
-    previous = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(config.train.deterministic or previous)
-    try:
-        return fit(run)
-    finally:
-        torch.use_deterministic_algorithms(previous)
+    return fit(run)
 
 
 def _notice(message: str) -> None:
