@@ -122,8 +122,12 @@ def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
         help=".txt/.md/.jsonl files or folders (not needed for --kind bytes)",
     )
     t.add_argument("--kind", choices=["bpe", "wordpiece", "unigram", "bytes"], default="bpe")
-    t.add_argument("--vocab-size", type=int, default=8192)
-    t.add_argument("--min-frequency", type=int, default=2)
+    # None when not given: --kind bytes trains nothing and unigram has no frequency floor, so
+    # either refuses them rather than ignore them.
+    t.add_argument("--vocab-size", type=int, help="tokens, specials included (default 8192)")
+    t.add_argument(
+        "--min-frequency", type=int, help="bpe, wordpiece: rarest pair merged (default 2)"
+    )
     t.add_argument(
         "--sentinels",
         type=int,
@@ -1299,6 +1303,17 @@ def _run_tokenizer(args: argparse.Namespace) -> int:
     from graft.data.documents import iter_documents
     from graft.data.tokenizer import bytes_tokenizer, train_tokenizer
 
+    unused = {
+        "bytes": {"the text files": args.inputs, "--vocab-size": args.vocab_size,
+                  "--min-frequency": args.min_frequency},
+        "unigram": {"--min-frequency": args.min_frequency},
+    }.get(args.kind, {})  # fmt: skip
+    given = [name for name, value in unused.items() if value not in (None, [])]
+    if given:
+        why = "nothing is trained" if args.kind == "bytes" else "it prunes by likelihood"
+        raise GraftError(
+            f"tokenizer train --kind {args.kind}: {why}, so {given[0]} would do nothing"
+        )
     if args.kind == "bytes":
         tokenizer = bytes_tokenizer(sentinels=args.sentinels)
     else:
@@ -1310,8 +1325,8 @@ def _run_tokenizer(args: argparse.Namespace) -> int:
         tokenizer = train_tokenizer(
             texts,
             args.kind,
-            args.vocab_size,
-            min_frequency=args.min_frequency,
+            8192 if args.vocab_size is None else args.vocab_size,
+            min_frequency=2 if args.min_frequency is None else args.min_frequency,
             # The library's bars leave blank lines on a stdout that is not a terminal.
             show_progress=sys.stdout.isatty(),
             sentinels=args.sentinels,

@@ -837,3 +837,18 @@ def test_argparse_usage_errors_are_one_line(args, line):
     result = graft_here(*args)
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.startswith(line), result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, line",
+    [
+        (["--kind", "bytes", "--vocab-size", "5"], "--kind bytes: nothing is trained, so --vocab"),
+        (["x.txt", "--kind", "bytes"], "--kind bytes: nothing is trained, so the text files"),
+        (["x.txt", "--kind", "unigram", "--min-frequency", "3"], "it prunes by likelihood"),
+    ],
+)
+def test_tokenizer_train_refuses_options_its_kind_ignores(args, line, tmp_path):
+    """--kind bytes wrote 262 tokens whatever --vocab-size said; unigram has no frequency floor."""
+    out = tmp_path / "tok"
+    one_line_error(graft_here("tokenizer", "train", *args, "--out", out), line)
+    assert not out.exists()
