@@ -26,7 +26,7 @@ from pydantic import (
 from graft.data.redact import KINDS as REDACT_KINDS
 from graft.errors import ConfigError
 from graft.model.config import PRESETS, ConfigSection, ModelConfig
-from graft.objectives.base import DataKind, ObjectiveSection, RecordObjective
+from graft.objectives.base import DataKind, ObjectiveSection, RecordObjective, ShardObjective
 from graft.objectives.classify import ClassifyConfig
 from graft.objectives.clm import CLMConfig
 from graft.objectives.denoise import DenoiseConfig
@@ -433,6 +433,61 @@ def command_problems(objective: str, command: str) -> list[str]:
     ]
 
 
+# The data settings of each command: pretrain reads prepared shards, finetune labelled records.
+_SHARD_DATA = ("path", "mask_doc_boundaries", "replay_path", "replay_fraction")
+_RECORD_DATA = tuple(name for name in DataConfig.model_fields if name not in _SHARD_DATA)
+# The record tasks, and each data setting that some of them read and the others do not.
+_TASKS = {n: m for n, m in OBJECTIVES.items() if issubclass(m, RecordObjective)}
+_TASK_DATA = {
+    key: [name for name, task in _TASKS.items() if key in task.data_fields]
+    for task in _TASKS.values()
+    for key in task.data_fields
+}
+
+
+def unused_settings(config: RunConfig, command: str) -> list[str]:
+    """Settings given (other than their defaults) that `command` would ignore with this
+    objective and these switches. Each is refused: a knob that does nothing leaves a user
+    believing a run was redacted, private or compiled when it was not."""
+    data, adapt, objective = config.data, config.adapt, config.objective
+    if command == "pretrain":
+        problems = [
+            f"data.{key}: a fine-tuning setting; graft pretrain reads prepared shards"
+            + (" (redact them with `graft data prepare --redact`)" if "redact" in key else "")
+            for key in data.given(*_RECORD_DATA)
+        ]
+        problems += [
+            f"adapt.{key}: a fine-tuning setting; graft pretrain trains every weight"
+            for key in adapt.given(*AdaptConfig.model_fields)
+        ]
+        assert isinstance(objective, ShardObjective)  # command_problems refused the others
+        if data.mask_doc_boundaries and not objective.reads_document_boundaries():
+            problems.append(
+                f"data.mask_doc_boundaries: objective {objective.name} does not read it; only "
+                "clm (alone or in a mix) masks attention at document boundaries"
+            )
+        if data.given("replay_fraction") and data.replay_path is None:
+            problems.append("data.replay_fraction: nothing to replay; give data.replay_path too")
+    else:
+        problems = [
+            f"data.{key}: a pre-training setting; graft finetune reads labelled records"
+            for key in data.given(*_SHARD_DATA)
+        ]
+        assert isinstance(objective, RecordObjective)  # command_problems refused the others
+        problems += [
+            f"data.{key}: task {objective.name} does not read it "
+            f"({' and '.join(_TASK_DATA[key])} does)"
+            for key in data.given(*_TASK_DATA)
+            if key not in objective.data_fields
+        ]
+    if not config.dp.enabled:
+        problems += [
+            f"dp.{key}: private training is off; turn it on with dp.epsilon or dp.noise_multiplier"
+            for key in config.dp.given(*DPConfig.model_fields)
+        ]
+    return problems
+
+
 def load_run_config(
     path: Path | None = None, overrides: list[str] | None = None, *, command: str = "pretrain"
 ) -> RunConfig:
@@ -484,6 +539,9 @@ def validate_run_config(
             if command is None or member.reads == COMMAND_DATA[command]
         ]
         problems += [_describe(e, runnable) for e in err.errors()]
+    else:
+        if command is not None and not problems:
+            problems += unused_settings(config, command)
     if problems:
         raise ConfigError(_blame(problems, where, overridden or []))
     return config

@@ -532,3 +532,54 @@ def test_finetune_monitors_each_task_s_own_metric():
 def test_an_unknown_objective_is_offered_those_the_command_runs():
     message = config_error(["objective.name=bogus"])
     assert "'clm'" in message and "'mix'" in message and "'classify'" not in message
+
+
+# -- settings a command would ignore are refused --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides, refusal",
+    [
+        (["data.redact=all"], "data.redact: a fine-tuning setting; graft pretrain reads prepared"),
+        (["data.train_file=x.csv"], "data.train_file: a fine-tuning setting"),
+        (["train.init=ckpt", "adapt.from_scratch=true"], "adapt.from_scratch: a fine-tuning"),
+        (["adapt.method=lora"], "adapt.method: a fine-tuning setting"),
+        (
+            ["objective.name=mlm", "model.preset=bert-nano", "data.mask_doc_boundaries=true"],
+            "data.mask_doc_boundaries: objective mlm does not read it",
+        ),
+        (["data.replay_fraction=0.5"], "data.replay_fraction: nothing to replay"),
+        (["dp.max_grad_norm=0.5"], "dp.max_grad_norm: private training is off"),
+        (["dp.delta=0.5"], "dp.delta: private training is off"),
+    ],
+)
+def test_pretrain_refuses_a_setting_it_would_ignore(overrides, refusal):
+    """Each was accepted and did nothing: a run believed redacted, private or from scratch."""
+    assert f"command line: {refusal}" in config_error([*overrides, *LIMIT])
+
+
+@pytest.mark.parametrize(
+    "task, overrides, refusal",
+    [
+        ("classify", ["data.path=prepared"], "data.path: a pre-training setting"),
+        ("classify", ["data.replay_path=general"], "data.replay_path: a pre-training"),
+        ("tokens", ["data.text_field=body"], "data.text_field: task tokens does not read it"),
+        ("instruct", ["data.max_train_examples=5"], "data.max_train_examples: task instruct"),
+        ("classify", ["dp.batch=8"], "dp.batch: private training is off"),
+    ],
+)
+def test_finetune_refuses_a_setting_it_would_ignore(task, overrides, refusal):
+    init = ["train.init=ckpt", "data.train_file=x.csv"]
+    assert refusal in finetune_error(task, [*init, *overrides])
+
+
+def test_the_settings_a_run_uses_load_and_defaults_written_out_are_no_choice():
+    assert load_run_config(None, ["data.mask_doc_boundaries=true", "data.replay_path=g", *LIMIT])
+    assert load_run_config(
+        None, ["objective.name=mix", "objective.mix={clm: 1}", "data.mask_doc_boundaries=true"]
+    )
+    assert load_run_config(None, ["dp.epsilon=8", "dp.delta=1e-6", *LIMIT]).dp.delta == 1e-6
+    classify = ["train.init=c", "data.train_file=x", "data.text_field=body", "adapt.lora_rank=4"]
+    assert load_finetune_config("classify", None, classify).data.text_field == "body"
+    # a resolved config holds every field at its default: it loads back, for either command
+    assert load_run_config(None, ["data.train_file=null", "dp.delta=1e-5", "adapt.method=full"])

@@ -364,7 +364,7 @@ def test_a_resumed_private_run_keeps_counting_and_matches_the_uninterrupted_one(
     assert _dp_finetune(base, records, cut, *other, "--train.max_steps=12", "--resume") == 2
     assert "privacy settings differ" in capsys.readouterr().err
     # ... and so is dropping dp: the run would go on without noise
-    plain = ["--optim.schedule=constant", "--train.max_steps=12", "--resume"]
+    plain = ["--optim.schedule=constant", "--train.max_steps=12", "--dp.batch=null", "--resume"]
     assert _dp_finetune(base, records, cut, *plain) == 2
     assert "was trained with dp" in capsys.readouterr().err
 

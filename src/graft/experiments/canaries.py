@@ -72,7 +72,6 @@ CANARIES_FILE = "canaries.json"
 _OWNED = ("train.init", "train.out_dir", "objective.")
 # The overrides that turn DP on: the run without DP drops them and keeps the rest (dp.delta too,
 # so both runs' one-run bounds are stated at the same delta).
-_DP_ON = ("dp.epsilon", "dp.noise_multiplier")
 
 
 @dataclass(frozen=True)
@@ -189,7 +188,8 @@ def run_configs(options: AuditOptions) -> list[tuple[str, RunConfig]]:
         setting("train.progress", options.progress),
     ]
     private = load_finetune_config("instruct", None, [*base, *options.overrides])
-    plain = [o for o in options.overrides if not o.removeprefix("--").startswith(_DP_ON)]
+    # The plain run is not private: every dp setting is the private run's alone.
+    plain = [o for o in options.overrides if not o.removeprefix("--").startswith("dp.")]
     runs = [
         ("plain", [*base, setting("train.out_dir", options.out_dir / "runs" / "plain"), *plain])
     ]

@@ -61,6 +61,19 @@ class ConfigSection(BaseModel):
                     raise ValueError(f"{key}: expected a number, got the boolean {boolean}")
         return data
 
+    def given(self, *keys: str) -> list[str]:
+        """Which of `keys` the config set to something other than their defaults (to refuse
+        knobs a command or variant does not use). A default written out is not a choice: a
+        resolved config (--print-config, a run's config.yaml) holds every field and must load
+        back."""
+        fields = type(self).model_fields
+        return [
+            key
+            for key in keys
+            if key in self.model_fields_set
+            and getattr(self, key) != fields[key].get_default(call_default_factory=True)
+        ]
+
 
 def _takes_numbers_not_booleans(annotation: Any) -> bool:
     """Whether a field's type reads int or float and not bool (Optional and unions included)."""

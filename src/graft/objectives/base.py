@@ -53,18 +53,6 @@ class ObjectiveSection(ConfigSection):
             ]
         return []
 
-    def given(self, *keys: str) -> list[str]:
-        """Which of `keys` the config set to something other than their defaults (to refuse
-        knobs a variant does not use). A default written out is not a choice: a resolved config
-        (--print-config, a run's config.yaml) holds every field and must load back."""
-        fields = type(self).model_fields
-        return [
-            key
-            for key in keys
-            if key in self.model_fields_set
-            and getattr(self, key) != fields[key].get_default(call_default_factory=True)
-        ]
-
 
 @dataclass(frozen=True)
 class Shards:
@@ -104,6 +92,10 @@ class ShardObjective(ObjectiveSection):
     @abstractmethod
     def build(self, data: Shards) -> Objective:
         """The objective over one dataset."""
+
+    def reads_document_boundaries(self) -> bool:
+        """Whether it reads data.mask_doc_boundaries (attention stopped at document ends)."""
+        return False
 
 
 @dataclass(frozen=True)
@@ -255,6 +247,9 @@ class RecordObjective(ObjectiveSection):
 
     reads: ClassVar[DataKind] = "records"
     head: ClassVar[HeadKind]
+    # The data settings it reads beyond those every task reads (files, split, encoding,
+    # skip_invalid, redaction): a task that reads none of them refuses them.
+    data_fields: ClassVar[tuple[str, ...]] = ()
     # The validation metric a fine-tune follows by default (train.monitor).
     monitor: ClassVar[str] = "val/loss"
 

@@ -119,3 +119,6 @@ class CLMConfig(ShardObjective):
         return CausalLM(
             data.train, data.val, data.seq_len, mask_doc_boundaries=data.mask_doc_boundaries
         )
+
+    def reads_document_boundaries(self) -> bool:
+        return True

@@ -171,6 +171,9 @@ class MixConfig(ShardObjective):
     def parts(self) -> dict[str, tuple[ShardObjective, float]]:
         return {name: (getattr(self, name), weight) for name, weight in self.mix.items()}
 
+    def reads_document_boundaries(self) -> bool:
+        return any(part.reads_document_boundaries() for part, _ in self.parts().values())
+
     def problems(self, model: ModelConfig) -> list[str]:
         """The decoder parts' requirements (an mlm part reads both ways whatever the model)."""
         return [
