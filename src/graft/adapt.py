@@ -48,7 +48,7 @@ _ADAPTER_SETTINGS = (
 )
 
 
-def apply_adaptation(model: LanguageModel, cfg: AdaptConfig, *, new_heads: bool = True) -> None:
+def apply_adaptation(model: LanguageModel, cfg: AdaptConfig) -> None:
     """Mark what trains: everything (full), the last `trainable_blocks` blocks plus the final norm
     and heads (freeze), or LoRA adapters on `lora_targets` plus the new heads (lora)."""
     if cfg.method == "full":
@@ -87,7 +87,7 @@ def apply_adaptation(model: LanguageModel, cfg: AdaptConfig, *, new_heads: bool 
         )
     inject_adapter_in_model(lora_config(cfg), model)
     for name, param in model.named_parameters():
-        if "lora_" in name or (new_heads and name.startswith(HEAD_PREFIXES)):
+        if "lora_" in name or name.startswith(HEAD_PREFIXES):
             param.requires_grad_(True)
 
 

@@ -488,15 +488,13 @@ def unused_settings(config: RunConfig, command: str) -> list[str]:
     return problems
 
 
-def load_run_config(
-    path: Path | None = None, overrides: list[str] | None = None, *, command: str = "pretrain"
-) -> RunConfig:
-    """A RunConfig for `command` from a YAML file (optional) plus `section.key=value`
-    overrides."""
+def load_run_config(path: Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """A pre-training RunConfig from a YAML file (optional) plus `section.key=value` overrides
+    (fine-tuning's: load_finetune_config)."""
     raw = _read_yaml(path) if path is not None else {}
     overridden = [apply_override(raw, item) for item in overrides or []]
     where = str(path) if path else "command line" if overrides else "config"
-    return validate_run_config(raw, where=where, command=command, overridden=overridden)
+    return validate_run_config(raw, where=where, command="pretrain", overridden=overridden)
 
 
 def validate_run_config(

@@ -8,8 +8,7 @@ sentence remembers its source (`file:line` of its first word, `file#index` in a 
 `tagged_inputs` tokenizes a sentence's words and frames them for the model, marking each word's
 first sub-token: there training puts the word's tag (the others ignored by the loss, as
 transformers' token classification examples do), and there evaluation and `graft extract` read
-the word's predicted tag. It is the one path from tagged words to model inputs; `align_tags` is
-the same without the frame.
+the word's predicted tag. It is the one path from tagged words to model inputs.
 """
 
 from __future__ import annotations
@@ -40,7 +39,6 @@ from graft.errors import ConfigError, DataError
 __all__ = [
     "TaggedInputs",
     "TaggedSentence",
-    "align_tags",
     "read_tagged",
     "refuse_unknown_tags",
     "tagged_inputs",
@@ -362,32 +360,3 @@ def tagged_inputs(
         n_words=len(words),
         truncated=truncated,
     )
-
-
-def align_tags(
-    tokenizer: Tokenizer,
-    words: Sequence[str],
-    tags: Sequence[str],
-    label_ids: Mapping[str, int],
-    max_len: int,
-    *,
-    source: str = "sentence",
-) -> tuple[list[int], list[int], bool]:
-    """Token ids of `words` and a label per token, unframed; returns (ids, labels, truncated).
-
-    `tagged_inputs` without the frame: the first token of each word carries `label_ids[tag]`, the
-    others IGNORE_INDEX; ids and labels are cut to `max_len`. A word with no token of its own or a
-    tag missing from `label_ids` raises DataError naming `source` and the word.
-    """
-    if len(words) != len(tags):
-        raise DataError(
-            f"{source}: {len(words)} words but {len(tags)} tags; expected one tag per word"
-        )
-    for word, tag in enumerate(tags):
-        if tag not in label_ids:
-            raise DataError(
-                f"{source}: tag {tag!r} of word {word} ({words[word]!r}) is not a known label "
-                f"(labels: {', '.join(sorted(label_ids))})"
-            )
-    inputs = tagged_inputs(tokenizer, words, framed=False, max_len=max_len, source=source)
-    return inputs.ids, inputs.labels(tags, label_ids, source=source), inputs.truncated

@@ -656,12 +656,9 @@ class LanguageModel(nn.Module):
         gradients are unchanged."""
         self.model.activation_checkpointing = enabled
 
-    def num_parameters(self, *, exclude_embeddings: bool = False) -> int:
-        return sum(  # named_parameters skips the tied duplicate: each parameter counts once
-            p.numel()
-            for name, p in self.named_parameters()
-            if not (exclude_embeddings and "embed" in name)
-        )
+    def num_parameters(self) -> int:
+        # parameters() skips the tied duplicate: each parameter counts once
+        return sum(p.numel() for p in self.parameters())
 
 
 def mean_pool(hidden: torch.Tensor, real: torch.Tensor) -> torch.Tensor:

@@ -402,9 +402,9 @@ def _read_raw_config(directory: Path) -> dict[str, Any]:
     return raw
 
 
-def load_hf_model(directory: Path, *, dtype: torch.dtype | None = torch.float32) -> LanguageModel:
-    """The model of a transformers directory, in eval mode (float32 unless `dtype` says otherwise;
-    None keeps the stored dtype)."""
+def load_hf_model(directory: Path) -> LanguageModel:
+    """The model of a transformers directory, in eval mode and float32 (graft computes in
+    float32; training's autocast is the one place a lower precision comes in)."""
     directory = Path(directory)
     # first: no config or an unknown family says so before any weights load
     model_type = hf_model_type(directory)
@@ -458,8 +458,7 @@ def load_hf_model(directory: Path, *, dtype: torch.dtype | None = torch.float32)
                 f"{sources[name]}: tensor {hf_name(name)} has shape "
                 f"{tuple(tensors[name].shape)}, config.json implies {tuple(want.shape)}"
             )
-    if dtype is not None:
-        tensors = {k: v.to(dtype) for k, v in tensors.items()}
+    tensors = {k: v.to(torch.float32) for k, v in tensors.items()}
     model.load_state_dict(tensors, strict=False, assign=True)
     if config.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
