@@ -127,6 +127,12 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
     return path
 
 
+def aside_path(dest: Path) -> Path:
+    """Where atomic_directory moves `dest`'s previous version while the new one takes its place:
+    the one complete version if a swap is cut between its two renames."""
+    return dest.parent / f".{dest.name}.old"
+
+
 @contextlib.contextmanager
 def atomic_directory(dest: Path) -> Iterator[Path]:
     """Build a directory that replaces `dest` in one step.
@@ -152,7 +158,7 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
             fsync_path(path)
         fsync_path(work)
         crash_point("atomic_directory:filled")
-        aside = dest.parent / f".{dest.name}.old"
+        aside = aside_path(dest)
         if dest.exists():
             # Only now is an older aside copy redundant; if dest is missing (a swap was
             # interrupted), the aside copy is the one complete version and stays until the end.

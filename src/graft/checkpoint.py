@@ -41,7 +41,7 @@ from safetensors.torch import load_file, save_file
 
 import graft
 from graft.adapt import ADAPTER_CONFIG_FILE, has_lora, load_adapter, save_adapter, split_lora_state
-from graft.atomic_files import atomic_directory, recover_folder
+from graft.atomic_files import aside_path, atomic_directory, recover_folder
 from graft.config import RunConfig, TrainConfig, model_problems
 from graft.crash_points import crash_point
 from graft.data.tokenizer import Tokenizer
@@ -49,6 +49,7 @@ from graft.distributed import World
 from graft.errors import CheckpointError, ConfigError, TokenizerError, first_line
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel, RotaryEmbedding
+from graft.run_files import CHECKPOINTS_DIR
 from graft.torch_files import load_torch_file
 
 if TYPE_CHECKING:
@@ -222,10 +223,10 @@ def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint directory from a checkpoint path or a run directory (its checkpoints/last).
     Falls back to the previous version if a save was interrupted between its two renames."""
     path = Path(path)
-    if (path / "checkpoints").is_dir() and not (path / CONFIG_FILE).exists():
-        path = path / "checkpoints" / "last"
+    if (path / CHECKPOINTS_DIR).is_dir() and not (path / CONFIG_FILE).exists():
+        path = path / CHECKPOINTS_DIR / "last"
     if not path.exists():
-        aside = path.parent / f".{path.name}.old"
+        aside = aside_path(path)
         if (aside / MANIFEST_FILE).is_file():
             return aside
         raise CheckpointError(f"{path}: no such checkpoint directory")
@@ -701,8 +702,8 @@ def saved_checkpoint(run_dir: Path) -> Path | None:
     """The run's last complete checkpoint, where a resume continues from: checkpoints/last, or
     its previous version when a save was cut between its two renames; None when the run never
     finished a save. The one test of "has this run a checkpoint" (resolve and resume_point)."""
-    last = run_dir / "checkpoints" / "last"
-    aside = last.parent / f".{last.name}.old"
+    last = run_dir / CHECKPOINTS_DIR / "last"
+    aside = aside_path(last)
     if (last / CONFIG_FILE).is_file():
         return last
     return aside if (aside / MANIFEST_FILE).is_file() else None
@@ -715,7 +716,7 @@ def recover_run(run_dir: Path, say: Callable[[str], None]) -> None:
     anything reads the checkpoints."""
     # checkpoints/ holds only what atomic_directory writes; the run directory (a path the user
     # chose) only has its temporary files cleared, never a `.NAME.old` folder renamed.
-    for folder, swaps in ((run_dir, False), (run_dir / "checkpoints", True)):
+    for folder, swaps in ((run_dir, False), (run_dir / CHECKPOINTS_DIR, True)):
         for done in recover_folder(folder, swaps=swaps):
             say(f"notice: {folder}: {done}")
 
@@ -728,7 +729,7 @@ def resume_point(run_dir: Path, *, resume: bool, say: Callable[[str], None] = pr
     --resume, saying so, instead of being stuck between "already holds a run" and "no such
     checkpoint".
     """
-    checkpoints = run_dir / "checkpoints"
+    checkpoints = run_dir / CHECKPOINTS_DIR
     last = saved_checkpoint(run_dir)
     if last is None:
         if resume and not run_dir.is_dir():

@@ -1495,7 +1495,10 @@ def _train(args: argparse.Namespace, config: RunConfig) -> int:
         if result.best_metric is not None
         else f"stopped ({result.stop_reason})"
     )
-    print(f"run: {result.run_dir}  (best checkpoint: {result.run_dir / 'checkpoints' / 'best'})")
+    from graft.run_files import CHECKPOINTS_DIR
+
+    best = result.run_dir / CHECKPOINTS_DIR / "best"
+    print(f"run: {result.run_dir}  (best checkpoint: {best})")
     return 0
 
 

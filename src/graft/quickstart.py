@@ -32,6 +32,7 @@ from graft.errors import ConfigError
 from graft.experiments import quickstart_tasks as tasks
 from graft.infer.generate import SamplingParams, generate
 from graft.model.transformer import LanguageModel
+from graft.run_files import CHECKPOINTS_DIR
 from graft.train.loop import RunResult
 from graft.train.metrics_log import LOSS_CURVE_FILE
 from graft.train.pretrain import pretrain
@@ -126,7 +127,7 @@ def run_quickstart(
         echo(f"--- sample before training, prompt {prompt!r}:\n{text}")
 
     result = pretrain(config)
-    trained, _ = load_model(out / "run" / "checkpoints" / "best")
+    trained, _ = load_model(out / "run" / CHECKPOINTS_DIR / "best")
     after = _samples(trained, tokenizer, options.seed)
     first, last = result.evals[0]["val/loss"], result.evals[-1]["val/loss"]
     echo(
@@ -174,7 +175,7 @@ def _finetune(
         "lines: dropped from evaluation"
     )
     outcomes = tasks.compare_on_tasks(
-        out / "run" / "checkpoints" / "best",
+        out / "run" / CHECKPOINTS_DIR / "best",
         files,
         out / "finetune",
         steps=options.finetune_steps,

@@ -58,6 +58,7 @@ from graft.experiments.runner import (
     run_plan,
     setting,
 )
+from graft.run_files import CHECKPOINTS_DIR
 from graft.train.finetune import finetune
 
 __all__ = ["AuditOptions", "run_canary_audit"]
@@ -306,7 +307,7 @@ def _audit_run(
     started = time.perf_counter()
     result = finetune(config, echo=lambda m: echo(f"  {m}"))
     raise_if_interrupted(result.stop_reason)
-    last = planned.run_dir / "checkpoints" / "last"
+    last = planned.run_dir / CHECKPOINTS_DIR / "last"
     model, tokenizer = ckpt.load_model(last, device=resolve_device(config.train.device))
     template = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
 

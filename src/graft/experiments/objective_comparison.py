@@ -31,7 +31,7 @@ from graft.errors import ConfigError
 from graft.experiments import runner
 from graft.experiments.probe import ProbeResult, linear_probe, sequence_features
 from graft.model.config import PRESETS
-from graft.run_files import METRICS_FILE, read_metrics
+from graft.run_files import CHECKPOINTS_DIR, METRICS_FILE, read_metrics
 from graft.train.pretrain import open_prepared, pretrain
 
 __all__ = ["ArmResult", "ComparisonOptions", "compare_objectives"]
@@ -275,7 +275,7 @@ def _probe_set(options: ComparisonOptions) -> ProbeSet:
 def _probe(config: RunConfig, probe_set: ProbeSet) -> tuple[ProbeResult, int]:
     """The probe on the arm's last checkpoint, and the model's parameter count."""
     device = resolve_device(config.train.device)
-    model, tokenizer = load_model(config.train.out_dir / "checkpoints" / "last", device=device)
+    model, tokenizer = load_model(config.train.out_dir / CHECKPOINTS_DIR / "last", device=device)
     seq_len = config.seq_len
 
     def encoded(records: list[TextRecord]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,6 +38,7 @@ from graft.data.tokenizer import EOT, Tokenizer
 from graft.errors import DataError
 from graft.evaluate.evaluate import EvalOptions, evaluate_checkpoint
 from graft.experiments import runner
+from graft.run_files import CHECKPOINTS_DIR
 from graft.train.finetune import finetune
 
 __all__ = [
@@ -446,7 +447,7 @@ def compare_on_tasks(
 def _score(
     task: str, run_dir: Path, test: Path, seq_len: int, echo: Callable[[str], None]
 ) -> dict[str, float]:
-    checkpoint, out = run_dir / "checkpoints" / "best", run_dir / "eval"
+    checkpoint, out = run_dir / CHECKPOINTS_DIR / "best", run_dir / "eval"
     if task == "classify":
         options = EvalOptions(checkpoint, "classify", (test,), out, seq_len=seq_len, device="auto")
     else:  # greedy generations for the first test prompts, every one kept

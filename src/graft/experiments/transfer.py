@@ -36,6 +36,7 @@ from graft.experiments.transfer_options import Split, TransferOptions
 from graft.experiments.transfer_report import Cell, RunOutcome, plot, report, size_name
 from graft.model.transformer import LanguageModel
 from graft.objectives.classify import sample_records
+from graft.run_files import CHECKPOINTS_DIR
 from graft.train.finetune import finetune
 
 __all__ = ["run_transfer"]
@@ -142,7 +143,7 @@ def _one_run(
     result = finetune(config, echo=echo)
     raise_if_interrupted(result.stop_reason)
     device = resolve_device(config.train.device)
-    model, tokenizer = load_model(planned.run_dir / "checkpoints" / "best", device=device)
+    model, tokenizer = load_model(planned.run_dir / CHECKPOINTS_DIR / "best", device=device)
     if arm not in counts:  # the same for every size and seed of an arm
         counts[arm] = _parameter_counts(model, config)
     # graft eval's prediction: texts framed and cut to the training context as fine-tuning did.

@@ -656,6 +656,11 @@ class LanguageModel(nn.Module):
         gradients are unchanged."""
         self.model.activation_checkpointing = enabled
 
+    def compile_backbone(self) -> None:
+        """torch.compile the blocks in place (train.compile): parameter names, and so
+        checkpoints, are unchanged, and the heads and the loss stay eager."""
+        self.model.compile()
+
     def num_parameters(self) -> int:
         # parameters() skips the tied duplicate: each parameter counts once
         return sum(p.numel() for p in self.parameters())

@@ -39,6 +39,7 @@ from graft.errors import ConfigError, TrainingError
 from graft.model.flops import training_flops_per_token
 from graft.model.transformer import LanguageModel
 from graft.objectives.batch import Batch, LossTotals, Objective
+from graft.run_files import CHECKPOINTS_DIR
 from graft.train.metrics_log import LOSS_CURVE_FILE, MetricsLog, plot_loss_curve
 from graft.train.norms import gradient_norms, weight_norms
 from graft.train.optim import learning_rate
@@ -240,7 +241,7 @@ def fit(run: Run) -> RunResult:
     """Train `run` to its first limit, evaluating, logging and checkpointing on the way. Every
     command that trains comes here, so train.compile and train.deterministic apply to all."""
     if run.config.train.compile:
-        run.model.model.compile()  # in place: parameter names (and checkpoints) are unchanged
+        run.model.compile_backbone()
     # Deterministic kernels are a process-wide switch: set it for this run only.
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(run.config.train.deterministic or previous)
@@ -533,7 +534,7 @@ def _save(run: Run, name: str, *, with_training_state: bool = True) -> None:
     if world.is_main or sharded:
         with interrupts_deferred():
             ckpt.save_checkpoint(
-                run.run_dir / "checkpoints" / name,
+                run.run_dir / CHECKPOINTS_DIR / name,
                 model=run.model,
                 tokenizer=run.tokenizer,
                 run_config_yaml=run.config.to_yaml(),

@@ -12,7 +12,7 @@ from graft.config import lower_is_better
 from graft.errors import DataError
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
-from graft.run_files import EXPLAIN_DIR, METRICS_FILE, read_metrics, run_dir_of
+from graft.run_files import CHECKPOINTS_DIR, EXPLAIN_DIR, METRICS_FILE, read_metrics, run_dir_of
 
 if TYPE_CHECKING:
     from graft.data.tokenizer import Tokenizer
@@ -212,7 +212,7 @@ def _card_title(source: Path | None) -> str:
     # RUN/checkpoints/NAME: the run's name says more than "last" or "best".
     return (
         f"{source.parent.parent.name} ({source.name})"
-        if source.parent.name == "checkpoints"
+        if source.parent.name == CHECKPOINTS_DIR
         else source.name
     )
 
