@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from graft.data.inputs import input_frame
 from graft.data.records import IGNORE_INDEX
 from graft.data.shards import TokenShards
 from graft.data.tokenizer import Tokenizer
@@ -146,10 +147,10 @@ class MaskedLM:
         self.policy = MaskingPolicy(
             tokenizer, vocab_size, probability=probability, whole_word=whole_word
         )
-        cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
-        # The ids that frame each window as [CLS] ... [SEP], or None for bare windows.
-        self.ends = (cls_id, sep_id) if cls_id is not None and sep_id is not None else None
-        self.content_len = seq_len - 2 if self.ends else seq_len
+        # Each window framed as every text given to an encoder is: [CLS] ... [SEP], when the
+        # tokenizer has them (a bytes tokenizer's windows stay bare).
+        self.frame = input_frame(tokenizer, framed=True)
+        self.content_len = seq_len - self.frame.size
         check_windows(self.content_len, train, val)
         self.train, self.val = train, val
         self.unigram_acc = unigram_accuracy(val, self.policy.special) if val is not None else None
@@ -160,10 +161,11 @@ class MaskedLM:
         ids = torch.from_numpy(
             np.stack([shards.tokens[s : s + L].astype(np.int64) for s in starts])
         )
-        if self.ends:
-            B = ids.shape[0]
-            cls_id, sep_id = self.ends
-            ids = torch.cat([torch.full((B, 1), cls_id), ids, torch.full((B, 1), sep_id)], dim=1)
+        if self.frame.size:
+            rows = ids.shape[0]
+            before = torch.tensor(self.frame.before).expand(rows, -1)
+            after = torch.tensor(self.frame.after).expand(rows, -1)
+            ids = torch.cat([before, ids, after], dim=1)
         return ids
 
     def _batch(self, ids: torch.Tensor, generator: torch.Generator) -> Batch:
