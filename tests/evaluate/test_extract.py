@@ -198,3 +198,22 @@ def test_refuses_a_model_without_a_token_head_and_missing_documents(
     assert main(["extract", str(lm), str(missing), "--out", str(tmp_path / "e.jsonl")]) == 2
     assert f"{missing}: no such file or folder" in capsys.readouterr().err
     assert not (tmp_path / "e.jsonl").exists()
+
+
+@needs_conll
+def test_eval_and_extract_refuse_a_seq_len_past_the_context_alike(
+    tagger: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One rule (evaluate.predict.scoring_context) for both commands, once written twice."""
+    seq_len = "257"
+    docs = write_docs(tmp_path / "d.jsonl", ["EU rejects German call"])
+    conll = write_conll(tmp_path / "t.txt", read_tagged(CONLL / "test.txt")[0][:2])
+    out = str(tmp_path / "o")
+    commands = [
+        ["extract", str(tagger), str(docs), "--out", out + ".jsonl"],
+        ["eval", str(tagger), "--task", "tokens", "--data", str(conll), "--out", out],
+    ]
+    for args in commands:
+        assert main([*args, "--seq-len", seq_len]) == 2
+        error = capsys.readouterr().err
+        assert f"--seq-len {seq_len}: give 1 to " in error and "context of 256 tokens" in error

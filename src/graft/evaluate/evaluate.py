@@ -69,7 +69,7 @@ from graft.evaluate.metrics import (
     squad_metrics,
     write_report,
 )
-from graft.evaluate.predict import class_probabilities, word_tags
+from graft.evaluate.predict import class_probabilities, scoring_context, word_tags
 from graft.evaluate.qa import answer_spans, qa_settings
 from graft.infer.beam import BeamParams, beam_search
 from graft.infer.generate import SamplingParams, generate
@@ -293,15 +293,7 @@ def _report(
 
 
 def _context(model: LanguageModel, options: EvalOptions) -> int:
-    context = model.config.max_seq_len
-    if options.seq_len is None:
-        return context
-    if options.seq_len > context:
-        raise ConfigError(
-            f"--seq-len {options.seq_len} exceeds {options.checkpoint}'s context of {context} "
-            f"tokens; pass at most {context}"
-        )
-    return options.seq_len
+    return scoring_context(model, options.seq_len, str(options.checkpoint))
 
 
 def _pick_samples(

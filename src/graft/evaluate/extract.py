@@ -42,7 +42,7 @@ from graft.data.inputs import input_frame
 from graft.data.tagged import TaggedInputs, tagged_inputs, word_token_counts
 from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError, ConfigError, DataError
-from graft.evaluate.predict import word_tags
+from graft.evaluate.predict import scoring_context, word_tags
 from graft.model.transformer import LanguageModel
 
 __all__ = [
@@ -254,13 +254,10 @@ class Extractor:
                 f"the model has head {model.config.head!r}; extraction needs a 'token' head "
                 "(fine-tune one with graft finetune tokens)"
             )
-        context = model.config.max_seq_len
-        if max_len is not None and not 1 <= max_len <= context:
-            raise ConfigError(f"--seq-len {max_len}: give 1 to the model's context, {context}")
+        self.max_len = scoring_context(model, max_len, "the model")
         if batch_size < 1:
             raise ConfigError(f"--batch-size must be a positive integer, got {batch_size}")
         self.model, self.tokenizer = model, tokenizer
-        self.max_len = max_len or context
         self.batch_size = batch_size
         self.framed = model.config.is_encoder
         self.budget = input_frame(tokenizer, framed=self.framed).budget(self.max_len)

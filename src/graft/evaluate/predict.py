@@ -14,7 +14,7 @@ import torch
 from graft.data.inputs import model_inputs
 from graft.data.tagged import TaggedInputs
 from graft.data.tokenizer import Tokenizer
-from graft.errors import DataError
+from graft.errors import ConfigError, DataError
 from graft.model.transformer import LanguageModel, read_padded
 
 __all__ = ["Classified", "WordTags", "class_probabilities", "word_tags"]
@@ -27,6 +27,18 @@ class Classified:
 
 
 @torch.inference_mode()
+def scoring_context(model: LanguageModel, seq_len: int | None, name: str) -> int:
+    """The ids a text may take when `model` scores it: `--seq-len` when given, from 1 to the
+    model's context, else that context. `name` says whose context it is in the refusal. The one
+    rule of `graft eval` and `graft extract`."""
+    context = model.config.max_seq_len
+    if seq_len is None:
+        return context
+    if not 1 <= seq_len <= context:
+        raise ConfigError(f"--seq-len {seq_len}: give 1 to {name}'s context of {context} tokens")
+    return seq_len
+
+
 def class_probabilities(
     model: LanguageModel,
     tokenizer: Tokenizer,
