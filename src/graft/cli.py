@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 _Options = TypeVar("_Options", bound="DataclassInstance")
 
+# graft.infer.sampling.DEFAULT_TEMPERATURE, written out so that --help needs no torch import
+# (tests/e2e/test_cli.py holds them equal).
+_TEMPERATURE_HELP = "0 = greedy (default: 0.8)"
+
 EXIT_RUNS_FAILED = 1  # an experiment ran to its report, but some of its runs failed
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -715,7 +719,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
     p.add_argument("--max-new-tokens", type=int, default=200)
     # None, not 0.8, so that --beams can tell a temperature that was asked for.
-    p.add_argument("--temperature", type=float, help="0 = greedy (default: 0.8)")
+    p.add_argument("--temperature", type=float, help=_TEMPERATURE_HELP)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -1155,7 +1159,7 @@ def _add_chat(sub: argparse._SubParsersAction) -> None:
     )
     _add_shared(p, "checkpoint")
     p.add_argument("--system", help="system prompt")
-    p.add_argument("--temperature", type=float, help="0 = greedy (default: 0.8)")
+    p.add_argument("--temperature", type=float, help=_TEMPERATURE_HELP)
     p.add_argument("--top-p", type=float)
     p.add_argument("--top-k", type=int)
     p.add_argument(
@@ -1502,20 +1506,17 @@ def _train(args: argparse.Namespace, config: RunConfig) -> int:
     return 0
 
 
-_GENERATE_TEMPERATURE = 0.8  # `graft generate` samples a little sharper than the model by default
-
-
 def _generate_params(args: argparse.Namespace) -> SamplingParams | BeamParams:
     """Beam search with --beams, else sampling, with no stop ids yet; refuses the flags that only
     the other one reads."""
     from graft.errors import ConfigError
     from graft.infer.beam import BeamParams
-    from graft.infer.sampling import SamplingParams
+    from graft.infer.sampling import DEFAULT_TEMPERATURE, SamplingParams
 
     if args.beams is None:
         if args.length_penalty is not None:
             raise ConfigError("--length-penalty scores beam search hypotheses: give --beams N too")
-        temperature = _GENERATE_TEMPERATURE if args.temperature is None else args.temperature
+        temperature = DEFAULT_TEMPERATURE if args.temperature is None else args.temperature
         return SamplingParams(
             max_new_tokens=args.max_new_tokens,
             temperature=temperature,

@@ -18,7 +18,7 @@ from graft.data.records import Message
 from graft.data.tokenizer import Tokenizer
 from graft.errors import ConfigError, GraftError
 from graft.infer.engine import Engine, EngineConfig, Request
-from graft.infer.sampling import SamplingParams
+from graft.infer.sampling import DEFAULT_TEMPERATURE, SamplingParams
 from graft.serve.prompts import PromptError, chat_prompt_ids
 
 # The ChatOptions fields that say where the model comes from and runs; the rest are ChatSession's.
@@ -32,7 +32,7 @@ class ChatOptions:
 
     checkpoint: Path
     system: str | None = None
-    temperature: float = 0.8
+    temperature: float = DEFAULT_TEMPERATURE
     top_p: float | None = None
     top_k: int | None = None
     max_tokens: int | None = None  # None: up to the rest of the context
@@ -48,7 +48,7 @@ class ChatSession:
     tokenizer: Tokenizer
     stop_ids: frozenset[int]
     system: str | None = None
-    temperature: float = 0.8
+    temperature: float = DEFAULT_TEMPERATURE
     top_p: float | None = None
     top_k: int | None = None
     max_tokens: int | None = None

@@ -852,3 +852,12 @@ def test_tokenizer_train_refuses_options_its_kind_ignores(args, line, tmp_path):
     out = tmp_path / "tok"
     one_line_error(graft_here("tokenizer", "train", *args, "--out", out), line)
     assert not out.exists()
+
+
+def test_the_temperature_help_states_the_default_sampling_uses():
+    from graft.cli import _TEMPERATURE_HELP
+    from graft.infer.sampling import DEFAULT_TEMPERATURE
+    from graft.terminal_chat import ChatOptions
+
+    assert f"(default: {DEFAULT_TEMPERATURE})" in _TEMPERATURE_HELP
+    assert ChatOptions(Path("c")).temperature == DEFAULT_TEMPERATURE

@@ -35,6 +35,8 @@ REPETITION_PENALTY_RANGE = (0.01, 100.0)  # beyond it the divided or multiplied 
 # alias large seeds) and raises OverflowError beyond; this range is one seed per generator state
 # and fits the signed 64-bit integers of typed clients. OpenAI leaves the range open.
 MAX_SEED = 2**63 - 1
+# `graft generate` and `graft chat` sample a little sharper than the model unless told otherwise.
+DEFAULT_TEMPERATURE = 0.8
 
 
 @dataclass(frozen=True)
