@@ -61,6 +61,7 @@ _CALLERS = (
     "experiments",
     "serve",
     "infer/generate.py",
+    "infer/engine.py",
     "insight",
 )
 

@@ -1,5 +1,5 @@
-"""Which device a run uses and at what precision: one place for the choice, read by training,
-evaluation, generation and serving alike."""
+"""Which device a command uses, read by training, evaluation, generation and serving alike, and
+training's autocast precision (evaluation and serving compute in float32)."""
 
 from __future__ import annotations
 

@@ -397,7 +397,8 @@ class Engine:
         # A built model always has its vocab_size (Transformer refuses a config without one).
         assert model.config.vocab_size is not None
         self.vocab_size = model.config.vocab_size
-        weight = model.model.embed_tokens.weight  # a float parameter even in a quantised model
+        # A float parameter (int8 quantisation keeps the embedding float) sets the cache's dtype.
+        weight = next(p for p in model.parameters() if p.is_floating_point())
         self.device, self.dtype = weight.device, weight.dtype
         self.max_len = model.config.max_seq_len
         self.cache = SlotKVCache(
