@@ -1612,7 +1612,7 @@ def _run_export(args: argparse.Namespace) -> int:
             "a Hugging Face export keeps the checkpoint's tensors as they are (drop --dtype)"
         )
     # Where the export goes is checked before the model loads: a refusal costs nothing.
-    check_export_out(args.out, folder=not gguf, overwrite=args.overwrite)
+    check_export_out(args.out, folder=not gguf, overwrite=args.overwrite, source=args.checkpoint)
     model, tokenizer = load_model(args.checkpoint)
     if has_lora(model):
         if not args.merge_lora:

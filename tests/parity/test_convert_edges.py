@@ -106,6 +106,11 @@ def test_gguf_export_refuses_an_existing_file_without_overwrite(
     assert code == 2
     assert one_error(err) == f"{out}: already exists; pass --overwrite to replace it"
     assert out.read_bytes() == b"mine"
+    code, _, err = graft(
+        "export", llama_checkpoint, "--format", "gguf", "--out", out, "--overwrite"
+    )
+    assert code == 2 and "is not a GGUF file, so --overwrite will not replace it" in err
+    out.write_bytes(b"GGUF, an earlier export")
     code, stdout, err = graft(
         "export", llama_checkpoint, "--format", "gguf", "--out", out, "--overwrite", "--no-verify"
     )

@@ -162,9 +162,21 @@ def test_export_replaces_a_non_empty_directory_only_when_asked(tmp_path: Path) -
     refused = graft("export", checkpoint, "--out", tmp_path / "hf")  # --format hf is the default
     assert refused.returncode == 2 and "already exists" in refused.stderr
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["notes.txt"]
+    # --overwrite replaces an earlier export only: a folder of other things is never deleted
+    # (it once took a run folder, or a folder of runs, with it).
+    kept = graft("export", checkpoint, "--out", tmp_path / "hf", "--overwrite", "--no-verify")
+    assert kept.returncode == 2 and "is not an earlier export" in kept.stderr
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["notes.txt"]
+    for where in (tmp_path, checkpoint):  # a folder holding the model, or the model itself
+        refused = graft("export", checkpoint, "--out", where, "--overwrite", "--no-verify")
+        assert refused.returncode == 2 and "the model being exported" in refused.stderr
+    (tmp_path / "hf" / "notes.txt").unlink()
     # What is replaced and what is left is the question here; verification has its own tests.
-    replaced = graft("export", checkpoint, "--out", tmp_path / "hf", "--overwrite", "--no-verify")
-    assert replaced.returncode == 0, replaced.stderr
+    for _ in range(2):  # into the empty folder, then over that export
+        replaced = graft(
+            "export", checkpoint, "--out", tmp_path / "hf", "--overwrite", "--no-verify"
+        )
+        assert replaced.returncode == 0, replaced.stderr
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == EXPORT_FILES
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "ckpt",
