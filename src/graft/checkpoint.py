@@ -44,9 +44,10 @@ from graft.adapt import ADAPTER_CONFIG_FILE, has_lora, load_adapter, save_adapte
 from graft.atomic_files import aside_path, atomic_directory, recover_folder
 from graft.config import RunConfig, TrainConfig, model_problems
 from graft.crash_points import crash_point
+from graft.data.shards import INDEX_FILE
 from graft.data.tokenizer import Tokenizer
 from graft.distributed import World
-from graft.errors import CheckpointError, ConfigError, TokenizerError, first_line
+from graft.errors import CheckpointError, ConfigError, OutputError, TokenizerError, first_line
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel, RotaryEmbedding
 from graft.run_files import CHECKPOINTS_DIR
@@ -217,6 +218,18 @@ def _write_the_rest(
         if p.is_file()
     }
     _write_text(tmp / MANIFEST_FILE, json.dumps({"files": files}, indent=2))
+
+
+def refuse_writing_into(out: Path, flag: str) -> None:
+    """Refuse an output folder that is a checkpoint or prepared data: a file added to or
+    replaced in either breaks it (a checkpoint's manifest lists every file; prepared data's index
+    records its tokenizer's hash), and the file it replaced is lost."""
+    out = Path(out)
+    for marker, what in ((MANIFEST_FILE, "a graft checkpoint"), (INDEX_FILE, "prepared data")):
+        if (out / marker).is_file():
+            raise OutputError(
+                f"{flag} {out}: is {what}; writing into it would break it, so choose another {flag}"
+            )
 
 
 def resolve_checkpoint(path: Path) -> Path:

@@ -1304,6 +1304,7 @@ def _run_quickstart(args: argparse.Namespace) -> int:
 
 
 def _run_tokenizer(args: argparse.Namespace) -> int:
+    from graft.checkpoint import refuse_writing_into
     from graft.data.documents import iter_documents
     from graft.data.tokenizer import bytes_tokenizer, train_tokenizer
 
@@ -1318,6 +1319,7 @@ def _run_tokenizer(args: argparse.Namespace) -> int:
         raise GraftError(
             f"tokenizer train --kind {args.kind}: {why}, so {given[0]} would do nothing"
         )
+    refuse_writing_into(args.out, "--out")  # before the training, not after it
     if args.kind == "bytes":
         tokenizer = bytes_tokenizer(sentinels=args.sentinels)
     else:

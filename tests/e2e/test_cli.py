@@ -861,3 +861,23 @@ def test_the_temperature_help_states_the_default_sampling_uses():
 
     assert f"(default: {DEFAULT_TEMPERATURE})" in _TEMPERATURE_HELP
     assert ChatOptions(Path("c")).temperature == DEFAULT_TEMPERATURE
+
+
+def test_tokenizer_train_and_eval_refuse_to_write_into_a_checkpoint_or_prepared_data(
+    pipeline, run_copy, tmp_path
+):
+    """Both wrote there (exit 0): the checkpoint's tokenizer was replaced, its manifest no longer
+    matched, and prepared data no longer matched its index."""
+    checkpoint = run_copy / "checkpoints" / "last"
+    data = tmp_path / "data"
+    shutil.copytree(pipeline.data, data)
+    before = snapshot(run_copy), snapshot(data)
+    for out, what in ((checkpoint, "a graft checkpoint"), (data, "prepared data")):
+        one_line_error(
+            graft_here("tokenizer", "train", "--kind", "bytes", "--out", out), f"is {what}"
+        )
+    text = tmp_path / "t.txt"
+    text.write_text("a line of text\n")
+    args = ["eval", checkpoint, "--task", "lm", "--data", text, "--out", checkpoint]
+    one_line_error(graft_here(*args), f"--out {checkpoint}: is a graft checkpoint")
+    assert (snapshot(run_copy), snapshot(data)) == before

@@ -153,12 +153,13 @@ class GenerationExample:
 def evaluate_checkpoint(options: EvalOptions, echo: Echo = lambda _: None) -> Path:
     """Evaluate options.checkpoint on options.task; returns the path of the report's JSON."""
     from graft.atomic_files import check_output
-    from graft.checkpoint import load_model
+    from graft.checkpoint import load_model, refuse_writing_into
     from graft.device import resolve_device
 
     _check_options(options)
     out_dir = options.out_dir or default_out_dir(options.checkpoint)
     check_output(out_dir, folder=True)  # before the evaluation, not after it
+    refuse_writing_into(out_dir, "--out")
     device = resolve_device(options.device, what="--device")
     model, tokenizer = load_model(options.checkpoint, device=device)
     task = {
