@@ -179,3 +179,23 @@ def test_resuming_a_finished_run_changes_nothing(data_dir, tmp_path):
     patient = settings.train.model_copy(update={"patience": 3})
     more = pretrain(settings.model_copy(update={"train": patient}), resume=True)
     assert not more.already_finished and more.step == 20
+
+
+def test_a_checkpoint_write_defers_ctrl_c_but_keeps_an_ignored_sigint_ignored() -> None:
+    """A run whose SIGINT is ignored (a background job of a shell script) died with exit 130
+    when a SIGINT landed during a checkpoint write."""
+    import os
+    import signal
+
+    from graft.train.loop import interrupts_deferred
+
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # taken after the write, not during it
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -557,8 +557,12 @@ def interrupts_deferred() -> Iterator[None]:
     The write is atomic either way, but an interrupt inside its clean-up (deleting the copy it
     replaced) can hit shutil.rmtree between a close and its error path, which then raises
     "Bad file descriptor" instead of KeyboardInterrupt. Outside the main thread (where signal
-    handlers cannot be set) the write runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
+    handlers cannot be set), or where SIGINT is ignored (a background job of a shell that is not
+    interactive: Ctrl-C is not meant for it), the write runs as it is."""
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    ):
         yield
         return
     pending: list[int] = []
