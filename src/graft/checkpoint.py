@@ -740,14 +740,15 @@ def resume_point(run_dir: Path, *, resume: bool, say: Callable[[str], None] = pr
 
     A run that never completed a save has nothing to lose: it starts afresh, with or without
     --resume, saying so, instead of being stuck between "already holds a run" and "no such
-    checkpoint".
+    checkpoint". So does one killed while it set up, before its folder was made: a job that is
+    restarted with --resume after every kill must not be refused then.
     """
     checkpoints = run_dir / CHECKPOINTS_DIR
     last = saved_checkpoint(run_dir)
     if last is None:
         if resume and not run_dir.is_dir():
-            raise CheckpointError(f"--resume: {run_dir}: no such run directory")
-        if resume or checkpoints.exists():
+            say(f"notice: --resume: {run_dir} does not exist (nothing saved); starting at step 0")
+        elif resume or checkpoints.exists():
             say(
                 f"notice: {run_dir} holds no complete checkpoint (the run stopped before its "
                 "first save); starting it from step 0"
