@@ -5,8 +5,10 @@ renamed over the destination (a rename is atomic on POSIX and Windows), and the 
 fsynced so the rename itself survives a power cut. A reader sees the old file or the new one,
 never half of either; an interrupted write leaves at most a hidden temporary file.
 Directories (checkpoints, prepared data, exports) are built the same way by `atomic_directory`.
-A write refused for space (a full disk, a quota, a file size limit) becomes one OutputError line;
-what a crash leaves beside a destination is cleared by `recover_folder` at the next start.
+A write refused for space (a full disk, a quota, a file size limit) becomes one OutputError line.
+What a crash leaves beside a destination (a hidden `.NAME.<hex>.tmp` or `.partial`) is cleared by
+`recover_folder` when the run it belongs to starts again; beside other outputs it stays, hidden,
+until deleted by hand (a concurrent writer's file looks the same, so none is deleted blindly).
 """
 
 from __future__ import annotations
@@ -63,12 +65,26 @@ def no_room(err: BaseException) -> str | None:
 
 def _refused_for_room(dest: Path, err: BaseException) -> OutputError | None:
     why = no_room(err)
+    if why is None and isinstance(err, OSError) and _device_full(dest):
+        # Some writers report a short write without an errno ("4096 requested and 0 written").
+        why = os.strerror(errno.ENOSPC)
     if why is None:
         return None
     kept = "the previous version is intact" if dest.exists() else "nothing was written"
     return OutputError(
         f"{dest}: could not be written ({why}); {kept}; free space or raise the limit and rerun"
     )
+
+
+def _device_full(dest: Path) -> bool:
+    """Whether the file system `dest` goes to has no block left for this process."""
+    for folder in (dest.parent, *dest.parent.parents):
+        if folder.exists():
+            try:
+                return os.statvfs(folder).f_bavail == 0
+            except OSError:
+                return False
+    return False
 
 
 def default_mode(*, directory: bool = False) -> int:
@@ -105,26 +121,40 @@ def _make_parent(path: Path, *, folder: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Replace `path` with `data` (text is written as UTF-8) in one step."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A temporary sibling of `path` for the block to write (create it with mode "x"), fsynced
+    and renamed over `path` when the block ends without an error, deleted otherwise. A write that
+    found no room is one OutputError naming `path`. For writers that stream (a corpus, a GGUF
+    file, extracted entities); `write_atomic` for data in hand."""
     path = Path(path)
     _make_parent(path)
     temp = temporary_sibling(path)
-    payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
-        with temp.open("xb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield temp
+        # Not fsync_path, which lets a folder's refusal pass: a file's fsync failing means its
+        # data may not be on disk (a full disk can show only here), so it is the write's error.
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(temp, path)
     except BaseException as err:
+        refused = _refused_for_room(path, err)  # first: deleting the file frees the disk
         temp.unlink(missing_ok=True)
-        refused = _refused_for_room(path, err)
         if refused is not None:
             raise refused from err
         raise
     fsync_path(path.parent)
-    return path
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Replace `path` with `data` (text is written as UTF-8) in one step."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    with atomic_file(path) as temp, temp.open("xb") as handle:
+        handle.write(payload)
+    return Path(path)
 
 
 def aside_path(dest: Path) -> Path:

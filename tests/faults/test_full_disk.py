@@ -102,3 +102,45 @@ def test_a_data_prepare_that_finds_no_room(
     assert snapshot(out) == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     tally("full disk", "previous intact", 1)
+
+
+def test_a_corpus_step_that_finds_no_room(
+    graft: Graft, tmp_path: Path, tally: Callable[[str, str, int], None]
+) -> None:
+    """`graft data redact` (like clean, dedup and collect: the corpus writer) ended in a
+    traceback; now one line, and the previous output is still there."""
+    corpus = tmp_path / "corpus.jsonl"
+    line = '{"text": "A sentence of plain words, cleaned and kept, again and again. %d"}\n'
+    corpus.write_text("".join(line % i for i in range(4000)))
+    out = tmp_path / "redacted.jsonl"
+    clean = ["data", "redact", str(corpus), "--out", str(out), "--no-progress"]
+    assert graft(clean, tmp_path / "first.log") == 0
+    assert out.stat().st_size > LIMIT
+    before = out.read_bytes()
+    assert graft(clean, tmp_path / "log", fsize=LIMIT) == 2
+    tally("full disk", "trials", 1)
+    one_clear_line(tmp_path / "log", str(out))
+    tally("full disk", "one clear line", 1)
+    assert out.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    tally("full disk", "previous intact", 1)
+
+
+def test_a_short_write_without_an_errno_on_a_full_device_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gguf's writer reports a full disk as "4096 requested and 0 written", with no errno: the
+    device's free space decides (checked before the partial file is deleted)."""
+    from graft import atomic_files
+    from graft.errors import OutputError
+
+    monkeypatch.setattr(atomic_files, "_device_full", lambda dest: True)
+    with pytest.raises(OutputError, match=r"m\.gguf: could not be written \(No space left"):
+        with atomic_files.atomic_file(tmp_path / "m.gguf") as temp:
+            temp.write_bytes(b"GGUF")
+            raise OSError("4096 requested and 0 written")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(atomic_files, "_device_full", lambda dest: False)
+    with pytest.raises(OSError, match="requested"):  # any other failure stays itself
+        with atomic_files.atomic_file(tmp_path / "m.gguf"):
+            raise OSError("4096 requested and 0 written")

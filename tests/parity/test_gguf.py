@@ -302,7 +302,7 @@ def test_refuses_bad_dtype_and_wordpiece_and_small_embedding(
 def test_replaces_an_existing_file_atomically(tmp_path: Path) -> None:
     tokenizer = bytes_tokenizer()
     target = tmp_path / "m.gguf"
-    target.write_bytes(b"old")
+    target.write_bytes(b"GGUF, an older export")
     export_gguf(_llama(tokenizer.vocab_size), tokenizer, target, dtype="f32", overwrite=True)
     assert gguf.GGUFReader(target).tensors and [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
 

@@ -17,10 +17,10 @@ unless it is strict.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
-from graft.atomic_files import check_output, fsync_path, temporary_sibling
+from graft.atomic_files import atomic_file, check_output
 from graft.errors import DataError, first_line
 
 if TYPE_CHECKING:
@@ -304,7 +304,7 @@ class CorpusWriter:
         self.path = Path(path)
         self.count = 0
         self.bytes = 0
-        self._temp: Path | None = None
+        self._file: contextlib.ExitStack | None = None  # the atomic_file being written
         self._raw: IO[bytes] | None = None
         self._out: io.TextIOWrapper | IO[str] | None = None
 
@@ -313,9 +313,8 @@ class CorpusWriter:
             self._out = sys.stdout
             return self
         check_output(self.path)  # before any work: the rename at the end would refuse it
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._temp = temporary_sibling(self.path)
-        self._raw = self._temp.open("xb")
+        self._file = contextlib.ExitStack()
+        self._raw = self._file.enter_context(atomic_file(self.path)).open("xb")
         sink: IO[bytes] = self._raw
         if self.path.name.lower().endswith(_ZST):
             import zstandard
@@ -337,23 +336,29 @@ class CorpusWriter:
         value: BaseException | None,
         trace: TracebackType | None,
     ) -> None:
-        if self._temp is None:  # stdout
+        if self._file is None:  # stdout
             assert self._out is not None
             self._out.flush()
             return
         assert self._out is not None and self._raw is not None
+        failed: BaseException | None = None
         try:
             assert isinstance(self._out, io.TextIOWrapper)
             self._out.flush()
             sink = self._out.detach()
             if sink is not self._raw:
                 sink.close()  # ends the zstd frame; closefd=False keeps the file open
-            self._raw.flush()
-            os.fsync(self._raw.fileno())
             self._raw.close()
-            if kind is None:
-                os.replace(self._temp, self.path)
-                fsync_path(self.path.parent)
-        finally:
-            self._raw.close()
-            self._temp.unlink(missing_ok=True)
+        except BaseException as err:  # a full disk shows here too, at the last flush
+            failed = err
+            with contextlib.suppress(OSError):
+                self._raw.close()
+            if value is None:
+                kind, value, trace = type(err), err, err.__traceback__
+        if value is None:
+            self._file.close()  # atomic_file renames the file into place
+            return
+        # atomic_file deletes the file; a full disk leaves as one OutputError, raised from here.
+        self._file.__exit__(kind, value, trace)
+        if value is failed:
+            raise failed

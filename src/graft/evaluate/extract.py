@@ -27,7 +27,6 @@ characters the tokenizer's normaliser drops) is not read and tagged "O".
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections import deque
@@ -36,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from graft.atomic_files import fsync_path, temporary_sibling
+from graft.atomic_files import atomic_file
 from graft.data.corpus import CorpusDoc, Problems, is_corpus_file, read_corpus, text_sha256
 from graft.data.inputs import input_frame
 from graft.data.tagged import TaggedInputs, tagged_inputs, word_token_counts
@@ -410,11 +409,9 @@ def extract_entities(options: ExtractOptions, echo: Echo = lambda _: None) -> Ex
     extractor = Extractor(model, tokenizer, max_len=options.seq_len, batch_size=options.batch_size)
     problems = Problems(say=echo)
     out = Path(options.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temp = temporary_sibling(out)
     labels: Counter[str] = Counter()
     documents = 0
-    try:
+    with atomic_file(out) as temp:
         with temp.open("x", encoding="utf-8", newline="\n") as handle:
             bar = tqdm(desc="extract", unit=" docs", disable=not options.progress, file=sys.stderr)
             with bar:
@@ -425,12 +422,6 @@ def extract_entities(options: ExtractOptions, echo: Echo = lambda _: None) -> Ex
                         labels[entity.label] += 1
                         record = entity_record(doc, entity)
                         handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, out)
-    finally:
-        temp.unlink(missing_ok=True)
-    fsync_path(out.parent)
     return ExtractSummary(
         documents,
         sum(labels.values()),

@@ -29,7 +29,6 @@ The file is written beside its destination, fsynced and renamed into place.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Literal, get_args
@@ -37,7 +36,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 import torch
 
-from graft.atomic_files import fsync_path, temporary_sibling
+from graft.atomic_files import atomic_file
 from graft.errors import CheckpointError, ConfigError
 from graft.model.config import ModelConfig
 from graft.model.convert.outputs import check_export_out
@@ -231,38 +230,31 @@ def export_gguf(
     tensors = _tensors(model)
     file_type = {"f32": "ALL_F32", "f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0"}[dtype]
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    temp = temporary_sibling(out_path)
-    writer = gguf.GGUFWriter(temp, _ARCH)
-    try:
-        writer.add_name(name if name is not None else out_path.stem)
-        writer.add_file_type(int(gguf.LlamaFileType[file_type]))
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        writer.add_vocab_size(config.vocab_size)
-        writer.add_context_length(config.max_seq_len)
-        writer.add_embedding_length(config.d_model)
-        writer.add_block_count(config.n_layers)
-        writer.add_feed_forward_length(config.ff_dim)
-        writer.add_head_count(config.n_heads)
-        writer.add_head_count_kv(config.kv_heads)
-        writer.add_rope_dimension_count(config.head_dim)
-        writer.add_layer_norm_rms_eps(config.norm_eps)
-        writer.add_rope_freq_base(config.rope_theta)
-        _tokenizer_metadata(writer, tokenizer, config.vocab_size)
-        for tensor_name, value in tensors.items():
-            array, raw_dtype = _stored(value.numpy(), dtype)
-            writer.add_tensor(tensor_name, array, raw_dtype=raw_dtype)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        fsync_path(temp)
-        os.replace(temp, out_path)
-    except BaseException:
-        writer.close()
-        temp.unlink(missing_ok=True)
-        raise
-    fsync_path(out_path.parent)
+    with atomic_file(out_path) as temp:
+        writer = gguf.GGUFWriter(temp, _ARCH)
+        try:
+            writer.add_name(name if name is not None else out_path.stem)
+            writer.add_file_type(int(gguf.LlamaFileType[file_type]))
+            writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            writer.add_vocab_size(config.vocab_size)
+            writer.add_context_length(config.max_seq_len)
+            writer.add_embedding_length(config.d_model)
+            writer.add_block_count(config.n_layers)
+            writer.add_feed_forward_length(config.ff_dim)
+            writer.add_head_count(config.n_heads)
+            writer.add_head_count_kv(config.kv_heads)
+            writer.add_rope_dimension_count(config.head_dim)
+            writer.add_layer_norm_rms_eps(config.norm_eps)
+            writer.add_rope_freq_base(config.rope_theta)
+            _tokenizer_metadata(writer, tokenizer, config.vocab_size)
+            for tensor_name, value in tensors.items():
+                array, raw_dtype = _stored(value.numpy(), dtype)
+                writer.add_tensor(tensor_name, array, raw_dtype=raw_dtype)
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
     return out_path
 
 
