@@ -63,7 +63,10 @@ def test_default_template_renders_each_turn_with_the_end_of_turn_token() -> None
     prompt = render_chat(DEFAULT_CHAT_TEMPLATE, CHAT.messages[:2], add_generation_prompt=True)
     assert prompt == RENDERED[: RENDERED.index("5.")] and prompt.endswith("<|assistant|>\n")
     dicts = [{"role": "user", "content": "Hi"}]
-    assert render_chat(DEFAULT_CHAT_TEMPLATE, dicts, eos_token="</s>") == "<|user|>\nHi</s>\n"
+    assert (
+        render_chat(DEFAULT_CHAT_TEMPLATE, dicts, special_tokens={"eos_token": "</s>"})
+        == "<|user|>\nHi</s>\n"
+    )
 
 
 def test_default_template_refuses_an_unknown_role() -> None:

@@ -272,7 +272,10 @@ def test_real_templates_render_as_without_the_bounds():
                     messages=messages, add_generation_prompt=prompt, eos_token="</s>"
                 )
                 got = render_chat(
-                    template, messages, add_generation_prompt=prompt, eos_token="</s>"
+                    template,
+                    messages,
+                    add_generation_prompt=prompt,
+                    special_tokens={"eos_token": "</s>"},
                 )
                 assert got == expected
 

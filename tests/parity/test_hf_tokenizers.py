@@ -12,6 +12,7 @@ import tokenizers
 import transformers
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
+from graft.data.records import Message
 from graft.data.tokenizer import Tokenizer
 from graft.errors import TokenizerError
 
@@ -370,6 +371,32 @@ def test_gpt2_byte_level_bpe_and_its_chat_template(gpt2_dir: Path) -> None:
         and ours.pad_id is None
     )
     assert ours.chat_template == TEMPLATE == theirs.chat_template
+
+
+def test_a_template_that_names_bos_gets_it_as_transformers_gives_it(tmp_path: Path) -> None:
+    """Llama's templates open with {{ bos_token }}: graft rendered it empty, so a served or
+    fine-tuned chat prompt lacked the BOS the model was trained with."""
+    from graft.serve.prompts import chat_prompt_ids
+
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=train_byte_bpe(["<s>", "</s>"]), bos_token="<s>", eos_token="</s>"
+    )
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
+        "{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    tokenizer.save_pretrained(tmp_path)
+    ours, theirs = Tokenizer.load(tmp_path), auto(tmp_path)
+    chat = [Message("system", "Be brief."), Message("user", "Hi there")]
+    text = theirs.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in chat],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    # apply_chat_template's own tokenizing: the text, no special tokens added around it
+    expected = theirs(text, add_special_tokens=False)["input_ids"]
+    assert text.startswith("<s><|system|>") and expected[0] == theirs.bos_token_id
+    assert chat_prompt_ids(ours, chat) == list(expected)
 
 
 @pytest.mark.parametrize("form", ["string", "list", "jinja-wins"])

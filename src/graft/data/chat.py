@@ -76,14 +76,16 @@ def render_chat(
     messages: Sequence[Message | Mapping[str, str]],
     *,
     add_generation_prompt: bool = False,
-    eos_token: str = EOT,
+    special_tokens: Mapping[str, str] | None = None,
 ) -> str:
     """The text `template` makes of `messages` (and of the generation prompt, when asked).
 
     The template sees `messages` as a list of `{"role", "content"}` dicts, `add_generation_prompt`
-    and `eos_token`, as under transformers. A template that does not parse, raises (through
-    `raise_exception` or an error of its own), touches what the sandbox forbids or crosses its
-    bounds on time and size raises DataError.
+    and the tokenizer's special tokens by role (`bos_token`, `eos_token`, ...: a tokenizer's
+    `special_tokens_map`; `eos_token` is graft's end of text when not given), as under
+    transformers: a Llama template opens with `{{ bos_token }}`. A template that does not parse,
+    raises (through `raise_exception` or an error of its own), touches what the sandbox forbids
+    or crosses its bounds on time and size raises DataError.
     """
     if not isinstance(template, str):
         raise ConfigError(
@@ -102,7 +104,7 @@ def render_chat(
             compiled,
             messages=turns,
             add_generation_prompt=add_generation_prompt,
-            eos_token=eos_token,
+            **{"eos_token": EOT, **(special_tokens or {})},
         )
     except TemplateBoundError:
         raise
@@ -119,7 +121,7 @@ def render_chat(
 def _segments(
     template: str,
     messages: Sequence[Message],
-    eos: str,
+    special_tokens: Mapping[str, str],
     where: str,
     *,
     add_generation_prompt: bool = False,
@@ -131,8 +133,10 @@ def _segments(
     For an assistant turn, the generation prompt of the first i messages is what a model sees
     before it writes; the rest, up to and including the last end-of-turn token, is what it
     writes. This needs a template that renders prefixes as prefixes, which chat templates do
-    (generation relies on it); one that does not is reported.
+    (generation relies on it); one that does not is reported. `special_tokens` holds the
+    end-of-turn token as `eos_token`.
     """
+    eos = special_tokens["eos_token"]
 
     def render(count: int, add_generation_prompt: bool = False) -> str:
         try:
@@ -140,7 +144,7 @@ def _segments(
                 template,
                 messages[:count],
                 add_generation_prompt=add_generation_prompt,
-                eos_token=eos,
+                special_tokens=special_tokens,
             )
         except DataError as exc:
             raise DataError(f"{where}: {exc}") from None
@@ -226,7 +230,8 @@ def encode_conversation(
         )
     input_ids: list[int] = []
     labels: list[int] = []
-    for text, trained in _segments(template, conversation.messages, eos, conversation.source):
+    tokens, where = tokenizer.special_tokens_map, conversation.source
+    for text, trained in _segments(template, conversation.messages, tokens, where):
         if len(input_ids) > max_len:
             break  # already cut: the rest is dropped unseen
         ids = leading_ids(tokenizer, text, max_len - len(input_ids))
@@ -252,5 +257,6 @@ def encode_prompt(
         raise TokenizerError(
             "the tokenizer has no eos token; a chat prompt needs one as the end-of-turn token"
         )
-    pieces = _segments(template, messages, eos, where, add_generation_prompt=True)
+    tokens = tokenizer.special_tokens_map
+    pieces = _segments(template, messages, tokens, where, add_generation_prompt=True)
     return [token for text, _ in pieces for token in tokenizer.encode(text)]

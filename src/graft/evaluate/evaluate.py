@@ -53,7 +53,7 @@ from graft.data.pairs import (
 from graft.data.qa import qa_windows, read_qa
 from graft.data.records import IGNORE_INDEX, Conversation, read_conversations, read_labelled
 from graft.data.tagged import read_tagged, refuse_unknown_tags, tagged_inputs
-from graft.data.tokenizer import EOT, Tokenizer
+from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError, ConfigError, DataError, TokenizerError
 from graft.evaluate.metrics import (
     DEFINITIONS,
@@ -544,9 +544,9 @@ def _chat_example(
     the ids fine-tuning gave it (`encode_prompt`, training's own pieces)."""
     history = conversation.messages[:-1]
     ids = encode_prompt(tokenizer, template, history, where=conversation.source)
-    eos = tokenizer.special_tokens_map.get("eos_token", EOT)
     # The same text; encode_prompt has already reported any problem rendering it.
-    prompt = render_chat(template, history, add_generation_prompt=True, eos_token=eos)
+    tokens = tokenizer.special_tokens_map
+    prompt = render_chat(template, history, add_generation_prompt=True, special_tokens=tokens)
     return GenerationExample(
         prompt=prompt,
         reference=conversation.messages[-1].content,

@@ -34,7 +34,7 @@ from graft.config import load_finetune_config
 from graft.data.chat import DEFAULT_CHAT_TEMPLATE, render_chat
 from graft.data.records import Message
 from graft.data.stdlib_corpus import StdlibFunction
-from graft.data.tokenizer import EOT, Tokenizer
+from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
 from graft.evaluate.evaluate import EvalOptions, evaluate_checkpoint
 from graft.experiments import runner
@@ -221,9 +221,9 @@ def write_task_files(
     # record: what fine-tuning and evaluation will render.
     template = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
     placeholder = "\x00code\x00"
-    eos = tokenizer.special_tokens_map.get("eos_token", EOT)
     message = Message("user", f"{INSTRUCTION}\n\n{placeholder}")
-    prompt = render_chat(template, [message], add_generation_prompt=True, eos_token=eos)
+    special = tokenizer.special_tokens_map
+    prompt = render_chat(template, [message], add_generation_prompt=True, special_tokens=special)
     before, after = prompt.split(placeholder)
     limits = {"classify": seq_len, "instruct": seq_len - max_new_tokens}
     tokens: dict[str, Callable[[str], int]] = {

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from graft.data.chat import DEFAULT_CHAT_TEMPLATE, NotAppendedError, encode_prompt, render_chat
 from graft.data.records import Message
-from graft.data.tokenizer import EOT, Tokenizer
+from graft.data.tokenizer import Tokenizer
 from graft.errors import DataError
 
 # What encode_prompt puts before its messages; taken off again, since each caller names the
@@ -47,7 +47,8 @@ def chat_prompt_ids(tokenizer: Tokenizer, messages: Sequence[Message]) -> list[i
                 return encode_prompt(tokenizer, template, messages, where=_WHERE)
             except NotAppendedError:
                 pass
-        text = render_chat(template, messages, add_generation_prompt=True, eos_token=eos or EOT)
+        tokens = tokenizer.special_tokens_map
+        text = render_chat(template, messages, add_generation_prompt=True, special_tokens=tokens)
     except DataError as err:
         raise PromptError(str(err).removeprefix(f"{_WHERE}: ")) from None
     return tokenizer.encode(text)

@@ -252,13 +252,14 @@ def _check_chat_template(
         )
     eos = tokenizer.special_tokens_map.get("eos_token")
     try:
-        want = render_chat(ours, PROBE_CHAT, add_generation_prompt=True, eos_token=eos or "")
+        tokens = tokenizer.special_tokens_map
+        want = render_chat(ours, PROBE_CHAT, add_generation_prompt=True, special_tokens=tokens)
         if use_transformers:
             got = _exported_tokenizer(out_dir, True).apply_chat_template(
                 list(PROBE_CHAT), tokenize=False, add_generation_prompt=True
             )
         else:
-            got = render_chat(theirs, PROBE_CHAT, add_generation_prompt=True, eos_token=eos or "")
+            got = render_chat(theirs, PROBE_CHAT, add_generation_prompt=True, special_tokens=tokens)
     except (GraftError, OSError, ValueError, KeyError) as err:
         return CheckRecord(
             "chat template", False, f"cannot render the exported template: {first_line(err)}"
