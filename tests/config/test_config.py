@@ -585,3 +585,20 @@ def test_the_settings_a_run_uses_load_and_defaults_written_out_are_no_choice():
     assert load_finetune_config("classify", None, classify).data.text_field == "body"
     # a resolved config holds every field at its default: it loads back, for either command
     assert load_run_config(None, ["data.train_file=null", "dp.delta=1e-5", "adapt.method=full"])
+
+
+def test_a_config_built_in_python_is_refused_alike(tmp_path):
+    """pretrain and finetune check what the loaders check: a hand-built config with a setting
+    the command ignores trained, and redacted nothing."""
+    from graft.config import DataConfig, RunConfig, TrainConfig
+    from graft.train.finetune import finetune
+    from graft.train.pretrain import pretrain
+
+    train = TrainConfig(out_dir=tmp_path / "run", max_steps=1)
+    with pytest.raises(ConfigError, match="data.redact: a fine-tuning setting"):
+        pretrain(RunConfig(data=DataConfig(redact=("email",)), train=train))
+    tuned = load_finetune_config("classify", None, ["train.init=c", "data.train_file=x"])
+    with pytest.raises(ConfigError, match="data.path: a pre-training setting"):
+        data = tuned.data.model_copy(update={"path": tmp_path})
+        finetune(tuned.model_copy(update={"data": data}))
+    assert not (tmp_path / "run").exists()

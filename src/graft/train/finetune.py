@@ -23,7 +23,7 @@ from graft import checkpoint as ckpt
 from graft import distributed
 from graft.adapt import HEAD_PREFIXES, apply_adaptation, trainable_parameters
 from graft.atomic_files import check_output, write_atomic
-from graft.config import AdaptConfig, RunConfig, command_problems
+from graft.config import AdaptConfig, RunConfig, command_problems, unused_settings
 from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError, ConfigError
 from graft.model.config import ModelConfig
@@ -41,7 +41,10 @@ def finetune(
 ) -> RunResult:
     """Fine-tune train.init on the task of config.objective.name (or, with `resume`, continue the
     run in train.out_dir) and return the run's result."""
-    problems = command_problems(config.objective.name, "finetune")
+    # A config built in Python gets the checks load_finetune_config makes too.
+    problems = command_problems(config.objective.name, "finetune") or unused_settings(
+        config, "finetune"
+    )
     if problems:
         raise ConfigError("; ".join(problems))
     config = ckpt.resolve(config, resume=resume)  # a no-op when the CLI resolved it already

@@ -14,7 +14,7 @@ import torch
 from graft import checkpoint as ckpt
 from graft import distributed
 from graft.atomic_files import check_output, write_atomic
-from graft.config import RunConfig, command_problems
+from graft.config import RunConfig, command_problems, unused_settings
 from graft.data.shards import ShardIndex, TokenShards, prepared_tokenizer
 from graft.data.tokenizer import Tokenizer
 from graft.errors import ConfigError, TokenizerError
@@ -30,7 +30,10 @@ from graft.train.privacy import make_private, refuse_dropping_privacy
 
 def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     """Set up a pre-training run from its config (fresh or resumed) and train it."""
-    problems = command_problems(config.objective.name, "pretrain")
+    # A config built in Python gets the checks load_run_config makes too.
+    problems = command_problems(config.objective.name, "pretrain") or unused_settings(
+        config, "pretrain"
+    )
     if problems:
         raise ConfigError("; ".join(problems))
     config = ckpt.resolve(config, resume=resume)  # a no-op when the CLI resolved it already

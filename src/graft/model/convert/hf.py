@@ -52,7 +52,7 @@ from graft.model.convert.bert import DEFAULTS as ENCODER_DEFAULTS
 from graft.model.convert.model_card import model_card
 from graft.model.convert.outputs import check_export_out
 from graft.model.transformer import LanguageModel, RotaryEmbedding
-from graft.run_files import EXPLAIN_DIR, run_dir_of
+from graft.run_files import CHECKPOINTS_DIR, EXPLAIN_DIR, run_dir_of
 from graft.torch_files import load_torch_file
 
 if TYPE_CHECKING:
@@ -880,6 +880,8 @@ def export_hf(
             eos_token_id=exported_eos_id(tokenizer, model.config),
             pad_token_id=tokenizer.pad_id,
         )
+    if source is not None and run_dir_of(source) == Path(source):
+        source = Path(source) / CHECKPOINTS_DIR / "last"  # a run folder: the card's checkpoint
     weights = hf_state_dict(model)
     with atomic_directory(out_dir) as tmp:
         save_file(weights, str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
