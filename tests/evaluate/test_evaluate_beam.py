@@ -134,3 +134,29 @@ def test_cli_eval_refuses_beams_for_another_task_in_one_line(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err == "graft: error: --beams: beam search decodes --task generate, not --task lm\n"
+
+
+def test_eval_reads_a_prompt_that_fits_whole_as_training_and_serving_do(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the default 128 new tokens in a 64-token context, a prompt of more than 32 tokens was
+    cut to its last 32 (a chat prompt lost its role header) though fine-tuning and the server
+    read it whole."""
+    from graft.evaluate.evaluate import generation_examples
+
+    data = tmp_path / "pairs.jsonl"
+    source = "Say where the river runs, and where it ends, please."
+    data.write_text(json.dumps({"source": source, "target": "east"}) + "\n", encoding="utf-8")
+    _, tokenizer = load_model(checkpoint)
+    (example,), _ = generation_examples((data,), tokenizer)
+    assert 32 < len(example.ids) < 64
+    seen: list[list[int]] = []
+
+    def recorded(model: LanguageModel, ids: list[int], params: SamplingParams):
+        seen.append(list(ids))
+        return generate(model, ids, params)
+
+    monkeypatch.setattr(evaluate_module, "generate", recorded)
+    options = EvalOptions(checkpoint, "generate", (data,), out_dir=tmp_path / "e")
+    report = json.loads(evaluate_checkpoint(options).read_text(encoding="utf-8"))
+    assert seen == [list(example.ids)] and report["prompts_truncated"] == 0

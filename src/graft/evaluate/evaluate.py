@@ -609,9 +609,10 @@ def evaluate_generate(
     """Greedy generations (beam search with options.beams > 1) against references: BLEU, chrF,
     ROUGE-1/2/L, exact match, and how often the model stopped by itself.
 
-    Decoding stops at the end-of-turn (eos) token or after max_new_tokens. A prompt too long to
-    leave room for them is cut from the left (the generation prompt at its end is kept) to
-    max(context - max_new_tokens, context // 2) tokens, and counted.
+    Decoding stops at the end-of-turn (eos) token, after max_new_tokens or when the context is
+    full. A prompt is read whole, as fine-tuning and the server read it, whenever it leaves room
+    for one new token; one that fills the context is cut from the left (the generation prompt at
+    its end is kept) to max(context - max_new_tokens, context // 2) tokens, and counted.
     """
     _check_decoder(model, options)
     stop = tokenizer.eot_id
@@ -655,7 +656,7 @@ def evaluate_generate(
         ids = list(example.ids)
         if not ids:
             raise DataError(f"{example.source}: the prompt encodes to no tokens")
-        if len(ids) > keep:
+        if len(ids) >= context:
             ids, truncated = ids[-keep:], truncated + 1
         if beam is None:
             out = list(generate(model, ids, greedy))
