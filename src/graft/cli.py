@@ -1549,6 +1549,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from graft.checkpoint import load_model
+    from graft.data.inputs import prompt_ids as text_prompt_ids
     from graft.device import resolve_device
     from graft.infer.beam import BeamParams, beam_search
     from graft.infer.generate import generate
@@ -1568,11 +1569,8 @@ def _run_generate(args: argparse.Namespace) -> int:
         )
     if tokenizer.eot_id is not None:
         params = replace(params, stop_ids=frozenset({tokenizer.eot_id}))
-    if args.prompt:
-        prompt_ids = tokenizer.encode(args.prompt)
-    elif tokenizer.eot_id is not None:
-        prompt_ids = [tokenizer.eot_id]
-    else:
+    prompt_ids = text_prompt_ids(tokenizer, args.prompt or "")
+    if prompt_ids is None:
         raise GraftError(
             f"generate: {args.checkpoint}'s tokenizer has no end-of-text token to start from; "
             "give --prompt"

@@ -301,3 +301,23 @@ def test_graft_chat_refuses_bad_settings_in_one_line(
         run_chat(ChatOptions(checkpoint=tmp_path / "never-read", **setting))
     message = str(caught.value)
     assert message.startswith(f"chat: {expected}") and "\n" not in message, message
+
+
+def test_a_completion_prompt_reads_line_ends_as_training_documents_do(
+    client: TestClient, tokenizer: Tokenizer, tmp_path: Path
+):
+    """Documents are trained with "\\r\\n" and "\\r" read as "\\n"; a prompt kept the "\\r", a
+    token training never made. graft generate and /v1/completions share data.inputs.prompt_ids."""
+    from graft.data.documents import iter_documents
+    from graft.data.inputs import prompt_ids
+
+    text = "Free entry in a weekly prize.\r\nCall now.\rBye"
+    (tmp_path / "sms.txt").write_bytes(text.encode())
+    (trained,) = [doc.read() for doc in iter_documents([tmp_path / "sms.txt"])]
+    assert prompt_ids(tokenizer, text) == tokenizer.encode(trained) != tokenizer.encode(text)
+    body = {"model": "tiny", "max_tokens": 1, "temperature": 0}
+    usage = [
+        client.post("/v1/completions", json={**body, "prompt": p}).json()["usage"]
+        for p in (text, trained)
+    ]
+    assert usage[0]["prompt_tokens"] == usage[1]["prompt_tokens"] == len(tokenizer.encode(trained))

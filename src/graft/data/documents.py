@@ -86,7 +86,9 @@ class Document:
         return "".join(self.pieces())
 
 
-def _normalise_newlines(text: str) -> str:
+def normalise_newlines(text: str) -> str:
+    """Windows' and old Macs' line ends as "\n": the text every document is trained on, and
+    (graft.data.inputs.prompt_ids) every prompt a language model continues."""
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
@@ -104,7 +106,7 @@ def _cut_point(buf: AnyStr, gap: re.Pattern[AnyStr], newline: AnyStr) -> int:
 
 
 def _cut_str(text: str, piece_chars: int) -> Iterator[str]:
-    text = _normalise_newlines(text)
+    text = normalise_newlines(text)
     start = 0
     # Walk an index rather than re-slicing the remainder, which would copy a long text
     # once per piece.
@@ -164,7 +166,7 @@ def _read_text_file(path: Path, piece_bytes: int) -> Iterator[str]:
                     ) from exc
                 line += piece.count(b"\n")
                 offset += len(piece)
-                yield _normalise_newlines(text)
+                yield normalise_newlines(text)
             if not chunk:
                 return
 

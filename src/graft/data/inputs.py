@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from graft.data.documents import normalise_newlines
 from graft.data.tokenizer import Tokenizer
 from graft.errors import ConfigError
 
@@ -208,3 +209,12 @@ def right_padded(rows: Sequence[Sequence[int]], fill: int) -> tuple[torch.Tensor
     for i, row in enumerate(rows):
         out[i, : len(row)] = torch.tensor(row, dtype=torch.long)
     return out, lengths
+
+
+def prompt_ids(tokenizer: Tokenizer, text: str) -> list[int] | None:
+    """The ids a language model continues for a text prompt (`graft generate`, /v1/completions),
+    read as its training text was: line ends normalised as every document is. An empty prompt is
+    the start of a fresh document, the end-of-text id alone (None without one)."""
+    if not text:
+        return None if tokenizer.eot_id is None else [tokenizer.eot_id]
+    return tokenizer.encode(normalise_newlines(text))

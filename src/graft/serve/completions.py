@@ -32,6 +32,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from graft.data.inputs import prompt_ids as text_prompt_ids
 from graft.data.records import Message
 from graft.data.tokenizer import Tokenizer
 from graft.infer.engine import Engine, Event, QueueFull, RequestHandle
@@ -239,10 +240,9 @@ def _prompt_ids(
     prompt: str | list[int], where: str, tokenizer: Tokenizer, info: ModelInfo
 ) -> list[int]:
     if isinstance(prompt, str):
-        if prompt:
-            return tokenizer.encode(prompt)
-        if tokenizer.eot_id is not None:
-            return [tokenizer.eot_id]  # an empty prompt: the start of a fresh document
+        ids = text_prompt_ids(tokenizer, prompt)
+        if ids is not None:
+            return ids
         raise APIError(
             400,
             f"{where}: empty, and the tokenizer has no end-of-text token to start from",
