@@ -575,3 +575,33 @@ def test_train_compile_and_deterministic_apply_to_every_training_command(
     assert main(args) == 130
     assert seen == {"compiled": True, "deterministic": True}
     assert not torch.are_deterministic_algorithms_enabled()  # for this run only
+
+
+def test_eval_and_serve_read_texts_as_long_as_fine_tuning_did(base: Path, tmp_path: Path) -> None:
+    """A fine-tune with train.seq_len below the model's context cut every text there, while eval
+    and the server read up to the whole context: another input than the one trained on."""
+    import graft.serve.encodings as encodings
+    from graft.checkpoint import trained_context
+    from graft.evaluate.evaluate import EvalOptions, evaluate_checkpoint
+    from graft.serve.http_errors import APIError
+    from graft.serve.model_info import describe_model
+
+    records = write_records(tmp_path / "train.jsonl")
+    out = tmp_path / "run"
+    args = ["finetune", "classify", "--init", str(base), "--train", str(records)]
+    assert main([*args, "--out", str(out), "--train.seq_len=8", "--train.max_steps=2"]) == 0
+    checkpoint = out / "checkpoints" / "last"
+    model, tokenizer = load_model(checkpoint)
+    assert model.config.max_seq_len == 32 and trained_context(checkpoint) == 8
+    assert trained_context(base) is None  # pre-trained on its whole context
+    text = "good great fine nice"  # more than 8 tokens, fewer than 32
+    assert 8 < len(tokenizer.encode(text)) < 32
+    data = tmp_path / "test.jsonl"
+    data.write_text(json.dumps({"text": text, "label": "pos"}) + "\n", encoding="utf-8")
+    options = EvalOptions(checkpoint, "classify", (data,), out_dir=tmp_path / "eval")
+    report = json.loads(evaluate_checkpoint(options).read_text(encoding="utf-8"))
+    assert report["truncated"] == 1  # cut at 8, as fine-tuning cut it
+    info = describe_model(model, tokenizer, checkpoint, name="m", created=0)
+    assert info.input_context == 8
+    with pytest.raises(APIError, match=r"reads at most 8 \(the context it was trained on\)"):
+        encodings.input_ids(text, tokenizer, info)

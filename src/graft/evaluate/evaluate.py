@@ -294,7 +294,12 @@ def _report(
 
 
 def _context(model: LanguageModel, options: EvalOptions) -> int:
-    return scoring_context(model, options.seq_len, str(options.checkpoint))
+    """--seq-len, else the context the checkpoint's run trained on (its train.seq_len), else the
+    model's: a text is scored as long as training read it."""
+    from graft.checkpoint import trained_context
+
+    seq_len = options.seq_len or trained_context(options.checkpoint)
+    return scoring_context(model, seq_len, str(options.checkpoint))
 
 
 def _pick_samples(

@@ -397,7 +397,7 @@ def extract_entities(options: ExtractOptions, echo: Echo = lambda _: None) -> Ex
 
     from tqdm import tqdm
 
-    from graft.checkpoint import load_model
+    from graft.checkpoint import load_model, trained_context
     from graft.device import resolve_device
 
     for path in options.docs:
@@ -406,7 +406,8 @@ def extract_entities(options: ExtractOptions, echo: Echo = lambda _: None) -> Ex
     model, tokenizer = load_model(
         options.checkpoint, device=resolve_device(options.device, what="--device")
     )
-    extractor = Extractor(model, tokenizer, max_len=options.seq_len, batch_size=options.batch_size)
+    max_len = options.seq_len or trained_context(options.checkpoint)  # as training read texts
+    extractor = Extractor(model, tokenizer, max_len=max_len, batch_size=options.batch_size)
     problems = Problems(say=echo)
     out = Path(options.out)
     labels: Counter[str] = Counter()

@@ -81,7 +81,7 @@ def qa_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) -> APIRout
                 engine.model,
                 engine.tokenizer,
                 [(body.question, body.context)],
-                max_len=info.config.max_seq_len,
+                max_len=info.input_context,
                 stride=settings.stride,
                 max_answer_tokens=body.max_answer_tokens or settings.max_answer_tokens,
                 read=span_logits,

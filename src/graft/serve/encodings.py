@@ -59,7 +59,7 @@ def input_ids(inputs: Inputs, tokenizer: Tokenizer, info: ModelInfo) -> list[lis
         bare = [list(ids) for ids in inputs]
     # Never cut: an input longer than the context is refused, as OpenAI's API refuses it.
     batch = model_inputs(tokenizer, bare, framed=info.config.is_encoder, max_len=None).ids
-    vocab, context = info.config.vocab_size or tokenizer.vocab_size, info.config.max_seq_len
+    vocab, context = info.config.vocab_size or tokenizer.vocab_size, info.input_context
     for i, (text_ids, ids) in enumerate(zip(bare, batch)):
         where = "input" if len(batch) == 1 else f"input[{i}]"
         if not text_ids:
@@ -69,7 +69,8 @@ def input_ids(inputs: Inputs, tokenizer: Tokenizer, info: ModelInfo) -> list[lis
             with_frame = f" ({framing} of them framing the text)" if framing else ""
             raise APIError(
                 400,
-                f"{where}: {len(ids)} tokens{with_frame}; the model's context is {context}",
+                f"{where}: {len(ids)} tokens{with_frame}; the model reads at most {context}"
+                + (" (the context it was trained on)" if info.trained_context else ""),
                 param="input",
                 code="context_length_exceeded",
             )

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from graft.checkpoint import trained_context
 from graft.data.tokenizer import Tokenizer, byte_to_unicode
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
@@ -33,6 +34,13 @@ class ModelInfo:
     stop_ids: frozenset[int]  # end-of-text / end-of-turn ids: generation ends after any of them
     created: int  # when the server started (OpenAI's `created`, seconds)
     source: Path | None = None  # the checkpoint or Hugging Face directory served
+    # The ids a whole text may take (classify, qa, embeddings): the context the checkpoint's run
+    # trained on (graft.checkpoint.trained_context), else the model's; None: the model's.
+    trained_context: int | None = None
+
+    @property
+    def input_context(self) -> int:
+        return self.trained_context or self.config.max_seq_len
 
     @property
     def kind(self) -> str:
@@ -74,6 +82,7 @@ def describe_model(
         stop_ids=stop_ids(tokenizer, source),
         created=created,
         source=source,
+        trained_context=None if source is None else trained_context(source),
     )
 
 
