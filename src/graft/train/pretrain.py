@@ -56,7 +56,6 @@ def _pretrain(
     initial: LanguageModel | None = None
     if config.train.init is not None and not resume:
         initial, config = _initial_model(config, tokenizer)
-    config = _with_vocab(config, tokenizer)
 
     run_dir = config.train.out_dir
     check_output(run_dir, folder=True)  # a file there would be found only after the building
@@ -75,6 +74,9 @@ def _pretrain(
         )
         ckpt.check_same_step(last, config.train)
         refuse_dropping_privacy(last, config)
+    # After the resume checks: data from another tokenizer is named as such, not as a vocabulary
+    # the run never set.
+    config = _with_vocab(config, tokenizer)
 
     torch.manual_seed(config.train.seed)  # the same initial weights on every rank
     model = initial if initial is not None else LanguageModel(config.model)
