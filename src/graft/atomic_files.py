@@ -70,7 +70,7 @@ def _refused_for_room(dest: Path, err: BaseException) -> OutputError | None:
         why = os.strerror(errno.ENOSPC)
     if why is None:
         return None
-    kept = "the previous version is intact" if dest.exists() else "nothing was written"
+    kept = "the previous version is intact" if dest.exists() else "nothing half-written is left"
     return OutputError(
         f"{dest}: could not be written ({why}); {kept}; free space or raise the limit and rerun"
     )
