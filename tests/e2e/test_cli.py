@@ -884,3 +884,21 @@ def test_tokenizer_train_and_eval_refuse_to_write_into_a_checkpoint_or_prepared_
     args = ["eval", checkpoint, "--task", "lm", "--data", text, "--out", checkpoint]
     one_line_error(graft_here(*args), f"--out {checkpoint}: is a graft checkpoint")
     assert (snapshot(run_copy), snapshot(data)) == before
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_trains(
+    pipeline, tiny_model, tmp_path
+):
+    """Two runs into one --out both exited 0 and left a folder mixing their checkpoints and
+    metrics; the second's start-up clearing could delete the first's half-written checkpoint."""
+    from graft.checkpoint import run_lock
+    from graft.distributed import ONE_PROCESS
+
+    out = tmp_path / "run"
+    with run_lock(out, ONE_PROCESS):  # the first run, training
+        refused = graft_here(*pretrain_args(tiny_model, pipeline.data, out, "--train.max_steps=1"))
+        one_line_error(refused, f"{out}: another graft process is training into it")
+        assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # the lock file goes with the lock
+    ok(graft_here(*pretrain_args(tiny_model, pipeline.data, out, "--train.max_steps=1")))
+    assert [p.name for p in tmp_path.iterdir()] == ["run"]

@@ -51,9 +51,10 @@ def finetune(
     world, device = distributed.start(config.train)
     say = echo or (lambda message: print(message, file=sys.stderr))
     try:
-        return fit(
-            prepare_finetune(config, resume, world, device, say if world.is_main else _silent)
-        )
+        with ckpt.run_lock(config.train.out_dir, world):
+            return fit(
+                prepare_finetune(config, resume, world, device, say if world.is_main else _silent)
+            )
     finally:
         distributed.stop()
 

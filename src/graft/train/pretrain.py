@@ -39,7 +39,8 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     config = ckpt.resolve(config, resume=resume)  # a no-op when the CLI resolved it already
     world, device = distributed.start(config.train)
     try:
-        return _pretrain(config, resume, world, device)
+        with ckpt.run_lock(config.train.out_dir, world):
+            return _pretrain(config, resume, world, device)
     finally:
         distributed.stop()
 
