@@ -482,8 +482,6 @@ def unused_settings(config: RunConfig, command: str) -> list[str]:
         ]
     if config.train.nonfinite == "stop" and config.train.given("nonfinite_limit"):
         problems.append("train.nonfinite_limit: counts skipped steps; set train.nonfinite=skip")
-    if config.optim.schedule == "constant" and config.optim.given("min_lr_ratio"):
-        problems.append("optim.min_lr_ratio: a constant schedule does not decay")
     if not config.dp.enabled:
         problems += [
             f"dp.{key}: private training is off; turn it on with dp.epsilon or dp.noise_multiplier"

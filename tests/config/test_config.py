@@ -552,7 +552,6 @@ def test_an_unknown_objective_is_offered_those_the_command_runs():
         (["dp.max_grad_norm=0.5"], "dp.max_grad_norm: private training is off"),
         (["dp.delta=0.5"], "dp.delta: private training is off"),
         (["train.nonfinite_limit=3"], "train.nonfinite_limit: counts skipped steps"),
-        (["optim.schedule=constant", "optim.min_lr_ratio=0"], "optim.min_lr_ratio: a constant"),
     ],
 )
 def test_pretrain_refuses_a_setting_it_would_ignore(overrides, refusal):
