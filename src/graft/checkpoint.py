@@ -29,7 +29,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_type_hints
@@ -742,44 +742,42 @@ def saved_checkpoint(run_dir: Path) -> Path | None:
     return aside if (aside / MANIFEST_FILE).is_file() else None
 
 
-@contextlib.contextmanager
-def run_lock(run_dir: Path, world: World) -> Iterator[None]:
-    """Hold `run_dir` while this run trains: a second graft process training into it is refused.
-    Two would mix their checkpoints and metrics, and the second's start-up clearing would delete
-    the first's half-written checkpoint. The lock is an flock on a hidden file beside the run
-    folder (so a refused run still leaves no folder), deleted at the end; the system drops the
-    flock when the process ends, however it ends. Rank 0 holds it for every process of a
-    torchrun job."""
-    if not world.is_main:
-        yield
-        return
-    import fcntl
+class RunLock:
+    """This process's hold on a run folder while it trains: a second graft process training into
+    it is refused. Two would mix their checkpoints and metrics, and the second's start-up
+    clearing would delete the first's half-written checkpoint. The hold is an flock on the
+    folder itself (no file is made, so a refused run leaves nothing), taken before anything in
+    the folder is touched when it exists, else as soon as the run makes it; the system drops it
+    when the process ends, however it ends. Rank 0 holds it for every process of a job."""
 
-    lock = run_dir.parent / f".{run_dir.name}.lock"
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        handle = lock.open("a")
+    def __init__(self, run_dir: Path, world: World) -> None:
+        self.run_dir, self.world = Path(run_dir), world
+        self._fd: int | None = None
+
+    def take(self) -> None:
+        """Hold the folder, if it exists and is not held yet."""
+        if self._fd is not None or not self.world.is_main or not self.run_dir.is_dir():
+            return
+        import fcntl
+
+        fd = os.open(self.run_dir, os.O_RDONLY)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.close()
+            os.close(fd)
             raise CheckpointError(
-                f"{run_dir}: another graft process is training into it; wait for it to end or "
-                "choose another train.out_dir"
+                f"{self.run_dir}: another graft process is training into it; wait for it to "
+                "end or choose another train.out_dir"
             ) from None
-        # The holder before us may have deleted the file between our open and our flock: then
-        # the lock is on a file no one else will open, and we take the one at the path instead.
-        try:
-            if os.stat(lock).st_ino == os.fstat(handle.fileno()).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        handle.close()
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)  # before the flock goes, so no one locks a deleted file
-        handle.close()
+        self._fd = fd
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def recover_run(run_dir: Path, say: Callable[[str], None]) -> None:

@@ -891,14 +891,16 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_trains(
 ):
     """Two runs into one --out both exited 0 and left a folder mixing their checkpoints and
     metrics; the second's start-up clearing could delete the first's half-written checkpoint."""
-    from graft.checkpoint import run_lock
+    from graft.checkpoint import RunLock
     from graft.distributed import ONE_PROCESS
 
     out = tmp_path / "run"
-    with run_lock(out, ONE_PROCESS):  # the first run, training
-        refused = graft_here(*pretrain_args(tiny_model, pipeline.data, out, "--train.max_steps=1"))
-        one_line_error(refused, f"{out}: another graft process is training into it")
-        assert not out.exists()
-    assert list(tmp_path.iterdir()) == []  # the lock file goes with the lock
-    ok(graft_here(*pretrain_args(tiny_model, pipeline.data, out, "--train.max_steps=1")))
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]
+    first = ok(graft_here(*pretrain_args(tiny_model, pipeline.data, out, "--train.max_steps=1")))
+    assert "stopped (max_steps)" in first.stdout
+    with RunLock(out, ONE_PROCESS) as lock:  # a run training into it
+        lock.take()
+        before = snapshot(tmp_path)
+        args = pretrain_args(tiny_model, pipeline.data, out, "--train.max_steps=2", "--resume")
+        one_line_error(graft_here(*args), f"{out}: another graft process is training into it")
+        assert snapshot(tmp_path) == before  # nothing touched, not even its leftovers
+    ok(graft_here(*args))  # once the first has ended

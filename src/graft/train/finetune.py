@@ -51,10 +51,9 @@ def finetune(
     world, device = distributed.start(config.train)
     say = echo or (lambda message: print(message, file=sys.stderr))
     try:
-        with ckpt.run_lock(config.train.out_dir, world):
-            return fit(
-                prepare_finetune(config, resume, world, device, say if world.is_main else _silent)
-            )
+        with ckpt.RunLock(config.train.out_dir, world) as lock:
+            say = say if world.is_main else _silent
+            return fit(prepare_finetune(config, resume, world, device, say, lock))
     finally:
         distributed.stop()
 
@@ -69,8 +68,10 @@ def prepare_finetune(
     world: distributed.World,
     device: torch.device,
     say: Callable[[str], None],
+    lock: ckpt.RunLock | None = None,
 ) -> Run:
-    """Everything `fit` needs for the fine-tune `config` (resolved), on `device` in `world`."""
+    """Everything `fit` needs for the fine-tune `config` (resolved), on `device` in `world`;
+    `lock`, held by the caller while it fits the run, takes the run folder."""
     config = config.model_copy(update={"train": distributed.step_layout(config.train, world)})
     task_config = config.objective
     assert isinstance(task_config, RecordObjective)  # command_problems refused the others
@@ -86,6 +87,8 @@ def prepare_finetune(
         )
     run_dir = config.train.out_dir
     check_output(run_dir, folder=True)  # a file there would be found only after the loading
+    if lock is not None:
+        lock.take()  # before anything in the folder is touched
     if world.is_main:
         ckpt.recover_run(run_dir, say)
     world.barrier()  # no rank looks for the checkpoint before it is put back
@@ -174,6 +177,8 @@ def prepare_finetune(
     # leaves no folder behind.
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if lock is not None:
+            lock.take()  # a new folder: held from now on, before anything is written in it
         write_atomic(run_dir / CONFIG_FILE, config.to_yaml())
     run = Run(
         config,

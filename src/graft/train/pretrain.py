@@ -39,14 +39,18 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     config = ckpt.resolve(config, resume=resume)  # a no-op when the CLI resolved it already
     world, device = distributed.start(config.train)
     try:
-        with ckpt.run_lock(config.train.out_dir, world):
-            return _pretrain(config, resume, world, device)
+        with ckpt.RunLock(config.train.out_dir, world) as lock:
+            return _pretrain(config, resume, world, device, lock)
     finally:
         distributed.stop()
 
 
 def _pretrain(
-    config: RunConfig, resume: bool, world: distributed.World, device: torch.device
+    config: RunConfig,
+    resume: bool,
+    world: distributed.World,
+    device: torch.device,
+    lock: ckpt.RunLock,
 ) -> RunResult:
     config = config.model_copy(update={"train": distributed.step_layout(config.train, world)})
     if config.data.path is None:
@@ -61,6 +65,7 @@ def _pretrain(
     run_dir = config.train.out_dir
     check_output(run_dir, folder=True)  # a file there would be found only after the building
     say = _notice if world.is_main else _quiet
+    lock.take()  # before anything in the folder is touched
     if world.is_main:
         ckpt.recover_run(run_dir, say)
     world.barrier()  # no rank looks for the checkpoint before it is put back
@@ -120,6 +125,7 @@ def _pretrain(
     # leaves no folder behind.
     if world.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock.take()  # a new folder: held from now on, before anything is written in it
         write_atomic(run_dir / CONFIG_FILE, config.to_yaml())
     run = Run(
         config,
