@@ -163,6 +163,14 @@ def aside_path(dest: Path) -> Path:
     return dest.parent / f".{dest.name}.old"
 
 
+def complete_version(dest: Path) -> Path:
+    """What a reader of the directory `dest` reads: `dest`, or its previous version when a swap
+    was cut between its two renames (`dest` gone, the aside copy whole)."""
+    dest = Path(dest)
+    aside = aside_path(dest)
+    return aside if not dest.exists() and aside.is_dir() else dest
+
+
 @contextlib.contextmanager
 def atomic_directory(dest: Path) -> Iterator[Path]:
     """Build a directory that replaces `dest` in one step.

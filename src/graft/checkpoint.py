@@ -42,7 +42,7 @@ from safetensors.torch import load_file, save_file
 
 import graft
 from graft.adapt import ADAPTER_CONFIG_FILE, has_lora, load_adapter, save_adapter, split_lora_state
-from graft.atomic_files import aside_path, atomic_directory, recover_folder
+from graft.atomic_files import aside_path, atomic_directory, complete_version, recover_folder
 from graft.config import RunConfig, TrainConfig, model_problems
 from graft.crash_points import crash_point
 from graft.data.shards import INDEX_FILE
@@ -401,6 +401,7 @@ def load_model(
     is accepted too."""
     from graft.model.convert.hf import is_hf_directory
 
+    path = complete_version(path)  # an export rewritten and cut between its renames: the old one
     if is_hf_directory(Path(path)):
         return load_hf_checkpoint(Path(path), device=device)
     directory = resolve_checkpoint(path)

@@ -904,3 +904,14 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_trains(
         one_line_error(graft_here(*args), f"{out}: another graft process is training into it")
         assert snapshot(tmp_path) == before  # nothing touched, not even its leftovers
     ok(graft_here(*args))  # once the first has ended
+
+
+def test_prepared_data_cut_between_its_two_renames_is_read_from_its_previous_version(
+    pipeline, tiny_model, tmp_path
+):
+    """A rewrite killed after moving the old data aside and before moving the new in left only
+    `.data.old`: the data read as missing ("not a prepared data directory") though whole."""
+    data = tmp_path / "data"
+    shutil.copytree(pipeline.data, tmp_path / ".data.old")  # what the cut swap leaves
+    assert not data.exists()
+    ok(graft_here(*pretrain_args(tiny_model, data, tmp_path / "run", "--train.max_steps=1")))

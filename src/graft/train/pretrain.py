@@ -13,7 +13,7 @@ import torch
 
 from graft import checkpoint as ckpt
 from graft import distributed
-from graft.atomic_files import check_output, write_atomic
+from graft.atomic_files import check_output, complete_version, write_atomic
 from graft.config import RunConfig, command_problems, unused_settings
 from graft.data.shards import ShardIndex, TokenShards, prepared_tokenizer
 from graft.data.tokenizer import Tokenizer
@@ -156,6 +156,7 @@ def open_prepared(
     directory: Path, expected_tokenizer: Tokenizer | None = None
 ) -> tuple[Tokenizer, TokenShards, TokenShards | None]:
     """A prepared data directory's tokenizer and its train and val splits (val None when empty)."""
+    directory = complete_version(directory)  # a rewrite cut between its renames left the old one
     # first: a missing or unprepared directory says "run data prepare"
     tokenizer = prepared_tokenizer(directory, ShardIndex.load(directory))
     if expected_tokenizer is not None and tokenizer.sha256 != expected_tokenizer.sha256:
