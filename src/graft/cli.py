@@ -993,7 +993,10 @@ def _add_extract(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="JSONL file of entities to write")
     p.add_argument(
-        "--seq-len", type=int, help="longest input in tokens (default: the model's context)"
+        "--seq-len",
+        type=int,
+        help="longest input in tokens (default: the context the checkpoint was fine-tuned on, "
+        "else the model's)",
     )
     p.add_argument("--batch-size", type=int, help="windows per forward pass (default: 8)")
     _add_shared(p, "--device", "--no-progress")
@@ -1082,8 +1085,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seq-len",
         type=int,
-        help="lm: tokens each window predicts (lm-eval's rolling windows); classify, tokens: "
-        "longest input (default: the model's context)",
+        help="lm: tokens each window predicts (lm-eval's rolling windows; default: the model's "
+        "context); classify, tokens, qa: longest input (default: the context the checkpoint "
+        "was fine-tuned on, its train.seq_len, else the model's)",
     )
     p.add_argument("--batch-size", type=int, help="sequences per forward pass (default: 8)")
     p.add_argument(
@@ -1304,7 +1308,6 @@ def _run_quickstart(args: argparse.Namespace) -> int:
 
 
 def _run_tokenizer(args: argparse.Namespace) -> int:
-    from graft.checkpoint import refuse_writing_into
     from graft.data.documents import iter_documents
     from graft.data.tokenizer import bytes_tokenizer, train_tokenizer
 
@@ -1319,7 +1322,10 @@ def _run_tokenizer(args: argparse.Namespace) -> int:
         raise GraftError(
             f"tokenizer train --kind {args.kind}: {why}, so {given[0]} would do nothing"
         )
-    refuse_writing_into(args.out, "--out")  # before the training, not after it
+    if args.out.is_dir():  # before the training, not after it
+        from graft.checkpoint import refuse_writing_into  # torch: only when there is a folder
+
+        refuse_writing_into(args.out, "--out")
     if args.kind == "bytes":
         tokenizer = bytes_tokenizer(sentinels=args.sentinels)
     else:

@@ -550,7 +550,7 @@ def test_an_unknown_objective_is_offered_those_the_command_runs():
         ),
         (["data.replay_fraction=0.5"], "data.replay_fraction: nothing to replay"),
         (["dp.max_grad_norm=0.5"], "dp.max_grad_norm: private training is off"),
-        (["dp.delta=0.5"], "dp.delta: private training is off"),
+        (["dp.clipping=ghost"], "dp.clipping: private training is off"),
         (["train.nonfinite_limit=3"], "train.nonfinite_limit: counts skipped steps"),
     ],
 )
@@ -565,7 +565,7 @@ def test_pretrain_refuses_a_setting_it_would_ignore(overrides, refusal):
         ("classify", ["data.path=prepared"], "data.path: a pre-training setting"),
         ("classify", ["data.replay_path=general"], "data.replay_path: a pre-training"),
         ("tokens", ["data.text_field=body"], "data.text_field: task tokens does not read it"),
-        ("instruct", ["data.max_train_examples=5"], "data.max_train_examples: task instruct"),
+        ("instruct", ["data.label_field=reply"], "data.label_field: task instruct does not"),
         ("classify", ["dp.batch=8"], "dp.batch: private training is off"),
     ],
 )
@@ -582,6 +582,9 @@ def test_the_settings_a_run_uses_load_and_defaults_written_out_are_no_choice():
     assert load_run_config(None, ["dp.epsilon=8", "dp.delta=1e-6", *LIMIT]).dp.delta == 1e-6
     classify = ["train.init=c", "data.train_file=x", "data.text_field=body", "adapt.lora_rank=4"]
     assert load_finetune_config("classify", None, classify).data.text_field == "body"
+    for task in ("tokens", "instruct", "seq2seq", "qa"):  # every task samples its records
+        sampled = ["train.init=c", "data.train_file=x", "data.max_train_examples=5"]
+        assert load_finetune_config(task, None, sampled).data.max_train_examples == 5
     # a resolved config holds every field at its default: it loads back, for either command
     assert load_run_config(None, ["data.train_file=null", "dp.delta=1e-5", "adapt.method=full"])
 

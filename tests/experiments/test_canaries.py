@@ -136,15 +136,15 @@ def test_dp_overrides_add_a_private_run_and_the_rest_apply_to_both(tmp_path: Pat
         init=base.init,
         data=base.data,
         out_dir=base.out_dir,
-        overrides=("train.max_steps=7", "dp.epsilon=8", "dp.delta=1e-6"),
+        overrides=("train.max_steps=7", "dp.epsilon=8", "dp.delta=1e-6", "dp.batch=4"),
     )
     configs = dict(run_configs(options))
     assert list(configs) == ["plain", "dp"]
     assert configs["dp"].dp.enabled and configs["dp"].dp.epsilon == 8
     assert not configs["plain"].dp.enabled
-    assert all(c.train.max_steps == 7 for c in configs.values())
-    # every dp setting is the private run's: the plain run would refuse one it does not use
-    assert configs["dp"].dp.delta == 1e-6 and configs["plain"].dp.delta == 1e-5
+    # dp.delta too: both runs' one-run bounds are stated at the same delta
+    assert all(c.train.max_steps == 7 and c.dp.delta == 1e-6 for c in configs.values())
+    assert configs["dp"].dp.batch == 4 and configs["plain"].dp.batch is None
     assert configs["dp"].train.out_dir == tmp_path / "a" / "runs" / "dp"
     assert configs["plain"].data.val_file == tmp_path / "a" / "audit_val.jsonl"
     assert configs["plain"].objective.name == "instruct"

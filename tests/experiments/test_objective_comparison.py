@@ -256,3 +256,21 @@ def test_the_command_runs_a_comparison(inputs: dict[str, Path], tmp_path: Path, 
         == 2
     )
     assert "unknown 'bogus'" in capsys.readouterr().err
+
+
+def test_document_masking_applies_to_the_arms_that_pack_documents(tmp_path: Path) -> None:
+    """Overrides apply to every arm; --data.mask_doc_boundaries=true is refused by the objectives
+    that do not read it, so those arms run without it rather than fail."""
+    from graft.experiments.objective_comparison import _arm_config
+
+    opts = ComparisonOptions(
+        data=tmp_path / "d",
+        labelled=tmp_path / "l.tsv",
+        max_tokens=1000,
+        out_dir=tmp_path / "cmp",
+        overrides=("data.mask_doc_boundaries=true",),
+    )
+    masked = {
+        name: _arm_config(opts, name, "t5").data.mask_doc_boundaries for name in DEFAULT_OBJECTIVES
+    }
+    assert masked == {"clm": True, "mlm": False, "mlm+nsp": False, "denoise": False, "mix": True}

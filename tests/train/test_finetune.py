@@ -605,3 +605,26 @@ def test_eval_and_serve_read_texts_as_long_as_fine_tuning_did(base: Path, tmp_pa
     assert info.input_context == 8
     with pytest.raises(APIError, match=r"reads at most 8 \(the context it was trained on\)"):
         encodings.input_ids(text, tokenizer, info)
+
+
+def test_eval_lm_keeps_the_model_context_where_whole_texts_take_the_trained_one(
+    tmp_path: Path,
+) -> None:
+    """lm's rolling windows are the model's context (as lm-evaluation-harness reads the export);
+    classify, tokens and qa read a text as long as fine-tuning cut it."""
+    from graft.checkpoint import save_checkpoint, trained_context
+    from graft.data.tokenizer import bytes_tokenizer
+    from graft.evaluate.evaluate import EvalOptions, _context
+    from graft.model.config import preset
+    from graft.model.transformer import LanguageModel
+
+    model = LanguageModel(preset("nano", vocab_size=262, max_seq_len=32, d_model=32, n_layers=1))
+    ckpt = save_checkpoint(
+        tmp_path / "c",
+        model=model,
+        tokenizer=bytes_tokenizer(),
+        run_config_yaml="train:\n  seq_len: 8\n",
+    )
+    assert trained_context(ckpt) == 8
+    options = EvalOptions(ckpt, "lm", (tmp_path,))
+    assert _context(model, options, texts=False) == 32 and _context(model, options) == 8

@@ -293,12 +293,14 @@ def _report(
     return write_report(out_dir, options.task, metrics, samples)[0]
 
 
-def _context(model: LanguageModel, options: EvalOptions) -> int:
-    """--seq-len, else the context the checkpoint's run trained on (its train.seq_len), else the
-    model's: a text is scored as long as training read it."""
+def _context(model: LanguageModel, options: EvalOptions, *, texts: bool = True) -> int:
+    """--seq-len, else (for whole texts: classify, tokens, qa) the context the checkpoint's run
+    trained on (its train.seq_len: fine-tuning cut every text there), else the model's. The lm
+    task's rolling windows take the model's context, as lm-evaluation-harness does on the
+    export."""
     from graft.checkpoint import trained_context
 
-    seq_len = options.seq_len or trained_context(options.checkpoint)
+    seq_len = options.seq_len or (trained_context(options.checkpoint) if texts else None)
     return scoring_context(model, seq_len, str(options.checkpoint))
 
 
@@ -387,7 +389,7 @@ def evaluate_lm(
     """Loss and perplexity per token, bits per byte and word perplexity of the text in
     options.data."""
     _check_decoder(model, options)
-    seq_len = _context(model, options)
+    seq_len = _context(model, options, texts=False)
     eot = tokenizer.eot_id
     if eot is None:
         raise TokenizerError(

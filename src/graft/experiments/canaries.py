@@ -71,6 +71,9 @@ CANARIES_FILE = "canaries.json"
 # What the audit sets for every run; an override of these (or of any data.* key: the audit writes
 # the data files itself) is refused.
 _OWNED = ("train.init", "train.out_dir", "objective.")
+# The run without DP drops the dp overrides but dp.delta, which both runs' one-run bounds are
+# stated at (a dp setting a run without DP does not read is refused).
+_SHARED_DP = "dp.delta"
 # The overrides that turn DP on: the run without DP drops them and keeps the rest (dp.delta too,
 # so both runs' one-run bounds are stated at the same delta).
 
@@ -189,8 +192,11 @@ def run_configs(options: AuditOptions) -> list[tuple[str, RunConfig]]:
         setting("train.progress", options.progress),
     ]
     private = load_finetune_config("instruct", None, [*base, *options.overrides])
-    # The plain run is not private: every dp setting is the private run's alone.
-    plain = [o for o in options.overrides if not o.removeprefix("--").startswith("dp.")]
+    plain = [
+        o
+        for o in options.overrides
+        if not o.removeprefix("--").startswith("dp.") or o.removeprefix("--").startswith(_SHARED_DP)
+    ]
     runs = [
         ("plain", [*base, setting("train.out_dir", options.out_dir / "runs" / "plain"), *plain])
     ]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from graft.atomic_files import write_atomic
 from graft.checkpoint import load_model
@@ -31,6 +32,7 @@ from graft.errors import ConfigError
 from graft.experiments import runner
 from graft.experiments.probe import ProbeResult, linear_probe, sequence_features
 from graft.model.config import PRESETS
+from graft.objectives.base import ShardObjective
 from graft.run_files import CHECKPOINTS_DIR, METRICS_FILE, read_metrics
 from graft.train.pretrain import open_prepared, pretrain
 
@@ -250,6 +252,16 @@ def _arm_config(options: ComparisonOptions, objective: str, style: str) -> RunCo
     }
     for item in options.overrides:
         apply_override(raw, item)
+    # Overrides apply to every arm; masking at document ends applies where an arm packs documents
+    # (clm, a mix with clm), so an arm that does not is run without it, not refused.
+    data, arm = raw.get("data"), OBJECTIVES.get(objective)
+    if isinstance(data, dict) and data.get("mask_doc_boundaries") and arm is not None:
+        try:
+            packs = arm.model_validate(raw["objective"])
+        except ValidationError:
+            packs = None  # validate_run_config below says what is wrong
+        if isinstance(packs, ShardObjective) and not packs.reads_document_boundaries():
+            del data["mask_doc_boundaries"]
     return validate_run_config(raw, where=f"objective {objective}", command="pretrain")
 
 

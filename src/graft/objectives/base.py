@@ -247,8 +247,8 @@ class RecordObjective(ObjectiveSection):
 
     reads: ClassVar[DataKind] = "records"
     head: ClassVar[HeadKind]
-    # The data settings it reads beyond those every task reads (files, split, encoding,
-    # skip_invalid, redaction): a task that reads none of them refuses them.
+    # The data settings it reads beyond those every task reads (files, split, sample size,
+    # encoding, skip_invalid, redaction): a task that reads none of them refuses them.
     data_fields: ClassVar[tuple[str, ...]] = ()
     # The validation metric a fine-tune follows by default (train.monitor).
     monitor: ClassVar[str] = "val/loss"

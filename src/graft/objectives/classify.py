@@ -155,7 +155,7 @@ class ClassifyConfig(RecordObjective):
 
     head: ClassVar[HeadKind] = "sequence"
     monitor: ClassVar[str] = "val/macro_f1"
-    data_fields: ClassVar[tuple[str, ...]] = ("text_field", "label_field", "max_train_examples")
+    data_fields: ClassVar[tuple[str, ...]] = ("text_field", "label_field")
     name: Literal["classify"] = "classify"
     class_weights: bool = Field(default=False, description="Weight classes by inverse frequency.")
 
