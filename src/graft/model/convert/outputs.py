@@ -15,15 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from graft.atomic_files import check_output
+from graft.data.shards import INDEX_FILE
 from graft.errors import OutputError
-from graft.run_files import EXPLAIN_DIR
+from graft.run_files import CONFIG_FILE, EXPLAIN_DIR, METRICS_FILE
 
 __all__ = ["check_export_out"]
 
 # What an export folder holds besides its files: the explain page a checkpoint carries.
 _EXPORT_SUBFOLDERS = frozenset({EXPLAIN_DIR})
-# Files no export holds: a graft checkpoint's, a run's, prepared data's.
-_NOT_EXPORT_FILES = ("manifest.json", "config.yaml", "metrics.jsonl", "index.json")
+# Files no export holds: a graft checkpoint's manifest (graft.checkpoint.MANIFEST_FILE, which
+# imports this module), a run's, prepared data's.
+_NOT_EXPORT_FILES = ("manifest.json", CONFIG_FILE, METRICS_FILE, INDEX_FILE)
 
 
 def check_export_out(
