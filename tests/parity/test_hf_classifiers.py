@@ -189,17 +189,9 @@ def test_a_two_label_classifier_saved_without_id2label_imports(tmp_path: Path) -
     """transformers leaves id2label and num_labels out of config.json at its default of two
     labels (and reads two back); graft refused such a directory as having no known labels."""
     torch.manual_seed(0)
-    shape = {k: v for k, v in _SHAPE.items() if k not in ("num_labels", "id2label", "label2id")}
-    reference = transformers.AutoModelForSequenceClassification.from_config(
-        transformers.BertConfig(
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            intermediate_size=64,
-            max_position_embeddings=32,
-            **shape,
-        )
-    )
+    config = CONFIGS["bert"]()
+    config.num_labels = 2  # transformers' default: LABEL_0, LABEL_1
+    reference = transformers.AutoModelForSequenceClassification.from_config(config)
     reference.eval().save_pretrained(tmp_path)
     written = json.loads((tmp_path / "config.json").read_text())
     for key in ("id2label", "num_labels"):  # what transformers writes, or the test tests nothing
