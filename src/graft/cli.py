@@ -1798,6 +1798,18 @@ def _refuse_torchrun(command: str) -> None:
         )
 
 
+def _command_parser(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> argparse.ArgumentParser:
+    """The parser of the (sub)command that was run, so that its error points to its own help
+    (`graft tokenizer train --help`), which lists the flags, not `graft --help`."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs or getattr(args, subs[0].dest, None) is None:
+            return parser
+        parser = subs[0].choices[getattr(args, subs[0].dest)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -1807,7 +1819,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in _WITH_OVERRIDES:
             return _WITH_OVERRIDES[args.command](args, extra)
         if extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            _command_parser(parser, args).error(f"unrecognized arguments: {' '.join(extra)}")
         return _COMMANDS[args.command](args)
     except GraftError as err:
         if args.debug:

@@ -832,8 +832,13 @@ def test_an_experiment_with_a_failed_run_exits_1_naming_it(action, monkeypatch, 
         ),
         (["generate"], "graft generate: error: the following arguments are required: checkpoint"),
         (["bogus"], "graft: error: argument COMMAND: invalid choice: 'bogus'"),
+        (
+            ["tokenizer", "train", "--out", "t", "--bogus"],
+            "graft tokenizer train: error: unrecognized arguments: --bogus "
+            "(see graft tokenizer train --help)",
+        ),
     ],
-    ids=["bad-value", "missing", "unknown-command"],
+    ids=["bad-value", "missing", "unknown-command", "unknown-flag"],
 )
 def test_argparse_usage_errors_are_one_line(args, line):
     """argparse printed its usage block first: the line that says what is wrong came last."""
