@@ -560,7 +560,7 @@ def test_train_compile_and_deterministic_apply_to_every_training_command(
 
     seen: dict[str, bool] = {}
 
-    def train(run: loop.Run) -> loop.RunResult:
+    def train(run: loop.Run, echo: object) -> loop.RunResult:
         seen["compiled"] = run.model.model._compiled_call_impl is not None
         seen["deterministic"] = torch.are_deterministic_algorithms_enabled()
         raise KeyboardInterrupt  # nothing more to see: no training

@@ -280,3 +280,23 @@ def test_a_backend_that_is_not_installed_is_refused_in_one_line(
         MetricsLog(tmp_path, writes=writes, backends=["jsonl", backend])
     assert str(refused.value) == f"train.log: {backend} is not installed; {fix}, or drop it"
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_pretrain_lines_go_to_echo(data_dir: Path, tmp_path: Path, capsys) -> None:
+    """A Python caller's `echo` gets the run's lines: they used to reach standard output (and
+    the notices standard error) whatever it gave, as `finetune` would not."""
+    lines: list[str] = []
+    cfg = config(data_dir, tmp_path / "run", max_steps=2, eval_every=2, log_every=2)
+    pretrain(cfg, echo=lines.append)
+    out, err = capsys.readouterr()
+    assert (out, err) == ("", "")
+    assert [line.split(":")[0] for line in lines] == ["step 2"]
+    assert "val/loss" in lines[0]
+    # A notice too (here privacy's, without gradient norms), where the CLI's go to stderr.
+    dp = {"noise_multiplier": 1.0, "batch": 4}
+    private = {**cfg.model_dump(mode="json"), "dp": dp}
+    private["train"]["out_dir"] = str(tmp_path / "private")
+    lines.clear()
+    pretrain(validate_run_config(private), echo=lines.append)
+    assert capsys.readouterr() == ("", "")
+    assert any("no gradient norms under dp" in line for line in lines), lines

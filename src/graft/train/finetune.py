@@ -53,7 +53,7 @@ def finetune(
     try:
         with ckpt.RunLock(config.train.out_dir, world) as lock:
             say = say if world.is_main else _silent
-            return fit(prepare_finetune(config, resume, world, device, say, lock))
+            return fit(prepare_finetune(config, resume, world, device, say, lock), echo)
     finally:
         distributed.stop()
 

@@ -20,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -237,21 +237,23 @@ def train_step(
     return tokens, totals, grad_norm
 
 
-def fit(run: Run) -> RunResult:
+def fit(run: Run, echo: Callable[[str], None] | None = None) -> RunResult:
     """Train `run` to its first limit, evaluating, logging and checkpointing on the way. Every
-    command that trains comes here, so train.compile and train.deterministic apply to all."""
+    command that trains comes here, so train.compile and train.deterministic apply to all.
+    Its lines (each evaluation, a skipped step, a notice) go to `echo`, or to standard output
+    between the progress bar's redraws."""
     if run.config.train.compile:
         run.model.compile_backbone()
     # Deterministic kernels are a process-wide switch: set it for this run only.
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(run.config.train.deterministic or previous)
     try:
-        return _train(run)
+        return _train(run, echo)
     finally:
         torch.use_deterministic_algorithms(previous)
 
 
-def _train(run: Run) -> RunResult:
+def _train(run: Run, echo: Callable[[str], None] | None) -> RunResult:
     cfg, train_cfg = run.config, run.config.train
     model, objective, optimizer, state = run.model, run.objective, run.optimizer, run.state
     world = run.world
@@ -278,12 +280,6 @@ def _train(run: Run) -> RunResult:
         writes=world.is_main,
         backends=train_cfg.log,
     )
-    if train_cfg.norms_every is not None and run.privacy is not None and world.is_main:
-        print(
-            "notice: train.norms_every: no gradient norms under dp (Opacus clips each record's "
-            "gradient); weight norms only",
-            file=sys.stderr,
-        )
     # Its counts are filled in when the run stops.
     result = RunResult(run.run_dir, state.step, state.tokens_seen, state.elapsed_s, stop_reason="")
     bar = tqdm(
@@ -294,6 +290,24 @@ def _train(run: Run) -> RunResult:
         dynamic_ncols=True,
         leave=False,
     )
+
+    def tell(line: str, *, notice: bool = False) -> None:
+        if not world.is_main:  # rank 0 speaks for the run
+            return
+        if echo is not None:
+            with bar.external_write_mode():
+                echo(line)
+        elif notice:  # as the commands' other notices
+            print(line, file=sys.stderr)
+        else:
+            bar.write(line)
+
+    if train_cfg.norms_every is not None and run.privacy is not None:
+        tell(
+            "notice: train.norms_every: no gradient norms under dp (Opacus clips each record's "
+            "gradient); weight norms only",
+            notice=True,
+        )
     clock = time.perf_counter() - state.elapsed_s  # elapsed time carries over a resume
     window_start, window_tokens, window = time.perf_counter(), 0, LossTotals()
     evaluated_at = -1
@@ -322,10 +336,8 @@ def _train(run: Run) -> RunResult:
                 state.step, {**metrics, "tokens": state.tokens_seen, "elapsed_s": state.elapsed_s}
             )
             result.evals.append({"step": state.step, **metrics})
-        if metrics and world.is_main:
-            bar.write(
-                f"step {state.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            )
+        if metrics:
+            tell(f"step {state.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         # `best` first: a complete `last` is the mark that this step is done, so a crash between
         # the two resumes from the step before and writes `best` again.
         if improved:
@@ -363,7 +375,7 @@ def _train(run: Run) -> RunResult:
                 state.nonfinite_in_a_row = 0
             except NonFiniteLoss as bad:
                 _nonfinite(train_cfg, state, bad.loss, saved_at)  # raises unless it skips
-                bar.write(
+                tell(
                     f"step {state.step + 1}: the loss was {bad.loss}; step skipped "
                     f"({state.nonfinite_in_a_row} in a row, {state.nonfinite_skipped} in all)"
                 )

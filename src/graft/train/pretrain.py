@@ -6,6 +6,7 @@ hands all of it to the loop."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,8 +29,11 @@ from graft.train.parallel import parallelize
 from graft.train.privacy import make_private, refuse_dropping_privacy
 
 
-def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
-    """Set up a pre-training run from its config (fresh or resumed) and train it."""
+def pretrain(
+    config: RunConfig, *, resume: bool = False, echo: Callable[[str], None] | None = None
+) -> RunResult:
+    """Set up a pre-training run from its config (fresh or resumed) and train it. Its notices
+    go to `echo` (standard error without one), its evaluations to `echo` (standard output)."""
     # A config built in Python gets the checks load_run_config makes too.
     problems = command_problems(config.objective.name, "pretrain") or unused_settings(
         config, "pretrain"
@@ -40,7 +44,8 @@ def pretrain(config: RunConfig, *, resume: bool = False) -> RunResult:
     world, device = distributed.start(config.train)
     try:
         with ckpt.RunLock(config.train.out_dir, world) as lock:
-            return _pretrain(config, resume, world, device, lock)
+            say = (echo or _notice) if world.is_main else _quiet
+            return fit(_pretrain(config, resume, world, device, lock, say), echo)
     finally:
         distributed.stop()
 
@@ -51,7 +56,8 @@ def _pretrain(
     world: distributed.World,
     device: torch.device,
     lock: ckpt.RunLock,
-) -> RunResult:
+    say: Callable[[str], None],
+) -> Run:
     config = config.model_copy(update={"train": distributed.step_layout(config.train, world)})
     if config.data.path is None:
         raise ConfigError(
@@ -64,7 +70,6 @@ def _pretrain(
 
     run_dir = config.train.out_dir
     check_output(run_dir, folder=True)  # a file there would be found only after the building
-    say = _notice if world.is_main else _quiet
     lock.take()  # before anything in the folder is touched
     if world.is_main:
         ckpt.recover_run(run_dir, say)
@@ -119,7 +124,7 @@ def _pretrain(
         objective = with_replay(objective, general, config.data.replay_fraction)
     privacy = None
     if config.dp.enabled:
-        privacy = make_private(config, model, optimizer, objective, world, last, _notice)
+        privacy = make_private(config, model, optimizer, objective, world, last, say)
         optimizer, module = privacy.optimizer, privacy.module
     # Only now, past every check the objective, the replay data and privacy make: a refused run
     # leaves no folder behind.
@@ -141,7 +146,7 @@ def _pretrain(
         module=None if module is model else module,
         privacy=privacy,
     )
-    return fit(run)
+    return run
 
 
 def _notice(message: str) -> None:
