@@ -1587,7 +1587,7 @@ def _run_generate(args: argparse.Namespace) -> int:
             f"generate: the prompt is {len(prompt_ids)} tokens; the model's context is {context}"
         )
     sys.stdout.write(args.prompt)  # only once it is known to fit: a refusal prints nothing
-    stream = TextStream(tokenizer)
+    stream = TextStream(tokenizer, context=prompt_ids)
     tokens: Iterable[int]
     if isinstance(params, BeamParams):
         # The best hypothesis is known only at the end: it is printed at once, not streamed.

@@ -471,3 +471,135 @@ def test_a_sentencepiece_only_directory_is_refused(tmp_path: Path) -> None:
     message = str(caught.value)
     assert message.startswith(f"{tmp_path}: has tokenizer.model but no tokenizer.json or vocab.txt")
     assert "save_pretrained" in message and len(message.splitlines()) == 1
+
+
+# -- a Llama tokenizer's bos ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Llama 2 tokenizer as transformers saves one: SentencePiece BPE (Metaspace words, byte
+    fallback) whose post-processor opens every text with <s>."""
+    trained = tokenizers.SentencePieceBPETokenizer()
+    trained.train_from_iterator(
+        training_lines(), vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"]
+    )
+    model = json.loads(trained._tokenizer.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    tokenizer = transformers.LlamaTokenizer(vocab=model["vocab"], merges=merges, add_bos_token=True)
+    directory = tmp_path_factory.mktemp("llama")
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def test_only_a_bos_alone_before_the_text_opens_every_text(
+    llama_dir: Path, roberta_dir: Path, gpt2_dir: Path
+) -> None:
+    """Llama's post-processor puts <s> before a text; RoBERTa's frame (<s> ... </s>) is the
+    encoders' own, and GPT-2's tokenizer adds nothing."""
+    assert auto(llama_dir)("hello")["input_ids"][0] == auto(llama_dir).bos_token_id
+    assert Tokenizer.load(llama_dir).opens_with_bos
+    assert not Tokenizer.load(roberta_dir).opens_with_bos
+    assert not Tokenizer.load(gpt2_dir).opens_with_bos
+
+
+@pytest.mark.parametrize("text", ["hello world", "The naïve café serves", "a\nb", " x"])
+def test_a_decoder_reads_a_llama_text_as_transformers_tokenizes_it(
+    llama_dir: Path, text: str
+) -> None:
+    """graft read every text of a Llama tokenizer without the <s> its model always saw first: in
+    fine-tuning, `graft generate`, /v1/completions and eval alike."""
+    from graft.data.inputs import model_inputs, prompt_ids
+
+    ours, theirs = Tokenizer.load(llama_dir), auto(llama_dir)
+    expected = theirs(text)["input_ids"]
+    assert expected[0] == ours.bos_id
+    assert prompt_ids(ours, text) == expected
+    assert model_inputs(ours, [text], framed=False, max_len=None).ids == [expected]
+    # Cut to a budget, the text keeps its bos.
+    cut = model_inputs(ours, [text], framed=False, max_len=2).ids[0]
+    assert cut == expected[:2]
+    assert prompt_ids(ours, "") == [ours.bos_id]
+
+
+def test_prepared_llama_documents_open_with_bos(llama_dir: Path, tmp_path: Path) -> None:
+    """Pre-training shards hold `<s> document </s>` per document, as Llama was pre-trained: a
+    continued pre-training used to read documents that no <s> opened."""
+    import numpy as np
+
+    from graft.data.shards import prepare_shards
+
+    ours = Tokenizer.load(llama_dir)
+    texts = ["hello world", "The naïve café serves", "def f(x): return x"]
+    for i, text in enumerate(texts):
+        (tmp_path / f"{i}.txt").write_text(text)
+    index = prepare_shards(
+        [tmp_path / f"{i}.txt" for i in range(3)],
+        ours,
+        tmp_path / "data",
+        val_fraction=0.01,
+        progress=False,
+    )
+    ids = np.fromfile(tmp_path / "data" / index.splits["train"].file, dtype=index.np_dtype)
+    documents = np.split(ids, np.flatnonzero(ids == ours.eot_id) + 1)[:-1]
+    theirs = auto(llama_dir)
+    expected = [[*theirs(text)["input_ids"], ours.eot_id] for text in texts]
+    assert documents and all(d.tolist() in expected for d in documents)  # <s> first
+    assert index.splits["train"].tokens == ids.size
+
+
+def test_eval_lm_reads_each_document_after_bos_as_lm_eval_does(
+    llama_dir: Path, tmp_path: Path
+) -> None:
+    """lm-evaluation-harness reads a rolling document after its prefix token, the tokenizer's
+    bos where it has one: graft read a Llama document after </s>."""
+    import torch
+
+    from graft.checkpoint import save_checkpoint
+    from graft.evaluate.evaluate import EvalOptions, evaluate_checkpoint
+    from graft.model.config import ModelConfig
+    from graft.model.transformer import LanguageModel
+
+    ours = Tokenizer.load(llama_dir)
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=ours.vocab_size,
+        max_seq_len=64,
+        d_model=32,
+        n_layers=1,
+        n_heads=2,
+        init_std=0.3,
+    )
+    model = LanguageModel(config).eval()
+    save_checkpoint(tmp_path / "ckpt", model=model, tokenizer=ours, run_config_yaml="{}\n")
+    text = "The naïve café serves crème brûlée"
+    (tmp_path / "doc.txt").write_text(text)
+    options = EvalOptions(
+        tmp_path / "ckpt", "lm", (tmp_path / "doc.txt",), out_dir=tmp_path / "eval"
+    )
+    report = json.loads(evaluate_checkpoint(options).read_text())
+    ids = torch.tensor([auto(llama_dir)(text)["input_ids"]])  # <s> first
+    with torch.no_grad():
+        logits = model(ids[:, :-1]).logits
+    expected = torch.nn.functional.cross_entropy(logits[0], ids[0, 1:]).item()
+    assert report["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("fixture", ["llama_dir", "vocab_file"])
+def test_a_stream_keeps_the_spaces_between_words(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    """Metaspace (Llama 2) and WordPiece tokens decoded alone lose the space that opens a word:
+    the stream ran words together at the prompt's end and every 32 tokens after."""
+    from graft.infer.stream import TextStream
+
+    path = request.getfixturevalue(fixture)
+    ours = Tokenizer.load(path if path.is_dir() else path.parent)
+    text = " ".join(["the quick brown fox jumps over the lazy dog"] * 8)
+    ids = ours.encode(text)
+    assert len(ids) > 40  # past the stream's window
+    prompt, generated = ids[:3], ids[3:]
+    stream = TextStream(ours, context=prompt)
+    streamed = "".join(stream.push(i) for i in generated) + stream.flush()
+    whole, head = ours.decode(ids), ours.decode(prompt)
+    assert whole.startswith(head) and streamed == whole[len(head) :]

@@ -3,8 +3,10 @@
 An encoder (`ModelConfig.is_encoder`: bidirectional attention) reads each text framed as
 `[CLS] text [SEP]` (RoBERTa's `<s> text </s>`), as BERT-family models are pre-trained and as
 transformers' tokenizers frame a text by default: its sequence classifier reads the pooled first
-token, and sentence-embedding models pool over the framed sequence. A decoder reads the bare text.
-A tokenizer without both a cls and a sep token frames nothing, whatever the model.
+token, and sentence-embedding models pool over the framed sequence. A decoder reads the bare text,
+after the tokenizer's bos when its own post-processor opens every text with it (Llama's `<s>`,
+`Tokenizer.opens_with_bos`), as the model was pre-trained. An encoder's tokenizer without both a
+cls and a sep token frames nothing.
 
 Texts are encoded without special tokens (`Tokenizer.encode`); a special-token string inside a
 text still maps to its id, as it does everywhere else in graft. A text longer than the budget
@@ -117,7 +119,8 @@ def leading_ids(tokenizer: Tokenizer, text: str, count: int) -> list[int]:
 
 @dataclass(frozen=True)
 class Frame:
-    """The ids placed before and after a text's tokens: ([CLS],) and ([SEP],), or nothing."""
+    """The ids placed before and after a text's tokens: ([CLS],) and ([SEP],), (bos,) alone, or
+    nothing."""
 
     before: tuple[int, ...] = ()
     after: tuple[int, ...] = ()
@@ -147,9 +150,14 @@ class Frame:
 
 def input_frame(tokenizer: Tokenizer, *, framed: bool) -> Frame:
     """The frame of every text given to a model: `[CLS] ... [SEP]` when `framed` (the model is an
-    encoder) and the tokenizer has both tokens, else none."""
+    encoder) and the tokenizer has both tokens; for a decoder, the tokenizer's bos before the
+    text when its own post-processor puts it there (`Tokenizer.opens_with_bos`: Llama), as
+    its model was pre-trained and as transformers' `tokenizer(text)` gives; else none."""
+    if not framed:
+        bos = tokenizer.bos_id
+        return Frame((bos,), ()) if bos is not None and tokenizer.opens_with_bos else Frame()
     cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
-    if not framed or cls_id is None or sep_id is None:
+    if cls_id is None or sep_id is None:
         return Frame()
     return Frame((cls_id,), (sep_id,))
 
@@ -213,8 +221,12 @@ def right_padded(rows: Sequence[Sequence[int]], fill: int) -> tuple[torch.Tensor
 
 def prompt_ids(tokenizer: Tokenizer, text: str) -> list[int] | None:
     """The ids a language model continues for a text prompt (`graft generate`, /v1/completions),
-    read as its training text was: line ends normalised as every document is. An empty prompt is
-    the start of a fresh document, the end-of-text id alone (None without one)."""
+    read as its training text was: line ends normalised as every document is, and framed as a
+    decoder's every text is (a Llama tokenizer's bos first). An empty prompt is the start of a
+    fresh document: that bos, or else the end-of-text id alone (None without one)."""
+    frame = input_frame(tokenizer, framed=False)
     if not text:
+        if frame.before:
+            return list(frame.before)
         return None if tokenizer.eot_id is None else [tokenizer.eot_id]
-    return tokenizer.encode(normalise_newlines(text))
+    return frame.wrap(tokenizer.encode(normalise_newlines(text)))

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from graft.atomic_files import atomic_directory, fsync_path, write_atomic
 from graft.data.documents import Document, iter_documents, list_input_files, utf8_size
+from graft.data.inputs import input_frame
 from graft.data.redact import RedactConfig, Redactor
 from graft.data.tokenizer import EOT, TOKENIZER_FILE, Tokenizer
 from graft.errors import ConfigError, DataError, TokenizerError
@@ -232,7 +233,9 @@ def _split_info(value: object, where: str) -> SplitInfo:
 class _SplitWriter:
     """Appends one split's ids to its .bin file and counts what went in."""
 
-    def __init__(self, name: str, path: Path, dtype: np.dtype, eot_id: int) -> None:
+    def __init__(
+        self, name: str, path: Path, dtype: np.dtype, eot_id: int, opening: Sequence[int] = ()
+    ) -> None:
         self.name, self.path = name, path
         self.handle: BinaryIO = path.open("wb")
         self.tokens = self.documents = self.bytes = 0
@@ -240,14 +243,24 @@ class _SplitWriter:
         # The last finished document's size, so that it can be moved to an empty split.
         self.last_doc_tokens = self.last_doc_bytes = 0
         self._eot = np.array([eot_id], dtype=dtype)
+        # What opens each document (a Llama tokenizer's bos), as the model reads every text.
+        self._opening = np.array(opening, dtype=dtype)
+        self._in_document = False
         self._parts: list[np.ndarray] = []
 
     def add(self, ids: np.ndarray, text_bytes: int) -> None:
+        if not self._in_document:
+            self._in_document = True
+            self._parts.append(self._opening)
+            self.doc_tokens += len(self._opening)
         self._parts.append(ids)
         self.doc_tokens += len(ids)
         self.doc_bytes += text_bytes
 
     def end_document(self) -> None:
+        if not self._in_document:  # a document that had no piece still gets its opening
+            self.add(self._eot[:0], 0)
+        self._in_document = False
         self._parts.append(self._eot)
         self.doc_tokens += 1
         self.tokens += self.doc_tokens
@@ -500,7 +513,11 @@ def prepare_shards(
     total_bytes = sum(path.stat().st_size for path in files + val_files)
     # The work directory is a hidden sibling, so input folders that contain out_dir skip it.
     with atomic_directory(out_dir) as work:
-        writers = {name: _SplitWriter(name, work / f"{name}.bin", dtype, eot_id) for name in SPLITS}
+        opening = input_frame(tokenizer, framed=False).before
+        writers = {
+            name: _SplitWriter(name, work / f"{name}.bin", dtype, eot_id, opening)
+            for name in SPLITS
+        }
         routed = _routed_documents(inputs, val_inputs, val_fraction, seed, split_on)
         redactor = Redactor(redact) if redact is not None else None
         _write_split_files(

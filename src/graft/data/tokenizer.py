@@ -392,6 +392,23 @@ class Tokenizer:
         return self._role_id("bos_token")
 
     @property
+    def opens_with_bos(self) -> bool:
+        """Whether the tokenizer's own post-processor frames a single text as `bos + text` and
+        nothing more (Llama's `<s>`, Llama 3's `<|begin_of_text|>`): its model was pre-trained
+        on texts that start with it, so every text a decoder reads here does too
+        (`graft.data.inputs.input_frame`). BERT's and RoBERTa's frames, with a token after the
+        text, are the encoders' own frame; graft's tokenizers add nothing.
+
+        Read from the backend on every call, which `.backend` changes in place would alter."""
+        bos = self.bos_id
+        if bos is None:
+            return False
+        probe = "a"
+        bare = self.backend.encode(probe, add_special_tokens=False).ids
+        framed = self.backend.encode(probe, add_special_tokens=True).ids
+        return framed == [bos, *bare]
+
+    @property
     def pad_id(self) -> int | None:
         return self._role_id("pad_token")
 

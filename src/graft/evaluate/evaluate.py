@@ -354,18 +354,21 @@ def _documents(
     return documents, counts
 
 
-def _windows(documents: list[np.ndarray], eot: int, seq_len: int) -> tuple[torch.Tensor, ...]:
+def _windows(
+    documents: list[np.ndarray], prefix: int, eot: int, seq_len: int
+) -> tuple[torch.Tensor, ...]:
     """(inputs, targets), each (windows, seq_len): lm-evaluation-harness's rolling windows
     (`get_rolling_token_windows` with one token of context). A document is read on its own after
-    the end-of-text id; each window predicts its next seq_len tokens from the token before them,
-    and the last, shorter remainder is read after as many of the tokens before it as fill the
-    window (context, not scored again). So every token is predicted exactly once, never from
-    another document. A window shorter than seq_len (a short document) is right-padded with
-    unscored end-of-text ids, which causal attention keeps from touching the real ones."""
+    `prefix` (lm-eval's prefix token: bos, or end-of-text without one); each window predicts
+    its next seq_len tokens from the token before them, and the last, shorter remainder is read
+    after as many of the tokens before it as fill the window (context, not scored again). So
+    every token is predicted exactly once, never from another document. A window shorter than
+    seq_len (a short document) is right-padded with unscored end-of-text ids, which causal
+    attention keeps from touching the real ones."""
     inputs: list[np.ndarray] = []
     targets: list[np.ndarray] = []
     for ids in documents:
-        read = np.concatenate([np.array([eot], dtype=np.int64), ids])  # read[j + 1] is ids[j]
+        read = np.concatenate([np.array([prefix], dtype=np.int64), ids])  # read[j + 1] is ids[j]
         for start in range(0, ids.size, seq_len):
             end = min(start + seq_len, ids.size)  # this window predicts ids[start:end]
             first = max(0, end - seq_len)  # and reads read[first:end]
@@ -400,7 +403,9 @@ def evaluate_lm(
     tokens = sum(ids.size for ids in documents)
     echo(f"scoring {tokens:,} tokens of {counts['documents']:,} documents in windows of {seq_len}")
     device = next(model.parameters()).device
-    inputs, targets = _windows(documents, eot, seq_len)
+    # lm-evaluation-harness's prefix token: bos where the tokenizer has one, else eos.
+    prefix = tokenizer.bos_id if tokenizer.bos_id is not None else eot
+    inputs, targets = _windows(documents, prefix, eot, seq_len)
     total = 0.0
     for start in range(0, len(inputs), options.batch_size):
         x, y = (t[start : start + options.batch_size].to(device) for t in (inputs, targets))

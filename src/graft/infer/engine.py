@@ -479,7 +479,7 @@ class Engine:
                 "shorten it or lower max_tokens"
             )
         # ValueError for an empty stop string
-        stream = TextStream(self.tokenizer, stop=request.stop)
+        stream = TextStream(self.tokenizer, stop=request.stop, context=request.prompt_ids)
         handle = RequestHandle(request.request_id, n, self._wake)
         return _Sequence(request, handle, cost, budget, stream)
 

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from graft.data.tokenizer import Tokenizer
 
 _INCOMPLETE = "\ufffd"  # what decoding half a UTF-8 sequence gives
+_WINDOW = 32  # at most this many tokens are decoded together, so a step's cost stays bounded
+_CONTEXT = 4  # the tokens kept before new ones: enough for a decoder to see a word go on
 
 
 class StopStrings:
@@ -66,10 +68,22 @@ class StopStrings:
 
 
 class TextStream:
-    def __init__(self, tokenizer: Tokenizer, *, stop: Sequence[str] = ()) -> None:
+    """The text of generated tokens, as it becomes final.
+
+    Each step decodes the tokens after a few before them (the prompt's last ones at first) and
+    returns what that adds to the text those few decode to alone. A token's text depends on its
+    neighbours: decoded alone, Metaspace (Llama 2, T5) and WordPiece tokens lose the space that
+    opens a word, so a stream of bare tokens would run its words together."""
+
+    def __init__(
+        self, tokenizer: Tokenizer, *, stop: Sequence[str] = (), context: Sequence[int] = ()
+    ) -> None:
         self.tokenizer = tokenizer
-        self._ids: list[int] = []  # tokens since the last fully printed boundary
-        self._printed = ""  # text of self._ids already returned
+        # The tokens decoded together: the last _CONTEXT before the unprinted ones, then those.
+        # A prompt's bos or end-of-text would give the first word a space it has without them.
+        marks = {tokenizer.bos_id, tokenizer.eot_id}
+        self._ids: list[int] = [i for i in context[-_CONTEXT:] if i not in marks]
+        self._printed = tokenizer.decode(self._ids) if self._ids else ""  # their text so far
         self._stop = StopStrings(stop)
 
     @property
@@ -87,8 +101,9 @@ class TextStream:
             return ""
         new = text[len(self._printed) :]
         self._printed = text
-        if len(self._ids) > 32:  # keep decoding cost bounded on long outputs
-            self._ids, self._printed = [], ""
+        if len(self._ids) > _WINDOW:  # keep decoding cost bounded on long outputs
+            self._ids = self._ids[-_CONTEXT:]
+            self._printed = self.tokenizer.decode(self._ids)
         return self._stop.push(new)
 
     def flush(self) -> str:
