@@ -299,6 +299,68 @@ def test_refuses_bad_dtype_and_wordpiece_and_small_embedding(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_refuses_a_sentencepiece_style_bpe_and_writes_nothing(tmp_path: Path) -> None:
+    """A Llama-2/Mistral-style BPE (`▁` for spaces, byte fallback, no byte-level step) is a graft
+    `bpe` too, but llama.cpp's "gpt2" model would split and merge its text otherwise."""
+    from tokenizers import SentencePieceBPETokenizer
+    from tokenizers import Tokenizer as Backend
+
+    spm = SentencePieceBPETokenizer()
+    spm.train_from_iterator(TEXT, vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"])
+    roles = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    tokenizer = Tokenizer(Backend.from_str(spm.to_str()), special_tokens_map=roles)
+    assert tokenizer.kind == "bpe"
+    with pytest.raises(ConfigError, match="byte-level pre-tokenizer") as err:
+        export_gguf(_llama(tokenizer.vocab_size), tokenizer, tmp_path / "m.gguf")
+    assert "\n" not in str(err.value) and "--format hf" in str(err.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_imported_special_tokens_are_control_and_bos_is_the_tokenizers(tmp_path: Path) -> None:
+    """Token types follow the tokenizer's added-token flags, not graft's own six names: an
+    imported tokenizer's special tokens are control, a non-special added token user defined;
+    BOS is the tokenizer's bos token (Llama 3's <|begin_of_text|>), not EOT."""
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as Backend
+
+    specials = ["<|begin_of_text|>", "<|eot_id|>", "<s>", "</s>", "<unk>"]
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(TEXT, trainer=trainer)
+    backend.add_tokens([AddedToken("<tool>", special=False, normalized=False)])
+    roles = {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>", "unk_token": "<unk>"}
+    tokenizer = Tokenizer(backend, special_tokens_map=roles)
+    model = _llama(tokenizer.vocab_size)
+    reader = gguf.GGUFReader(export_gguf(model, tokenizer, tmp_path / "m.gguf", dtype="f32"))
+    types = _field(reader, "tokenizer.ggml.token_type")
+    for token in specials:
+        assert types[tokenizer.token_to_id(token)] == gguf.TokenType.CONTROL, token
+    assert types[tokenizer.token_to_id("<tool>")] == gguf.TokenType.USER_DEFINED
+    assert types[tokenizer.token_to_id("Ġ")] == gguf.TokenType.NORMAL
+    assert _field(reader, "tokenizer.ggml.bos_token_id") == tokenizer.bos_id == 0
+    assert _field(reader, "tokenizer.ggml.eos_token_id") == tokenizer.eot_id == 1
+    assert _field(reader, "tokenizer.ggml.unknown_token_id") == tokenizer.unk_id == 4
+    assert _field(reader, "tokenizer.ggml.add_bos_token") is False  # nothing frames its texts
+    # With Llama 3's post-processor graft opens every text with <|begin_of_text|>: so does
+    # llama.cpp, told by add_bos_token.
+    from tokenizers import processors
+
+    backend.post_processor = processors.TemplateProcessing(
+        single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)]
+    )
+    framed = Tokenizer(backend, special_tokens_map=roles)
+    assert framed.opens_with_bos
+    reader = gguf.GGUFReader(export_gguf(model, framed, tmp_path / "b.gguf", dtype="f32"))
+    assert _field(reader, "tokenizer.ggml.add_bos_token") is True
+
+
 def test_replaces_an_existing_file_atomically(tmp_path: Path) -> None:
     tokenizer = bytes_tokenizer()
     target = tmp_path / "m.gguf"

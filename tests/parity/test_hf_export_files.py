@@ -13,6 +13,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 from graft.checkpoint import TrainingState, save_checkpoint
+from graft.data.inputs import model_inputs
 from graft.data.shards import prepare_shards
 from graft.data.tokenizer import (
     GRAFT_SPECIAL_TOKENS_MAP,
@@ -21,7 +22,7 @@ from graft.data.tokenizer import (
     train_tokenizer,
 )
 from graft.errors import CheckpointError
-from graft.model.config import ModelConfig
+from graft.model.config import ModelConfig, preset
 from graft.model.convert import verify
 from graft.model.convert.hf import export_hf
 from graft.model.convert.verify import PROBE_TEXT, raise_on_failure, verify_hf_export
@@ -268,6 +269,49 @@ def test_verify_without_transformers_uses_graft_readers(
     weights["transformer.wte.weight"][5, 0] += 0.5
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     assert _failed(verify_hf_export(out, model, bpe)) == {"logits"}
+
+
+def test_an_encoder_export_frames_texts_as_graft_does(tmp_path: Path) -> None:
+    """graft reads every text given to an encoder as [CLS] text [SEP]; a tokenizer graft trained has
+    no post-processor, so its export must add that frame for transformers' tokenizer(text) to give
+    the classifier graft's ids (and logits)."""
+    tokenizer = train_tokenizer([_TEXT * 3 for _ in range(12)], "wordpiece", 200)
+    assert tokenizer.backend.post_processor is None
+    config = preset(
+        "bert-nano",
+        vocab_size=tokenizer.vocab_size,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        max_seq_len=64,
+        head="sequence",
+        labels=("neg", "pos"),
+        mlm_head=False,
+        nsp_head=False,
+    )
+    torch.manual_seed(0)
+    model = LanguageModel(config).eval()
+    with torch.no_grad():  # a fresh classifier's logits are all near zero
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    out = export_hf(model, tmp_path / "hf", tokenizer=tokenizer)
+    auto = transformers.AutoTokenizer.from_pretrained(out)
+    hf_model = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    text, other = "The quick brown fox jumps.", "Café naïve résumé."
+    ids = model_inputs(tokenizer, [text], framed=config.is_encoder, max_len=64).ids[0]
+    cls, sep = tokenizer.cls_id, tokenizer.sep_id
+    assert ids[0] == cls and ids[-1] == sep  # graft does frame it
+    encoded = auto(text, return_tensors="pt")
+    assert encoded["input_ids"][0].tolist() == ids
+    assert auto(text, other)["input_ids"] == [*ids, *tokenizer.encode(other), sep]
+    with torch.no_grad():
+        ours = model(torch.tensor([ids]), heads=("classifier",)).class_logits
+        theirs = hf_model(**encoded).logits
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)
+    # A copy was framed: graft's tokenizer, and the export as graft reads it, encode unframed.
+    assert tokenizer.backend.post_processor is None
+    assert Tokenizer.load(out).encode(text) == tokenizer.encode(text)
+    raise_on_failure(verify_hf_export(out, model, tokenizer), out)
 
 
 def _chat_tokenizer(bpe: Tokenizer, template: str) -> Tokenizer:

@@ -16,12 +16,16 @@ Two conversions happen on the way out:
   swap the middle axes and flatten back. `interleave_rope_rows` does this and
   `uninterleave_rope_rows` undoes it. k_proj is permuted with the kv-head count.
 - Tokenizer. graft's `bpe` and `bytes` tokenizers are byte-level BPEs over GPT-2's byte alphabet,
-  which is exactly llama.cpp's "gpt2" tokenizer model: the token strings, their types (graft's
-  special tokens are "control"), the merges ("a b" strings; `bytes` has none, so it gets one
-  inert placeholder, see `_tokenizer_metadata`) and the EOT, pad
-  and unknown ids. graft adds no BOS token, so add_bos_token is false and BOS names EOT (as
-  GPT-2 does). Rows of an embedding padded past the tokenizer get placeholder "unused" tokens,
-  because llama.cpp wants one token per row.
+  which is exactly llama.cpp's "gpt2" tokenizer model: the token strings, their types (an added
+  token flagged special, as graft's own six, is "control"; another added token "user defined";
+  as llama.cpp's convert_hf_to_gguf.py types them), the merges ("a b" strings; `bytes` has none,
+  so it gets one inert placeholder, see `_tokenizer_metadata`) and the EOT, pad and unknown ids.
+  A BPE without a byte-level pre-tokenizer and decoder (SentencePiece-style, as Llama 2's or
+  Mistral's: `▁` for spaces, byte fallback) is not that model and is refused. BOS is the
+  tokenizer's bos token where it has one (an imported Llama 3's), else EOT (as GPT-2 does);
+  add_bos_token is true where graft opens every text with it (`Tokenizer.opens_with_bos`).
+  Rows of an embedding padded past the tokenizer get placeholder "unused" tokens, because
+  llama.cpp wants one token per row.
 
 The file is written beside its destination, fsynced and renamed into place.
 """
@@ -108,6 +112,12 @@ def _check_exportable(config: ModelConfig, tokenizer: Tokenizer, dtype: str) -> 
             f"a {tokenizer.kind} tokenizer has no llama.cpp 'gpt2' (byte-level BPE) equivalent; "
             "use a bpe or bytes tokenizer"
         )
+    if not _byte_level(tokenizer):
+        raise refuse(
+            "the tokenizer is a BPE without a byte-level pre-tokenizer and decoder "
+            "(SentencePiece-style, as Llama 2's), which llama.cpp's 'gpt2' model would tokenize "
+            "differently; export --format hf and convert it with llama.cpp's convert_hf_to_gguf.py"
+        )
     if tokenizer.vocab_size > config.vocab_size:
         raise refuse(
             f"the tokenizer has {tokenizer.vocab_size} tokens but the embedding matrix only "
@@ -123,6 +133,18 @@ def _check_exportable(config: ModelConfig, tokenizer: Tokenizer, dtype: str) -> 
             raise refuse(
                 "the installed gguf package cannot write q8_0; use f16 or f32, or upgrade gguf"
             ) from None
+
+
+def _byte_level(tokenizer: Tokenizer) -> bool:
+    """Whether the tokenizer's pre-tokenizer and decoder both work on GPT-2's byte alphabet, the
+    only BPE llama.cpp's "gpt2" model reproduces (the kind alone does not say: a SentencePiece
+    BPE, with `▁` for spaces and byte fallback, is a `bpe` too)."""
+    from graft.data.tokenizer import _component_types
+
+    parts = json.loads(tokenizer.backend.to_str())
+    return all(
+        "ByteLevel" in _component_types(parts.get(key)) for key in ("pre_tokenizer", "decoder")
+    )
 
 
 def _tensors(model: LanguageModel) -> dict[str, torch.Tensor]:
@@ -170,16 +192,23 @@ def _stored(array: np.ndarray, dtype: str) -> tuple[np.ndarray, object | None]:
 
 def _tokenizer_metadata(writer: GGUFWriter, tokenizer: Tokenizer, n_vocab: int) -> None:
     gguf = _gguf()
-    from graft.data.tokenizer import EOT, SPECIAL_TOKENS
+    from graft.data.tokenizer import EOT
 
+    # Typed by the tokenizer's own flags, as llama.cpp's converter does: a special added token
+    # (graft's six, an imported <s> or <|eot_id|>) is control, so llama.cpp never builds it from
+    # text and hides it when decoding; another added token is user defined, matched whole in the
+    # text as `tokenizers` matches it.
+    added = tokenizer.backend.get_added_tokens_decoder()
     tokens: list[str] = []
     types: list[int] = []
     for i in range(n_vocab):
         token = tokenizer.id_to_token(i) if i < tokenizer.vocab_size else None
         if token is None:
             token, kind = f"[PAD{i}]", gguf.TokenType.UNUSED
+        elif i in added:
+            kind = gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED
         else:
-            kind = gguf.TokenType.CONTROL if token in SPECIAL_TOKENS else gguf.TokenType.NORMAL
+            kind = gguf.TokenType.NORMAL
         tokens.append(token)
         types.append(kind)
     model = json.loads(tokenizer.backend.to_str())["model"]
@@ -195,14 +224,18 @@ def _tokenizer_metadata(writer: GGUFWriter, tokenizer: Tokenizer, n_vocab: int) 
         # characters and only ever builds strings from earlier merges, so it never meets this pair.
         merges = [f"{EOT} {EOT}"]
     writer.add_token_merges(merges)
+    # A tokenizer with no bos token (graft's own) names EOT as BOS, as GPT-2 does.
+    bos_id = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eot_id
+    if bos_id is not None:
+        writer.add_bos_token_id(bos_id)
     if tokenizer.eot_id is not None:
-        writer.add_bos_token_id(tokenizer.eot_id)
         writer.add_eos_token_id(tokenizer.eot_id)
     if tokenizer.pad_id is not None:
         writer.add_pad_token_id(tokenizer.pad_id)
     if tokenizer.unk_id is not None:
         writer.add_unk_token_id(tokenizer.unk_id)
-    writer.add_add_bos_token(False)
+    # graft opens a decoder's every text with bos only where the tokenizer's own frame does.
+    writer.add_add_bos_token(tokenizer.opens_with_bos)
     writer.add_add_eos_token(False)
 
 

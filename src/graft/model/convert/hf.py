@@ -14,7 +14,8 @@ with q/k/v biases alone), or for encoders BertModel / BertForMaskedLM / BertForP
 classifier as the family's *ForSequenceClassification / *ForTokenClassification, a span head
 (extractive QA) as its *ForQuestionAnswering, both ways. Given
 the tokenizer it adds `tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json` and
-`generation_config.json`, so AutoTokenizer and `generate` work with no further setup; a model card
+`generation_config.json`, so AutoTokenizer and `generate` work with no further setup (an encoder's
+tokenizer.json frames texts [CLS] ... [SEP] as graft does, see `exported_tokenizer`); a model card
 `README.md` states only what the source checkpoint's files say. A config no such architecture can
 represent is refused before anything is written; the directory is built beside its destination and
 renamed into place. `graft.model.convert.verify` checks an export.
@@ -62,6 +63,7 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "export_hf",
     "exported_eos_id",
+    "exported_tokenizer",
     "generation_config_dict",
     "model_card",
     "tokenizer_config_dicts",
@@ -887,7 +889,7 @@ def export_hf(
         save_file(weights, str(tmp / SAFETENSORS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(config_json, indent=2) + "\n", encoding="utf-8")
         if tokenizer is not None:
-            tokenizer.save(tmp)
+            exported_tokenizer(tokenizer, model.config).save(tmp)
             tokenizer_config, special_map = tokenizer_config_dicts(tokenizer, model.config)
             _write_json(tmp / TOKENIZER_CONFIG_FILE, tokenizer_config)
             _write_json(tmp / SPECIAL_TOKENS_MAP_FILE, special_map)
@@ -905,6 +907,59 @@ def export_hf(
 
 
 # ---------------------------------------------------------------- tokenizer and generation files
+
+
+def exported_tokenizer(tokenizer: Tokenizer, config: ModelConfig) -> Tokenizer:
+    """The tokenizer as export_hf writes it: `tokenizer` itself, or for an encoder a copy that
+    frames its input as graft does.
+
+    graft reads every text given to an encoder as [CLS] text [SEP]
+    (`graft.data.inputs.input_frame`), but a tokenizer graft trained has no post-processor, so
+    transformers' `tokenizer(text)` would give the model unframed ids. Such a tokenizer is
+    exported with BERT's template over its own cls and sep tokens; one that has a post-processor
+    (an imported BERT's) is written as it is, and `tokenizer` itself is never changed."""
+    cls_id, sep_id = tokenizer.cls_id, tokenizer.sep_id
+    if (
+        not config.is_encoder
+        or cls_id is None
+        or sep_id is None
+        or tokenizer.backend.post_processor is not None
+    ):
+        return tokenizer
+    cls, sep = tokenizer.id_to_token(cls_id), tokenizer.id_to_token(sep_id)
+
+    def piece(kind: str, name: str | None, type_id: int) -> dict[str, Any]:
+        return {kind: {"id": name, "type_id": type_id}}
+
+    # Written as tokenizer.json spells it: a template string would misread a token with a colon.
+    serialised = json.loads(tokenizer.backend.to_str())
+    serialised["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [
+            piece("SpecialToken", cls, 0),
+            piece("Sequence", "A", 0),
+            piece("SpecialToken", sep, 0),
+        ],
+        "pair": [
+            piece("SpecialToken", cls, 0),
+            piece("Sequence", "A", 0),
+            piece("SpecialToken", sep, 0),
+            piece("Sequence", "B", 1),
+            piece("SpecialToken", sep, 1),
+        ],
+        "special_tokens": {
+            token: {"id": token, "ids": [token_id], "tokens": [token]}
+            for token, token_id in ((cls, cls_id), (sep, sep_id))
+        },
+    }
+    backend = type(tokenizer.backend).from_str(json.dumps(serialised))
+    # type(): model/ imports graft.data's Tokenizer for type checking only.
+    return type(tokenizer)(
+        backend,
+        tokenizer.kind,
+        special_tokens_map=tokenizer.special_tokens_map,
+        chat_template=tokenizer.chat_template,
+    )
 
 
 def exported_eos_id(tokenizer: Tokenizer, config: ModelConfig) -> int | None:
