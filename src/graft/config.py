@@ -335,16 +335,23 @@ class DPConfig(ConfigSection):
     epsilon: float | None = Field(
         default=None,
         gt=0,
+        allow_inf_nan=False,  # infinite epsilon is no privacy, and privacy.json's JSON breaks
         description="Target epsilon at train.max_steps: the noise is calibrated to spend it.",
     )
     delta: float = Field(
         default=1e-5, gt=0, lt=1, description="Target delta; must be below 1 / training records."
     )
     noise_multiplier: float | None = Field(
-        default=None, gt=0, description="Noise std / max_grad_norm, instead of dp.epsilon."
+        default=None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Noise std / max_grad_norm, instead of dp.epsilon.",
     )
     max_grad_norm: float = Field(
-        default=1.0, gt=0, description="Per-record gradient clipping bound (L2)."
+        default=1.0,
+        gt=0,
+        allow_inf_nan=False,  # an infinite bound clips nothing: no privacy
+        description="Per-record gradient clipping bound (L2).",
     )
     batch: int | None = Field(
         default=None,

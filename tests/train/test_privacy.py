@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from graft.adapt import apply_adaptation
-from graft.config import AdaptConfig, DPConfig, load_run_config
+from graft.config import AdaptConfig, DPConfig, load_finetune_config, load_run_config
 from graft.distributed import ONE_PROCESS
 from graft.errors import ConfigError, TrainingError
 from graft.model.config import preset
@@ -282,6 +282,18 @@ def test_a_tensor_without_per_sample_gradients_is_refused_before_training(
         make_private(config, model, sgd, objective, ONE_PROCESS, None, print)  # type: ignore[arg-type]
 
 
+def test_qa_is_refused_because_its_rows_are_windows_not_questions() -> None:
+    """qa's training rows are windows of a context (several for a long one): counting them as
+    records would make N, the sampling rate and the guarantee's unit wrong."""
+    objective = Rows(torch.randint(0, 50, (64, 8)), torch.randint(0, 2, (64,)))
+    flags = ["model.attention=bidirectional", "dp.noise_multiplier=1", "train.batch_size=4"]
+    config = load_finetune_config("qa", None, flags)
+    model = _classifier()
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ConfigError, match="dp: objective qa trains on windows"):
+        make_private(config, model, sgd, objective, ONE_PROCESS, None, print)  # type: ignore[arg-type]
+
+
 def _dp_finetune(base: Path, records: Path, out: Path, *extra: str) -> int:
     return cli_main(
         [
@@ -376,6 +388,11 @@ def test_a_resumed_private_run_keeps_counting_and_matches_the_uninterrupted_one(
         (["--dp.epsilon=8", "--train.activation_checkpointing=true"], "activation_checkpointing"),
         (["--dp.epsilon=8", "--dp.batch=500"], "500 records per step is more than"),
         (["--dp.epsilon=8", "--train.max_steps=null", "--train.max_minutes=1"], "max_steps"),
+        # class weights are the private records' label counts, outside the accounting
+        (["--dp.epsilon=8", "--objective.class_weights=true"], "objective.class_weights: under"),
+        # below RDP's floor at delta 1e-5 (about 0.103), which no noise reaches
+        (["--dp.epsilon=0.1"], "dp.epsilon: 0.1 is below 0.103, the least the rdp accountant"),
+        (["--dp.epsilon=0.001", "--dp.accountant=prv"], "dp.epsilon: 0.001 at dp.delta 1e-05 is"),
     ],
 )
 def test_bad_private_settings_are_refused_before_training(
@@ -399,6 +416,12 @@ def test_evaluation_data_cannot_be_the_training_data(
 def test_dp_config_is_checked() -> None:
     with pytest.raises(ConfigError, match="dp.epsilon"):
         load_run_config(None, ["dp.epsilon=0"])
+    # An infinite epsilon or noise promises nothing (and privacy.json would hold Infinity); an
+    # infinite clipping bound clips nothing.
+    for key in ("epsilon", "noise_multiplier", "max_grad_norm"):
+        on = [] if key != "max_grad_norm" else ["dp.noise_multiplier=1"]
+        with pytest.raises(ConfigError, match=f"dp.{key}: Input should be a finite number"):
+            load_run_config(None, [*on, f"dp.{key}=inf"])
     with pytest.raises(ConfigError, match="not both"):
         load_run_config(None, ["dp.epsilon=1", "dp.noise_multiplier=1"])
     assert not DPConfig().enabled and DPConfig(noise_multiplier=1.0).enabled

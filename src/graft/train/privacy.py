@@ -37,6 +37,7 @@ from graft.distributed import World
 from graft.errors import CheckpointError, ConfigError, TrainingError
 from graft.model.transformer import Attention, LanguageModel
 from graft.objectives.batch import Batch, LossSum, Objective, RecordSampled
+from graft.objectives.classify import ClassifyConfig
 
 
 @dataclass(frozen=True)
@@ -257,6 +258,19 @@ def _refuse_unsupported(config: RunConfig, objective: Objective, world: World) -
             "data.replay_path: private pre-training samples the records of one dataset; replay "
             "mixes a second one in, which the accounting does not cover"
         )
+    if config.objective.name == "qa":
+        # Its training rows are windows of a context, several for a long one: sampling them
+        # as records would undercount what one question adds, and N would be wrong.
+        raise ConfigError(
+            "dp: objective qa trains on windows of each context (a long one gives several), "
+            "not one row per question, which DP-SGD's accounting needs; private training "
+            "supports clm, mlm, denoise, classify, tokens and instruct"
+        )
+    if isinstance(config.objective, ClassifyConfig) and config.objective.class_weights:
+        raise ConfigError(
+            "objective.class_weights: under dp the weights would come from the private "
+            "records' label counts, which the accounting does not cover; leave it false"
+        )
     if not isinstance(objective, RecordSampled):
         raise ConfigError(
             f"dp: objective {config.objective.name} does not sample fixed training records, "
@@ -294,16 +308,45 @@ def _calibrated_noise(dp: DPConfig, rate: float, steps: int | None) -> float:
     assert dp.epsilon is not None and steps is not None  # _refuse_unsupported checked
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return float(
-            get_noise_multiplier(
-                target_epsilon=dp.epsilon,
-                target_delta=dp.delta,
-                sample_rate=rate,
-                steps=steps,
-                accountant=dp.accountant,
-                epsilon_tolerance=0.01,
+        try:
+            return float(
+                get_noise_multiplier(
+                    target_epsilon=dp.epsilon,
+                    target_delta=dp.delta,
+                    sample_rate=rate,
+                    steps=steps,
+                    accountant=dp.accountant,
+                    epsilon_tolerance=0.01,
+                )
             )
+        except ValueError as err:  # Opacus: "The privacy budget is too low."
+            if "too low" not in str(err):
+                raise
+            raise ConfigError(_unreachable(dp, rate, steps)) from err
+
+
+def _unreachable(dp: DPConfig, rate: float, steps: int) -> str:
+    """Why no noise multiplier reaches dp.epsilon, and what would."""
+    from opacus.accountants import create_accountant
+    from opacus.accountants.utils import MAX_SIGMA
+
+    assert dp.epsilon is not None
+    if dp.accountant == "rdp":
+        # RDP's conversion to (epsilon, delta) has a floor that no noise goes below, and that
+        # hardly depends on the steps or the sampling rate: only epsilon or PRV help.
+        accountant = create_accountant("rdp")
+        accountant.history = [(2 * MAX_SIGMA, rate, steps)]
+        floor = float(accountant.get_epsilon(delta=dp.delta))
+        return (
+            f"dp.epsilon: {dp.epsilon:g} is below {floor:.3g}, the least the rdp accountant can "
+            f"certify at dp.delta {dp.delta:g} whatever the noise; give a larger dp.epsilon or "
+            "dp.accountant=prv (fewer steps or a smaller dp.batch do not lower this floor)"
         )
+    return (
+        f"dp.epsilon: {dp.epsilon:g} at dp.delta {dp.delta:g} is out of reach of any noise "
+        f"multiplier up to {MAX_SIGMA:g} over {steps} steps at sampling rate {rate:.3g} "
+        "(prv accountant); give a larger dp.epsilon, fewer train.max_steps or a smaller dp.batch"
+    )
 
 
 def _unit(config: RunConfig) -> str:
