@@ -30,7 +30,8 @@ ADAPTER_CONFIG_FILE = "adapter_config.json"
 ADAPTER_WEIGHTS_FILE = "adapter_model.safetensors"
 _PEFT_PREFIX = "base_model.model."
 # Heads a fine-tune adds: always trained, whatever the method.
-HEAD_PREFIXES = ("classifier.", "pooler.")
+CLASSIFIER_PREFIX = "classifier."  # a task's own head: its labels' rows, or a span's two
+HEAD_PREFIXES = (CLASSIFIER_PREFIX, "pooler.")
 # adapter_config.json's settings that change what an adapter computes, beside r, lora_alpha and
 # target_modules: every one is passed on, so an adapter trained elsewhere (rsLoRA's scale, DoRA,
 # per-layer ranks) loads as PEFT would load it.

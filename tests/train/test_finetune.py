@@ -628,3 +628,38 @@ def test_eval_lm_keeps_the_model_context_where_whole_texts_take_the_trained_one(
     assert trained_context(ckpt) == 8
     options = EvalOptions(ckpt, "lm", (tmp_path,))
     assert _context(model, options, texts=False) == 32 and _context(model, options) == 8
+
+
+def test_a_classifier_fine_tuned_again_keeps_its_head_only_for_its_own_labels(
+    base: Path, tmp_path: Path, capsys
+) -> None:
+    """Fine-tuning a classifier on records of other labels stopped with torch's raw size
+    mismatch (or, with as many labels, went on from a head that answered in the old names)."""
+    first = tmp_path / "first"
+    records = write_records(tmp_path / "train.jsonl")
+    steps = ["--train.max_steps=2", "--train.eval_every=2", "--train.progress=false"]
+    args = ["finetune", "classify", "--train", str(records), *steps]
+    assert main([*args, "--init", str(base), "--out", str(first)]) == 0
+    classifier, _ = load_model(first / "checkpoints" / "last")
+    trained_head = classifier.classifier.weight.detach().clone()
+
+    # The same labels: the run goes on from the trained head.
+    again = tmp_path / "again"
+    init = ["--init", str(first / "checkpoints" / "last"), "--train.max_steps=1"]
+    assert main([*args, *init, "--out", str(again), "--optim.lr=1e-9"]) == 0
+    model, _ = load_model(again / "checkpoints" / "last")
+    assert torch.allclose(model.classifier.weight, trained_head, atol=1e-6)
+
+    # Three other labels: a new head, and a notice saying so.
+    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row["label"] = ["a", "b", "c"][i % 3]
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    capsys.readouterr()
+    out = tmp_path / "three"
+    three = ["finetune", "classify", "--train", str(other), *steps, *init, "--out", str(out)]
+    assert main(three) == 0
+    assert "starts afresh" in capsys.readouterr().out
+    model, _ = load_model(out / "checkpoints" / "last")
+    assert model.config.labels == ("a", "b", "c") and model.classifier.weight.shape[0] == 3

@@ -3,8 +3,9 @@ task, labelled records, and the same `fit` loop as pre-training.
 
 `finetune` has the task's objective (its config's `build`) read the records and fix the label set
 from the training data (validation labels must be among them), gives the model the task's head
-(new heads start from the model's initialisation; the backbone keeps its weights unless
-adapt.from_scratch), marks what trains (graft.adapt), and runs `fit`. The best checkpoint follows
+(a new head starts from the model's initialisation, a classifier fine-tuned again on its own
+labels keeps its head; the backbone keeps its weights unless adapt.from_scratch), marks what
+trains (graft.adapt), and runs `fit`. The best checkpoint follows
 train.monitor (the task's metric by default). With `resume`, the same setup is rebuilt and then
 takes the weights, optimizer, training state and random generators of the run's checkpoints/last,
 so the run continues exactly.
@@ -21,7 +22,7 @@ import torch
 
 from graft import checkpoint as ckpt
 from graft import distributed
-from graft.adapt import HEAD_PREFIXES, apply_adaptation, trainable_parameters
+from graft.adapt import CLASSIFIER_PREFIX, HEAD_PREFIXES, apply_adaptation, trainable_parameters
 from graft.atomic_files import check_output, write_atomic
 from graft.config import AdaptConfig, RunConfig, command_problems, unused_settings
 from graft.data.tokenizer import Tokenizer
@@ -56,6 +57,12 @@ def finetune(
             return fit(prepare_finetune(config, resume, world, device, say, lock), echo)
     finally:
         distributed.stop()
+
+
+def _new_head(base: ModelConfig, task: ModelConfig) -> bool:
+    """Whether the task's classifier head differs from the one train.init holds (if any): a
+    classifier fine-tuned again on its own labels goes on from its trained head."""
+    return (base.head, base.labels) != (task.head, task.labels)
 
 
 def _silent(message: str) -> None:
@@ -136,13 +143,25 @@ def prepare_finetune(
     torch.manual_seed(config.train.seed)
     model = LanguageModel(model_config)
     if last is None and not config.adapt.from_scratch:
-        missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+        weights = base.state_dict()
+        if _new_head(base.config, model_config):
+            # A classifier of other labels (or of another kind): its head would not fit, or would
+            # answer with the wrong names. The task's head starts afresh, as a new one does.
+            weights = {k: v for k, v in weights.items() if not k.startswith(CLASSIFIER_PREFIX)}
+            if base.config.head != "lm":
+                say(
+                    f"notice: train.init {config.train.init} is a {base.config.head} head over "
+                    f"labels {', '.join(base.config.labels)}; the {task_config.head} head for "
+                    f"{', '.join(model_config.labels)} starts afresh"
+                )
+        missing, unexpected = model.load_state_dict(weights, strict=False)
         new = [name for name in missing if not name.startswith(HEAD_PREFIXES)]
         if new:  # never silently train a half-loaded model
             raise ConfigError(
                 f"train.init {config.train.init}: tensor {new[0]} is missing from the checkpoint"
             )
-        del unexpected  # heads of another task (nsp_head for a classifier...) are kept but unused
+        # The model config is the base's, so its other heads (an nsp head...) load and are kept.
+        assert not unexpected, unexpected
     apply_adaptation(model, config.adapt)
     if last is not None:
         # Copied in place, LoRA adapter included, so the parameters apply_adaptation marked as
