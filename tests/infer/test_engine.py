@@ -258,6 +258,11 @@ def test_submit_refuses_what_can_never_run_and_a_full_queue():
     encoder = model_of(attention="bidirectional")
     with pytest.raises(ValueError, match="cannot generate"):
         Engine(encoder, TOKENIZER).submit(Request([1], greedy))
+    # A decoder classifier has no LM head to sample from: the engine took it, as
+    # `graft generate` did not (one rule now, `check_prompt`).
+    classifier = model_of(head="sequence", labels=("a", "b"))
+    with pytest.raises(ValueError, match="cannot generate"):
+        Engine(classifier, TOKENIZER).submit(Request([1], greedy))
 
 
 def test_generate_queues_more_requests_than_the_queue_holds():

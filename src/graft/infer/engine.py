@@ -54,7 +54,7 @@ import torch
 
 from graft.data.tokenizer import Tokenizer
 from graft.errors import GraftError
-from graft.infer.generate import GeneratedToken
+from graft.infer.generate import GeneratedToken, check_prompt
 from graft.infer.sampling import SamplingParams, TokenHistory, choose_next
 from graft.infer.stream import TextStream
 from graft.model.kv_cache import CacheView, SlotDecode, SlotKVCache
@@ -452,19 +452,9 @@ class Engine:
         return seq.handle
 
     def _check(self, request: Request) -> _Sequence:
-        cfg = self.model_config
-        if cfg.is_encoder:
-            raise ValueError(
-                "this model is an encoder (bidirectional attention): it cannot generate text"
-            )
+        # The rule of `graft generate` too: a causal LM, and room for one new token.
+        check_prompt(self.model, request.prompt_ids)
         n = len(request.prompt_ids)
-        if n == 0:
-            raise ValueError("the prompt must hold at least one token")
-        if n + 1 > self.max_len:
-            raise ValueError(
-                f"the prompt has {n} tokens; the model's context is {self.max_len}, "
-                "which must also hold at least one new token"
-            )
         if bad := [i for i in request.prompt_ids if not 0 <= i < self.vocab_size]:
             raise ValueError(
                 f"prompt token id {bad[0]} is outside the model's vocabulary "
