@@ -9,13 +9,34 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "graft"
 
 # package -> the graft packages it must never import
+# (config, checkpoint and adapt are modules above the model, data and objectives: graft.config
+# composes every objective's config, so importing it from below loads them all.)
 FORBIDDEN = {
-    "model": {"train", "objectives", "infer", "serve", "evaluate", "experiments"},
-    "data": {"train", "objectives", "experiments"},
+    "model": {
+        "train",
+        "objectives",
+        "infer",
+        "serve",
+        "evaluate",
+        "experiments",
+        "config",
+        "checkpoint",
+        "adapt",
+    },
+    "data": {"train", "objectives", "experiments", "config", "checkpoint", "adapt"},
     "infer": {"train", "experiments"},
     "serve": {"train", "experiments"},
     "evaluate": {"train", "experiments"},
-    "objectives": {"train", "serve", "infer", "evaluate", "experiments"},
+    "objectives": {
+        "train",
+        "serve",
+        "infer",
+        "evaluate",
+        "experiments",
+        "config",
+        "checkpoint",
+        "adapt",
+    },
     "train": {"serve", "experiments"},
     "insight": {"train", "serve", "experiments"},
 }

@@ -293,12 +293,6 @@ class TrainConfig(ConfigSection):
         return names
 
 
-def lower_is_better(metric: str) -> bool:
-    """train.monitor's direction: losses, perplexities and bits per byte improve downwards,
-    accuracies and F1 upwards. The one rule for the loop's best checkpoint and the model card."""
-    return metric.rsplit("/", 1)[-1].endswith(("loss", "ppl", "bpb"))
-
-
 class AdaptConfig(ConfigSection):
     """What a fine-tune trains."""
 

@@ -29,6 +29,13 @@ def run_dir_of(path: Path) -> Path | None:
     return path.parent.parent if path.parent.name == CHECKPOINTS_DIR else None
 
 
+def lower_is_better(metric: str) -> bool:
+    """train.monitor's direction: losses, perplexities and bits per byte improve downwards,
+    accuracies and F1 upwards. The one rule for the loop's best checkpoint, the model card and
+    the comparison of runs."""
+    return metric.rsplit("/", 1)[-1].endswith(("loss", "ppl", "bpb"))
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Every whole line of a metrics file, in order; [] when there is no file."""
     if not path.exists():

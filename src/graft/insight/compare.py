@@ -20,9 +20,8 @@ from typing import Any
 import yaml
 
 from graft.atomic_files import write_atomic
-from graft.config import lower_is_better
 from graft.errors import DataError, first_line
-from graft.run_files import CONFIG_FILE, METRICS_FILE, read_metrics
+from graft.run_files import CONFIG_FILE, METRICS_FILE, lower_is_better, read_metrics
 
 __all__ = ["Comparison", "RunRecord", "compare_runs", "flatten", "load_run", "render_page"]
 

@@ -1,8 +1,9 @@
 """The training loop: one function, `fit`, that every objective and every fine-tuning method runs.
 
 Read `fit` top to bottom: pick the learning rate, draw the micro-batches, accumulate gradients
-normalised by the number of target tokens in the whole step, clip, step the optimizer, log,
-evaluate, checkpoint, stop on a limit or on patience. `train.pretrain` and `train.finetune` set
+normalised by the objective's units in the whole step (its target tokens; rows for a per-row
+part such as NSP's), clip, step the optimizer, log, evaluate, checkpoint, stop on a limit or
+on patience. `train.pretrain` and `train.finetune` set
 a run up (data, model, optimizer, resume) and call it. The loop never asks which objective it
 runs: an objective gives batches, a summed loss with its count, and its evaluation metrics.
 Tokens are real tokens (`step_tokens`): a fine-tune padded to its longest row counts its texts,
@@ -30,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from graft import checkpoint as ckpt
-from graft.config import RunConfig, TrainConfig, lower_is_better
+from graft.config import RunConfig, TrainConfig
 from graft.crash_points import crash_point
 from graft.data.tokenizer import Tokenizer
 from graft.device import autocast_for, peak_flops
@@ -39,7 +40,7 @@ from graft.errors import ConfigError, TrainingError
 from graft.model.flops import training_flops_per_token
 from graft.model.transformer import LanguageModel
 from graft.objectives.batch import Batch, LossTotals, Objective
-from graft.run_files import CHECKPOINTS_DIR
+from graft.run_files import CHECKPOINTS_DIR, lower_is_better
 from graft.train.metrics_log import LOSS_CURVE_FILE, MetricsLog, plot_loss_curve
 from graft.train.norms import gradient_norms, weight_norms
 from graft.train.optim import learning_rate
@@ -314,7 +315,8 @@ def _train(run: Run, echo: Callable[[str], None] | None) -> RunResult:
     saved_at = state.step if run.resumed else None  # the step of checkpoints/last
 
     def evaluate_and_checkpoint() -> bool:
-        """Evaluate, keep `last` (and `best` when val loss improves); True if patience ran out."""
+        """Evaluate, keep `last` (and `best` when train.monitor improves); True if patience ran
+        out."""
         nonlocal evaluated_at, saved_at
         evaluated_at = state.step
         metrics = (

@@ -8,11 +8,17 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from graft.config import lower_is_better
 from graft.errors import DataError
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
-from graft.run_files import CHECKPOINTS_DIR, EXPLAIN_DIR, METRICS_FILE, read_metrics, run_dir_of
+from graft.run_files import (
+    CHECKPOINTS_DIR,
+    EXPLAIN_DIR,
+    METRICS_FILE,
+    lower_is_better,
+    read_metrics,
+    run_dir_of,
+)
 
 if TYPE_CHECKING:
     from graft.data.tokenizer import Tokenizer
