@@ -1,8 +1,9 @@
 """ModelConfig: every architectural choice of graft's one transformer class, and the named presets.
 
 GPT-2 style, Llama style and BERT style are settings of the same fields, never separate classes.
-Each field has a Hugging Face counterpart (the export target decides which), so a config can always
-be written back out as a transformers `config.json`.
+Each field has a Hugging Face counterpart (the export target decides which), so a config can be
+written back out as a transformers `config.json`; the one exception, a classifier with
+`classifier_pooling: mean`, which no transformers class reads, is refused at export.
 """
 
 from __future__ import annotations

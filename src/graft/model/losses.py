@@ -8,9 +8,9 @@ hidden states and the head weight are formed during the forward pass while each 
 logits is still in cache. Full logits never exist, so peak memory drops by N*V floats and the
 step gets faster; the matmul work is unchanged (one product forward, two backward).
 
-Every loss here is a SUM over scored positions plus their count, never a mean: the training loop
-divides by the number of target tokens across all micro-batches, which is what makes gradient
-accumulation equal to one large batch.
+Every loss here is a SUM over scored positions, never a mean: the training loop divides by the
+number of target tokens across all micro-batches, which is what makes gradient accumulation equal
+to one large batch.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
-"""graft's one transformer: a decoder-style backbone parameterised by ModelConfig, plus the LM head.
+"""graft's one transformer: a backbone parameterised by ModelConfig, and the heads the tasks read
+(the LM head, BERT's MLM transform, pooler and NSP head, the classifier and span heads).
 
-GPT-2 style (learned positions, LayerNorm, GELU MLP, biases) and Llama style (RoPE, RMSNorm,
-SwiGLU, grouped-query attention, no biases) are configs of these classes. Module names follow
-Hugging Face Llama (`model.embed_tokens`, `model.layers.N.self_attn.q_proj`, `mlp.gate_proj`,
-`model.norm`, `lm_head`) so state dicts and LoRA target names carry over without renaming; other
-layouts (GPT-2's fused `c_attn`) are converted at the edge.
+GPT-2 style (learned positions, LayerNorm, GELU MLP, biases), Llama style (RoPE, RMSNorm,
+SwiGLU, grouped-query attention, no biases) and BERT style (post-norm, token types,
+bidirectional attention) are configs of these classes, as are the attention masks they read.
+Module names follow Hugging Face Llama (`model.embed_tokens`, `model.layers.N.self_attn.q_proj`,
+`mlp.gate_proj`, `model.norm`, `lm_head`) so state dicts and LoRA target names carry over without
+renaming; other layouts (GPT-2's fused `c_attn`) are converted at the edge.
 
 Shape letters in comments: B batch, T query length, S key length, C d_model, H heads,
 K kv heads, D head dim, V vocabulary.
@@ -534,9 +536,11 @@ class LanguageModel(nn.Module):
         "lm": logits (B, T, V), or (B, 1, V) with last_only (generation needs only the last
         position, and skipping the others saves most of the head's cost on a long prompt); given
         `targets` (B, T), IGNORE_INDEX where not scored, their summed cross-entropy instead,
-        without ever forming the logits. "masked_lm": with `targets`, the LM head reads only the
-        scored positions (a masked LM scores ~15% of them) and forms their logits: their summed
-        cross-entropy and how many it got right. "nsp": BERT's next-sentence logits (B, 2).
+        without forming the whole logits (chunk by chunk; a BERT-style head forms the scored
+        rows' logits, and DP-SGD's per-record losses, which Opacus's hooks need, all of them).
+        "masked_lm": with `targets`, the LM head reads only the scored positions (a masked LM
+        scores ~15% of them) and forms their logits: their summed cross-entropy and how many it
+        got right. "nsp": BERT's next-sentence logits (B, 2).
         "classifier":
         config.head's logits, (B, labels) per sequence read at last_index (B,), each row's last
         real token (default: the last position), or (B, T, labels) per token; a span head's are

@@ -77,7 +77,8 @@ class CausalLM:
         return Batch(input_ids, targets, position_ids, mask)
 
     def train_batch(self, batch_size: int, generator: torch.Generator) -> Batch:
-        high = len(self.train) - self.seq_len  # last start that leaves room for the shifted target
+        # Starts run below `high`: the last leaves room for the shifted target.
+        high = len(self.train) - self.seq_len
         starts = torch.randint(0, high, (batch_size,), generator=generator).tolist()
         return self._batch(self.train, starts)
 

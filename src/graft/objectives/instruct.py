@@ -1,9 +1,11 @@
 """Instruction tuning (supervised fine-tuning): conversations rendered with the tokenizer's chat
 template, next-token loss on the assistant's replies and their end-of-turn token only.
 
-The end-of-turn token is always scored, so the model learns to stop; prompt tokens are scored only
-with `train_on_prompt`. Conversations longer than the context are cut (the start kept) and counted,
-never dropped. Batches are right-padded; padding is never scored.
+Each reply's end-of-turn token is scored, so the model learns to stop; prompt tokens are scored only
+with `train_on_prompt`. Conversations longer than the context are cut (the start kept) and counted;
+a cut can leave the last reply without its end-of-turn token. One cut before any reply token has
+nothing to train on: it is refused, or skipped and counted with `skip_invalid`. Batches are
+right-padded; padding is never scored.
 """
 
 from __future__ import annotations
