@@ -237,7 +237,9 @@ def test_a_validation_label_never_seen_in_training_is_named(
         ]
     )
     assert code == 2
-    assert f"{val}:2: label 'neutral' never occurs in the training data" in capsys.readouterr().err
+    assert f"{val}:2: label 'neutral' is not one of the model's labels (neg, pos)" in (
+        capsys.readouterr().err
+    )
 
 
 def write_conll(path: Path, n: int = 60, seed: int = 0) -> Path:
@@ -491,7 +493,7 @@ def test_refused_runs_leave_nothing_and_the_train_file_may_come_from_a_recipe(
     # Privacy's checks (a DP batch larger than the data) come after the model is built: the
     # run folder used to exist by then, holding config.yaml.
     out = tmp_path / "dp"
-    dp = ["--dp.epsilon=8", "--dp.batch=512"]
+    dp = ["--dp.epsilon=8", "--dp.batch=512", "--objective.labels=[neg, pos]"]
     code = main([*common, "--train", str(records), "--out", str(out), *dp])
     assert code == 2 and "dp.batch" in capsys.readouterr().err
     assert not out.exists()
@@ -663,3 +665,19 @@ def test_a_classifier_fine_tuned_again_keeps_its_head_only_for_its_own_labels(
     assert "starts afresh" in capsys.readouterr().out
     model, _ = load_model(out / "checkpoints" / "last")
     assert model.config.labels == ("a", "b", "c") and model.classifier.weight.shape[0] == 3
+
+
+def test_given_labels_and_tags_fix_the_heads_order(base: Path, tmp_path: Path) -> None:
+    """objective.labels gives the label set in id order instead of reading it from the records
+    (private training needs it: see tests/train/test_privacy.py)."""
+    records = write_records(tmp_path / "train.jsonl")
+    steps = ["--train.max_steps=1", "--train.eval_every=1", "--train.progress=false"]
+    for task, data, labels in (
+        ("classify", records, ["pos", "neg", "meh"]),
+        ("tokens", write_conll(tmp_path / "train.txt"), ["O", "B-PER", "B-LOC", "I-LOC"]),
+    ):
+        out = tmp_path / task
+        args = ["finetune", task, "--init", str(base), "--train", str(data), "--out", str(out)]
+        assert main([*args, *steps, f"--objective.labels=[{', '.join(labels)}]"]) == 0
+        model, _ = load_model(out / "checkpoints" / "last")
+        assert model.config.labels == tuple(labels)

@@ -305,6 +305,7 @@ def _dp_finetune(base: Path, records: Path, out: Path, *extra: str) -> int:
             str(records),
             "--out",
             str(out),
+            "--objective.labels=[neg, pos]",
             "--train.batch_size=8",
             "--dp.batch=16",
             "--train.eval_every=5",
@@ -390,6 +391,12 @@ def test_a_resumed_private_run_keeps_counting_and_matches_the_uninterrupted_one(
         (["--dp.epsilon=8", "--train.max_steps=null", "--train.max_minutes=1"], "max_steps"),
         # class weights are the private records' label counts, outside the accounting
         (["--dp.epsilon=8", "--objective.class_weights=true"], "objective.class_weights: under"),
+        # a label set read from the private records would be published with the model
+        (["--dp.epsilon=8", "--objective.labels=null"], "objective.labels: under dp give the"),
+        (
+            ["--dp.epsilon=8", "--objective.labels=[neg, meh]"],
+            "label 'pos' is not one of the model's labels (neg, meh)",
+        ),
         # below RDP's floor at delta 1e-5 (about 0.103), which no noise reaches
         (["--dp.epsilon=0.1"], "dp.epsilon: 0.1 is below 0.103, the least the rdp accountant"),
         (["--dp.epsilon=0.001", "--dp.accountant=prv"], "dp.epsilon: 0.001 at dp.delta 1e-05 is"),
@@ -469,6 +476,10 @@ def test_every_fine_tuning_kind_trains_privately(
     finetune = ["finetune", task, "--init", str(long_base / "checkpoints" / "last")]
     finetune += ["--train", str(records), "--out", str(out), f"--adapt.method={method}"]
     finetune += ["--train.batch_size=4", "--dp.batch=8", "--dp.noise_multiplier=1"]
+    finetune += {
+        "tokens": ["--objective.labels=[O, B-LOC, B-PER]"],
+        "classify": ["--objective.labels=[neg, pos]"],
+    }.get(task, [])
     finetune += ["--train.max_steps=3", "--train.eval_every=3", "--train.progress=false"]
     assert cli_main(finetune) == 0
     saved = json.loads((out / "checkpoints" / "last" / "privacy.json").read_text())

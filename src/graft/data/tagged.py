@@ -62,11 +62,13 @@ class TaggedSentence:
 def refuse_unknown_tags(sentences: Iterable[TaggedSentence], known: Iterable[str]) -> None:
     """A tag the model was not trained on (in the data it is validated or evaluated on) is an
     error naming its file and line: the model could never predict it."""
-    labels = set(known)
+    known_order = list(known)
+    labels = set(known_order)
     for sentence in sentences:
         if unknown := [t for t in sentence.tags if t not in labels]:
             raise DataError(
-                f"{sentence.source}: tag {unknown[0]!r} never occurs in the training data"
+                f"{sentence.source}: tag {unknown[0]!r} is not one of the model's tags "
+                f"({', '.join(known_order)})"
             )
 
 

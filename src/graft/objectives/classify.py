@@ -18,7 +18,7 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from graft.data.inputs import model_inputs, right_padded
 from graft.data.records import TextRecord, read_labelled, stratified_split
@@ -30,8 +30,14 @@ from graft.objectives.base import Encoded, RecordBatches, RecordObjective, Recor
 from graft.objectives.batch import Batch, LossSum, LossTotals, run
 
 
-def label_set(records: Sequence[TextRecord], where: str) -> tuple[str, ...]:
-    """The sorted labels of a training set (at least two)."""
+def label_set(
+    records: Sequence[TextRecord], where: str, given: tuple[str, ...] | None = None
+) -> tuple[str, ...]:
+    """The labels in id order: `given` (objective.labels), every training label among them, or
+    else the sorted labels of the training set (at least two)."""
+    if given is not None:
+        check_labels(records, given)
+        return given
     labels = tuple(sorted({r.label for r in records}))
     if len(labels) < 2:
         raise DataError(f"{where}: classification needs at least two labels, found {list(labels)}")
@@ -39,13 +45,14 @@ def label_set(records: Sequence[TextRecord], where: str) -> tuple[str, ...]:
 
 
 def check_labels(records: Sequence[TextRecord], labels: tuple[str, ...]) -> None:
-    """Every label of `records` must be one the model was trained with."""
+    """Every label of `records` must be one of the model's (the training data's, or those
+    objective.labels gives)."""
     known = set(labels)
     for record in records:
         if record.label not in known:
             raise DataError(
-                f"{record.source}: label {record.label!r} never occurs in the training data "
-                f"(labels: {', '.join(labels)})"
+                f"{record.source}: label {record.label!r} is not one of the model's labels "
+                f"({', '.join(labels)})"
             )
 
 
@@ -158,6 +165,19 @@ class ClassifyConfig(RecordObjective):
     data_fields: ClassVar[tuple[str, ...]] = ("text_field", "label_field")
     name: Literal["classify"] = "classify"
     class_weights: bool = Field(default=False, description="Weight classes by inverse frequency.")
+    labels: tuple[str, ...] | None = Field(
+        default=None,
+        description="The labels in id order, every training label among them; unset: the "
+        "training records' labels, sorted. Private training needs them given: a set read from "
+        "the private records is published with the model.",
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _two_distinct(cls, labels: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if labels is not None and (len(set(labels)) != len(labels) or len(labels) < 2):
+            raise ValueError(f"give two or more distinct labels, got {list(labels)}")
+        return labels
 
     def build(
         self, records: Records, tokenizer: Tokenizer, *, max_len: int, bidirectional: bool
@@ -175,7 +195,7 @@ class ClassifyConfig(RecordObjective):
             read, lambda rows: stratified_split(rows, records.val_fraction, records.seed)
         )
         train = sample_records(train, records.max_train_examples, records.seed)
-        labels = label_set(train, str(records.train_file))
+        labels = label_set(train, str(records.train_file), self.labels)
         classify = Classify(
             train,
             val,

@@ -14,6 +14,7 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 
 from graft.data.inputs import right_padded
 from graft.data.records import IGNORE_INDEX
@@ -26,8 +27,14 @@ from graft.objectives.base import Encoded, RecordBatches, RecordObjective, Recor
 from graft.objectives.batch import Batch, LossSum, LossTotals, run
 
 
-def tag_set(sentences: Sequence[TaggedSentence], where: str) -> tuple[str, ...]:
-    """The training set's tags, "O" first, then sorted."""
+def tag_set(
+    sentences: Sequence[TaggedSentence], where: str, given: tuple[str, ...] | None = None
+) -> tuple[str, ...]:
+    """The tags in id order: `given` (objective.labels), every training tag among them, or else
+    the training set's tags, "O" first, then sorted."""
+    if given is not None:
+        refuse_unknown_tags(sentences, given)
+        return given
     tags = {tag for s in sentences for tag in s.tags}
     if not tags - {"O"}:
         raise DataError(
@@ -146,6 +153,24 @@ class TokensConfig(RecordObjective):
     head: ClassVar[HeadKind] = "token"
     monitor: ClassVar[str] = "val/entity_f1"
     name: Literal["tokens"] = "tokens"
+    labels: tuple[str, ...] | None = Field(
+        default=None,
+        description="The BIO tags in id order, O and every training tag among them; unset: the "
+        "training sentences' tags, O first, then sorted. Private training needs them given: a "
+        "set read from the private records is published with the model.",
+    )
+
+    @field_validator("labels")
+    @classmethod
+    def _bio_tags(cls, labels: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if labels is None:
+            return None
+        bad = [t for t in labels if t != "O" and not t.startswith(("B-", "I-"))]
+        if bad or "O" not in labels or len(labels) < 2 or len(set(labels)) != len(labels):
+            raise ValueError(
+                f"give distinct BIO tags, O and at least one B-X or I-X, got {list(labels)}"
+            )
+        return labels
 
     def build(
         self, records: Records, tokenizer: Tokenizer, *, max_len: int, bidirectional: bool
@@ -155,7 +180,7 @@ class TokensConfig(RecordObjective):
 
         train, val, skipped = records.train_and_val(read)
         train = records.sample(train)
-        tags = tag_set(train, str(records.train_file))
+        tags = tag_set(train, str(records.train_file), self.labels)
         tagger = TagTokens(train, val, tokenizer, tags, max_len, bidirectional=bidirectional)
         notes = tagger.notes("sentences", skipped, max_len, f"; tags: {', '.join(tags)}")
         return TaskData(tagger, tags, notes)

@@ -38,6 +38,7 @@ from graft.errors import CheckpointError, ConfigError, TrainingError
 from graft.model.transformer import Attention, LanguageModel
 from graft.objectives.batch import Batch, LossSum, Objective, RecordSampled
 from graft.objectives.classify import ClassifyConfig
+from graft.objectives.tokens import TokensConfig
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,14 @@ def _refuse_unsupported(config: RunConfig, objective: Objective, world: World) -
             "dp: objective qa trains on windows of each context (a long one gives several), "
             "not one row per question, which DP-SGD's accounting needs; private training "
             "supports clm, mlm, denoise, classify, tokens and instruct"
+        )
+    if isinstance(config.objective, ClassifyConfig | TokensConfig) and not config.objective.labels:
+        # The accounting covers the gradients, not the label set the model is published with:
+        # a label only one record has would reveal that record whatever the epsilon.
+        raise ConfigError(
+            "objective.labels: under dp give the label set (--objective.labels='[neg, pos]'); "
+            "read from the private records it is published with the model, and a label only "
+            "one record has reveals that record"
         )
     if isinstance(config.objective, ClassifyConfig) and config.objective.class_weights:
         raise ConfigError(
