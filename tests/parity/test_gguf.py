@@ -316,6 +316,40 @@ def test_refuses_a_sentencepiece_style_bpe_and_writes_nothing(tmp_path: Path) ->
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("pipeline", ["llama3-split", "prefix-space", "normaliser"])
+def test_refuses_a_byte_level_bpe_that_splits_otherwise_than_gpt2(
+    tmp_path: Path, pipeline: str
+) -> None:
+    """llama.cpp's "gpt2" model splits words with GPT-2's regex and normalises nothing: a
+    byte-level BPE with Llama 3's own split rule first, a prefix space or a normaliser would
+    be read to other ids there (it was written as "gpt-2" all the same)."""
+    from tokenizers import Regex, decoders, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as Backend
+
+    backend = Backend(models.BPE())
+    backend.decoder = decoders.ByteLevel()
+    if pipeline == "llama3-split":
+        split = pre_tokenizers.Split(Regex(r"\p{N}{1,3}| ?\p{L}+|\s+"), behavior="isolated")
+        byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+        backend.pre_tokenizer = pre_tokenizers.Sequence([split, byte_level])
+    else:
+        prefix = pipeline == "prefix-space"
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=prefix, use_regex=True)
+        if pipeline == "normaliser":
+            backend.normalizer = normalizers.NFKC()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(TEXT, trainer=trainer)
+    tokenizer = Tokenizer(backend, special_tokens_map={"eos_token": "<|endoftext|>"})
+    with pytest.raises(ConfigError, match="llama.cpp's 'gpt2' model would tokenize"):
+        export_gguf(_llama(tokenizer.vocab_size), tokenizer, tmp_path / "m.gguf")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_imported_special_tokens_are_control_and_bos_is_the_tokenizers(tmp_path: Path) -> None:
     """Token types follow the tokenizer's added-token flags, not graft's own six names: an
     imported tokenizer's special tokens are control, a non-special added token user defined;

@@ -21,7 +21,8 @@ Two conversions happen on the way out:
   as llama.cpp's convert_hf_to_gguf.py types them), the merges ("a b" strings; `bytes` has none,
   so it gets one inert placeholder, see `_tokenizer_metadata`) and the EOT, pad and unknown ids.
   A BPE without a byte-level pre-tokenizer and decoder (SentencePiece-style, as Llama 2's or
-  Mistral's: `▁` for spaces, byte fallback) is not that model and is refused. BOS is the
+  Mistral's: `▁` for spaces, byte fallback) is not that model and is refused, nor is a byte-level
+  BPE that splits or normalises otherwise (Llama 3's own split rule). BOS is the
   tokenizer's bos token where it has one (an imported Llama 3's), else EOT (as GPT-2 does);
   add_bos_token is true where graft opens every text with it (`Tokenizer.opens_with_bos`).
   Rows of an embedding padded past the tokenizer get placeholder "unused" tokens, because
@@ -112,10 +113,10 @@ def _check_exportable(config: ModelConfig, tokenizer: Tokenizer, dtype: str) -> 
             f"a {tokenizer.kind} tokenizer has no llama.cpp 'gpt2' (byte-level BPE) equivalent; "
             "use a bpe or bytes tokenizer"
         )
-    if not _byte_level(tokenizer):
+    mismatch = _not_gpt2(tokenizer)
+    if mismatch is not None:
         raise refuse(
-            "the tokenizer is a BPE without a byte-level pre-tokenizer and decoder "
-            "(SentencePiece-style, as Llama 2's), which llama.cpp's 'gpt2' model would tokenize "
+            f"the tokenizer is {mismatch}, which llama.cpp's 'gpt2' model would tokenize "
             "differently; export --format hf and convert it with llama.cpp's convert_hf_to_gguf.py"
         )
     if tokenizer.vocab_size > config.vocab_size:
@@ -135,16 +136,27 @@ def _check_exportable(config: ModelConfig, tokenizer: Tokenizer, dtype: str) -> 
             ) from None
 
 
-def _byte_level(tokenizer: Tokenizer) -> bool:
-    """Whether the tokenizer's pre-tokenizer and decoder both work on GPT-2's byte alphabet, the
-    only BPE llama.cpp's "gpt2" model reproduces (the kind alone does not say: a SentencePiece
-    BPE, with `▁` for spaces and byte fallback, is a `bpe` too)."""
-    from graft.data.tokenizer import _component_types
-
+def _not_gpt2(tokenizer: Tokenizer) -> str | None:
+    """What in the tokenizer's pipeline llama.cpp's "gpt2" model would not reproduce (it is GPT-2's
+    own: no normaliser, GPT-2's word-splitting regex, its byte alphabet in and out); None when
+    nothing. The kind alone does not say: a SentencePiece BPE (`▁` for spaces, byte fallback) is
+    a `bpe` too, and Llama 3's byte-level BPE splits words with its own regex first."""
     parts = json.loads(tokenizer.backend.to_str())
-    return all(
-        "ByteLevel" in _component_types(parts.get(key)) for key in ("pre_tokenizer", "decoder")
-    )
+    pre, decoder = parts.get("pre_tokenizer") or {}, parts.get("decoder") or {}
+    if pre.get("type") == "Sequence" and any(
+        step.get("type") == "ByteLevel" for step in pre.get("pretokenizers", [])
+    ):
+        return "a byte-level BPE that splits words with its own rule first (as Llama 3's)"
+    if pre.get("type") != "ByteLevel" or decoder.get("type") != "ByteLevel":
+        return (
+            "a BPE without a byte-level pre-tokenizer and decoder (SentencePiece-style, as "
+            "Llama 2's)"
+        )
+    # graft's bytes tokenizer splits nothing, but with no merges every split gives its ids.
+    splits_as_gpt2 = pre.get("use_regex", True) or tokenizer.kind == "bytes"
+    if parts.get("normalizer") is not None or pre.get("add_prefix_space") or not splits_as_gpt2:
+        return "a byte-level BPE that normalises or splits text otherwise than GPT-2's"
+    return None
 
 
 def _tensors(model: LanguageModel) -> dict[str, torch.Tensor]:
