@@ -1,6 +1,6 @@
 """Classifier heads in and out, against transformers: *ForSequenceClassification and
-*ForTokenClassification of GPT-2, Llama, Qwen2 and BERT built from tiny random configs, imported
-and compared on right-padded batches; graft classifiers exported and loaded back by
+*ForTokenClassification of GPT-2, Llama, Qwen2, BERT and RoBERTa built from tiny random configs,
+imported and compared on right-padded batches; graft classifiers exported and loaded back by
 AutoModelForSequenceClassification / AutoModelForTokenClassification with the same logits."""
 
 from __future__ import annotations
@@ -54,6 +54,15 @@ CONFIGS = {
         num_attention_heads=4,
         intermediate_size=64,
         max_position_embeddings=32,
+        **_SHAPE,
+    ),
+    # Its sequence head is dense + tanh + out_proj over <s>: graft's pooler and classifier.
+    "roberta": lambda: transformers.RobertaConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32 + PAD + 1,  # positions count from pad_token_id + 1
         **_SHAPE,
     ),
 }

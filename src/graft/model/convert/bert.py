@@ -94,6 +94,12 @@ _HEADS = {
 }
 
 
+# RoBERTa's sequence head (RobertaClassificationHead) is dense + tanh over <s>, then out_proj:
+# BERT's pooler and classifier under other names (its dropouts sit before each product, BERT's
+# after the pooler only: the same logits in eval). graft name -> transformers name.
+_ROBERTA_SEQUENCE_HEAD = {"pooler.dense": "classifier.dense", "classifier": "classifier.out_proj"}
+
+
 def position_offset(model_type: str, cfg: dict[str, Any]) -> int:
     return int(cfg["pad_token_id"]) + 1 if model_type == "roberta" else 0
 
@@ -139,7 +145,8 @@ def encoder_fields(
         norm_position="post",
         type_vocab_size=cfg["type_vocab_size"],
         mlm_head=has(f"{lm_prefix}.weight"),
-        pooler=has("pooler.dense.weight"),
+        pooler=has("pooler.dense.weight")
+        or (model_type == "roberta" and has("classifier.dense.weight")),
         nsp_head=model_type == "bert" and has("cls.seq_relationship.weight"),
     )
 
@@ -158,6 +165,10 @@ def graft_to_hf_names(
             out[name] = f"{_HEADS[model_type][stem]}.{leaf}"
         elif stem == "classifier" and config.head == "span":
             out[name] = f"{SPAN_HEAD}.{leaf}"
+        elif (
+            model_type == "roberta" and config.head == "sequence" and stem in _ROBERTA_SEQUENCE_HEAD
+        ):
+            out[name] = f"{_ROBERTA_SEQUENCE_HEAD[stem]}.{leaf}"
         elif stem in _EMBEDDINGS:
             out[name] = f"{base}.{_EMBEDDINGS[stem]}.{leaf}"
         elif stem.startswith("model.layers."):
