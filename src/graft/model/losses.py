@@ -33,6 +33,10 @@ class _LinearCrossEntropySum(torch.autograd.Function):
     ) -> torch.Tensor:
         # At least fp32 for the softmax and the sums (bf16 logits under autocast lose too much).
         acc = torch.promote_types(hidden.dtype, torch.float32)
+        # The products' dtype: autocast's where it is on (in-place addmm_ would escape it and run
+        # the weight gradient's V x C x N product in fp32, many times slower on a GPU), else acc.
+        device = hidden.device.type
+        low = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
         grad_hidden = torch.zeros_like(hidden) if needs_grad else None
         grad_weight = torch.zeros_like(weight, dtype=acc) if needs_grad else None
         total = torch.zeros((), dtype=acc, device=hidden.device)
@@ -57,7 +61,10 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                     grad_logits.mul_(scored.unsqueeze(1))
                 grad_logits = grad_logits.to(h.dtype)
                 grad_hidden[start : start + _CHUNK_ROWS] = grad_logits @ weight
-                grad_weight.addmm_(grad_logits.T.to(acc), h.to(acc))
+                if low is None:
+                    grad_weight.addmm_(grad_logits.T.to(acc), h.to(acc))
+                else:  # each chunk's product in `low`, as autograd's, summed in acc
+                    grad_weight += grad_logits.T.to(low) @ h.to(low)
         if grad_hidden is not None and grad_weight is not None:  # i.e. needs_grad
             ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return total
