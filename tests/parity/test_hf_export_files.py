@@ -312,6 +312,13 @@ def test_an_encoder_export_frames_texts_as_graft_does(tmp_path: Path) -> None:
     assert tokenizer.backend.post_processor is None
     assert Tokenizer.load(out).encode(text) == tokenizer.encode(text)
     raise_on_failure(verify_hf_export(out, model, tokenizer), out)
+    # verify compares the ids the model reads, frame included: an export without the frame
+    # (as written before) fails it, where ids without special tokens would still agree.
+    files = json.loads((out / "tokenizer.json").read_text())
+    files["post_processor"] = None
+    (out / "tokenizer.json").write_text(json.dumps(files))
+    checks = {r.check: r for r in verify_hf_export(out, model, tokenizer)}
+    assert checks["tokenizer ids"].ok is False, checks["tokenizer ids"]
 
 
 def _chat_tokenizer(bpe: Tokenizer, template: str) -> Tokenizer:

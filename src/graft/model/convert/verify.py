@@ -3,10 +3,12 @@
 `verify_hf_export` reloads the written directory the way a user would (transformers'
 AutoModelForCausalLM and AutoTokenizer when transformers is importable; otherwise graft's own HF
 reader and the exported tokenizer.json) and returns one `CheckRecord` per check: logits on a probe
-batch, tokenizer ids on a mixed-script probe text, the eos id in generation_config.json and
-tokenizer_config.json (the one `exported_eos_id` names; none for an encoder whose tokenizer has
-none, as BERT's), and the tokenizer fitting the embedding matrix. transformers stays optional:
-it is imported here only if present, and its absence is itself a record.
+batch, the ids a mixed-script probe text gives the model (framed as graft frames it: an encoder's
+[CLS] ... [SEP], a Llama tokenizer's bos; against transformers' `tokenizer(text)`), the eos id in
+generation_config.json and tokenizer_config.json (the one `exported_eos_id` names; none for an
+encoder whose tokenizer has none, as BERT's), and the tokenizer fitting the embedding matrix.
+transformers stays optional: it is imported here only if present, and its absence is itself a
+record.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 
 from graft.data.chat import render_chat
+from graft.data.inputs import model_inputs
 from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError, GraftError, first_line
 from graft.model.config import ModelConfig
@@ -152,17 +155,20 @@ def _exported_tokenizer(out_dir: Path, use_transformers: bool) -> Any:
 
 
 def _check_tokenizer_ids(
-    out_dir: Path, tokenizer: Tokenizer, use_transformers: bool
+    out_dir: Path, tokenizer: Tokenizer, config: ModelConfig, use_transformers: bool
 ) -> CheckRecord:
-    want = tokenizer.encode(PROBE_TEXT)
+    # What the model reads (`model_inputs`: an encoder's [CLS] ... [SEP], a Llama tokenizer's
+    # bos), against what a user of the export gives it: transformers' `tokenizer(text)`, with
+    # its special tokens, or graft reading the exported tokenizer.
+    framed = config.is_encoder
+    want = model_inputs(tokenizer, [PROBE_TEXT], framed=framed, max_len=None).ids[0]
     reader = "AutoTokenizer" if use_transformers else "exported tokenizer.json"
     try:
         theirs = _exported_tokenizer(out_dir, use_transformers)
-        # Without special tokens, as graft encodes (BERT-style ones add [CLS]/[SEP] by default)
         got = (
-            theirs(PROBE_TEXT, add_special_tokens=False)["input_ids"]
+            theirs(PROBE_TEXT)["input_ids"]
             if use_transformers
-            else theirs.encode(PROBE_TEXT)
+            else model_inputs(theirs, [PROBE_TEXT], framed=framed, max_len=None).ids[0]
         )
     except (GraftError, OSError, ValueError, KeyError) as err:
         return CheckRecord(
@@ -319,7 +325,7 @@ def verify_hf_export(
         return [*records, CheckRecord("tokenizer", None, skipped)]
     return [
         *records,
-        _check_tokenizer_ids(out_dir, tokenizer, use_transformers),
+        _check_tokenizer_ids(out_dir, tokenizer, model.config, use_transformers),
         _check_eos(out_dir, tokenizer, model.config),
         _check_chat_template(out_dir, tokenizer, use_transformers),
         _check_vocab(out_dir, use_transformers),
