@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, get_args, get_type_hints
+from typing import TYPE_CHECKING, Any, TypeVar, cast, get_args, get_type_hints
 
 import torch
 import yaml
@@ -507,6 +507,10 @@ def _load_sharded_weights(model: LanguageModel, directory: Path) -> None:
     export`, `generate`, a resume without FSDP) or on each of a process group's ranks."""
     if model.model.embed_tokens.weight.is_meta:
         model.to_empty(device="cpu")  # DCP reads into allocated tensors
+        if model.config.tie_embeddings:
+            # to_empty gives the head its own tensor: tie it again, or the two train apart
+            # and a save keeps only the embedding (the head's updates lost).
+            model.lm_head.weight = model.model.embed_tokens.weight
         if model.config.positions == "rope":
             model.model.rotary = RotaryEmbedding(model.config)
     weights = model.state_dict()
@@ -541,6 +545,20 @@ def _read_shards(state: dict[str, Any], directory: Path) -> None:
             raise RuntimeError(reasons[-1] if reasons else type(err).__name__) from None
         finally:
             logging.disable(quiet)
+
+
+def _sharded_keys(directory: Path) -> set[str]:
+    """The keys an FSDP checkpoint's shards hold ("model.NAME", "optimizer.state.NAME.MOMENT"),
+    read from its metadata alone."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    try:
+        metadata = FileSystemReader(str(directory / SHARDED_DIR)).read_metadata()
+    except Exception as err:  # a damaged .metadata: the reader's own exception types
+        raise CheckpointError(
+            f"{directory / SHARDED_DIR}: cannot read ({first_line(err)})"
+        ) from None
+    return set(metadata.state_dict_metadata)
 
 
 def _sharded_like(saved: dict[str, Any], optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -586,18 +604,27 @@ def restore_training_state(
     rng = _read_rng_states(rng_path)
     if (directory / SHARDED_DIR).is_dir():
         from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
             get_optimizer_state_dict,
             set_optimizer_state_dict,
         )
 
         moments = get_optimizer_state_dict(model, optimizer)
+        # That call gives every parameter moments; a parameter that never had a gradient (an
+        # idle head: BERT's pooler under MLM) has none saved, and DCP would call it missing.
+        saved = _sharded_keys(directory)
+        per_parameter = cast(dict[str, Any], moments["state"])  # name -> its moments
+        for name in [n for n in per_parameter if f"optimizer.state.{n}.step" not in saved]:
+            del per_parameter[name]
         try:
             _read_shards({"optimizer": moments}, directory)
         except Exception as err:  # DCP wraps every reader failure in its own exception types
             raise CheckpointError(
                 f"{directory / SHARDED_DIR}: cannot read the optimizer moments ({first_line(err)})"
             ) from None
-        set_optimizer_state_dict(model, optimizer, moments)
+        # Not strict: the idle parameters above stay without moments, as they were saved.
+        options = StateDictOptions(strict=False)
+        set_optimizer_state_dict(model, optimizer, moments, options=options)
     else:
         _load_optimizer(optimizer, state_dir / "optimizer.pt")
     suffix = "" if rank == 0 else f".{rank}"

@@ -6,6 +6,7 @@ tests/train/distributed_run.py, or the graft command, under torchrun."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import torch
 
 from graft.checkpoint import RUN_CONFIG_FILE, SHARDED_DIR, check_same_step, load_model
 from graft.config import RunConfig, TrainConfig
+from graft.crash_points import KILL_AT
 from graft.data.shards import prepare_shards
 from graft.data.tokenizer import bytes_tokenizer
 from graft.distributed import World, step_layout
@@ -89,6 +91,9 @@ def test_two_processes_train_as_one(
     assert (last / SHARDED_DIR).is_dir() == (parallel == "fsdp")
     # What graft export and generate read: the whole model, shards consolidated.
     model, _ = load_model(last)
+    # Shards read into a model built on the meta device: its head is its embedding again, as
+    # saved (two tensors trained apart under `--init`, and a save kept only one).
+    assert model.lm_head.weight is model.model.embed_tokens.weight
     reference, _ = load_model(one_process / "checkpoints" / "last")
     for (name, ours), (_, theirs) in zip(
         model.state_dict().items(), reference.state_dict().items(), strict=True
@@ -250,7 +255,9 @@ def test_a_resume_with_another_global_batch_is_refused(tmp_path: Path) -> None:
 def test_an_encoder_with_idle_heads_trains_under_ddp_as_one_process(
     data: Path, tmp_path: Path
 ) -> None:
-    # mlm leaves BERT's pooler and NSP head without gradients: DDP must not wait for them.
+    # mlm leaves BERT's pooler and NSP head without gradients: DDP must not wait for them, and a
+    # sharded checkpoint, which holds no optimizer moments for them, must resume (DCP called
+    # them missing).
     settings = [
         "--objective=mlm",
         f"--data={data}",
@@ -264,19 +271,31 @@ def test_an_encoder_with_idle_heads_trains_under_ddp_as_one_process(
         "--train.device=cpu",
         "--train.progress=false",
     ]
-    for processes in (1, 2):
+
+    def run(processes: int, out: Path, *more: str, kill_at: str | None = None) -> int:
         launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
         command = [*(launcher if processes > 1 else []), "-m", "graft", "pretrain", *settings]
+        env = {**os.environ, **({KILL_AT: kill_at} if kill_at else {})}
         done = subprocess.run(
-            [sys.executable, *command, f"--out={tmp_path / str(processes)}"],
+            [sys.executable, *command, f"--out={out}", *more],
             capture_output=True,
             text=True,
             timeout=120,
+            env=env,
         )
-        assert done.returncode == 0, done.stderr[-3000:]
-    ours, ref = _losses(tmp_path / "2"), _losses(tmp_path / "1")
-    assert ours.keys() == ref.keys() and len(ref) == 6 + 3
-    assert max(abs(ours[key] - ref[key]) for key in ref) <= 1e-5
+        assert kill_at or done.returncode == 0, done.stderr[-3000:]
+        return done.returncode
+
+    run(1, tmp_path / "1")
+    run(2, tmp_path / "2")
+    ref = _losses(tmp_path / "1")
+    fsdp = tmp_path / "fsdp"
+    assert run(2, fsdp, "--train.parallel=fsdp", kill_at="train:step:4") != 0
+    assert (fsdp / "checkpoints" / "last" / SHARDED_DIR).is_dir()  # step 3's
+    run(2, fsdp, "--train.parallel=fsdp", "--resume")
+    for ours in (_losses(tmp_path / "2"), _losses(fsdp)):
+        assert ours.keys() == ref.keys() and len(ref) == 6 + 3
+        assert max(abs(ours[key] - ref[key]) for key in ref) <= 1e-5
 
 
 @pytest.mark.parametrize(
