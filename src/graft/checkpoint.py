@@ -43,7 +43,7 @@ from safetensors.torch import load_file, save_file
 import graft
 from graft.adapt import ADAPTER_CONFIG_FILE, has_lora, load_adapter, save_adapter, split_lora_state
 from graft.atomic_files import aside_path, atomic_directory, complete_version, recover_folder
-from graft.config import RunConfig, TrainConfig, model_problems
+from graft.config import DataConfig, RunConfig, TrainConfig, model_problems
 from graft.crash_points import crash_point
 from graft.data.shards import INDEX_FILE
 from graft.data.tokenizer import Tokenizer
@@ -745,9 +745,17 @@ def read_saved_section(checkpoint: Path, section: str, kind: type[_Section]) -> 
         ) from None
 
 
-def check_same_step(last: Path, train: TrainConfig) -> None:
-    """Refuse to resume with another global batch: every step would draw other data (a resume on
-    another number of processes keeps the global batch with train.global_batch)."""
+# What decides which records a fine-tune holds out and trains on: the split is made again at a
+# resume, so another value would move records between training and validation unseen.
+_SPLIT_SETTINGS = ("val_file", "val_fraction", "max_train_examples")
+
+
+def check_same_step(last: Path, config: RunConfig) -> None:
+    """Refuse to resume with another global batch, seed or split: every step would draw other
+    data, or former validation records would be trained on and the validation curve would join
+    two sets (a resume on another number of processes keeps the global batch with
+    train.global_batch)."""
+    train = config.train
     was = read_saved_section(last, "train", TrainConfig)
     before = was.global_batch or was.batch_size * was.grad_accum
     if train.global_batch != before:
@@ -756,6 +764,19 @@ def check_same_step(last: Path, train: TrainConfig) -> None:
             "this run would take "
             f"{train.global_batch}; set --train.global_batch={before} (grad_accum follows "
             "from it and the number of processes)"
+        )
+    saved = read_saved_section(last, "data", DataConfig)
+    changed = [f"train.seed {was.seed} -> {train.seed}"] if was.seed != train.seed else []
+    changed += [
+        f"data.{key} {getattr(saved, key)} -> {getattr(config.data, key)}"
+        for key in _SPLIT_SETTINGS
+        if getattr(saved, key) != getattr(config.data, key)
+    ]
+    if changed:
+        raise ConfigError(
+            f"--resume: {'; '.join(changed)} from {last / RUN_CONFIG_FILE}: the run would go "
+            "on with other data drawn or held out; resume with the saved values or train into "
+            "a new train.out_dir"
         )
 
 

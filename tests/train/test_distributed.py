@@ -243,13 +243,29 @@ def test_fine_tuning_on_two_processes_trains_as_one(
         torch.testing.assert_close(ours_t, theirs, rtol=0, atol=1e-5, msg=name)
 
 
-def test_a_resume_with_another_global_batch_is_refused(tmp_path: Path) -> None:
+def test_a_resume_with_another_global_batch_seed_or_split_is_refused(tmp_path: Path) -> None:
     # The data a step draws follows from the global batch: another one would silently change it.
     saved = RunConfig(train=TrainConfig(batch_size=2, global_batch=8))
     (tmp_path / RUN_CONFIG_FILE).write_text(saved.to_yaml())
-    check_same_step(tmp_path, step_layout(TrainConfig(batch_size=4, global_batch=8), World(0, 2)))
+
+    def resumed(train: TrainConfig, **data: object) -> RunConfig:
+        laid_out = step_layout(train, World(0, 2))
+        return saved.model_copy(
+            update={"train": laid_out, "data": saved.data.model_copy(update=data)}
+        )
+
+    check_same_step(tmp_path, resumed(TrainConfig(batch_size=4, global_batch=8)))
     with pytest.raises(ConfigError, match=r"trained with 8 sequences per step, this run would "):
-        check_same_step(tmp_path, step_layout(TrainConfig(batch_size=2), World(0, 2)))
+        check_same_step(tmp_path, resumed(TrainConfig(batch_size=2)))
+    # A fine-tune splits its records again at a resume: another seed or split moved former
+    # validation records into training, unseen.
+    same = TrainConfig(batch_size=2, global_batch=8)
+    with pytest.raises(ConfigError, match=r"--resume: train.seed 1337 -> 7 from .*: the run"):
+        check_same_step(tmp_path, resumed(same.model_copy(update={"seed": 7})))
+    with pytest.raises(ConfigError, match=r"data.val_fraction 0.1 -> 0.3"):
+        check_same_step(tmp_path, resumed(same, val_fraction=0.3))
+    with pytest.raises(ConfigError, match=r"data.max_train_examples None -> 50"):
+        check_same_step(tmp_path, resumed(same, max_train_examples=50))
 
 
 def test_an_encoder_with_idle_heads_trains_under_ddp_as_one_process(

@@ -13,7 +13,6 @@ so the run continues exactly.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -23,40 +22,24 @@ import torch
 from graft import checkpoint as ckpt
 from graft import distributed
 from graft.adapt import CLASSIFIER_PREFIX, HEAD_PREFIXES, apply_adaptation, trainable_parameters
-from graft.atomic_files import check_output, write_atomic
-from graft.config import AdaptConfig, RunConfig, command_problems, unused_settings
+from graft.config import AdaptConfig, RunConfig
 from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError, ConfigError
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
 from graft.objectives.base import RecordObjective, Records, TaskData
-from graft.run_files import CONFIG_FILE
-from graft.train.loop import Run, RunResult, fit
-from graft.train.optim import build_optimizer
-from graft.train.parallel import parallelize
-from graft.train.privacy import make_private, refuse_dropping_privacy
+from graft.train.loop import Run, RunResult
+from graft.train.privacy import refuse_dropping_privacy
+from graft.train.setup import assemble_run, open_run_folder, train_command
 
 
 def finetune(
     config: RunConfig, *, resume: bool = False, echo: Callable[[str], None] | None = None
 ) -> RunResult:
     """Fine-tune train.init on the task of config.objective.name (or, with `resume`, continue the
-    run in train.out_dir) and return the run's result."""
-    # A config built in Python gets the checks load_finetune_config makes too.
-    problems = command_problems(config.objective.name, "finetune") or unused_settings(
-        config, "finetune"
-    )
-    if problems:
-        raise ConfigError("; ".join(problems))
-    config = ckpt.resolve(config, resume=resume)  # a no-op when the CLI resolved it already
-    world, device = distributed.start(config.train)
-    say = echo or (lambda message: print(message, file=sys.stderr))
-    try:
-        with ckpt.RunLock(config.train.out_dir, world) as lock:
-            say = say if world.is_main else _silent
-            return fit(prepare_finetune(config, resume, world, device, say, lock), echo)
-    finally:
-        distributed.stop()
+    run in train.out_dir) and return the run's result. Its notices go to `echo` (standard error
+    without one), its evaluations to `echo` (standard output)."""
+    return train_command(config, "finetune", prepare_finetune, resume=resume, echo=echo)
 
 
 def _new_head(base: ModelConfig, task: ModelConfig) -> bool:
@@ -65,20 +48,15 @@ def _new_head(base: ModelConfig, task: ModelConfig) -> bool:
     return (base.head, base.labels) != (task.head, task.labels)
 
 
-def _silent(message: str) -> None:
-    """What ranks after 0 say: nothing (rank 0 speaks for the run)."""
-
-
 def prepare_finetune(
     config: RunConfig,
     resume: bool,
     world: distributed.World,
     device: torch.device,
     say: Callable[[str], None],
-    lock: ckpt.RunLock | None = None,
+    lock: ckpt.RunLock,
 ) -> Run:
-    """Everything `fit` needs for the fine-tune `config` (resolved), on `device` in `world`;
-    `lock`, held by the caller while it fits the run, takes the run folder."""
+    """Everything `fit` needs for the fine-tune `config` (resolved), on `device` in `world`."""
     config = config.model_copy(update={"train": distributed.step_layout(config.train, world)})
     task_config = config.objective
     assert isinstance(task_config, RecordObjective)  # command_problems refused the others
@@ -92,14 +70,7 @@ def prepare_finetune(
             "data.train_file: give the training records (--train FILE, or data.train_file in "
             "the --config recipe)"
         )
-    run_dir = config.train.out_dir
-    check_output(run_dir, folder=True)  # a file there would be found only after the loading
-    if lock is not None:
-        lock.take()  # before anything in the folder is touched
-    if world.is_main:
-        ckpt.recover_run(run_dir, say)
-    world.barrier()  # no rank looks for the checkpoint before it is put back
-    last = ckpt.resume_point(run_dir, resume=resume, say=say)
+    last = open_run_folder(config, resume, world, say, lock)
     base, tokenizer = ckpt.load_model(config.train.init)
     if tokenizer.pad_id is None:
         # Batches are padded; GPT-2's tokenizer, for one, has no pad token.
@@ -138,7 +109,7 @@ def prepare_finetune(
             fix="resume with the original train.init",
         )
         _check_same_adaptation(last, config.adapt)
-        ckpt.check_same_step(last, config.train)
+        ckpt.check_same_step(last, config)
         refuse_dropping_privacy(last, config)
     torch.manual_seed(config.train.seed)
     model = LanguageModel(model_config)
@@ -176,44 +147,17 @@ def prepare_finetune(
         f"fine-tuning {trainable:,} of {total:,} parameters ({config.adapt.method}"
         f"{', from scratch' if config.adapt.from_scratch else ''})"
     )
-    model.to(device).train()
-    model.checkpoint_activations(config.train.activation_checkpointing)
-    module = parallelize(model, config.train, world, device)
-    if world.size > 1:
-        torch.manual_seed(config.train.seed + world.rank)  # dropout differs from rank to rank
-    config = config.model_copy(update={"model": model_config})
-    optimizer = build_optimizer(model, config.optim, device)
-    generator = torch.Generator().manual_seed(config.train.seed)  # the same data on every rank
-    state = ckpt.TrainingState()
-    if last is not None:
-        state = ckpt.restore_training_state(last, model, optimizer, generator, device, world.rank)
-        say(f"resuming {run_dir} at step {state.step}")
-    privacy = None
-    if config.dp.enabled:
-        privacy = make_private(config, model, optimizer, task.objective, world, last, say)
-        optimizer, module = privacy.optimizer, privacy.module
-    # Only past the checks privacy makes (a batch larger than the data...): a refused run
-    # leaves no folder behind.
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if lock is not None:
-            lock.take()  # a new folder: held from now on, before anything is written in it
-        write_atomic(run_dir / CONFIG_FILE, config.to_yaml())
-    run = Run(
-        config,
+    return assemble_run(
+        config.model_copy(update={"model": model_config}),
         model,
         task.objective,
-        optimizer,
         tokenizer,
-        device,
-        generator,
-        state,
-        resumed=last is not None,
+        last=last,
         world=world,
-        module=None if module is model else module,
-        privacy=privacy,
+        device=device,
+        say=say,
+        lock=lock,
     )
-    return run
 
 
 def _check_same_adaptation(last: Path, adapt: AdaptConfig) -> None:

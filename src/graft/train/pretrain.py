@@ -5,7 +5,6 @@ hands all of it to the loop."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -14,19 +13,17 @@ import torch
 
 from graft import checkpoint as ckpt
 from graft import distributed
-from graft.atomic_files import check_output, complete_version, write_atomic
-from graft.config import RunConfig, command_problems, unused_settings
+from graft.atomic_files import complete_version
+from graft.config import RunConfig
 from graft.data.shards import ShardIndex, TokenShards, prepared_tokenizer
 from graft.data.tokenizer import Tokenizer
 from graft.errors import ConfigError, TokenizerError
 from graft.model.transformer import LanguageModel
 from graft.objectives.base import ShardObjective, Shards
 from graft.objectives.mix import with_replay
-from graft.run_files import CONFIG_FILE
-from graft.train.loop import Run, RunResult, fit
-from graft.train.optim import build_optimizer
-from graft.train.parallel import parallelize
-from graft.train.privacy import make_private, refuse_dropping_privacy
+from graft.train.loop import Run, RunResult
+from graft.train.privacy import refuse_dropping_privacy
+from graft.train.setup import assemble_run, open_run_folder, train_command
 
 
 def pretrain(
@@ -34,30 +31,18 @@ def pretrain(
 ) -> RunResult:
     """Set up a pre-training run from its config (fresh or resumed) and train it. Its notices
     go to `echo` (standard error without one), its evaluations to `echo` (standard output)."""
-    # A config built in Python gets the checks load_run_config makes too.
-    problems = command_problems(config.objective.name, "pretrain") or unused_settings(
-        config, "pretrain"
-    )
-    if problems:
-        raise ConfigError("; ".join(problems))
-    config = ckpt.resolve(config, resume=resume)  # a no-op when the CLI resolved it already
-    world, device = distributed.start(config.train)
-    try:
-        with ckpt.RunLock(config.train.out_dir, world) as lock:
-            say = (echo or _notice) if world.is_main else _quiet
-            return fit(_pretrain(config, resume, world, device, lock, say), echo)
-    finally:
-        distributed.stop()
+    return train_command(config, "pretrain", prepare_pretrain, resume=resume, echo=echo)
 
 
-def _pretrain(
+def prepare_pretrain(
     config: RunConfig,
     resume: bool,
     world: distributed.World,
     device: torch.device,
-    lock: ckpt.RunLock,
     say: Callable[[str], None],
+    lock: ckpt.RunLock,
 ) -> Run:
+    """Everything `fit` needs for the pre-training `config` (resolved), on `device` in `world`."""
     config = config.model_copy(update={"train": distributed.step_layout(config.train, world)})
     if config.data.path is None:
         raise ConfigError(
@@ -67,14 +52,7 @@ def _pretrain(
     initial: LanguageModel | None = None
     if config.train.init is not None and not resume:
         initial, config = _initial_model(config, tokenizer)
-
-    run_dir = config.train.out_dir
-    check_output(run_dir, folder=True)  # a file there would be found only after the building
-    lock.take()  # before anything in the folder is touched
-    if world.is_main:
-        ckpt.recover_run(run_dir, say)
-    world.barrier()  # no rank looks for the checkpoint before it is put back
-    last = ckpt.resume_point(run_dir, resume=resume, say=say)
+    last = open_run_folder(config, resume, world, say, lock)
     if last is not None:
         ckpt.check_resumable(
             last,
@@ -83,7 +61,7 @@ def _pretrain(
             tokenizer_source=f"{config.data.path} was prepared with",
             fix=f"prepare the data with {last / ckpt.TOKENIZER_FILE}",
         )
-        ckpt.check_same_step(last, config.train)
+        ckpt.check_same_step(last, config)
         refuse_dropping_privacy(last, config)
     # After the resume checks: data from another tokenizer is named as such, not as a vocabulary
     # the run never set.
@@ -93,17 +71,6 @@ def _pretrain(
     model = initial if initial is not None else LanguageModel(config.model)
     if last is not None:
         ckpt.load_weights(model, last)
-    model.to(device)
-    model.checkpoint_activations(config.train.activation_checkpointing)
-    module = parallelize(model, config.train, world, device)
-    if world.size > 1:
-        torch.manual_seed(config.train.seed + world.rank)  # dropout differs from rank to rank
-    optimizer = build_optimizer(model, config.optim, device)
-    generator = torch.Generator().manual_seed(config.train.seed)  # the same data on every rank
-    state = ckpt.TrainingState()
-    if last is not None:
-        state = ckpt.restore_training_state(last, model, optimizer, generator, device, world.rank)
-    model.train()
     assert config.model.vocab_size is not None  # _with_vocab took the tokenizer's
     objective_config = config.objective
     assert isinstance(objective_config, ShardObjective)  # command_problems refused the others
@@ -122,39 +89,17 @@ def _pretrain(
         )
         general = objective_config.build(replace(data, train=replay_train, val=replay_val))
         objective = with_replay(objective, general, config.data.replay_fraction)
-    privacy = None
-    if config.dp.enabled:
-        privacy = make_private(config, model, optimizer, objective, world, last, say)
-        optimizer, module = privacy.optimizer, privacy.module
-    # Only now, past every check the objective, the replay data and privacy make: a refused run
-    # leaves no folder behind.
-    if world.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        lock.take()  # a new folder: held from now on, before anything is written in it
-        write_atomic(run_dir / CONFIG_FILE, config.to_yaml())
-    run = Run(
+    return assemble_run(
         config,
         model,
         objective,
-        optimizer,
         tokenizer,
-        device,
-        generator,
-        state,
-        resumed=last is not None,
+        last=last,
         world=world,
-        module=None if module is model else module,
-        privacy=privacy,
+        device=device,
+        say=say,
+        lock=lock,
     )
-    return run
-
-
-def _notice(message: str) -> None:
-    print(message, file=sys.stderr)
-
-
-def _quiet(message: str) -> None:
-    """What the ranks after 0 say: nothing (rank 0 says it once)."""
 
 
 def open_prepared(
