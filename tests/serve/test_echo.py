@@ -150,3 +150,34 @@ def test_offsets_of_tokens_that_split_a_character(client: TestClient, tokenizer:
     offsets = lp["text_offset"]
     assert len(offsets) == len(tokenizer.encode(text)) > len(text.split())
     assert offsets == sorted(offsets) and offsets[0] == 0 and offsets[-1] < len(text)
+
+
+def test_an_opening_bos_is_scored_as_no_text_of_the_echoed_prompt():
+    """A tokenizer whose post-processor opens every text with bos (Llama's) reads a text prompt
+    after it: the echo lists it first, at offset 0, and every later token's text still begins
+    at its offset in the echoed text."""
+    from tokenizers import processors
+
+    from graft.data.tokenizer import CLS, GRAFT_SPECIAL_TOKENS_MAP, bytes_tokenizer
+
+    from .conftest import build
+
+    plain = bytes_tokenizer()
+    backend = plain.backend
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{CLS} $A", special_tokens=[(CLS, plain.token_to_id(CLS))]
+    )
+    opening = Tokenizer(backend, special_tokens_map={**GRAFT_SPECIAL_TOKENS_MAP, "bos_token": CLS})
+    assert opening.opens_with_bos
+    served = build(opening)
+    try:
+        with TestClient(served.app) as client:
+            body = complete(client, prompt=PROMPT, echo=True, max_tokens=0, logprobs=1)
+    finally:
+        served.engine.stop()
+    lp = body["choices"][0]["logprobs"]
+    assert body["choices"][0]["text"] == PROMPT
+    assert lp["tokens"][0] == CLS and lp["text_offset"][0] == 0
+    for token, offset in zip(lp["tokens"][1:], lp["text_offset"][1:], strict=True):
+        assert PROMPT[offset : offset + len(token)] == token
+    assert body["usage"]["prompt_tokens"] == len(PROMPT.encode()) + 1

@@ -32,6 +32,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from graft.data.inputs import input_frame
 from graft.data.inputs import prompt_ids as text_prompt_ids
 from graft.data.records import Message
 from graft.data.tokenizer import Tokenizer
@@ -229,11 +230,13 @@ def _sampling_params(
 class PreparedPrompt:
     """One checked prompt of a completion request: its ids, the text `echo` returns for it (the
     text given, or the ids decoded), and the engine request that continues it (None when
-    max_tokens is 0: echo alone, nothing generated)."""
+    max_tokens is 0: echo alone, nothing generated). `opening` ids come first and stand for no
+    text of it: the bos a text prompt is read after (`graft.data.inputs.prompt_ids`)."""
 
     ids: list[int]
     text: str
     prepared: Prepared | None
+    opening: int = 0
 
 
 def _prompt_ids(
@@ -292,17 +295,20 @@ def prepare_completion(
         where = f"prompt[{i}]" if batch else "prompt"
         ids = _prompt_ids(each, where, tokenizer, info)
         text = each if isinstance(each, str) else tokenizer.decode(ids)
+        opening = len(input_frame(tokenizer, framed=False).before) if isinstance(each, str) else 0
         if body.max_tokens == 0:
             # Echo alone reads the prompt once: the whole context is its to fill, no more. A
             # longer prompt is refused rather than scored in windows, whose logprobs would not
             # be conditioned on the whole prompt as a client reading them assumes.
             refuse_past_context(len(ids), context, where)
-            out.append(PreparedPrompt(ids, text, None))
+            out.append(PreparedPrompt(ids, text, None, opening))
             continue
         limits = (context, batch_tokens)
         max_new = _max_new_tokens(body.max_tokens, explicit, len(ids), limits, "max_tokens", where)
         out.append(
-            PreparedPrompt(ids, text, _prepared(body, ids, max_new, body.logprobs, info, "cmpl"))
+            PreparedPrompt(
+                ids, text, _prepared(body, ids, max_new, body.logprobs, info, "cmpl"), opening
+            )
         )
     return out
 
@@ -471,16 +477,18 @@ def _alternatives(tokenizer: Tokenizer, top: list[tuple[int, float]]) -> dict[st
 
 
 def _prompt_logprobs(
-    tokenizer: Tokenizer, ids: list[int], scored: list[GeneratedToken]
+    tokenizer: Tokenizer, prompt: PreparedPrompt, scored: list[GeneratedToken]
 ) -> CompletionLogprobs:
     """An echoed prompt's logprobs: `scored` (Engine.score) holds every token's but the first,
     which has nothing before it to be predicted from (null, as OpenAI's). Offsets are where each
-    token's text begins in the decoded prompt; a token holding part of a character begins where
-    that character does."""
+    token's text begins in the echoed prompt; a token holding part of a character begins where
+    that character does, and an opening bos, which the text does not hold, at 0."""
+    ids = prompt.ids
     offsets, offset, stream = [], 0, TextStream(tokenizer)
-    for token_id in ids:
+    for i, token_id in enumerate(ids):
         offsets.append(offset)
-        offset += len(stream.push(token_id))
+        if i >= prompt.opening:
+            offset += len(stream.push(token_id))
     return CompletionLogprobs(
         tokens=[tokenizer.decode([i]) for i in ids],
         token_logprobs=[None, *(t.logprob for t in scored)],
@@ -644,9 +652,7 @@ def completion_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) ->
             if body.logprobs is not None:
                 logprobs = _completion_logprobs(tokenizer, events, len(echoed))
                 if body.echo:
-                    logprobs = _joined(
-                        _prompt_logprobs(tokenizer, prompt.ids, scored[index]), logprobs
-                    )
+                    logprobs = _joined(_prompt_logprobs(tokenizer, prompt, scored[index]), logprobs)
             choice = CompletionChoice(
                 index=index,
                 text=echoed + "".join(e.text for e in events),
