@@ -338,7 +338,6 @@ def _train(run: Run, echo: Callable[[str], None] | None) -> RunResult:
                 state.step, {**metrics, "tokens": state.tokens_seen, "elapsed_s": state.elapsed_s}
             )
             result.evals.append({"step": state.step, **metrics})
-        if metrics:
             tell(f"step {state.step}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         # `best` first: a complete `last` is the mark that this step is done, so a crash between
         # the two resumes from the step before and writes `best` again.
