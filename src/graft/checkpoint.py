@@ -27,9 +27,8 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast, get_args, get_type_hints
@@ -42,13 +41,13 @@ from safetensors.torch import load_file, save_file
 
 import graft
 from graft.adapt import ADAPTER_CONFIG_FILE, has_lora, load_adapter, save_adapter, split_lora_state
-from graft.atomic_files import aside_path, atomic_directory, complete_version, recover_folder
-from graft.config import DataConfig, RunConfig, TrainConfig, model_problems
+from graft.atomic_files import aside_path, atomic_directory, complete_version
+from graft.config import RunConfig, model_problems
 from graft.crash_points import crash_point
 from graft.data.shards import INDEX_FILE
 from graft.data.tokenizer import Tokenizer
 from graft.distributed import World
-from graft.errors import CheckpointError, ConfigError, OutputError, TokenizerError, first_line
+from graft.errors import CheckpointError, ConfigError, OutputError, first_line
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel, RotaryEmbedding
 from graft.run_files import CHECKPOINTS_DIR
@@ -745,41 +744,6 @@ def read_saved_section(checkpoint: Path, section: str, kind: type[_Section]) -> 
         ) from None
 
 
-# What decides which records a fine-tune holds out and trains on: the split is made again at a
-# resume, so another value would move records between training and validation unseen.
-_SPLIT_SETTINGS = ("val_file", "val_fraction", "max_train_examples")
-
-
-def check_same_step(last: Path, config: RunConfig) -> None:
-    """Refuse to resume with another global batch, seed or split: every step would draw other
-    data, or former validation records would be trained on and the validation curve would join
-    two sets (a resume on another number of processes keeps the global batch with
-    train.global_batch)."""
-    train = config.train
-    was = read_saved_section(last, "train", TrainConfig)
-    before = was.global_batch or was.batch_size * was.grad_accum
-    if train.global_batch != before:
-        raise ConfigError(
-            f"--resume: {last / RUN_CONFIG_FILE} trained with {before} sequences per step, "
-            "this run would take "
-            f"{train.global_batch}; set --train.global_batch={before} (grad_accum follows "
-            "from it and the number of processes)"
-        )
-    saved = read_saved_section(last, "data", DataConfig)
-    changed = [f"train.seed {was.seed} -> {train.seed}"] if was.seed != train.seed else []
-    changed += [
-        f"data.{key} {getattr(saved, key)} -> {getattr(config.data, key)}"
-        for key in _SPLIT_SETTINGS
-        if getattr(saved, key) != getattr(config.data, key)
-    ]
-    if changed:
-        raise ConfigError(
-            f"--resume: {'; '.join(changed)} from {last / RUN_CONFIG_FILE}: the run would go "
-            "on with other data drawn or held out; resume with the saved values or train into "
-            "a new train.out_dir"
-        )
-
-
 def saved_checkpoint(run_dir: Path) -> Path | None:
     """The run's last complete checkpoint, where a resume continues from: checkpoints/last, or
     its previous version when a save was cut between its two renames; None when the run never
@@ -789,107 +753,6 @@ def saved_checkpoint(run_dir: Path) -> Path | None:
     if (last / CONFIG_FILE).is_file():
         return last
     return aside if (aside / MANIFEST_FILE).is_file() else None
-
-
-class RunLock:
-    """This process's hold on a run folder while it trains: a second graft process training into
-    it is refused. Two would mix their checkpoints and metrics, and the second's start-up
-    clearing would delete the first's half-written checkpoint. The hold is an flock on the
-    folder itself (no file is made, so a refused run leaves nothing), taken before anything in
-    the folder is touched when it exists, else as soon as the run makes it; the system drops it
-    when the process ends, however it ends. Rank 0 holds it for every process of a job."""
-
-    def __init__(self, run_dir: Path, world: World) -> None:
-        self.run_dir, self.world = Path(run_dir), world
-        self._fd: int | None = None
-
-    def take(self) -> None:
-        """Hold the folder, if it exists and is not held yet."""
-        if self._fd is not None or not self.world.is_main or not self.run_dir.is_dir():
-            return
-        import fcntl
-
-        fd = os.open(self.run_dir, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise CheckpointError(
-                f"{self.run_dir}: another graft process is training into it; wait for it to "
-                "end or choose another train.out_dir"
-            ) from None
-        self._fd = fd
-
-    def __enter__(self) -> RunLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-def recover_run(run_dir: Path, say: Callable[[str], None]) -> None:
-    """Clear what interrupted saves of the run in `run_dir` left, saying what was done:
-    unfinished temporary directories are deleted, and a checkpoint's previous version is put
-    back where a save was cut between its two renames. Called by the process that saves, before
-    anything reads the checkpoints."""
-    # checkpoints/ holds only what atomic_directory writes; the run directory (a path the user
-    # chose) only has its temporary files cleared, never a `.NAME.old` folder renamed.
-    for folder, swaps in ((run_dir, False), (run_dir / CHECKPOINTS_DIR, True)):
-        for done in recover_folder(folder, swaps=swaps):
-            say(f"notice: {folder}: {done}")
-
-
-def resume_point(run_dir: Path, *, resume: bool, say: Callable[[str], None] = print) -> Path | None:
-    """The verified checkpoints/last of the run in `run_dir` when resuming; None for a fresh run,
-    which must not overwrite a run already there (call `recover_run` first).
-
-    A run that never completed a save has nothing to lose: it starts afresh, with or without
-    --resume, saying so, instead of being stuck between "already holds a run" and "no such
-    checkpoint". So does one killed while it set up, before its folder was made: a job that is
-    restarted with --resume after every kill must not be refused then.
-    """
-    checkpoints = run_dir / CHECKPOINTS_DIR
-    last = saved_checkpoint(run_dir)
-    if last is None:
-        if resume and not run_dir.is_dir():
-            say(f"notice: --resume: {run_dir} does not exist (nothing saved); starting at step 0")
-        elif resume or checkpoints.exists():
-            say(
-                f"notice: {run_dir} holds no complete checkpoint (the run stopped before its "
-                "first save); starting it from step 0"
-            )
-        return None
-    if not resume:
-        raise ConfigError(
-            f"{run_dir} already holds a run; "
-            "pass --resume to continue it, or set another train.out_dir"
-        )
-    verify_checkpoint(last)
-    return last
-
-
-def check_resumable(
-    last: Path, model: ModelConfig, tokenizer: Tokenizer, *, tokenizer_source: str, fix: str
-) -> None:
-    """Refuse to resume `last` with another tokenizer or model config: its weights and optimizer
-    moments only mean something for the ones it was trained with. `tokenizer_source` says where
-    the run's tokenizer came from ("DIR was prepared with"), `fix` how to get the right one."""
-    trained_with = Tokenizer.load(last / TOKENIZER_FILE)
-    if trained_with.sha256 != tokenizer.sha256:
-        raise TokenizerError(
-            f"--resume: {tokenizer_source} tokenizer {tokenizer.sha256[:12]} "
-            f"but {last} was trained with {trained_with.sha256[:12]} "
-            f"({last / TOKENIZER_FILE}); "
-            f"{fix} or train into a new train.out_dir"
-        )
-    changed = config_differences(read_model_config(last), model)
-    if changed:
-        raise CheckpointError(
-            f"--resume: the model config differs from {last}: {'; '.join(changed)}; "
-            "resume with the original config or train into a new train.out_dir"
-        )
 
 
 def config_differences(old: BaseModel, new: BaseModel) -> list[str]:

@@ -896,8 +896,8 @@ def test_a_second_run_into_the_same_folder_is_refused_while_the_first_trains(
 ):
     """Two runs into one --out both exited 0 and left a folder mixing their checkpoints and
     metrics; the second's start-up clearing could delete the first's half-written checkpoint."""
-    from graft.checkpoint import RunLock
     from graft.distributed import ONE_PROCESS
+    from graft.train.resume import RunLock
 
     out = tmp_path / "run"
     first = ok(graft_here(*pretrain_args(tiny_model, pipeline.data, out, "--train.max_steps=1")))

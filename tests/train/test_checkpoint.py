@@ -10,6 +10,7 @@ from graft.data.tokenizer import bytes_tokenizer
 from graft.errors import CheckpointError
 from graft.model.config import ModelConfig
 from graft.model.transformer import LanguageModel
+from graft.train.resume import recover_run, resume_point
 
 
 def small_model(seed: int = 0, **kw) -> LanguageModel:
@@ -132,7 +133,7 @@ def test_a_run_directory_keeps_old_folders_that_are_not_checkpoint_swaps(tmp_pat
     (run / ".config.old").mkdir(parents=True)
     (run / ".config.yaml.0123456789ab.tmp").write_text("half")
     said: list[str] = []
-    ckpt.recover_run(run, said.append)
+    recover_run(run, said.append)
     assert sorted(p.name for p in run.iterdir()) == [".config.old"]
     assert len(said) == 1 and "removed .config.yaml.0123456789ab.tmp" in said[0]
 
@@ -141,12 +142,12 @@ def test_a_run_that_never_finished_a_save_starts_afresh_with_or_without_resume(t
     run = tmp_path / "run"
     (run / "checkpoints" / ".last.0123456789ab.partial").mkdir(parents=True)
     said: list[str] = []
-    ckpt.recover_run(run, said.append)
-    assert ckpt.resume_point(run, resume=False, say=said.append) is None
-    assert ckpt.resume_point(run, resume=True, say=said.append) is None
+    recover_run(run, said.append)
+    assert resume_point(run, resume=False, say=said.append) is None
+    assert resume_point(run, resume=True, say=said.append) is None
     assert "removed .last.0123456789ab.partial" in said[0]
     assert all("holds no complete checkpoint" in line for line in said[1:]) and len(said) == 3
     save(run / "checkpoints" / "last", small_model())
     with pytest.raises(ckpt.ConfigError, match="already holds a run; pass --resume"):
-        ckpt.resume_point(run, resume=False, say=said.append)
-    assert ckpt.resume_point(run, resume=True, say=said.append) == run / "checkpoints" / "last"
+        resume_point(run, resume=False, say=said.append)
+    assert resume_point(run, resume=True, say=said.append) == run / "checkpoints" / "last"

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from graft.checkpoint import RUN_CONFIG_FILE, SHARDED_DIR, check_same_step, load_model
+from graft.checkpoint import RUN_CONFIG_FILE, SHARDED_DIR, load_model
 from graft.config import RunConfig, TrainConfig
 from graft.crash_points import KILL_AT
 from graft.data.shards import prepare_shards
 from graft.data.tokenizer import bytes_tokenizer
 from graft.distributed import World, step_layout
 from graft.errors import CheckpointError, ConfigError
+from graft.train.resume import check_same_step
 
 RUN = Path(__file__).with_name("distributed_run.py")
 

@@ -30,6 +30,7 @@ from graft.model.transformer import LanguageModel
 from graft.objectives.base import RecordObjective, Records, TaskData
 from graft.train.loop import Run, RunResult
 from graft.train.privacy import refuse_dropping_privacy
+from graft.train.resume import RunLock, check_resumable, check_same_step
 from graft.train.setup import assemble_run, open_run_folder, train_command
 
 
@@ -54,7 +55,7 @@ def prepare_finetune(
     world: distributed.World,
     device: torch.device,
     say: Callable[[str], None],
-    lock: ckpt.RunLock,
+    lock: RunLock,
 ) -> Run:
     """Everything `fit` needs for the fine-tune `config` (resolved), on `device` in `world`."""
     config = config.model_copy(update={"train": distributed.step_layout(config.train, world)})
@@ -101,7 +102,7 @@ def prepare_finetune(
         )
     )
     if last is not None:
-        ckpt.check_resumable(
+        check_resumable(
             last,
             model_config,
             tokenizer,
@@ -109,7 +110,7 @@ def prepare_finetune(
             fix="resume with the original train.init",
         )
         _check_same_adaptation(last, config.adapt)
-        ckpt.check_same_step(last, config)
+        check_same_step(last, config)
         refuse_dropping_privacy(last, config)
     torch.manual_seed(config.train.seed)
     model = LanguageModel(model_config)

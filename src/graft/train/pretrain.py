@@ -23,6 +23,7 @@ from graft.objectives.base import ShardObjective, Shards
 from graft.objectives.mix import with_replay
 from graft.train.loop import Run, RunResult
 from graft.train.privacy import refuse_dropping_privacy
+from graft.train.resume import RunLock, check_resumable, check_same_step
 from graft.train.setup import assemble_run, open_run_folder, train_command
 
 
@@ -40,7 +41,7 @@ def prepare_pretrain(
     world: distributed.World,
     device: torch.device,
     say: Callable[[str], None],
-    lock: ckpt.RunLock,
+    lock: RunLock,
 ) -> Run:
     """Everything `fit` needs for the pre-training `config` (resolved), on `device` in `world`."""
     config = config.model_copy(update={"train": distributed.step_layout(config.train, world)})
@@ -54,14 +55,14 @@ def prepare_pretrain(
         initial, config = _initial_model(config, tokenizer)
     last = open_run_folder(config, resume, world, say, lock)
     if last is not None:
-        ckpt.check_resumable(
+        check_resumable(
             last,
             config.model,
             tokenizer,
             tokenizer_source=f"{config.data.path} was prepared with",
             fix=f"prepare the data with {last / ckpt.TOKENIZER_FILE}",
         )
-        ckpt.check_same_step(last, config)
+        check_same_step(last, config)
         refuse_dropping_privacy(last, config)
     # After the resume checks: data from another tokenizer is named as such, not as a vocabulary
     # the run never set.

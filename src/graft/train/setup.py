@@ -30,6 +30,7 @@ from graft.train.loop import Run, RunResult, fit
 from graft.train.optim import build_optimizer
 from graft.train.parallel import parallelize
 from graft.train.privacy import make_private
+from graft.train.resume import RunLock, recover_run, resume_point
 
 Say = Callable[[str], None]
 
@@ -44,7 +45,7 @@ class Prepare(Protocol):
         world: distributed.World,
         device: torch.device,
         say: Say,
-        lock: ckpt.RunLock,
+        lock: RunLock,
     ) -> Run: ...
 
 
@@ -65,7 +66,7 @@ def train_command(
     config = ckpt.resolve(config, resume=resume)  # a no-op when the CLI resolved it already
     world, device = distributed.start(config.train)
     try:
-        with ckpt.RunLock(config.train.out_dir, world) as lock:
+        with RunLock(config.train.out_dir, world) as lock:
             say = (echo or _notice) if world.is_main else _quiet
             return fit(prepare(config, resume, world, device, say, lock), echo)
     finally:
@@ -81,7 +82,7 @@ def _quiet(message: str) -> None:
 
 
 def open_run_folder(
-    config: RunConfig, resume: bool, world: distributed.World, say: Say, lock: ckpt.RunLock
+    config: RunConfig, resume: bool, world: distributed.World, say: Say, lock: RunLock
 ) -> Path | None:
     """Take the run folder and give the checkpoint to resume from (None: a fresh run). An `--out`
     that is a file is refused here, before the command loads or builds anything large."""
@@ -89,9 +90,9 @@ def open_run_folder(
     check_output(run_dir, folder=True)
     lock.take()  # before anything in the folder is touched
     if world.is_main:
-        ckpt.recover_run(run_dir, say)
+        recover_run(run_dir, say)
     world.barrier()  # no rank looks for the checkpoint before it is put back
-    return ckpt.resume_point(run_dir, resume=resume, say=say)
+    return resume_point(run_dir, resume=resume, say=say)
 
 
 def assemble_run(
@@ -104,7 +105,7 @@ def assemble_run(
     world: distributed.World,
     device: torch.device,
     say: Say,
-    lock: ckpt.RunLock,
+    lock: RunLock,
 ) -> Run:
     """The `Run` of `model` (its weights set: fresh, initial or resumed) training on `objective`:
     on its device and sharded or wrapped for `world`, with its optimizer, the data generator and
