@@ -7,8 +7,10 @@ never half of either; an interrupted write leaves at most a hidden temporary fil
 Directories (checkpoints, prepared data, exports) are built the same way by `atomic_directory`.
 A write refused for space (a full disk, a quota, a file size limit) becomes one OutputError line.
 What a crash leaves beside a destination (a hidden `.NAME.<hex>.tmp` or `.partial`) is cleared by
-`recover_folder` when the run it belongs to starts again; beside other outputs it stays, hidden,
-until deleted by hand (a concurrent writer's file looks the same, so none is deleted blindly).
+`recover_folder` when the run it belongs to starts again, and beside any other output by the next
+write of the same NAME: a writer holds an flock on its temporary file or folder while it writes,
+which the system drops when the process dies, so a leftover nobody holds is a dead writer's and a
+concurrent writer's is left alone.
 """
 
 from __future__ import annotations
@@ -121,15 +123,56 @@ def _make_parent(path: Path, *, folder: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
+def _hold(path: Path) -> int:
+    """An open descriptor of `path` (a file or a folder) holding an exclusive flock on it, or
+    BlockingIOError when another process holds one. Closing it (or dying) lets go."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _clear_dead_leftovers(dest: Path) -> None:
+    """Delete what killed writes of `dest` left beside it: the temporary files and folders no
+    live writer holds (see the module's note)."""
+    mine = re.compile(rf"\.{re.escape(dest.name)}\.[0-9a-f]{{12}}\.(partial|tmp)")
+    if not dest.parent.is_dir():
+        return
+    for path in dest.parent.iterdir():
+        if not mine.fullmatch(path.name) or path.is_symlink():
+            continue
+        try:
+            fd = _hold(path)
+        except (BlockingIOError, FileNotFoundError, PermissionError):
+            continue  # a live writer's, or gone already
+        try:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[Path]:
-    """A temporary sibling of `path` for the block to write (create it with mode "x"), fsynced
-    and renamed over `path` when the block ends without an error, deleted otherwise. A write that
-    found no room is one OutputError naming `path`. For writers that stream (a corpus, a GGUF
-    file, extracted entities); `write_atomic` for data in hand."""
+    """A temporary sibling of `path` for the block to write (it exists, empty: open it with "w"),
+    fsynced and renamed over `path` when the block ends without an error, deleted otherwise. A
+    write that found no room is one OutputError naming `path`. For writers that stream (a
+    corpus, a GGUF file, extracted entities); `write_atomic` for data in hand."""
     path = Path(path)
     _make_parent(path)
+    _clear_dead_leftovers(path)
     temp = temporary_sibling(path)
+    # Made here, exclusively, and held while the block writes: a later writer of `path` that
+    # finds it unheld knows its writer died. os.open honours the umask as open() does.
+    os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    held = _hold(temp)
     try:
         yield temp
         # Not fsync_path, which lets a folder's refusal pass: a file's fsync failing means its
@@ -146,13 +189,15 @@ def atomic_file(path: Path) -> Iterator[Path]:
         if refused is not None:
             raise refused from err
         raise
+    finally:
+        os.close(held)
     fsync_path(path.parent)
 
 
 def write_atomic(path: Path, data: str | bytes) -> Path:
     """Replace `path` with `data` (text is written as UTF-8) in one step."""
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    with atomic_file(path) as temp, temp.open("xb") as handle:
+    with atomic_file(path) as temp, temp.open("wb") as handle:
         handle.write(payload)
     return Path(path)
 
@@ -185,9 +230,12 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
     """
     dest = Path(dest)
     _make_parent(dest, folder=True)
-    # Hidden, unique, and made with mkdir rather than mkdtemp, whose 0700 mode would stick.
+    _clear_dead_leftovers(dest)
+    # Hidden, unique, and made with mkdir rather than mkdtemp, whose 0700 mode would stick;
+    # held while it is filled, as atomic_file holds its file.
     work = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}.partial"
     work.mkdir()
+    held = _hold(work)
     try:
         yield work
         file_mode, folder_mode = default_mode(), default_mode(directory=True)
@@ -218,6 +266,8 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
         if refused is not None:
             raise refused from err
         raise
+    finally:
+        os.close(held)
 
 
 def recover_folder(folder: Path, *, swaps: bool = True) -> list[str]:

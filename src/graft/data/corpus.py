@@ -314,7 +314,7 @@ class CorpusWriter:
             return self
         check_output(self.path)  # before any work: the rename at the end would refuse it
         self._file = contextlib.ExitStack()
-        self._raw = self._file.enter_context(atomic_file(self.path)).open("xb")
+        self._raw = self._file.enter_context(atomic_file(self.path)).open("wb")
         sink: IO[bytes] = self._raw
         if self.path.name.lower().endswith(_ZST):
             import zstandard

@@ -413,7 +413,7 @@ def extract_entities(options: ExtractOptions, echo: Echo = lambda _: None) -> Ex
     labels: Counter[str] = Counter()
     documents = 0
     with atomic_file(out) as temp:
-        with temp.open("x", encoding="utf-8", newline="\n") as handle:
+        with temp.open("w", encoding="utf-8", newline="\n") as handle:
             bar = tqdm(desc="extract", unit=" docs", disable=not options.progress, file=sys.stderr)
             with bar:
                 for doc, entities in extractor.run(read_documents(options.docs, problems)):
