@@ -166,6 +166,20 @@ def test_each_rule_rejects_its_crafted_document(rule: str) -> None:
     assert quality_failure(text, "en", off) != rule
 
 
+def test_alpha_words_counts_only_alphabetic_characters_as_letters() -> None:
+    # 50 words, 40 with a letter: at the limit. One more letterless token in place of a word
+    # fails, whether it is digits or a numeral that "\w" counts as a word character.
+    words = PROSE.split()[:40]
+    numbers = [str(1990 + i) for i in range(11)]
+    assert quality_failure(" ".join(words + numbers[:10]), "en", Q) is None
+    for numeral in ("1999", "½", "²", "①", "Ⅻ", "(3/4)", "_"):
+        text = " ".join(words[:39] + [numeral] * 11)
+        assert quality_failure(text, "en", Q) == "alpha_words", numeral
+    # A word holding any letter counts, wherever the letter is and whatever the script.
+    holding = ["1990s", "½lb", "x²", "(née)", "東京", "№5", "Москва"]
+    assert quality_failure(" ".join(words[:39] + holding + numbers[:4]), "en", Q) is None
+
+
 def test_word_count_limits_both_ways_and_stop_words_are_english_only() -> None:
     assert quality_failure(PROSE, "en", QualityConfig(max_words=80)) == "word_count"
     assert quality_failure(PROSE, "en", QualityConfig(min_words=0, max_words=None)) is None

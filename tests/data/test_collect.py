@@ -285,6 +285,90 @@ def test_main_text_is_kept_and_boilerplate_dropped(page: Path) -> None:
     assert not leaked, f"boilerplate kept: {leaked}"
 
 
+# A page with a few accented letters among ASCII and no <meta> charset: a charset detector
+# cannot tell the Latin single-byte charsets apart in it (it read Latin-1 as cp1250: "naďve").
+KEEPER = (
+    "<p>The old lighthouse keeper climbed the spiral stairs every evening at dusk, counting each "
+    "of the steps as his father had done before him. Café owners in the village below said you "
+    "could set a clock by the lamp.</p><p>He wrote in a careful hand, naïve perhaps, but never "
+    "careless, and the logbook filled with notes about the wind, the waves and the ships that "
+    "passed the rocks.</p>"
+)
+KEEPER_RU = (
+    "<p>Старый смотритель маяка каждый вечер поднимался по винтовой лестнице и считал ступени, "
+    "как это делал его отец. Жители деревни говорили, что по его лампе можно сверять часы.</p>"
+) * 2
+
+
+def _page(body: str) -> str:
+    return (
+        "<!DOCTYPE html><html><head><title>t</title></head><body><article><h1>Keeper</h1>"
+        f"{body}</article></body></html>"
+    )
+
+
+def test_an_html_response_is_decoded_by_its_http_charset(tmp_path: Path) -> None:
+    from warcio.statusandheaders import StatusAndHeaders
+    from warcio.warcwriter import WARCWriter
+
+    latin1 = _page(KEEPER).encode("latin-1")
+    records = [
+        ("https://example.org/latin1", "text/html; charset=ISO-8859-1", latin1),
+        # Browsers read a Latin-1 label as windows-1252: 0x93/0x94 are curly quotes.
+        (
+            "https://example.org/quotes",
+            "text/html; charset=iso-8859-1",
+            latin1.replace(b"Caf\xe9 owners", b"\x93Caf\xe9\x94 owners"),
+        ),
+        # Few accents among ASCII: only the header can say that 0xf8 is "ř", not "ø".
+        (
+            "https://example.org/czech",
+            "text/html; charset=windows-1250",
+            _page(KEEPER.replace("Café owners", "Dvořák’s fans").replace("ï", "i")).encode(
+                "cp1250"
+            ),
+        ),
+        # An unknown label, or bytes not in the stated charset, leave the bytes to trafilatura.
+        ("https://example.org/unknown", "text/html; charset=x-no-such", _page(KEEPER).encode()),
+        ("https://example.org/wrong", "text/html; charset=utf-8", latin1),
+    ]
+    with (tmp_path / "a.warc.gz").open("wb") as handle:
+        writer = WARCWriter(handle, gzip=True)
+        for url, content_type, body in records:
+            headers = StatusAndHeaders("200 OK", [("Content-Type", content_type)], "HTTP/1.1")
+            writer.write_record(
+                writer.create_warc_record(
+                    url, "response", payload=io.BytesIO(body), http_headers=headers
+                )
+            )
+    docs, problems = _collect([tmp_path / "a.warc.gz"], workers=1)
+    assert not problems, problems.summary()
+    text = {d.location.rsplit("/", 1)[1]: d.text for d in docs}
+    assert "Café owners" in text["latin1"] and "naïve perhaps" in text["latin1"]
+    assert "\u201cCafé\u201d owners" in text["quotes"]
+    assert "Dvořák’s fans" in text["czech"]
+    for name in ("unknown", "wrong"):
+        assert "Café owners" in text[name] and "naïve perhaps" in text[name], name
+
+
+def test_a_page_without_a_charset_is_read_as_browsers_read_it(tmp_path: Path) -> None:
+    (tmp_path / "a.html").write_bytes(_page(KEEPER).encode("latin-1"))
+    (tmp_path / "b.html").write_bytes(_page(KEEPER.replace("é", "\u2019")).encode("cp1252"))
+    # windows-1252 is only the reading of a Western page: a Cyrillic one keeps its detected
+    # charset, and a declared charset wins.
+    (tmp_path / "c.html").write_bytes(_page(KEEPER_RU).encode("cp1251"))
+    declared = _page(KEEPER).replace("<head>", '<head><meta charset="iso-8859-15">')
+    (tmp_path / "d.html").write_bytes(declared.replace("é", "€").encode("iso-8859-15"))
+    docs, problems = _collect([tmp_path], workers=1)
+    assert not problems, problems.summary()
+    text = {Path(d.location).name: d.text for d in docs}
+    assert "Café owners" in text["a.html"] and "naïve perhaps" in text["a.html"]
+    assert "Caf\u2019 owners" in text["b.html"] and "naïve perhaps" in text["b.html"]
+    assert "Старый смотритель маяка" in text["c.html"]
+    assert "Caf€ owners" in text["d.html"] and "naïve perhaps" in text["d.html"]
+    assert extract_html(_page(KEEPER).encode("latin-1")) == text["a.html"]
+
+
 def test_there_are_enough_fixture_pages() -> None:
     assert len(PAGES) >= 5
     assert all(p.with_suffix(".expected.json").is_file() for p in PAGES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,21 @@ def test_gutenberg_body_drops_header_and_licence() -> None:
         gutenberg_body("no markers here", "x.txt")
 
 
+def test_gutenberg_body_ends_before_an_end_of_the_ebook_line() -> None:
+    # Older releases close the book with such a line inside the markers (PG's README: 9 of the
+    # 21 shared books), in either wording, wrapped or not.
+    for line in (
+        "End of the Project Gutenberg EBook of X, by Y",
+        "End of Project Gutenberg's X, by Y",
+        "END OF THE PROJECT GUTENBERG EBOOK X\nwrapped on to a second line",
+    ):
+        text = (
+            "*** START OF THIS PROJECT GUTENBERG EBOOK X ***\nChapter 1\nThe end of it.\n\n"
+            f"{line}\n\n*** END OF THIS PROJECT GUTENBERG EBOOK X ***\nlicence text\n"
+        )
+        assert gutenberg_body(text, "x.txt") == "Chapter 1\nThe end of it.\n", line
+
+
 def test_recipes_write_jsonl_documents(tmp_path: Path) -> None:
     (tmp_path / "wiki.txt").write_text(
         " = A = \n text , here .\n = B = \n more .\n", encoding="utf-8"
@@ -66,6 +82,9 @@ def test_real_corpora(tmp_path: Path) -> None:
     if not SHARED.is_dir():
         pytest.skip(f"{SHARED} is absent (the shared datasets are not on this machine)")
     assert run_recipe("gutenberg", [SHARED / "books"], tmp_path / "books.jsonl")[0] == 21
+    books = (tmp_path / "books.jsonl").read_text(encoding="utf-8").splitlines()
+    trailer = re.compile(r"^End of (the )?Project Gutenberg", re.I | re.M)
+    assert not [b for b in books if trailer.search(json.loads(b)["text"])]
     documents, _ = run_recipe(
         "wikitext", [SHARED / "wikitext-2" / "valid.txt"], tmp_path / "wiki.jsonl"
     )

@@ -256,6 +256,29 @@ def test_pseudonyms_are_reproducible_consistent_and_keyed_by_the_seed():
     assert r.find(once) == [] and r.redact(once) == once
 
 
+def test_thousands_of_names_get_distinct_fakes_of_five_syllable_words():
+    # A --names list of 2,000 given names: with three syllables a word (343,000 words) eight
+    # pairs of them shared a fake, and two people in one text became one.
+    rng = random.Random(0)
+    syllable = [c + v for c in "bcdfghjklmnprstvwz" for v in "aeiouy"]
+    names = sorted({"".join(rng.sample(syllable, 3)).capitalize() for _ in range(2500)})[:2000]
+    r = Redactor(RedactConfig(("name",), "pseudonym", 0, tuple(names)))
+    fakes = [r.replacement("name", name) for name in names]
+    assert len(set(fakes)) == len(names)
+    assert all(re.fullmatch(r"([bdfgklmnprstvz][aeiou]){5}", f.lower()) for f in fakes)
+    # One fake word per word, however many; the same original (in any case) the same fake.
+    long_name = "Anna Maria de la Cruz y Ortega van der Berg"
+    fake = r.replacement("name", long_name)
+    assert len(fake.split()) == len(long_name.split()) and fake.istitle()
+    assert r.replacement("name", long_name.upper()) == fake
+    assert (
+        Redactor(RedactConfig(("name",), "pseudonym", 0, tuple(names))).replacement(
+            "name", long_name
+        )
+        == fake
+    )
+
+
 def test_fakes_have_valid_checksums():
     r = redactor("pseudonym")
     card = r.replacement("card", "4111 1111 1111 1111")

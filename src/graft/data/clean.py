@@ -92,8 +92,6 @@ _TRAILING_SPACE = re.compile(r"[^\S\n]+$", re.MULTILINE)
 _BLANK_RUNS = re.compile(r"\n{3,}")
 _PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
 
-# A whole token with no letter in it: digits, "_", punctuation and symbols only.
-_LETTERLESS_TOKEN = re.compile(r"(?<!\S)(?:[\d_]|[^\w\s])+(?!\S)")
 _PUNCTUATION = "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~«»‹›“”„‘’‚…–—·•¡¿"
 _BULLETS = ("•", "●", "○", "◦", "▪", "▫", "■", "□", "‣", "⁃", "∙", "◆", "◇", "►", "▶", "➢", "✓")
 _ASCII_BULLETS = ("- ", "* ", "+ ")
@@ -380,8 +378,10 @@ def quality_failure(text: str, lang: str | None, q: QualityConfig) -> str | None
         _ratio(sum(line.endswith(_ELLIPSES) for line in lines), len(lines)), q.max_ellipsis_lines
     ):
         return "ellipsis_lines"
-    letterless = len(_LETTERLESS_TOKEN.findall(text))
-    if _below(_ratio(count - letterless, count), q.min_alpha_words):
+    # A letter is what str.isalpha says: not "\w", which also takes numerals such as ½, ² and ①.
+    # Most words start with a letter, so the test of the first character settles them cheaply.
+    alpha = sum(t[0].isalpha() or any(map(str.isalpha, t)) for t in tokens)
+    if _below(_ratio(alpha, count), q.min_alpha_words):
         return "alpha_words"
     lowered = [w.lower() for w in words]
     if lang in _STOP_WORD_LANGS and _below(len(STOP_WORDS.intersection(lowered)), q.min_stop_words):

@@ -27,6 +27,7 @@ import csv
 import glob
 import json
 import os
+import re
 import sys
 import time
 import zlib
@@ -81,6 +82,18 @@ _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _LICENCE_KEYS = ("licence", "license")
 _CSV_FIELD_LIMIT = 1 << 30
 _PARQUET_BATCH = 1024  # rows per record batch: memory stays flat whatever the file's size
+# A charset declared inside the page, where browsers look for one (WHATWG's prescan reads the
+# first 1024 bytes); trafilatura's detector honours such a declaration.
+_DECLARED_CHARSET = re.compile(rb"<meta[^>]*charset|<\?xml[^>]*encoding", re.I)
+_PRESCAN_BYTES = 1024
+# Labels that browsers read as windows-1252 (WHATWG Encoding): pages labelled Latin-1 or ASCII
+# are in practice cp1252, with its curly quotes and dashes in 0x80-0x9f.
+_WINDOWS_1252_LABELS = frozenset({"cp1252", "iso8859-1", "ascii"})
+# Python's cp1252 leaves 0x81, 0x8d, 0x8f, 0x90 and 0x9d undefined; browsers map them to the C1
+# controls of the same value, as Latin-1 does, so no page fails to decode.
+_WINDOWS_1252 = {
+    byte: bytes([byte]).decode("cp1252", errors="ignore") or chr(byte) for byte in range(0x80, 0xA0)
+}
 
 
 @dataclass(frozen=True)
@@ -110,9 +123,12 @@ def extract_html(markup: bytes | str, url: str | None = None) -> str | None:
     """The main text of an HTML page, or None when it has none: menus, headers, footers,
     scripts, styles and comment sections are dropped, tables kept (trafilatura's defaults
     otherwise, which balance precision and recall). Bytes are decoded by the page's declared
-    or detected charset."""
+    charset; a page that declares none, as windows-1252 where that is a plausible reading (see
+    `_unlabelled_html`), else by the detected charset."""
     import trafilatura
 
+    if isinstance(markup, bytes):
+        markup = _unlabelled_html(markup)
     text = trafilatura.extract(
         markup,
         url=url,
@@ -124,6 +140,46 @@ def extract_html(markup: bytes | str, url: str | None = None) -> str | None:
         deduplicate=False,
     )
     return text if text and text.strip() else None
+
+
+def _windows_1252(data: bytes) -> str:
+    """`data` decoded as browsers decode windows-1252 (every byte means a character)."""
+    return data.decode("latin-1").translate(_WINDOWS_1252)
+
+
+def _decode_charset(data: bytes, charset: str) -> str:
+    """`data` decoded by a declared charset, as a browser reads its label; LookupError for an
+    unknown one, UnicodeDecodeError for bytes that are not in it."""
+    name = codecs.lookup(charset).name
+    return _windows_1252(data) if name in _WINDOWS_1252_LABELS else data.decode(name)
+
+
+def _unlabelled_html(data: bytes) -> bytes | str:
+    """A page's bytes decoded as windows-1252 when they declare no charset, are not UTF-8, and
+    the detector counts windows-1252 among the plausible readings; else the bytes, for
+    trafilatura to decode by the declaration or its detector's best guess.
+
+    Why: in a mostly ASCII page with a few accented letters, the detector cannot tell the
+    Latin single-byte charsets apart and may pick the wrong one ("naïve" in Latin-1 read as
+    cp1250 "naďve"), while windows-1252 is what browsers assume for an unlabelled Western page.
+    A Cyrillic or Japanese page rules windows-1252 out, so its detected charset still wins."""
+    if data.startswith(_UTF8_BOM):
+        return data  # trafilatura honours the BOM
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if _DECLARED_CHARSET.search(data[:_PRESCAN_BYTES]):
+        return data
+    from trafilatura.utils import detect_encoding
+
+    for guess in detect_encoding(data):
+        try:
+            if codecs.lookup(guess).name == "cp1252":
+                return _windows_1252(data)
+        except LookupError:
+            continue
+    return data
 
 
 def _extract_job(_: None, markup: bytes | str | None) -> tuple[str | None, str | None]:
@@ -313,7 +369,8 @@ class _Collector:
         doc = CorpusDoc(text="", source=source, location=where, licence=self.options.licence)
         if kind in _HTML:
             # A page in another charset states it in a <meta> tag: trafilatura decodes the
-            # bytes by it, so only UTF-8 pages are decoded here.
+            # bytes by it, so only UTF-8 pages are decoded here (extract_html, in the worker
+            # processes, decides how to read a page that states no charset).
             try:
                 markup: bytes | str = data.decode("utf-8")
             except UnicodeDecodeError:
@@ -543,7 +600,16 @@ class _Collector:
     ) -> Iterator[_Item]:
         """A web page's body as a document: HTML to extraction, plain text decoded."""
         if content_type in _HTML_TYPES:
-            yield _HtmlJob(body, doc)
+            markup: bytes | str = body
+            # The HTTP header's charset is all a page without a <meta> one states, and
+            # trafilatura never sees the header: decode by it here (a UTF-8 BOM wins, as in
+            # browsers). An unknown label or bytes not in it leave the bytes to the detector.
+            if charset and not body.startswith(_UTF8_BOM):
+                try:
+                    markup = _decode_charset(body, charset)
+                except (LookupError, UnicodeDecodeError):
+                    pass
+            yield _HtmlJob(markup, doc)
             return
         if content_type != "text/plain":
             shown = content_type or "none"

@@ -2,7 +2,8 @@
 one {"text": ...} per document) that `graft data prepare` reads. Nothing is downloaded.
 
 - `gutenberg`: Project Gutenberg books; each file becomes one document holding the text between
-  the `*** START OF ...` and `*** END OF ...` markers (the licence boilerplate, identical in every
+  the `*** START OF ...` and `*** END OF ...` markers, up to an `End of the Project Gutenberg
+  EBook of ...` line where older releases have one (the licence boilerplate, identical in every
   book, is dropped: it would teach the model, and NSP negatives, nothing about the books).
 - `wikitext`: WikiText's `*.tokens` files (space-separated tokens, ` @-@ ` for hyphens, headings
   as ` = Title = `); each article becomes one document, with the tokenisation undone so the text
@@ -24,19 +25,24 @@ _GUTENBERG_START = re.compile(
     r"^\s*\*\*\*\s*START OF (THE|THIS) PROJECT GUTENBERG EBOOK[^\n]*\n", re.I | re.M
 )
 _GUTENBERG_END = re.compile(r"^\s*\*\*\*\s*END OF (THE|THIS) PROJECT GUTENBERG EBOOK", re.I | re.M)
+# Older releases put an "End of the Project Gutenberg EBook of X" (or "End of Project
+# Gutenberg's X") line just before the END marker, inside the markers: it is no part of the book.
+_GUTENBERG_TRAILER = re.compile(r"^End of (the )?Project Gutenberg", re.I | re.M)
 # Level-1 headings; sections are " = = X = = ".
 _WIKITEXT_ARTICLE = re.compile(r"^ = [^=].* = $", re.M)
 
 
 def gutenberg_body(text: str, source: str) -> str:
-    """The book between Project Gutenberg's START and END markers."""
+    """The book between Project Gutenberg's START and END markers, cut before an
+    "End of the Project Gutenberg EBook ..." line there."""
     start, end = _GUTENBERG_START.search(text), _GUTENBERG_END.search(text)
     if start is None or end is None or end.start() <= start.end():
         raise DataError(
             f"{source}: no '*** START OF ... PROJECT GUTENBERG EBOOK' / "
             "'*** END OF ...' marker pair; is this a Project Gutenberg text?"
         )
-    return text[start.end() : end.start()].strip() + "\n"
+    trailer = _GUTENBERG_TRAILER.search(text, start.end(), end.start())
+    return text[start.end() : trailer.start() if trailer else end.start()].strip() + "\n"
 
 
 # WikiText's tokenisation, undone: (pattern, replacement) applied in order.

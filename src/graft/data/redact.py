@@ -13,13 +13,17 @@ phone number inside it).
 
 `mask` writes the kind in brackets (`[EMAIL]`). `pseudonym` writes a fake of the same kind taken
 from a BLAKE2b hash, keyed by the seed, of the normalised original: one original always gets one
-fake for one seed (case and separators aside), different originals different fakes, and a
-rerun writes the same text. Fakes have reserved shapes: `user-<hex>@example.invalid`, phones
-`+00-...` (no such country code), cards `0000...` (Luhn-valid, no issuer), IBANs of country
-`XX`, IPs in 240.0.0.0/8 and 2001:db8::/32, URLs `scheme://user-<hex>:<hex>@example.invalid`
-and made-up names. Detectors skip those shapes, so a second pass over redacted text leaves it
-as it is. The seed is a key: whoever knows it can test guesses of an original (phone numbers
-are few enough to try them all), so pseudonyms are consistent, not secret, unless the seed is.
+fake for one seed (case and separators aside), and a rerun writes the same text. Different
+originals almost always get different fakes: a fake is drawn from a large space (a name word is
+one of 70**5, about 1.7e9; most kinds have 10**10 values or more), but two can meet by chance,
+most easily IPv4 fakes, which have the 2**24 addresses of 240.0.0.0/8 (1,000 distinct
+addresses share a fake with a chance of about 3%). Fakes have reserved shapes:
+`user-<hex>@example.invalid`, phones `+00-...` (no such country code), cards `0000...`
+(Luhn-valid, no issuer), IBANs of country `XX`, IPs in 240.0.0.0/8 and 2001:db8::/32, URLs
+`scheme://user-<hex>:<hex>@example.invalid` and made-up names. Detectors skip those shapes,
+so a second pass over redacted text leaves it as it is. The seed is a key: whoever knows it can
+test guesses of an original (phone numbers are few enough to try them all), so pseudonyms are
+consistent, not secret, unless the seed is.
 """
 
 from __future__ import annotations
@@ -77,6 +81,9 @@ _IBAN_LENGTHS = {
     "RO": 24, "SE": 24, "SI": 19, "SK": 24,
 }  # fmt: skip
 _SYLLABLES = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+# Syllables in a fake name's word: 70**5, about 1.7e9 words, so two names of a list of
+# thousands share a fake only by a rare accident (three syllables, 343,000 words, did not).
+_NAME_SYLLABLES = 5
 _FAKE_V4 = ipaddress.ip_network("240.0.0.0/8")
 _FAKE_V6 = ipaddress.ip_network("2001:db8::/32")
 
@@ -437,7 +444,16 @@ def _fake(kind: Kind, original: str, digest: bytes) -> str:
         if ":" in original:
             return "2001:db8:" + ":".join(hexed[i : i + 4] for i in range(0, 24, 4))
         return "240." + ".".join(str(byte) for byte in digest[:3])
-    syllables = [_SYLLABLES[byte % len(_SYLLABLES)] for byte in digest]
-    count = min(max(1, len(original.split())), len(syllables) // 3)
-    words = [syllables[3 * i : 3 * i + 3] for i in range(count)]
-    return " ".join("".join(word).capitalize() for word in words)
+    # One fake word per word of the name, each from its own 8 bytes of a stream drawn from the
+    # digest (so any number of words): 2**64 values onto 70**5 words leaves a bias below 1e-10.
+    count = max(1, len(original.split()))
+    stream = hashlib.shake_256(digest).digest(8 * count)
+    words = []
+    for i in range(count):
+        value = int.from_bytes(stream[8 * i : 8 * i + 8], "big")
+        syllables = []
+        for _ in range(_NAME_SYLLABLES):
+            value, index = divmod(value, len(_SYLLABLES))
+            syllables.append(_SYLLABLES[index])
+        words.append("".join(syllables).capitalize())
+    return " ".join(words)
