@@ -603,3 +603,30 @@ def test_a_stream_keeps_the_spaces_between_words(
     streamed = "".join(stream.push(i) for i in generated) + stream.flush()
     whole, head = ours.decode(ids), ours.decode(prompt)
     assert whole.startswith(head) and streamed == whole[len(head) :]
+
+
+def test_a_prompt_reads_turns_closed_by_another_token_than_eos(tmp_path: Path) -> None:
+    """A Llama 3 base model's template closes turns with <|eot_id|>, its eos is <|end_of_text|>:
+    a multi-turn prompt was refused ("the model could not learn to stop"), a rule for training
+    only; transformers reads it."""
+    from graft.serve.prompts import chat_prompt_ids
+
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=train_byte_bpe(specials),
+        bos_token="<|begin_of_text|>",
+        eos_token="<|end_of_text|>",
+    )
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|eot_id|>"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    tokenizer.save_pretrained(tmp_path)
+    ours, theirs = Tokenizer.load(tmp_path), auto(tmp_path)
+    chat = [Message("user", "Hi"), Message("assistant", "Hello!"), Message("user", "And?")]
+    text = theirs.apply_chat_template(
+        [{"role": m.role, "content": m.content} for m in chat],
+        add_generation_prompt=True,
+        tokenize=False,
+    )
+    assert chat_prompt_ids(ours, chat) == theirs(text, add_special_tokens=False)["input_ids"]

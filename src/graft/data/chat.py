@@ -125,9 +125,13 @@ def _segments(
     where: str,
     *,
     add_generation_prompt: bool = False,
+    learn_to_stop: bool = True,
 ) -> list[tuple[str, bool]]:
     """The rendered conversation as (text, trained) pieces, in order; with
     `add_generation_prompt`, ending with the generation prompt after the last message.
+    With `learn_to_stop` (training) every assistant turn must end with the end-of-turn token;
+    a prompt only reads earlier turns, which may end otherwise (a Llama 3 base model's
+    template closes turns with <|eot_id|>, its eos is <|end_of_text|>).
 
     Rendering the first i + 1 messages adds message i's text to the rendering of the first i.
     For an assistant turn, the generation prompt of the first i messages is what a model sees
@@ -188,12 +192,15 @@ def _segments(
             )
         reply = full[len(prompt) :]
         end = reply.rfind(eos)
-        if end < 0:
+        if end >= 0:
+            end += len(eos)
+        elif learn_to_stop:
             raise DataError(
                 f"{where}: the chat template emits no end-of-turn token {eos!r} after assistant "
                 f"message {i}; the model could not learn to stop"
             )
-        end += len(eos)
+        else:
+            end = len(reply)  # the whole turn, which no prompt trains on
         pieces += [(prompt[len(done) :], False), (reply[:end], True), (reply[end:], False)]
         done = full
     if add_generation_prompt:
@@ -258,5 +265,7 @@ def encode_prompt(
             "the tokenizer has no eos token; a chat prompt needs one as the end-of-turn token"
         )
     tokens = tokenizer.special_tokens_map
-    pieces = _segments(template, messages, tokens, where, add_generation_prompt=True)
+    pieces = _segments(
+        template, messages, tokens, where, add_generation_prompt=True, learn_to_stop=False
+    )
     return [token for text, _ in pieces for token in tokenizer.encode(text)]
