@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -181,3 +182,58 @@ def test_an_opening_bos_is_scored_as_no_text_of_the_echoed_prompt():
     for token, offset in zip(lp["tokens"][1:], lp["text_offset"][1:], strict=True):
         assert PROMPT[offset : offset + len(token)] == token
     assert body["usage"]["prompt_tokens"] == len(PROMPT.encode()) + 1
+
+
+def test_logprob_tokens_keep_the_spaces_a_metaspace_decoder_drops_alone():
+    """Decoded alone, a Llama 2 (Metaspace) token that starts a word loses its space: the
+    logprob tokens of "a cat" read "a", "cat", chat's `bytes` joined lost every space, and the
+    non-streamed text_offset drifted from the text."""
+    from tokenizers import SentencePieceBPETokenizer
+    from tokenizers import Tokenizer as Backend
+
+    from .conftest import build
+
+    trained = SentencePieceBPETokenizer()
+    lines = ["the quick brown fox jumps over the lazy dog", "a cat sat on the mat"] * 50
+    trained.train_from_iterator(lines, vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"])
+    roles = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    tokenizer = Tokenizer(Backend.from_str(trained.to_str()), special_tokens_map=roles)
+    served = build(tokenizer)
+    try:
+        with TestClient(served.app) as client:
+            body = {"max_tokens": 12, "temperature": 0, "logprobs": 2}
+            text = complete(client, prompt="the quick brown", **body)["choices"][0]
+            streamed = client.post(
+                "/v1/completions",
+                json={"model": MODEL_NAME, "prompt": "the quick brown", "stream": True, **body},
+            )
+            chat = client.post(
+                "/v1/chat/completions",
+                json={
+                    "model": MODEL_NAME,
+                    "messages": [{"role": "user", "content": "a cat"}],
+                    "max_tokens": 12,
+                    "temperature": 0,
+                    "logprobs": True,
+                },
+            ).json()["choices"][0]
+    finally:
+        served.engine.stop()
+    lp = text["logprobs"]
+    for token, offset in zip(lp["tokens"], lp["text_offset"], strict=True):
+        assert text["text"][offset : offset + len(token)] == token, (lp, text["text"])
+    assert any(token.startswith(" ") for token in lp["tokens"])  # a word start kept its space
+    chunks = [
+        json.loads(line[6:]) for line in streamed.text.splitlines() if line.startswith("data: {")
+    ]
+    offsets = [
+        o
+        for c in chunks
+        for ch in c["choices"]
+        if ch["logprobs"]
+        for o in ch["logprobs"]["text_offset"]
+    ]
+    assert offsets == lp["text_offset"]
+    content = chat["message"]["content"]
+    joined = bytes(b for item in chat["logprobs"]["content"] for b in item["bytes"])
+    assert joined.decode("utf-8") == content

@@ -21,7 +21,7 @@ from graft.insight.explain import attention_rollout
 from graft.serve.completions import chat_ids, check_model, refuse_past_context
 from graft.serve.http_errors import APIError
 from graft.serve.metrics import ServeMetrics
-from graft.serve.model_info import ModelInfo
+from graft.serve.model_info import ModelInfo, token_text
 from graft.serve.schemas import ChatMessage, RequestBody
 
 DECIMALS = 4
@@ -98,7 +98,7 @@ def attention_routes(engine: Engine, info: ModelInfo, metrics: ServeMetrics) -> 
         metrics.add_tokens(len(ids), 0)
         return AttentionResponse(
             model=info.name,
-            tokens=[tokenizer.decode([i]) for i in ids],
+            tokens=[token_text(tokenizer, i) for i in ids],
             reply_start=reply_start,
             layers=weights.shape[0],
             heads=weights.shape[1],

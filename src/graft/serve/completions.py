@@ -43,7 +43,7 @@ from graft.infer.sampling import SamplingParams
 from graft.infer.stream import TextStream
 from graft.serve.http_errors import APIError, error_body
 from graft.serve.metrics import ServeMetrics
-from graft.serve.model_info import ModelInfo, token_bytes
+from graft.serve.model_info import ModelInfo, token_bytes, token_text
 from graft.serve.prompts import PromptError, chat_prompt_ids
 from graft.serve.schemas import (
     MAX_STOP_STRINGS,
@@ -434,7 +434,7 @@ def _finish_reason(event: Event) -> Reason:
 
 def _chat_logprobs(tokenizer: Tokenizer, events: list[Event]) -> ChatLogprobs:
     def fields(token_id: int, logprob: float) -> dict[str, Any]:
-        text, raw = tokenizer.decode([token_id]), list(token_bytes(tokenizer, token_id))
+        text, raw = token_text(tokenizer, token_id), list(token_bytes(tokenizer, token_id))
         return {"token": text, "logprob": logprob, "bytes": raw}
 
     content = []
@@ -458,12 +458,11 @@ def _completion_logprobs(
         token = event.token
         if token is None or token.logprob is None:
             continue
-        text = tokenizer.decode([token.id])
-        tokens.append(text)
+        tokens.append(token_text(tokenizer, token.id))
         token_logprobs.append(token.logprob)
         top.append(_alternatives(tokenizer, token.top))
         offsets.append(offset)
-        offset += len(text)
+        offset += len(event.text)  # what the token added to the text, as the stream counts
     return CompletionLogprobs(
         tokens=tokens, token_logprobs=token_logprobs, top_logprobs=top, text_offset=offsets
     )
@@ -472,7 +471,7 @@ def _completion_logprobs(
 def _alternatives(tokenizer: Tokenizer, top: list[tuple[int, float]]) -> dict[str, float]:
     alternatives: dict[str, float] = {}
     for i, lp in top:  # most likely first; tokens that decode alike keep the likeliest
-        alternatives.setdefault(tokenizer.decode([i]), lp)
+        alternatives.setdefault(token_text(tokenizer, i), lp)
     return alternatives
 
 
@@ -490,7 +489,7 @@ def _prompt_logprobs(
         if i >= prompt.opening:
             offset += len(stream.push(token_id))
     return CompletionLogprobs(
-        tokens=[tokenizer.decode([i]) for i in ids],
+        tokens=[token_text(tokenizer, i) for i in ids],
         token_logprobs=[None, *(t.logprob for t in scored)],
         top_logprobs=[None, *(_alternatives(tokenizer, t.top) for t in scored)],
         text_offset=offsets,

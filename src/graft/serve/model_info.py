@@ -145,10 +145,23 @@ def summary_card(model: LanguageModel, tokenizer: Tokenizer, name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def token_text(tokenizer: Tokenizer, token_id: int) -> str:
+    """One token's text as it reads inside a text (OpenAI's logprob `token`): decoded after a
+    plain word and cut from it, since a decoder drops what opens a text. Decoded alone, a
+    Metaspace (Llama 2) or WordPiece token that starts a word loses its space, and the logprobs
+    of "a cat" would read "a", "cat". The one rule for every token string the server returns."""
+    anchor = tokenizer.encode("a")
+    if len(anchor) != 1 or token_id == anchor[0]:
+        return tokenizer.decode([token_id])
+    before = tokenizer.decode(anchor)
+    both = tokenizer.decode([*anchor, token_id])
+    return both[len(before) :] if both.startswith(before) else tokenizer.decode([token_id])
+
+
 def token_bytes(tokenizer: Tokenizer, token_id: int) -> bytes:
     """The bytes one token stands for (OpenAI's logprob `bytes`), also for a token holding part of
     a UTF-8 character, which decodes alone to U+FFFD."""
-    text = tokenizer.decode([token_id])
+    text = token_text(tokenizer, token_id)
     if "\ufffd" not in text:
         return text.encode("utf-8")
     piece = tokenizer.id_to_token(token_id) or ""
