@@ -248,6 +248,15 @@ def resolve_checkpoint(path: Path) -> Path:
     return path
 
 
+def model_source(path: Path) -> Path:
+    """The directory a model's files are read from: a Hugging Face directory itself, else the
+    checkpoint that a checkpoint or run path names (where a card or generation config is)."""
+    from graft.model.convert.hf import is_hf_directory
+
+    path = Path(path)
+    return path if is_hf_directory(path) else resolve_checkpoint(path)
+
+
 def verify_checkpoint(directory: Path) -> None:
     """Check every file against manifest.json: catches truncated copies, flipped bytes and files
     added after the save."""

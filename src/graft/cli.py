@@ -1554,12 +1554,13 @@ def _generate_params(args: argparse.Namespace) -> SamplingParams | BeamParams:
 def _run_generate(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from graft.checkpoint import load_model
+    from graft.checkpoint import load_model, model_source
     from graft.data.inputs import prompt_ids as text_prompt_ids
     from graft.device import resolve_device
     from graft.infer.beam import BeamParams, beam_search
     from graft.infer.generate import generate
     from graft.infer.stream import TextStream
+    from graft.model.convert.hf import stop_ids
 
     try:
         params = _generate_params(args)
@@ -1573,8 +1574,10 @@ def _run_generate(args: argparse.Namespace) -> int:
             f"generate: {args.checkpoint} is not a causal language model (head "
             f"{model.config.head}, {model.config.attention} attention); it cannot generate text"
         )
-    if tokenizer.eot_id is not None:
-        params = replace(params, stop_ids=frozenset({tokenizer.eot_id}))
+    # The tokenizer's end-of-text and an HF directory's generation_config eos ids, as `graft
+    # serve` and transformers stop.
+    stops = stop_ids(tokenizer, model_source(args.checkpoint))
+    params = replace(params, stop_ids=stops)
     prompt_ids = text_prompt_ids(tokenizer, args.prompt or "")
     if prompt_ids is None:
         raise GraftError(
@@ -1595,7 +1598,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     else:
         tokens = generate(model, prompt_ids, params, use_cache=not args.no_cache)
     for token in tokens:
-        if token == tokenizer.eot_id:
+        if token in stops:
             break
         sys.stdout.write(stream.push(token))
         sys.stdout.flush()

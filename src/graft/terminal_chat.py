@@ -155,7 +155,8 @@ def run_chat(
     options: ChatOptions, *, stdin: TextIO | None = None, stdout: TextIO | None = None
 ) -> None:
     """Load the checkpoint and chat on `stdin`/`stdout` (the terminal by default)."""
-    from graft.serve.model_info import load_model_for_serving, stop_ids
+    from graft.model.convert.hf import stop_ids
+    from graft.serve.model_info import load_model_for_serving
 
     stdin = stdin if stdin is not None else sys.stdin
     stdout = stdout if stdout is not None else sys.stdout

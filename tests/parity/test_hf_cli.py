@@ -92,6 +92,32 @@ def test_generate_reads_a_hugging_face_directory(tmp_path: Path) -> None:
     assert result.stdout.splitlines() == (PROMPT + tokenizer.decode(new)).splitlines()
 
 
+def test_generate_stops_at_the_generation_configs_eos_ids(tmp_path: Path) -> None:
+    """An instruct model's folder names its end-of-turn token in generation_config.json (Llama 3's
+    <|eot_id|>): transformers' generate and `graft serve` stop there; `graft generate` and
+    `graft eval --task generate` ran on to the token limit."""
+    tokenizer = bytes_tokenizer()
+    torch.manual_seed(0)
+    config = ModelConfig(
+        vocab_size=tokenizer.vocab_size, max_seq_len=64, d_model=32, n_layers=2, n_heads=4
+    )
+    model = LanguageModel(config).eval()
+    _perturb(model, 2)
+    from graft.model.convert.hf import export_hf
+
+    out = export_hf(model, tmp_path / "hf", tokenizer=tokenizer)
+    args = ("generate", out, "--prompt", PROMPT, "--temperature", 0, "--max-new-tokens", 6)
+    free = graft(*args)
+    assert free.returncode == 0, free.stderr
+    first = tokenizer.encode(free.stdout.rstrip("\n")[len(PROMPT) :])[0]
+    generation = json.loads((out / "generation_config.json").read_text())
+    generation["eos_token_id"] = [tokenizer.eot_id, first]
+    (out / "generation_config.json").write_text(json.dumps(generation))
+    stopped = graft(*args)
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout == PROMPT + "\n"
+
+
 def test_generate_refuses_a_tokenizer_larger_than_the_embeddings(tmp_path: Path) -> None:
     hf_model = transformers.LlamaForCausalLM(
         transformers.LlamaConfig(

@@ -627,12 +627,16 @@ def evaluate_generate(
     its end is kept) to max(context - max_new_tokens, context // 2) tokens, and counted.
     """
     _check_decoder(model, options)
-    stop = tokenizer.eot_id
-    if stop is None:
+    if tokenizer.eot_id is None:
         raise TokenizerError(
             f"{options.checkpoint}: the tokenizer has no eos token; --task generate needs one to "
             "know where a generation ends"
         )
+    from graft.checkpoint import model_source
+    from graft.model.convert.hf import stop_ids
+
+    # Its eos, and an HF directory's generation_config eos ids, as `graft generate` stops.
+    stops = stop_ids(tokenizer, model_source(options.checkpoint))
     langs = _langs(options)
     examples, skipped = generation_examples(
         options.data,
@@ -644,9 +648,7 @@ def evaluate_generate(
     )
     context = model.config.max_seq_len
     keep = max(context - options.max_new_tokens, context // 2, 1)
-    greedy = SamplingParams(
-        max_new_tokens=options.max_new_tokens, temperature=0.0, stop_ids=frozenset({stop})
-    )
+    greedy = SamplingParams(max_new_tokens=options.max_new_tokens, temperature=0.0, stop_ids=stops)
     beam = None
     decoding = "greedy"
     if options.beams > 1:
@@ -654,7 +656,7 @@ def evaluate_generate(
             beams=options.beams,
             max_new_tokens=options.max_new_tokens,
             length_penalty=options.length_penalty,
-            stop_ids=frozenset({stop}),
+            stop_ids=stops,
         )
         decoding = f"beam {options.beams}, length penalty {options.length_penalty}"
     echo(
@@ -674,7 +676,7 @@ def evaluate_generate(
             out = list(generate(model, ids, greedy))
         else:
             out = beam_search(model, ids, beam).ids
-        stopped = bool(out) and out[-1] == stop
+        stopped = bool(out) and out[-1] in stops
         predictions.append(tokenizer.decode(out[:-1] if stopped else out).strip())
         ended.append(stopped)
         if number % 50 == 0:

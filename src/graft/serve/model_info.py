@@ -10,7 +10,6 @@ what the files say.
 from __future__ import annotations
 
 import functools
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,10 @@ from pathlib import Path
 from graft.checkpoint import trained_context
 from graft.data.tokenizer import Tokenizer, byte_to_unicode
 from graft.model.config import ModelConfig
+from graft.model.convert.hf import stop_ids
 from graft.model.transformer import LanguageModel
 
 CARD_FILE = "README.md"
-GENERATION_CONFIG_FILE = "generation_config.json"
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
@@ -60,13 +59,11 @@ class ModelInfo:
 def load_model_for_serving(path: Path, device: str) -> tuple[LanguageModel, Tokenizer, Path]:
     """The model, tokenizer and source directory (where its card and generation config are) of a
     checkpoint, run or Hugging Face directory."""
-    from graft.checkpoint import load_model, resolve_checkpoint
+    from graft.checkpoint import load_model, model_source
     from graft.device import resolve_device
-    from graft.model.convert.hf import is_hf_directory
 
-    path = Path(path)
     model, tokenizer = load_model(path, device=resolve_device(device, what="--device"))
-    return model, tokenizer, path if is_hf_directory(path) else resolve_checkpoint(path)
+    return model, tokenizer, model_source(path)
 
 
 def describe_model(
@@ -86,13 +83,6 @@ def describe_model(
     )
 
 
-def stop_ids(tokenizer: Tokenizer, source: Path | None) -> frozenset[int]:
-    """The ids that end a generation: the tokenizer's end-of-text, and a Hugging Face directory's
-    generation_config.json eos ids (chat models list their end-of-turn token there)."""
-    ids = {tokenizer.eot_id} if tokenizer.eot_id is not None else set()
-    return frozenset(ids | _generation_config_eos(source))
-
-
 def _read_card(source: Path | None) -> str | None:
     if source is None:
         return None
@@ -100,18 +90,6 @@ def _read_card(source: Path | None) -> str | None:
         return (source / CARD_FILE).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         return None
-
-
-def _generation_config_eos(source: Path | None) -> set[int]:
-    if source is None:
-        return set()
-    try:
-        raw = json.loads((source / GENERATION_CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return set()
-    value = raw.get("eos_token_id") if isinstance(raw, dict) else None
-    values = value if isinstance(value, list) else [value]
-    return {v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
 
 
 def summary_card(model: LanguageModel, tokenizer: Tokenizer, name: str) -> str:

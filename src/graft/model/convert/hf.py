@@ -63,6 +63,7 @@ __all__ = [
     "SUPPORTED_MODEL_TYPES",
     "export_hf",
     "exported_eos_id",
+    "stop_ids",
     "exported_tokenizer",
     "generation_config_dict",
     "model_card",
@@ -907,6 +908,27 @@ def export_hf(
 
 
 # ---------------------------------------------------------------- tokenizer and generation files
+
+
+def stop_ids(tokenizer: Tokenizer, source: Path | None) -> frozenset[int]:
+    """The ids that end a generation from the model in `source`: the tokenizer's end-of-text,
+    and a Hugging Face directory's generation_config.json eos ids (chat models list their
+    end-of-turn token there, as transformers' `generate` reads them). The one rule for
+    `graft generate`, `graft eval --task generate`, `graft chat` and the server."""
+    ids = {tokenizer.eot_id} if tokenizer.eot_id is not None else set()
+    return frozenset(ids | _generation_config_eos(source))
+
+
+def _generation_config_eos(source: Path | None) -> set[int]:
+    if source is None:
+        return set()
+    try:
+        raw = json.loads((source / GENERATION_CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    value = raw.get("eos_token_id") if isinstance(raw, dict) else None
+    values = value if isinstance(value, list) else [value]
+    return {v for v in values if isinstance(v, int) and not isinstance(v, bool) and v >= 0}
 
 
 def exported_tokenizer(tokenizer: Tokenizer, config: ModelConfig) -> Tokenizer:
