@@ -61,12 +61,14 @@ from machine import OtherLoad, cpu_name  # bench/machine.py: the bench scripts' 
 from graft import checkpoint as ckpt
 from graft.adapt import trainable_parameters
 from graft.config import RunConfig, load_finetune_config, load_run_config
+from graft.data.records import read_labelled
 from graft.data.tokenizer import bytes_tokenizer
 from graft.device import autocast_for, resolve_device
 from graft.distributed import ONE_PROCESS
 from graft.model.transformer import LanguageModel
 from graft.train.finetune import prepare_finetune
 from graft.train.loop import Run, train_step
+from graft.train.resume import RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "sms_spam" / "SMSSpamCollection"
@@ -183,6 +185,10 @@ def run_config(
     if arm != "plain":
         clipping = arm.removeprefix("dp-")
         settings += [f"dp.noise_multiplier={NOISE_MULTIPLIER}", f"dp.clipping={clipping}"]
+        # Private training takes its label set as given (public), never from the records; a
+        # throughput bench may read it from them.
+        records, _ = read_labelled(args.data)
+        settings.append(f"objective.labels={json.dumps(sorted({r.label for r in records}))}")
     run_overrides = [o for o in extra if not _architecture(o)]
     return ckpt.resolve(load_finetune_config("classify", overrides=settings + run_overrides))
 
@@ -232,7 +238,8 @@ def build_arm(
 ) -> Arm:
     config = run_config(args, extra, method, name, base, work / f"{name}-{method}")
     device = resolve_device(args.device)
-    return Arm(name, method, prepare_finetune(config, False, ONE_PROCESS, device, _quiet))
+    lock = RunLock(config.train.out_dir, ONE_PROCESS)  # an arm's own folder, held while it runs
+    return Arm(name, method, prepare_finetune(config, False, ONE_PROCESS, device, _quiet, lock))
 
 
 # ---------------------------------------------------------------------------------------------

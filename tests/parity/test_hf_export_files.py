@@ -311,6 +311,11 @@ def test_an_encoder_export_frames_texts_as_graft_does(tmp_path: Path) -> None:
     # A copy was framed: graft's tokenizer, and the export as graft reads it, encode unframed.
     assert tokenizer.backend.post_processor is None
     assert Tokenizer.load(out).encode(text) == tokenizer.encode(text)
+    # ... and is the same tokenizer to graft: data prepared with the original trains from the
+    # export (`pretrain --init EXPORT`), though the files differ.
+    exported = Tokenizer.load(out)
+    assert exported.sha256 != tokenizer.sha256
+    assert exported.encoding_sha256 == tokenizer.encoding_sha256
     raise_on_failure(verify_hf_export(out, model, tokenizer), out)
     # verify compares the ids the model reads, frame included: an export without the frame
     # (as written before) fails it, where ids without special tokens would still agree.

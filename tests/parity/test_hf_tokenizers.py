@@ -498,9 +498,14 @@ def test_only_a_bos_alone_before_the_text_opens_every_text(
     """Llama's post-processor puts <s> before a text; RoBERTa's frame (<s> ... </s>) is the
     encoders' own, and GPT-2's tokenizer adds nothing."""
     assert auto(llama_dir)("hello")["input_ids"][0] == auto(llama_dir).bos_token_id
-    assert Tokenizer.load(llama_dir).opens_with_bos
+    llama = Tokenizer.load(llama_dir)
+    assert llama.opens_with_bos
     assert not Tokenizer.load(roberta_dir).opens_with_bos
     assert not Tokenizer.load(gpt2_dir).opens_with_bos
+    # Opening texts with bos changes the ids a model reads: not the same tokenizer to graft.
+    bare = Tokenizer.load(llama_dir)
+    bare.backend.post_processor = None
+    assert not bare.opens_with_bos and bare.encoding_sha256 != llama.encoding_sha256
 
 
 @pytest.mark.parametrize("text", ["hello world", "The naïve café serves", "a\nb", " x"])

@@ -267,6 +267,12 @@ def test_a_resume_with_another_global_batch_seed_or_split_is_refused(tmp_path: P
         check_same_step(tmp_path, resumed(same, val_fraction=0.3))
     with pytest.raises(ConfigError, match=r"data.max_train_examples None -> 50"):
         check_same_step(tmp_path, resumed(same, max_train_examples=50))
+    # The same validation file spelt another way is the same split.
+    with_val = saved.model_copy(update={"data": saved.data.model_copy(update={"val_file": "v"})})
+    (tmp_path / RUN_CONFIG_FILE).write_text(with_val.to_yaml())
+    check_same_step(tmp_path, resumed(same, val_file=Path("v").resolve()))
+    with pytest.raises(ConfigError, match=r"data.val_file v -> w"):
+        check_same_step(tmp_path, resumed(same, val_file=Path("w")))
 
 
 def test_an_encoder_with_idle_heads_trains_under_ddp_as_one_process(

@@ -467,6 +467,17 @@ class Tokenizer:
         """Hex SHA-256 of the canonical serialisation; shards and checkpoints record it."""
         return hashlib.sha256(self.backend.to_str().encode("utf-8")).hexdigest()
 
+    @property
+    def encoding_sha256(self) -> str:
+        """Hex SHA-256 of what graft encodes with, the test of "the same ids for a model": the
+        serialisation without its post-processor, which `encode` never runs, and the one thing
+        graft reads from it, whether texts open with bos. An export that gives an encoder's
+        tokenizer BERT's [CLS] $A [SEP] template (for transformers' sake) encodes the same."""
+        parts = json.loads(self.backend.to_str())
+        parts["post_processor"] = None
+        canonical = json.dumps(parts, sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(f"{canonical}|bos:{self.opens_with_bos}".encode()).hexdigest()
+
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
 

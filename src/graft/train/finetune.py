@@ -121,11 +121,14 @@ def prepare_finetune(
             # answer with the wrong names. The task's head starts afresh, as a new one does.
             weights = {k: v for k, v in weights.items() if not k.startswith(CLASSIFIER_PREFIX)}
             if base.config.head != "lm":
-                say(
-                    f"notice: train.init {config.train.init} is a {base.config.head} head over "
-                    f"labels {', '.join(base.config.labels)}; the {task_config.head} head for "
-                    f"{', '.join(model_config.labels)} starts afresh"
+                was = f"a {base.config.head} classifier of {', '.join(base.config.labels)}"
+                labels = ", ".join(model_config.labels)
+                now = (
+                    f"the {task_config.head} head for {labels} starts afresh"
+                    if labels
+                    else "its classifier is left out"
                 )
+                say(f"notice: train.init {config.train.init} is {was}; {now}")
         missing, unexpected = model.load_state_dict(weights, strict=False)
         new = [name for name in missing if not name.startswith(HEAD_PREFIXES)]
         if new:  # never silently train a half-loaded model

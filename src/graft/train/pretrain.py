@@ -110,7 +110,10 @@ def open_prepared(
     directory = complete_version(directory)  # a rewrite cut between its renames left the old one
     # first: a missing or unprepared directory says "run data prepare"
     tokenizer = prepared_tokenizer(directory, ShardIndex.load(directory))
-    if expected_tokenizer is not None and tokenizer.sha256 != expected_tokenizer.sha256:
+    if (
+        expected_tokenizer is not None
+        and tokenizer.encoding_sha256 != expected_tokenizer.encoding_sha256
+    ):
         raise TokenizerError(
             f"{directory} was prepared with tokenizer {tokenizer.sha256[:12]}, the run's data with "
             f"{expected_tokenizer.sha256[:12]}; prepare both with the same tokenizer"
@@ -131,7 +134,7 @@ def _initial_model(config: RunConfig, tokenizer: Tokenizer) -> tuple[LanguageMod
     init = config.train.init
     assert init is not None
     model, trained_with = ckpt.load_model(init)
-    if trained_with.sha256 != tokenizer.sha256:
+    if trained_with.encoding_sha256 != tokenizer.encoding_sha256:
         raise TokenizerError(
             f"train.init: {init} has tokenizer {trained_with.sha256[:12]} "
             f"but {config.data.path} was prepared with {tokenizer.sha256[:12]}; "

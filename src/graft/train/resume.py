@@ -31,6 +31,12 @@ from graft.run_files import CHECKPOINTS_DIR
 _SPLIT_SETTINGS = ("val_file", "val_fraction", "max_train_examples")
 
 
+def _setting(value: object) -> object:
+    """A setting as compared across a resume: a path by the file it names (`val.tsv` and its
+    absolute spelling are one file)."""
+    return Path(value).resolve() if isinstance(value, Path) else value
+
+
 def check_same_step(last: Path, config: RunConfig) -> None:
     """Refuse to resume with another global batch, seed or split: every step would draw other
     data, or former validation records would be trained on and the validation curve would join
@@ -51,7 +57,7 @@ def check_same_step(last: Path, config: RunConfig) -> None:
     changed += [
         f"data.{key} {getattr(saved, key)} -> {getattr(config.data, key)}"
         for key in _SPLIT_SETTINGS
-        if getattr(saved, key) != getattr(config.data, key)
+        if _setting(getattr(saved, key)) != _setting(getattr(config.data, key))
     ]
     if changed:
         raise ConfigError(
@@ -147,7 +153,7 @@ def check_resumable(
     moments only mean something for the ones it was trained with. `tokenizer_source` says where
     the run's tokenizer came from ("DIR was prepared with"), `fix` how to get the right one."""
     trained_with = Tokenizer.load(last / TOKENIZER_FILE)
-    if trained_with.sha256 != tokenizer.sha256:
+    if trained_with.encoding_sha256 != tokenizer.encoding_sha256:
         raise TokenizerError(
             f"--resume: {tokenizer_source} tokenizer {tokenizer.sha256[:12]} "
             f"but {last} was trained with {trained_with.sha256[:12]} "
