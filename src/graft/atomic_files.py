@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from graft.crash_points import crash_point
@@ -124,8 +124,9 @@ def _make_parent(path: Path, *, folder: bool = False) -> None:
 
 
 def _hold(path: Path) -> int:
-    """An open descriptor of `path` (a file or a folder) holding an exclusive flock on it, or
-    BlockingIOError when another process holds one. Closing it (or dying) lets go."""
+    """An open descriptor of `path` (a file or a folder) holding an exclusive flock on it:
+    BlockingIOError when another process holds one, another OSError where the filesystem has
+    no flock. Closing it (or dying) lets go."""
     import fcntl
 
     fd = os.open(path, os.O_RDONLY)
@@ -137,24 +138,44 @@ def _hold(path: Path) -> int:
     return fd
 
 
+def _made_and_held(temp: Path, make: Callable[[Path], None]) -> int | None:
+    """Make `temp` (with `make`) already held: made under a name no cleaner looks at, flocked,
+    then renamed (the inode, and its lock, go with it), so another writer never sees it unheld.
+    Where the filesystem has no flock it is made unheld; cleaners cannot tell such leftovers
+    from a live writer's (their flock fails too), so they leave them."""
+    unseen = temp.with_name(temp.name + ".new")
+    make(unseen)
+    try:
+        held: int | None = _hold(unseen)
+    except OSError:
+        held = None
+    os.rename(unseen, temp)
+    return held
+
+
 def _clear_dead_leftovers(dest: Path) -> None:
     """Delete what killed writes of `dest` left beside it: the temporary files and folders no
-    live writer holds (see the module's note)."""
+    live writer holds (see the module's note). Best effort: a leftover it cannot lock, list or
+    delete (another user's, a folder it may not read) is left, and the write goes on."""
     mine = re.compile(rf"\.{re.escape(dest.name)}\.[0-9a-f]{{12}}\.(partial|tmp)")
-    if not dest.parent.is_dir():
+    try:
+        found = [p for p in dest.parent.iterdir() if mine.fullmatch(p.name)]
+    except OSError:
         return
-    for path in dest.parent.iterdir():
-        if not mine.fullmatch(path.name) or path.is_symlink():
-            continue
+    for path in found:
         try:
+            if path.is_symlink():
+                continue
             fd = _hold(path)
-        except (BlockingIOError, FileNotFoundError, PermissionError):
-            continue  # a live writer's, or gone already
+        except OSError:
+            continue  # a live writer's, gone already, or not ours to tell
         try:
             if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
+                shutil.rmtree(path)
             else:
-                path.unlink(missing_ok=True)
+                path.unlink()
+        except OSError:
+            pass
         finally:
             os.close(fd)
 
@@ -171,8 +192,9 @@ def atomic_file(path: Path) -> Iterator[Path]:
     temp = temporary_sibling(path)
     # Made here, exclusively, and held while the block writes: a later writer of `path` that
     # finds it unheld knows its writer died. os.open honours the umask as open() does.
-    os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-    held = _hold(temp)
+    held = _made_and_held(
+        temp, lambda new: os.close(os.open(new, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+    )
     try:
         yield temp
         # Not fsync_path, which lets a folder's refusal pass: a file's fsync failing means its
@@ -190,7 +212,8 @@ def atomic_file(path: Path) -> Iterator[Path]:
             raise refused from err
         raise
     finally:
-        os.close(held)
+        if held is not None:
+            os.close(held)
     fsync_path(path.parent)
 
 
@@ -234,8 +257,7 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
     # Hidden, unique, and made with mkdir rather than mkdtemp, whose 0700 mode would stick;
     # held while it is filled, as atomic_file holds its file.
     work = dest.parent / f".{dest.name}.{uuid.uuid4().hex[:12]}.partial"
-    work.mkdir()
-    held = _hold(work)
+    held = _made_and_held(work, Path.mkdir)
     try:
         yield work
         file_mode, folder_mode = default_mode(), default_mode(directory=True)
@@ -267,7 +289,8 @@ def atomic_directory(dest: Path) -> Iterator[Path]:
             raise refused from err
         raise
     finally:
-        os.close(held)
+        if held is not None:
+            os.close(held)
 
 
 def recover_folder(folder: Path, *, swaps: bool = True) -> list[str]:

@@ -253,7 +253,9 @@ def model_source(path: Path) -> Path:
     checkpoint that a checkpoint or run path names (where a card or generation config is)."""
     from graft.model.convert.hf import is_hf_directory
 
-    path = Path(path)
+    # An export cut between its two renames is read from its previous version, as load_model
+    # reads it.
+    path = complete_version(Path(path))
     return path if is_hf_directory(path) else resolve_checkpoint(path)
 
 

@@ -331,6 +331,18 @@ def test_an_html_response_is_decoded_by_its_http_charset(tmp_path: Path) -> None
         # An unknown label, or bytes not in the stated charset, leave the bytes to trafilatura.
         ("https://example.org/unknown", "text/html; charset=x-no-such", _page(KEEPER).encode()),
         ("https://example.org/wrong", "text/html; charset=utf-8", latin1),
+        # A server's default charset that the page contradicts: valid UTF-8, or the page's own
+        # <meta>, wins (it was read as Latin-1: "CafÃ©").
+        ("https://example.org/utf8", "text/html; charset=ISO-8859-1", _page(KEEPER).encode()),
+        (
+            "https://example.org/meta",
+            "text/html; charset=ISO-8859-1",
+            _page(KEEPER)
+            .replace("<title>", '<meta charset="iso-8859-2"><title>')
+            .replace("Café owners", "Zażółć owners")
+            .replace("ï", "i")
+            .encode("iso-8859-2"),
+        ),
     ]
     with (tmp_path / "a.warc.gz").open("wb") as handle:
         writer = WARCWriter(handle, gzip=True)
@@ -347,8 +359,9 @@ def test_an_html_response_is_decoded_by_its_http_charset(tmp_path: Path) -> None
     assert "Café owners" in text["latin1"] and "naïve perhaps" in text["latin1"]
     assert "\u201cCafé\u201d owners" in text["quotes"]
     assert "Dvořák’s fans" in text["czech"]
-    for name in ("unknown", "wrong"):
+    for name in ("unknown", "wrong", "utf8"):
         assert "Café owners" in text[name] and "naïve perhaps" in text[name], name
+    assert "Zażółć owners" in text["meta"]
 
 
 def test_a_page_without_a_charset_is_read_as_browsers_read_it(tmp_path: Path) -> None:

@@ -76,3 +76,34 @@ def test_a_live_writers_file_is_left_alone(tmp_path: Path, kind: str) -> None:
     other = tmp_path / "other"
     write_atomic(other, "x")
     assert _hidden(tmp_path) == [leftover]
+
+
+RACER = """
+import sys
+from pathlib import Path
+from graft.atomic_files import write_atomic
+
+dest, failures = Path(sys.argv[1]), 0
+for i in range(400):
+    try:
+        write_atomic(dest, f"{i}\\n")
+    except OSError:
+        failures += 1
+print(failures)
+"""
+
+
+def test_writers_of_one_file_at_once_never_take_each_others_temporary_file(tmp_path: Path) -> None:
+    """A writer's temporary file was made, then held: another writer's cleaning could take it in
+    between as a dead writer's, and the first write failed. It is now held before it has its
+    name."""
+    dest = tmp_path / "out.txt"
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACER, str(dest)], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    failures = [int(racer.communicate(timeout=120)[0]) for racer in racers]
+    assert failures == [0, 0, 0]
+    assert _hidden(tmp_path) == [] and dest.read_text().endswith("\n")

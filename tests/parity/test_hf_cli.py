@@ -116,6 +116,12 @@ def test_generate_stops_at_the_generation_configs_eos_ids(tmp_path: Path) -> Non
     stopped = graft(*args)
     assert stopped.returncode == 0, stopped.stderr
     assert stopped.stdout == PROMPT + "\n"
+    # An export rewritten and cut between its two renames is read from its previous version, its
+    # generation config included (it was "no such checkpoint directory").
+    out.rename(out.with_name(f".{out.name}.old"))
+    cut = graft(*args)
+    assert cut.returncode == 0, cut.stderr
+    assert cut.stdout == PROMPT + "\n"
 
 
 def test_generate_refuses_a_tokenizer_larger_than_the_embeddings(tmp_path: Path) -> None:

@@ -154,6 +154,18 @@ def _decode_charset(data: bytes, charset: str) -> str:
     return _windows_1252(data) if name in _WINDOWS_1252_LABELS else data.decode(name)
 
 
+def _declares_itself(data: bytes) -> bool:
+    """Whether a page's bytes say their own charset: a UTF-8 BOM, a <meta> or XML declaration
+    in the first kilobyte, or bytes that are valid UTF-8."""
+    if data.startswith(_UTF8_BOM) or _DECLARED_CHARSET.search(data[:_PRESCAN_BYTES]):
+        return True
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _unlabelled_html(data: bytes) -> bytes | str:
     """A page's bytes decoded as windows-1252 when they declare no charset, are not UTF-8, and
     the detector counts windows-1252 among the plausible readings; else the bytes, for
@@ -602,9 +614,11 @@ class _Collector:
         if content_type in _HTML_TYPES:
             markup: bytes | str = body
             # The HTTP header's charset is all a page without a <meta> one states, and
-            # trafilatura never sees the header: decode by it here (a UTF-8 BOM wins, as in
-            # browsers). An unknown label or bytes not in it leave the bytes to the detector.
-            if charset and not body.startswith(_UTF8_BOM):
+            # trafilatura never sees the header: decode by it here. A page's own declaration,
+            # a UTF-8 BOM or bytes that are valid UTF-8 win (servers often send a default
+            # charset the page contradicts); an unknown label or bytes not in it leave the
+            # bytes to the detector.
+            if charset and not _declares_itself(body):
                 try:
                     markup = _decode_charset(body, charset)
                 except (LookupError, UnicodeDecodeError):
