@@ -635,3 +635,51 @@ def test_a_prompt_reads_turns_closed_by_another_token_than_eos(tmp_path: Path) -
         tokenize=False,
     )
     assert chat_prompt_ids(ours, chat) == theirs(text, add_special_tokens=False)["input_ids"]
+
+
+def test_a_chat_fine_tune_stops_where_its_template_closes_turns(tmp_path: Path) -> None:
+    """A Llama 3 base model's template closes turns with <|eot_id|>, its eos is <|end_of_text|>:
+    `finetune instruct` refused it ("the model could not learn to stop"). That token is now the
+    fine-tuned model's eos: trained on, saved as its eos, and where generation stops."""
+    import torch
+
+    from graft.checkpoint import load_model
+    from graft.cli import main
+    from graft.data.chat import DEFAULT_CHAT_TEMPLATE, turn_end
+    from graft.data.tokenizer import bytes_tokenizer
+
+    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
+    tokenizer = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=train_byte_bpe(specials),
+        bos_token="<|begin_of_text|>",
+        eos_token="<|end_of_text|>",
+    )
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|eot_id|>"
+        "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    )
+    base = tmp_path / "base"
+    tokenizer.save_pretrained(base)
+    ours = Tokenizer.load(base)
+    assert turn_end(ours, ours.chat_template) == "<|eot_id|>"
+    assert turn_end(bytes_tokenizer(), DEFAULT_CHAT_TEMPLATE) is None  # eos closes graft's turns
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=128,
+    )
+    transformers.LlamaForCausalLM(config).save_pretrained(base)
+    rows = [{"instruction": f"Say {w}.", "input": "", "output": w} for w in ["cat", "dog"] * 8]
+    (tmp_path / "sft.json").write_text(json.dumps(rows))
+    out = tmp_path / "run"
+    args = ["finetune", "instruct", "--init", str(base), "--train", str(tmp_path / "sft.json")]
+    steps = ["--train.max_steps=1", "--train.eval_every=1", "--train.progress=false"]
+    assert main([*args, "--out", str(out), *steps, "--train.batch_size=2"]) == 0
+    _, tuned = load_model(out / "checkpoints" / "last")
+    assert tuned.special_tokens_map["eos_token"] == "<|eot_id|>"
+    assert tuned.eot_id == tuned.token_to_id("<|eot_id|>")

@@ -118,6 +118,31 @@ def render_chat(
         ) from None
 
 
+def turn_end(tokenizer: Tokenizer, template: str) -> str | None:
+    """The special token `template` closes an assistant turn with, where that is not the
+    tokenizer's eos (a Llama 3 base model's template closes turns with <|eot_id|>, its eos is
+    <|end_of_text|>); None where the eos closes it, or no special token does. A chat model
+    fine-tuned with that template must learn to stop on it, and be stopped by it."""
+    tokens = tokenizer.special_tokens_map
+    probe = [Message("user", "Hi"), Message("assistant", "Hello")]
+    try:
+        prompt = render_chat(template, probe[:1], add_generation_prompt=True, special_tokens=tokens)
+        whole = render_chat(template, probe, special_tokens=tokens)
+    except DataError:
+        return None  # the template's own errors are reported where conversations are encoded
+    if not whole.startswith(prompt):
+        return None
+    reply = whole[len(prompt) :]
+    eos = tokens.get("eos_token")
+    if eos is not None and eos in reply:
+        return None
+    specials = [
+        t.content for t in tokenizer.backend.get_added_tokens_decoder().values() if t.special
+    ]
+    last = max(((reply.rfind(t), t) for t in specials if t in reply), default=None)
+    return None if last is None else last[1]
+
+
 def _segments(
     template: str,
     messages: Sequence[Message],

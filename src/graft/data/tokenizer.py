@@ -367,6 +367,15 @@ class Tokenizer:
         assert pad_id is not None  # just added
         return pad_id
 
+    def set_role(self, role: str, token: str) -> None:
+        """Give `role` (transformers' name: `eos_token`...) to `token`, a token of the
+        vocabulary: a chat fine-tune whose template ends turns with another token than eos makes
+        that token its eos."""
+        if role not in ROLES or self.token_to_id(token) is None:
+            raise TokenizerError(f"{role}: {token!r} is not a token of this tokenizer")
+        self._roles[role] = token
+        self._word_starts = None
+
     @property
     def special_tokens_map(self) -> dict[str, str]:
         """role -> token for each role whose token is in the vocabulary (transformers' names)."""

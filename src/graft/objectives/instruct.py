@@ -17,7 +17,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from graft.data.chat import DEFAULT_CHAT_TEMPLATE, encode_conversation
+from graft.data.chat import DEFAULT_CHAT_TEMPLATE, encode_conversation, turn_end
 from graft.data.inputs import right_padded
 from graft.data.records import IGNORE_INDEX, Conversation, read_conversations
 from graft.data.tokenizer import Tokenizer
@@ -161,6 +161,16 @@ def conversation_task(
     if tokenizer.chat_template is None:
         # saved with every checkpoint of the run
         tokenizer.chat_template = DEFAULT_CHAT_TEMPLATE
+    ends = turn_end(tokenizer, tokenizer.chat_template)
+    said = []
+    if ends is not None:
+        # The model learns to stop on the token its template closes turns with: that token is
+        # its eos from now on (saved with its checkpoints), so generation stops there too.
+        said.append(
+            f"the chat template closes a turn with {ends}, not the tokenizer's eos "
+            f"{tokenizer.special_tokens_map.get('eos_token')}: {ends} is this model's eos"
+        )
+        tokenizer.set_role("eos_token", ends)
     sft = objective(
         train,
         val,
@@ -172,4 +182,4 @@ def conversation_task(
     )
     skipped += sft.train.skipped + sft.val.skipped
     notes = sft.notes(kind, skipped, max_len, cut=" (kept, cut at the end)")
-    return TaskData(sft, (), notes)
+    return TaskData(sft, (), (*said, *notes))
