@@ -610,12 +610,9 @@ def test_a_stream_keeps_the_spaces_between_words(
     assert whole.startswith(head) and streamed == whole[len(head) :]
 
 
-def test_a_prompt_reads_turns_closed_by_another_token_than_eos(tmp_path: Path) -> None:
-    """A Llama 3 base model's template closes turns with <|eot_id|>, its eos is <|end_of_text|>:
-    a multi-turn prompt was refused ("the model could not learn to stop"), a rule for training
-    only; transformers reads it."""
-    from graft.serve.prompts import chat_prompt_ids
-
+def llama3_base_tokenizer(directory: Path):  # unannotated: transformers' classes vary
+    """A Llama 3 base model's tokenizer, saved in `directory`: its chat template closes turns
+    with <|eot_id|>, its eos is <|end_of_text|>."""
     specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=train_byte_bpe(specials),
@@ -626,7 +623,17 @@ def test_a_prompt_reads_turns_closed_by_another_token_than_eos(tmp_path: Path) -
         "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|eot_id|>"
         "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
     )
-    tokenizer.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def test_a_prompt_reads_turns_closed_by_another_token_than_eos(tmp_path: Path) -> None:
+    """A Llama 3 base model's template closes turns with <|eot_id|>, its eos is <|end_of_text|>:
+    a multi-turn prompt was refused ("the model could not learn to stop"), a rule for training
+    only; transformers reads it."""
+    from graft.serve.prompts import chat_prompt_ids
+
+    llama3_base_tokenizer(tmp_path)
     ours, theirs = Tokenizer.load(tmp_path), auto(tmp_path)
     chat = [Message("user", "Hi"), Message("assistant", "Hello!"), Message("user", "And?")]
     text = theirs.apply_chat_template(
@@ -648,18 +655,8 @@ def test_a_chat_fine_tune_stops_where_its_template_closes_turns(tmp_path: Path) 
     from graft.data.chat import DEFAULT_CHAT_TEMPLATE, turn_end
     from graft.data.tokenizer import bytes_tokenizer
 
-    specials = ["<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"]
-    tokenizer = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=train_byte_bpe(specials),
-        bos_token="<|begin_of_text|>",
-        eos_token="<|end_of_text|>",
-    )
-    tokenizer.chat_template = (
-        "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|eot_id|>"
-        "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
-    )
     base = tmp_path / "base"
-    tokenizer.save_pretrained(base)
+    tokenizer = llama3_base_tokenizer(base)
     ours = Tokenizer.load(base)
     assert turn_end(ours, ours.chat_template) == "<|eot_id|>"
     assert turn_end(bytes_tokenizer(), DEFAULT_CHAT_TEMPLATE) is None  # eos closes graft's turns
