@@ -195,6 +195,7 @@ class RecordBatches(Generic[E]):
 
     train: E
     val: E
+    rows_unlike_records: str | None = None  # each training row is one record (RecordSampled)
 
     def batch(self, data: E, rows: list[int]) -> Batch:
         raise NotImplementedError

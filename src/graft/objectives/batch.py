@@ -133,7 +133,10 @@ class Objective(Protocol):
 @runtime_checkable
 class RecordSampled(Protocol):
     """An objective whose training data is a fixed set of records drawn by index: what DP-SGD's
-    Poisson sampling needs (graft.train.privacy), the record being the unit of privacy."""
+    Poisson sampling needs (graft.train.privacy), the record being the unit of privacy. One whose
+    rows are not its records (qa's rows are windows of a context, several for a long one) says
+    why in a `rows_unlike_records` attribute, which privacy reads; without one, a row is a
+    record."""
 
     def train_records(self) -> int: ...
     def records_batch(self, rows: list[int], generator: torch.Generator) -> Batch:

@@ -92,6 +92,9 @@ class AnswerSpans(RecordBatches[EncodedWindows]):
     """Objective `qa`."""
 
     name = "qa"
+    rows_unlike_records = (
+        "trains on windows of each context (a long one gives several), not one row per question"
+    )
 
     def __init__(
         self,

@@ -259,14 +259,6 @@ def _refuse_unsupported(config: RunConfig, objective: Objective, world: World) -
             "data.replay_path: private pre-training samples the records of one dataset; replay "
             "mixes a second one in, which the accounting does not cover"
         )
-    if config.objective.name == "qa":
-        # Its training rows are windows of a context, several for a long one: sampling them
-        # as records would undercount what one question adds, and N would be wrong.
-        raise ConfigError(
-            "dp: objective qa trains on windows of each context (a long one gives several), "
-            "not one row per question, which DP-SGD's accounting needs; private training "
-            "supports clm, mlm, denoise, classify, tokens and instruct"
-        )
     if isinstance(config.objective, ClassifyConfig | TokensConfig) and not config.objective.labels:
         # The accounting covers the gradients, not the label set the model is published with:
         # a label only one record has would reveal that record whatever the epsilon.
@@ -280,11 +272,21 @@ def _refuse_unsupported(config: RunConfig, objective: Objective, world: World) -
             "objective.class_weights: under dp the weights would come from the private "
             "records' label counts, which the accounting does not cover; leave it false"
         )
+    supported = (
+        "private training supports clm, mlm, denoise, classify, tokens, instruct and seq2seq"
+    )
     if not isinstance(objective, RecordSampled):
         raise ConfigError(
             f"dp: objective {config.objective.name} does not sample fixed training records, "
-            "which DP-SGD's accounting needs; private training supports clm, mlm, denoise, "
-            "classify, tokens and instruct"
+            f"which DP-SGD's accounting needs; {supported}"
+        )
+    unlike = getattr(objective, "rows_unlike_records", None)
+    if unlike is not None:
+        # Sampling rows that are not records would undercount what one record adds (qa: a
+        # question spans several windows), and N and the unit of privacy would be wrong.
+        raise ConfigError(
+            f"dp: objective {config.objective.name} {unlike}, "
+            f"which DP-SGD's accounting needs; {supported}"
         )
     if train.nonfinite == "skip":
         raise ConfigError(
