@@ -47,7 +47,7 @@ from graft.data.tokenizer import bytes_tokenizer
 from graft.infer.engine import Engine, EngineConfig, Request
 from graft.infer.generate import SamplingParams, generate
 from graft.model.config import preset
-from graft.model.convert.hf import hf_config_dict, hf_state_dict
+from graft.model.convert.hf_export import hf_config_dict, hf_state_dict
 from graft.model.transformer import LanguageModel
 
 MiB = 1024 * 1024

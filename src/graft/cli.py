@@ -1610,7 +1610,8 @@ def _run_export(args: argparse.Namespace) -> int:
     from graft.adapt import has_lora, merge_lora
     from graft.checkpoint import load_model, resolve_checkpoint
     from graft.errors import ConfigError
-    from graft.model.convert.hf import export_hf, is_hf_directory
+    from graft.model.convert.hf import is_hf_directory
+    from graft.model.convert.hf_export import export_hf
     from graft.model.convert.outputs import check_export_out
 
     gguf = args.format == "gguf"

@@ -25,7 +25,7 @@ from graft.cli import EXIT_BAD_INPUT, main
 from graft.data.tokenizer import bytes_tokenizer
 from graft.errors import CheckpointError
 from graft.model.config import ModelConfig
-from graft.model.convert.hf import export_hf
+from graft.model.convert.hf_export import export_hf
 from graft.model.transformer import LanguageModel
 
 

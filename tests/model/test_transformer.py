@@ -141,7 +141,7 @@ def test_mean_pooled_classifier_reads_the_mean_of_real_tokens_only(attention):
 
 
 def test_mean_pooled_classifier_is_refused_at_export():
-    from graft.model.convert.hf import hf_architecture
+    from graft.model.convert.hf_export import hf_architecture
 
     config = tiny("gpt2", head="sequence", labels=("a", "b"), classifier_pooling="mean").config
     with pytest.raises(

@@ -21,7 +21,8 @@ from graft.data.tokenizer import Tokenizer, bytes_tokenizer
 from graft.errors import OutputError
 from graft.model.config import ModelConfig
 from graft.model.convert.gguf import export_gguf
-from graft.model.convert.hf import export_hf, is_hf_directory
+from graft.model.convert.hf import is_hf_directory
+from graft.model.convert.hf_export import export_hf
 from graft.model.convert.verify import verify_hf_export
 from graft.model.transformer import LanguageModel
 

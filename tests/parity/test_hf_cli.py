@@ -103,7 +103,7 @@ def test_generate_stops_at_the_generation_configs_eos_ids(tmp_path: Path) -> Non
     )
     model = LanguageModel(config).eval()
     _perturb(model, 2)
-    from graft.model.convert.hf import export_hf
+    from graft.model.convert.hf_export import export_hf
 
     out = export_hf(model, tmp_path / "hf", tokenizer=tokenizer)
     args = ("generate", out, "--prompt", PROMPT, "--temperature", 0, "--max-new-tokens", 6)

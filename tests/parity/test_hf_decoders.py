@@ -16,7 +16,8 @@ from safetensors.torch import load_file, save_file
 from graft.errors import CheckpointError, ConfigError
 from graft.infer.generate import SamplingParams, generate
 from graft.model.config import ModelConfig, RopeScaling
-from graft.model.convert.hf import export_hf, load_hf_model, read_hf_config
+from graft.model.convert.hf import load_hf_model, read_hf_config
+from graft.model.convert.hf_export import export_hf
 from graft.model.transformer import LanguageModel
 
 pytestmark = pytest.mark.parity

@@ -13,7 +13,8 @@ import transformers
 
 from graft.errors import CheckpointError
 from graft.model.config import preset
-from graft.model.convert.hf import export_hf, load_hf_model
+from graft.model.convert.hf import load_hf_model
+from graft.model.convert.hf_export import export_hf
 from graft.model.transformer import LanguageModel, padding_attention_mask
 
 pytestmark = pytest.mark.parity

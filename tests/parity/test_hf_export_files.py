@@ -24,7 +24,7 @@ from graft.data.tokenizer import (
 from graft.errors import CheckpointError
 from graft.model.config import ModelConfig, preset
 from graft.model.convert import verify
-from graft.model.convert.hf import export_hf
+from graft.model.convert.hf_export import export_hf
 from graft.model.convert.verify import PROBE_TEXT, raise_on_failure, verify_hf_export
 from graft.model.transformer import LanguageModel
 

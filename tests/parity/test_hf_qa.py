@@ -17,7 +17,8 @@ from safetensors import safe_open
 
 from graft.data.tokenizer import bytes_tokenizer
 from graft.model.config import SPAN_LABELS, preset
-from graft.model.convert.hf import export_hf, load_hf_model
+from graft.model.convert.hf import load_hf_model
+from graft.model.convert.hf_export import export_hf
 from graft.model.convert.verify import verify_hf_export
 from graft.model.transformer import LanguageModel, read_padded
 

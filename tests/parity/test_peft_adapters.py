@@ -15,7 +15,7 @@ import transformers
 from graft.adapt import load_adapter
 from graft.errors import CheckpointError
 from graft.model.config import ModelConfig
-from graft.model.convert.hf import export_hf
+from graft.model.convert.hf_export import export_hf
 from graft.model.transformer import LanguageModel
 
 CONFIG = ModelConfig(

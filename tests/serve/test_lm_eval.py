@@ -21,7 +21,7 @@ from graft.checkpoint import save_checkpoint
 from graft.data.records import IGNORE_INDEX
 from graft.data.tokenizer import Tokenizer
 from graft.evaluate.evaluate import EvalOptions, evaluate_checkpoint
-from graft.model.convert.hf import export_hf
+from graft.model.convert.hf_export import export_hf
 from graft.model.transformer import LanguageModel
 
 from .conftest import CONTEXT, MODEL_NAME, build, live_server, tiny_model

@@ -24,7 +24,7 @@ def test_a_checkpoint_without_a_readme_gets_a_summary_card(checkpoint: Path):
 def test_a_hugging_face_export_serves_its_own_card_and_generation_config_eos(
     checkpoint: Path, tmp_path: Path
 ):
-    from graft.model.convert.hf import export_hf
+    from graft.model.convert.hf_export import export_hf
 
     model, tokenizer, _ = load_model_for_serving(checkpoint, "cpu")
     out = export_hf(model, tmp_path / "hf", tokenizer=tokenizer, source=checkpoint)

@@ -95,7 +95,7 @@ def test_every_file_follows_the_umask(tmp_path):
     """safetensors creates its files 0600: a serving account could not read the weights."""
     import os
 
-    from graft.model.convert.hf import export_hf
+    from graft.model.convert.hf_export import export_hf
 
     previous = os.umask(0o022)
     try:

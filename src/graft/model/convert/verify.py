@@ -25,12 +25,8 @@ from graft.data.inputs import model_inputs
 from graft.data.tokenizer import Tokenizer
 from graft.errors import CheckpointError, GraftError, first_line
 from graft.model.config import ModelConfig
-from graft.model.convert.hf import (
-    GENERATION_CONFIG_FILE,
-    TOKENIZER_CONFIG_FILE,
-    exported_eos_id,
-    load_hf_model,
-)
+from graft.model.convert.hf import GENERATION_CONFIG_FILE, TOKENIZER_CONFIG_FILE, load_hf_model
+from graft.model.convert.hf_export import exported_eos_id
 from graft.model.convert.model_card import read_json
 from graft.model.transformer import LanguageModel
 
