@@ -110,3 +110,31 @@ def test_the_entry_point_check_sees_a_reach(tmp_path: Path) -> None:
     copy = tmp_path / "clm.py"  # a real file with one reach added
     copy.write_text(text + "\nhead = model.lm_head.weight\n", encoding="utf-8")
     assert [hit.split(" ")[1] for hit in _reaches_into_the_model(copy)] == ["model.lm_head"]
+
+
+def test_only_the_command_imports_the_command() -> None:
+    """graft.cli is the top: the library never imports it, and each stage's module of it
+    (data, train, use, evaluate) imports only the shared graft.cli.common, not another stage."""
+    broken = []
+    for path in sorted(SRC.rglob("*.py")):
+        parts = path.relative_to(SRC).parts
+        allowed = {"graft.cli.common"} if parts[0] == "cli" else set()
+        if parts in (("__main__.py",), ("cli", "__init__.py")):
+            continue
+        for line, module in _imports(path):
+            if module.startswith("graft.cli") and module not in allowed:
+                broken.append(f"{path.relative_to(SRC.parent)}:{line} imports {module}")
+    assert not broken, "imports of the command:\n" + "\n".join(broken)
+
+
+def test_the_command_help_loads_no_torch() -> None:
+    """`graft --help` (and a refused flag) answer at once: building the parser imports no torch,
+    which takes seconds to load. A fresh interpreter, since this one has torch already."""
+    import subprocess
+    import sys
+
+    code = "import sys, graft.cli; graft.cli.build_parser(); print('torch' in sys.modules)"
+    shown = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert shown.strip() == "False"

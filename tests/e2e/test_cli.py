@@ -764,7 +764,7 @@ def test_explain_refuses_to_replace_a_folder_that_is_not_a_page(run_copy, tmp_pa
 
 
 def test_an_interrupt_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path):
-    from graft.cli import interrupted_line
+    from graft.cli.train import interrupted_line
 
     run = tmp_path / "run"
     assert "before the first checkpoint: nothing to resume" in interrupted_line(3, run)
@@ -863,11 +863,11 @@ def test_tokenizer_train_refuses_options_its_kind_ignores(args, line, tmp_path):
 
 
 def test_the_temperature_help_states_the_default_sampling_uses():
-    from graft.cli import _TEMPERATURE_HELP
+    from graft.cli.use import TEMPERATURE_HELP
     from graft.infer.sampling import DEFAULT_TEMPERATURE
     from graft.terminal_chat import ChatOptions
 
-    assert f"(default: {DEFAULT_TEMPERATURE})" in _TEMPERATURE_HELP
+    assert f"(default: {DEFAULT_TEMPERATURE})" in TEMPERATURE_HELP
     assert ChatOptions(Path("c")).temperature == DEFAULT_TEMPERATURE
 
 
