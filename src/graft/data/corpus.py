@@ -103,7 +103,8 @@ class CorpusDoc:
 
 
 #: A step writing OUT also writes OUT + STATS_SUFFIX: its StageStats list, which
-#: `graft data report` reads back (the statistics of every step that made the corpus).
+#: `graft data report` reads back (the statistics of every step that made the corpus). The last
+#: entry names OUT's size and sha256, so a file left beside a newer OUT is not read as its own.
 STATS_SUFFIX = ".stats.json"
 
 

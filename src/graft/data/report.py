@@ -12,8 +12,9 @@ sha256 of every distinct text for the duplicate count. The page says:
 - the top sources: by kind (`source`) and by host (a URL's) or folder (a path's) of `location`;
 - the licence mix ("none stated" where a source states none);
 - duplicate texts: documents whose text has the sha256 of an earlier document's;
-- when DOCS + STATS_SUFFIX exists, the pipeline steps that made the corpus (documents and MB in
-  and out, seconds, MB/s) and the documents each dropped, by reason.
+- when DOCS + STATS_SUFFIX exists and was written for DOCS as it is (graft.data.stages.read_stats),
+  the pipeline steps that made the corpus (documents and MB in and out, seconds, MB/s) and the
+  documents each dropped, by reason; one written for another version of DOCS is named, not read.
 
 Both files are written atomically.
 """
@@ -309,10 +310,17 @@ def write_report(
         "",
         *_counter_table("licence", profile.licences, n),
     ]
-    stats_files = [Path(f"{p}{STATS_SUFFIX}") for p in docs if str(p) != "-"]
-    steps = read_stats(docs)
+    stale: list[Path] = []
+    steps = read_stats(docs, stale)
     if steps:
-        shown = ", ".join(str(p) for p in stats_files if p.exists())
+        stats_files = [Path(f"{p}{STATS_SUFFIX}") for p in docs if str(p) != "-"]
+        shown = ", ".join(str(p) for p in stats_files if p.exists() and p not in stale)
         lines += ["", *_step_lines(steps, shown)]
+    for path in stale:
+        lines += [
+            "",
+            f"`{path}` is not read: it was written for another version of its corpus (a step "
+            "stopped before rewriting it, or the corpus was replaced since).",
+        ]
     write_atomic(out, "\n".join(lines) + "\n")
     return out, profile

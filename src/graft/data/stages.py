@@ -8,6 +8,7 @@ documents at a time whatever the corpus size.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import multiprocessing
@@ -141,9 +142,40 @@ def stats_path(corpus: Path | str) -> Path:
     return Path(f"{corpus}{STATS_SUFFIX}")
 
 
-def read_stats(inputs: Iterable[Path | str]) -> list[dict[str, Any]]:
+def file_fingerprint(path: Path) -> dict[str, Any]:
+    """What a statistics file says of the corpus file it was written for: its size in bytes and
+    its sha256."""
+    with Path(path).open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    return {"size": size, "sha256": digest}
+
+
+def _describes(entries: list[dict[str, Any]], corpus: Path) -> bool:
+    """Whether statistics `entries` were written for `corpus` as it is now: the last step's
+    `output_file` names its size and sha256. A corpus replaced since (a later run stopped
+    between its two writes, `--out - > FILE`, a copy) does not match. Files written before
+    statistics named their corpus have no `output_file`; they are taken at their word."""
+    named = entries[-1].get("output_file") if entries else None
+    if named is None:
+        return True
+    try:
+        # The size first: a corpus that changed length needs no hashing to tell.
+        return (
+            isinstance(named, dict)
+            and named.get("size") == corpus.stat().st_size
+            and named == file_fingerprint(corpus)
+        )
+    except OSError:
+        return False
+
+
+def read_stats(
+    inputs: Iterable[Path | str], stale: list[Path] | None = None
+) -> list[dict[str, Any]]:
     """The entries of the statistics files beside `inputs` (those that have one; stdin has
-    none), in input order: the steps that made the inputs."""
+    none), in input order: the steps that made the inputs. A statistics file written for
+    another version of its corpus is not read (it is appended to `stale`, when given)."""
     entries: list[dict[str, Any]] = []
     for corpus in inputs:
         if str(corpus) == "-":
@@ -157,13 +189,17 @@ def read_stats(inputs: Iterable[Path | str]) -> list[dict[str, Any]]:
             raise DataError(f"{path}: cannot read the statistics file ({exc})") from exc
         if not isinstance(loaded, list) or not all(isinstance(e, dict) for e in loaded):
             raise DataError(f"{path}: expected a JSON list of step statistics")
-        entries.extend(loaded)
+        if _describes(loaded, Path(corpus)):
+            entries.extend(loaded)
+        elif stale is not None:
+            stale.append(path)
     return entries
 
 
-def write_stats(out: Path | str, inputs: Iterable[Path | str], stats: StageStats) -> Path:
-    """Write `out` + STATS_SUFFIX: the inputs' statistics, then this step's."""
-    entries = [*read_stats(inputs), stats_record(stats)]
+def write_stats(out: Path | str, earlier: Sequence[dict[str, Any]], stats: StageStats) -> Path:
+    """Write `out` + STATS_SUFFIX: `earlier` (the inputs' statistics, from read_stats), then
+    this step's, naming the corpus file `out` it wrote (written first: see _describes)."""
+    entries = [*earlier, {**stats_record(stats), "output_file": file_fingerprint(Path(out))}]
     return write_atomic(stats_path(out), json.dumps(entries, indent=1, ensure_ascii=False) + "\n")
 
 
@@ -190,11 +226,16 @@ def run_stage(
     progress: bool = False,
 ) -> StageStats:
     """Read the corpus files `inputs` (`-`: stdin) through `stage` into `out` (`-`: stdout;
-    otherwise written atomically, with `out` + STATS_SUFFIX: the inputs' statistics and this
-    step's). Bad input lines go to `problems` (fatal without one) and into the step's notes."""
+    otherwise written atomically, then `out` + STATS_SUFFIX: the inputs' statistics and this
+    step's, naming `out`'s size and sha256, so that statistics a stop between the two writes
+    leaves from an earlier run are not read as `out`'s). Bad input lines go to `problems`
+    (fatal without one) and into the step's notes."""
     check_corpus_output(out)
     if sum(str(p) == "-" for p in inputs) > 1:
         raise DataError("stdin (-) can be read once: give it as one input only")
+    # Read before the work: a step writing over its own input (`--out IN`) still finds the
+    # input's history, and a damaged statistics file is refused before any output is written.
+    earlier = read_stats(inputs)
     problems = problems if problems is not None else Problems(strict=True)
     docs: Iterable[CorpusDoc] = (doc for path in inputs for doc in read_corpus(path, problems))
     if progress:
@@ -208,5 +249,5 @@ def run_stage(
     if problems:
         stage.stats.notes["problems"] = dict(problems.counts)
     if str(out) != "-":
-        write_stats(out, inputs, stage.stats)
+        write_stats(out, earlier, stage.stats)
     return stage.stats
