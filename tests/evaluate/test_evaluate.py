@@ -176,6 +176,56 @@ def test_classify_accuracy_matches_a_direct_computation(classifier: Path, tmp_pa
     assert 0.5 <= samples[0]["probability"] <= 1.0
 
 
+class Killed(BaseException):
+    """A kill -9 part-way through a report's files, in process."""
+
+
+def test_a_classify_report_cut_short_never_mixes_two_runs_files(
+    classifier: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill between classify.json, .md, _samples.jsonl and classify_confusion.png left some
+    new and some old. Now classify.json is there only with the files written with it, and
+    whatever else is there comes from one run."""
+    from graft.evaluate import metrics as module
+
+    rows = [
+        {"text": f"{w} text {i}", "label": "pos" if i % 2 else "neg"}
+        for i, w in enumerate(["good", "bad", "fine", "awful"] * 3)
+    ]
+    data = [write_jsonl(tmp_path / "a.jsonl", rows), write_jsonl(tmp_path / "b.jsonl", rows[:7])]
+
+    def run(out: Path, data: Path) -> None:
+        evaluate_checkpoint(EvalOptions(classifier, "classify", (data,), out_dir=out))
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+
+    whole = []
+    for i, path in enumerate(data):
+        run(tmp_path / f"whole{i}", path)
+        whole.append(files(tmp_path / f"whole{i}"))
+    assert len(whole[1]) == 4 and all(whole[0][n] != whole[1][n] for n in whole[1])
+    real = module.write_atomic
+    for cut in (1, 2, 3, 4):
+        out, calls = tmp_path / f"cut{cut}", 0
+        run(out, data[0])
+
+        def cut_short(path: Path, payload: str | bytes, cut: int = cut) -> Path:
+            nonlocal calls
+            calls += 1
+            if calls == cut:
+                raise Killed
+            return real(path, payload)
+
+        monkeypatch.setattr(module, "write_atomic", cut_short)
+        with pytest.raises(Killed):
+            run(out, data[1])
+        monkeypatch.undo()
+        left = files(out)
+        assert any(left.items() <= version.items() for version in whole), (cut, sorted(left))
+        assert "classify.json" not in left or left in whole, (cut, sorted(left))
+
+
 def test_classify_refuses_unknown_labels_and_other_heads(
     classifier: Path, lm_checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -15,11 +15,11 @@ from graft.evaluate.metrics import (
     DEFINITIONS,
     MetricInputError,
     classification_metrics,
+    confusion_matrix_png,
     entity_metrics,
     generation_metrics,
     language_model_metrics,
     mean_ci95,
-    plot_confusion_matrix,
     write_report,
 )
 
@@ -74,14 +74,9 @@ def test_perfect_predictions_score_one() -> None:
     assert (m.accuracy, m.macro_precision, m.macro_recall, m.macro_f1) == (1.0, 1.0, 1.0, 1.0)
 
 
-def test_confusion_matrix_png(tmp_path: Path) -> None:
-    path = plot_confusion_matrix(
-        classification_metrics(Y_TRUE, Y_PRED), tmp_path / "plots" / "confusion.png"
-    )
-    assert path == tmp_path / "plots" / "confusion.png"
-    data = path.read_bytes()
+def test_confusion_matrix_png() -> None:
+    data = confusion_matrix_png(classification_metrics(Y_TRUE, Y_PRED))
     assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
-    assert [p.name for p in path.parent.iterdir()] == ["confusion.png"]  # no temporary left behind
 
 
 # -- token tagging -------------------------------------------------------------------------
@@ -259,3 +254,50 @@ def test_write_report_puts_a_reports_own_definitions_in_the_definition_column(
     md = md_path.read_text()
     assert "| ended_with_eos | 0.9000 | share that ended with the end-of-turn token |" in md
     assert "## definitions" not in md  # not repeated as a table of its own
+
+
+class Killed(BaseException):
+    """A kill -9 part-way through a report's files, in process."""
+
+
+def report_files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if not p.name.startswith(".")}
+
+
+def test_a_report_cut_short_never_mixes_two_runs_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report stopped between its files left the new test.json beside the last run's test.md
+    and samples, and a report without samples kept the last run's. Now the files found come
+    from one run, and test.json (written last) only with every file written with it."""
+    from graft.evaluate import metrics as module
+
+    first = ({"accuracy": 0.25}, [{"text": "old", "label": "a"}])
+    second: tuple[dict[str, float], list[dict[str, str]]] = ({"accuracy": 0.75}, [])
+    whole = []
+    for metrics, samples in (first, second):
+        write_report(tmp_path / f"whole{len(whole)}", "test", metrics, samples)
+        whole.append(report_files(tmp_path / f"whole{len(whole)}"))
+    real = module.write_atomic
+    for cut in (1, 2, None):  # the second report's writes: json and md (in some order), or none
+        folder = tmp_path / f"cut{cut}"
+        write_report(folder, "test", *first)
+        calls = 0
+
+        def cut_short(path: Path, data: str | bytes, cut: int | None = cut) -> Path:
+            nonlocal calls
+            calls += 1
+            if calls == cut:
+                raise Killed
+            return real(path, data)
+
+        monkeypatch.setattr(module, "write_atomic", cut_short)
+        try:
+            write_report(folder, "test", *second)
+        except Killed:
+            assert cut is not None
+        monkeypatch.undo()
+        left = report_files(folder)
+        assert any(left.items() <= files.items() for files in whole), (cut, sorted(left))
+        assert "test.json" not in left or left in whole, (cut, sorted(left))
+    assert report_files(tmp_path / "cutNone") == whole[1]

@@ -26,7 +26,9 @@ This module owns how a checkpoint meets evaluation data; the numbers themselves 
   scored with SQuAD's exact match and F1.
 
 `evaluate_checkpoint` picks the task; each writes `<task>.json`, `<task>.md` and
-`<task>_samples.jsonl` (plus `classify_confusion.png`) into the output folder.
+`<task>_samples.jsonl` (plus `classify_confusion.png`) into the output folder, as one report:
+`<task>.json` is written last and only ever found beside the files written with it
+(`graft.evaluate.metrics.write_report`).
 """
 
 from __future__ import annotations
@@ -59,10 +61,10 @@ from graft.evaluate.metrics import (
     DEFINITIONS,
     SQUAD_DEFINITIONS,
     classification_metrics,
+    confusion_matrix_png,
     entity_metrics,
     generation_metrics,
     language_model_metrics,
-    plot_confusion_matrix,
     sentence_scores,
     squad_exact_match,
     squad_f1,
@@ -276,11 +278,14 @@ def _report(
     options: EvalOptions,
     metrics: dict[str, Any],
     samples: Sequence[dict[str, Any]] = (),
+    files: dict[str, bytes] | None = None,
+    /,
     **run: Any,
 ) -> Path:
     """Write the task's report: `metrics`, the definition of every key that has one, and what was
     run (`run` adds to it); `metrics["definitions"]`, when given, are the task's own meanings of
-    keys (a QA report's SQuAD `exact_match`). Returns the path of its JSON."""
+    keys (a QA report's SQuAD `exact_match`); `files`, more files of the report (a figure), written
+    with it as one (see write_report). Returns the path of its JSON."""
     known = {**DEFINITIONS, **_MORE_DEFINITIONS, **metrics.pop("definitions", {})}
     metrics["definitions"] = {key: known[key] for key in metrics if key in known}
     metrics["run"] = {
@@ -290,7 +295,7 @@ def _report(
         "limit": options.limit,
         **run,
     }
-    return write_report(out_dir, options.task, metrics, samples)[0]
+    return write_report(out_dir, options.task, metrics, samples, files)[0]
 
 
 def _context(model: LanguageModel, options: EvalOptions, *, texts: bool = True) -> int:
@@ -484,8 +489,8 @@ def evaluate_classify(
         for r, p, c in zip(records, y_pred, confidence)
     ]
     samples = _pick_samples(rows, [t != p for t, p in zip(y_true, y_pred)], options.samples)
-    json_path = _report(out_dir, options, metrics, samples, seq_len=max_len)
-    plot_confusion_matrix(scores, out_dir / "classify_confusion.png")
+    figure = {"classify_confusion.png": confusion_matrix_png(scores)}
+    json_path = _report(out_dir, options, metrics, samples, figure, seq_len=max_len)
     echo(
         f"accuracy {scores.accuracy:.4f}, macro F1 {scores.macro_f1:.4f} "
         f"over {len(records):,} texts"

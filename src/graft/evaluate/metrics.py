@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from graft.atomic_files import write_atomic
+from graft.atomic_files import check_output, fsync_path, write_atomic
 from graft.errors import DataError
 
 __all__ = [
@@ -43,12 +43,12 @@ __all__ = [
     "ClassificationMetrics",
     "MetricInputError",
     "classification_metrics",
+    "confusion_matrix_png",
     "entity_metrics",
     "generation_metrics",
     "language_model_metrics",
     "mean_ci95",
     "normalize_answer",
-    "plot_confusion_matrix",
     "squad_exact_match",
     "squad_f1",
     "squad_metrics",
@@ -216,8 +216,8 @@ def classification_metrics(
     )
 
 
-def plot_confusion_matrix(metrics: ClassificationMetrics, path: Path) -> Path:
-    """Draw the confusion matrix as a PNG at `path`: counts in the cells, colour by row share.
+def confusion_matrix_png(metrics: ClassificationMetrics) -> bytes:
+    """The confusion matrix drawn as a PNG: counts in the cells, colour by row share.
 
     Colour is normalised per true label (each row sums to 1), so a rare class's mistakes are as
     visible as a frequent one's; the printed counts keep the absolute numbers.
@@ -257,7 +257,7 @@ def plot_confusion_matrix(metrics: ClassificationMetrics, path: Path) -> Path:
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    return write_atomic(Path(path), buffer.getvalue())
+    return buffer.getvalue()
 
 
 # -- token tagging -------------------------------------------------------------------------
@@ -593,25 +593,51 @@ def _markdown(name: str, metrics: Mapping[str, Any]) -> str:
 
 
 def write_report(
-    out_dir: Path, name: str, metrics: Mapping[str, Any], samples: Sequence[Mapping[str, Any]] = ()
+    out_dir: Path,
+    name: str,
+    metrics: Mapping[str, Any],
+    samples: Sequence[Mapping[str, Any]] = (),
+    files: Mapping[str, bytes] | None = None,
 ) -> tuple[Path, Path]:
-    """Write `{name}.json`, `{name}.md` and, given samples, `{name}_samples.jsonl` into `out_dir`.
+    """Write `{name}.json`, `{name}.md`, given samples `{name}_samples.jsonl`, and `files` (more
+    files of the report by name, such as a figure) into `out_dir`.
 
     The JSON holds `metrics` as given (pass `dataclasses.asdict` of a ClassificationMetrics).
     The markdown has one table of the scalar metrics, with each key's definition from
     `DEFINITIONS` where it has one, then a table per nested mapping (per class, per entity type)
     and per matrix (the confusion matrix, headed by `labels` when present). Non-finite floats are
-    written as JSON `Infinity`/`NaN`, which Python's json reads back. Every file is written
-    atomically. Returns (json path, markdown path).
+    written as JSON `Infinity`/`NaN`, which Python's json reads back.
+
+    The files replace the last report's as one, though each is its own atomic write: everything
+    is rendered first; then the last report's `{name}.json` is deleted, then its other files
+    (samples it had and this one has not included), and the new files are written with
+    `{name}.json` last. So `{name}.json` is only ever beside the files written with it, and a
+    run stopped part-way leaves files of one run and no `{name}.json`: a reader that finds
+    `{name}.json` has the whole report. Returns (json path, markdown path).
     """
-    if not name or Path(name).name != name or name.startswith("."):
-        raise MetricInputError(f"report name {name!r} must be a plain file name such as 'eval'")
+    for given in (name, *(files or {})):
+        if not given or Path(given).name != given or given.startswith("."):
+            raise MetricInputError(
+                f"report name {given!r} must be a plain file name such as 'eval'"
+            )
     out_dir = Path(out_dir)
-    json_path = write_atomic(
-        out_dir / f"{name}.json", json.dumps(_to_json(metrics), indent=2) + "\n"
-    )
-    md_path = write_atomic(out_dir / f"{name}.md", _markdown(name, metrics))
+    json_path, md_path = out_dir / f"{name}.json", out_dir / f"{name}.md"
+    samples_path = out_dir / f"{name}_samples.jsonl"
+    index = json.dumps(_to_json(metrics), indent=2) + "\n"
+    parts: dict[Path, str | bytes] = {md_path: _markdown(name, metrics)}
     if samples:
         lines = (json.dumps(_to_json(sample), ensure_ascii=False) for sample in samples)
-        write_atomic(out_dir / f"{name}_samples.jsonl", "".join(line + "\n" for line in lines))
+        parts[samples_path] = "".join(line + "\n" for line in lines)
+    parts.update({out_dir / file: data for file, data in (files or {}).items()})
+    others = dict.fromkeys([samples_path, *parts])  # what the last report may have left
+    for path in (json_path, *others):
+        check_output(path)  # a folder in a file's place: refused before anything is deleted
+    if out_dir.is_dir():
+        json_path.unlink(missing_ok=True)
+        fsync_path(out_dir)  # gone for good before any other file changes
+        for path in others:
+            path.unlink(missing_ok=True)
+    for path, data in parts.items():
+        write_atomic(path, data)
+    write_atomic(json_path, index)
     return json_path, md_path
