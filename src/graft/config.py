@@ -444,6 +444,11 @@ _TASK_DATA = {
     for task in _TASKS.values()
     for key in task.data_fields
 }
+# The adapt settings that one method alone reads.
+_METHOD_ADAPT = {
+    "trainable_blocks": "freeze",
+    **{key: "lora" for key in AdaptConfig.model_fields if key.startswith("lora_")},
+}
 
 
 def unused_settings(config: RunConfig, command: str) -> list[str]:
@@ -480,6 +485,11 @@ def unused_settings(config: RunConfig, command: str) -> list[str]:
             f"({' and '.join(_TASK_DATA[key])} does)"
             for key in data.given(*_TASK_DATA)
             if key not in objective.data_fields
+        ]
+        problems += [
+            f"adapt.{key}: adapt.method {adapt.method} does not read it ({method} does)"
+            for key in adapt.given(*_METHOD_ADAPT)
+            if (method := _METHOD_ADAPT[key]) != adapt.method
         ]
     if config.train.nonfinite == "stop" and config.train.given("nonfinite_limit"):
         problems.append("train.nonfinite_limit: counts skipped steps; set train.nonfinite=skip")

@@ -9,6 +9,7 @@ import pytest
 
 from graft.config import (
     DEFAULT_MAX_STEPS,
+    AdaptConfig,
     RunConfig,
     TrainConfig,
     load_finetune_config,
@@ -567,6 +568,20 @@ def test_pretrain_refuses_a_setting_it_would_ignore(overrides, refusal):
         ("tokens", ["data.text_field=body"], "data.text_field: task tokens does not read it"),
         ("instruct", ["data.label_field=reply"], "data.label_field: task instruct does not"),
         ("classify", ["dp.batch=8"], "dp.batch: private training is off"),
+        # a setting of one adaptation method, given with another (full is the default)
+        ("classify", ["adapt.lora_rank=16"], "adapt.lora_rank: adapt.method full does not read"),
+        (
+            "classify",
+            ["adapt.method=freeze", "adapt.lora_targets=[q_proj]"],
+            "adapt.lora_targets: adapt.method freeze does not read it (lora does)",
+        ),
+        ("tokens", ["adapt.lora_alpha=32"], "adapt.lora_alpha: adapt.method full does not"),
+        ("classify", ["adapt.lora_dropout=0"], "adapt.lora_dropout: adapt.method full does"),
+        (
+            "classify",
+            ["adapt.method=lora", "adapt.trainable_blocks=2"],
+            "adapt.trainable_blocks: adapt.method lora does not read it (freeze does)",
+        ),
     ],
 )
 def test_finetune_refuses_a_setting_it_would_ignore(task, overrides, refusal):
@@ -580,8 +595,16 @@ def test_the_settings_a_run_uses_load_and_defaults_written_out_are_no_choice():
         None, ["objective.name=mix", "objective.mix={clm: 1}", "data.mask_doc_boundaries=true"]
     )
     assert load_run_config(None, ["dp.epsilon=8", "dp.delta=1e-6", *LIMIT]).dp.delta == 1e-6
-    classify = ["train.init=c", "data.train_file=x", "data.text_field=body", "adapt.lora_rank=4"]
-    assert load_finetune_config("classify", None, classify).data.text_field == "body"
+    classify = ["train.init=c", "data.train_file=x", "data.text_field=body"]
+    lora = ["adapt.method=lora", "adapt.lora_rank=4", "adapt.lora_targets=[q_proj]"]
+    assert load_finetune_config("classify", None, [*classify, *lora]).data.text_field == "body"
+    freeze = ["adapt.method=freeze", "adapt.trainable_blocks=0"]
+    assert load_finetune_config("classify", None, [*classify, *freeze]).adapt.trainable_blocks == 0
+    # another method's settings at their defaults, as a run's written config.yaml holds them
+    defaults = [f"adapt.{k}={v}" for k, v in AdaptConfig().model_dump(mode="json").items()]
+    for method in ("full", "freeze", "lora"):
+        settings = [*classify, *defaults, f"adapt.method={method}"]
+        assert load_finetune_config("classify", None, settings).adapt.method == method
     for task in ("tokens", "instruct", "seq2seq", "qa"):  # every task samples its records
         sampled = ["train.init=c", "data.train_file=x", "data.max_train_examples=5"]
         assert load_finetune_config(task, None, sampled).data.max_train_examples == 5

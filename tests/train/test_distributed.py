@@ -174,7 +174,7 @@ def _finetune(
         f"--train={labelled}",
         f"--method={method}",
         "--model.dropout=0.0",  # dropout draws differ from rank to rank
-        "--adapt.lora_dropout=0.0",
+        *(["--adapt.lora_dropout=0.0"] if method == "lora" else []),  # full refuses it
         "--train.batch_size=2",
         "--train.global_batch=8",
         "--train.max_steps=12",
