@@ -566,9 +566,12 @@ def _blame(problems: list[str], where: str, overridden: list[str]) -> str:
 
     def from_command_line(problem: str) -> bool:
         # A problem starts with the dotted key it is about ("train.seq_len: ..." or, for a rule
-        # across sections, "train.seq_len (4096) exceeds model.max_seq_len").
+        # across sections, "train.seq_len (4096) exceeds model.max_seq_len"), which may be the
+        # section an override named ("trian: unknown key" for --trian.max_steps).
         key = problem.split(":", 1)[0].split(" ", 1)[0]
-        return any(key == k or key.startswith(k + ".") for k in overridden)
+        return any(
+            key == k or key.startswith(k + ".") or k.startswith(key + ".") for k in overridden
+        )
 
     cli = [p for p in problems if from_command_line(p)]
     rest = [p for p in problems if not from_command_line(p)]

@@ -242,6 +242,10 @@ def test_errors_in_an_override_name_the_command_line_not_the_file(tmp_path):
     assert config_error(["train.seq_len=4096"], path=recipe).startswith(
         "command line: train.seq_len (4096) exceeds model.max_seq_len"
     )
+    # A misspelt section: the problem is the section, which only the override named.
+    assert config_error(["trian.max_steps=20"], path=recipe).startswith(
+        "command line: trian: unknown key"
+    )
 
 
 def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
