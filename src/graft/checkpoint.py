@@ -716,23 +716,38 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
                     )
 
 
+def _saved_run(path: Path) -> dict[str, Any]:
+    """A checkpoint's run_config.yaml as plain data, to refine a default: {} for a Hugging Face
+    directory, a checkpoint saved without one, or one that cannot be read (load_model reports a
+    damaged checkpoint)."""
+    from graft.model.convert.hf import is_hf_directory
+
+    if is_hf_directory(Path(path)):
+        return {}
+    directory = resolve_checkpoint(path)
+    try:
+        saved = yaml.safe_load((directory / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
 def trained_context(path: Path) -> int | None:
     """The ids per input a checkpoint's run trained on, when its train.seq_len was set below the
     model's context: fine-tuning cut every text there, so evaluation and serving read texts as
     that long too. None for a model trained on its whole context, a Hugging Face directory, or a
     checkpoint saved without a run config."""
-    from graft.model.convert.hf import is_hf_directory
-
-    if is_hf_directory(Path(path)):
-        return None
-    directory = resolve_checkpoint(path)
-    try:
-        saved = yaml.safe_load((directory / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
-        return None  # load_model reports a damaged checkpoint; this only refines a default
-    train = saved.get("train") if isinstance(saved, dict) else None
+    train = _saved_run(path).get("train")
     seq_len = train.get("seq_len") if isinstance(train, dict) else None
     return seq_len if isinstance(seq_len, int) and not isinstance(seq_len, bool) else None
+
+
+def trained_objective(path: Path) -> str | None:
+    """The objective a checkpoint's run trained (its objective.name); None for a Hugging Face
+    directory or a checkpoint saved without a run config."""
+    objective = _saved_run(path).get("objective")
+    name = objective.get("name") if isinstance(objective, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def read_saved_section(checkpoint: Path, section: str, kind: type[_Section]) -> _Section:

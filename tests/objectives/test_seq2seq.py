@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from graft.checkpoint import save_checkpoint
+from graft.cli import main as cli_main
 from graft.config import load_finetune_config
 from graft.data.chat import DEFAULT_CHAT_TEMPLATE
 from graft.data.records import IGNORE_INDEX, Message
@@ -109,7 +110,9 @@ def test_source_and_target_langs_go_together() -> None:
     assert config.objective.langs == ("en", "de") and config.train.monitor == "val/loss"
 
 
-def test_a_tiny_fine_tune_on_parallel_files_learns_the_target_and_to_stop(tmp_path: Path) -> None:
+def test_a_tiny_fine_tune_on_parallel_files_learns_the_target_and_to_stop(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     torch.manual_seed(0)
     model = LanguageModel(
         preset("nano", vocab_size=262, max_seq_len=48, d_model=32, n_layers=2, n_heads=2)
@@ -162,3 +165,16 @@ def test_a_tiny_fine_tune_on_parallel_files_learns_the_target_and_to_stop(tmp_pa
     sample = json.loads((tmp_path / "eval" / "generate_samples.jsonl").read_text().splitlines()[0])
     assert sample["prompt"] == "<|user|>\ncat<|endoftext|>\n<|assistant|>\n"
     assert sample["prediction"] == "ja" and sample["sentence_chrf"] == pytest.approx(100.0)
+    # `graft generate --chat` asks in the same ids, so it answers the same; greedy or by beams.
+    for decoding in (["--temperature", "0"], ["--beams", "2"]):
+        argv = ["generate", str(tmp_path / "run"), "--chat", "--prompt", "cat", *decoding]
+        assert cli_main([*argv, "--max-new-tokens", "6"]) == 0
+        assert capsys.readouterr().out == "ja\n"
+    # Without --chat the text is continued as it is, and the command says how to ask instead.
+    assert (
+        cli_main(["generate", str(tmp_path / "run"), "--prompt", "cat", "--temperature", "0"]) == 0
+    )
+    err = capsys.readouterr().err
+    assert "fine-tuned on chat turns (seq2seq); --chat asks it the way it was trained" in err
+    assert cli_main(["generate", str(tmp_path / "run"), "--system", "Be brief."]) == 2
+    assert "--system is a turn of a chat prompt: give --chat too" in capsys.readouterr().err

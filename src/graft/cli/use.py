@@ -14,19 +14,30 @@ from graft.cli.common import COMMON, add_shared, options_from
 from graft.errors import GraftError
 
 if TYPE_CHECKING:
+    from graft.data.tokenizer import Tokenizer
     from graft.infer.beam import BeamParams
     from graft.infer.sampling import SamplingParams
 
 # graft.infer.sampling.DEFAULT_TEMPERATURE, written out so that --help needs no torch import
 # (tests/e2e/test_cli.py holds them equal).
 TEMPERATURE_HELP = "0 = greedy (default: 0.8)"
+_DEVICE_HELP = "cpu, cuda, cuda:N, mps or auto (default: cpu)"
 
 
 def add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", parents=[COMMON], help="Generate text from a checkpoint.")
-    p.add_argument("checkpoint", type=Path, help="checkpoint directory or run directory")
+    add_shared(p, "checkpoint")
     p.add_argument("--prompt", default="", help="text to continue (default: start of a document)")
-    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="ask --prompt as a user turn in the checkpoint's chat template, as `graft finetune "
+        "instruct|seq2seq` trained and `graft chat` asks, and print only the reply",
+    )
+    p.add_argument("--system", help="with --chat: a system turn before the user's")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=200, help="longest continuation (default: 200)"
+    )
     # None, not 0.8, so that --beams can tell a temperature that was asked for.
     p.add_argument("--temperature", type=float, help=TEMPERATURE_HELP)
     p.add_argument("--top-k", type=int, default=None)
@@ -49,7 +60,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="recompute the whole sequence every step (slow; for checking)",
     )
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help=_DEVICE_HELP)
 
 
 def _generate_params(args: argparse.Namespace) -> SamplingParams | BeamParams:
@@ -116,7 +127,11 @@ def run_generate(args: argparse.Namespace) -> int:
     # serve` and transformers stop.
     stops = stop_ids(tokenizer, model_source(args.checkpoint))
     params = replace(params, stop_ids=stops)
-    prompt_ids = text_prompt_ids(tokenizer, args.prompt or "")
+    if args.chat:
+        prompt_ids: list[int] | None = _chat_prompt(args, tokenizer)
+    else:
+        _suggest_chat(args)
+        prompt_ids = text_prompt_ids(tokenizer, args.prompt or "")
     if prompt_ids is None:
         raise GraftError(
             f"generate: {args.checkpoint}'s tokenizer has no end-of-text token to start from; "
@@ -127,7 +142,8 @@ def run_generate(args: argparse.Namespace) -> int:
         raise GraftError(
             f"generate: the prompt is {len(prompt_ids)} tokens; the model's context is {context}"
         )
-    sys.stdout.write(args.prompt)  # only once it is known to fit: a refusal prints nothing
+    if not args.chat:  # only once it is known to fit: a refusal prints nothing
+        sys.stdout.write(args.prompt)
     stream = TextStream(tokenizer, context=prompt_ids)
     tokens: Iterable[int]
     if isinstance(params, BeamParams):
@@ -142,6 +158,40 @@ def run_generate(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     sys.stdout.write(stream.flush() + "\n")
     return 0
+
+
+def _chat_prompt(args: argparse.Namespace, tokenizer: Tokenizer) -> list[int]:
+    """--prompt (after --system) as the next assistant turn's prompt: the ids `graft chat`, the
+    server's chat completions and `graft eval --task generate` ask a chat model in."""
+    from graft.data.records import Message
+    from graft.serve.prompts import chat_prompt_ids
+
+    system = [Message("system", args.system)] if args.system else []
+    try:
+        return chat_prompt_ids(tokenizer, [*system, Message("user", args.prompt)])
+    except GraftError as err:
+        raise GraftError(f"generate --chat: {err}") from None
+
+
+def _suggest_chat(args: argparse.Namespace) -> None:
+    """Refuse --system without --chat, and point a chat fine-tune's user to --chat: asked in plain
+    text, such a model continues the text instead of answering it."""
+    from graft.checkpoint import trained_objective
+    from graft.config import OBJECTIVES
+    from graft.errors import ConfigError
+    from graft.objectives.base import RecordObjective
+
+    if args.system is not None:
+        raise ConfigError("--system is a turn of a chat prompt: give --chat too")
+    name = trained_objective(args.checkpoint)
+    objective = OBJECTIVES.get(name or "")
+    # The record objectives with an LM head (instruct, seq2seq) train on chat turns.
+    if objective and issubclass(objective, RecordObjective) and objective.head == "lm":
+        print(
+            f"note: {args.checkpoint} was fine-tuned on chat turns ({name}); --chat asks it "
+            "the way it was trained",
+            file=sys.stderr,
+        )
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:
