@@ -104,14 +104,15 @@ def test_other_encodings(tmp_path: Path) -> None:
 
 def test_missing_field_names_the_fields_present(tmp_path: Path) -> None:
     path = write(tmp_path / "d.jsonl", '{"text": "a", "label": "x"}\n{"body": "b", "label": "y"}\n')
-    # The hint names the command-line options, not read_labelled's argument.
+    # The hint names the command-line option, not read_labelled's argument: every command that
+    # reads labelled records (graft finetune classify too) takes --text-field and --label-field.
     with pytest.raises(DataError) as err:
         read_labelled(path)
-    assert str(err.value).startswith(
+    assert str(err.value) == (
         f"{path}:2: missing field 'text' (fields: body, label); read another field with "
-        "--text-field NAME (graft finetune: --data.text_field=NAME)"
+        "--text-field NAME"
     )
-    with pytest.raises(DataError, match=r"--label-field NAME \(graft finetune: --data\.label_"):
+    with pytest.raises(DataError, match=r"; read another field with --label-field NAME$"):
         read_labelled(path, label_field="class")
 
 
@@ -127,9 +128,26 @@ def test_missing_column_in_the_header(tmp_path: Path) -> None:
         DataError, match=r"d\.csv:1: no column 'text' in the header \(columns: sentence, label\)"
     ) as err:
         read_labelled(path)
-    assert str(err.value).endswith(
-        "; read another column with --text-field NAME (graft finetune: --data.text_field=NAME)"
+    assert str(err.value).endswith("; read another column with --text-field NAME")
+
+
+def test_a_headerless_label_tab_text_file_named_tsv_is_told_to_be_named_txt(
+    tmp_path: Path,
+) -> None:
+    """A .tsv has a header row; the SMS Spam Collection's layout saved as .tsv had its first
+    record read as one, and the error did not say that such a file is read as .txt."""
+    path = write(tmp_path / "sms.tsv", "".join(f"{label}\t{text}\n" for label, text in ROWS))
+    with pytest.raises(DataError) as err:
+        read_labelled(path)
+    assert str(err.value) == (
+        f"{path}:1: no column 'text' in the header (columns: ham, see you at noon); "
+        "sms.tsv looks like label<TAB>text lines with no header row: name it sms.txt "
+        "(a .tsv file starts with a header row naming its columns)"
     )
+    # A header that only names other columns is told about the field options, not renaming.
+    named = write(tmp_path / "named.tsv", "class\ttext\nham\tsee you\nspam\tWIN now\n")
+    with pytest.raises(DataError, match=r"\(columns: class, text\); read another column with --l"):
+        read_labelled(named)
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,9 @@
 """The loop's limits, early stopping and learning-rate schedule."""
 
 import math
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -179,6 +181,31 @@ def test_resuming_a_finished_run_changes_nothing(data_dir, tmp_path):
     patient = settings.train.model_copy(update={"patience": 3})
     more = pretrain(settings.model_copy(update={"train": patient}), resume=True)
     assert not more.already_finished and more.step == 20
+
+
+def test_the_progress_bar_shows_time_left_only_under_a_time_limit(
+    data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every run without train.max_minutes showed an empty `left=,` on its bar."""
+    from tqdm import tqdm
+
+    from graft.train import loop
+
+    shown: list[str] = []
+
+    class Bar(tqdm):  # the loop's bar, recording each postfix it is given
+        def set_postfix(self, *args: Any, **kwargs: Any) -> None:
+            super().set_postfix(*args, **kwargs)
+            shown.append(self.postfix or "")
+
+    monkeypatch.setattr(loop, "tqdm", Bar)
+    run(data_dir, tmp_path / "steps", max_steps=3, progress=True)
+    assert len(shown) == 3 and all(
+        text.startswith("loss=") and "tok_s=" in text and "left" not in text for text in shown
+    ), shown
+    shown.clear()
+    run(data_dir, tmp_path / "minutes", max_minutes=60, max_steps=3, progress=True)
+    assert len(shown) == 3 and all(re.search(r"\bleft=59m\d\ds\b", text) for text in shown), shown
 
 
 def test_a_checkpoint_write_defers_ctrl_c_but_keeps_an_ignored_sigint_ignored() -> None:

@@ -218,11 +218,21 @@ def _lines(text: str) -> Iterator[tuple[int, str]]:
 
 
 def _field_options(role: str) -> str:
-    """The command-line options that choose the `role` ("text" or "label") field: users meet
-    these messages on the command line, where Python's text_field= means nothing. graft eval,
-    the experiments and graft finetune classify take --text-field / --label-field; a finetune
-    recipe's data section (or --data.text_field=) holds the same."""
-    return f"--{role}-field NAME (graft finetune: --data.{role}_field=NAME)"
+    """The command-line option that chooses the `role` ("text" or "label") field: users meet
+    these messages on the command line, where Python's text_field= means nothing. Every command
+    that reads labelled records (graft eval, the experiments, graft finetune classify) takes
+    --text-field / --label-field."""
+    return f"--{role}-field NAME"
+
+
+def _looks_headerless(text: str, header: list[str]) -> bool:
+    """Whether a .tsv whose header lacks a column is label<TAB>text lines with no header row (the
+    SMS Spam Collection saved as .tsv): two columns, lines of one tab, and its first "column
+    name" a label again in the first column of the lines after it."""
+    if len(header) != 2 or _not_label_tab_text(text) is not None:
+        return False
+    lines = itertools.islice(_lines(text), 1, _SNIFF_LINES)
+    return header[0] in {line.split("\t", 1)[0].strip() for _, line in lines}
 
 
 def _record(
@@ -388,9 +398,17 @@ def _table_fields(
                 header = [cell.strip() for cell in row]
                 for name, option in ((text_field, "text"), (label_field, "label")):
                     if name not in header:
+                        missing = f"{where}: no column {name!r} in the header (columns: "
+                        if delimiter == "\t" and _looks_headerless(text, header):
+                            raise DataError(
+                                f"{missing}{_names(header)}); {path.name} looks like "
+                                "label<TAB>text lines with no header row: name it "
+                                f"{path.with_suffix('.txt').name} (a .tsv file starts with a "
+                                "header row naming its columns)"
+                            )
                         raise DataError(
-                            f"{where}: no column {name!r} in the header (columns: "
-                            f"{_names(header)}); read another column with {_field_options(option)}"
+                            f"{missing}{_names(header)}); read another column with "
+                            f"{_field_options(option)}"
                         )
             elif sum(map(len, row)) + len(row) - 1 > max_chars:
                 # Any other row is measured once csv has found its end (a quoted field may hold

@@ -402,13 +402,14 @@ def _train(run: Run, echo: Callable[[str], None] | None) -> RunResult:
                 if state.nonfinite_skipped:
                     figures["nonfinite_skipped"] = state.nonfinite_skipped
                 log.write(state.step, {**train_metrics, **figures, "tokens": state.tokens_seen})
-                bar.set_postfix(
-                    loss=f"{train_metrics['train/loss']:.3f}",
-                    lr=f"{lr:.2e}",
-                    tok_s=f"{tokens_per_s:,.0f}",
-                    left=_time_left(train_cfg, elapsed),
-                    refresh=False,
-                )
+                shown = {
+                    "loss": f"{train_metrics['train/loss']:.3f}",
+                    "lr": f"{lr:.2e}",
+                    "tok_s": f"{tokens_per_s:,.0f}",
+                }
+                if train_cfg.max_minutes is not None:  # no time limit, no time left to show
+                    shown["left"] = _time_left(train_cfg.max_minutes, elapsed)
+                bar.set_postfix(shown, refresh=False)  # in this order (keywords are sorted)
                 window_start, window_tokens, window = time.perf_counter(), 0, LossTotals()
             bar.update(1)
             # 5. Evaluate and checkpoint every eval_every steps; stop early when patience runs out.
@@ -526,10 +527,8 @@ def _decay_progress(cfg: RunConfig, state: ckpt.TrainingState, elapsed: float) -
     return max(fractions) if fractions else 0.0
 
 
-def _time_left(train_cfg: TrainConfig, elapsed: float) -> str:
-    if train_cfg.max_minutes is None:
-        return ""
-    left = max(60 * train_cfg.max_minutes - elapsed, 0)
+def _time_left(max_minutes: float, elapsed: float) -> str:
+    left = max(60 * max_minutes - elapsed, 0)
     return f"{int(left // 60)}m{int(left % 60):02d}s"
 
 
