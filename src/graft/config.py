@@ -451,6 +451,13 @@ _METHOD_ADAPT = {
 }
 
 
+def method_reads(key: str, method: str) -> bool:
+    """Whether a fine-tune with adapt.method `method` reads the dotted setting `key`: every
+    setting but the adapt ones another method alone reads (adapt.lora_* under full)."""
+    section, _, name = key.partition(".")
+    return section != "adapt" or _METHOD_ADAPT.get(name, method) == method
+
+
 def unused_settings(config: RunConfig, command: str) -> list[str]:
     """Settings given (other than their defaults) that `command` would ignore with this
     objective and these switches. Each is refused: a knob that does nothing leaves a user
@@ -487,9 +494,9 @@ def unused_settings(config: RunConfig, command: str) -> list[str]:
             if key not in objective.data_fields
         ]
         problems += [
-            f"adapt.{key}: adapt.method {adapt.method} does not read it ({method} does)"
+            f"adapt.{key}: adapt.method {adapt.method} does not read it ({_METHOD_ADAPT[key]} does)"
             for key in adapt.given(*_METHOD_ADAPT)
-            if (method := _METHOD_ADAPT[key]) != adapt.method
+            if not method_reads(f"adapt.{key}", adapt.method)
         ]
     if config.train.nonfinite == "stop" and config.train.given("nonfinite_limit"):
         problems.append("train.nonfinite_limit: counts skipped steps; set train.nonfinite=skip")

@@ -365,3 +365,18 @@ def test_comparisons_are_judged_paired_by_seed() -> None:
     cells = [cell("scratch", [0.970, 0.972], [0, 1]), cell("full", [0.990, 0.991], [1, 2])]
     (line,) = versus(cells, "full", "scratch", "pre-trained beats scratch")
     assert "no evidence either way" in line
+
+
+def test_an_override_for_every_run_goes_to_the_runs_that_read_it(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """A LoRA setting given without an arm reaches the lora arm, and the other arms, whose
+    method does not read it (and would refuse it), run without it."""
+    from graft.experiments.runner import Planned
+    from graft.experiments.transfer import _run_config
+
+    given = options(inputs, tmp_path, overrides=(*RUN, "adapt.lora_rank=4", "optim.lr=2e-3"))
+    for arm in ("scratch", "full", "probe", "lora"):
+        config = _run_config(given, Planned((arm, None, 0), tmp_path / arm, arm))
+        assert config.adapt.lora_rank == (4 if arm == "lora" else 8)
+        assert config.optim.lr == 2e-3  # every method reads the learning rate

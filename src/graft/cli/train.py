@@ -339,8 +339,8 @@ def _add_experiment_transfer(esub: argparse._SubParsersAction) -> None:
         "fine-tunes every arm (scratch, full, lora, probe, and continued with --continued) at "
         "every size with every seed under the same budget, scores each best checkpoint on the "
         "test set, and writes report.md, results.json and learning_curve.png into --out. Further "
-        "--section.key=value overrides apply to every run; --ARM:section.key=value to one arm's "
-        "runs (e.g. --lora:optim.lr=2e-3).",
+        "--section.key=value overrides apply to every run that reads them (adapt.lora_* to the "
+        "lora arm's); --ARM:section.key=value to one arm's runs (e.g. --lora:optim.lr=2e-3).",
     )
     t.add_argument(
         "--init",

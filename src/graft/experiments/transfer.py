@@ -26,7 +26,7 @@ from pathlib import Path
 from graft.adapt import apply_adaptation, trainable_parameters
 from graft.atomic_files import write_atomic
 from graft.checkpoint import load_model, resolve
-from graft.config import RunConfig, load_finetune_config
+from graft.config import RunConfig, load_finetune_config, method_reads
 from graft.device import resolve_device
 from graft.evaluate.metrics import classification_metrics
 from graft.evaluate.predict import class_probabilities
@@ -120,7 +120,9 @@ def _run_config(options: TransferOptions, planned: Planned[Key]) -> RunConfig:
         *transfer_options.ARM_SETTINGS[arm],
     ]
     scoped = [transfer_options.override_key(item) for item in options.overrides]
-    settings += [item for scope, item, _ in scoped if not scope]
+    # An override for every run goes to the runs that read it: a LoRA setting to the lora arm.
+    method = transfer_options.arm_method(arm)
+    settings += [item for scope, item, key in scoped if not scope and method_reads(key, method)]
     settings += [item for scope, item, _ in scoped if scope == arm]  # last: one arm's wins
     return load_finetune_config("classify", None, settings)
 

@@ -142,6 +142,13 @@ def check_options(options: TransferOptions) -> None:
     )
 
 
+def arm_method(arm: str) -> str:
+    """The adapt.method an arm's runs fine-tune with (ARM_SETTINGS)."""
+    return next(
+        item.partition("=")[2] for item in ARM_SETTINGS[arm] if item.startswith("adapt.method=")
+    )
+
+
 def override_key(item: str) -> tuple[str, str, str]:
     """(arm or '', the `section.key=value` part, its key) of one override."""
     head, _, _ = item.partition("=")
