@@ -5,8 +5,10 @@ corpus."""
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import zstandard
 
 from graft.cli import main
 from graft.data.collect import CollectOptions, collect
-from graft.data.corpus import CorpusDoc, Problems, read_corpus
+from graft.data.corpus import STATS_SUFFIX, CorpusDoc, Problems, read_corpus
 from graft.data.dedup import _eval_texts
 from graft.data.documents import count_documents, iter_documents
 from graft.errors import DataError
@@ -71,6 +73,112 @@ def test_a_corpus_step_skips_the_line_and_strict_stops_on_it(
     assert main([*argv, "--strict"]) == 2
     assert capsys.readouterr().err.startswith(f"graft: error: {path}:2: byte 12")
     assert not out.exists()
+
+
+# ---- a file that is not a corpus at all ------------------------------------------------------
+
+# The corpus steps, each with the files it would write for `{out}`.
+_STEPS = {
+    "clean": (["data", "clean", "{in}", "--no-quality", "--out", "{out}"], ["{out}"]),
+    "dedup": (["data", "dedup", "{in}", "--out", "{out}"], ["{out}"]),
+    "redact": (["data", "redact", "{in}", "--workers", "1", "--out", "{out}"], ["{out}"]),
+    "report": (["data", "report", "{in}"], ["{in}.report.md", "{in}.report.lengths.png"]),
+}
+
+
+def _step(name: str, path: Path, out: Path) -> tuple[list[str], list[Path]]:
+    argv, writes = _STEPS[name]
+    fill = {"{in}": str(path), "{out}": str(out)}
+
+    def filled(arg: str) -> str:
+        for key, value in fill.items():
+            arg = arg.replace(key, value)
+        return arg
+
+    written = [Path(filled(w)) for w in writes]
+    if name != "report":
+        written.append(Path(f"{out}{STATS_SUFFIX}"))
+    return [filled(a) for a in argv], written
+
+
+@pytest.mark.parametrize("step", sorted(_STEPS))
+def test_a_text_file_given_to_a_corpus_step_is_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], step: str
+) -> None:
+    """Each of its 200 lines was a `skipped ...: not JSON` line, then an empty corpus, exit 0.
+    With the progress bar on (the default), too: the error is all that is printed."""
+    path = tmp_path / "my_texts" / "frank.txt"
+    path.parent.mkdir()
+    path.write_text("".join(f"It was a dark and stormy night, {i}.\n" for i in range(200)))
+    argv, written = _step(step, path, tmp_path / "y.jsonl")
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == [
+        f"graft: error: {path}: not a corpus (JSON lines of documents; line 1 is not JSON); "
+        f"gather text files with `graft data collect {path} --out corpus.jsonl` first"
+    ]
+    assert not [p for p in written if p.exists()]
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["frank.txt", "my_texts"]
+
+
+@pytest.mark.parametrize("step", sorted(_STEPS))
+def test_a_corpus_with_a_bad_line_inside_is_still_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], step: str
+) -> None:
+    path = tmp_path / "in.jsonl"
+    texts = [
+        "Call me Ishmael. Some years ago, never mind how long precisely, I went to sea.",
+        "It is a truth universally acknowledged that a single man must be in want of a wife.",
+        "Happy families are all alike; every unhappy family is unhappy in its own way.",
+    ]
+    lines = [json.dumps({"text": text}) for text in texts]
+    # A blank first line, the bad line 4, no newline at the end.
+    path.write_text("\n" + "\n".join([*lines[:2], "not json", lines[2]]), encoding="utf-8")
+    out = tmp_path / "y.jsonl"
+    argv, written = _step(step, path, out)
+    assert main([*argv, "--no-progress"] if step != "report" else argv) == 0
+    assert f"skipped {path}:4: not JSON (Expecting value)" in capsys.readouterr().err
+    assert all(p.exists() for p in written)
+    if step != "report":
+        assert len(list(read_corpus(out))) == 3
+    else:
+        assert "| lines skipped | 1 |" in written[0].read_text(encoding="utf-8")
+
+
+def test_the_first_line_decides_whether_a_file_is_a_corpus(tmp_path: Path) -> None:
+    """Blank lines and a byte-order mark before it are passed over; a first object without a
+    text is a bad line like any other (the file is JSON lines, one record is wrong)."""
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf\n  \n" + b'{"body": 1}\n' + _jsonl(1))
+    problems = Problems()
+    assert len(list(read_corpus(path, problems))) == 1 and problems.counts == {"bad line": 1}
+    for first, what in (
+        (b"[1, 2]\n", "not a JSON object"),
+        (b'"text"\n', "not a JSON object"),
+        ("It was dark.\n".encode("utf-16"), "not UTF-8"),
+        (b"\n\nChapter 1\n", "not JSON"),
+    ):
+        path.write_bytes(first + _jsonl(2))
+        line = 3 if first.startswith(b"\n") else 1
+        message = f"{path}: not a corpus (JSON lines of documents; line {line} is {what})"
+        for strict in (False, True):
+            with pytest.raises(DataError, match=f"^{re.escape(message)}"):
+                list(read_corpus(path, Problems(strict=strict)))
+
+
+def test_stdin_that_is_not_a_corpus_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stdin = io.TextIOWrapper(io.BytesIO(b"It was a dark and stormy night.\n" * 50))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    out = tmp_path / "y.jsonl"
+    assert main(["data", "clean", "-", "--no-quality", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "graft: error: -: not a corpus (JSON lines of documents; line 1 is not JSON); "
+        "gather text files with `graft data collect FILES --out -` first"
+    ]
+    assert list(tmp_path.iterdir()) == []
 
 
 # ---- damaged and truncated .jsonl.zst -------------------------------------------------------

@@ -12,7 +12,7 @@ Streams stay streams: readers yield one document at a time and writers append, s
 memory does not grow with the corpus. Writers are atomic (a temporary sibling renamed into place
 when the step ends without an error), so an interrupted step leaves the old output or none.
 Bad input is counted in `Problems` by kind with its file, line or URL, and the run goes on
-unless it is strict.
+unless it is strict; a file whose first line is not a JSON object is not a corpus and is refused.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import io
 import json
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -263,11 +263,12 @@ def decode_utf8(data: bytes, where: str, problems: Problems, kind: str, of: str 
         return None
 
 
-def read_corpus(path: Path, problems: Problems | None = None) -> Iterator[CorpusDoc]:
+def read_corpus(path: Path, problems: Problems | None = None) -> Generator[CorpusDoc, None, None]:
     """The documents of a corpus file (`.jsonl`, `.jsonl.zst`, or `-` for stdin), one at a time.
     A line that is not UTF-8, or not a JSON object with a text string, is a `bad line` problem
-    at PATH:LINE (fatal when no `problems` collects them). A damaged `.zst` file is a
-    DamagedFile error."""
+    at PATH:LINE (fatal when no `problems` collects them). A file whose first non-blank line is
+    not a JSON object is not a corpus at all (a text file given by mistake): a DataError, before
+    any document. A damaged `.zst` file is a DamagedFile error."""
     path = Path(path)
     # Without a collector the first bad line is an error, which a strict Problems raises.
     problems = problems if problems is not None else Problems(strict=True)
@@ -275,6 +276,7 @@ def read_corpus(path: Path, problems: Problems | None = None) -> Iterator[Corpus
         handle = sys.stdin.buffer if str(path) == "-" else open_corpus(path)
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    first = True
     # Lines are decoded one at a time, so a bad byte costs its line only and is named by it.
     with handle:
         for number, raw in enumerate(handle, start=1):
@@ -283,6 +285,9 @@ def read_corpus(path: Path, problems: Problems | None = None) -> Iterator[Corpus
             if not raw.strip():
                 continue
             where = f"{path}:{number}"
+            if first:
+                _check_corpus_start(raw, path, number)
+                first = False
             line = decode_utf8(raw, where, problems, "bad line", " of the line")
             if line is None:
                 continue
@@ -294,6 +299,25 @@ def read_corpus(path: Path, problems: Problems | None = None) -> Iterator[Corpus
             except (json.JSONDecodeError, DataError) as exc:
                 detail = str(exc) if isinstance(exc, DataError) else f"not JSON ({exc.msg})"
                 problems.add(where, "bad line", detail.removeprefix(f"{where}: "))
+
+
+def _check_corpus_start(raw: bytes, path: Path, number: int) -> None:
+    """Refuse a file whose first non-blank line (`raw`, line `number`) is not a JSON object.
+    Every line of a text file would otherwise be skipped as a bad line, one message each, and
+    the step would write an empty corpus; a corpus with a bad line later still reads."""
+    try:
+        if isinstance(json.loads(raw.decode("utf-8")), dict):
+            return
+        what = "not a JSON object"
+    except UnicodeDecodeError:
+        what = "not UTF-8"
+    except json.JSONDecodeError:
+        what = "not JSON"
+    source = "FILES --out -" if str(path) == "-" else f"{path} --out corpus.jsonl"
+    raise DataError(
+        f"{path}: not a corpus (JSON lines of documents; line {number} is {what}); gather "
+        f"text files with `graft data collect {source}` first"
+    )
 
 
 class CorpusWriter:

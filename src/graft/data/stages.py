@@ -8,6 +8,7 @@ documents at a time whatever the corpus size.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -217,6 +218,18 @@ def summary_line(stats: StageStats, top: int = 4) -> str:
     return line
 
 
+def _progress_bar(docs: Iterable[CorpusDoc], desc: str) -> Iterator[CorpusDoc]:
+    """`docs` under a progress bar on stderr that starts at the first document, so that stdin
+    refused at its first line (not a corpus) leaves the error alone on the terminal."""
+    from tqdm import tqdm
+
+    docs = iter(docs)
+    first = next(docs, None)
+    if first is not None:
+        chained = itertools.chain([first], docs)
+        yield from tqdm(chained, desc=desc, unit=" docs", file=sys.stderr, dynamic_ncols=True)
+
+
 def run_stage(
     stage: Stage,
     inputs: Sequence[Path],
@@ -236,13 +249,16 @@ def run_stage(
     # Read before the work: a step writing over its own input (`--out IN`) still finds the
     # input's history, and a damaged statistics file is refused before any output is written.
     earlier = read_stats(inputs)
+    # A file that is not a corpus (a text file given by mistake) is refused now, before any
+    # work: read_corpus checks the first line. stdin cannot be read twice; the bar below waits.
+    for path in inputs:
+        if str(path) != "-":
+            with contextlib.closing(read_corpus(path, Problems())) as start:
+                next(start, None)
     problems = problems if problems is not None else Problems(strict=True)
     docs: Iterable[CorpusDoc] = (doc for path in inputs for doc in read_corpus(path, problems))
     if progress:
-        from tqdm import tqdm
-
-        desc = stage.stats.stage
-        docs = tqdm(docs, desc=desc, unit=" docs", file=sys.stderr, dynamic_ncols=True)
+        docs = _progress_bar(docs, stage.stats.stage)
     with CorpusWriter(out) as writer:
         for doc in stage(docs):
             writer.write(doc)
