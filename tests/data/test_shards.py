@@ -96,17 +96,89 @@ def test_split_is_deterministic_for_a_seed(tmp_path: Path) -> None:
     assert runs["a"] != runs["c"]
 
 
-@pytest.mark.parametrize("val_fraction", [0.001, 0.999])
-def test_two_documents_always_give_one_to_each_split(tmp_path: Path, val_fraction: float) -> None:
-    write_docs(tmp_path / "in", 2)
+@pytest.mark.parametrize("val_fraction", [0.1, 0.9])
+def test_the_coin_gives_each_split_at_least_one_document(
+    tmp_path: Path, val_fraction: float
+) -> None:
+    """10 documents, the fewest the coin deals at 0.1 (and 0.9): a seed whose coin leaves a
+    split empty still gives it one whole document."""
+    write_docs(tmp_path / "in", 10)
+    wanted = val_fraction < 0.5  # the split the coin leaves empty: val at 0.1, train at 0.9
+    seed = next(
+        s for s in range(100) if all((np.random.default_rng(s).random(10) < val_fraction) != wanted)
+    )
     index = prepare_shards(
-        [tmp_path / "in"], BYTES, tmp_path / "out", val_fraction=val_fraction, progress=False
+        [tmp_path / "in"],
+        BYTES,
+        tmp_path / "out",
+        val_fraction=val_fraction,
+        seed=seed,
+        progress=False,
+        say=lambda line: None,
     )
     for split in ("train", "val"):
         info = index.splits[split]
-        assert info.documents == 1
-        assert len(split_documents(read_split(tmp_path / "out", split), EOT_ID)) == 1
-        assert info.bytes > 0
+        docs = split_documents(read_split(tmp_path / "out", split), EOT_ID)
+        assert info.documents == len(docs) >= 1 and info.bytes > 0
+    assert min(info.documents for info in index.splits.values()) == 1
+
+
+def test_too_few_documents_for_the_coin_are_each_split_by_position(tmp_path: Path) -> None:
+    """Two books at --val-fraction 0.1: the coin gave one of them to val (half the tokens, or
+    more). Each is split instead: its first 90% of tokens train, the rest val, in order."""
+    books = {
+        "a.txt": "".join(f"Line {i} of the first book, with ümlauts.\n" for i in range(400)),
+        "b.txt": "".join(f"Line {i} of the second.\n" for i in range(150)),
+    }
+    for name, text in books.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    streams = [BYTES.encode(text) + [EOT_ID] for text in books.values()]
+    heads = [round(len(stream) * 0.9) for stream in streams]
+    said: list[str] = []
+    for seed in range(3):  # whichever split the coin picks, the result is the same
+        index = prepare_shards(
+            [tmp_path / name for name in books],
+            BYTES,
+            tmp_path / "out",
+            seed=seed,
+            progress=False,
+            say=said.append,
+        )
+        train, val = read_split(tmp_path / "out", "train"), read_split(tmp_path / "out", "val")
+        # Train: the heads with an EOT between them; val: the tails, each ending with its EOT.
+        assert train.tolist() == streams[0][: heads[0]] + [EOT_ID] + streams[1][: heads[1]]
+        assert val.tolist() == streams[0][heads[0] :] + streams[1][heads[1] :]
+        assert len(val) / (len(train) + len(val)) == pytest.approx(0.1, abs=0.001)
+        assert [index.splits[s].documents for s in ("train", "val")] == [2, 2]
+        text_bytes = sum(len(text.encode()) for text in books.values())
+        assert index.splits["train"].bytes + index.splits["val"].bytes == text_bytes
+        assert index.splits["val"].bytes == pytest.approx(text_bytes * 0.1, abs=2)
+    assert said == []
+
+
+def test_a_share_far_from_the_fraction_is_a_notice(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ten documents, one of them long: whichever split the coin gives it, val's share is far
+    from 10%, and one line says so and how to fix it."""
+    write_docs(tmp_path / "in", 9)
+    (tmp_path / "in" / "long.txt").write_text("a long book " * 2000, encoding="utf-8")
+    index = prepare_shards([tmp_path / "in"], BYTES, tmp_path / "out", progress=False)
+    train, val = index.splits["train"].tokens, index.splits["val"].tokens
+    assert not 0.05 <= val / (train + val) <= 0.2
+    notice = capsys.readouterr().err.splitlines()
+    assert notice == [
+        f"notice: val holds {val / (train + val):.1%} of the tokens ({val:,} of "
+        f"{train + val:,}), far from --val-fraction 0.1 (each document went to one split "
+        "whole); hold out files with --val FILES, cut texts into more documents with "
+        "--split-on REGEX, or add documents"
+    ]
+    # Many documents of like sizes come near the fraction, and nothing is said.
+    write_docs(tmp_path / "many", 200)
+    index = prepare_shards([tmp_path / "many"], BYTES, tmp_path / "out", progress=False)
+    val = index.splits["val"].tokens
+    assert 0.05 <= val / (val + index.splits["train"].tokens) <= 0.2
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
@@ -245,7 +317,7 @@ def test_dtype_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert token_dtype(262) == np.uint16
     assert token_dtype(65536) == np.uint16
     assert token_dtype(65537) == np.uint32
-    texts = write_docs(tmp_path / "in", 5)
+    texts = write_docs(tmp_path / "in", 12)
     monkeypatch.setattr(Tokenizer, "vocab_size", property(lambda self: 100_000))
     index = prepare_shards([tmp_path / "in"], BYTES, tmp_path / "out", progress=False)
     assert index.dtype == "uint32" and index.vocab_size == 100_000
@@ -356,11 +428,11 @@ def test_bad_jsonl_line_late_leaves_existing_output_untouched(tmp_path: Path) ->
 
 def test_existing_prepared_directory_is_replaced(tmp_path: Path) -> None:
     write_docs(tmp_path / "a", 4, prefix="alpha")
-    write_docs(tmp_path / "b", 6, prefix="beta")
+    write_docs(tmp_path / "b", 12, prefix="beta")
     prepare_shards([tmp_path / "a"], BYTES, tmp_path / "out", progress=False)
     index = prepare_shards([tmp_path / "b"], BYTES, tmp_path / "out", progress=False)
     assert ShardIndex.load(tmp_path / "out") == index
-    assert sum(info.documents for info in index.splits.values()) == 6
+    assert sum(info.documents for info in index.splits.values()) == 12
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "out"]
 
 

@@ -24,7 +24,7 @@ def add_tokenizer(sub: argparse._SubParsersAction) -> None:
         "inputs",
         nargs="*",
         type=Path,
-        help=".txt/.md/.jsonl files or folders (not needed for --kind bytes)",
+        help=".txt/.md/.jsonl/.jsonl.zst files or folders (not needed for --kind bytes)",
     )
     t.add_argument("--kind", choices=["bpe", "wordpiece", "unigram", "bytes"], default="bpe")
     # None when not given: --kind bytes trains nothing and unigram has no frequency floor, so
@@ -97,7 +97,14 @@ def add_data(sub: argparse._SubParsersAction) -> None:
         "--tokenizer", required=True, help="tokenizer.json, a directory holding one, or 'bytes'"
     )
     d.add_argument("--out", type=Path, required=True, help="output directory (replaced atomically)")
-    d.add_argument("--val-fraction", type=float, default=0.1)
+    d.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.1,
+        metavar="FRACTION",
+        help="share of the tokens held out for val (default 0.1): whole documents, by a seeded "
+        "coin; with fewer documents than 1/FRACTION, the last FRACTION of each document",
+    )
     d.add_argument(
         "--val",
         nargs="+",

@@ -6,21 +6,27 @@ and document counts, source bytes, the tokenizer's hash) and a copy of `tokenize
 Preparation streams: documents are read in pieces and encoded in bounded batches, so memory
 stays flat however large the corpus. The directory appears all at once or not at all.
 
-Each document is followed by the EOT id. Documents go to train or val by a seeded coin
-(`val_fraction`), and each split is guaranteed at least one document when there are two or
-more; a corpus of exactly one document is split by position instead (the first
-`1 - val_fraction` of its tokens train, the rest val). Given `val_inputs` (a held-out corpus)
-there is no coin: all of the inputs are train, all of `val_inputs` is val, and each split lists
-its own files as `sources` in index.json. With redaction (graft.data.redact), each document's
-text is redacted before it is tokenized, and index.json says how many spans of each kind were
-replaced (`redaction`).
+Each document is followed by the EOT id. Documents go to train or val whole, by a seeded coin
+(`val_fraction`), and each split is guaranteed at least one document. A corpus of fewer
+documents than 1/val_fraction (10 at 0.1; 1/(1 - val_fraction) when that is larger), too few for
+the coin to give val a fair share, is split by position instead, as nanoGPT splits its one
+text: the first `1 - val_fraction` of each document's tokens train, the rest (ending with its
+EOT) val, in reading order, with an EOT between two documents' parts in train. A split whose
+share of the tokens is still off by more than a factor of 2 gets a `notice:`. Given
+`val_inputs` (a held-out corpus) there is no coin: all of the inputs are train, all of
+`val_inputs` is val, and each split lists its own files as `sources` in index.json. With
+redaction (graft.data.redact), each document's text is redacted before it is tokenized, and
+index.json says how many spans of each kind were replaced (`redaction`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
-from collections.abc import Iterator, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -58,7 +64,7 @@ _PIECE_BYTES = 1 << 16
 # pieces of a long document, which `tokenizers` shares evenly among 2, 4 or 8 cores (half as
 # many measured slower on a busy 2-core machine).
 _BATCH_CHARS = 1 << 19
-# Tokens copied per step when moving the tail of a split file.
+# Tokens (or bytes) copied per step when moving part of a split file.
 _COPY_TOKENS = 1 << 20
 # Tokens checked per step against the vocabulary when a split is opened.
 _CHECK_TOKENS = 1 << 26
@@ -230,13 +236,34 @@ def _split_info(value: object, where: str) -> SplitInfo:
 # -- writing -----------------------------------------------------------------------------
 
 
+class _DocumentLog:
+    """Each document's split, tokens and text bytes, in reading order, for the first `keep`
+    documents: all that splitting every document by position needs, kept only while the
+    corpus is small enough to be split that way."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.entries: list[tuple[str, int, int]] = []
+
+    def add(self, split: str, tokens: int, text_bytes: int) -> None:
+        if len(self.entries) < self.keep:
+            self.entries.append((split, tokens, text_bytes))
+
+
 class _SplitWriter:
     """Appends one split's ids to its .bin file and counts what went in."""
 
     def __init__(
-        self, name: str, path: Path, dtype: np.dtype, eot_id: int, opening: Sequence[int] = ()
+        self,
+        name: str,
+        path: Path,
+        dtype: np.dtype,
+        eot_id: int,
+        opening: Sequence[int] = (),
+        log: _DocumentLog | None = None,
     ) -> None:
         self.name, self.path = name, path
+        self.log = log
         self.handle: BinaryIO = path.open("wb")
         self.tokens = self.documents = self.bytes = 0
         self.doc_tokens = self.doc_bytes = 0
@@ -267,6 +294,8 @@ class _SplitWriter:
         self.bytes += self.doc_bytes
         self.documents += 1
         self.last_doc_tokens, self.last_doc_bytes = self.doc_tokens, self.doc_bytes
+        if self.log is not None:
+            self.log.add(self.name, self.doc_tokens, self.doc_bytes)
         self.doc_tokens = self.doc_bytes = 0
 
     def flush(self) -> None:
@@ -310,35 +339,67 @@ def _move_tail(src: Path, dst: Path, count: int, dtype: np.dtype) -> None:
     fsync_path(src)
 
 
+def _coin_documents(val_fraction: float) -> int:
+    """The fewest documents the coin deals out. With fewer, val (or train) would get under one
+    document on average, so each document is split by position instead."""
+    # Rounded first: 1 - 0.9 is 0.0999...98, whose inverse is a hair over 10.
+    return math.ceil(round(1 / min(val_fraction, 1 - val_fraction), 9))
+
+
+def _copy_bytes(src: BinaryIO, dst: BinaryIO, size: int) -> None:
+    while size:
+        chunk = src.read(min(size, _COPY_TOKENS))
+        if not chunk:
+            raise AssertionError(f"{src.name} is shorter than the documents it holds")
+        dst.write(chunk)
+        size -= len(chunk)
+
+
 def _split_by_position(
-    train: _SplitWriter, val: _SplitWriter, val_fraction: float, dtype: np.dtype
+    writers: dict[str, _SplitWriter],
+    log: list[tuple[str, int, int]],
+    val_fraction: float,
+    dtype: np.dtype,
 ) -> dict[str, SplitInfo]:
-    """Split the one document there is: its first tokens train, the tail val (as nanoGPT)."""
-    holder = train if train.documents else val
-    if holder is val:
-        # The coin sent the lone document to val; it starts in train like any position split.
-        os.replace(val.path, train.path)
-        val.path.touch()
-    total, text_bytes = holder.tokens, holder.bytes
-    n_train = min(total - 1, max(1, round(total * (1 - val_fraction))))
-    n_val = total - n_train
-    _move_tail(train.path, val.path, n_val, dtype)
-    # Bytes cannot be attributed to single tokens; share them in proportion to tokens.
-    val_bytes = round(text_bytes * n_val / total)
-    # The document spans both splits, so each counts it once.
+    """Split every document (`log`, in reading order) by position, as nanoGPT splits its one
+    text: the first `1 - val_fraction` of its tokens train, the rest (ending with its EOT) val.
+    Train's pieces are joined by an EOT, so no piece runs into the next document's."""
+    train, val = writers["train"], writers["val"]
+    itemsize = dtype.itemsize
+    eot = train._eot.tobytes()
+    tokens = {name: 0 for name in SPLITS}
+    text = {name: 0 for name in SPLITS}
+    with contextlib.ExitStack() as files:
+        # The coin's files are read in order, each document from the one the coin chose.
+        read = {w.name: files.enter_context(w.path.open("rb")) for w in (train, val)}
+        write = {
+            w.name: files.enter_context(w.path.with_suffix(".split").open("wb"))
+            for w in (train, val)
+        }
+        for split, doc_tokens, doc_bytes in log:
+            head = min(doc_tokens - 1, max(1, round(doc_tokens * (1 - val_fraction))))
+            if tokens["train"]:
+                write["train"].write(eot)
+                tokens["train"] += 1
+            _copy_bytes(read[split], write["train"], head * itemsize)
+            _copy_bytes(read[split], write["val"], (doc_tokens - head) * itemsize)
+            # Bytes cannot be attributed to single tokens; share them in proportion to tokens.
+            val_bytes = round(doc_bytes * (doc_tokens - head) / doc_tokens)
+            tokens["train"] += head
+            tokens["val"] += doc_tokens - head
+            text["train"] += doc_bytes - val_bytes
+            text["val"] += val_bytes
+    for writer in (train, val):
+        os.replace(writer.path.with_suffix(".split"), writer.path)
+    # Every document spans both splits, so each counts it once.
     return {
-        train.name: SplitInfo(train.path.name, n_train, 1, text_bytes - val_bytes),
-        val.name: SplitInfo(val.path.name, n_val, 1, val_bytes),
+        w.name: SplitInfo(w.path.name, tokens[w.name], len(log), text[w.name]) for w in (train, val)
     }
 
 
-def _balance(
-    writers: dict[str, _SplitWriter], val_fraction: float, dtype: np.dtype
-) -> dict[str, SplitInfo]:
-    """Give each split at least one document, or split a single document by position."""
+def _balance(writers: dict[str, _SplitWriter], dtype: np.dtype) -> dict[str, SplitInfo]:
+    """Give each split at least one document."""
     train, val = writers["train"], writers["val"]
-    if train.documents + val.documents == 1:
-        return _split_by_position(train, val, val_fraction, dtype)
     for full, empty in ((train, val), (val, train)):
         if empty.documents == 0:
             # Only tiny corpora or extreme fractions get here: the last document moves over
@@ -353,6 +414,34 @@ def _balance(
             )
             return {full.name: kept, empty.name: moved}
     return {name: writer.info() for name, writer in writers.items()}
+
+
+def _far_from_fraction(
+    splits: dict[str, SplitInfo], val_fraction: float, whole: bool
+) -> str | None:
+    """A notice when a split's share of the tokens is off by more than a factor of 2 from what
+    `val_fraction` asks: whole documents dealt by a coin miss it when one outweighs the rest,
+    and short documents split by position still give val their EOT each."""
+    train, val = splits["train"], splits["val"]
+    total = train.tokens + val.tokens
+    share = val.tokens / total
+    wanted = ((share, val_fraction), (1 - share, 1 - val_fraction))
+    if all(want / 2 <= got <= 2 * want for got, want in wanted):
+        return None
+    why = (
+        "each document went to one split whole"
+        if whole
+        else "each document's last tokens, its end-of-text at least, went to val"
+    )
+    return (
+        f"notice: val holds {share:.1%} of the tokens ({val.tokens:,} of {total:,}), far from "
+        f"--val-fraction {val_fraction:g} ({why}); hold out files with --val FILES, cut texts "
+        "into more documents with --split-on REGEX, or add documents"
+    )
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def _routed_documents(
@@ -472,12 +561,17 @@ def prepare_shards(
     val_inputs: Sequence[Path] | None = None,
     split_on: str | None = None,
     redact: RedactConfig | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> ShardIndex:
     """Tokenize the documents in `inputs` into a prepared directory at `out_dir`.
 
-    Documents go to train or val by a seeded coin (`val_fraction`), unless `val_inputs` names a
-    held-out corpus: then all of `inputs` trains, all of `val_inputs` is val, `val_fraction` is
-    not used, and each split records its own files as `sources`. A file in both is an error
+    Documents go to train or val by a seeded coin (`val_fraction`), each split getting at least
+    one; with fewer documents than 1/val_fraction (or 1/(1 - val_fraction)) every document is
+    split by position instead (see the module's docstring). When a split's share of the tokens
+    is still far from what `val_fraction` asks, `say` (default: print to stderr) is told one
+    `notice:` line. Given `val_inputs` (a held-out corpus), all of `inputs` trains, all of
+    `val_inputs` is val, `val_fraction` is not used, and each split records its own files as
+    `sources`. A file in both is an error
     (its text would be scored on what the model trained on). `split_on` cuts text files into
     documents (see `iter_documents`). `redact` redacts each document's text before it is
     tokenized; split bytes then count the redacted text, the text the tokens stand for.
@@ -514,8 +608,9 @@ def prepare_shards(
     # The work directory is a hidden sibling, so input folders that contain out_dir skip it.
     with atomic_directory(out_dir) as work:
         opening = input_frame(tokenizer, framed=False).before
+        log = _DocumentLog(keep=_coin_documents(val_fraction))
         writers = {
-            name: _SplitWriter(name, work / f"{name}.bin", dtype, eot_id, opening)
+            name: _SplitWriter(name, work / f"{name}.bin", dtype, eot_id, opening, log)
             for name in SPLITS
         }
         routed = _routed_documents(inputs, val_inputs, val_fraction, seed, split_on)
@@ -524,7 +619,15 @@ def prepare_shards(
             routed, writers, tokenizer, dtype, total_bytes, batch_size, progress, redactor
         )
         if val_inputs is None:
-            splits = _balance(writers, val_fraction, dtype)
+            documents = writers["train"].documents + writers["val"].documents
+            whole = documents >= _coin_documents(val_fraction)
+            if whole:
+                splits = _balance(writers, dtype)
+            else:  # the log holds every document
+                splits = _split_by_position(writers, log.entries, val_fraction, dtype)
+            notice = _far_from_fraction(splits, val_fraction, whole)
+            if notice:
+                (say or _to_stderr)(notice)
         else:
             # Each input list yielded a document (iter_documents insists): neither split is empty.
             splits = {name: writer.info() for name, writer in writers.items()}
