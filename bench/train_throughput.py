@@ -19,6 +19,13 @@ of fp32 square matmuls, one before and one after the models), with the PaLM / na
     FLOPs per step = 6 * N * tokens + 12 * n_layers * d_model * T * tokens,
 where N counts every parameter that takes part in a matmul: the blocks, final norm and the LM head
 (the tied token embedding counted once, as the head); learned position embeddings are excluded.
+
+The ceiling. A ratio can only grow by cutting what graft does besides the work every
+implementation of the model must do: its matrix products, its attention kernel and the optimizer
+update. torch.profiler times those ops in graft's own step (their self time, per step); the
+ceiling is transformers' median step time over that floor: the ratio graft would reach if
+everything else in its step (norms, activations, RoPE, copies, the loss's softmax) took no time
+at all, its products running as fast as they do now.
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ class Result:
     flops_per_token: float
     graft_mfu: float = 0.0  # set once the peak is known, at the end of the run
     hf_mfu: float = 0.0
+    graft_floor_s: float = 0.0  # seconds per step of graft's essential ops (see ESSENTIAL_OPS)
+    ceiling: float = 0.0  # transformers' median step time / graft_floor_s
 
     def set_mfu(self, peak: float) -> None:
         self.graft_mfu = statistics.median(self.graft_tok_s) * self.flops_per_token / peak
@@ -159,6 +168,26 @@ def time_steps(step: Callable[[], None], k: int) -> float:
     return time.perf_counter() - start
 
 
+# The ops every implementation of these models runs, whose self time is graft's floor: matrix
+# products, the attention kernel (forward and backward) and the fused AdamW update.
+ESSENTIAL_OPS = ("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm")
+ESSENTIAL_PREFIXES = ("aten::_scaled_dot_product", "aten::_fused_adam")
+
+
+def essential_seconds(step: Callable[[], None], k: int) -> float:
+    """Seconds per step that `step` spends in ESSENTIAL_OPS, by torch.profiler's self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        time_steps(step, k)
+    micros = sum(
+        event.self_cpu_time_total
+        for event in prof.key_averages()
+        if event.key in ESSENTIAL_OPS or event.key.startswith(ESSENTIAL_PREFIXES)
+    )
+    return micros / 1e6 / k
+
+
 def matmul_peak(n: int = 2048, repeats: int = 7) -> float:
     """Median fp32 FLOP/s of an n x n matmul: the machine's practical peak for MFU."""
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -194,7 +223,20 @@ def bench_preset(
         hf_tps.append(tokens / time_steps(hf_step, steps))
     ratio = statistics.median(graft_tps) / statistics.median(hf_tps)
     flops_per_token = flops_per_step(cfg, params, batch, seq_len) / (batch * seq_len)
-    return Result(name, params, batch, seq_len, graft_tps, hf_tps, ratio, flops_per_token)
+    floor = essential_seconds(graft_step, steps)
+    hf_step_s = batch * seq_len / statistics.median(hf_tps)
+    return Result(
+        name,
+        params,
+        batch,
+        seq_len,
+        graft_tps,
+        hf_tps,
+        ratio,
+        flops_per_token,
+        graft_floor_s=floor,
+        ceiling=hf_step_s / floor if floor > 0 else float("inf"),
+    )
 
 
 def markdown_table(results: list[Result]) -> str:
@@ -203,14 +245,15 @@ def markdown_table(results: list[Result]) -> str:
 
     rows = [
         "| preset | params | batch x seq | graft tok/s (median [min–max]) "
-        "| hf tok/s (median [min–max]) | ratio graft/hf | graft MFU | hf MFU |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| hf tok/s (median [min–max]) | ratio graft/hf | graft MFU | hf MFU "
+        "| ceiling graft/hf |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         rows.append(
             f"| {r.preset} | {r.params / 1e6:.2f}M | {r.batch} x {r.seq_len} "
             f"| {cell(r.graft_tok_s)} | {cell(r.hf_tok_s)} | {r.ratio:.2f}x "
-            f"| {r.graft_mfu:.1%} | {r.hf_mfu:.1%} |"
+            f"| {r.graft_mfu:.1%} | {r.hf_mfu:.1%} | {r.ceiling:.2f}x |"
         )
     return "\n".join(rows)
 
@@ -282,6 +325,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
         f"after {args.warmup} warm-up steps, interleaved\n"
     )
     print(markdown_table(results))
+    print(
+        "\nceiling: transformers' step time over the time graft's step spends in matrix products, "
+        "attention and the AdamW update (torch.profiler): the ratio if nothing else took time"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
