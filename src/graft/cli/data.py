@@ -90,7 +90,7 @@ def add_data(sub: argparse._SubParsersAction) -> None:
     d = dsub.add_parser(
         "prepare",
         parents=[COMMON],
-        help="Tokenize .txt/.md/.jsonl inputs into train/val token shards.",
+        help="Tokenize .txt/.md/.jsonl/.jsonl.zst inputs into train/val token shards.",
     )
     d.add_argument("inputs", nargs="+", type=Path, help="files or folders")
     d.add_argument(
