@@ -722,9 +722,9 @@ def _saved_run(path: Path) -> dict[str, Any]:
     damaged checkpoint)."""
     from graft.model.convert.hf import is_hf_directory
 
-    if is_hf_directory(Path(path)):
+    directory = model_source(path)  # an export cut between its renames: its previous version
+    if is_hf_directory(directory):
         return {}
-    directory = resolve_checkpoint(path)
     try:
         saved = yaml.safe_load((directory / RUN_CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError):
