@@ -142,7 +142,7 @@ def test_eval_reads_a_prompt_that_fits_whole_as_training_and_serving_do(
     """With the default 128 new tokens in a 64-token context, a prompt of more than 32 tokens was
     cut to its last 32 (a chat prompt lost its role header) though fine-tuning and the server
     read it whole."""
-    from graft.evaluate.evaluate import generation_examples
+    from graft.evaluate.prompts import generation_examples
 
     data = tmp_path / "pairs.jsonl"
     source = "Say where the river runs, and where it ends, please."

@@ -18,7 +18,8 @@ from graft.data.chat import DEFAULT_CHAT_TEMPLATE
 from graft.data.records import IGNORE_INDEX, Message
 from graft.data.tokenizer import Tokenizer, bytes_tokenizer, train_tokenizer
 from graft.errors import ConfigError
-from graft.evaluate.evaluate import EvalOptions, evaluate_checkpoint, generation_examples
+from graft.evaluate.evaluate import EvalOptions, evaluate_checkpoint
+from graft.evaluate.prompts import generation_examples
 from graft.model.config import preset
 from graft.model.transformer import LanguageModel
 from graft.objectives.base import Records
